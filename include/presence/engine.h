@@ -1,0 +1,198 @@
+// File: presence/engine.h
+//
+// presence::Engine decides who is online. The host feeds it signals from its
+// own sockets, calls Tick() about every flush interval (100 ms is typical),
+// and reads states with Get() or receives published changes through a
+// ChangeListener.
+//
+// Two ways in:
+//   * keyed signals: Signal(), SignalBatch(), DisconnectDevice(), addressed by
+//     (user_id, device_id);
+//   * the handle fast path: Connect() returns a DeviceHandle that the host
+//     keeps beside its socket; Beat() on it costs O(1) with no hashing and no
+//     allocation, and takes no lock when it changes nothing but the time.
+//
+// Example:
+//
+//   presence::Options opts;
+//   opts.listener = &my_listener;
+//   std::unique_ptr<presence::Engine> engine =
+//       presence::Engine::Create(opts).value();
+//   presence::Signal s{.user_id = "alice", .device_id = "laptop",
+//                      .session_id = 1, .platform = presence::Platform::kWeb};
+//   presence::DeviceHandle h = engine->Connect(s).value();
+//   engine->Beat(h);                                   // every second
+//   engine->Tick();                                    // every 100 ms
+//   engine->Disconnect(h, presence::DisconnectKind::kAbrupt);
+//
+// THREAD SAFETY: every method may be called from any number of threads at
+// once, except that Tick() calls are serialised internally (a second caller
+// waits) and must not be made from inside a ChangeListener. Users are sharded
+// by an xxHash of user_id; each shard has its own lock, so threads working on
+// different users rarely contend. Beat() on a handle whose device is live and
+// whose activity does not change takes no lock at all.
+//
+// ERRORS: methods that can fail return absl::Status. InvalidArgument for bad
+// input (empty or oversized ids, unknown enum values, timestamps out of range),
+// NotFound for an unknown user, device or closed handle, ResourceExhausted for
+// a limit passed, FailedPrecondition for a stale signal (dropped and counted,
+// never applied). A failed call changes nothing.
+#ifndef PRESENCE_ENGINE_H_
+#define PRESENCE_ENGINE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "presence/export.h"
+#include "presence/options.h"
+#include "presence/types.h"
+
+namespace presence {
+
+namespace internal {
+class EngineCore;
+}
+
+// presence::BatchResult counts the outcome of Engine::SignalBatch.
+struct BatchResult {
+  size_t applied = 0;   // accepted (including exact replays, which change nothing)
+  size_t stale = 0;     // dropped as stale (older session or timestamp)
+  size_t rejected = 0;  // invalid, or a limit passed
+  // The status of the first signal that was not applied (OK if none).
+  absl::Status first_error;
+};
+
+// presence::OverrideInfo describes one override on a user's stack.
+struct OverrideInfo {
+  uint64_t id = 0;
+  OverrideState state = OverrideState::kOnline;
+  int64_t set_at_ms = 0;
+  int64_t until_ms = 0;  // 0: until revoked
+};
+
+class PRESENCE_EXPORT Engine {
+ public:
+  // Creates an engine. Fails with InvalidArgument when an option is out of
+  // range (a non-positive interval, offline_after below interval, ...).
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const Options& options);
+
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // ---- Keyed signals -------------------------------------------------------
+
+  // Engine::Signal applies one signal (DESIGN.md rules 1, 2 and 5). A signal
+  // for a device the engine does not hold creates it (an implicit connect).
+  // Returns FailedPrecondition for a stale signal (a session older than the
+  // device's current one, a closed session, or a timestamp older than one
+  // already applied from the same session and source); it is counted and
+  // dropped.
+  absl::Status Signal(const presence::Signal& signal);
+
+  // Engine::SignalBatch applies many signals, in order, and counts outcomes.
+  BatchResult SignalBatch(absl::Span<const presence::Signal> signals);
+
+  // Engine::DisconnectDevice ends the device's session `session_id` (0: its
+  // current session). NotFound when the device is unknown or already closed.
+  absl::Status DisconnectDevice(absl::string_view user_id, absl::string_view device_id,
+                                uint64_t session_id, DisconnectKind kind);
+
+  // ---- Handle fast path ----------------------------------------------------
+
+  // Engine::Connect applies `signal` as a connect and returns a handle for its
+  // device. Connecting a device that already has a live session with a newer
+  // session_id replaces it; the previous handle stops working.
+  absl::StatusOr<DeviceHandle> Connect(const presence::Signal& signal);
+
+  // Engine::Beat records a heartbeat on the handle, at the engine's current
+  // time. O(1): no hashing, no allocation, and no lock unless the signal
+  // changes the device's state (it revives it, or its activity changes).
+  absl::Status Beat(DeviceHandle handle, Activity activity = Activity::kActive,
+                    Source source = Source::kApp);
+
+  // Engine::Disconnect closes the handle's session. The handle is invalid
+  // afterwards (a second Disconnect answers NotFound).
+  absl::Status Disconnect(DeviceHandle handle, DisconnectKind kind);
+
+  // ---- Overrides (DESIGN.md section 1 and rule 3) --------------------------
+
+  // Engine::SetOverride pushes a manual state on the user's stack; the most
+  // recently set unexpired override shows. `until_ms` is an absolute time on
+  // the engine's clock (0: until revoked); a time not after now answers
+  // InvalidArgument. Returns the override's id.
+  absl::StatusOr<uint64_t> SetOverride(absl::string_view user_id, OverrideState state,
+                                       int64_t until_ms = 0, uint64_t trace_id = 0);
+
+  // Engine::RevokeOverride removes one override. NotFound when the user has
+  // no override with that id.
+  absl::Status RevokeOverride(absl::string_view user_id, uint64_t override_id);
+
+  // Engine::ClearOverrides removes every override of the user; returns how
+  // many were removed.
+  absl::StatusOr<size_t> ClearOverrides(absl::string_view user_id);
+
+  // Engine::RevokeOverridesSetBetween is the operator's bulk revoke: every
+  // override of any user set in [from_ms, to_ms] is removed. Returns how many.
+  size_t RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms);
+
+  // Engine::ListOverrides returns the user's override stack, oldest first
+  // (expired ones that no timer removed yet are left out).
+  absl::StatusOr<std::vector<OverrideInfo>> ListOverrides(absl::string_view user_id);
+
+  // ---- Queries (DESIGN.md section 4) ---------------------------------------
+
+  // Engine::Get answers for each id, in order, as `viewer_user_id` sees it:
+  // the user itself sees its true state, everyone else sees an invisible user
+  // as OFFLINE. State is computed at the clock's current time, so it is exact
+  // even between ticks. Ids that fail validation come back known=false.
+  std::vector<UserPresence> Get(absl::Span<const absl::string_view> user_ids,
+                                absl::string_view viewer_user_id = {});
+  UserPresence GetOne(absl::string_view user_id, absl::string_view viewer_user_id = {});
+
+  // ---- Time ----------------------------------------------------------------
+
+  // Engine::Tick reads the clock, fires the timers that are due (device
+  // timeouts, grace, dwell, override expiry, retention) and publishes the
+  // changes of every touched user to the listener. Call it every flush
+  // interval. Returns how many change events were published.
+  size_t Tick();
+
+  // The engine's notion of now: its clock's time.
+  int64_t NowMs() const;
+
+  // ---- Operations (DESIGN.md section 7) -------------------------------------
+
+  // Engine::RenderMetrics renders every metric in Prometheus text exposition
+  // format, with HELP and TYPE lines.
+  std::string RenderMetrics() const;
+
+  // Counts of what the engine holds now.
+  struct Sizes {
+    size_t users = 0;
+    size_t devices = 0;       // records, live or recently dead
+    size_t live_devices = 0;
+    size_t overrides = 0;
+  };
+  Sizes GetSizes() const;
+
+  const Options& options() const;
+
+ private:
+  explicit Engine(std::unique_ptr<internal::EngineCore> core);
+  std::unique_ptr<internal::EngineCore> core_;
+};
+
+// The version of the linked library ("0.1.0").
+PRESENCE_EXPORT const char* VersionString();
+
+}  // namespace presence
+
+#endif  // PRESENCE_ENGINE_H_

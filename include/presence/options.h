@@ -1,0 +1,113 @@
+// File: presence/options.h
+//
+// presence::Options configures an Engine. It is a plain struct: every field
+// has a working default, written next to it with when to change it. The
+// defaults implement DESIGN.md section 2 (online at the next flush, offline in
+// under 5 s, no flapping on a reload).
+#ifndef PRESENCE_OPTIONS_H_
+#define PRESENCE_OPTIONS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "presence/export.h"
+
+namespace presence {
+
+class Clock;
+class ChangeListener;
+class OfflineDetector;
+
+// presence::SourcePolicy: how often a source is expected to signal, and how
+// long a device kept alive only by it survives silence.
+struct SourcePolicy {
+  // Expected interval between signals. A device silent for longer than this
+  // is SUSPECT (internal: others still see it live).
+  int64_t interval_ms = 1000;
+  // A device whose last signal from this source is older than this no longer
+  // counts as live through this source. Default: 3 missed intervals of 1 s,
+  // so DEAD at 4 s.
+  int64_t offline_after_ms = 4000;
+};
+
+struct Options {
+  // Source of time. Null: presence::SystemClock(). Tests and simulations pass
+  // a ManualClock. Not owned; must outlive the engine.
+  Clock* clock = nullptr;
+
+  // Receives published changes from Tick(). Null: changes are still computed,
+  // versioned and counted, but delivered to no one. Not owned.
+  ChangeListener* listener = nullptr;
+
+  // Number of shards (rounded up to a power of two, at most 256). Each shard
+  // has its own lock; signals for users in different shards never contend.
+  // 0: 16. Raise it when many host threads feed one engine.
+  int shards = 0;
+
+  // Liveness per source (DESIGN.md rule 1). APP and MANUAL signals come from
+  // the client about once a second; INFERRED ones (mobile background tasks)
+  // far less often, so they decay on a slower clock.
+  SourcePolicy inferred{60000, 240000};
+  SourcePolicy app{1000, 4000};
+  SourcePolicy manual{1000, 4000};
+
+  // An abrupt disconnect keeps the device live this long, so that a page
+  // reload or a network hand-over shows nothing (DESIGN.md rule 1).
+  int64_t reconnect_grace_ms = 1500;
+
+  // At most one published change per user per min_dwell_ms (DESIGN.md rule
+  // 7). A change that comes sooner is held back, and the latest state is
+  // published when the dwell ends. 0 disables dwell.
+  int64_t min_dwell_ms = 1000;
+
+  // A device kept alive only by INFERRED signals counts as AWAY; set true to
+  // let an INFERRED signal that says ACTIVE make it ONLINE (DESIGN.md rule 2).
+  bool inferred_can_be_online = false;
+
+  // An override only shows while the user has a live device: a user with DND
+  // and no device is OFFLINE (DESIGN.md rule 3). Set false to show overrides
+  // regardless.
+  bool override_requires_live_device = true;
+
+  // Signals stamped more than this ahead of the engine's clock are rejected
+  // (InvalidArgument): a client clock far in the future would otherwise keep
+  // a device alive for ever.
+  int64_t max_future_skew_ms = 5000;
+  // Signals stamped more than this before the engine's clock are rejected
+  // (InvalidArgument). Must be at least the largest offline_after_ms.
+  int64_t max_signal_age_ms = 300000;
+
+  // A DEAD device's record is kept this long, so that late signals from its
+  // old session are recognised as stale, a quick return counts as a false
+  // offline, and its handle can revive it. After that it is freed and its
+  // handle answers NotFound.
+  int64_t dead_retention_ms = 300000;
+
+  // A user with no device and no override is forgotten after this long; Get
+  // then answers known=false. (Long-term last-seen lives in the history.)
+  int64_t user_retention_ms = 24 * 3600 * 1000;
+
+  // A device that died by timeout or abrupt disconnect and comes back within
+  // this window is counted as a false offline (metrics, DESIGN.md section 7).
+  int64_t false_offline_window_ms = 30000;
+
+  // Most devices one user may have at once (live or recently dead). Connect
+  // past it answers ResourceExhausted.
+  int max_devices_per_user = 64;
+
+  // Most overrides stacked on one user; past it SetOverride answers
+  // ResourceExhausted.
+  int max_overrides_per_user = 16;
+
+  // Adaptive detection (DESIGN.md rule 6). Null: fixed thresholds. When set,
+  // it decides for devices whose platform bit is set in detector_platforms
+  // (bit (1 << platform)); answers are clamped to
+  // [detector_floor_ms, offline_after_ms]. Not owned.
+  OfflineDetector* detector = nullptr;
+  uint32_t detector_platforms = 0;
+  int64_t detector_floor_ms = 2000;
+};
+
+}  // namespace presence
+
+#endif  // PRESENCE_OPTIONS_H_

@@ -1,0 +1,176 @@
+// File: presence/types.h
+//
+// The vocabulary of presence (DESIGN.md section 1): states, sources, signals,
+// device handles, change events and query answers. Every enum here has the same
+// numbers as its twin in proto/presence/v1/presence.proto, and 0 is never a
+// valid value, so a zeroed field is caught as "unspecified".
+//
+// Example:
+//
+//   presence::Signal s;
+//   s.user_id = "alice";
+//   s.device_id = "phone";
+//   s.session_id = 7;
+//   s.platform = presence::Platform::kMobile;
+//   absl::StatusOr<presence::DeviceHandle> h = engine->Connect(s);
+#ifndef PRESENCE_TYPES_H_
+#define PRESENCE_TYPES_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "presence/export.h"
+
+namespace presence {
+
+// Limits on identifiers (DESIGN.md section 1). Ids are opaque bytes; an id of
+// length 0 or longer than the limit is rejected with InvalidArgument.
+inline constexpr size_t kMaxUserIdBytes = 128;
+inline constexpr size_t kMaxDeviceIdBytes = 128;
+inline constexpr size_t kMaxGatewayIdBytes = 128;
+
+// presence::State is what others see of a user.
+enum class State : uint8_t { kOffline = 1, kAway = 2, kOnline = 3, kDnd = 4 };
+
+// presence::Source says where a signal came from. Precedence is by value:
+// kManual > kApp > kInferred.
+//   kInferred: what the server deduces (a mobile background task, a push
+//              receipt, an API call).
+//   kApp:      the client app itself (WebSocket ping, foreground heartbeat).
+//   kManual:   an explicit report by the user (a click, a typed message).
+enum class Source : uint8_t { kInferred = 1, kApp = 2, kManual = 3 };
+inline constexpr int kSourceCount = 3;
+
+// presence::Activity: what a signal says about the person behind the device.
+enum class Activity : uint8_t { kActive = 1, kIdle = 2 };
+
+// presence::Platform: the kind of device, counted in device summaries.
+enum class Platform : uint8_t {
+  kWeb = 1,
+  kDesktop = 2,
+  kMobile = 3,
+  kConsole = 4,
+  kOther = 5,
+};
+inline constexpr int kPlatformCount = 5;
+
+// presence::OverrideState: a manual state that a user sets (DESIGN.md rule 3).
+// kInvisible shows as kOffline to everyone but the user.
+enum class OverrideState : uint8_t {
+  kOnline = 1,
+  kAway = 2,
+  kDnd = 3,
+  kInvisible = 4,
+};
+
+// presence::DisconnectKind: a clean disconnect (logout, tab closed normally)
+// makes the device DEAD at once; an abrupt one (socket dropped, page reload)
+// keeps it live for Options::reconnect_grace_ms so that a quick reconnect shows
+// nothing.
+enum class DisconnectKind : uint8_t { kClean = 1, kAbrupt = 2 };
+
+// presence::Cause: why a user's published state changed.
+enum class Cause : uint8_t {
+  kSignal = 1,          // a device came alive or changed activity
+  kTimeout = 2,         // a device stopped signalling (DESIGN.md rule 1)
+  kDisconnect = 3,      // a device disconnected (clean, or abrupt past grace)
+  kOverride = 4,        // an override was set or revoked
+  kOverrideExpiry = 5,  // an override reached its end time
+  kMerge = 6,           // a record merged from elsewhere (rebuild, region)
+};
+
+// Names for logs and metrics ("online", "app", "timeout", ...).
+PRESENCE_EXPORT absl::string_view StateName(State s);
+PRESENCE_EXPORT absl::string_view SourceName(Source s);
+PRESENCE_EXPORT absl::string_view PlatformName(Platform p);
+PRESENCE_EXPORT absl::string_view CauseName(Cause c);
+PRESENCE_EXPORT absl::string_view OverrideStateName(OverrideState s);
+
+// presence::Signal says that a device is alive (DESIGN.md section 1). The
+// string views only need to live for the duration of the call that takes it.
+struct Signal {
+  absl::string_view user_id;    // 1..kMaxUserIdBytes bytes
+  absl::string_view device_id;  // 1..kMaxDeviceIdBytes bytes
+  // Identifies one connection of the device; must be > 0 and must grow when
+  // the device reconnects. A signal from a session older than the device's
+  // current one is stale and dropped.
+  uint64_t session_id = 0;
+  Platform platform = Platform::kOther;
+  Source source = Source::kApp;
+  Activity activity = Activity::kActive;
+  // When the signal was produced, in ms on the engine's clock; 0 means "now".
+  // A time more than Options::max_future_skew_ms ahead or more than
+  // Options::max_signal_age_ms behind the engine's clock is rejected.
+  int64_t timestamp_ms = 0;
+  uint64_t trace_id = 0;        // carried into the change event it causes
+  absl::string_view gateway;    // optional: the host process carrying it
+};
+
+// presence::DeviceHandle is what Engine::Connect returns: a small value that
+// the host keeps beside its socket. A heartbeat on a handle costs O(1), with no
+// hashing and no allocation. A handle becomes invalid when its device is
+// disconnected, or is forgotten after Options::dead_retention_ms of silence;
+// using it then returns NotFound. Handles are plain values: copy them freely.
+struct DeviceHandle {
+  uint64_t value = 0;
+  bool valid() const { return value != 0; }
+  friend bool operator==(DeviceHandle a, DeviceHandle b) { return a.value == b.value; }
+  friend bool operator!=(DeviceHandle a, DeviceHandle b) { return a.value != b.value; }
+};
+
+// presence::DeviceSummary counts a user's live devices per platform, indexed
+// by static_cast<int>(Platform) - 1.
+struct DeviceSummary {
+  std::array<uint16_t, kPlatformCount> live{};
+  int total() const {
+    int n = 0;
+    for (uint16_t c : live) n += c;
+    return n;
+  }
+  uint16_t count(Platform p) const { return live[static_cast<int>(p) - 1]; }
+  friend bool operator==(const DeviceSummary& a, const DeviceSummary& b) { return a.live == b.live; }
+};
+
+// presence::ChangeEvent is one published change of a user's state (DESIGN.md
+// section 3). `state` is what everyone else sees; `self_state` is what the
+// user's own clients see (they differ only while the user is invisible).
+struct ChangeEvent {
+  std::string user_id;
+  State previous = State::kOffline;       // public state before
+  State state = State::kOffline;          // public state now
+  State previous_self = State::kOffline;  // the user's own view before
+  State self_state = State::kOffline;     // the user's own view now
+  bool invisible = false;                 // an INVISIBLE override is showing
+  int64_t last_seen_ms = 0;               // latest accepted signal (public view)
+  int64_t self_last_seen_ms = 0;          // latest accepted signal (own view)
+  uint64_t version = 0;                   // per user; grows by one per event
+  Cause cause = Cause::kSignal;
+  DeviceSummary devices;                  // live devices (zero when invisible)
+  DeviceSummary self_devices;             // live devices, own view
+  uint64_t trace_id = 0;                  // of the signal that caused it
+  int64_t changed_at_ms = 0;              // when the cause happened
+  int64_t published_at_ms = 0;            // when this event was published
+};
+
+// presence::UserPresence answers Engine::Get for one user (DESIGN.md section
+// 4). For anyone but the user, an invisible user is OFFLINE, shows no devices
+// and no override, and its last_seen stops where it went invisible.
+struct UserPresence {
+  std::string user_id;
+  bool known = false;              // false: the engine holds nothing for it
+  State state = State::kOffline;
+  bool has_override = false;
+  OverrideState override_state = OverrideState::kOnline;
+  int64_t override_until_ms = 0;   // 0: no end time
+  int64_t last_seen_ms = 0;        // 0: never seen
+  int64_t freshness_ms = 0;        // now - last_seen_ms (0 when never seen)
+  DeviceSummary devices;
+  uint64_t version = 0;            // version of the last published change
+};
+
+}  // namespace presence
+
+#endif  // PRESENCE_TYPES_H_

@@ -1,0 +1,49 @@
+// File: presence/wire.h
+//
+// Encoding to and from the wire schema, proto/presence/v1/presence.proto.
+// Other languages read the same bytes with their own protobuf runtime.
+//
+//   std::string bytes = presence::EncodeSignal(signal);
+//   presence::DecodedSignal in;
+//   absl::Status st = presence::DecodeSignal(bytes, &in);
+//   if (st.ok()) engine->Signal(in.signal());
+//
+// Decoding never trusts its input: malformed bytes, a missing or unknown enum
+// value, or an id out of bounds answer InvalidArgument.
+#ifndef PRESENCE_WIRE_H_
+#define PRESENCE_WIRE_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "presence/export.h"
+#include "presence/types.h"
+
+namespace presence {
+
+// presence::DecodedSignal owns the bytes that its signal() points into; keep
+// it alive while the signal is in use.
+class PRESENCE_EXPORT DecodedSignal {
+ public:
+  Signal signal() const;
+
+ private:
+  friend PRESENCE_EXPORT absl::Status DecodeSignal(absl::string_view, DecodedSignal*);
+  std::string user_id_, device_id_, gateway_;
+  Signal fields_;  // every field but the views
+};
+
+// A presence.v1.Signal.
+PRESENCE_EXPORT std::string EncodeSignal(const Signal& signal);
+PRESENCE_EXPORT absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out);
+
+// A presence.v1.ChangeEvent. With self_view false the user's own view
+// (self_state) is left out, as it must be for anyone but the user.
+PRESENCE_EXPORT std::string EncodeChangeEvent(const ChangeEvent& event, bool self_view = false);
+PRESENCE_EXPORT absl::StatusOr<ChangeEvent> DecodeChangeEvent(absl::string_view bytes);
+
+}  // namespace presence
+
+#endif  // PRESENCE_WIRE_H_

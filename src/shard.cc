@@ -1,0 +1,631 @@
+#include "src/shard.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "xxhash.h"
+
+namespace presence::internal {
+
+uint64_t HashUserId(absl::string_view user_id) {
+  return XXH3_64bits(user_id.data(), user_id.size());
+}
+
+namespace {
+
+constexpr uint32_t kSeenMask = dflag::kSeen0 | (dflag::kSeen0 << 1) | (dflag::kSeen0 << 2);
+
+// A user's record version: strictly growing, and never below the publish
+// time in ms shifted left by 10 bits. So a version stays ahead of any that
+// an earlier record of the same user had, even after the engine forgot the
+// user or restarted, as long as the clock moved on.
+uint64_t NextVersion(uint64_t current, int64_t now_ms) {
+  const uint64_t floor = static_cast<uint64_t>(std::max<int64_t>(now_ms, 0)) << 10;
+  return std::max(current + 1, floor);
+}
+
+}  // namespace
+
+Shard::Shard(const ShardConfig* config, uint32_t index, int64_t now_ms)
+    : config_(config),
+      index_(index),
+      index_by_id_(0, UserHash{&users_}, UserEq{&users_}),
+      wheel_(ToTime32(now_ms)) {}
+
+Shard::~Shard() = default;
+
+// ---- Users -----------------------------------------------------------------
+
+uint32_t Shard::FindUser(absl::string_view id, uint64_t hash) const {
+  auto it = index_by_id_.find(UserKey{id, hash});
+  return it == index_by_id_.end() ? kNone : *it;
+}
+
+uint32_t Shard::AddUser(absl::string_view id) {
+  uint32_t u;
+  if (!free_users_.empty()) {
+    u = free_users_.back();
+    free_users_.pop_back();
+  } else {
+    u = static_cast<uint32_t>(users_.size());
+    users_.emplace_back();
+  }
+  User& user = users_[u];
+  user.id = IdBytes(id);
+  user.in_use = true;
+  index_by_id_.insert(u);
+  return u;
+}
+
+void Shard::ForgetUserIfEmpty(uint32_t u, int64_t now_ms) {
+  User& user = users_[u];
+  if (!user.in_use || user.device_count > 0 || user.overrides || pending_.contains(u)) return;
+  const int64_t forget_at = user.last_seen_ms + config_->options.user_retention_ms;
+  if (user.last_seen_ms != 0 && now_ms < forget_at) {
+    user_timers_.insert({forget_at, u});
+    return;
+  }
+  index_by_id_.erase(u);
+  user = User();
+  free_users_.push_back(u);
+}
+
+uint32_t Shard::FindDevice(const User& user, absl::string_view device_id) {
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+    if (devices_.at(di).id.view() == device_id) return di;
+  }
+  return kNone;
+}
+
+DeviceHandle Shard::HandleOf(uint32_t di) {
+  return DeviceHandle{(uint64_t{index_} << 56) | (uint64_t{devices_.at(di).gen()} << 32) | di};
+}
+
+void Shard::MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms) {
+  auto [it, inserted] = pending_.try_emplace(u, Pending{cause, trace_id, now_ms});
+  if (!inserted) {
+    it->second.cause = cause;
+    if (trace_id != 0) it->second.trace_id = trace_id;
+  }
+}
+
+Shard::UserView Shard::ViewUser(const User& user, int64_t now_ms) {
+  UserView v;
+  v.last_seen_ms = user.last_seen_ms;
+  bool any_live = false, any_online = false;
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+    const Device& d = devices_.at(di);
+    const DeviceView dv = Evaluate(di, now_ms);
+    v.last_seen_ms = std::max(v.last_seen_ms, dv.last_signal_ms);
+    if (!dv.live) continue;
+    any_live = true;
+    any_online |= dv.online;
+    ++v.devices.live[static_cast<int>(d.platform) - 1];
+  }
+  v.reduced = Reduce(any_live, any_online, TopOverride(user.overrides.get(), now_ms),
+                     config_->options.override_requires_live_device);
+  return v;
+}
+
+// ---- Devices ---------------------------------------------------------------
+
+DeviceView Shard::Evaluate(uint32_t di, int64_t now_ms) {
+  return EvaluateDevice(devices_.at(di), DeviceKey(di), now_ms, config_->policy);
+}
+
+void Shard::Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) {
+  Device& d = devices_.at(di);
+  // Never before the wheel's position: the entry must land in a slot that is
+  // still ahead, and Device::due must name that slot.
+  Time32 due = ToTime32(std::min(due_ms, now_ms + (int64_t{1} << 30)));
+  if (Diff32(due, wheel_.now()) <= 0) due = wheel_.now() + 1;
+  d.due = due;
+  wheel_.Insert(di, due);
+}
+
+void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t trace_id,
+                    int64_t now_ms) {
+  Device& d = devices_.at(di);
+  const DeviceView after = Evaluate(di, now_ms);
+  uint32_t bits = d.bits() & ~(fast::kAllLive | fast::kOpen);
+  if (d.phase == Phase::kLive) {
+    bits |= after.live_bits;
+    if (!(d.flags & dflag::kAdaptive)) bits |= fast::kOpen;
+  }
+  d.set_bits(bits);
+  // A live-phase device must have its timer by its next deadline; one whose
+  // every source already lapsed is looked at on the next tick.
+  if (d.phase == Phase::kLive) {
+    const int64_t due = after.live ? after.deadline_ms : now_ms;
+    if (Diff32(ToTime32(due), d.due) < 0) Schedule(di, due, now_ms);
+  }
+  if (before.live != after.live || (after.live && before.online != after.online)) {
+    MarkDirty(d.user, cause, trace_id, now_ms);
+  }
+}
+
+void Shard::MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) {
+  Device& d = devices_.at(di);
+  // Always dirty: the timer that would have noticed the lapse is superseded.
+  MarkDirty(d.user, cause, 0, now_ms);
+  d.phase = Phase::kDead;
+  d.flags = (d.flags & ~dflag::kDiedUnclean) | dflag::kEverDied | (unclean ? dflag::kDiedUnclean : 0);
+  d.set_bits(d.bits() & ~(fast::kAllLive | fast::kOpen));
+  --live_devices_;
+  Schedule(di, now_ms + config_->options.dead_retention_ms, now_ms);
+}
+
+void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
+  Device& d = devices_.at(di);
+  const uint32_t u = d.user;
+  User& user = users_[u];
+  user.last_seen_ms = std::max(user.last_seen_ms, Evaluate(di, now_ms).last_signal_ms);
+  if (user.first_device == di) {
+    user.first_device = d.next;
+  } else {
+    uint32_t p = user.first_device;
+    while (devices_.at(p).next != di) p = devices_.at(p).next;
+    devices_.at(p).next = d.next;
+  }
+  --user.device_count;
+  if (config_->policy.detector != nullptr && (d.flags & dflag::kAdaptive)) {
+    config_->policy.detector->Forget(DeviceKey(di));
+  }
+  if (d.phase != Phase::kDead) --live_devices_;
+  d.id.reset();
+  d.session = 0;
+  d.user = kNone;
+  d.phase = Phase::kFree;
+  d.flags = 0;
+  for (auto& s : d.seen) s.store(0, std::memory_order_relaxed);
+  d.bump_gen(0);
+  devices_.Release(di);
+  ForgetUserIfEmpty(u, now_ms);
+}
+
+absl::Status Shard::Drop(DropReason reason, absl::string_view message) {
+  ++counters_.dropped[static_cast<int>(reason)];
+  switch (reason) {
+    case DropReason::kClosedHandle:
+      return absl::NotFoundError(message);
+    case DropReason::kLimit:
+      return absl::ResourceExhaustedError(message);
+    case DropReason::kInvalid:
+      return absl::InvalidArgumentError(message);
+    case DropReason::kStaleSession:
+    case DropReason::kStaleTimestamp:
+      break;
+  }
+  return absl::FailedPreconditionError(message);
+}
+
+absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
+                                  int64_t ts_ms, uint64_t trace_id, int64_t now_ms) {
+  Device& d = devices_.at(di);
+  const int si = SourceIndex(source);
+  if (session < d.session) return Drop(DropReason::kStaleSession, "stale signal: older session");
+  const bool new_session = session > d.session;
+  if (!new_session) {
+    if (d.flags & dflag::kClosed) {
+      return Drop(DropReason::kStaleSession, "stale signal: session was disconnected");
+    }
+    if (d.has_seen(si) && ts_ms < Expand32(d.seen[si].load(std::memory_order_relaxed), now_ms)) {
+      return Drop(DropReason::kStaleTimestamp, "stale signal: older than one already applied");
+    }
+  }
+  const DeviceView before = Evaluate(di, now_ms);
+  uint32_t bits = d.bits();
+  if (new_session) {
+    d.session = session;
+    d.flags &= ~(kSeenMask | dflag::kClosed);
+    bits = 0;
+    d.bump_gen(0);  // handles to the old session stop working
+  }
+  if (d.phase != Phase::kLive) {
+    if (d.phase == Phase::kDead) {
+      ++live_devices_;
+      // A device that died without a clean goodbye and comes back soon was a
+      // false offline (DESIGN.md section 7).
+      const int64_t died_at = Expand32(d.due, now_ms) - config_->options.dead_retention_ms;
+      if ((d.flags & dflag::kDiedUnclean) &&
+          now_ms - died_at <= config_->options.false_offline_window_ms) {
+        ++counters_.false_offlines;
+      }
+    }
+    d.phase = Phase::kLive;
+    d.flags &= ~dflag::kDiedUnclean;
+  }
+  if (d.has_seen(si)) {
+    const int64_t prev = Expand32(d.seen[si].load(std::memory_order_relaxed), now_ms);
+    ts_ms = std::max(ts_ms, prev);
+  }
+  d.seen[si].store(ToTime32(ts_ms), std::memory_order_relaxed);
+  d.flags |= dflag::kSeen0 << si;
+  bits = activity == Activity::kActive ? (bits | fast::ActiveBit(si)) : (bits & ~fast::ActiveBit(si));
+  d.set_bits(bits);
+  if (config_->policy.detector != nullptr && (d.flags & dflag::kAdaptive)) {
+    config_->policy.detector->Observe(DeviceKey(di), ts_ms);
+  }
+  User& user = users_[d.user];
+  user.last_seen_ms = std::max(user.last_seen_ms, ts_ms);
+  ++counters_.accepted[si];
+  Refresh(di, before, Cause::kSignal, trace_id, now_ms);
+  return absl::OkStatus();
+}
+
+absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceHandle* handle) {
+  const presence::Signal& s = *a.signal;
+  uint32_t u = FindUser(s.user_id, a.hash);
+  uint32_t di = u == kNone ? kNone : FindDevice(users_[u], s.device_id);
+  if (di == kNone) {
+    if (u != kNone && users_[u].device_count >= config_->options.max_devices_per_user) {
+      return Drop(DropReason::kLimit, absl::StrCat("user has ", users_[u].device_count,
+                                                   " devices, the most allowed"));
+    }
+    di = devices_.Allocate();
+    if (di == kNone) return Drop(DropReason::kLimit, "shard holds the most devices it can");
+    if (u == kNone) u = AddUser(s.user_id);
+    User& user = users_[u];
+    Device& d = devices_.at(di);
+    d.id = IdBytes(s.device_id);
+    d.user = u;
+    d.next = user.first_device;
+    user.first_device = di;
+    ++user.device_count;
+    d.session = s.session_id;
+    d.phase = Phase::kDead;  // ApplyToDevice revives it
+    d.flags = 0;
+    if (config_->policy.detector != nullptr &&
+        (config_->options.detector_platforms & (1u << static_cast<int>(s.platform)))) {
+      d.flags |= dflag::kAdaptive;
+    }
+    Schedule(di, now_ms + config_->options.dead_retention_ms, now_ms);
+  }
+  Device& d = devices_.at(di);
+  const Platform old_platform = d.platform;
+  d.platform = s.platform;
+  absl::Status st = ApplyToDevice(di, s.session_id, s.source, s.activity, a.timestamp_ms,
+                                  s.trace_id, now_ms);
+  if (!st.ok()) {
+    d.platform = old_platform;
+    return st;
+  }
+  if (old_platform != s.platform && Evaluate(di, now_ms).live) {
+    MarkDirty(d.user, Cause::kSignal, s.trace_id, now_ms);
+  }
+  if (handle != nullptr) *handle = HandleOf(di);
+  return absl::OkStatus();
+}
+
+absl::Status Shard::Apply(const AcceptedSignal& s, int64_t now_ms, DeviceHandle* handle) {
+  absl::MutexLock lock(&mu_);
+  return ApplyLocked(s, now_ms, handle);
+}
+
+void Shard::ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms,
+                      BatchResult* result) {
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < n; ++i) {
+    absl::Status st = ApplyLocked(signals[i], now_ms, nullptr);
+    if (st.ok()) {
+      ++result->applied;
+      continue;
+    }
+    if (absl::IsFailedPrecondition(st)) {
+      ++result->stale;
+    } else {
+      ++result->rejected;
+    }
+    if (result->first_error.ok()) result->first_error = std::move(st);
+  }
+}
+
+absl::Status Shard::BeatLocked(uint32_t index, uint32_t gen, Activity activity, Source source,
+                               int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  Device& d = devices_.at(index);
+  if (d.phase == Phase::kFree || d.gen() != gen || (d.flags & dflag::kClosed)) {
+    return Drop(DropReason::kClosedHandle, "handle is closed or expired");
+  }
+  return ApplyToDevice(index, d.session, source, activity, now_ms, 0, now_ms);
+}
+
+absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms) {
+  Device& d = devices_.at(di);
+  const DeviceView before = Evaluate(di, now_ms);
+  d.flags |= dflag::kClosed;
+  d.bump_gen(d.bits() & ~(fast::kAllLive | fast::kOpen));
+  if (d.phase == Phase::kDead) return absl::OkStatus();  // already not counted
+  if (kind == DisconnectKind::kAbrupt && before.live) {
+    d.phase = Phase::kGrace;
+    d.flags = before.online ? (d.flags | dflag::kGraceOnline) : (d.flags & ~dflag::kGraceOnline);
+    Schedule(di, now_ms + config_->options.reconnect_grace_ms, now_ms);
+    return absl::OkStatus();
+  }
+  MarkDead(di, /*unclean=*/kind == DisconnectKind::kAbrupt, Cause::kDisconnect, now_ms);
+  return absl::OkStatus();
+}
+
+absl::Status Shard::DisconnectHandle(uint32_t index, uint32_t gen, DisconnectKind kind,
+                                     int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  Device* d = devices_.Find(index);
+  if (d == nullptr || d->phase == Phase::kFree || d->gen() != gen || (d->flags & dflag::kClosed)) {
+    return Drop(DropReason::kClosedHandle, "handle is closed or expired");
+  }
+  return CloseSession(index, kind, now_ms);
+}
+
+absl::Status Shard::DisconnectDevice(absl::string_view user_id, uint64_t hash,
+                                     absl::string_view device_id, uint64_t session_id,
+                                     DisconnectKind kind, int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  const uint32_t u = FindUser(user_id, hash);
+  const uint32_t di = u == kNone ? kNone : FindDevice(users_[u], device_id);
+  if (di == kNone) return absl::NotFoundError("unknown device");
+  const Device& d = devices_.at(di);
+  if (session_id != 0 && session_id < d.session) {
+    return Drop(DropReason::kStaleSession, "stale disconnect: older session");
+  }
+  if (session_id != 0 && session_id > d.session) {
+    return absl::NotFoundError("no such session");
+  }
+  if (d.flags & dflag::kClosed) return absl::NotFoundError("device is already disconnected");
+  return CloseSession(di, kind, now_ms);
+}
+
+// ---- Overrides --------------------------------------------------------------
+
+absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t hash,
+                                            OverrideState state, int64_t until_ms,
+                                            uint64_t trace_id, int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  uint32_t u = FindUser(user_id, hash);
+  if (u != kNone && users_[u].overrides &&
+      users_[u].overrides->size() >= static_cast<size_t>(config_->options.max_overrides_per_user)) {
+    return Drop(DropReason::kLimit, "user has the most overrides allowed");
+  }
+  if (u == kNone) u = AddUser(user_id);
+  User& user = users_[u];
+  if (!user.overrides) {
+    user.overrides = std::make_unique<std::vector<Override>>();
+    with_overrides_.insert(u);
+  }
+  const uint64_t id = config_->next_override_id->fetch_add(1, std::memory_order_relaxed);
+  user.overrides->push_back(Override{id, now_ms, until_ms, state});
+  ++override_count_;
+  if (until_ms != 0) user_timers_.insert({until_ms, u});
+  MarkDirty(u, Cause::kOverride, trace_id, now_ms);
+  return id;
+}
+
+size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
+                              bool (*pred)(const Override&, const void*), const void* arg) {
+  User& user = users_[u];
+  if (!user.overrides) return 0;
+  auto& v = *user.overrides;
+  const size_t before = v.size();
+  v.erase(std::remove_if(v.begin(), v.end(), [&](const Override& o) { return pred(o, arg); }),
+          v.end());
+  const size_t removed = before - v.size();
+  override_count_ -= removed;
+  if (removed > 0) MarkDirty(u, cause, 0, now_ms);
+  if (v.empty()) {
+    user.overrides.reset();
+    with_overrides_.erase(u);
+  }
+  return removed;
+}
+
+absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
+                                   int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  const uint32_t u = FindUser(user_id, hash);
+  if (u == kNone) return absl::NotFoundError("unknown user");
+  const size_t removed = RemoveOverrides(
+      u, now_ms, Cause::kOverride,
+      [](const Override& o, const void* arg) { return o.id == *static_cast<const uint64_t*>(arg); },
+      &id);
+  if (removed == 0) return absl::NotFoundError("user has no override with that id");
+  ForgetUserIfEmpty(u, now_ms);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> Shard::ClearOverrides(absl::string_view user_id, uint64_t hash,
+                                             int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  const uint32_t u = FindUser(user_id, hash);
+  if (u == kNone) return absl::NotFoundError("unknown user");
+  const size_t removed = RemoveOverrides(
+      u, now_ms, Cause::kOverride, [](const Override&, const void*) { return true; }, nullptr);
+  ForgetUserIfEmpty(u, now_ms);
+  return removed;
+}
+
+size_t Shard::RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  const std::pair<int64_t, int64_t> window{from_ms, to_ms};
+  const std::vector<uint32_t> users(with_overrides_.begin(), with_overrides_.end());
+  size_t removed = 0;
+  for (uint32_t u : users) {
+    removed += RemoveOverrides(
+        u, now_ms, Cause::kOverride,
+        [](const Override& o, const void* arg) {
+          const auto* w = static_cast<const std::pair<int64_t, int64_t>*>(arg);
+          return o.set_at_ms >= w->first && o.set_at_ms <= w->second;
+        },
+        &window);
+    ForgetUserIfEmpty(u, now_ms);
+  }
+  return removed;
+}
+
+absl::StatusOr<std::vector<OverrideInfo>> Shard::ListOverrides(absl::string_view user_id,
+                                                               uint64_t hash, int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  const uint32_t u = FindUser(user_id, hash);
+  if (u == kNone) return absl::NotFoundError("unknown user");
+  std::vector<OverrideInfo> out;
+  if (users_[u].overrides) {
+    for (const Override& o : *users_[u].overrides) {
+      if (o.active(now_ms)) out.push_back(OverrideInfo{o.id, o.state, o.set_at_ms, o.until_ms});
+    }
+  }
+  return out;
+}
+
+// ---- Queries ----------------------------------------------------------------
+
+UserPresence Shard::Get(absl::string_view user_id, uint64_t hash, bool self_view,
+                        int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  UserPresence p;
+  p.user_id = std::string(user_id);
+  const uint32_t u = FindUser(user_id, hash);
+  if (u == kNone) return p;
+  const User& user = users_[u];
+  const UserView v = ViewUser(user, now_ms);
+  p.known = true;
+  p.version = user.version;
+  p.last_seen_ms = v.last_seen_ms;
+  const Override* shown = v.reduced.shown;
+  if (v.reduced.invisible && !self_view) {
+    // Others must learn nothing while the user is invisible: no devices, no
+    // override, and a last_seen that stopped when it went invisible.
+    p.state = v.reduced.state;
+    p.last_seen_ms = std::min(p.last_seen_ms, shown->set_at_ms);
+  } else {
+    p.state = self_view ? v.reduced.self_state : v.reduced.state;
+    p.devices = v.devices;
+    if (shown != nullptr) {
+      p.has_override = true;
+      p.override_state = shown->state;
+      p.override_until_ms = shown->until_ms;
+    }
+  }
+  p.freshness_ms = p.last_seen_ms == 0 ? 0 : std::max<int64_t>(0, now_ms - p.last_seen_ms);
+  return p;
+}
+
+// ---- Time -------------------------------------------------------------------
+
+TimerWheel::Verdict Shard::FireDevice(uint32_t di, Time32 slot_time, int64_t now_ms) {
+  Device& d = devices_.at(di);
+  if (d.phase == Phase::kFree) return TimerWheel::Verdict::kDone;
+  constexpr uint32_t kMask = TimerWheel::kSlots - 1;
+  if ((d.due & kMask) != (slot_time & kMask)) return TimerWheel::Verdict::kDone;  // superseded
+  if (Diff32(d.due, ToTime32(now_ms)) > 0) return TimerWheel::Verdict::kKeep;     // a later turn
+  switch (d.phase) {
+    case Phase::kFree:
+      break;
+    case Phase::kDead:
+      FreeDevice(di, now_ms);
+      break;
+    case Phase::kGrace:
+      MarkDead(di, /*unclean=*/true, Cause::kDisconnect, now_ms);
+      break;
+    case Phase::kLive: {
+      const DeviceView now_view = Evaluate(di, now_ms);
+      if (!now_view.live) {
+        MarkDead(di, /*unclean=*/true, Cause::kTimeout, now_ms);
+        break;
+      }
+      // Still live (it signalled since this timer was set, or another source
+      // keeps it), but a source may have lapsed, which can change its activity.
+      const uint32_t bits = d.bits();
+      DeviceView before;
+      before.live = (bits & fast::kAllLive) != 0;
+      before.online = CountsOnline(bits & fast::kAllLive, bits, config_->policy);
+      Schedule(di, now_view.deadline_ms, now_ms);
+      Refresh(di, before, Cause::kTimeout, 0, now_ms);
+      break;
+    }
+  }
+  return TimerWheel::Verdict::kDone;
+}
+
+void Shard::FireUser(uint32_t u, int64_t now_ms) {
+  if (!users_[u].in_use) return;
+  RemoveOverrides(
+      u, now_ms, Cause::kOverrideExpiry,
+      [](const Override& o, const void* arg) {
+        return !o.active(*static_cast<const int64_t*>(arg));
+      },
+      &now_ms);
+  ForgetUserIfEmpty(u, now_ms);
+}
+
+void Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram* latency) {
+  absl::MutexLock lock(&mu_);
+  wheel_.Advance(ToTime32(now_ms), [&](uint32_t di, Time32 slot_time, Time32) {
+    return FireDevice(di, slot_time, now_ms);
+  });
+  while (!user_timers_.empty() && user_timers_.begin()->first <= now_ms) {
+    const uint32_t u = user_timers_.begin()->second;
+    user_timers_.erase(user_timers_.begin());
+    FireUser(u, now_ms);
+  }
+  const int64_t dwell = config_->options.min_dwell_ms;
+  std::vector<uint32_t> settled;
+  for (auto& [u, pending] : pending_) {
+    User& user = users_[u];
+    const UserView v = ViewUser(user, now_ms);
+    const Reduced& r = v.reduced;
+    if (r.state == user.pub_state && r.self_state == user.pub_self) {
+      settled.push_back(u);  // back where it was last published: nothing to say
+      continue;
+    }
+    if (dwell > 0 && user.published_at_ms != 0 && now_ms < user.published_at_ms + dwell) {
+      continue;  // held back; published when the dwell ends
+    }
+    ChangeEvent& e = out->emplace_back();
+    e.user_id = std::string(user.id.view());
+    e.previous = user.pub_state;
+    e.previous_self = user.pub_self;
+    e.state = r.state;
+    e.self_state = r.self_state;
+    e.invisible = r.invisible;
+    e.self_last_seen_ms = v.last_seen_ms;
+    e.last_seen_ms =
+        r.invisible ? std::min(v.last_seen_ms, r.shown->set_at_ms) : v.last_seen_ms;
+    e.self_devices = v.devices;
+    if (!r.invisible) e.devices = v.devices;
+    user.version = NextVersion(user.version, now_ms);
+    e.version = user.version;
+    e.cause = pending.cause;
+    e.trace_id = pending.trace_id;
+    e.changed_at_ms = pending.since_ms;
+    e.published_at_ms = now_ms;
+    user.pub_state = r.state;
+    user.pub_self = r.self_state;
+    user.published_at_ms = now_ms;
+    ++counters_.transitions[static_cast<int>(pending.cause) - 1];
+    latency->Observe(now_ms - pending.since_ms);
+    settled.push_back(u);
+  }
+  for (uint32_t u : settled) {
+    pending_.erase(u);
+    ForgetUserIfEmpty(u, now_ms);
+  }
+}
+
+void Shard::AddStats(int64_t now_ms, Stats* stats) {
+  absl::MutexLock lock(&mu_);
+  stats->counters.Add(counters_);
+  for (int i = 0; i < kSourceCount; ++i) {
+    stats->counters.accepted[i] += fast_.accepted[i].load(std::memory_order_relaxed);
+  }
+  stats->sizes.users += index_by_id_.size();
+  stats->sizes.devices += devices_.used();
+  stats->sizes.live_devices += live_devices_;
+  stats->sizes.overrides += override_count_;
+  const int64_t stale_after = config_->options.app.offline_after_ms;
+  for (const User& user : users_) {
+    if (!user.in_use || user.pub_state == State::kOffline) continue;
+    ++stats->live_users;
+    if (now_ms - ViewUser(user, now_ms).last_seen_ms > stale_after) ++stats->stale_users;
+  }
+}
+
+}  // namespace presence::internal

@@ -1,0 +1,206 @@
+// One shard of the engine: the users whose xxHash falls in it, their devices,
+// their timers and their pending changes, all behind one lock.
+//
+// Every method takes the shard's lock, except that DeviceTable::Find (used by
+// the lock-free heartbeat in engine.cc) may be called from any thread.
+#ifndef PRESENCE_SRC_SHARD_H_
+#define PRESENCE_SRC_SHARD_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "presence/engine.h"
+#include "presence/options.h"
+#include "presence/types.h"
+#include "src/device.h"
+#include "src/device_table.h"
+#include "src/liveness.h"
+#include "src/metrics.h"
+#include "src/reducer.h"
+#include "src/timer_wheel.h"
+
+namespace presence::internal {
+
+// The hash that picks a user's shard and indexes it within the shard.
+uint64_t HashUserId(absl::string_view user_id);
+
+// What the engine shares with all of its shards.
+struct ShardConfig {
+  Options options;
+  LivenessPolicy policy;
+  std::atomic<uint64_t>* next_override_id;
+};
+
+// A signal that passed validation, with its time resolved on the engine's
+// clock (never after now).
+struct AcceptedSignal {
+  const presence::Signal* signal;
+  uint64_t hash;
+  int64_t timestamp_ms;
+};
+
+// Counters of the lock-free heartbeat, on a cache line of their own.
+struct alignas(64) FastCounters {
+  std::atomic<uint64_t> accepted[kSourceCount] = {};
+};
+
+class Shard {
+ public:
+  Shard(const ShardConfig* config, uint32_t index, int64_t now_ms);
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  // Applies one keyed signal. When `handle` is not null, it receives a handle
+  // to the device (a connect).
+  absl::Status Apply(const AcceptedSignal& s, int64_t now_ms, DeviceHandle* handle);
+  // Applies signals in order under one lock, adding outcomes to `result`.
+  void ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms, BatchResult* result);
+
+  // The locked part of Engine::Beat: the device needs a state change, or the
+  // handle is stale.
+  absl::Status BeatLocked(uint32_t index, uint32_t gen, Activity activity, Source source,
+                          int64_t now_ms);
+  absl::Status DisconnectHandle(uint32_t index, uint32_t gen, DisconnectKind kind,
+                                int64_t now_ms);
+  absl::Status DisconnectDevice(absl::string_view user_id, uint64_t hash,
+                                absl::string_view device_id, uint64_t session_id,
+                                DisconnectKind kind, int64_t now_ms);
+
+  absl::StatusOr<uint64_t> SetOverride(absl::string_view user_id, uint64_t hash,
+                                       OverrideState state, int64_t until_ms, uint64_t trace_id,
+                                       int64_t now_ms);
+  absl::Status RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
+                              int64_t now_ms);
+  absl::StatusOr<size_t> ClearOverrides(absl::string_view user_id, uint64_t hash, int64_t now_ms);
+  size_t RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms);
+  absl::StatusOr<std::vector<OverrideInfo>> ListOverrides(absl::string_view user_id,
+                                                          uint64_t hash, int64_t now_ms);
+
+  UserPresence Get(absl::string_view user_id, uint64_t hash, bool self_view, int64_t now_ms);
+
+  // Fires due timers and appends the changes to publish to `out`, observing
+  // each one's signal-to-publish latency in `latency`.
+  void Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram* latency);
+
+  struct Stats {
+    ShardCounters counters;
+    Engine::Sizes sizes;
+    uint64_t live_users = 0;   // users whose published state is not OFFLINE
+    uint64_t stale_users = 0;  // of those, freshness above APP's offline_after
+  };
+  void AddStats(int64_t now_ms, Stats* stats);
+
+  DeviceTable& devices() { return devices_; }
+  FastCounters& fast_counters() { return fast_; }
+  uint64_t DeviceKey(uint32_t index) const { return (uint64_t{index_} << 32) | index; }
+
+ private:
+  struct User {
+    IdBytes id;
+    uint64_t version = 0;
+    int64_t last_seen_ms = 0;     // latest signal applied through the lock
+    int64_t published_at_ms = 0;  // 0: never published
+    uint32_t first_device = kNone;
+    uint16_t device_count = 0;
+    bool in_use = false;
+    State pub_state = State::kOffline;
+    State pub_self = State::kOffline;
+    std::unique_ptr<std::vector<Override>> overrides;
+  };
+  struct Pending {
+    Cause cause;
+    uint64_t trace_id;
+    int64_t since_ms;
+  };
+  struct UserView {
+    Reduced reduced;
+    DeviceSummary devices;
+    int64_t last_seen_ms = 0;
+  };
+  struct UserKey {
+    absl::string_view id;
+    uint64_t hash;
+  };
+  struct UserHash {
+    using is_transparent = void;
+    const std::vector<User>* users;
+    size_t operator()(uint32_t u) const { return HashUserId((*users)[u].id.view()); }
+    size_t operator()(const UserKey& k) const { return k.hash; }
+  };
+  struct UserEq {
+    using is_transparent = void;
+    const std::vector<User>* users;
+    bool operator()(uint32_t a, uint32_t b) const { return a == b; }
+    bool operator()(uint32_t a, const UserKey& k) const { return (*users)[a].id.view() == k.id; }
+    bool operator()(const UserKey& k, uint32_t a) const { return (*users)[a].id.view() == k.id; }
+  };
+
+  absl::Status ApplyLocked(const AcceptedSignal& s, int64_t now_ms, DeviceHandle* handle)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
+                             int64_t ts_ms, uint64_t trace_id, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Drop(DropReason reason, absl::string_view message)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t FindDevice(const User& user, absl::string_view device_id)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  DeviceHandle HandleOf(uint32_t di) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Re-derives a device's fast bits from its liveness, keeps its timer no
+  // later than its next deadline, and marks its user dirty when what the
+  // device contributes (live, online) changed.
+  void Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t trace_id,
+               int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeDevice(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  TimerWheel::Verdict FireDevice(uint32_t di, Time32 slot_time, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FireUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  void MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  UserView ViewUser(const User& user, int64_t now_ms) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  size_t RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
+                         bool (*pred)(const Override&, const void*), const void* arg)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  DeviceView Evaluate(uint32_t di, int64_t now_ms) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  const ShardConfig* const config_;
+  const uint32_t index_;
+  FastCounters fast_;
+
+  mutable absl::Mutex mu_;
+  std::vector<User> users_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> free_users_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint32_t, UserHash, UserEq> index_by_id_ ABSL_GUARDED_BY(mu_);
+  DeviceTable devices_;  // slots guarded by mu_, except the fast-path fields
+  TimerWheel wheel_ ABSL_GUARDED_BY(mu_);
+  absl::btree_set<std::pair<int64_t, uint32_t>> user_timers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint32_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint32_t> with_overrides_ ABSL_GUARDED_BY(mu_);
+  ShardCounters counters_ ABSL_GUARDED_BY(mu_);
+  size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t override_count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace presence::internal
+
+#endif  // PRESENCE_SRC_SHARD_H_
