@@ -25,6 +25,7 @@ class EngineCore {
   explicit EngineCore(const Options& options)
       : clock_(options.clock ? options.clock : SystemClock()),
         config_{options, LivenessPolicy(options), &next_override_id_} {
+    if (options.listener != nullptr) listeners_.push_back(options.listener);
     int n = options.shards == 0 ? 16 : options.shards;
     while ((1 << shard_bits_) < n) ++shard_bits_;
     const int64_t now = clock_->NowMs();
@@ -138,10 +139,30 @@ class EngineCore {
     const int64_t now = Now();
     events_.clear();
     for (auto& shard : shards_) shard->Tick(now, &events_, &latency_);
-    if (config_.options.listener != nullptr && !events_.empty()) {
-      config_.options.listener->OnChanges(events_);
+    for (ChangeListener* l : listeners_) {
+      if (!events_.empty()) l->OnChanges(events_);
+      l->OnTick(now);
     }
     return events_.size();
+  }
+
+  void AddListener(ChangeListener* l) {
+    absl::MutexLock lock(&tick_mu_);
+    if (l != nullptr) listeners_.push_back(l);
+  }
+  void RemoveListener(ChangeListener* l) {
+    absl::MutexLock lock(&tick_mu_);
+    listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), l), listeners_.end());
+  }
+
+  UserPresence Get(absl::string_view user_id, absl::string_view viewer, bool published) {
+    if (!ValidateUserId(user_id).ok()) {
+      UserPresence p;
+      p.user_id = std::string(user_id);
+      return p;
+    }
+    const uint64_t h = HashUserId(user_id);
+    return ShardFor(h).Get(user_id, h, viewer == user_id, published, Now());
   }
 
   Shard::Stats Stats() {
@@ -218,6 +239,7 @@ class EngineCore {
 
   absl::Mutex tick_mu_;
   std::vector<ChangeEvent> events_ ABSL_GUARDED_BY(tick_mu_);
+  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(tick_mu_);
   LatencyHistogram latency_ ABSL_GUARDED_BY(tick_mu_);
 };
 
@@ -300,22 +322,27 @@ absl::StatusOr<std::vector<OverrideInfo>> Engine::ListOverrides(absl::string_vie
 }
 
 UserPresence Engine::GetOne(absl::string_view user_id, absl::string_view viewer_user_id) {
-  if (!ValidateUserId(user_id).ok()) {
-    UserPresence p;
-    p.user_id = std::string(user_id);
-    return p;
-  }
-  const uint64_t h = HashUserId(user_id);
-  return core_->ShardFor(h).Get(user_id, h, viewer_user_id == user_id, NowMs());
+  return core_->Get(user_id, viewer_user_id, /*published=*/false);
 }
 
 std::vector<UserPresence> Engine::Get(absl::Span<const absl::string_view> user_ids,
                                       absl::string_view viewer_user_id) {
   std::vector<UserPresence> out;
   out.reserve(user_ids.size());
-  for (absl::string_view id : user_ids) out.push_back(GetOne(id, viewer_user_id));
+  for (absl::string_view id : user_ids) out.push_back(core_->Get(id, viewer_user_id, false));
   return out;
 }
+
+std::vector<UserPresence> Engine::GetPublished(absl::Span<const absl::string_view> user_ids,
+                                               absl::string_view viewer_user_id) {
+  std::vector<UserPresence> out;
+  out.reserve(user_ids.size());
+  for (absl::string_view id : user_ids) out.push_back(core_->Get(id, viewer_user_id, true));
+  return out;
+}
+
+void Engine::AddListener(ChangeListener* listener) { core_->AddListener(listener); }
+void Engine::RemoveListener(ChangeListener* listener) { core_->RemoveListener(listener); }
 
 size_t Engine::Tick() { return core_->Tick(); }
 int64_t Engine::NowMs() const { return core_->Now(); }

@@ -478,7 +478,7 @@ absl::StatusOr<std::vector<OverrideInfo>> Shard::ListOverrides(absl::string_view
 // ---- Queries ----------------------------------------------------------------
 
 UserPresence Shard::Get(absl::string_view user_id, uint64_t hash, bool self_view,
-                        int64_t now_ms) {
+                        bool published, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   UserPresence p;
   p.user_id = std::string(user_id);
@@ -504,6 +504,7 @@ UserPresence Shard::Get(absl::string_view user_id, uint64_t hash, bool self_view
       p.override_until_ms = shown->until_ms;
     }
   }
+  if (published) p.state = self_view ? user.pub_self : user.pub_state;
   p.freshness_ms = p.last_seen_ms == 0 ? 0 : std::max<int64_t>(0, now_ms - p.last_seen_ms);
   return p;
 }

@@ -87,7 +87,9 @@ class Shard {
   absl::StatusOr<std::vector<OverrideInfo>> ListOverrides(absl::string_view user_id,
                                                           uint64_t hash, int64_t now_ms);
 
-  UserPresence Get(absl::string_view user_id, uint64_t hash, bool self_view, int64_t now_ms);
+  // `published`: state and version as last published, not as of now.
+  UserPresence Get(absl::string_view user_id, uint64_t hash, bool self_view, bool published,
+                   int64_t now_ms);
 
   // Fires due timers and appends the changes to publish to `out`, observing
   // each one's signal-to-publish latency in `latency`.

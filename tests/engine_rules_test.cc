@@ -575,3 +575,47 @@ TEST(Metrics, StaleRatioCountsLiveUsersKeptOnlyByInferredSignals) {
 
 }  // namespace
 }  // namespace presence::testing
+
+namespace presence::testing {
+namespace {
+
+TEST(Listeners, GetPublishedLagsUntilTheChangeIsPublished) {
+  TestEngine t;
+  auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
+  const absl::string_view ids[] = {"alice"};
+  EXPECT_EQ(t.engine->GetPublished(ids)[0].state, State::kOffline);  // not yet told
+  t.engine->Tick();
+  const UserPresence p = t.engine->GetPublished(ids)[0];
+  EXPECT_EQ(p.state, State::kOnline);
+  EXPECT_EQ(p.version, t.listener.events().back().version);
+  t.Run(1000);
+  ASSERT_TRUE(t.engine->Beat(*h, Activity::kIdle).ok());
+  EXPECT_EQ(t.engine->Get(ids)[0].state, State::kAway);
+  EXPECT_EQ(t.engine->GetPublished(ids)[0].state, State::kOnline);
+}
+
+TEST(Listeners, AddedListenersGetChangesAndEveryTick) {
+  struct Counting : ChangeListener {
+    void OnChanges(absl::Span<const ChangeEvent> e) override { changes += e.size(); }
+    void OnTick(int64_t now) override {
+      ++ticks;
+      last_tick = now;
+    }
+    size_t changes = 0, ticks = 0;
+    int64_t last_tick = 0;
+  } extra;
+  TestEngine t;
+  t.engine->AddListener(&extra);
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
+  t.Run(300);
+  EXPECT_EQ(extra.changes, 1u);
+  EXPECT_EQ(extra.ticks, 3u);
+  EXPECT_EQ(extra.last_tick, t.clock.NowMs());
+  EXPECT_EQ(t.listener.events().size(), 1u);  // Options::listener still called
+  t.engine->RemoveListener(&extra);
+  t.Run(100);
+  EXPECT_EQ(extra.ticks, 3u);
+}
+
+}  // namespace
+}  // namespace presence::testing

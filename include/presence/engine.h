@@ -56,6 +56,8 @@
 
 namespace presence {
 
+class ChangeListener;
+
 namespace internal {
 class EngineCore;
 }
@@ -157,12 +159,28 @@ class PRESENCE_EXPORT Engine {
                                 absl::string_view viewer_user_id = {});
   UserPresence GetOne(absl::string_view user_id, absl::string_view viewer_user_id = {});
 
+  // Engine::GetPublished answers like Get, except that `state` and `version`
+  // are those of the user's last published change: what listeners have been
+  // told, so a snapshot built from it agrees with the stream of changes that
+  // follows. (last_seen, devices and the override are current.)
+  std::vector<UserPresence> GetPublished(absl::Span<const absl::string_view> user_ids,
+                                         absl::string_view viewer_user_id = {});
+
+  // ---- Listeners -----------------------------------------------------------
+
+  // Engine::AddListener adds a listener beside Options::listener; Tick calls
+  // them in the order added. Not owned; it must stay alive until removed or
+  // the engine is destroyed. Must not be called from inside a listener.
+  void AddListener(ChangeListener* listener);
+  void RemoveListener(ChangeListener* listener);
+
   // ---- Time ----------------------------------------------------------------
 
   // Engine::Tick reads the clock, fires the timers that are due (device
   // timeouts, grace, dwell, override expiry, retention) and publishes the
-  // changes of every touched user to the listener. Call it every flush
-  // interval. Returns how many change events were published.
+  // changes of every touched user to the listeners, then calls each
+  // listener's OnTick. Call it every flush interval. Returns how many change
+  // events were published.
   size_t Tick();
 
   // The engine's notion of now: its clock's time.
