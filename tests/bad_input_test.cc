@@ -46,9 +46,10 @@ TEST_F(BadInput, EmptyAndOversizedIds) {
   EXPECT_FALSE(t_.engine->GetOne(long_id).known);
   // Ids are opaque bytes: NULs and non-UTF-8 are fine, and the maximum is.
   const std::string max_id(kMaxUserIdBytes, '\xff');
-  Signal s = TestEngine::Sig(std::string("a\0b", 3), max_id);
+  const std::string nul_id("a\0b", 3);  // outlives `s`, whose user_id views it
+  Signal s = TestEngine::Sig(nul_id, max_id);
   EXPECT_TRUE(t_.engine->Signal(s).ok());
-  EXPECT_TRUE(t_.engine->GetOne(std::string("a\0b", 3)).known);
+  EXPECT_TRUE(t_.engine->GetOne(nul_id).known);
   EXPECT_FALSE(t_.engine->GetOne("a").known);
 }
 
