@@ -327,6 +327,7 @@ class Fanout::Impl {
       Erase(t->removed, e->id);
     }
     dirty_topics_.insert(t);
+    MaybeDeleteTopic(t);  // an empty add leaves no empty topic behind
     return absl::OkStatus();
   }
 
@@ -759,9 +760,9 @@ class Fanout::Impl {
         ++list_users;
       }
       for (const std::string& name : s->left_topics) {
-        pb::TopicSection* sec = list.add_topics();  // an empty full section: forget it
+        pb::TopicSection* sec = list.add_topics();
         sec->set_topic(name);
-        sec->set_full(true);
+        sec->set_left(true);
       }
     }
     s->pending.clear();

@@ -41,6 +41,11 @@ struct ClientView {
     }
     for (const auto& u : m.users()) Upsert(&list, u);
     for (const auto& sec : m.topics()) {
+      if (sec.left()) {
+        topics.erase(sec.topic());
+        counts.erase(sec.topic());
+        continue;
+      }
       auto& view = topics[sec.topic()];
       if (sec.full()) {
         view.clear();
@@ -48,7 +53,6 @@ struct ClientView {
       }
       if (sec.has_counts()) counts[sec.topic()] = sec.counts();
       for (const auto& u : sec.users()) Upsert(&view, u);
-      if (sec.full() && sec.users_size() == 0 && !sec.has_counts()) topics.erase(sec.topic());
     }
     return m;
   }
