@@ -60,7 +60,7 @@ uint32_t Shard::AddUser(absl::string_view id) {
 
 void Shard::ForgetUserIfEmpty(uint32_t u, int64_t now_ms) {
   User& user = users_[u];
-  if (!user.in_use || user.device_count > 0 || user.overrides || pending_.contains(u)) return;
+  if (!user.in_use || user.device_count > 0 || user.overrides || user.pending != kNone) return;
   const int64_t forget_at = user.last_seen_ms + config_->options.user_retention_ms;
   if (user.last_seen_ms != 0 && now_ms < forget_at) {
     user_timers_.insert({forget_at, u});
@@ -83,11 +83,15 @@ DeviceHandle Shard::HandleOf(uint32_t di) {
 }
 
 void Shard::MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms) {
-  auto [it, inserted] = pending_.try_emplace(u, Pending{cause, trace_id, now_ms});
-  if (!inserted) {
-    it->second.cause = cause;
-    if (trace_id != 0) it->second.trace_id = trace_id;
+  User& user = users_[u];
+  if (user.pending == kNone) {
+    user.pending = static_cast<uint32_t>(pending_.size());
+    pending_.push_back(Pending{u, cause, trace_id, now_ms});
+    return;
   }
+  Pending& p = pending_[user.pending];
+  p.cause = cause;
+  if (trace_id != 0) p.trace_id = trace_id;
 }
 
 Shard::UserView Shard::ViewUser(const User& user, int64_t now_ms) {
@@ -568,17 +572,23 @@ void Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram
     FireUser(u, now_ms);
   }
   const int64_t dwell = config_->options.min_dwell_ms;
-  std::vector<uint32_t> settled;
-  for (auto& [u, pending] : pending_) {
-    User& user = users_[u];
+  size_t kept = 0;
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    const Pending pending = pending_[i];
+    User& user = users_[pending.user];
     const UserView v = ViewUser(user, now_ms);
     const Reduced& r = v.reduced;
-    if (r.state == user.pub_state && r.self_state == user.pub_self) {
-      settled.push_back(u);  // back where it was last published: nothing to say
+    const bool unchanged = r.state == user.pub_state && r.self_state == user.pub_self;
+    if (!unchanged && dwell > 0 && user.published_at_ms != 0 &&
+        now_ms < user.published_at_ms + dwell) {
+      user.pending = static_cast<uint32_t>(kept);  // held back until the dwell ends
+      pending_[kept++] = pending;
       continue;
     }
-    if (dwell > 0 && user.published_at_ms != 0 && now_ms < user.published_at_ms + dwell) {
-      continue;  // held back; published when the dwell ends
+    user.pending = kNone;
+    if (unchanged) {  // back where it was last published: nothing to say
+      ForgetUserIfEmpty(pending.user, now_ms);
+      continue;
     }
     ChangeEvent& e = out->emplace_back();
     e.user_id = std::string(user.id.view());
@@ -603,12 +613,9 @@ void Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram
     user.published_at_ms = now_ms;
     ++counters_.transitions[static_cast<int>(pending.cause) - 1];
     latency->Observe(now_ms - pending.since_ms);
-    settled.push_back(u);
+    ForgetUserIfEmpty(pending.user, now_ms);
   }
-  for (uint32_t u : settled) {
-    pending_.erase(u);
-    ForgetUserIfEmpty(u, now_ms);
-  }
+  pending_.resize(kept);
 }
 
 void Shard::AddStats(int64_t now_ms, Stats* stats) {

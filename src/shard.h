@@ -114,6 +114,7 @@ class Shard {
     int64_t last_seen_ms = 0;     // latest signal applied through the lock
     int64_t published_at_ms = 0;  // 0: never published
     uint32_t first_device = kNone;
+    uint32_t pending = kNone;  // index in pending_ while it has unpublished news
     uint16_t device_count = 0;
     bool in_use = false;
     State pub_state = State::kOffline;
@@ -121,6 +122,7 @@ class Shard {
     std::unique_ptr<std::vector<Override>> overrides;
   };
   struct Pending {
+    uint32_t user;
     Cause cause;
     uint64_t trace_id;
     int64_t since_ms;
@@ -196,7 +198,7 @@ class Shard {
   DeviceTable devices_;  // slots guarded by mu_, except the fast-path fields
   TimerWheel wheel_ ABSL_GUARDED_BY(mu_);
   absl::btree_set<std::pair<int64_t, uint32_t>> user_timers_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint32_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
+  std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);  // users to look at on Tick
   absl::flat_hash_set<uint32_t> with_overrides_ ABSL_GUARDED_BY(mu_);
   ShardCounters counters_ ABSL_GUARDED_BY(mu_);
   size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;
