@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include "absl/strings/string_view.h"
 #include "presence/types.h"
@@ -52,6 +53,50 @@ class IdBytes {
 
  private:
   char* p_ = nullptr;
+};
+
+// A user id: ids shorter than 16 bytes live inline (no allocation, and no
+// cache miss to read them when a change is published); longer ones in an
+// IdBytes. The last byte tells which: 0x80 | length inline, 0 on the heap.
+class InlineId {
+ public:
+  InlineId() { buf_[kTag] = static_cast<char>(0x80); }
+  explicit InlineId(absl::string_view id) {
+    if (id.size() < kTag) {
+      std::memcpy(buf_, id.data(), id.size());
+      buf_[kTag] = static_cast<char>(0x80 | id.size());
+    } else {
+      new (buf_) IdBytes(id);
+      buf_[kTag] = 0;
+    }
+  }
+  InlineId(InlineId&& o) noexcept {
+    std::memcpy(buf_, o.buf_, sizeof(buf_));
+    o.buf_[kTag] = static_cast<char>(0x80);
+  }
+  InlineId& operator=(InlineId&& o) noexcept {
+    if (this != &o) {
+      reset();
+      std::memcpy(buf_, o.buf_, sizeof(buf_));
+      o.buf_[kTag] = static_cast<char>(0x80);
+    }
+    return *this;
+  }
+  ~InlineId() { reset(); }
+  absl::string_view view() const {
+    if (inline_()) return absl::string_view(buf_, buf_[kTag] & 0x7f);
+    return heap()->view();
+  }
+
+ private:
+  static constexpr size_t kTag = 15;
+  bool inline_() const { return buf_[kTag] != 0; }
+  const IdBytes* heap() const { return std::launder(reinterpret_cast<const IdBytes*>(buf_)); }
+  void reset() {
+    if (!inline_()) std::launder(reinterpret_cast<IdBytes*>(buf_))->~IdBytes();
+    buf_[kTag] = static_cast<char>(0x80);
+  }
+  alignas(8) char buf_[16];
 };
 
 // Device phases. SUSPECT (DESIGN.md rule 1) is not stored: it is derived from

@@ -52,7 +52,7 @@ uint32_t Shard::AddUser(absl::string_view id) {
     users_.emplace_back();
   }
   User& user = users_[u];
-  user.id = IdBytes(id);
+  user.id = InlineId(id);
   user.in_use = true;
   index_by_id_.insert(u);
   return u;

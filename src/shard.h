@@ -109,7 +109,7 @@ class Shard {
 
  private:
   struct User {
-    IdBytes id;
+    InlineId id;
     uint64_t version = 0;
     int64_t last_seen_ms = 0;     // latest signal applied through the lock
     int64_t published_at_ms = 0;  // 0: never published
