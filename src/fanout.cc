@@ -121,6 +121,7 @@ struct Sub {
   bool lagging = false;
   std::deque<Batch> outbox;
   std::deque<Batch> history;
+  size_t history_bytes = 0;
   double tokens = 0;
   int64_t refill_ms = 0;
 };
@@ -792,7 +793,12 @@ class Fanout::Impl {
   // Keeps a built batch for Resume and counts it.
   void Record(Sub* s, const Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     s->history.push_back(b);
-    while (s->history.size() > std::max<size_t>(opts_.resume_window, 1)) s->history.pop_front();
+    s->history_bytes += b.ByteSize();
+    while (s->history.size() > 1 && (s->history.size() > opts_.resume_window ||
+                                     s->history_bytes > opts_.resume_window_bytes)) {
+      s->history_bytes -= s->history.front().ByteSize();
+      s->history.pop_front();
+    }
     ++batches_;
     user_diffs_ += b.users;
     bytes_ += b.ByteSize();

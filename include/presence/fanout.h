@@ -81,8 +81,11 @@ struct FanoutOptions {
   // Undelivered batches held for a polling subscriber; past it the
   // subscriber is lagging and gets a snapshot at its next poll.
   size_t max_outbox_batches = 256;
-  // Delivered batches kept per subscriber for Resume.
+  // Delivered batches kept per subscriber for Resume: at most this many, and
+  // at most this many bytes (the newest batch is always kept). This is most
+  // of a subscriber's memory; older cursors get a snapshot instead.
   size_t resume_window = 64;
+  size_t resume_window_bytes = 32 * 1024;
 
   // Large topics (DESIGN.md section 3): above `interval_mode_members`
   // members a topic's section is flushed at most every
