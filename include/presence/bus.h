@@ -1,0 +1,74 @@
+// File: presence/bus.h
+//
+// presence::Bus is the event-bus seam (DESIGN.md sections 5 and 6): normalized
+// signals and change events, keyed by user, in partitions with offsets, that
+// can be read again from any offset still held (replay). The embedded
+// default is NewInProcessBus(); the Kafka adapter lives in its own library.
+//
+// PARTITIONING: a user's records always go to PartitionFor(user_id, n): an
+// xxHash (XXH3, 64 bits) of the user id, then jump consistent hashing onto n
+// partitions. The mapping is part of the wire contract and stays the same
+// across versions, so every process in a deployment agrees on it.
+//
+// ORDER: within a partition, records keep the order in which Publish
+// returned their offsets; offsets grow by one from 0.
+//
+// THREAD SAFETY: implementations must accept calls from several threads.
+#ifndef PRESENCE_BUS_H_
+#define PRESENCE_BUS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "presence/export.h"
+
+namespace presence {
+
+// The kinds of record on the bus. Payloads are encoded protobuf:
+// presence.v1.Signal and presence.v1.ChangeEvent.
+enum class BusRecordType : uint8_t { kSignal = 1, kChange = 2 };
+
+struct BusRecord {
+  uint32_t partition = 0;
+  uint64_t offset = 0;
+  BusRecordType type = BusRecordType::kSignal;
+  std::string key;  // the user id
+  std::string payload;
+};
+
+// The partition of a user: XXH3-64 of the id, then jump consistent hashing.
+PRESENCE_EXPORT uint32_t PartitionFor(absl::string_view user_id, uint32_t partitions);
+
+class PRESENCE_EXPORT Bus {
+ public:
+  virtual ~Bus();
+
+  virtual uint32_t partitions() const = 0;
+
+  // Appends a record to PartitionFor(key) and returns its offset.
+  virtual absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
+                                           absl::string_view payload) = 0;
+
+  // Up to `max` records of `partition` from `offset` on (fewer, or none, at
+  // the end). OutOfRange when `offset` is past EndOffset or no longer held;
+  // InvalidArgument for a partition that does not exist.
+  virtual absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
+                                                      size_t max) = 0;
+
+  // The offset the next record of `partition` will get (InvalidArgument for
+  // a partition that does not exist).
+  virtual absl::StatusOr<uint64_t> EndOffset(uint32_t partition) = 0;
+};
+
+// An in-process bus with `partitions` partitions (at least 1), holding every
+// record in memory.
+PRESENCE_EXPORT std::unique_ptr<Bus> NewInProcessBus(uint32_t partitions);
+
+}  // namespace presence
+
+#endif  // PRESENCE_BUS_H_
