@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that building and testing presence need.
 # Idempotent: prints nothing and touches nothing when every package is present.
+#
+# Optional groups, named as arguments, add packages that only some benchmarks
+# need (CI installs none of them):
+#   plots   gnuplot-nox, for the PNG plots in benchmarks/ (detection.sh, compare.sh)
+#   redis   redis-server and libhiredis-dev, for the Redis leg of the comparison
+#           harness (benchmarks/compare.sh)
+# e.g. scripts/install-deps.sh plots redis
 set -euo pipefail
 
 packages=(
@@ -9,6 +16,14 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang lld libclang-rt-14-dev
 )
+
+for group in "$@"; do
+  case "$group" in
+    plots) packages+=(gnuplot-nox) ;;
+    redis) packages+=(redis-server libhiredis-dev) ;;
+    *) echo "install-deps: unknown group '$group' (known: plots, redis)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

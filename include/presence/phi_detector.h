@@ -1,0 +1,132 @@
+// File: presence/phi_detector.h
+//
+// presence::PhiAccrualDetector is an OfflineDetector (presence/detector.h)
+// after Hayashibara, Defago, Yared and Katayama, "The phi accrual failure
+// detector" (SRDS 2004): DESIGN.md rule 6.
+//
+// For each device it keeps an exponentially weighted mean and variance of the
+// heartbeat inter-arrival times (24 bytes of statistics per device, no window
+// of samples). After a silence of t ms, the suspicion level is
+//
+//   phi(t) = -log10(P(next interval > t)),  intervals ~ Normal(mean, sd)
+//
+// and the device is declared DEAD when phi reaches `threshold`, that is after
+//
+//   mean + z * max(sd, min_std_dev_ms) + acceptable_pause_ms,
+//   z = the standard normal quantile of 1 - 10^-threshold
+//
+// (phi 1 -> z 1.28, phi 3 -> z 3.09, phi 8 -> z 5.61, phi 12 -> z 7.03).
+// That is the answer to OfflineAfterMs. The engine then clamps it to
+// [Options::detector_floor_ms, the source's offline_after_ms], so the detector
+// can only detect sooner than the fixed bound, and never sooner than the floor.
+//
+// What it answers before it knows enough: until a device has contributed
+// `min_samples` inter-arrival times, OfflineAfterMs answers the fixed bound it
+// is given (fixed_offline_after_ms), so a new device behaves exactly as with
+// fixed thresholds. Intervals longer than `max_interval_ms` (the device was
+// away, then came back) are not learned; they only restart the interval.
+//
+// Sources. The seam (OfflineDetector) does not say which source a signal came
+// from, so one set of statistics serves the device. For a source whose fixed
+// bound is above `adaptive_bound_limit_ms` (by default, INFERRED signals with
+// their 240 s bound) the detector answers that fixed bound unchanged, so a
+// device kept alive by mobile background signals still decays on its own
+// clock (DESIGN.md rule 1).
+//
+// Example:
+//
+//   presence::PhiAccrualDetector detector;          // phi 8, 5 samples
+//   presence::Options opts;
+//   opts.detector = &detector;
+//   opts.detector_platforms = 1u << static_cast<int>(presence::Platform::kMobile);
+//   auto engine = presence::Engine::Create(opts).value();
+//
+// THREAD SAFETY: all methods may be called from any number of threads at once.
+// Devices are spread by a hash of their key over `shards` tables, each behind
+// its own mutex; a call holds one of those mutexes for a hash-table lookup and
+// a few arithmetic operations, and never calls out.
+//
+// LIFESPAN: the host owns it; it must outlive every engine that uses it. One
+// detector may serve several engines only if their device keys cannot collide
+// (device keys are unique within one engine), so give each engine its own.
+#ifndef PRESENCE_PHI_DETECTOR_H_
+#define PRESENCE_PHI_DETECTOR_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "presence/detector.h"
+#include "presence/export.h"
+
+namespace presence {
+
+struct PhiDetectorOptions {
+  // The suspicion level at which a device is declared DEAD. Higher: fewer
+  // false offlines, later detection. Must be > 0; values above 15 are treated
+  // as 15.
+  double threshold = 8.0;
+  // Inter-arrival times a device must contribute before the detector answers
+  // anything but the fixed bound. At least 1.
+  int min_samples = 5;
+  // Weight of the newest interval in the exponentially weighted mean and
+  // variance, in (0, 1]. 0.05 remembers about the last 40 intervals. Until a
+  // device has 1/alpha samples the plain running mean and variance are used.
+  double alpha = 0.05;
+  // Floor on the standard deviation, so that a perfectly regular device does
+  // not get a timeout barely above its interval.
+  int64_t min_std_dev_ms = 100;
+  // Added to every answer: a pause that is never suspicious (Akka's
+  // acceptable-heartbeat-pause).
+  int64_t acceptable_pause_ms = 0;
+  // Intervals longer than this are not learned (the device was away).
+  int64_t max_interval_ms = 10000;
+  // Sources whose fixed bound is above this get their fixed bound unchanged.
+  int64_t adaptive_bound_limit_ms = 30000;
+  // Number of independently locked tables (rounded up to a power of two).
+  int shards = 64;
+};
+
+class PRESENCE_EXPORT PhiAccrualDetector final : public OfflineDetector {
+ public:
+  explicit PhiAccrualDetector(const PhiDetectorOptions& options = PhiDetectorOptions());
+  ~PhiAccrualDetector() override;
+  PhiAccrualDetector(const PhiAccrualDetector&) = delete;
+  PhiAccrualDetector& operator=(const PhiAccrualDetector&) = delete;
+
+  // OfflineDetector.
+  void Observe(uint64_t device_key, int64_t now_ms) override;
+  int64_t OfflineAfterMs(uint64_t device_key, int64_t last_signal_ms,
+                         int64_t fixed_offline_after_ms) override;
+  void Forget(uint64_t device_key) override;
+
+  // The suspicion level of a device silent since `last_signal_ms`, at
+  // `now_ms`; 0 for a device with fewer than min_samples intervals.
+  double Phi(uint64_t device_key, int64_t last_signal_ms, int64_t now_ms) const;
+
+  // What the detector learned about one device.
+  struct DeviceStats {
+    bool known = false;
+    uint32_t samples = 0;  // intervals learned
+    double mean_ms = 0;
+    double std_dev_ms = 0;  // before the min_std_dev_ms floor
+  };
+  DeviceStats Stats(uint64_t device_key) const;
+
+  // Devices tracked now.
+  size_t size() const;
+
+  const PhiDetectorOptions& options() const { return options_; }
+  // The normal quantile z for the configured threshold.
+  double z() const { return z_; }
+
+ private:
+  struct Impl;
+  const PhiDetectorOptions options_;
+  const double z_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace presence
+
+#endif  // PRESENCE_PHI_DETECTOR_H_

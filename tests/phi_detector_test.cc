@@ -1,0 +1,230 @@
+// Tests of presence::PhiAccrualDetector (DESIGN.md rule 6): what it learns,
+// what it answers before it knows enough, how the engine bounds it, and that
+// it is safe to call from many threads at once.
+#include "presence/phi_detector.h"
+
+#include <atomic>
+#include <cmath>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "test_util.h"
+
+namespace presence {
+namespace {
+
+using testing::TestEngine;
+
+// Feeds `n` intervals of `interval_ms` to `key`, starting at `t`; returns the
+// time of the last signal.
+int64_t Feed(PhiAccrualDetector& d, uint64_t key, int64_t t, int n, int64_t interval_ms) {
+  d.Observe(key, t);
+  for (int i = 0; i < n; ++i) {
+    t += interval_ms;
+    d.Observe(key, t);
+  }
+  return t;
+}
+
+TEST(PhiDetector, QuantileMatchesTheThreshold) {
+  PhiDetectorOptions o;
+  o.threshold = 1;
+  EXPECT_NEAR(PhiAccrualDetector(o).z(), 1.2816, 1e-3);
+  o.threshold = 3;
+  EXPECT_NEAR(PhiAccrualDetector(o).z(), 3.0902, 1e-3);
+  o.threshold = 8;
+  EXPECT_NEAR(PhiAccrualDetector(o).z(), 5.6120, 1e-3);
+}
+
+TEST(PhiDetector, AnswersTheFixedBoundUntilMinSamples) {
+  PhiDetectorOptions o;
+  o.min_samples = 5;
+  PhiAccrualDetector d(o);
+  EXPECT_EQ(d.OfflineAfterMs(7, 0, 4000), 4000);  // never seen
+  int64_t t = Feed(d, 7, 1000, 4, 1000);            // 4 intervals
+  EXPECT_EQ(d.OfflineAfterMs(7, t, 4000), 4000);
+  EXPECT_EQ(d.Phi(7, t, t + 100000), 0.0);
+  t = Feed(d, 7, t, 0, 1000);
+  d.Observe(7, t + 1000);  // the 5th interval
+  EXPECT_LT(d.OfflineAfterMs(7, t + 1000, 4000), 4000);
+}
+
+TEST(PhiDetector, RegularHeartbeatsGiveMeanPlusZTimesTheStdDevFloor) {
+  PhiDetectorOptions o;
+  o.threshold = 8;
+  o.min_std_dev_ms = 100;
+  PhiAccrualDetector d(o);
+  const int64_t t = Feed(d, 1, 0, 50, 1000);
+  const auto st = d.Stats(1);
+  EXPECT_TRUE(st.known);
+  EXPECT_EQ(st.samples, 50u);
+  EXPECT_NEAR(st.mean_ms, 1000, 1e-6);
+  EXPECT_NEAR(st.std_dev_ms, 0, 1e-6);
+  // 1000 + 5.612 * 100, rounded up.
+  EXPECT_EQ(d.OfflineAfterMs(1, t, 4000), 1562);
+  EXPECT_NEAR(d.Phi(1, t, t + 1562), 8.0, 0.05);
+  EXPECT_LT(d.Phi(1, t, t + 1000), 1.0);
+  EXPECT_GT(d.Phi(1, t, t + 3000), 15.0);
+}
+
+TEST(PhiDetector, LearnsJitterAndAnswersLaterForAJitteryDevice) {
+  PhiAccrualDetector d;
+  // Alternating 700 / 1300 ms: mean 1000, sd 300.
+  d.Observe(1, 0);
+  d.Observe(2, 0);
+  int64_t t1 = 0, t2 = 0;
+  for (int i = 0; i < 200; ++i) {
+    t1 += (i % 2) ? 700 : 1300;
+    d.Observe(1, t1);
+    t2 += 1000;
+    d.Observe(2, t2);
+  }
+  EXPECT_NEAR(d.Stats(1).mean_ms, 1000, 20);
+  EXPECT_NEAR(d.Stats(1).std_dev_ms, 300, 20);
+  const int64_t jittery = d.OfflineAfterMs(1, t1, 10000);
+  const int64_t steady = d.OfflineAfterMs(2, t2, 10000);
+  EXPECT_NEAR(jittery, 1000 + 5.612 * 300, 70);
+  EXPECT_LT(steady, jittery);
+}
+
+TEST(PhiDetector, NeverAnswersPastTheFixedBound) {
+  PhiAccrualDetector d;
+  const int64_t t = Feed(d, 1, 0, 20, 3800);  // 3800 + 5.6 * 100 is past the bound
+  EXPECT_EQ(d.OfflineAfterMs(1, t, 4000), 4000);
+}
+
+TEST(PhiDetector, LongGapsAreNotLearnedAndSameInstantIsIgnored) {
+  PhiDetectorOptions o;
+  o.max_interval_ms = 10000;
+  PhiAccrualDetector d(o);
+  int64_t t = Feed(d, 1, 0, 10, 1000);
+  d.Observe(1, t + 60000);  // away for a minute, then back
+  d.Observe(1, t + 60000);  // a second source at the same instant
+  EXPECT_EQ(d.Stats(1).samples, 10u);
+  EXPECT_NEAR(d.Stats(1).mean_ms, 1000, 1e-6);
+  d.Observe(1, t + 61000);  // the restart point was moved: this interval is 1 s
+  EXPECT_EQ(d.Stats(1).samples, 11u);
+  EXPECT_NEAR(d.Stats(1).mean_ms, 1000, 1e-6);
+}
+
+TEST(PhiDetector, SlowSourcesKeepTheirFixedBound) {
+  PhiAccrualDetector d;  // adaptive_bound_limit_ms = 30000
+  const int64_t t = Feed(d, 1, 0, 20, 1000);
+  EXPECT_EQ(d.OfflineAfterMs(1, t, 240000), 240000);  // INFERRED's bound
+  EXPECT_LT(d.OfflineAfterMs(1, t, 4000), 4000);
+}
+
+TEST(PhiDetector, ForgetDropsTheDevice) {
+  PhiAccrualDetector d;
+  Feed(d, 1, 0, 20, 1000);
+  Feed(d, 2, 0, 20, 1000);
+  EXPECT_EQ(d.size(), 2u);
+  d.Forget(1);
+  EXPECT_EQ(d.size(), 1u);
+  EXPECT_FALSE(d.Stats(1).known);
+  EXPECT_EQ(d.OfflineAfterMs(1, 0, 4000), 4000);
+}
+
+TEST(PhiDetector, BadOptionsAreMadeSane) {
+  PhiDetectorOptions o;
+  o.threshold = -1;
+  o.min_samples = 0;
+  o.alpha = 7;
+  o.shards = 3;
+  PhiAccrualDetector d(o);
+  EXPECT_EQ(d.options().threshold, PhiDetectorOptions().threshold);
+  EXPECT_EQ(d.options().min_samples, 1);
+  EXPECT_EQ(d.options().alpha, PhiDetectorOptions().alpha);
+  EXPECT_EQ(d.options().shards, 4);
+  o = PhiDetectorOptions();
+  o.threshold = 100;
+  EXPECT_EQ(PhiAccrualDetector(o).options().threshold, 15.0);
+}
+
+TEST(PhiDetector, ManyThreadsAtOnce) {
+  PhiAccrualDetector d;
+  constexpr int kThreads = 4, kDevices = 500, kRounds = 40;
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int th = 0; th < kThreads; ++th) {
+    threads.emplace_back([&, th] {
+      for (int r = 0; r <= kRounds; ++r) {
+        for (int i = 0; i < kDevices; ++i) {
+          const uint64_t key = (uint64_t(th) << 32) | uint64_t(i);
+          d.Observe(key, int64_t(r) * 1000);
+          const int64_t a = d.OfflineAfterMs(key, int64_t(r) * 1000, 4000);
+          if (a < 1 || a > 4000) bad.fetch_add(1);
+          if (r == kRounds && i % 2 == 0) d.Forget(key);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(d.size(), size_t(kThreads * kDevices / 2));
+  EXPECT_EQ(d.Stats((uint64_t{1} << 32) | 1).samples, uint32_t(kRounds));
+}
+
+// In an engine: a device on a steady 1 s heartbeat is declared offline at the
+// floor (2 s) rather than at the fixed 4 s; a device of a platform the
+// detector does not cover keeps the fixed 4 s.
+TEST(PhiDetectorInEngine, DetectsSoonerButNotBeforeTheFloor) {
+  PhiAccrualDetector detector;
+  Options o;
+  o.detector = &detector;
+  o.detector_platforms = 1u << static_cast<int>(Platform::kMobile);
+  o.detector_floor_ms = 2000;
+  TestEngine t(o);
+  Signal phone = TestEngine::Sig("ann", "phone");
+  phone.platform = Platform::kMobile;
+  Signal web = TestEngine::Sig("bob", "web");
+  DeviceHandle hp = t.engine->Connect(phone).value();
+  DeviceHandle hw = t.engine->Connect(web).value();
+  for (int i = 0; i < 20; ++i) {
+    t.Run(1000);
+    ASSERT_TRUE(t.engine->Beat(hp).ok());
+    ASSERT_TRUE(t.engine->Beat(hw).ok());
+  }
+  const int64_t last = t.clock.NowMs();
+  t.listener.Take();
+  // Learned: mean 1000, sd at its 100 ms floor, phi 8 -> 1562 ms, clamped up to the floor.
+  t.Run(1900);
+  EXPECT_EQ(t.StateOf("ann"), State::kOnline);
+  t.Run(100);
+  EXPECT_EQ(t.StateOf("ann"), State::kOffline);
+  auto ann = t.listener.For("ann");
+  ASSERT_EQ(ann.size(), 1u);
+  EXPECT_EQ(ann[0].state, State::kOffline);
+  EXPECT_EQ(ann[0].cause, Cause::kTimeout);
+  EXPECT_EQ(ann[0].published_at_ms, last + 2000);
+  EXPECT_EQ(t.StateOf("bob"), State::kOnline);
+  t.Run(2000);
+  auto bob = t.listener.For("bob");
+  ASSERT_EQ(bob.size(), 1u);
+  EXPECT_EQ(bob[0].published_at_ms, last + 4000);
+}
+
+// The detector is bounded above: a device whose learned timeout is past the
+// fixed bound is offline at the fixed bound.
+TEST(PhiDetectorInEngine, BoundedAboveByOfflineAfter) {
+  PhiDetectorOptions po;
+  po.min_std_dev_ms = 2000;  // would answer 1000 + 5.6 * 2000
+  PhiAccrualDetector detector(po);
+  Options o;
+  o.detector = &detector;
+  o.detector_platforms = 1u << static_cast<int>(Platform::kWeb);
+  TestEngine t(o);
+  DeviceHandle h = t.engine->Connect(TestEngine::Sig("ann", "web")).value();
+  for (int i = 0; i < 10; ++i) {
+    t.Run(1000);
+    ASSERT_TRUE(t.engine->Beat(h).ok());
+  }
+  t.Run(3900);
+  EXPECT_EQ(t.StateOf("ann"), State::kOnline);
+  t.Run(100);
+  EXPECT_EQ(t.StateOf("ann"), State::kOffline);
+}
+
+}  // namespace
+}  // namespace presence
