@@ -10,27 +10,30 @@
 //     cost of N live devices that keep beating (lazy timer rechecks);
 //   * bytes per tracked device, measured with mallinfo2(): at most 64 bytes
 //     per device beyond the bytes of its ids.
+// Also: the Tick while users are held back by min_dwell (TickDwellHeld), and
+// the heap the timer wheel keeps after repeated bursts (TimerWheelBursts).
 // Plus "Model/..." cases that run no engine code: a 48-byte record array
 // touched like the heartbeat fast path, with and without an atomic
-// read-modify-write per touch, to isolate what the memory system costs.
+// read-modify-write per touch, and a dependent random walk (one memory
+// latency per item), to isolate what the memory system costs.
 //
 // Every engine runs on a ManualClock: the clock read is one load and time
 // only moves when a benchmark moves it (outside the timed region, unless the
 // Tick is what is measured). A heartbeat round of N devices is one simulated
 // second, so every device beats once per second and stays live.
 //
-// Run everything:       engine_bench
+// Run everything:       engine_bench   (about 3 minutes, 3.3 GB peak RSS)
 // CI smoke (10^4 only): engine_bench --smoke
-// Abseil Mutex deadlock detection off: --mutex_deadlock_detection=ignore
 //   which is shorthand for --benchmark_filter='devices:10000(/|$)'
 //   --benchmark_min_time=0.01; flags given after --smoke win.
-// The 10^7 cases build a shared engine once (about 2.5 GB and some seconds)
-// and run a fixed, small number of iterations.
+// Abseil Mutex deadlock detection off: --mutex_deadlock_detection=ignore
+// The 10^7 cases build a shared engine once (a few seconds) and run a fixed,
+// small number of iterations. Results and command lines: RESULTS.md.
 #include <malloc.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -104,8 +107,13 @@ size_t HeapBytes() {
   return m.uordblks + m.hblkhd;
 }
 
-double Seconds(std::chrono::steady_clock::duration d) {
-  return std::chrono::duration<double>(d).count();
+// The manual timings (Ticks) use this thread's CPU time, like Google
+// Benchmark's own CPU column: the machine is shared, and wall time would
+// count the time this thread waited for a core.
+double CpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
 [[noreturn]] void Die(const std::string& what) {
@@ -149,11 +157,28 @@ std::vector<uint32_t> Permutation(size_t n, uint64_t seed) {
   return p;
 }
 
+// One simulated second of heartbeats spread as real ones are: `order[j]`
+// beats in ms j * 1000 / n of the second, so every ms some devices beat and
+// their deadlines spread over every timer slot. The clock moves 1 ms at a
+// time; every 100 ms the engine Ticks, through `tick` (which may time it).
+template <typename TickFn>
+void SpreadSecond(Engine& engine, ManualClock& clock, const std::vector<DeviceHandle>& order,
+                  TickFn&& tick) {
+  const size_t n = order.size();
+  for (size_t ms = 0; ms < 1000; ++ms) {
+    for (size_t j = ms * n / 1000; j < (ms + 1) * n / 1000; ++j) {
+      if (!engine.Beat(order[j]).ok()) Die("beat failed in SpreadSecond");
+    }
+    clock.Advance(1);
+    if ((ms + 1) % 100 == 0) tick();
+  }
+}
+
 // ---- The shared world: one engine with N devices, 4 per user ---------------
 
 struct World {
   World(size_t n_, int dpu_) : n(n_), dpu(dpu_) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = CpuSeconds();
     handles.reserve(n);
     const size_t h0 = HeapBytes();
     engine = NewEngine(&clock);
@@ -168,7 +193,7 @@ struct World {
     perm = Permutation(n, 42);
     shuffled.resize(n);
     for (size_t p = 0; p < n; ++p) shuffled[p] = handles[perm[p]];
-    build_seconds = Seconds(std::chrono::steady_clock::now() - t0);
+    build_seconds = CpuSeconds() - t0;  // CPU seconds
   }
 
   // Keyed signals in the same random order as `shuffled`, their ids laid out
@@ -208,6 +233,8 @@ struct World {
   std::vector<char> arena;
   std::vector<presence::Signal> signals;
   int64_t last_beat_ms = 0;
+  bool swept = false;
+  double first_sweep_retained = 0;
   double engine_fixed_bytes = 0;
   double bytes_per_device = 0;  // ids included
   double build_seconds = 0;
@@ -323,39 +350,26 @@ void BM_KeyedSignalBatch(benchmark::State& state, size_t n, size_t batch) {
 
 // ---- Tick with N live devices that keep beating ---------------------------------
 
-// One iteration is one simulated second: ten rounds of (a tenth of the devices
-// beat, untimed; the clock moves 100 ms; Tick, timed). Only the Ticks are
-// measured (manual time), so the figure is the Tick cost per simulated second
-// of N live devices: the lazy rechecks of their timers.
+// One iteration is one simulated second of spread heartbeats (SpreadSecond:
+// every device beats once, untimed) with a Tick every 100 ms (timed, manual
+// time). So the figure is the Tick cost per simulated second of N live
+// devices: the lazy rechecks of their timers (each live device's timer fires
+// about once per offline_after although it keeps beating).
 void BM_TickLive(benchmark::State& state, size_t n) {
   World& w = GetWorld(n, 4);
   w.Refresh();
   Engine& engine = *w.engine;
-  const size_t slice = n / 10;
-  auto round = [&](int r) {
-    const DeviceHandle* h = w.shuffled.data() + r * slice;
-    for (size_t k = 0; k < slice; ++k) {
-      if (!engine.Beat(h[k]).ok()) Die("beat failed in TickLive");
-    }
-    w.clock.Advance(kBeatIntervalMs / 10);
-  };
   // Warm up past one offline_after, so the timers are spread as in steady state.
-  for (int s = 0; s < 5; ++s) {
-    for (int r = 0; r < 10; ++r) {
-      round(r);
-      engine.Tick();
-    }
-  }
+  for (int s = 0; s < 5; ++s) SpreadSecond(engine, w.clock, w.shuffled, [&] { engine.Tick(); });
   double tick_seconds = 0;
   size_t events = 0;
   for (auto _ : state) {
     double t = 0;
-    for (int r = 0; r < 10; ++r) {
-      round(r);
-      const auto t0 = std::chrono::steady_clock::now();
+    SpreadSecond(engine, w.clock, w.shuffled, [&] {
+      const double t0 = CpuSeconds();
       events += engine.Tick();
-      t += Seconds(std::chrono::steady_clock::now() - t0);
-    }
+      t += CpuSeconds() - t0;
+    });
     state.SetIterationTime(t);
     tick_seconds += t;
   }
@@ -373,12 +387,12 @@ void BM_TickLive(benchmark::State& state, size_t n) {
 // (no timer due for the next 3 s, nothing pending).
 double IdleTickSeconds(World& w) {
   constexpr int kTicks = 50;
-  const auto t0 = std::chrono::steady_clock::now();
+  const double t0 = CpuSeconds();
   for (int i = 0; i < kTicks; ++i) {
     w.clock.Advance(1);
     w.engine->Tick();
   }
-  return Seconds(std::chrono::steady_clock::now() - t0) / kTicks;
+  return (CpuSeconds() - t0) / kTicks;
 }
 
 // Each iteration: (untimed) every device beats at the same time T and all is
@@ -389,36 +403,81 @@ void BM_ExpirySweep(benchmark::State& state, size_t n) {
   Engine& engine = *w.engine;
   w.Refresh();
   const double idle_before = IdleTickSeconds(w);
-  w.Refresh();
-  const size_t heap_before = HeapBytes();
   size_t events = 0;
   size_t live_after = 0;
+  size_t heap_first = 0;  // after the first cycle of this run
+  const size_t heap_start = HeapBytes();
   for (auto _ : state) {
     w.Refresh();  // revives what the last sweep killed
     w.clock.Set(w.last_beat_ms + kOfflineAfterMs + 1);
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = CpuSeconds();
     events += engine.Tick();
-    state.SetIterationTime(Seconds(std::chrono::steady_clock::now() - t0));
+    state.SetIterationTime(CpuSeconds() - t0);
     state.PauseTiming();
     live_after += engine.GetSizes().live_devices;
+    if (heap_first == 0) {
+      heap_first = HeapBytes();
+      if (!w.swept) {  // the world's first mass death and revival
+        w.swept = true;
+        w.first_sweep_retained = static_cast<double>(heap_first) - static_cast<double>(heap_start);
+      }
+    }
     state.ResumeTiming();
   }
-  const size_t heap_after = HeapBytes();
+  const size_t heap_end = HeapBytes();
   w.Refresh();
   const double idle_after = IdleTickSeconds(w);
+  const double dn = static_cast<double>(n);
   state.SetItemsProcessed(static_cast<int64_t>(n * state.iterations()));
+  state.counters["events_per_sweep"] =
+      static_cast<double>(events) / static_cast<double>(state.iterations());
+  state.counters["live_after_sweep"] = static_cast<double>(live_after);
+  // Heap the engine keeps after its first mass death and revival (event
+  // vector, pending-user table, timer-wheel slots), per device...
+  state.counters["retained_first_cycle_bytes_per_device"] = w.first_sweep_retained / dn;
+  // ... and what each further cycle adds (the timer wheel's slot vectors).
+  if (state.iterations() > 1) {
+    state.counters["growth_per_cycle_bytes_per_device"] =
+        (static_cast<double>(heap_end) - static_cast<double>(heap_first)) /
+        static_cast<double>(state.iterations() - 1) / dn;
+  }
   // A Tick 1 ms after the last, with no timer due and nothing to publish,
   // before the first mass transition and after the last: what every Tick pays
   // for what earlier bursts left behind.
   state.counters["idle_tick_us_before"] = idle_before * 1e6;
   state.counters["idle_tick_us_after"] = idle_after * 1e6;
-  state.counters["events_per_sweep"] =
-      static_cast<double>(events) / static_cast<double>(state.iterations());
-  state.counters["live_after_sweep"] = static_cast<double>(live_after);
-  // Heap the engine kept after mass transitions (the offline sweep and the
-  // online revival), beyond what it held before, per device.
-  state.counters["retained_bytes_per_device"] =
-      (static_cast<double>(heap_after) - static_cast<double>(heap_before)) / static_cast<double>(n);
+  WorldCounters(state, w);
+}
+
+// ---- Timer wheel: heap after repeated bursts ------------------------------------------
+
+// Every device beats in the same ms (a burst: a mass reconnect, a synchronised
+// client fleet), then the engine runs 3 simulated seconds with a Tick every
+// 100 ms, all devices staying live; repeat. Nothing is added to or removed
+// from the engine, so a steady heap is expected. Counter: heap growth per
+// cycle per device, over the run.
+void BM_TimerWheelBursts(benchmark::State& state, size_t n) {
+  World& w = GetWorld(n, 4);
+  Engine& engine = *w.engine;
+  w.Refresh();
+  const size_t heap_start = HeapBytes();
+  for (auto _ : state) {
+    for (DeviceHandle h : w.sorted) {
+      if (!engine.Beat(h).ok()) Die("beat failed in TimerWheelBursts");
+    }
+    for (int i = 0; i < 30; ++i) {
+      w.clock.Advance(100);
+      engine.Tick();
+    }
+  }
+  const size_t heap_end = HeapBytes();
+  const double dn = static_cast<double>(n);
+  state.counters["growth_per_cycle_bytes_per_device"] =
+      (static_cast<double>(heap_end) - static_cast<double>(heap_start)) /
+      static_cast<double>(state.iterations()) / dn;
+  state.counters["growth_total_bytes_per_device"] =
+      (static_cast<double>(heap_end) - static_cast<double>(heap_start)) / dn;
+  state.counters["live_devices"] = static_cast<double>(engine.GetSizes().live_devices);
   WorldCounters(state, w);
 }
 
@@ -443,9 +502,9 @@ void BM_TickDwellHeld(benchmark::State& state, size_t n) {
   size_t events = 0;
   for (auto _ : state) {
     clock.Advance(10);
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = CpuSeconds();
     events += engine->Tick();
-    state.SetIterationTime(Seconds(std::chrono::steady_clock::now() - t0));
+    state.SetIterationTime(CpuSeconds() - t0);
   }
   state.counters["events_while_held"] = static_cast<double>(events);
   clock.Advance(1000);
@@ -453,9 +512,9 @@ void BM_TickDwellHeld(benchmark::State& state, size_t n) {
   double settled = 0;
   for (int i = 0; i < 50; ++i) {
     clock.Advance(10);
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = CpuSeconds();
     engine->Tick();
-    settled += Seconds(std::chrono::steady_clock::now() - t0);
+    settled += CpuSeconds() - t0;
   }
   state.counters["held_users"] = static_cast<double>(published);
   state.counters["tick_us_settled"] = settled / 50 * 1e6;
@@ -476,9 +535,9 @@ void MemoryCounters(benchmark::State& state, size_t n, int dpu, double fixed, do
 }
 
 // Heap of an engine holding n devices (dpu per user): measured after the
-// population (bytes_per_device), and again after 10 simulated seconds of
-// every device beating once a second with a Tick every 100 ms
-// (bytes_per_device_steady). The engine's fixed cost (an empty engine: shard
+// population (bytes_per_device), and again after 20 simulated seconds of
+// every device beating once a second, spread over the second, with a Tick
+// every 100 ms (bytes_per_device_steady). The engine's fixed cost (an empty engine: shard
 // tables and timer wheels) is reported apart and not spread over devices.
 void BM_BytesPerDevice(benchmark::State& state, size_t n, int dpu) {
   ReleaseWorld();
@@ -491,16 +550,9 @@ void BM_BytesPerDevice(benchmark::State& state, size_t n, int dpu) {
     const size_t h1 = HeapBytes();
     Populate(*engine, clock, n, dpu, &handles);
     const size_t h2 = HeapBytes();
-    const size_t slice = n / 10;
-    for (int s = 0; s < 10; ++s) {
-      for (int r = 0; r < 10; ++r) {
-        for (size_t k = r * slice; k < (r + 1) * slice; ++k) {
-          if (!engine->Beat(handles[k]).ok()) Die("beat failed in BytesPerDevice");
-        }
-        clock.Advance(kBeatIntervalMs / 10);
-        engine->Tick();
-      }
-    }
+    // 20 simulated seconds (past one turn of the 8.2 s timer wheel) of spread
+    // heartbeats, a Tick every 100 ms.
+    for (int sec = 0; sec < 20; ++sec) SpreadSecond(*engine, clock, handles, [&] { engine->Tick(); });
     const size_t h3 = HeapBytes();
     const double dn = static_cast<double>(n);
     MemoryCounters(state, n, dpu, static_cast<double>(h1 - h0), static_cast<double>(h2 - h1) / dn, "");
@@ -691,6 +743,9 @@ void RegisterAll() {
       b->UseManualTime()->Unit(benchmark::kMillisecond);
       if (n >= 1'000'000) b->Iterations(huge ? 2 : 5);
     }
+    RegisterBenchmark(Name("TimerWheelBursts", n).c_str(),
+                      [n](benchmark::State& s) { BM_TimerWheelBursts(s, n); })
+        ->Iterations(huge ? 3 : n >= 1'000'000 ? 20 : 200);
     if (huge) {
       RegisterBenchmark(absl::StrCat(Name("BytesPerDevice", n), "/per_user:4").c_str(),
                         [n](benchmark::State& s) { BM_BytesPerDeviceWorld(s, n, 4); })
