@@ -131,7 +131,7 @@ inline constexpr uint8_t kClosed = 1u << 3;         // the session was disconnec
 inline constexpr uint8_t kDiedUnclean = 1u << 4;    // died by timeout or abrupt disconnect
 inline constexpr uint8_t kGraceOnline = 1u << 5;    // counted ONLINE when it entered grace
 inline constexpr uint8_t kAdaptive = 1u << 6;       // a detector decides its timeout
-inline constexpr uint8_t kEverDied = 1u << 7;       // has been DEAD at least once
+inline constexpr uint8_t kStoreDirty = 1u << 7;     // changed since last written to the Store
 }  // namespace dflag
 
 struct alignas(16) Device {
@@ -145,7 +145,7 @@ struct alignas(16) Device {
   Platform platform = Platform::kOther;
   Phase phase = Phase::kFree;
   uint8_t flags = 0;
-  uint8_t spare = 0;
+  uint8_t gateway = 0;  // GatewayTable index; 0: none
 
   uint32_t bits() const { return gen_fast.load(std::memory_order_relaxed) & fast::kBitsMask; }
   uint32_t gen() const { return fast::Gen(gen_fast.load(std::memory_order_relaxed)); }

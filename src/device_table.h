@@ -42,6 +42,9 @@ class DeviceTable {
   Device& at(uint32_t index) {
     return chunks_[index >> kChunkBits].load(std::memory_order_relaxed)[index & (kChunkSize - 1)];
   }
+  const Device& at(uint32_t index) const {
+    return chunks_[index >> kChunkBits].load(std::memory_order_relaxed)[index & (kChunkSize - 1)];
+  }
 
   // Under the shard lock. kNone when the table is full.
   uint32_t Allocate() {

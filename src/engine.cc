@@ -1,12 +1,18 @@
 #include "presence/engine.h"
 
 #include <algorithm>
+#include <limits>
+#include <map>
 #include <atomic>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "presence/bus.h"
 #include "presence/clock.h"
+#include "presence/history.h"
+#include "presence/store.h"
+#include "presence/wire.h"
 #include "presence/listener.h"
 #include "presence/version.h"
 #include "src/shard.h"
@@ -24,7 +30,7 @@ class EngineCore {
  public:
   explicit EngineCore(const Options& options)
       : clock_(options.clock ? options.clock : SystemClock()),
-        config_{options, LivenessPolicy(options), &next_override_id_} {
+        config_{options, LivenessPolicy(options), &next_override_id_, &gateways_} {
     if (options.listener != nullptr) listeners_.push_back(options.listener);
     int n = options.shards == 0 ? 16 : options.shards;
     while ((1 << shard_bits_) < n) ++shard_bits_;
@@ -53,7 +59,16 @@ class EngineCore {
         st = absl::InvalidArgumentError(
             absl::StrCat("timestamp_ms is ", now - ts, " ms behind the engine's clock"));
       }
-      *out = AcceptedSignal{&s, HashUserId(s.user_id), std::min(ts, now)};
+      uint8_t gateway = 0;
+      if (st.ok()) {
+        auto g = gateways_.Intern(s.gateway);
+        if (g.ok()) {
+          gateway = *g;
+        } else {
+          st = g.status();
+        }
+      }
+      *out = AcceptedSignal{&s, HashUserId(s.user_id), std::min(ts, now), gateway};
     }
     if (!st.ok()) invalid_.fetch_add(1, std::memory_order_relaxed);
     return st;
@@ -138,12 +153,182 @@ class EngineCore {
     absl::MutexLock lock(&tick_mu_);
     const int64_t now = Now();
     events_.clear();
-    for (auto& shard : shards_) shard->Tick(now, &events_, &latency_);
+    // Signals consumed so far are in the records the shards write now; their
+    // offsets are committed only once every shard's write succeeded.
+    std::vector<CommittedOffset> offsets = ConsumedOffsets();
+    bool all_written = true;
+    for (auto& shard : shards_) {
+      if (!shard->Tick(now, &events_, &latency_).ok()) all_written = false;
+    }
+    if (all_written && config_.options.store != nullptr && !offsets.empty() &&
+        offsets != committed_) {
+      StoreBatch batch;
+      batch.offsets = offsets;
+      if (config_.options.store->Write(batch).ok()) {
+        committed_ = std::move(offsets);
+      } else {
+        ++offset_errors_;
+      }
+    }
+    AppendHistory(now);
+    PublishToBus();
     for (ChangeListener* l : listeners_) {
       if (!events_.empty()) l->OnChanges(events_);
       l->OnTick(now);
     }
     return events_.size();
+  }
+
+  // ---- Durable state ----
+
+  absl::Status LoadFromStore() {
+    Store* store = config_.options.store;
+    if (store == nullptr) return absl::OkStatus();
+    // Collect first, then apply: the store may hold its own lock while it
+    // visits, and a shard writes to the store while holding the shard's.
+    struct Loader : StoreVisitor {
+      std::vector<UserRecord> users;
+      std::vector<DeviceRecord> devices;
+      std::vector<CommittedOffset> offsets;
+      void OnUser(const UserRecord& u) override { users.push_back(u); }
+      void OnDevice(const DeviceRecord& d) override { devices.push_back(d); }
+      void OnOffset(const CommittedOffset& o) override { offsets.push_back(o); }
+    } loader;
+    if (auto st = store->Load(&loader); !st.ok()) return st;
+    const int64_t now = Now();
+    for (const UserRecord& u : loader.users) {
+      if (!ValidateUserId(u.user_id).ok()) continue;  // not a record this engine wrote
+      ShardFor(HashUserId(u.user_id)).LoadUser(u, now);
+    }
+    for (const DeviceRecord& d : loader.devices) {
+      if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok()) continue;
+      auto g = gateways_.Intern(d.gateway);
+      if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g.ok() ? *g : 0, now); !st.ok()) {
+        return st;
+      }
+    }
+    absl::MutexLock lock(&consume_mu_);
+    consumed_.clear();
+    for (const CommittedOffset& o : loader.offsets) consumed_[o.partition] = o.offset;
+    committed_ = ConsumedOffsetsLocked();
+    return absl::OkStatus();
+  }
+
+  absl::Status Rebuild() {
+    {
+      absl::MutexLock lock(&tick_mu_);
+      const int64_t now = Now();
+      for (auto& shard : shards_) shard->Clear(now);
+    }
+    return LoadFromStore();
+  }
+
+  absl::StatusOr<size_t> ConsumeBus(size_t max) {
+    Bus* bus = config_.options.bus;
+    if (bus == nullptr) return absl::FailedPreconditionError("the engine has no bus");
+    absl::MutexLock lock(&consume_mu_);
+    size_t read = 0;
+    DecodedSignal decoded;
+    for (uint32_t p = 0; p < bus->partitions() && read < max; ++p) {
+      uint64_t& offset = consumed_[p];
+      auto records = bus->Read(p, offset, max - read);
+      if (!records.ok()) {
+        ++bus_errors_;
+        return records.status();
+      }
+      for (const BusRecord& r : *records) {
+        offset = r.offset + 1;
+        ++read;
+        if (r.type != BusRecordType::kSignal) continue;
+        if (!DecodeSignal(r.payload, &decoded).ok()) {
+          invalid_.fetch_add(1, std::memory_order_relaxed);  // counted; never blocks the partition
+          continue;
+        }
+        (void)Apply(decoded.signal(), nullptr);  // stale or invalid: counted by the engine
+      }
+    }
+    return read;
+  }
+
+  absl::StatusOr<std::vector<Transition>> History(absl::string_view user, int64_t from,
+                                                  int64_t to) {
+    if (auto st = ValidateUserId(user); !st.ok()) return st;
+    if (config_.options.history == nullptr) {
+      return absl::FailedPreconditionError("the engine has no history store");
+    }
+    if (from > to) return absl::InvalidArgumentError("from_ms is after to_ms");
+    return config_.options.history->Query(user, from, to);
+  }
+
+  absl::StatusOr<StateDurations> TimeInStates(absl::string_view user, int64_t from, int64_t to) {
+    auto transitions = History(user, from, to);
+    if (!transitions.ok()) return transitions.status();
+    auto before = config_.options.history->LastBefore(user, from);
+    if (!before.ok()) return before.status();
+    StateDurations out;
+    State state = before->has_value() ? (*before)->self_state : State::kOffline;
+    int64_t at = from;
+    const int64_t end = std::min(to, Now());
+    auto add = [&](State st, int64_t ms) {
+      if (ms <= 0) return;
+      switch (st) {
+        case State::kOnline: out.online_ms += ms; break;
+        case State::kAway: out.away_ms += ms; break;
+        case State::kDnd: out.dnd_ms += ms; break;
+        case State::kOffline: out.offline_ms += ms; break;
+      }
+    };
+    for (const Transition& t : *transitions) {
+      add(state, std::min(t.at_ms, end) - at);
+      at = std::max(at, t.at_ms);
+      state = t.self_state;
+    }
+    add(state, end - at);
+    return out;
+  }
+
+  absl::StatusOr<int64_t> LastSeen(absl::string_view user) {
+    if (auto st = ValidateUserId(user); !st.ok()) return st;
+    const UserPresence p = Get(user, user, false);
+    if (p.known && p.last_seen_ms != 0) return p.last_seen_ms;
+    if (config_.options.history != nullptr) {
+      auto last = config_.options.history->LastBefore(user, std::numeric_limits<int64_t>::max());
+      if (!last.ok()) return last.status();
+      if (last->has_value()) return (*last)->last_seen_ms;
+    }
+    return absl::NotFoundError("the engine knows nothing of this user");
+  }
+
+  absl::Status Erase(absl::string_view user) {
+    if (auto st = ValidateUserId(user); !st.ok()) return st;
+    const uint64_t h = HashUserId(user);
+    ShardFor(h).EraseUser(user, h, Now());
+    if (config_.options.history != nullptr) {
+      absl::MutexLock lock(&tick_mu_);
+      history_backlog_.erase(std::remove_if(history_backlog_.begin(), history_backlog_.end(),
+                                            [&](const Transition& t) { return t.user_id == user; }),
+                             history_backlog_.end());
+      if (auto st = config_.options.history->Erase(user); !st.ok()) {
+        ++history_errors_;
+        return st;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<size_t> DrainGateway(absl::string_view gateway, size_t max) {
+    if (gateway.empty() || gateway.size() > kMaxGatewayIdBytes) {
+      return absl::InvalidArgumentError("gateway must be 1 to 128 bytes");
+    }
+    const uint8_t g = gateways_.Find(gateway);
+    if (g == 0) return absl::NotFoundError("no signal ever named this gateway");
+    const int64_t now = Now();
+    size_t n = 0;
+    for (auto& shard : shards_) {
+      if (n >= max) break;
+      n += shard->DrainGateway(g, max - n, now);
+    }
+    return n;
   }
 
   void AddListener(ChangeListener* l) {
@@ -211,6 +396,25 @@ class EngineCore {
                  "Share of users shown live whose freshness exceeds the APP offline threshold.");
     MetricSample(&out, "presence_stale_ratio", "",
                  st.live_users == 0 ? 0.0 : double(st.stale_users) / double(st.live_users));
+    {
+      absl::MutexLock lock(&tick_mu_);
+      MetricHeader(&out, "presence_store_writes_total", "counter", "Write-through batches written.");
+      MetricSample(&out, "presence_store_writes_total", "", st.store_writes);
+      MetricHeader(&out, "presence_store_errors_total", "counter",
+                   "Failed store writes (each shard's batch is retried on the next tick).");
+      MetricSample(&out, "presence_store_errors_total", "", st.store_errors + offset_errors_);
+      MetricHeader(&out, "presence_history_errors_total", "counter",
+                   "Failed history appends (retried) and retention runs.");
+      MetricSample(&out, "presence_history_errors_total", "", history_errors_);
+      MetricHeader(&out, "presence_history_backlog", "gauge",
+                   "Transitions waiting to be appended to the history.");
+      MetricSample(&out, "presence_history_backlog", "", history_backlog_.size());
+      MetricHeader(&out, "presence_history_dropped_total", "counter",
+                   "Transitions dropped because the history backlog was full.");
+      MetricSample(&out, "presence_history_dropped_total", "", history_dropped_);
+    }
+    MetricHeader(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.");
+    MetricSample(&out, "presence_bus_errors_total", "", bus_errors_.load());
     MetricHeader(&out, "presence_users", "gauge", "Users held.");
     MetricSample(&out, "presence_users", "", st.sizes.users);
     MetricHeader(&out, "presence_devices", "gauge", "Device records held, live or recently dead.");
@@ -220,6 +424,66 @@ class EngineCore {
     MetricHeader(&out, "presence_overrides", "gauge", "Overrides held.");
     MetricSample(&out, "presence_overrides", "", st.sizes.overrides);
     return out;
+  }
+
+  std::vector<CommittedOffset> ConsumedOffsets() {
+    absl::MutexLock lock(&consume_mu_);
+    return ConsumedOffsetsLocked();
+  }
+  std::vector<CommittedOffset> ConsumedOffsetsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    std::vector<CommittedOffset> out;
+    for (const auto& [p, off] : consumed_) out.push_back(CommittedOffset{p, off});
+    std::sort(out.begin(), out.end(),
+              [](const CommittedOffset& a, const CommittedOffset& b) { return a.partition < b.partition; });
+    return out;
+  }
+
+  // The audit trail: this tick's events, after any earlier ones that did not
+  // make it (bounded: past the bound the oldest are dropped and counted).
+  void AppendHistory(int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    HistoryStore* history = config_.options.history;
+    if (history == nullptr) return;
+    for (const ChangeEvent& e : events_) {
+      Transition t;
+      t.user_id = e.user_id;
+      t.version = e.version;
+      t.at_ms = e.published_at_ms;
+      t.previous = e.previous;
+      t.state = e.state;
+      t.self_state = e.self_state;
+      t.cause = e.cause;
+      t.trace_id = e.trace_id;
+      t.last_seen_ms = e.self_last_seen_ms;
+      history_backlog_.push_back(std::move(t));
+    }
+    constexpr size_t kMaxBacklog = 1 << 20;
+    if (history_backlog_.size() > kMaxBacklog) {
+      history_dropped_ += history_backlog_.size() - kMaxBacklog;
+      history_backlog_.erase(history_backlog_.begin(),
+                             history_backlog_.end() - static_cast<std::ptrdiff_t>(kMaxBacklog));
+    }
+    if (!history_backlog_.empty()) {
+      if (history->Append(history_backlog_).ok()) {
+        history_backlog_.clear();
+      } else {
+        ++history_errors_;
+      }
+    }
+    const int64_t retention = config_.options.history_retention_ms;
+    if (retention > 0 && now - last_retention_ms_ >= 60000) {
+      last_retention_ms_ = now;
+      if (!history->DropBefore(now - retention).ok()) ++history_errors_;
+    }
+  }
+
+  void PublishToBus() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    Bus* bus = config_.options.bus;
+    if (bus == nullptr) return;
+    for (const ChangeEvent& e : events_) {
+      if (!bus->Publish(BusRecordType::kChange, e.user_id, EncodeChangeEvent(e, true)).ok()) {
+        ++bus_errors_;
+      }
+    }
   }
 
   size_t RevokeBetween(int64_t from, int64_t to) {
@@ -232,6 +496,7 @@ class EngineCore {
  private:
   Clock* const clock_;
   std::atomic<uint64_t> next_override_id_{1};
+  GatewayTable gateways_;
   const ShardConfig config_;
   int shard_bits_ = 0;
   std::vector<std::unique_ptr<Shard>> shards_;
@@ -240,6 +505,16 @@ class EngineCore {
   absl::Mutex tick_mu_;
   std::vector<ChangeEvent> events_ ABSL_GUARDED_BY(tick_mu_);
   std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(tick_mu_);
+  std::vector<Transition> history_backlog_ ABSL_GUARDED_BY(tick_mu_);
+  std::vector<CommittedOffset> committed_ ABSL_GUARDED_BY(tick_mu_);
+  uint64_t history_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  uint64_t history_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  uint64_t offset_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  int64_t last_retention_ms_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  std::atomic<uint64_t> bus_errors_{0};
+
+  absl::Mutex consume_mu_;
+  std::map<uint32_t, uint64_t> consumed_ ABSL_GUARDED_BY(consume_mu_);  // next offset per partition
   LatencyHistogram latency_ ABSL_GUARDED_BY(tick_mu_);
 };
 
@@ -251,8 +526,28 @@ using internal::ValidateUserId;
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   if (auto st = internal::ValidateOptions(options); !st.ok()) return st;
-  return std::unique_ptr<Engine>(new Engine(std::make_unique<EngineCore>(options)));
+  auto core = std::make_unique<EngineCore>(options);
+  if (auto st = core->LoadFromStore(); !st.ok()) return st;
+  return std::unique_ptr<Engine>(new Engine(std::move(core)));
 }
+
+absl::StatusOr<std::vector<Transition>> Engine::History(absl::string_view user_id, int64_t from_ms,
+                                                        int64_t to_ms) {
+  return core_->History(user_id, from_ms, to_ms);
+}
+absl::StatusOr<StateDurations> Engine::TimeInStates(absl::string_view user_id, int64_t from_ms,
+                                                    int64_t to_ms) {
+  return core_->TimeInStates(user_id, from_ms, to_ms);
+}
+absl::StatusOr<int64_t> Engine::LastSeen(absl::string_view user_id) { return core_->LastSeen(user_id); }
+absl::Status Engine::Erase(absl::string_view user_id) { return core_->Erase(user_id); }
+absl::StatusOr<size_t> Engine::DrainGateway(absl::string_view gateway, size_t max_devices) {
+  return core_->DrainGateway(gateway, max_devices);
+}
+absl::StatusOr<size_t> Engine::ConsumeBus(size_t max_records) {
+  return core_->ConsumeBus(max_records);
+}
+absl::Status Engine::Rebuild() { return core_->Rebuild(); }
 
 Engine::Engine(std::unique_ptr<EngineCore> core) : core_(std::move(core)) {}
 Engine::~Engine() = default;

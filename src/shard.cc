@@ -66,9 +66,18 @@ void Shard::ForgetUserIfEmpty(uint32_t u, int64_t now_ms) {
     user_timers_.insert({forget_at, u});
     return;
   }
+  ForgetUser(u);
+}
+
+void Shard::ForgetUser(uint32_t u) {
   index_by_id_.erase(u);
-  user = User();
+  users_[u] = User();
   free_users_.push_back(u);
+}
+
+uint64_t Shard::NextRecordVersion(int64_t now_ms) {
+  record_clock_ = NextVersion(record_clock_, now_ms);
+  return record_clock_;
 }
 
 uint32_t Shard::FindDevice(const User& user, absl::string_view device_id) {
@@ -118,6 +127,33 @@ DeviceView Shard::Evaluate(uint32_t di, int64_t now_ms) {
   return EvaluateDevice(devices_.at(di), DeviceKey(di), now_ms, config_->policy);
 }
 
+DeviceView Shard::LastEvaluated(uint32_t di) const {
+  const Device& d = devices_.at(di);
+  DeviceView v;
+  const uint32_t bits = d.bits();
+  switch (d.phase) {
+    case Phase::kLive:
+      v.live = (bits & fast::kAllLive) != 0;
+      v.online = CountsOnline(bits & fast::kAllLive, bits, config_->policy);
+      break;
+    case Phase::kGrace:
+      v.live = true;
+      v.online = d.flags & dflag::kGraceOnline;
+      break;
+    case Phase::kDead:
+    case Phase::kFree:
+      break;
+  }
+  return v;
+}
+
+void Shard::MarkStoreDirty(uint32_t di) {
+  Device& d = devices_.at(di);
+  if (config_->options.store == nullptr || (d.flags & dflag::kStoreDirty)) return;
+  d.flags |= dflag::kStoreDirty;
+  store_dirty_.push_back(di);
+}
+
 void Shard::Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) {
   Device& d = devices_.at(di);
   // Never before the wheel's position: the entry must land in a slot that is
@@ -154,7 +190,8 @@ void Shard::MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) {
   // Always dirty: the timer that would have noticed the lapse is superseded.
   MarkDirty(d.user, cause, 0, now_ms);
   d.phase = Phase::kDead;
-  d.flags = (d.flags & ~dflag::kDiedUnclean) | dflag::kEverDied | (unclean ? dflag::kDiedUnclean : 0);
+  d.flags = (d.flags & ~dflag::kDiedUnclean) | (unclean ? dflag::kDiedUnclean : 0);
+  MarkStoreDirty(di);
   d.set_bits(d.bits() & ~(fast::kAllLive | fast::kOpen));
   --live_devices_;
   Schedule(di, now_ms + config_->options.dead_retention_ms, now_ms);
@@ -177,7 +214,15 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
     config_->policy.detector->Forget(DeviceKey(di));
   }
   if (d.phase != Phase::kDead) --live_devices_;
+  if (config_->options.store != nullptr) {
+    DeviceRecord gone;
+    gone.user_id = std::string(user.id.view());
+    gone.device_id = std::string(d.id.view());
+    gone.gone = true;
+    gone_.push_back(std::move(gone));  // versioned when written
+  }
   d.id.reset();
+  d.gateway = 0;
   d.session = 0;
   d.user = kNone;
   d.phase = Phase::kFree;
@@ -218,9 +263,15 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
       return Drop(DropReason::kStaleTimestamp, "stale signal: older than one already applied");
     }
   }
-  const DeviceView before = Evaluate(di, now_ms);
+  // Compared with what the timers and the publisher last saw of the device,
+  // so that a lapse that happened since (and that no tick noticed yet) is
+  // published too.
+  const DeviceView before = LastEvaluated(di);
   uint32_t bits = d.bits();
+  User& user = users_[d.user];
   if (new_session) {
+    // The old session's signals stay in the user's last_seen.
+    user.last_seen_ms = std::max(user.last_seen_ms, Evaluate(di, now_ms).last_signal_ms);
     d.session = session;
     d.flags &= ~(kSeenMask | dflag::kClosed);
     bits = 0;
@@ -251,9 +302,9 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
   if (config_->policy.detector != nullptr && (d.flags & dflag::kAdaptive)) {
     config_->policy.detector->Observe(DeviceKey(di), ts_ms);
   }
-  User& user = users_[d.user];
   user.last_seen_ms = std::max(user.last_seen_ms, ts_ms);
   ++counters_.accepted[si];
+  MarkStoreDirty(di);
   Refresh(di, before, Cause::kSignal, trace_id, now_ms);
   return absl::OkStatus();
 }
@@ -269,6 +320,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     }
     di = devices_.Allocate();
     if (di == kNone) return Drop(DropReason::kLimit, "shard holds the most devices it can");
+    devices_.at(di).flags = 0;
     if (u == kNone) u = AddUser(s.user_id);
     User& user = users_[u];
     Device& d = devices_.at(di);
@@ -279,7 +331,6 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     ++user.device_count;
     d.session = s.session_id;
     d.phase = Phase::kDead;  // ApplyToDevice revives it
-    d.flags = 0;
     if (config_->policy.detector != nullptr &&
         (config_->options.detector_platforms & (1u << static_cast<int>(s.platform)))) {
       d.flags |= dflag::kAdaptive;
@@ -288,11 +339,14 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   }
   Device& d = devices_.at(di);
   const Platform old_platform = d.platform;
+  const uint8_t old_gateway = d.gateway;
   d.platform = s.platform;
+  if (a.gateway != 0) d.gateway = a.gateway;
   absl::Status st = ApplyToDevice(di, s.session_id, s.source, s.activity, a.timestamp_ms,
                                   s.trace_id, now_ms);
   if (!st.ok()) {
     d.platform = old_platform;
+    d.gateway = old_gateway;
     return st;
   }
   if (old_platform != s.platform && Evaluate(di, now_ms).live) {
@@ -339,14 +393,22 @@ absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_m
   Device& d = devices_.at(di);
   const DeviceView before = Evaluate(di, now_ms);
   d.flags |= dflag::kClosed;
-  d.bump_gen(d.bits() & ~(fast::kAllLive | fast::kOpen));
-  if (d.phase == Phase::kDead) return absl::OkStatus();  // already not counted
+  MarkStoreDirty(di);
+  if (d.phase == Phase::kDead) {  // already not counted
+    d.bump_gen(d.bits());
+    return absl::OkStatus();
+  }
   if (kind == DisconnectKind::kAbrupt && before.live) {
+    d.bump_gen(d.bits() & ~(fast::kAllLive | fast::kOpen));
     d.phase = Phase::kGrace;
     d.flags = before.online ? (d.flags | dflag::kGraceOnline) : (d.flags & ~dflag::kGraceOnline);
     Schedule(di, now_ms + config_->options.reconnect_grace_ms, now_ms);
+    // What it shows during the grace may differ from what was last published
+    // (a source lapsed since the last tick).
+    MarkDirty(d.user, Cause::kDisconnect, 0, now_ms);
     return absl::OkStatus();
   }
+  d.bump_gen(d.bits() & ~(fast::kAllLive | fast::kOpen));
   MarkDead(di, /*unclean=*/kind == DisconnectKind::kAbrupt, Cause::kDisconnect, now_ms);
   return absl::OkStatus();
 }
@@ -561,7 +623,8 @@ void Shard::FireUser(uint32_t u, int64_t now_ms) {
   ForgetUserIfEmpty(u, now_ms);
 }
 
-void Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram* latency) {
+absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
+                        LatencyHistogram* latency) {
   absl::MutexLock lock(&mu_);
   wheel_.Advance(ToTime32(now_ms), [&](uint32_t di, Time32 slot_time, Time32) {
     return FireDevice(di, slot_time, now_ms);
@@ -571,51 +634,88 @@ void Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram
     user_timers_.erase(user_timers_.begin());
     FireUser(u, now_ms);
   }
+
+  // Decide, for every user with news, whether to publish, hold (dwell) or
+  // settle (back where it was last published).
   const int64_t dwell = config_->options.min_dwell_ms;
+  decisions_.clear();
+  for (const Pending& pending : pending_) {
+    User& user = users_[pending.user];
+    Decision d;
+    d.view = ViewUser(user, now_ms);
+    const Reduced& r = d.view.reduced;
+    if (r.state == user.pub_state && r.self_state == user.pub_self) {
+      d.what = Decision::kSettle;
+    } else if (dwell > 0 && user.published_at_ms != 0 && now_ms < user.published_at_ms + dwell) {
+      d.what = Decision::kHold;
+    } else {
+      d.what = Decision::kPublish;
+      d.version = NextVersion(user.version, now_ms);
+    }
+    decisions_.push_back(d);
+  }
+
+  // Write-through: what is about to be published is durable first. A failed
+  // write publishes nothing of this shard; everything stays pending, and the
+  // next tick writes the then-current records.
+  if (Store* store = config_->options.store) {
+    StoreBatch batch;
+    BuildStoreBatch(now_ms, &batch);
+    if (!batch.empty()) {
+      absl::Status st = store->Write(batch);
+      ++store_writes_;
+      if (!st.ok()) {
+        ++store_errors_;
+        return st;
+      }
+      erasures_.clear();
+      gone_.clear();
+      for (uint32_t di : store_dirty_) devices_.at(di).flags &= ~dflag::kStoreDirty;
+      store_dirty_.clear();
+    }
+  }
+
   size_t kept = 0;
   for (size_t i = 0; i < pending_.size(); ++i) {
     const Pending pending = pending_[i];
+    const Decision& d = decisions_[i];
     User& user = users_[pending.user];
-    const UserView v = ViewUser(user, now_ms);
-    const Reduced& r = v.reduced;
-    const bool unchanged = r.state == user.pub_state && r.self_state == user.pub_self;
-    if (!unchanged && dwell > 0 && user.published_at_ms != 0 &&
-        now_ms < user.published_at_ms + dwell) {
-      user.pending = static_cast<uint32_t>(kept);  // held back until the dwell ends
+    if (d.what == Decision::kHold) {
+      user.pending = static_cast<uint32_t>(kept);  // published when the dwell ends
       pending_[kept++] = pending;
       continue;
     }
     user.pending = kNone;
-    if (unchanged) {  // back where it was last published: nothing to say
-      ForgetUserIfEmpty(pending.user, now_ms);
-      continue;
+    if (d.what == Decision::kPublish) {
+      const Reduced& r = d.view.reduced;
+      ChangeEvent& e = out->emplace_back();
+      e.user_id = std::string(user.id.view());
+      e.previous = user.pub_state;
+      e.previous_self = user.pub_self;
+      e.state = r.state;
+      e.self_state = r.self_state;
+      e.invisible = r.invisible;
+      e.self_last_seen_ms = d.view.last_seen_ms;
+      e.last_seen_ms =
+          r.invisible ? std::min(d.view.last_seen_ms, r.shown->set_at_ms) : d.view.last_seen_ms;
+      e.self_devices = d.view.devices;
+      if (!r.invisible) e.devices = d.view.devices;
+      user.version = d.version;
+      e.version = user.version;
+      e.cause = pending.cause;
+      e.trace_id = pending.trace_id;
+      e.changed_at_ms = pending.since_ms;
+      e.published_at_ms = now_ms;
+      user.pub_state = r.state;
+      user.pub_self = r.self_state;
+      user.published_at_ms = now_ms;
+      ++counters_.transitions[static_cast<int>(pending.cause) - 1];
+      latency->Observe(now_ms - pending.since_ms);
     }
-    ChangeEvent& e = out->emplace_back();
-    e.user_id = std::string(user.id.view());
-    e.previous = user.pub_state;
-    e.previous_self = user.pub_self;
-    e.state = r.state;
-    e.self_state = r.self_state;
-    e.invisible = r.invisible;
-    e.self_last_seen_ms = v.last_seen_ms;
-    e.last_seen_ms =
-        r.invisible ? std::min(v.last_seen_ms, r.shown->set_at_ms) : v.last_seen_ms;
-    e.self_devices = v.devices;
-    if (!r.invisible) e.devices = v.devices;
-    user.version = NextVersion(user.version, now_ms);
-    e.version = user.version;
-    e.cause = pending.cause;
-    e.trace_id = pending.trace_id;
-    e.changed_at_ms = pending.since_ms;
-    e.published_at_ms = now_ms;
-    user.pub_state = r.state;
-    user.pub_self = r.self_state;
-    user.published_at_ms = now_ms;
-    ++counters_.transitions[static_cast<int>(pending.cause) - 1];
-    latency->Observe(now_ms - pending.since_ms);
     ForgetUserIfEmpty(pending.user, now_ms);
   }
   pending_.resize(kept);
+  return absl::OkStatus();
 }
 
 void Shard::AddStats(int64_t now_ms, Stats* stats) {
@@ -628,6 +728,8 @@ void Shard::AddStats(int64_t now_ms, Stats* stats) {
   stats->sizes.devices += devices_.used();
   stats->sizes.live_devices += live_devices_;
   stats->sizes.overrides += override_count_;
+  stats->store_writes += store_writes_;
+  stats->store_errors += store_errors_;
   const int64_t stale_after = config_->options.app.offline_after_ms;
   for (const User& user : users_) {
     if (!user.in_use || user.pub_state == State::kOffline) continue;

@@ -21,9 +21,11 @@
 #include "absl/synchronization/mutex.h"
 #include "presence/engine.h"
 #include "presence/options.h"
+#include "presence/store.h"
 #include "presence/types.h"
 #include "src/device.h"
 #include "src/device_table.h"
+#include "src/gateway_table.h"
 #include "src/liveness.h"
 #include "src/metrics.h"
 #include "src/reducer.h"
@@ -39,6 +41,7 @@ struct ShardConfig {
   Options options;
   LivenessPolicy policy;
   std::atomic<uint64_t>* next_override_id;
+  GatewayTable* gateways;
 };
 
 // A signal that passed validation, with its time resolved on the engine's
@@ -47,6 +50,7 @@ struct AcceptedSignal {
   const presence::Signal* signal;
   uint64_t hash;
   int64_t timestamp_ms;
+  uint8_t gateway;  // GatewayTable index of signal->gateway (0: none)
 };
 
 // Counters of the lock-free heartbeat, on a cache line of their own.
@@ -91,15 +95,32 @@ class Shard {
   UserPresence Get(absl::string_view user_id, uint64_t hash, bool self_view, bool published,
                    int64_t now_ms);
 
-  // Fires due timers and appends the changes to publish to `out`, observing
-  // each one's signal-to-publish latency in `latency`.
-  void Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram* latency);
+  // Fires due timers, writes what changed through to the Store (when there
+  // is one) and appends the changes to publish to `out`, observing each
+  // one's signal-to-publish latency in `latency`. A failed store write
+  // publishes nothing and returns its status; the next tick retries.
+  absl::Status Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram* latency);
+
+  // ---- Durable state (src/shard_durable.cc) ----
+  // Rebuild: records loaded from the Store, in any order.
+  void LoadUser(const UserRecord& record, int64_t now_ms);
+  absl::Status LoadDevice(const DeviceRecord& record, uint8_t gateway, int64_t now_ms);
+  // Forgets everything about the user and queues its erasure in the Store
+  // with the next write. Returns whether the engine held the user.
+  bool EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms);
+  // Disconnects, cleanly, up to `budget` open devices that gateway `g`
+  // carried; returns how many.
+  size_t DrainGateway(uint8_t g, size_t budget, int64_t now_ms);
+  // Drops every user and device (a rebuild starts from nothing).
+  void Clear(int64_t now_ms);
 
   struct Stats {
     ShardCounters counters;
     Engine::Sizes sizes;
     uint64_t live_users = 0;   // users whose published state is not OFFLINE
     uint64_t stale_users = 0;  // of those, freshness above APP's offline_after
+    uint64_t store_writes = 0;
+    uint64_t store_errors = 0;
   };
   void AddStats(int64_t now_ms, Stats* stats);
 
@@ -132,6 +153,18 @@ class Shard {
     DeviceSummary devices;
     int64_t last_seen_ms = 0;
   };
+  struct Decision {
+    enum What { kPublish, kHold, kSettle } what = kSettle;
+    UserView view;
+    uint64_t version = 0;  // the version it publishes with
+  };
+  void BuildStoreBatch(int64_t now_ms, StoreBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  UserRecord UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  DeviceRecord DeviceRecordOf(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The version of the next record this shard writes: grows by at least one
+  // per record and never falls below the clock in ms shifted left by 10.
+  uint64_t NextRecordVersion(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   struct UserKey {
     absl::string_view id;
     uint64_t hash;
@@ -163,6 +196,8 @@ class Shard {
   uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetUser(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unpend(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t FindDevice(const User& user, absl::string_view device_id)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   DeviceHandle HandleOf(uint32_t di) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -186,6 +221,10 @@ class Shard {
                          bool (*pred)(const Override&, const void*), const void* arg)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   DeviceView Evaluate(uint32_t di, int64_t now_ms) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // What the device counted as when last evaluated (its fast bits and phase):
+  // what the timers and the publisher have been told.
+  DeviceView LastEvaluated(uint32_t di) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void MarkStoreDirty(uint32_t di) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ShardConfig* const config_;
   const uint32_t index_;
@@ -201,6 +240,14 @@ class Shard {
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);  // users to look at on Tick
   absl::flat_hash_set<uint32_t> with_overrides_ ABSL_GUARDED_BY(mu_);
   ShardCounters counters_ ABSL_GUARDED_BY(mu_);
+  std::vector<Decision> decisions_ ABSL_GUARDED_BY(mu_);  // Tick's scratch, parallel to pending_
+  // Durable state waiting for the next write.
+  std::vector<uint32_t> store_dirty_ ABSL_GUARDED_BY(mu_);
+  std::vector<DeviceRecord> gone_ ABSL_GUARDED_BY(mu_);
+  std::vector<StoreBatch::Erasure> erasures_ ABSL_GUARDED_BY(mu_);
+  uint64_t record_clock_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t store_writes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t store_errors_ ABSL_GUARDED_BY(mu_) = 0;
   size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;
   size_t override_count_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -78,19 +78,19 @@ absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out) {
   return absl::OkStatus();
 }
 
-std::string EncodeChangeEvent(const ChangeEvent& e, bool self_view) {
+std::string EncodeChangeEvent(const ChangeEvent& e, bool include_self) {
   pb::ChangeEvent m;
   m.set_user_id(e.user_id);
-  m.set_previous(static_cast<pb::State>(self_view ? e.previous_self : e.previous));
-  m.set_state(static_cast<pb::State>(self_view ? e.self_state : e.state));
-  m.set_last_seen_ms(self_view ? e.self_last_seen_ms : e.last_seen_ms);
+  m.set_previous(static_cast<pb::State>(e.previous));
+  m.set_state(static_cast<pb::State>(e.state));
+  m.set_last_seen_ms(e.last_seen_ms);
   m.set_version(e.version);
   m.set_cause(static_cast<pb::Cause>(e.cause));
-  SummaryToProto(self_view ? e.self_devices : e.devices, m.mutable_devices());
+  SummaryToProto(e.devices, m.mutable_devices());
   m.set_trace_id(e.trace_id);
   m.set_changed_at_ms(e.changed_at_ms);
   m.set_published_at_ms(e.published_at_ms);
-  if (self_view) {
+  if (include_self) {
     m.set_self_state(static_cast<pb::State>(e.self_state));
     m.set_invisible(e.invisible);
   }

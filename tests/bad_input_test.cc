@@ -208,12 +208,13 @@ TEST(Wire, SignalAndChangeEventRoundTrip) {
   EXPECT_EQ(pub->self_state, State::kOffline);  // the public form hides the own view
   EXPECT_FALSE(pub->invisible);
   EXPECT_EQ(pub->devices.total(), 0);
-  auto self = DecodeChangeEvent(EncodeChangeEvent(e, /*self_view=*/true));
-  ASSERT_TRUE(self.ok());
-  EXPECT_EQ(self->state, State::kOnline);
-  EXPECT_TRUE(self->invisible);
-  EXPECT_EQ(self->devices.total(), 2);
-  EXPECT_EQ(self->version, 5u);
+  auto full = DecodeChangeEvent(EncodeChangeEvent(e, /*include_self=*/true));
+  ASSERT_TRUE(full.ok());
+  EXPECT_EQ(full->state, State::kOffline);  // still the public view
+  EXPECT_EQ(full->self_state, State::kOnline);
+  EXPECT_TRUE(full->invisible);
+  EXPECT_EQ(full->devices.total(), 0);
+  EXPECT_EQ(full->version, 5u);
 }
 
 }  // namespace

@@ -45,15 +45,6 @@ constexpr int64_t kReconnectGraceMs = 1500;
 constexpr int64_t kMinDwellMs = 1000;
 constexpr Source kByPrecedence[] = {Source::kManual, Source::kApp, Source::kInferred};
 
-// The engine forgets the time of a heartbeat taken on the handle fast path
-// when the device then starts a new session with an older timestamp, so the
-// user's last_seen goes back (ModelTestBug below). While that bug stands, the
-// model marks a user's last_seen as unsure from such a session change until a
-// signal at least as new as last_seen arrives, and meanwhile only checks that
-// the engine's last_seen is not after the model's. Set to false to see the
-// randomized test find the bug.
-constexpr bool kTolerateLostBeatTime = true;
-
 int64_t OfflineAfterMs(Source s) {
   switch (s) {
     case Source::kInferred:
@@ -118,7 +109,6 @@ struct MUser {
   std::vector<MOverride> overrides;  // not revoked, oldest first (may have expired)
   std::vector<uint64_t> revoked;     // ids that were revoked or cleared
   int64_t last_seen = 0;             // latest accepted signal
-  bool last_seen_unsure = false;     // see kTolerateLostBeatTime
 };
 
 // What the model says about one user at one time.
@@ -131,7 +121,6 @@ struct Expect {
   MOverride top;       // meaningful when shown
   int64_t last_seen_self = 0;
   int64_t last_seen_public = 0;
-  bool last_seen_unsure = false;
 };
 
 State FromOverride(OverrideState s) {
@@ -160,7 +149,6 @@ Expect Evaluate(const MUser& u, int64_t now) {
       e.live_devices == 0 ? State::kOffline : any_online ? State::kOnline : State::kAway;
   e.state = e.self = base;
   e.last_seen_self = e.last_seen_public = u.last_seen;
-  e.last_seen_unsure = u.last_seen_unsure;
   // The most recently set unexpired override; it shows only with a live device.
   for (auto it = u.overrides.rbegin(); it != u.overrides.rend(); ++it) {
     if (it->Active(now)) {
@@ -227,10 +215,7 @@ class Model {
       const MSource& x = d.src[Idx(source)];
       if (x.seen && ts < x.last) return Outcome::kStale;  // older than one applied
     } else {
-      // A new session: a fresh start.
-      int64_t old_latest = 0;
-      for (const MSource& x : d.src) old_latest = x.seen ? std::max(old_latest, x.last) : old_latest;
-      if (kTolerateLostBeatTime && old_latest > ts) u.last_seen_unsure = true;
+      // A new session: a fresh start (the user's last_seen keeps the old one's).
       d = MDevice();
       d.session = session;
     }
@@ -239,7 +224,6 @@ class Model {
     x.last = x.seen ? std::max(x.last, ts) : ts;
     x.seen = true;
     x.active = activity == Activity::kActive;
-    if (ts >= u.last_seen) u.last_seen_unsure = false;
     u.last_seen = std::max(u.last_seen, ts);
     return Outcome::kOk;
   }
@@ -277,14 +261,6 @@ struct MHandle {
 
 // ---- The driver -------------------------------------------------------------
 
-// The engine loses a source's lapse when the device is re-evaluated (a signal
-// through the lock, or an abrupt disconnect) after the lapse and before the
-// tick that would have reported it (ModelTestBug below). While that bug
-// stands, the driver ticks first in exactly that situation, as a host that
-// ticks often would almost always have done anyway. Set to false to see the
-// randomized test find the bug.
-constexpr bool kAvoidUnreportedLapse = true;
-
 struct Pub {  // what was last published for a user
   int count = 0;
   State state = State::kOffline;
@@ -296,10 +272,10 @@ struct Pub {  // what was last published for a user
 // What the runs went through, so that the test can insist that it really
 // exercised what it claims to.
 struct Coverage {
-  int64_t steps = 0, ticks = 0, events = 0, settled_checks = 0, ticks_first = 0;
+  int64_t steps = 0, ticks = 0, events = 0, settled_checks = 0;
   int64_t ok = 0, stale = 0, not_found = 0;
   int64_t seen_state[5] = {};  // public states seen by Get, by State value
-  int64_t invisible = 0, in_grace = 0, unsure_last_seen = 0;
+  int64_t invisible = 0, in_grace = 0;
 };
 
 class Sim {
@@ -363,10 +339,6 @@ class Sim {
   static std::string Show(const T& v) { return absl::StrCat(v); }
   static std::string Show(OverrideState s) { return std::string(OverrideStateName(s)); }
 
-  void CheckLastSeen(int64_t got, int64_t want, const Expect& x, const std::string& what) {
-    if (!x.last_seen_unsure) return CheckEq(got, want, what);
-    if (got > want) Fail(absl::StrCat(what, ": engine ", got, ", after the model's ", want));
-  }
 
   void CheckOutcome(const absl::Status& st, Outcome want, const std::string& call) {
     const Outcome got = OutcomeOf(st);
@@ -433,27 +405,6 @@ class Sim {
                          s.activity, ts, s.platform);
   }
 
-  // Whether a source of the device lapsed after the last tick (which
-  // handled every deadline up to its time) and the lapse is not yet reported.
-  bool LapsedSinceTick(const std::string& user, const std::string& dev) const {
-    const MUser& mu = model_.users.at(user);
-    auto it = mu.devices.find(dev);
-    if (it == mu.devices.end() || it->second.closed) return false;
-    for (Source s : kByPrecedence) {
-      const MSource& x = it->second.src[Idx(s)];
-      const int64_t end = x.last + OfflineAfterMs(s);
-      if (x.seen && end > last_tick_ms_ && end <= Now()) return true;
-    }
-    return false;
-  }
-  // See kAvoidUnreportedLapse.
-  void TickFirstIfLapsed(absl::string_view user, absl::string_view dev) {
-    if (!kAvoidUnreportedLapse || failed_) return;
-    if (!LapsedSinceTick(std::string(user), std::string(dev))) return;
-    Log(absl::StrCat("(a source of ", user, ",", dev, " lapsed since the last tick: tick first)"));
-    ++cov_->ticks_first;
-    DoTick();
-  }
 
   // ---- Steps ----
 
@@ -489,14 +440,12 @@ class Sim {
 
   void DoSignal() {
     const presence::Signal s = RandSignal();
-    TickFirstIfLapsed(s.user_id, s.device_id);
     const Outcome want = ModelSignal(s);
     CheckOutcome(engine().Signal(s), want, absl::StrCat("Signal", Describe(s)));
   }
 
   void DoConnect() {
     presence::Signal s = RandSignal();
-    TickFirstIfLapsed(s.user_id, s.device_id);
     const Outcome want = ModelSignal(s);
     absl::StatusOr<DeviceHandle> h = engine().Connect(s);
     const std::string call = absl::StrCat("Connect", Describe(s));
@@ -522,7 +471,6 @@ class Sim {
     const Activity activity = RandActivity();
     Outcome want = Outcome::kNotFound;
     if (HandleValid(h)) {
-      TickFirstIfLapsed(h.user, h.dev);
       want = model_.Signal(h.user, h.dev, h.session, source, activity, Now(),
                            model_.users[h.user].devices[h.dev].platform);
     }
@@ -549,7 +497,6 @@ class Sim {
     const DisconnectKind kind = RandKind();
     Outcome want = Outcome::kNotFound;
     if (HandleValid(h)) {
-      if (kind == DisconnectKind::kAbrupt) TickFirstIfLapsed(h.user, h.dev);
       Model::Close(model_.users[h.user].devices[h.dev], kind, Now());
       want = Outcome::kOk;
     }
@@ -567,7 +514,6 @@ class Sim {
     const DisconnectKind kind = RandKind();
     const std::string& u = users_[p.u];
     const std::string& d = devices_[p.u][p.d];
-    if (kind == DisconnectKind::kAbrupt) TickFirstIfLapsed(u, d);
     const Outcome want = model_.DisconnectDevice(u, d, sid, kind, Now());
     CheckOutcome(engine().DisconnectDevice(u, d, sid, kind), want,
                  absl::StrCat("DisconnectDevice(", u, ",", d, ",session=", sid, ",",
@@ -671,7 +617,6 @@ class Sim {
     size_t applied = 0, stale = 0;
     std::string call = "SignalBatch[";
     for (int i = 0; i < n; ++i) batch.push_back(RandSignal());
-    for (const presence::Signal& s : batch) TickFirstIfLapsed(s.user_id, s.device_id);
     for (int i = 0; i < n; ++i) {
       absl::StrAppend(&call, i ? " " : "", Describe(batch[static_cast<size_t>(i)]));
       (ModelSignal(batch[static_cast<size_t>(i)]) == Outcome::kOk ? applied : stale)++;
@@ -764,8 +709,8 @@ class Sim {
       CheckEq(e.invisible, x.invisible, who + ": invisible");
       CheckEq(e.self_devices.total(), x.live_devices, who + ": self_devices");
       CheckEq(e.devices.total(), x.invisible ? 0 : x.live_devices, who + ": devices");
-      CheckLastSeen(e.self_last_seen_ms, x.last_seen_self, x, who + ": self_last_seen_ms");
-      CheckLastSeen(e.last_seen_ms, x.last_seen_public, x, who + ": last_seen_ms");
+      CheckEq(e.self_last_seen_ms, x.last_seen_self, who + ": self_last_seen_ms");
+      CheckEq(e.last_seen_ms, x.last_seen_public, who + ": last_seen_ms");
       CheckEq(e.previous, p.state, who + ": previous (the last published state)");
       CheckEq(e.previous_self, p.self, who + ": previous_self (the last published self_state)");
       CheckEq(e.published_at_ms, now, who + ": published_at_ms");
@@ -812,7 +757,6 @@ class Sim {
       const UserPresence pub = engine().GetOne(u);
       ++cov_->seen_state[static_cast<int>(x.state)];
       cov_->invisible += x.invisible;
-      cov_->unsure_last_seen += x.last_seen_unsure;
       for (const auto& [id, d] : mu.devices) cov_->in_grace += d.closed && d.Live(now);
       const UserPresence self = engine().GetOne(u, u);
       const std::string who = absl::StrCat("GetOne(", u, ")");
@@ -829,8 +773,8 @@ class Sim {
         CheckEq(self.override_until_ms, x.top.until, me + ".override_until_ms");
       }
       if (self.known) {
-        CheckLastSeen(self.last_seen_ms, x.last_seen_self, x, me + ".last_seen_ms");
-        CheckLastSeen(pub.last_seen_ms, x.last_seen_public, x, who + ".last_seen_ms");
+        CheckEq(self.last_seen_ms, x.last_seen_self, me + ".last_seen_ms");
+        CheckEq(pub.last_seen_ms, x.last_seen_public, who + ".last_seen_ms");
         CheckEq(pub.freshness_ms, pub.last_seen_ms == 0 ? 0 : now - pub.last_seen_ms,
                 who + ".freshness_ms");
         CheckEq(self.version, pubs_[u].version, me + ".version (of the last published change)");
@@ -873,13 +817,11 @@ TEST(ModelTest, RandomSequencesMatchTheReferenceModel) {
     simulated_ms += sim.elapsed_ms();
   }
   EXPECT_EQ(failures, 0);
-  printf("model test: %d sequences, %lld steps, %lld simulated s; %lld ticks (%lld inserted "
-         "before a lapsed device, see kAvoidUnreportedLapse), %lld events, %lld settled "
+  printf("model test: %d sequences, %lld steps, %lld simulated s; %lld ticks, %lld events, %lld settled "
          "checks; calls: %lld ok, %lld stale, %lld not found; Get saw %lld offline, %lld away, "
-         "%lld online, %lld dnd, %lld invisible, %lld devices in grace, %lld unsure "
-         "last_seen\n",
+         "%lld online, %lld dnd, %lld invisible, %lld devices in grace\n",
          kSeeds, static_cast<long long>(cov.steps), static_cast<long long>(simulated_ms / 1000),
-         static_cast<long long>(cov.ticks), static_cast<long long>(cov.ticks_first),
+         static_cast<long long>(cov.ticks),
          static_cast<long long>(cov.events), static_cast<long long>(cov.settled_checks),
          static_cast<long long>(cov.ok), static_cast<long long>(cov.stale),
          static_cast<long long>(cov.not_found),
@@ -887,8 +829,7 @@ TEST(ModelTest, RandomSequencesMatchTheReferenceModel) {
          static_cast<long long>(cov.seen_state[static_cast<int>(State::kAway)]),
          static_cast<long long>(cov.seen_state[static_cast<int>(State::kOnline)]),
          static_cast<long long>(cov.seen_state[static_cast<int>(State::kDnd)]),
-         static_cast<long long>(cov.invisible), static_cast<long long>(cov.in_grace),
-         static_cast<long long>(cov.unsure_last_seen));
+         static_cast<long long>(cov.invisible), static_cast<long long>(cov.in_grace));
   // The runs must really have gone through what the test claims to check.
   EXPECT_GT(simulated_ms, int64_t{kSeeds} * 240000);  // the long INFERRED timeout
   EXPECT_GT(cov.events, 10000);
@@ -901,24 +842,18 @@ TEST(ModelTest, RandomSequencesMatchTheReferenceModel) {
   EXPECT_GT(cov.in_grace, 1000);
 }
 
-// ---- Engine bug found by this test (disabled until fixed) --------------------
+// ---- Engine bugs this test found, kept as regression tests --------------------
 //
-// A source that lapses between two ticks is never reported when something else
-// re-evaluates the device before the next tick: a signal from another source
-// (Shard::Refresh compares the device before and after at the current time,
-// when the lapse has already happened, and then overwrites the fast bits that
-// the pending timer would have compared against), or an abrupt disconnect
-// (the grace timer supersedes the lapse timer, and entering grace marks
-// nothing dirty). The user's published state then stays wrong: below it stays
-// ONLINE while Get says AWAY, for ever in the first case and for the whole
-// grace in the second. The randomized test above steers around this (see
-// kAvoidUnreportedLapse); these two reproduce it.
+// A source that lapses between two ticks was never reported when something
+// else re-evaluated the device before the next tick: a signal from another
+// source, or an abrupt disconnect. The shard now compares with what it last
+// told the publisher (the device's fast bits), not with a fresh evaluation.
 
 Signal Sig(Source source, Activity activity) {
   return TestEngine::Sig("alice", "web", 1, source, activity);
 }
 
-TEST(ModelTestBug, DISABLED_LapseBeforeASignalFromAnotherSourceIsPublished) {
+TEST(ModelRegression, LapseBeforeASignalFromAnotherSourceIsPublished) {
   TestEngine t;
   ASSERT_TRUE(t.engine->Signal(Sig(Source::kApp, Activity::kActive)).ok());
   ASSERT_TRUE(t.engine->Signal(Sig(Source::kInferred, Activity::kIdle)).ok());
@@ -929,10 +864,10 @@ TEST(ModelTestBug, DISABLED_LapseBeforeASignalFromAnotherSourceIsPublished) {
   t.Run(2000);
   EXPECT_EQ(t.StateOf("alice"), State::kAway);
   ASSERT_FALSE(t.listener.events().empty());
-  EXPECT_EQ(t.listener.events().back().state, State::kAway);  // fails: still ONLINE
+  EXPECT_EQ(t.listener.events().back().state, State::kAway);
 }
 
-TEST(ModelTestBug, DISABLED_LapseBeforeAnAbruptDisconnectIsPublished) {
+TEST(ModelRegression, LapseBeforeAnAbruptDisconnectIsPublished) {
   TestEngine t;
   ASSERT_TRUE(t.engine->Signal(Sig(Source::kApp, Activity::kActive)).ok());
   ASSERT_TRUE(t.engine->Signal(Sig(Source::kInferred, Activity::kIdle)).ok());
@@ -942,16 +877,14 @@ TEST(ModelTestBug, DISABLED_LapseBeforeAnAbruptDisconnectIsPublished) {
   t.Run(1400);  // inside the grace: the device stays live, and AWAY
   EXPECT_EQ(t.StateOf("alice"), State::kAway);
   ASSERT_FALSE(t.listener.events().empty());
-  EXPECT_EQ(t.listener.events().back().state, State::kAway);  // fails: still ONLINE
+  EXPECT_EQ(t.listener.events().back().state, State::kAway);
 }
 
 
 // Rule 4: last_seen is the time of the user's latest accepted signal. A
-// heartbeat on the handle fast path only moves the device's per-source time;
-// a new session of the device resets those times, and the heartbeat's time is
-// lost: last_seen goes back. The randomized test tolerates this (see
-// kTolerateLostBeatTime); this reproduces it.
-TEST(ModelTestBug, DISABLED_NewSessionWithAnOlderTimestampKeepsLastSeen) {
+// heartbeat on the handle fast path only moves the device's per-source time,
+// and a new session of the device used to reset those times and lose it.
+TEST(ModelRegression, NewSessionWithAnOlderTimestampKeepsLastSeen) {
   TestEngine t;
   auto h = t.engine->Connect(TestEngine::Sig("alice", "web", 1));
   ASSERT_TRUE(h.ok());
@@ -962,7 +895,7 @@ TEST(ModelTestBug, DISABLED_NewSessionWithAnOlderTimestampKeepsLastSeen) {
   Signal s = TestEngine::Sig("alice", "web", 2);
   s.timestamp_ms = beat_at - 500;  // the new session's first signal, stamped earlier
   ASSERT_TRUE(t.engine->Signal(s).ok());
-  EXPECT_EQ(t.engine->GetOne("alice").last_seen_ms, beat_at);  // fails: beat_at - 500
+  EXPECT_EQ(t.engine->GetOne("alice").last_seen_ms, beat_at);
 }
 
 }  // namespace

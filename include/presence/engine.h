@@ -51,6 +51,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "presence/export.h"
+#include "presence/history.h"
 #include "presence/options.h"
 #include "presence/types.h"
 
@@ -69,6 +70,15 @@ struct BatchResult {
   size_t rejected = 0;  // invalid, or a limit passed
   // The status of the first signal that was not applied (OK if none).
   absl::Status first_error;
+};
+
+// presence::StateDurations: how long a user spent in each state inside a
+// window (Engine::TimeInStates), from its own view.
+struct StateDurations {
+  int64_t online_ms = 0;
+  int64_t away_ms = 0;
+  int64_t dnd_ms = 0;
+  int64_t offline_ms = 0;
 };
 
 // presence::OverrideInfo describes one override on a user's stack.
@@ -165,6 +175,47 @@ class PRESENCE_EXPORT Engine {
   // follows. (last_seen, devices and the override are current.)
   std::vector<UserPresence> GetPublished(absl::Span<const absl::string_view> user_ids,
                                          absl::string_view viewer_user_id = {});
+
+  // ---- History and durable state (DESIGN.md sections 4, 5 and 7) -----------
+
+  // Engine::History: the user's published transitions with at_ms in
+  // [from_ms, to_ms], oldest first, with cause and trace id (the audit
+  // trail). FailedPrecondition when the engine has no HistoryStore.
+  absl::StatusOr<std::vector<Transition>> History(absl::string_view user_id, int64_t from_ms,
+                                                  int64_t to_ms);
+
+  // Engine::TimeInStates: time spent in each state in [from_ms, to_ms]
+  // (the part of the window after now is not counted), from the history.
+  absl::StatusOr<StateDurations> TimeInStates(absl::string_view user_id, int64_t from_ms,
+                                              int64_t to_ms);
+
+  // Engine::LastSeen: the user's last_seen, from the engine while it holds
+  // the user, else from the history (for users long offline). NotFound when
+  // neither knows the user.
+  absl::StatusOr<int64_t> LastSeen(absl::string_view user_id);
+
+  // Engine::Erase forgets the user everywhere: its records in the engine,
+  // the Store (with the next write) and the history. A later compaction,
+  // replay or rebuild never brings it back. A signal afterwards starts anew.
+  absl::Status Erase(absl::string_view user_id);
+
+  // Engine::DrainGateway: the operator's drain. Disconnects cleanly up to
+  // `max_devices` open devices whose signals named `gateway`; call again
+  // until it answers 0. NotFound for a gateway the engine never saw.
+  absl::StatusOr<size_t> DrainGateway(absl::string_view gateway, size_t max_devices = 1000);
+
+  // Engine::ConsumeBus applies up to `max_records` signals from
+  // Options::bus, from where it last stopped (after a rebuild: from the
+  // offsets committed in the Store). Offsets are committed to the Store
+  // after the records the signals changed were written, on Tick. Change
+  // events on the bus are skipped. Returns how many signals were read.
+  absl::StatusOr<size_t> ConsumeBus(size_t max_records = 4096);
+
+  // Engine::Rebuild: the operator's rebuild. Drops everything the engine
+  // holds in memory, reloads the Store, and resumes consuming the bus from
+  // the committed offsets. Changes that were not yet written are lost (so
+  // Tick first). Do not feed the engine while it runs.
+  absl::Status Rebuild();
 
   // ---- Listeners -----------------------------------------------------------
 

@@ -14,9 +14,12 @@
 
 namespace presence {
 
+class Bus;
 class Clock;
 class ChangeListener;
+class HistoryStore;
 class OfflineDetector;
+class Store;
 
 // presence::SourcePolicy: how often a source is expected to signal, and how
 // long a device kept alive only by it survives silence.
@@ -106,6 +109,28 @@ struct Options {
   OfflineDetector* detector = nullptr;
   uint32_t detector_platforms = 0;
   int64_t detector_floor_ms = 2000;
+
+  // ---- Durable state (DESIGN.md section 5). None is owned; each must
+  // outlive the engine. ----
+
+  // Write-through: on each Tick, every user and device that changed is
+  // written here before any of its changes is published; a failed write
+  // publishes nothing of that shard and is retried on the next Tick. Engine
+  // Create loads what the store holds (a rebuild). Heartbeats on handles
+  // that change nothing but the time are not written one by one: after a
+  // restart such a device is live again with its next signal. Null: memory
+  // only.
+  Store* store = nullptr;
+  // The audit trail: every published transition is appended here after the
+  // store write. Null: no history (Engine::History answers
+  // FailedPrecondition).
+  HistoryStore* history = nullptr;
+  // Published change events go to this bus (keyed by user), and
+  // Engine::ConsumeBus applies the signals found on it. Null: no bus.
+  Bus* bus = nullptr;
+  // Transitions older than this are dropped from the history (checked about
+  // once a minute on Tick). 0: kept for ever.
+  int64_t history_retention_ms = int64_t{30} * 24 * 3600 * 1000;
 };
 
 }  // namespace presence

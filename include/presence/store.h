@@ -77,6 +77,10 @@ struct UserRecord {
 struct CommittedOffset {
   uint32_t partition = 0;
   uint64_t offset = 0;  // the next offset to read
+  friend bool operator==(const CommittedOffset& a, const CommittedOffset& b) {
+    return a.partition == b.partition && a.offset == b.offset;
+  }
+  friend bool operator!=(const CommittedOffset& a, const CommittedOffset& b) { return !(a == b); }
 };
 
 // presence::StoreBatch: what one Write applies. Erasures first, then

@@ -39,9 +39,11 @@ class PRESENCE_EXPORT DecodedSignal {
 PRESENCE_EXPORT std::string EncodeSignal(const Signal& signal);
 PRESENCE_EXPORT absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out);
 
-// A presence.v1.ChangeEvent. With self_view false the user's own view
-// (self_state) is left out, as it must be for anyone but the user.
-PRESENCE_EXPORT std::string EncodeChangeEvent(const ChangeEvent& event, bool self_view = false);
+// A presence.v1.ChangeEvent. Its state, previous, last_seen and devices are
+// always the public view. With include_self, self_state and invisible carry
+// the user's own view too: for the user's own clients and for other engines,
+// never for anyone else.
+PRESENCE_EXPORT std::string EncodeChangeEvent(const ChangeEvent& event, bool include_self = false);
 PRESENCE_EXPORT absl::StatusOr<ChangeEvent> DecodeChangeEvent(absl::string_view bytes);
 
 }  // namespace presence

@@ -25,23 +25,9 @@
 #include "presence/bus.h"
 #include "presence/history.h"
 #include "presence/store.h"
+#include "tests/conformance/loaded.h"
 
 namespace presence::conformance {
-
-// Everything a Load returned, keyed for comparison.
-struct Loaded : StoreVisitor {
-  std::map<std::string, UserRecord> users;
-  std::map<std::pair<std::string, std::string>, DeviceRecord> devices;
-  std::map<uint32_t, uint64_t> offsets;
-  void OnUser(const UserRecord& u) override {
-    EXPECT_TRUE(users.emplace(u.user_id, u).second) << "user loaded twice: " << u.user_id;
-  }
-  void OnDevice(const DeviceRecord& d) override {
-    EXPECT_TRUE(devices.emplace(std::make_pair(d.user_id, d.device_id), d).second)
-        << "device loaded twice: " << d.user_id << "/" << d.device_id;
-  }
-  void OnOffset(const CommittedOffset& o) override { offsets[o.partition] = o.offset; }
-};
 
 inline UserRecord User(const std::string& id, uint64_t version, State state = State::kOnline) {
   UserRecord u;

@@ -1,0 +1,300 @@
+// Durable state through the engine (DESIGN.md sections 4 and 5): write-through
+// before publish, store failures, rebuild and bus replay, history, erasure,
+// and draining a gateway.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "presence/bus.h"
+#include "presence/history.h"
+#include "presence/store.h"
+#include "presence/wire.h"
+#include "tests/conformance/loaded.h"
+#include "tests/test_util.h"
+
+namespace presence::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// A store that can be made to fail, over a memory store.
+class FlakyStore : public Store {
+ public:
+  absl::Status Write(const StoreBatch& batch) override {
+    ++writes;
+    if (failing) return absl::UnavailableError("store is down");
+    return inner_->Write(batch);
+  }
+  absl::Status Load(StoreVisitor* v) override { return inner_->Load(v); }
+  conformance::Loaded Contents() {
+    conformance::Loaded l;
+    EXPECT_TRUE(inner_->Load(&l).ok());
+    return l;
+  }
+  bool failing = false;
+  int writes = 0;
+
+ private:
+  std::unique_ptr<Store> inner_ = NewMemoryStore();
+};
+
+struct Durable {
+  FlakyStore store;
+  std::unique_ptr<HistoryStore> history = NewMemoryHistoryStore();
+  std::unique_ptr<Bus> bus = NewInProcessBus(4);
+  Options Opts() {
+    Options o;
+    o.store = &store;
+    o.history = history.get();
+    o.bus = bus.get();
+    return o;
+  }
+};
+
+TEST(WriteThrough, AChangeIsInTheStoreBeforeAnyListenerHearsOfIt) {
+  Durable d;
+  struct Checker : ChangeListener {
+    FlakyStore* store;
+    int checked = 0;
+    void OnChanges(absl::Span<const ChangeEvent> events) override {
+      auto l = store->Contents();
+      for (const auto& e : events) {
+        ASSERT_TRUE(l.users.count(e.user_id)) << e.user_id;
+        EXPECT_EQ(l.users.at(e.user_id).state_version, e.version);
+        EXPECT_EQ(l.users.at(e.user_id).state, e.state);
+        ++checked;
+      }
+    }
+  } checker;
+  checker.store = &d.store;
+  TestEngine t(d.Opts());
+  t.engine->AddListener(&checker);
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
+  ASSERT_TRUE(t.engine->SetOverride("alice", OverrideState::kDnd).ok());
+  t.Run(2000);
+  EXPECT_GE(checker.checked, 1);
+  auto l = d.store.Contents();
+  ASSERT_EQ(l.devices.size(), 1u);
+  EXPECT_EQ(l.devices.begin()->second.device_id, "web");
+  ASSERT_EQ(l.users.at("alice").overrides.size(), 1u);
+  EXPECT_EQ(l.users.at("alice").overrides[0].state, OverrideState::kDnd);
+}
+
+TEST(WriteThrough, AFailingStorePublishesNothingAndLosesNothing) {
+  Durable d;
+  TestEngine t(d.Opts());
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
+  t.Run(1000);
+  t.listener.Take();
+  d.store.failing = true;
+  ASSERT_TRUE(t.engine->SetOverride("alice", OverrideState::kDnd).ok());
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "web")).ok());
+  t.Run(1000);
+  EXPECT_TRUE(t.listener.events().empty());  // nothing published while not durable
+  EXPECT_THAT(t.engine->RenderMetrics(), ::testing::Not(HasSubstr("presence_store_errors_total 0\n")));
+  d.store.failing = false;
+  t.Run(200);
+  // Everything comes out once the store is back, each user's changes in order.
+  std::map<std::string, std::vector<State>> got;
+  uint64_t last_alice = 0;
+  for (const auto& e : t.listener.events()) {
+    got[e.user_id].push_back(e.state);
+    if (e.user_id == "alice") {
+      EXPECT_GT(e.version, last_alice);
+      last_alice = e.version;
+    }
+  }
+  EXPECT_EQ(got["alice"], std::vector<State>{State::kDnd});
+  EXPECT_EQ(got["bob"], std::vector<State>{State::kOnline});
+  EXPECT_EQ(d.store.Contents().users.at("alice").state, State::kDnd);
+}
+
+// Publishes a keyed signal on the bus, as a gateway would.
+void Publish(Bus* bus, const Signal& s) {
+  ASSERT_TRUE(bus->Publish(BusRecordType::kSignal, s.user_id, EncodeSignal(s)).ok());
+}
+
+TEST(Rebuild, ANewEngineLoadsTheStoreReplaysTheBusAndMatchesTheOldOne) {
+  Durable d;
+  ManualClock clock(1'000'000);
+  Options o = d.Opts();
+  o.clock = &clock;
+  auto a = Engine::Create(o).value();
+  std::vector<std::string> users;
+  for (int i = 0; i < 20; ++i) users.push_back("user-" + std::to_string(i));
+  // Phase 1: signals through the bus, consumed and written through.
+  for (int round = 0; round < 5; ++round) {
+    for (int i = 0; i < 20; ++i) {
+      Signal s = TestEngine::Sig(users[i], "d" + std::to_string(i % 2), 1, Source::kApp,
+                                 (i + round) % 3 ? Activity::kActive : Activity::kIdle);
+      s.timestamp_ms = clock.NowMs();
+      Publish(d.bus.get(), s);
+    }
+    ASSERT_TRUE(a->ConsumeBus().ok());
+    clock.Advance(700);
+    a->Tick();
+  }
+  ASSERT_TRUE(a->SetOverride(users[3], OverrideState::kDnd).ok());
+  ASSERT_TRUE(a->SetOverride(users[4], OverrideState::kInvisible, clock.NowMs() + 60000).ok());
+  a->Tick();
+  // Phase 2: more signals are on the bus, but the engine stops before
+  // consuming them.
+  for (int i = 0; i < 20; i += 3) {
+    Signal s = TestEngine::Sig(users[i], "phone", 7, Source::kInferred);
+    s.timestamp_ms = clock.NowMs();
+    Publish(d.bus.get(), s);
+  }
+  ASSERT_TRUE(a->ConsumeBus().ok());  // A applies them but never ticks: not durable
+  std::vector<absl::string_view> ids(users.begin(), users.end());
+  const std::vector<UserPresence> before = a->Get(ids);
+  const std::vector<UserPresence> before_self = [&] {
+    std::vector<UserPresence> out;
+    for (auto id : ids) out.push_back(a->GetOne(id, id));
+    return out;
+  }();
+  a.reset();  // the engine stops
+
+  auto b = Engine::Create(o).value();
+  ASSERT_TRUE(b->ConsumeBus().ok());  // from the committed offsets
+  const std::vector<UserPresence> after = b->Get(ids);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    SCOPED_TRACE(users[i]);
+    EXPECT_EQ(after[i].state, before[i].state);
+    EXPECT_EQ(after[i].devices, before[i].devices);
+    EXPECT_EQ(after[i].last_seen_ms, before[i].last_seen_ms);
+    EXPECT_EQ(after[i].has_override, before[i].has_override);
+    EXPECT_EQ(b->GetOne(ids[i], ids[i]).state, before_self[i].state);
+  }
+  // And its versions carry on from the published ones.
+  EXPECT_EQ(b->GetPublished(ids)[3].version, before[3].version);
+}
+
+TEST(Rebuild, TheOperatorsRebuildReloadsAndPublishesWhatChangedMeanwhile) {
+  Durable d;
+  TestEngine t(d.Opts());
+  auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
+  ASSERT_TRUE(h.ok());
+  t.Run(1000);
+  ASSERT_TRUE(t.engine->Rebuild().ok());
+  EXPECT_EQ(t.StateOf("alice"), State::kOnline);  // the device came back from the store
+  t.listener.Take();
+  t.Run(5000);  // nothing beats any more: it lapses and that is published
+  ASSERT_FALSE(t.listener.events().empty());
+  EXPECT_EQ(t.listener.events().back().state, State::kOffline);
+}
+
+TEST(History, PublishedTransitionsFormTheAuditTrail) {
+  Durable d;
+  TestEngine t(d.Opts());
+  const int64_t t0 = t.clock.NowMs();
+  Signal s = TestEngine::Sig("alice", "web");
+  s.trace_id = 42;
+  auto h = t.engine->Connect(s);
+  t.Run(1000);
+  ASSERT_TRUE(t.engine->SetOverride("alice", OverrideState::kDnd).ok());
+  t.Run(1000);
+  ASSERT_TRUE(t.engine->Disconnect(*h, DisconnectKind::kClean).ok());
+  t.Run(1000);
+  auto hist = t.engine->History("alice", t0, t.clock.NowMs());
+  ASSERT_TRUE(hist.ok()) << hist.status();
+  ASSERT_EQ(hist->size(), 3u);
+  EXPECT_EQ((*hist)[0].state, State::kOnline);
+  EXPECT_EQ((*hist)[0].trace_id, 42u);
+  EXPECT_EQ((*hist)[1].state, State::kDnd);
+  EXPECT_EQ((*hist)[1].cause, Cause::kOverride);
+  EXPECT_EQ((*hist)[2].state, State::kOffline);
+  EXPECT_EQ((*hist)[2].cause, Cause::kDisconnect);
+  auto times = t.engine->TimeInStates("alice", t0, t.clock.NowMs());
+  ASSERT_TRUE(times.ok());
+  EXPECT_EQ(times->online_ms, 1000);
+  EXPECT_EQ(times->dnd_ms, 1000);
+  EXPECT_EQ(times->offline_ms, 100 + 900);  // before the first tick, and after the end
+  EXPECT_TRUE(absl::IsInvalidArgument(t.engine->History("alice", 10, 5).status()));
+  EXPECT_TRUE(t.engine->History("nobody", 0, 1).value().empty());
+}
+
+TEST(History, LastSeenOutlivesTheEngineForgettingTheUser) {
+  Durable d;
+  Options o = d.Opts();
+  o.user_retention_ms = 1000;
+  o.dead_retention_ms = 1000;
+  TestEngine t(o);
+  auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
+  t.Run(500);
+  ASSERT_TRUE(t.engine->Beat(*h).ok());
+  const int64_t seen = t.clock.NowMs();
+  ASSERT_TRUE(t.engine->Disconnect(*h, DisconnectKind::kClean).ok());
+  t.Run(5000);
+  EXPECT_FALSE(t.engine->GetOne("alice").known);
+  auto last = t.engine->LastSeen("alice");
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(*last, seen);
+  EXPECT_TRUE(absl::IsNotFound(t.engine->LastSeen("nobody").status()));
+}
+
+TEST(History, WithoutAHistoryStoreQueriesSaySo) {
+  TestEngine t;
+  EXPECT_TRUE(absl::IsFailedPrecondition(t.engine->History("alice", 0, 1).status()));
+  EXPECT_TRUE(absl::IsFailedPrecondition(t.engine->ConsumeBus().status()));
+}
+
+TEST(Erase, TheUserIsGoneEverywhereAndNeverComesBack) {
+  Durable d;
+  TestEngine t(d.Opts());
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "web")).ok());
+  ASSERT_TRUE(t.engine->SetOverride("alice", OverrideState::kDnd).ok());
+  t.Run(1000);
+  const StoreBatch old_records = [&] {
+    StoreBatch b;
+    auto l = d.store.Contents();
+    for (auto& [id, u] : l.users) b.users.push_back(u);
+    for (auto& [k, dev] : l.devices) b.devices.push_back(dev);
+    return b;
+  }();
+  ASSERT_TRUE(t.engine->Erase("alice").ok());
+  EXPECT_FALSE(t.engine->GetOne("alice").known);
+  t.Run(200);
+  auto l = d.store.Contents();
+  EXPECT_EQ(l.users.count("alice"), 0u);
+  EXPECT_EQ(l.users.count("bob"), 1u);
+  for (auto& [k, dev] : l.devices) EXPECT_NE(dev.user_id, "alice");
+  EXPECT_TRUE(t.engine->History("alice", 0, t.clock.NowMs()).value().empty());
+  EXPECT_FALSE(t.engine->History("bob", 0, t.clock.NowMs()).value().empty());
+  // A late replay of the old records does not bring it back, nor a rebuild.
+  ASSERT_TRUE(d.store.Write(old_records).ok());
+  EXPECT_EQ(d.store.Contents().users.count("alice"), 0u);
+  ASSERT_TRUE(t.engine->Rebuild().ok());
+  EXPECT_FALSE(t.engine->GetOne("alice").known);
+  EXPECT_EQ(t.StateOf("bob"), State::kOnline);
+  // A new signal starts the user anew.
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web", 9)).ok());
+  EXPECT_EQ(t.StateOf("alice"), State::kOnline);
+  EXPECT_FALSE(t.engine->GetOne("alice").has_override);
+}
+
+TEST(Drain, EveryDeviceOfTheGatewayDisconnectsInBoundedBatches) {
+  TestEngine t;
+  for (int i = 0; i < 25; ++i) {
+    Signal s = TestEngine::Sig("u" + std::to_string(i), "web");
+    s.gateway = i < 20 ? "gw-a" : "gw-b";
+    ASSERT_TRUE(t.engine->Signal(s).ok());
+  }
+  t.engine->Tick();
+  EXPECT_EQ(t.engine->DrainGateway("gw-a", 8).value(), 8u);
+  EXPECT_EQ(t.engine->DrainGateway("gw-a", 8).value(), 8u);
+  EXPECT_EQ(t.engine->DrainGateway("gw-a", 8).value(), 4u);
+  EXPECT_EQ(t.engine->DrainGateway("gw-a", 8).value(), 0u);
+  EXPECT_EQ(t.StateOf("u0"), State::kOffline);
+  EXPECT_EQ(t.StateOf("u19"), State::kOffline);
+  EXPECT_EQ(t.StateOf("u20"), State::kOnline);
+  EXPECT_TRUE(absl::IsNotFound(t.engine->DrainGateway("gw-z").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(t.engine->DrainGateway("").status()));
+  t.Run(1000);
+  EXPECT_THAT(t.engine->RenderMetrics(), HasSubstr("presence_transitions_total{cause=\"disconnect\"} 20"));
+}
+
+}  // namespace
+}  // namespace presence::testing
