@@ -627,16 +627,16 @@ void BM_Churn(benchmark::State& state, size_t n) {
 
 // ---- Model: the memory system alone -------------------------------------------------
 
-// A 48-byte record like presence::internal::Device, touched like the
+// A record the size of presence::internal::Device, touched like the
 // heartbeat fast path: load the generation word, compare, store a time. The
 // counter variant adds, per touch, what the fast path adds: a relaxed
 // fetch_add on a shared counter (a lock-prefixed instruction on x86). The
 // load_store variant counts with a relaxed load and store instead (no lock
 // prefix; valid for a single writer, e.g. a per-thread counter).
-struct alignas(16) ModelRecord {
+struct alignas(alignof(presence::internal::Device)) ModelRecord {
   std::atomic<uint32_t> seen[3];
   std::atomic<uint32_t> word;
-  uint64_t rest[4];
+  char rest[sizeof(presence::internal::Device) - 16];
 };
 static_assert(sizeof(ModelRecord) == sizeof(presence::internal::Device), "same size as Device");
 

@@ -1,8 +1,9 @@
-// The device record: 48 bytes, one per (user_id, device_id).
+// The device record: one 64-byte cache line per (user_id, device_id), with
+// the device id inside it when shorter than 16 bytes.
 //
-// The fields that a heartbeat on a handle touches (the three per-source
-// signal times and the generation/fast word) are the first 16 bytes, so a
-// heartbeat reads and writes one cache line. Records live in chunks that
+// A heartbeat on a handle touches only the first 16 bytes (the three
+// per-source signal times and the generation/fast word), and a keyed lookup
+// compares the id without leaving the line. Records live in chunks that
 // never move (DeviceTable), so a lock-free heartbeat can reach its record
 // while another thread adds devices.
 #ifndef PRESENCE_SRC_DEVICE_H_
@@ -55,9 +56,8 @@ class IdBytes {
   char* p_ = nullptr;
 };
 
-// A user id: ids shorter than 16 bytes live inline (no allocation, and no
-// cache miss to read them when a change is published); longer ones in an
-// IdBytes. The last byte tells which: 0x80 | length inline, 0 on the heap.
+// A user or device id: ids shorter than 16 bytes live inline (no
+// allocation, and no cache miss to read them); longer ones in an IdBytes. The last byte tells which: 0x80 | length inline, 0 on the heap.
 class InlineId {
  public:
   InlineId() { buf_[kTag] = static_cast<char>(0x80); }
@@ -87,15 +87,15 @@ class InlineId {
     if (inline_()) return absl::string_view(buf_, buf_[kTag] & 0x7f);
     return heap()->view();
   }
+  void reset() {
+    if (!inline_()) std::launder(reinterpret_cast<IdBytes*>(buf_))->~IdBytes();
+    buf_[kTag] = static_cast<char>(0x80);
+  }
 
  private:
   static constexpr size_t kTag = 15;
   bool inline_() const { return buf_[kTag] != 0; }
   const IdBytes* heap() const { return std::launder(reinterpret_cast<const IdBytes*>(buf_)); }
-  void reset() {
-    if (!inline_()) std::launder(reinterpret_cast<IdBytes*>(buf_))->~IdBytes();
-    buf_[kTag] = static_cast<char>(0x80);
-  }
   alignas(8) char buf_[16];
 };
 
@@ -134,11 +134,11 @@ inline constexpr uint8_t kAdaptive = 1u << 6;       // a detector decides its ti
 inline constexpr uint8_t kStoreDirty = 1u << 7;     // changed since last written to the Store
 }  // namespace dflag
 
-struct alignas(16) Device {
+struct alignas(64) Device {
   std::atomic<Time32> seen[kSourceCount];  // last signal per source (wrapping ms)
   std::atomic<uint32_t> gen_fast;          // see namespace fast
   uint64_t session = 0;
-  IdBytes id;
+  InlineId id;
   uint32_t user = kNone;  // index of the owning user in the shard
   uint32_t next = kNone;  // next device of the same user, or next free slot
   Time32 due = 0;         // when the canonical timer entry fires
@@ -159,7 +159,7 @@ struct alignas(16) Device {
   bool has_seen(int i) const { return flags & (dflag::kSeen0 << i); }
 };
 
-static_assert(sizeof(Device) == 48, "keep the device record at 48 bytes");
+static_assert(sizeof(Device) == 64, "keep the device record at one cache line");
 
 }  // namespace presence::internal
 

@@ -24,6 +24,15 @@ const char* VersionString() { return PRESENCE_VERSION_STRING; }
 
 namespace internal {
 
+// Counters of the lock-free heartbeat, one block per thread that beats: only
+// its thread writes it (a plain load and store, no locked instruction), and
+// readers sum the blocks.
+struct alignas(64) BeatCounters {
+  std::atomic<uint64_t> accepted[kSourceCount] = {};
+};
+
+std::atomic<uint64_t> next_engine_id{1};
+
 // EngineCore routes each call to the shard that owns the user, and runs the
 // lock-free heartbeat and the engine-wide Tick.
 class EngineCore {
@@ -134,7 +143,8 @@ class EngineCore {
       if (Diff32(t, d->seen[i].load(std::memory_order_relaxed)) > 0) {
         d->seen[i].store(t, std::memory_order_relaxed);
       }
-      shards_[shard]->fast_counters().accepted[i].fetch_add(1, std::memory_order_relaxed);
+      std::atomic<uint64_t>& count = ThreadCounters()->accepted[i];
+      count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       return absl::OkStatus();
     }
     return shards_[shard]->BeatLocked(index, gen, activity, source, now);
@@ -354,7 +364,32 @@ class EngineCore {
     Shard::Stats stats;
     const int64_t now = Now();
     for (auto& shard : shards_) shard->AddStats(now, &stats);
+    absl::MutexLock lock(&counters_mu_);
+    for (const auto& c : beat_counters_) {
+      for (int i = 0; i < kSourceCount; ++i) {
+        stats.counters.accepted[i] += c->accepted[i].load(std::memory_order_relaxed);
+      }
+    }
     return stats;
+  }
+
+  // This thread's heartbeat counters for this engine. A thread remembers its
+  // blocks for its last few engines; engines are told apart by an id that is
+  // never reused, so a stale entry never matches a new engine.
+  BeatCounters* ThreadCounters() {
+    struct Entry {
+      uint64_t engine = 0;
+      BeatCounters* counters = nullptr;
+    };
+    thread_local Entry cache[4];
+    thread_local unsigned next = 0;
+    for (const Entry& e : cache) {
+      if (e.engine == id_) return e.counters;
+    }
+    absl::MutexLock lock(&counters_mu_);
+    beat_counters_.push_back(std::make_unique<BeatCounters>());
+    cache[next++ % 4] = Entry{id_, beat_counters_.back().get()};
+    return beat_counters_.back().get();
   }
 
   std::string RenderMetrics() {
@@ -501,6 +536,9 @@ class EngineCore {
   int shard_bits_ = 0;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::atomic<uint64_t> invalid_{0};
+  const uint64_t id_ = next_engine_id.fetch_add(1);
+  absl::Mutex counters_mu_;
+  std::vector<std::unique_ptr<BeatCounters>> beat_counters_ ABSL_GUARDED_BY(counters_mu_);
 
   absl::Mutex tick_mu_;
   std::vector<ChangeEvent> events_ ABSL_GUARDED_BY(tick_mu_);

@@ -16,6 +16,14 @@ namespace {
 
 constexpr uint32_t kSeenMask = dflag::kSeen0 | (dflag::kSeen0 << 1) | (dflag::kSeen0 << 2);
 
+}  // namespace
+
+// A due time further than any real one, for a device about to get its first
+// timer: whatever it schedules is sooner.
+const int64_t kUnscheduled = (int64_t{1} << 30) + 1000;
+
+namespace {
+
 // A user's record version: strictly growing, and never below the publish
 // time in ms shifted left by 10 bits. So a version stays ahead of any that
 // an earlier record of the same user had, even after the engine forgot the
@@ -95,11 +103,12 @@ void Shard::MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms
   User& user = users_[u];
   if (user.pending == kNone) {
     user.pending = static_cast<uint32_t>(pending_.size());
-    pending_.push_back(Pending{u, cause, trace_id, now_ms});
+    pending_.push_back(Pending{u, cause, trace_id, now_ms, 0});
     return;
   }
   Pending& p = pending_[user.pending];
   p.cause = cause;
+  p.hold_until_ms = 0;  // news: look again at the next tick, even in a dwell
   if (trace_id != 0) p.trace_id = trace_id;
 }
 
@@ -313,6 +322,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   const presence::Signal& s = *a.signal;
   uint32_t u = FindUser(s.user_id, a.hash);
   uint32_t di = u == kNone ? kNone : FindDevice(users_[u], s.device_id);
+  bool created = false;
   if (di == kNone) {
     if (u != kNone && users_[u].device_count >= config_->options.max_devices_per_user) {
       return Drop(DropReason::kLimit, absl::StrCat("user has ", users_[u].device_count,
@@ -324,7 +334,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     if (u == kNone) u = AddUser(s.user_id);
     User& user = users_[u];
     Device& d = devices_.at(di);
-    d.id = IdBytes(s.device_id);
+    d.id = InlineId(s.device_id);
     d.user = u;
     d.next = user.first_device;
     user.first_device = di;
@@ -335,7 +345,9 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
         (config_->options.detector_platforms & (1u << static_cast<int>(s.platform)))) {
       d.flags |= dflag::kAdaptive;
     }
-    Schedule(di, now_ms + config_->options.dead_retention_ms, now_ms);
+    // No timer entry yet: the signal below schedules the only one.
+    d.due = ToTime32(now_ms + kUnscheduled);
+    created = true;
   }
   Device& d = devices_.at(di);
   const Platform old_platform = d.platform;
@@ -347,6 +359,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   if (!st.ok()) {
     d.platform = old_platform;
     d.gateway = old_gateway;
+    if (created) FreeDevice(di, now_ms);  // cannot happen today; never leave it unscheduled
     return st;
   }
   if (old_platform != s.platform && Evaluate(di, now_ms).live) {
@@ -639,15 +652,23 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
   // settle (back where it was last published).
   const int64_t dwell = config_->options.min_dwell_ms;
   decisions_.clear();
-  for (const Pending& pending : pending_) {
+  for (Pending& pending : pending_) {
     User& user = users_[pending.user];
     Decision d;
+    if (now_ms < pending.hold_until_ms) {
+      // Held by the dwell, and nothing new since it was looked at: no need
+      // to evaluate (or write) it again before the dwell ends.
+      d.what = Decision::kHoldUnchanged;
+      decisions_.push_back(d);
+      continue;
+    }
     d.view = ViewUser(user, now_ms);
     const Reduced& r = d.view.reduced;
     if (r.state == user.pub_state && r.self_state == user.pub_self) {
       d.what = Decision::kSettle;
     } else if (dwell > 0 && user.published_at_ms != 0 && now_ms < user.published_at_ms + dwell) {
       d.what = Decision::kHold;
+      pending.hold_until_ms = user.published_at_ms + dwell;
     } else {
       d.what = Decision::kPublish;
       d.version = NextVersion(user.version, now_ms);
@@ -680,7 +701,7 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
     const Pending pending = pending_[i];
     const Decision& d = decisions_[i];
     User& user = users_[pending.user];
-    if (d.what == Decision::kHold) {
+    if (d.what == Decision::kHold || d.what == Decision::kHoldUnchanged) {
       user.pending = static_cast<uint32_t>(kept);  // published when the dwell ends
       pending_[kept++] = pending;
       continue;
@@ -721,9 +742,6 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
 void Shard::AddStats(int64_t now_ms, Stats* stats) {
   absl::MutexLock lock(&mu_);
   stats->counters.Add(counters_);
-  for (int i = 0; i < kSourceCount; ++i) {
-    stats->counters.accepted[i] += fast_.accepted[i].load(std::memory_order_relaxed);
-  }
   stats->sizes.users += index_by_id_.size();
   stats->sizes.devices += devices_.used();
   stats->sizes.live_devices += live_devices_;

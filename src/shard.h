@@ -33,6 +33,8 @@
 
 namespace presence::internal {
 
+extern const int64_t kUnscheduled;
+
 // The hash that picks a user's shard and indexes it within the shard.
 uint64_t HashUserId(absl::string_view user_id);
 
@@ -51,11 +53,6 @@ struct AcceptedSignal {
   uint64_t hash;
   int64_t timestamp_ms;
   uint8_t gateway;  // GatewayTable index of signal->gateway (0: none)
-};
-
-// Counters of the lock-free heartbeat, on a cache line of their own.
-struct alignas(64) FastCounters {
-  std::atomic<uint64_t> accepted[kSourceCount] = {};
 };
 
 class Shard {
@@ -125,7 +122,6 @@ class Shard {
   void AddStats(int64_t now_ms, Stats* stats);
 
   DeviceTable& devices() { return devices_; }
-  FastCounters& fast_counters() { return fast_; }
   uint64_t DeviceKey(uint32_t index) const { return (uint64_t{index_} << 32) | index; }
 
  private:
@@ -147,6 +143,7 @@ class Shard {
     Cause cause;
     uint64_t trace_id;
     int64_t since_ms;
+    int64_t hold_until_ms;  // held by min_dwell until then, unless news comes
   };
   struct UserView {
     Reduced reduced;
@@ -154,7 +151,8 @@ class Shard {
     int64_t last_seen_ms = 0;
   };
   struct Decision {
-    enum What { kPublish, kHold, kSettle } what = kSettle;
+    // kHoldUnchanged: still in its dwell with no news; not evaluated.
+    enum What { kPublish, kHold, kHoldUnchanged, kSettle } what = kSettle;
     UserView view;
     uint64_t version = 0;  // the version it publishes with
   };
@@ -228,7 +226,6 @@ class Shard {
 
   const ShardConfig* const config_;
   const uint32_t index_;
-  FastCounters fast_;
 
   mutable absl::Mutex mu_;
   std::vector<User> users_ ABSL_GUARDED_BY(mu_);

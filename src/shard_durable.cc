@@ -46,6 +46,7 @@ DeviceRecord Shard::DeviceRecordOf(uint32_t di, int64_t now_ms) {
 void Shard::BuildStoreBatch(int64_t now_ms, StoreBatch* batch) {
   batch->erasures = erasures_;
   for (size_t i = 0; i < pending_.size(); ++i) {
+    if (decisions_[i].what == Decision::kHoldUnchanged) continue;  // written when first held
     batch->users.push_back(UserRecordOf(pending_[i].user, &decisions_[i], now_ms));
   }
   for (uint32_t di : store_dirty_) {
@@ -107,7 +108,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
   User& user = users_[u];
   Device& d = devices_.at(di);
   d.flags = 0;
-  d.id = IdBytes(r.device_id);
+  d.id = InlineId(r.device_id);
   d.user = u;
   d.next = user.first_device;
   user.first_device = di;
@@ -128,14 +129,15 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
       (config_->options.detector_platforms & (1u << static_cast<int>(r.platform)))) {
     d.flags |= dflag::kAdaptive;
   }
-  d.phase = Phase::kDead;
-  Schedule(di, now_ms + config_->options.dead_retention_ms, now_ms);
   if (r.closed) {
     d.flags |= dflag::kClosed;
+    d.phase = Phase::kDead;
+    Schedule(di, now_ms + config_->options.dead_retention_ms, now_ms);
   } else {
     d.phase = Phase::kLive;
     ++live_devices_;
-    Refresh(di, DeviceView{}, Cause::kMerge, 0, now_ms);
+    d.due = ToTime32(now_ms + kUnscheduled);
+    Refresh(di, DeviceView{}, Cause::kMerge, 0, now_ms);  // schedules its timer
   }
   MarkDirty(u, Cause::kMerge, 0, now_ms);
   return absl::OkStatus();

@@ -20,6 +20,7 @@ namespace presence::internal {
 class TimerWheel {
  public:
   static constexpr uint32_t kSlots = 8192;  // 8.2 s horizon at 1 ms per slot
+  static constexpr size_t kKeepCapacity = 256;
 
   explicit TimerWheel(Time32 now) : slots_(kSlots), cur_(now) {}
 
@@ -58,6 +59,9 @@ class TimerWheel {
           ++size_;
         }
       }
+      // A burst (every device rescheduled in the same ms) leaves a large
+      // buffer here; let it go rather than pass it on to the next slot.
+      if (scratch_.capacity() > kKeepCapacity) std::vector<uint32_t>().swap(scratch_);
     }
     cur_ = now;
   }
