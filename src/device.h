@@ -146,6 +146,22 @@ struct alignas(64) Device {
   Phase phase = Phase::kFree;
   uint8_t flags = 0;
   uint8_t gateway = 0;  // GatewayTable index; 0: none
+  // Flood limit: the second (low 16 bits of now / 1000) in the high half,
+  // signals accepted in it in the low half. Written without a lock by the
+  // heartbeat; a rare lost update between two threads beating the same
+  // handle only makes the limit a little lenient.
+  std::atomic<uint32_t> rate{0};
+
+  // Counts one signal at `now_ms`; false when it passes `limit` per second.
+  bool TakeRate(int64_t now_ms, uint32_t limit) {
+    if (limit == 0) return true;
+    const uint32_t sec = static_cast<uint32_t>(now_ms / 1000) & 0xffffu;
+    uint32_t w = rate.load(std::memory_order_relaxed);
+    uint32_t count = (w >> 16) == sec ? (w & 0xffffu) : 0;
+    if (count >= limit) return false;
+    rate.store((sec << 16) | (count + 1), std::memory_order_relaxed);
+    return true;
+  }
 
   uint32_t bits() const { return gen_fast.load(std::memory_order_relaxed) & fast::kBitsMask; }
   uint32_t gen() const { return fast::Gen(gen_fast.load(std::memory_order_relaxed)); }

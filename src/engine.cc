@@ -29,6 +29,7 @@ namespace internal {
 // readers sum the blocks.
 struct alignas(64) BeatCounters {
   std::atomic<uint64_t> accepted[kSourceCount] = {};
+  std::atomic<uint64_t> rate_limited{0};
 };
 
 std::atomic<uint64_t> next_engine_id{1};
@@ -39,7 +40,7 @@ class EngineCore {
  public:
   explicit EngineCore(const Options& options)
       : clock_(options.clock ? options.clock : SystemClock()),
-        config_{options, LivenessPolicy(options), &next_override_id_, &gateways_} {
+        config_{options, LivenessPolicy(options), &next_override_id_, &gateways_, &charged_bytes_} {
     if (options.listener != nullptr) listeners_.push_back(options.listener);
     int n = options.shards == 0 ? 16 : options.shards;
     while ((1 << shard_bits_) < n) ++shard_bits_;
@@ -139,6 +140,11 @@ class EngineCore {
     if (fast::Gen(word) == gen && (word & mask) == want) {
       // Live, open, and this source already live with this activity: only
       // the time moves. Lapses are found lazily by the device's timer.
+      if (!d->TakeRate(now, rate_limit_)) {
+        std::atomic<uint64_t>& dropped = ThreadCounters()->rate_limited;
+        dropped.store(dropped.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        return absl::ResourceExhaustedError("device passed its signals-per-second limit");
+      }
       const Time32 t = ToTime32(now);
       if (Diff32(t, d->seen[i].load(std::memory_order_relaxed)) > 0) {
         d->seen[i].store(t, std::memory_order_relaxed);
@@ -369,6 +375,8 @@ class EngineCore {
       for (int i = 0; i < kSourceCount; ++i) {
         stats.counters.accepted[i] += c->accepted[i].load(std::memory_order_relaxed);
       }
+      stats.counters.dropped[static_cast<int>(DropReason::kRateLimited)] +=
+          c->rate_limited.load(std::memory_order_relaxed);
     }
     return stats;
   }
@@ -450,6 +458,11 @@ class EngineCore {
     }
     MetricHeader(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.");
     MetricSample(&out, "presence_bus_errors_total", "", bus_errors_.load());
+    MetricHeader(&out, "presence_memory_charged_bytes", "gauge",
+                 "Bytes charged against the memory budget (users and devices held).");
+    MetricSample(&out, "presence_memory_charged_bytes", "", charged_bytes_.load());
+    MetricHeader(&out, "presence_memory_budget_bytes", "gauge", "The memory budget (0: none).");
+    MetricSample(&out, "presence_memory_budget_bytes", "", config_.options.memory_budget_bytes);
     MetricHeader(&out, "presence_users", "gauge", "Users held.");
     MetricSample(&out, "presence_users", "", st.sizes.users);
     MetricHeader(&out, "presence_devices", "gauge", "Device records held, live or recently dead.");
@@ -532,11 +545,13 @@ class EngineCore {
   Clock* const clock_;
   std::atomic<uint64_t> next_override_id_{1};
   GatewayTable gateways_;
+  std::atomic<int64_t> charged_bytes_{0};
   const ShardConfig config_;
   int shard_bits_ = 0;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::atomic<uint64_t> invalid_{0};
   const uint64_t id_ = next_engine_id.fetch_add(1);
+  const uint32_t rate_limit_ = static_cast<uint32_t>(config_.options.max_signals_per_device_per_sec);
   absl::Mutex counters_mu_;
   std::vector<std::unique_ptr<BeatCounters>> beat_counters_ ABSL_GUARDED_BY(counters_mu_);
 

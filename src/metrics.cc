@@ -17,6 +17,8 @@ absl::string_view DropReasonName(DropReason r) {
       return "closed_handle";
     case DropReason::kLimit:
       return "limit";
+    case DropReason::kRateLimited:
+      return "rate_limited";
   }
   return "unknown";
 }

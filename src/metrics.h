@@ -17,9 +17,10 @@ enum class DropReason : uint8_t {
   kStaleTimestamp = 1,  // older than one already applied from the same session
   kInvalid = 2,         // failed validation
   kClosedHandle = 3,    // a beat or disconnect on a closed or unknown handle
-  kLimit = 4,           // a per-user limit was passed
+  kLimit = 4,           // a per-user limit or the memory budget was passed
+  kRateLimited = 5,     // the device passed its signals-per-second limit
 };
-inline constexpr int kDropReasonCount = 5;
+inline constexpr int kDropReasonCount = 6;
 absl::string_view DropReasonName(DropReason r);
 
 inline constexpr int kCauseCount = 6;

@@ -77,7 +77,20 @@ void Shard::ForgetUserIfEmpty(uint32_t u, int64_t now_ms) {
   ForgetUser(u);
 }
 
+bool Shard::Charge(int64_t bytes, bool force) {
+  const int64_t budget = config_->options.memory_budget_bytes;
+  const int64_t was = config_->charged_bytes->fetch_add(bytes, std::memory_order_relaxed);
+  if (force || budget == 0 || was + bytes <= budget) return true;
+  config_->charged_bytes->fetch_sub(bytes, std::memory_order_relaxed);
+  return false;
+}
+
+void Shard::Uncharge(int64_t bytes) {
+  config_->charged_bytes->fetch_sub(bytes, std::memory_order_relaxed);
+}
+
 void Shard::ForgetUser(uint32_t u) {
+  Uncharge(kUserChargeBytes);
   index_by_id_.erase(u);
   users_[u] = User();
   free_users_.push_back(u);
@@ -232,6 +245,8 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
   }
   d.id.reset();
   d.gateway = 0;
+  d.rate.store(0, std::memory_order_relaxed);
+  Uncharge(kDeviceChargeBytes);
   d.session = 0;
   d.user = kNone;
   d.phase = Phase::kFree;
@@ -248,6 +263,7 @@ absl::Status Shard::Drop(DropReason reason, absl::string_view message) {
     case DropReason::kClosedHandle:
       return absl::NotFoundError(message);
     case DropReason::kLimit:
+    case DropReason::kRateLimited:
       return absl::ResourceExhaustedError(message);
     case DropReason::kInvalid:
       return absl::InvalidArgumentError(message);
@@ -271,6 +287,9 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
     if (d.has_seen(si) && ts_ms < Expand32(d.seen[si].load(std::memory_order_relaxed), now_ms)) {
       return Drop(DropReason::kStaleTimestamp, "stale signal: older than one already applied");
     }
+  }
+  if (!d.TakeRate(now_ms, static_cast<uint32_t>(config_->options.max_signals_per_device_per_sec))) {
+    return Drop(DropReason::kRateLimited, "device passed its signals-per-second limit");
   }
   // Compared with what the timers and the publisher last saw of the device,
   // so that a lapse that happened since (and that no tick noticed yet) is
@@ -328,8 +347,15 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
       return Drop(DropReason::kLimit, absl::StrCat("user has ", users_[u].device_count,
                                                    " devices, the most allowed"));
     }
+    const int64_t charge = kDeviceChargeBytes + (u == kNone ? kUserChargeBytes : 0);
+    if (!Charge(charge)) {
+      return Drop(DropReason::kLimit, "memory budget reached: no new devices or users");
+    }
     di = devices_.Allocate();
-    if (di == kNone) return Drop(DropReason::kLimit, "shard holds the most devices it can");
+    if (di == kNone) {
+      Uncharge(charge);
+      return Drop(DropReason::kLimit, "shard holds the most devices it can");
+    }
     devices_.at(di).flags = 0;
     if (u == kNone) u = AddUser(s.user_id);
     User& user = users_[u];
@@ -465,7 +491,12 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
       users_[u].overrides->size() >= static_cast<size_t>(config_->options.max_overrides_per_user)) {
     return Drop(DropReason::kLimit, "user has the most overrides allowed");
   }
-  if (u == kNone) u = AddUser(user_id);
+  if (u == kNone) {
+    if (!Charge(kUserChargeBytes)) {
+      return Drop(DropReason::kLimit, "memory budget reached: no new users");
+    }
+    u = AddUser(user_id);
+  }
   User& user = users_[u];
   if (!user.overrides) {
     user.overrides = std::make_unique<std::vector<Override>>();

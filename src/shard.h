@@ -44,6 +44,7 @@ struct ShardConfig {
   LivenessPolicy policy;
   std::atomic<uint64_t>* next_override_id;
   GatewayTable* gateways;
+  std::atomic<int64_t>* charged_bytes;  // against options.memory_budget_bytes
 };
 
 // A signal that passed validation, with its time resolved on the engine's
@@ -195,6 +196,10 @@ class Shard {
   uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUser(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reserves `bytes` of the memory budget; false (nothing reserved) when it
+  // would pass it. Load paths charge with force: what is held is held.
+  bool Charge(int64_t bytes, bool force = false);
+  void Uncharge(int64_t bytes);
   void Unpend(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t FindDevice(const User& user, absl::string_view device_id)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);

@@ -65,7 +65,10 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
-  if (u == kNone) u = AddUser(r.user_id);
+  if (u == kNone) {
+    Charge(kUserChargeBytes, /*force=*/true);
+    u = AddUser(r.user_id);
+  }
   User& user = users_[u];
   user.version = std::max(user.version, r.state_version);
   user.pub_state = r.state;
@@ -100,11 +103,15 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
   absl::MutexLock lock(&mu_);
   const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
-  if (u == kNone) u = AddUser(r.user_id);
+  if (u == kNone) {
+    Charge(kUserChargeBytes, /*force=*/true);
+    u = AddUser(r.user_id);
+  }
   uint32_t di = FindDevice(users_[u], r.device_id);
   if (di != kNone) return absl::OkStatus();  // a Load visits each device once
   di = devices_.Allocate();
   if (di == kNone) return absl::ResourceExhaustedError("shard holds the most devices it can");
+  Charge(kDeviceChargeBytes, /*force=*/true);
   User& user = users_[u];
   Device& d = devices_.at(di);
   d.flags = 0;

@@ -98,6 +98,10 @@ absl::Status ValidateOptions(const Options& o) {
   if (o.max_overrides_per_user < 1) {
     return absl::InvalidArgumentError("max_overrides_per_user must be >= 1");
   }
+  if (o.max_signals_per_device_per_sec < 0 || o.max_signals_per_device_per_sec > 65535) {
+    return absl::InvalidArgumentError("max_signals_per_device_per_sec must be in [0, 65535]");
+  }
+  if (o.memory_budget_bytes < 0) return absl::InvalidArgumentError("memory_budget_bytes must be >= 0");
   if (o.detector_floor_ms < 0) return absl::InvalidArgumentError("detector_floor_ms must be >= 0");
   return absl::OkStatus();
 }

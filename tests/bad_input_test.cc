@@ -143,6 +143,47 @@ TEST_F(BadInput, LimitsArePassedWithResourceExhausted) {
   EXPECT_EQ(t.StateOf("bob"), State::kDnd);
 }
 
+TEST(Floods, ADeviceIsRateLimitedPerSecondAndKeepsItsState) {
+  Options o;
+  o.max_signals_per_device_per_sec = 5;
+  TestEngine t(o);
+  auto h = t.engine->Connect(TestEngine::Sig("bob", "web"));  // 1 of 5
+  ASSERT_TRUE(h.ok());
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(t.engine->Beat(*h).ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(t.engine->Beat(*h)));  // lock-free path
+  EXPECT_TRUE(absl::IsResourceExhausted(t.engine->Beat(*h, Activity::kIdle)));  // locked path
+  EXPECT_TRUE(absl::IsResourceExhausted(t.engine->Signal(TestEngine::Sig("bob", "web"))));
+  EXPECT_EQ(t.StateOf("bob"), State::kOnline);  // the idle one was not applied
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "phone")).ok());  // per device
+  t.clock.Advance(1000);
+  EXPECT_TRUE(t.engine->Beat(*h).ok());  // a new second
+  EXPECT_THAT(t.engine->RenderMetrics(),
+              HasSubstr("presence_signals_dropped_total{reason=\"rate_limited\"} 3"));
+}
+
+TEST(Floods, TheMemoryBudgetRefusesNewDevicesAndEvictsNothing) {
+  Options o;
+  o.memory_budget_bytes = 3 * kDeviceChargeBytes + 2 * kUserChargeBytes;
+  TestEngine t(o);
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "phone")).ok());
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "web")).ok());
+  const absl::Status refused = t.engine->Signal(TestEngine::Sig("bob", "phone"));
+  EXPECT_TRUE(absl::IsResourceExhausted(refused));
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("memory budget"));
+  EXPECT_TRUE(absl::IsResourceExhausted(t.engine->Signal(TestEngine::Sig("carol", "web"))));
+  EXPECT_TRUE(absl::IsResourceExhausted(
+      t.engine->SetOverride("dave", OverrideState::kDnd).status()));
+  // Everything held keeps working, and freeing makes room again.
+  EXPECT_EQ(t.engine->GetOne("alice").devices.total(), 2);
+  EXPECT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "web")).ok());
+  EXPECT_FALSE(t.engine->GetOne("carol").known);
+  ASSERT_TRUE(t.engine->DisconnectDevice("alice", "phone", 0, DisconnectKind::kClean).ok());
+  t.Run(o.dead_retention_ms + 1000, 60000);
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "phone")).ok());
+  EXPECT_THAT(t.engine->RenderMetrics(), HasSubstr("presence_memory_charged_bytes"));
+}
+
 TEST(BadOptions, OutOfRangeOptionsAreRejected) {
   auto bad = [](auto mutate) {
     Options o;
@@ -156,6 +197,8 @@ TEST(BadOptions, OutOfRangeOptionsAreRejected) {
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_signal_age_ms = 10; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_devices_per_user = 0; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.dead_retention_ms = 1LL << 40; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_signals_per_device_per_sec = -1; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.memory_budget_bytes = -1; })));
   EXPECT_TRUE(Engine::Create(Options()).ok());
 }
 

@@ -63,6 +63,13 @@ namespace internal {
 class EngineCore;
 }
 
+// What each record counts against Options::memory_budget_bytes: the device
+// record (one 64-byte line), its timer entry and its share of the tables; a
+// user record with its index entry. Measured in benchmarks/engine_bench
+// (BytesPerDevice), and rounded up.
+inline constexpr int64_t kDeviceChargeBytes = 96;
+inline constexpr int64_t kUserChargeBytes = 96;
+
 // presence::BatchResult counts the outcome of Engine::SignalBatch.
 struct BatchResult {
   size_t applied = 0;   // accepted (including exact replays, which change nothing)

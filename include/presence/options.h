@@ -102,6 +102,20 @@ struct Options {
   // ResourceExhausted.
   int max_overrides_per_user = 16;
 
+  // Flood limit: most signals one device may have accepted per second (of
+  // the engine's clock), heartbeats on handles included. Past it, signals
+  // answer ResourceExhausted and are counted as dropped ("rate_limited");
+  // the device's state is kept. 0: no limit.
+  int max_signals_per_device_per_sec = 20;
+
+  // Global memory budget, in bytes, for users and devices (each device is
+  // charged kDeviceChargeBytes and each user kUserChargeBytes, engine.h).
+  // When a new device or user would pass it, the signal that would create it
+  // answers ResourceExhausted ("memory budget reached") and nothing is
+  // created; nothing held is ever evicted to make room, and live devices
+  // keep working. 0: no budget.
+  int64_t memory_budget_bytes = 0;
+
   // Adaptive detection (DESIGN.md rule 6). Null: fixed thresholds. When set,
   // it decides for devices whose platform bit is set in detector_platforms
   // (bit (1 << platform)); answers are clamped to
