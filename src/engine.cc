@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "src/mutex.h"
 #include "presence/bus.h"
 #include "presence/clock.h"
 #include "presence/history.h"
@@ -166,7 +166,7 @@ class EngineCore {
   }
 
   size_t Tick() {
-    absl::MutexLock lock(&tick_mu_);
+    internal::MutexLock lock(&tick_mu_);
     const int64_t now = Now();
     events_.clear();
     // Signals consumed so far are in the records the shards write now; their
@@ -223,7 +223,7 @@ class EngineCore {
         return st;
       }
     }
-    absl::MutexLock lock(&consume_mu_);
+    internal::MutexLock lock(&consume_mu_);
     consumed_.clear();
     for (const CommittedOffset& o : loader.offsets) consumed_[o.partition] = o.offset;
     committed_ = ConsumedOffsetsLocked();
@@ -232,7 +232,7 @@ class EngineCore {
 
   absl::Status Rebuild() {
     {
-      absl::MutexLock lock(&tick_mu_);
+      internal::MutexLock lock(&tick_mu_);
       const int64_t now = Now();
       for (auto& shard : shards_) shard->Clear(now);
     }
@@ -242,7 +242,7 @@ class EngineCore {
   absl::StatusOr<size_t> ConsumeBus(size_t max) {
     Bus* bus = config_.options.bus;
     if (bus == nullptr) return absl::FailedPreconditionError("the engine has no bus");
-    absl::MutexLock lock(&consume_mu_);
+    internal::MutexLock lock(&consume_mu_);
     size_t read = 0;
     DecodedSignal decoded;
     for (uint32_t p = 0; p < bus->partitions() && read < max; ++p) {
@@ -320,7 +320,7 @@ class EngineCore {
     const uint64_t h = HashUserId(user);
     ShardFor(h).EraseUser(user, h, Now());
     if (config_.options.history != nullptr) {
-      absl::MutexLock lock(&tick_mu_);
+      internal::MutexLock lock(&tick_mu_);
       history_backlog_.erase(std::remove_if(history_backlog_.begin(), history_backlog_.end(),
                                             [&](const Transition& t) { return t.user_id == user; }),
                              history_backlog_.end());
@@ -348,11 +348,11 @@ class EngineCore {
   }
 
   void AddListener(ChangeListener* l) {
-    absl::MutexLock lock(&tick_mu_);
+    internal::MutexLock lock(&tick_mu_);
     if (l != nullptr) listeners_.push_back(l);
   }
   void RemoveListener(ChangeListener* l) {
-    absl::MutexLock lock(&tick_mu_);
+    internal::MutexLock lock(&tick_mu_);
     listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), l), listeners_.end());
   }
 
@@ -370,7 +370,7 @@ class EngineCore {
     Shard::Stats stats;
     const int64_t now = Now();
     for (auto& shard : shards_) shard->AddStats(now, &stats);
-    absl::MutexLock lock(&counters_mu_);
+    internal::MutexLock lock(&counters_mu_);
     for (const auto& c : beat_counters_) {
       for (int i = 0; i < kSourceCount; ++i) {
         stats.counters.accepted[i] += c->accepted[i].load(std::memory_order_relaxed);
@@ -394,7 +394,7 @@ class EngineCore {
     for (const Entry& e : cache) {
       if (e.engine == id_) return e.counters;
     }
-    absl::MutexLock lock(&counters_mu_);
+    internal::MutexLock lock(&counters_mu_);
     beat_counters_.push_back(std::make_unique<BeatCounters>());
     cache[next++ % 4] = Entry{id_, beat_counters_.back().get()};
     return beat_counters_.back().get();
@@ -427,7 +427,7 @@ class EngineCore {
                    st.counters.transitions[c - 1]);
     }
     {
-      absl::MutexLock lock(&tick_mu_);
+      internal::MutexLock lock(&tick_mu_);
       latency_.Render(&out, "presence_publish_latency_ms",
                       "Time from the signal that caused a change to its publication, in ms.");
     }
@@ -440,7 +440,7 @@ class EngineCore {
     MetricSample(&out, "presence_stale_ratio", "",
                  st.live_users == 0 ? 0.0 : double(st.stale_users) / double(st.live_users));
     {
-      absl::MutexLock lock(&tick_mu_);
+      internal::MutexLock lock(&tick_mu_);
       MetricHeader(&out, "presence_store_writes_total", "counter", "Write-through batches written.");
       MetricSample(&out, "presence_store_writes_total", "", st.store_writes);
       MetricHeader(&out, "presence_store_errors_total", "counter",
@@ -475,7 +475,7 @@ class EngineCore {
   }
 
   std::vector<CommittedOffset> ConsumedOffsets() {
-    absl::MutexLock lock(&consume_mu_);
+    internal::MutexLock lock(&consume_mu_);
     return ConsumedOffsetsLocked();
   }
   std::vector<CommittedOffset> ConsumedOffsetsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
@@ -552,10 +552,10 @@ class EngineCore {
   std::atomic<uint64_t> invalid_{0};
   const uint64_t id_ = next_engine_id.fetch_add(1);
   const uint32_t rate_limit_ = static_cast<uint32_t>(config_.options.max_signals_per_device_per_sec);
-  absl::Mutex counters_mu_;
+  internal::Mutex counters_mu_;
   std::vector<std::unique_ptr<BeatCounters>> beat_counters_ ABSL_GUARDED_BY(counters_mu_);
 
-  absl::Mutex tick_mu_;
+  internal::Mutex tick_mu_;
   std::vector<ChangeEvent> events_ ABSL_GUARDED_BY(tick_mu_);
   std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(tick_mu_);
   std::vector<Transition> history_backlog_ ABSL_GUARDED_BY(tick_mu_);
@@ -566,7 +566,7 @@ class EngineCore {
   int64_t last_retention_ms_ ABSL_GUARDED_BY(tick_mu_) = 0;
   std::atomic<uint64_t> bus_errors_{0};
 
-  absl::Mutex consume_mu_;
+  internal::Mutex consume_mu_;
   std::map<uint32_t, uint64_t> consumed_ ABSL_GUARDED_BY(consume_mu_);  // next offset per partition
   LatencyHistogram latency_ ABSL_GUARDED_BY(tick_mu_);
 };

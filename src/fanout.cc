@@ -23,7 +23,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "src/mutex.h"
 #include "presence/engine.h"
 #include "presence/v1/presence.pb.h"
 #include "src/metrics.h"
@@ -163,7 +163,7 @@ class Fanout::Impl {
     if (!o.owner_user_id.empty()) {
       if (auto st = internal::ValidateUserId(o.owner_user_id); !st.ok()) return st;
     }
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     if (subs_.size() >= opts_.max_subscribers) {
       return absl::ResourceExhaustedError(
           absl::StrCat("already ", subs_.size(), " subscribers, the most allowed"));
@@ -181,7 +181,7 @@ class Fanout::Impl {
   }
 
   absl::Status Close(SubscriberId id) {
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     Sub* s = FindSub(id);
     if (s == nullptr) return UnknownSub(id);
     for (auto& [e, sent] : s->list) {
@@ -199,7 +199,7 @@ class Fanout::Impl {
 
   absl::Status AddUsers(SubscriberId id, absl::Span<const absl::string_view> ids) {
     if (auto st = ValidateIds(ids); !st.ok()) return st;
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     Sub* s = FindSub(id);
     if (s == nullptr) return UnknownSub(id);
     size_t fresh = 0;
@@ -225,7 +225,7 @@ class Fanout::Impl {
 
   absl::Status RemoveUsers(SubscriberId id, absl::Span<const absl::string_view> ids) {
     if (auto st = ValidateIds(ids); !st.ok()) return st;
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     Sub* s = FindSub(id);
     if (s == nullptr) return UnknownSub(id);
     for (absl::string_view u : ids) RemoveFromList(s, u);
@@ -241,7 +241,7 @@ class Fanout::Impl {
           "list would hold ", keep.size(), " users; the most is ", opts_.max_list_users));
     }
     {
-      absl::MutexLock lock(&mu_);
+      internal::MutexLock lock(&mu_);
       Sub* s = FindSub(id);
       if (s == nullptr) return UnknownSub(id);
       std::vector<std::string> drop;
@@ -255,7 +255,7 @@ class Fanout::Impl {
 
   absl::Status Join(SubscriberId id, absl::string_view topic) {
     if (auto st = ValidateTopic(topic); !st.ok()) return st;
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     Sub* s = FindSub(id);
     if (s == nullptr) return UnknownSub(id);
     auto it = topics_.find(topic);
@@ -277,7 +277,7 @@ class Fanout::Impl {
 
   absl::Status Leave(SubscriberId id, absl::string_view topic) {
     if (auto st = ValidateTopic(topic); !st.ok()) return st;
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     Sub* s = FindSub(id);
     if (s == nullptr) return UnknownSub(id);
     auto it = topics_.find(topic);
@@ -296,7 +296,7 @@ class Fanout::Impl {
   absl::Status AddMembers(absl::string_view topic, absl::Span<const absl::string_view> ids) {
     if (auto st = ValidateTopic(topic); !st.ok()) return st;
     if (auto st = ValidateIds(ids); !st.ok()) return st;
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     auto it = topics_.find(topic);
     Topic* t = it == topics_.end() ? nullptr : it->second.get();
     size_t fresh = 0;
@@ -335,7 +335,7 @@ class Fanout::Impl {
   absl::Status RemoveMembers(absl::string_view topic, absl::Span<const absl::string_view> ids) {
     if (auto st = ValidateTopic(topic); !st.ok()) return st;
     if (auto st = ValidateIds(ids); !st.ok()) return st;
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     auto it = topics_.find(topic);
     if (it == topics_.end()) return absl::NotFoundError(absl::StrCat("unknown topic '", topic, "'"));
     Topic* t = it->second.get();
@@ -353,7 +353,7 @@ class Fanout::Impl {
           "topic would have ", keep.size(), " members; the most is ", opts_.max_topic_members));
     }
     {
-      absl::MutexLock lock(&mu_);
+      internal::MutexLock lock(&mu_);
       auto it = topics_.find(topic);
       if (it != topics_.end()) {
         Topic* t = it->second.get();
@@ -371,7 +371,7 @@ class Fanout::Impl {
 
   absl::StatusOr<bool> Poll(SubscriberId id, Batch* out) {
     if (out == nullptr) return absl::InvalidArgumentError("out is null");
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     Sub* s = FindSub(id);
     if (s == nullptr) return UnknownSub(id);
     if (s->sink != nullptr) return absl::FailedPreconditionError("subscriber has a push sink");
@@ -394,7 +394,7 @@ class Fanout::Impl {
   absl::Status Resume(SubscriberId id, uint64_t cursor) {
     std::vector<Delivery> deliveries;
     {
-      absl::MutexLock lock(&mu_);
+      internal::MutexLock lock(&mu_);
       Sub* s = FindSub(id);
       if (s == nullptr) return UnknownSub(id);
       if (cursor > s->seq) {
@@ -429,7 +429,7 @@ class Fanout::Impl {
   }
 
   void OnChanges(absl::Span<const ChangeEvent> events) {
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     for (const ChangeEvent& ev : events) {
       auto it = users_.find(ev.user_id);
       if (it == users_.end()) continue;  // nobody watches this user
@@ -463,7 +463,7 @@ class Fanout::Impl {
   void OnTick(int64_t now_ms) {
     std::vector<Delivery> deliveries;
     {
-      absl::MutexLock lock(&mu_);
+      internal::MutexLock lock(&mu_);
       if (!force_flush_ && now_ms - last_flush_ms_ < opts_.flush_interval_ms) return;
       force_flush_ = false;
       last_flush_ms_ = now_ms;
@@ -473,7 +473,7 @@ class Fanout::Impl {
   }
 
   std::string RenderMetrics() const {
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     size_t backlog = 0, lagging = 0;
     for (const auto& [id, s] : subs_) {
       backlog += s->outbox.size();
@@ -857,7 +857,7 @@ class Fanout::Impl {
   Engine* const engine_;
   const FanoutOptions opts_;
 
-  mutable absl::Mutex mu_;
+  mutable internal::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<UserEntry>> users_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<SubscriberId, std::unique_ptr<Sub>> subs_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<Topic>> topics_ ABSL_GUARDED_BY(mu_);

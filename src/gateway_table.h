@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "src/mutex.h"
 
 namespace presence::internal {
 
@@ -23,7 +23,7 @@ class GatewayTable {
   absl::StatusOr<uint8_t> Intern(absl::string_view gateway) {
     if (gateway.empty()) return uint8_t{0};
     if (uint8_t g = Find(gateway); g != 0) return g;
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     for (size_t i = 0; i < names_.size(); ++i) {
       if (names_[i] == gateway) return static_cast<uint8_t>(i + 1);
     }
@@ -35,19 +35,19 @@ class GatewayTable {
   }
   // 0 when unknown.
   uint8_t Find(absl::string_view gateway) const {
-    absl::ReaderMutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     for (size_t i = 0; i < names_.size(); ++i) {
       if (names_[i] == gateway) return static_cast<uint8_t>(i + 1);
     }
     return 0;
   }
   std::string Name(uint8_t g) const {
-    absl::ReaderMutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     return g == 0 || g > names_.size() ? std::string() : names_[g - 1];
   }
 
  private:
-  mutable absl::Mutex mu_;
+  mutable internal::Mutex mu_;
   std::vector<std::string> names_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -7,7 +7,7 @@
 #include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "src/mutex.h"
 #include "presence/bus.h"
 #include "presence/history.h"
 #include "presence/store.h"
@@ -25,52 +25,52 @@ namespace {
 class MemoryStore final : public Store {
  public:
   absl::Status Write(const StoreBatch& batch) override {
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     records_.Apply(batch);
     return absl::OkStatus();
   }
   absl::Status Load(StoreVisitor* visitor) override {
     if (visitor == nullptr) return absl::InvalidArgumentError("visitor is null");
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     records_.Visit(visitor);
     return absl::OkStatus();
   }
 
  private:
-  absl::Mutex mu_;
+  internal::Mutex mu_;
   internal::RecordSet records_ ABSL_GUARDED_BY(mu_);
 };
 
 class MemoryHistory final : public HistoryStore {
  public:
   absl::Status Append(absl::Span<const Transition> transitions) override {
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     for (const Transition& t : transitions) log_.Append(t);
     return absl::OkStatus();
   }
   absl::StatusOr<std::vector<Transition>> Query(absl::string_view user_id, int64_t from_ms,
                                                 int64_t to_ms) override {
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     return log_.Query(user_id, from_ms, to_ms);
   }
   absl::StatusOr<std::optional<Transition>> LastBefore(absl::string_view user_id,
                                                        int64_t before_ms) override {
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     return log_.LastBefore(user_id, before_ms);
   }
   absl::Status Erase(absl::string_view user_id) override {
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     log_.Erase(user_id);
     return absl::OkStatus();
   }
   absl::Status DropBefore(int64_t before_ms) override {
-    absl::MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     log_.DropBefore(before_ms);
     return absl::OkStatus();
   }
 
  private:
-  absl::Mutex mu_;
+  internal::Mutex mu_;
   internal::TransitionLog log_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -86,7 +86,7 @@ class InProcessBus final : public Bus {
     }
     const uint32_t p = PartitionFor(key, partitions());
     Partition& part = parts_[p];
-    absl::MutexLock lock(&part.mu);
+    internal::MutexLock lock(&part.mu);
     BusRecord r;
     r.partition = p;
     r.offset = part.records.size();
@@ -101,7 +101,7 @@ class InProcessBus final : public Bus {
                                               size_t max) override {
     if (partition >= parts_.size()) return absl::InvalidArgumentError("no such partition");
     Partition& part = parts_[partition];
-    absl::MutexLock lock(&part.mu);
+    internal::MutexLock lock(&part.mu);
     if (offset > part.records.size()) {
       return absl::OutOfRangeError(
           absl::StrCat("offset ", offset, " is past the end (", part.records.size(), ")"));
@@ -112,13 +112,13 @@ class InProcessBus final : public Bus {
 
   absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override {
     if (partition >= parts_.size()) return absl::InvalidArgumentError("no such partition");
-    absl::MutexLock lock(&parts_[partition].mu);
+    internal::MutexLock lock(&parts_[partition].mu);
     return parts_[partition].records.size();
   }
 
  private:
   struct Partition {
-    absl::Mutex mu;
+    internal::Mutex mu;
     std::vector<BusRecord> records ABSL_GUARDED_BY(mu);
   };
   std::vector<Partition> parts_;

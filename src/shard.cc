@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "src/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "xxhash.h"
 
@@ -396,13 +397,13 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
 }
 
 absl::Status Shard::Apply(const AcceptedSignal& s, int64_t now_ms, DeviceHandle* handle) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   return ApplyLocked(s, now_ms, handle);
 }
 
 void Shard::ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms,
                       BatchResult* result) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   for (size_t i = 0; i < n; ++i) {
     absl::Status st = ApplyLocked(signals[i], now_ms, nullptr);
     if (st.ok()) {
@@ -420,7 +421,7 @@ void Shard::ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms,
 
 absl::Status Shard::BeatLocked(uint32_t index, uint32_t gen, Activity activity, Source source,
                                int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   Device& d = devices_.at(index);
   if (d.phase == Phase::kFree || d.gen() != gen || (d.flags & dflag::kClosed)) {
     return Drop(DropReason::kClosedHandle, "handle is closed or expired");
@@ -454,7 +455,7 @@ absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_m
 
 absl::Status Shard::DisconnectHandle(uint32_t index, uint32_t gen, DisconnectKind kind,
                                      int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   Device* d = devices_.Find(index);
   if (d == nullptr || d->phase == Phase::kFree || d->gen() != gen || (d->flags & dflag::kClosed)) {
     return Drop(DropReason::kClosedHandle, "handle is closed or expired");
@@ -465,7 +466,7 @@ absl::Status Shard::DisconnectHandle(uint32_t index, uint32_t gen, DisconnectKin
 absl::Status Shard::DisconnectDevice(absl::string_view user_id, uint64_t hash,
                                      absl::string_view device_id, uint64_t session_id,
                                      DisconnectKind kind, int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   const uint32_t u = FindUser(user_id, hash);
   const uint32_t di = u == kNone ? kNone : FindDevice(users_[u], device_id);
   if (di == kNone) return absl::NotFoundError("unknown device");
@@ -485,7 +486,7 @@ absl::Status Shard::DisconnectDevice(absl::string_view user_id, uint64_t hash,
 absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t hash,
                                             OverrideState state, int64_t until_ms,
                                             uint64_t trace_id, int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   uint32_t u = FindUser(user_id, hash);
   if (u != kNone && users_[u].overrides &&
       users_[u].overrides->size() >= static_cast<size_t>(config_->options.max_overrides_per_user)) {
@@ -530,7 +531,7 @@ size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
 
 absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
                                    int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
   const size_t removed = RemoveOverrides(
@@ -544,7 +545,7 @@ absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uin
 
 absl::StatusOr<size_t> Shard::ClearOverrides(absl::string_view user_id, uint64_t hash,
                                              int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
   const size_t removed = RemoveOverrides(
@@ -554,7 +555,7 @@ absl::StatusOr<size_t> Shard::ClearOverrides(absl::string_view user_id, uint64_t
 }
 
 size_t Shard::RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   const std::pair<int64_t, int64_t> window{from_ms, to_ms};
   const std::vector<uint32_t> users(with_overrides_.begin(), with_overrides_.end());
   size_t removed = 0;
@@ -573,7 +574,7 @@ size_t Shard::RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t 
 
 absl::StatusOr<std::vector<OverrideInfo>> Shard::ListOverrides(absl::string_view user_id,
                                                                uint64_t hash, int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
   std::vector<OverrideInfo> out;
@@ -589,7 +590,7 @@ absl::StatusOr<std::vector<OverrideInfo>> Shard::ListOverrides(absl::string_view
 
 UserPresence Shard::Get(absl::string_view user_id, uint64_t hash, bool self_view,
                         bool published, int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   UserPresence p;
   p.user_id = std::string(user_id);
   const uint32_t u = FindUser(user_id, hash);
@@ -669,7 +670,7 @@ void Shard::FireUser(uint32_t u, int64_t now_ms) {
 
 absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
                         LatencyHistogram* latency) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   wheel_.Advance(ToTime32(now_ms), [&](uint32_t di, Time32 slot_time, Time32) {
     return FireDevice(di, slot_time, now_ms);
   });
@@ -771,7 +772,7 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
 }
 
 void Shard::AddStats(int64_t now_ms, Stats* stats) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   stats->counters.Add(counters_);
   stats->sizes.users += index_by_id_.size();
   stats->sizes.devices += devices_.used();

@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "src/mutex.h"
 #include "presence/engine.h"
 #include "presence/options.h"
 #include "presence/store.h"
@@ -192,7 +192,7 @@ class Shard {
   absl::Status CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUser(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -202,7 +202,7 @@ class Shard {
   void Uncharge(int64_t bytes);
   void Unpend(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t FindDevice(const User& user, absl::string_view device_id)
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   DeviceHandle HandleOf(uint32_t di) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Re-derives a device's fast bits from its liveness, keeps its timer no
@@ -219,20 +219,20 @@ class Shard {
 
   void MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  UserView ViewUser(const User& user, int64_t now_ms) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  UserView ViewUser(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   size_t RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
                          bool (*pred)(const Override&, const void*), const void* arg)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  DeviceView Evaluate(uint32_t di, int64_t now_ms) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  DeviceView Evaluate(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // What the device counted as when last evaluated (its fast bits and phase):
   // what the timers and the publisher have been told.
-  DeviceView LastEvaluated(uint32_t di) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  DeviceView LastEvaluated(uint32_t di) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkStoreDirty(uint32_t di) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ShardConfig* const config_;
   const uint32_t index_;
 
-  mutable absl::Mutex mu_;
+  mutable internal::Mutex mu_;
   std::vector<User> users_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> free_users_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint32_t, UserHash, UserEq> index_by_id_ ABSL_GUARDED_BY(mu_);

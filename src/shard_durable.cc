@@ -62,7 +62,7 @@ void Shard::BuildStoreBatch(int64_t now_ms, StoreBatch* batch) {
 }
 
 void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
@@ -100,7 +100,7 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
 }
 
 absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
@@ -160,7 +160,7 @@ void Shard::Unpend(uint32_t u) {
 }
 
 bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   erasures_.push_back({std::string(user_id), NextRecordVersion(now_ms)});
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return false;
@@ -189,7 +189,7 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
 }
 
 size_t Shard::DrainGateway(uint8_t g, size_t budget, int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   size_t n = 0;
   for (uint32_t u = 0; u < users_.size() && n < budget; ++u) {
     if (!users_[u].in_use) continue;
@@ -205,7 +205,7 @@ size_t Shard::DrainGateway(uint8_t g, size_t budget, int64_t now_ms) {
 }
 
 void Shard::Clear(int64_t now_ms) {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   for (uint32_t u = 0; u < users_.size(); ++u) {
     if (!users_[u].in_use) continue;
     Unpend(u);
