@@ -1,0 +1,26 @@
+// Fuzz target: decoding every protobuf message the library accepts from
+// outside (a signal from the bus or a gateway, a change event from another
+// engine). Decoding must answer a status, never crash, and what it accepts
+// must be valid and survive a round trip.
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "presence/wire.h"
+#include "src/validate.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const absl::string_view bytes(reinterpret_cast<const char*>(data), size);
+  presence::DecodedSignal s;
+  if (presence::DecodeSignal(bytes, &s).ok()) {
+    if (!presence::internal::ValidateSignal(s.signal()).ok()) std::abort();
+    presence::DecodedSignal again;
+    if (!presence::DecodeSignal(presence::EncodeSignal(s.signal()), &again).ok()) std::abort();
+  }
+  auto e = presence::DecodeChangeEvent(bytes);
+  if (e.ok()) {
+    auto again = presence::DecodeChangeEvent(presence::EncodeChangeEvent(*e, true));
+    if (!again.ok() || again->state != e->state || again->version != e->version) std::abort();
+  }
+  return 0;
+}
