@@ -1,0 +1,33 @@
+// File: capi/c_internal.h
+//
+// The insides of the C ABI's clock and engine handles, for capi/c.cc and
+// for in-tree code that must reach the C++ object behind a handle (the
+// benchmark that compares a heartbeat through c.h with the C++ call on the
+// same engine). Private: not installed, and nothing here is exported from
+// libpresence.so.
+#ifndef PRESENCE_CAPI_C_INTERNAL_H_
+#define PRESENCE_CAPI_C_INTERNAL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "presence/c.h"
+#include "presence/clock.h"
+#include "presence/engine.h"
+
+// Engines and clocks are reference counted, so that the host may destroy
+// them in any order: an engine holds its clock, a fan-out its engine.
+struct presence_clock_t {
+  explicit presence_clock_t(int64_t start_ms) : clock(start_ms) {}
+  std::atomic<int> refs{1};
+  presence::ManualClock clock;
+};
+
+struct presence_engine_t {
+  std::atomic<int> refs{1};
+  presence_clock_t* clock = nullptr;  // a reference, or null (the system clock)
+  std::unique_ptr<presence::Engine> rep;
+};
+
+#endif  // PRESENCE_CAPI_C_INTERNAL_H_

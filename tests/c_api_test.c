@@ -1,0 +1,1504 @@
+/* The C ABI test: include/presence/c.h exercised from plain C (C99), linked
+ * against libpresence.so exactly as a C host or a binding would use it, on
+ * a manual clock. No C++ test framework: each CHECK counts a pass or a
+ * failure, and the program prints "N passed, N failed" at the end and exits
+ * non-zero when anything failed.
+ *
+ * Sections: version and status names; option structs; the clock; engine
+ * lifecycle; keyed signals, single and batch; handles; overrides; get;
+ * tick; fan-out with poll, topics, resume; push sinks with payloads;
+ * metrics; lifetimes (destroy in any order); threads (heartbeats, ticks and
+ * unsubscribes at once, and no payload freed while its sink runs); bad input
+ * (NULL handles and pointers, lengths out of range, invalid enum values,
+ * NULL destroys), each answering a clear status and never crashing. */
+#define _POSIX_C_SOURCE 200809L /* pthreads, in strict C99 */
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "presence/c.h"
+
+static int passed = 0;
+static int failed = 0;
+
+#define CHECK(cond)                                                             \
+  do {                                                                          \
+    if (cond) {                                                                 \
+      ++passed;                                                                 \
+    } else {                                                                    \
+      ++failed;                                                                 \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                           \
+  } while (0)
+
+/* The message of the last EXPECT, kept for checks on its text. */
+static char last_msg[512];
+static char* err = NULL;
+
+/* Checks that a call answered `want`, and that *errmsg follows convention
+ * 4: NULL on success, a non-empty message otherwise. Frees the message. */
+static int expect_at(int got, int want, const char* call, int line) {
+  int ok = got == want;
+  last_msg[0] = '\0';
+  if (want == PRESENCE_OK) {
+    ok = ok && err == NULL;
+  } else {
+    ok = ok && err != NULL && err[0] != '\0';
+  }
+  if (err != NULL) {
+    strncpy(last_msg, err, sizeof last_msg - 1);
+    last_msg[sizeof last_msg - 1] = '\0';
+  }
+  if (ok) {
+    ++passed;
+  } else {
+    ++failed;
+    fprintf(stderr, "%s:%d: %s\n  answered %s (%d), expected %s (%d); message: %s\n", __FILE__,
+            line, call, presence_status_name(got), got, presence_status_name(want), want,
+            err ? err : "(none)");
+  }
+  presence_free(err);
+  err = NULL;
+  return ok;
+}
+#define EXPECT(want, call) expect_at((call), (want), #call, __LINE__)
+
+static int contains(const char* haystack, const char* needle) {
+  return haystack != NULL && strstr(haystack, needle) != NULL;
+}
+
+/* ---- A small reader of the wire form (presence.v1.DiffBatch) -------------------
+ * Enough protobuf to check what a subscriber receives: varints and
+ * length-delimited fields; other wire types are skipped. */
+
+typedef struct {
+  const unsigned char* p;
+  const unsigned char* end;
+} reader_t;
+
+static int read_varint(reader_t* r, uint64_t* v) {
+  int shift = 0;
+  *v = 0;
+  while (r->p < r->end && shift < 64) {
+    unsigned char b = *r->p++;
+    *v |= (uint64_t)(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) return 1;
+    shift += 7;
+  }
+  return 0;
+}
+
+/* Reads one field: a varint into *v, or bytes into *data and *len. */
+static int read_field(reader_t* r, uint32_t* field, uint64_t* v, const unsigned char** data,
+                      size_t* len) {
+  uint64_t key;
+  *data = NULL;
+  *len = 0;
+  *v = 0;
+  if (!read_varint(r, &key)) return 0;
+  *field = (uint32_t)(key >> 3);
+  switch (key & 7) {
+    case 0: return read_varint(r, v);
+    case 1: if (r->end - r->p < 8) return 0; r->p += 8; return 1;
+    case 5: if (r->end - r->p < 4) return 0; r->p += 4; return 1;
+    case 2:
+      if (!read_varint(r, v) || *v > (uint64_t)(r->end - r->p)) return 0;
+      *data = r->p;
+      *len = (size_t)*v;
+      r->p += *len;
+      return 1;
+    default: return 0;
+  }
+}
+
+#define MAX_ENTRIES 64
+typedef struct {
+  char user[PRESENCE_MAX_USER_ID_BYTES + 1];
+  char topic[PRESENCE_MAX_TOPIC_BYTES + 1]; /* "" for the subscriber's list */
+  int state;
+  int removed;
+} entry_t;
+
+typedef struct {
+  int ok;
+  uint64_t subscriber;
+  uint64_t sequence;
+  int snapshot;
+  int n;
+  entry_t e[MAX_ENTRIES];
+} decoded_t;
+
+static void copy_id(char* out, const unsigned char* data, size_t len) {
+  if (len > PRESENCE_MAX_USER_ID_BYTES) len = PRESENCE_MAX_USER_ID_BYTES;
+  memcpy(out, data, len);
+  out[len] = '\0';
+}
+
+static int decode_user(const unsigned char* data, size_t len, const char* topic, decoded_t* d) {
+  reader_t r;
+  entry_t* e;
+  uint32_t f;
+  uint64_t v;
+  const unsigned char* b;
+  size_t n;
+  if (d->n >= MAX_ENTRIES) return 0;
+  e = &d->e[d->n++];
+  memset(e, 0, sizeof *e);
+  strcpy(e->topic, topic);
+  r.p = data;
+  r.end = data + len;
+  while (r.p < r.end) {
+    if (!read_field(&r, &f, &v, &b, &n)) return 0;
+    if (f == 1 && b != NULL) copy_id(e->user, b, n);
+    if (f == 2 && b == NULL) e->state = (int)v;
+    if (f == 6 && b == NULL) e->removed = (int)v;
+  }
+  return 1;
+}
+
+static int decode_section(const unsigned char* data, size_t len, decoded_t* d) {
+  char topic[PRESENCE_MAX_TOPIC_BYTES + 1] = "";
+  reader_t r;
+  uint32_t f;
+  uint64_t v;
+  const unsigned char* b;
+  size_t n;
+  /* The topic's name comes first on the wire, but do not rely on it. */
+  r.p = data;
+  r.end = data + len;
+  while (r.p < r.end) {
+    if (!read_field(&r, &f, &v, &b, &n)) return 0;
+    if (f == 1 && b != NULL) copy_id(topic, b, n);
+  }
+  r.p = data;
+  while (r.p < r.end) {
+    if (!read_field(&r, &f, &v, &b, &n)) return 0;
+    if (f == 3 && b != NULL && !decode_user(b, n, topic, d)) return 0;
+  }
+  return 1;
+}
+
+static decoded_t decode_batch(const char* bytes, size_t len) {
+  decoded_t d;
+  reader_t r;
+  uint32_t f;
+  uint64_t v;
+  const unsigned char* b;
+  size_t n;
+  memset(&d, 0, sizeof d);
+  r.p = (const unsigned char*)bytes;
+  r.end = r.p + len;
+  while (r.p < r.end) {
+    if (!read_field(&r, &f, &v, &b, &n)) return d;
+    if (f == 1 && b == NULL) d.subscriber = v;
+    if (f == 2 && b == NULL) d.sequence = v;
+    if (f == 3 && b == NULL) d.snapshot = (int)v;
+    if (f == 4 && b != NULL && !decode_user(b, n, "", &d)) return d;
+    if (f == 5 && b != NULL && !decode_section(b, n, &d)) return d;
+  }
+  d.ok = 1;
+  return d;
+}
+
+/* The state a batch carries for `user` in `topic` ("" for the list), or 0. */
+static int state_in(const decoded_t* d, const char* user, const char* topic) {
+  int i;
+  for (i = 0; i < d->n; ++i) {
+    if (strcmp(d->e[i].user, user) == 0 && strcmp(d->e[i].topic, topic) == 0) {
+      return d->e[i].removed ? -1 : d->e[i].state;
+    }
+  }
+  return 0;
+}
+
+/* ---- Helpers ---------------------------------------------------------------------- */
+
+static presence_bytes_t bytes_of(const char* s) {
+  presence_bytes_t b;
+  b.data = s;
+  b.len = strlen(s);
+  return b;
+}
+
+static presence_signal_t make_signal(const char* user, const char* device, uint64_t session) {
+  presence_signal_t s = PRESENCE_SIGNAL_INIT;
+  s.user_id = user;
+  s.user_id_len = strlen(user);
+  s.device_id = device;
+  s.device_id_len = strlen(device);
+  s.session_id = session;
+  s.platform = PRESENCE_PLATFORM_WEB;
+  return s;
+}
+
+/* An engine on a manual clock, with no dwell (so every change publishes at
+ * the next tick) unless the test wants the defaults. */
+typedef struct {
+  presence_clock_t* clock;
+  presence_engine_t* engine;
+} world_t;
+
+static world_t make_world(int64_t min_dwell_ms) {
+  world_t w;
+  presence_engine_options_t o = PRESENCE_ENGINE_OPTIONS_INIT;
+  w.clock = NULL;
+  w.engine = NULL;
+  EXPECT(PRESENCE_OK, presence_clock_manual_new(&w.clock, 1000000, &err));
+  o.clock = w.clock;
+  o.min_dwell_ms = min_dwell_ms;
+  EXPECT(PRESENCE_OK, presence_engine_new(&w.engine, &o, &err));
+  return w;
+}
+
+static void free_world(world_t* w) {
+  presence_engine_destroy(w->engine);
+  presence_clock_destroy(w->clock);
+}
+
+/* Moves time forward and ticks; returns how many changes were published. */
+static size_t step(world_t* w, int64_t ms) {
+  size_t published = 0;
+  EXPECT(PRESENCE_OK, presence_clock_advance(w->clock, ms, &err));
+  EXPECT(PRESENCE_OK, presence_engine_tick(&published, w->engine, &err));
+  return published;
+}
+
+/* The state of one user as `viewer` sees it (0 when the call failed). */
+static presence_user_presence_t get_one(world_t* w, const char* user, const char* viewer) {
+  presence_user_presence_t out;
+  presence_user_presence_t* users = NULL;
+  presence_bytes_t id = bytes_of(user);
+  memset(&out, 0, sizeof out);
+  if (EXPECT(PRESENCE_OK, presence_engine_get(&users, w->engine, &id, 1, viewer,
+                                              viewer ? strlen(viewer) : 0, &err))) {
+    out = users[0];
+    out.user_id = NULL; /* it pointed into the freed result */
+  }
+  presence_free(users);
+  return out;
+}
+
+/* ---- Sections ----------------------------------------------------------------------- */
+
+static void test_version(void) {
+  CHECK(presence_version_number() == PRESENCE_VERSION_NUMBER);
+  CHECK(strcmp(presence_version_string(), PRESENCE_VERSION_STRING) == 0);
+  CHECK(PRESENCE_VERSION_NUMBER ==
+        PRESENCE_VERSION_MAJOR * 10000 + PRESENCE_VERSION_MINOR * 100 + PRESENCE_VERSION_PATCH);
+  CHECK(strcmp(presence_status_name(PRESENCE_OK), "OK") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_INVALID_ARGUMENT), "INVALID_ARGUMENT") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_NOT_FOUND), "NOT_FOUND") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_FAILED_PRECONDITION), "FAILED_PRECONDITION") ==
+        0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_INTERNAL), "INTERNAL") == 0);
+  CHECK(strcmp(presence_status_name(12345), "UNKNOWN") == 0);
+  CHECK(strcmp(presence_status_name(-1), "UNKNOWN") == 0);
+  presence_free(NULL);
+}
+
+static void test_options(void) {
+  presence_engine_options_t a = PRESENCE_ENGINE_OPTIONS_INIT;
+  presence_engine_options_t b;
+  presence_fanout_options_t fa = PRESENCE_FANOUT_OPTIONS_INIT;
+  presence_fanout_options_t fb;
+  presence_subscriber_options_t sa = PRESENCE_SUBSCRIBER_OPTIONS_INIT;
+  presence_subscriber_options_t sb;
+
+  /* The function fills what the macro does. */
+  memset(&b, 0xab, sizeof b);
+  EXPECT(PRESENCE_OK, presence_engine_options_init(&b, PRESENCE_ENGINE_OPTIONS_VERSION, &err));
+  CHECK(b.version == PRESENCE_ENGINE_OPTIONS_VERSION && a.version == b.version);
+  CHECK(b.clock == NULL && b.shards == a.shards);
+  CHECK(b.app_interval_ms == 1000 && b.app_offline_after_ms == 4000);
+  CHECK(b.inferred_interval_ms == a.inferred_interval_ms &&
+        b.inferred_offline_after_ms == a.inferred_offline_after_ms);
+  CHECK(b.manual_interval_ms == a.manual_interval_ms &&
+        b.manual_offline_after_ms == a.manual_offline_after_ms);
+  CHECK(b.reconnect_grace_ms == 1500 && b.min_dwell_ms == 1000);
+  CHECK(b.max_future_skew_ms == a.max_future_skew_ms &&
+        b.max_signal_age_ms == a.max_signal_age_ms);
+  CHECK(b.dead_retention_ms == a.dead_retention_ms && b.user_retention_ms == a.user_retention_ms);
+  CHECK(b.false_offline_window_ms == a.false_offline_window_ms);
+  CHECK(b.max_devices_per_user == 64 && b.max_overrides_per_user == 16);
+  CHECK(b.inferred_can_be_online == 0 && b.override_requires_live_device == 1);
+
+  memset(&fb, 0, sizeof fb);
+  EXPECT(PRESENCE_OK, presence_fanout_options_init(&fb, PRESENCE_FANOUT_OPTIONS_VERSION, &err));
+  CHECK(fb.version == fa.version && fb.flush_interval_ms == 100 && fb.max_batch == fa.max_batch);
+  CHECK(fb.rate_per_sec == fa.rate_per_sec && fb.burst == fa.burst);
+  CHECK(fb.resume_window == fa.resume_window && fb.max_topic_members == fa.max_topic_members);
+
+  memset(&sb, 0x5a, sizeof sb);
+  EXPECT(PRESENCE_OK,
+         presence_subscriber_options_init(&sb, PRESENCE_SUBSCRIBER_OPTIONS_VERSION, &err));
+  CHECK(sb.version == sa.version && sb.owner_user_id == NULL && sb.owner_user_id_len == 0);
+  CHECK(sb.sink == NULL && sb.sink_payload == NULL && sb.sink_payload_free == NULL);
+
+  /* Unknown versions and NULL structs. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_options_init(&b, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_options_init(&b, 99, &err));
+  CHECK(contains(last_msg, "version 99"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_options_init(NULL, PRESENCE_ENGINE_OPTIONS_VERSION, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_options_init(&fb, 2, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_options_init(NULL, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_subscriber_options_init(&sb, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_subscriber_options_init(NULL, 1, &err));
+  /* errmsg may be NULL: the code alone. */
+  CHECK(presence_engine_options_init(NULL, 1, NULL) == PRESENCE_ERR_INVALID_ARGUMENT);
+}
+
+static void test_clock(void) {
+  presence_clock_t* c = NULL;
+  int64_t now = -1;
+  EXPECT(PRESENCE_OK, presence_clock_manual_new(&c, 5000, &err));
+  CHECK(c != NULL);
+  EXPECT(PRESENCE_OK, presence_clock_now(&now, c, &err));
+  CHECK(now == 5000);
+  EXPECT(PRESENCE_OK, presence_clock_advance(c, 250, &err));
+  EXPECT(PRESENCE_OK, presence_clock_now(&now, c, &err));
+  CHECK(now == 5250);
+  EXPECT(PRESENCE_OK, presence_clock_set(c, 9000, &err));
+  EXPECT(PRESENCE_OK, presence_clock_now(&now, c, &err));
+  CHECK(now == 9000);
+  EXPECT(PRESENCE_OK, presence_clock_set(c, 9000, &err)); /* the same time is fine */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_clock_set(c, 8999, &err));
+  CHECK(contains(last_msg, "never goes back"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_clock_advance(c, -1, &err));
+  EXPECT(PRESENCE_OK, presence_clock_now(&now, c, &err));
+  CHECK(now == 9000); /* failed calls changed nothing */
+  EXPECT(PRESENCE_OK, presence_clock_now(NULL, c, &err));
+  presence_clock_destroy(c);
+}
+
+static void test_engine_lifecycle(void) {
+  presence_engine_t* e = NULL;
+  presence_engine_options_t o = PRESENCE_ENGINE_OPTIONS_INIT;
+  presence_clock_t* c = NULL;
+  int64_t now = 0;
+
+  /* NULL options: every default, on the system clock. */
+  EXPECT(PRESENCE_OK, presence_engine_new(&e, NULL, &err));
+  CHECK(e != NULL);
+  EXPECT(PRESENCE_OK, presence_engine_now(&now, e, &err));
+  CHECK(now > 1500000000000LL); /* ms since 1970: after 2017 */
+  presence_engine_destroy(e);
+
+  /* Options out of range: a clear message, no engine. */
+  e = (presence_engine_t*)&o; /* must be overwritten */
+  o.app_interval_ms = 0;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(e == NULL);
+  CHECK(contains(last_msg, "interval_ms"));
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  o.shards = 1000;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(contains(last_msg, "shards"));
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  o.version = 0; /* a zeroed struct: not initialised */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(contains(last_msg, "PRESENCE_ENGINE_OPTIONS_INIT"));
+  o.version = PRESENCE_ENGINE_OPTIONS_VERSION + 1; /* a newer header than the library */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+
+  /* A manual clock, released by the caller before the engine: the engine
+   * holds its own reference. */
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  EXPECT(PRESENCE_OK, presence_clock_manual_new(&c, 42000, &err));
+  o.clock = c;
+  EXPECT(PRESENCE_OK, presence_engine_new(&e, &o, &err));
+  EXPECT(PRESENCE_OK, presence_clock_advance(c, 8000, &err));
+  presence_clock_destroy(c);
+  EXPECT(PRESENCE_OK, presence_engine_now(&now, e, &err));
+  CHECK(now == 50000);
+  presence_engine_destroy(e);
+}
+
+static void test_signals(void) {
+  world_t w = make_world(0);
+  presence_signal_t s = make_signal("alice", "laptop", 2);
+  presence_signal_t batch[8];
+  presence_batch_result_t r;
+  presence_user_presence_t p;
+  const char nul_id[] = {'n', '\0', 'l'};
+
+  EXPECT(PRESENCE_OK, presence_engine_signal(w.engine, &s, &err));
+  CHECK(step(&w, 100) == 1);
+  p = get_one(&w, "alice", NULL);
+  CHECK(p.known && p.state == PRESENCE_STATE_ONLINE && p.live_devices == 1);
+  CHECK(p.devices[PRESENCE_PLATFORM_WEB - 1] == 1);
+
+  /* An older session is stale: counted and dropped. */
+  s.session_id = 1;
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION, presence_engine_signal(w.engine, &s, &err));
+  CHECK(contains(last_msg, "stale") || contains(last_msg, "session"));
+  /* IDLE makes alice AWAY. */
+  s.session_id = 2;
+  s.activity = PRESENCE_ACTIVITY_IDLE;
+  EXPECT(PRESENCE_OK, presence_engine_signal(w.engine, &s, &err));
+  CHECK(step(&w, 100) == 1);
+  CHECK(get_one(&w, "alice", NULL).state == PRESENCE_STATE_AWAY);
+
+  /* A batch: all applied. */
+  batch[0] = make_signal("bob", "phone", 1);
+  batch[0].platform = PRESENCE_PLATFORM_MOBILE;
+  batch[1] = make_signal("carol", "desk", 1);
+  batch[1].platform = PRESENCE_PLATFORM_DESKTOP;
+  batch[1].gateway = "gw-1";
+  batch[1].gateway_len = 4;
+  batch[1].trace_id = 77;
+  batch[2] = make_signal("alice", "laptop", 2);
+  memset(&r, 0xff, sizeof r);
+  EXPECT(PRESENCE_OK, presence_engine_signal_batch(&r, w.engine, batch, 3, &err));
+  CHECK(r.applied == 3 && r.stale == 0 && r.rejected == 0 && r.first_error == PRESENCE_OK);
+  CHECK(step(&w, 100) == 3);
+  CHECK(get_one(&w, "bob", NULL).devices[PRESENCE_PLATFORM_MOBILE - 1] == 1);
+  CHECK(get_one(&w, "alice", NULL).state == PRESENCE_STATE_ONLINE);
+
+  /* A batch with bad signals among good ones: the good ones are applied,
+   * the first failure is the answer, the counts say the rest. */
+  batch[0] = make_signal("dave", "tv", 1);
+  batch[1] = make_signal("erin", "tab", 1);
+  batch[1].platform = 0; /* zeroed: unspecified */
+  batch[2] = make_signal("frank", "pc", 1);
+  batch[2].user_id = NULL; /* NULL with a length */
+  batch[3] = make_signal("alice", "laptop", 1); /* stale */
+  batch[4] = make_signal("gina", "pc", 1);
+  batch[4].source = 1000; /* does not fit the C++ enum */
+  batch[5] = make_signal("hank", "pc", 1);
+  batch[5].activity = -3;
+  batch[6] = make_signal("ivan", "pc", 0); /* session 0 */
+  batch[7] = make_signal("judy", "pc", 1);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_signal_batch(&r, w.engine, batch, 8, &err));
+  CHECK(contains(last_msg, "platform"));
+  CHECK(r.applied == 2 && r.stale == 1 && r.rejected == 5);
+  CHECK(r.first_error == PRESENCE_ERR_INVALID_ARGUMENT);
+  CHECK(r.applied + r.stale + r.rejected == 8);
+  step(&w, 100);
+  CHECK(get_one(&w, "dave", NULL).state == PRESENCE_STATE_ONLINE);
+  CHECK(get_one(&w, "judy", NULL).state == PRESENCE_STATE_ONLINE);
+  CHECK(!get_one(&w, "erin", NULL).known && !get_one(&w, "gina", NULL).known);
+
+  /* The first failure is the first in order, even when C rejects it. */
+  batch[0] = make_signal("kim", "pc", 1);
+  batch[0].device_id = NULL;
+  batch[1] = make_signal("leo", "pc", 1);
+  batch[1].platform = 9;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_signal_batch(&r, w.engine, batch, 2, &err));
+  CHECK(contains(last_msg, "signals[0]") && contains(last_msg, "device_id"));
+  CHECK(r.rejected == 2 && r.applied == 0);
+
+  /* Only stale ones: FAILED_PRECONDITION. */
+  batch[0] = make_signal("alice", "laptop", 1);
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION,
+         presence_engine_signal_batch(&r, w.engine, batch, 1, &err));
+  CHECK(r.stale == 1 && r.first_error == PRESENCE_ERR_FAILED_PRECONDITION);
+
+  /* An empty batch, and counts not wanted. */
+  EXPECT(PRESENCE_OK, presence_engine_signal_batch(&r, w.engine, NULL, 0, &err));
+  CHECK(r.applied == 0 && r.stale == 0 && r.rejected == 0);
+  batch[0] = make_signal("mia", "pc", 1);
+  EXPECT(PRESENCE_OK, presence_engine_signal_batch(NULL, w.engine, batch, 1, &err));
+
+  /* Ids are bytes: a NUL inside is fine. */
+  s = make_signal("x", "pc", 1);
+  s.user_id = nul_id;
+  s.user_id_len = sizeof nul_id;
+  EXPECT(PRESENCE_OK, presence_engine_signal(w.engine, &s, &err));
+  {
+    presence_bytes_t id;
+    presence_user_presence_t* users = NULL;
+    id.data = nul_id;
+    id.len = sizeof nul_id;
+    EXPECT(PRESENCE_OK, presence_engine_get(&users, w.engine, &id, 1, NULL, 0, &err));
+    CHECK(users != NULL && users[0].known && users[0].user_id_len == 3 &&
+          memcmp(users[0].user_id, nul_id, 3) == 0);
+    presence_free(users);
+  }
+
+  /* Timestamps: from the future beyond the skew, rejected. */
+  s = make_signal("nia", "pc", 1);
+  s.timestamp_ms = 1000000 + 10 * 1000 * 1000;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal(w.engine, &s, &err));
+  CHECK(contains(last_msg, "ahead"));
+
+  /* Keyed disconnect: clean is at once. */
+  EXPECT(PRESENCE_OK, presence_engine_disconnect_device(w.engine, "bob", 3, "phone", 5, 0,
+                                                        PRESENCE_DISCONNECT_CLEAN, &err));
+  step(&w, 100);
+  CHECK(get_one(&w, "bob", NULL).state == PRESENCE_STATE_OFFLINE);
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_disconnect_device(
+                                     w.engine, "bob", 3, "phone", 5, 0,
+                                     PRESENCE_DISCONNECT_CLEAN, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_disconnect_device(
+                                     w.engine, "nobody", 6, "pc", 2, 0,
+                                     PRESENCE_DISCONNECT_ABRUPT, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_disconnect_device(w.engine, "carol", 5, "desk", 4, 0, 3, &err));
+  CHECK(contains(last_msg, "disconnect kind"));
+  free_world(&w);
+}
+
+static void test_handles(void) {
+  world_t w = make_world(0);
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  uint64_t h = 0, h2 = 0;
+  presence_user_presence_t p;
+
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h, w.engine, &s, &err));
+  CHECK(h != 0);
+  CHECK(step(&w, 100) == 1);
+  /* Heartbeats keep the device live past offline_after (4 s). */
+  {
+    int i;
+    for (i = 0; i < 10; ++i) {
+      EXPECT(PRESENCE_OK, presence_engine_beat(w.engine, h, PRESENCE_ACTIVITY_ACTIVE,
+                                               PRESENCE_SOURCE_APP, &err));
+      step(&w, 1000);
+    }
+  }
+  CHECK(get_one(&w, "alice", NULL).state == PRESENCE_STATE_ONLINE);
+  EXPECT(PRESENCE_OK, presence_engine_beat(w.engine, h, PRESENCE_ACTIVITY_IDLE,
+                                           PRESENCE_SOURCE_MANUAL, &err));
+  step(&w, 100);
+  CHECK(get_one(&w, "alice", NULL).state == PRESENCE_STATE_AWAY);
+  EXPECT(PRESENCE_OK, presence_engine_beat(w.engine, h, PRESENCE_ACTIVITY_ACTIVE,
+                                           PRESENCE_SOURCE_MANUAL, &err));
+  step(&w, 100);
+
+  /* Bad values on the hot path. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_beat(w.engine, h, 0, PRESENCE_SOURCE_APP, &err));
+  CHECK(contains(last_msg, "activity"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_beat(w.engine, h, PRESENCE_ACTIVITY_ACTIVE, 4, &err));
+  CHECK(contains(last_msg, "source"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_beat(w.engine, h, 257, PRESENCE_SOURCE_APP, &err));
+  CHECK(contains(last_msg, "257"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_beat(w.engine, h, PRESENCE_ACTIVITY_ACTIVE, INT_MIN, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_beat(w.engine, 0, PRESENCE_ACTIVITY_ACTIVE,
+                                                      PRESENCE_SOURCE_APP, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND,
+         presence_engine_beat(w.engine, 0xdeadbeefdeadbeefULL, PRESENCE_ACTIVITY_ACTIVE,
+                              PRESENCE_SOURCE_APP, &err));
+  CHECK(presence_engine_beat(w.engine, h, PRESENCE_ACTIVITY_ACTIVE, PRESENCE_SOURCE_APP, NULL) ==
+        PRESENCE_OK);
+
+  /* An abrupt disconnect keeps the user online through the grace (1.5 s). */
+  EXPECT(PRESENCE_OK, presence_engine_disconnect(w.engine, h, PRESENCE_DISCONNECT_ABRUPT, &err));
+  step(&w, 1000);
+  CHECK(get_one(&w, "alice", NULL).state == PRESENCE_STATE_ONLINE);
+  /* A reconnect inside the grace: a new session and a new handle. */
+  s.session_id = 2;
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h2, w.engine, &s, &err));
+  CHECK(h2 != 0);
+  step(&w, 2000);
+  CHECK(get_one(&w, "alice", NULL).state == PRESENCE_STATE_ONLINE);
+  /* The old handle is closed. */
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_beat(w.engine, h, PRESENCE_ACTIVITY_ACTIVE,
+                                                      PRESENCE_SOURCE_APP, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_disconnect(w.engine, h2, 0, &err));
+  EXPECT(PRESENCE_OK, presence_engine_disconnect(w.engine, h2, PRESENCE_DISCONNECT_CLEAN, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND,
+         presence_engine_disconnect(w.engine, h2, PRESENCE_DISCONNECT_CLEAN, &err));
+  step(&w, 100);
+  p = get_one(&w, "alice", NULL);
+  CHECK(p.known && p.state == PRESENCE_STATE_OFFLINE && p.live_devices == 0);
+  CHECK(p.last_seen_ms > 0 && p.freshness_ms >= 100);
+
+  /* Connect answers like signal on bad input, and leaves the handle 0. */
+  s.session_id = 0;
+  h = 99;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_connect(&h, w.engine, &s, &err));
+  CHECK(h == 0 && contains(last_msg, "session_id"));
+  /* No handle wanted. */
+  s.session_id = 3;
+  EXPECT(PRESENCE_OK, presence_engine_connect(NULL, w.engine, &s, &err));
+  free_world(&w);
+}
+
+static void test_overrides(void) {
+  world_t w = make_world(0);
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  uint64_t dnd = 0, inv = 0, id = 0;
+  size_t removed = 99;
+  presence_override_t* list = NULL;
+  size_t n = 99;
+  presence_user_presence_t p;
+  int64_t now = 0;
+
+  EXPECT(PRESENCE_OK, presence_engine_connect(NULL, w.engine, &s, &err));
+  step(&w, 100);
+  EXPECT(PRESENCE_OK, presence_engine_now(&now, w.engine, &err));
+
+  EXPECT(PRESENCE_OK, presence_engine_set_override(&dnd, w.engine, "alice", 5,
+                                                   PRESENCE_OVERRIDE_DND, 0, 7, &err));
+  CHECK(dnd != 0);
+  /* get is exact at once; get_published follows the ticks. */
+  CHECK(get_one(&w, "alice", NULL).state == PRESENCE_STATE_DND);
+  {
+    presence_user_presence_t* users = NULL;
+    presence_bytes_t idb = bytes_of("alice");
+    EXPECT(PRESENCE_OK, presence_engine_get_published(&users, w.engine, &idb, 1, NULL, 0, &err));
+    CHECK(users != NULL && users[0].state == PRESENCE_STATE_ONLINE);
+    presence_free(users);
+    step(&w, 100);
+    EXPECT(PRESENCE_OK, presence_engine_get_published(&users, w.engine, &idb, 1, NULL, 0, &err));
+    CHECK(users != NULL && users[0].state == PRESENCE_STATE_DND && users[0].version > 0);
+    presence_free(users);
+  }
+  p = get_one(&w, "alice", NULL);
+  CHECK(p.has_override && p.override_state == PRESENCE_OVERRIDE_DND && p.override_until_ms == 0);
+
+  /* Invisible, timed, over DND: others see OFFLINE, alice sees herself. */
+  EXPECT(PRESENCE_OK,
+         presence_engine_set_override(&inv, w.engine, "alice", 5, PRESENCE_OVERRIDE_INVISIBLE,
+                                      now + 60000, 0, &err));
+  step(&w, 100);
+  p = get_one(&w, "alice", "bob");
+  CHECK(p.state == PRESENCE_STATE_OFFLINE && !p.has_override && p.live_devices == 0);
+  p = get_one(&w, "alice", "alice");
+  CHECK(p.state != PRESENCE_STATE_OFFLINE && p.has_override &&
+        p.override_state == PRESENCE_OVERRIDE_INVISIBLE && p.override_until_ms == now + 60000);
+
+  EXPECT(PRESENCE_OK, presence_engine_list_overrides(&list, &n, w.engine, "alice", 5, &err));
+  CHECK(n == 2 && list != NULL);
+  if (n == 2 && list != NULL) {
+    CHECK(list[0].id == dnd && list[0].state == PRESENCE_OVERRIDE_DND && list[0].until_ms == 0);
+    CHECK(list[1].id == inv && list[1].state == PRESENCE_OVERRIDE_INVISIBLE &&
+          list[1].until_ms == now + 60000 && list[1].set_at_ms >= now);
+  }
+  presence_free(list);
+
+  /* Revoke the invisible one: DND shows again. */
+  EXPECT(PRESENCE_OK, presence_engine_revoke_override(w.engine, "alice", 5, inv, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_revoke_override(w.engine, "alice", 5, inv, &err));
+  step(&w, 100);
+  CHECK(get_one(&w, "alice", "bob").state == PRESENCE_STATE_DND);
+
+  /* Clear, and the operator's bulk revoke. */
+  EXPECT(PRESENCE_OK, presence_engine_clear_overrides(&removed, w.engine, "alice", 5, &err));
+  CHECK(removed == 1);
+  EXPECT(PRESENCE_OK, presence_engine_set_override(&id, w.engine, "alice", 5,
+                                                   PRESENCE_OVERRIDE_AWAY, 0, 0, &err));
+  EXPECT(PRESENCE_OK, presence_engine_set_override(NULL, w.engine, "bob", 3,
+                                                   PRESENCE_OVERRIDE_ONLINE, 0, 0, &err));
+  EXPECT(PRESENCE_OK, presence_engine_revoke_overrides_set_between(&removed, w.engine, 0,
+                                                                   INT64_MAX, &err));
+  CHECK(removed == 2);
+  list = (presence_override_t*)&n;
+  EXPECT(PRESENCE_OK, presence_engine_list_overrides(&list, &n, w.engine, "alice", 5, &err));
+  CHECK(n == 0 && list == NULL);
+  step(&w, 100);
+  CHECK(get_one(&w, "alice", NULL).state == PRESENCE_STATE_ONLINE);
+
+  /* Bad input. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_set_override(&id, w.engine, "alice", 5, 0, 0, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_set_override(&id, w.engine, "alice", 5, 5, 0, 0, &err));
+  CHECK(contains(last_msg, "override state"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_set_override(&id, w.engine, "alice", 5, 1 << 20, 0, 0, &err));
+  CHECK(id == 0);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_set_override(&id, w.engine, "alice", 5, PRESENCE_OVERRIDE_DND, 1, 0,
+                                      &err)); /* ends in the past */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_set_override(&id, w.engine, "", 0, PRESENCE_OVERRIDE_DND, 0, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_list_overrides(&list, NULL, w.engine,
+                                                                       "alice", 5, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_list_overrides(NULL, &n, w.engine,
+                                                                       "alice", 5, &err));
+  free_world(&w);
+}
+
+static void test_get(void) {
+  world_t w = make_world(0);
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  presence_bytes_t ids[5];
+  presence_user_presence_t* users = NULL;
+  char long_id[PRESENCE_MAX_USER_ID_BYTES + 1];
+
+  memset(long_id, 'x', sizeof long_id);
+  EXPECT(PRESENCE_OK, presence_engine_connect(NULL, w.engine, &s, &err));
+  s = make_signal("bob", "phone", 1);
+  s.platform = PRESENCE_PLATFORM_MOBILE;
+  s.activity = PRESENCE_ACTIVITY_IDLE;
+  EXPECT(PRESENCE_OK, presence_engine_connect(NULL, w.engine, &s, &err));
+  step(&w, 100);
+
+  ids[0] = bytes_of("bob");
+  ids[1] = bytes_of("nobody");
+  ids[2] = bytes_of("");
+  ids[3].data = long_id; /* one byte too long */
+  ids[3].len = sizeof long_id;
+  ids[4] = bytes_of("alice");
+  EXPECT(PRESENCE_OK, presence_engine_get(&users, w.engine, ids, 5, NULL, 0, &err));
+  CHECK(users != NULL);
+  if (users != NULL) {
+    CHECK(users[0].known && users[0].state == PRESENCE_STATE_AWAY);
+    CHECK(users[0].user_id_len == 3 && memcmp(users[0].user_id, "bob", 3) == 0);
+    CHECK(users[0].user_id[3] == '\0'); /* NUL-terminated for convenience */
+    CHECK(users[0].devices[PRESENCE_PLATFORM_MOBILE - 1] == 1 && users[0].live_devices == 1);
+    CHECK(users[0].version > 0 && users[0].last_seen_ms == 1000000);
+    CHECK(users[0].freshness_ms == 100);
+    CHECK(!users[1].known && users[1].state == PRESENCE_STATE_OFFLINE);
+    CHECK(users[1].user_id_len == 6 && strcmp(users[1].user_id, "nobody") == 0);
+    CHECK(!users[2].known && users[2].user_id_len == 0);
+    CHECK(!users[3].known && users[3].user_id_len == 0);
+    CHECK(users[4].known && users[4].state == PRESENCE_STATE_ONLINE);
+    CHECK(strcmp(users[4].user_id, "alice") == 0);
+    CHECK(!users[4].has_override && users[4].override_state == 0);
+  }
+  presence_free(users);
+
+  /* No ids: nothing allocated. */
+  users = (presence_user_presence_t*)ids;
+  EXPECT(PRESENCE_OK, presence_engine_get(&users, w.engine, NULL, 0, NULL, 0, &err));
+  CHECK(users == NULL);
+  /* Bad input. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_get(&users, w.engine, NULL, 2, NULL, 0, &err));
+  CHECK(users == NULL && contains(last_msg, "user_ids"));
+  ids[1].data = NULL;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_get(&users, w.engine, ids, 2, NULL, 0, &err));
+  CHECK(contains(last_msg, "user_ids[1]"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_get(&users, w.engine, ids, 1, NULL, 3, &err));
+  CHECK(contains(last_msg, "viewer_user_id"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_get(&users, w.engine, ids, SIZE_MAX / 2, NULL, 0, &err));
+  CHECK(contains(last_msg, "too large"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_get(NULL, w.engine, ids, 1, NULL, 0, &err));
+  free_world(&w);
+}
+
+/* ---- Fan-out ------------------------------------------------------------------------ */
+
+/* Polls one batch and decodes it; has = 0 when there was none. */
+static decoded_t poll_one(presence_fanout_t* f, uint64_t sub, int* has) {
+  char* bytes = NULL;
+  size_t len = 0;
+  uint8_t got = 2;
+  decoded_t d;
+  memset(&d, 0, sizeof d);
+  *has = 0;
+  if (EXPECT(PRESENCE_OK, presence_fanout_poll(&got, &bytes, &len, f, sub, &err))) {
+    *has = got;
+    if (got) {
+      CHECK(bytes != NULL && len > 0);
+      d = decode_batch(bytes, len);
+      CHECK(d.ok && d.subscriber == sub);
+    } else {
+      CHECK(bytes == NULL && len == 0);
+    }
+  }
+  presence_free(bytes);
+  return d;
+}
+
+static void test_fanout_poll(void) {
+  world_t w = make_world(0);
+  presence_fanout_t* f = NULL;
+  presence_fanout_options_t fo = PRESENCE_FANOUT_OPTIONS_INIT;
+  presence_subscriber_options_t so = PRESENCE_SUBSCRIBER_OPTIONS_INIT;
+  presence_signal_t s;
+  presence_bytes_t friends[2], team[3];
+  uint64_t sub = 0, sub2 = 0, h = 0;
+  decoded_t d;
+  int has = 0;
+  uint64_t seq;
+
+  fo.rate_per_sec = 0; /* no throttling in this test */
+  EXPECT(PRESENCE_OK, presence_fanout_new(&f, w.engine, &fo, &err));
+  CHECK(f != NULL);
+
+  s = make_signal("alice", "laptop", 1);
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h, w.engine, &s, &err));
+  s = make_signal("carol", "desk", 1);
+  EXPECT(PRESENCE_OK, presence_engine_connect(NULL, w.engine, &s, &err));
+  step(&w, 100);
+
+  so.owner_user_id = "bob";
+  so.owner_user_id_len = 3;
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&sub, f, &so, &err));
+  CHECK(sub != 0);
+  friends[0] = bytes_of("alice");
+  friends[1] = bytes_of("dave");
+  EXPECT(PRESENCE_OK, presence_fanout_add_users(f, sub, friends, 2, &err));
+
+  /* Nothing before a tick. */
+  d = poll_one(f, sub, &has);
+  CHECK(!has);
+  step(&w, 100);
+  d = poll_one(f, sub, &has);
+  CHECK(has && d.snapshot && d.sequence == 1);
+  CHECK(state_in(&d, "alice", "") == PRESENCE_STATE_ONLINE);
+  CHECK(state_in(&d, "dave", "") == PRESENCE_STATE_OFFLINE);
+  d = poll_one(f, sub, &has);
+  CHECK(!has);
+
+  /* A topic. */
+  team[0] = bytes_of("alice");
+  team[1] = bytes_of("carol");
+  team[2] = bytes_of("erin");
+  EXPECT(PRESENCE_OK, presence_fanout_add_members(f, "team-1", 6, team, 3, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_join(f, sub, "team-1", 6, &err));
+  step(&w, 100);
+  d = poll_one(f, sub, &has);
+  CHECK(has && !d.snapshot && d.sequence == 2);
+  CHECK(state_in(&d, "carol", "team-1") == PRESENCE_STATE_ONLINE);
+  CHECK(state_in(&d, "erin", "team-1") == PRESENCE_STATE_OFFLINE);
+
+  /* A change: alice goes DND; the list and the topic both carry it. */
+  EXPECT(PRESENCE_OK, presence_engine_set_override(NULL, w.engine, "alice", 5,
+                                                   PRESENCE_OVERRIDE_DND, 0, 0, &err));
+  step(&w, 100);
+  d = poll_one(f, sub, &has);
+  CHECK(has && d.sequence == 3);
+  CHECK(state_in(&d, "alice", "") == PRESENCE_STATE_DND);
+  CHECK(state_in(&d, "alice", "team-1") == PRESENCE_STATE_DND);
+  CHECK(state_in(&d, "carol", "team-1") == 0); /* unchanged: not in the diff */
+  seq = d.sequence;
+
+  /* Resume from cursor 1: batches 2 and 3 again, with the same numbers. */
+  EXPECT(PRESENCE_OK, presence_fanout_resume(f, sub, 1, &err));
+  d = poll_one(f, sub, &has);
+  CHECK(has && d.sequence == 2);
+  d = poll_one(f, sub, &has);
+  CHECK(has && d.sequence == 3 && state_in(&d, "alice", "") == PRESENCE_STATE_DND);
+  d = poll_one(f, sub, &has);
+  CHECK(!has);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_resume(f, sub, seq + 5, &err));
+  CHECK(contains(last_msg, "future"));
+
+  /* Remove, replace, leave. */
+  EXPECT(PRESENCE_OK, presence_fanout_remove_users(f, sub, friends + 1, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_replace_users(f, sub, team + 1, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_leave(f, sub, "team-1", 6, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_fanout_leave(f, sub, "team-1", 6, &err));
+  step(&w, 100);
+  d = poll_one(f, sub, &has);
+  CHECK(has && state_in(&d, "carol", "") == PRESENCE_STATE_ONLINE);
+  CHECK(state_in(&d, "alice", "") == -1 && state_in(&d, "dave", "") == -1); /* removed */
+  EXPECT(PRESENCE_OK, presence_fanout_remove_members(f, "team-1", 6, team + 2, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_replace_members(f, "team-1", 6, team, 1, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_fanout_join(f, sub, "team-9", 6, &err));
+  CHECK(contains(last_msg, "team-9"));
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_fanout_remove_members(f, "team-9", 6, team, 1, &err));
+
+  /* A plain subscriber (NULL options) sees the public view. */
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&sub2, f, NULL, &err));
+  CHECK(sub2 != 0 && sub2 != sub);
+  EXPECT(PRESENCE_OK, presence_fanout_add_users(f, sub2, friends, 1, &err));
+  step(&w, 100);
+  d = poll_one(f, sub2, &has);
+  CHECK(has && d.snapshot && state_in(&d, "alice", "") == PRESENCE_STATE_DND);
+
+  /* Unsubscribe: the subscriber is gone. */
+  EXPECT(PRESENCE_OK, presence_fanout_unsubscribe(f, sub, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_fanout_unsubscribe(f, sub, &err));
+  {
+    char* bytes = NULL;
+    size_t len = 0;
+    EXPECT(PRESENCE_ERR_NOT_FOUND, presence_fanout_poll(NULL, &bytes, &len, f, sub, &err));
+    CHECK(bytes == NULL && len == 0);
+    EXPECT(PRESENCE_ERR_NOT_FOUND, presence_fanout_add_users(f, sub, friends, 1, &err));
+    EXPECT(PRESENCE_ERR_NOT_FOUND, presence_fanout_resume(f, sub, 0, &err));
+  }
+
+  /* Limits answer RESOURCE_EXHAUSTED. */
+  {
+    presence_fanout_t* small = NULL;
+    uint64_t a = 0;
+    fo.max_subscribers = 1;
+    fo.max_list_users = 1;
+    EXPECT(PRESENCE_OK, presence_fanout_new(&small, w.engine, &fo, &err));
+    EXPECT(PRESENCE_OK, presence_fanout_subscribe(&a, small, NULL, &err));
+    EXPECT(PRESENCE_ERR_RESOURCE_EXHAUSTED, presence_fanout_subscribe(NULL, small, NULL, &err));
+    EXPECT(PRESENCE_ERR_RESOURCE_EXHAUSTED, presence_fanout_add_users(small, a, team, 2, &err));
+    presence_fanout_destroy(small);
+  }
+  /* Fan-out options out of range. */
+  {
+    presence_fanout_t* bad = (presence_fanout_t*)&fo;
+    fo = (presence_fanout_options_t)PRESENCE_FANOUT_OPTIONS_INIT;
+    fo.max_batch = 0;
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_new(&bad, w.engine, &fo, &err));
+    CHECK(bad == NULL && contains(last_msg, "max_batch"));
+    fo.max_batch = 10;
+    fo.version = 0;
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_new(&bad, w.engine, &fo, &err));
+  }
+  presence_fanout_destroy(f);
+  free_world(&w);
+}
+
+/* ---- Push sinks ------------------------------------------------------------------ */
+
+typedef struct {
+  presence_fanout_t* fanout;
+  presence_engine_t* engine;
+  int calls;
+  int freed;
+  uint64_t subscriber;
+  uint64_t last_sequence;
+  int gap;
+  int last_alice; /* alice's state in the last batch that carried her, list view */
+  int tick_answer;
+  int try_tick;
+  int unsubscribe_self;
+  int unsubscribe_answer;
+  size_t bytes;
+} sink_state_t;
+
+static void on_batch(uint64_t subscriber, const char* batch, size_t len, void* payload) {
+  sink_state_t* st = (sink_state_t*)payload;
+  decoded_t d = decode_batch(batch, len);
+  int a;
+  ++st->calls;
+  st->bytes += len;
+  st->subscriber = subscriber;
+  if (!d.ok || d.subscriber != subscriber) st->gap = 1;
+  if (!d.snapshot && d.sequence != st->last_sequence + 1) st->gap = 1;
+  st->last_sequence = d.sequence;
+  a = state_in(&d, "alice", "");
+  if (a != 0) st->last_alice = a;
+  if (st->try_tick) {
+    char* e = NULL;
+    st->tick_answer = presence_engine_tick(NULL, st->engine, &e);
+    presence_free(e);
+    st->try_tick = 0;
+  }
+  if (st->unsubscribe_self) {
+    /* The payload must outlive this call: freed after it returns. */
+    st->unsubscribe_answer = presence_fanout_unsubscribe(st->fanout, subscriber, NULL);
+    st->unsubscribe_self = 0;
+    CHECK(st->freed == 0);
+  }
+}
+
+static void on_free(void* payload) { ++((sink_state_t*)payload)->freed; }
+
+static void test_fanout_push(void) {
+  world_t w = make_world(0);
+  presence_fanout_t* f = NULL;
+  presence_subscriber_options_t so = PRESENCE_SUBSCRIBER_OPTIONS_INIT;
+  sink_state_t a, b, c;
+  uint64_t sa = 0, sb = 0, sc = 0;
+  presence_bytes_t who = bytes_of("alice");
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  uint64_t h = 0;
+
+  memset(&a, 0, sizeof a);
+  memset(&b, 0, sizeof b);
+  memset(&c, 0, sizeof c);
+  EXPECT(PRESENCE_OK, presence_fanout_new(&f, w.engine, NULL, &err));
+  a.fanout = b.fanout = c.fanout = f;
+  a.engine = b.engine = c.engine = w.engine;
+
+  so.sink = on_batch;
+  so.sink_payload = &a;
+  so.sink_payload_free = on_free;
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&sa, f, &so, &err));
+  so.sink_payload = &b;
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&sb, f, &so, &err));
+  so.sink_payload = &c;
+  so.sink_payload_free = NULL; /* optional */
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&sc, f, &so, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_add_users(f, sa, &who, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_add_users(f, sb, &who, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_add_users(f, sc, &who, 1, &err));
+
+  /* The snapshot comes at the first flush, on this thread. */
+  step(&w, 100);
+  CHECK(a.calls == 1 && a.subscriber == sa && a.last_alice == PRESENCE_STATE_OFFLINE);
+  CHECK(b.calls == 1 && c.calls == 1 && !a.gap);
+
+  /* Changes are pushed; a tick from inside the sink is refused. */
+  a.try_tick = 1;
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h, w.engine, &s, &err));
+  step(&w, 1000);
+  CHECK(a.calls == 2 && a.last_alice == PRESENCE_STATE_ONLINE && a.last_sequence == 2);
+  CHECK(a.tick_answer == PRESENCE_ERR_FAILED_PRECONDITION);
+  CHECK(b.calls == 2 && b.last_alice == PRESENCE_STATE_ONLINE);
+
+  /* Poll is for pull subscribers. */
+  {
+    char* bytes = NULL;
+    size_t len = 0;
+    EXPECT(PRESENCE_ERR_FAILED_PRECONDITION,
+           presence_fanout_poll(NULL, &bytes, &len, f, sa, &err));
+    CHECK(contains(last_msg, "sink"));
+  }
+
+  /* Resume pushes on the calling thread, before it returns. */
+  a.last_sequence = 1; /* the client's cursor */
+  EXPECT(PRESENCE_OK, presence_fanout_resume(f, sa, 1, &err));
+  CHECK(a.calls == 3 && a.last_sequence == 2);
+
+  /* b unsubscribes itself from inside its sink: freed after the call. */
+  b.unsubscribe_self = 1;
+  EXPECT(PRESENCE_OK, presence_engine_disconnect(w.engine, h, PRESENCE_DISCONNECT_CLEAN, &err));
+  step(&w, 1000);
+  CHECK(b.calls == 3 && b.unsubscribe_answer == PRESENCE_OK && b.freed == 1);
+  CHECK(a.calls == 4 && a.last_alice == PRESENCE_STATE_OFFLINE && a.freed == 0);
+
+  /* a unsubscribes from outside: freed once, no more calls. */
+  EXPECT(PRESENCE_OK, presence_fanout_unsubscribe(f, sa, &err));
+  CHECK(a.freed == 1);
+  s.session_id = 2;
+  EXPECT(PRESENCE_OK, presence_engine_connect(NULL, w.engine, &s, &err));
+  step(&w, 1000);
+  CHECK(a.calls == 4 && b.calls == 3 && c.calls == 4);
+  CHECK(!a.gap && !b.gap && !c.gap);
+  CHECK(a.bytes > 0);
+
+  /* A subscriber left open when the fan-out goes: its payload is freed then. */
+  so.sink_payload = &b;
+  so.sink_payload_free = on_free;
+  b.freed = 0;
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(NULL, f, &so, &err));
+  presence_fanout_destroy(f);
+  CHECK(b.freed == 1 && a.freed == 1 && c.freed == 0);
+  free_world(&w);
+}
+
+static void test_metrics(void) {
+  world_t w = make_world(0);
+  presence_fanout_t* f = NULL;
+  char* text = NULL;
+  size_t len = 0;
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+
+  EXPECT(PRESENCE_OK, presence_fanout_new(&f, w.engine, NULL, &err));
+  EXPECT(PRESENCE_OK, presence_engine_signal(w.engine, &s, &err));
+  step(&w, 100);
+  EXPECT(PRESENCE_OK, presence_engine_render_metrics(&text, &len, w.engine, &err));
+  CHECK(text != NULL && len == strlen(text));
+  CHECK(contains(text, "# TYPE presence_signals_accepted_total counter"));
+  CHECK(contains(text, "presence_signals_accepted_total{source=\"app\"} 1"));
+  CHECK(contains(text, "presence_live_devices 1"));
+  presence_free(text);
+  text = NULL;
+  EXPECT(PRESENCE_OK, presence_fanout_render_metrics(&text, NULL, f, &err));
+  CHECK(contains(text, "presence_fanout_batches_total"));
+  CHECK(contains(text, "presence_fanout_subscribers 0"));
+  presence_free(text);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_render_metrics(NULL, &len, w.engine, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_render_metrics(NULL, &len, f, &err));
+  presence_fanout_destroy(f);
+  free_world(&w);
+}
+
+/* Handles may be destroyed in any order: a fan-out keeps its engine, an
+ * engine its clock. */
+static void test_lifetimes(void) {
+  world_t w = make_world(0);
+  presence_fanout_t* f = NULL;
+  uint64_t sub = 0;
+  presence_bytes_t who = bytes_of("alice");
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  decoded_t d;
+  int has = 0;
+
+  EXPECT(PRESENCE_OK, presence_fanout_new(&f, w.engine, NULL, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&sub, f, NULL, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_add_users(f, sub, &who, 1, &err));
+  EXPECT(PRESENCE_OK, presence_engine_signal(w.engine, &s, &err));
+  step(&w, 100);
+  presence_clock_destroy(w.clock); /* the engine still reads it */
+  presence_engine_destroy(w.engine); /* the fan-out still holds it */
+  d = poll_one(f, sub, &has);
+  CHECK(has && d.snapshot && state_in(&d, "alice", "") == PRESENCE_STATE_ONLINE);
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(NULL, f, NULL, &err));
+  presence_fanout_destroy(f); /* frees the engine, then the clock */
+}
+
+/* ---- Threads ----------------------------------------------------------------------
+ * A ticking thread delivers to push subscribers while the main thread beats
+ * and unsubscribes them one by one: a payload is never freed while its sink
+ * runs, and no sink runs after its payload was freed. (Run it under
+ * ThreadSanitizer or AddressSanitizer to see more.) */
+
+#define THREAD_SUBS 8
+#define THREAD_DEVICES 16
+
+typedef struct {
+  pthread_mutex_t mu;
+  int in_call;
+  int calls;
+  int freed;
+  int violations;
+} guarded_t;
+
+static void guarded_sink(uint64_t subscriber, const char* batch, size_t len, void* payload) {
+  guarded_t* g = (guarded_t*)payload;
+  (void)subscriber;
+  (void)batch;
+  (void)len;
+  pthread_mutex_lock(&g->mu);
+  if (g->freed) ++g->violations;
+  ++g->in_call;
+  ++g->calls;
+  pthread_mutex_unlock(&g->mu);
+  pthread_mutex_lock(&g->mu);
+  --g->in_call;
+  pthread_mutex_unlock(&g->mu);
+}
+
+static void guarded_free(void* payload) {
+  guarded_t* g = (guarded_t*)payload;
+  pthread_mutex_lock(&g->mu);
+  if (g->in_call != 0 || g->freed) ++g->violations;
+  ++g->freed;
+  pthread_mutex_unlock(&g->mu);
+}
+
+typedef struct {
+  world_t* w;
+  pthread_mutex_t mu; /* guards the three below */
+  int stop;
+  int ticks;
+  int failures;
+} ticker_t;
+
+static int ticker_read(ticker_t* t, int* ticks) {
+  int stop;
+  pthread_mutex_lock(&t->mu);
+  stop = t->stop;
+  if (ticks != NULL) *ticks = t->ticks;
+  pthread_mutex_unlock(&t->mu);
+  return stop;
+}
+
+static void* ticker_main(void* arg) {
+  ticker_t* t = (ticker_t*)arg;
+  while (!ticker_read(t, NULL)) {
+    int failures = 0;
+    if (presence_clock_advance(t->w->clock, 100, NULL) != PRESENCE_OK) ++failures;
+    if (presence_engine_tick(NULL, t->w->engine, NULL) != PRESENCE_OK) ++failures;
+    pthread_mutex_lock(&t->mu);
+    t->failures += failures;
+    ++t->ticks;
+    pthread_mutex_unlock(&t->mu);
+  }
+  return NULL;
+}
+
+/* Waits until the ticker has ticked once more. */
+static void wait_for_tick(ticker_t* t) {
+  int start, now;
+  ticker_read(t, &start);
+  do {
+    struct timespec pause = {0, 20000};
+    nanosleep(&pause, NULL);
+    ticker_read(t, &now);
+  } while (now == start);
+}
+
+static void test_threads(void) {
+  world_t w = make_world(0);
+  presence_fanout_t* f = NULL;
+  presence_fanout_options_t fo = PRESENCE_FANOUT_OPTIONS_INIT;
+  presence_subscriber_options_t so = PRESENCE_SUBSCRIBER_OPTIONS_INIT;
+  guarded_t g[THREAD_SUBS];
+  uint64_t subs[THREAD_SUBS];
+  uint64_t handles[THREAD_DEVICES];
+  presence_bytes_t users[THREAD_DEVICES];
+  char names[THREAD_DEVICES][8];
+  ticker_t ticker;
+  pthread_t thread;
+  int i, round, beat_failures = 0, violations = 0, freed = 0;
+
+  fo.rate_per_sec = 0;
+  fo.flush_interval_ms = 0;
+  EXPECT(PRESENCE_OK, presence_fanout_new(&f, w.engine, &fo, &err));
+  for (i = 0; i < THREAD_DEVICES; ++i) {
+    presence_signal_t s;
+    snprintf(names[i], sizeof names[i], "u%d", i);
+    s = make_signal(names[i], "pc", 1);
+    EXPECT(PRESENCE_OK, presence_engine_connect(&handles[i], w.engine, &s, &err));
+    users[i] = bytes_of(names[i]);
+  }
+  for (i = 0; i < THREAD_SUBS; ++i) {
+    memset(&g[i], 0, sizeof g[i]);
+    pthread_mutex_init(&g[i].mu, NULL);
+    so.sink = guarded_sink;
+    so.sink_payload = &g[i];
+    so.sink_payload_free = guarded_free;
+    EXPECT(PRESENCE_OK, presence_fanout_subscribe(&subs[i], f, &so, &err));
+    EXPECT(PRESENCE_OK, presence_fanout_add_users(f, subs[i], users, THREAD_DEVICES, &err));
+  }
+  memset(&ticker, 0, sizeof ticker);
+  ticker.w = &w;
+  pthread_mutex_init(&ticker.mu, NULL);
+  CHECK(pthread_create(&thread, NULL, ticker_main, &ticker) == 0);
+  /* Flip every device between ACTIVE and IDLE, so that each tick publishes,
+   * and close a subscriber every 50 rounds. */
+  for (round = 0; round < 50 * THREAD_SUBS; ++round) {
+    for (i = 0; i < THREAD_DEVICES; ++i) {
+      if (presence_engine_beat(w.engine, handles[i],
+                               (round & 1) ? PRESENCE_ACTIVITY_IDLE : PRESENCE_ACTIVITY_ACTIVE,
+                               PRESENCE_SOURCE_APP, NULL) != PRESENCE_OK) {
+        ++beat_failures;
+      }
+    }
+    if (round % 50 == 49) {
+      EXPECT(PRESENCE_OK, presence_fanout_unsubscribe(f, subs[round / 50], &err));
+    }
+    wait_for_tick(&ticker);
+  }
+  pthread_mutex_lock(&ticker.mu);
+  ticker.stop = 1;
+  pthread_mutex_unlock(&ticker.mu);
+  CHECK(pthread_join(thread, NULL) == 0);
+  pthread_mutex_destroy(&ticker.mu);
+  CHECK(ticker.failures == 0 && ticker.ticks > 0);
+  CHECK(beat_failures == 0);
+  for (i = 0; i < THREAD_SUBS; ++i) {
+    violations += g[i].violations;
+    freed += g[i].freed;
+    CHECK(g[i].calls > 0);
+    pthread_mutex_destroy(&g[i].mu);
+  }
+  CHECK(violations == 0);
+  CHECK(freed == THREAD_SUBS);
+  presence_fanout_destroy(f);
+  free_world(&w);
+}
+
+/* NULL handles and pointers, lengths out of range, invalid enum values,
+ * destroy of NULL: a clear status each, never a crash. */
+static void test_bad_input(void) {
+  world_t w = make_world(0);
+  presence_fanout_t* f = NULL;
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  presence_bytes_t ids[2];
+  char big[300];
+  uint64_t h = 0, sub = 0, live = 0;
+  size_t n = 0;
+  int64_t now = 0;
+  char* text = NULL;
+  uint8_t has = 0;
+  presence_user_presence_t* users = NULL;
+  presence_override_t* list = NULL;
+  presence_subscriber_options_t so = PRESENCE_SUBSCRIBER_OPTIONS_INIT;
+  presence_batch_result_t r;
+
+  memset(big, 'b', sizeof big);
+  ids[0] = bytes_of("alice");
+  ids[1] = bytes_of("bob");
+  EXPECT(PRESENCE_OK, presence_fanout_new(&f, w.engine, NULL, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&sub, f, NULL, &err));
+  EXPECT(PRESENCE_OK, presence_engine_connect(&live, w.engine, &s, &err));
+
+  /* Destroy NULL: no-ops. */
+  presence_clock_destroy(NULL);
+  presence_engine_destroy(NULL);
+  presence_fanout_destroy(NULL);
+
+  /* NULL handles: every call. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_clock_advance(NULL, 1, &err));
+  CHECK(strcmp(last_msg, "clock is NULL") == 0);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_clock_set(NULL, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_clock_now(&now, NULL, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal(NULL, &s, &err));
+  CHECK(strcmp(last_msg, "engine is NULL") == 0);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal_batch(&r, NULL, &s, 1, &err));
+  CHECK(r.applied == 0 && r.rejected == 0);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_disconnect_device(NULL, "a", 1, "b", 1, 0, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_connect(&h, NULL, &s, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_beat(NULL, 1, 1, 2, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_disconnect(NULL, 1, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_set_override(NULL, NULL, "a", 1, 1, 0, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_revoke_override(NULL, "a", 1, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_clear_overrides(&n, NULL, "a", 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_revoke_overrides_set_between(&n, NULL, 0, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_list_overrides(&list, &n, NULL, "a", 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_get(&users, NULL, ids, 1, NULL, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_get_published(&users, NULL, ids, 1, NULL, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_tick(&n, NULL, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_now(&now, NULL, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_render_metrics(&text, &n, NULL, &err));
+  {
+    presence_fanout_t* none = f;
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_new(&none, NULL, NULL, &err));
+    CHECK(none == NULL);
+  }
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_subscribe(&sub, NULL, NULL, &err));
+  CHECK(sub == 0);
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&sub, f, NULL, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_unsubscribe(NULL, sub, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_add_users(NULL, sub, ids, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_remove_users(NULL, sub, ids, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_replace_users(NULL, sub, ids, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_join(NULL, sub, "t", 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_leave(NULL, sub, "t", 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_add_members(NULL, "t", 1, ids, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_fanout_remove_members(NULL, "t", 1, ids, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_fanout_replace_members(NULL, "t", 1, ids, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_poll(&has, &text, &n, NULL, sub, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_resume(NULL, sub, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_render_metrics(&text, &n, NULL, &err));
+  CHECK(text == NULL);
+
+  /* NULL pointers other than handles. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_clock_manual_new(NULL, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(NULL, NULL, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_new(NULL, w.engine, NULL, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal(w.engine, NULL, &err));
+  CHECK(strcmp(last_msg, "signal is NULL") == 0);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_connect(&h, w.engine, NULL, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_signal_batch(&r, w.engine, NULL, 3, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_disconnect_device(w.engine, NULL, 5, "pc", 2, 0, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_set_override(NULL, w.engine, NULL, 5, 1, 0, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_revoke_override(w.engine, NULL, 1, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_clear_overrides(&n, w.engine, NULL, 2, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_list_overrides(&list, &n, w.engine, NULL, 2, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_add_users(f, sub, NULL, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_join(f, sub, NULL, 4, &err));
+  CHECK(contains(last_msg, "topic is NULL"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_add_members(f, NULL, 1, ids, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_add_members(f, "t", 1, NULL, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_poll(&has, NULL, &n, f, sub, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_poll(&has, &text, NULL, f, sub, &err));
+  so.owner_user_id_len = 3; /* with a NULL pointer */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_subscribe(&sub, f, &so, &err));
+  CHECK(contains(last_msg, "owner_user_id"));
+  so.owner_user_id_len = 0;
+  so.version = 0;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_subscribe(&sub, f, &so, &err));
+  so.version = PRESENCE_SUBSCRIBER_OPTIONS_VERSION;
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&sub, f, &so, &err));
+
+  /* Lengths out of range: empty, and one past each limit. */
+  s = make_signal("alice", "laptop", 1);
+  s.user_id_len = 0;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal(w.engine, &s, &err));
+  CHECK(contains(last_msg, "user_id is empty"));
+  s = make_signal("alice", "laptop", 1);
+  s.user_id = big;
+  s.user_id_len = PRESENCE_MAX_USER_ID_BYTES + 1;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal(w.engine, &s, &err));
+  CHECK(contains(last_msg, "129 bytes"));
+  s.user_id_len = SIZE_MAX; /* never read: the length alone is wrong */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_connect(&h, w.engine, &s, &err));
+  s = make_signal("alice", "laptop", 1);
+  s.device_id = big;
+  s.device_id_len = PRESENCE_MAX_DEVICE_ID_BYTES + 1;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal(w.engine, &s, &err));
+  CHECK(contains(last_msg, "device_id"));
+  s = make_signal("alice", "laptop", 1);
+  s.gateway = big;
+  s.gateway_len = PRESENCE_MAX_GATEWAY_BYTES + 1;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal(w.engine, &s, &err));
+  CHECK(contains(last_msg, "gateway"));
+  s.gateway = NULL;
+  s.gateway_len = 0; /* no gateway: fine */
+  EXPECT(PRESENCE_OK, presence_engine_signal(w.engine, &s, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_set_override(NULL, w.engine, big, SIZE_MAX, 1, 0, 0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_disconnect_device(w.engine, "alice", 5, big, SIZE_MAX, 0, 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_join(f, sub, big, SIZE_MAX, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_fanout_join(f, sub, big, PRESENCE_MAX_TOPIC_BYTES + 1, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_join(f, sub, "", 0, &err));
+  CHECK(contains(last_msg, "topic is empty"));
+  ids[1].data = big;
+  ids[1].len = SIZE_MAX;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_add_users(f, sub, ids, 2, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_add_members(f, "t", 1, ids, 2, &err));
+  ids[1].len = 0;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_replace_users(f, sub, ids, 2, &err));
+  so.owner_user_id = big;
+  so.owner_user_id_len = SIZE_MAX;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_subscribe(&sub, f, &so, &err));
+  CHECK(contains(last_msg, "owner_user_id"));
+  {
+    /* Get does not read an id whose length is past the limit. */
+    presence_bytes_t one;
+    one.data = big;
+    one.len = SIZE_MAX;
+    EXPECT(PRESENCE_OK, presence_engine_get(&users, w.engine, &one, 1, NULL, 0, &err));
+    CHECK(users != NULL && !users[0].known && users[0].user_id_len == 0);
+    presence_free(users);
+  }
+
+  /* Invalid enum values: zero, past the end, negative, past a byte. */
+  {
+    const int bad[] = {0, 6, -1, 256, 1000, INT_MAX, INT_MIN};
+    size_t i;
+    for (i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
+      s = make_signal("alice", "laptop", 1);
+      s.platform = bad[i];
+      EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal(w.engine, &s, &err));
+      CHECK(contains(last_msg, "platform"));
+      s = make_signal("alice", "laptop", 1);
+      s.source = bad[i];
+      EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_signal(w.engine, &s, &err));
+      s = make_signal("alice", "laptop", 1);
+      s.activity = bad[i];
+      EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_connect(&h, w.engine, &s, &err));
+      EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+             presence_engine_set_override(NULL, w.engine, "alice", 5, bad[i], 0, 0, &err));
+      EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_disconnect_device(
+                                                w.engine, "alice", 5, "laptop", 6, 0, bad[i],
+                                                &err));
+      EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_beat(w.engine, live, bad[i], 2, &err));
+      EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_beat(w.engine, live, 1, bad[i], &err));
+    }
+  }
+  /* Nothing above changed anything: alice has one live device and no
+   * override. */
+  step(&w, 100);
+  {
+    presence_user_presence_t p = get_one(&w, "alice", NULL);
+    CHECK(p.state == PRESENCE_STATE_ONLINE && p.live_devices == 1 && !p.has_override);
+  }
+  presence_fanout_destroy(f);
+  free_world(&w);
+}
+
+int main(void) {
+  test_version();
+  test_options();
+  test_clock();
+  test_engine_lifecycle();
+  test_signals();
+  test_handles();
+  test_overrides();
+  test_get();
+  test_fanout_poll();
+  test_fanout_push();
+  test_metrics();
+  test_lifetimes();
+  test_threads();
+  test_bad_input();
+  printf("c_api_test: %d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,1 @@
+#include "presence/c.h"
