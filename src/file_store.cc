@@ -407,6 +407,7 @@ class FileStoreImpl final : public FileStore {
     for (std::thread& t : threads_) t.join();
     absl::MutexLock g(&log_mu_);
     if (segment_ != nullptr) {
+      if (tail_dirty_) segment_->Truncate(good_size_).IgnoreError();
       if (unsynced_ || dir_unsynced_) SyncLocked().IgnoreError();
       segment_->Close().IgnoreError();
     }
@@ -692,6 +693,13 @@ absl::Status FileStoreImpl::SyncLocked() {
 // Closes the open segment (synced, unless kNever) and starts the next one.
 absl::Status FileStoreImpl::StartSegmentLocked() {
   if (segment_ != nullptr) {
+    // Never close a segment with part of a frame at its end: recovery would
+    // stop there and set every later segment aside.
+    if (tail_dirty_) {
+      absl::Status s = segment_->Truncate(good_size_);
+      if (!s.ok()) return s;
+      tail_dirty_ = false;
+    }
     if (options_.sync != SyncPolicy::kNever) {
       absl::Status s = SyncLocked();
       if (!s.ok()) return s;

@@ -265,6 +265,7 @@ class FaultInjectingFileSystem::File final : public WritableFile {
     {
       absl::MutexLock lock(&fs_->mu_);
       if (fs_->dead_) return fs_->Dead();
+      if (fs_->fail_truncates_) return ErrnoStatus(absl::StrCat("ftruncate ", path_), EIO);
       auto it = fs_->tracked_.find(path_);
       if (it != fs_->tracked_.end() && it->second.synced > size) it->second.synced = size;
     }
@@ -292,6 +293,11 @@ void FaultInjectingFileSystem::SetWriteBudget(int64_t bytes) {
 void FaultInjectingFileSystem::SetFailSyncs(bool fail) {
   absl::MutexLock lock(&mu_);
   fail_syncs_ = fail;
+}
+
+void FaultInjectingFileSystem::SetFailTruncates(bool fail) {
+  absl::MutexLock lock(&mu_);
+  fail_truncates_ = fail;
 }
 
 void FaultInjectingFileSystem::SetDead(bool dead) {
@@ -387,6 +393,7 @@ absl::Status FaultInjectingFileSystem::Remove(const std::string& path) {
 absl::Status FaultInjectingFileSystem::Truncate(const std::string& path, uint64_t size) {
   absl::MutexLock lock(&mu_);
   if (dead_) return Dead();
+  if (fail_truncates_) return ErrnoStatus(absl::StrCat("ftruncate ", path), EIO);
   absl::Status s = base_->Truncate(path, size);  // syncs
   if (s.ok()) {
     auto it = tracked_.find(path);

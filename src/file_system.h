@@ -92,6 +92,8 @@ class FaultInjectingFileSystem final : public FileSystem {
   void SetWriteBudget(int64_t bytes);
   // While set, Sync and SyncDir fail with Internal (EIO).
   void SetFailSyncs(bool fail);
+  // While set, Truncate (of an open file or by path) fails with Internal (EIO).
+  void SetFailTruncates(bool fail);
   // While set, every change (append, sync, truncate, create, rename, remove)
   // fails and does nothing: the machine is "off". Reads still work.
   void SetDead(bool dead);
@@ -127,6 +129,7 @@ class FaultInjectingFileSystem final : public FileSystem {
   mutable absl::Mutex mu_;
   int64_t budget_ ABSL_GUARDED_BY(mu_) = -1;
   bool fail_syncs_ ABSL_GUARDED_BY(mu_) = false;
+  bool fail_truncates_ ABSL_GUARDED_BY(mu_) = false;
   bool dead_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t appended_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;

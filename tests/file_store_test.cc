@@ -365,6 +365,34 @@ TEST(FileStoreFaults, AFullDiskFailsTheWriteLosesNothingAndRecovers) {
   EXPECT_EQ(l.users.count("later"), 1u);
 }
 
+TEST(FileStoreFaults, APartialFrameThatCannotBeCutOffBlocksWritesUntilItIs) {
+  TempDir dir;
+  internal::FaultInjectingFileSystem faulty(internal::PosixFileSystem());
+  {
+    auto opened = internal::OpenFileStore(dir.path(), {}, &faulty);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    FileStore* fs = opened->get();
+    WriteUsers(fs, 2);
+    faulty.SetWriteBudget(10);
+    faulty.SetFailTruncates(true);
+    EXPECT_TRUE(absl::IsResourceExhausted(fs->store()->Write(OneUser("torn", 1))));
+    faulty.SetWriteBudget(-1);
+    // The 10 bytes are still there: nothing may go after them, and the
+    // segment may not be closed with them (recovery would stop there).
+    EXPECT_FALSE(fs->store()->Write(OneUser("blocked", 1)).ok());
+    EXPECT_FALSE(fs->Compact().ok());
+    faulty.SetFailTruncates(false);
+    ASSERT_TRUE(fs->store()->Write(OneUser("after", 1)).ok());
+    ASSERT_TRUE(fs->Compact().ok());
+    ASSERT_TRUE(fs->store()->Write(OneUser("later", 1)).ok());
+  }
+  auto fs = MustOpen(dir.path());
+  EXPECT_EQ(fs->recovery().torn_records + fs->recovery().corrupt_records, 0u);
+  Loaded l = LoadAll(fs.get());
+  EXPECT_EQ(l.users.size(), 4u);
+  EXPECT_EQ(l.users.count("after") + l.users.count("later"), 2u);
+}
+
 TEST(FileStoreFaults, AFailingSyncFailsTheWriteUnderEveryWrite) {
   TempDir dir;
   internal::FaultInjectingFileSystem faulty(internal::PosixFileSystem());
@@ -473,7 +501,7 @@ TEST(FileStoreSyncPolicy, IntervalLosesAtMostTheLastInterval) {
   WriteUsers(p.fs(), 10);
   // Within a few intervals the syncer has run: these ten are durable.
   const uint64_t syncs = p.faulty().syncs();
-  for (int i = 0; i < 200 && p.faulty().syncs() == syncs; ++i) {
+  for (int i = 0; i < 1000 && p.faulty().syncs() == syncs; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(60));

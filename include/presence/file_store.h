@@ -32,7 +32,9 @@
 //                changes acknowledged in the last sync_interval_ms (plus the
 //                time one fdatasync takes). What survives is always a prefix
 //                of the acknowledged changes, never a change without the ones
-//                before it.
+//                before it. A failed background fdatasync is counted
+//                (presence_file_store_sync_errors_total) and tried again at
+//                the next tick; Sync() and the next segment roll report it.
 //   kNever       Like kInterval, but the store never syncs the log on its own:
 //                the OS writes it back when it chooses (on Linux, usually
 //                within 30 s). Sync() and a clean close (the destructor) still
