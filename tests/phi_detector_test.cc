@@ -52,6 +52,7 @@ TEST(PhiDetector, AnswersTheFixedBoundUntilMinSamples) {
 
 TEST(PhiDetector, RegularHeartbeatsGiveMeanPlusZTimesTheStdDevFloor) {
   PhiDetectorOptions o;
+  o.model_loss = false;  // the textbook model
   o.threshold = 8;
   o.min_std_dev_ms = 100;
   PhiAccrualDetector d(o);
@@ -69,7 +70,10 @@ TEST(PhiDetector, RegularHeartbeatsGiveMeanPlusZTimesTheStdDevFloor) {
 }
 
 TEST(PhiDetector, LearnsJitterAndAnswersLaterForAJitteryDevice) {
-  PhiAccrualDetector d;
+  PhiDetectorOptions o;
+  o.model_loss = false;
+  o.threshold = 8;
+  PhiAccrualDetector d(o);
   // Alternating 700 / 1300 ms: mean 1000, sd 300.
   d.Observe(1, 0);
   d.Observe(2, 0);
@@ -86,6 +90,59 @@ TEST(PhiDetector, LearnsJitterAndAnswersLaterForAJitteryDevice) {
   const int64_t steady = d.OfflineAfterMs(2, t2, 10000);
   EXPECT_NEAR(jittery, 1000 + 5.612 * 300, 70);
   EXPECT_LT(steady, jittery);
+}
+
+// The textbook model takes one lost heartbeat (a 2 s gap) for a many-sigma
+// event; the loss model expects it, and answers later for a lossy device.
+TEST(PhiDetector, LossModelExpectsLostHeartbeats) {
+  PhiDetectorOptions textbook;
+  textbook.model_loss = false;
+  PhiAccrualDetector classic(textbook), lossy_aware;
+  int64_t t = 0;
+  classic.Observe(1, t);
+  lossy_aware.Observe(1, t);
+  lossy_aware.Observe(2, t);
+  uint64_t lcg = 12345;
+  for (int i = 1; i <= 400; ++i) {
+    t += 1000;
+    classic.Observe(1, t);
+    lossy_aware.Observe(1, t);
+    lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+    if ((lcg >> 33) % 10 != 0) lossy_aware.Observe(2, t);  // device 2 loses 10%, at random
+  }
+  EXPECT_GT(classic.Phi(1, t, t + 2000), 15.0);
+  EXPECT_LT(lossy_aware.Phi(1, t, t + 2000), 4.0);
+  const auto clean = lossy_aware.Stats(1), lossy = lossy_aware.Stats(2);
+  EXPECT_NEAR(clean.mean_ms, 1000, 1e-3);
+  EXPECT_NEAR(lossy.mean_ms, 1000, 1e-3);  // a 2 s interval is a loss, not a long interval
+  EXPECT_LT(clean.loss, 0.005);
+  EXPECT_NEAR(lossy.loss, 0.1, 0.04);
+  EXPECT_GT(lossy.timeout_ms, clean.timeout_ms + 1000);
+  // The timeout is where phi reaches the threshold.
+  EXPECT_NEAR(lossy_aware.Phi(1, t, t + int64_t(clean.timeout_ms)), 6.0, 0.3);
+  EXPECT_NEAR(lossy_aware.Phi(2, t, t + int64_t(lossy.timeout_ms)), 6.0, 0.3);
+  EXPECT_EQ(lossy_aware.OfflineAfterMs(1, t, 10000), int64_t(std::ceil(clean.timeout_ms)));
+  EXPECT_EQ(lossy_aware.OfflineAfterMs(2, t, 4000), 4000);  // its bursts need more than 4 s
+}
+
+// Loss in bursts shows as long runs: a device that loses three heartbeats in
+// a row now and then gets a longer timeout than one that loses as many
+// heartbeats one at a time.
+TEST(PhiDetector, BurstsNeedLongerTimeoutsThanSingleLosses) {
+  PhiDetectorOptions o;
+  o.threshold = 4;
+  PhiAccrualDetector d(o);
+  int64_t t1 = 0, t2 = 0;
+  d.Observe(1, 0);
+  d.Observe(2, 0);
+  for (int i = 1; i <= 150; ++i) {
+    t1 += i % 30 == 0 ? 4000 : 1000;                 // 3 lost in a row every 30
+    t2 += i % 10 == 0 ? 2000 : 1000;                 // 1 lost every 10
+    d.Observe(1, t1);
+    d.Observe(2, t2);
+  }
+  EXPECT_NEAR(d.Stats(1).loss, d.Stats(2).loss, 0.03);
+  EXPECT_GT(d.Stats(1).timeout_ms, d.Stats(2).timeout_ms + 1500);
 }
 
 TEST(PhiDetector, NeverAnswersPastTheFixedBound) {
@@ -170,7 +227,10 @@ TEST(PhiDetector, ManyThreadsAtOnce) {
 // floor (2 s) rather than at the fixed 4 s; a device of a platform the
 // detector does not cover keeps the fixed 4 s.
 TEST(PhiDetectorInEngine, DetectsSoonerButNotBeforeTheFloor) {
-  PhiAccrualDetector detector;
+  PhiDetectorOptions po;
+  po.model_loss = false;
+  po.threshold = 8;
+  PhiAccrualDetector detector(po);
   Options o;
   o.detector = &detector;
   o.detector_platforms = 1u << static_cast<int>(Platform::kMobile);
@@ -209,7 +269,8 @@ TEST(PhiDetectorInEngine, DetectsSoonerButNotBeforeTheFloor) {
 // fixed bound is offline at the fixed bound.
 TEST(PhiDetectorInEngine, BoundedAboveByOfflineAfter) {
   PhiDetectorOptions po;
-  po.min_std_dev_ms = 2000;  // would answer 1000 + 5.6 * 2000
+  po.model_loss = false;
+  po.min_std_dev_ms = 2000;  // would answer 1000 + 4.75 * 2000
   PhiAccrualDetector detector(po);
   Options o;
   o.detector = &detector;

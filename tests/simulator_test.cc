@@ -85,16 +85,36 @@ TEST(Simulator, AHandOverLongerThanTheTimeoutIsAFalseOffline) {
   EXPECT_EQ(m.engine_false_offlines, 1u);
 }
 
+// DESIGN.md rule 7: at most one published change per user per min_dwell (1 s).
+// A user who comes back 0.3 s after its offline was published is shown online
+// when the dwell ends, not at the next flush: the online latency's tail.
+TEST(Simulator, AReturnWithinTheDwellWaitsForIt) {
+  SimConfig c = Scripted(1, 10);
+  c.scripted_devices_per_user = 2;
+  Simulator sim(c);
+  sim.ScriptConnect(0, 1000);
+  sim.ScriptEnd(0, 5000, EndKind::kClean);  // on a flush: offline published at 5 s
+  sim.ScriptConnect(1, 5300);               // the user's other device
+  sim.Run();
+  const std::vector<LoggedChange> want = {
+      {1000, 0, State::kOnline, Cause::kSignal},
+      {5000, 0, State::kOffline, Cause::kDisconnect},
+      {6000, 0, State::kOnline, Cause::kSignal},  // 5 s + 1 s of dwell, not 5.4 s
+  };
+  EXPECT_EQ(sim.log(), want);
+  EXPECT_EQ(sim.metrics().online_latency_ms, (std::vector<int64_t>{0, 700}));
+}
+
 SimConfig Random(uint64_t seed, bool adaptive) {
   SimConfig c;
-  c.workload.users = 150;
+  c.workload.users = 100;
   c.workload.session_mean_s = 120;
   c.workload.off_mean_s = 30;
   c.workload.reloads_per_hour = 20;
   c.workload.handovers_per_hour = 20;
   c.links = {LinkClass{0.7, Link{Jitter::Gaussian(200), Loss::Independent(0.05)}, "a"},
              LinkClass{0.3, Link{Jitter::Pareto(100, 1.5), Loss::GilbertElliott(0.1, 4)}, "b"}};
-  c.duration_s = 600;
+  c.duration_s = 400;
   c.warmup_s = 60;
   c.seed = seed;
   c.adaptive = adaptive;

@@ -227,8 +227,10 @@ Simulator::Simulator(const SimConfig& config)
   if (config_.adaptive) {
     detector_ = std::make_unique<PhiAccrualDetector>(config_.phi);
     o.detector = detector_.get();
-    o.detector_platforms = 0;
-    for (int p = 1; p <= kPlatformCount; ++p) o.detector_platforms |= 1u << p;
+    o.detector_platforms = config_.adaptive_platforms;
+    if (o.detector_platforms == 0) {
+      for (int p = 1; p <= kPlatformCount; ++p) o.detector_platforms |= 1u << p;
+    }
   }
   engine_ = Engine::Create(o).value();
 
@@ -252,7 +254,13 @@ Simulator::Simulator(const SimConfig& config)
       Impl::Device d;
       d.user = static_cast<uint32_t>(u);
       d.id = absl::StrCat("d", k);
-      d.platform = kPlatforms[k % 3];
+      d.platform = Platform::kWeb;
+      if (config_.random_workload) {
+        const double y = m.rng.Uniform();
+        d.platform = y < w.platform_share[0]                          ? kPlatforms[0]
+                     : y < w.platform_share[0] + w.platform_share[1] ? kPlatforms[1]
+                                                                     : kPlatforms[2];
+      }
       double x = m.rng.Uniform() * link_total;
       for (size_t c = 0; c < config_.links.size(); ++c) {
         d.link = static_cast<uint8_t>(c);
@@ -362,7 +370,7 @@ void Simulator::Run() {
         m.Push(t + static_cast<int64_t>(m.rng.Exp(3600.0 / w.reloads_per_hour) * 1000), Ev::kReload,
                di, d.life, m.rng.Between(w.reload_gap_min_ms, w.reload_gap_max_ms));
       }
-      if (w.handovers_per_hour > 0) {
+      if (w.handovers_per_hour > 0 && d.platform == Platform::kMobile) {
         m.Push(t + static_cast<int64_t>(m.rng.Exp(3600.0 / w.handovers_per_hour) * 1000),
                Ev::kHandover, di, d.life,
                m.rng.Between(w.handover_gap_min_ms, w.handover_gap_max_ms));

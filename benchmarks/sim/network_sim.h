@@ -110,6 +110,8 @@ struct Workload {
   int users = 1000;
   // Devices per user: share of users with 1, 2 and 3 devices.
   double devices_share[3] = {0.6, 0.3, 0.1};
+  // Platform of each device: share of web, desktop and mobile.
+  double platform_share[3] = {0.4, 0.2, 0.4};
   int64_t heartbeat_ms = 1000;
   // Session (connected) lengths: exponential with this mean.
   double session_mean_s = 600;
@@ -118,9 +120,10 @@ struct Workload {
   double off_mean_s = 120;
   // How sessions end (normalised).
   double end_share[kEndKinds] = {0.4, 0.3, 0.3};
-  // Within a session, per device and hour connected.
+  // Within a session, per device and hour connected. Page reloads happen on
+  // every platform, network hand-overs on mobile devices only.
   double reloads_per_hour = 2;
-  double handovers_per_hour = 2;
+  double handovers_per_hour = 4;
   int64_t reload_gap_min_ms = 200, reload_gap_max_ms = 1000;
   int64_t handover_gap_min_ms = 300, handover_gap_max_ms = 3000;
 };
@@ -133,15 +136,17 @@ struct SimConfig {
   // simulator.
   Options engine;
   // Adaptive detection: a PhiAccrualDetector with these options decides for
-  // every device (all platforms).
+  // the devices whose platform bit (1 << platform) is in adaptive_platforms
+  // (0: all platforms).
   bool adaptive = false;
   PhiDetectorOptions phi;
+  uint32_t adaptive_platforms = 0;
   int64_t tick_ms = 100;
   double duration_s = 3600;
   double warmup_s = 120;
   uint64_t seed = 1;
   // false: scripted mode (see Simulator::Script*). Users then all have
-  // `scripted_devices_per_user` devices, all initially disconnected.
+  // `scripted_devices_per_user` devices, all web, all initially disconnected.
   bool random_workload = true;
   int scripted_devices_per_user = 1;
   // Keep every published change in Simulator::log().

@@ -4,21 +4,31 @@
 // after Hayashibara, Defago, Yared and Katayama, "The phi accrual failure
 // detector" (SRDS 2004): DESIGN.md rule 6.
 //
-// For each device it keeps an exponentially weighted mean and variance of the
-// heartbeat inter-arrival times (24 bytes of statistics per device, no window
-// of samples). After a silence of t ms, the suspicion level is
+// For each device it keeps exponentially weighted statistics of the
+// heartbeat inter-arrival times (48 bytes per device, no window of samples):
+// the mean and variance of a single interval, and a histogram of loss runs
+// (an interval that spans k + 1 expected heartbeats lost k in a row; runs of
+// 0..4 and 5 or more are counted, longer ones extrapolated geometrically).
+// Its model of the silence before the next heartbeat is the classic normal
+// one, widened by those runs: the next heartbeat to arrive is the (k+1)-th
+// one due with probability P(run = k), so
 //
-//   phi(t) = -log10(P(next interval > t)),  intervals ~ Normal(mean, sd)
+//   P(silence > t) = sum_k P(run = k) Q((t - (k+1) mean) / sd)
+//   phi(t)         = -log10 P(silence > t)
 //
-// and the device is declared DEAD when phi reaches `threshold`, that is after
-//
-//   mean + z * max(sd, min_std_dev_ms) + acceptable_pause_ms,
-//   z = the standard normal quantile of 1 - 10^-threshold
-//
-// (phi 1 -> z 1.28, phi 3 -> z 3.09, phi 8 -> z 5.61, phi 12 -> z 7.03).
-// That is the answer to OfflineAfterMs. The engine then clamps it to
-// [Options::detector_floor_ms, the source's offline_after_ms], so the detector
-// can only detect sooner than the fixed bound, and never sooner than the floor.
+// (Q: the standard normal upper tail). Bursty loss shows as long runs, so a
+// device on a bursty link is given the longer timeout its bursts need, and one
+// on a clean link a shorter one. The device is declared DEAD when phi reaches
+// `threshold`: after the t where P(silence > t) = 10^-threshold. With
+// model_loss = false that is the textbook mean + z * sd, z the normal
+// quantile of 1 - 10^-threshold (phi 1 -> z 1.28, phi 3 -> 3.09, phi 8 ->
+// 5.61). Read 10^-threshold as the chance, per heartbeat interval, of a false
+// suspicion: about 3600 * 10^-threshold false offlines per device-hour at one
+// heartbeat a second, as far as the model holds.
+// The answer is computed when a signal is observed, so OfflineAfterMs is a
+// lookup. The engine then clamps it to [Options::detector_floor_ms, the
+// source's offline_after_ms], so the detector can only detect sooner than the
+// fixed bound, and never sooner than the floor.
 //
 // What it answers before it knows enough: until a device has contributed
 // `min_samples` inter-arrival times, OfflineAfterMs answers the fixed bound it
@@ -35,7 +45,7 @@
 //
 // Example:
 //
-//   presence::PhiAccrualDetector detector;          // phi 8, 5 samples
+//   presence::PhiAccrualDetector detector;          // phi 6, 5 samples
 //   presence::Options opts;
 //   opts.detector = &detector;
 //   opts.detector_platforms = 1u << static_cast<int>(presence::Platform::kMobile);
@@ -65,7 +75,7 @@ struct PhiDetectorOptions {
   // The suspicion level at which a device is declared DEAD. Higher: fewer
   // false offlines, later detection. Must be > 0; values above 15 are treated
   // as 15.
-  double threshold = 8.0;
+  double threshold = 6.0;
   // Inter-arrival times a device must contribute before the detector answers
   // anything but the fixed bound. At least 1.
   int min_samples = 5;
@@ -76,6 +86,17 @@ struct PhiDetectorOptions {
   // Floor on the standard deviation, so that a perfectly regular device does
   // not get a timeout barely above its interval.
   int64_t min_std_dev_ms = 100;
+  // Model heartbeat loss (see above). false: the textbook normal model, which
+  // takes a gap of two intervals for a many-sigma event.
+  bool model_loss = true;
+  // Weight of the newest interval in the decayed histogram of loss runs:
+  // 0.01 remembers about the last 100 intervals, so a device that moves to a
+  // worse network is trusted less within a minute or two.
+  double loss_alpha = 0.01;
+  // Prior: independent loss with this share, worth `prior_weight` intervals,
+  // so that a device that has lost nothing yet is not taken to be lossless.
+  double prior_loss = 0.01;
+  double prior_weight = 20;
   // Added to every answer: a pause that is never suspicious (Akka's
   // acceptable-heartbeat-pause).
   int64_t acceptable_pause_ms = 0;
@@ -108,8 +129,10 @@ class PRESENCE_EXPORT PhiAccrualDetector final : public OfflineDetector {
   struct DeviceStats {
     bool known = false;
     uint32_t samples = 0;  // intervals learned
-    double mean_ms = 0;
-    double std_dev_ms = 0;  // before the min_std_dev_ms floor
+    double mean_ms = 0;     // of a single interval
+    double std_dev_ms = 0;  // of a single interval, before the min_std_dev_ms floor
+    double loss = 0;        // estimated share of heartbeats lost (prior included)
+    double timeout_ms = 0;  // the silence at which phi reaches the threshold
   };
   DeviceStats Stats(uint64_t device_key) const;
 
@@ -123,6 +146,7 @@ class PRESENCE_EXPORT PhiAccrualDetector final : public OfflineDetector {
  private:
   struct Impl;
   const PhiDetectorOptions options_;
+  const double target_;  // 10^-threshold
   const double z_;
   std::unique_ptr<Impl> impl_;
 };

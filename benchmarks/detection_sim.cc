@@ -1,0 +1,222 @@
+// detection_sim: detection quality under jitter and loss, fixed thresholds
+// against the phi-accrual detector (issue 7). Runs the scenarios of
+// benchmarks/RESULTS.md ("Detection quality") on the simulator in
+// benchmarks/sim/, prints a Markdown table, and with --sweep writes the data
+// of the T_D / false-offline plot (benchmarks/detection.sh draws it).
+//
+//   detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] [--table FILE]
+//                 [--quick] [--only NAME]
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "sim/network_sim.h"
+
+namespace presence::sim {
+namespace {
+
+struct Flags {
+  int users = 2000;
+  double hours = 2;
+  uint64_t seed = 7;
+  std::string sweep_dir;
+  std::string table_file;
+  std::string only;
+  bool quick = false;
+};
+
+struct Population {
+  std::string name;
+  std::string description;
+  std::vector<LinkClass> links;
+};
+
+std::vector<Population> Populations() {
+  return {
+      {"ideal", "no loss, no jitter", {LinkClass{1, Link{Jitter::None(), Loss::None()}, ""}}},
+      {"gauss200-2%", "Gaussian jitter sd 200 ms, 2% independent loss",
+       {LinkClass{1, Link{Jitter::Gaussian(200), Loss::Independent(0.02)}, ""}}},
+      {"pareto-2%", "Pareto jitter (x_m 100 ms, alpha 2.5), 2% independent loss",
+       {LinkClass{1, Link{Jitter::Pareto(100, 2.5), Loss::Independent(0.02)}, ""}}},
+      {"lognormal-2%", "lognormal jitter (median 100 ms, sigma 1), 2% independent loss",
+       {LinkClass{1, Link{Jitter::LogNormal(100, 1.0), Loss::Independent(0.02)}, ""}}},
+      {"bursty-2%", "Gaussian sd 100 ms, Gilbert-Elliott loss 2% in bursts of 2 (80% lost in a burst)",
+       {LinkClass{1, Link{Jitter::Gaussian(100), Loss::GilbertElliott(0.02, 2, 0.8)}, ""}}},
+      {"regimes-2%",
+       "Gaussian sd 100 ms; Gilbert-Elliott with long regimes: bad periods of 60 heartbeats on "
+       "average losing 30%, good ones losing nothing; 2% on average",
+       {LinkClass{1, Link{Jitter::Gaussian(100), Loss::GilbertElliott(0.02, 60, 0.3)}, ""}}},
+      {"mixed",
+       "70% good links (Gaussian sd 50 ms, 0.2% loss), 30% bad (Pareto 100 ms/2.5, GE 5% in bursts of 2)",
+       {LinkClass{0.7, Link{Jitter::Gaussian(50), Loss::Independent(0.002)}, "good"},
+        LinkClass{0.3, Link{Jitter::Pareto(100, 2.5), Loss::GilbertElliott(0.05, 2, 0.8)}, "bad"}}},
+  };
+}
+
+// Adaptive detection for web and desktop devices; mobile ones (which hand
+// over between networks) keep the fixed bound.
+constexpr uint32_t kNotMobile =
+    (1u << static_cast<int>(Platform::kWeb)) | (1u << static_cast<int>(Platform::kDesktop));
+
+SimConfig Base(const Flags& f, const Population& p) {
+  SimConfig c;
+  c.name = p.name;
+  c.links = p.links;
+  c.workload.users = f.users;
+  c.duration_s = f.hours * 3600 + 120;
+  c.warmup_s = 120;
+  c.seed = f.seed;
+  return c;
+}
+
+std::string Ms(int64_t v) { return absl::StrFormat("%.2f", v / 1000.0); }
+
+std::string Row(const std::string& scenario, const std::string& detector, const Metrics& m) {
+  const Summary silent = m.Detection(EndKind::kSilent);
+  const Summary all = m.DetectionAll();
+  const Summary on = m.OnlineLatency();
+  const Summary mis = m.Mistakes();
+  return absl::StrFormat(
+      "| %s | %s | %s / %s / %s | %s / %s | %d / %d / %d | %.4f | %.2f | %llu | %s | %.4f | %.1f%% |",
+      scenario, detector, Ms(silent.p50), Ms(silent.p99), Ms(silent.max), Ms(all.p99),
+      Ms(all.max), on.p50, on.p99, on.max, m.FalseOfflinesPerDeviceHour(),
+      1e4 * m.FalseOfflinesPerTransition(), (unsigned long long)m.false_offlines,
+      mis.n ? Ms(mis.p50) : std::string("-"), m.FlapsPerUserHour(),
+      m.heartbeats_sent ? 100.0 * double(m.heartbeats_lost) / double(m.heartbeats_sent) : 0.0);
+}
+
+const char* kHeader =
+    "| scenario | detector | T_D silent p50 / p99 / max (s) | T_D all p99 / max (s) | online p50 / "
+    "p99 / max (ms) | false offl. / device-h | per 10^4 transitions | false offl. | mistake p50 (s) | "
+    "flaps / user-h | hb lost |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
+
+int Main(int argc, char** argv) {
+  Flags f;
+  for (int i = 1; i < argc; ++i) {
+    auto arg = [&](const char* name) -> const char* {
+      if (std::strcmp(argv[i], name) == 0 && i + 1 < argc) return argv[++i];
+      return nullptr;
+    };
+    if (const char* v = arg("--users")) {
+      f.users = std::atoi(v);
+    } else if (const char* v = arg("--hours")) {
+      f.hours = std::atof(v);
+    } else if (const char* v = arg("--seed")) {
+      f.seed = std::strtoull(v, nullptr, 10);
+    } else if (const char* v = arg("--sweep")) {
+      f.sweep_dir = v;
+    } else if (const char* v = arg("--table")) {
+      f.table_file = v;
+    } else if (const char* v = arg("--only")) {
+      f.only = v;
+    } else if (std::strcmp(argv[i], "--quick") == 0) {
+      f.quick = true;
+      f.users = 200;
+      f.hours = 0.25;
+    } else {
+      std::fprintf(stderr,
+                   "usage: detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] "
+                   "[--table FILE] [--only SCENARIO] [--quick]\n");
+      return 2;
+    }
+  }
+  const PhiDetectorOptions phi_default;
+  std::string table = std::string(kHeader) + "\n";
+  std::printf("%s\n", kHeader);
+  std::fflush(stdout);
+  double cpu = 0, device_hours = 0;
+  for (const Population& p : Populations()) {
+    if (!f.only.empty() && f.only != p.name) continue;
+    SimConfig fixed = Base(f, p);
+    SimConfig adaptive = fixed;
+    adaptive.adaptive = true;
+    SimConfig fixed_mobile = adaptive;
+    fixed_mobile.adaptive_platforms = kNotMobile;
+    const Metrics mf = RunScenario(fixed);
+    const Metrics ma = RunScenario(adaptive);
+    const Metrics mm = RunScenario(fixed_mobile);
+    cpu += mf.cpu_seconds + ma.cpu_seconds + mm.cpu_seconds;
+    device_hours += mf.device_hours + ma.device_hours + mm.device_hours;
+    std::vector<std::string> rows = {
+          Row(p.name, "fixed 4 s", mf),
+          Row(p.name, absl::StrFormat("phi %.3g, all", phi_default.threshold), ma),
+          Row(p.name, absl::StrFormat("phi %.3g, web+desktop", phi_default.threshold), mm)};
+    if (p.name == "gauss200-2%") {
+      // The same link with heartbeats twice as often: what the 1-in-10^4 target takes.
+      SimConfig half = Base(f, p);
+      half.workload.heartbeat_ms = 500;
+      half.engine.app.interval_ms = 500;
+      half.engine.manual.interval_ms = 500;
+      const Metrics mh = RunScenario(half);
+      cpu += mh.cpu_seconds;
+      device_hours += mh.device_hours;
+      rows.push_back(Row(p.name, "fixed 4 s, h = 0.5 s", mh));
+    }
+    for (const std::string& row : rows) {
+      std::printf("%s\n", row.c_str());
+      table += row + "\n";
+    }
+    std::fflush(stdout);
+  }
+  std::fprintf(stderr, "scenarios: %.0f device-hours simulated in %.1f CPU s\n", device_hours, cpu);
+  if (!f.table_file.empty()) {
+    FILE* out = std::fopen(f.table_file.c_str(), "w");
+    if (out == nullptr) return 1;
+    std::fputs(table.c_str(), out);
+    std::fclose(out);
+  }
+  if (f.sweep_dir.empty()) return 0;
+
+  // The sweep: for the bursty and the mixed populations, fixed thresholds
+  // against the detector at several phi (bounded by the default 4 s).
+  for (const Population& p : Populations()) {
+    if (p.name != "bursty-2%" && p.name != "regimes-2%" && p.name != "mixed") continue;
+    if (!f.only.empty() && f.only != p.name) continue;
+    const std::string path = f.sweep_dir + "/sweep-" + p.name + ".dat";
+    FILE* out = std::fopen(path.c_str(), "w");
+    if (out == nullptr) return 1;
+    std::fprintf(out,
+                 "# %s: %s\n# detector param td_mean_ms td_p50_ms td_p99_ms false_per_dev_h "
+                 "false_per_1e4_trans false_offlines device_hours\n",
+                 p.name.c_str(), p.description.c_str());
+    auto emit = [&](const char* kind, double param, const Metrics& m) {
+      const Summary s = m.Detection(EndKind::kSilent);
+      std::fprintf(out, "%s %g %.1f %lld %lld %.6f %.4f %llu %.1f\n", kind, param, s.mean,
+                   (long long)s.p50, (long long)s.p99, m.FalseOfflinesPerDeviceHour(),
+                   1e4 * m.FalseOfflinesPerTransition(), (unsigned long long)m.false_offlines,
+                   m.device_hours);
+      std::fflush(out);
+      std::fprintf(stderr, "  %s %s %g: T_D mean %.0f p99 %lld ms, %.4f false/device-h (%llu)\n",
+                   p.name.c_str(), kind, param, s.mean, (long long)s.p99,
+                   m.FalseOfflinesPerDeviceHour(), (unsigned long long)m.false_offlines);
+    };
+    for (int64_t after : {2000, 2500, 3000, 3500, 4000, 4500, 5000}) {
+      SimConfig c = Base(f, p);
+      c.engine.app.offline_after_ms = after;
+      c.engine.manual.offline_after_ms = after;
+      emit("fixed", double(after), RunScenario(c));
+    }
+    std::fprintf(out, "\n\n");
+    for (uint32_t platforms : {0u, kNotMobile}) {
+      for (double phi : {2.0, 3.0, 4.0, 5.0, 6.0, 8.0}) {
+        SimConfig c = Base(f, p);
+        c.adaptive = true;
+        c.adaptive_platforms = platforms;
+        c.phi.threshold = phi;
+        emit(platforms == 0 ? "phi-all" : "phi-web+desktop", phi, RunScenario(c));
+      }
+      std::fprintf(out, "\n\n");
+    }
+    std::fclose(out);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace presence::sim
+
+int main(int argc, char** argv) { return presence::sim::Main(argc, argv); }
