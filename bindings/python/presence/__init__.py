@@ -1,0 +1,60 @@
+"""presence: Python bindings for libpresence (include/presence/c.h) over ctypes.
+
+    import presence
+    clock = presence.ManualClock(1_000_000)
+    with presence.Engine(clock, min_dwell_ms=0) as engine:
+        h = engine.connect("alice", "laptop", 1, platform=presence.Platform.WEB)
+        engine.tick()
+        print(engine.get_one("alice").state)          # State.ONLINE
+
+The shared library is found on first use: $PRESENCE_LIBRARY, then next to
+this package, then the build/ folder of a source checkout, then the system
+paths (see load_library()).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from . import _lib
+from ._lib import LibraryNotFoundError
+from .engine import (BatchResult, Engine, ManualClock, Override, Signal, SignalBatch,
+                     UserPresence)
+from .enums import Activity, Cause, DisconnectKind, OverrideState, Platform, Source, State
+from .errors import (DecodeError, FailedPrecondition, Internal, InvalidArgument, NotFound,
+                     PresenceError, ResourceExhausted, StaleSignal, StatusCode)
+from .fanout import Fanout, Sink
+from .wire import (DeviceSummary, DiffBatch, TopicCounts, TopicSection, UserState,
+                   decode_diff_batch, decode_topic_section, decode_user_state)
+
+__version__ = "0.1.0"
+
+#: A decoded batch, as push sinks receive it.
+Batch = DiffBatch
+
+MAX_USER_ID_BYTES = 128
+MAX_DEVICE_ID_BYTES = 128
+MAX_GATEWAY_BYTES = 128
+MAX_TOPIC_BYTES = 128
+
+
+def load_library(path: Optional[str] = None) -> str:
+    """Loads libpresence now (it is otherwise loaded on first use) and returns
+    the path it was loaded from. Raises LibraryNotFoundError, saying where it
+    looked."""
+    return _lib.load(path).path
+
+
+def library_version() -> str:
+    """The version of the loaded library ("0.1.0")."""
+    return _lib.load().version_string
+
+
+__all__ = [
+    "Activity", "Batch", "BatchResult", "Cause", "DecodeError", "DeviceSummary", "DiffBatch",
+    "DisconnectKind", "Engine", "FailedPrecondition", "Fanout", "Internal", "InvalidArgument",
+    "LibraryNotFoundError", "ManualClock", "NotFound", "Override", "OverrideState", "Platform",
+    "PresenceError", "ResourceExhausted", "Signal", "SignalBatch", "Sink", "Source",
+    "StaleSignal", "State", "StatusCode", "TopicCounts", "TopicSection", "UserPresence",
+    "UserState", "decode_diff_batch", "decode_topic_section", "decode_user_state",
+    "library_version", "load_library",
+]

@@ -1,0 +1,91 @@
+"""Enumerations with the numbers of presence/c.h and presence.v1
+(proto/presence/v1/presence.proto). 0 is UNSPECIFIED on the wire and never a
+valid argument: the library answers InvalidArgument for it, as for any value
+outside an enumeration."""
+from __future__ import annotations
+
+import enum
+from typing import Type, TypeVar, Union
+
+
+class State(enum.IntEnum):
+    """What others see of a user."""
+
+    UNSPECIFIED = 0
+    OFFLINE = 1
+    AWAY = 2
+    ONLINE = 3
+    DND = 4
+
+
+class Source(enum.IntEnum):
+    """Where a signal came from; precedence by value (MANUAL > APP > INFERRED)."""
+
+    UNSPECIFIED = 0
+    INFERRED = 1
+    APP = 2
+    MANUAL = 3
+
+
+class Activity(enum.IntEnum):
+    """What a signal says about the person behind the device."""
+
+    UNSPECIFIED = 0
+    ACTIVE = 1
+    IDLE = 2
+
+
+class Platform(enum.IntEnum):
+    """The kind of device, counted in device summaries."""
+
+    UNSPECIFIED = 0
+    WEB = 1
+    DESKTOP = 2
+    MOBILE = 3
+    CONSOLE = 4
+    OTHER = 5
+
+
+class OverrideState(enum.IntEnum):
+    """A manual state that a user sets; INVISIBLE shows as OFFLINE to everyone
+    but the user."""
+
+    UNSPECIFIED = 0
+    ONLINE = 1
+    AWAY = 2
+    DND = 3
+    INVISIBLE = 4
+
+
+class DisconnectKind(enum.IntEnum):
+    """CLEAN (logout): dead at once. ABRUPT (socket dropped): live for
+    reconnect_grace_ms, so that a quick reconnect shows nothing."""
+
+    UNSPECIFIED = 0
+    CLEAN = 1
+    ABRUPT = 2
+
+
+class Cause(enum.IntEnum):
+    """Why a published change happened."""
+
+    UNSPECIFIED = 0
+    SIGNAL = 1
+    TIMEOUT = 2
+    DISCONNECT = 3
+    OVERRIDE = 4
+    OVERRIDE_EXPIRY = 5
+    MERGE = 6
+
+
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+def enum_or_int(cls: Type[E], value: int) -> Union[E, int]:
+    """value as a member of cls, or the plain int when cls has no such member
+    (proto3 enums are open: a newer peer may send a number this binding does
+    not know)."""
+    try:
+        return cls(value)
+    except ValueError:
+        return value
