@@ -15,6 +15,8 @@ packages=(
   libabsl-dev libprotobuf-dev protobuf-compiler libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang lld libclang-rt-14-dev
+  # the Go binding (bindings/go, issue 4): cgo with the standard library only
+  golang-go
 )
 
 for group in "$@"; do

@@ -1,0 +1,3 @@
+module presence.dev/presence
+
+go 1.19

@@ -1,0 +1,276 @@
+// Package presence is the Go binding of presence, an embeddable presence
+// engine, over its C ABI (include/presence/c.h, libpresence.so).
+//
+// One file per C concept: clock.go (presence_clock_t), engine.go
+// (presence_engine_t and its options), signal.go (keyed signals, single and
+// batch), handle.go (device handles: the heartbeat fast path), override.go,
+// get.go (queries), fanout.go (presence_fanout_t, subscribers, topics, poll),
+// sink.go (push sinks), decode.go (presence.v1.DiffBatch), errors.go (status
+// codes).
+//
+// # Lifespan
+//
+// Every handle type (ManualClock, Engine, Fanout) has an explicit Close that
+// is idempotent; a finalizer calls it too, but only as a safety net: close
+// what you open. Handles keep what they depend on alive on the C side (an
+// engine its clock, a fan-out its engine), so they may be closed in any order.
+// A call on a closed handle answers an *Error with Code FailedPrecondition
+// that also matches ErrClosed. Close must not race with other calls on the
+// same handle (it is the C _destroy, which must be the last call).
+//
+// # Threads
+//
+// Every method of Engine and Fanout may be called from any goroutine at once
+// (except Close). Push sinks run on the goroutine that calls Engine.Tick (or
+// Fanout.Resume).
+//
+// # Building
+//
+// The package links libpresence.so with cgo. By default (the #cgo lines
+// below) it looks for the headers in ../../include and ../../build/include,
+// and for the library in ../../build (the folder that scripts/test.sh
+// builds), with that folder as the rpath. To use another build folder, or an
+// installed presence, set the usual cgo variables, which the go command puts
+// before the #cgo flags:
+//
+//	CGO_CFLAGS="-I$SRC/include -I$BUILD/include" \
+//	CGO_LDFLAGS="-L$BUILD -Wl,-rpath,$BUILD" go test ./...
+//
+// (or CGO_CFLAGS=$(pkg-config --cflags presence) and CGO_LDFLAGS=$(pkg-config
+// --libs presence) for an installed one). The ctest entry go_binding_test
+// (tests/CMakeLists.txt) does exactly this for the build folder it belongs to.
+//
+// # Conventions
+//
+// Ids are Go strings holding opaque bytes (1 to 128 bytes). Times are int64
+// milliseconds on the engine's clock. Enumerations carry the numbers of
+// presence.v1; in a Signal, a zero Platform, Source or Activity means the
+// default of PRESENCE_SIGNAL_INIT (OTHER, APP, ACTIVE), while a zero enum
+// passed as an argument elsewhere is invalid, as in C.
+package presence
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../include -I${SRCDIR}/../../build/include
+#cgo LDFLAGS: -L${SRCDIR}/../../build -Wl,-rpath,${SRCDIR}/../../build -lpresence
+#include <stdlib.h>
+#include "presence/c.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"runtime"
+	"unsafe"
+)
+
+// HeaderVersion is the version of the C headers this package was built with
+// (PRESENCE_VERSION_STRING).
+const HeaderVersion = C.PRESENCE_VERSION_STRING
+
+// HeaderVersionNumber is PRESENCE_VERSION_NUMBER: major*10000 + minor*100 + patch.
+const HeaderVersionNumber = C.PRESENCE_VERSION_NUMBER
+
+// Version is the version of the linked libpresence.so ("0.1.0").
+func Version() string { return C.GoString(C.presence_version_string()) }
+
+// VersionNumber is the linked library's version as major*10000 + minor*100 + patch.
+func VersionNumber() int { return int(C.presence_version_number()) }
+
+// The majors of the header and the library must agree (c.h convention 10):
+// otherwise the layouts this package was compiled against may not be the
+// library's.
+func init() {
+	if lib := VersionNumber(); lib/10000 != HeaderVersionNumber/10000 {
+		panic(fmt.Sprintf("presence: libpresence.so is version %s but this package was built "+
+			"against headers %s: the major versions differ", Version(), HeaderVersion))
+	}
+}
+
+// Limits on ids, in bytes (the least is 1).
+const (
+	MaxUserIDBytes   = C.PRESENCE_MAX_USER_ID_BYTES
+	MaxDeviceIDBytes = C.PRESENCE_MAX_DEVICE_ID_BYTES
+	MaxGatewayBytes  = C.PRESENCE_MAX_GATEWAY_BYTES
+	MaxTopicBytes    = C.PRESENCE_MAX_TOPIC_BYTES
+)
+
+// State is what others see of a user (presence.v1.State).
+type State int32
+
+const (
+	StateOffline State = C.PRESENCE_STATE_OFFLINE
+	StateAway    State = C.PRESENCE_STATE_AWAY
+	StateOnline  State = C.PRESENCE_STATE_ONLINE
+	StateDND     State = C.PRESENCE_STATE_DND
+)
+
+func (s State) String() string {
+	switch s {
+	case StateOffline:
+		return "offline"
+	case StateAway:
+		return "away"
+	case StateOnline:
+		return "online"
+	case StateDND:
+		return "dnd"
+	}
+	return fmt.Sprintf("State(%d)", int32(s))
+}
+
+// Source is where a signal came from; precedence by value (MANUAL > APP > INFERRED).
+type Source int32
+
+const (
+	SourceInferred Source = C.PRESENCE_SOURCE_INFERRED // deduced by the server
+	SourceApp      Source = C.PRESENCE_SOURCE_APP      // the client app's heartbeat
+	SourceManual   Source = C.PRESENCE_SOURCE_MANUAL   // an explicit act of the user
+)
+
+func (s Source) String() string {
+	switch s {
+	case SourceInferred:
+		return "inferred"
+	case SourceApp:
+		return "app"
+	case SourceManual:
+		return "manual"
+	}
+	return fmt.Sprintf("Source(%d)", int32(s))
+}
+
+// Activity is what a signal says about the person behind the device.
+type Activity int32
+
+const (
+	ActivityActive Activity = C.PRESENCE_ACTIVITY_ACTIVE
+	ActivityIdle   Activity = C.PRESENCE_ACTIVITY_IDLE
+)
+
+func (a Activity) String() string {
+	switch a {
+	case ActivityActive:
+		return "active"
+	case ActivityIdle:
+		return "idle"
+	}
+	return fmt.Sprintf("Activity(%d)", int32(a))
+}
+
+// Platform is the kind of device, counted in device summaries.
+type Platform int32
+
+const (
+	PlatformWeb     Platform = C.PRESENCE_PLATFORM_WEB
+	PlatformDesktop Platform = C.PRESENCE_PLATFORM_DESKTOP
+	PlatformMobile  Platform = C.PRESENCE_PLATFORM_MOBILE
+	PlatformConsole Platform = C.PRESENCE_PLATFORM_CONSOLE
+	PlatformOther   Platform = C.PRESENCE_PLATFORM_OTHER
+)
+
+func (p Platform) String() string {
+	switch p {
+	case PlatformWeb:
+		return "web"
+	case PlatformDesktop:
+		return "desktop"
+	case PlatformMobile:
+		return "mobile"
+	case PlatformConsole:
+		return "console"
+	case PlatformOther:
+		return "other"
+	}
+	return fmt.Sprintf("Platform(%d)", int32(p))
+}
+
+// OverrideState is a manual state that a user sets; Invisible shows as
+// offline to everyone but the user.
+type OverrideState int32
+
+const (
+	OverrideOnline    OverrideState = C.PRESENCE_OVERRIDE_ONLINE
+	OverrideAway      OverrideState = C.PRESENCE_OVERRIDE_AWAY
+	OverrideDND       OverrideState = C.PRESENCE_OVERRIDE_DND
+	OverrideInvisible OverrideState = C.PRESENCE_OVERRIDE_INVISIBLE
+)
+
+func (o OverrideState) String() string {
+	switch o {
+	case OverrideOnline:
+		return "online"
+	case OverrideAway:
+		return "away"
+	case OverrideDND:
+		return "dnd"
+	case OverrideInvisible:
+		return "invisible"
+	}
+	return fmt.Sprintf("OverrideState(%d)", int32(o))
+}
+
+// DisconnectKind: Clean (logout) kills the device at once; Abrupt (socket
+// dropped) keeps it live for the reconnect grace.
+type DisconnectKind int32
+
+const (
+	DisconnectClean  DisconnectKind = C.PRESENCE_DISCONNECT_CLEAN
+	DisconnectAbrupt DisconnectKind = C.PRESENCE_DISCONNECT_ABRUPT
+)
+
+// DeviceSummary counts live devices per platform.
+type DeviceSummary struct {
+	Web, Desktop, Mobile, Console, Other uint32
+}
+
+// Total is the number of live devices, all platforms.
+func (d DeviceSummary) Total() uint32 { return d.Web + d.Desktop + d.Mobile + d.Console + d.Other }
+
+// cstr returns a pointer to s's bytes for a C call that reads them during
+// the call only (c.h convention 6: an id passed as an argument may point
+// into Go memory), or nil for an empty string.
+func cstr(s string) *C.char {
+	if len(s) == 0 {
+		return nil
+	}
+	return *(**C.char)(unsafe.Pointer(&s))
+}
+
+// cBytesList copies ids into one C allocation that holds the
+// presence_bytes_t array followed by the bytes (a presence_bytes_t array in
+// Go memory may not hold Go pointers, per the cgo rules, and Go 1.19 has no
+// runtime.Pinner). The caller frees it with C.free. It returns nil for an
+// empty list.
+func cBytesList(ids []string) *C.presence_bytes_t {
+	if len(ids) == 0 {
+		return nil
+	}
+	head := uintptr(len(ids)) * unsafe.Sizeof(C.presence_bytes_t{})
+	total := head
+	for _, id := range ids {
+		total += uintptr(len(id))
+	}
+	mem := C.malloc(C.size_t(total))
+	if mem == nil {
+		panic("presence: out of C memory")
+	}
+	list := unsafe.Slice((*C.presence_bytes_t)(mem), len(ids))
+	arena := unsafe.Slice((*byte)(mem), total)
+	at := head
+	for i, id := range ids {
+		n := uintptr(copy(arena[at:], id))
+		if n == 0 {
+			list[i].data = nil
+		} else {
+			list[i].data = (*C.char)(unsafe.Pointer(&arena[at]))
+		}
+		list[i].len = C.size_t(n)
+		at += n
+	}
+	return (*C.presence_bytes_t)(mem)
+}
+
+// keepAlive is runtime.KeepAlive, named for the reader: every method keeps
+// its receiver alive until its C call has returned, so that a finalizer
+// cannot destroy the C handle during the call.
+func keepAlive(x any) { runtime.KeepAlive(x) }

@@ -1,0 +1,14 @@
+// The C side of push sinks (see sink.go): the library calls these with the
+// cgo.Handle of a Go sink as the payload, and they call the exported Go
+// functions. The casts adapt the library's const char* and void* to what
+// cgo exports.
+#include <stdint.h>
+
+#include "_cgo_export.h"
+#include "presence/c.h"
+
+void presence_go_sink(uint64_t subscriber, const char* batch, size_t batch_len, void* payload) {
+  presenceGoSink(subscriber, (char*)batch, batch_len, (uintptr_t)payload);
+}
+
+void presence_go_payload_free(void* payload) { presenceGoPayloadFree((uintptr_t)payload); }
