@@ -169,7 +169,7 @@ class SignalBatch:
             lens_q = array.array("Q", lens)
             words[offset // 8 + 1::w] = lens_q
             base = address_of(blob) or 0
-            ptrs = array.array("Q", itertools.accumulate(lens_q, initial=base))
+            ptrs = array.array("Q", list(itertools.accumulate(lens_q, initial=base)))
             del ptrs[-1]
             words[offset // 8::w] = ptrs
 
@@ -338,9 +338,9 @@ class Engine(Handle):
     Keyword options are the fields of presence_engine_options_t
     (presence/c.h gives each default): min_dwell_ms=0, shards=4, ...
 
-    Every method may be called from any thread at once (the library releases
-    nothing to Python while it works, and ctypes drops the GIL during each
-    call), except close(), which must be the last.
+    Every method may be called from any thread at once (ctypes releases the
+    GIL during each call into the library), except close(), which must be
+    the last.
     """
 
     _kind = "engine"
