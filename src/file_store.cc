@@ -915,6 +915,7 @@ absl::Status FileStoreImpl::Recover() {
   std::vector<uint64_t> dropped;
   std::vector<uint64_t> kept;  // live segments after recovery
   uint64_t log_bytes = 0;
+  bool last_is_empty = false;  // the last segment replayed holds nothing
   pb::LogRecord record;
   std::string data;
   for (const auto& [number, name] : segments) {
@@ -943,6 +944,7 @@ absl::Status FileStoreImpl::Recover() {
     }
     ++stats.segments_replayed;
     kept.push_back(number);
+    last_is_empty = data.empty();
     std::string problem;
     bool torn = false;
     size_t good = 0;  // bytes of whole, applied frames
@@ -1024,6 +1026,12 @@ absl::Status FileStoreImpl::Recover() {
     records_ = std::move(loaded->records);
     history_ = std::move(loaded->history);
     next_sequence_ = expected == 0 ? 1 : expected;
+  }
+  // An empty last segment (an Open that wrote nothing) is written from
+  // here on rather than left behind: restarts do not pile up empty files.
+  if (last_is_empty && !cut.has_value() && !kept.empty() && kept.back() == last_number) {
+    kept.pop_back();
+    --last_number;
   }
   {
     absl::MutexLock g(&log_mu_);

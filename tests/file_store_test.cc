@@ -566,6 +566,21 @@ TEST(FileStoreCompaction, KeepsTwoSnapshotsAndTheSegmentsTheOlderNeeds) {
   EXPECT_EQ(q->size(), 2u);  // 200 and 300; retention applied after the last snapshot
 }
 
+TEST(FileStoreCompaction, RestartsWithoutWritesDoNotPileUpSegments) {
+  TempDir dir;
+  {
+    auto fs = MustOpen(dir.path());
+    WriteUsers(fs.get(), 3);
+  }
+  for (int i = 0; i < 5; ++i) MustOpen(dir.path());
+  EXPECT_EQ(FilesIn(dir.path(), "segment-", ".log").size(), 2u);  // the data, and one empty
+  auto fs = MustOpen(dir.path());
+  WriteUsers(fs.get(), 2, 3);
+  fs.reset();
+  fs = MustOpen(dir.path());
+  EXPECT_EQ(LoadAll(fs.get()).users.size(), 5u);
+}
+
 TEST(FileStoreCompaction, StartsByItselfPastTheThreshold) {
   TempDir dir;
   FileStoreOptions o;
