@@ -2,6 +2,7 @@ package presence
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"runtime"
 	"strings"
@@ -411,6 +412,26 @@ func TestTickOnManualClock(t *testing.T) {
 	cnow, _ := w.clock.Now()
 	if now != cnow || now != start+3900+2000 {
 		t.Fatalf("engine now %d, clock %d", now, cnow)
+	}
+}
+
+func TestBeatAllocatesNothing(t *testing.T) {
+	w := newWorld(t)
+	var handles []Handle
+	for i := 0; i < 101; i++ {
+		h, err := w.engine.Connect(sig(fmt.Sprintf("u%d", i), "pc", 1))
+		must(t, err)
+		handles = append(handles, h)
+	}
+	next := 0
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := w.engine.Beat(handles[next], ActivityActive, SourceApp); err != nil {
+			t.Fatal(err)
+		}
+		next++
+	})
+	if allocs != 0 {
+		t.Fatalf("Beat allocates %.1f times per call", allocs)
 	}
 }
 

@@ -1,25 +1,23 @@
 package presence
 
 /*
+#include <stdint.h>
 #include "presence/c.h"
 
-// The result of a call, with its message, returned by value: the Go side
-// passes no pointer, so nothing escapes to the Go heap and a heartbeat
-// allocates nothing.
-typedef struct presence_go_status {
-  int rc;
-  char* msg;
-} presence_go_status;
-
-static presence_go_status presence_go_beat(presence_engine_t* e, uint64_t handle, int activity,
-                                           int source) {
-  presence_go_status s;
-  s.msg = NULL;
-  s.rc = presence_engine_beat(e, handle, activity, source, &s.msg);
-  return s;
+// The heartbeat with no pointer argument: cgo checks every pointer argument
+// by boxing it in an interface, and a pointer to an incomplete C type
+// (presence_engine_t) is boxed on the heap, which would cost an allocation
+// per heartbeat. No errmsg either, for the same reason (see Beat).
+static int presence_go_beat(uintptr_t engine, uint64_t handle, int activity, int source) {
+  return presence_engine_beat((presence_engine_t*)engine, handle, activity, source, NULL);
 }
 */
 import "C"
+
+import (
+	"fmt"
+	"unsafe"
+)
 
 // Handle is a device handle: the heartbeat fast path. The host keeps it
 // beside its socket (0 is never a handle). It stops working when its device
@@ -38,17 +36,46 @@ func (e *Engine) Connect(s Signal) (Handle, error) {
 
 // Beat is a heartbeat on the handle at the engine's current time: O(1), no
 // allocation (in C or Go), no lock when only the time changes.
+//
+// To allocate nothing, Beat asks the library for its status code only (a
+// Go pointer to an errmsg slot would be moved to the heap on every call), so
+// its errors carry a message written here: NotFound for a handle that
+// expired or was disconnected, InvalidArgument for an activity or source
+// outside its enumeration, ResourceExhausted when the device passed the
+// engine's signals-per-second limit.
 func (e *Engine) Beat(h Handle, activity Activity, source Source) error {
 	p, err := e.ptr()
 	if err != nil {
 		return err
 	}
-	s := C.presence_go_beat(p, C.uint64_t(h), C.int(activity), C.int(source))
+	rc := C.presence_go_beat(C.uintptr_t(uintptr(unsafe.Pointer(p))), C.uint64_t(h), C.int(activity), C.int(source))
 	keepAlive(e)
-	if s.rc == C.PRESENCE_OK {
+	if rc == C.PRESENCE_OK {
 		return nil
 	}
-	return status(C.int(s.rc), s.msg)
+	return beatError(Code(rc), h, activity, source)
+}
+
+func beatError(code Code, h Handle, activity Activity, source Source) error {
+	var msg string
+	switch code {
+	case NotFound:
+		msg = fmt.Sprintf("device handle %d is unknown or closed", uint64(h))
+	case InvalidArgument:
+		switch {
+		case activity != ActivityActive && activity != ActivityIdle:
+			msg = fmt.Sprintf("activity %d is not a valid value", int32(activity))
+		case source < SourceInferred || source > SourceManual:
+			msg = fmt.Sprintf("source %d is not a valid value", int32(source))
+		default:
+			msg = fmt.Sprintf("beat on device handle %d: invalid argument", uint64(h))
+		}
+	case ResourceExhausted:
+		msg = fmt.Sprintf("device handle %d: the device passed its signals-per-second limit", uint64(h))
+	default:
+		msg = fmt.Sprintf("beat on device handle %d failed", uint64(h))
+	}
+	return &Error{Code: code, Message: msg}
 }
 
 // Disconnect closes the handle's session. The handle is invalid afterwards
