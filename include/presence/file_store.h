@@ -48,7 +48,8 @@
 //   LOCK                   flock(2)ed while a FileStore has the folder open
 //   segment-NNNNNN.log     the log: frames, one per call that changed
 //                          something, appended; a new segment is started
-//                          when one passes segment_bytes and on every Open
+//                          when one passes segment_bytes, at a snapshot, and
+//                          on Open (unless the last one is empty)
 //   snapshot-NNNNNN.snap   the whole state (records, erasure floors, offsets,
 //                          transitions) as of the start of segment NNNNNN
 //   *.tmp                  a snapshot being written (removed by Open)
