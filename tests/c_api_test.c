@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "presence/c.h"
 
@@ -1131,7 +1130,7 @@ static void test_lifetimes(void) {
  * A ticking thread delivers to push subscribers while the main thread beats
  * and unsubscribes them one by one: a payload is never freed while its sink
  * runs, and no sink runs after its payload was freed. (Run it under
- * ThreadSanitizer or AddressSanitizer to see more.) */
+ * AddressSanitizer to see more.) */
 
 #define THREAD_SUBS 8
 #define THREAD_DEVICES 16
@@ -1167,46 +1166,51 @@ static void guarded_free(void* payload) {
   pthread_mutex_unlock(&g->mu);
 }
 
+/* The ticker ticks once per round of the main thread, at the same time as
+ * the main thread's next round: in lockstep, so that a slow machine cannot
+ * let it run simulated minutes ahead of the heartbeats. */
 typedef struct {
   world_t* w;
-  pthread_mutex_t mu; /* guards the three below */
+  pthread_mutex_t mu; /* guards the four below */
+  pthread_cond_t cv;
   int stop;
-  int ticks;
+  int allowed; /* ticks the main thread allowed so far */
+  int ticks;   /* ticks done */
   int failures;
 } ticker_t;
 
-static int ticker_read(ticker_t* t, int* ticks) {
-  int stop;
-  pthread_mutex_lock(&t->mu);
-  stop = t->stop;
-  if (ticks != NULL) *ticks = t->ticks;
-  pthread_mutex_unlock(&t->mu);
-  return stop;
-}
-
 static void* ticker_main(void* arg) {
   ticker_t* t = (ticker_t*)arg;
-  while (!ticker_read(t, NULL)) {
+  for (;;) {
     int failures = 0;
+    pthread_mutex_lock(&t->mu);
+    while (!t->stop && t->ticks >= t->allowed) pthread_cond_wait(&t->cv, &t->mu);
+    if (t->stop) {
+      pthread_mutex_unlock(&t->mu);
+      return NULL;
+    }
+    pthread_mutex_unlock(&t->mu);
     if (presence_clock_advance(t->w->clock, 100, NULL) != PRESENCE_OK) ++failures;
     if (presence_engine_tick(NULL, t->w->engine, NULL) != PRESENCE_OK) ++failures;
     pthread_mutex_lock(&t->mu);
     t->failures += failures;
     ++t->ticks;
+    pthread_cond_broadcast(&t->cv);
     pthread_mutex_unlock(&t->mu);
   }
-  return NULL;
 }
 
-/* Waits until the ticker has ticked once more. */
-static void wait_for_tick(ticker_t* t) {
-  int start, now;
-  ticker_read(t, &start);
-  do {
-    struct timespec pause = {0, 20000};
-    nanosleep(&pause, NULL);
-    ticker_read(t, &now);
-  } while (now == start);
+/* Waits for the tick allowed before, then allows one more (stop: none). */
+static void next_tick(ticker_t* t, int stop) {
+  pthread_mutex_lock(&t->mu);
+  while (t->ticks < t->allowed) pthread_cond_wait(&t->cv, &t->mu);
+  if (stop) {
+    t->stop = 1;
+  } else {
+    ++t->allowed;
+  }
+  pthread_cond_broadcast(&t->cv);
+  pthread_mutex_unlock(&t->mu);
 }
 
 static void test_threads(void) {
@@ -1245,6 +1249,7 @@ static void test_threads(void) {
   memset(&ticker, 0, sizeof ticker);
   ticker.w = &w;
   pthread_mutex_init(&ticker.mu, NULL);
+  pthread_cond_init(&ticker.cv, NULL);
   CHECK(pthread_create(&thread, NULL, ticker_main, &ticker) == 0);
   /* Flip every device between ACTIVE and IDLE, so that each tick publishes,
    * and close a subscriber every 50 rounds. */
@@ -1259,12 +1264,11 @@ static void test_threads(void) {
     if (round % 50 == 49) {
       EXPECT(PRESENCE_OK, presence_fanout_unsubscribe(f, subs[round / 50], &err));
     }
-    wait_for_tick(&ticker);
+    next_tick(&ticker, 0);
   }
-  pthread_mutex_lock(&ticker.mu);
-  ticker.stop = 1;
-  pthread_mutex_unlock(&ticker.mu);
+  next_tick(&ticker, 1);
   CHECK(pthread_join(thread, NULL) == 0);
+  pthread_cond_destroy(&ticker.cv);
   pthread_mutex_destroy(&ticker.mu);
   CHECK(ticker.failures == 0 && ticker.ticks > 0);
   CHECK(beat_failures == 0);
