@@ -7,6 +7,9 @@
 #   plots   gnuplot-nox, for the PNG plots in benchmarks/ (detection.sh, compare.sh)
 #   redis   redis-server and libhiredis-dev, for the Redis leg of the comparison
 #           harness (benchmarks/compare.sh)
+#   browser chromium (/usr/bin/chromium), and nodejs and npm when npm is missing,
+#           for the example server's browser test (examples/presence_server/e2e/run.sh,
+#           which CI runs)
 # e.g. scripts/install-deps.sh plots redis
 set -euo pipefail
 
@@ -15,6 +18,8 @@ packages=(
   libabsl-dev libprotobuf-dev protobuf-compiler libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang lld libclang-rt-14-dev
+  # the example server (issue 8): Boost.Beast and Boost.Asio, header-only
+  libboost-dev
   # the Go binding (bindings/go, issue 4): cgo with the standard library only
   golang-go
 )
@@ -23,7 +28,11 @@ for group in "$@"; do
   case "$group" in
     plots) packages+=(gnuplot-nox) ;;
     redis) packages+=(redis-server libhiredis-dev) ;;
-    *) echo "install-deps: unknown group '$group' (known: plots, redis)" >&2; exit 2 ;;
+    browser)
+      packages+=(chromium)
+      command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+      ;;
+    *) echo "install-deps: unknown group '$group' (known: plots, redis, browser)" >&2; exit 2 ;;
   esac
 done
 

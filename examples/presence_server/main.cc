@@ -1,0 +1,202 @@
+// presence_server: the seed design's presence API over HTTP and WebSocket,
+// with a live web page. See README.md ("The example server") and server.h.
+//
+//   presence_server [--port N] [--simulate N] [--auth FILE] ... (--help)
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "server.h"
+
+#ifndef PRESENCE_SERVER_WEB_DIR
+#define PRESENCE_SERVER_WEB_DIR "web"
+#endif
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: presence_server [flags]\n"
+    "  --bind ADDR             address to listen on (default 127.0.0.1)\n"
+    "  --port N                port (default 8080; 0 picks a free one)\n"
+    "  --data-dir DIR          the file store's folder (default ./presence-data)\n"
+    "  --sync every|interval|never   the file store's sync policy (default interval)\n"
+    "  --auth FILE             users, tokens, friends, topics, operators (see README.md)\n"
+    "  --tokens T=U,...        more users: token T authenticates user U\n"
+    "                          (with neither: four demo users, alice bob carol dave,\n"
+    "                          with random tokens printed at start)\n"
+    "  --simulate N            N synthetic clients with jittery heartbeats, in topic\n"
+    "                          'workspace' with every user that has a token\n"
+    "  --seed X                seed of the simulation (default 1)\n"
+    "  --exit-after SECONDS    stop by itself (for CI); default: run until SIGINT/SIGTERM\n"
+    "  --web-dir DIR           the page's files (default: the source tree's web/)\n"
+    "  --max-message-bytes N   largest WebSocket message (default 16384)\n"
+    "  --max-subscriptions N   users + topics per connection (default 1000)\n"
+    "  --max-queue-bytes N     unread bytes before a client is a slow consumer (default 1048576)\n"
+    "  --max-connections N     WebSocket connections (default 50000)\n"
+    "  --verbose               log connections to stderr\n";
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  return true;
+}
+
+std::string RandomToken() {
+  std::random_device rd;
+  std::string out;
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (int i = 0; i < 24; ++i) out.push_back(kHex[rd() & 15]);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  presence_server::ServerOptions o;
+  o.web_dir = PRESENCE_SERVER_WEB_DIR;
+  o.handle_signals = true;
+  bool have_users = false;
+  std::string auth_file;
+  std::vector<std::string> token_specs;
+
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "presence_server: %s needs a value\n%s", argv[i], kUsage);
+        std::exit(2);
+      }
+      *out = argv[++i];
+    };
+    auto number = [&](auto* out) {
+      std::string v;
+      value(&v);
+      if (!absl::SimpleAtoi(v, out)) {
+        std::fprintf(stderr, "presence_server: %s wants a number, got '%s'\n", std::string(a).c_str(), v.c_str());
+        std::exit(2);
+      }
+    };
+    std::string v;
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--bind") {
+      value(&o.bind_address);
+    } else if (a == "--port") {
+      int port = 0;
+      number(&port);
+      if (port < 0 || port > 65535) {
+        std::fprintf(stderr, "presence_server: --port must be 0 to 65535\n");
+        return 2;
+      }
+      o.port = static_cast<uint16_t>(port);
+    } else if (a == "--data-dir") {
+      value(&o.data_dir);
+    } else if (a == "--sync") {
+      value(&v);
+      if (v == "every") o.sync = presence::SyncPolicy::kEveryWrite;
+      else if (v == "interval") o.sync = presence::SyncPolicy::kInterval;
+      else if (v == "never") o.sync = presence::SyncPolicy::kNever;
+      else {
+        std::fprintf(stderr, "presence_server: --sync is every, interval or never\n");
+        return 2;
+      }
+    } else if (a == "--auth") {
+      value(&auth_file);
+    } else if (a == "--tokens") {
+      value(&v);
+      token_specs.push_back(v);
+    } else if (a == "--simulate") {
+      number(&o.simulate);
+      if (o.simulate < 0 || o.simulate > 100000) {
+        std::fprintf(stderr, "presence_server: --simulate must be 0 to 100000\n");
+        return 2;
+      }
+    } else if (a == "--seed") {
+      number(&o.seed);
+    } else if (a == "--exit-after") {
+      value(&v);
+      if (!absl::SimpleAtod(v, &o.exit_after_s) || o.exit_after_s < 0) {
+        std::fprintf(stderr, "presence_server: --exit-after wants seconds\n");
+        return 2;
+      }
+    } else if (a == "--web-dir") {
+      value(&o.web_dir);
+    } else if (a == "--max-message-bytes") {
+      number(&o.max_message_bytes);
+    } else if (a == "--max-subscriptions") {
+      number(&o.max_subscriptions);
+    } else if (a == "--max-queue-bytes") {
+      number(&o.max_queue_bytes);
+    } else if (a == "--max-connections") {
+      number(&o.max_connections);
+    } else if (a == "--verbose") {
+      o.verbose = true;
+    } else {
+      std::fprintf(stderr, "presence_server: unknown flag %s\n%s", argv[i], kUsage);
+      return 2;
+    }
+  }
+
+  if (!auth_file.empty()) {
+    std::string text;
+    if (!ReadFile(auth_file, &text)) {
+      std::fprintf(stderr, "presence_server: cannot read --auth %s\n", auth_file.c_str());
+      return 2;
+    }
+    if (absl::Status st = o.access.AddConfig(text); !st.ok()) {
+      std::fprintf(stderr, "presence_server: --auth %s: %s\n", auth_file.c_str(), std::string(st.message()).c_str());
+      return 2;
+    }
+    have_users = true;
+  }
+  for (const std::string& spec : token_specs) {
+    if (absl::Status st = o.access.AddTokens(spec); !st.ok()) {
+      std::fprintf(stderr, "presence_server: %s\n", std::string(st.message()).c_str());
+      return 2;
+    }
+    have_users = true;
+  }
+  std::vector<std::pair<std::string, std::string>> demo;  // user, token
+  if (!have_users) {
+    // Demo users: four friends in one team, tokens new at every start.
+    const std::vector<std::string> names = {"alice", "bob", "carol", "dave"};
+    for (const std::string& n : names) {
+      std::string token = RandomToken();
+      demo.emplace_back(n, token);
+      o.access.AddToken(token, n).IgnoreError();
+      for (const std::string& f : names) {
+        if (f != n) o.access.AddWatch(n, f);
+      }
+    }
+    o.access.AddTopicMembers("team", names);
+  }
+
+  absl::StatusOr<std::unique_ptr<presence_server::Server>> server =
+      presence_server::Server::Create(o);
+  if (!server.ok()) {
+    std::fprintf(stderr, "presence_server: %s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  const std::string url = (*server)->url();
+  std::printf("presence_server: listening on %s\n", url.c_str());
+  std::printf("presence_server: data in %s (file store), %d simulated client(s)%s\n", o.data_dir.c_str(),
+              o.simulate, o.exit_after_s > 0 ? absl::StrCat(", exits after ", o.exit_after_s, " s").c_str() : "");
+  for (const auto& [user, token] : demo) {
+    std::printf("  open %s?token=%s   (as %s)\n", url.c_str(), token.c_str(), user.c_str());
+  }
+  std::fflush(stdout);
+  (*server)->Run();
+  std::printf("presence_server: stopped\n");
+  return 0;
+}
