@@ -12,6 +12,7 @@
 #
 #   benchmarks/compare.sh                    # 1e5, 1e6 and 1e7 devices
 #   SIZES="1e5 1e6" benchmarks/compare.sh    # skip 1e7 (Redis needs several GB there)
+#   REPORT_ONLY=1 benchmarks/compare.sh      # redraw the table and plot from compare.csv
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,14 +26,16 @@ cmake -S "$root" -B "$build" >/dev/null
 cmake --build "$build" -j2 --target compare_bench
 mkdir -p "$out"
 csv=$out/compare.csv
-echo "system,devices,beats_per_s,cpu_beats_per_s,bytes_per_device,cpu_s_per_sim_s,server_cpu_s_per_sim_s" >"$csv"
-for n in $sizes; do
-  seconds=3
-  [ "$n" = "1e7" ] && seconds=2
-  for s in $systems; do
-    "$build/benchmarks/compare_bench" --system "$s" --devices "$n" --seconds "$seconds" --csv "$csv"
+if [ -z "${REPORT_ONLY:-}" ]; then
+  echo "system,devices,beats_per_s,cpu_beats_per_s,bytes_per_device,cpu_s_per_sim_s,server_cpu_s_per_sim_s" >"$csv"
+  for n in $sizes; do
+    seconds=3
+    [ "$n" = "1e7" ] && seconds=2
+    for s in $systems; do
+      "$build/benchmarks/compare_bench" --system "$s" --devices "$n" --seconds "$seconds" --csv "$csv"
+    done
   done
-done
+fi
 
 # The table: throughput by this process's CPU (for Redis: client plus
 # server CPU), by wall time, memory, and each system against presence's
@@ -45,13 +48,14 @@ awk -F, '
     tput[key] = cpu; wall[key] = $3; mem[key] = $5; sizes[$2] = 1; order[++n] = key
   }
   END {
-    print "| devices | system | heartbeats / CPU-s | heartbeats / s (wall) | bytes / device | CPU vs presence-handle | memory vs presence-handle |"
+    print "| devices | system | heartbeats / CPU-s | heartbeats / s (wall) | bytes / device | CPU per heartbeat, x presence-handle | memory, x presence-handle |"
     print "| --- | --- | --- | --- | --- | --- | --- |"
     for (i = 1; i <= n; i++) {
       split(order[i], k, ","); base = "presence-handle," k[2]
-      printf "| %.0e | %s | %.3g | %.3g | %.0f | %s | %s |\n", k[2], k[1], tput[order[i]], wall[order[i]], mem[order[i]],
-        (base in tput) ? sprintf("%.2gx", tput[base] / tput[order[i]]) : "-",
-        (base in mem) ? sprintf("%.2gx", mem[order[i]] / mem[base]) : "-"
+      printf "| 10^%d | %s | %.3g M | %.3g M | %.0f | %s | %s |\n", int(log(k[2]) / log(10) + 0.5), k[1],
+        tput[order[i]] / 1e6, wall[order[i]] / 1e6, mem[order[i]],
+        (base in tput) ? sprintf("%.3g", tput[base] / tput[order[i]]) : "-",
+        (base in mem) ? sprintf("%.2f", mem[order[i]] / mem[base]) : "-"
     }
   }' "$csv" >"$out/table.md"
 cat "$out/table.md"

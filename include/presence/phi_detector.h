@@ -43,12 +43,21 @@
 // device kept alive by mobile background signals still decays on its own
 // clock (DESIGN.md rule 1).
 //
+// When it pays (benchmarks/RESULTS.md, "Detection quality (issue 7)"): where
+// links differ between devices, or over minutes, it has about half the false
+// offlines of a fixed threshold at the same mean detection time; on uniform
+// links with short bursts it gains nothing. Mobile devices that hand over
+// between networks go silent for seconds on healthy links: keep them on the
+// fixed bound. A device under a detector takes the shard lock on every
+// heartbeat (the engine's lock-free path is for fixed thresholds only).
+//
 // Example:
 //
 //   presence::PhiAccrualDetector detector;          // phi 6, 5 samples
 //   presence::Options opts;
 //   opts.detector = &detector;
-//   opts.detector_platforms = 1u << static_cast<int>(presence::Platform::kMobile);
+//   opts.detector_platforms = (1u << static_cast<int>(presence::Platform::kWeb)) |
+//                             (1u << static_cast<int>(presence::Platform::kDesktop));
 //   auto engine = presence::Engine::Create(opts).value();
 //
 // THREAD SAFETY: all methods may be called from any number of threads at once.
