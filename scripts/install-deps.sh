@@ -18,6 +18,8 @@ packages=(
   libabsl-dev libprotobuf-dev protobuf-compiler libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang lld libclang-rt-14-dev
+  # the adapters (issue 6): client libraries, and the servers their tests start
+  libhiredis-dev redis-server libpq-dev postgresql
   # the example server (issue 8): Boost.Beast and Boost.Asio, header-only
   libboost-dev
   # the Go binding (bindings/go, issue 4): cgo with the standard library only
