@@ -3,7 +3,8 @@
 // record at a time. It starts its own servers (adapters/testing/servers.h)
 // on loopback, with durable settings: redis-server with the AOF on
 // (appendfsync everysec, or always with --redis-fsync=always), PostgreSQL
-// with its defaults (fsync on, synchronous_commit on).
+// with its defaults (fsync on, synchronous_commit on; --postgres-fsync=off
+// shows what the SQL costs without the disk).
 //
 // What is measured (records are a user record and a device record per user,
 // as the engine writes them):
@@ -16,11 +17,20 @@
 //     engine over a wrapper that splits each batch into single-record writes,
 //     which is what a write-through without batching costs.
 // One-by-one runs stop after --seconds (default 5) and report the rate so far.
+// Beside the rate (wall clock), each row gives the CPU time spent per record
+// by this process and by the server (redis-server, or the postmaster and its
+// backends): on a shared machine the rate follows the load, the CPU per
+// record much less.
 //
 // Results and commands: benchmarks/RESULTS.md, "Adapters (issue 6)".
 //
 //   adapters_bench [--users=N] [--seconds=S] [--only=redis|postgres]
-//                  [--redis-fsync=everysec|always] [--smoke]
+//                  [--redis-fsync=everysec|always] [--postgres-fsync=on|off]
+//                  [--smoke]
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +62,7 @@ struct Flags {
   double seconds = 5;
   std::string only;
   std::string redis_fsync = "everysec";
+  std::string postgres_fsync = "on";
   bool smoke = false;
 };
 
@@ -83,15 +94,68 @@ DeviceRecord MakeDevice(int i, uint64_t version) {
   return d;
 }
 
+// CPU seconds of this process (all threads).
+double OwnCpu() {
+  rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+// CPU seconds of process `root` and of its children (from /proc).
+double ServerCpu(pid_t root) {
+  if (root <= 0) return 0;
+  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  double total = 0;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return 0;
+  while (dirent* e = readdir(proc)) {
+    const int pid = std::atoi(e->d_name);
+    if (pid <= 0) continue;
+    std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
+    if (f == nullptr) continue;
+    char buf[1024];
+    const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = 0;
+    // Fields after the command (which may hold spaces): state ppid ... utime(14) stime(15).
+    const char* p = std::strrchr(buf, ')');
+    if (p == nullptr) continue;
+    char state = 0;
+    int ppid = 0;
+    unsigned long utime = 0, stime = 0;
+    if (std::sscanf(p + 2, "%c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &state, &ppid,
+                    &utime, &stime) != 4) {
+      continue;
+    }
+    if (pid == root || ppid == root) total += static_cast<double>(utime + stime) / tick;
+  }
+  closedir(proc);
+  return total;
+}
+
+pid_t g_server = -1;  // the server being measured
+
+struct Rate {
+  double per_second = 0;
+  double client_us = 0;  // CPU per record
+  double server_us = 0;
+};
+
+std::string Show(const Rate& r) {
+  return absl::StrFormat("%.0f | %.1f | %.1f", r.per_second, r.client_us, r.server_us);
+}
+
 // Opens a fresh, empty store (a new key or table prefix) for each run.
 using Opener = std::function<std::unique_ptr<Store>(const std::string& tag)>;
 
 // Store::Write from `threads` threads, each writing its share of `users`
 // users (user + device record) in batches of `pairs` users; pairs == 0: one
 // record per Write. Stops after `seconds`. Returns records per second.
-double StoreRate(Store* store, int users, int pairs, int threads, double seconds) {
+Rate StoreRate(Store* store, int users, int pairs, int threads, double seconds) {
   std::vector<std::thread> workers;
   std::vector<long> written(threads, 0);
+  const double cpu0 = OwnCpu(), server0 = ServerCpu(g_server);
   const double start = Now();
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
@@ -126,7 +190,9 @@ double StoreRate(Store* store, int users, int pairs, int threads, double seconds
   const double elapsed = Now() - start;
   long total = 0;
   for (long n : written) total += n;
-  return static_cast<double>(total) / elapsed;
+  const double records = static_cast<double>(total);
+  return {records / elapsed, (OwnCpu() - cpu0) * 1e6 / records,
+          (ServerCpu(g_server) - server0) * 1e6 / records};
 }
 
 // A Store that writes each record of a batch on its own.
@@ -164,7 +230,7 @@ class OneByOne final : public Store {
 
 // U users connect; one Tick writes them all through. Returns records per
 // second of Tick, and the records written.
-std::pair<double, long> EngineRate(Store* store, int users) {
+std::pair<Rate, long> EngineRate(Store* store, int users) {
   struct Counter final : Store {
     Store* inner;
     long records = 0;
@@ -195,36 +261,42 @@ std::pair<double, long> EngineRate(Store* store, int users) {
     if (!(*engine)->Signal(s).ok()) std::exit(1);
   }
   clock.Advance(100);
+  const double cpu0 = OwnCpu(), server0 = ServerCpu(g_server);
   const double start = Now();
   const size_t published = (*engine)->Tick();
   const double elapsed = Now() - start;
+  const double cpu = OwnCpu() - cpu0, server = ServerCpu(g_server) - server0;
   if (published != static_cast<size_t>(users)) {
     std::fprintf(stderr, "published %zu of %d (store errors?)\n", published, users);
     std::exit(1);
   }
-  return {static_cast<double>(counter.records) / elapsed, counter.records};
+  const double records = static_cast<double>(counter.records);
+  return {Rate{records / elapsed, cpu * 1e6 / records, server * 1e6 / records}, counter.records};
 }
 
 void Run(const std::string& name, const Opener& open, const Flags& f) {
   int run = 0;
   auto fresh = [&] { return open(absl::StrCat("b", run++)); };
   std::printf("\n### %s\n\n", name.c_str());
-  std::printf("| what | batch (user+device pairs) | threads | records/s |\n| --- | ---: | ---: | ---: |\n");
+  std::printf(
+      "| what | batch (user+device pairs) | threads | records/s | client CPU us/record | server "
+      "CPU us/record |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
   const int users = f.smoke ? 200 : f.users;
   const double secs = f.smoke ? 0.5 : f.seconds;
   for (int threads : {1, 4}) {
     for (int pairs : {0, 10, 100, 1000}) {
       auto store = fresh();
-      const double rate = StoreRate(store.get(), users, pairs, threads, secs);
+      const Rate rate = StoreRate(store.get(), users, pairs, threads, secs);
       std::printf("| store | %s | %d | %s |\n", pairs == 0 ? "1 record" : absl::StrCat(pairs).c_str(),
-                  threads, absl::StrFormat("%.0f", rate).c_str());
+                  threads, Show(rate).c_str());
       std::fflush(stdout);
     }
   }
   {
     auto store = fresh();
     auto [rate, records] = EngineRate(store.get(), users);
-    std::printf("| engine Tick, batched (16 shards) | %ld records | 1 | %.0f |\n", records, rate);
+    std::printf("| engine Tick, batched (16 shards) | %ld records | 1 | %s |\n", records,
+                Show(rate).c_str());
   }
   {
     auto store = fresh();
@@ -232,7 +304,7 @@ void Run(const std::string& name, const Opener& open, const Flags& f) {
     // Fewer users: one by one is slow, and a Tick cannot stop half way.
     const int n = std::max(16, static_cast<int>(users / (f.smoke ? 1 : 20)));
     auto [rate, records] = EngineRate(&slow, n);
-    std::printf("| engine Tick, one by one | %ld records | 1 | %.0f |\n", records, rate);
+    std::printf("| engine Tick, one by one | %ld records | 1 | %s |\n", records, Show(rate).c_str());
   }
   std::fflush(stdout);
 }
@@ -257,12 +329,14 @@ int main(int argc, char** argv) {
       f.only = v;
     } else if (const char* v = value("--redis-fsync=")) {
       f.redis_fsync = v;
+    } else if (const char* v = value("--postgres-fsync=")) {
+      f.postgres_fsync = v;
     } else if (a == "--smoke") {
       f.smoke = true;
     } else {
       std::fprintf(stderr,
                    "usage: %s [--users=N] [--seconds=S] [--only=redis|postgres] "
-                   "[--redis-fsync=everysec|always] [--smoke]\n",
+                   "[--redis-fsync=everysec|always] [--postgres-fsync=on|off] [--smoke]\n",
                    argv[0]);
       return 2;
     }
@@ -275,6 +349,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     const int port = (*server)->port();
+    g_server = (*server)->pid();
     Run(absl::StrCat("Redis (appendonly yes, appendfsync ", f.redis_fsync, ")"),
         [&](const std::string& tag) -> std::unique_ptr<Store> {
           RedisStoreOptions o;
@@ -292,19 +367,20 @@ int main(int argc, char** argv) {
 #endif
 #ifdef PRESENCE_BENCH_POSTGRES
   if (f.only.empty() || f.only == "postgres") {
-    auto server = testing_servers::PostgresServer::Start();
+    auto server = testing_servers::PostgresServer::Start({"fsync=" + f.postgres_fsync});
     if (!server.ok()) {
       std::fprintf(stderr, "postgres: %s\n", server.status().ToString().c_str());
       return 1;
     }
     const std::string conninfo = (*server)->conninfo();
+    g_server = (*server)->pid();
     // The PostgresStore must outlive the Store it hands out.
     struct Owning final : Store {
       std::unique_ptr<PostgresStore> pg;
       absl::Status Write(const StoreBatch& b) override { return pg->store()->Write(b); }
       absl::Status Load(StoreVisitor* v) override { return pg->store()->Load(v); }
     };
-    Run("PostgreSQL (fsync on, synchronous_commit on)",
+    Run(absl::StrCat("PostgreSQL (fsync ", f.postgres_fsync, ", synchronous_commit on)"),
         [&](const std::string& tag) -> std::unique_ptr<Store> {
           PostgresStoreOptions o;
           o.conninfo = conninfo;

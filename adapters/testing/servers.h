@@ -73,6 +73,7 @@ class RedisServer {
   // Starts it again on the same port and folder; waits until it answers.
   absl::Status Restart();
   bool running() { return process_ != nullptr && process_->running(); }
+  pid_t pid() const { return process_ != nullptr ? process_->pid() : -1; }
 
  private:
   absl::Status Launch();
@@ -97,6 +98,8 @@ class PostgresServer {
   void Kill();
   absl::Status Restart();
   bool running() { return process_ != nullptr && process_->running(); }
+  // The postmaster; its backends are its children.
+  pid_t pid() const { return process_ != nullptr ? process_->pid() : -1; }
 
  private:
   absl::Status Launch();
