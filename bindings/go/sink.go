@@ -29,6 +29,10 @@ import (
 // must not panic: a panic cannot cross the C library (c.h convention 12),
 // so it is recovered, the batch counts as delivered, and the engine's next
 // Tick (or the fan-out's next Resume) returns it as an Internal error.
+//
+// The sink is held (through a cgo.Handle) until its subscriber is closed by
+// Unsubscribe or Fanout.Close; a sink that refers to its Fanout keeps the
+// Fanout reachable, so its finalizer never runs: close it explicitly.
 type Sink func(subscriber SubscriberID, batch []byte)
 
 // sinkEntry is what the cgo.Handle passed as sink_payload refers to.
