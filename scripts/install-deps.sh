@@ -18,6 +18,8 @@ packages=(
   libabsl-dev libprotobuf-dev protobuf-compiler libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang lld libclang-rt-14-dev
+  # the Kafka bus (issue 6): librdkafka, whose built-in mock cluster its tests use
+  librdkafka-dev
   # the adapters (issue 6): client libraries, and the servers their tests start
   libhiredis-dev redis-server libpq-dev postgresql
   # the example server (issue 8): Boost.Beast and Boost.Asio, header-only
