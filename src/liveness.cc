@@ -15,7 +15,12 @@ LivenessPolicy::LivenessPolicy(const Options& o)
 int64_t LivenessPolicy::OfflineAfter(const Device& d, uint64_t device_key, int i,
                                      int64_t last_ms) const {
   const int64_t fixed = offline_after_ms[i];
-  if (detector == nullptr || !(d.flags & dflag::kAdaptive)) return fixed;
+  // The detector learns a device's heartbeats (APP and MANUAL); a source
+  // that decays on its own slow clock (INFERRED, rule 1) keeps its bound.
+  if (detector == nullptr || !(d.flags & dflag::kAdaptive) ||
+      i == SourceIndex(Source::kInferred)) {
+    return fixed;
+  }
   const int64_t learned = detector->OfflineAfterMs(device_key, last_ms, fixed);
   return std::clamp(learned, std::min(detector_floor_ms, fixed), fixed);
 }

@@ -328,7 +328,8 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
   d.flags |= dflag::kSeen0 << si;
   bits = activity == Activity::kActive ? (bits | fast::ActiveBit(si)) : (bits & ~fast::ActiveBit(si));
   d.set_bits(bits);
-  if (config_->policy.detector != nullptr && (d.flags & dflag::kAdaptive)) {
+  if (config_->policy.detector != nullptr && (d.flags & dflag::kAdaptive) &&
+      source != Source::kInferred) {
     config_->policy.detector->Observe(DeviceKey(di), ts_ms);
   }
   user.last_seen_ms = std::max(user.last_seen_ms, ts_ms);

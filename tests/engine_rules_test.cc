@@ -438,6 +438,20 @@ TEST(Rule6Adaptive, DetectorCanOnlyDetectSoonerAndNotBelowTheFloor) {
   EXPECT_EQ(OfflineAfterWith(60000), 4000);   // bounded by offline_after
 }
 
+TEST(Rule6Adaptive, InferredSignalsKeepTheirOwnClockUnderADetector) {
+  FixedDetector d(2500);
+  Options o;
+  o.detector = &d;
+  o.detector_platforms = 1u << static_cast<int>(Platform::kMobile);
+  TestEngine t(o);
+  Signal s = TestEngine::Sig("ann", "phone", 1, Source::kInferred);
+  s.platform = Platform::kMobile;
+  ASSERT_TRUE(t.engine->Signal(s).ok());
+  t.Run(59000, 1000);  // INFERRED: offline after 240 s, whatever the detector says
+  EXPECT_EQ(t.StateOf("ann", "ann"), State::kAway);
+  EXPECT_EQ(d.observed, 0);  // and it learns nothing from them
+}
+
 // ---- Rule 7: hysteresis and flap damping ------------------------------------
 
 TEST(Rule7Hysteresis, OfflineThenOnlineInsideAFlushPublishesNothing) {

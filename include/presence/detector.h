@@ -6,6 +6,10 @@
 // Options::detector instead learns each device's heartbeat inter-arrival times
 // and may declare it dead sooner when the silence is improbable.
 //
+// The engine asks a detector about a device's heartbeat sources (APP and
+// MANUAL) only: INFERRED signals decay on their own slow clock (DESIGN.md
+// rule 1), so they are neither observed nor shortened.
+//
 // The engine bounds whatever a detector answers: never later than the fixed
 // offline_after_ms of the source, never sooner than
 // Options::detector_floor_ms, so a detector can only detect sooner, and a
