@@ -509,17 +509,21 @@ struct KafkaBus::Impl {
       if (error == nullptr) r.assigned = true;
     } else {
       seeks.fetch_add(1, std::memory_order_relaxed);
-      error = rd_kafka_seek_partitions(consumer, list.get(), options.request_timeout_ms);
-      rd_kafka_resp_err_t e = error != nullptr ? rd_kafka_error_code(error) : list->elems[0].err;
-      if (e == RD_KAFKA_RESP_ERR__STATE) {
-        // The fetcher stopped (after an offset out of range): seek needs a
-        // running one, so assign the partition afresh.
+      bool reassign = r.next < 0;  // the position was lost to an error
+      if (!reassign) {
+        error = rd_kafka_seek_partitions(consumer, list.get(), options.request_timeout_ms);
+        const rd_kafka_resp_err_t e =
+            error != nullptr ? rd_kafka_error_code(error) : list->elems[0].err;
         if (error != nullptr) rd_kafka_error_destroy(error);
+        error = nullptr;
+        // A seek needs a running fetcher; one that stopped, or is stopping,
+        // refuses it (or never answers): assign the partition afresh.
+        reassign = e != RD_KAFKA_RESP_ERR_NO_ERROR;
         list->elems[0].err = RD_KAFKA_RESP_ERR_NO_ERROR;
+      }
+      if (reassign) {
         error = rd_kafka_incremental_unassign(consumer, list.get());
         if (error == nullptr) error = rd_kafka_incremental_assign(consumer, list.get());
-      } else if (error == nullptr && e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        return KafkaStatus(e, absl::StrCat("seeking ", options.topic, "/", partition, " to ", offset));
       }
     }
     if (error != nullptr) {
