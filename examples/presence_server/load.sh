@@ -46,7 +46,7 @@ awk -v n="$clients" 'BEGIN {
 }' > "$work/auth.txt"
 
 "$build/examples/presence_server/presence_server" --port 0 --data-dir "$work/data" --auth "$work/auth.txt" \
-  --max-connections $((clients + 100)) --exit-after $((seconds + 240)) > "$work/server.out" &
+  --max-connections $((clients + 100)) --exit-after $((seconds + 900)) > "$work/server.out" &
 server_pid=$!
 for _ in $(seq 100); do
   grep -q "listening on" "$work/server.out" 2>/dev/null && break
@@ -57,4 +57,4 @@ port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$work/serv
 
 echo "load.sh: $clients clients for ${seconds}s against presence_server (pid $server_pid, port $port)"
 "$build/examples/presence_server/presence_server_load" --port "$port" --clients "$clients" \
-  --seconds "$seconds" --friends 5 --server-pid "$server_pid"
+  --seconds "$seconds" --friends 5 --parallel 100 --server-pid "$server_pid"

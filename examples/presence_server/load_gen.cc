@@ -241,7 +241,7 @@ int main(int argc, char** argv) {
   };
   launch();
   while (stats.connected + stats.failed < f.clients &&
-         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(300)) {
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(600)) {
     ioc.run_for(std::chrono::milliseconds(50));
   }
   double ramp_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -253,6 +253,7 @@ int main(int argc, char** argv) {
   double hold_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   const ProcSample held = Sample(f.server_pid);
   const ProcSample self_held = Sample(getpid());
+  const ProcSample self_ramped = self_held;  // (the generator's own CPU, all phases)
 
   for (auto& c : clients) c->Close();
   ioc.run_for(std::chrono::seconds(1));
@@ -269,6 +270,8 @@ int main(int argc, char** argv) {
     std::printf("server RSS         %.1f MB before, %.1f MB with %d connections: %.1f KB per connection\n",
                 before.rss_kb / 1024.0, held.rss_kb / 1024.0, stats.connected,
                 double(held.rss_kb - before.rss_kb) / stats.connected);
+    std::printf("server CPU, ramp   %.1f s: %.0f us per connection set up (connect, subscribe, snapshot)\n",
+                ramped.cpu_s - before.cpu_s, (ramped.cpu_s - before.cpu_s) * 1e6 / stats.connected);
     std::printf("server CPU         %.1f%% of one core while holding: %.2f us per heartbeat, "
                 "%.1f us per connection per second\n",
                 cpu * 100, cpu * 1e6 / ((stats.beats - beats0) / hold_s), cpu * 1e6 / stats.connected);
