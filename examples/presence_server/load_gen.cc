@@ -253,7 +253,6 @@ int main(int argc, char** argv) {
   double hold_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   const ProcSample held = Sample(f.server_pid);
   const ProcSample self_held = Sample(getpid());
-  const ProcSample self_ramped = self_held;  // (the generator's own CPU, all phases)
 
   for (auto& c : clients) c->Close();
   ioc.run_for(std::chrono::seconds(1));
