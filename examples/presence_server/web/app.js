@@ -67,14 +67,26 @@ function onMessage(m) {
       view.topics.clear();
       apply(m);
       break;
-    case 'diff':
+    case 'diff': {
+      const shown = stateOf(view.selected);
       apply(m);
+      // The history panel follows its user: reload it when that user moves.
+      if (view.selected && stateOf(view.selected) !== shown) showHistory(view.selected);
       break;
+    }
     case 'error':
       showError(`${m.code}: ${m.message}`);
       break;
   }
   queueRender();
+}
+
+function stateOf(user) {
+  if (!user) return undefined;
+  const u = view.list.get(user);
+  if (u) return u.state;
+  for (const t of view.topics.values()) if (t.members.has(user)) return t.members.get(user).state;
+  return undefined;
 }
 
 function newer(old, u) { return !old || !(u.version <= old.version); }
