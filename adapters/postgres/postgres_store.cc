@@ -312,34 +312,9 @@ bool ValidPrefix(absl::string_view p) {
 
 // ---- The store ----------------------------------------------------------------------
 
-class PostgresStoreImpl;
-
-class PgStoreFacade final : public Store {
- public:
-  explicit PgStoreFacade(PostgresStoreImpl* impl) : impl_(impl) {}
-  absl::Status Write(const StoreBatch& batch) override;
-  absl::Status Load(StoreVisitor* visitor) override;
-
- private:
-  PostgresStoreImpl* impl_;
-};
-
-class PgHistoryFacade final : public HistoryStore {
- public:
-  explicit PgHistoryFacade(PostgresStoreImpl* impl) : impl_(impl) {}
-  absl::Status Append(absl::Span<const Transition> transitions) override;
-  absl::StatusOr<std::vector<Transition>> Query(absl::string_view user_id, int64_t from_ms,
-                                                int64_t to_ms) override;
-  absl::StatusOr<std::optional<Transition>> LastBefore(absl::string_view user_id,
-                                                       int64_t before_ms) override;
-  absl::Status Erase(absl::string_view user_id) override;
-  absl::Status DropBefore(int64_t before_ms) override;
-
- private:
-  PostgresStoreImpl* impl_;
-};
-
-class PostgresStoreImpl final : public PostgresStore {
+// One object is the PostgresStore, its Store and its HistoryStore (their
+// methods do not share names).
+class PostgresStoreImpl final : public PostgresStore, public Store, public HistoryStore {
  public:
   explicit PostgresStoreImpl(const PostgresStoreOptions& o)
       : options_(o),
@@ -348,12 +323,10 @@ class PostgresStoreImpl final : public PostgresStore {
         devices_(o.table_prefix + "devices"),
         erasures_(o.table_prefix + "erasures"),
         offsets_(o.table_prefix + "offsets"),
-        history_table_(o.table_prefix + "history"),
-        store_(this),
-        history_(this) {}
+        history_table_(o.table_prefix + "history") {}
 
-  Store* store() override { return &store_; }
-  HistoryStore* history() override { return &history_; }
+  Store* store() override { return this; }
+  HistoryStore* history() override { return this; }
 
   // The schema: every statement on its own (CockroachDB runs schema changes
   // best outside explicit transactions).
@@ -408,7 +381,7 @@ class PostgresStoreImpl final : public PostgresStore {
 
   // ---- Store ----
 
-  absl::Status Write(const StoreBatch& batch) {
+  absl::Status Write(const StoreBatch& batch) override {
     if (batch.empty()) return absl::OkStatus();
     auto statements = WriteStatements(batch);
     if (!statements.ok()) return statements.status();
@@ -539,7 +512,7 @@ class PostgresStoreImpl final : public PostgresStore {
     return out;
   }
 
-  absl::Status Load(StoreVisitor* visitor) {
+  absl::Status Load(StoreVisitor* visitor) override {
     if (visitor == nullptr) return absl::InvalidArgumentError("visitor is null");
     bool visited = false;  // a retry would visit records twice
     return Retrying(
@@ -635,7 +608,7 @@ class PostgresStoreImpl final : public PostgresStore {
 
   // ---- HistoryStore ----
 
-  absl::Status Append(absl::Span<const Transition> transitions) {
+  absl::Status Append(absl::Span<const Transition> transitions) override {
     std::map<std::pair<std::string, uint64_t>, const Transition*> unique;
     for (const Transition& t : transitions) {
       if (t.version >= kMaxInt8) return absl::InvalidArgumentError("transition version >= 2^63");
@@ -658,7 +631,7 @@ class PostgresStoreImpl final : public PostgresStore {
   }
 
   absl::StatusOr<std::vector<Transition>> Query(absl::string_view user_id, int64_t from_ms,
-                                                int64_t to_ms) {
+                                                int64_t to_ms) override {
     std::vector<Transition> out;
     absl::Status st = Retrying([&](PgConnection& c) -> absl::Status {
       out.clear();
@@ -685,7 +658,7 @@ class PostgresStoreImpl final : public PostgresStore {
   }
 
   absl::StatusOr<std::optional<Transition>> LastBefore(absl::string_view user_id,
-                                                       int64_t before_ms) {
+                                                       int64_t before_ms) override {
     std::optional<Transition> out;
     absl::Status st = Retrying([&](PgConnection& c) -> absl::Status {
       out.reset();
@@ -711,7 +684,7 @@ class PostgresStoreImpl final : public PostgresStore {
     return out;
   }
 
-  absl::Status Erase(absl::string_view user_id) {
+  absl::Status Erase(absl::string_view user_id) override {
     return Retrying([&](PgConnection& c) {
       Params p;
       const std::string sql =
@@ -722,7 +695,7 @@ class PostgresStoreImpl final : public PostgresStore {
 
   // In transactions of up to 10000 rows (CockroachDB advises small deletes;
   // PostgreSQL has no DELETE ... LIMIT, hence the subquery).
-  absl::Status DropBefore(int64_t before_ms) {
+  absl::Status DropBefore(int64_t before_ms) override {
     constexpr int kRows = 10000;
     while (true) {
       int deleted = 0;
@@ -945,33 +918,12 @@ class PostgresStoreImpl final : public PostgresStore {
     return std::string(sql.substr(0, std::min<size_t>(sql.size(), 40)));
   }
 
-  friend class PgStoreFacade;
-  friend class PgHistoryFacade;
-
   const PostgresStoreOptions options_;
   adapters::ConnectionPool<PgConnection> pool_;
   const std::string users_, devices_, erasures_, offsets_, history_table_;
-  PgStoreFacade store_;
-  PgHistoryFacade history_;
   std::atomic<uint64_t> calls_{0}, call_errors_{0}, retries_{0}, connects_{0},
       connection_errors_{0}, round_trips_{0}, records_dropped_{0}, swept_{0};
 };
-
-absl::Status PgStoreFacade::Write(const StoreBatch& batch) { return impl_->Write(batch); }
-absl::Status PgStoreFacade::Load(StoreVisitor* visitor) { return impl_->Load(visitor); }
-absl::Status PgHistoryFacade::Append(absl::Span<const Transition> transitions) {
-  return impl_->Append(transitions);
-}
-absl::StatusOr<std::vector<Transition>> PgHistoryFacade::Query(absl::string_view user_id,
-                                                               int64_t from_ms, int64_t to_ms) {
-  return impl_->Query(user_id, from_ms, to_ms);
-}
-absl::StatusOr<std::optional<Transition>> PgHistoryFacade::LastBefore(absl::string_view user_id,
-                                                                      int64_t before_ms) {
-  return impl_->LastBefore(user_id, before_ms);
-}
-absl::Status PgHistoryFacade::Erase(absl::string_view user_id) { return impl_->Erase(user_id); }
-absl::Status PgHistoryFacade::DropBefore(int64_t before_ms) { return impl_->DropBefore(before_ms); }
 
 }  // namespace
 

@@ -199,60 +199,74 @@ bool RedisAnswers(int port) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(const std::string& appendfsync) {
-  auto s = std::unique_ptr<RedisServer>(new RedisServer());
-  s->appendfsync_ = appendfsync;
-  auto folder = TempFolder::Make("redis");
-  if (!folder.ok()) return folder.status();
-  s->folder_ = std::move(*folder);
+// ---- TestServer -------------------------------------------------------------------
+
+TestServer::~TestServer() {
+  if (process_ != nullptr) process_->Stop(stop_signal_);
+}
+
+void TestServer::Kill() {
+  if (process_ != nullptr) process_->Stop(crash_signal_);
+}
+
+absl::Status TestServer::Restart() {
+  Kill();
+  return Launch();
+}
+
+absl::Status TestServer::LaunchOnAFreePort() {
   absl::Status last;
-  for (int attempt = 0; attempt < 3; ++attempt) {  // the free port may be taken meanwhile
+  for (int attempt = 0; attempt < 3; ++attempt) {
     auto port = FreePort();
     if (!port.ok()) return port.status();
-    s->port_ = *port;
-    last = s->Launch();
-    if (last.ok()) return s;
+    port_ = *port;
+    last = Launch();
+    if (last.ok()) return last;
   }
   return last;
 }
 
-absl::Status RedisServer::Launch() {
-  const std::string bin = FindOnPath("redis-server");
-  if (bin.empty()) {
-    return absl::FailedPreconditionError(
-        "redis-server is not installed (Debian package redis-server; scripts/install-deps.sh "
-        "installs it)");
-  }
-  const std::string log = folder_->path() + "/redis.log";
-  auto p = Process::Spawn({bin, "--port", absl::StrCat(port_), "--bind", "127.0.0.1", "--dir",
-                           folder_->path(), "--appendonly", "yes", "--appendfsync", appendfsync_,
-                           "--save", "", "--daemonize", "no", "--protected-mode", "no",
-                           "--logfile", ""},
-                          log, -1);
+absl::Status TestServer::Launch() {
+  auto p = Process::Spawn(Command(), Log(), RunAs());
   if (!p.ok()) return p.status();
   process_ = std::move(*p);
-  const int64_t deadline = NowMs() + 20000;
+  const int64_t deadline = NowMs() + 30000;
   while (NowMs() < deadline) {
-    if (RedisAnswers(port_)) return absl::OkStatus();
+    if (Answers()) return absl::OkStatus();
     if (!process_->running()) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   process_->Stop(SIGKILL);
-  return absl::UnavailableError(absl::StrCat("redis-server on port ", port_,
-                                             " did not start; its log ends with:\n", Tail(log)));
+  return absl::UnavailableError(absl::StrCat(Command()[0], " on port ", port_,
+                                             " did not start; its log ends with:\n", Tail(Log())));
 }
 
-RedisServer::~RedisServer() {
-  if (process_ != nullptr) process_->Stop(SIGKILL);
+// ---- redis-server -------------------------------------------------------------------
+
+RedisServer::RedisServer() : TestServer(SIGKILL, SIGKILL) {}
+
+absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(const std::string& appendfsync) {
+  auto s = std::unique_ptr<RedisServer>(new RedisServer());
+  s->appendfsync_ = appendfsync;
+  s->bin_ = FindOnPath("redis-server");
+  if (s->bin_.empty()) {
+    return absl::FailedPreconditionError(
+        "redis-server is not installed (Debian package redis-server; scripts/install-deps.sh "
+        "installs it)");
+  }
+  auto folder = TempFolder::Make("redis");
+  if (!folder.ok()) return folder.status();
+  s->folder_ = std::move(*folder);
+  if (auto st = s->LaunchOnAFreePort(); !st.ok()) return st;
+  return s;
 }
 
-void RedisServer::Kill() {
-  if (process_ != nullptr) process_->Stop(SIGKILL);
+std::vector<std::string> RedisServer::Command() const {
+  return {bin_, "--port", absl::StrCat(port_), "--bind", "127.0.0.1", "--dir", folder(),
+          "--appendonly", "yes", "--appendfsync", appendfsync_, "--save", "", "--daemonize", "no",
+          "--protected-mode", "no", "--logfile", ""};
 }
 
-absl::Status RedisServer::Restart() {
-  Kill();
-  return Launch();
-}
+bool RedisServer::Answers() const { return RedisAnswers(port_); }
 
 }  // namespace presence::testing_servers

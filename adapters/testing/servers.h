@@ -60,55 +60,78 @@ absl::StatusOr<int> FreePort();
 // The last `bytes` of a file (for error messages).
 std::string Tail(const std::string& path, size_t bytes = 2000);
 
-class RedisServer {
+// What both servers share: a folder, a port, the process, and how a test
+// crashes and restarts it.
+class TestServer {
  public:
-  // redis-server with the AOF on (appendonly yes, appendfsync `fsync`) and
-  // no RDB snapshots.
-  static absl::StatusOr<std::unique_ptr<RedisServer>> Start(const std::string& appendfsync = "always");
-  ~RedisServer();
+  virtual ~TestServer();  // stops it (stop_signal), and the folder goes
   int port() const { return port_; }
   const std::string& folder() const { return folder_->path(); }
-  // SIGKILL: a crash of the server process.
+  // The server process (PostgreSQL: the postmaster; its backends are its
+  // children).
+  pid_t pid() const { return process_ != nullptr ? process_->pid() : -1; }
+  bool running() { return process_ != nullptr && process_->running(); }
+  // A crash of the server process (crash_signal), waited for.
   void Kill();
   // Starts it again on the same port and folder; waits until it answers.
   absl::Status Restart();
-  bool running() { return process_ != nullptr && process_->running(); }
-  pid_t pid() const { return process_ != nullptr ? process_->pid() : -1; }
 
- private:
+ protected:
+  TestServer(int crash_signal, int stop_signal) : crash_signal_(crash_signal), stop_signal_(stop_signal) {}
+  // Launch on a free port (three tries: a free port may be taken meanwhile).
+  absl::Status LaunchOnAFreePort();
+  // Starts Command() as RunAs(), logging to Log(), and waits until Answers();
+  // when the process exits or 30 s pass first, says why from its log.
   absl::Status Launch();
+  virtual std::vector<std::string> Command() const = 0;
+  virtual bool Answers() const = 0;
+  virtual std::string Log() const = 0;
+  virtual int RunAs() const { return -1; }
+
   std::unique_ptr<TempFolder> folder_;
   std::unique_ptr<Process> process_;
-  std::string appendfsync_;
   int port_ = 0;
+
+ private:
+  const int crash_signal_;
+  const int stop_signal_;
 };
 
-class PostgresServer {
+class RedisServer final : public TestServer {
  public:
-  // initdb (trust authentication, superuser "presence"), then postgres.
-  // `extra` are more -c settings, e.g. {"fsync=off"}.
-  static absl::StatusOr<std::unique_ptr<PostgresServer>> Start(
-      const std::vector<std::string>& extra = {});
-  ~PostgresServer();
-  int port() const { return port_; }
-  // A libpq connection string for the "postgres" database.
-  std::string conninfo() const;
-  // Immediate shutdown (SIGQUIT): no checkpoint, recovery on the next start,
-  // as after a crash.
-  void Kill();
-  absl::Status Restart();
-  bool running() { return process_ != nullptr && process_->running(); }
-  // The postmaster; its backends are its children.
-  pid_t pid() const { return process_ != nullptr ? process_->pid() : -1; }
+  // redis-server with the AOF on (appendonly yes, appendfsync `appendfsync`)
+  // and no RDB snapshots. Kill is SIGKILL.
+  static absl::StatusOr<std::unique_ptr<RedisServer>> Start(const std::string& appendfsync = "always");
 
  private:
-  absl::Status Launch();
-  std::unique_ptr<TempFolder> folder_;
-  std::unique_ptr<Process> process_;
+  RedisServer();
+  std::vector<std::string> Command() const override;
+  bool Answers() const override;
+  std::string Log() const override { return folder() + "/redis.log"; }
+  std::string bin_;
+  std::string appendfsync_;
+};
+
+class PostgresServer final : public TestServer {
+ public:
+  // initdb (trust authentication, superuser "presence"), then postgres.
+  // `extra` are more -c settings, e.g. {"fsync=off"}. Kill is an immediate
+  // shutdown (SIGQUIT): no checkpoint, recovery on the next start, as after
+  // a crash.
+  static absl::StatusOr<std::unique_ptr<PostgresServer>> Start(
+      const std::vector<std::string>& extra = {});
+  // A libpq connection string for the "postgres" database.
+  std::string conninfo() const;
+
+ private:
+  PostgresServer();
+  std::vector<std::string> Command() const override;
+  bool Answers() const override;
+  std::string Log() const override { return folder() + "/postgres.log"; }
+  int RunAs() const override { return run_as_; }
   std::string bindir_;
   std::vector<std::string> extra_;
   int run_as_ = -1;
-  int port_ = 0;
 };
 
 }  // namespace presence::testing_servers
