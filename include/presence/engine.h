@@ -211,11 +211,14 @@ class PRESENCE_EXPORT Engine {
   // until it answers 0. NotFound for a gateway the engine never saw.
   absl::StatusOr<size_t> DrainGateway(absl::string_view gateway, size_t max_devices = 1000);
 
-  // Engine::ConsumeBus applies up to `max_records` signals from
-  // Options::bus, from where it last stopped (after a rebuild: from the
-  // offsets committed in the Store). Offsets are committed to the Store
-  // after the records the signals changed were written, on Tick. Change
-  // events on the bus are skipped. Returns how many signals were read.
+  // Engine::ConsumeBus reads up to `max_records` records from Options::bus,
+  // from where it last stopped (after a rebuild: from the offsets committed
+  // in the Store), and applies the signals among them; change events are
+  // skipped. Offsets are committed to the Store after the records the
+  // signals changed were written, on Tick. Returns how many records were
+  // read. One call reads each partition once, and a bus may answer with
+  // fewer records than it holds (Kafka: what the client has fetched); to
+  // catch up, call again until it answers 0.
   absl::StatusOr<size_t> ConsumeBus(size_t max_records = 4096);
 
   // Engine::Rebuild: the operator's rebuild. Drops everything the engine

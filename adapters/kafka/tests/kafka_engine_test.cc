@@ -47,6 +47,18 @@ void Publish(KafkaBus* bus, const Signal& s) {
   ASSERT_TRUE(off.ok()) << off.status();
 }
 
+// Consumes until every partition is at its end. One ConsumeBus may stop
+// short: a Kafka read answers with what the client has fetched so far.
+size_t CatchUp(Engine* e) {
+  size_t total = 0;
+  for (;;) {
+    auto n = e->ConsumeBus();
+    EXPECT_TRUE(n.ok()) << n.status();
+    if (!n.ok() || *n == 0) return total;
+    total += *n;
+  }
+}
+
 TEST(KafkaEngine, ANewEngineOnTheSameStoreAndBusReachesTheSameState) {
   MockKafka kafka(3);
   KafkaBusOptions bo = kafka.NewTopicOptions(4, "presence-engines");
@@ -73,8 +85,7 @@ TEST(KafkaEngine, ANewEngineOnTheSameStoreAndBusReachesTheSameState) {
       Publish(bus.get(), s);
     }
     for (int p = 0; p < 4; ++p) kafka.SetLeader(bo.topic, p, 1 + (round + p) % 3);
-    auto consumed = a->ConsumeBus();
-    ASSERT_TRUE(consumed.ok()) << consumed.status();
+    EXPECT_GE(CatchUp(a.get()), 20u);
     clock.Advance(700);
     a->Tick();  // writes the records, then the offsets, then publishes changes to Kafka
   }
@@ -111,7 +122,7 @@ TEST(KafkaEngine, ANewEngineOnTheSameStoreAndBusReachesTheSameState) {
     s.timestamp_ms = clock.NowMs();
     Publish(bus.get(), s);
   }
-  ASSERT_TRUE(a->ConsumeBus().ok());
+  EXPECT_GE(CatchUp(a.get()), 7u);
   EXPECT_EQ(memory.Contents().offsets, committed_in_store);
   EXPECT_EQ(*bus->CommittedOffsets(), *in_kafka);
 
@@ -128,9 +139,7 @@ TEST(KafkaEngine, ANewEngineOnTheSameStoreAndBusReachesTheSameState) {
   o.store = &store_b;
   o.bus = bus.get();
   auto b = Engine::Create(o).value();
-  auto replayed = b->ConsumeBus();  // from the offsets committed in the Store
-  ASSERT_TRUE(replayed.ok()) << replayed.status();
-  EXPECT_GT(*replayed, 0u);
+  EXPECT_GE(CatchUp(b.get()), 7u);  // from the offsets committed in the Store
   const std::vector<UserPresence> after = b->Get(ids);
   for (size_t i = 0; i < ids.size(); ++i) {
     SCOPED_TRACE(users[i]);
@@ -169,7 +178,7 @@ TEST(KafkaEngine, TheAsynchronousCommitFollowsTheStore) {
     s.timestamp_ms = t.clock.NowMs();
     Publish(bus.get(), s);
   }
-  ASSERT_TRUE(t.engine->ConsumeBus().ok());
+  EXPECT_EQ(CatchUp(t.engine.get()), 50u);
   t.Run(200);
   EXPECT_EQ(t.StateOf("u7"), State::kOnline);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
