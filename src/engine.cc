@@ -6,6 +6,8 @@
 #include <atomic>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "src/mutex.h"
 #include "presence/bus.h"
@@ -15,6 +17,7 @@
 #include "presence/wire.h"
 #include "presence/listener.h"
 #include "presence/version.h"
+#include "src/partition.h"
 #include "src/shard.h"
 #include "src/validate.h"
 
@@ -48,6 +51,7 @@ class EngineCore {
     for (int i = 0; i < (1 << shard_bits_); ++i) {
       shards_.push_back(std::make_unique<Shard>(&config_, static_cast<uint32_t>(i), now));
     }
+    for (uint32_t p = 0; p < partitions_; ++p) owned_[p].store(owns_all_, std::memory_order_relaxed);
   }
 
   const Options& options() const { return config_.options; }
@@ -79,9 +83,22 @@ class EngineCore {
         }
       }
       *out = AcceptedSignal{&s, HashUserId(s.user_id), std::min(ts, now), gateway};
+      if (st.ok()) st = CheckOwned(out->hash);
     }
     if (!st.ok()) invalid_.fetch_add(1, std::memory_order_relaxed);
     return st;
+  }
+
+  // OK when this engine serves the user of `hash` (it owns its partition).
+  absl::Status CheckOwned(uint64_t hash) const {
+    if (owns_all_) return absl::OkStatus();
+    const uint32_t p = PartitionOfHash(hash, partitions_);
+    if (owned_[p].load(std::memory_order_acquire)) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("the user is in partition ", p, ", which this engine does not own"));
+  }
+  bool Owns(uint32_t partition) const {
+    return partition < partitions_ && owned_[partition].load(std::memory_order_acquire);
   }
 
   absl::Status Apply(const Signal& s, DeviceHandle* handle) {
@@ -167,6 +184,12 @@ class EngineCore {
 
   size_t Tick() {
     internal::MutexLock lock(&tick_mu_);
+    return TickLocked(nullptr);
+  }
+
+  // A tick; *all_written (when not null) tells whether every record and the
+  // offsets were written.
+  size_t TickLocked(bool* all_written_out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     const int64_t now = Now();
     events_.clear();
     // Signals consumed so far are in the records the shards write now; their
@@ -184,8 +207,10 @@ class EngineCore {
         committed_ = std::move(offsets);
       } else {
         ++offset_errors_;
+        all_written = false;
       }
     }
+    if (all_written_out != nullptr) *all_written_out = all_written;
     AppendHistory(now);
     PublishToBus();
     for (ChangeListener* l : listeners_) {
@@ -197,7 +222,16 @@ class EngineCore {
 
   // ---- Durable state ----
 
-  absl::Status LoadFromStore() {
+  // The partition of a user id (0 without a bus).
+  uint32_t PartitionOf(absl::string_view user_id) const {
+    return PartitionOfHash(HashUserId(user_id), partitions_);
+  }
+
+  // Loads the users, devices and committed offsets of the partitions for
+  // which `wanted` is true (all of them without a bus). Collects everything
+  // before it applies anything, so a failed load changes nothing.
+  absl::Status LoadFromStore(absl::FunctionRef<bool(uint32_t)> wanted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     Store* store = config_.options.store;
     if (store == nullptr) return absl::OkStatus();
     // Collect first, then apply: the store may hold its own lock while it
@@ -214,29 +248,119 @@ class EngineCore {
     const int64_t now = Now();
     for (const UserRecord& u : loader.users) {
       if (!ValidateUserId(u.user_id).ok()) continue;  // not a record this engine wrote
+      if (!wanted(PartitionOf(u.user_id))) continue;
       ShardFor(HashUserId(u.user_id)).LoadUser(u, now);
     }
     for (const DeviceRecord& d : loader.devices) {
       if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok()) continue;
+      if (!wanted(PartitionOf(d.user_id))) continue;
       auto g = gateways_.Intern(d.gateway);
       if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g.ok() ? *g : 0, now); !st.ok()) {
         return st;
       }
     }
     internal::MutexLock lock(&consume_mu_);
-    consumed_.clear();
-    for (const CommittedOffset& o : loader.offsets) consumed_[o.partition] = o.offset;
+    for (auto it = consumed_.begin(); it != consumed_.end();) {
+      it = wanted(it->first) ? consumed_.erase(it) : std::next(it);
+    }
+    for (const CommittedOffset& o : loader.offsets) {
+      if (wanted(o.partition)) consumed_[o.partition] = o.offset;
+    }
     committed_ = ConsumedOffsetsLocked();
     return absl::OkStatus();
   }
 
+  absl::Status Create() {
+    internal::MutexLock lock(&tick_mu_);
+    return LoadFromStore([this](uint32_t p) { return partitions_ == 0 || Owns(p); });
+  }
+
   absl::Status Rebuild() {
-    {
-      internal::MutexLock lock(&tick_mu_);
-      const int64_t now = Now();
-      for (auto& shard : shards_) shard->Clear(now);
+    internal::MutexLock lock(&tick_mu_);
+    const int64_t now = Now();
+    for (auto& shard : shards_) shard->Clear(now);
+    return LoadFromStore([this](uint32_t p) { return partitions_ == 0 || Owns(p); });
+  }
+
+  // ---- Partition ownership ----
+
+  absl::Status ValidatePartitions(absl::Span<const uint32_t> partitions) const {
+    if (partitions_ == 0) return absl::FailedPreconditionError("the engine has no bus");
+    for (uint32_t p : partitions) {
+      if (p >= partitions_) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("partition ", p, " does not exist: the bus has ", partitions_));
+      }
     }
-    return LoadFromStore();
+    return absl::OkStatus();
+  }
+
+  absl::Status AssignPartitions(absl::Span<const uint32_t> partitions) {
+    if (auto st = ValidatePartitions(partitions); !st.ok()) return st;
+    absl::flat_hash_set<uint32_t> taken;
+    for (uint32_t p : partitions) {
+      if (!Owns(p)) taken.insert(p);
+    }
+    if (taken.empty()) return absl::OkStatus();
+    internal::MutexLock lock(&tick_mu_);
+    if (auto st = LoadFromStore([&](uint32_t p) { return taken.contains(p); }); !st.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "could not load the partitions' records from the store (none was taken): ", st.message()));
+    }
+    internal::MutexLock consume(&consume_mu_);
+    for (uint32_t p : taken) owned_[p].store(true, std::memory_order_release);
+    // Replay: everything the bus holds past the committed offsets.
+    for (uint32_t p : taken) {
+      for (;;) {
+        auto n = ConsumePartition(p, 4096);
+        if (!n.ok()) {
+          return absl::Status(n.status().code(),
+                              absl::StrCat("partition ", p, " was taken, but its replay stopped (",
+                                           "ConsumeBus resumes it): ", n.status().message()));
+        }
+        if (*n == 0) break;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RevokePartitions(absl::Span<const uint32_t> partitions) {
+    if (auto st = ValidatePartitions(partitions); !st.ok()) return st;
+    internal::MutexLock lock(&tick_mu_);
+    bool flushed = true;
+    TickLocked(&flushed);
+    internal::MutexLock consume(&consume_mu_);  // no consumption meanwhile
+    absl::flat_hash_set<uint32_t> let_go;
+    for (uint32_t p : partitions) {
+      if (!Owns(p)) continue;
+      owned_[p].store(false, std::memory_order_release);
+      consumed_.erase(p);
+      let_go.insert(p);
+    }
+    if (let_go.empty()) return absl::OkStatus();
+    committed_.erase(std::remove_if(committed_.begin(), committed_.end(),
+                                    [&](const CommittedOffset& o) { return let_go.contains(o.partition); }),
+                     committed_.end());
+    const int64_t now = Now();
+    for (auto& shard : shards_) {
+      shard->Release(now, [&](absl::string_view user) { return let_go.contains(PartitionOf(user)); });
+    }
+    if (!flushed) {
+      return absl::UnavailableError(
+          "the flush before letting go could not write everything; the partitions were let go "
+          "anyway, and their next owner replays the signals from the last committed offsets");
+    }
+    return absl::OkStatus();
+  }
+
+  uint32_t BusPartitions() const { return partitions_; }
+
+  std::vector<uint32_t> OwnedPartitions() const {
+    std::vector<uint32_t> out;
+    for (uint32_t p = 0; p < partitions_; ++p) {
+      if (Owns(p)) out.push_back(p);
+    }
+    return out;
   }
 
   absl::StatusOr<size_t> ConsumeBus(size_t max) {
@@ -244,26 +368,41 @@ class EngineCore {
     if (bus == nullptr) return absl::FailedPreconditionError("the engine has no bus");
     internal::MutexLock lock(&consume_mu_);
     size_t read = 0;
-    DecodedSignal decoded;
-    for (uint32_t p = 0; p < bus->partitions() && read < max; ++p) {
-      uint64_t& offset = consumed_[p];
-      auto records = bus->Read(p, offset, max - read);
-      if (!records.ok()) {
-        ++bus_errors_;
-        return records.status();
-      }
-      for (const BusRecord& r : *records) {
-        offset = r.offset + 1;
-        ++read;
-        if (r.type != BusRecordType::kSignal) continue;
-        if (!DecodeSignal(r.payload, &decoded).ok()) {
-          invalid_.fetch_add(1, std::memory_order_relaxed);  // counted; never blocks the partition
-          continue;
-        }
-        (void)Apply(decoded.signal(), nullptr);  // stale or invalid: counted by the engine
-      }
+    for (uint32_t p = 0; p < partitions_ && read < max; ++p) {
+      if (!Owns(p)) continue;
+      auto n = ConsumePartition(p, max - read);
+      if (!n.ok()) return n.status();
+      read += *n;
     }
     return read;
+  }
+
+  // One read of `partition` from where consumption stopped; applies the
+  // signals. A record that cannot be decoded, or whose user is not of this
+  // partition, is counted and skipped: it never blocks the partition.
+  absl::StatusOr<size_t> ConsumePartition(uint32_t p, size_t max)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    uint64_t& offset = consumed_[p];
+    auto records = config_.options.bus->Read(p, offset, max);
+    if (!records.ok()) {
+      ++bus_errors_;
+      return records.status();
+    }
+    for (const BusRecord& r : *records) {
+      offset = r.offset + 1;
+      if (r.type != BusRecordType::kSignal) continue;
+      if (!DecodeSignal(r.payload, &decoded_).ok()) {
+        invalid_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      const Signal s = decoded_.signal();
+      if (PartitionOf(s.user_id) != p) {
+        wrong_partition_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      (void)Apply(s, nullptr);  // stale or invalid: counted by the engine
+    }
+    return records->size();
   }
 
   absl::StatusOr<std::vector<Transition>> History(absl::string_view user, int64_t from,
@@ -458,6 +597,11 @@ class EngineCore {
     }
     MetricHeader(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.");
     MetricSample(&out, "presence_bus_errors_total", "", bus_errors_.load());
+    MetricHeader(&out, "presence_bus_wrong_partition_total", "counter",
+                 "Signals read from a bus partition that their user does not map to (skipped).");
+    MetricSample(&out, "presence_bus_wrong_partition_total", "", wrong_partition_.load());
+    MetricHeader(&out, "presence_owned_partitions", "gauge", "Bus partitions this engine owns.");
+    MetricSample(&out, "presence_owned_partitions", "", OwnedPartitions().size());
     MetricHeader(&out, "presence_memory_charged_bytes", "gauge",
                  "Bytes charged against the memory budget (users and devices held).");
     MetricSample(&out, "presence_memory_charged_bytes", "", charged_bytes_.load());
@@ -565,9 +709,16 @@ class EngineCore {
   uint64_t offset_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;
   int64_t last_retention_ms_ ABSL_GUARDED_BY(tick_mu_) = 0;
   std::atomic<uint64_t> bus_errors_{0};
+  std::atomic<uint64_t> wrong_partition_{0};
+  // Ownership: the bus's partitions (0 without a bus), and which are owned.
+  const uint32_t partitions_ =
+      config_.options.bus != nullptr ? config_.options.bus->partitions() : 0;
+  const bool owns_all_ = partitions_ == 0 || config_.options.owns_all_partitions;
+  const std::unique_ptr<std::atomic<bool>[]> owned_{new std::atomic<bool>[partitions_]};
 
   internal::Mutex consume_mu_;
   std::map<uint32_t, uint64_t> consumed_ ABSL_GUARDED_BY(consume_mu_);  // next offset per partition
+  DecodedSignal decoded_ ABSL_GUARDED_BY(consume_mu_);
   LatencyHistogram latency_ ABSL_GUARDED_BY(tick_mu_);
 };
 
@@ -580,7 +731,7 @@ using internal::ValidateUserId;
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   if (auto st = internal::ValidateOptions(options); !st.ok()) return st;
   auto core = std::make_unique<EngineCore>(options);
-  if (auto st = core->LoadFromStore(); !st.ok()) return st;
+  if (auto st = core->Create(); !st.ok()) return st;
   return std::unique_ptr<Engine>(new Engine(std::move(core)));
 }
 
@@ -601,6 +752,14 @@ absl::StatusOr<size_t> Engine::ConsumeBus(size_t max_records) {
   return core_->ConsumeBus(max_records);
 }
 absl::Status Engine::Rebuild() { return core_->Rebuild(); }
+absl::Status Engine::AssignPartitions(absl::Span<const uint32_t> partitions) {
+  return core_->AssignPartitions(partitions);
+}
+absl::Status Engine::RevokePartitions(absl::Span<const uint32_t> partitions) {
+  return core_->RevokePartitions(partitions);
+}
+std::vector<uint32_t> Engine::OwnedPartitions() const { return core_->OwnedPartitions(); }
+uint32_t Engine::BusPartitions() const { return core_->BusPartitions(); }
 
 Engine::Engine(std::unique_ptr<EngineCore> core) : core_(std::move(core)) {}
 Engine::~Engine() = default;
@@ -644,6 +803,7 @@ absl::StatusOr<uint64_t> Engine::SetOverride(absl::string_view user_id, Override
         absl::StrCat("override ends at ", until_ms, ", not after now (", now, ")"));
   }
   const uint64_t h = HashUserId(user_id);
+  if (auto st = core_->CheckOwned(h); !st.ok()) return st;
   return core_->ShardFor(h).SetOverride(user_id, h, state, until_ms, trace_id, now);
 }
 

@@ -15,6 +15,7 @@
 #include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -109,6 +110,10 @@ class Shard {
   // Disconnects, cleanly, up to `budget` open devices that gateway `g`
   // carried; returns how many.
   size_t DrainGateway(uint8_t g, size_t budget, int64_t now_ms);
+  // Drops the users for which drop(user_id) is true, with their devices and
+  // overrides, writing nothing of them to the Store: another engine holds
+  // them now (a partition moved). Returns how many users it dropped.
+  size_t Release(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> drop);
   // Drops every user and device (a rebuild starts from nothing).
   void Clear(int64_t now_ms);
 

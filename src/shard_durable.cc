@@ -204,10 +204,11 @@ size_t Shard::DrainGateway(uint8_t g, size_t budget, int64_t now_ms) {
   return n;
 }
 
-void Shard::Clear(int64_t now_ms) {
+size_t Shard::Release(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> drop) {
   internal::MutexLock lock(&mu_);
+  absl::flat_hash_set<uint32_t> dropped;
   for (uint32_t u = 0; u < users_.size(); ++u) {
-    if (!users_[u].in_use) continue;
+    if (!users_[u].in_use || !drop(users_[u].id.view())) continue;
     Unpend(u);
     User& user = users_[u];
     if (user.overrides) {
@@ -216,16 +217,34 @@ void Shard::Clear(int64_t now_ms) {
       with_overrides_.erase(u);
     }
     user.last_seen_ms = 0;
+    // Whoever takes the user over holds its records now: nothing of it is
+    // written from here (FreeDevice queues a deletion per device).
+    const size_t gone_before = gone_.size();
     while (user.first_device != kNone) {
       const uint32_t di = user.first_device;
-      if (devices_.at(di).phase != Phase::kDead) {
-        devices_.at(di).phase = Phase::kDead;
+      Device& d = devices_.at(di);
+      if (d.phase != Phase::kDead) {
+        d.phase = Phase::kDead;
         --live_devices_;
       }
+      d.flags &= ~dflag::kStoreDirty;
       FreeDevice(di, now_ms);
     }
+    gone_.resize(gone_before);
     if (users_[u].in_use) ForgetUser(u);
+    dropped.insert(u);
   }
+  if (!dropped.empty()) {
+    for (auto it = user_timers_.begin(); it != user_timers_.end();) {
+      it = dropped.contains(it->second) ? user_timers_.erase(it) : std::next(it);
+    }
+  }
+  return dropped.size();
+}
+
+void Shard::Clear(int64_t now_ms) {
+  Release(now_ms, [](absl::string_view) { return true; });
+  internal::MutexLock lock(&mu_);
   // A rebuild writes nothing of what it dropped.
   gone_.clear();
   store_dirty_.clear();

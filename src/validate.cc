@@ -67,6 +67,9 @@ absl::Status ValidateOptions(const Options& o) {
   if (o.shards < 0 || o.shards > 256) {
     return absl::InvalidArgumentError("shards must be in [0, 256]");
   }
+  if (!o.owns_all_partitions && o.bus == nullptr) {
+    return absl::InvalidArgumentError("owns_all_partitions is false, but there is no bus to partition");
+  }
   if (auto st = ValidatePolicy("inferred", o.inferred); !st.ok()) return st;
   if (auto st = ValidatePolicy("app", o.app); !st.ok()) return st;
   if (auto st = ValidatePolicy("manual", o.manual); !st.ok()) return st;

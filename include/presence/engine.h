@@ -221,6 +221,37 @@ class PRESENCE_EXPORT Engine {
   // catch up, call again until it answers 0.
   absl::StatusOr<size_t> ConsumeBus(size_t max_records = 4096);
 
+  // ---- Partition ownership (DESIGN.md section 6) ---------------------------
+  //
+  // With a bus, users are partitioned by PartitionFor (presence/bus.h) and
+  // each partition is owned by one engine. An engine serves, consumes and
+  // writes only the users of the partitions it owns; a keyed signal or an
+  // override for any other user answers FailedPrecondition naming the
+  // partition. Without a bus these answer FailedPrecondition.
+
+  // Engine::AssignPartitions takes the partitions over: for those not yet
+  // owned, it loads their users, devices and committed offsets from the
+  // Store, then replays the bus from those offsets up to its end, and only
+  // then serves them. InvalidArgument for a partition the bus does not have;
+  // Unavailable when the Store cannot be read (nothing of it is taken: call
+  // again). Owned partitions in the list are left as they are.
+  absl::Status AssignPartitions(absl::Span<const uint32_t> partitions);
+
+  // Engine::RevokePartitions lets partitions go: it flushes first (a Tick:
+  // every pending record written, the offsets committed, the changes
+  // published), then drops their users from memory, writing nothing more of
+  // them. When the flush could not write everything it still lets go and
+  // answers Unavailable: the offsets of what was not written were not
+  // committed, so the next owner replays those signals. Partitions not owned
+  // are ignored.
+  absl::Status RevokePartitions(absl::Span<const uint32_t> partitions);
+
+  // The partitions this engine owns, in order (every partition of the bus
+  // when Options::owns_all_partitions; none without a bus).
+  std::vector<uint32_t> OwnedPartitions() const;
+  // The number of partitions of Options::bus (0 without a bus).
+  uint32_t BusPartitions() const;
+
   // Engine::Rebuild: the operator's rebuild. Drops everything the engine
   // holds in memory, reloads the Store, and resumes consuming the bus from
   // the committed offsets. Changes that were not yet written are lost (so

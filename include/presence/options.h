@@ -142,6 +142,10 @@ struct Options {
   // Published change events go to this bus (keyed by user), and
   // Engine::ConsumeBus applies the signals found on it. Null: no bus.
   Bus* bus = nullptr;
+  // With a bus: true, the engine owns every partition of it (one engine);
+  // false, it starts owning none, loads nothing, and serves the partitions
+  // that Engine::AssignPartitions gives it (DESIGN.md section 6).
+  bool owns_all_partitions = true;
   // Transitions older than this are dropped from the history (checked about
   // once a minute on Tick). 0: kept for ever.
   int64_t history_retention_ms = int64_t{30} * 24 * 3600 * 1000;
