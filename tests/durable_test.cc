@@ -12,33 +12,13 @@
 #include "presence/store.h"
 #include "presence/wire.h"
 #include "tests/conformance/loaded.h"
+#include "tests/flaky.h"
 #include "tests/test_util.h"
 
 namespace presence::testing {
 namespace {
 
 using ::testing::HasSubstr;
-
-// A store that can be made to fail, over a memory store.
-class FlakyStore : public Store {
- public:
-  absl::Status Write(const StoreBatch& batch) override {
-    ++writes;
-    if (failing) return absl::UnavailableError("store is down");
-    return inner_->Write(batch);
-  }
-  absl::Status Load(StoreVisitor* v) override { return inner_->Load(v); }
-  conformance::Loaded Contents() {
-    conformance::Loaded l;
-    EXPECT_TRUE(inner_->Load(&l).ok());
-    return l;
-  }
-  bool failing = false;
-  int writes = 0;
-
- private:
-  std::unique_ptr<Store> inner_ = NewMemoryStore();
-};
 
 struct Durable {
   FlakyStore store;

@@ -1,0 +1,82 @@
+// File: presence/gateway.h
+//
+// presence::GatewayPublisher is the library's gateway side (DESIGN.md
+// section 6): a process that holds client connections but no engine
+// publishes each signal to its user's bus partition, where the engine that
+// owns the partition consumes it (Engine::ConsumeBus).
+//
+//   presence::GatewayOptions go;
+//   go.gateway_id = "gw-eu-1";
+//   auto gw = presence::GatewayPublisher::Create(bus, go).value();
+//   absl::StatusOr<uint64_t> trace = gw->Publish(signal);
+//   if (absl::IsResourceExhausted(trace.status())) { /* slow the client down */ }
+//
+// EACH SIGNAL is validated (InvalidArgument, nothing published) and
+// normalized before it leaves: a timestamp of 0 becomes the gateway's clock,
+// the gateway field becomes GatewayOptions::gateway_id (so an operator can
+// drain this gateway), and a trace id of 0 becomes a fresh one, returned.
+//
+// WHEN THE BUS FAILS, signals are held in a buffer, in order, and published
+// first on the next Publish or Flush. Past GatewayOptions::max_buffered,
+// Publish answers ResourceExhausted and does not take the signal: that is
+// the back-pressure the host passes on to its clients. A signal is never
+// dropped silently: each one is published, held, or refused to the caller.
+//
+// ORDER: signals are published in the order Publish took them, buffered or
+// not, so a user's signals reach its partition in order.
+//
+// THREAD SAFETY: every method may be called from any thread; calls are
+// serialised by one mutex (a publish is a bus call anyway).
+#ifndef PRESENCE_GATEWAY_H_
+#define PRESENCE_GATEWAY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "presence/bus.h"
+#include "presence/clock.h"
+#include "presence/export.h"
+#include "presence/types.h"
+
+namespace presence {
+
+struct GatewayOptions {
+  std::string gateway_id;        // required: 1..kMaxGatewayIdBytes bytes
+  size_t max_buffered = 100000;  // signals held while the bus fails (>= 1)
+  Clock* clock = nullptr;        // stamps signals without a time; null: SystemClock()
+};
+
+class PRESENCE_EXPORT GatewayPublisher {
+ public:
+  // InvalidArgument for a null bus, a bad gateway id or max_buffered 0.
+  static absl::StatusOr<std::unique_ptr<GatewayPublisher>> Create(Bus* bus,
+                                                                  const GatewayOptions& options);
+  virtual ~GatewayPublisher();
+
+  // Publishes the signal (after what is buffered) and returns its trace id.
+  // OK also when the bus failed and the signal is buffered.
+  // ResourceExhausted: the buffer is full and the signal was not taken.
+  // InvalidArgument: the signal is malformed and was not taken.
+  virtual absl::StatusOr<uint64_t> Publish(const Signal& signal) = 0;
+
+  // Publishes what is buffered, in order. OK when nothing is left; the
+  // bus's error when it still fails (what remains stays buffered).
+  virtual absl::Status Flush() = 0;
+
+  struct Stats {
+    uint64_t published = 0;   // signals on the bus
+    uint64_t buffered = 0;    // held now
+    uint64_t refused = 0;     // ResourceExhausted answers (back-pressure)
+    uint64_t invalid = 0;     // InvalidArgument answers
+    uint64_t bus_errors = 0;  // failed publish attempts
+  };
+  virtual Stats stats() const = 0;
+};
+
+}  // namespace presence
+
+#endif  // PRESENCE_GATEWAY_H_

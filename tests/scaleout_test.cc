@@ -1,0 +1,400 @@
+// Scale-out on one machine (DESIGN.md section 6): the ownership table,
+// engines that serve only the partitions they own and hand them over
+// without loss, and the gateway side that publishes signals to the bus.
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "presence/bus.h"
+#include "presence/gateway.h"
+#include "presence/ownership.h"
+#include "presence/wire.h"
+#include "tests/flaky.h"
+#include "tests/test_util.h"
+
+namespace presence::testing {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr uint32_t kPartitions = 8;
+
+// A user id of each partition, and more of them.
+std::vector<std::string> UsersOf(uint32_t partition, int n) {
+  std::vector<std::string> out;
+  for (int i = 0; static_cast<int>(out.size()) < n; ++i) {
+    std::string u = "user-" + std::to_string(i);
+    if (PartitionFor(u, kPartitions) == partition) out.push_back(u);
+  }
+  return out;
+}
+
+// ---- The ownership table --------------------------------------------------------
+
+TEST(OwnershipTable, CoversEveryPartitionExactlyOnce) {
+  auto t = OwnershipTable::Create(16, {{8, 15, "b"}, {0, 7, "a"}});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->OwnerOfPartition(0), "a");
+  EXPECT_EQ(t->OwnerOfPartition(15), "b");
+  EXPECT_EQ(t->PartitionsOf("b").size(), 8u);
+  EXPECT_TRUE(t->PartitionsOf("nobody").empty());
+  for (const std::string& u : {"alice", "bob", "carol"}) {
+    EXPECT_EQ(t->OwnerOf(u), t->OwnerOfPartition(PartitionFor(u, 16)));
+  }
+  auto even = OwnershipTable::Even(10, {"x", "y", "z"});
+  ASSERT_TRUE(even.ok()) << even.status();
+  size_t total = 0;
+  for (const char* o : {"x", "y", "z"}) {
+    const size_t n = even->PartitionsOf(o).size();
+    EXPECT_TRUE(n == 3 || n == 4) << o << " has " << n;
+    total += n;
+  }
+  EXPECT_EQ(total, 10u);
+}
+
+TEST(OwnershipTable, RefusesGapsOverlapsAndBadRanges) {
+  auto gap = OwnershipTable::Create(16, {{0, 6, "a"}, {8, 15, "b"}});
+  EXPECT_TRUE(absl::IsInvalidArgument(gap.status()));
+  EXPECT_THAT(gap.status().message(), HasSubstr("gap: partitions 7 to 7 have no owner"));
+  auto tail = OwnershipTable::Create(16, {{0, 7, "a"}});
+  EXPECT_THAT(tail.status().message(), HasSubstr("gap: partitions 8 to 15"));
+  auto overlap = OwnershipTable::Create(16, {{0, 8, "a"}, {8, 15, "b"}});
+  EXPECT_TRUE(absl::IsInvalidArgument(overlap.status()));
+  EXPECT_THAT(overlap.status().message(), HasSubstr("overlap: partition 8 is owned by both a and b"));
+  EXPECT_THAT(OwnershipTable::Create(16, {{0, 16, "a"}}).status().message(),
+              HasSubstr("not within partitions 0 to 15"));
+  EXPECT_TRUE(absl::IsInvalidArgument(OwnershipTable::Create(16, {{5, 4, "a"}}).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(OwnershipTable::Create(16, {{0, 15, ""}}).status()));
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(OwnershipTable::Create(16, {{0, 15, std::string(129, 'x')}}).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(OwnershipTable::Create(0, {}).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(OwnershipTable::Create(4, {}).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(OwnershipTable::Even(4, {"a", "a"}).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(OwnershipTable::Even(2, {"a", "b", "c"}).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(OwnershipTable::Even(2, {}).status()));
+}
+
+// ---- Engines that own partitions ------------------------------------------------
+
+// Two engines on one bus and one store, as two machines would be.
+struct Cluster {
+  FlakyStore store;
+  FlakyBus bus{kPartitions};
+  ManualClock clock{1'000'000};
+  RecordingListener heard_a, heard_b;
+  std::unique_ptr<Engine> a = Make(&heard_a), b = Make(&heard_b);
+
+  std::unique_ptr<Engine> Make(RecordingListener* listener) {
+    Options o;
+    o.store = &store;
+    o.bus = &bus;
+    o.clock = &clock;
+    o.listener = listener;
+    o.owns_all_partitions = false;
+    return Engine::Create(o).value();
+  }
+  void Publish(const Signal& s) {
+    Signal stamped = s;
+    stamped.timestamp_ms = clock.NowMs();
+    ASSERT_TRUE(bus.Publish(BusRecordType::kSignal, s.user_id, EncodeSignal(stamped)).ok());
+  }
+  // Both engines consume all they own and tick, `ms` later.
+  void Step(int64_t ms = 100) {
+    for (Engine* e : {a.get(), b.get()}) {
+      for (;;) {
+        auto n = e->ConsumeBus();
+        ASSERT_TRUE(n.ok()) << n.status();
+        if (*n == 0) break;
+      }
+    }
+    clock.Advance(ms);
+    a->Tick();
+    b->Tick();
+  }
+};
+
+TEST(Partitions, AnEngineServesOnlyThePartitionsItOwns) {
+  Cluster c;
+  EXPECT_TRUE(c.a->OwnedPartitions().empty());
+  EXPECT_EQ(c.a->BusPartitions(), kPartitions);
+  const std::string mine = UsersOf(1, 1)[0], theirs = UsersOf(5, 1)[0];
+  ASSERT_TRUE(c.a->AssignPartitions({0, 1, 2, 3}).ok());
+  EXPECT_THAT(c.a->OwnedPartitions(), ElementsAre(0, 1, 2, 3));
+  EXPECT_TRUE(c.a->Signal(TestEngine::Sig(mine, "web")).ok());
+  absl::Status st = c.a->Signal(TestEngine::Sig(theirs, "web"));
+  EXPECT_TRUE(absl::IsFailedPrecondition(st)) << st;
+  EXPECT_THAT(st.message(), HasSubstr("partition 5, which this engine does not own"));
+  EXPECT_TRUE(absl::IsFailedPrecondition(c.a->SetOverride(theirs, OverrideState::kDnd).status()));
+  EXPECT_TRUE(c.a->SetOverride(mine, OverrideState::kDnd).ok());
+  // Bad partitions, and engines without a bus.
+  EXPECT_TRUE(absl::IsInvalidArgument(c.a->AssignPartitions({3, kPartitions})));
+  EXPECT_THAT(c.a->OwnedPartitions(), ElementsAre(0, 1, 2, 3));
+  EXPECT_TRUE(absl::IsInvalidArgument(c.a->RevokePartitions({99})));
+  Options no_bus;
+  no_bus.owns_all_partitions = false;
+  EXPECT_TRUE(absl::IsInvalidArgument(Engine::Create(no_bus).status()));
+  auto plain = Engine::Create(Options()).value();
+  EXPECT_TRUE(absl::IsFailedPrecondition(plain->AssignPartitions({0})));
+  EXPECT_EQ(plain->BusPartitions(), 0u);
+  EXPECT_TRUE(plain->OwnedPartitions().empty());
+}
+
+TEST(Partitions, AHandoverLosesNothingAndPublishesNothingTwice) {
+  Cluster c;
+  auto all_a = OwnershipTable::Create(kPartitions, {{0, kPartitions - 1, "a"}}).value();
+  auto split = OwnershipTable::Even(kPartitions, {"a", "b"}).value();
+  ASSERT_TRUE(ApplyOwnership(c.a.get(), all_a, "a").ok());
+  ASSERT_TRUE(ApplyOwnership(c.b.get(), all_a, "b").ok());
+  std::vector<std::string> users;
+  for (uint32_t p = 0; p < kPartitions; ++p) {
+    for (const std::string& u : UsersOf(p, 3)) users.push_back(u);
+  }
+  // Every user online on a web device, through A.
+  for (const std::string& u : users) c.Publish(TestEngine::Sig(u, "web"));
+  c.Step();
+  for (const std::string& u : users) EXPECT_EQ(c.a->GetOne(u).state, State::kOnline) << u;
+  // Phone signals A consumes but never writes before the move...
+  for (const std::string& u : users) c.Publish(TestEngine::Sig(u, "phone", 1, Source::kInferred));
+  for (;;) {
+    auto n = c.a->ConsumeBus();
+    ASSERT_TRUE(n.ok());
+    if (*n == 0) break;
+  }
+  // ...then B takes partitions 4 to 7: A flushes and lets go, B loads and
+  // replays.
+  ASSERT_TRUE(ApplyOwnership(c.a.get(), split, "a").ok());
+  ASSERT_TRUE(ApplyOwnership(c.b.get(), split, "b").ok());
+  EXPECT_THAT(c.a->OwnedPartitions(), ElementsAre(0, 1, 2, 3));
+  EXPECT_THAT(c.b->OwnedPartitions(), ElementsAre(4, 5, 6, 7));
+  // More signals after the move: a DND for everyone, through the bus owner.
+  for (const std::string& u : users) {
+    Engine* owner = split.OwnerOf(u) == "a" ? c.a.get() : c.b.get();
+    ASSERT_TRUE(owner->SetOverride(u, OverrideState::kDnd).ok()) << u;
+  }
+  c.Step(1500);
+  for (const std::string& u : users) {
+    SCOPED_TRACE(u);
+    Engine* owner = split.OwnerOf(u) == "a" ? c.a.get() : c.b.get();
+    Engine* other = owner == c.a.get() ? c.b.get() : c.a.get();
+    const UserPresence p = owner->GetOne(u);
+    EXPECT_EQ(p.state, State::kDnd);
+    EXPECT_EQ(p.devices.total(), 2) << "web and phone, the phone replayed from the bus";
+    EXPECT_FALSE(other->GetOne(u).known);
+  }
+  // Each (user, version) was published once, by one engine or the other.
+  std::map<std::pair<std::string, uint64_t>, int> seen;
+  for (auto* heard : {&c.heard_a, &c.heard_b}) {
+    for (const ChangeEvent& e : heard->events()) ++seen[{e.user_id, e.version}];
+  }
+  for (const auto& [key, n] : seen) EXPECT_EQ(n, 1) << key.first << " v" << key.second;
+  for (const std::string& u : users) {
+    EXPECT_EQ(c.heard_a.For(u).size() + c.heard_b.For(u).size(), 2u) << u << ": online, then dnd";
+  }
+}
+
+TEST(Partitions, LettingGoKeepsTheRecordsAndInvalidatesTheHandles) {
+  Cluster c;
+  ASSERT_TRUE(c.a->AssignPartitions({2, 3}).ok());
+  const std::string u = UsersOf(3, 1)[0];
+  auto h = c.a->Connect(TestEngine::Sig(u, "web"));
+  ASSERT_TRUE(h.ok());
+  c.Step();
+  ASSERT_TRUE(c.a->RevokePartitions({3, 6}).ok());  // 6 was never owned: ignored
+  EXPECT_THAT(c.a->OwnedPartitions(), ElementsAre(2));
+  EXPECT_TRUE(absl::IsNotFound(c.a->Beat(*h)));
+  EXPECT_FALSE(c.a->GetOne(u).known);
+  c.Step();
+  // The store still holds the device, for the next owner.
+  const auto contents = c.store.Contents();
+  EXPECT_EQ(contents.devices.count({u, "web"}), 1u);
+  ASSERT_TRUE(c.b->AssignPartitions({3}).ok());
+  EXPECT_EQ(c.b->GetOne(u).devices.total(), 1);
+  // A commits offsets of its own partitions only: B's for partition 3 are
+  // never overwritten by A's older ones.
+  c.Publish(TestEngine::Sig(u, "tablet"));
+  const uint64_t end = c.bus.EndOffset(3).value();
+  c.Step();  // B consumes to `end` and commits it; A ticks after B
+  EXPECT_EQ(c.store.Contents().offsets.at(3), end);
+}
+
+TEST(Partitions, AStoreUnreachableDuringTheRebuildTakesNothing) {
+  Cluster c;
+  c.store.failing_load = true;
+  absl::Status st = c.a->AssignPartitions({0, 1});
+  EXPECT_TRUE(absl::IsUnavailable(st)) << st;
+  EXPECT_THAT(st.message(), HasSubstr("none was taken"));
+  EXPECT_TRUE(c.a->OwnedPartitions().empty());
+  c.store.failing_load = false;
+  EXPECT_TRUE(c.a->AssignPartitions({0, 1}).ok());
+  EXPECT_THAT(c.a->OwnedPartitions(), ElementsAre(0, 1));
+}
+
+TEST(Partitions, AFailedFlushStillLetsGoAndTheNextOwnerReplays) {
+  Cluster c;
+  ASSERT_TRUE(c.a->AssignPartitions({4}).ok());
+  const std::string u = UsersOf(4, 1)[0];
+  c.Publish(TestEngine::Sig(u, "web"));
+  c.store.failing = true;
+  c.Step();  // consumed, but neither the record nor the offset is written
+  absl::Status st = c.a->RevokePartitions({4});
+  EXPECT_TRUE(absl::IsUnavailable(st)) << st;
+  EXPECT_TRUE(c.a->OwnedPartitions().empty());
+  c.store.failing = false;
+  ASSERT_TRUE(c.b->AssignPartitions({4}).ok());
+  EXPECT_EQ(c.b->GetOne(u).devices.total(), 1) << "replayed from offset 0";
+}
+
+TEST(Partitions, ARecordOfAnotherPartitionIsCountedAndSkipped) {
+  Cluster c;
+  ASSERT_TRUE(c.a->AssignPartitions({0, 1, 2, 3, 4, 5, 6, 7}).ok());
+  const std::string u = UsersOf(2, 1)[0], decoy = UsersOf(6, 1)[0];
+  Signal s = TestEngine::Sig(u, "web");
+  s.timestamp_ms = c.clock.NowMs();
+  // Keyed by a user of partition 6, so the bus puts it there.
+  ASSERT_TRUE(c.bus.Publish(BusRecordType::kSignal, decoy, EncodeSignal(s)).ok());
+  c.Step();
+  EXPECT_FALSE(c.a->GetOne(u).known);
+  EXPECT_THAT(c.a->RenderMetrics(), HasSubstr("presence_bus_wrong_partition_total 1\n"));
+  EXPECT_THAT(c.a->RenderMetrics(), HasSubstr("presence_owned_partitions 8\n"));
+}
+
+TEST(Partitions, ApplyOwnershipChecksTheTableAgainstTheBus) {
+  Cluster c;
+  auto small = OwnershipTable::Even(4, {"a"}).value();
+  absl::Status st = ApplyOwnership(c.a.get(), small, "a");
+  EXPECT_TRUE(absl::IsInvalidArgument(st));
+  EXPECT_THAT(st.message(), HasSubstr("the table has 4 partitions, the engine's bus 8"));
+  EXPECT_TRUE(absl::IsInvalidArgument(ApplyOwnership(nullptr, small, "a")));
+}
+
+// ---- The gateway side -----------------------------------------------------------
+
+struct Gateway {
+  FlakyBus bus{kPartitions};
+  ManualClock clock{5'000'000};
+  std::unique_ptr<GatewayPublisher> gw = Make(4);
+  std::unique_ptr<GatewayPublisher> Make(size_t bound) {
+    GatewayOptions o;
+    o.gateway_id = "gw-1";
+    o.clock = &clock;
+    o.max_buffered = bound;
+    return GatewayPublisher::Create(&bus, o).value();
+  }
+  std::vector<Signal> Published(std::vector<DecodedSignal>* keep) {
+    std::vector<Signal> out;
+    for (const BusRecord& r : bus.All()) {
+      keep->emplace_back();
+      EXPECT_TRUE(DecodeSignal(r.payload, &keep->back()).ok());
+      EXPECT_EQ(r.partition, PartitionFor(r.key, kPartitions));
+    }
+    for (const DecodedSignal& d : *keep) out.push_back(d.signal());
+    return out;
+  }
+};
+
+TEST(GatewayPublisher, NormalizesAndTagsEachSignal) {
+  Gateway g;
+  Signal s = TestEngine::Sig("alice", "web");
+  s.gateway = "someone-else";
+  auto t1 = g.gw->Publish(s);
+  ASSERT_TRUE(t1.ok()) << t1.status();
+  s.trace_id = 77;
+  s.timestamp_ms = 4'999'000;
+  auto t2 = g.gw->Publish(s);
+  ASSERT_TRUE(t2.ok());
+  EXPECT_NE(*t1, 0u);
+  EXPECT_EQ(*t2, 77u);
+  std::vector<DecodedSignal> keep;
+  auto out = g.Published(&keep);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].gateway, "gw-1");
+  EXPECT_EQ(out[0].timestamp_ms, 5'000'000);
+  EXPECT_EQ(out[0].trace_id, *t1);
+  EXPECT_EQ(out[1].timestamp_ms, 4'999'000);
+  EXPECT_EQ(out[1].trace_id, 77u);
+  // Fresh trace ids differ.
+  std::set<uint64_t> ids;
+  for (int i = 0; i < 100; ++i) ids.insert(g.gw->Publish(TestEngine::Sig("bob", "web")).value());
+  EXPECT_EQ(ids.size(), 100u);
+  // Malformed signals are refused, and counted.
+  EXPECT_TRUE(absl::IsInvalidArgument(g.gw->Publish(TestEngine::Sig("", "web")).status()));
+  Signal bad = TestEngine::Sig("alice", "web");
+  bad.source = static_cast<Source>(9);
+  EXPECT_TRUE(absl::IsInvalidArgument(g.gw->Publish(bad).status()));
+  EXPECT_EQ(g.gw->stats().invalid, 2u);
+  EXPECT_EQ(g.gw->stats().published, 102u);
+}
+
+TEST(GatewayPublisher, BuffersWhileTheBusFailsThenPushesBackNeverDropping) {
+  Gateway g;
+  ASSERT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "web", 1)).ok());
+  g.bus.failing = true;
+  for (uint64_t session = 2; session <= 5; ++session) {
+    EXPECT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "web", session)).ok()) << "buffered";
+  }
+  EXPECT_EQ(g.gw->stats().buffered, 4u);
+  auto refused = g.gw->Publish(TestEngine::Sig("alice", "web", 6));
+  EXPECT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("bus is down"));
+  EXPECT_TRUE(absl::IsUnavailable(g.gw->Flush()));
+  EXPECT_EQ(g.gw->stats().refused, 1u);
+  g.bus.failing = false;
+  // The next publish sends what waited first, in order.
+  ASSERT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "web", 6)).ok());
+  EXPECT_TRUE(g.gw->Flush().ok());
+  std::vector<DecodedSignal> keep;
+  auto out = g.Published(&keep);
+  ASSERT_EQ(out.size(), 6u);
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i].session_id, i + 1);
+  const auto stats = g.gw->stats();
+  EXPECT_EQ(stats.published, 6u);
+  EXPECT_EQ(stats.buffered, 0u);
+  EXPECT_GE(stats.bus_errors, 4u);
+}
+
+TEST(GatewayPublisher, RefusesBadOptions) {
+  FlakyBus bus(2);
+  GatewayOptions o;
+  EXPECT_TRUE(absl::IsInvalidArgument(GatewayPublisher::Create(&bus, o).status()));
+  o.gateway_id = std::string(129, 'g');
+  EXPECT_TRUE(absl::IsInvalidArgument(GatewayPublisher::Create(&bus, o).status()));
+  o.gateway_id = "gw";
+  o.max_buffered = 0;
+  EXPECT_TRUE(absl::IsInvalidArgument(GatewayPublisher::Create(&bus, o).status()));
+  o.max_buffered = 1;
+  EXPECT_TRUE(absl::IsInvalidArgument(GatewayPublisher::Create(nullptr, o).status()));
+  EXPECT_TRUE(GatewayPublisher::Create(&bus, o).ok());
+}
+
+TEST(GatewayPublisher, AnEngineServesWhatTheGatewayPublishedAndCanDrainIt) {
+  Cluster c;
+  GatewayOptions o;
+  o.gateway_id = "gw-7";
+  o.clock = &c.clock;
+  auto gw = GatewayPublisher::Create(&c.bus, o).value();
+  ASSERT_TRUE(c.a->AssignPartitions({0, 1, 2, 3}).ok());
+  ASSERT_TRUE(c.b->AssignPartitions({4, 5, 6, 7}).ok());
+  std::vector<std::string> users;
+  for (int i = 0; i < 16; ++i) users.push_back("member-" + std::to_string(i));
+  for (const std::string& u : users) ASSERT_TRUE(gw->Publish(TestEngine::Sig(u, "web")).ok());
+  c.Step();
+  for (const std::string& u : users) {
+    Engine* owner = PartitionFor(u, kPartitions) < 4 ? c.a.get() : c.b.get();
+    EXPECT_EQ(owner->GetOne(u).state, State::kOnline) << u;
+  }
+  // The operator drains the gateway on each engine: its devices go.
+  const size_t drained = c.a->DrainGateway("gw-7").value() + c.b->DrainGateway("gw-7").value();
+  EXPECT_EQ(drained, users.size());
+  c.Step(1500);
+  for (const std::string& u : users) {
+    Engine* owner = PartitionFor(u, kPartitions) < 4 ? c.a.get() : c.b.get();
+    EXPECT_EQ(owner->GetOne(u).state, State::kOffline) << u;
+  }
+}
+
+}  // namespace
+}  // namespace presence::testing
