@@ -46,9 +46,9 @@
 // itself): Poll stops there and answers FailedPrecondition naming the region,
 // on every call, until the configuration is fixed.
 //
-// Not yet: erasure across regions (Engine::Erase is local), and a bound on a
+// Not yet: erasure across regions (Engine::Erase is local), a bound on a
 // remote clock that runs far ahead (its stamps win until local clocks pass
-// them).
+// them), and persistence (a new mirror starts empty, from offset 0).
 //
 // THREAD SAFETY: every method may be called from any thread; one mutex
 // serialises them, held across bus calls (this is not the heartbeat path).
