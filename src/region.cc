@@ -46,6 +46,7 @@ bool Newer(uint64_t hlc, absl::string_view region, const RegionRecord& than) {
 struct RegionMirror::State {
   RegionMirrorOptions options;
 
+  internal::Mutex poll_mu;  // serialises Poll, so the listener sees merge order
   mutable internal::Mutex mu;
   uint64_t last_hlc ABSL_GUARDED_BY(mu) = 0;
   absl::btree_map<std::string, RegionRecord> view ABSL_GUARDED_BY(mu);
@@ -105,6 +106,40 @@ struct RegionMirror::State {
     it->second = RegionRecord{*std::move(event), m.hlc(), m.region()};
     ++stats.merged;
     return true;
+  }
+
+  // Poll without the listener: takes mu; the events that won go to `won`
+  // when there is a listener.
+  absl::StatusOr<size_t> PollBuses(std::vector<ChangeEvent>* won) ABSL_LOCKS_EXCLUDED(mu) {
+    internal::MutexLock lock(&mu);
+    (void)FlushLocked();
+    size_t changed = 0;
+    for (size_t b = 0; b < options.inbound.size(); ++b) {
+      Bus* bus = options.inbound[b];
+      std::vector<uint64_t>& next = offsets[b];
+      if (next.size() < bus->partitions()) next.resize(bus->partitions(), 0);
+      for (uint32_t p = 0; p < next.size(); ++p) {
+        for (;;) {  // a bus may answer with fewer records than it holds
+          auto records = bus->Read(p, next[p], options.read_batch);
+          if (!records.ok()) {
+            return absl::Status(records.status().code(),
+                                absl::StrCat("inbound bus ", b, " partition ", p, " offset ",
+                                             next[p], ": ", records.status().message()));
+          }
+          if (records->empty()) break;
+          for (const BusRecord& r : *records) {
+            auto merged = MergeRemote(r);
+            if (!merged.ok()) return merged.status();  // the offset stays: sticky
+            if (*merged) {
+              ++changed;
+              if (options.listener != nullptr) won->push_back(view.at(r.key).event);
+            }
+            next[p] = r.offset + 1;
+          }
+        }
+      }
+    }
+    return changed;
   }
 };
 
@@ -188,31 +223,10 @@ absl::Status RegionMirror::Flush() {
 }
 
 absl::StatusOr<size_t> RegionMirror::Poll() {
-  internal::MutexLock lock(&s_->mu);
-  (void)s_->FlushLocked();
-  size_t changed = 0;
-  for (size_t b = 0; b < s_->options.inbound.size(); ++b) {
-    Bus* bus = s_->options.inbound[b];
-    std::vector<uint64_t>& offsets = s_->offsets[b];
-    if (offsets.size() < bus->partitions()) offsets.resize(bus->partitions(), 0);
-    for (uint32_t p = 0; p < offsets.size(); ++p) {
-      for (;;) {  // a bus may answer with fewer records than it holds
-        auto records = bus->Read(p, offsets[p], s_->options.read_batch);
-        if (!records.ok()) {
-          return absl::Status(records.status().code(),
-                              absl::StrCat("inbound bus ", b, " partition ", p, " offset ",
-                                           offsets[p], ": ", records.status().message()));
-        }
-        if (records->empty()) break;
-        for (const BusRecord& r : *records) {
-          auto merged = s_->MergeRemote(r);
-          if (!merged.ok()) return merged.status();  // the offset stays: sticky
-          changed += *merged;
-          offsets[p] = r.offset + 1;
-        }
-      }
-    }
-  }
+  internal::MutexLock polling(&s_->poll_mu);
+  std::vector<ChangeEvent> won;  // for the listener, delivered without mu
+  absl::StatusOr<size_t> changed = s_->PollBuses(&won);
+  if (s_->options.listener != nullptr && !won.empty()) s_->options.listener->OnChanges(won);
   return changed;
 }
 

@@ -3,6 +3,7 @@
 // regions across partitions.
 #include "presence/region.h"
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <random>
@@ -274,6 +275,39 @@ TEST(RegionMerge, TheViewHoldsTheEventAsTheWireCarriesIt) {
   EXPECT_TRUE(there.event.invisible);
   EXPECT_EQ(there.event.trace_id, 77u);
   EXPECT_EQ(std::tie(here.hlc, here.region), std::tie(there.hlc, there.region));
+}
+
+TEST(RegionMerge, TheListenerHearsOfRemoteRecordsThatWon) {
+  // It may read the view from inside the call.
+  struct Recorder final : ChangeListener {
+    RegionMirror* mirror = nullptr;
+    std::vector<std::tuple<std::string, State, std::string>> heard;
+    void OnChanges(absl::Span<const ChangeEvent> events) override {
+      for (const ChangeEvent& e : events) {
+        heard.emplace_back(e.user_id, e.state, mirror->Get(e.user_id)->region);
+      }
+    }
+  } recorder;
+  Region eu, us;
+  RegionMirrorOptions o;
+  o.region_id = "eu";
+  o.clock = &eu.clock;
+  o.outbound = &eu.out;
+  o.inbound = {&us.out};
+  o.listener = &recorder;
+  eu.mirror = RegionMirror::Create(o).value();
+  recorder.mirror = eu.mirror.get();
+  const std::string rec = Mirrored(Event("alice", State::kOnline, 1), Hlc(2000, 0), "us");
+  ASSERT_TRUE(us.out.Publish(BusRecordType::kChange, "alice", rec).ok());
+  ASSERT_TRUE(us.out.Publish(BusRecordType::kChange, "alice", rec).ok());  // a duplicate
+  ASSERT_TRUE(us.out.Publish(BusRecordType::kChange, "bob",
+                             Mirrored(Event("bob", State::kAway, 1), Hlc(2000, 1), "us")).ok());
+  ASSERT_TRUE(eu.mirror->Mirror({Event("carol", State::kOnline, 1)}).ok());  // local: not heard
+  ASSERT_EQ(eu.mirror->Poll().value(), 2u);
+  std::sort(recorder.heard.begin(), recorder.heard.end());
+  EXPECT_THAT(recorder.heard,
+              ::testing::ElementsAre(std::make_tuple("alice", State::kOnline, "us"),
+                                     std::make_tuple("bob", State::kAway, "us")));
 }
 
 // ---- The hybrid logical clock ------------------------------------------------

@@ -51,7 +51,8 @@
 // them), and persistence (a new mirror starts empty, from offset 0).
 //
 // THREAD SAFETY: every method may be called from any thread; one mutex
-// serialises them, held across bus calls (this is not the heartbeat path).
+// serialises them, held across bus calls (this is not the heartbeat path),
+// and Poll calls are serialised among themselves.
 #ifndef PRESENCE_REGION_H_
 #define PRESENCE_REGION_H_
 
@@ -85,6 +86,11 @@ struct RegionMirrorOptions {
   std::vector<Bus*> inbound;  // the other regions' outbound buses; not owned
   size_t max_pending = 100000;  // users with a change not yet published
   size_t read_batch = 1024;     // records per Bus::Read
+  // Optional, not owned: receives the remote records that won the merge in a
+  // Poll (the host's engine already told it of local ones), in merge order,
+  // after the merge, on Poll's thread, without the mirror's lock: it may call
+  // Get or View, not Poll. Region and HLC: Get(event.user_id).
+  ChangeListener* listener = nullptr;
 };
 
 // presence::RegionRecord: a user's winning record in the merged view.
