@@ -163,7 +163,10 @@ absl::StatusOr<std::unique_ptr<RegionMirror>> RegionMirror::Create(
   auto s = std::make_unique<State>();
   s->options = options;
   if (s->options.clock == nullptr) s->options.clock = SystemClock();
-  s->offsets.resize(options.inbound.size());
+  {
+    internal::MutexLock lock(&s->mu);
+    s->offsets.resize(options.inbound.size());
+  }
   return std::unique_ptr<RegionMirror>(new RegionMirror(std::move(s)));
 }
 
