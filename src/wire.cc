@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "presence/v1/presence.pb.h"
 #include "src/validate.h"
+#include "src/wire_internal.h"
 
 namespace presence {
 
@@ -78,8 +79,8 @@ absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out) {
   return absl::OkStatus();
 }
 
-std::string EncodeChangeEvent(const ChangeEvent& e, bool include_self) {
-  pb::ChangeEvent m;
+void internal::ChangeEventToProto(const ChangeEvent& e, bool include_self, pb::ChangeEvent* out) {
+  pb::ChangeEvent& m = *out;
   m.set_user_id(e.user_id);
   m.set_previous(static_cast<pb::State>(e.previous));
   m.set_state(static_cast<pb::State>(e.state));
@@ -94,14 +95,15 @@ std::string EncodeChangeEvent(const ChangeEvent& e, bool include_self) {
     m.set_self_state(static_cast<pb::State>(e.self_state));
     m.set_invisible(e.invisible);
   }
+}
+
+std::string EncodeChangeEvent(const ChangeEvent& e, bool include_self) {
+  pb::ChangeEvent m;
+  internal::ChangeEventToProto(e, include_self, &m);
   return m.SerializeAsString();
 }
 
-absl::StatusOr<ChangeEvent> DecodeChangeEvent(absl::string_view bytes) {
-  pb::ChangeEvent m;
-  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::InvalidArgumentError("malformed presence.v1.ChangeEvent");
-  }
+absl::StatusOr<ChangeEvent> internal::ChangeEventFromProto(const pb::ChangeEvent& m) {
   if (auto st = internal::ValidateUserId(m.user_id()); !st.ok()) return st;
   ChangeEvent e;
   e.user_id = m.user_id();
@@ -130,6 +132,14 @@ absl::StatusOr<ChangeEvent> DecodeChangeEvent(absl::string_view bytes) {
   e.changed_at_ms = m.changed_at_ms();
   e.published_at_ms = m.published_at_ms();
   return e;
+}
+
+absl::StatusOr<ChangeEvent> DecodeChangeEvent(absl::string_view bytes) {
+  pb::ChangeEvent m;
+  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::InvalidArgumentError("malformed presence.v1.ChangeEvent");
+  }
+  return internal::ChangeEventFromProto(m);
 }
 
 }  // namespace presence

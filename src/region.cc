@@ -1,0 +1,265 @@
+#include "presence/region.h"
+
+#include <algorithm>
+#include <tuple>
+#include <utility>
+
+#include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "presence/v1/presence.pb.h"
+#include "src/mutex.h"
+#include "src/wire_internal.h"
+
+namespace presence {
+
+namespace {
+
+namespace pb = ::presence::v1;
+
+// Stamps stay below 2^63: a remote stamp at or above it is malformed, so that
+// `last + 1` can never wrap, in any region alike.
+constexpr uint64_t kMaxHlc = uint64_t{1} << 63;
+constexpr int64_t kMaxPhysicalMs = int64_t{1} << (63 - kHlcLogicalBits);
+
+absl::Status ValidateRegionId(absl::string_view id) {
+  if (id.empty() || id.size() > kMaxRegionIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("region id must be 1 to ", kMaxRegionIdBytes,
+                                                   " bytes, got ", id.size()));
+  }
+  for (char c : id) {
+    if (c <= ' ' || c > '~') {
+      return absl::InvalidArgumentError(
+          "region id must be printable ASCII without spaces");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The merge order: (hlc, region), region ids compared byte by byte.
+bool Newer(uint64_t hlc, absl::string_view region, const RegionRecord& than) {
+  return std::tie(hlc, region) > std::make_tuple(than.hlc, absl::string_view(than.region));
+}
+
+}  // namespace
+
+struct RegionMirror::State {
+  RegionMirrorOptions options;
+
+  internal::Mutex poll_mu;  // serialises Poll, so the listener sees merge order
+  mutable internal::Mutex mu;
+  uint64_t last_hlc ABSL_GUARDED_BY(mu) = 0;
+  absl::btree_map<std::string, RegionRecord> view ABSL_GUARDED_BY(mu);
+  // user id -> encoded MirroredChange, the latest not yet published.
+  absl::btree_map<std::string, std::string> pending ABSL_GUARDED_BY(mu);
+  // Per inbound bus, per partition: the next offset to read.
+  std::vector<std::vector<uint64_t>> offsets ABSL_GUARDED_BY(mu);
+  RegionMirrorStats stats ABSL_GUARDED_BY(mu);
+
+  uint64_t SendStamp() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const int64_t now = std::clamp<int64_t>(options.clock->NowMs(), 0, kMaxPhysicalMs - 1);
+    last_hlc = std::max(last_hlc + 1, static_cast<uint64_t>(now) << kHlcLogicalBits);
+    return last_hlc;
+  }
+
+  // Publishes the queue in user order; stops at the first failure.
+  absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (auto it = pending.begin(); it != pending.end();) {
+      auto off = options.outbound->Publish(BusRecordType::kChange, it->first, it->second);
+      if (!off.ok()) {
+        ++stats.publish_failures;
+        return off.status();
+      }
+      it = pending.erase(it);
+    }
+    return absl::OkStatus();
+  }
+
+  // Merges one inbound record: true when it changed the view.
+  // FailedPrecondition for a region id collision; a malformed record is
+  // counted and answers false.
+  absl::StatusOr<bool> MergeRemote(const BusRecord& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    pb::MirroredChange m;
+    if (r.type != BusRecordType::kChange ||
+        !m.ParseFromArray(r.payload.data(), static_cast<int>(r.payload.size())) ||
+        m.hlc() == 0 || m.hlc() >= kMaxHlc || !ValidateRegionId(m.region()).ok() ||
+        m.event().user_id() != r.key) {
+      ++stats.malformed;
+      return false;
+    }
+    if (m.region() == options.region_id) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "region id collision: a record on an inbound bus carries this region's id \"",
+          options.region_id, "\" (two regions share it, or a bus is wired back to itself)"));
+    }
+    auto event = internal::ChangeEventFromProto(m.event());
+    if (!event.ok()) {
+      ++stats.malformed;
+      return false;
+    }
+    last_hlc = std::max(last_hlc, m.hlc());  // the HLC receive rule
+    auto [it, inserted] = view.try_emplace(r.key);
+    if (!inserted && !Newer(m.hlc(), m.region(), it->second)) {
+      ++stats.duplicate_or_stale;
+      return false;
+    }
+    it->second = RegionRecord{*std::move(event), m.hlc(), m.region()};
+    ++stats.merged;
+    return true;
+  }
+
+  // Poll without the listener: takes mu; the events that won go to `won`
+  // when there is a listener.
+  absl::StatusOr<size_t> PollBuses(std::vector<ChangeEvent>* won) ABSL_LOCKS_EXCLUDED(mu) {
+    internal::MutexLock lock(&mu);
+    (void)FlushLocked();
+    size_t changed = 0;
+    for (size_t b = 0; b < options.inbound.size(); ++b) {
+      Bus* bus = options.inbound[b];
+      std::vector<uint64_t>& next = offsets[b];
+      if (next.size() < bus->partitions()) next.resize(bus->partitions(), 0);
+      for (uint32_t p = 0; p < next.size(); ++p) {
+        for (;;) {  // a bus may answer with fewer records than it holds
+          auto records = bus->Read(p, next[p], options.read_batch);
+          if (!records.ok()) {
+            return absl::Status(records.status().code(),
+                                absl::StrCat("inbound bus ", b, " partition ", p, " offset ",
+                                             next[p], ": ", records.status().message()));
+          }
+          if (records->empty()) break;
+          for (const BusRecord& r : *records) {
+            auto merged = MergeRemote(r);
+            if (!merged.ok()) return merged.status();  // the offset stays: sticky
+            if (*merged) {
+              ++changed;
+              if (options.listener != nullptr) won->push_back(view.at(r.key).event);
+            }
+            next[p] = r.offset + 1;
+          }
+        }
+      }
+    }
+    return changed;
+  }
+};
+
+RegionMirror::RegionMirror(std::unique_ptr<State> state) : s_(std::move(state)) {}
+RegionMirror::~RegionMirror() = default;
+
+absl::StatusOr<std::unique_ptr<RegionMirror>> RegionMirror::Create(
+    const RegionMirrorOptions& options) {
+  if (auto st = ValidateRegionId(options.region_id); !st.ok()) return st;
+  if (options.outbound == nullptr) return absl::InvalidArgumentError("outbound bus is null");
+  if (options.max_pending == 0) return absl::InvalidArgumentError("max_pending must be > 0");
+  if (options.read_batch == 0) return absl::InvalidArgumentError("read_batch must be > 0");
+  absl::flat_hash_set<Bus*> seen = {options.outbound};
+  for (Bus* b : options.inbound) {
+    if (b == nullptr) return absl::InvalidArgumentError("an inbound bus is null");
+    if (!seen.insert(b).second) {
+      return absl::InvalidArgumentError(
+          "an inbound bus is repeated, or is the outbound bus (a region would read itself)");
+    }
+  }
+  auto s = std::make_unique<State>();
+  s->options = options;
+  if (s->options.clock == nullptr) s->options.clock = SystemClock();
+  {
+    internal::MutexLock lock(&s->mu);
+    s->offsets.resize(options.inbound.size());
+  }
+  return std::unique_ptr<RegionMirror>(new RegionMirror(std::move(s)));
+}
+
+absl::Status RegionMirror::Mirror(absl::Span<const ChangeEvent> events) {
+  // Encode and validate everything first, so that a refusal changes nothing.
+  std::vector<pb::MirroredChange> out(events.size());
+  std::vector<ChangeEvent> canonical;  // each event as the wire carries it
+  canonical.reserve(events.size());
+  for (size_t i = 0; i < events.size(); ++i) {
+    internal::ChangeEventToProto(events[i], /*include_self=*/true, out[i].mutable_event());
+    auto e = internal::ChangeEventFromProto(out[i].event());
+    if (!e.ok()) return e.status();
+    canonical.push_back(*std::move(e));
+    out[i].set_region(s_->options.region_id);
+  }
+  internal::MutexLock lock(&s_->mu);
+  auto fits = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s_->mu) {
+    absl::flat_hash_set<absl::string_view> fresh;  // users not queued yet
+    for (const ChangeEvent& e : canonical) {
+      if (!s_->pending.contains(e.user_id)) fresh.insert(e.user_id);
+    }
+    return s_->pending.size() + fresh.size() <= s_->options.max_pending;
+  };
+  if (!fits()) {
+    (void)s_->FlushLocked();  // make room if the bus is back
+    if (!fits()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "region ", s_->options.region_id, ": outbound queue full (", s_->pending.size(),
+          " users waiting, max_pending ", s_->options.max_pending, "); the bus is failing"));
+    }
+  }
+  for (size_t i = 0; i < canonical.size(); ++i) {
+    const uint64_t hlc = s_->SendStamp();
+    out[i].set_hlc(hlc);
+    // A fresh stamp is greater than every stamp seen, so a local change wins.
+    std::string user = canonical[i].user_id;
+    s_->pending[user] = out[i].SerializeAsString();
+    s_->view[user] = RegionRecord{std::move(canonical[i]), hlc, s_->options.region_id};
+    ++s_->stats.local;
+  }
+  (void)s_->FlushLocked();  // a failure stays queued
+  return absl::OkStatus();
+}
+
+void RegionMirror::OnChanges(absl::Span<const ChangeEvent> events) {
+  if (absl::IsResourceExhausted(Mirror(events))) {
+    internal::MutexLock lock(&s_->mu);
+    s_->stats.rejected_full += events.size();
+  }
+}
+
+void RegionMirror::OnTick(int64_t /*now_ms*/) { (void)Flush(); }
+
+absl::Status RegionMirror::Flush() {
+  internal::MutexLock lock(&s_->mu);
+  return s_->FlushLocked();
+}
+
+absl::StatusOr<size_t> RegionMirror::Poll() {
+  internal::MutexLock polling(&s_->poll_mu);
+  std::vector<ChangeEvent> won;  // for the listener, delivered without mu
+  absl::StatusOr<size_t> changed = s_->PollBuses(&won);
+  if (s_->options.listener != nullptr && !won.empty()) s_->options.listener->OnChanges(won);
+  return changed;
+}
+
+std::optional<RegionRecord> RegionMirror::Get(absl::string_view user_id) const {
+  internal::MutexLock lock(&s_->mu);
+  auto it = s_->view.find(user_id);
+  if (it == s_->view.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<RegionRecord> RegionMirror::View() const {
+  internal::MutexLock lock(&s_->mu);
+  std::vector<RegionRecord> out;
+  out.reserve(s_->view.size());
+  for (const auto& [user, record] : s_->view) out.push_back(record);
+  return out;
+}
+
+uint64_t RegionMirror::LastHlc() const {
+  internal::MutexLock lock(&s_->mu);
+  return s_->last_hlc;
+}
+
+RegionMirrorStats RegionMirror::stats() const {
+  internal::MutexLock lock(&s_->mu);
+  RegionMirrorStats st = s_->stats;
+  st.pending = s_->pending.size();
+  return st;
+}
+
+const std::string& RegionMirror::region_id() const { return s_->options.region_id; }
+
+}  // namespace presence

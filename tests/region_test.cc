@@ -1,0 +1,459 @@
+// presence::RegionMirror (include/presence/region.h): the merge rule, the
+// hybrid logical clock, bad input, and randomized convergence of 2 and 3
+// regions across partitions.
+#include "presence/region.h"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "presence/bus.h"
+#include "presence/clock.h"
+#include "presence/engine.h"
+#include "presence/wire.h"
+#include "presence/v1/presence.pb.h"
+#include "src/wire_internal.h"
+
+namespace presence {
+namespace {
+
+using ::testing::HasSubstr;
+
+// A bus over an in-process one whose publishes can be made to fail (a
+// partition between regions) and whose reads answer at most `max_read`
+// records (as Kafka may).
+class TestBus final : public Bus {
+ public:
+  explicit TestBus(uint32_t partitions) : inner_(NewInProcessBus(partitions)) {}
+  bool fail_publish = false;
+  size_t max_read = SIZE_MAX;
+
+  uint32_t partitions() const override { return inner_->partitions(); }
+  absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
+                                   absl::string_view payload) override {
+    if (fail_publish) return absl::UnavailableError("partitioned");
+    return inner_->Publish(type, key, payload);
+  }
+  absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
+                                              size_t max) override {
+    return inner_->Read(partition, offset, std::min(max, max_read));
+  }
+  absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override {
+    return inner_->EndOffset(partition);
+  }
+
+ private:
+  std::unique_ptr<Bus> inner_;
+};
+
+// A clock that may be set anywhere, backwards too.
+class SetClock final : public Clock {
+ public:
+  int64_t now = 1'000;
+  int64_t NowMs() const override { return now; }
+};
+
+ChangeEvent Event(const std::string& user, State state, uint64_t version) {
+  ChangeEvent e;
+  e.user_id = user;
+  e.previous = e.previous_self = State::kOffline;
+  e.state = e.self_state = state;
+  e.version = version;
+  e.last_seen_ms = e.self_last_seen_ms = 500 + static_cast<int64_t>(version);
+  e.devices.live[0] = e.self_devices.live[0] = state == State::kOffline ? 0 : 1;
+  return e;
+}
+
+std::string Mirrored(const ChangeEvent& e, uint64_t hlc, const std::string& region) {
+  v1::MirroredChange m;
+  internal::ChangeEventToProto(e, /*include_self=*/true, m.mutable_event());
+  m.set_hlc(hlc);
+  m.set_region(region);
+  return m.SerializeAsString();
+}
+
+uint64_t Hlc(int64_t ms, uint64_t logical) {
+  return (static_cast<uint64_t>(ms) << kHlcLogicalBits) | logical;
+}
+
+// One region: its clock, its outbound bus and its mirror.
+struct Region {
+  SetClock clock;
+  TestBus out{4};
+  std::unique_ptr<RegionMirror> mirror;
+};
+
+void Wire(std::vector<std::unique_ptr<Region>>& regions, const std::vector<std::string>& ids,
+          size_t max_pending = 1000) {
+  for (size_t i = 0; i < ids.size(); ++i) regions.push_back(std::make_unique<Region>());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    RegionMirrorOptions o;
+    o.region_id = ids[i];
+    o.clock = &regions[i]->clock;
+    o.outbound = &regions[i]->out;
+    o.max_pending = max_pending;
+    for (size_t j = 0; j < ids.size(); ++j) {
+      if (j != i) o.inbound.push_back(&regions[j]->out);
+    }
+    regions[i]->mirror = RegionMirror::Create(o).value();
+  }
+}
+
+// ---- Bad input --------------------------------------------------------------
+
+TEST(RegionBadInput, InvalidOptionsAreRejected) {
+  TestBus out(1), in(1);
+  auto create = [&](auto edit) {
+    RegionMirrorOptions o;
+    o.region_id = "eu";
+    o.outbound = &out;
+    o.inbound = {&in};
+    edit(o);
+    return RegionMirror::Create(o).status();
+  };
+  EXPECT_TRUE(create([](RegionMirrorOptions&) {}).ok());
+  for (std::string bad : {std::string(), std::string(kMaxRegionIdBytes + 1, 'a'),
+                          std::string("eu west"), std::string("eu\n"), std::string("\xc3\xa9u")}) {
+    auto st = create([&](RegionMirrorOptions& o) { o.region_id = bad; });
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << bad;
+    EXPECT_THAT(st.message(), HasSubstr("region id"));
+  }
+  EXPECT_TRUE(create([](RegionMirrorOptions& o) { o.region_id = std::string(kMaxRegionIdBytes, 'a'); }).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(create([](RegionMirrorOptions& o) { o.outbound = nullptr; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(create([](RegionMirrorOptions& o) { o.inbound = {nullptr}; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(create([&](RegionMirrorOptions& o) { o.inbound = {&in, &in}; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(create([&](RegionMirrorOptions& o) { o.inbound = {&out}; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(create([](RegionMirrorOptions& o) { o.max_pending = 0; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(create([](RegionMirrorOptions& o) { o.read_batch = 0; })));
+}
+
+TEST(RegionBadInput, AnInvalidEventIsRefusedAndChangesNothing) {
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"eu", "us"});
+  ChangeEvent bad = Event("", State::kOnline, 1);
+  EXPECT_TRUE(absl::IsInvalidArgument(r[0]->mirror->Mirror({Event("alice", State::kOnline, 1), bad})));
+  EXPECT_FALSE(r[0]->mirror->Get("alice").has_value());
+  EXPECT_EQ(r[0]->mirror->LastHlc(), 0u);
+  EXPECT_EQ(r[0]->out.EndOffset(PartitionFor("alice", 4)).value(), 0u);
+}
+
+TEST(RegionBadInput, ARegionIdCollisionIsAFailedPreconditionNamingTheRegion) {
+  // "us" publishes a record under "eu"'s id: two regions configured alike.
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"eu", "us"});
+  ASSERT_TRUE(r[1]->out.Publish(BusRecordType::kChange, "alice",
+                                Mirrored(Event("alice", State::kOnline, 1), Hlc(1000, 0), "us")).ok());
+  ASSERT_TRUE(r[1]->out.Publish(BusRecordType::kChange, "alice",
+                                Mirrored(Event("alice", State::kAway, 2), Hlc(1000, 1), "eu")).ok());
+  for (int i = 0; i < 2; ++i) {  // sticky: every Poll says so until fixed
+    auto polled = r[0]->mirror->Poll();
+    ASSERT_TRUE(absl::IsFailedPrecondition(polled.status())) << polled.status();
+    EXPECT_THAT(polled.status().message(), HasSubstr("region id collision"));
+    EXPECT_THAT(polled.status().message(), HasSubstr("\"eu\""));
+  }
+  // What came before the collision was merged; the colliding record was not.
+  auto alice = r[0]->mirror->Get("alice");
+  ASSERT_TRUE(alice.has_value());
+  EXPECT_EQ(alice->region, "us");
+  EXPECT_EQ(alice->event.state, State::kOnline);
+}
+
+TEST(RegionBadInput, MalformedRecordsAreCountedAndSkipped) {
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"eu", "us"});
+  r[1]->out.max_read = 1;  // and short reads are read past
+  Bus& bus = r[1]->out;
+  const ChangeEvent ok = Event("alice", State::kOnline, 1);
+  ChangeEvent bad_state = ok;
+  bad_state.state = static_cast<State>(9);
+  ASSERT_TRUE(bus.Publish(BusRecordType::kChange, "alice", "\xff\xff not a proto").ok());
+  ASSERT_TRUE(bus.Publish(BusRecordType::kSignal, "alice", Mirrored(ok, Hlc(1000, 0), "us")).ok());
+  ASSERT_TRUE(bus.Publish(BusRecordType::kChange, "bob", Mirrored(ok, Hlc(1000, 0), "us")).ok());  // key is not the user
+  ASSERT_TRUE(bus.Publish(BusRecordType::kChange, "alice", Mirrored(ok, 0, "us")).ok());
+  ASSERT_TRUE(bus.Publish(BusRecordType::kChange, "alice", Mirrored(ok, uint64_t{1} << 63, "us")).ok());
+  ASSERT_TRUE(bus.Publish(BusRecordType::kChange, "alice", Mirrored(ok, Hlc(1000, 0), "")).ok());
+  ASSERT_TRUE(bus.Publish(BusRecordType::kChange, "alice", Mirrored(ok, Hlc(1000, 0), "u s")).ok());
+  ASSERT_TRUE(bus.Publish(BusRecordType::kChange, "alice", Mirrored(bad_state, Hlc(1000, 0), "us")).ok());
+  ASSERT_TRUE(bus.Publish(BusRecordType::kChange, "alice", Mirrored(ok, Hlc(1000, 0), "us")).ok());
+  auto polled = r[0]->mirror->Poll();
+  ASSERT_TRUE(polled.ok()) << polled.status();
+  EXPECT_EQ(*polled, 1u);
+  EXPECT_EQ(r[0]->mirror->stats().malformed, 8u);
+  EXPECT_EQ(r[0]->mirror->stats().merged, 1u);
+  EXPECT_EQ(r[0]->mirror->Get("alice")->hlc, Hlc(1000, 0));
+  EXPECT_EQ(r[0]->mirror->Poll().value(), 0u);  // all consumed
+}
+
+TEST(RegionBadInput, AFullOutboundQueueIsResourceExhaustedAndLosesNothingQueued) {
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"eu", "us"}, /*max_pending=*/2);
+  RegionMirror& eu = *r[0]->mirror;
+  r[0]->out.fail_publish = true;
+  ASSERT_TRUE(eu.Mirror({Event("alice", State::kOnline, 1), Event("bob", State::kOnline, 1)}).ok());
+  ASSERT_TRUE(eu.Mirror({Event("alice", State::kAway, 2)}).ok());  // replaces alice's
+  EXPECT_EQ(eu.stats().pending, 2u);
+  const uint64_t before = eu.LastHlc();
+  absl::Status full = eu.Mirror({Event("alice", State::kDnd, 3), Event("carol", State::kOnline, 1)});
+  EXPECT_TRUE(absl::IsResourceExhausted(full)) << full;
+  EXPECT_THAT(full.message(), HasSubstr("queue full"));
+  EXPECT_EQ(eu.LastHlc(), before);  // nothing of the batch applied
+  EXPECT_EQ(eu.Get("alice")->event.state, State::kAway);
+  EXPECT_FALSE(eu.Get("carol").has_value());
+  eu.OnChanges({Event("carol", State::kOnline, 1)});
+  EXPECT_EQ(eu.stats().rejected_full, 1u);
+  EXPECT_TRUE(absl::IsUnavailable(eu.Flush()));
+  EXPECT_GT(eu.stats().publish_failures, 0u);
+
+  r[0]->out.fail_publish = false;  // healed: the next flush publishes all
+  eu.OnTick(0);
+  EXPECT_EQ(eu.stats().pending, 0u);
+  ASSERT_TRUE(r[1]->mirror->Poll().ok());
+  EXPECT_EQ(r[1]->mirror->Get("alice")->event.state, State::kAway);
+  EXPECT_EQ(r[1]->mirror->Get("bob")->event.state, State::kOnline);
+  EXPECT_EQ(r[1]->mirror->stats().merged, 2u);  // alice's first change was replaced
+}
+
+// ---- The merge rule ---------------------------------------------------------
+
+TEST(RegionMerge, TheGreatestHlcWinsThenTheGreatestRegionId) {
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"b", "a", "c"});
+  RegionMirror& b = *r[0]->mirror;
+  auto publish = [&](size_t from, State s, uint64_t hlc) {
+    ASSERT_TRUE(r[from]->out.Publish(BusRecordType::kChange, "alice",
+                                     Mirrored(Event("alice", s, 1), hlc, from == 1 ? "a" : "c")).ok());
+  };
+  publish(1, State::kOnline, Hlc(2000, 5));
+  publish(2, State::kAway, Hlc(2000, 4));  // smaller hlc: loses
+  ASSERT_EQ(b.Poll().value(), 1u);
+  EXPECT_EQ(b.Get("alice")->region, "a");
+  publish(2, State::kDnd, Hlc(2000, 5));  // equal hlc, "c" > "a": wins
+  ASSERT_EQ(b.Poll().value(), 1u);
+  EXPECT_EQ(b.Get("alice")->region, "c");
+  EXPECT_EQ(b.Get("alice")->event.state, State::kDnd);
+  publish(1, State::kOffline, Hlc(2000, 5));  // equal hlc, "a" < "c": loses
+  ASSERT_EQ(b.Poll().value(), 0u);
+  EXPECT_EQ(b.Get("alice")->event.state, State::kDnd);
+  // A local change is stamped after all of it, so it wins.
+  ASSERT_TRUE(b.Mirror({Event("alice", State::kOnline, 7)}).ok());
+  EXPECT_EQ(b.Get("alice")->region, "b");
+  EXPECT_EQ(b.Get("alice")->hlc, Hlc(2000, 6));
+}
+
+TEST(RegionMerge, DuplicatesAndStaleRecordsAreNoOps) {
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"eu", "us"});
+  const std::string rec = Mirrored(Event("alice", State::kOnline, 2), Hlc(3000, 0), "us");
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(r[1]->out.Publish(BusRecordType::kChange, "alice", rec).ok());
+  ASSERT_TRUE(r[1]->out.Publish(BusRecordType::kChange, "alice",
+                                Mirrored(Event("alice", State::kAway, 1), Hlc(2999, 9), "us")).ok());
+  EXPECT_EQ(r[0]->mirror->Poll().value(), 1u);
+  EXPECT_EQ(r[0]->mirror->stats().duplicate_or_stale, 3u);
+  EXPECT_EQ(r[0]->mirror->Get("alice")->event.state, State::kOnline);
+  EXPECT_EQ(r[0]->mirror->Get("alice")->event.version, 2u);
+}
+
+TEST(RegionMerge, TheViewHoldsTheEventAsTheWireCarriesIt) {
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"eu", "us"});
+  ChangeEvent e = Event("alice", State::kOffline, 4);
+  e.invisible = true;
+  e.self_state = State::kDnd;
+  e.trace_id = 77;
+  ASSERT_TRUE(r[0]->mirror->Mirror({e}).ok());
+  ASSERT_TRUE(r[1]->mirror->Poll().ok());
+  auto here = r[0]->mirror->Get("alice").value();
+  auto there = r[1]->mirror->Get("alice").value();
+  EXPECT_EQ(EncodeChangeEvent(here.event, true), EncodeChangeEvent(there.event, true));
+  EXPECT_EQ(there.event.self_state, State::kDnd);
+  EXPECT_TRUE(there.event.invisible);
+  EXPECT_EQ(there.event.trace_id, 77u);
+  EXPECT_EQ(std::tie(here.hlc, here.region), std::tie(there.hlc, there.region));
+}
+
+TEST(RegionMerge, TheListenerHearsOfRemoteRecordsThatWon) {
+  // It may read the view from inside the call.
+  struct Recorder final : ChangeListener {
+    RegionMirror* mirror = nullptr;
+    std::vector<std::tuple<std::string, State, std::string>> heard;
+    void OnChanges(absl::Span<const ChangeEvent> events) override {
+      for (const ChangeEvent& e : events) {
+        heard.emplace_back(e.user_id, e.state, mirror->Get(e.user_id)->region);
+      }
+    }
+  } recorder;
+  Region eu, us;
+  RegionMirrorOptions o;
+  o.region_id = "eu";
+  o.clock = &eu.clock;
+  o.outbound = &eu.out;
+  o.inbound = {&us.out};
+  o.listener = &recorder;
+  eu.mirror = RegionMirror::Create(o).value();
+  recorder.mirror = eu.mirror.get();
+  const std::string rec = Mirrored(Event("alice", State::kOnline, 1), Hlc(2000, 0), "us");
+  ASSERT_TRUE(us.out.Publish(BusRecordType::kChange, "alice", rec).ok());
+  ASSERT_TRUE(us.out.Publish(BusRecordType::kChange, "alice", rec).ok());  // a duplicate
+  ASSERT_TRUE(us.out.Publish(BusRecordType::kChange, "bob",
+                             Mirrored(Event("bob", State::kAway, 1), Hlc(2000, 1), "us")).ok());
+  ASSERT_TRUE(eu.mirror->Mirror({Event("carol", State::kOnline, 1)}).ok());  // local: not heard
+  ASSERT_EQ(eu.mirror->Poll().value(), 2u);
+  std::sort(recorder.heard.begin(), recorder.heard.end());
+  EXPECT_THAT(recorder.heard,
+              ::testing::ElementsAre(std::make_tuple("alice", State::kOnline, "us"),
+                                     std::make_tuple("bob", State::kAway, "us")));
+}
+
+// ---- The hybrid logical clock ------------------------------------------------
+
+TEST(RegionHlc, StampsGrowWithTheClockAndEvenWhenItStepsBack) {
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"eu", "us"});
+  RegionMirror& eu = *r[0]->mirror;
+  auto stamp = [&](const char* user) {
+    EXPECT_TRUE(eu.Mirror({Event(user, State::kOnline, 1)}).ok());
+    return eu.Get(user)->hlc;
+  };
+  r[0]->clock.now = 5000;
+  EXPECT_EQ(stamp("a"), Hlc(5000, 0));
+  EXPECT_EQ(stamp("b"), Hlc(5000, 1));  // same ms: the counter moves
+  r[0]->clock.now = 5001;
+  EXPECT_EQ(stamp("c"), Hlc(5001, 0));  // the clock moved: the counter resets
+  r[0]->clock.now = 4000;               // the clock steps back
+  EXPECT_EQ(stamp("d"), Hlc(5001, 1));
+  EXPECT_EQ(eu.LastHlc(), Hlc(5001, 1));
+}
+
+TEST(RegionHlc, AChangeAfterARemoteRecordIsStampedAfterIt) {
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"eu", "us"});
+  r[0]->clock.now = 1000;
+  r[1]->clock.now = 9000;  // us's clock runs 8 s ahead
+  ASSERT_TRUE(r[1]->mirror->Mirror({Event("alice", State::kOnline, 1)}).ok());
+  ASSERT_EQ(r[0]->mirror->Poll().value(), 1u);
+  EXPECT_EQ(r[0]->mirror->LastHlc(), Hlc(9000, 0));  // the receive rule
+  // alice goes away in eu, after it saw us's record: eu's change wins
+  // everywhere, although eu's physical clock is behind.
+  ASSERT_TRUE(r[0]->mirror->Mirror({Event("alice", State::kAway, 2)}).ok());
+  EXPECT_EQ(r[0]->mirror->Get("alice")->hlc, Hlc(9000, 1));
+  ASSERT_EQ(r[1]->mirror->Poll().value(), 1u);
+  EXPECT_EQ(r[1]->mirror->Get("alice")->event.state, State::kAway);
+  EXPECT_EQ(r[1]->mirror->LastHlc(), Hlc(9000, 1));
+}
+
+// ---- From a real engine ------------------------------------------------------
+
+TEST(RegionEngine, AnEnginesChangesAreMirroredOnTick) {
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, {"eu", "us"});
+  ManualClock clock(1'000'000);
+  Options opts;
+  opts.clock = &clock;
+  auto engine = Engine::Create(opts).value();
+  engine->AddListener(r[0]->mirror.get());
+  Signal s;
+  s.user_id = "alice";
+  s.device_id = "phone";
+  s.session_id = 1;
+  ASSERT_TRUE(engine->Signal(s).ok());
+  engine->Tick();
+  ASSERT_EQ(r[1]->mirror->Poll().value(), 1u);
+  auto alice = r[1]->mirror->Get("alice");
+  ASSERT_TRUE(alice.has_value());
+  EXPECT_EQ(alice->region, "eu");
+  EXPECT_EQ(alice->event.state, State::kOnline);
+  engine->RemoveListener(r[0]->mirror.get());
+}
+
+// ---- Randomized convergence --------------------------------------------------
+
+// Regions make random changes to a shared set of users, with skewed clocks
+// that move in small steps (so HLCs often tie and counters run), poll in
+// random order, and are cut off at random (no polling, publishes failing)
+// and healed. After all heal and catch up, every region holds, for every
+// user, the record with the greatest (hlc, region) that any region made.
+void Converge(size_t n_regions, uint32_t seed) {
+  SCOPED_TRACE(testing::Message() << "seed " << seed << ", " << n_regions << " regions");
+  std::mt19937 rng(seed);
+  auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
+  const std::vector<std::string> all_ids = {"ap", "eu", "us"};
+  std::vector<std::string> ids(all_ids.begin(), all_ids.begin() + n_regions);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  std::vector<std::unique_ptr<Region>> r;
+  Wire(r, ids);
+  for (auto& region : r) region->clock.now = 10'000 + static_cast<int64_t>(pick(50));
+  std::vector<bool> cut(n_regions, false);
+
+  const std::vector<std::string> users = {"u0", "u1", "u2", "u3", "u4", "u5"};
+  std::map<std::string, RegionRecord> best;  // the expected winners
+  std::map<std::pair<size_t, std::string>, uint64_t> versions;
+  const State states[] = {State::kOffline, State::kAway, State::kOnline, State::kDnd};
+
+  for (int step = 0; step < 160; ++step) {
+    const size_t i = pick(n_regions);
+    switch (pick(10)) {
+      case 0: case 1: case 2: case 3: {  // a local change
+        const std::string& u = users[pick(users.size())];
+        ChangeEvent e = Event(u, states[pick(4)], ++versions[{i, u}]);
+        r[i]->mirror->OnChanges({e});
+        RegionRecord mine = r[i]->mirror->Get(u).value();
+        ASSERT_EQ(mine.region, ids[i]);  // a fresh local change always wins locally
+        auto it = best.find(u);
+        if (it == best.end() || std::tie(mine.hlc, mine.region) > std::tie(it->second.hlc, it->second.region)) {
+          best[u] = mine;
+        }
+        break;
+      }
+      case 4: case 5: case 6:
+        if (!cut[i]) ASSERT_TRUE(r[i]->mirror->Poll().ok());
+        break;
+      case 7: case 8:
+        r[i]->clock.now += static_cast<int64_t>(pick(3));
+        break;
+      case 9:
+        cut[i] = !cut[i];
+        r[i]->out.fail_publish = cut[i];
+        break;
+    }
+  }
+  for (size_t i = 0; i < n_regions; ++i) r[i]->out.fail_publish = false;
+  for (auto& region : r) ASSERT_TRUE(region->mirror->Flush().ok());
+  for (auto& region : r) ASSERT_TRUE(region->mirror->Poll().ok());
+
+  for (size_t i = 0; i < n_regions; ++i) {
+    const RegionMirrorStats st = r[i]->mirror->stats();
+    EXPECT_EQ(st.pending, 0u);
+    EXPECT_EQ(st.malformed, 0u);
+    std::vector<RegionRecord> view = r[i]->mirror->View();
+    ASSERT_EQ(view.size(), best.size()) << ids[i];
+    for (const RegionRecord& got : view) {
+      const RegionRecord& want = best.at(got.event.user_id);
+      EXPECT_EQ(std::tie(got.hlc, got.region), std::tie(want.hlc, want.region))
+          << ids[i] << " " << got.event.user_id;
+      EXPECT_EQ(EncodeChangeEvent(got.event, true), EncodeChangeEvent(want.event, true));
+    }
+  }
+}
+
+TEST(RegionConvergence, TwoRegionsConvergeAfterRandomInterleavingsAndPartitions) {
+  for (uint32_t seed = 1; seed <= 500; ++seed) {
+    Converge(2, seed);
+    if (HasFatalFailure() || HasFailure()) return;
+  }
+}
+
+TEST(RegionConvergence, ThreeRegionsConvergeAfterRandomInterleavingsAndPartitions) {
+  for (uint32_t seed = 1; seed <= 500; ++seed) {
+    Converge(3, seed);
+    if (HasFatalFailure() || HasFailure()) return;
+  }
+}
+
+}  // namespace
+}  // namespace presence
