@@ -320,6 +320,33 @@ TEST(RemoteFeed, MalformedAndMisroutedRecordsAreCountedAndSkipped) {
   EXPECT_THAT(misrouted.first_error.message(), HasSubstr("a record from an unknown partition"));
 }
 
+TEST(RemoteFeed, UnwatchedUsersAreCachedUpToTheBoundFromWhereTheFeedStarts) {
+  Cluster c;
+  std::vector<std::string> users;
+  for (int i = 0; i < 6; ++i) {
+    users.push_back(UserIn(i % 2, "u" + std::to_string(i) + "-"));
+    c.a->Connect(Sig(users.back())).value();
+    c.clock.Advance(100);
+    c.a->Tick();  // published before the new feed below exists
+  }
+  RemoteFeedOptions o;
+  o.from_beginning = true;
+  o.max_unwatched_users = 4;
+  c.feed.reset();
+  c.feed = RemoteFeed::Create(&c.bus, c.fanout.get(), kOwnedByB, o).value();
+  EXPECT_EQ(c.Step().read, 6u);
+  EXPECT_LE(c.feed->Stats().cached_users, 4u);
+
+  // The most recent change is held; the oldest was dropped, so that user
+  // starts from B's own answer (offline) until its next change.
+  const SubscriberId s = c.Watch(users.back());
+  EXPECT_THAT(c.Seen(s, users.back()),
+              ElementsAre(Pair(State::kOnline, c.VersionsPublishedByA(users.back()).back())));
+  ASSERT_TRUE(c.fanout->AddUsers(s, {users.front()}).ok());
+  c.Step();
+  EXPECT_THAT(c.Seen(s, users.front()), ElementsAre(Pair(State::kOffline, 0u)));
+}
+
 TEST(RemoteFeed, CreateRejectsBadArguments) {
   Cluster c;
   EXPECT_EQ(RemoteFeed::Create(nullptr, c.fanout.get(), {}).status().code(),
