@@ -36,6 +36,7 @@ using internal::MetricHeader;
 using internal::MetricSample;
 
 Sink::~Sink() = default;
+SnapshotSource::~SnapshotSource() = default;
 
 size_t Batch::ByteSize() const {
   size_t n = header.size();
@@ -433,30 +434,16 @@ class Fanout::Impl {
     for (const ChangeEvent& ev : events) {
       auto it = users_.find(ev.user_id);
       if (it == users_.end()) continue;  // nobody watches this user
-      UserEntry* e = it->second.get();
-      if (ev.version <= e->version) continue;  // already known (from a snapshot read)
-      const State old_pub = e->pub;
-      e->pub = ev.state;
-      e->self = ev.self_state;
-      e->version = ev.version;
-      e->last_seen_ms = ev.last_seen_ms;
-      e->self_last_seen_ms = ev.self_last_seen_ms;
-      e->devices = ev.devices;
-      e->self_devices = ev.self_devices;
-      for (Sub* s : e->list_watchers) {
-        s->pending.insert(e);
-        dirty_subs_.insert(s);
-        if (s->pending.size() >= opts_.max_batch) force_flush_ = true;
-      }
-      for (Topic* t : e->topics) {
-        if (old_pub != e->pub) {
-          --t->counts[StateIndex(old_pub)];
-          ++t->counts[StateIndex(e->pub)];
-        }
-        t->pending.insert(e);
-        dirty_topics_.insert(t);
-        if (t->pending.size() >= opts_.max_batch) force_flush_ = true;
-      }
+      Apply(it->second.get(), ev);
+    }
+  }
+
+  void SetSnapshotSource(SnapshotSource* source) {
+    internal::MutexLock lock(&mu_);
+    source_ = source;
+    if (source_ == nullptr) return;
+    for (auto& [id, e] : users_) {
+      if (std::optional<ChangeEvent> ev = source_->StartWatching(id)) Apply(e.get(), *ev);
     }
   }
 
@@ -546,8 +533,39 @@ class Fanout::Impl {
     return it == subs_.end() ? nullptr : it->second.get();
   }
 
+  // The one place where a published change enters the fan-out, from the
+  // local engine or from elsewhere (a SnapshotSource, a RemoteFeed): a
+  // version not newer than the one held changes nothing, so watchers never
+  // see a change twice.
+  void Apply(UserEntry* e, const ChangeEvent& ev) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (ev.version <= e->version) return;
+    const State old_pub = e->pub;
+    e->pub = ev.state;
+    e->self = ev.self_state;
+    e->version = ev.version;
+    e->last_seen_ms = ev.last_seen_ms;
+    e->self_last_seen_ms = ev.self_last_seen_ms;
+    e->devices = ev.devices;
+    e->self_devices = ev.self_devices;
+    for (Sub* s : e->list_watchers) {
+      s->pending.insert(e);
+      dirty_subs_.insert(s);
+      if (s->pending.size() >= opts_.max_batch) force_flush_ = true;
+    }
+    for (Topic* t : e->topics) {
+      if (old_pub != e->pub) {
+        --t->counts[StateIndex(old_pub)];
+        ++t->counts[StateIndex(e->pub)];
+      }
+      t->pending.insert(e);
+      dirty_topics_.insert(t);
+      if (t->pending.size() >= opts_.max_batch) force_flush_ = true;
+    }
+  }
+
   // The entry for a user, created from the engine's published state the
-  // first time anyone watches it.
+  // first time anyone watches it, or from the snapshot source's when that
+  // is newer (a user that another engine owns).
   UserEntry* Watch(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto it = users_.find(id);
     if (it != users_.end()) return it->second.get();
@@ -563,13 +581,18 @@ class Fanout::Impl {
     e->self_last_seen_ms = self.last_seen_ms;
     e->devices = pub.devices;
     e->self_devices = self.devices;
+    if (source_ != nullptr) {
+      if (std::optional<ChangeEvent> ev = source_->StartWatching(id)) Apply(e.get(), *ev);
+    }
     UserEntry* raw = e.get();
     users_.emplace(raw->id, std::move(e));
     return raw;
   }
 
   void Unwatch(UserEntry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (e->list_watchers.empty() && e->topics.empty()) users_.erase(e->id);
+    if (!e->list_watchers.empty() || !e->topics.empty()) return;
+    if (source_ != nullptr) source_->StopWatching(e->id);
+    users_.erase(e->id);
   }
 
   void RemoveFromList(Sub* s, absl::string_view u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -863,6 +886,7 @@ class Fanout::Impl {
   absl::flat_hash_map<std::string, std::unique_ptr<Topic>> topics_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<Sub*> dirty_subs_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<Topic*> dirty_topics_ ABSL_GUARDED_BY(mu_);
+  SnapshotSource* source_ ABSL_GUARDED_BY(mu_) = nullptr;
   SubscriberId next_id_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t last_flush_ms_ ABSL_GUARDED_BY(mu_) = std::numeric_limits<int64_t>::min() / 2;
   bool force_flush_ ABSL_GUARDED_BY(mu_) = false;
@@ -934,6 +958,7 @@ absl::Status Fanout::ReplaceMembers(absl::string_view topic,
 }
 absl::StatusOr<bool> Fanout::Poll(SubscriberId s, Batch* out) { return impl_->Poll(s, out); }
 absl::Status Fanout::Resume(SubscriberId s, uint64_t cursor) { return impl_->Resume(s, cursor); }
+void Fanout::SetSnapshotSource(SnapshotSource* source) { impl_->SetSnapshotSource(source); }
 std::string Fanout::RenderMetrics() const { return impl_->RenderMetrics(); }
 void Fanout::OnChanges(absl::Span<const ChangeEvent> events) { impl_->OnChanges(events); }
 void Fanout::OnTick(int64_t now_ms) { impl_->OnTick(now_ms); }

@@ -51,6 +51,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,7 @@
 #include "absl/types/span.h"
 #include "presence/export.h"
 #include "presence/listener.h"
+#include "presence/types.h"
 
 namespace presence {
 
@@ -129,6 +131,22 @@ class PRESENCE_EXPORT Sink {
   virtual void Deliver(SubscriberId subscriber, const Batch& batch) = 0;
 };
 
+// presence::SnapshotSource tells the fan-out about users that its own engine
+// does not own (scale-out, DESIGN.md section 6); presence::RemoteFeed is one.
+// The fan-out calls StartWatching when a subscriber or a topic first watches
+// a user, and StopWatching when none does any more, so the source always
+// knows the set of watched users. Both are called under the fan-out's lock:
+// they must not call back into the fan-out.
+class PRESENCE_EXPORT SnapshotSource {
+ public:
+  virtual ~SnapshotSource();
+  // The user's latest published change that the source holds, or nullopt:
+  // then the local engine's answer stands. When both have one, the newer
+  // version wins.
+  virtual std::optional<ChangeEvent> StartWatching(absl::string_view user_id) = 0;
+  virtual void StopWatching(absl::string_view user_id) = 0;
+};
+
 struct SubscriberOptions {
   // When set, this subscriber belongs to that user: if it watches the user
   // in its list, it sees the user's true state (an invisible user sees
@@ -181,11 +199,19 @@ class PRESENCE_EXPORT Fanout final : public ChangeListener {
   // cursor from the future.
   absl::Status Resume(SubscriberId subscriber, uint64_t cursor);
 
+  // Fanout::SetSnapshotSource attaches a source (null detaches it). The
+  // source is told about every user watched already, and its answers apply
+  // like change events. Not owned; it must stay alive until detached.
+  void SetSnapshotSource(SnapshotSource* source);
+
   // Prometheus text: batches, user diffs and bytes delivered, snapshots,
   // backlog, throttled and lagging subscribers.
   std::string RenderMetrics() const;
 
-  // ChangeListener (called by Engine::Tick).
+  // ChangeListener (called by Engine::Tick, and by RemoteFeed::Poll with
+  // the changes of users other engines own). An event whose version is not
+  // newer than the one the fan-out holds for its user changes nothing, so a
+  // change delivered twice (a replay of the bus) is never a duplicate diff.
   void OnChanges(absl::Span<const ChangeEvent> events) override;
   void OnTick(int64_t now_ms) override;
 

@@ -1,0 +1,360 @@
+// RemoteFeed (include/presence/remote_feed.h): fan-out across two engines on
+// one in-process bus and one shared store, on a manual clock. Engine A owns
+// partitions {0, 1}, engine B owns {2, 3}; the subscribers live on B.
+#include "presence/remote_feed.h"
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "presence/bus.h"
+#include "presence/clock.h"
+#include "presence/engine.h"
+#include "presence/fanout.h"
+#include "presence/store.h"
+#include "presence/wire.h"
+#include "tests/fanout_client.h"
+#include "tests/test_util.h"
+
+namespace presence::testing {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Pair;
+
+constexpr uint32_t kPartitions = 4;
+
+// The in-process bus, answering at most two records per Read (as a Kafka
+// client may), and able to show a record under another key than it was
+// published with (a producer that partitioned it wrongly).
+class ShortReadBus final : public Bus {
+ public:
+  uint32_t partitions() const override { return inner_->partitions(); }
+  absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
+                                   absl::string_view payload) override {
+    return inner_->Publish(type, key, payload);
+  }
+  absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
+                                              size_t max) override {
+    auto records = inner_->Read(partition, offset, std::min<size_t>(max, 2));
+    if (records.ok()) {
+      for (BusRecord& r : *records) {
+        auto it = rekeyed_.find({partition, r.offset});
+        if (it != rekeyed_.end()) r.key = it->second;
+      }
+    }
+    return records;
+  }
+  absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override {
+    return inner_->EndOffset(partition);
+  }
+  void Rekey(uint32_t partition, uint64_t offset, std::string key) {
+    rekeyed_[{partition, offset}] = std::move(key);
+  }
+
+ private:
+  std::unique_ptr<Bus> inner_ = NewInProcessBus(kPartitions);
+  std::map<std::pair<uint32_t, uint64_t>, std::string> rekeyed_;
+};
+
+// The first id "<prefix><i>" whose partition is `partition`.
+std::string UserIn(uint32_t partition, const std::string& prefix) {
+  for (int i = 0;; ++i) {
+    std::string id = prefix + std::to_string(i);
+    if (PartitionFor(id, kPartitions) == partition) return id;
+  }
+}
+
+const std::vector<uint32_t> kOwnedByA = {0, 1};
+const std::vector<uint32_t> kOwnedByB = {2, 3};
+
+struct Cluster {
+  Cluster() {
+    a = MakeEngine(&a_events);
+    b = MakeEngine(nullptr);
+    FanoutOptions fo;
+    fo.rate_per_sec = 0;
+    fanout = Fanout::Create(b.get(), fo).value();
+    feed = RemoteFeed::Create(&bus, fanout.get(), kOwnedByB).value();
+  }
+  std::unique_ptr<Engine> MakeEngine(ChangeListener* listener) {
+    Options o;
+    o.clock = &clock;
+    o.bus = &bus;
+    o.store = store.get();
+    o.listener = listener;
+    o.min_dwell_ms = 0;
+    return Engine::Create(o).value();
+  }
+  // One round of the hosts' loops: A publishes, B's feed reads, B flushes.
+  RemoteFeedPollResult Step(int64_t ms = 100) {
+    clock.Advance(ms);
+    a->Tick();
+    RemoteFeedPollResult r = feed->Poll().value();
+    b->Tick();
+    return r;
+  }
+  // A subscriber on B watching `user`, after the flush of its snapshot.
+  SubscriberId Watch(const std::string& user) {
+    SubscriberId s = fanout->Subscribe().value();
+    EXPECT_TRUE(fanout->AddUsers(s, {user}).ok());
+    Step();
+    return s;
+  }
+  // Every (state, version) that the subscriber's list was sent for `user`,
+  // snapshots included, since the last call.
+  std::vector<std::pair<State, uint64_t>> Seen(SubscriberId s, const std::string& user) {
+    std::vector<std::pair<State, uint64_t>> out;
+    Batch batch;
+    while (fanout->Poll(s, &batch).value()) {
+      const v1::DiffBatch m = view.Apply(batch);
+      for (const auto& u : m.users()) {
+        if (u.user_id() == user) out.emplace_back(static_cast<State>(u.state()), u.version());
+      }
+    }
+    return out;
+  }
+  std::vector<uint64_t> VersionsPublishedByA(const std::string& user) const {
+    std::vector<uint64_t> out;
+    for (const ChangeEvent& e : a_events.For(user)) out.push_back(e.version);
+    return out;
+  }
+
+  ManualClock clock{1'000'000};
+  ShortReadBus bus;
+  std::unique_ptr<Store> store = NewMemoryStore();
+  RecordingListener a_events;
+  ClientView view;  // the client of the subscriber that the test polls
+  std::unique_ptr<Engine> a, b;
+  std::unique_ptr<Fanout> fanout;
+  std::unique_ptr<RemoteFeed> feed;
+};
+
+Signal Sig(const std::string& user) { return TestEngine::Sig(user, "web"); }
+
+TEST(RemoteFeed, ASubscriberOnBGetsTheChangesOfAUserOwnedByAInOrder) {
+  Cluster c;
+  const std::string alice = UserIn(0, "alice-");
+  const SubscriberId s = c.Watch(alice);
+  EXPECT_THAT(c.Seen(s, alice), ElementsAre(Pair(State::kOffline, 0u)));  // the snapshot
+
+  DeviceHandle h = c.a->Connect(Sig(alice)).value();
+  EXPECT_EQ(c.Step().delivered, 1u);
+  ASSERT_TRUE(c.a->SetOverride(alice, OverrideState::kDnd).ok());
+  EXPECT_EQ(c.Step().delivered, 1u);
+  ASSERT_TRUE(c.a->Disconnect(h, DisconnectKind::kClean).ok());
+  EXPECT_EQ(c.Step().delivered, 1u);
+
+  const std::vector<uint64_t> versions = c.VersionsPublishedByA(alice);
+  ASSERT_EQ(versions.size(), 3u);
+  EXPECT_THAT(c.Seen(s, alice),
+              ElementsAre(Pair(State::kOnline, versions[0]), Pair(State::kDnd, versions[1]),
+                          Pair(State::kOffline, versions[2])));
+  EXPECT_LT(versions[0], versions[1]);
+  EXPECT_LT(versions[1], versions[2]);
+  EXPECT_EQ(c.b->GetSizes().users, 0u);  // B itself never held alice
+}
+
+TEST(RemoteFeed, PollLoopsOverShortReadsAndStopsAtMax) {
+  Cluster c;
+  const std::string alice = UserIn(1, "alice-");
+  c.Watch(alice);
+  DeviceHandle h = c.a->Connect(Sig(alice)).value();
+  for (int i = 0; i < 3; ++i) {
+    c.clock.Advance(100);
+    c.a->Tick();
+    ASSERT_TRUE(c.a->Beat(h, i % 2 == 0 ? Activity::kIdle : Activity::kActive).ok());
+  }
+  c.clock.Advance(100);
+  c.a->Tick();  // 4 changes of alice in partition 1; the bus answers 2 per read
+  EXPECT_EQ(c.feed->Poll(3).value().read, 3u);
+  const RemoteFeedPollResult rest = c.feed->Poll().value();
+  EXPECT_EQ(rest.read, 1u);
+  EXPECT_EQ(rest.delivered, 1u);
+  EXPECT_EQ(c.feed->Stats().delivered, 4u);
+  EXPECT_EQ(c.feed->Offsets()[1], c.bus.EndOffset(1).value());
+}
+
+TEST(RemoteFeed, TheSnapshotOfANewSubscriberIsTheLatestRemoteChange) {
+  Cluster c;
+  const std::string alice = UserIn(0, "alice-");
+  c.a->Connect(Sig(alice)).value();
+  c.Step();
+  ASSERT_TRUE(c.a->SetOverride(alice, OverrideState::kDnd).ok());
+  c.Step();  // the feed read both changes while nobody on B watched alice
+  const std::vector<uint64_t> versions = c.VersionsPublishedByA(alice);
+  ASSERT_EQ(versions.size(), 2u);
+
+  const SubscriberId s = c.Watch(alice);
+  EXPECT_THAT(c.Seen(s, alice), ElementsAre(Pair(State::kDnd, versions[1])));
+  EXPECT_EQ(c.view.snapshots, 1u);
+  ASSERT_TRUE(c.a->ClearOverrides(alice).ok());
+  c.Step();
+  EXPECT_THAT(c.Seen(s, alice),
+              ElementsAre(Pair(State::kOnline, c.VersionsPublishedByA(alice).back())));
+}
+
+TEST(RemoteFeed, AReplayOfTheBusDeliversNoDuplicates) {
+  Cluster c;
+  const std::string alice = UserIn(0, "alice-");
+  const SubscriberId s = c.Watch(alice);
+  DeviceHandle h = c.a->Connect(Sig(alice)).value();
+  c.Step();
+  ASSERT_TRUE(c.a->Disconnect(h, DisconnectKind::kClean).ok());
+  c.Step();
+  EXPECT_EQ(c.Seen(s, alice).size(), 3u);  // snapshot, online, offline
+
+  EXPECT_EQ(c.Step().read, 0u);  // polling again at the end reads nothing
+  for (uint32_t p : kOwnedByA) ASSERT_TRUE(c.feed->Seek(p, 0).ok());
+  const RemoteFeedPollResult replay = c.Step();
+  EXPECT_EQ(replay.read, 2u);
+  EXPECT_EQ(replay.delivered, 0u);
+  EXPECT_TRUE(c.Seen(s, alice).empty());
+
+  // Even when the fan-out forgot alice in between, and so took a new
+  // snapshot, the replay is no news to it.
+  ASSERT_TRUE(c.fanout->RemoveUsers(s, {alice}).ok());
+  ASSERT_TRUE(c.fanout->AddUsers(s, {alice}).ok());
+  for (uint32_t p : kOwnedByA) ASSERT_TRUE(c.feed->Seek(p, 0).ok());
+  c.Step();
+  EXPECT_THAT(c.Seen(s, alice),
+              ElementsAre(Pair(State::kOffline, c.VersionsPublishedByA(alice).back())));
+  c.Step();
+  EXPECT_TRUE(c.Seen(s, alice).empty());
+}
+
+TEST(RemoteFeed, OnlyWatchedUsersAreDeliveredDirectlyOrThroughATopic) {
+  Cluster c;
+  const std::string alice = UserIn(0, "alice-");
+  const std::string dave = UserIn(0, "dave-");
+  const std::string carol = UserIn(1, "carol-");
+  const SubscriberId s = c.Watch(alice);
+  ASSERT_TRUE(c.fanout->AddMembers("team", {dave}).ok());
+  ASSERT_TRUE(c.fanout->Join(s, "team").ok());
+  c.Step();
+  Drain(c.fanout.get(), s, &c.view);
+
+  c.a->Connect(Sig(alice)).value();
+  c.a->Connect(Sig(carol)).value();
+  c.a->Connect(Sig(dave)).value();
+  const RemoteFeedPollResult r = c.Step();
+  EXPECT_EQ(r.delivered, 2u);  // alice and dave; carol is watched by no one
+  Drain(c.fanout.get(), s, &c.view);
+  EXPECT_EQ(c.view.StateOf(alice), State::kOnline);
+  EXPECT_EQ(c.view.topics["team"][dave].state(), v1::STATE_ONLINE);
+  EXPECT_EQ(c.view.ever_seen.count(carol), 0u);
+}
+
+TEST(RemoteFeed, OwnershipChangesStopAndRestartRemoteDelivery) {
+  Cluster c;
+  const std::string alice = UserIn(1, "alice-");
+  const SubscriberId s = c.Watch(alice);
+  c.Seen(s, alice);
+
+  // B takes partition 1 over: its own engine answers for alice now, and the
+  // feed stops reading partition 1.
+  ASSERT_TRUE(c.feed->SetOwnedPartitions({1, 2, 3}).ok());
+  c.a->Connect(Sig(alice)).value();
+  EXPECT_EQ(c.Step().read, 0u);
+  EXPECT_TRUE(c.Seen(s, alice).empty());
+
+  // Partition 1 goes back to A: reading resumes where it stopped, so the
+  // change published meanwhile arrives, once.
+  ASSERT_TRUE(c.feed->SetOwnedPartitions(kOwnedByB).ok());
+  EXPECT_EQ(c.Step().delivered, 1u);
+  EXPECT_THAT(c.Seen(s, alice),
+              ElementsAre(Pair(State::kOnline, c.VersionsPublishedByA(alice).back())));
+  EXPECT_EQ(c.Step().read, 0u);
+  EXPECT_TRUE(c.Seen(s, alice).empty());
+
+  EXPECT_EQ(c.feed->SetOwnedPartitions({7}).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RemoteFeed, MalformedAndMisroutedRecordsAreCountedAndSkipped) {
+  Cluster c;
+  const std::string alice = UserIn(0, "alice-");
+  const std::string bob = UserIn(0, "bob-");
+  const SubscriberId s = c.Watch(alice);
+  c.Seen(s, alice);
+
+  ASSERT_TRUE(c.bus.Publish(BusRecordType::kChange, alice, "\xff not a protobuf").ok());
+  ChangeEvent other;
+  other.user_id = bob;
+  other.version = 1;
+  ASSERT_TRUE(c.bus.Publish(BusRecordType::kChange, alice, EncodeChangeEvent(other)).ok());
+  // A valid change of alice, shown under a key of another partition.
+  ChangeEvent forged;
+  forged.user_id = alice;
+  forged.state = State::kOnline;
+  forged.version = 1;
+  const uint64_t at = c.bus.Publish(BusRecordType::kChange, alice, EncodeChangeEvent(forged)).value();
+  c.bus.Rekey(0, at, UserIn(3, "zed-"));
+  ASSERT_TRUE(c.bus.Publish(BusRecordType::kSignal, alice, "signals are not the feed's").ok());
+  c.a->Connect(Sig(alice)).value();  // and after them all, a good change
+
+  const RemoteFeedPollResult r = c.Step();
+  EXPECT_EQ(r.read, 5u);
+  EXPECT_EQ(r.malformed, 2u);
+  EXPECT_EQ(r.unknown_partition, 1u);
+  EXPECT_EQ(r.delivered, 1u);
+  EXPECT_EQ(r.first_error.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.first_error.message(), HasSubstr("malformed change event in partition 0"));
+  EXPECT_THAT(c.Seen(s, alice),
+              ElementsAre(Pair(State::kOnline, c.VersionsPublishedByA(alice).back())));
+
+  const std::string metrics = c.feed->RenderMetrics();
+  EXPECT_THAT(metrics, HasSubstr("presence_remote_feed_malformed_total 2"));
+  EXPECT_THAT(metrics, HasSubstr("presence_remote_feed_unknown_partition_total 1"));
+
+  // Alone, a misrouted record names itself.
+  const uint64_t next = c.bus.Publish(BusRecordType::kChange, alice, EncodeChangeEvent(forged)).value();
+  c.bus.Rekey(0, next, UserIn(2, "zed-"));
+  const RemoteFeedPollResult misrouted = c.feed->Poll().value();
+  EXPECT_EQ(misrouted.unknown_partition, 1u);
+  EXPECT_EQ(misrouted.first_error.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(misrouted.first_error.message(), HasSubstr("a record from an unknown partition"));
+}
+
+TEST(RemoteFeed, UnwatchedUsersAreCachedUpToTheBoundFromWhereTheFeedStarts) {
+  Cluster c;
+  std::vector<std::string> users;
+  for (int i = 0; i < 6; ++i) {
+    users.push_back(UserIn(i % 2, "u" + std::to_string(i) + "-"));
+    c.a->Connect(Sig(users.back())).value();
+    c.clock.Advance(100);
+    c.a->Tick();  // published before the new feed below exists
+  }
+  RemoteFeedOptions o;
+  o.from_beginning = true;
+  o.max_unwatched_users = 4;
+  c.feed.reset();
+  c.feed = RemoteFeed::Create(&c.bus, c.fanout.get(), kOwnedByB, o).value();
+  EXPECT_EQ(c.Step().read, 6u);
+  EXPECT_LE(c.feed->Stats().cached_users, 4u);
+
+  // The most recent change is held; the oldest was dropped, so that user
+  // starts from B's own answer (offline) until its next change.
+  const SubscriberId s = c.Watch(users.back());
+  EXPECT_THAT(c.Seen(s, users.back()),
+              ElementsAre(Pair(State::kOnline, c.VersionsPublishedByA(users.back()).back())));
+  ASSERT_TRUE(c.fanout->AddUsers(s, {users.front()}).ok());
+  c.Step();
+  EXPECT_THAT(c.Seen(s, users.front()), ElementsAre(Pair(State::kOffline, 0u)));
+}
+
+TEST(RemoteFeed, CreateRejectsBadArguments) {
+  Cluster c;
+  EXPECT_EQ(RemoteFeed::Create(nullptr, c.fanout.get(), {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RemoteFeed::Create(&c.bus, c.fanout.get(), {4}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.feed->Seek(4, 0).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace presence::testing
