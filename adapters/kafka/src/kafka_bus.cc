@@ -19,9 +19,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "adapters/kafka/src/kafka_common.h"
 
 namespace presence {
 namespace {
+
+using kafka_internal::Config;
+using kafka_internal::KafkaStatus;
+using kafka_internal::MakeConf;
+using kafka_internal::PartitionList;
+using kafka_internal::TopicPartitionCount;
 
 constexpr char kTypeHeader[] = "presence.type";
 constexpr absl::string_view kSignalType = "signal";
@@ -50,60 +57,6 @@ BusRecordType TypeOf(const rd_kafka_message_t* m) {
   if (v == kChangeType) return BusRecordType::kChange;
   return static_cast<BusRecordType>(0);
 }
-
-// A librdkafka error as a Status.
-absl::Status KafkaStatus(rd_kafka_resp_err_t err, absl::string_view what) {
-  const std::string msg = absl::StrCat(what, ": ", rd_kafka_err2str(err));
-  switch (err) {
-    case RD_KAFKA_RESP_ERR_NO_ERROR:
-      return absl::OkStatus();
-    case RD_KAFKA_RESP_ERR__TIMED_OUT:
-    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
-    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
-      return absl::DeadlineExceededError(msg);
-    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
-    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
-      return absl::NotFoundError(msg);
-    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
-    case RD_KAFKA_RESP_ERR__INVALID_ARG:
-    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
-      return absl::InvalidArgumentError(msg);
-    case RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
-    case RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET:
-      return absl::OutOfRangeError(msg);
-    case RD_KAFKA_RESP_ERR__FATAL:
-    case RD_KAFKA_RESP_ERR__STATE:
-    case RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION:
-    case RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
-    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
-    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
-      return absl::FailedPreconditionError(msg);
-    default:
-      return absl::UnavailableError(msg);
-  }
-}
-
-using Config = std::vector<std::pair<std::string, std::string>>;
-
-// A conf with `sets` applied in order; InvalidArgument names the bad one.
-absl::StatusOr<rd_kafka_conf_t*> MakeConf(std::initializer_list<const Config*> sets) {
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  char err[512];
-  for (const Config* set : sets) {
-    for (const auto& [k, v] : *set) {
-      if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return absl::InvalidArgumentError(absl::StrCat("librdkafka property ", k, "=", v, ": ", err));
-      }
-    }
-  }
-  return conf;
-}
-
-struct PartitionListDeleter {
-  void operator()(rd_kafka_topic_partition_list_t* l) const { rd_kafka_topic_partition_list_destroy(l); }
-};
-using PartitionList = std::unique_ptr<rd_kafka_topic_partition_list_t, PartitionListDeleter>;
 
 // Waits for the delivery reports of one Publish or PublishBatch. Each
 // produced record carries a Slot as its opaque.
@@ -326,7 +279,8 @@ struct KafkaBus::Impl {
     }
     poller = std::thread([this] { Poll(); });
 
-    auto count = PartitionCount();
+    auto count = TopicPartitionCount(producer, producer_topic, options.brokers,
+                                     options.request_timeout_ms);
     if (!count.ok()) return count.status();
     if (options.partitions != 0 && options.partitions != *count) {
       return absl::FailedPreconditionError(
@@ -347,43 +301,6 @@ struct KafkaBus::Impl {
       rd_kafka_topic_destroy(t);
     }
     return absl::OkStatus();
-  }
-
-  // The topic's partition count, retrying transient metadata errors (a new
-  // topic whose leaders are not elected yet) until request_timeout_ms.
-  absl::StatusOr<uint32_t> PartitionCount() {
-    const auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::milliseconds(options.request_timeout_ms);
-    absl::Status last = absl::DeadlineExceededError("no metadata");
-    while (std::chrono::steady_clock::now() < deadline) {
-      const int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                            deadline - std::chrono::steady_clock::now())
-                                            .count());
-      const rd_kafka_metadata_t* md = nullptr;
-      rd_kafka_resp_err_t e = rd_kafka_metadata(producer, 0, producer_topic, &md, std::max(left, 1));
-      if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        return KafkaStatus(e, absl::StrCat("metadata of topic ", options.topic, " from ", options.brokers));
-      }
-      rd_kafka_resp_err_t topic_err = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
-      int count = 0;
-      for (int i = 0; i < md->topic_cnt; ++i) {
-        if (options.topic == md->topics[i].topic) {
-          topic_err = md->topics[i].err;
-          count = md->topics[i].partition_cnt;
-        }
-      }
-      rd_kafka_metadata_destroy(md);
-      if (topic_err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
-          topic_err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
-        return absl::NotFoundError(absl::StrCat(
-            "Kafka topic ", options.topic, " does not exist (create it with the partition count"
-            " every process uses)"));
-      }
-      if (topic_err == RD_KAFKA_RESP_ERR_NO_ERROR && count > 0) return static_cast<uint32_t>(count);
-      last = KafkaStatus(topic_err, absl::StrCat("metadata of topic ", options.topic));
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return last;
   }
 
   absl::StatusOr<std::vector<uint64_t>> Produce(absl::Span<const Message> messages) {
