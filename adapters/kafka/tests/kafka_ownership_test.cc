@@ -213,11 +213,17 @@ TEST(KafkaOwnership, ACrashedMemberIsReplacedAfterTheSessionTimeout) {
   a.reset();
   ASSERT_TRUE(StepUntil({&b}, [&] { return b.engine->OwnedPartitions().size() == kPartitions && b.Settled(); }));
   const int64_t rto_ms = MsSince(crash);
+  const int session_ms = KafkaOwnershipOptions().session_timeout_ms;
   std::printf("[ measured ] takeover after a crash (RTO), session.timeout.ms=%d: %lld ms\n",
-              KafkaOwnershipOptions().session_timeout_ms, static_cast<long long>(rto_ms));
-  EXPECT_LT(rto_ms, 5000);
-  EXPECT_GE(rto_ms, KafkaOwnershipOptions().session_timeout_ms - 500)
+              session_ms, static_cast<long long>(rto_ms));
+  EXPECT_GE(rto_ms, session_ms - 500)
       << "taken over before the session timeout: the crashed member left the group";
+  // A real broker rebalances as soon as the remaining members rejoined: an
+  // RTO of about session_ms + heartbeat_interval_ms (3.5 s). librdkafka
+  // 2.0.2's mock checks sessions once a second and then waits
+  // session_ms - 1000 for members to rejoin, whoever is left: up to
+  // 2 * session_ms here (about 5.8 s), which is what this bounds.
+  EXPECT_LT(rto_ms, 2 * session_ms + 500);
   EXPECT_TRUE(AllServedWith({&b}, users, 2));
 }
 
