@@ -15,7 +15,6 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "adapters/kafka/src/kafka_common.h"
 
@@ -66,18 +65,13 @@ struct KafkaOwnership::Impl {
 
   void Rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* partitions) {
     rebalances.fetch_add(1, std::memory_order_relaxed);
-    const bool cooperative = absl::string_view(rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE";
     const std::vector<uint32_t> list = PartitionsOf(partitions);
     rd_kafka_error_t* error = nullptr;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       // Taken by Poll, after the callback. Until then nothing is fetched:
       // from the end of the log, and paused right away.
       for (int i = 0; i < partitions->cnt; ++i) partitions->elems[i].offset = RD_KAFKA_OFFSET_END;
-      if (cooperative) {
-        error = rd_kafka_incremental_assign(rk, partitions);
-      } else if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, partitions)) {
-        error = rd_kafka_error_new(e, "%s", rd_kafka_err2str(e));
-      }
+      error = rd_kafka_incremental_assign(rk, partitions);
       rd_kafka_pause_partitions(rk, partitions);
       absl::MutexLock lock(&mu);
       assigned.insert(list.begin(), list.end());
@@ -92,14 +86,10 @@ struct KafkaOwnership::Impl {
         absl::MutexLock lock(&mu);
         for (uint32_t p : list) assigned.erase(p);
       }
-      if (cooperative) {
-        error = rd_kafka_incremental_unassign(rk, partitions);
-      } else if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, nullptr)) {
-        error = rd_kafka_error_new(e, "%s", rd_kafka_err2str(e));
-      }
+      error = rd_kafka_incremental_unassign(rk, partitions);
     }
-    // Only on misuse (e.g. a protocol the callback does not follow);
-    // librdkafka then fails the membership, which Poll reports.
+    // Only on misuse; librdkafka then fails the membership, which Poll
+    // reports.
     if (error != nullptr) rd_kafka_error_destroy(error);
   }
 
@@ -178,7 +168,6 @@ struct KafkaOwnership::Impl {
           "the engine owns every partition (Options::owns_all_partitions): create it with false");
     }
     const Config defaults = {
-        {"partition.assignment.strategy", "cooperative-sticky"},
         {"log.connection.close", "false"},
         {"socket.nagle.disable", "true"},
         // Assigned partitions are paused at once; should a fetch start
@@ -192,6 +181,9 @@ struct KafkaOwnership::Impl {
         {"session.timeout.ms", std::to_string(options.session_timeout_ms)},
         {"heartbeat.interval.ms", std::to_string(options.heartbeat_interval_ms)},
         {"enable.auto.commit", "false"},
+        // Incremental: a rebalance moves only the partitions that change
+        // owner (an eager one would have every engine reload everything).
+        {"partition.assignment.strategy", "cooperative-sticky"},
     };
     auto conf = MakeConf({&defaults, &options.config, &fixed});
     if (!conf.ok()) return conf.status();

@@ -79,11 +79,10 @@ struct KafkaOwnershipOptions {
   // the broker, or raise this.
   int session_timeout_ms = 3000;
   int heartbeat_interval_ms = 500;
-  // More librdkafka properties (security.protocol, sasl.*, ...; e.g.
-  // partition.assignment.strategy=range for the eager protocol, where every
-  // rebalance revokes and reassigns every partition). Applied over the
-  // defaults, except bootstrap.servers, group.id, client.id, the timeouts
-  // above and enable.auto.commit, which are set last.
+  // More librdkafka properties (security.protocol, sasl.*, ...). Applied
+  // over the defaults, except bootstrap.servers, group.id, client.id, the
+  // timeouts above, enable.auto.commit and partition.assignment.strategy
+  // (cooperative-sticky), which are set last.
   std::vector<std::pair<std::string, std::string>> config;
 
   // The options for the engine of a bus: its brokers, topic and config, and
