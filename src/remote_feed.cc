@@ -9,6 +9,7 @@
 #include "presence/remote_feed.h"
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <utility>
 
@@ -89,6 +90,27 @@ class RemoteFeed::Impl final : public SnapshotSource {
     absl::StatusOr<std::vector<bool>> next = OwnedSet(bus_, partitions);
     if (!next.ok()) return next.status();
     internal::MutexLock lock(&poll_mu_);
+    std::vector<bool> before;
+    {
+      internal::MutexLock cache_lock(&cache_mu_);
+      before = owned_;
+    }
+    // A partition gained is first read to its end: the changes its previous
+    // owner published before it let go (or died) reach the fan-out, since
+    // the new owner's engine loads those users from the store without
+    // publishing them again. A read error is counted; the partition is taken
+    // all the same.
+    RemoteFeedPollResult drained;
+    for (uint32_t p = 0; p < static_cast<uint32_t>(next->size()); ++p) {
+      if (!(*next)[p] || before[p]) continue;
+      if (!ReadPartition(p, std::numeric_limits<size_t>::max(), &drained).ok()) {
+        ++totals_.read_errors;
+      }
+    }
+    totals_.read += drained.read;
+    totals_.delivered += drained.delivered;
+    totals_.malformed += drained.malformed;
+    totals_.unknown_partition += drained.unknown_partition;
     internal::MutexLock cache_lock(&cache_mu_);
     bool gained = false;
     for (size_t p = 0; p < next->size(); ++p) gained |= (*next)[p] && !owned_[p];

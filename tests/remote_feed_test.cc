@@ -275,6 +275,32 @@ TEST(RemoteFeed, OwnershipChangesStopAndRestartRemoteDelivery) {
   EXPECT_EQ(c.feed->SetOwnedPartitions({7}).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Found by the chaos test (adapters/chaos): A publishes a change and dies
+// before B's feed has read it; B takes A's partition over. The change is on
+// the bus and in the store, but nothing will publish it again: B's watcher
+// must still get it.
+TEST(RemoteFeed, AChangeTheDeadOwnerPublishedReachesTheWatchersOfTheNewOwner) {
+  Cluster c;
+  const std::string alice = UserIn(1, "alice-");
+  const SubscriberId s = c.Watch(alice);
+  c.Seen(s, alice);
+  c.a->Connect(Sig(alice)).value();
+  c.clock.Advance(100);
+  c.a->Tick();  // written, published; B's feed has not polled yet
+  const uint64_t published = c.VersionsPublishedByA(alice).back();
+  c.a.reset();  // A dies
+  // The engines of this cluster own every partition (only the feed is told
+  // otherwise): B lets A's go, then takes them over from the store.
+  ASSERT_TRUE(c.b->RevokePartitions(kOwnedByA).ok());
+  ASSERT_TRUE(c.b->AssignPartitions(kOwnedByA).ok());
+  ASSERT_TRUE(c.feed->SetOwnedPartitions({0, 1, 2, 3}).ok());
+  EXPECT_EQ(c.b->GetPublished({alice})[0].version, published);
+  c.clock.Advance(100);
+  (void)c.feed->Poll().value();
+  c.b->Tick();
+  EXPECT_THAT(c.Seen(s, alice), ElementsAre(Pair(State::kOnline, published)));
+}
+
 TEST(RemoteFeed, MalformedAndMisroutedRecordsAreCountedAndSkipped) {
   Cluster c;
   const std::string alice = UserIn(0, "alice-");

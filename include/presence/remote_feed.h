@@ -46,7 +46,10 @@
 // START AND OWNERSHIP: the feed reads each partition from its own offset,
 // which starts at the partition's end when the feed is created
 // (RemoteFeedOptions::from_beginning: at 0) and can be moved with Seek. When
-// a partition becomes owned (SetOwnedPartitions), reading it stops and the
+// a partition becomes owned (SetOwnedPartitions), the feed first reads it to
+// its end, so that the changes its previous owner published before it let go
+// or died reach the fan-out (the new owner's engine loads those users from
+// the store and does not publish them again); then reading it stops and the
 // feed forgets the events of its users (the engine answers for them now).
 // When it stops being owned, reading resumes from where it stopped: the
 // changes published in between are read again (the fan-out ignores the ones
@@ -127,8 +130,11 @@ class PRESENCE_EXPORT RemoteFeed {
   absl::StatusOr<RemoteFeedPollResult> Poll(size_t max_records = 4096);
 
   // RemoteFeed::SetOwnedPartitions replaces the set of partitions this engine
-  // owns (after a failover or a rebalance). InvalidArgument for a partition
-  // the bus does not have; then nothing changes.
+  // owns (after a failover or a rebalance; call it after the engine took
+  // them). Each partition gained is read to its end first and its changes
+  // delivered (a read error is counted in Stats and the partition is taken
+  // all the same). InvalidArgument for a partition the bus does not have;
+  // then nothing changes.
   absl::Status SetOwnedPartitions(absl::Span<const uint32_t> owned);
 
   // RemoteFeed::Seek moves the next offset read in `partition` (to replay, or
