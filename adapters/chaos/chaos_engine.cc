@@ -21,7 +21,8 @@
 //
 // STDOUT (one line each, flushed): "ready", "owned <id> <partitions>
 // took_ms=<ms>", "error <what>", "stats <id> diffs=.. dups=.. backwards=..
-// snapshots=.. batches=..".
+// snapshots=.. batches=..", then "view <id> <user>:<state> ..."
+// (what the subscriber shows, presence.v1.State numbers).
 #include <poll.h>
 #include <unistd.h>
 
@@ -94,6 +95,7 @@ absl::StatusOr<presence::OwnershipTable> ParseTable(absl::string_view text, uint
 struct Watcher {
   uint64_t batches = 0, snapshots = 0, diffs = 0, dups = 0, backwards = 0;
   std::map<std::string, uint64_t> last_version;
+  std::map<std::string, int> state;  // what the subscriber shows, as presence.v1.State
 
   void Drain(presence::Fanout* fanout, presence::SubscriberId sub) {
     presence::Batch b;
@@ -109,6 +111,7 @@ struct Watcher {
         uint64_t& last = last_version[u.user_id()];
         if (m.snapshot()) {  // a snapshot restates; it is not a diff
           if (u.version() > last) last = u.version();
+          state[u.user_id()] = u.state();
           continue;
         }
         ++diffs;
@@ -118,6 +121,7 @@ struct Watcher {
           ++backwards;
         } else {
           last = u.version();
+          state[u.user_id()] = u.state();
         }
       }
     }
@@ -216,8 +220,11 @@ int main(int argc, char** argv) {
         Say(absl::StrCat("owned ", id, " ", absl::StrJoin(owned, ","), " took_ms=", took));
       } else if (cmd == "stats") {
         Say(absl::StrCat("stats ", id, " diffs=", watcher.diffs, " dups=", watcher.dups,
-                         " backwards=", watcher.backwards, " snapshots=", watcher.snapshots,
-                         " batches=", watcher.batches));
+                         " backwards=", watcher.backwards,
+                         " snapshots=", watcher.snapshots, " batches=", watcher.batches));
+        std::string view = absl::StrCat("view ", id);
+        for (const auto& [user, st] : watcher.state) absl::StrAppend(&view, " ", user, ":", st);
+        Say(view);
       } else if (cmd == "quit") {
         return 0;
       } else if (!cmd.empty()) {

@@ -286,6 +286,7 @@ class Load {
   struct Acked {  // a transition the gateway acknowledged
     uint64_t trace = 0;
     Activity activity = Activity::kActive;
+    TimePoint at;
   };
   Load(const std::string& brokers, const std::string& topic, int gateways) {
     per_user_.resize(kUsers);
@@ -301,6 +302,18 @@ class Load {
     }
   }
   void SetFlips(bool on) { flips_ = on; }
+  // From now on, the even users of `partitions` keep their activity: their
+  // last transition is the one in flight when an engine dies, and the final
+  // state shows whether it survived (a later one cannot hide its loss).
+  void Freeze(const std::vector<uint32_t>& partitions) {
+    std::lock_guard<std::mutex> lock(mu_);
+    frozen_partitions_ = partitions;
+    frozen_ = true;
+  }
+  static bool IsFrozen(int i, const std::vector<uint32_t>& partitions) {
+    return i % 2 == 0 && std::count(partitions.begin(), partitions.end(),
+                                    PartitionFor(absl::StrCat("user-", i), kPartitions)) > 0;
+  }
   // The users' acknowledged transitions, in order; and counts.
   std::vector<std::vector<Acked>> Transitions() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -328,7 +341,12 @@ class Load {
         // Paced over the second.
         std::this_thread::sleep_until(round_start + std::chrono::milliseconds(1000 * j / mine.size()));
         Activity a = current[i];
-        if (flips_ && started[i] && (round + i) % 2 == 0) {
+        bool frozen = false;
+        if (frozen_) {
+          std::lock_guard<std::mutex> lock(mu_);
+          frozen = IsFrozen(i, frozen_partitions_);
+        }
+        if (flips_ && !frozen && started[i] && (round + i) % 2 == 0) {
           a = a == Activity::kActive ? Activity::kIdle : Activity::kActive;
         }
         const std::string user = absl::StrCat("user-", i);
@@ -347,7 +365,7 @@ class Load {
         ++acked_;
         if (!started[i] || a != current[i]) {
           std::lock_guard<std::mutex> lock(mu_);
-          per_user_[i].push_back({*trace, a});
+          per_user_[i].push_back({*trace, a, SteadyClock::now()});
         }
         started[i] = true;
         current[i] = a;
@@ -360,7 +378,8 @@ class Load {
     }
   }
 
-  std::atomic<bool> stop_{false}, flips_{true};
+  std::atomic<bool> stop_{false}, flips_{true}, frozen_{false};
+  std::vector<uint32_t> frozen_partitions_;
   std::atomic<uint64_t> acked_{0}, refused_{0}, late_rounds_{0};
   std::mutex mu_;
   std::vector<std::vector<Acked>> per_user_;
@@ -483,10 +502,26 @@ TEST(Chaos, SigkillUnderLoad) {
   Load load(kafka.bootstrap(), topic, 3);
   SleepMs(5000);  // everyone online, transitions flowing
 
+  auto store = RedisStore::Open([&] {
+    RedisStoreOptions ro;
+    ro.port = (*redis)->port();
+    ro.key_prefix = prefix;
+    return ro;
+  }());
+  ASSERT_TRUE(store.ok()) << store.status();
+
   // SIGKILL e2 under load; the survivors take its partitions.
+  const std::vector<uint32_t> dead = {4, 5, 6, 7};
+  load.Freeze(dead);
   const TimePoint killed_at = SteadyClock::now();
   const TimePoint reaped_at = engines[1]->KillAndReap();
-  const std::vector<uint64_t> probe_traces = probes.Flip({4, 5, 6, 7});
+  const std::vector<uint64_t> probe_traces = probes.Flip(dead);
+  // What the store held of the dead engine's users when it died (nobody
+  // writes them until the takeover): their acknowledged transitions that it
+  // lacks were in flight, at risk.
+  UserCollector at_kill;
+  ASSERT_TRUE((*store)->Load(&at_kill).ok());
+  const TimePoint snapshot_done = SteadyClock::now();
   engines[0]->Send("own 0-5:e1,6-11:e3");
   engines[2]->Send("own 0-5:e1,6-11:e3");
   auto own1 = engines[0]->Wait("owned", 30000);
@@ -520,13 +555,6 @@ TEST(Chaos, SigkillUnderLoad) {
   // the bus agree with the last acknowledged state of every user.
   load.SetFlips(false);
   const TimePoint quiet_at = SteadyClock::now();
-  auto store = RedisStore::Open([&] {
-    RedisStoreOptions ro;
-    ro.port = (*redis)->port();
-    ro.key_prefix = prefix;
-    return ro;
-  }());
-  ASSERT_TRUE(store.ok()) << store.status();
   size_t store_wrong = 0, bus_wrong = 0, lost = 0;
   int64_t settle_ms = -1;
   std::vector<std::vector<Load::Acked>> acked;
@@ -564,7 +592,34 @@ TEST(Chaos, SigkillUnderLoad) {
       own_trace += tail.TraceSeen(a.trace);
     }
   }
-  uint64_t w_diffs = 0, w_dups = 0, w_back = 0, w_snap = 0;
+  // The transitions in flight at the kill: the last one acknowledged before
+  // it, of each user of the dead partitions, when the store lacked it.
+  // Published (own trace) or, for frozen users, the final state: recovered.
+  size_t at_risk = 0, at_risk_frozen = 0, at_risk_lost = 0, frozen_users = 0;
+  {
+    UserCollector final_store;
+    ASSERT_TRUE((*store)->Load(&final_store).ok());
+    for (int u = 0; u < kUsers; ++u) {
+      const std::string user = absl::StrCat("user-", u);
+      if (std::count(dead.begin(), dead.end(), PartitionFor(user, kPartitions)) == 0) continue;
+      const bool frozen = Load::IsFrozen(u, dead);
+      frozen_users += frozen;
+      const Load::Acked* last = nullptr;
+      for (const Load::Acked& a : acked[u]) {
+        if (a.at < killed_at) last = &a;
+      }
+      if (last == nullptr) continue;
+      auto s = at_kill.users.find(user);
+      if (s != at_kill.users.end() && s->second == StateOf(last->activity)) continue;
+      ++at_risk;
+      at_risk_frozen += frozen;
+      const bool published = tail.TraceSeen(last->trace);
+      const bool final_ok = frozen && final_store.users[user] == StateOf(last->activity);
+      if (!published && !final_ok) ++at_risk_lost;
+    }
+  }
+  uint64_t w_diffs = 0, w_dups = 0, w_back = 0, w_snap = 0, w_wrong = 0;
+  SleepMs(500);  // a fan-out flush or two after the bus: the watchers' feeds poll every tick
   for (int k : {0, 2}) {
     engines[k]->Send("stats");
     auto st = engines[k]->Wait("stats", 10000);
@@ -574,19 +629,42 @@ TEST(Chaos, SigkillUnderLoad) {
     w_dups += Field(*st, "dups");
     w_back += Field(*st, "backwards");
     w_snap += Field(*st, "snapshots");
+    auto view = engines[k]->Wait("view", 10000);
+    ASSERT_TRUE(view) << engines[k]->id();
+    std::map<std::string, int> shown;
+    for (absl::string_view item : absl::StrSplit(*view, ' ', absl::SkipEmpty())) {
+      const size_t colon = item.rfind(':');
+      if (colon == absl::string_view::npos) continue;
+      shown[std::string(item.substr(0, colon))] = std::stoi(std::string(item.substr(colon + 1)));
+    }
+    for (int u = 0; u < kUsers; ++u) {
+      if (acked[u].empty()) continue;
+      const std::string user = absl::StrCat("user-", u);
+      auto it = shown.find(user);
+      const int want = static_cast<int>(StateOf(acked[u].back().activity));
+      if (it == shown.end() || it->second != want) {
+        ++w_wrong;
+        std::printf("CHAOS watcher %s shows %s as %d, want %d (partition %u%s)\n",
+                    engines[k]->id().c_str(), user.c_str(), it == shown.end() ? -1 : it->second,
+                    want, PartitionFor(user, kPartitions), Load::IsFrozen(u, dead) ? ", frozen" : "");
+      }
+    }
   }
   load.Stop();
   std::printf(
       "CHAOS sigkill: users=%d partitions=%u engines=3 kill=e2 (partitions 4-7)\n"
-      "CHAOS sigkill: detect_ms=%lld takeover_ms=%lld rto_ms=%lld (probe change on the bus)\n"
+      "CHAOS sigkill: detect_ms=%lld store_snapshot_ms=%lld takeover_ms=%lld rto_ms=%lld (probe change on the bus)\n"
+      "CHAOS sigkill: in_flight_at_kill=%zu (of frozen users %zu/%zu) in_flight_lost=%zu\n"
       "CHAOS sigkill: signals_acked=%llu refused=%llu late_rounds=%llu transitions_acked=%llu "
       "published_with_own_trace=%llu superseded=%llu\n"
       "CHAOS sigkill: final_state_lost=%zu store_wrong=%zu bus_wrong=%zu settle_ms=%lld\n"
       "CHAOS sigkill: bus_changes=%llu bus_duplicates=%llu timeouts=%llu\n"
       "CHAOS sigkill: watcher_diffs=%llu watcher_duplicates=%llu watcher_backwards=%llu "
-      "watcher_snapshots=%llu\n",
+      "watcher_snapshots=%llu watcher_final_wrong=%llu\n",
       kUsers, kPartitions, static_cast<long long>(MsBetween(killed_at, reaped_at)),
-      static_cast<long long>(takeover_ms), static_cast<long long>(rto_ms),
+      static_cast<long long>(MsBetween(reaped_at, snapshot_done)),
+      static_cast<long long>(takeover_ms), static_cast<long long>(rto_ms), at_risk, at_risk_frozen,
+      frozen_users, at_risk_lost,
       static_cast<unsigned long long>(load.acked()), static_cast<unsigned long long>(load.refused()),
       static_cast<unsigned long long>(load.late_rounds()),
       static_cast<unsigned long long>(transitions), static_cast<unsigned long long>(own_trace),
@@ -595,17 +673,25 @@ TEST(Chaos, SigkillUnderLoad) {
       static_cast<unsigned long long>(tail.duplicates()),
       static_cast<unsigned long long>(tail.timeouts()), static_cast<unsigned long long>(w_diffs),
       static_cast<unsigned long long>(w_dups), static_cast<unsigned long long>(w_back),
-      static_cast<unsigned long long>(w_snap));
+      static_cast<unsigned long long>(w_snap),
+      static_cast<unsigned long long>(w_wrong));
   std::fflush(stdout);
 
   EXPECT_EQ(lost, 0u) << "acknowledged final states neither stored nor published";
+  EXPECT_EQ(at_risk_lost, 0u) << "transitions in flight at the kill were lost";
   EXPECT_EQ(store_wrong, 0u);
-  EXPECT_EQ(bus_wrong, 0u);
+  // A change the dead engine wrote but was killed before publishing is on no
+  // bus: nothing publishes it again (docs/scale-out.md, "Chaos test"), so
+  // neither the bus nor the watchers of other engines learn it. That window
+  // (the bus publishes of one tick) is rarely hit; everything else must be
+  // on the bus and shown by every watcher.
+  EXPECT_LE(bus_wrong, at_risk_frozen);
   EXPECT_GE(rto_ms, 0) << "a probe of the dead engine's partitions was never served";
   EXPECT_LT(rto_ms, 5000) << "RTO target: under 5 s with default settings";
   EXPECT_EQ(w_dups, 0u) << "a watcher saw a diff twice";
   EXPECT_EQ(w_back, 0u) << "a watcher saw a version go back";
   EXPECT_GT(w_diffs, 0u);
+  EXPECT_LE(w_wrong, 2 * bus_wrong) << "a watcher does not show a final state that the bus carried";
   EXPECT_EQ(load.refused(), 0u);
   for (int k : {0, 2}) engines[k]->Send("quit");
 }
@@ -687,8 +773,12 @@ struct Region {
         if (i % 2 == index || i % 10 == 4) mine.push_back(i);
       }
       std::vector<Activity> current(kRegionUsers, Activity::kActive);
+      auto round_start = SteadyClock::now();
       for (int round = 0; !stop; ++round) {
-        for (int i : mine) {
+        for (size_t j = 0; j < mine.size() && !stop; ++j) {
+          const int i = mine[j];
+          std::this_thread::sleep_until(round_start +
+                                        std::chrono::milliseconds(1000 * j / mine.size()));
           if (flips && round > 0 && (round + i) % 2 == 0) {
             current[i] = current[i] == Activity::kActive ? Activity::kIdle : Activity::kActive;
           }
@@ -701,7 +791,8 @@ struct Region {
           s.activity = current[i];
           EXPECT_TRUE(engine->Signal(s).ok());
         }
-        for (int k = 0; k < 10 && !stop; ++k) SleepMs(100);
+        round_start += std::chrono::seconds(1);
+        if (round_start < SteadyClock::now()) round_start = SteadyClock::now();
       }
     });
   }
