@@ -11,16 +11,24 @@
 // the users it owns and by a RemoteFeed for the others: the subscriber
 // checks that no diff repeats or goes back in version.
 //
-// OWNERSHIP SOURCE: the harness, one line on stdin per table:
-//   own 0-3:e1,4-7:e2,8-11:e3
-// parsed into a presence::OwnershipTable (a gap or an overlap is refused and
-// reported) and applied with ApplyOwnership. This is the one piece to swap
-// for a Kafka consumer group's assignment.
+// OWNERSHIP SOURCE (--ownership=):
+//   kafka  presence::KafkaOwnership (the default): the consumer group of the
+//          engines assigns the partitions; a dead engine's go to the others
+//          after the group's session timeout (KafkaOwnershipOptions default;
+//          --session-timeout-ms= sets another).
+//   table  the harness, one line on stdin per table:
+//            own 0-3:e1,4-7:e2,8-11:e3
+//          parsed into a presence::OwnershipTable (a gap or an overlap is
+//          refused and reported) and applied with ApplyOwnership; the
+//          harness notices a death with waitpid.
+// Either way the loop then tells the RemoteFeed what the engine owns.
 //
 // OTHER COMMANDS: "stats" prints the watcher's figures; "quit" exits.
 //
 // STDOUT (one line each, flushed): "ready", "owned <id> <partitions>
-// took_ms=<ms>", "error <what>", "stats <id> diffs=.. dups=.. backwards=..
+// took_ms=<ms>" (whenever the owned set changes; took_ms: the table's
+// ApplyOwnership, or the KafkaOwnership::Poll that changed it), "error
+// <what>", "warn <what>" (a KafkaOwnership::Poll error, retried), "stats <id> diffs=.. dups=.. backwards=..
 // snapshots=.. batches=..", then "view <id> <user>:<state> ..."
 // (what the subscriber shows, presence.v1.State numbers).
 #include <poll.h>
@@ -43,6 +51,7 @@
 #include "presence/engine.h"
 #include "presence/fanout.h"
 #include "presence/kafka_bus.h"
+#include "presence/kafka_ownership.h"
 #include "presence/ownership.h"
 #include "presence/redis_store.h"
 #include "presence/remote_feed.h"
@@ -133,6 +142,8 @@ struct Watcher {
 int main(int argc, char** argv) {
   auto flags = ParseFlags(argc, argv);
   const std::string id = flags["id"];
+  const std::string ownership = flags.count("ownership") ? flags["ownership"] : "kafka";
+  if (ownership != "kafka" && ownership != "table") Die("--ownership= is kafka or table");
   uint32_t partitions = 0;
   int redis_port = 0, watch = 0;
   if (id.empty() || !absl::SimpleAtoi(flags["partitions"], &partitions) ||
@@ -180,6 +191,28 @@ int main(int argc, char** argv) {
   std::vector<absl::string_view> views(users.begin(), users.end());
   if (auto st = (*fanout)->AddUsers(*sub, views); !st.ok()) Die(st.ToString());
   Watcher watcher;
+
+  // The ownership source, and what the feed was last told.
+  std::unique_ptr<presence::KafkaOwnership> group;
+  if (ownership == "kafka") {
+    presence::KafkaOwnershipOptions ko = presence::KafkaOwnershipOptions::ForBus(bo, id);
+    int session_timeout_ms = 0;  // 0: the default
+    if (absl::SimpleAtoi(flags["session-timeout-ms"], &session_timeout_ms) && session_timeout_ms > 0) {
+      ko.session_timeout_ms = session_timeout_ms;
+      ko.heartbeat_interval_ms = std::max(100, session_timeout_ms / 6);
+    }
+    auto k = presence::KafkaOwnership::Create(engine->get(), ko);
+    if (!k.ok()) Die(absl::StrCat("ownership: ", k.status().ToString()));
+    group = std::move(*k);
+  }
+  std::vector<uint32_t> told;
+  auto tell_feed = [&](int64_t took_ms, bool always) {
+    std::vector<uint32_t> owned = (*engine)->OwnedPartitions();
+    if (owned == told && !always) return;
+    if (auto fs = (*feed)->SetOwnedPartitions(owned); !fs.ok()) Die(fs.ToString());
+    told = owned;
+    Say(absl::StrCat("owned ", id, " ", absl::StrJoin(owned, ","), " took_ms=", took_ms));
+  };
   Say("ready");
 
   std::string input;
@@ -200,6 +233,10 @@ int main(int argc, char** argv) {
       input.erase(0, nl + 1);
       absl::string_view cmd = line;
       if (absl::ConsumePrefix(&cmd, "own ")) {
+        if (group != nullptr) {
+          Say("error \"own\" with --ownership=kafka");
+          continue;
+        }
         const auto start = Clock::now();
         auto table = ParseTable(cmd, partitions);
         if (!table.ok()) {
@@ -213,11 +250,8 @@ int main(int argc, char** argv) {
           st = presence::ApplyOwnership(engine->get(), *table, id);
         }
         if (!st.ok()) Die(st.ToString());
-        const std::vector<uint32_t> owned = (*engine)->OwnedPartitions();
-        if (auto fs = (*feed)->SetOwnedPartitions(owned); !fs.ok()) Die(fs.ToString());
-        const auto took =
-            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
-        Say(absl::StrCat("owned ", id, " ", absl::StrJoin(owned, ","), " took_ms=", took));
+        tell_feed(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count(),
+                  true);
       } else if (cmd == "stats") {
         Say(absl::StrCat("stats ", id, " diffs=", watcher.diffs, " dups=", watcher.dups,
                          " backwards=", watcher.backwards,
@@ -226,10 +260,17 @@ int main(int argc, char** argv) {
         for (const auto& [user, st] : watcher.state) absl::StrAppend(&view, " ", user, ":", st);
         Say(view);
       } else if (cmd == "quit") {
+        if (group != nullptr) (void)group->Close();
         return 0;
       } else if (!cmd.empty()) {
         Say("error unknown command " + line);
       }
+    }
+    if (group != nullptr) {
+      const auto start = Clock::now();
+      if (absl::Status st = group->Poll(); !st.ok()) Say(absl::StrCat("warn ", st.ToString()));
+      tell_feed(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count(),
+                false);
     }
     // Signals in, at most a few rounds so that ticks stay on time.
     for (int round = 0; round < 8; ++round) {

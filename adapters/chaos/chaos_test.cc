@@ -152,6 +152,22 @@ class EngineProcess {
     }
   }
   TimePoint last_at() const { return last_at_; }
+  // The latest line that starts with `prefix` (not consumed) and when it came.
+  std::optional<std::pair<TimePoint, std::string>> Latest(const std::string& prefix) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = lines_.size(); i-- > 0;) {
+      if (absl::StartsWith(lines_[i].second, prefix)) return lines_[i];
+    }
+    return std::nullopt;
+  }
+  std::vector<std::string> Errors() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::string> out;
+    for (const auto& [at, l] : lines_) {
+      if (absl::StartsWith(l, "error ")) out.push_back(l);
+    }
+    return out;
+  }
   // SIGKILL, then waitpid: when the harness knows it is dead.
   TimePoint KillAndReap() {
     kill(pid_, SIGKILL);
@@ -217,6 +233,13 @@ class BusTail {
     return it->second;
   }
   bool TraceSeen(uint64_t trace) { return TraceSeenAt(trace).has_value(); }
+  // When a change event first showed `user` in `state` (nullopt: not yet).
+  std::optional<TimePoint> StateSeenAt(const std::string& user, State state) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = first_in_state_.find({user, state});
+    if (it == first_in_state_.end()) return std::nullopt;
+    return it->second;
+  }
   // The latest change event of each user.
   std::map<std::string, Seen> Latest() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -255,6 +278,7 @@ class BusTail {
           if (!seen_.insert({e->user_id, e->version}).second) ++duplicates_;
           if (e->cause == Cause::kTimeout) ++timeouts_;
           if (e->trace_id != 0) traces_.emplace(e->trace_id, now);
+          first_in_state_.emplace(std::make_pair(e->user_id, e->state), now);
           Seen& l = latest_[e->user_id];
           if (e->version > l.version) l = Seen{e->version, e->state, e->cause};
         }
@@ -268,6 +292,7 @@ class BusTail {
   std::mutex mu_;
   std::set<std::pair<std::string, uint64_t>> seen_;
   std::map<uint64_t, TimePoint> traces_;
+  std::map<std::pair<std::string, State>, TimePoint> first_in_state_;
   std::map<std::string, Seen> latest_;
   uint64_t events_ = 0, duplicates_ = 0, timeouts_ = 0;
   std::thread thread_;
@@ -302,16 +327,17 @@ class Load {
     }
   }
   void SetFlips(bool on) { flips_ = on; }
-  // From now on, the even users of `partitions` keep their activity: their
-  // last transition is the one in flight when an engine dies, and the final
-  // state shows whether it survived (a later one cannot hide its loss).
+  // From now on, the users of `partitions` keep their activity (they go on
+  // heartbeating): their last transition is the one in flight when their
+  // engine dies, and the final state shows whether it survived (a later one
+  // cannot hide its loss).
   void Freeze(const std::vector<uint32_t>& partitions) {
     std::lock_guard<std::mutex> lock(mu_);
     frozen_partitions_ = partitions;
     frozen_ = true;
   }
   static bool IsFrozen(int i, const std::vector<uint32_t>& partitions) {
-    return i % 2 == 0 && std::count(partitions.begin(), partitions.end(),
+    return std::count(partitions.begin(), partitions.end(),
                                     PartitionFor(absl::StrCat("user-", i), kPartitions)) > 0;
   }
   // The users' acknowledged transitions, in order; and counts.
@@ -419,16 +445,19 @@ class Probes {
     stop_ = true;
     thread_.join();
   }
-  std::vector<uint64_t> Flip(const std::vector<uint32_t>& partitions) {
+  // The probes flipped. Their change to AWAY is the sign: not the trace id,
+  // since the heartbeats that follow the flip may reach a new owner in the
+  // same replay, and the change then carries the latest one's trace.
+  std::vector<std::string> Flip(const std::vector<uint32_t>& partitions) {
     std::lock_guard<std::mutex> lock(mu_);
-    std::vector<uint64_t> traces;
+    std::vector<std::string> flipped;
     for (uint32_t p : partitions) {
       activity_[p] = Activity::kIdle;
       auto t = Publish(p);
       EXPECT_TRUE(t.ok()) << t.status();
-      if (t.ok()) traces.push_back(*t);
+      flipped.push_back(users_[p]);
     }
-    return traces;
+    return flipped;
   }
 
  private:
@@ -473,7 +502,42 @@ uint64_t Field(const std::string& line, const std::string& name) {
   return std::stoull(line.substr(at + name.size() + 2));
 }
 
-TEST(Chaos, SigkillUnderLoad) {
+// Waits until the latest "owned" lines of `alive` cover every partition
+// exactly once, each engine with some; returns each one's partitions and
+// when the last of those lines came (nullopt after timeout_ms).
+struct Coverage {
+  std::map<std::string, std::vector<uint32_t>> owned;
+  TimePoint at;
+};
+std::optional<Coverage> WaitCoverage(const std::vector<EngineProcess*>& alive, int64_t timeout_ms) {
+  const auto deadline = SteadyClock::now() + std::chrono::milliseconds(timeout_ms);
+  while (SteadyClock::now() < deadline) {
+    Coverage c;
+    std::vector<int> count(kPartitions, 0);
+    bool ok = true;
+    for (EngineProcess* e : alive) {
+      auto l = e->Latest("owned ");
+      if (!l) {
+        ok = false;
+        break;
+      }
+      c.owned[e->id()] = ParseOwned(l->second);
+      if (c.owned[e->id()].empty()) ok = false;
+      for (uint32_t p : c.owned[e->id()]) ++count[p];
+      c.at = std::max(c.at, l->first);
+    }
+    for (int n : count) ok = ok && n == 1;
+    if (ok) return c;
+    SleepMs(20);
+  }
+  return std::nullopt;
+}
+
+// The SIGKILL scenario, with either ownership source of the engines:
+// "kafka" (KafkaOwnership, default options: the group notices the death
+// after its session timeout) or "table" (the harness notices it with
+// waitpid and hands the survivors a new OwnershipTable).
+void RunSigkill(const std::string& ownership) {
   auto redis = testing_servers::RedisServer::Start("everysec");
   ASSERT_TRUE(redis.ok()) << redis.status();
   MockKafka kafka(3);
@@ -487,15 +551,24 @@ TEST(Chaos, SigkillUnderLoad) {
   for (const char* id : {"e1", "e2", "e3"}) {
     engines.push_back(std::make_unique<EngineProcess>(
         id,
-        std::vector<std::string>{absl::StrCat("--id=", id), "--brokers=" + kafka.bootstrap(),
+        std::vector<std::string>{absl::StrCat("--id=", id), "--ownership=" + ownership,
+                                 "--brokers=" + kafka.bootstrap(),
                                  "--topic=" + topic, absl::StrCat("--partitions=", kPartitions),
                                  absl::StrCat("--redis-port=", (*redis)->port()),
-                                 "--redis-prefix=" + prefix, absl::StrCat("--watch=", kUsers)},
+                                 "--redis-prefix=" + prefix, absl::StrCat("--watch=", kUsers),
+                                 // A manual figure with another session timeout (RESULTS.md).
+                                 absl::StrCat("--session-timeout-ms=",
+                                              getenv("PRESENCE_CHAOS_SESSION_TIMEOUT_MS") != nullptr
+                                                  ? getenv("PRESENCE_CHAOS_SESSION_TIMEOUT_MS")
+                                                  : "0")},
         absl::StrCat(logs->path(), "/", id, ".log")));
   }
   for (auto& e : engines) ASSERT_TRUE(e->Wait("ready", 30000)) << e->id();
-  for (auto& e : engines) e->Send("own 0-3:e1,4-7:e2,8-11:e3");
-  for (auto& e : engines) ASSERT_TRUE(e->Wait("owned", 30000)) << e->id();
+  if (ownership == "table") {
+    for (auto& e : engines) e->Send("own 0-3:e1,4-7:e2,8-11:e3");
+  }
+  const auto before = WaitCoverage({engines[0].get(), engines[1].get(), engines[2].get()}, 60000);
+  ASSERT_TRUE(before) << "the engines never shared the partitions out";
 
   BusTail tail(kafka.bootstrap(), topic);
   Probes probes(kafka.bootstrap(), topic);
@@ -511,32 +584,31 @@ TEST(Chaos, SigkillUnderLoad) {
   ASSERT_TRUE(store.ok()) << store.status();
 
   // SIGKILL e2 under load; the survivors take its partitions.
-  const std::vector<uint32_t> dead = {4, 5, 6, 7};
+  const std::vector<uint32_t> dead = WaitCoverage(
+      {engines[0].get(), engines[1].get(), engines[2].get()}, 1000)->owned.at("e2");
   load.Freeze(dead);
   const TimePoint killed_at = SteadyClock::now();
   const TimePoint reaped_at = engines[1]->KillAndReap();
-  const std::vector<uint64_t> probe_traces = probes.Flip(dead);
+  const std::vector<std::string> probe_users = probes.Flip(dead);
   // What the store held of the dead engine's users when it died (nobody
   // writes them until the takeover): their acknowledged transitions that it
   // lacks were in flight, at risk.
   UserCollector at_kill;
   ASSERT_TRUE((*store)->Load(&at_kill).ok());
   const TimePoint snapshot_done = SteadyClock::now();
-  engines[0]->Send("own 0-5:e1,6-11:e3");
-  engines[2]->Send("own 0-5:e1,6-11:e3");
-  auto own1 = engines[0]->Wait("owned", 30000);
-  auto own3 = engines[2]->Wait("owned", 30000);
-  ASSERT_TRUE(own1 && own3);
-  EXPECT_EQ(ParseOwned(*own1), (std::vector<uint32_t>{0, 1, 2, 3, 4, 5}));
-  EXPECT_EQ(ParseOwned(*own3), (std::vector<uint32_t>{6, 7, 8, 9, 10, 11}));
-  const int64_t takeover_ms =
-      MsBetween(killed_at, std::max(engines[0]->last_at(), engines[2]->last_at()));
+  if (ownership == "table") {
+    engines[0]->Send("own 0-5:e1,6-11:e3");
+    engines[2]->Send("own 0-5:e1,6-11:e3");
+  }
+  const auto after = WaitCoverage({engines[0].get(), engines[2].get()}, 60000);
+  ASSERT_TRUE(after) << "the survivors never took the dead engine's partitions";
+  const int64_t takeover_ms = MsBetween(killed_at, after->at);
   int64_t rto_ms = -1;
   for (int i = 0; i < 300; ++i) {  // up to 30 s
     bool all = true;
     int64_t worst = 0;
-    for (uint64_t t : probe_traces) {
-      auto at = tail.TraceSeenAt(t);
+    for (const std::string& probe : probe_users) {
+      auto at = tail.StateSeenAt(probe, State::kAway);
       if (!at) {
         all = false;
         break;
@@ -594,7 +666,7 @@ TEST(Chaos, SigkillUnderLoad) {
   }
   // The transitions in flight at the kill: the last one acknowledged before
   // it, of each user of the dead partitions, when the store lacked it.
-  // Published (own trace) or, for frozen users, the final state: recovered.
+  // Published under its own trace or the user's final state: recovered.
   size_t at_risk = 0, at_risk_frozen = 0, at_risk_lost = 0, frozen_users = 0;
   {
     UserCollector final_store;
@@ -651,30 +723,29 @@ TEST(Chaos, SigkillUnderLoad) {
     }
   }
   load.Stop();
-  std::printf(
-      "CHAOS sigkill: users=%d partitions=%u engines=3 kill=e2 (partitions 4-7)\n"
-      "CHAOS sigkill: detect_ms=%lld store_snapshot_ms=%lld takeover_ms=%lld rto_ms=%lld (probe change on the bus)\n"
-      "CHAOS sigkill: in_flight_at_kill=%zu (of frozen users %zu/%zu) in_flight_lost=%zu\n"
-      "CHAOS sigkill: signals_acked=%llu refused=%llu late_rounds=%llu transitions_acked=%llu "
-      "published_with_own_trace=%llu superseded=%llu\n"
-      "CHAOS sigkill: final_state_lost=%zu store_wrong=%zu bus_wrong=%zu settle_ms=%lld\n"
-      "CHAOS sigkill: bus_changes=%llu bus_duplicates=%llu timeouts=%llu\n"
-      "CHAOS sigkill: watcher_diffs=%llu watcher_duplicates=%llu watcher_backwards=%llu "
-      "watcher_snapshots=%llu watcher_final_wrong=%llu\n",
-      kUsers, kPartitions, static_cast<long long>(MsBetween(killed_at, reaped_at)),
-      static_cast<long long>(MsBetween(reaped_at, snapshot_done)),
-      static_cast<long long>(takeover_ms), static_cast<long long>(rto_ms), at_risk, at_risk_frozen,
-      frozen_users, at_risk_lost,
-      static_cast<unsigned long long>(load.acked()), static_cast<unsigned long long>(load.refused()),
-      static_cast<unsigned long long>(load.late_rounds()),
-      static_cast<unsigned long long>(transitions), static_cast<unsigned long long>(own_trace),
-      static_cast<unsigned long long>(transitions - own_trace), lost, store_wrong, bus_wrong,
-      static_cast<long long>(settle_ms), static_cast<unsigned long long>(tail.events()),
-      static_cast<unsigned long long>(tail.duplicates()),
-      static_cast<unsigned long long>(tail.timeouts()), static_cast<unsigned long long>(w_diffs),
-      static_cast<unsigned long long>(w_dups), static_cast<unsigned long long>(w_back),
-      static_cast<unsigned long long>(w_snap),
-      static_cast<unsigned long long>(w_wrong));
+  const std::string tag = absl::StrCat("CHAOS sigkill [", ownership, "]: ");
+  std::string out;
+  absl::StrAppend(&out, tag, "users=", kUsers, " partitions=", kPartitions,
+                  " engines=3 kill=e2 (partitions ", absl::StrJoin(dead, ","), ")\n");
+  absl::StrAppend(&out, tag, "detect_ms=", MsBetween(killed_at, reaped_at),
+                  " store_snapshot_ms=", MsBetween(reaped_at, snapshot_done),
+                  " takeover_ms=", takeover_ms, " rto_ms=", rto_ms, " (probe change on the bus)\n");
+  absl::StrAppend(&out, tag, "dead_engine_users=", frozen_users, " in_flight_at_kill=", at_risk,
+                  " in_flight_lost=", at_risk_lost, "\n");
+  absl::StrAppend(&out, tag, "signals_acked=", load.acked(), " refused=", load.refused(),
+                  " late_rounds=", load.late_rounds(), " transitions_acked=", transitions,
+                  " published_with_own_trace=", own_trace, " superseded=", transitions - own_trace,
+                  "\n");
+  absl::StrAppend(&out, tag, "final_state_lost=", lost, " store_wrong=", store_wrong,
+                  " bus_wrong=", bus_wrong, " settle_ms=", settle_ms, "\n");
+  absl::StrAppend(&out, tag, "bus_changes=", tail.events(), " bus_duplicates=", tail.duplicates(),
+                  " timeouts=", tail.timeouts(), "\n");
+  absl::StrAppend(&out, tag, "watcher_diffs=", w_diffs, " watcher_duplicates=", w_dups,
+                  " watcher_backwards=", w_back, " watcher_snapshots=", w_snap,
+                  " watcher_final_wrong=", w_wrong, "\n");
+  absl::StrAppend(&out, tag, "rto_target_5s=", rto_ms >= 0 && rto_ms < 5000 ? "met" : "MISSED",
+                  "\n");
+  std::fputs(out.c_str(), stdout);
   std::fflush(stdout);
 
   EXPECT_EQ(lost, 0u) << "acknowledged final states neither stored nor published";
@@ -687,14 +758,28 @@ TEST(Chaos, SigkillUnderLoad) {
   // on the bus and shown by every watcher.
   EXPECT_LE(bus_wrong, at_risk_frozen);
   EXPECT_GE(rto_ms, 0) << "a probe of the dead engine's partitions was never served";
-  EXPECT_LT(rto_ms, 5000) << "RTO target: under 5 s with default settings";
+  if (ownership == "table") {
+    EXPECT_LT(rto_ms, 5000) << "RTO target: under 5 s with default settings";
+  } else {
+    // The group notices a death after KafkaOwnershipOptions::session_timeout_ms
+    // (3 s by default), then rebalances: about 6 s on the mock cluster, past
+    // the 5 s target (benchmarks/RESULTS.md). Bounded here so that a slower
+    // failover still fails the test.
+    EXPECT_LT(rto_ms, 12000) << "RTO with KafkaOwnership's default session timeout";
+  }
   EXPECT_EQ(w_dups, 0u) << "a watcher saw a diff twice";
   EXPECT_EQ(w_back, 0u) << "a watcher saw a version go back";
   EXPECT_GT(w_diffs, 0u);
   EXPECT_LE(w_wrong, 2 * bus_wrong) << "a watcher does not show a final state that the bus carried";
   EXPECT_EQ(load.refused(), 0u);
+  for (auto& e : engines) {
+    for (const std::string& err : e->Errors()) ADD_FAILURE() << e->id() << ": " << err;
+  }
   for (int k : {0, 2}) engines[k]->Send("quit");
 }
+
+TEST(Chaos, SigkillUnderLoadKafkaOwnership) { RunSigkill("kafka"); }
+TEST(Chaos, SigkillUnderLoadHarnessTable) { RunSigkill("table"); }
 
 
 // ---- Two regions, the link between them cut and healed ------------------------------
