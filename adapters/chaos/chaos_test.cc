@@ -530,6 +530,11 @@ std::optional<Coverage> WaitCoverage(const std::vector<EngineProcess*>& alive, i
     if (ok) return c;
     SleepMs(20);
   }
+  for (EngineProcess* e : alive) {  // what each said last, for the failure
+    auto owned = e->Latest("owned "), warn = e->Latest("warn ");
+    std::printf("CHAOS %s: last %s; last %s\n", e->id().c_str(),
+                owned ? owned->second.c_str() : "owned: none", warn ? warn->second.c_str() : "warn: none");
+  }
   return std::nullopt;
 }
 
