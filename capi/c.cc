@@ -666,30 +666,49 @@ int ReturnText(const std::string& text, char** out_text, size_t* out_len, char**
   return Ok(errmsg);
 }
 
-// A malloc'd array of one C struct per element of `in` (filled by `fill`)
-// for the caller, and its length; nothing (NULL, 0) when `in` is empty.
-template <typename C, typename T, typename F>
-int ReturnArray(const std::vector<T>& in, F fill, C** out, size_t* out_count, char** errmsg) {
-  if (in.empty()) return Ok(errmsg);
-  auto* array = static_cast<C*>(std::calloc(in.size(), sizeof(C)));
-  if (array == nullptr) throw std::bad_alloc();
-  for (size_t i = 0; i < in.size(); ++i) fill(in[i], &array[i]);
-  *out = array;
-  *out_count = in.size();
-  return Ok(errmsg);
+// An entry point that asks the engine one thing about a user: `ask` turns
+// the user's id into a StatusOr of the value for *out (which may be NULL,
+// and is zeroed on failure).
+template <typename T, typename Ask>
+int AskAboutUser(T* out, presence_engine_t* engine, const char* user_id, size_t user_id_len,
+                 char** errmsg, Ask ask) {
+  if (out != nullptr) *out = T{};
+  if (engine == nullptr) return NullArgument(errmsg, "engine");
+  return Guard(errmsg, [&] {
+    absl::string_view user;
+    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
+    absl::StatusOr<T> value = ask(user);
+    if (!value.ok()) return ToC(value.status(), errmsg);
+    if (out != nullptr) *out = *value;
+    return Ok(errmsg);
+  });
 }
 
-// The checks of an entry point that returns an array (convention 5: both
-// out-parameters are required, and zeroed first). OK or the failure.
-template <typename C>
-int ArrayOutputs(C** out, const char* out_name, size_t* out_count,
-                 const presence_engine_t* engine, char** errmsg) {
+// An entry point that asks the engine a list about a user and returns it as
+// one allocation of C structs (each filled by `fill`) that the caller frees
+// with presence_free: NULL and a count of 0 when the list is empty. Both
+// out-parameters are required (convention 5) and zeroed first.
+template <typename C, typename Ask, typename Fill>
+int ListAboutUser(C** out, const char* out_name, size_t* out_count, presence_engine_t* engine,
+                  const char* user_id, size_t user_id_len, char** errmsg, Ask ask, Fill fill) {
   if (out_count != nullptr) *out_count = 0;
   if (out == nullptr) return NullArgument(errmsg, out_name);
   *out = nullptr;
   if (out_count == nullptr) return NullArgument(errmsg, "out_count");
   if (engine == nullptr) return NullArgument(errmsg, "engine");
-  return PRESENCE_OK;
+  return Guard(errmsg, [&] {
+    absl::string_view user;
+    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
+    auto list = ask(user);
+    if (!list.ok()) return ToC(list.status(), errmsg);
+    if (list->empty()) return Ok(errmsg);
+    auto* array = static_cast<C*>(std::calloc(list->size(), sizeof(C)));
+    if (array == nullptr) throw std::bad_alloc();
+    for (size_t i = 0; i < list->size(); ++i) fill((*list)[i], &array[i]);
+    *out = array;
+    *out_count = list->size();
+    return Ok(errmsg);
+  });
 }
 
 }  // namespace
@@ -941,16 +960,8 @@ int presence_engine_revoke_override(presence_engine_t* engine, const char* user_
 
 int presence_engine_clear_overrides(size_t* out_removed, presence_engine_t* engine,
                                     const char* user_id, size_t user_id_len, char** errmsg) {
-  if (out_removed != nullptr) *out_removed = 0;
-  if (engine == nullptr) return NullArgument(errmsg, "engine");
-  return Guard(errmsg, [&] {
-    absl::string_view user;
-    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
-    absl::StatusOr<size_t> n = engine->rep->ClearOverrides(user);
-    if (!n.ok()) return ToC(n.status(), errmsg);
-    if (out_removed != nullptr) *out_removed = *n;
-    return Ok(errmsg);
-  });
+  return AskAboutUser(out_removed, engine, user_id, user_id_len, errmsg,
+                      [&](absl::string_view user) { return engine->rep->ClearOverrides(user); });
 }
 
 int presence_engine_revoke_overrides_set_between(size_t* out_removed, presence_engine_t* engine,
@@ -967,24 +978,15 @@ int presence_engine_revoke_overrides_set_between(size_t* out_removed, presence_e
 int presence_engine_list_overrides(presence_override_t** out_overrides, size_t* out_count,
                                    presence_engine_t* engine, const char* user_id,
                                    size_t user_id_len, char** errmsg) {
-  if (int rc = ArrayOutputs(out_overrides, "out_overrides", out_count, engine, errmsg); rc != PRESENCE_OK) {
-    return rc;
-  }
-  return Guard(errmsg, [&] {
-    absl::string_view user;
-    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
-    absl::StatusOr<std::vector<presence::OverrideInfo>> list = engine->rep->ListOverrides(user);
-    if (!list.ok()) return ToC(list.status(), errmsg);
-    return ReturnArray(
-        *list,
-        [](const presence::OverrideInfo& o, presence_override_t* out) {
-          out->id = o.id;
-          out->set_at_ms = o.set_at_ms;
-          out->until_ms = o.until_ms;
-          out->state = static_cast<int32_t>(o.state);
-        },
-        out_overrides, out_count, errmsg);
-  });
+  return ListAboutUser(
+      out_overrides, "out_overrides", out_count, engine, user_id, user_id_len, errmsg,
+      [&](absl::string_view user) { return engine->rep->ListOverrides(user); },
+      [](const presence::OverrideInfo& o, presence_override_t* out) {
+        out->id = o.id;
+        out->set_at_ms = o.set_at_ms;
+        out->until_ms = o.until_ms;
+        out->state = static_cast<int32_t>(o.state);
+      });
 }
 
 // ---- Queries, time, metrics ----------------------------------------------------------------------
@@ -1009,62 +1011,39 @@ int presence_engine_get_published(presence_user_presence_t** out_users, presence
 int presence_engine_history(presence_transition_t** out_transitions, size_t* out_count,
                             presence_engine_t* engine, const char* user_id, size_t user_id_len,
                             int64_t from_ms, int64_t to_ms, char** errmsg) {
-  if (int rc = ArrayOutputs(out_transitions, "out_transitions", out_count, engine, errmsg); rc != PRESENCE_OK) {
-    return rc;
-  }
-  return Guard(errmsg, [&] {
-    absl::string_view user;
-    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
-    absl::StatusOr<std::vector<presence::Transition>> list =
-        engine->rep->History(user, from_ms, to_ms);
-    if (!list.ok()) return ToC(list.status(), errmsg);
-    return ReturnArray(
-        *list,
-        [](const presence::Transition& t, presence_transition_t* out) {
-          out->version = t.version;
-          out->at_ms = t.at_ms;
-          out->last_seen_ms = t.last_seen_ms;
-          out->trace_id = t.trace_id;
-          out->previous = static_cast<int32_t>(t.previous);
-          out->state = static_cast<int32_t>(t.state);
-          out->self_state = static_cast<int32_t>(t.self_state);
-          out->cause = static_cast<int32_t>(t.cause);
-        },
-        out_transitions, out_count, errmsg);
-  });
+  return ListAboutUser(
+      out_transitions, "out_transitions", out_count, engine, user_id, user_id_len, errmsg,
+      [&](absl::string_view user) { return engine->rep->History(user, from_ms, to_ms); },
+      [](const presence::Transition& t, presence_transition_t* out) {
+        out->version = t.version;
+        out->at_ms = t.at_ms;
+        out->last_seen_ms = t.last_seen_ms;
+        out->trace_id = t.trace_id;
+        out->previous = static_cast<int32_t>(t.previous);
+        out->state = static_cast<int32_t>(t.state);
+        out->self_state = static_cast<int32_t>(t.self_state);
+        out->cause = static_cast<int32_t>(t.cause);
+      });
 }
 
 int presence_engine_time_in_states(presence_state_durations_t* out_durations,
                                    presence_engine_t* engine, const char* user_id,
                                    size_t user_id_len, int64_t from_ms, int64_t to_ms,
                                    char** errmsg) {
-  if (out_durations != nullptr) *out_durations = presence_state_durations_t{0, 0, 0, 0};
-  if (engine == nullptr) return NullArgument(errmsg, "engine");
-  return Guard(errmsg, [&] {
-    absl::string_view user;
-    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
-    absl::StatusOr<presence::StateDurations> d = engine->rep->TimeInStates(user, from_ms, to_ms);
-    if (!d.ok()) return ToC(d.status(), errmsg);
-    if (out_durations != nullptr) {
-      *out_durations = presence_state_durations_t{d->online_ms, d->away_ms, d->dnd_ms,
-                                                  d->offline_ms};
-    }
-    return Ok(errmsg);
-  });
+  return AskAboutUser(
+      out_durations, engine, user_id, user_id_len, errmsg,
+      [&](absl::string_view user) -> absl::StatusOr<presence_state_durations_t> {
+        absl::StatusOr<presence::StateDurations> d =
+            engine->rep->TimeInStates(user, from_ms, to_ms);
+        if (!d.ok()) return d.status();
+        return presence_state_durations_t{d->online_ms, d->away_ms, d->dnd_ms, d->offline_ms};
+      });
 }
 
 int presence_engine_last_seen(int64_t* out_last_seen_ms, presence_engine_t* engine,
                               const char* user_id, size_t user_id_len, char** errmsg) {
-  if (out_last_seen_ms != nullptr) *out_last_seen_ms = 0;
-  if (engine == nullptr) return NullArgument(errmsg, "engine");
-  return Guard(errmsg, [&] {
-    absl::string_view user;
-    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
-    absl::StatusOr<int64_t> last = engine->rep->LastSeen(user);
-    if (!last.ok()) return ToC(last.status(), errmsg);
-    if (out_last_seen_ms != nullptr) *out_last_seen_ms = *last;
-    return Ok(errmsg);
-  });
+  return AskAboutUser(out_last_seen_ms, engine, user_id, user_id_len, errmsg,
+                      [&](absl::string_view user) { return engine->rep->LastSeen(user); });
 }
 
 int presence_engine_erase(presence_engine_t* engine, const char* user_id, size_t user_id_len,

@@ -5,8 +5,6 @@ package presence
 */
 import "C"
 
-import "unsafe"
-
 // Transition is one published transition of a user (presence_transition_t).
 // State is the public view (offline while invisible), SelfState the user's
 // own.
@@ -40,20 +38,11 @@ func (e *Engine) History(userID string, fromMs, toMs int64) ([]Transition, error
 	rc := C.presence_engine_history(&arr, &n, p, cstr(userID), C.size_t(len(userID)),
 		C.int64_t(fromMs), C.int64_t(toMs), &msg)
 	keepAlive(e)
-	if err := status(rc, msg); err != nil {
-		return nil, err
-	}
-	if arr == nil {
-		return nil, nil
-	}
-	defer C.presence_free(unsafe.Pointer(arr))
-	out := make([]Transition, n)
-	for i, t := range unsafe.Slice(arr, int(n)) {
-		out[i] = Transition{Version: uint64(t.version), AtMs: int64(t.at_ms),
+	return fromCArray(arr, n, status(rc, msg), func(t *C.presence_transition_t) Transition {
+		return Transition{Version: uint64(t.version), AtMs: int64(t.at_ms),
 			Previous: State(t.previous), State: State(t.state), SelfState: State(t.self_state),
 			Cause: Cause(t.cause), TraceID: uint64(t.trace_id), LastSeenMs: int64(t.last_seen_ms)}
-	}
-	return out, nil
+	})
 }
 
 // TimeInStates is the time the user spent in each state in [fromMs, toMs]

@@ -276,6 +276,21 @@ func cstr(s string) *C.char {
 	return *(**C.char)(unsafe.Pointer(&s))
 }
 
+// fromCArray converts the n structs of an array that the library returned
+// (nil, or one allocation freed here with presence_free: c.h convention 7),
+// or returns err when the call failed.
+func fromCArray[CT, GT any](arr *CT, n C.size_t, err error, conv func(*CT) GT) ([]GT, error) {
+	if err != nil || arr == nil {
+		return nil, err
+	}
+	defer C.presence_free(unsafe.Pointer(arr))
+	out := make([]GT, n)
+	for i, c := range unsafe.Slice(arr, int(n)) {
+		out[i] = conv(&c)
+	}
+	return out, nil
+}
+
 // cBytesList copies ids into one C allocation that holds the
 // presence_bytes_t array followed by the bytes (a presence_bytes_t array in
 // Go memory may not hold Go pointers, per the cgo rules, and Go 1.19 has no
