@@ -162,10 +162,11 @@ typedef enum presence_status_t {
   PRESENCE_ERR_FAILED_PRECONDITION = 9,
   /* Anything unexpected: a bug in presence. The message says more. */
   PRESENCE_ERR_INTERNAL = 13,
-  /* The file store (or another store behind the engine) cannot be reached
-   * or written for now: the call may succeed when retried. */
+  /* A store or bus behind the engine cannot be reached for now (the
+   * adapters of the C++ API answer it): the call may succeed when retried. */
   PRESENCE_ERR_UNAVAILABLE = 14,
-  /* Stored data was found damaged beyond what recovery handles. */
+  /* Stored data was found damaged beyond what recovery handles (the file
+   * store skips a damaged snapshot itself and reports it in its metrics). */
   PRESENCE_ERR_DATA_LOSS = 15,
   /* Not permitted: a data folder that cannot be read or written (EACCES,
    * EPERM, a read-only file system). */
