@@ -32,6 +32,7 @@
 #include "presence/clock.h"
 #include "presence/engine.h"
 #include "presence/fanout.h"
+#include "presence/file_store.h"
 #include "presence/options.h"
 #include "presence/types.h"
 #include "presence/version.h"
@@ -69,62 +70,39 @@ int Fail(char** errmsg, int code, absl::string_view message) noexcept {
   return code;
 }
 
-const char* CodeName(absl::StatusCode code) noexcept {
+// The name of a presence_status_t (of an absl::StatusCode: the same
+// numbers), or "UNKNOWN" for a number that is none.
+const char* CodeName(int code) noexcept {
   switch (code) {
-    case absl::StatusCode::kOk: return "OK";
-    case absl::StatusCode::kCancelled: return "CANCELLED";
-    case absl::StatusCode::kUnknown: return "UNKNOWN";
-    case absl::StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
-    case absl::StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-    case absl::StatusCode::kNotFound: return "NOT_FOUND";
-    case absl::StatusCode::kAlreadyExists: return "ALREADY_EXISTS";
-    case absl::StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
-    case absl::StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
-    case absl::StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
-    case absl::StatusCode::kAborted: return "ABORTED";
-    case absl::StatusCode::kOutOfRange: return "OUT_OF_RANGE";
-    case absl::StatusCode::kUnimplemented: return "UNIMPLEMENTED";
-    case absl::StatusCode::kInternal: return "INTERNAL";
-    case absl::StatusCode::kUnavailable: return "UNAVAILABLE";
-    case absl::StatusCode::kDataLoss: return "DATA_LOSS";
-    case absl::StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
+    case PRESENCE_OK: return "OK";
+    case PRESENCE_ERR_CANCELLED: return "CANCELLED";
+    case PRESENCE_ERR_UNKNOWN: return "UNKNOWN";
+    case PRESENCE_ERR_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case PRESENCE_ERR_DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case PRESENCE_ERR_NOT_FOUND: return "NOT_FOUND";
+    case PRESENCE_ERR_ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case PRESENCE_ERR_PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case PRESENCE_ERR_RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case PRESENCE_ERR_FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case PRESENCE_ERR_ABORTED: return "ABORTED";
+    case PRESENCE_ERR_OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case PRESENCE_ERR_UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case PRESENCE_ERR_INTERNAL: return "INTERNAL";
+    case PRESENCE_ERR_UNAVAILABLE: return "UNAVAILABLE";
+    case PRESENCE_ERR_DATA_LOSS: return "DATA_LOSS";
+    case PRESENCE_ERR_UNAUTHENTICATED: return "UNAUTHENTICATED";
     default: return "UNKNOWN";
   }
 }
 
-// The one place where an absl::Status becomes a C status: the code (those
-// of c.h are absl's own numbers; any other becomes INTERNAL, named in the
-// message) and a malloc'd copy of the message.
+// The one place where an absl::Status becomes a C status: the code (the
+// presence_status_t values are absl's own numbers, every one of them: Status
+// holds no other) and a malloc'd copy of the message.
 int ToC(const absl::Status& st, char** errmsg) noexcept {
   if (ABSL_PREDICT_TRUE(st.ok())) return Ok(errmsg);
-  int code = PRESENCE_ERR_INTERNAL;
-  bool mapped = true;
-  switch (st.code()) {
-    case absl::StatusCode::kInvalidArgument: code = PRESENCE_ERR_INVALID_ARGUMENT; break;
-    case absl::StatusCode::kNotFound: code = PRESENCE_ERR_NOT_FOUND; break;
-    case absl::StatusCode::kResourceExhausted: code = PRESENCE_ERR_RESOURCE_EXHAUSTED; break;
-    case absl::StatusCode::kFailedPrecondition: code = PRESENCE_ERR_FAILED_PRECONDITION; break;
-    case absl::StatusCode::kInternal: break;
-    default: mapped = false; break;
-  }
-  if (errmsg == nullptr) return code;
-  absl::string_view msg = st.message();
-  if (mapped && !msg.empty()) return Fail(errmsg, code, msg);
-  // Unmapped, or no message: lead with the code's name.
-  const char* name = CodeName(st.code());
-  const size_t name_len = std::strlen(name);
-  const size_t len = name_len + (msg.empty() ? 0 : 2 + msg.size());
-  char* out = static_cast<char*>(std::malloc(len + 1));
-  if (out != nullptr) {
-    std::memcpy(out, name, name_len);
-    if (!msg.empty()) {
-      std::memcpy(out + name_len, ": ", 2);
-      std::memcpy(out + name_len + 2, msg.data(), msg.size());
-    }
-    out[len] = '\0';
-  }
-  *errmsg = out;
-  return code;
+  const int code = static_cast<int>(st.code());
+  const absl::string_view msg = st.message();
+  return Fail(errmsg, code, msg.empty() ? absl::string_view(CodeName(code)) : msg);
 }
 
 // Called from a catch (...) block: names what was thrown.
@@ -267,6 +245,14 @@ constexpr presence_engine_options_t EngineDefaults() {
   c.max_overrides_per_user = o.max_overrides_per_user;
   c.inferred_can_be_online = o.inferred_can_be_online ? 1 : 0;
   c.override_requires_live_device = o.override_requires_live_device ? 1 : 0;
+  const presence::FileStoreOptions fo{};
+  c.max_signals_per_device_per_sec = o.max_signals_per_device_per_sec;
+  c.store = PRESENCE_STORE_MEMORY;
+  c.memory_budget_bytes = o.memory_budget_bytes;
+  c.file_dir = nullptr;
+  c.file_dir_len = 0;
+  c.file_sync_interval_ms = fo.sync_interval_ms;
+  c.file_sync = static_cast<int32_t>(fo.sync);
   return c;
 }
 
@@ -288,7 +274,11 @@ constexpr bool SameEngineOptions(const presence_engine_options_t& a,
          a.max_devices_per_user == b.max_devices_per_user &&
          a.max_overrides_per_user == b.max_overrides_per_user &&
          a.inferred_can_be_online == b.inferred_can_be_online &&
-         a.override_requires_live_device == b.override_requires_live_device;
+         a.override_requires_live_device == b.override_requires_live_device &&
+         a.max_signals_per_device_per_sec == b.max_signals_per_device_per_sec &&
+         a.store == b.store && a.memory_budget_bytes == b.memory_budget_bytes &&
+         a.file_dir == b.file_dir && a.file_dir_len == b.file_dir_len &&
+         a.file_sync_interval_ms == b.file_sync_interval_ms && a.file_sync == b.file_sync;
 }
 
 // The C header repeats the C++ defaults in its _INIT macro; this keeps them equal.
@@ -296,14 +286,55 @@ constexpr presence_engine_options_t kEngineInit = PRESENCE_ENGINE_OPTIONS_INIT;
 static_assert(SameEngineOptions(kEngineInit, EngineDefaults()),
               "PRESENCE_ENGINE_OPTIONS_INIT differs from presence::Options{}");
 
-// Bytes that each version of the struct has (index: version). When fields
-// are appended for version 2, version 1's entry becomes the offset of the
-// first of them.
-constexpr size_t kEngineOptionsSize[] = {0, sizeof(presence_engine_options_t)};
+// Bytes that each version of the struct has (index: version): up to the
+// first field that the next version appended.
+constexpr size_t kEngineOptionsSize[] = {
+    0, offsetof(presence_engine_options_t, max_signals_per_device_per_sec),
+    sizeof(presence_engine_options_t)};
 static_assert(sizeof(kEngineOptionsSize) / sizeof(size_t) == PRESENCE_ENGINE_OPTIONS_VERSION + 1,
               "one size per version");
 
-absl::Status ToOptions(const presence_engine_options_t& in, presence::Options* out) {
+// The store that engine options (version 2) ask for: none, or a file store
+// to open before the engine.
+struct StoreChoice {
+  bool file = false;
+  std::string dir;
+  presence::FileStoreOptions options;
+};
+
+absl::Status ToStoreChoice(const presence_engine_options_t& in, StoreChoice* out) {
+  absl::string_view dir;
+  if (auto st = ToView(in.file_dir, in.file_dir_len, "file_dir", &dir); !st.ok()) return st;
+  if (in.file_sync < PRESENCE_FILE_SYNC_EVERY_WRITE || in.file_sync > PRESENCE_FILE_SYNC_NEVER) {
+    return BadEnum("file_sync", in.file_sync);
+  }
+  out->options.sync = static_cast<presence::SyncPolicy>(in.file_sync);
+  out->options.sync_interval_ms = in.file_sync_interval_ms;
+  switch (in.store) {
+    case PRESENCE_STORE_MEMORY:
+      if (!dir.empty()) {
+        return absl::InvalidArgumentError(
+            "file_dir is set, but store is PRESENCE_STORE_MEMORY: set store to "
+            "PRESENCE_STORE_FILE to keep the engine's state in that folder");
+      }
+      return absl::OkStatus();
+    case PRESENCE_STORE_FILE:
+      if (dir.empty()) {
+        return absl::InvalidArgumentError("store is PRESENCE_STORE_FILE, but file_dir is empty");
+      }
+      if (dir.find('\0') != absl::string_view::npos) {
+        return absl::InvalidArgumentError("file_dir holds a NUL byte: it is no path");
+      }
+      out->file = true;
+      out->dir = std::string(dir);
+      return absl::OkStatus();
+    default:
+      return BadEnum("store", in.store);
+  }
+}
+
+absl::Status ToOptions(const presence_engine_options_t& in, presence::Options* out,
+                       StoreChoice* store) {
   if (in.version == 0 || in.version > PRESENCE_ENGINE_OPTIONS_VERSION) {
     return absl::InvalidArgumentError(absl::StrCat(
         "engine options version ", in.version, " is not one this library knows (1 to ",
@@ -326,7 +357,10 @@ absl::Status ToOptions(const presence_engine_options_t& in, presence::Options* o
   out->max_overrides_per_user = in.max_overrides_per_user;
   out->inferred_can_be_online = in.inferred_can_be_online != 0;
   out->override_requires_live_device = in.override_requires_live_device != 0;
-  return absl::OkStatus();
+  if (in.version < 2) return absl::OkStatus();
+  out->max_signals_per_device_per_sec = in.max_signals_per_device_per_sec;
+  out->memory_budget_bytes = in.memory_budget_bytes;
+  return ToStoreChoice(in, store);
 }
 
 constexpr presence_fanout_options_t FanoutDefaults() {
@@ -424,8 +458,9 @@ void Unref(presence_clock_t* c) {
 void Ref(presence_engine_t* e) { e->refs.fetch_add(1, std::memory_order_relaxed); }
 void Unref(presence_engine_t* e) {
   if (e == nullptr || e->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  e->rep.reset();     // first the engine, which reads the clock ...
-  Unref(e->clock);    // ... then the clock
+  e->rep.reset();         // first the engine, which reads the clock and writes the store ...
+  e->file_store.reset();  // ... then the store (syncs and releases the folder) ...
+  Unref(e->clock);        // ... then the clock
   delete e;
 }
 
@@ -547,14 +582,29 @@ static_assert(PRESENCE_SOURCE_MANUAL == static_cast<int>(Source::kManual), "sour
 static_assert(PRESENCE_ACTIVITY_IDLE == static_cast<int>(Activity::kIdle), "activities differ");
 static_assert(PRESENCE_DISCONNECT_ABRUPT == static_cast<int>(DisconnectKind::kAbrupt),
               "disconnect kinds differ");
-static_assert(PRESENCE_ERR_INVALID_ARGUMENT == static_cast<int>(absl::StatusCode::kInvalidArgument) &&
-                  PRESENCE_ERR_NOT_FOUND == static_cast<int>(absl::StatusCode::kNotFound) &&
-                  PRESENCE_ERR_RESOURCE_EXHAUSTED ==
-                      static_cast<int>(absl::StatusCode::kResourceExhausted) &&
-                  PRESENCE_ERR_FAILED_PRECONDITION ==
-                      static_cast<int>(absl::StatusCode::kFailedPrecondition) &&
-                  PRESENCE_ERR_INTERNAL == static_cast<int>(absl::StatusCode::kInternal),
-              "status codes are absl's numbers");
+#define PRESENCE_SAME_CODE(c, k) \
+  static_assert(PRESENCE_##c == static_cast<int>(absl::StatusCode::k), "not absl's number")
+PRESENCE_SAME_CODE(OK, kOk);
+PRESENCE_SAME_CODE(ERR_CANCELLED, kCancelled);
+PRESENCE_SAME_CODE(ERR_UNKNOWN, kUnknown);
+PRESENCE_SAME_CODE(ERR_INVALID_ARGUMENT, kInvalidArgument);
+PRESENCE_SAME_CODE(ERR_DEADLINE_EXCEEDED, kDeadlineExceeded);
+PRESENCE_SAME_CODE(ERR_NOT_FOUND, kNotFound);
+PRESENCE_SAME_CODE(ERR_ALREADY_EXISTS, kAlreadyExists);
+PRESENCE_SAME_CODE(ERR_PERMISSION_DENIED, kPermissionDenied);
+PRESENCE_SAME_CODE(ERR_RESOURCE_EXHAUSTED, kResourceExhausted);
+PRESENCE_SAME_CODE(ERR_FAILED_PRECONDITION, kFailedPrecondition);
+PRESENCE_SAME_CODE(ERR_ABORTED, kAborted);
+PRESENCE_SAME_CODE(ERR_OUT_OF_RANGE, kOutOfRange);
+PRESENCE_SAME_CODE(ERR_UNIMPLEMENTED, kUnimplemented);
+PRESENCE_SAME_CODE(ERR_INTERNAL, kInternal);
+PRESENCE_SAME_CODE(ERR_UNAVAILABLE, kUnavailable);
+PRESENCE_SAME_CODE(ERR_DATA_LOSS, kDataLoss);
+PRESENCE_SAME_CODE(ERR_UNAUTHENTICATED, kUnauthenticated);
+#undef PRESENCE_SAME_CODE
+static_assert(PRESENCE_CAUSE_MERGE == static_cast<int>(presence::Cause::kMerge), "causes differ");
+static_assert(PRESENCE_FILE_SYNC_NEVER == static_cast<int>(presence::SyncPolicy::kNever),
+              "sync policies differ");
 
 using GetFn = std::vector<presence::UserPresence> (presence::Engine::*)(
     absl::Span<const absl::string_view>, absl::string_view);
@@ -587,7 +637,8 @@ int GetImpl(GetFn fn, presence_user_presence_t** out_users, presence_engine_t* e
       return ToC(st, errmsg);
     }
     absl::string_view viewer_id;
-    if (auto st = ToView(viewer, viewer_len, "viewer_user_id", &viewer_id); !st.ok()) {
+    if (auto st = ToBoundedView(viewer, viewer_len, kMaxId, "viewer_user_id", &viewer_id);
+        !st.ok()) {
       return ToC(st, errmsg);
     }
     if (count == 0) return Ok(errmsg);
@@ -615,6 +666,51 @@ int ReturnText(const std::string& text, char** out_text, size_t* out_len, char**
   return Ok(errmsg);
 }
 
+// An entry point that asks the engine one thing about a user: `ask` turns
+// the user's id into a StatusOr of the value for *out (which may be NULL,
+// and is zeroed on failure).
+template <typename T, typename Ask>
+int AskAboutUser(T* out, presence_engine_t* engine, const char* user_id, size_t user_id_len,
+                 char** errmsg, Ask ask) {
+  if (out != nullptr) *out = T{};
+  if (engine == nullptr) return NullArgument(errmsg, "engine");
+  return Guard(errmsg, [&] {
+    absl::string_view user;
+    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
+    absl::StatusOr<T> value = ask(user);
+    if (!value.ok()) return ToC(value.status(), errmsg);
+    if (out != nullptr) *out = *value;
+    return Ok(errmsg);
+  });
+}
+
+// An entry point that asks the engine a list about a user and returns it as
+// one allocation of C structs (each filled by `fill`) that the caller frees
+// with presence_free: NULL and a count of 0 when the list is empty. Both
+// out-parameters are required (convention 5) and zeroed first.
+template <typename C, typename Ask, typename Fill>
+int ListAboutUser(C** out, const char* out_name, size_t* out_count, presence_engine_t* engine,
+                  const char* user_id, size_t user_id_len, char** errmsg, Ask ask, Fill fill) {
+  if (out_count != nullptr) *out_count = 0;
+  if (out == nullptr) return NullArgument(errmsg, out_name);
+  *out = nullptr;
+  if (out_count == nullptr) return NullArgument(errmsg, "out_count");
+  if (engine == nullptr) return NullArgument(errmsg, "engine");
+  return Guard(errmsg, [&] {
+    absl::string_view user;
+    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
+    auto list = ask(user);
+    if (!list.ok()) return ToC(list.status(), errmsg);
+    if (list->empty()) return Ok(errmsg);
+    auto* array = static_cast<C*>(std::calloc(list->size(), sizeof(C)));
+    if (array == nullptr) throw std::bad_alloc();
+    for (size_t i = 0; i < list->size(); ++i) fill((*list)[i], &array[i]);
+    *out = array;
+    *out_count = list->size();
+    return Ok(errmsg);
+  });
+}
+
 }  // namespace
 
 struct presence_fanout_t {
@@ -625,17 +721,7 @@ struct presence_fanout_t {
 
 // ---- Version and memory -------------------------------------------------------------------------
 
-const char* presence_status_name(int status) {
-  switch (status) {
-    case PRESENCE_OK: return "OK";
-    case PRESENCE_ERR_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case PRESENCE_ERR_NOT_FOUND: return "NOT_FOUND";
-    case PRESENCE_ERR_RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case PRESENCE_ERR_FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case PRESENCE_ERR_INTERNAL: return "INTERNAL";
-    default: return "UNKNOWN";
-  }
-}
+const char* presence_status_name(int status) { return CodeName(status); }
 
 int presence_version_number(void) { return PRESENCE_VERSION_NUMBER; }
 const char* presence_version_string(void) { return PRESENCE_VERSION_STRING; }
@@ -698,15 +784,29 @@ int presence_engine_new(presence_engine_t** out_engine, const presence_engine_op
   *out_engine = nullptr;
   return Guard(errmsg, [&] {
     presence::Options cxx;
+    StoreChoice store;
     presence_clock_t* clock = nullptr;
     if (options != nullptr) {
-      if (auto st = ToOptions(*options, &cxx); !st.ok()) return ToC(st, errmsg);
+      if (auto st = ToOptions(*options, &cxx, &store); !st.ok()) return ToC(st, errmsg);
       clock = options->clock;
     }
     if (clock != nullptr) cxx.clock = &clock->clock;
+    auto handle = std::make_unique<presence_engine_t>();
+    if (store.file) {
+      absl::StatusOr<std::unique_ptr<presence::FileStore>> fs =
+          presence::FileStore::Open(store.dir, store.options);
+      if (!fs.ok()) {
+        return ToC(absl::Status(fs.status().code(),
+                                absl::StrCat("cannot open the file store in ", store.dir, ": ",
+                                             fs.status().message())),
+                   errmsg);
+      }
+      handle->file_store = *std::move(fs);
+      cxx.store = handle->file_store->store();
+      cxx.history = handle->file_store->history();
+    }
     absl::StatusOr<std::unique_ptr<presence::Engine>> engine = presence::Engine::Create(cxx);
     if (!engine.ok()) return ToC(engine.status(), errmsg);
-    auto handle = std::make_unique<presence_engine_t>();
     handle->rep = *std::move(engine);
     if (clock != nullptr) {
       Ref(clock);
@@ -860,16 +960,8 @@ int presence_engine_revoke_override(presence_engine_t* engine, const char* user_
 
 int presence_engine_clear_overrides(size_t* out_removed, presence_engine_t* engine,
                                     const char* user_id, size_t user_id_len, char** errmsg) {
-  if (out_removed != nullptr) *out_removed = 0;
-  if (engine == nullptr) return NullArgument(errmsg, "engine");
-  return Guard(errmsg, [&] {
-    absl::string_view user;
-    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
-    absl::StatusOr<size_t> n = engine->rep->ClearOverrides(user);
-    if (!n.ok()) return ToC(n.status(), errmsg);
-    if (out_removed != nullptr) *out_removed = *n;
-    return Ok(errmsg);
-  });
+  return AskAboutUser(out_removed, engine, user_id, user_id_len, errmsg,
+                      [&](absl::string_view user) { return engine->rep->ClearOverrides(user); });
 }
 
 int presence_engine_revoke_overrides_set_between(size_t* out_removed, presence_engine_t* engine,
@@ -886,31 +978,15 @@ int presence_engine_revoke_overrides_set_between(size_t* out_removed, presence_e
 int presence_engine_list_overrides(presence_override_t** out_overrides, size_t* out_count,
                                    presence_engine_t* engine, const char* user_id,
                                    size_t user_id_len, char** errmsg) {
-  if (out_count != nullptr) *out_count = 0;
-  if (out_overrides == nullptr) return NullArgument(errmsg, "out_overrides");
-  *out_overrides = nullptr;
-  if (out_count == nullptr) return NullArgument(errmsg, "out_count");
-  if (engine == nullptr) return NullArgument(errmsg, "engine");
-  return Guard(errmsg, [&] {
-    absl::string_view user;
-    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
-    absl::StatusOr<std::vector<presence::OverrideInfo>> list = engine->rep->ListOverrides(user);
-    if (!list.ok()) return ToC(list.status(), errmsg);
-    if (list->empty()) return Ok(errmsg);
-    auto* out = static_cast<presence_override_t*>(
-        std::calloc(list->size(), sizeof(presence_override_t)));
-    if (out == nullptr) throw std::bad_alloc();
-    for (size_t i = 0; i < list->size(); ++i) {
-      const presence::OverrideInfo& o = (*list)[i];
-      out[i].id = o.id;
-      out[i].set_at_ms = o.set_at_ms;
-      out[i].until_ms = o.until_ms;
-      out[i].state = static_cast<int32_t>(o.state);
-    }
-    *out_overrides = out;
-    *out_count = list->size();
-    return Ok(errmsg);
-  });
+  return ListAboutUser(
+      out_overrides, "out_overrides", out_count, engine, user_id, user_id_len, errmsg,
+      [&](absl::string_view user) { return engine->rep->ListOverrides(user); },
+      [](const presence::OverrideInfo& o, presence_override_t* out) {
+        out->id = o.id;
+        out->set_at_ms = o.set_at_ms;
+        out->until_ms = o.until_ms;
+        out->state = static_cast<int32_t>(o.state);
+      });
 }
 
 // ---- Queries, time, metrics ----------------------------------------------------------------------
@@ -929,6 +1005,81 @@ int presence_engine_get_published(presence_user_presence_t** out_users, presence
   return GetImpl(&presence::Engine::GetPublished, out_users, engine, user_ids, count,
                  viewer_user_id, viewer_user_id_len, errmsg);
 }
+
+// ---- History and durable state --------------------------------------------------------------------
+
+int presence_engine_history(presence_transition_t** out_transitions, size_t* out_count,
+                            presence_engine_t* engine, const char* user_id, size_t user_id_len,
+                            int64_t from_ms, int64_t to_ms, char** errmsg) {
+  return ListAboutUser(
+      out_transitions, "out_transitions", out_count, engine, user_id, user_id_len, errmsg,
+      [&](absl::string_view user) { return engine->rep->History(user, from_ms, to_ms); },
+      [](const presence::Transition& t, presence_transition_t* out) {
+        out->version = t.version;
+        out->at_ms = t.at_ms;
+        out->last_seen_ms = t.last_seen_ms;
+        out->trace_id = t.trace_id;
+        out->previous = static_cast<int32_t>(t.previous);
+        out->state = static_cast<int32_t>(t.state);
+        out->self_state = static_cast<int32_t>(t.self_state);
+        out->cause = static_cast<int32_t>(t.cause);
+      });
+}
+
+int presence_engine_time_in_states(presence_state_durations_t* out_durations,
+                                   presence_engine_t* engine, const char* user_id,
+                                   size_t user_id_len, int64_t from_ms, int64_t to_ms,
+                                   char** errmsg) {
+  return AskAboutUser(
+      out_durations, engine, user_id, user_id_len, errmsg,
+      [&](absl::string_view user) -> absl::StatusOr<presence_state_durations_t> {
+        absl::StatusOr<presence::StateDurations> d =
+            engine->rep->TimeInStates(user, from_ms, to_ms);
+        if (!d.ok()) return d.status();
+        return presence_state_durations_t{d->online_ms, d->away_ms, d->dnd_ms, d->offline_ms};
+      });
+}
+
+int presence_engine_last_seen(int64_t* out_last_seen_ms, presence_engine_t* engine,
+                              const char* user_id, size_t user_id_len, char** errmsg) {
+  return AskAboutUser(out_last_seen_ms, engine, user_id, user_id_len, errmsg,
+                      [&](absl::string_view user) { return engine->rep->LastSeen(user); });
+}
+
+int presence_engine_erase(presence_engine_t* engine, const char* user_id, size_t user_id_len,
+                          char** errmsg) {
+  if (engine == nullptr) return NullArgument(errmsg, "engine");
+  return Guard(errmsg, [&] {
+    absl::string_view user;
+    if (auto st = ToView(user_id, user_id_len, "user_id", &user); !st.ok()) return ToC(st, errmsg);
+    return ToC(engine->rep->Erase(user), errmsg);
+  });
+}
+
+int presence_engine_drain_gateway(size_t* out_drained, presence_engine_t* engine,
+                                  const char* gateway, size_t gateway_len, size_t max_devices,
+                                  char** errmsg) {
+  if (out_drained != nullptr) *out_drained = 0;
+  if (engine == nullptr) return NullArgument(errmsg, "engine");
+  return Guard(errmsg, [&] {
+    absl::string_view g;
+    if (auto st = ToView(gateway, gateway_len, "gateway", &g); !st.ok()) return ToC(st, errmsg);
+    if (max_devices == 0) {
+      return Invalid(errmsg, "max_devices is 0: a drain would never end");
+    }
+    absl::StatusOr<size_t> n = engine->rep->DrainGateway(g, max_devices);
+    if (!n.ok()) return ToC(n.status(), errmsg);
+    if (out_drained != nullptr) *out_drained = *n;
+    return Ok(errmsg);
+  });
+}
+
+int presence_engine_rebuild(presence_engine_t* engine, char** errmsg) {
+  if (engine == nullptr) return NullArgument(errmsg, "engine");
+  return Guard(errmsg, [&] { return ToC(engine->rep->Rebuild(), errmsg); });
+}
+
+// ---- Time -------------------------------------------------------------------------------------------
 
 int presence_engine_tick(size_t* out_published, presence_engine_t* engine, char** errmsg) {
   if (out_published != nullptr) *out_published = 0;
@@ -960,7 +1111,9 @@ int presence_engine_render_metrics(char** out_text, size_t* out_len,
   *out_text = nullptr;
   if (engine == nullptr) return NullArgument(errmsg, "engine");
   return Guard(errmsg, [&] {
-    return ReturnText(engine->rep->RenderMetrics(), out_text, out_len, errmsg);
+    std::string text = engine->rep->RenderMetrics();
+    if (engine->file_store != nullptr) text += engine->file_store->RenderMetrics();
+    return ReturnText(text, out_text, out_len, errmsg);
   });
 }
 

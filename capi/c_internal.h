@@ -15,9 +15,11 @@
 #include "presence/c.h"
 #include "presence/clock.h"
 #include "presence/engine.h"
+#include "presence/file_store.h"
 
 // Engines and clocks are reference counted, so that the host may destroy
-// them in any order: an engine holds its clock, a fan-out its engine.
+// them in any order: an engine holds its clock, a fan-out its engine. An
+// engine owns its file store, if any.
 struct presence_clock_t {
   explicit presence_clock_t(int64_t start_ms) : clock(start_ms) {}
   std::atomic<int> refs{1};
@@ -27,6 +29,9 @@ struct presence_clock_t {
 struct presence_engine_t {
   std::atomic<int> refs{1};
   presence_clock_t* clock = nullptr;  // a reference, or null (the system clock)
+  // Owned when the options chose PRESENCE_STORE_FILE; rep writes to it, so
+  // it goes after rep.
+  std::unique_ptr<presence::FileStore> file_store;
   std::unique_ptr<presence::Engine> rep;
 };
 

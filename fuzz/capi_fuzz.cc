@@ -84,7 +84,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     s.source = in.U8() % 5;
     s.activity = in.U8() % 4;
     presence_bytes_t ids[2] = {{user.data(), user.size()}, {device.data(), device.size()}};
-    switch (in.U8() % 18) {
+    switch (in.U8() % 19) {
       case 0: {
         uint64_t h = 0;
         if (presence_engine_connect(&h, engine, in.Null() ? nullptr : &s, Err()) == PRESENCE_OK) {
@@ -201,6 +201,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         text = nullptr;
         presence_fanout_render_metrics(&text, nullptr, fanout, Err());
         presence_free(text);
+        break;
+      }
+      case 17: {
+        // History and operator calls (a memory engine: no history store).
+        presence_transition_t* transitions = nullptr;
+        size_t n = 0;
+        presence_engine_history(in.Null() ? nullptr : &transitions, &n, engine,
+                                in.Null() ? nullptr : user.data(), user.size(), in.I64(), in.I64(),
+                                Err());
+        presence_free(transitions);
+        presence_state_durations_t d;
+        presence_engine_time_in_states(&d, engine, user.data(), user.size(), in.I64(), in.I64(),
+                                       Err());
+        int64_t last = 0;
+        presence_engine_last_seen(&last, engine, user.data(), user.size(), Err());
+        presence_engine_drain_gateway(&n, engine, device.data(), device.size(), in.U8() % 3, Err());
+        if (in.U8() < 40) presence_engine_erase(engine, user.data(), user.size(), Err());
+        if (in.U8() < 10) presence_engine_rebuild(engine, Err());  // handles then answer NOT_FOUND
         break;
       }
       default:

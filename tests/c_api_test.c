@@ -4,21 +4,27 @@
  * failure, and the program prints "N passed, N failed" at the end and exits
  * non-zero when anything failed.
  *
- * Sections: version and status names; option structs; the clock; engine
- * lifecycle; keyed signals, single and batch; handles; overrides; get;
- * tick; fan-out with poll, topics, resume; push sinks with payloads;
- * metrics; lifetimes (destroy in any order); threads (heartbeats, ticks and
- * unsubscribes at once, and no payload freed while its sink runs); bad input
- * (NULL handles and pointers, lengths out of range, invalid enum values,
- * NULL destroys), each answering a clear status and never crashing. */
-#define _POSIX_C_SOURCE 200809L /* pthreads, in strict C99 */
+ * Sections: version and status names; option structs (versions 1 and 2);
+ * the clock; engine lifecycle; keyed signals, single and batch; handles;
+ * overrides; get; tick; fan-out with poll, topics, resume; push sinks with
+ * payloads; metrics; lifetimes (destroy in any order); threads (heartbeats,
+ * ticks and unsubscribes at once, and no payload freed while its sink runs);
+ * limits (flood limit, memory budget); the file store (a durable round trip,
+ * folders that cannot be opened); history and operations (history, time in
+ * states, last seen, erase, drain, rebuild); bad input (NULL handles and
+ * pointers, lengths out of range, invalid enum values, NULL destroys), each
+ * answering a clear status and never crashing. */
+#define _XOPEN_SOURCE 700 /* pthreads, mkdtemp and nftw, in strict C99 */
 
+#include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "presence/c.h"
 
@@ -296,6 +302,25 @@ static void test_version(void) {
   CHECK(strcmp(presence_status_name(PRESENCE_ERR_FAILED_PRECONDITION), "FAILED_PRECONDITION") ==
         0);
   CHECK(strcmp(presence_status_name(PRESENCE_ERR_INTERNAL), "INTERNAL") == 0);
+  /* Every absl::StatusCode, with absl's number. */
+  CHECK(PRESENCE_ERR_CANCELLED == 1 && PRESENCE_ERR_UNKNOWN == 2 &&
+        PRESENCE_ERR_DEADLINE_EXCEEDED == 4 && PRESENCE_ERR_ALREADY_EXISTS == 6 &&
+        PRESENCE_ERR_PERMISSION_DENIED == 7 && PRESENCE_ERR_ABORTED == 10 &&
+        PRESENCE_ERR_OUT_OF_RANGE == 11 && PRESENCE_ERR_UNIMPLEMENTED == 12 &&
+        PRESENCE_ERR_UNAVAILABLE == 14 && PRESENCE_ERR_DATA_LOSS == 15 &&
+        PRESENCE_ERR_UNAUTHENTICATED == 16);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_UNAVAILABLE), "UNAVAILABLE") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_DATA_LOSS), "DATA_LOSS") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_PERMISSION_DENIED), "PERMISSION_DENIED") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_DEADLINE_EXCEEDED), "DEADLINE_EXCEEDED") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_ALREADY_EXISTS), "ALREADY_EXISTS") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_ABORTED), "ABORTED") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_OUT_OF_RANGE), "OUT_OF_RANGE") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_CANCELLED), "CANCELLED") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_UNKNOWN), "UNKNOWN") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_UNIMPLEMENTED), "UNIMPLEMENTED") == 0);
+  CHECK(strcmp(presence_status_name(PRESENCE_ERR_UNAUTHENTICATED), "UNAUTHENTICATED") == 0);
+  CHECK(strcmp(presence_status_name(17), "UNKNOWN") == 0);
   CHECK(strcmp(presence_status_name(12345), "UNKNOWN") == 0);
   CHECK(strcmp(presence_status_name(-1), "UNKNOWN") == 0);
   presence_free(NULL);
@@ -326,6 +351,21 @@ static void test_options(void) {
   CHECK(b.false_offline_window_ms == a.false_offline_window_ms);
   CHECK(b.max_devices_per_user == 64 && b.max_overrides_per_user == 16);
   CHECK(b.inferred_can_be_online == 0 && b.override_requires_live_device == 1);
+  /* Version 2. */
+  CHECK(PRESENCE_ENGINE_OPTIONS_VERSION == 2);
+  CHECK(b.max_signals_per_device_per_sec == 20 && a.max_signals_per_device_per_sec == 20);
+  CHECK(b.store == PRESENCE_STORE_MEMORY && a.store == PRESENCE_STORE_MEMORY);
+  CHECK(b.memory_budget_bytes == 0 && a.memory_budget_bytes == 0);
+  CHECK(b.file_dir == NULL && b.file_dir_len == 0 && a.file_dir == NULL);
+  CHECK(b.file_sync == PRESENCE_FILE_SYNC_EVERY_WRITE && a.file_sync == b.file_sync);
+  CHECK(b.file_sync_interval_ms == 100 && a.file_sync_interval_ms == 100);
+  /* Version 1 writes version 1's fields only: a caller built against the
+   * older header has no room for the others. */
+  memset(&b, 0xab, sizeof b);
+  EXPECT(PRESENCE_OK, presence_engine_options_init(&b, 1, &err));
+  CHECK(b.version == 1 && b.override_requires_live_device == 1 && b.max_devices_per_user == 64);
+  CHECK(b.max_signals_per_device_per_sec == (int32_t)0xabababab);
+  CHECK(b.file_sync == (int32_t)0xabababab && b.memory_budget_bytes != 0);
 
   memset(&fb, 0, sizeof fb);
   EXPECT(PRESENCE_OK, presence_fanout_options_init(&fb, PRESENCE_FANOUT_OPTIONS_VERSION, &err));
@@ -342,7 +382,8 @@ static void test_options(void) {
   /* Unknown versions and NULL structs. */
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_options_init(&b, 0, &err));
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_options_init(&b, 99, &err));
-  CHECK(contains(last_msg, "version 99"));
+  CHECK(contains(last_msg, "version 99") && contains(last_msg, "1 to 2"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_options_init(&b, 3, &err));
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
          presence_engine_options_init(NULL, PRESENCE_ENGINE_OPTIONS_VERSION, &err));
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_options_init(&fb, 2, &err));
@@ -405,6 +446,54 @@ static void test_engine_lifecycle(void) {
   CHECK(contains(last_msg, "PRESENCE_ENGINE_OPTIONS_INIT"));
   o.version = PRESENCE_ENGINE_OPTIONS_VERSION + 1; /* a newer header than the library */
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+
+  /* Version 2's fields out of range; each a clear message, no engine. */
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  o.store = 0;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(e == NULL && contains(last_msg, "unknown store value 0"));
+  o.store = 3;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  o.file_sync = 4;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(contains(last_msg, "unknown file_sync value 4"));
+  o.file_sync = -1;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  o.file_dir = "/tmp/x";
+  o.file_dir_len = 6; /* a folder, but the memory store */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(contains(last_msg, "PRESENCE_STORE_FILE"));
+  o.store = PRESENCE_STORE_FILE;
+  o.file_dir = NULL; /* a length with no bytes */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(contains(last_msg, "file_dir is NULL"));
+  o.file_dir_len = 0; /* the file store with no folder */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(contains(last_msg, "file_dir is empty"));
+  o.file_dir = "/tmp/a\0b";
+  o.file_dir_len = 8;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(contains(last_msg, "NUL"));
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  o.max_signals_per_device_per_sec = 70000;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(contains(last_msg, "max_signals_per_device_per_sec"));
+  o.max_signals_per_device_per_sec = -1;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  o.memory_budget_bytes = -1;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&e, &o, &err));
+  CHECK(e == NULL && contains(last_msg, "memory_budget_bytes"));
+
+  /* A version 1 struct: version 2's fields are not read, whatever they
+   * hold (a caller built against the older header has no such fields). */
+  memset(&o, 0x7f, sizeof o);
+  EXPECT(PRESENCE_OK, presence_engine_options_init(&o, 1, &err));
+  o.clock = NULL;
+  EXPECT(PRESENCE_OK, presence_engine_new(&e, &o, &err));
+  presence_engine_destroy(e);
 
   /* A manual clock, released by the caller before the engine: the engine
    * holds its own reference. */
@@ -777,6 +866,17 @@ static void test_get(void) {
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
          presence_engine_get(&users, w.engine, ids, 1, NULL, 3, &err));
   CHECK(contains(last_msg, "viewer_user_id"));
+  /* A viewer id past the limit is bad input, as any id (and is not read). */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_get(&users, w.engine, ids, 1, long_id,
+                                                            sizeof long_id, &err));
+  CHECK(users == NULL && contains(last_msg, "viewer_user_id is 129 bytes"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_get_published(&users, w.engine, ids, 1, long_id, SIZE_MAX, &err));
+  CHECK(users == NULL && contains(last_msg, "viewer_user_id"));
+  EXPECT(PRESENCE_OK, presence_engine_get(&users, w.engine, ids, 1, long_id,
+                                          PRESENCE_MAX_USER_ID_BYTES, &err));
+  presence_free(users);
+  users = NULL;
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
          presence_engine_get(&users, w.engine, ids, SIZE_MAX / 2, NULL, 0, &err));
   CHECK(contains(last_msg, "too large"));
@@ -1343,6 +1443,61 @@ static void test_bad_input(void) {
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_now(&now, NULL, &err));
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_render_metrics(&text, &n, NULL, &err));
   {
+    presence_transition_t* t = (presence_transition_t*)&r;
+    presence_state_durations_t d;
+    n = 7;
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_history(&t, &n, NULL, "a", 1, 0, 1, &err));
+    CHECK(t == NULL && n == 0 && strcmp(last_msg, "engine is NULL") == 0);
+    d.online_ms = 5;
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_time_in_states(&d, NULL, "a", 1, 0, 1, &err));
+    CHECK(d.online_ms == 0);
+    now = 5;
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_last_seen(&now, NULL, "a", 1, &err));
+    CHECK(now == 0);
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_erase(NULL, "a", 1, &err));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_drain_gateway(&n, NULL, "g", 1, 10, &err));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_rebuild(NULL, &err));
+    CHECK(strcmp(last_msg, "engine is NULL") == 0);
+    /* NULL out-parameters where a buffer comes back. */
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_history(NULL, &n, w.engine, "a", 1, 0, 1, &err));
+    CHECK(contains(last_msg, "out_transitions"));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_history(&t, NULL, w.engine, "a", 1, 0, 1, &err));
+    CHECK(t == NULL && contains(last_msg, "out_count"));
+    /* NULL ids with a length, ids too long or empty, a window backwards,
+     * a drain of nothing. */
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_history(&t, &n, w.engine, NULL, 3, 0, 1, &err));
+    CHECK(contains(last_msg, "user_id is NULL"));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_time_in_states(&d, w.engine, NULL, 3, 0, 1, &err));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_last_seen(&now, w.engine, big, SIZE_MAX, &err));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_last_seen(&now, w.engine, big, PRESENCE_MAX_USER_ID_BYTES + 1, &err));
+    CHECK(contains(last_msg, "129 bytes"));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_erase(w.engine, "", 0, &err));
+    CHECK(contains(last_msg, "user_id is empty"));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_erase(w.engine, big, PRESENCE_MAX_USER_ID_BYTES + 1, &err));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_history(&t, &n, w.engine, big, SIZE_MAX, 0, 1, &err));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_drain_gateway(&n, w.engine, NULL, 2, 10, &err));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_drain_gateway(&n, w.engine, big, PRESENCE_MAX_GATEWAY_BYTES + 1, 10,
+                                         &err));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_drain_gateway(&n, w.engine, "", 0, 10, &err));
+    EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+           presence_engine_drain_gateway(&n, w.engine, "g", 1, 0, &err));
+    CHECK(contains(last_msg, "max_devices"));
+  }
+  {
     presence_fanout_t* none = f;
     EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_new(&none, NULL, NULL, &err));
     CHECK(none == NULL);
@@ -1488,6 +1643,296 @@ static void test_bad_input(void) {
   free_world(&w);
 }
 
+/* ---- Limits (engine options, version 2) ------------------------------------------- */
+
+static void test_limits(void) {
+  presence_clock_t* c = NULL;
+  presence_engine_t* e = NULL;
+  presence_engine_options_t o = PRESENCE_ENGINE_OPTIONS_INIT;
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  uint64_t h = 0;
+  int i;
+
+  /* Flood limit: 3 signals per device per second of the engine's clock. */
+  EXPECT(PRESENCE_OK, presence_clock_manual_new(&c, 1000000, &err));
+  o.clock = c;
+  o.max_signals_per_device_per_sec = 3;
+  EXPECT(PRESENCE_OK, presence_engine_new(&e, &o, &err));
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h, e, &s, &err));
+  for (i = 0; i < 2; ++i) {
+    EXPECT(PRESENCE_OK, presence_engine_beat(e, h, PRESENCE_ACTIVITY_ACTIVE, PRESENCE_SOURCE_APP,
+                                             &err));
+  }
+  EXPECT(PRESENCE_ERR_RESOURCE_EXHAUSTED,
+         presence_engine_beat(e, h, PRESENCE_ACTIVITY_ACTIVE, PRESENCE_SOURCE_APP, &err));
+  EXPECT(PRESENCE_ERR_RESOURCE_EXHAUSTED, presence_engine_signal(e, &s, &err));
+  EXPECT(PRESENCE_OK, presence_clock_advance(c, 1000, &err)); /* the next second */
+  EXPECT(PRESENCE_OK,
+         presence_engine_beat(e, h, PRESENCE_ACTIVITY_ACTIVE, PRESENCE_SOURCE_APP, &err));
+  presence_engine_destroy(e);
+
+  /* Memory budget: room for one user with one device (96 + 96 bytes). */
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  o.clock = c;
+  o.memory_budget_bytes = 192;
+  EXPECT(PRESENCE_OK, presence_engine_new(&e, &o, &err));
+  EXPECT(PRESENCE_OK, presence_engine_signal(e, &s, &err));
+  s = make_signal("bob", "phone", 1);
+  EXPECT(PRESENCE_ERR_RESOURCE_EXHAUSTED, presence_engine_signal(e, &s, &err));
+  CHECK(contains(last_msg, "memory budget"));
+  s = make_signal("alice", "laptop", 1); /* what is held keeps working */
+  EXPECT(PRESENCE_OK, presence_engine_signal(e, &s, &err));
+  presence_engine_destroy(e);
+  presence_clock_destroy(c);
+}
+
+/* ---- The file store (engine options, version 2) ------------------------------------ */
+
+static int remove_entry(const char* path, const struct stat* sb, int flag, struct FTW* ftw) {
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+/* A fresh folder under /tmp, removed with remove_tree. */
+static void make_temp_dir(char* out, size_t size) {
+  snprintf(out, size, "/tmp/presence_c_api_XXXXXX");
+  CHECK(mkdtemp(out) != NULL);
+}
+
+static void remove_tree(const char* dir) {
+  CHECK(nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0);
+}
+
+/* An engine with no dwell on `clock`, keeping its state in `dir`; the
+ * status of presence_engine_new. */
+static int new_file_engine(presence_engine_t** e, presence_clock_t* clock, const char* dir) {
+  presence_engine_options_t o = PRESENCE_ENGINE_OPTIONS_INIT;
+  o.clock = clock;
+  o.min_dwell_ms = 0;
+  o.store = PRESENCE_STORE_FILE;
+  o.file_dir = dir;
+  o.file_dir_len = strlen(dir);
+  return presence_engine_new(e, &o, &err);
+}
+
+static void test_file_store(void) {
+  char dir[64], path[200];
+  presence_clock_t* c = NULL;
+  presence_engine_t* e = NULL;
+  presence_engine_t* other = NULL;
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  world_t w;
+  char* text = NULL;
+  FILE* f;
+
+  make_temp_dir(dir, sizeof dir);
+  EXPECT(PRESENCE_OK, presence_clock_manual_new(&c, 1000000, &err));
+  w.clock = c;
+
+  /* A durable round trip: signals, a tick (which writes them), destroy; a
+   * new engine on the same folder sees the user. */
+  EXPECT(PRESENCE_OK, new_file_engine(&e, c, dir));
+  EXPECT(PRESENCE_OK, presence_engine_connect(NULL, e, &s, &err));
+  s = make_signal("bob", "phone", 1);
+  s.platform = PRESENCE_PLATFORM_MOBILE;
+  EXPECT(PRESENCE_OK, presence_engine_signal(e, &s, &err));
+  w.engine = e;
+  CHECK(step(&w, 100) == 2);
+  /* The folder is held: a second engine on it gets a clear error. */
+  other = e;
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION, new_file_engine(&other, c, dir));
+  CHECK(other == NULL && contains(last_msg, "cannot open the file store in") &&
+        contains(last_msg, dir) && contains(last_msg, "locked"));
+  EXPECT(PRESENCE_OK, presence_engine_render_metrics(&text, NULL, e, &err));
+  CHECK(contains(text, "presence_live_devices 2") && contains(text, "presence_file_store_"));
+  presence_free(text);
+  presence_engine_destroy(e);
+
+  EXPECT(PRESENCE_OK, presence_clock_advance(c, 100, &err));
+  EXPECT(PRESENCE_OK, new_file_engine(&e, c, dir));
+  w.engine = e;
+  {
+    presence_user_presence_t a = get_one(&w, "alice", NULL);
+    presence_user_presence_t b = get_one(&w, "bob", NULL);
+    CHECK(a.known && a.state == PRESENCE_STATE_ONLINE && a.last_seen_ms == 1000000);
+    CHECK(b.known && b.devices[PRESENCE_PLATFORM_MOBILE - 1] == 1);
+  }
+  {
+    presence_transition_t* t = NULL;
+    size_t n = 0;
+    EXPECT(PRESENCE_OK, presence_engine_history(&t, &n, e, "alice", 5, 0, INT64_MAX, &err));
+    CHECK(n == 1 && t != NULL && t[0].state == PRESENCE_STATE_ONLINE &&
+          t[0].cause == PRESENCE_CAUSE_SIGNAL);
+    presence_free(t);
+  }
+  presence_engine_destroy(e);
+
+  /* A folder path that is a file: a clear status naming it. */
+  snprintf(path, sizeof path, "%s/a-file", dir);
+  f = fopen(path, "w");
+  CHECK(f != NULL);
+  if (f != NULL) fclose(f);
+  e = (presence_engine_t*)&s;
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION, new_file_engine(&e, c, path));
+  CHECK(e == NULL && contains(last_msg, path) && contains(last_msg, "not a directory"));
+  /* A folder that cannot be created or read (permissions do not stop root). */
+  if (geteuid() != 0) {
+    char locked[160];
+    snprintf(locked, sizeof locked, "%s/closed", dir);
+    CHECK(mkdir(locked, 0) == 0);
+    snprintf(path, sizeof path, "%s/inside", locked);
+    EXPECT(PRESENCE_ERR_PERMISSION_DENIED, new_file_engine(&e, c, path));
+    CHECK(e == NULL && contains(last_msg, path));
+    CHECK(chmod(locked, 0700) == 0);
+  }
+  presence_clock_destroy(c);
+  remove_tree(dir);
+}
+
+/* ---- History and operations ------------------------------------------------------- */
+
+static void test_history(void) {
+  char dir[64];
+  world_t w;
+  world_t mem = make_world(0);
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  presence_transition_t* t = NULL;
+  presence_state_durations_t d;
+  size_t n = 0;
+  int64_t last = 0;
+  uint64_t h = 0;
+
+  make_temp_dir(dir, sizeof dir);
+  EXPECT(PRESENCE_OK, presence_clock_manual_new(&w.clock, 1000000, &err));
+  EXPECT(PRESENCE_OK, new_file_engine(&w.engine, w.clock, dir));
+
+  /* alice: online at 1000100 (published), away at 1002100, offline at
+   * 1004100 (clean disconnect). */
+  s.trace_id = 77;
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h, w.engine, &s, &err));
+  step(&w, 100);
+  step(&w, 1900);
+  EXPECT(PRESENCE_OK, presence_engine_beat(w.engine, h, PRESENCE_ACTIVITY_IDLE,
+                                           PRESENCE_SOURCE_APP, &err));
+  step(&w, 100);
+  step(&w, 1900);
+  EXPECT(PRESENCE_OK, presence_engine_disconnect(w.engine, h, PRESENCE_DISCONNECT_CLEAN, &err));
+  step(&w, 100);
+  step(&w, 1000); /* now 1005100 */
+
+  EXPECT(PRESENCE_OK,
+         presence_engine_history(&t, &n, w.engine, "alice", 5, 0, INT64_MAX, &err));
+  CHECK(n == 3 && t != NULL);
+  if (n == 3 && t != NULL) {
+    CHECK(t[0].previous == PRESENCE_STATE_OFFLINE && t[0].state == PRESENCE_STATE_ONLINE);
+    CHECK(t[0].self_state == PRESENCE_STATE_ONLINE && t[0].cause == PRESENCE_CAUSE_SIGNAL);
+    CHECK(t[0].at_ms == 1000100 && t[0].trace_id == 77 && t[0].version > 0);
+    CHECK(t[0].last_seen_ms == 1000000);
+    CHECK(t[1].state == PRESENCE_STATE_AWAY && t[1].at_ms == 1002100);
+    CHECK(t[2].state == PRESENCE_STATE_OFFLINE && t[2].cause == PRESENCE_CAUSE_DISCONNECT);
+    CHECK(t[0].version < t[1].version && t[1].version < t[2].version);
+  }
+  presence_free(t);
+  /* A window that holds only the middle one; one that holds none. */
+  EXPECT(PRESENCE_OK,
+         presence_engine_history(&t, &n, w.engine, "alice", 5, 1001000, 1003000, &err));
+  CHECK(n == 1 && t != NULL && t[0].state == PRESENCE_STATE_AWAY);
+  presence_free(t);
+  t = (presence_transition_t*)&d;
+  EXPECT(PRESENCE_OK, presence_engine_history(&t, &n, w.engine, "nobody", 6, 0, 1, &err));
+  CHECK(n == 0 && t == NULL);
+
+  /* Time in states over [1000000, now + 1000]: the future is not counted. */
+  EXPECT(PRESENCE_OK, presence_engine_time_in_states(&d, w.engine, "alice", 5, 1000000,
+                                                     1006100, &err));
+  CHECK(d.offline_ms == 100 + 1000 && d.online_ms == 2000 && d.away_ms == 2000 && d.dnd_ms == 0);
+  EXPECT(PRESENCE_OK,
+         presence_engine_time_in_states(NULL, w.engine, "alice", 5, 1000000, 1000001, &err));
+
+  /* A window backwards. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_time_in_states(&d, w.engine, "alice", 5, 10, 1, &err));
+  CHECK(contains(last_msg, "from_ms is after to_ms"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_history(&t, &n, w.engine, "alice", 5, 10, 1, &err));
+
+  /* Last seen: the engine's while it holds alice (her idle beat). */
+  EXPECT(PRESENCE_OK, presence_engine_last_seen(&last, w.engine, "alice", 5, &err));
+  CHECK(last == 1002000);
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_last_seen(&last, w.engine, "nobody", 6, &err));
+  CHECK(last == 0);
+
+  /* Drain: the devices that named the gateway disconnect, in bounded calls. */
+  {
+    const char* users[3] = {"g1", "g2", "g3"};
+    int i;
+    for (i = 0; i < 3; ++i) {
+      s = make_signal(users[i], "pc", 1);
+      s.gateway = "gw-a";
+      s.gateway_len = 4;
+      EXPECT(PRESENCE_OK, presence_engine_signal(w.engine, &s, &err));
+    }
+    step(&w, 100);
+    EXPECT(PRESENCE_OK, presence_engine_drain_gateway(&n, w.engine, "gw-a", 4, 2, &err));
+    CHECK(n == 2);
+    EXPECT(PRESENCE_OK, presence_engine_drain_gateway(&n, w.engine, "gw-a", 4, 2, &err));
+    CHECK(n == 1);
+    EXPECT(PRESENCE_OK, presence_engine_drain_gateway(NULL, w.engine, "gw-a", 4, 2, &err));
+    step(&w, 100);
+    CHECK(get_one(&w, "g1", NULL).state == PRESENCE_STATE_OFFLINE);
+    CHECK(get_one(&w, "g3", NULL).live_devices == 0);
+    n = 9;
+    EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_drain_gateway(&n, w.engine, "gw-b", 4, 2, &err));
+    CHECK(n == 0 && contains(last_msg, "gateway"));
+  }
+
+  /* Rebuild: what was written comes back. */
+  s = make_signal("carol", "pc", 1);
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h, w.engine, &s, &err));
+  step(&w, 100);
+  EXPECT(PRESENCE_OK, presence_engine_rebuild(w.engine, &err));
+  CHECK(get_one(&w, "carol", NULL).state == PRESENCE_STATE_ONLINE);
+  s.session_id = 2; /* a handle of the rebuilt engine */
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h, w.engine, &s, &err));
+
+  /* Erase: carol is forgotten by the engine, its store and its history. */
+  EXPECT(PRESENCE_OK, presence_engine_erase(w.engine, "carol", 5, &err));
+  CHECK(!get_one(&w, "carol", NULL).known);
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_beat(w.engine, h, PRESENCE_ACTIVITY_ACTIVE,
+                                                      PRESENCE_SOURCE_APP, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_last_seen(&last, w.engine, "carol", 5, &err));
+  EXPECT(PRESENCE_OK, presence_engine_history(&t, &n, w.engine, "carol", 5, 0, INT64_MAX, &err));
+  CHECK(n == 0 && t == NULL);
+  EXPECT(PRESENCE_OK, presence_engine_erase(w.engine, "nobody", 6, &err)); /* nothing to do */
+  step(&w, 100);
+  EXPECT(PRESENCE_OK, presence_engine_rebuild(w.engine, &err));
+  CHECK(!get_one(&w, "carol", NULL).known); /* never comes back */
+  free_world(&w);
+
+  /* An engine without a history store: history queries say so; the rest
+   * works from the engine alone. */
+  s = make_signal("alice", "laptop", 1);
+  EXPECT(PRESENCE_OK, presence_engine_signal(mem.engine, &s, &err));
+  step(&mem, 100);
+  t = (presence_transition_t*)&d;
+  n = 5;
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION,
+         presence_engine_history(&t, &n, mem.engine, "alice", 5, 0, INT64_MAX, &err));
+  CHECK(t == NULL && n == 0 && contains(last_msg, "no history store"));
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION,
+         presence_engine_time_in_states(&d, mem.engine, "alice", 5, 0, 1, &err));
+  CHECK(d.online_ms == 0 && d.offline_ms == 0);
+  EXPECT(PRESENCE_OK, presence_engine_last_seen(&last, mem.engine, "alice", 5, &err));
+  CHECK(last == 1000000);
+  EXPECT(PRESENCE_OK, presence_engine_rebuild(mem.engine, &err)); /* nothing to load */
+  CHECK(!get_one(&mem, "alice", NULL).known);
+  EXPECT(PRESENCE_OK, presence_engine_erase(mem.engine, "alice", 5, &err));
+  free_world(&mem);
+  remove_tree(dir);
+}
+
 int main(void) {
   test_version();
   test_options();
@@ -1502,6 +1947,9 @@ int main(void) {
   test_metrics();
   test_lifetimes();
   test_threads();
+  test_limits();
+  test_file_store();
+  test_history();
   test_bad_input();
   printf("c_api_test: %d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

@@ -10,8 +10,8 @@ import (
 // The benchmarks run on a manual clock, like benchmarks/capi_bench.cc: each
 // round over all devices is one simulated second, advanced (with a Tick)
 // outside the timed region, so every device stays live and no device
-// passes the engine's flood limit (20 signals per device per second, which
-// presence_engine_options_t cannot change).
+// passes the engine's default flood limit (20 signals per device per
+// second).
 
 // meter measures the timed regions in wall time and in process CPU time
 // (getrusage: every thread, the GC's included), since the shared machine

@@ -1,6 +1,7 @@
 package presence
 
 /*
+#include <stdlib.h>
 #include "presence/c.h"
 */
 import "C"
@@ -41,6 +42,23 @@ type EngineOptions struct {
 
 	InferredCanBeOnline        bool // false: a device kept live only by INFERRED shows AWAY
 	OverrideRequiresLiveDevice bool // true: DND with no live device shows OFFLINE
+
+	// Flood limit: most signals one device may have accepted per second
+	// (beats included); past it they answer ResourceExhausted. 0: none.
+	MaxSignalsPerDevicePerSec int32 // 20
+	// Memory budget for users and devices, in bytes: a signal that would
+	// create one past it answers ResourceExhausted. 0: none.
+	MemoryBudgetBytes int64 // 0
+
+	// FileDir keeps the engine's state in the crash-safe file store in this
+	// folder (created when missing): a new engine on the folder loads its
+	// users and devices, and History, TimeInStates and LastSeen read its
+	// audit trail. "": memory only, and no history. A folder that another
+	// engine holds answers FailedPrecondition; one that cannot be read or
+	// created PermissionDenied (or the file system's error).
+	FileDir            string
+	FileSync           FileSync // FileSyncEveryWrite
+	FileSyncIntervalMs int64    // 100: FileSyncInterval only
 }
 
 // DefaultEngineOptions returns the library's defaults
@@ -69,6 +87,10 @@ func DefaultEngineOptions() EngineOptions {
 		MaxOverridesPerUser:        int32(c.max_overrides_per_user),
 		InferredCanBeOnline:        c.inferred_can_be_online != 0,
 		OverrideRequiresLiveDevice: c.override_requires_live_device != 0,
+		MaxSignalsPerDevicePerSec:  int32(c.max_signals_per_device_per_sec),
+		MemoryBudgetBytes:          int64(c.memory_budget_bytes),
+		FileSync:                   FileSync(c.file_sync),
+		FileSyncIntervalMs:         int64(c.file_sync_interval_ms),
 	}
 }
 
@@ -98,8 +120,8 @@ func NewEngine(opts *EngineOptions) (*Engine, error) {
 	if opts == nil {
 		rc = C.presence_engine_new(&p, nil, &msg)
 	} else {
-		// Go memory is fine here: the only pointer inside is the clock, a
-		// C pointer.
+		// Go memory is fine here: the pointers inside are C pointers (the
+		// clock, and a C copy of the folder's path).
 		c := &C.presence_engine_options_t{}
 		C.presence_engine_options_init(c, C.PRESENCE_ENGINE_OPTIONS_VERSION, nil)
 		if opts.Clock != nil {
@@ -126,6 +148,17 @@ func NewEngine(opts *EngineOptions) (*Engine, error) {
 		c.max_overrides_per_user = C.int32_t(opts.MaxOverridesPerUser)
 		c.inferred_can_be_online = cbool(opts.InferredCanBeOnline)
 		c.override_requires_live_device = cbool(opts.OverrideRequiresLiveDevice)
+		c.max_signals_per_device_per_sec = C.int32_t(opts.MaxSignalsPerDevicePerSec)
+		c.memory_budget_bytes = C.int64_t(opts.MemoryBudgetBytes)
+		c.file_sync = C.int32_t(opts.FileSync)
+		c.file_sync_interval_ms = C.int64_t(opts.FileSyncIntervalMs)
+		if opts.FileDir != "" {
+			dir := C.CBytes([]byte(opts.FileDir))
+			defer C.free(dir)
+			c.store = C.PRESENCE_STORE_FILE
+			c.file_dir = (*C.char)(dir)
+			c.file_dir_len = C.size_t(len(opts.FileDir))
+		}
 		rc = C.presence_engine_new(&p, c, &msg)
 		keepAlive(opts.Clock)
 	}

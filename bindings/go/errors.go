@@ -19,8 +19,21 @@ const (
 	InvalidArgument    Code = C.PRESENCE_ERR_INVALID_ARGUMENT    // bad input; nothing changed
 	NotFound           Code = C.PRESENCE_ERR_NOT_FOUND           // unknown or closed handle, override, subscriber, topic
 	ResourceExhausted  Code = C.PRESENCE_ERR_RESOURCE_EXHAUSTED  // a limit was passed, or out of memory
-	FailedPrecondition Code = C.PRESENCE_ERR_FAILED_PRECONDITION // stale signal, poll of a push subscriber, tick in a callback, closed Go handle
+	FailedPrecondition Code = C.PRESENCE_ERR_FAILED_PRECONDITION // stale signal, poll of a push subscriber, tick in a callback, closed Go handle, no history store, a data folder held by another engine
 	Internal           Code = C.PRESENCE_ERR_INTERNAL            // a bug in presence
+	PermissionDenied   Code = C.PRESENCE_ERR_PERMISSION_DENIED   // a data folder that cannot be read or created
+	Unavailable        Code = C.PRESENCE_ERR_UNAVAILABLE         // a store cannot be reached for now: retry
+	DataLoss           Code = C.PRESENCE_ERR_DATA_LOSS           // stored data damaged beyond recovery
+
+	// The rest of absl::StatusCode, which the C ABI passes through.
+	Cancelled        Code = C.PRESENCE_ERR_CANCELLED
+	Unknown          Code = C.PRESENCE_ERR_UNKNOWN
+	DeadlineExceeded Code = C.PRESENCE_ERR_DEADLINE_EXCEEDED
+	AlreadyExists    Code = C.PRESENCE_ERR_ALREADY_EXISTS
+	Aborted          Code = C.PRESENCE_ERR_ABORTED
+	OutOfRange       Code = C.PRESENCE_ERR_OUT_OF_RANGE
+	Unimplemented    Code = C.PRESENCE_ERR_UNIMPLEMENTED
+	Unauthenticated  Code = C.PRESENCE_ERR_UNAUTHENTICATED
 )
 
 // String is the library's name of the code ("INVALID_ARGUMENT", ...).
@@ -64,6 +77,17 @@ var (
 	ErrResourceExhausted  = &Error{Code: ResourceExhausted}
 	ErrFailedPrecondition = &Error{Code: FailedPrecondition}
 	ErrInternal           = &Error{Code: Internal}
+	ErrPermissionDenied   = &Error{Code: PermissionDenied}
+	ErrUnavailable        = &Error{Code: Unavailable}
+	ErrDataLoss           = &Error{Code: DataLoss}
+	ErrCancelled          = &Error{Code: Cancelled}
+	ErrUnknown            = &Error{Code: Unknown}
+	ErrDeadlineExceeded   = &Error{Code: DeadlineExceeded}
+	ErrAlreadyExists      = &Error{Code: AlreadyExists}
+	ErrAborted            = &Error{Code: Aborted}
+	ErrOutOfRange         = &Error{Code: OutOfRange}
+	ErrUnimplemented      = &Error{Code: Unimplemented}
+	ErrUnauthenticated    = &Error{Code: Unauthenticated}
 	// ErrClosed matches a call on a Go handle after its Close. Such an
 	// error has Code FailedPrecondition (so it matches
 	// ErrFailedPrecondition too).

@@ -5,8 +5,6 @@ package presence
 */
 import "C"
 
-import "unsafe"
-
 // Override is one manual state on a user's stack (presence_override_t).
 type Override struct {
 	ID      uint64
@@ -82,17 +80,8 @@ func (e *Engine) ListOverrides(userID string) ([]Override, error) {
 	var msg *C.char
 	rc := C.presence_engine_list_overrides(&arr, &n, p, cstr(userID), C.size_t(len(userID)), &msg)
 	keepAlive(e)
-	if err := status(rc, msg); err != nil {
-		return nil, err
-	}
-	if arr == nil {
-		return nil, nil
-	}
-	defer C.presence_free(unsafe.Pointer(arr))
-	out := make([]Override, n)
-	for i, o := range unsafe.Slice(arr, int(n)) {
-		out[i] = Override{ID: uint64(o.id), SetAtMs: int64(o.set_at_ms), UntilMs: int64(o.until_ms),
+	return fromCArray(arr, n, status(rc, msg), func(o *C.presence_override_t) Override {
+		return Override{ID: uint64(o.id), SetAtMs: int64(o.set_at_ms), UntilMs: int64(o.until_ms),
 			State: OverrideState(o.state)}
-	}
-	return out, nil
+	})
 }

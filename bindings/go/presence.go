@@ -218,6 +218,46 @@ const (
 	DisconnectAbrupt DisconnectKind = C.PRESENCE_DISCONNECT_ABRUPT
 )
 
+// Cause is why a user's published state changed (presence.v1.Cause).
+type Cause int32
+
+const (
+	CauseSignal         Cause = C.PRESENCE_CAUSE_SIGNAL
+	CauseTimeout        Cause = C.PRESENCE_CAUSE_TIMEOUT
+	CauseDisconnect     Cause = C.PRESENCE_CAUSE_DISCONNECT
+	CauseOverride       Cause = C.PRESENCE_CAUSE_OVERRIDE
+	CauseOverrideExpiry Cause = C.PRESENCE_CAUSE_OVERRIDE_EXPIRY
+	CauseMerge          Cause = C.PRESENCE_CAUSE_MERGE
+)
+
+func (c Cause) String() string {
+	switch c {
+	case CauseSignal:
+		return "signal"
+	case CauseTimeout:
+		return "timeout"
+	case CauseDisconnect:
+		return "disconnect"
+	case CauseOverride:
+		return "override"
+	case CauseOverrideExpiry:
+		return "override_expiry"
+	case CauseMerge:
+		return "merge"
+	}
+	return fmt.Sprintf("Cause(%d)", int32(c))
+}
+
+// FileSync is when the file store fdatasyncs its log (presence_file_sync_t):
+// what an acknowledged write survives.
+type FileSync int32
+
+const (
+	FileSyncEveryWrite FileSync = C.PRESENCE_FILE_SYNC_EVERY_WRITE // a crash, an OS crash, a power loss
+	FileSyncInterval   FileSync = C.PRESENCE_FILE_SYNC_INTERVAL    // an OS crash loses at most FileSyncIntervalMs
+	FileSyncNever      FileSync = C.PRESENCE_FILE_SYNC_NEVER       // the OS writes back when it chooses (synced on Close)
+)
+
 // DeviceSummary counts live devices per platform.
 type DeviceSummary struct {
 	Web, Desktop, Mobile, Console, Other uint32
@@ -234,6 +274,21 @@ func cstr(s string) *C.char {
 		return nil
 	}
 	return *(**C.char)(unsafe.Pointer(&s))
+}
+
+// fromCArray converts the n structs of an array that the library returned
+// (nil, or one allocation freed here with presence_free: c.h convention 7),
+// or returns err when the call failed.
+func fromCArray[CT, GT any](arr *CT, n C.size_t, err error, conv func(*CT) GT) ([]GT, error) {
+	if err != nil || arr == nil {
+		return nil, err
+	}
+	defer C.presence_free(unsafe.Pointer(arr))
+	out := make([]GT, n)
+	for i, c := range unsafe.Slice(arr, int(n)) {
+		out[i] = conv(&c)
+	}
+	return out, nil
 }
 
 // cBytesList copies ids into one C allocation that holds the

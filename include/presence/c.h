@@ -29,8 +29,9 @@
  *     numbers are those of absl::StatusCode (and of google.rpc.Code), so a
  *     host can forward them as gRPC statuses unchanged. The list is stable
  *     and append-only: a value never changes meaning and is never removed.
- *     A status that the library does not map comes back as
- *     PRESENCE_ERR_INTERNAL with the original code's name in the message.
+ *     Every absl::StatusCode has its value here, so a status passes through
+ *     unchanged; a binding that meets a number it does not know (from a
+ *     newer library) should treat it as a generic error.
  *
  *  4. Error messages. Every call that can fail takes `char** errmsg` as its
  *     last parameter. After the call, *errmsg is NULL when the call returned
@@ -146,7 +147,8 @@ typedef enum presence_status_t {
    * version. Nothing was changed. */
   PRESENCE_ERR_INVALID_ARGUMENT = 3,
   /* Unknown or closed: a device handle that expired or was disconnected, a
-   * user with no such override, an unknown subscriber or topic. */
+   * user with no such override, an unknown subscriber or topic, a user that
+   * neither the engine nor its history knows, a gateway never named. */
   PRESENCE_ERR_NOT_FOUND = 5,
   /* A limit was passed (devices per user, overrides per user, subscribers,
    * list or topic sizes), or the library ran out of memory. */
@@ -154,15 +156,36 @@ typedef enum presence_status_t {
   /* The call does not fit the current state: a stale signal (from a session
    * older than the device's current one, or older than one already
    * applied: counted and dropped, never applied), polling a push
-   * subscriber, or presence_engine_tick called from inside a callback. */
+   * subscriber, presence_engine_tick called from inside a callback, a
+   * history query on an engine with no history store, a data folder that
+   * another engine (or FileStore) holds, or one of a newer format. */
   PRESENCE_ERR_FAILED_PRECONDITION = 9,
   /* Anything unexpected: a bug in presence. The message says more. */
-  PRESENCE_ERR_INTERNAL = 13
+  PRESENCE_ERR_INTERNAL = 13,
+  /* A store or bus behind the engine cannot be reached for now (the
+   * adapters of the C++ API answer it): the call may succeed when retried. */
+  PRESENCE_ERR_UNAVAILABLE = 14,
+  /* Stored data was found damaged beyond what recovery handles (the file
+   * store skips a damaged snapshot itself and reports it in its metrics). */
+  PRESENCE_ERR_DATA_LOSS = 15,
+  /* Not permitted: a data folder that cannot be read or written (EACCES,
+   * EPERM, a read-only file system). */
+  PRESENCE_ERR_PERMISSION_DENIED = 7,
+  /* The remaining codes of absl::StatusCode, which no store of the C ABI
+   * answers today; they are here so that every status passes through. */
+  PRESENCE_ERR_CANCELLED = 1,
+  PRESENCE_ERR_UNKNOWN = 2,
+  PRESENCE_ERR_DEADLINE_EXCEEDED = 4,
+  PRESENCE_ERR_ALREADY_EXISTS = 6,
+  PRESENCE_ERR_ABORTED = 10,
+  PRESENCE_ERR_OUT_OF_RANGE = 11,
+  PRESENCE_ERR_UNIMPLEMENTED = 12,
+  PRESENCE_ERR_UNAUTHENTICATED = 16
 } presence_status_t;
 
 /* presence_status_name returns the name of a status code ("OK",
- * "INVALID_ARGUMENT", ...), or "UNKNOWN" for a number that is not one. The
- * string is static: do not free it. */
+ * "INVALID_ARGUMENT", "DATA_LOSS", ...), or "UNKNOWN" for a number that is
+ * not one. The string is static: do not free it. */
 PRESENCE_EXPORT const char* presence_status_name(int status);
 
 /* ---- Enumerations (convention 8) --------------------------------------------
@@ -207,6 +230,36 @@ typedef enum presence_override_state_t {
   PRESENCE_OVERRIDE_DND = 3,
   PRESENCE_OVERRIDE_INVISIBLE = 4
 } presence_override_state_t;
+
+/* Why a user's published state changed (a transition's cause). */
+typedef enum presence_cause_t {
+  PRESENCE_CAUSE_SIGNAL = 1,          /* a device came alive or changed activity */
+  PRESENCE_CAUSE_TIMEOUT = 2,         /* a device stopped signalling */
+  PRESENCE_CAUSE_DISCONNECT = 3,      /* a device disconnected */
+  PRESENCE_CAUSE_OVERRIDE = 4,        /* an override was set or revoked */
+  PRESENCE_CAUSE_OVERRIDE_EXPIRY = 5, /* an override reached its end time */
+  PRESENCE_CAUSE_MERGE = 6            /* a record merged from elsewhere (a rebuild) */
+} presence_cause_t;
+
+/* Where an engine keeps its state (engine options, version 2). */
+typedef enum presence_store_kind_t {
+  /* Memory only (the default): nothing survives the engine, and there is no
+   * history (history queries answer FAILED_PRECONDITION). */
+  PRESENCE_STORE_MEMORY = 1,
+  /* The crash-safe file store (presence/file_store.h) in one data folder:
+   * users, devices and the history survive a restart, and a new engine on
+   * the folder loads them. */
+  PRESENCE_STORE_FILE = 2
+} presence_store_kind_t;
+
+/* When the file store fdatasyncs its log (presence::SyncPolicy, whose
+ * numbers these are): what an acknowledged write survives. */
+typedef enum presence_file_sync_t {
+  PRESENCE_FILE_SYNC_EVERY_WRITE = 1, /* every write: a crash, an OS crash, a power loss */
+  PRESENCE_FILE_SYNC_INTERVAL = 2,    /* at most every file_sync_interval_ms: an OS crash
+                                         loses at most that much */
+  PRESENCE_FILE_SYNC_NEVER = 3        /* when the OS chooses (and on destroy) */
+} presence_file_sync_t;
 
 /* CLEAN (logout): the device is dead at once. ABRUPT (socket dropped): it
  * stays live for reconnect_grace_ms, so that a quick reconnect shows
@@ -270,7 +323,7 @@ PRESENCE_EXPORT int presence_clock_now(int64_t* out_now_ms, const presence_clock
  * about each. To add a field: append it, raise
  * PRESENCE_ENGINE_OPTIONS_VERSION, extend the _INIT macro, and read the field
  * in capi/c.cc only when options->version is at least the new version. */
-#define PRESENCE_ENGINE_OPTIONS_VERSION 1
+#define PRESENCE_ENGINE_OPTIONS_VERSION 2
 
 typedef struct presence_engine_options_t {
   uint32_t version;       /* PRESENCE_ENGINE_OPTIONS_VERSION */
@@ -296,15 +349,35 @@ typedef struct presence_engine_options_t {
   int32_t max_overrides_per_user;    /* 16 */
   uint8_t inferred_can_be_online;    /* 0: a device kept live only by INFERRED shows AWAY */
   uint8_t override_requires_live_device; /* 1: DND with no live device shows OFFLINE */
+  /* ---- Version 2 ---- */
+  /* Flood limit: most signals one device may have accepted per second
+   * (heartbeats included); past it they answer RESOURCE_EXHAUSTED and are
+   * dropped, and the device keeps its state. 0..65535; 0: no limit. */
+  int32_t max_signals_per_device_per_sec; /* 20 */
+  /* presence_store_kind_t: PRESENCE_STORE_MEMORY or PRESENCE_STORE_FILE. */
+  int32_t store;                          /* PRESENCE_STORE_MEMORY */
+  /* Memory budget for users and devices, in bytes: a signal that would
+   * create a device or user past it answers RESOURCE_EXHAUSTED; nothing
+   * held is evicted. 0: no budget. */
+  int64_t memory_budget_bytes;            /* 0 */
+  /* PRESENCE_STORE_FILE: the data folder, created when missing (a path,
+   * without NUL bytes; read during presence_engine_new only). It must be
+   * empty (NULL/0) with PRESENCE_STORE_MEMORY. One engine at a time may
+   * have a folder open. */
+  const char* file_dir;                   /* NULL */
+  size_t file_dir_len;                    /* 0 */
+  int64_t file_sync_interval_ms;          /* 100: PRESENCE_FILE_SYNC_INTERVAL only; > 0 */
+  int32_t file_sync;                      /* presence_file_sync_t: EVERY_WRITE */
 } presence_engine_options_t;
 
 #define PRESENCE_ENGINE_OPTIONS_INIT                                                     \
   {                                                                                      \
     PRESENCE_ENGINE_OPTIONS_VERSION, 0, NULL, 60000, 240000, 1000, 4000, 1000, 4000,     \
-        1500, 1000, 5000, 300000, 300000, 86400000, 30000, 64, 16, 0, 1                  \
+        1500, 1000, 5000, 300000, 300000, 86400000, 30000, 64, 16, 0, 1, 20,             \
+        PRESENCE_STORE_MEMORY, 0, NULL, 0, 100, PRESENCE_FILE_SYNC_EVERY_WRITE           \
   }
 
-/* Fills *options with the defaults of `version` (pass
+/* Fills *options with the defaults of `version` (1 or 2; pass
  * PRESENCE_ENGINE_OPTIONS_VERSION), writing only the fields that version
  * has. INVALID_ARGUMENT for a version this library does not know. */
 PRESENCE_EXPORT int presence_engine_options_init(presence_engine_options_t* options,
@@ -324,12 +397,19 @@ PRESENCE_EXPORT int presence_engine_options_init(presence_engine_options_t* opti
 typedef struct presence_engine_t presence_engine_t;
 
 /* Creates an engine. options may be NULL (every default, the system
- * clock). INVALID_ARGUMENT when a field is out of range. */
+ * clock, memory only). INVALID_ARGUMENT when a field is out of range.
+ * With PRESENCE_STORE_FILE the engine opens the data folder, owns the file
+ * store until it is freed, loads what the folder holds (users and their
+ * devices) and keeps its history there; the message of a folder that
+ * cannot be opened names it: FAILED_PRECONDITION when another engine holds
+ * it (or it holds data of a newer format), PERMISSION_DENIED when it cannot
+ * be read or created, another status for other I/O errors. */
 PRESENCE_EXPORT int presence_engine_new(presence_engine_t** out_engine,
                                         const presence_engine_options_t* options,
                                         char** errmsg);
 /* Releases the caller's reference; the engine is freed once no fan-out
- * holds it either. NULL is a no-op. */
+ * holds it either, and then its file store is closed (which syncs the log
+ * and releases the folder). NULL is a no-op. */
 PRESENCE_EXPORT void presence_engine_destroy(presence_engine_t* engine);
 
 /* presence_signal_t says that a device is alive (DESIGN.md section 1). The
@@ -501,6 +581,82 @@ PRESENCE_EXPORT int presence_engine_get_published(presence_user_presence_t** out
                                                   const char* viewer_user_id,
                                                   size_t viewer_user_id_len, char** errmsg);
 
+/* ---- History and durable state (DESIGN.md sections 4, 5 and 7) ------------------
+ *
+ * The history is the audit trail of every published transition; an engine
+ * has one with PRESENCE_STORE_FILE (engine options, version 2). Without
+ * one, history and time in states answer FAILED_PRECONDITION. Transitions
+ * reach the history on the tick that publishes them.
+ *
+ * THREAD SAFETY: as every engine call, except presence_engine_rebuild (see
+ * there). */
+
+/* One published transition of a user. Frozen layout. */
+typedef struct presence_transition_t {
+  uint64_t version;      /* the user's version after it */
+  int64_t at_ms;         /* when it was published */
+  int64_t last_seen_ms;  /* the user's last accepted signal then (own view) */
+  uint64_t trace_id;     /* of the signal or override that caused it; 0: none */
+  int32_t previous;      /* presence_state_t, public view */
+  int32_t state;         /* presence_state_t, public view (OFFLINE while invisible) */
+  int32_t self_state;    /* presence_state_t, the user's own view */
+  int32_t cause;         /* presence_cause_t */
+} presence_transition_t;
+
+/* The user's transitions with at_ms in [from_ms, to_ms], oldest first:
+ * an array of *out_count entries freed with one presence_free(*out_transitions)
+ * (NULL when there are none). Neither out-parameter may be NULL.
+ * INVALID_ARGUMENT when from_ms is after to_ms; FAILED_PRECONDITION without
+ * a history store. */
+PRESENCE_EXPORT int presence_engine_history(presence_transition_t** out_transitions,
+                                            size_t* out_count, presence_engine_t* engine,
+                                            const char* user_id, size_t user_id_len,
+                                            int64_t from_ms, int64_t to_ms, char** errmsg);
+
+/* Time the user spent in each state in [from_ms, to_ms], from the history,
+ * in its own view; the part of the window after now is not counted. Frozen
+ * layout. */
+typedef struct presence_state_durations_t {
+  int64_t online_ms;
+  int64_t away_ms;
+  int64_t dnd_ms;
+  int64_t offline_ms;
+} presence_state_durations_t;
+
+PRESENCE_EXPORT int presence_engine_time_in_states(presence_state_durations_t* out_durations,
+                                                   presence_engine_t* engine,
+                                                   const char* user_id, size_t user_id_len,
+                                                   int64_t from_ms, int64_t to_ms,
+                                                   char** errmsg);
+
+/* The user's last accepted signal: from the engine while it holds the user,
+ * else from the history (for users long offline). NOT_FOUND when neither
+ * knows the user. Works without a history store too (the engine only). */
+PRESENCE_EXPORT int presence_engine_last_seen(int64_t* out_last_seen_ms,
+                                              presence_engine_t* engine, const char* user_id,
+                                              size_t user_id_len, char** errmsg);
+
+/* Forgets the user everywhere: its devices, overrides and records in the
+ * engine, the store (with the next tick) and the history. Its device
+ * handles stop working; a later signal starts anew. Erasing an unknown user
+ * is PRESENCE_OK. */
+PRESENCE_EXPORT int presence_engine_erase(presence_engine_t* engine, const char* user_id,
+                                          size_t user_id_len, char** errmsg);
+
+/* The operator's drain of a gateway (a host process going away):
+ * disconnects cleanly up to max_devices (> 0) open devices whose signals
+ * named `gateway`, and says how many in *out_drained. Call again until it
+ * answers 0. NOT_FOUND for a gateway no signal ever named. */
+PRESENCE_EXPORT int presence_engine_drain_gateway(size_t* out_drained, presence_engine_t* engine,
+                                                  const char* gateway, size_t gateway_len,
+                                                  size_t max_devices, char** errmsg);
+
+/* The operator's rebuild: drops everything the engine holds in memory and
+ * reloads it from its store (nothing, for PRESENCE_STORE_MEMORY). Changes
+ * not yet written are lost, so tick first. THREAD SAFETY: do not feed the
+ * engine (signals, handles, overrides) while it runs. */
+PRESENCE_EXPORT int presence_engine_rebuild(presence_engine_t* engine, char** errmsg);
+
 /* ---- Time and operations --------------------------------------------------------- */
 
 /* Fires the timers that are due and publishes the changes (to every fan-out
@@ -511,8 +667,10 @@ PRESENCE_EXPORT int presence_engine_tick(size_t* out_published, presence_engine_
 /* The engine's notion of now: its clock's time. */
 PRESENCE_EXPORT int presence_engine_now(int64_t* out_now_ms, const presence_engine_t* engine,
                                         char** errmsg);
-/* Every engine metric in Prometheus text format: a NUL-terminated buffer
- * of *out_len bytes (out_len may be NULL), freed with presence_free. */
+/* Every engine metric in Prometheus text format, followed by the file
+ * store's (writes, syncs, recovery) when the engine has one: a
+ * NUL-terminated buffer of *out_len bytes (out_len may be NULL), freed
+ * with presence_free. */
 PRESENCE_EXPORT int presence_engine_render_metrics(char** out_text, size_t* out_len,
                                                    const presence_engine_t* engine,
                                                    char** errmsg);

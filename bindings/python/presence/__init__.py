@@ -18,10 +18,13 @@ from typing import Optional
 from . import _lib
 from ._lib import LibraryNotFoundError
 from .engine import (BatchResult, Engine, ManualClock, Override, Signal, SignalBatch,
-                     UserPresence)
-from .enums import Activity, Cause, DisconnectKind, OverrideState, Platform, Source, State
-from .errors import (DecodeError, FailedPrecondition, Internal, InvalidArgument, NotFound,
-                     PresenceError, ResourceExhausted, StaleSignal, StatusCode)
+                     StateDurations, Transition, UserPresence)
+from .enums import (Activity, Cause, DisconnectKind, FileSync, OverrideState, Platform, Source,
+                    State)
+from .errors import (Aborted, AlreadyExists, Cancelled, DataLoss, DeadlineExceeded, DecodeError,
+                     FailedPrecondition, Internal, InvalidArgument, NotFound, OutOfRange,
+                     PermissionDenied, PresenceError, ResourceExhausted, StaleSignal, StatusCode,
+                     Unauthenticated, Unavailable, Unimplemented, Unknown)
 from .fanout import Fanout, Sink
 from .wire import (DeviceSummary, DiffBatch, TopicCounts, TopicSection, UserState,
                    decode_diff_batch, decode_topic_section, decode_user_state)
@@ -50,11 +53,14 @@ def library_version() -> str:
 
 
 __all__ = [
-    "Activity", "Batch", "BatchResult", "Cause", "DecodeError", "DeviceSummary", "DiffBatch",
-    "DisconnectKind", "Engine", "FailedPrecondition", "Fanout", "Internal", "InvalidArgument",
-    "LibraryNotFoundError", "ManualClock", "NotFound", "Override", "OverrideState", "Platform",
-    "PresenceError", "ResourceExhausted", "Signal", "SignalBatch", "Sink", "Source",
-    "StaleSignal", "State", "StatusCode", "TopicCounts", "TopicSection", "UserPresence",
-    "UserState", "decode_diff_batch", "decode_topic_section", "decode_user_state",
-    "library_version", "load_library",
+    "Aborted", "Activity", "AlreadyExists", "Batch", "BatchResult", "Cancelled", "Cause",
+    "DataLoss", "DeadlineExceeded", "DecodeError", "DeviceSummary", "DiffBatch",
+    "DisconnectKind", "Engine", "FailedPrecondition", "Fanout", "FileSync", "Internal",
+    "InvalidArgument", "LibraryNotFoundError", "ManualClock", "NotFound", "OutOfRange",
+    "Override", "OverrideState", "PermissionDenied", "Platform", "PresenceError",
+    "ResourceExhausted", "Signal", "SignalBatch", "Sink", "Source", "StaleSignal", "State",
+    "StateDurations", "StatusCode", "TopicCounts", "TopicSection", "Transition",
+    "Unauthenticated", "Unavailable", "Unimplemented", "Unknown", "UserPresence", "UserState",
+    "decode_diff_batch", "decode_topic_section", "decode_user_state", "library_version",
+    "load_library",
 ]

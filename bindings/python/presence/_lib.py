@@ -78,7 +78,25 @@ class presence_user_presence_t(Structure):
     ]
 
 
-ENGINE_OPTIONS_VERSION = 1
+class presence_transition_t(Structure):
+    _fields_ = [
+        ("version", c_uint64),
+        ("at_ms", c_int64),
+        ("last_seen_ms", c_int64),
+        ("trace_id", c_uint64),
+        ("previous", c_int32),
+        ("state", c_int32),
+        ("self_state", c_int32),
+        ("cause", c_int32),
+    ]
+
+
+class presence_state_durations_t(Structure):
+    _fields_ = [("online_ms", c_int64), ("away_ms", c_int64), ("dnd_ms", c_int64),
+                ("offline_ms", c_int64)]
+
+
+ENGINE_OPTIONS_VERSION = 2
 
 
 class presence_engine_options_t(Structure):
@@ -103,6 +121,14 @@ class presence_engine_options_t(Structure):
         ("max_overrides_per_user", c_int32),
         ("inferred_can_be_online", c_uint8),
         ("override_requires_live_device", c_uint8),
+        # Version 2.
+        ("max_signals_per_device_per_sec", c_int32),
+        ("store", c_int32),
+        ("memory_budget_bytes", c_int64),
+        ("file_dir", c_void_p),
+        ("file_dir_len", c_size_t),
+        ("file_sync_interval_ms", c_int64),
+        ("file_sync", c_int32),
     ]
 
 
@@ -307,6 +333,17 @@ class Lib:
              [(P(VP), O), (VP, I), (VP, I), (S, I), (VP, I), (S, I)], True),
             ("presence_engine_get_published",
              [(P(VP), O), (VP, I), (VP, I), (S, I), (VP, I), (S, I)], True),
+            ("presence_engine_history",
+             [(P(VP), O), (P(S), O), (VP, I), (VP, I), (S, I), (c_int64, I), (c_int64, I)],
+             True),
+            ("presence_engine_time_in_states",
+             [(P(presence_state_durations_t), O), (VP, I), (VP, I), (S, I), (c_int64, I),
+              (c_int64, I)], True),
+            ("presence_engine_last_seen", [(P(c_int64), O), (VP, I), (VP, I), (S, I)], True),
+            ("presence_engine_erase", [(VP, I), (VP, I), (S, I)], True),
+            ("presence_engine_drain_gateway",
+             [(P(S), O), (VP, I), (VP, I), (S, I), (S, I)], True),
+            ("presence_engine_rebuild", [(VP, I)], True),
             ("presence_engine_tick", [(P(S), O), (VP, I)], True),
             ("presence_engine_now", [(P(c_int64), O), (VP, I)], True),
             ("presence_engine_render_metrics", [(P(VP), O), (P(S), O), (VP, I)], True),

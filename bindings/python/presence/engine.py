@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import ctypes
 import itertools
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import (TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Set, Union)
@@ -14,8 +15,9 @@ from . import _lib
 from ._handle import Handle
 from ._lib import (BytesList, as_bytes, address_of, presence_batch_result_t,
                    presence_engine_options_t, presence_override_t, presence_signal_t,
-                   presence_user_presence_t)
-from .enums import Activity, DisconnectKind, OverrideState, Platform, Source, State, enum_or_int
+                   presence_transition_t, presence_user_presence_t)
+from .enums import (Activity, Cause, DisconnectKind, OverrideState, Platform, Source, State,
+                    enum_or_int)
 from .errors import (FailedPrecondition, InvalidArgument, PresenceError, StaleSignal, StatusCode,
                      error_for)
 from .wire import DeviceSummary
@@ -303,18 +305,51 @@ class Override:
     until_ms: int
 
 
+@dataclass(frozen=True)
+class Transition:
+    """One published transition of a user (presence_transition_t): state is
+    the public view (OFFLINE while invisible), self_state the user's own."""
+
+    version: int
+    at_ms: int
+    previous: Union[State, int]
+    state: Union[State, int]
+    self_state: Union[State, int]
+    cause: Union[Cause, int]
+    trace_id: int
+    last_seen_ms: int
+
+
+@dataclass(frozen=True)
+class StateDurations:
+    """Time spent in each state in a window (Engine.time_in_states)."""
+
+    online_ms: int
+    away_ms: int
+    dnd_ms: int
+    offline_ms: int
+
+
+# Set through other keywords: clock (clock), store and the folder (file_dir).
 _OPTION_FIELDS = {name: t for name, t in presence_engine_options_t._fields_
-                  if name not in ("version", "clock")}
+                  if name not in ("version", "clock", "store", "file_dir", "file_dir_len")}
+
+_STORE_FILE = 2  # PRESENCE_STORE_FILE
 
 
-def _options_struct(lib: "_lib.Lib", clock: Optional[ManualClock],
+def _options_struct(lib: "_lib.Lib", clock: Optional[ManualClock], file_dir: Optional[bytes],
                     options: dict) -> presence_engine_options_t:
+    """The options struct; it points into file_dir, which the caller keeps
+    alive until presence_engine_new returned."""
     o = presence_engine_options_t()
     lib.presence_engine_options_init(ctypes.byref(o), _lib.ENGINE_OPTIONS_VERSION)
     if clock is not None:
         if not isinstance(clock, ManualClock):
             raise TypeError(f"clock must be a presence.ManualClock, not {type(clock).__name__}")
         o.clock = clock._p()
+    if file_dir is not None:
+        o.store = _STORE_FILE
+        o.file_dir, o.file_dir_len = address_of(file_dir), len(file_dir)
     for name, value in options.items():
         t = _OPTION_FIELDS.get(name)
         if t is None:
@@ -336,7 +371,17 @@ class Engine(Handle):
     Feed it signals (signal, signal_batch, connect/beat), call tick() about
     every 100 ms, read states with get() or receive diffs through a Fanout.
     Keyword options are the fields of presence_engine_options_t
-    (presence/c.h gives each default): min_dwell_ms=0, shards=4, ...
+    (presence/c.h gives each default): min_dwell_ms=0, shards=4,
+    max_signals_per_device_per_sec=100, memory_budget_bytes=1 << 30, ...
+
+    file_dir (a path: str, bytes or os.PathLike) keeps the engine's state in
+    the crash-safe file store in that folder (created when missing): a new
+    engine on the folder loads the users and devices it holds, and history(),
+    time_in_states() and last_seen() read its audit trail. file_sync
+    (presence.FileSync) and file_sync_interval_ms choose when it syncs.
+    Without file_dir the engine is memory only and has no history. A folder
+    that another engine holds raises FailedPrecondition; one that cannot be
+    read or created, PermissionDenied or the error of the file system.
 
     Every method may be called from any thread at once (ctypes releases the
     GIL during each call into the library), except close(), which must be
@@ -345,9 +390,12 @@ class Engine(Handle):
 
     _kind = "engine"
 
-    def __init__(self, clock: Optional[ManualClock] = None, **options: Any) -> None:
+    def __init__(self, clock: Optional[ManualClock] = None, *,
+                 file_dir: Optional[Union[str, bytes, "os.PathLike[Any]"]] = None,
+                 **options: Any) -> None:
         lib = self._lib = _lib.load()
-        o = _options_struct(lib, clock, options)
+        folder = None if file_dir is None else os.fsencode(file_dir)
+        o = _options_struct(lib, clock, folder, options)
         self._clock = clock
         self._fanouts: Set["Fanout"] = set()  # open fan-outs: alive while the engine is
         self._sink_errors: List[BaseException] = []
@@ -531,6 +579,60 @@ class Engine(Handle):
         """As get(), but state and version are those of each user's last
         published change: what subscribers have been told."""
         return self._get(self._lib.presence_engine_get_published, user_ids, viewer)
+
+    # ---- History and durable state (a file store: see file_dir) ----
+
+    def history(self, user_id: Id, from_ms: int = 0,
+                to_ms: int = _I64[1]) -> List[Transition]:
+        """The user's published transitions with at_ms in [from_ms, to_ms],
+        oldest first. FailedPrecondition without a history store (no
+        file_dir)."""
+        u = as_bytes(user_id, "user_id")
+        ptr, count = self._lib.presence_engine_history(
+            self._p(), address_of(u), len(u), _int(from_ms, "from_ms", _I64),
+            _int(to_ms, "to_ms", _I64))
+        if not ptr:
+            return []
+        try:
+            return [Transition(t.version, t.at_ms, enum_or_int(State, t.previous),
+                               enum_or_int(State, t.state), enum_or_int(State, t.self_state),
+                               enum_or_int(Cause, t.cause), t.trace_id, t.last_seen_ms)
+                    for t in (presence_transition_t * count).from_address(ptr)]
+        finally:
+            self._lib.presence_free(ptr)
+
+    def time_in_states(self, user_id: Id, from_ms: int, to_ms: int) -> StateDurations:
+        """Time the user spent in each state in [from_ms, to_ms] (its own
+        view; the part after now is not counted), from the history."""
+        u = as_bytes(user_id, "user_id")
+        d = self._lib.presence_engine_time_in_states(
+            self._p(), address_of(u), len(u), _int(from_ms, "from_ms", _I64),
+            _int(to_ms, "to_ms", _I64))
+        return StateDurations(d.online_ms, d.away_ms, d.dnd_ms, d.offline_ms)
+
+    def last_seen(self, user_id: Id) -> int:
+        """The user's last accepted signal, in ms: from the engine while it
+        holds the user, else from the history. NotFound when neither knows it."""
+        u = as_bytes(user_id, "user_id")
+        return self._lib.presence_engine_last_seen(self._p(), address_of(u), len(u))
+
+    def erase(self, user_id: Id) -> None:
+        """Forgets the user everywhere: engine, store and history."""
+        u = as_bytes(user_id, "user_id")
+        self._lib.presence_engine_erase(self._p(), address_of(u), len(u))
+
+    def drain_gateway(self, gateway: Id, max_devices: int = 1000) -> int:
+        """Disconnects cleanly up to max_devices (> 0) open devices whose
+        signals named the gateway; returns how many. Call again until it
+        returns 0. NotFound for a gateway no signal named."""
+        g = as_bytes(gateway, "gateway")
+        return self._lib.presence_engine_drain_gateway(
+            self._p(), address_of(g), len(g), _int(max_devices, "max_devices", _U64))
+
+    def rebuild(self) -> None:
+        """Drops what the engine holds in memory and reloads its store (tick
+        first: unwritten changes are lost). Do not feed the engine meanwhile."""
+        self._lib.presence_engine_rebuild(self._p())
 
     # ---- Time and operations ----
 

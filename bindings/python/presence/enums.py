@@ -78,6 +78,17 @@ class Cause(enum.IntEnum):
     MERGE = 6
 
 
+class FileSync(enum.IntEnum):
+    """When the file store fdatasyncs its log (presence_file_sync_t): what an
+    acknowledged write survives. EVERY_WRITE: a crash, an OS crash, a power
+    loss. INTERVAL: an OS crash loses at most file_sync_interval_ms. NEVER:
+    the OS writes back when it chooses (and the log is synced on close)."""
+
+    EVERY_WRITE = 1
+    INTERVAL = 2
+    NEVER = 3
+
+
 E = TypeVar("E", bound=enum.IntEnum)
 
 

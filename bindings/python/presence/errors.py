@@ -14,6 +14,12 @@ and raises the class mapped from the code. Each class carries ``.code`` (a
      +- FailedPrecondition      9: the call does not fit the current state
      |   +- StaleSignal            ... a signal from an older session
      +- Internal               13: a bug in presence
+     +- PermissionDenied        7: a data folder that cannot be read or created
+     +- Unavailable            14: a store cannot be reached for now: retry
+     +- DataLoss               15: stored data damaged beyond recovery
+     +- Cancelled (1), Unknown (2), DeadlineExceeded (4), AlreadyExists (6),
+        Aborted (10), OutOfRange (11), Unimplemented (12), Unauthenticated (16):
+        the rest of absl::StatusCode, which the C ABI passes through
 
 DecodeError (a ValueError, not a PresenceError: nothing came from the library)
 is raised for malformed protobuf bytes.
@@ -28,11 +34,22 @@ class StatusCode(enum.IntEnum):
     """presence_status_t: the numbers of absl::StatusCode and google.rpc.Code."""
 
     OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
     INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
     INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 class PresenceError(Exception):
@@ -94,7 +111,9 @@ class ResourceExhausted(PresenceError):
 
 class FailedPrecondition(PresenceError):
     """The call does not fit the current state: a stale signal, polling a push
-    subscriber, a tick from inside a sink, closing from inside a sink."""
+    subscriber, a tick from inside a sink, closing from inside a sink, a
+    history query on an engine with no history store, a data folder that
+    another engine holds."""
 
     code = StatusCode.FAILED_PRECONDITION
 
@@ -111,16 +130,65 @@ class Internal(PresenceError):
     code = StatusCode.INTERNAL
 
 
+class PermissionDenied(PresenceError):
+    """Not permitted: a data folder that cannot be read or created."""
+
+    code = StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(PresenceError):
+    """A store cannot be reached or written for now; retrying may succeed."""
+
+    code = StatusCode.UNAVAILABLE
+
+
+class DataLoss(PresenceError):
+    """Stored data was found damaged beyond what recovery handles."""
+
+    code = StatusCode.DATA_LOSS
+
+
+class Cancelled(PresenceError):
+    code = StatusCode.CANCELLED
+
+
+class Unknown(PresenceError):
+    code = StatusCode.UNKNOWN
+
+
+class DeadlineExceeded(PresenceError):
+    code = StatusCode.DEADLINE_EXCEEDED
+
+
+class AlreadyExists(PresenceError):
+    code = StatusCode.ALREADY_EXISTS
+
+
+class Aborted(PresenceError):
+    code = StatusCode.ABORTED
+
+
+class OutOfRange(PresenceError):
+    code = StatusCode.OUT_OF_RANGE
+
+
+class Unimplemented(PresenceError):
+    code = StatusCode.UNIMPLEMENTED
+
+
+class Unauthenticated(PresenceError):
+    code = StatusCode.UNAUTHENTICATED
+
+
 class DecodeError(ValueError):
     """Bytes that are not a valid encoding of the expected protobuf message."""
 
 
 _BY_CODE: Dict[int, Type[PresenceError]] = {
-    StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    StatusCode.NOT_FOUND: NotFound,
-    StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    StatusCode.INTERNAL: Internal,
+    cls.code: cls for cls in (
+        Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists,
+        PermissionDenied, ResourceExhausted, FailedPrecondition, Aborted, OutOfRange,
+        Unimplemented, Internal, Unavailable, DataLoss, Unauthenticated)
 }
 
 

@@ -85,9 +85,10 @@ class IdsTest(WorldTest):
             f.add_members("t", ["ok", ""])
         with self.assertRaises(presence.InvalidArgument):
             f.subscribe(owner="o" * 129)
-        # A viewer id past the limit is not refused: no user has it, so the
-        # answer is the anonymous view.
-        self.assertEqual(len(e.get(["a"], viewer="v" * 129)), 1)
+        # A viewer id past the limit is refused, like any id.
+        with self.assertRaises(presence.InvalidArgument) as cm:
+            e.get(["a"], viewer="v" * 129)
+        self.assertIn("viewer_user_id is 129 bytes", cm.exception.message)
         f.close()
 
 

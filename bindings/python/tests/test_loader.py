@@ -59,7 +59,12 @@ class LoaderTest(unittest.TestCase):
         self.assertEqual(ctypes.sizeof(_lib.presence_batch_result_t), 32)
         self.assertEqual(ctypes.sizeof(_lib.presence_override_t), 32)
         self.assertEqual(ctypes.sizeof(_lib.presence_user_presence_t), 88)
-        self.assertEqual(ctypes.sizeof(_lib.presence_engine_options_t), 136)
+        self.assertEqual(ctypes.sizeof(_lib.presence_engine_options_t), 184)
+        # Version 2's fields start after version 1's (in its tail padding).
+        self.assertEqual(_lib.presence_engine_options_t.max_signals_per_device_per_sec.offset,
+                         132)
+        self.assertEqual(ctypes.sizeof(_lib.presence_transition_t), 48)
+        self.assertEqual(ctypes.sizeof(_lib.presence_state_durations_t), 32)
         self.assertEqual(ctypes.sizeof(_lib.presence_fanout_options_t), 128)
         self.assertEqual(ctypes.sizeof(_lib.presence_subscriber_options_t), 48)
         # The defaults that presence_*_options_init writes are those of c.h.
@@ -67,6 +72,11 @@ class LoaderTest(unittest.TestCase):
         _lib.load().presence_engine_options_init(ctypes.byref(o), 1)
         self.assertEqual((o.app_interval_ms, o.min_dwell_ms, o.max_overrides_per_user,
                           o.override_requires_live_device), (1000, 1000, 16, 1))
+        self.assertEqual(o.max_signals_per_device_per_sec, 0)  # not version 1's to write
+        _lib.load().presence_engine_options_init(ctypes.byref(o), 2)
+        self.assertEqual((o.version, o.max_signals_per_device_per_sec, o.store,
+                          o.memory_budget_bytes, o.file_dir, o.file_sync_interval_ms,
+                          o.file_sync), (2, 20, 1, 0, None, 100, 1))
 
 
 class InstallTest(unittest.TestCase):

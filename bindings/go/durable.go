@@ -1,0 +1,122 @@
+package presence
+
+/*
+#include "presence/c.h"
+*/
+import "C"
+
+// Transition is one published transition of a user (presence_transition_t).
+// State is the public view (offline while invisible), SelfState the user's
+// own.
+type Transition struct {
+	Version    uint64
+	AtMs       int64 // when it was published
+	Previous   State
+	State      State
+	SelfState  State
+	Cause      Cause
+	TraceID    uint64
+	LastSeenMs int64
+}
+
+// StateDurations is the time a user spent in each state in a window.
+type StateDurations struct {
+	OnlineMs, AwayMs, DNDMs, OfflineMs int64
+}
+
+// History returns the user's published transitions with AtMs in [fromMs,
+// toMs], oldest first. FailedPrecondition when the engine has no history
+// store (no EngineOptions.FileDir).
+func (e *Engine) History(userID string, fromMs, toMs int64) ([]Transition, error) {
+	p, err := e.ptr()
+	if err != nil {
+		return nil, err
+	}
+	var arr *C.presence_transition_t
+	var n C.size_t
+	var msg *C.char
+	rc := C.presence_engine_history(&arr, &n, p, cstr(userID), C.size_t(len(userID)),
+		C.int64_t(fromMs), C.int64_t(toMs), &msg)
+	keepAlive(e)
+	return fromCArray(arr, n, status(rc, msg), func(t *C.presence_transition_t) Transition {
+		return Transition{Version: uint64(t.version), AtMs: int64(t.at_ms),
+			Previous: State(t.previous), State: State(t.state), SelfState: State(t.self_state),
+			Cause: Cause(t.cause), TraceID: uint64(t.trace_id), LastSeenMs: int64(t.last_seen_ms)}
+	})
+}
+
+// TimeInStates is the time the user spent in each state in [fromMs, toMs]
+// (its own view; the part after now is not counted), from the history.
+func (e *Engine) TimeInStates(userID string, fromMs, toMs int64) (StateDurations, error) {
+	p, err := e.ptr()
+	if err != nil {
+		return StateDurations{}, err
+	}
+	var d C.presence_state_durations_t
+	var msg *C.char
+	rc := C.presence_engine_time_in_states(&d, p, cstr(userID), C.size_t(len(userID)),
+		C.int64_t(fromMs), C.int64_t(toMs), &msg)
+	keepAlive(e)
+	return StateDurations{OnlineMs: int64(d.online_ms), AwayMs: int64(d.away_ms),
+		DNDMs: int64(d.dnd_ms), OfflineMs: int64(d.offline_ms)}, status(rc, msg)
+}
+
+// LastSeen is the user's last accepted signal, in ms: from the engine while
+// it holds the user, else from the history. NotFound when neither knows it.
+func (e *Engine) LastSeen(userID string) (int64, error) {
+	p, err := e.ptr()
+	if err != nil {
+		return 0, err
+	}
+	var last C.int64_t
+	var msg *C.char
+	rc := C.presence_engine_last_seen(&last, p, cstr(userID), C.size_t(len(userID)), &msg)
+	keepAlive(e)
+	return int64(last), status(rc, msg)
+}
+
+// Erase forgets the user everywhere: the engine, its store and its history.
+// The user's device handles stop working.
+func (e *Engine) Erase(userID string) error {
+	p, err := e.ptr()
+	if err != nil {
+		return err
+	}
+	var msg *C.char
+	rc := C.presence_engine_erase(p, cstr(userID), C.size_t(len(userID)), &msg)
+	keepAlive(e)
+	return status(rc, msg)
+}
+
+// DrainGateway disconnects cleanly up to maxDevices (> 0) open devices whose
+// signals named the gateway and says how many; call again until it answers
+// 0. NotFound for a gateway no signal named.
+func (e *Engine) DrainGateway(gateway string, maxDevices int) (int, error) {
+	p, err := e.ptr()
+	if err != nil {
+		return 0, err
+	}
+	if maxDevices < 0 {
+		return 0, errInvalid("maxDevices is %d", maxDevices)
+	}
+	var n C.size_t
+	var msg *C.char
+	rc := C.presence_engine_drain_gateway(&n, p, cstr(gateway), C.size_t(len(gateway)),
+		C.size_t(maxDevices), &msg)
+	keepAlive(e)
+	return int(n), status(rc, msg)
+}
+
+// Rebuild drops what the engine holds in memory and reloads its store (Tick
+// first: changes not yet written are lost). Do not feed the engine while it
+// runs.
+func (e *Engine) Rebuild() error {
+	p, err := e.ptr()
+	if err != nil {
+		return err
+	}
+	var msg *C.char
+	rc := C.presence_engine_rebuild(p, &msg)
+	keepAlive(e)
+	return status(rc, msg)
+}
