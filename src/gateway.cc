@@ -36,8 +36,8 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       ++stats_.invalid;
       return st;
     }
-    // What waits goes first; a signal joins the queue when it cannot.
-    FlushLocked();
+    // What waits goes first.
+    (void)FlushLocked();  // a failure leaves them waiting, and this signal joins them
     if (queue_.size() >= options_.max_buffered) {
       ++stats_.refused;
       return absl::ResourceExhaustedError(absl::StrCat(
