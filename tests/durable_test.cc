@@ -107,7 +107,8 @@ TEST(Rebuild, ANewEngineLoadsTheStoreReplaysTheBusAndMatchesTheOldOne) {
   // Phase 1: signals through the bus, consumed and written through.
   for (int round = 0; round < 5; ++round) {
     for (int i = 0; i < 20; ++i) {
-      Signal s = TestEngine::Sig(users[i], "d" + std::to_string(i % 2), 1, Source::kApp,
+      const std::string device = "d" + std::to_string(i % 2);  // the signal views it
+      Signal s = TestEngine::Sig(users[i], device, 1, Source::kApp,
                                  (i + round) % 3 ? Activity::kActive : Activity::kIdle);
       s.timestamp_ms = clock.NowMs();
       Publish(d.bus.get(), s);
@@ -258,7 +259,8 @@ TEST(Erase, TheUserIsGoneEverywhereAndNeverComesBack) {
 TEST(Drain, EveryDeviceOfTheGatewayDisconnectsInBoundedBatches) {
   TestEngine t;
   for (int i = 0; i < 25; ++i) {
-    Signal s = TestEngine::Sig("u" + std::to_string(i), "web");
+    const std::string user = "u" + std::to_string(i);  // the signal views it
+    Signal s = TestEngine::Sig(user, "web");
     s.gateway = i < 20 ? "gw-a" : "gw-b";
     ASSERT_TRUE(t.engine->Signal(s).ok());
   }
