@@ -1,6 +1,7 @@
 #include "presence/engine.h"
 
 #include <algorithm>
+#include <deque>
 #include <limits>
 #include <map>
 #include <atomic>
@@ -212,7 +213,7 @@ class EngineCore {
     }
     if (all_written_out != nullptr) *all_written_out = all_written;
     AppendHistory(now);
-    PublishToBus();
+    PublishToBus(events_);
     for (ChangeListener* l : listeners_) {
       if (!events_.empty()) l->OnChanges(events_);
       l->OnTick(now);
@@ -310,18 +311,29 @@ class EngineCore {
     internal::MutexLock consume(&consume_mu_);
     for (uint32_t p : taken) owned_[p].store(true, std::memory_order_release);
     // Replay: everything the bus holds past the committed offsets.
+    absl::Status replayed;
     for (uint32_t p : taken) {
       for (;;) {
         auto n = ConsumePartition(p, 4096);
         if (!n.ok()) {
-          return absl::Status(n.status().code(),
-                              absl::StrCat("partition ", p, " was taken, but its replay stopped (",
-                                           "ConsumeBus resumes it): ", n.status().message()));
+          replayed = absl::Status(n.status().code(),
+                                  absl::StrCat("partition ", p, " was taken, but its replay stopped (",
+                                               "ConsumeBus resumes it): ", n.status().message()));
         }
-        if (*n == 0) break;
+        if (!n.ok() || *n == 0) break;
       }
     }
-    return absl::OkStatus();
+    // Announce the partitions' published states again: the previous owner
+    // may have stored a change and died before publishing it. Watchers
+    // ignore what they have (same version).
+    std::vector<ChangeEvent> announce;
+    const int64_t now = Now();
+    for (auto& shard : shards_) {
+      shard->AppendPublished(now, [&](absl::string_view user) { return taken.contains(PartitionOf(user)); },
+                             &announce);
+    }
+    PublishToBus(announce);
+    return replayed;
   }
 
   absl::Status RevokePartitions(absl::Span<const uint32_t> partitions) {
@@ -597,6 +609,15 @@ class EngineCore {
     }
     MetricHeader(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.");
     MetricSample(&out, "presence_bus_errors_total", "", bus_errors_.load());
+    {
+      internal::MutexLock lock(&tick_mu_);
+      MetricHeader(&out, "presence_bus_backlog", "gauge",
+                   "Change events waiting to be published to the bus (retried each tick).");
+      MetricSample(&out, "presence_bus_backlog", "", bus_backlog_.size());
+      MetricHeader(&out, "presence_bus_dropped_total", "counter",
+                   "Change events dropped because the bus backlog was full.");
+      MetricSample(&out, "presence_bus_dropped_total", "", bus_dropped_);
+    }
     MetricHeader(&out, "presence_bus_wrong_partition_total", "counter",
                  "Signals read from a bus partition that their user does not map to (skipped).");
     MetricSample(&out, "presence_bus_wrong_partition_total", "", wrong_partition_.load());
@@ -668,13 +689,27 @@ class EngineCore {
     }
   }
 
-  void PublishToBus() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+  // Change events to the bus, in order, after any that failed before: a
+  // failed publish waits and is tried again first on the next tick
+  // (bounded: past the bound the oldest are dropped and counted).
+  void PublishToBus(const std::vector<ChangeEvent>& events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     Bus* bus = config_.options.bus;
     if (bus == nullptr) return;
-    for (const ChangeEvent& e : events_) {
-      if (!bus->Publish(BusRecordType::kChange, e.user_id, EncodeChangeEvent(e, true)).ok()) {
+    for (const ChangeEvent& e : events) bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));
+    size_t sent = 0;
+    for (; sent < bus_backlog_.size(); ++sent) {
+      const auto& [key, payload] = bus_backlog_[sent];
+      if (!bus->Publish(BusRecordType::kChange, key, payload).ok()) {
         ++bus_errors_;
+        break;
       }
+    }
+    bus_backlog_.erase(bus_backlog_.begin(), bus_backlog_.begin() + static_cast<std::ptrdiff_t>(sent));
+    constexpr size_t kMaxBacklog = 1 << 20;
+    if (bus_backlog_.size() > kMaxBacklog) {
+      bus_dropped_ += bus_backlog_.size() - kMaxBacklog;
+      bus_backlog_.erase(bus_backlog_.begin(),
+                         bus_backlog_.end() - static_cast<std::ptrdiff_t>(kMaxBacklog));
     }
   }
 
@@ -708,6 +743,9 @@ class EngineCore {
   uint64_t history_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
   uint64_t offset_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;
   int64_t last_retention_ms_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  // (user id, encoded change event) not yet on the bus, oldest first.
+  std::deque<std::pair<std::string, std::string>> bus_backlog_ ABSL_GUARDED_BY(tick_mu_);
+  uint64_t bus_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
   std::atomic<uint64_t> bus_errors_{0};
   std::atomic<uint64_t> wrong_partition_{0};
   // Ownership: the bus's partitions (0 without a bus), and which are owned.

@@ -746,14 +746,7 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
       e.user_id = std::string(user.id.view());
       e.previous = user.pub_state;
       e.previous_self = user.pub_self;
-      e.state = r.state;
-      e.self_state = r.self_state;
-      e.invisible = r.invisible;
-      e.self_last_seen_ms = d.view.last_seen_ms;
-      e.last_seen_ms =
-          r.invisible ? std::min(d.view.last_seen_ms, r.shown->set_at_ms) : d.view.last_seen_ms;
-      e.self_devices = d.view.devices;
-      if (!r.invisible) e.devices = d.view.devices;
+      FillView(d.view, &e);
       user.version = d.version;
       e.version = user.version;
       e.cause = pending.cause;
@@ -770,6 +763,34 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
   }
   pending_.resize(kept);
   return absl::OkStatus();
+}
+
+void Shard::FillView(const UserView& v, ChangeEvent* e) {
+  const Reduced& r = v.reduced;
+  e->state = r.state;
+  e->self_state = r.self_state;
+  e->invisible = r.invisible;
+  e->self_last_seen_ms = v.last_seen_ms;
+  e->last_seen_ms = r.invisible ? std::min(v.last_seen_ms, r.shown->set_at_ms) : v.last_seen_ms;
+  e->self_devices = v.devices;
+  e->devices = r.invisible ? DeviceSummary() : v.devices;
+}
+
+void Shard::AppendPublished(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> which,
+                            std::vector<ChangeEvent>* out) {
+  internal::MutexLock lock(&mu_);
+  for (const User& user : users_) {
+    if (!user.in_use || user.published_at_ms == 0 || !which(user.id.view())) continue;
+    ChangeEvent& e = out->emplace_back();
+    e.user_id = std::string(user.id.view());
+    FillView(ViewUser(user, now_ms), &e);
+    // The state as published, not as it may be about to change.
+    e.state = e.previous = user.pub_state;
+    e.self_state = e.previous_self = user.pub_self;
+    e.version = user.version;
+    e.cause = Cause::kMerge;
+    e.changed_at_ms = e.published_at_ms = user.published_at_ms;
+  }
 }
 
 void Shard::AddStats(int64_t now_ms, Stats* stats) {

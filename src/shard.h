@@ -114,6 +114,12 @@ class Shard {
   // overrides, writing nothing of them to the Store: another engine holds
   // them now (a partition moved). Returns how many users it dropped.
   size_t Release(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> drop);
+  // Appends, for each user for which which(user_id) is true and that was
+  // ever published, its published state as a change event of its current
+  // version (cause kMerge): what a new owner announces again, in case the
+  // previous owner stored a change but died before publishing it.
+  void AppendPublished(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> which,
+                       std::vector<ChangeEvent>* out);
   // Drops every user and device (a rebuild starts from nothing).
   void Clear(int64_t now_ms);
 
@@ -225,6 +231,8 @@ class Shard {
   void MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   UserView ViewUser(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The state, last_seen and devices of a view, public and own.
+  static void FillView(const UserView& v, ChangeEvent* e);
   size_t RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
                          bool (*pred)(const Override&, const void*), const void* arg)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

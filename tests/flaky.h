@@ -42,7 +42,7 @@ class FlakyBus : public Bus {
   uint32_t partitions() const override { return inner_->partitions(); }
   absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
                                    absl::string_view payload) override {
-    if (failing) return absl::UnavailableError("bus is down");
+    if (failing || failing_publish) return absl::UnavailableError("bus is down");
     return inner_->Publish(type, key, payload);
   }
   absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
@@ -63,7 +63,8 @@ class FlakyBus : public Bus {
     }
     return out;
   }
-  bool failing = false;
+  bool failing = false;          // publishes and reads fail
+  bool failing_publish = false;  // publishes fail
 
  private:
   std::unique_ptr<Bus> inner_;

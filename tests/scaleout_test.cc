@@ -248,6 +248,60 @@ TEST(Partitions, AFailedFlushStillLetsGoAndTheNextOwnerReplays) {
   EXPECT_EQ(c.b->GetOne(u).devices.total(), 1) << "replayed from offset 0";
 }
 
+// The change events on one partition of the bus, decoded.
+std::vector<ChangeEvent> ChangesOn(FlakyBus& bus, uint32_t partition) {
+  std::vector<ChangeEvent> out;
+  for (const BusRecord& r : bus.All()) {
+    if (r.partition != partition || r.type != BusRecordType::kChange) continue;
+    auto e = DecodeChangeEvent(r.payload);
+    EXPECT_TRUE(e.ok()) << e.status();
+    if (e.ok()) out.push_back(*e);
+  }
+  return out;
+}
+
+TEST(Partitions, AChangeTheBusRefusedIsPublishedOnTheNextTickInOrder) {
+  Cluster c;
+  ASSERT_TRUE(c.a->AssignPartitions({5}).ok());
+  const std::string u = UsersOf(5, 1)[0];
+  ASSERT_TRUE(c.a->Signal(TestEngine::Sig(u, "web")).ok());
+  c.bus.failing_publish = true;
+  c.Step();
+  EXPECT_TRUE(ChangesOn(c.bus, 5).empty());
+  EXPECT_THAT(c.a->RenderMetrics(), HasSubstr("presence_bus_backlog 1\n"));
+  ASSERT_TRUE(c.a->SetOverride(u, OverrideState::kDnd).ok());
+  c.Step(1500);  // still failing: both wait
+  c.bus.failing_publish = false;
+  c.Step();
+  const auto changes = ChangesOn(c.bus, 5);
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_EQ(changes[0].state, State::kOnline);
+  EXPECT_EQ(changes[1].state, State::kDnd);
+  EXPECT_LT(changes[0].version, changes[1].version);
+  EXPECT_THAT(c.a->RenderMetrics(), HasSubstr("presence_bus_backlog 0\n"));
+}
+
+TEST(Partitions, ANewOwnerAnnouncesWhatTheDeadOwnerStoredButNeverPublished) {
+  Cluster c;
+  ASSERT_TRUE(c.a->AssignPartitions({6}).ok());
+  const std::string u = UsersOf(6, 1)[0];
+  ASSERT_TRUE(c.a->Signal(TestEngine::Sig(u, "web")).ok());
+  c.bus.failing_publish = true;
+  c.Step();  // stored, not published
+  const uint64_t version = c.a->GetPublished({u})[0].version;
+  c.a.reset();  // dies with the event still waiting
+  c.bus.failing_publish = false;
+  EXPECT_TRUE(ChangesOn(c.bus, 6).empty());
+  ASSERT_TRUE(c.b->AssignPartitions({6}).ok());
+  const auto changes = ChangesOn(c.bus, 6);
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].user_id, u);
+  EXPECT_EQ(changes[0].state, State::kOnline);
+  EXPECT_EQ(changes[0].version, version);
+  EXPECT_EQ(changes[0].cause, Cause::kMerge);
+  EXPECT_EQ(changes[0].devices.total(), 1);
+}
+
 TEST(Partitions, ARecordOfAnotherPartitionIsCountedAndSkipped) {
   Cluster c;
   ASSERT_TRUE(c.a->AssignPartitions({0, 1, 2, 3, 4, 5, 6, 7}).ok());

@@ -232,7 +232,10 @@ class PRESENCE_EXPORT Engine {
   // Engine::AssignPartitions takes the partitions over: for those not yet
   // owned, it loads their users, devices and committed offsets from the
   // Store, then replays the bus from those offsets up to its end, and only
-  // then serves them. InvalidArgument for a partition the bus does not have;
+  // then serves them. It then publishes each loaded user's published state
+  // again (its stored version, cause kMerge): the previous owner may have
+  // stored a change and died before publishing it, and watchers ignore a
+  // version they have. InvalidArgument for a partition the bus does not have;
   // Unavailable when the Store cannot be read (nothing of it is taken: call
   // again). Owned partitions in the list are left as they are.
   absl::Status AssignPartitions(absl::Span<const uint32_t> partitions);

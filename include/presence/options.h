@@ -140,7 +140,9 @@ struct Options {
   // FailedPrecondition).
   HistoryStore* history = nullptr;
   // Published change events go to this bus (keyed by user), and
-  // Engine::ConsumeBus applies the signals found on it. Null: no bus.
+  // Engine::ConsumeBus applies the signals found on it. A change event the
+  // bus refuses waits, in order, and is published first on the next Tick
+  // (presence_bus_backlog). Null: no bus.
   Bus* bus = nullptr;
   // With a bus: true, the engine owns every partition of it (one engine);
   // false, it starts owning none, loads nothing, and serves the partitions
