@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "presence/v1/presence.pb.h"
 #include "src/mutex.h"
+#include "src/validate.h"
 #include "src/wire_internal.h"
 
 namespace presence {
@@ -41,15 +42,32 @@ bool Newer(uint64_t hlc, absl::string_view region, const RegionRecord& than) {
   return std::tie(hlc, region) > std::make_tuple(than.hlc, absl::string_view(than.region));
 }
 
+// The event a tombstone carries on the wire and to the listener: OFFLINE,
+// version 0 (which marks it), cause kMerge, no devices.
+ChangeEvent TombstoneEvent(absl::string_view user_id) {
+  ChangeEvent e;
+  e.user_id = std::string(user_id);
+  e.cause = Cause::kMerge;
+  return e;
+}
+
 }  // namespace
 
 struct RegionMirror::State {
+  // A user's winning record; a tombstone is held (not shown) so that older
+  // records never bring the user back.
+  struct Entry {
+    RegionRecord record;
+    bool erased = false;
+  };
+
   RegionMirrorOptions options;
 
   internal::Mutex poll_mu;  // serialises Poll, so the listener sees merge order
   mutable internal::Mutex mu;
   uint64_t last_hlc ABSL_GUARDED_BY(mu) = 0;
-  absl::btree_map<std::string, RegionRecord> view ABSL_GUARDED_BY(mu);
+  absl::btree_map<std::string, Entry> view ABSL_GUARDED_BY(mu);
+  size_t tombstones ABSL_GUARDED_BY(mu) = 0;  // entries with erased set
   // user id -> encoded MirroredChange, the latest not yet published.
   absl::btree_map<std::string, std::string> pending ABSL_GUARDED_BY(mu);
   // Per inbound bus, per partition: the next offset to read.
@@ -60,6 +78,33 @@ struct RegionMirror::State {
     const int64_t now = std::clamp<int64_t>(options.clock->NowMs(), 0, kMaxPhysicalMs - 1);
     last_hlc = std::max(last_hlc + 1, static_cast<uint64_t>(now) << kHlcLogicalBits);
     return last_hlc;
+  }
+
+  // Replaces a user's entry, keeping the tombstone count.
+  void Set(Entry& entry, RegionRecord record, bool erased) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (erased && !entry.erased) ++tombstones;
+    if (!erased && entry.erased) --tombstones;
+    entry.record = std::move(record);
+    entry.erased = erased;
+  }
+
+  // Whether `users` fit in the queue, after one flush if not. The users must
+  // be distinct or repeats are counted once.
+  absl::Status Admit(absl::Span<const absl::string_view> users)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto fits = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      absl::flat_hash_set<absl::string_view> fresh;  // users not queued yet
+      for (absl::string_view u : users) {
+        if (!pending.contains(u)) fresh.insert(u);
+      }
+      return pending.size() + fresh.size() <= options.max_pending;
+    };
+    if (fits()) return absl::OkStatus();
+    (void)FlushLocked();  // make room if the bus is back
+    if (fits()) return absl::OkStatus();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "region ", options.region_id, ": outbound queue full (", pending.size(),
+        " users waiting, max_pending ", options.max_pending, "); the bus is failing"));
   }
 
   // Publishes the queue in user order; stops at the first failure.
@@ -92,18 +137,25 @@ struct RegionMirror::State {
           "region id collision: a record on an inbound bus carries this region's id \"",
           options.region_id, "\" (two regions share it, or a bus is wired back to itself)"));
     }
-    auto event = internal::ChangeEventFromProto(m.event());
-    if (!event.ok()) {
+    // A tombstone is taken by its user id alone; a change must decode, and
+    // its version must not be 0, which marks a tombstone to the listener.
+    absl::StatusOr<ChangeEvent> event = absl::InvalidArgumentError("bad user id");
+    if (!m.erased()) {
+      event = internal::ChangeEventFromProto(m.event());
+    } else if (internal::ValidateUserId(r.key).ok()) {
+      event = TombstoneEvent(r.key);
+    }
+    if (!event.ok() || (!m.erased() && event->version == 0)) {
       ++stats.malformed;
       return false;
     }
     last_hlc = std::max(last_hlc, m.hlc());  // the HLC receive rule
     auto [it, inserted] = view.try_emplace(r.key);
-    if (!inserted && !Newer(m.hlc(), m.region(), it->second)) {
+    if (!inserted && !Newer(m.hlc(), m.region(), it->second.record)) {
       ++stats.duplicate_or_stale;
       return false;
     }
-    it->second = RegionRecord{*std::move(event), m.hlc(), m.region()};
+    Set(it->second, RegionRecord{*std::move(event), m.hlc(), m.region()}, m.erased());
     ++stats.merged;
     return true;
   }
@@ -132,7 +184,7 @@ struct RegionMirror::State {
             if (!merged.ok()) return merged.status();  // the offset stays: sticky
             if (*merged) {
               ++changed;
-              if (options.listener != nullptr) won->push_back(view.at(r.key).event);
+              if (options.listener != nullptr) won->push_back(view.at(r.key).record.event);
             }
             next[p] = r.offset + 1;
           }
@@ -179,34 +231,49 @@ absl::Status RegionMirror::Mirror(absl::Span<const ChangeEvent> events) {
     internal::ChangeEventToProto(events[i], /*include_self=*/true, out[i].mutable_event());
     auto e = internal::ChangeEventFromProto(out[i].event());
     if (!e.ok()) return e.status();
+    if (e->version == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "user ", e->user_id, ": a change event with version 0 (it marks an erasure)"));
+    }
     canonical.push_back(*std::move(e));
     out[i].set_region(s_->options.region_id);
   }
+  std::vector<absl::string_view> users;
+  users.reserve(canonical.size());
+  for (const ChangeEvent& e : canonical) users.push_back(e.user_id);
   internal::MutexLock lock(&s_->mu);
-  auto fits = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s_->mu) {
-    absl::flat_hash_set<absl::string_view> fresh;  // users not queued yet
-    for (const ChangeEvent& e : canonical) {
-      if (!s_->pending.contains(e.user_id)) fresh.insert(e.user_id);
-    }
-    return s_->pending.size() + fresh.size() <= s_->options.max_pending;
-  };
-  if (!fits()) {
-    (void)s_->FlushLocked();  // make room if the bus is back
-    if (!fits()) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "region ", s_->options.region_id, ": outbound queue full (", s_->pending.size(),
-          " users waiting, max_pending ", s_->options.max_pending, "); the bus is failing"));
-    }
-  }
+  if (auto st = s_->Admit(users); !st.ok()) return st;
   for (size_t i = 0; i < canonical.size(); ++i) {
     const uint64_t hlc = s_->SendStamp();
     out[i].set_hlc(hlc);
     // A fresh stamp is greater than every stamp seen, so a local change wins.
     std::string user = canonical[i].user_id;
     s_->pending[user] = out[i].SerializeAsString();
-    s_->view[user] = RegionRecord{std::move(canonical[i]), hlc, s_->options.region_id};
+    s_->Set(s_->view[user], RegionRecord{std::move(canonical[i]), hlc, s_->options.region_id},
+            /*erased=*/false);
     ++s_->stats.local;
   }
+  (void)s_->FlushLocked();  // a failure stays queued
+  return absl::OkStatus();
+}
+
+absl::Status RegionMirror::Erase(absl::string_view user_id) {
+  if (auto st = internal::ValidateUserId(user_id); !st.ok()) return st;
+  ChangeEvent event = TombstoneEvent(user_id);
+  pb::MirroredChange m;
+  internal::ChangeEventToProto(event, /*include_self=*/true, m.mutable_event());
+  m.set_region(s_->options.region_id);
+  m.set_erased(true);
+  const absl::string_view users[] = {user_id};
+  internal::MutexLock lock(&s_->mu);
+  if (auto st = s_->Admit(users); !st.ok()) return st;
+  const uint64_t hlc = s_->SendStamp();  // after every record seen: it wins here
+  m.set_hlc(hlc);
+  const std::string user(user_id);
+  s_->pending[user] = m.SerializeAsString();
+  s_->Set(s_->view[user], RegionRecord{std::move(event), hlc, s_->options.region_id},
+          /*erased=*/true);
+  ++s_->stats.local;
   (void)s_->FlushLocked();  // a failure stays queued
   return absl::OkStatus();
 }
@@ -236,15 +303,17 @@ absl::StatusOr<size_t> RegionMirror::Poll() {
 std::optional<RegionRecord> RegionMirror::Get(absl::string_view user_id) const {
   internal::MutexLock lock(&s_->mu);
   auto it = s_->view.find(user_id);
-  if (it == s_->view.end()) return std::nullopt;
-  return it->second;
+  if (it == s_->view.end() || it->second.erased) return std::nullopt;
+  return it->second.record;
 }
 
 std::vector<RegionRecord> RegionMirror::View() const {
   internal::MutexLock lock(&s_->mu);
   std::vector<RegionRecord> out;
-  out.reserve(s_->view.size());
-  for (const auto& [user, record] : s_->view) out.push_back(record);
+  out.reserve(s_->view.size() - s_->tombstones);
+  for (const auto& [user, entry] : s_->view) {
+    if (!entry.erased) out.push_back(entry.record);
+  }
   return out;
 }
 
@@ -257,6 +326,7 @@ RegionMirrorStats RegionMirror::stats() const {
   internal::MutexLock lock(&s_->mu);
   RegionMirrorStats st = s_->stats;
   st.pending = s_->pending.size();
+  st.tombstones = s_->tombstones;
   return st;
 }
 

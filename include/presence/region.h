@@ -46,9 +46,26 @@
 // itself): Poll stops there and answers FailedPrecondition naming the region,
 // on every call, until the configuration is fixed.
 //
-// Not yet: erasure across regions (Engine::Erase is local), a bound on a
-// remote clock that runs far ahead (its stamps win until local clocks pass
-// them), and persistence (a new mirror starts empty, from offset 0).
+// ERASURE: Engine::Erase is local to a region; the host calls Erase on the
+// mirror beside it. Erase stamps a tombstone like a local change and publishes
+// it (MirroredChange.erased). The merge rule is the same: a tombstone that wins
+// hides the user (Get answers nullopt, View omits it), and is kept so that an
+// older record arriving later (a replay, a region that was cut off) loses to
+// it. A record with a greater (hlc, region) wins over it as usual: a change
+// made after the erasure was seen (the user signs in again), or one that raced
+// it with a later stamp. Tombstones are kept for the mirror's lifetime: at most
+// one entry per user ever held, replaced by a newer record
+// (stats().tombstones counts them); like the view they are not persisted.
+// A remote tombstone that wins reaches the listener as a ChangeEvent with
+// version 0 (which only a tombstone has: Mirror refuses version 0 and a remote
+// change with version 0 is malformed), cause kMerge, state, self_state and the
+// previous ones OFFLINE, no devices, last_seen 0. On it the host erases the
+// user locally (Engine::Erase publishes no change event, so nothing is mirrored
+// back).
+//
+// Not yet: a bound on a remote clock that runs far ahead (its stamps win until
+// local clocks pass them), and persistence (a new mirror starts empty, from
+// offset 0).
 //
 // THREAD SAFETY: every method may be called from any thread; one mutex
 // serialises them, held across bus calls (this is not the heartbeat path),
@@ -89,7 +106,9 @@ struct RegionMirrorOptions {
   // Optional, not owned: receives the remote records that won the merge in a
   // Poll (the host's engine already told it of local ones), in merge order,
   // after the merge, on Poll's thread, without the mirror's lock: it may call
-  // Get or View, not Poll. Region and HLC: Get(event.user_id).
+  // Get or View, not Poll. Region and HLC: Get(event.user_id). A tombstone
+  // that won comes as an event with version 0 (see ERASURE above): erase the
+  // user locally.
   ChangeListener* listener = nullptr;
 };
 
@@ -101,13 +120,14 @@ struct RegionRecord {
 };
 
 struct RegionMirrorStats {
-  uint64_t local = 0;             // local changes stamped and merged
-  uint64_t merged = 0;            // remote records that won
+  uint64_t local = 0;             // local changes and erasures stamped and merged
+  uint64_t merged = 0;            // remote records (tombstones too) that won
   uint64_t duplicate_or_stale = 0;  // remote records that lost (no-ops)
   uint64_t malformed = 0;         // remote records skipped
   uint64_t publish_failures = 0;  // failed Bus::Publish calls (retried)
   uint64_t rejected_full = 0;     // local changes refused: queue full
   size_t pending = 0;             // users waiting to be published
+  size_t tombstones = 0;          // erased users held (hidden from the view)
 };
 
 class PRESENCE_EXPORT RegionMirror final : public ChangeListener {
@@ -118,10 +138,15 @@ class PRESENCE_EXPORT RegionMirror final : public ChangeListener {
   ~RegionMirror() override;
 
   // RegionMirror::Mirror stamps each event, merges it into the view and
-  // publishes it. InvalidArgument for an event that does not encode validly,
-  // ResourceExhausted when the queue is full; either way nothing of the batch
+  // publishes it. InvalidArgument for an event that does not encode validly
+  // or has version 0 (reserved for erasures), ResourceExhausted when the queue is full; either way nothing of the batch
   // is applied. A failed publish is not an error here (see FAILURES).
   absl::Status Mirror(absl::Span<const ChangeEvent> events);
+  // RegionMirror::Erase mirrors an erasure: call it beside Engine::Erase. It
+  // stamps and publishes a tombstone for the user, which hides it here and, by
+  // the merge rule, in every region (see ERASURE). InvalidArgument for a bad
+  // user id, ResourceExhausted when the queue is full (nothing applied).
+  absl::Status Erase(absl::string_view user_id);
   // The engine's listener hook: Mirror, with refusals counted in stats().
   void OnChanges(absl::Span<const ChangeEvent> events) override;
   // Each engine Tick retries the queue (Flush, failures only counted).
