@@ -8,7 +8,8 @@
 // Input: records, each [kind][key length][key][payload length, 2 bytes][payload].
 // kind % 4: 0 raw signal record, 1 raw change record, 2 raw record on the
 // region's inbound bus, 3 a valid signal, change and mirrored change for the
-// user `key` (so the fuzzer starts from well-formed bytes, then mutates).
+// user `key`, and with an odd payload length a mirrored erasure after it (so
+// the fuzzer starts from well-formed bytes, then mutates).
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -28,15 +29,18 @@ namespace {
 
 constexpr uint32_t kPartitions = 4;
 
-// Records of a mirror in region "origin", as it would publish them.
-std::string MirroredBytes(presence::Clock* clock, const presence::ChangeEvent& e) {
+// Records of a mirror in region "origin", as it would publish them: the change
+// `e`, or a tombstone for its user.
+std::string MirroredBytes(presence::Clock* clock, const presence::ChangeEvent& e,
+                          bool erase = false) {
   auto outbound = presence::NewInProcessBus(1);
   presence::RegionMirrorOptions o;
   o.region_id = "origin";
   o.clock = clock;
   o.outbound = outbound.get();
   auto mirror = presence::RegionMirror::Create(o);
-  if (!mirror.ok() || !(*mirror)->Mirror({&e, 1}).ok()) return {};
+  if (!mirror.ok()) return {};
+  if (!(erase ? (*mirror)->Erase(e.user_id) : (*mirror)->Mirror({&e, 1})).ok()) return {};
   auto recs = outbound->Read(0, 0, 1);
   return recs.ok() && !recs->empty() ? (*recs)[0].payload : std::string();
 }
@@ -82,6 +86,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       e.cause = presence::Cause::kSignal;
       (void)bus->Publish(presence::BusRecordType::kChange, key, presence::EncodeChangeEvent(e, true));
       (void)remote_region->Publish(presence::BusRecordType::kChange, key, MirroredBytes(&clock, e));
+      if (len % 2 == 1) {
+        clock.Advance(1);  // after the change, so the tombstone wins
+        (void)remote_region->Publish(presence::BusRecordType::kChange, key,
+                                     MirroredBytes(&clock, e, /*erase=*/true));
+      }
     }
   }
 
@@ -140,6 +149,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!merged.ok() && !absl::IsFailedPrecondition(merged.status())) std::abort();
   for (const presence::RegionRecord& r : (*mirror)->View()) {
     if (r.region == "here") std::abort();  // a collision is never merged
+    if (r.event.version == 0) std::abort();  // a tombstone is never shown
   }
   return 0;
 }
