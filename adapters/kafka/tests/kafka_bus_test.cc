@@ -127,13 +127,13 @@ TEST(KafkaBus, RecordsAreKeyedByUserInTheUsersPartitionWithTheTypeInAHeader) {
   EXPECT_EQ(raw[0].type_header, "signal");
   EXPECT_EQ(raw[1].type_header, "change");
   EXPECT_EQ(raw[1].offset, 1);
-  // And the bus reads them back as it wrote them.
-  auto recs = bus->Read(p, 0, 10);
-  ASSERT_TRUE(recs.ok()) << recs.status();
-  ASSERT_EQ(recs->size(), 2u);
-  EXPECT_EQ((*recs)[0].type, BusRecordType::kSignal);
-  EXPECT_EQ((*recs)[0].key, "alice");
-  EXPECT_EQ((*recs)[1].type, BusRecordType::kChange);
+  // And the bus reads them back as it wrote them (one Read may answer with
+  // the first only: what the client had fetched).
+  const std::vector<BusRecord> recs = ReadAll(bus.get(), p);
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[0].type, BusRecordType::kSignal);
+  EXPECT_EQ(recs[0].key, "alice");
+  EXPECT_EQ(recs[1].type, BusRecordType::kChange);
 }
 
 TEST(KafkaBus, ARecordFromAnotherProducerReadsWithAnUnknownType) {
