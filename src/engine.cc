@@ -582,60 +582,50 @@ class EngineCore {
       latency_.Render(&out, "presence_publish_latency_ms",
                       "Time from the signal that caused a change to its publication, in ms.");
     }
-    MetricHeader(&out, "presence_false_offlines_total", "counter",
-                 "Devices that died by timeout or abrupt disconnect and came back within "
-                 "the false-offline window.");
-    MetricSample(&out, "presence_false_offlines_total", "", st.counters.false_offlines);
-    MetricHeader(&out, "presence_stale_ratio", "gauge",
-                 "Share of users shown live whose freshness exceeds the APP offline threshold.");
-    MetricSample(&out, "presence_stale_ratio", "",
-                 st.live_users == 0 ? 0.0 : double(st.stale_users) / double(st.live_users));
+    Metric(&out, "presence_false_offlines_total", "counter",
+           "Devices that died by timeout or abrupt disconnect and came back within the "
+           "false-offline window.",
+           st.counters.false_offlines);
+    Metric(&out, "presence_stale_ratio", "gauge",
+           "Share of users shown live whose freshness exceeds the APP offline threshold.",
+           st.live_users == 0 ? 0.0 : double(st.stale_users) / double(st.live_users));
     {
       internal::MutexLock lock(&tick_mu_);
-      MetricHeader(&out, "presence_store_writes_total", "counter", "Write-through batches written.");
-      MetricSample(&out, "presence_store_writes_total", "", st.store_writes);
-      MetricHeader(&out, "presence_store_errors_total", "counter",
-                   "Failed store writes (each shard's batch is retried on the next tick).");
-      MetricSample(&out, "presence_store_errors_total", "", st.store_errors + offset_errors_);
-      MetricHeader(&out, "presence_history_errors_total", "counter",
-                   "Failed history appends (retried) and retention runs.");
-      MetricSample(&out, "presence_history_errors_total", "", history_errors_);
-      MetricHeader(&out, "presence_history_backlog", "gauge",
-                   "Transitions waiting to be appended to the history.");
-      MetricSample(&out, "presence_history_backlog", "", history_backlog_.size());
-      MetricHeader(&out, "presence_history_dropped_total", "counter",
-                   "Transitions dropped because the history backlog was full.");
-      MetricSample(&out, "presence_history_dropped_total", "", history_dropped_);
+      Metric(&out, "presence_store_writes_total", "counter", "Write-through batches written.",
+             st.store_writes);
+      Metric(&out, "presence_store_errors_total", "counter",
+             "Failed store writes (each shard's batch is retried on the next tick).",
+             st.store_errors + offset_errors_);
+      Metric(&out, "presence_history_errors_total", "counter",
+             "Failed history appends (retried) and retention runs.", history_errors_);
+      Metric(&out, "presence_history_backlog", "gauge",
+             "Transitions waiting to be appended to the history.", history_backlog_.size());
+      Metric(&out, "presence_history_dropped_total", "counter",
+             "Transitions dropped because the history backlog was full.", history_dropped_);
+      Metric(&out, "presence_bus_backlog", "gauge",
+             "Change events waiting to be published to the bus (retried each tick).",
+             bus_backlog_.size());
+      Metric(&out, "presence_bus_dropped_total", "counter",
+             "Change events dropped because the bus backlog was full.", bus_dropped_);
     }
-    MetricHeader(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.");
-    MetricSample(&out, "presence_bus_errors_total", "", bus_errors_.load());
-    {
-      internal::MutexLock lock(&tick_mu_);
-      MetricHeader(&out, "presence_bus_backlog", "gauge",
-                   "Change events waiting to be published to the bus (retried each tick).");
-      MetricSample(&out, "presence_bus_backlog", "", bus_backlog_.size());
-      MetricHeader(&out, "presence_bus_dropped_total", "counter",
-                   "Change events dropped because the bus backlog was full.");
-      MetricSample(&out, "presence_bus_dropped_total", "", bus_dropped_);
-    }
-    MetricHeader(&out, "presence_bus_wrong_partition_total", "counter",
-                 "Signals read from a bus partition that their user does not map to (skipped).");
-    MetricSample(&out, "presence_bus_wrong_partition_total", "", wrong_partition_.load());
-    MetricHeader(&out, "presence_owned_partitions", "gauge", "Bus partitions this engine owns.");
-    MetricSample(&out, "presence_owned_partitions", "", OwnedPartitions().size());
-    MetricHeader(&out, "presence_memory_charged_bytes", "gauge",
-                 "Bytes charged against the memory budget (users and devices held).");
-    MetricSample(&out, "presence_memory_charged_bytes", "", charged_bytes_.load());
-    MetricHeader(&out, "presence_memory_budget_bytes", "gauge", "The memory budget (0: none).");
-    MetricSample(&out, "presence_memory_budget_bytes", "", config_.options.memory_budget_bytes);
-    MetricHeader(&out, "presence_users", "gauge", "Users held.");
-    MetricSample(&out, "presence_users", "", st.sizes.users);
-    MetricHeader(&out, "presence_devices", "gauge", "Device records held, live or recently dead.");
-    MetricSample(&out, "presence_devices", "", st.sizes.devices);
-    MetricHeader(&out, "presence_live_devices", "gauge", "Devices that count as live.");
-    MetricSample(&out, "presence_live_devices", "", st.sizes.live_devices);
-    MetricHeader(&out, "presence_overrides", "gauge", "Overrides held.");
-    MetricSample(&out, "presence_overrides", "", st.sizes.overrides);
+    Metric(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.",
+           bus_errors_.load());
+    Metric(&out, "presence_bus_wrong_partition_total", "counter",
+           "Signals read from a bus partition that their user does not map to (skipped).",
+           wrong_partition_.load());
+    Metric(&out, "presence_owned_partitions", "gauge", "Bus partitions this engine owns.",
+           OwnedPartitions().size());
+    Metric(&out, "presence_memory_charged_bytes", "gauge",
+           "Bytes charged against the memory budget (users and devices held).",
+           charged_bytes_.load());
+    Metric(&out, "presence_memory_budget_bytes", "gauge", "The memory budget (0: none).",
+           config_.options.memory_budget_bytes);
+    Metric(&out, "presence_users", "gauge", "Users held.", st.sizes.users);
+    Metric(&out, "presence_devices", "gauge", "Device records held, live or recently dead.",
+           st.sizes.devices);
+    Metric(&out, "presence_live_devices", "gauge", "Devices that count as live.",
+           st.sizes.live_devices);
+    Metric(&out, "presence_overrides", "gauge", "Overrides held.", st.sizes.overrides);
     return out;
   }
 

@@ -68,4 +68,10 @@ void MetricSample(std::string* out, absl::string_view name, absl::string_view la
   }
 }
 
+void Metric(std::string* out, absl::string_view name, absl::string_view type,
+            absl::string_view help, double value) {
+  MetricHeader(out, name, type, help);
+  MetricSample(out, name, "", value);
+}
+
 }  // namespace presence::internal

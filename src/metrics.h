@@ -55,6 +55,9 @@ void MetricHeader(std::string* out, absl::string_view name, absl::string_view ty
                   absl::string_view help);
 void MetricSample(std::string* out, absl::string_view name, absl::string_view labels,
                   double value);
+// A metric of one sample without labels: its header, then the sample.
+void Metric(std::string* out, absl::string_view name, absl::string_view type,
+            absl::string_view help, double value);
 
 }  // namespace presence::internal
 
