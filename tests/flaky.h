@@ -2,7 +2,13 @@
 #ifndef PRESENCE_TESTS_FLAKY_H_
 #define PRESENCE_TESTS_FLAKY_H_
 
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -36,9 +42,18 @@ class FlakyStore : public Store {
   std::unique_ptr<Store> inner_ = NewMemoryStore();
 };
 
+// A bus over another (by default an in-process bus of its own) for tests of
+// what a real bus does to its readers: every call can be made to fail (a bus
+// down, a cut network link) or only publishes; a Read answers at most
+// `max_read` records (as a Kafka client may); and a record can be shown under
+// another key than it was published with (a producer that partitioned it
+// wrongly). The flags may be flipped from any thread.
 class FlakyBus : public Bus {
  public:
-  explicit FlakyBus(uint32_t partitions) : inner_(NewInProcessBus(partitions)) {}
+  explicit FlakyBus(uint32_t partitions)
+      : owned_(NewInProcessBus(partitions)), inner_(owned_.get()) {}
+  explicit FlakyBus(Bus* inner) : inner_(inner) {}
+
   uint32_t partitions() const override { return inner_->partitions(); }
   absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
                                    absl::string_view payload) override {
@@ -48,10 +63,22 @@ class FlakyBus : public Bus {
   absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
                                               size_t max) override {
     if (failing) return absl::UnavailableError("bus is down");
-    return inner_->Read(partition, offset, max);
+    auto records = inner_->Read(partition, offset, std::min<size_t>(max, max_read));
+    if (records.ok() && !rekeyed_.empty()) {
+      for (BusRecord& r : *records) {
+        auto it = rekeyed_.find({partition, r.offset});
+        if (it != rekeyed_.end()) r.key = it->second;
+      }
+    }
+    return records;
   }
   absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override {
+    if (failing) return absl::UnavailableError("bus is down");
     return inner_->EndOffset(partition);
+  }
+  // Reads of (partition, offset) show `key` from now on.
+  void Rekey(uint32_t partition, uint64_t offset, std::string key) {
+    rekeyed_[{partition, offset}] = std::move(key);
   }
   // Every record of every partition, in partition then offset order.
   std::vector<BusRecord> All() {
@@ -63,11 +90,15 @@ class FlakyBus : public Bus {
     }
     return out;
   }
-  bool failing = false;          // publishes and reads fail
-  bool failing_publish = false;  // publishes fail
+
+  std::atomic<bool> failing{false};          // every call fails
+  std::atomic<bool> failing_publish{false};  // publishes fail
+  size_t max_read = SIZE_MAX;                // set before the bus is shared
 
  private:
-  std::unique_ptr<Bus> inner_;
+  std::unique_ptr<Bus> owned_;
+  Bus* const inner_;
+  std::map<std::pair<uint32_t, uint64_t>, std::string> rekeyed_;
 };
 
 }  // namespace presence::testing

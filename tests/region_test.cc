@@ -19,38 +19,15 @@
 #include "presence/wire.h"
 #include "presence/v1/presence.pb.h"
 #include "src/wire_internal.h"
+#include "tests/flaky.h"
 
 namespace presence {
 namespace {
 
 using ::testing::HasSubstr;
 
-// A bus over an in-process one whose publishes can be made to fail (a
-// partition between regions) and whose reads answer at most `max_read`
-// records (as Kafka may).
-class TestBus final : public Bus {
- public:
-  explicit TestBus(uint32_t partitions) : inner_(NewInProcessBus(partitions)) {}
-  bool fail_publish = false;
-  size_t max_read = SIZE_MAX;
-
-  uint32_t partitions() const override { return inner_->partitions(); }
-  absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
-                                   absl::string_view payload) override {
-    if (fail_publish) return absl::UnavailableError("partitioned");
-    return inner_->Publish(type, key, payload);
-  }
-  absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
-                                              size_t max) override {
-    return inner_->Read(partition, offset, std::min(max, max_read));
-  }
-  absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override {
-    return inner_->EndOffset(partition);
-  }
-
- private:
-  std::unique_ptr<Bus> inner_;
-};
+// The regions' buses: a failing publish is a partition between regions.
+using TestBus = testing::FlakyBus;
 
 // A clock that may be set anywhere, backwards too.
 class SetClock final : public Clock {
@@ -224,7 +201,7 @@ TEST(RegionBadInput, AFullOutboundQueueIsResourceExhaustedAndLosesNothingQueued)
   std::vector<std::unique_ptr<Region>> r;
   Wire(r, {"eu", "us"}, /*max_pending=*/2);
   RegionMirror& eu = *r[0]->mirror;
-  r[0]->out.fail_publish = true;
+  r[0]->out.failing_publish = true;
   ASSERT_TRUE(eu.Mirror({Event("alice", State::kOnline, 1), Event("bob", State::kOnline, 1)}).ok());
   ASSERT_TRUE(eu.Mirror({Event("alice", State::kAway, 2)}).ok());  // replaces alice's
   EXPECT_EQ(eu.stats().pending, 2u);
@@ -243,7 +220,7 @@ TEST(RegionBadInput, AFullOutboundQueueIsResourceExhaustedAndLosesNothingQueued)
   EXPECT_TRUE(absl::IsUnavailable(eu.Flush()));
   EXPECT_GT(eu.stats().publish_failures, 0u);
 
-  r[0]->out.fail_publish = false;  // healed: the next flush publishes all
+  r[0]->out.failing_publish = false;  // healed: the next flush publishes all
   eu.OnTick(0);
   EXPECT_EQ(eu.stats().pending, 0u);
   ASSERT_TRUE(r[1]->mirror->Poll().ok());
@@ -580,7 +557,7 @@ TEST(RegionEngine, AnEnginesChangesAreMirroredOnTick) {
 // greatest record is a tombstone.
 // Adds to `*hidden` the users that ended erased.
 void Converge(size_t n_regions, uint32_t seed, size_t* hidden) {
-  SCOPED_TRACE(testing::Message() << "seed " << seed << ", " << n_regions << " regions");
+  SCOPED_TRACE(::testing::Message() << "seed " << seed << ", " << n_regions << " regions");
   std::mt19937 rng(seed);
   auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
   const std::vector<std::string> all_ids = {"ap", "eu", "us"};
@@ -635,11 +612,11 @@ void Converge(size_t n_regions, uint32_t seed, size_t* hidden) {
         break;
       case 9:
         cut[i] = !cut[i];
-        r[i]->out.fail_publish = cut[i];
+        r[i]->out.failing_publish = cut[i];
         break;
     }
   }
-  for (size_t i = 0; i < n_regions; ++i) r[i]->out.fail_publish = false;
+  for (size_t i = 0; i < n_regions; ++i) r[i]->out.failing_publish = false;
   for (auto& region : r) ASSERT_TRUE(region->mirror->Flush().ok());
   for (auto& region : r) ASSERT_TRUE(region->mirror->Poll().ok());
 

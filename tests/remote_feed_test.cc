@@ -18,6 +18,7 @@
 #include "presence/store.h"
 #include "presence/wire.h"
 #include "tests/fanout_client.h"
+#include "tests/flaky.h"
 #include "tests/test_util.h"
 
 namespace presence::testing {
@@ -30,36 +31,10 @@ using ::testing::Pair;
 constexpr uint32_t kPartitions = 4;
 
 // The in-process bus, answering at most two records per Read (as a Kafka
-// client may), and able to show a record under another key than it was
-// published with (a producer that partitioned it wrongly).
-class ShortReadBus final : public Bus {
- public:
-  uint32_t partitions() const override { return inner_->partitions(); }
-  absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
-                                   absl::string_view payload) override {
-    return inner_->Publish(type, key, payload);
-  }
-  absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
-                                              size_t max) override {
-    auto records = inner_->Read(partition, offset, std::min<size_t>(max, 2));
-    if (records.ok()) {
-      for (BusRecord& r : *records) {
-        auto it = rekeyed_.find({partition, r.offset});
-        if (it != rekeyed_.end()) r.key = it->second;
-      }
-    }
-    return records;
-  }
-  absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override {
-    return inner_->EndOffset(partition);
-  }
-  void Rekey(uint32_t partition, uint64_t offset, std::string key) {
-    rekeyed_[{partition, offset}] = std::move(key);
-  }
-
- private:
-  std::unique_ptr<Bus> inner_ = NewInProcessBus(kPartitions);
-  std::map<std::pair<uint32_t, uint64_t>, std::string> rekeyed_;
+// client may); Rekey shows a record under another key than it was published
+// with (a producer that partitioned it wrongly).
+struct ShortReadBus : FlakyBus {
+  ShortReadBus() : FlakyBus(kPartitions) { max_read = 2; }
 };
 
 // The first id "<prefix><i>" whose partition is `partition`.

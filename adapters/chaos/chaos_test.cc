@@ -50,6 +50,7 @@
 #include "presence/region.h"
 #include "presence/store.h"
 #include "presence/wire.h"
+#include "tests/flaky.h"
 
 #ifndef PRESENCE_CHAOS_ENGINE
 #error "PRESENCE_CHAOS_ENGINE must name the presence_chaos_engine binary"
@@ -789,31 +790,9 @@ TEST(Chaos, SigkillUnderLoadHarnessTable) { RunSigkill("table"); }
 
 // ---- Two regions, the link between them cut and healed ------------------------------
 
-// A bus as seen across the link between two regions: while cut, every call
-// fails, as a partitioned network would make it.
-class CutLink final : public Bus {
- public:
-  explicit CutLink(Bus* inner) : inner_(inner) {}
-  std::atomic<bool> cut{false};
-  uint32_t partitions() const override { return inner_->partitions(); }
-  absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
-                                   absl::string_view payload) override {
-    if (cut) return absl::UnavailableError("the link is cut");
-    return inner_->Publish(type, key, payload);
-  }
-  absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
-                                              size_t max) override {
-    if (cut) return absl::UnavailableError("the link is cut");
-    return inner_->Read(partition, offset, max);
-  }
-  absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override {
-    if (cut) return absl::UnavailableError("the link is cut");
-    return inner_->EndOffset(partition);
-  }
-
- private:
-  Bus* inner_;
-};
+// A bus as seen across the link between two regions: while cut (failing),
+// every call fails, as a partitioned network would make it.
+using CutLink = testing::FlakyBus;
 
 constexpr int kRegionUsers = 200;
 
@@ -936,8 +915,8 @@ TEST(Chaos, RegionCutAndHeal) {
   int64_t rpo_age_ms = 0;
   {
     std::scoped_lock lock(eu.mu, us.mu);
-    eu.link->cut = true;
-    us.link->cut = true;
+    eu.link->failing = true;
+    us.link->failing = true;
     const int64_t now = SystemClock()->NowMs();
     auto [n1, age1] = NotMirrored(&eu, &us, now);
     auto [n2, age2] = NotMirrored(&us, &eu, now);
@@ -954,8 +933,8 @@ TEST(Chaos, RegionCutAndHeal) {
     std::scoped_lock lock(eu.mu, us.mu);
     const int64_t now = SystemClock()->NowMs();
     diverged = NotMirrored(&eu, &us, now).first + NotMirrored(&us, &eu, now).first;
-    eu.link->cut = false;
-    us.link->cut = false;
+    eu.link->failing = false;
+    us.link->failing = false;
     healed_at = SteadyClock::now();
   }
   int64_t converge_ms = -1;
