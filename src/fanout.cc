@@ -32,8 +32,7 @@
 namespace presence {
 
 namespace pb = ::presence::v1;
-using internal::MetricHeader;
-using internal::MetricSample;
+using internal::Metric;
 
 Sink::~Sink() = default;
 SnapshotSource::~SnapshotSource() = default;
@@ -468,12 +467,10 @@ class Fanout::Impl {
     }
     std::string out;
     auto counter = [&](absl::string_view name, absl::string_view help, double v) {
-      MetricHeader(&out, name, "counter", help);
-      MetricSample(&out, name, "", v);
+      Metric(&out, name, "counter", help, v);
     };
     auto gauge = [&](absl::string_view name, absl::string_view help, double v) {
-      MetricHeader(&out, name, "gauge", help);
-      MetricSample(&out, name, "", v);
+      Metric(&out, name, "gauge", help, v);
     };
     counter("presence_fanout_batches_total", "Batches delivered to subscribers.", batches_);
     counter("presence_fanout_user_diffs_total", "User entries delivered, over all batches.",

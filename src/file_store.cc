@@ -1074,12 +1074,10 @@ std::string FileStoreImpl::RenderMetrics() const {
   }
   std::string out;
   auto counter = [&](absl::string_view name, absl::string_view help, double v) {
-    MetricHeader(&out, name, "counter", help);
-    MetricSample(&out, name, "", v);
+    Metric(&out, name, "counter", help, v);
   };
   auto gauge = [&](absl::string_view name, absl::string_view help, double v) {
-    MetricHeader(&out, name, "gauge", help);
-    MetricSample(&out, name, "", v);
+    Metric(&out, name, "gauge", help, v);
   };
   counter("presence_file_store_records_written_total", "Log records appended (one per call).",
           records_written_.load());

@@ -22,8 +22,7 @@
 
 namespace presence {
 
-using internal::MetricHeader;
-using internal::MetricSample;
+using internal::Metric;
 
 class RemoteFeed::Impl final : public SnapshotSource {
  public:
@@ -329,8 +328,7 @@ std::string RemoteFeed::RenderMetrics() const {
   std::string out;
   auto metric = [&](absl::string_view name, absl::string_view type, absl::string_view help,
                     double v) {
-    MetricHeader(&out, name, type, help);
-    MetricSample(&out, name, "", v);
+    Metric(&out, name, type, help, v);
   };
   metric("presence_remote_feed_records_total", "counter",
          "Bus records read from partitions other engines own.", s.read);

@@ -34,8 +34,7 @@ PostgresStore::~PostgresStore() = default;
 
 namespace {
 
-using internal::MetricHeader;
-using internal::MetricSample;
+using internal::Metric;
 
 // ---- Statements -------------------------------------------------------------------
 
@@ -717,8 +716,7 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
   std::string RenderMetrics() const override {
     std::string out;
     auto counter = [&](absl::string_view name, absl::string_view help, uint64_t v) {
-      MetricHeader(&out, name, "counter", help);
-      MetricSample(&out, name, "", static_cast<double>(v));
+      Metric(&out, name, "counter", help, static_cast<double>(v));
     };
     counter("presence_postgres_calls_total", "Calls to the server (a Write, a Query, ...).",
             calls_.load());

@@ -318,8 +318,7 @@ std::string GlobEscape(absl::string_view s) {
   return out;
 }
 
-using internal::MetricHeader;
-using internal::MetricSample;
+using internal::Metric;
 
 class RedisStoreImpl final : public RedisStore {
  public:
@@ -398,8 +397,7 @@ class RedisStoreImpl final : public RedisStore {
   std::string RenderMetrics() const override {
     std::string out;
     auto counter = [&](absl::string_view name, absl::string_view help, uint64_t v) {
-      MetricHeader(&out, name, "counter", help);
-      MetricSample(&out, name, "", static_cast<double>(v));
+      Metric(&out, name, "counter", help, static_cast<double>(v));
     };
     counter("presence_redis_writes_total", "Store::Write calls.", writes_.load());
     counter("presence_redis_write_errors_total", "Store::Write calls that failed.",
