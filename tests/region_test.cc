@@ -76,19 +76,30 @@ struct Region {
   std::unique_ptr<RegionMirror> mirror;
 };
 
+// A mirror for `region`, named `id`, reading the buses `inbound`.
+std::unique_ptr<RegionMirror> MakeMirror(Region& region, const std::string& id,
+                                         std::vector<Bus*> inbound,
+                                         ChangeListener* listener = nullptr,
+                                         size_t max_pending = 1000) {
+  RegionMirrorOptions o;
+  o.region_id = id;
+  o.clock = &region.clock;
+  o.outbound = &region.out;
+  o.inbound = std::move(inbound);
+  o.listener = listener;
+  o.max_pending = max_pending;
+  return RegionMirror::Create(o).value();
+}
+
 void Wire(std::vector<std::unique_ptr<Region>>& regions, const std::vector<std::string>& ids,
           size_t max_pending = 1000) {
   for (size_t i = 0; i < ids.size(); ++i) regions.push_back(std::make_unique<Region>());
   for (size_t i = 0; i < ids.size(); ++i) {
-    RegionMirrorOptions o;
-    o.region_id = ids[i];
-    o.clock = &regions[i]->clock;
-    o.outbound = &regions[i]->out;
-    o.max_pending = max_pending;
+    std::vector<Bus*> inbound;
     for (size_t j = 0; j < ids.size(); ++j) {
-      if (j != i) o.inbound.push_back(&regions[j]->out);
+      if (j != i) inbound.push_back(&regions[j]->out);
     }
-    regions[i]->mirror = RegionMirror::Create(o).value();
+    regions[i]->mirror = MakeMirror(*regions[i], ids[i], std::move(inbound), nullptr, max_pending);
   }
 }
 
@@ -299,13 +310,7 @@ TEST(RegionMerge, TheListenerHearsOfRemoteRecordsThatWon) {
     }
   } recorder;
   Region eu, us;
-  RegionMirrorOptions o;
-  o.region_id = "eu";
-  o.clock = &eu.clock;
-  o.outbound = &eu.out;
-  o.inbound = {&us.out};
-  o.listener = &recorder;
-  eu.mirror = RegionMirror::Create(o).value();
+  eu.mirror = MakeMirror(eu, "eu", {&us.out}, &recorder);
   recorder.mirror = eu.mirror.get();
   const std::string rec = Mirrored(Event("alice", State::kOnline, 1), Hlc(2000, 0), "us");
   ASSERT_TRUE(us.out.Publish(BusRecordType::kChange, "alice", rec).ok());
@@ -442,13 +447,7 @@ TEST(RegionErase, TheListenerHearsOfATombstoneThatWonAsVersionZero) {
   opts.clock = &clock;
   auto engine = Engine::Create(opts).value();
   Region eu, us;
-  RegionMirrorOptions o;
-  o.region_id = "eu";
-  o.clock = &eu.clock;
-  o.outbound = &eu.out;
-  o.inbound = {&us.out};
-  o.listener = &host;
-  eu.mirror = RegionMirror::Create(o).value();
+  eu.mirror = MakeMirror(eu, "eu", {&us.out}, &host);
   engine->AddListener(eu.mirror.get());
   host.mirror = eu.mirror.get();
   host.engine = engine.get();
