@@ -27,8 +27,9 @@ namespace {
 
 // A user's record version: strictly growing, and never below the publish
 // time in ms shifted left by 10 bits. So a version stays ahead of any that
-// an earlier record of the same user had, even after the engine forgot the
-// user or restarted, as long as the clock moved on.
+// an earlier record of the same user had, even after the engine restarted,
+// as long as the clock moved on (within one engine, a user it forgot
+// publishes above forgotten_version_ too).
 uint64_t NextVersion(uint64_t current, int64_t now_ms) {
   const uint64_t floor = static_cast<uint64_t>(std::max<int64_t>(now_ms, 0)) << 10;
   return std::max(current + 1, floor);
@@ -91,6 +92,7 @@ void Shard::Uncharge(int64_t bytes) {
 }
 
 void Shard::ForgetUser(uint32_t u) {
+  forgotten_version_ = std::max(forgotten_version_, users_[u].version);
   Uncharge(kUserChargeBytes);
   index_by_id_.erase(u);
   users_[u] = User();
@@ -704,7 +706,7 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
       pending.hold_until_ms = user.published_at_ms + dwell;
     } else {
       d.what = Decision::kPublish;
-      d.version = NextVersion(user.version, now_ms);
+      d.version = NextVersion(std::max(user.version, forgotten_version_), now_ms);
     }
     decisions_.push_back(d);
   }

@@ -261,6 +261,10 @@ class Shard {
   std::vector<DeviceRecord> gone_ ABSL_GUARDED_BY(mu_);
   std::vector<StoreBatch::Erasure> erasures_ ABSL_GUARDED_BY(mu_);
   uint64_t record_clock_ ABSL_GUARDED_BY(mu_) = 0;
+  // The highest version of any user this shard forgot (erased, released or
+  // past retention). A user it meets again publishes above it, so a watcher
+  // never sees a version repeat, even within the millisecond of an erasure.
+  uint64_t forgotten_version_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t store_writes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t store_errors_ ABSL_GUARDED_BY(mu_) = 0;
   size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;

@@ -256,6 +256,22 @@ TEST(Erase, TheUserIsGoneEverywhereAndNeverComesBack) {
   EXPECT_FALSE(t.engine->GetOne("alice").has_override);
 }
 
+// Found by the engine fuzzer: a user erased and back within the same
+// millisecond published its new state at the version of its last one, which
+// a watcher that keeps the highest version it saw would have dropped.
+TEST(Erase, AUserBackWithinTheMillisecondPublishesAboveItsLastVersion) {
+  TestEngine t;
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
+  t.engine->Tick();
+  ASSERT_TRUE(t.engine->Erase("alice").ok());
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web", 2)).ok());
+  t.engine->Tick();
+  const auto events = t.listener.For("alice");
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[1].state, State::kOnline);
+  EXPECT_GT(events[1].version, events[0].version);
+}
+
 TEST(Drain, EveryDeviceOfTheGatewayDisconnectsInBoundedBatches) {
   TestEngine t;
   for (int i = 0; i < 25; ++i) {
