@@ -265,7 +265,9 @@ void WorldCounters(benchmark::State& state, const World& w) {
 
 // ---- Heartbeat on a handle ----------------------------------------------------
 
-void BM_HandleBeat(benchmark::State& state, size_t n, bool random) {
+// `many`: the chunk goes through one Engine::BeatMany call instead of a loop
+// of Beat calls.
+void BM_HandleBeat(benchmark::State& state, size_t n, bool random, bool many) {
   World& w = GetWorld(n, 4);
   w.Refresh();
   const std::vector<DeviceHandle>& order = random ? w.shuffled : w.sorted;
@@ -274,8 +276,13 @@ void BM_HandleBeat(benchmark::State& state, size_t n, bool random) {
   int64_t errors = 0;
   for (auto _ : state) {
     const DeviceHandle* h = order.data() + pos;
-    for (size_t k = 0; k < kChunk; ++k) {
-      if (!engine.Beat(h[k]).ok()) ++errors;
+    if (many) {
+      presence::BatchResult r = engine.BeatMany(absl::MakeConstSpan(h, kChunk));
+      errors += static_cast<int64_t>(kChunk - r.applied);
+    } else {
+      for (size_t k = 0; k < kChunk; ++k) {
+        if (!engine.Beat(h[k]).ok()) ++errors;
+      }
     }
     pos += kChunk;
     if (pos >= n) {  // one simulated second: every device beat once
@@ -719,12 +726,17 @@ void RegisterAll() {
       if (huge) b->Iterations(iters);
       return b;
     };
-    fix(RegisterBenchmark(Name("HandleBeat/sequential", n).c_str(),
-                          [n](benchmark::State& s) { BM_HandleBeat(s, n, false); }),
-        20'000);
-    fix(RegisterBenchmark(Name("HandleBeat/random", n).c_str(),
-                          [n](benchmark::State& s) { BM_HandleBeat(s, n, true); }),
-        20'000);
+    for (bool many : {false, true}) {
+      for (bool random : {false, true}) {
+        const std::string name = absl::StrCat(many ? "HandleBeatMany/" : "HandleBeat/",
+                                              random ? "random" : "sequential");
+        fix(RegisterBenchmark(Name(name, n).c_str(),
+                              [n, random, many](benchmark::State& s) {
+                                BM_HandleBeat(s, n, random, many);
+                              }),
+            20'000);
+      }
+    }
     fix(RegisterBenchmark(Name("KeyedSignal/random", n).c_str(),
                           [n](benchmark::State& s) { BM_KeyedSignal(s, n); }),
         2'000);

@@ -408,18 +408,21 @@ void Shard::ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms,
                       BatchResult* result) {
   internal::MutexLock lock(&mu_);
   for (size_t i = 0; i < n; ++i) {
-    absl::Status st = ApplyLocked(signals[i], now_ms, nullptr);
-    if (st.ok()) {
-      ++result->applied;
-      continue;
-    }
-    if (absl::IsFailedPrecondition(st)) {
-      ++result->stale;
-    } else {
-      ++result->rejected;
-    }
-    if (result->first_error.ok()) result->first_error = std::move(st);
+    CountOutcome(ApplyLocked(signals[i], now_ms, nullptr), result);
   }
+}
+
+void CountOutcome(absl::Status st, BatchResult* result) {
+  if (st.ok()) {
+    ++result->applied;
+    return;
+  }
+  if (absl::IsFailedPrecondition(st)) {
+    ++result->stale;
+  } else {
+    ++result->rejected;
+  }
+  if (result->first_error.ok()) result->first_error = std::move(st);
 }
 
 absl::Status Shard::BeatLocked(uint32_t index, uint32_t gen, Activity activity, Source source,

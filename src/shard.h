@@ -57,6 +57,11 @@ struct AcceptedSignal {
   uint8_t gateway;  // GatewayTable index of signal->gateway (0: none)
 };
 
+// Adds one signal's outcome to a batch's counts: OK is applied,
+// FailedPrecondition stale, anything else rejected; the first failure's
+// status is kept.
+void CountOutcome(absl::Status st, BatchResult* result);
+
 class Shard {
  public:
   Shard(const ShardConfig* config, uint32_t index, int64_t now_ms);

@@ -80,6 +80,26 @@ TEST_F(BadInput, UnknownEnumValues) {
                  "unknown disconnect kind value 0");
 }
 
+TEST_F(BadInput, BeatManyCountsEveryBadHandleAndAppliesTheRest) {
+  EXPECT_EQ(t_.engine->BeatMany({}).applied, 0u);
+  auto h = t_.engine->Connect(TestEngine::Sig("alice", "web"));
+  ASSERT_TRUE(h.ok());
+  const DeviceHandle handles[] = {DeviceHandle{}, *h, DeviceHandle{~0ull},
+                                  DeviceHandle{h->value ^ (1ull << 40)}, *h};
+  BatchResult r = t_.engine->BeatMany(handles);
+  EXPECT_EQ(r.applied, 2u);
+  EXPECT_EQ(r.rejected, 3u);
+  ExpectRejected(r.first_error, "handle", absl::StatusCode::kNotFound);
+  r = t_.engine->BeatMany(handles, static_cast<Activity>(7));
+  EXPECT_EQ(r.applied, 0u);
+  EXPECT_EQ(r.rejected, 5u);
+  ExpectRejected(r.first_error, "handle", absl::StatusCode::kNotFound);
+  r = t_.engine->BeatMany(absl::MakeConstSpan(handles + 1, 1), Activity::kActive,
+                          static_cast<Source>(9));
+  ExpectRejected(r.first_error, "unknown source value");
+  EXPECT_EQ(r.rejected, 1u);
+}
+
 TEST_F(BadInput, TimestampsFarInTheFutureOrPast) {
   Signal s = TestEngine::Sig("bob", "web");
   s.timestamp_ms = t_.clock.NowMs() + 60'000;

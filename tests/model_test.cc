@@ -414,8 +414,10 @@ class Sim {
       DoSignal();
     } else if (r < 29) {
       DoConnect();
-    } else if (r < 43) {
+    } else if (r < 40) {
       DoBeat();
+    } else if (r < 43) {
+      DoBeatMany();
     } else if (r < 47) {
       DoDisconnectHandle();
     } else if (r < 51) {
@@ -478,6 +480,40 @@ class Sim {
                  absl::StrCat("Beat(handle#", i, " ", h.user, ",", h.dev, ",session=", h.session,
                               ",", SourceName(source), ",",
                               activity == Activity::kActive ? "ACTIVE" : "IDLE", ")"));
+  }
+
+  // BeatMany must count what Beat on each handle in turn would answer.
+  void DoBeatMany() {
+    if (handles_.empty()) return DoSignal();
+    const Source source = Chance(70) ? Source::kApp : RandSource();
+    const Activity activity = RandActivity();
+    std::vector<DeviceHandle> batch;
+    size_t applied = 0, stale = 0, rejected = 0;
+    std::string call = absl::StrCat("BeatMany(", SourceName(source), ",",
+                                    activity == Activity::kActive ? "ACTIVE" : "IDLE", ")[");
+    const int n = 1 + Rand(6);
+    for (int k = 0; k < n; ++k) {
+      const size_t i = static_cast<size_t>(Rand(static_cast<int>(handles_.size())));
+      const MHandle& h = handles_[i];
+      batch.push_back(h.h);
+      absl::StrAppend(&call, k ? " " : "", "handle#", i);
+      if (!HandleValid(h)) {
+        ++rejected;
+        continue;
+      }
+      const Outcome want = model_.Signal(h.user, h.dev, h.session, source, activity, Now(),
+                                         model_.users[h.user].devices[h.dev].platform);
+      (want == Outcome::kOk ? applied : stale)++;
+    }
+    call += "]";
+    const BatchResult r = engine().BeatMany(batch, activity, source);
+    Log(absl::StrCat(call, " -> applied ", r.applied, " stale ", r.stale, " rejected ",
+                     r.rejected));
+    if (r.applied != applied || r.stale != stale || r.rejected != rejected) {
+      Fail(absl::StrCat(call, ": engine applied ", r.applied, ", stale ", r.stale, ", rejected ",
+                        r.rejected, "; model applied ", applied, ", stale ", stale,
+                        ", rejected ", rejected));
+    }
   }
 
   DisconnectKind RandKind() { return Chance(50) ? DisconnectKind::kClean : DisconnectKind::kAbrupt; }
