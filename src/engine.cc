@@ -7,6 +7,7 @@
 #include <atomic>
 #include <utility>
 
+#include "absl/base/attributes.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
@@ -35,6 +36,18 @@ struct alignas(64) BeatCounters {
   std::atomic<uint64_t> accepted[kSourceCount] = {};
   std::atomic<uint64_t> rate_limited{0};
 };
+
+// A thread's counter blocks for its last few engines.
+struct ThreadCounterCache {
+  struct Entry {
+    uint64_t engine = 0;
+    BeatCounters* counters = nullptr;
+  };
+  static thread_local Entry entries[4];
+  static thread_local unsigned next;
+};
+thread_local ThreadCounterCache::Entry ThreadCounterCache::entries[4];
+thread_local unsigned ThreadCounterCache::next = 0;
 
 std::atomic<uint64_t> next_engine_id{1};
 
@@ -139,31 +152,44 @@ class EngineCore {
 
   // The heartbeat fast path: see Engine::Beat.
   absl::Status Beat(DeviceHandle h, Activity activity, Source source) {
-    return BeatAt(h, activity, source, Now());
+    return BeatAt(h, Resolve(h), activity, source, Now());
   }
 
-  // See Engine::BeatMany. The record of the handle kAhead places on is
-  // prefetched, so about that many cache misses are in flight at once where
-  // a loop of Beat calls waits for them one by one.
+  // See Engine::BeatMany. Each handle is resolved and its record prefetched
+  // kAhead places before it beats, so about that many cache misses are in
+  // flight at once where a loop of Beat calls waits for them one by one.
   BatchResult BeatMany(absl::Span<const DeviceHandle> handles, Activity activity, Source source) {
-    constexpr size_t kAhead = 24;
+    constexpr size_t kAhead = 32;  // a power of two; 24 to 40 measured alike
+    Device* ahead[kAhead];
     BatchResult result;
     const int64_t now = Now();
     const size_t n = handles.size();
-    for (size_t i = 0; i < std::min(n, kAhead); ++i) Prefetch(handles[i]);
+    auto resolve = [&](size_t i) {
+      Device* d = Resolve(handles[i]);
+      if (d != nullptr) __builtin_prefetch(d, 1);
+      ahead[i % kAhead] = d;
+    };
+    for (size_t i = 0; i < std::min(n, kAhead); ++i) resolve(i);
     for (size_t i = 0; i < n; ++i) {
-      if (i + kAhead < n) Prefetch(handles[i + kAhead]);
-      CountOutcome(BeatAt(handles[i], activity, source, now), &result);
+      Device* d = ahead[i % kAhead];
+      if (i + kAhead < n) resolve(i + kAhead);
+      CountOutcome(BeatAt(handles[i], d, activity, source, now), &result);
     }
     return result;
   }
 
-  // One heartbeat on a handle at `now`.
-  absl::Status BeatAt(DeviceHandle h, Activity activity, Source source, int64_t now) {
+  // The record of a handle's slot (which may be free or reused: BeatAt checks
+  // the generation); null when the handle cannot be one of this engine's.
+  Device* Resolve(DeviceHandle h) const {
     const uint32_t shard = static_cast<uint32_t>(h.value >> 56);
+    return shard < shards_.size() ? shards_[shard]->devices().Find(static_cast<uint32_t>(h.value))
+                                  : nullptr;
+  }
+
+  // One heartbeat on a handle whose slot `d` is Resolve(h), at `now`.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE absl::Status BeatAt(DeviceHandle h, Device* d, Activity activity,
+                                                   Source source, int64_t now) {
     const uint32_t gen = static_cast<uint32_t>(h.value >> 32) & fast::kGenMask;
-    const uint32_t index = static_cast<uint32_t>(h.value);
-    Device* d = shard < shards_.size() ? shards_[shard]->devices().Find(index) : nullptr;
     if (d == nullptr || gen == 0) return absl::NotFoundError("not a handle of this engine");
     const uint32_t a = static_cast<uint32_t>(activity), s = static_cast<uint32_t>(source);
     if (a - 1 > 1u || s - 1 > 2u) {
@@ -191,16 +217,8 @@ class EngineCore {
       count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       return absl::OkStatus();
     }
-    return shards_[shard]->BeatLocked(index, gen, activity, source, now);
-  }
-
-  // Starts loading a handle's device record; any value is safe to pass.
-  void Prefetch(DeviceHandle h) const {
-    const uint32_t shard = static_cast<uint32_t>(h.value >> 56);
-    if (shard >= shards_.size()) return;
-    if (const Device* d = shards_[shard]->devices().Find(static_cast<uint32_t>(h.value))) {
-      __builtin_prefetch(d, 1);
-    }
+    return shards_[static_cast<uint32_t>(h.value >> 56)]->BeatLocked(
+        static_cast<uint32_t>(h.value), gen, activity, source, now);
   }
 
   absl::Status Disconnect(DeviceHandle h, DisconnectKind kind) {
@@ -564,19 +582,19 @@ class EngineCore {
   // This thread's heartbeat counters for this engine. A thread remembers its
   // blocks for its last few engines; engines are told apart by an id that is
   // never reused, so a stale entry never matches a new engine.
-  BeatCounters* ThreadCounters() {
-    struct Entry {
-      uint64_t engine = 0;
-      BeatCounters* counters = nullptr;
-    };
-    thread_local Entry cache[4];
-    thread_local unsigned next = 0;
-    for (const Entry& e : cache) {
+  // Inlined into the heartbeat path; the first call of a thread goes on to
+  // AddThreadCounters.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE BeatCounters* ThreadCounters() {
+    for (const ThreadCounterCache::Entry& e : ThreadCounterCache::entries) {
       if (e.engine == id_) return e.counters;
     }
+    return AddThreadCounters();
+  }
+  ABSL_ATTRIBUTE_NOINLINE BeatCounters* AddThreadCounters() {
     internal::MutexLock lock(&counters_mu_);
     beat_counters_.push_back(std::make_unique<BeatCounters>());
-    cache[next++ % 4] = Entry{id_, beat_counters_.back().get()};
+    ThreadCounterCache::entries[ThreadCounterCache::next++ % 4] =
+        ThreadCounterCache::Entry{id_, beat_counters_.back().get()};
     return beat_counters_.back().get();
   }
 
