@@ -740,9 +740,11 @@ void RegisterAll() {
     fix(RegisterBenchmark(Name("KeyedSignal/random", n).c_str(),
                           [n](benchmark::State& s) { BM_KeyedSignal(s, n); }),
         2'000);
-    fix(RegisterBenchmark(Name("KeyedSignalBatch256/random", n).c_str(),
-                          [n](benchmark::State& s) { BM_KeyedSignalBatch(s, n, 256); }),
-        8'000);
+    for (size_t batch : {size_t{256}, size_t{4096}}) {
+      fix(RegisterBenchmark(Name(absl::StrCat("KeyedSignalBatch", batch, "/random"), n).c_str(),
+                            [n, batch](benchmark::State& s) { BM_KeyedSignalBatch(s, n, batch); }),
+          batch == 256 ? 8'000 : 500);
+    }
     {
       auto* b = RegisterBenchmark(Name("TickLive", n).c_str(),
                                   [n](benchmark::State& s) { BM_TickLive(s, n); });

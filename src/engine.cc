@@ -71,9 +71,10 @@ class EngineCore {
   const Options& options() const { return config_.options; }
   int64_t Now() const { return clock_->NowMs(); }
 
-  Shard& ShardFor(uint64_t hash) {
-    return *shards_[shard_bits_ == 0 ? 0 : static_cast<size_t>(hash >> (64 - shard_bits_))];
+  uint32_t ShardIndex(uint64_t hash) const {
+    return shard_bits_ == 0 ? 0 : static_cast<uint32_t>(hash >> (64 - shard_bits_));
   }
+  Shard& ShardFor(uint64_t hash) { return *shards_[ShardIndex(hash)]; }
 
   // Validates a signal and resolves its time; counts it when invalid.
   absl::Status Accept(const Signal& s, int64_t now, AcceptedSignal* out) {
@@ -126,10 +127,15 @@ class EngineCore {
     BatchResult result;
     const int64_t now = Now();
     // Group by shard, keeping each shard's signals in order, so that each
-    // shard is locked once per batch.
-    thread_local std::vector<std::pair<Shard*, AcceptedSignal>> accepted;
-    thread_local std::vector<AcceptedSignal> run;
+    // shard is locked once per batch: a counting sort, with no allocation
+    // once this thread's buffers have grown.
+    thread_local std::vector<AcceptedSignal> accepted;
+    thread_local std::vector<uint32_t> shard_of;
+    thread_local std::vector<AcceptedSignal> grouped;
+    thread_local std::vector<size_t> pos;  // per shard: where its slice of `grouped` begins
     accepted.clear();
+    shard_of.clear();
+    pos.assign(shards_.size() + 1, 0);
     for (const Signal& s : signals) {
       AcceptedSignal a;
       if (absl::Status st = Accept(s, now, &a); !st.ok()) {
@@ -137,15 +143,19 @@ class EngineCore {
         if (result.first_error.ok()) result.first_error = std::move(st);
         continue;
       }
-      accepted.emplace_back(&ShardFor(a.hash), a);
+      const uint32_t shard = ShardIndex(a.hash);
+      accepted.push_back(a);
+      shard_of.push_back(shard);
+      ++pos[shard + 1];
     }
-    std::stable_sort(accepted.begin(), accepted.end(),
-                     [](const auto& x, const auto& y) { return x.first < y.first; });
-    for (size_t i = 0; i < accepted.size();) {
-      Shard* shard = accepted[i].first;
-      run.clear();
-      for (; i < accepted.size() && accepted[i].first == shard; ++i) run.push_back(accepted[i].second);
-      shard->ApplyMany(run.data(), run.size(), now, &result);
+    for (size_t k = 1; k < pos.size(); ++k) pos[k] += pos[k - 1];
+    grouped.resize(accepted.size());
+    for (size_t i = 0; i < accepted.size(); ++i) grouped[pos[shard_of[i]]++] = accepted[i];
+    // Filling moved each pos[k] to where shard k's slice ends.
+    size_t begin = 0;
+    for (size_t k = 0; k < shards_.size(); ++k) {
+      if (pos[k] > begin) shards_[k]->ApplyMany(grouped.data() + begin, pos[k] - begin, now, &result);
+      begin = pos[k];
     }
     return result;
   }

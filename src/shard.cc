@@ -406,9 +406,37 @@ absl::Status Shard::Apply(const AcceptedSignal& s, int64_t now_ms, DeviceHandle*
 
 void Shard::ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms,
                       BatchResult* result) {
+  // A software pipeline: while signal j is applied, signal j + 3k has its
+  // index group and its Signal fetched, j + 2k its user record and id bytes,
+  // j + k its first device. The cache misses of many signals overlap where
+  // one Apply after another waits for each in turn. Prefetches only read:
+  // every signal is applied, in order, exactly as Apply would.
+  constexpr size_t k = 16;  // 12 to 32 measured alike at 10^6 devices
   internal::MutexLock lock(&mu_);
-  for (size_t i = 0; i < n; ++i) {
-    CountOutcome(ApplyLocked(signals[i], now_ms, nullptr), result);
+  for (size_t i = 0; i < n + 3 * k; ++i) {
+    if (i < n) PrefetchIndex(signals[i]);
+    if (i >= k && i - k < n) PrefetchUser(signals[i - k]);
+    if (i >= 2 * k && i - 2 * k < n) PrefetchDevice(signals[i - 2 * k]);
+    if (i >= 3 * k) CountOutcome(ApplyLocked(signals[i - 3 * k], now_ms, nullptr), result);
+  }
+}
+
+void Shard::PrefetchIndex(const AcceptedSignal& a) const {
+  index_by_id_.prefetch(UserKey{{}, a.hash});
+  __builtin_prefetch(a.signal);
+  __builtin_prefetch(reinterpret_cast<const char*>(a.signal + 1) - 1);
+}
+
+void Shard::PrefetchUser(const AcceptedSignal& a) const {
+  (void)index_by_id_.find(UserPrefetch{a.hash});
+  __builtin_prefetch(a.signal->user_id.data());
+  __builtin_prefetch(a.signal->device_id.data());
+}
+
+void Shard::PrefetchDevice(const AcceptedSignal& a) const {
+  const uint32_t u = FindUser(a.signal->user_id, a.hash);
+  if (u != kNone && users_[u].first_device != kNone) {
+    __builtin_prefetch(&devices_.at(users_[u].first_device));
   }
 }
 

@@ -2,6 +2,7 @@
 // clock. Each test would fail if its rule broke.
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "presence/detector.h"
@@ -327,6 +328,58 @@ TEST(Rule4LastSeen, SignalTimestampIsUsed) {
 }
 
 // ---- Rule 5: idempotence ----------------------------------------------------
+
+// A batch is applied as its signals one by one would be, even when it is
+// long enough for the engine to overlap its lookups: new users and devices,
+// stale and replayed sessions and bad signals mixed, many per shard.
+TEST(Rule5Idempotence, ALongBatchEqualsItsSignalsOneByOne) {
+  TestEngine batched, single;
+  std::vector<std::string> ids;
+  for (int u = 0; u < 150; ++u) ids.push_back(absl::StrCat("user-", u));
+  uint64_t seed = 7;
+  auto rand = [&seed](uint64_t n) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    return (seed >> 33) % n;
+  };
+  const std::string devices[] = {"web", "phone", "tablet", ""};
+  for (int round = 0; round < 5; ++round) {
+    std::vector<Signal> batch;
+    for (int i = 0; i < 2000; ++i) {
+      Signal s = TestEngine::Sig(ids[rand(ids.size())], devices[rand(4)], 1 + rand(3),
+                                 static_cast<Source>(1 + rand(3)),
+                                 rand(3) == 0 ? Activity::kIdle : Activity::kActive);
+      s.timestamp_ms = batched.clock.NowMs() - static_cast<int64_t>(rand(3000));
+      batch.push_back(s);
+    }
+    const BatchResult got = batched.engine->SignalBatch(batch);
+    BatchResult want;
+    for (const Signal& s : batch) {
+      const absl::Status st = single.engine->Signal(s);
+      (st.ok() ? want.applied : absl::IsFailedPrecondition(st) ? want.stale : want.rejected)++;
+    }
+    EXPECT_EQ(got.applied, want.applied);
+    EXPECT_EQ(got.stale, want.stale);
+    EXPECT_EQ(got.rejected, want.rejected);
+    EXPECT_GT(want.stale, 0u);
+    EXPECT_GT(want.rejected, 0u);
+    batched.Run(700);
+    single.Run(700);
+  }
+  ASSERT_EQ(batched.listener.events().size(), single.listener.events().size());
+  for (size_t i = 0; i < single.listener.events().size(); ++i) {
+    const ChangeEvent& a = batched.listener.events()[i];
+    const ChangeEvent& b = single.listener.events()[i];
+    EXPECT_EQ(a.user_id, b.user_id) << i;
+    EXPECT_EQ(a.state, b.state) << i;
+    EXPECT_EQ(a.version, b.version) << i;
+    EXPECT_EQ(a.last_seen_ms, b.last_seen_ms) << i;
+  }
+  for (const std::string& id : ids) {
+    const UserPresence a = batched.engine->GetOne(id, id), b = single.engine->GetOne(id, id);
+    EXPECT_EQ(a.state, b.state) << id;
+    EXPECT_EQ(a.version, b.version) << id;
+  }
+}
 
 TEST(Rule5Idempotence, ReplayChangesNothing) {
   TestEngine t;
