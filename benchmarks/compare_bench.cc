@@ -5,9 +5,13 @@
 //
 // Systems:
 //   presence-handle  Engine::Beat on the DeviceHandle that Connect returned
+//   presence-many    the same handles through Engine::BeatMany, 1000 per call
+//                    (a host handing over an event loop's ready list)
 //   presence-keyed   Engine::Signal keyed by (user_id, device_id)
 //   presence-phi     the handle path with a PhiAccrualDetector deciding for
 //                    every device (adaptive detection's cost per heartbeat)
+//   host-only        no engine: only the harness's read of each device's
+//                    handle, the part of the presence legs' CPU that is the host's
 //   naive            the seed design in process: an std::unordered_map keyed by
 //                    a "user/device" string, one mutex, and an std::multimap by
 //                    last_seen swept for expiry
@@ -99,8 +103,8 @@ class System {
 
 class PresenceSystem : public System {
  public:
-  PresenceSystem(const Ids& ids, size_t devices, bool keyed, bool adaptive)
-      : ids_(ids), devices_(devices), keyed_(keyed) {
+  PresenceSystem(const Ids& ids, size_t devices, bool keyed, bool adaptive, bool many)
+      : ids_(ids), devices_(devices), keyed_(keyed), many_(many) {
     presence::Options o;
     o.clock = &clock_;
     if (adaptive) {
@@ -128,13 +132,22 @@ class PresenceSystem : public System {
     if (keyed_) {
       presence::Signal s = SignalFor(d);
       if (!engine_->Signal(s).ok()) std::abort();
+    } else if (many_) {
+      ready_.push_back(handles_[d]);
+      if (ready_.size() == kReady) Flush();
     } else if (!engine_->Beat(handles_[d]).ok()) {
       std::abort();
     }
   }
   void Tick(int64_t now_ms) override {
+    Flush();  // the beats gathered so far happened before this tick
     clock_.Set(now_ms);
     engine_->Tick();
+  }
+  void Flush() override {
+    if (ready_.empty()) return;
+    if (engine_->BeatMany(ready_).applied != ready_.size()) std::abort();
+    ready_.clear();
   }
 
  private:
@@ -149,10 +162,37 @@ class PresenceSystem : public System {
   const Ids& ids_;
   const size_t devices_;
   const bool keyed_;
+  const bool many_;
+  static constexpr size_t kReady = 1000;
+  std::vector<presence::DeviceHandle> ready_;  // presence-many: beats not yet handed over
   presence::ManualClock clock_{1'000'000};
   std::unique_ptr<presence::PhiAccrualDetector> detector_;
   std::unique_ptr<presence::Engine> engine_;
   std::vector<presence::DeviceHandle> handles_;
+};
+
+// ---- the host alone ------------------------------------------------------------
+
+// What the harness itself costs per beat: the read of a device's 8-byte handle
+// from a table in the beat order, which every presence leg pays before it
+// calls the engine. A host keeps the handle in its connection object, which
+// it touches anyway to read the socket; this leg measures that share so that
+// it can be told apart from the engine's.
+class HostOnlySystem : public System {
+ public:
+  explicit HostOnlySystem(size_t devices) : handles_(devices) {}
+  void ConnectAll(int64_t) override {
+    for (size_t d = 0; d < handles_.size(); ++d) handles_[d] = d * 0x9e3779b97f4a7c15ull;
+  }
+  void Beat(size_t d, int64_t) override { sum_ += handles_[d]; }
+  void Tick(int64_t) override {}
+  void Flush() override {
+    if (sum_ == 42) std::puts("");  // keeps the reads
+  }
+
+ private:
+  std::vector<uint64_t> handles_;
+  uint64_t sum_ = 0;
 };
 
 // ---- the seed design in process ------------------------------------------------
@@ -344,7 +384,7 @@ int Main(int argc, char** argv) {
       seed = std::strtoull(v, nullptr, 10);
     } else {
       std::fprintf(stderr,
-                   "usage: compare_bench --system presence-handle|presence-keyed|presence-phi|naive|redis "
+                   "usage: compare_bench --system presence-handle|presence-many|presence-keyed|presence-phi|host-only|naive|redis "
                    "[--devices N] [--seconds S] [--csv FILE] [--redis-server PATH]\n");
       return 2;
     }
@@ -359,9 +399,12 @@ int Main(int argc, char** argv) {
 
   const size_t heap0 = HeapInUse();
   std::unique_ptr<System> sys;
-  if (system == "presence-handle" || system == "presence-keyed" || system == "presence-phi") {
+  if (system == "presence-handle" || system == "presence-many" || system == "presence-keyed" ||
+      system == "presence-phi") {
     sys = std::make_unique<PresenceSystem>(ids, devices, system == "presence-keyed",
-                                           system == "presence-phi");
+                                           system == "presence-phi", system == "presence-many");
+  } else if (system == "host-only") {
+    sys = std::make_unique<HostOnlySystem>(devices);
   } else if (system == "naive") {
     sys = std::make_unique<NaiveSystem>(ids, devices);
   } else if (system == "redis") {

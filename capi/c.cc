@@ -105,6 +105,22 @@ int ToC(const absl::Status& st, char** errmsg) noexcept {
   return Fail(errmsg, code, msg.empty() ? absl::string_view(CodeName(code)) : msg);
 }
 
+// Adds a batch call's outcome to a running total.
+void AddBatch(presence::BatchResult r, presence::BatchResult* total) {
+  total->applied += r.applied;
+  total->stale += r.stale;
+  total->rejected += r.rejected;
+  if (total->first_error.ok()) total->first_error = std::move(r.first_error);
+}
+
+// A batch's outcome: the status of its first failure, and the counts in
+// *out (when not null).
+int ToC(const presence::BatchResult& total, presence_batch_result_t* out, char** errmsg) {
+  const int rc = ToC(total.first_error, errmsg);
+  if (out != nullptr) *out = presence_batch_result_t{total.applied, total.stale, total.rejected, rc};
+  return rc;
+}
+
 // Called from a catch (...) block: names what was thrown.
 int CaughtException(char** errmsg) noexcept {
   try {
@@ -846,11 +862,7 @@ int presence_engine_signal_batch(presence_batch_result_t* out_result, presence_e
     run.reserve(std::min<size_t>(count, 4096));
     auto flush = [&] {
       if (run.empty()) return;
-      presence::BatchResult r = engine->rep->SignalBatch(run);
-      total.applied += r.applied;
-      total.stale += r.stale;
-      total.rejected += r.rejected;
-      if (total.first_error.ok()) total.first_error = std::move(r.first_error);
+      AddBatch(engine->rep->SignalBatch(run), &total);
       run.clear();
     };
     for (size_t i = 0; i < count; ++i) {
@@ -866,11 +878,7 @@ int presence_engine_signal_batch(presence_batch_result_t* out_result, presence_e
       run.push_back(s);
     }
     flush();
-    const int rc = ToC(total.first_error, errmsg);
-    if (out_result != nullptr) {
-      *out_result = presence_batch_result_t{total.applied, total.stale, total.rejected, rc};
-    }
-    return rc;
+    return ToC(total, out_result, errmsg);
   });
 }
 
@@ -916,6 +924,32 @@ int presence_engine_beat(presence_engine_t* engine, uint64_t handle, int activit
     if (ABSL_PREDICT_FALSE(!ToEnum(activity, &a))) return ToC(BadEnum("activity", activity), errmsg);
     if (ABSL_PREDICT_FALSE(!ToEnum(source, &s))) return ToC(BadEnum("source", source), errmsg);
     return ToC(engine->rep->Beat(presence::DeviceHandle{handle}, a, s), errmsg);
+  });
+}
+
+int presence_engine_beat_many(presence_batch_result_t* out_result, presence_engine_t* engine,
+                              const uint64_t* handles, size_t count, int activity, int source,
+                              char** errmsg) {
+  if (out_result != nullptr) *out_result = presence_batch_result_t{0, 0, 0, PRESENCE_OK};
+  if (engine == nullptr) return NullArgument(errmsg, "engine");
+  if (handles == nullptr && count > 0) {
+    return Invalid(errmsg, absl::StrCat("handles is NULL with count ", count));
+  }
+  return Guard(errmsg, [&] {
+    Activity a;
+    Source s;
+    if (!ToEnum(activity, &a)) return ToC(BadEnum("activity", activity), errmsg);
+    if (!ToEnum(source, &s)) return ToC(BadEnum("source", source), errmsg);
+    // Copied into typed handles a chunk at a time, on the stack.
+    constexpr size_t kChunk = 512;
+    presence::DeviceHandle chunk[kChunk];
+    presence::BatchResult total;
+    for (size_t i = 0; i < count; i += kChunk) {
+      const size_t m = std::min(kChunk, count - i);
+      for (size_t k = 0; k < m; ++k) chunk[k] = presence::DeviceHandle{handles[i + k]};
+      AddBatch(engine->rep->BeatMany(absl::MakeConstSpan(chunk, m), a, s), &total);
+    }
+    return ToC(total, out_result, errmsg);
   });
 }
 

@@ -103,11 +103,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                      in.U8() % 4, Err());
         break;
       }
-      case 3:
-        presence_engine_beat(engine, handles.empty() || in.U8() < 20 ? static_cast<uint64_t>(in.I64())
-                                                                     : handles[in.U8() % handles.size()],
-                             in.U8() % 4, in.U8() % 5, Err());
+      case 3: {
+        // One beat, then sometimes a batch of up to 4 known or random handles.
+        auto handle = [&] {
+          return handles.empty() || in.U8() < 20 ? static_cast<uint64_t>(in.I64())
+                                                 : handles[in.U8() % handles.size()];
+        };
+        presence_engine_beat(engine, handle(), in.U8() % 4, in.U8() % 5, Err());
+        if (in.U8() < 64) {
+          uint64_t batch[4];
+          for (uint64_t& h : batch) h = handle();
+          presence_batch_result_t r;
+          presence_engine_beat_many(in.Null() ? nullptr : &r, engine, in.Null() ? nullptr : batch,
+                                    in.U8() % 5, in.U8() % 4, in.U8() % 5, Err());
+        }
         break;
+      }
       case 4:
         if (!handles.empty()) presence_engine_disconnect(engine, handles[in.U8() % handles.size()], in.U8() % 4, Err());
         break;

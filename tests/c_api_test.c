@@ -715,6 +715,67 @@ static void test_handles(void) {
   free_world(&w);
 }
 
+static void test_beat_many(void) {
+  world_t w = make_world(0);
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  presence_batch_result_t r;
+  uint64_t hs[1100];
+  size_t i;
+
+  EXPECT(PRESENCE_OK, presence_engine_connect(&hs[0], w.engine, &s, &err));
+  s = make_signal("bob", "phone", 1);
+  EXPECT(PRESENCE_OK, presence_engine_connect(&hs[1], w.engine, &s, &err));
+  /* More handles than one chunk of the call. */
+  for (i = 2; i < 1100; ++i) {
+    char user[16];
+    snprintf(user, sizeof user, "user-%u", (unsigned)i);
+    s = make_signal(user, "web", 1);
+    EXPECT(PRESENCE_OK, presence_engine_connect(&hs[i], w.engine, &s, &err));
+  }
+  step(&w, 100);
+  for (i = 0; i < 6; ++i) {
+    EXPECT(PRESENCE_OK, presence_engine_beat_many(&r, w.engine, hs, 1100, PRESENCE_ACTIVITY_ACTIVE,
+                                                  PRESENCE_SOURCE_APP, &err));
+    CHECK(r.applied == 1100 && r.stale == 0 && r.rejected == 0 && r.first_error == PRESENCE_OK);
+    step(&w, 1000);
+  }
+  CHECK(get_one(&w, "alice", NULL).state == PRESENCE_STATE_ONLINE);
+  EXPECT(PRESENCE_OK, presence_engine_beat_many(NULL, w.engine, hs + 1, 1, PRESENCE_ACTIVITY_IDLE,
+                                                PRESENCE_SOURCE_MANUAL, &err));
+  step(&w, 100);
+  CHECK(get_one(&w, "bob", NULL).state == PRESENCE_STATE_AWAY);
+
+  /* A closed handle among good ones: NOT_FOUND first, the rest applied. */
+  EXPECT(PRESENCE_OK, presence_engine_disconnect(w.engine, hs[0], PRESENCE_DISCONNECT_CLEAN, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND,
+         presence_engine_beat_many(&r, w.engine, hs, 4, PRESENCE_ACTIVITY_IDLE,
+                                   PRESENCE_SOURCE_MANUAL, &err));
+  CHECK(r.applied == 3 && r.rejected == 1 && r.first_error == PRESENCE_ERR_NOT_FOUND);
+
+  /* An unknown activity or source rejects every beat. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_beat_many(&r, w.engine, hs + 1, 2, 9, PRESENCE_SOURCE_APP, &err));
+  CHECK(contains(last_msg, "activity") && r.applied == 0 && r.rejected == 2);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_beat_many(&r, w.engine, hs + 1, 1, PRESENCE_ACTIVITY_ACTIVE, 0, &err));
+  CHECK(contains(last_msg, "source") && r.applied == 0 && r.rejected == 1);
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_beat_many(&r, w.engine, hs + 1, 1, PRESENCE_ACTIVITY_ACTIVE, 1000, &err));
+  CHECK(contains(last_msg, "source") && r.applied + r.stale + r.rejected == 0);
+  /* Invalid calls apply and count nothing. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_beat_many(&r, w.engine, NULL, 3, PRESENCE_ACTIVITY_ACTIVE,
+                                   PRESENCE_SOURCE_APP, &err));
+  CHECK(contains(last_msg, "handles is NULL"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_beat_many(&r, NULL, hs, 1, PRESENCE_ACTIVITY_ACTIVE, PRESENCE_SOURCE_APP,
+                                   &err));
+  EXPECT(PRESENCE_OK, presence_engine_beat_many(&r, w.engine, NULL, 0, PRESENCE_ACTIVITY_ACTIVE,
+                                                PRESENCE_SOURCE_APP, &err));
+  CHECK(r.applied == 0);
+  free_world(&w);
+}
+
 static void test_overrides(void) {
   world_t w = make_world(0);
   presence_signal_t s = make_signal("alice", "laptop", 1);
@@ -1940,6 +2001,7 @@ int main(void) {
   test_engine_lifecycle();
   test_signals();
   test_handles();
+  test_beat_many();
   test_overrides();
   test_get();
   test_fanout_poll();
