@@ -410,6 +410,55 @@ func TestTickOnManualClock(t *testing.T) {
 	}
 }
 
+func TestBeatMany(t *testing.T) {
+	w := newWorld(t)
+	e := w.engine
+	var hs []Handle
+	for i := 0; i < 600; i++ {
+		h, err := e.Connect(sig(fmt.Sprintf("user-%d", i), "web", 1))
+		must(t, err)
+		hs = append(hs, h)
+	}
+	w.step(100)
+	for i := 0; i < 6; i++ { // past offline_after: only the batches keep them live
+		r, err := e.BeatMany(hs, ActivityActive, SourceApp)
+		must(t, err)
+		if r != (BatchResult{Applied: 600}) {
+			t.Fatalf("BeatMany: %+v", r)
+		}
+		w.step(1000)
+	}
+	if w.get("user-599", "").State != StateOnline {
+		t.Fatal("user-599 not online")
+	}
+	_, err := e.BeatMany(hs[:2], ActivityIdle, SourceManual)
+	must(t, err)
+	w.step(100)
+	if w.get("user-1", "").State != StateAway {
+		t.Fatal("user-1 not away")
+	}
+	must(t, e.Disconnect(hs[0], DisconnectClean))
+	r, err := e.BeatMany([]Handle{hs[1], hs[0], 0, hs[2]}, ActivityActive, SourceApp)
+	wantErr(t, err, NotFound)
+	if r != (BatchResult{Applied: 2, Rejected: 2}) {
+		t.Fatalf("BeatMany with closed handles: %+v", r)
+	}
+	r, err = e.BeatMany(hs[1:3], 9, SourceApp)
+	wantErr(t, err, InvalidArgument, "activity")
+	if r != (BatchResult{Rejected: 2}) {
+		t.Fatalf("BeatMany with an unknown activity: %+v", r)
+	}
+	r, err = e.BeatMany(nil, ActivityActive, SourceApp)
+	if err != nil || r != (BatchResult{}) {
+		t.Fatalf("BeatMany(nil): %+v %v", r, err)
+	}
+	e.Close()
+	_, err = e.BeatMany(hs, ActivityActive, SourceApp)
+	if err == nil {
+		t.Fatal("BeatMany on a closed engine succeeded")
+	}
+}
+
 func TestBeatAllocatesNothing(t *testing.T) {
 	w := newWorld(t)
 	var handles []Handle

@@ -56,6 +56,32 @@ func (e *Engine) Beat(h Handle, activity Activity, source Source) error {
 	return beatError(Code(rc), h, activity, source)
 }
 
+// BeatMany is Beat on each handle in turn, with the same activity and source,
+// in one C call that overlaps their memory accesses: several times cheaper
+// per beat than Beat in a loop once the engine outgrows the CPU caches (an
+// event loop's ready list is the natural batch). It returns nil when every
+// beat was applied; otherwise the *Error of the first that was not (NotFound
+// for a closed or unknown handle), and the beats after it are still applied.
+// Either way the result counts the outcomes; an activity or source outside
+// its enumeration rejects every beat.
+func (e *Engine) BeatMany(handles []Handle, activity Activity, source Source) (BatchResult, error) {
+	p, err := e.ptr()
+	if err != nil {
+		return BatchResult{}, err
+	}
+	if len(handles) == 0 {
+		return BatchResult{}, nil
+	}
+	// A []Handle holds no Go pointers, so C may read it in place.
+	var res C.presence_batch_result_t
+	var msg *C.char
+	rc := C.presence_engine_beat_many(&res, p, (*C.uint64_t)(unsafe.Pointer(&handles[0])),
+		C.size_t(len(handles)), C.int(activity), C.int(source), &msg)
+	keepAlive(e)
+	r := BatchResult{Applied: int(res.applied), Stale: int(res.stale), Rejected: int(res.rejected)}
+	return r, status(rc, msg)
+}
+
 func beatError(code Code, h Handle, activity Activity, source Source) error {
 	var msg string
 	switch code {

@@ -238,6 +238,36 @@ class HandleTest(WorldTest):
         self.assertEqual((p.state, p.live_devices), (State.OFFLINE, 0))
         self.assertGreaterEqual(p.freshness_ms, 100)
 
+    def test_beat_many(self) -> None:
+        import array
+        hs = [self.e.connect(f"user-{i}", "web", 1) for i in range(600)]
+        self.w.step()
+        for _ in range(6):  # past offline_after: only the batches keep them live
+            r = self.e.beat_many(hs)
+            self.assertEqual((r.applied, r.stale, r.rejected, r.ok), (600, 0, 0, True))
+            self.w.step(1000)
+        self.assertEqual(self.w.state("user-599"), State.ONLINE)
+        r = self.e.beat_many(array.array("Q", hs[:2]), Activity.IDLE, Source.MANUAL)
+        self.assertEqual(r.applied, 2)
+        self.w.step()
+        self.assertEqual(self.w.state("user-1"), State.AWAY)
+        self.e.disconnect(hs[0], DisconnectKind.CLEAN)
+        r = self.e.beat_many([hs[1], hs[0], 0, hs[2]])
+        self.assertEqual((r.applied, r.rejected), (2, 2))
+        self.assertIsInstance(r.error, presence.NotFound)
+        with self.assertRaises(presence.NotFound):
+            r.raise_for_error()
+        r = self.e.beat_many(hs[1:3], 9)  # an unknown activity rejects every beat
+        self.assertEqual((r.applied, r.rejected), (0, 2))
+        self.assertIsInstance(r.error, presence.InvalidArgument)
+        self.assertEqual(self.e.beat_many([]).applied, 0)
+        with self.assertRaises(presence.InvalidArgument):
+            self.e.beat_many([-1])
+        with self.assertRaises(TypeError):
+            self.e.beat_many(["h"])  # type: ignore[list-item]
+        with self.assertRaises(presence.InvalidArgument):
+            self.e.beat_many(hs[1:2], Activity.ACTIVE, 1000)  # past a byte: the call is refused
+
     def test_timeout(self) -> None:
         self.e.connect("alice", "laptop", 1)
         self.w.step()
