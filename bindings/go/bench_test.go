@@ -200,6 +200,45 @@ func BenchmarkBeat(b *testing.B) {
 	w.m.report(b, b.N, "beat")
 }
 
+// BenchmarkBeatMany: the same heartbeats as BenchmarkBeat, 1,000 handles
+// per BeatMany call (one cgo crossing per batch). ns/op is per beat.
+func BenchmarkBeatMany(b *testing.B) {
+	const devices, batch = 10000, 1000
+	w := newBenchWorld(b, devices)
+	handles := make([]Handle, devices)
+	for i := range handles {
+		h, err := w.engine.Connect(Signal{UserID: w.ids[i], DeviceID: "laptop", SessionID: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		handles[i] = h
+	}
+	w.second(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	w.m = meter{}
+	w.m.start()
+	next := 0
+	for done := 0; done < b.N; {
+		n := batch
+		if b.N-done < n {
+			n = b.N - done
+		}
+		r, err := w.engine.BeatMany(handles[next:next+n], ActivityActive, SourceApp)
+		if err != nil || r.Applied != n {
+			b.Fatalf("%+v %v", r, err)
+		}
+		done += n
+		next += n
+		if next+batch > devices { // every device beat once: one second on
+			next = 0
+			w.second(b)
+		}
+	}
+	w.m.stop()
+	w.m.report(b, b.N, "beat")
+}
+
 // BenchmarkGet100: Get of 100 users in one call.
 func BenchmarkGet100(b *testing.B) {
 	w := newBenchWorld(b, 100)
