@@ -743,13 +743,22 @@ class EngineCore {
     Bus* bus = config_.options.bus;
     if (bus == nullptr) return;
     for (const ChangeEvent& e : events) bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));
+    // In batches, so that a bus that can wait once for many records does;
+    // a failed batch stays in the backlog for the next tick, whole.
+    constexpr size_t kBatch = 1024;
+    std::vector<BusMessage> batch;
     size_t sent = 0;
-    for (; sent < bus_backlog_.size(); ++sent) {
-      const auto& [key, payload] = bus_backlog_[sent];
-      if (!bus->Publish(BusRecordType::kChange, key, payload).ok()) {
+    while (sent < bus_backlog_.size()) {
+      const size_t n = std::min(kBatch, bus_backlog_.size() - sent);
+      batch.clear();
+      for (size_t i = sent; i < sent + n; ++i) {
+        batch.push_back(BusMessage{BusRecordType::kChange, bus_backlog_[i].first, bus_backlog_[i].second});
+      }
+      if (!bus->PublishBatch(batch).ok()) {
         ++bus_errors_;
         break;
       }
+      sent += n;
     }
     bus_backlog_.erase(bus_backlog_.begin(), bus_backlog_.begin() + static_cast<std::ptrdiff_t>(sent));
     constexpr size_t kMaxBacklog = 1 << 20;

@@ -20,6 +20,17 @@ Store::~Store() = default;
 HistoryStore::~HistoryStore() = default;
 Bus::~Bus() = default;
 
+absl::StatusOr<std::vector<uint64_t>> Bus::PublishBatch(absl::Span<const BusMessage> messages) {
+  std::vector<uint64_t> offsets;
+  offsets.reserve(messages.size());
+  for (const BusMessage& m : messages) {
+    absl::StatusOr<uint64_t> offset = Publish(m.type, m.key, m.payload);
+    if (!offset.ok()) return offset.status();
+    offsets.push_back(*offset);
+  }
+  return offsets;
+}
+
 namespace {
 
 class MemoryStore final : public Store {

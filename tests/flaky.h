@@ -60,6 +60,12 @@ class FlakyBus : public Bus {
     if (failing || failing_publish) return absl::UnavailableError("bus is down");
     return inner_->Publish(type, key, payload);
   }
+  absl::StatusOr<std::vector<uint64_t>> PublishBatch(
+      absl::Span<const BusMessage> messages) override {
+    if (failing || failing_publish) return absl::UnavailableError("bus is down");
+    batch_sizes.push_back(messages.size());
+    return inner_->PublishBatch(messages);
+  }
   absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
                                               size_t max) override {
     if (failing) return absl::UnavailableError("bus is down");
@@ -94,6 +100,7 @@ class FlakyBus : public Bus {
   std::atomic<bool> failing{false};          // every call fails
   std::atomic<bool> failing_publish{false};  // publishes fail
   size_t max_read = SIZE_MAX;                // set before the bus is shared
+  std::vector<size_t> batch_sizes;           // of every PublishBatch that went through
 
  private:
   std::unique_ptr<Bus> owned_;

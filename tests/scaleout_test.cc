@@ -281,6 +281,23 @@ TEST(Partitions, AChangeTheBusRefusedIsPublishedOnTheNextTickInOrder) {
   EXPECT_THAT(c.a->RenderMetrics(), HasSubstr("presence_bus_backlog 0\n"));
 }
 
+TEST(Partitions, ATickPublishesItsChangesInBatches) {
+  FlakyBus bus(4);
+  Options o;
+  o.bus = &bus;
+  TestEngine t(o);
+  std::vector<std::string> users;
+  for (int i = 0; i < 2500; ++i) users.push_back("user-" + std::to_string(i));
+  for (const std::string& u : users) ASSERT_TRUE(t.engine->Signal(TestEngine::Sig(u, "web")).ok());
+  t.engine->Tick();
+  EXPECT_EQ(bus.batch_sizes, (std::vector<size_t>{1024, 1024, 452}));
+  std::set<std::string> on_bus;
+  for (const BusRecord& r : bus.All()) {
+    if (r.type == BusRecordType::kChange) on_bus.insert(r.key);
+  }
+  EXPECT_EQ(on_bus, std::set<std::string>(users.begin(), users.end()));
+}
+
 TEST(Partitions, ANewOwnerAnnouncesWhatTheDeadOwnerStoredButNeverPublished) {
   Cluster c;
   ASSERT_TRUE(c.a->AssignPartitions({6}).ok());

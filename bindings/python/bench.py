@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Keyed signals per second from Python, through one batch call per batch.
+"""Keyed signals and handle heartbeats per second from Python, batch against one by one.
 
     PRESENCE_LIBRARY=build/libpresence.so PYTHONPATH=bindings/python \
         python3 bindings/python/bench.py [--batch 10000] [--devices 100000] [--seconds 3]
@@ -9,12 +9,16 @@ session each) in batches of `batch`, and reports three figures:
   end to end:  Python lists of ids -> SignalBatch -> Engine.signal_batch
   build only:  Python lists -> SignalBatch (the ctypes array of presence_signal_t)
   call only:   Engine.signal_batch on batches built beforehand (the library)
+and two for handle heartbeats on the same devices, after connecting them:
+  beat:        Engine.beat, one call per heartbeat
+  beat_many:   Engine.beat_many, one call per `batch` handles (array.array('Q'))
 Wall-clock and CPU time (time.process_time) are both given: on a loaded
 machine the CPU figure is the one that says what one core does.
 """
 from __future__ import annotations
 
 import argparse
+import array
 import time
 from typing import Callable, List, Tuple
 
@@ -70,12 +74,27 @@ def main() -> None:
                 engine.signal_batch(batch)
             return n
 
+        handles = [engine.connect(u, d, 1) for u, d in zip(users, devices)]
+        handle_batches = [array.array("Q", handles[i:i + b]) for i in range(0, n, b)]
+
+        def beat() -> int:
+            for h in handles[:b]:
+                engine.beat(h)
+            return b
+
+        def beat_many() -> int:
+            for hs in handle_batches:
+                r = engine.beat_many(hs)
+                if r.applied != len(hs):
+                    raise SystemExit(f"not all applied: {r}")
+            return n
+
         print(f"presence {presence.library_version()} at {presence.load_library()}")
         print(f"{n} devices, batches of {b}, {args.seconds:.0f} s per figure")
         for name, fn in (("end to end", end_to_end), ("build only", build_only),
-                         ("call only", call_only)):
+                         ("call only", call_only), ("beat", beat), ("beat_many", beat_many)):
             wall, cpu = measure(fn, args.seconds)
-            print(f"  {name:11s} {wall / 1e6:6.2f} M signals/s wall   {cpu / 1e6:6.2f} M/s CPU")
+            print(f"  {name:11s} {wall / 1e6:6.2f} M/s wall   {cpu / 1e6:6.2f} M/s CPU")
 
 
 if __name__ == "__main__":

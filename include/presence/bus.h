@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "presence/export.h"
 
 namespace presence {
@@ -41,6 +42,13 @@ struct BusRecord {
   std::string payload;
 };
 
+// One record for Bus::PublishBatch.
+struct BusMessage {
+  BusRecordType type = BusRecordType::kSignal;
+  absl::string_view key;  // the user id
+  absl::string_view payload;
+};
+
 // The partition of a user: XXH3-64 of the id, then jump consistent hashing.
 PRESENCE_EXPORT uint32_t PartitionFor(absl::string_view user_id, uint32_t partitions);
 
@@ -53,6 +61,17 @@ class PRESENCE_EXPORT Bus {
   // Appends a record to PartitionFor(key) and returns its offset.
   virtual absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
                                            absl::string_view payload) = 0;
+
+  // Bus::PublishBatch appends `messages` as Publish on each in turn would
+  // (records of one key keep their order) and returns their offsets, in the
+  // order of `messages`. A bus that can send many records at once overrides
+  // it (the Kafka bus waits for the broker once per batch instead of once per
+  // record); this default calls Publish on each and stops at the first
+  // failure. On failure it answers that error, and records of the batch may
+  // already be written: a retry of the whole batch can write them twice,
+  // which is why the engine's change events are idempotent by version.
+  virtual absl::StatusOr<std::vector<uint64_t>> PublishBatch(
+      absl::Span<const BusMessage> messages);
 
   // Up to `max` records of `partition` from `offset` on (fewer, or none, at
   // the end). OutOfRange when `offset` is past EndOffset or no longer held;

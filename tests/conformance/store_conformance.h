@@ -356,6 +356,26 @@ template <typename Factory>
 class BusConformance : public ::testing::Test {
  protected:
   void SetUp() override { bus_ = factory_.Open(); }
+
+  // Every partition holds exactly `sent[p]`'s payloads, in order, from 0.
+  void ExpectPartitions(std::map<uint32_t, std::vector<std::string>>& sent) {
+    const uint32_t n = bus_->partitions();
+    for (uint32_t p = 0; p < n; ++p) {
+      auto end = bus_->EndOffset(p);
+      ASSERT_TRUE(end.ok());
+      EXPECT_EQ(*end, sent[p].size());
+      auto recs = bus_->Read(p, 0, 1000);
+      ASSERT_TRUE(recs.ok());
+      ASSERT_EQ(recs->size(), sent[p].size());
+      for (size_t i = 0; i < recs->size(); ++i) {
+        EXPECT_EQ((*recs)[i].payload, sent[p][i]);
+        EXPECT_EQ((*recs)[i].offset, i);
+        EXPECT_EQ((*recs)[i].partition, p);
+        EXPECT_EQ(PartitionFor((*recs)[i].key, n), p);
+      }
+    }
+  }
+
   Factory factory_;
   std::unique_ptr<Bus> bus_;
 };
@@ -376,20 +396,36 @@ TYPED_TEST_P(BusConformance, RecordsGoToTheUsersPartitionInOrder) {
     EXPECT_EQ(*off, sent[p].size());
     sent[p].push_back(payload);
   }
-  for (uint32_t p = 0; p < n; ++p) {
-    auto end = this->bus_->EndOffset(p);
-    ASSERT_TRUE(end.ok());
-    EXPECT_EQ(*end, sent[p].size());
-    auto recs = this->bus_->Read(p, 0, 1000);
-    ASSERT_TRUE(recs.ok());
-    ASSERT_EQ(recs->size(), sent[p].size());
-    for (size_t i = 0; i < recs->size(); ++i) {
-      EXPECT_EQ((*recs)[i].payload, sent[p][i]);
-      EXPECT_EQ((*recs)[i].offset, i);
-      EXPECT_EQ((*recs)[i].partition, p);
-      EXPECT_EQ(PartitionFor((*recs)[i].key, n), p);
-    }
+  this->ExpectPartitions(sent);
+}
+
+TYPED_TEST_P(BusConformance, ABatchLandsAsItsRecordsOneByOneWould) {
+  const uint32_t n = this->bus_->partitions();
+  std::map<uint32_t, std::vector<std::string>> sent;
+  ASSERT_TRUE(this->bus_->Publish(BusRecordType::kSignal, "u0", "first").ok());
+  sent[PartitionFor("u0", n)].push_back("first");
+  std::vector<std::string> users, payloads;
+  for (int i = 0; i < 40; ++i) {
+    users.push_back("u" + std::to_string(i % 7));
+    payloads.push_back("b" + std::to_string(i));
   }
+  std::vector<BusMessage> batch;
+  for (int i = 0; i < 40; ++i) {
+    batch.push_back(BusMessage{i % 2 ? BusRecordType::kChange : BusRecordType::kSignal,
+                               users[i], payloads[i]});
+  }
+  auto offsets = this->bus_->PublishBatch(batch);
+  ASSERT_TRUE(offsets.ok()) << offsets.status();
+  ASSERT_EQ(offsets->size(), batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const uint32_t p = PartitionFor(users[i], n);
+    EXPECT_EQ((*offsets)[i], sent[p].size()) << i;
+    sent[p].push_back(payloads[i]);
+  }
+  this->ExpectPartitions(sent);
+  auto none = this->bus_->PublishBatch({});
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
 }
 
 TYPED_TEST_P(BusConformance, ReadFromAnOffsetWithALimit) {
@@ -437,7 +473,8 @@ TYPED_TEST_P(BusConformance, ConcurrentPublishersLoseNothing) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(BusConformance, RecordsGoToTheUsersPartitionInOrder,
-                            ReadFromAnOffsetWithALimit, ConcurrentPublishersLoseNothing);
+                            ABatchLandsAsItsRecordsOneByOneWould, ReadFromAnOffsetWithALimit,
+                            ConcurrentPublishersLoseNothing);
 
 }  // namespace presence::conformance
 

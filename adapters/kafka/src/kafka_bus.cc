@@ -610,7 +610,7 @@ absl::StatusOr<uint64_t> KafkaBus::Publish(BusRecordType type, absl::string_view
   return (*offsets)[0];
 }
 
-absl::StatusOr<std::vector<uint64_t>> KafkaBus::PublishBatch(absl::Span<const Message> messages) {
+absl::StatusOr<std::vector<uint64_t>> KafkaBus::PublishBatch(absl::Span<const BusMessage> messages) {
   return impl_->Produce(messages);
 }
 

@@ -141,17 +141,13 @@ class KafkaBus final : public Bus {
   absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
                                    absl::string_view payload) override;
 
-  struct Message {
-    BusRecordType type = BusRecordType::kSignal;
-    absl::string_view key;
-    absl::string_view payload;
-  };
+  using Message = BusMessage;
   // KafkaBus::PublishBatch produces all of `messages` without waiting in
   // between, then waits for every delivery report; on success the offsets
   // are in the order of `messages`. Records of one user keep their order in
   // the batch. On failure it answers the first error, and some records may
   // have been written (a retry of the whole batch can duplicate those).
-  absl::StatusOr<std::vector<uint64_t>> PublishBatch(absl::Span<const Message> messages);
+  absl::StatusOr<std::vector<uint64_t>> PublishBatch(absl::Span<const BusMessage> messages) override;
 
   absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
                                               size_t max) override;
