@@ -107,15 +107,24 @@ struct RegionMirror::State {
         " users waiting, max_pending ", options.max_pending, "); the bus is failing"));
   }
 
-  // Publishes the queue in user order; stops at the first failure.
+  // Publishes the queue in user order, in batches; stops at the first
+  // failure, keeping that batch queued whole (merging is idempotent, so a
+  // record the failed batch did write is harmless when sent again).
   absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    for (auto it = pending.begin(); it != pending.end();) {
-      auto off = options.outbound->Publish(BusRecordType::kChange, it->first, it->second);
-      if (!off.ok()) {
-        ++stats.publish_failures;
-        return off.status();
+    constexpr size_t kBatch = 1024;
+    std::vector<BusMessage> batch;
+    while (!pending.empty()) {
+      batch.clear();
+      auto end = pending.begin();
+      for (; end != pending.end() && batch.size() < kBatch; ++end) {
+        batch.push_back(BusMessage{BusRecordType::kChange, end->first, end->second});
       }
-      it = pending.erase(it);
+      auto offsets = options.outbound->PublishBatch(batch);
+      if (!offsets.ok()) {
+        ++stats.publish_failures;
+        return offsets.status();
+      }
+      pending.erase(pending.begin(), end);
     }
     return absl::OkStatus();
   }
