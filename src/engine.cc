@@ -457,20 +457,29 @@ class EngineCore {
       ++bus_errors_;
       return records.status();
     }
+    // Decoded into buffers that keep their capacity, then applied as one
+    // batch (in order for each user; stale or invalid signals are counted by
+    // the engine). Consumption holds consume_mu_ throughout, so a Tick never
+    // commits the new offset before these signals are applied.
+    if (decoded_.size() < records->size()) decoded_.resize(records->size());
+    consumed_signals_.clear();
+    size_t used = 0;
     for (const BusRecord& r : *records) {
       offset = r.offset + 1;
       if (r.type != BusRecordType::kSignal) continue;
-      if (!DecodeSignal(r.payload, &decoded_).ok()) {
+      DecodedSignal& d = decoded_[used];
+      if (!DecodeSignal(r.payload, &d).ok()) {
         invalid_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
-      const Signal s = decoded_.signal();
-      if (PartitionOf(s.user_id) != p) {
+      if (PartitionOf(d.signal().user_id) != p) {
         wrong_partition_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
-      (void)Apply(s, nullptr);  // stale or invalid: counted by the engine
+      consumed_signals_.push_back(d.signal());
+      ++used;
     }
+    if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_);
     return records->size();
   }
 
@@ -812,7 +821,8 @@ class EngineCore {
 
   internal::Mutex consume_mu_;
   std::map<uint32_t, uint64_t> consumed_ ABSL_GUARDED_BY(consume_mu_);  // next offset per partition
-  DecodedSignal decoded_ ABSL_GUARDED_BY(consume_mu_);
+  std::vector<DecodedSignal> decoded_ ABSL_GUARDED_BY(consume_mu_);
+  std::vector<Signal> consumed_signals_ ABSL_GUARDED_BY(consume_mu_);  // views into decoded_
   LatencyHistogram latency_ ABSL_GUARDED_BY(tick_mu_);
 };
 
