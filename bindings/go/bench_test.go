@@ -50,6 +50,21 @@ type benchWorld struct {
 	ids    []string
 }
 
+// connectAll connects one device ("laptop") per user and moves one second
+// on; it returns their handles, in user order.
+func (w *benchWorld) connectAll(b *testing.B) []Handle {
+	handles := make([]Handle, len(w.ids))
+	for i := range handles {
+		h, err := w.engine.Connect(Signal{UserID: w.ids[i], DeviceID: "laptop", SessionID: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		handles[i] = h
+	}
+	w.second(b)
+	return handles
+}
+
 func newBenchWorld(b *testing.B, users int) *benchWorld {
 	clock, err := NewManualClock(start)
 	if err != nil {
@@ -175,15 +190,7 @@ func BenchmarkSignalOne(b *testing.B) {
 func BenchmarkBeat(b *testing.B) {
 	const devices = 10000
 	w := newBenchWorld(b, devices)
-	handles := make([]Handle, devices)
-	for i := range handles {
-		h, err := w.engine.Connect(Signal{UserID: w.ids[i], DeviceID: "laptop", SessionID: 1})
-		if err != nil {
-			b.Fatal(err)
-		}
-		handles[i] = h
-	}
-	w.second(b)
+	handles := w.connectAll(b)
 	b.ReportAllocs()
 	b.ResetTimer()
 	w.m = meter{}
@@ -205,15 +212,7 @@ func BenchmarkBeat(b *testing.B) {
 func BenchmarkBeatMany(b *testing.B) {
 	const devices, batch = 10000, 1000
 	w := newBenchWorld(b, devices)
-	handles := make([]Handle, devices)
-	for i := range handles {
-		h, err := w.engine.Connect(Signal{UserID: w.ids[i], DeviceID: "laptop", SessionID: 1})
-		if err != nil {
-			b.Fatal(err)
-		}
-		handles[i] = h
-	}
-	w.second(b)
+	handles := w.connectAll(b)
 	b.ReportAllocs()
 	b.ResetTimer()
 	w.m = meter{}

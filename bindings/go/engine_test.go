@@ -413,12 +413,7 @@ func TestTickOnManualClock(t *testing.T) {
 func TestBeatMany(t *testing.T) {
 	w := newWorld(t)
 	e := w.engine
-	var hs []Handle
-	for i := 0; i < 600; i++ {
-		h, err := e.Connect(sig(fmt.Sprintf("user-%d", i), "web", 1))
-		must(t, err)
-		hs = append(hs, h)
-	}
+	hs := connectUsers(t, e, 600, "web")
 	w.step(100)
 	for i := 0; i < 6; i++ { // past offline_after: only the batches keep them live
 		r, err := e.BeatMany(hs, ActivityActive, SourceApp)

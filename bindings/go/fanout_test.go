@@ -310,12 +310,7 @@ func TestConcurrentBeats(t *testing.T) {
 	// second of the engine's clock, the connect included).
 	w := newWorld(t)
 	e := w.engine
-	var handles []Handle
-	for i := 0; i < 8; i++ {
-		h, err := e.Connect(sig(fmt.Sprintf("user-%d", i), "pc", 1))
-		must(t, err)
-		handles = append(handles, h)
-	}
+	handles := connectUsers(t, e, 8, "pc")
 	for round := 0; round < 5; round++ {
 		var wg sync.WaitGroup
 		for _, h := range handles {

@@ -2,6 +2,7 @@ package presence
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -61,6 +62,19 @@ func (w *world) get(user, viewer string) UserPresence {
 
 func sig(user, device string, session uint64) Signal {
 	return Signal{UserID: user, DeviceID: device, SessionID: session, Platform: PlatformWeb}
+}
+
+// connectUsers connects one device of each of the users "user-0" to
+// "user-<n-1>" and returns their handles, in that order.
+func connectUsers(t *testing.T, e *Engine, n int, device string) []Handle {
+	t.Helper()
+	handles := make([]Handle, n)
+	for i := range handles {
+		h, err := e.Connect(sig(fmt.Sprintf("user-%d", i), device, 1))
+		must(t, err)
+		handles[i] = h
+	}
+	return handles
 }
 
 func must(t *testing.T, err error) {
