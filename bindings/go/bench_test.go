@@ -65,6 +65,41 @@ func (w *benchWorld) connectAll(b *testing.B) []Handle {
 	return handles
 }
 
+// startTiming starts the timed region: allocations reported, the benchmark
+// timer and the CPU meter from zero.
+func (w *benchWorld) startTiming(b *testing.B) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	w.m = meter{}
+	w.m.start()
+}
+
+// inBatches hands b.N items to call in batches of at most size, in order
+// over items 0..total-1 and around again; each pass is one simulated second.
+// Every batch must be applied whole.
+func (w *benchWorld) inBatches(b *testing.B, total, size int, call func(first, n int) (BatchResult, error)) {
+	next := 0
+	for done := 0; done < b.N; {
+		n := size
+		if b.N-done < n {
+			n = b.N - done
+		}
+		if total-next < n {
+			n = total - next
+		}
+		r, err := call(next, n)
+		if err != nil || r.Applied != n {
+			b.Fatalf("%+v %v", r, err)
+		}
+		done += n
+		next += n
+		if next == total { // every item once: one second on
+			next = 0
+			w.second(b)
+		}
+	}
+}
+
 func newBenchWorld(b *testing.B, users int) *benchWorld {
 	clock, err := NewManualClock(start)
 	if err != nil {
@@ -129,33 +164,13 @@ func BenchmarkSignalBatch(b *testing.B) {
 				batch[i] = Signal{DeviceID: "laptop", SessionID: 1, Platform: PlatformDesktop}
 			}
 			w.warm(b, batch[0])
-			b.ReportAllocs()
-			b.ResetTimer()
-			w.m = meter{}
-			w.m.start()
-			next := 0
-			for done := 0; done < b.N; {
-				n := size
-				if b.N-done < n {
-					n = b.N - done
-				}
-				if users-next < n {
-					n = users - next
-				}
+			w.startTiming(b)
+			w.inBatches(b, users, size, func(first, n int) (BatchResult, error) {
 				for i := 0; i < n; i++ {
-					batch[i].UserID = w.ids[next+i]
+					batch[i].UserID = w.ids[first+i]
 				}
-				r, err := w.engine.SignalBatch(batch[:n])
-				if err != nil || r.Applied != n {
-					b.Fatalf("%+v %v", r, err)
-				}
-				done += n
-				next += n
-				if next == users { // every user signalled once: one second on
-					next = 0
-					w.second(b)
-				}
-			}
+				return w.engine.SignalBatch(batch[:n])
+			})
 			w.m.stop()
 			w.m.report(b, b.N, "signal")
 		})
@@ -168,10 +183,7 @@ func BenchmarkSignalOne(b *testing.B) {
 	w := newBenchWorld(b, users)
 	s := Signal{DeviceID: "laptop", SessionID: 1, Platform: PlatformDesktop}
 	w.warm(b, s)
-	b.ReportAllocs()
-	b.ResetTimer()
-	w.m = meter{}
-	w.m.start()
+	w.startTiming(b)
 	for i := 0; i < b.N; i++ {
 		s.UserID = w.ids[i%users]
 		if err := w.engine.Signal(s); err != nil {
@@ -191,10 +203,7 @@ func BenchmarkBeat(b *testing.B) {
 	const devices = 10000
 	w := newBenchWorld(b, devices)
 	handles := w.connectAll(b)
-	b.ReportAllocs()
-	b.ResetTimer()
-	w.m = meter{}
-	w.m.start()
+	w.startTiming(b)
 	for i := 0; i < b.N; i++ {
 		if err := w.engine.Beat(handles[i%devices], ActivityActive, SourceApp); err != nil {
 			b.Fatal(err)
@@ -213,27 +222,10 @@ func BenchmarkBeatMany(b *testing.B) {
 	const devices, batch = 10000, 1000
 	w := newBenchWorld(b, devices)
 	handles := w.connectAll(b)
-	b.ReportAllocs()
-	b.ResetTimer()
-	w.m = meter{}
-	w.m.start()
-	next := 0
-	for done := 0; done < b.N; {
-		n := batch
-		if b.N-done < n {
-			n = b.N - done
-		}
-		r, err := w.engine.BeatMany(handles[next:next+n], ActivityActive, SourceApp)
-		if err != nil || r.Applied != n {
-			b.Fatalf("%+v %v", r, err)
-		}
-		done += n
-		next += n
-		if next+batch > devices { // every device beat once: one second on
-			next = 0
-			w.second(b)
-		}
-	}
+	w.startTiming(b)
+	w.inBatches(b, devices, batch, func(first, n int) (BatchResult, error) {
+		return w.engine.BeatMany(handles[first:first+n], ActivityActive, SourceApp)
+	})
 	w.m.stop()
 	w.m.report(b, b.N, "beat")
 }
@@ -246,9 +238,7 @@ func BenchmarkGet100(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	w.m.start()
+	w.startTiming(b)
 	for i := 0; i < b.N; i++ {
 		if _, err := w.engine.Get(w.ids, ""); err != nil {
 			b.Fatal(err)
