@@ -11,6 +11,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
+#include "src/bus_batches.h"
 #include "src/mutex.h"
 #include "presence/bus.h"
 #include "presence/clock.h"
@@ -130,11 +131,9 @@ class EngineCore {
     // shard is locked once per batch: a counting sort, with no allocation
     // once this thread's buffers have grown.
     thread_local std::vector<AcceptedSignal> accepted;
-    thread_local std::vector<uint32_t> shard_of;
     thread_local std::vector<AcceptedSignal> grouped;
     thread_local std::vector<size_t> pos;  // per shard: where its slice of `grouped` begins
     accepted.clear();
-    shard_of.clear();
     pos.assign(shards_.size() + 1, 0);
     for (const Signal& s : signals) {
       AcceptedSignal a;
@@ -143,14 +142,12 @@ class EngineCore {
         if (result.first_error.ok()) result.first_error = std::move(st);
         continue;
       }
-      const uint32_t shard = ShardIndex(a.hash);
       accepted.push_back(a);
-      shard_of.push_back(shard);
-      ++pos[shard + 1];
+      ++pos[ShardIndex(a.hash) + 1];
     }
     for (size_t k = 1; k < pos.size(); ++k) pos[k] += pos[k - 1];
     grouped.resize(accepted.size());
-    for (size_t i = 0; i < accepted.size(); ++i) grouped[pos[shard_of[i]]++] = accepted[i];
+    for (const AcceptedSignal& a : accepted) grouped[pos[ShardIndex(a.hash)]++] = a;
     // Filling moved each pos[k] to where shard k's slice ends.
     size_t begin = 0;
     for (size_t k = 0; k < shards_.size(); ++k) {
@@ -463,11 +460,10 @@ class EngineCore {
     // commits the new offset before these signals are applied.
     if (decoded_.size() < records->size()) decoded_.resize(records->size());
     consumed_signals_.clear();
-    size_t used = 0;
     for (const BusRecord& r : *records) {
       offset = r.offset + 1;
       if (r.type != BusRecordType::kSignal) continue;
-      DecodedSignal& d = decoded_[used];
+      DecodedSignal& d = decoded_[consumed_signals_.size()];
       if (!DecodeSignal(r.payload, &d).ok()) {
         invalid_.fetch_add(1, std::memory_order_relaxed);
         continue;
@@ -477,7 +473,6 @@ class EngineCore {
         continue;
       }
       consumed_signals_.push_back(d.signal());
-      ++used;
     }
     if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_);
     return records->size();
@@ -752,23 +747,9 @@ class EngineCore {
     Bus* bus = config_.options.bus;
     if (bus == nullptr) return;
     for (const ChangeEvent& e : events) bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));
-    // In batches, so that a bus that can wait once for many records does;
-    // a failed batch stays in the backlog for the next tick, whole.
-    constexpr size_t kBatch = 1024;
-    std::vector<BusMessage> batch;
+    // A failed batch stays in the backlog for the next tick, whole.
     size_t sent = 0;
-    while (sent < bus_backlog_.size()) {
-      const size_t n = std::min(kBatch, bus_backlog_.size() - sent);
-      batch.clear();
-      for (size_t i = sent; i < sent + n; ++i) {
-        batch.push_back(BusMessage{BusRecordType::kChange, bus_backlog_[i].first, bus_backlog_[i].second});
-      }
-      if (!bus->PublishBatch(batch).ok()) {
-        ++bus_errors_;
-        break;
-      }
-      sent += n;
-    }
+    if (!PublishChanges(bus, bus_backlog_.begin(), bus_backlog_.end(), &sent).ok()) ++bus_errors_;
     bus_backlog_.erase(bus_backlog_.begin(), bus_backlog_.begin() + static_cast<std::ptrdiff_t>(sent));
     constexpr size_t kMaxBacklog = 1 << 20;
     if (bus_backlog_.size() > kMaxBacklog) {

@@ -1,6 +1,7 @@
 #include "presence/region.h"
 
 #include <algorithm>
+#include <iterator>
 #include <tuple>
 #include <utility>
 
@@ -8,6 +9,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "presence/v1/presence.pb.h"
+#include "src/bus_batches.h"
 #include "src/mutex.h"
 #include "src/validate.h"
 #include "src/wire_internal.h"
@@ -107,26 +109,15 @@ struct RegionMirror::State {
         " users waiting, max_pending ", options.max_pending, "); the bus is failing"));
   }
 
-  // Publishes the queue in user order, in batches; stops at the first
-  // failure, keeping that batch queued whole (merging is idempotent, so a
-  // record the failed batch did write is harmless when sent again).
+  // Publishes the queue in user order; stops at the first failure, keeping
+  // the failed batch queued whole (merging is idempotent, so a record it did
+  // write is harmless when sent again).
   absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    constexpr size_t kBatch = 1024;
-    std::vector<BusMessage> batch;
-    while (!pending.empty()) {
-      batch.clear();
-      auto end = pending.begin();
-      for (; end != pending.end() && batch.size() < kBatch; ++end) {
-        batch.push_back(BusMessage{BusRecordType::kChange, end->first, end->second});
-      }
-      auto offsets = options.outbound->PublishBatch(batch);
-      if (!offsets.ok()) {
-        ++stats.publish_failures;
-        return offsets.status();
-      }
-      pending.erase(pending.begin(), end);
-    }
-    return absl::OkStatus();
+    size_t sent = 0;
+    absl::Status st = internal::PublishChanges(options.outbound, pending.begin(), pending.end(), &sent);
+    pending.erase(pending.begin(), std::next(pending.begin(), static_cast<std::ptrdiff_t>(sent)));
+    if (!st.ok()) ++stats.publish_failures;
+    return st;
   }
 
   // Merges one inbound record: true when it changed the view.
