@@ -1042,12 +1042,28 @@ int presence_engine_get_published(presence_user_presence_t** out_users, presence
 
 // ---- History and durable state --------------------------------------------------------------------
 
-int presence_engine_history(presence_transition_t** out_transitions, size_t* out_count,
-                            presence_engine_t* engine, const char* user_id, size_t user_id_len,
-                            int64_t from_ms, int64_t to_ms, char** errmsg) {
+namespace {
+
+// The viewer of a history query (convention: NULL and 0 for none, which
+// reads the public view).
+absl::Status ToViewer(const char* viewer, size_t viewer_len, absl::string_view* out) {
+  return ToBoundedView(viewer, viewer_len, PRESENCE_MAX_USER_ID_BYTES, "viewer_user_id", out);
+}
+
+}  // namespace
+
+int presence_engine_history_as(presence_transition_t** out_transitions, size_t* out_count,
+                               presence_engine_t* engine, const char* user_id,
+                               size_t user_id_len, int64_t from_ms, int64_t to_ms,
+                               const char* viewer_user_id, size_t viewer_user_id_len,
+                               char** errmsg) {
   return ListAboutUser(
       out_transitions, "out_transitions", out_count, engine, user_id, user_id_len, errmsg,
-      [&](absl::string_view user) { return engine->rep->History(user, from_ms, to_ms); },
+      [&](absl::string_view user) -> absl::StatusOr<std::vector<presence::Transition>> {
+        absl::string_view viewer;
+        if (auto st = ToViewer(viewer_user_id, viewer_user_id_len, &viewer); !st.ok()) return st;
+        return engine->rep->History(user, from_ms, to_ms, viewer);
+      },
       [](const presence::Transition& t, presence_transition_t* out) {
         out->version = t.version;
         out->at_ms = t.at_ms;
@@ -1060,24 +1076,57 @@ int presence_engine_history(presence_transition_t** out_transitions, size_t* out
       });
 }
 
-int presence_engine_time_in_states(presence_state_durations_t* out_durations,
-                                   presence_engine_t* engine, const char* user_id,
-                                   size_t user_id_len, int64_t from_ms, int64_t to_ms,
-                                   char** errmsg) {
+int presence_engine_history(presence_transition_t** out_transitions, size_t* out_count,
+                            presence_engine_t* engine, const char* user_id, size_t user_id_len,
+                            int64_t from_ms, int64_t to_ms, char** errmsg) {
+  return presence_engine_history_as(out_transitions, out_count, engine, user_id, user_id_len,
+                                    from_ms, to_ms, nullptr, 0, errmsg);
+}
+
+int presence_engine_time_in_states_as(presence_state_durations_t* out_durations,
+                                      presence_engine_t* engine, const char* user_id,
+                                      size_t user_id_len, int64_t from_ms, int64_t to_ms,
+                                      const char* viewer_user_id, size_t viewer_user_id_len,
+                                      char** errmsg) {
   return AskAboutUser(
       out_durations, engine, user_id, user_id_len, errmsg,
       [&](absl::string_view user) -> absl::StatusOr<presence_state_durations_t> {
+        absl::string_view viewer;
+        if (auto st = ToViewer(viewer_user_id, viewer_user_id_len, &viewer); !st.ok()) return st;
         absl::StatusOr<presence::StateDurations> d =
-            engine->rep->TimeInStates(user, from_ms, to_ms);
+            engine->rep->TimeInStates(user, from_ms, to_ms, viewer);
         if (!d.ok()) return d.status();
         return presence_state_durations_t{d->online_ms, d->away_ms, d->dnd_ms, d->offline_ms};
       });
 }
 
+int presence_engine_time_in_states(presence_state_durations_t* out_durations,
+                                   presence_engine_t* engine, const char* user_id,
+                                   size_t user_id_len, int64_t from_ms, int64_t to_ms,
+                                   char** errmsg) {
+  return presence_engine_time_in_states_as(out_durations, engine, user_id, user_id_len, from_ms,
+                                           to_ms, nullptr, 0, errmsg);
+}
+
+int presence_engine_last_seen_as(int64_t* out_last_seen_ms, presence_engine_t* engine,
+                                 const char* user_id, size_t user_id_len,
+                                 const char* viewer_user_id, size_t viewer_user_id_len,
+                                 char** errmsg) {
+  return AskAboutUser(out_last_seen_ms, engine, user_id, user_id_len, errmsg,
+                      [&](absl::string_view user) -> absl::StatusOr<int64_t> {
+                        absl::string_view viewer;
+                        if (auto st = ToViewer(viewer_user_id, viewer_user_id_len, &viewer);
+                            !st.ok()) {
+                          return st;
+                        }
+                        return engine->rep->LastSeen(user, viewer);
+                      });
+}
+
 int presence_engine_last_seen(int64_t* out_last_seen_ms, presence_engine_t* engine,
                               const char* user_id, size_t user_id_len, char** errmsg) {
-  return AskAboutUser(out_last_seen_ms, engine, user_id, user_id_len, errmsg,
-                      [&](absl::string_view user) { return engine->rep->LastSeen(user); });
+  return presence_engine_last_seen_as(out_last_seen_ms, engine, user_id, user_id_len, nullptr, 0,
+                                      errmsg);
 }
 
 int presence_engine_erase(presence_engine_t* engine, const char* user_id, size_t user_id_len,

@@ -478,23 +478,55 @@ class EngineCore {
     return records->size();
   }
 
+  // The audit trail as `viewer` may read it: everything for the user itself,
+  // the public view (DESIGN.md rule 8) for anyone else: only the changes of
+  // the public view, each with its public version and last_seen, and no
+  // cause or trace id (a cause would tell an invisible user from an offline
+  // one).
   absl::StatusOr<std::vector<Transition>> History(absl::string_view user, int64_t from,
-                                                  int64_t to) {
+                                                  int64_t to, absl::string_view viewer) {
     if (auto st = ValidateUserId(user); !st.ok()) return st;
     if (config_.options.history == nullptr) {
       return absl::FailedPreconditionError("the engine has no history store");
     }
     if (from > to) return absl::InvalidArgumentError("from_ms is after to_ms");
-    return config_.options.history->Query(user, from, to);
+    auto all = config_.options.history->Query(user, from, to);
+    if (!all.ok() || viewer == user) return all;
+    std::vector<Transition> out;
+    for (const Transition& t : *all) {
+      if (t.previous != t.state) out.push_back(PublicTransition(t));
+    }
+    return out;
   }
 
-  absl::StatusOr<StateDurations> TimeInStates(absl::string_view user, int64_t from, int64_t to) {
-    auto transitions = History(user, from, to);
+  static Transition PublicTransition(const Transition& t) {
+    Transition p = t;
+    p.version = t.public_version;
+    p.self_state = t.state;
+    p.cause = Cause::kWithheld;
+    p.trace_id = 0;
+    p.last_seen_ms = t.public_last_seen_ms;
+    return p;
+  }
+
+  absl::StatusOr<StateDurations> TimeInStates(absl::string_view user, int64_t from, int64_t to,
+                                              absl::string_view viewer) {
+    if (from > to) return absl::InvalidArgumentError("from_ms is after to_ms");
+    // Times are on the engine's clock, never before 0: a window that starts
+    // earlier is the same window, and no sum below can overflow.
+    from = std::max<int64_t>(from, 0);
+    to = std::max<int64_t>(to, from);
+    auto transitions = History(user, from, to, viewer);
     if (!transitions.ok()) return transitions.status();
     auto before = config_.options.history->LastBefore(user, from);
     if (!before.ok()) return before.status();
+    const bool self = viewer == user;
     StateDurations out;
-    State state = before->has_value() ? (*before)->self_state : State::kOffline;
+    // Every transition carries the public state as of then, so the last one
+    // before the window says where the public view stood too.
+    State state = !before->has_value() ? State::kOffline
+                  : self               ? (*before)->self_state
+                                       : (*before)->state;
     int64_t at = from;
     const int64_t end = std::min(to, Now());
     auto add = [&](State st, int64_t ms) {
@@ -509,20 +541,22 @@ class EngineCore {
     for (const Transition& t : *transitions) {
       add(state, std::min(t.at_ms, end) - at);
       at = std::max(at, t.at_ms);
-      state = t.self_state;
+      state = t.self_state;  // the public one in a public transition
     }
     add(state, end - at);
     return out;
   }
 
-  absl::StatusOr<int64_t> LastSeen(absl::string_view user) {
+  absl::StatusOr<int64_t> LastSeen(absl::string_view user, absl::string_view viewer) {
     if (auto st = ValidateUserId(user); !st.ok()) return st;
-    const UserPresence p = Get(user, user, false);
+    const UserPresence p = Get(user, viewer, false);
     if (p.known && p.last_seen_ms != 0) return p.last_seen_ms;
     if (config_.options.history != nullptr) {
       auto last = config_.options.history->LastBefore(user, std::numeric_limits<int64_t>::max());
       if (!last.ok()) return last.status();
-      if (last->has_value()) return (*last)->last_seen_ms;
+      if (last->has_value() && viewer == user) return (*last)->last_seen_ms;
+      // Others: only what the public view ever showed.
+      if (last->has_value() && (*last)->public_version != 0) return (*last)->public_last_seen_ms;
     }
     return absl::NotFoundError("the engine knows nothing of this user");
   }
@@ -708,9 +742,12 @@ class EngineCore {
     HistoryStore* history = config_.options.history;
     if (history == nullptr) return;
     for (const ChangeEvent& e : events_) {
+      if (e.erased) continue;  // the history forgot the user already
       Transition t;
       t.user_id = e.user_id;
       t.version = e.version;
+      t.public_version = e.public_version;
+      t.public_last_seen_ms = e.last_seen_ms;
       t.at_ms = e.published_at_ms;
       t.previous = e.previous;
       t.state = e.state;
@@ -821,14 +858,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
 }
 
 absl::StatusOr<std::vector<Transition>> Engine::History(absl::string_view user_id, int64_t from_ms,
-                                                        int64_t to_ms) {
-  return core_->History(user_id, from_ms, to_ms);
+                                                        int64_t to_ms, absl::string_view viewer) {
+  return core_->History(user_id, from_ms, to_ms, viewer);
 }
 absl::StatusOr<StateDurations> Engine::TimeInStates(absl::string_view user_id, int64_t from_ms,
-                                                    int64_t to_ms) {
-  return core_->TimeInStates(user_id, from_ms, to_ms);
+                                                    int64_t to_ms, absl::string_view viewer) {
+  return core_->TimeInStates(user_id, from_ms, to_ms, viewer);
 }
-absl::StatusOr<int64_t> Engine::LastSeen(absl::string_view user_id) { return core_->LastSeen(user_id); }
+absl::StatusOr<int64_t> Engine::LastSeen(absl::string_view user_id, absl::string_view viewer) {
+  return core_->LastSeen(user_id, viewer);
+}
 absl::Status Engine::Erase(absl::string_view user_id) { return core_->Erase(user_id); }
 absl::StatusOr<size_t> Engine::DrainGateway(absl::string_view gateway, size_t max_devices) {
   return core_->DrainGateway(gateway, max_devices);

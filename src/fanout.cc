@@ -62,15 +62,25 @@ struct Sent {
   uint64_t version = 0;
 };
 
-struct UserEntry {
-  std::string id;
-  State pub = State::kOffline;
-  State self = State::kOffline;
+// One view of a user as last published: the public one, or the user's own
+// (DESIGN.md rule 8). Version 0: nothing published, so nothing is shown of
+// it (a user that never existed, or was erased).
+struct View {
+  State state = State::kOffline;
   uint64_t version = 0;
   int64_t last_seen_ms = 0;
-  int64_t self_last_seen_ms = 0;
   DeviceSummary devices;
-  DeviceSummary self_devices;
+  bool shown() const { return version != 0; }
+};
+
+struct UserEntry {
+  std::string id;
+  View pub;   // what everyone but the user is told
+  View self;  // what the user's own subscribers are told
+  // After an erasure: each view's version then. An older change (a replay)
+  // is ignored, and the views start from nothing.
+  uint64_t pub_floor = 0;
+  uint64_t self_floor = 0;
   std::vector<Sub*> list_watchers;
   std::vector<Topic*> topics;
 };
@@ -136,12 +146,15 @@ void FillSummary(const DeviceSummary& s, pb::DeviceSummary* out) {
   out->set_other(s.count(Platform::kOther));
 }
 
-void FillUser(const UserEntry& e, bool self, State state, uint64_t version, pb::UserState* u) {
+// `state` and `version`: what the stream says (a topic's full section says
+// what its earlier sections said); last_seen and devices are the view's now.
+void FillUser(const UserEntry& e, const View& v, State state, uint64_t version,
+              pb::UserState* u) {
   u->set_user_id(e.id);
   u->set_state(static_cast<pb::State>(state));
   u->set_version(version);
-  u->set_last_seen_ms(self ? e.self_last_seen_ms : e.last_seen_ms);
-  FillSummary(self ? e.self_devices : e.devices, u->mutable_devices());
+  u->set_last_seen_ms(v.last_seen_ms);
+  FillSummary(v.devices, u->mutable_devices());
 }
 
 void FillRemoved(const std::string& id, pb::UserState* u) {
@@ -323,7 +336,7 @@ class Fanout::Impl {
       UserEntry* e = Watch(u);
       if (!t->members.emplace(e, Sent{}).second) continue;
       e->topics.push_back(t);
-      ++t->counts[StateIndex(e->pub)];
+      ++t->counts[StateIndex(e->pub.state)];
       t->pending.insert(e);
       Erase(t->removed, e->id);
     }
@@ -525,6 +538,9 @@ class Fanout::Impl {
     return absl::NotFoundError(absl::StrCat("unknown or closed subscriber ", id));
   }
 
+  // Whether `s` is the user's own subscriber, which sees its own view.
+  static bool IsOwner(const Sub* s, const UserEntry* e) { return e->id == s->owner; }
+
   Sub* FindSub(SubscriberId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto it = subs_.find(id);
     return it == subs_.end() ? nullptr : it->second.get();
@@ -534,25 +550,36 @@ class Fanout::Impl {
   // local engine or from elsewhere (a SnapshotSource, a RemoteFeed): a
   // version not newer than the one held changes nothing, so watchers never
   // see a change twice.
+  //
+  // Each view moves on its own version: an event whose public_version is
+  // not newer changed only the user's own view, and only the user's own
+  // subscribers hear of it, so that nothing an invisible user does reaches
+  // anyone else, not even as the moment of a flush (rule 8). An erasure
+  // sets both views back to nothing.
   void Apply(UserEntry* e, const ChangeEvent& ev) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (ev.version <= e->version) return;
-    const State old_pub = e->pub;
-    e->pub = ev.state;
-    e->self = ev.self_state;
-    e->version = ev.version;
-    e->last_seen_ms = ev.last_seen_ms;
-    e->self_last_seen_ms = ev.self_last_seen_ms;
-    e->devices = ev.devices;
-    e->self_devices = ev.self_devices;
+    const bool pub_new = ev.public_version > std::max(e->pub.version, e->pub_floor);
+    const bool self_new = ev.version > std::max(e->self.version, e->self_floor);
+    if (!pub_new && !self_new) return;
+    const State old_pub = e->pub.state;
+    if (ev.erased) {
+      e->pub = e->self = View();
+      e->pub_floor = std::max(e->pub_floor, ev.public_version);
+      e->self_floor = std::max(e->self_floor, ev.version);
+    } else {
+      if (pub_new) e->pub = View{ev.state, ev.public_version, ev.last_seen_ms, ev.devices};
+      if (self_new) e->self = View{ev.self_state, ev.version, ev.self_last_seen_ms, ev.self_devices};
+    }
     for (Sub* s : e->list_watchers) {
+      if (!(IsOwner(s, e) ? self_new : pub_new)) continue;
       s->pending.insert(e);
       dirty_subs_.insert(s);
       if (s->pending.size() >= opts_.max_batch) force_flush_ = true;
     }
+    if (!pub_new) return;
     for (Topic* t : e->topics) {
-      if (old_pub != e->pub) {
+      if (old_pub != e->pub.state) {
         --t->counts[StateIndex(old_pub)];
-        ++t->counts[StateIndex(e->pub)];
+        ++t->counts[StateIndex(e->pub.state)];
       }
       t->pending.insert(e);
       dirty_topics_.insert(t);
@@ -571,13 +598,8 @@ class Fanout::Impl {
     const absl::string_view ids[] = {id};
     const UserPresence pub = engine_->GetPublished(ids)[0];
     const UserPresence self = engine_->GetPublished(ids, id)[0];
-    e->pub = pub.state;
-    e->self = self.state;
-    e->version = pub.version;
-    e->last_seen_ms = pub.last_seen_ms;
-    e->self_last_seen_ms = self.last_seen_ms;
-    e->devices = pub.devices;
-    e->self_devices = self.devices;
+    e->pub = View{pub.state, pub.version, pub.last_seen_ms, pub.devices};
+    e->self = View{self.state, self.version, self.last_seen_ms, self.devices};
     if (source_ != nullptr) {
       if (std::optional<ChangeEvent> ev = source_->StartWatching(id)) Apply(e.get(), *ev);
     }
@@ -608,7 +630,7 @@ class Fanout::Impl {
     if (it == users_.end()) return;
     UserEntry* e = it->second.get();
     if (t->members.erase(e) == 0) return;
-    --t->counts[StateIndex(e->pub)];
+    --t->counts[StateIndex(e->pub.state)];
     t->pending.erase(e);
     t->removed.push_back(e->id);
     Erase(e->topics, t);
@@ -649,7 +671,7 @@ class Fanout::Impl {
     } else {
       for (const auto& [e, sent] : t->members) {
         if (static_cast<int>(sent.state) == 0) continue;  // arrives with the next section
-        FillUser(*e, false, sent.state, sent.version, sec->add_users());
+        FillUser(*e, e->pub, sent.state, sent.version, sec->add_users());
         ++users;
       }
     }
@@ -682,16 +704,26 @@ class Fanout::Impl {
       // Leaving counts-only mode: say the whole topic again.
       sec->set_full(true);
       for (auto& [e, sent] : t->members) {
-        sent = Sent{e->pub, e->version};
-        FillUser(*e, false, e->pub, e->version, sec->add_users());
+        sent = Sent{};
+        if (!e->pub.shown()) continue;
+        sent = Sent{e->pub.state, e->pub.version};
+        FillUser(*e, e->pub, e->pub.state, e->pub.version, sec->add_users());
         ++users;
       }
     } else {
       for (UserEntry* e : t->pending) {
         auto it = t->members.find(e);
-        if (it == t->members.end() || it->second.state == e->pub) continue;
-        it->second = Sent{e->pub, e->version};
-        FillUser(*e, false, e->pub, e->version, sec->add_users());
+        if (it == t->members.end()) continue;
+        if (!e->pub.shown()) {
+          // Erased: a member the stream told of is removed from it.
+          if (static_cast<int>(it->second.state) == 0) continue;
+          it->second = Sent{};
+          FillRemoved(e->id, sec->add_users());
+        } else {
+          if (it->second.state == e->pub.state) continue;
+          it->second = Sent{e->pub.state, e->pub.version};
+          FillUser(*e, e->pub, e->pub.state, e->pub.version, sec->add_users());
+        }
         changed.push_back(e->id);
         ++users;
       }
@@ -738,7 +770,8 @@ class Fanout::Impl {
             if (it == t->members.end() || static_cast<int>(it->second.state) == 0) {
               FillRemoved(id, sec->add_users());
             } else {
-              FillUser(*it->first, false, it->second.state, it->second.version, sec->add_users());
+              FillUser(*it->first, it->first->pub, it->second.state, it->second.version,
+                       sec->add_users());
             }
           }
           return Encode(m, ids.size());
@@ -755,12 +788,13 @@ class Fanout::Impl {
     b.snapshot = s->needs_snapshot;
     pb::DiffBatch list;
     size_t list_users = 0;
-    auto view = [&](const UserEntry* e) { return e->id == s->owner; };
     if (b.snapshot) {
       for (auto& [e, sent] : s->list) {
-        const bool self = view(e);
-        sent = Sent{self ? e->self : e->pub, e->version};
-        FillUser(*e, self, sent.state, sent.version, list.add_users());
+        const View& v = IsOwner(s, e) ? e->self : e->pub;
+        sent = Sent{};
+        if (!v.shown()) continue;  // nothing published: as if it never existed
+        sent = Sent{v.state, v.version};
+        FillUser(*e, v, v.state, v.version, list.add_users());
         ++list_users;
       }
       for (auto& [t, cursor] : s->topics) cursor = kNeedsFull;
@@ -769,11 +803,18 @@ class Fanout::Impl {
       for (UserEntry* e : s->pending) {
         auto it = s->list.find(e);
         if (it == s->list.end()) continue;
-        const bool self = view(e);
-        const State now_state = self ? e->self : e->pub;
-        if (it->second.state == now_state) continue;  // back where it was last told
-        it->second = Sent{now_state, e->version};
-        FillUser(*e, self, now_state, e->version, list.add_users());
+        const View& v = IsOwner(s, e) ? e->self : e->pub;
+        if (!v.shown()) {
+          // Erased: a user the subscriber was told of is removed.
+          if (static_cast<int>(it->second.state) == 0) continue;
+          it->second = Sent{};
+          FillRemoved(e->id, list.add_users());
+          ++list_users;
+          continue;
+        }
+        if (it->second.state == v.state) continue;  // back where it was last told
+        it->second = Sent{v.state, v.version};
+        FillUser(*e, v, v.state, v.version, list.add_users());
         ++list_users;
       }
       for (const std::string& id : s->removed) {

@@ -77,6 +77,8 @@ void ToProto(const UserRecord& u, pb::StoredUser* p) {
   p->set_self_state(Enum<wire::State>(u.self_state));
   p->set_last_seen_ms(u.last_seen_ms);
   p->set_published_at_ms(u.published_at_ms);
+  p->set_public_version(u.public_version);
+  p->set_hidden_last_seen_ms(u.hidden_last_seen_ms);
   for (const OverrideInfo& o : u.overrides) {
     wire::Override* po = p->add_overrides();
     po->set_id(o.id);
@@ -95,6 +97,8 @@ UserRecord FromProto(const pb::StoredUser& p) {
   u.self_state = Enum<State>(p.self_state());
   u.last_seen_ms = p.last_seen_ms();
   u.published_at_ms = p.published_at_ms();
+  u.public_version = p.public_version();
+  u.hidden_last_seen_ms = p.hidden_last_seen_ms();
   u.overrides.reserve(p.overrides_size());
   for (const wire::Override& po : p.overrides()) {
     u.overrides.push_back(OverrideInfo{po.id(), Enum<OverrideState>(po.state()), po.set_at_ms(),
@@ -146,6 +150,8 @@ void ToProto(const Transition& t, pb::StoredTransition* p) {
   p->set_cause(Enum<wire::Cause>(t.cause));
   p->set_trace_id(t.trace_id);
   p->set_last_seen_ms(t.last_seen_ms);
+  p->set_public_version(t.public_version);
+  p->set_public_last_seen_ms(t.public_last_seen_ms);
 }
 
 Transition FromProto(const pb::StoredTransition& p) {
@@ -159,6 +165,8 @@ Transition FromProto(const pb::StoredTransition& p) {
   t.cause = Enum<Cause>(p.cause());
   t.trace_id = p.trace_id();
   t.last_seen_ms = p.last_seen_ms();
+  t.public_version = p.public_version();
+  t.public_last_seen_ms = p.public_last_seen_ms();
   return t;
 }
 

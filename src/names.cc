@@ -41,6 +41,7 @@ absl::string_view CauseName(Cause c) {
     case Cause::kOverride: return "override";
     case Cause::kOverrideExpiry: return "override_expiry";
     case Cause::kMerge: return "merge";
+    case Cause::kWithheld: return "withheld";
   }
   return "unknown";
 }

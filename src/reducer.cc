@@ -28,13 +28,17 @@ Reduced Reduce(bool any_live, bool any_online, const Override* top, bool require
   Reduced r;
   const State base = !any_live ? State::kOffline : any_online ? State::kOnline : State::kAway;
   r.state = r.self_state = base;
-  if (top == nullptr || (require_live_device && !any_live)) return r;
-  r.shown = top;
+  if (top == nullptr) return r;
   if (top->state == OverrideState::kInvisible) {
+    // Hidden whether or not a device is live: what the user does under it
+    // (connecting the first device included) must not show (rule 8).
+    r.shown = top;
     r.invisible = true;
     r.state = State::kOffline;  // the user itself still sees its own state
     return r;
   }
+  if (require_live_device && !any_live) return r;
+  r.shown = top;
   r.state = r.self_state = FromOverride(top->state);
   return r;
 }

@@ -32,8 +32,9 @@ struct Reduced {
 };
 
 // any_live: the user has a live device; any_online: one of them counts ONLINE.
-// An override shows when active and (the user has a live device, or
-// require_live_device is false).
+// An INVISIBLE override shows whenever it is on top; any other override shows
+// when active and (the user has a live device, or require_live_device is
+// false).
 Reduced Reduce(bool any_live, bool any_online, const Override* top, bool require_live_device);
 
 }  // namespace presence::internal

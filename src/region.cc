@@ -279,9 +279,17 @@ absl::Status RegionMirror::Erase(absl::string_view user_id) {
 }
 
 void RegionMirror::OnChanges(absl::Span<const ChangeEvent> events) {
-  if (absl::IsResourceExhausted(Mirror(events))) {
+  // An erasure travels as the mirror's own tombstone (Erase), never as the
+  // engine's erasure event: that one answers an erasure already made here
+  // or merged from elsewhere, and mirroring it would echo it back.
+  std::vector<ChangeEvent> changes;
+  for (const ChangeEvent& e : events) {
+    if (!e.erased) changes.push_back(e);
+  }
+  if (changes.empty()) return;
+  if (absl::IsResourceExhausted(Mirror(changes))) {
     internal::MutexLock lock(&s_->mu);
-    s_->stats.rejected_full += events.size();
+    s_->stats.rejected_full += changes.size();
   }
 }
 

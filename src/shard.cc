@@ -23,19 +23,10 @@ constexpr uint32_t kSeenMask = dflag::kSeen0 | (dflag::kSeen0 << 1) | (dflag::kS
 // timer: whatever it schedules is sooner.
 const int64_t kUnscheduled = (int64_t{1} << 30) + 1000;
 
-namespace {
-
-// A user's record version: strictly growing, and never below the publish
-// time in ms shifted left by 10 bits. So a version stays ahead of any that
-// an earlier record of the same user had, even after the engine restarted,
-// as long as the clock moved on (within one engine, a user it forgot
-// publishes above forgotten_version_ too).
 uint64_t NextVersion(uint64_t current, int64_t now_ms) {
   const uint64_t floor = static_cast<uint64_t>(std::max<int64_t>(now_ms, 0)) << 10;
   return std::max(current + 1, floor);
 }
-
-}  // namespace
 
 Shard::Shard(const ShardConfig* config, uint32_t index, int64_t now_ms)
     : config_(config),
@@ -93,6 +84,7 @@ void Shard::Uncharge(int64_t bytes) {
 
 void Shard::ForgetUser(uint32_t u) {
   forgotten_version_ = std::max(forgotten_version_, users_[u].version);
+  forgotten_public_ = std::max(forgotten_public_, users_[u].public_version);
   Uncharge(kUserChargeBytes);
   index_by_id_.erase(u);
   users_[u] = User();
@@ -126,6 +118,39 @@ void Shard::MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms
   p.cause = cause;
   p.hold_until_ms = 0;  // news: look again at the next tick, even in a dwell
   if (trace_id != 0) p.trace_id = trace_id;
+}
+
+int64_t Shard::TrueLastSeen(const User& user, int64_t now_ms) {
+  int64_t last_seen = user.last_seen_ms;
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+    last_seen = std::max(last_seen, Evaluate(di, now_ms).last_signal_ms);
+  }
+  return last_seen;
+}
+
+Shard::PublicView Shard::PublicOf(const User& user, const UserView& v, State state,
+                                  int64_t now_ms) const {
+  PublicView p;
+  if (v.reduced.invisible) {
+    // Hidden: OFFLINE, no devices, no override, and a last_seen that stays
+    // where it was when the user went invisible. While the stack is not yet
+    // settled past the moment it went invisible, nothing was applied since
+    // (User::guarded), so the current last_seen is still that one.
+    p.last_seen_ms = user.hidden ? user.hidden_last_seen_ms : v.last_seen_ms;
+  } else {
+    p.last_seen_ms = v.last_seen_ms;
+    p.devices = v.devices;
+    p.shown = v.reduced.shown;
+  }
+  p.state = state;
+  // Shown OFFLINE and never published, or unseen for the retention: others
+  // learn nothing of it, as if it never existed, or as if the engine had
+  // forgotten it (as it does with a user that holds no override).
+  p.known = state != State::kOffline ||
+            (user.public_version != 0 && p.last_seen_ms != 0 &&
+             now_ms - p.last_seen_ms < config_->options.user_retention_ms);
+  if (!p.known) p = PublicView();
+  return p;
 }
 
 Shard::UserView Shard::ViewUser(const User& user, int64_t now_ms) {
@@ -196,7 +221,7 @@ void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t
   uint32_t bits = d.bits() & ~(fast::kAllLive | fast::kOpen);
   if (d.phase == Phase::kLive) {
     bits |= after.live_bits;
-    if (!(d.flags & dflag::kAdaptive)) bits |= fast::kOpen;
+    if (MayBeatUnlocked(d)) bits |= fast::kOpen;
   }
   d.set_bits(bits);
   // A live-phase device must have its timer by its next deadline; one whose
@@ -293,6 +318,13 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
   }
   if (!d.TakeRate(now_ms, static_cast<uint32_t>(config_->options.max_signals_per_device_per_sec))) {
     return Drop(DropReason::kRateLimited, "device passed its signals-per-second limit");
+  }
+  Settle(d.user, now_ms);
+  if (d.phase == Phase::kLive && !Evaluate(di, now_ms).live) {
+    // Past its deadline, and no timer noticed yet: Get already answered it
+    // dead, so it dies now, as the timer would have, and the revival below
+    // counts as a false offline (or is published, if the user's state moved).
+    MarkDead(di, /*unclean=*/true, Cause::kTimeout, now_ms);
   }
   // Compared with what the timers and the publisher last saw of the device,
   // so that a lapse that happened since (and that no tick noticed yet) is
@@ -532,6 +564,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
     }
     u = AddUser(user_id);
   }
+  Settle(u, now_ms);
   User& user = users_[u];
   if (!user.overrides) {
     user.overrides = std::make_unique<std::vector<Override>>();
@@ -541,8 +574,44 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
   user.overrides->push_back(Override{id, now_ms, until_ms, state});
   ++override_count_;
   if (until_ms != 0) user_timers_.insert({until_ms, u});
+  UpdateHidden(u, now_ms);
   MarkDirty(u, Cause::kOverride, trace_id, now_ms);
   return id;
+}
+
+void Shard::Settle(uint32_t u, int64_t now_ms) {
+  if (!users_[u].overrides) return;
+  RemoveOverrides(
+      u, now_ms, Cause::kOverrideExpiry,
+      [](const Override& o, const void* arg) {
+        return !o.active(*static_cast<const int64_t*>(arg));
+      },
+      &now_ms);
+}
+
+void Shard::UpdateHidden(uint32_t u, int64_t now_ms) {
+  User& user = users_[u];
+  const Override* top = TopOverride(user.overrides.get(), now_ms);
+  const bool hidden = top != nullptr && top->state == OverrideState::kInvisible;
+  if (hidden && !user.hidden) user.hidden_last_seen_ms = TrueLastSeen(user, now_ms);
+  user.hidden = hidden;
+  bool guarded = false;
+  if (!hidden && user.overrides) {
+    for (const Override& o : *user.overrides) {
+      guarded |= o.state == OverrideState::kInvisible && o.active(now_ms);
+    }
+  }
+  if (guarded == user.guarded) return;
+  user.guarded = guarded;
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+    Device& d = devices_.at(di);
+    if (d.phase != Phase::kLive) continue;
+    d.set_bits(MayBeatUnlocked(d) ? (d.bits() | fast::kOpen) : (d.bits() & ~fast::kOpen));
+  }
+}
+
+bool Shard::MayBeatUnlocked(const Device& d) const {
+  return !(d.flags & dflag::kAdaptive) && !users_[d.user].guarded;
 }
 
 size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
@@ -555,11 +624,13 @@ size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
           v.end());
   const size_t removed = before - v.size();
   override_count_ -= removed;
-  if (removed > 0) MarkDirty(u, cause, 0, now_ms);
+  if (removed == 0) return 0;
+  MarkDirty(u, cause, 0, now_ms);
   if (v.empty()) {
     user.overrides.reset();
     with_overrides_.erase(u);
   }
+  UpdateHidden(u, now_ms);
   return removed;
 }
 
@@ -568,6 +639,7 @@ absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uin
   internal::MutexLock lock(&mu_);
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
+  Settle(u, now_ms);
   const size_t removed = RemoveOverrides(
       u, now_ms, Cause::kOverride,
       [](const Override& o, const void* arg) { return o.id == *static_cast<const uint64_t*>(arg); },
@@ -582,6 +654,7 @@ absl::StatusOr<size_t> Shard::ClearOverrides(absl::string_view user_id, uint64_t
   internal::MutexLock lock(&mu_);
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
+  Settle(u, now_ms);
   const size_t removed = RemoveOverrides(
       u, now_ms, Cause::kOverride, [](const Override&, const void*) { return true; }, nullptr);
   ForgetUserIfEmpty(u, now_ms);
@@ -594,6 +667,7 @@ size_t Shard::RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t 
   const std::vector<uint32_t> users(with_overrides_.begin(), with_overrides_.end());
   size_t removed = 0;
   for (uint32_t u : users) {
+    Settle(u, now_ms);
     removed += RemoveOverrides(
         u, now_ms, Cause::kOverride,
         [](const Override& o, const void* arg) {
@@ -631,25 +705,30 @@ UserPresence Shard::Get(absl::string_view user_id, uint64_t hash, bool self_view
   if (u == kNone) return p;
   const User& user = users_[u];
   const UserView v = ViewUser(user, now_ms);
-  p.known = true;
-  p.version = user.version;
-  p.last_seen_ms = v.last_seen_ms;
-  const Override* shown = v.reduced.shown;
-  if (v.reduced.invisible && !self_view) {
-    // Others must learn nothing while the user is invisible: no devices, no
-    // override, and a last_seen that stopped when it went invisible.
-    p.state = v.reduced.state;
-    p.last_seen_ms = std::min(p.last_seen_ms, shown->set_at_ms);
-  } else {
-    p.state = self_view ? v.reduced.self_state : v.reduced.state;
+  const Override* shown;
+  if (self_view) {
+    p.known = true;
+    p.state = published ? user.pub_self : v.reduced.self_state;
+    p.version = user.version;
+    p.last_seen_ms = v.last_seen_ms;
     p.devices = v.devices;
-    if (shown != nullptr) {
-      p.has_override = true;
-      p.override_state = shown->state;
-      p.override_until_ms = shown->until_ms;
-    }
+    shown = v.reduced.shown;
+  } else {
+    const PublicView pub =
+        PublicOf(user, v, published ? user.pub_state : v.reduced.state, now_ms);
+    if (!pub.known) return p;
+    p.known = true;
+    p.state = pub.state;
+    p.version = user.public_version;
+    p.last_seen_ms = pub.last_seen_ms;
+    p.devices = pub.devices;
+    shown = pub.shown;
   }
-  if (published) p.state = self_view ? user.pub_self : user.pub_state;
+  if (shown != nullptr) {
+    p.has_override = true;
+    p.override_state = shown->state;
+    p.override_until_ms = shown->until_ms;
+  }
   p.freshness_ms = p.last_seen_ms == 0 ? 0 : std::max<int64_t>(0, now_ms - p.last_seen_ms);
   return p;
 }
@@ -685,6 +764,10 @@ TimerWheel::Verdict Shard::FireDevice(uint32_t di, Time32 slot_time, int64_t now
       before.online = CountsOnline(bits & fast::kAllLive, bits, config_->policy);
       Schedule(di, now_view.deadline_ms, now_ms);
       Refresh(di, before, Cause::kTimeout, 0, now_ms);
+      // It signalled since its timer was set, maybe only through the
+      // lock-free beat, which writes nothing: once per deadline, its record
+      // goes to the Store, so that last_seen never moves back on a restart.
+      MarkStoreDirty(di);
       break;
     }
   }
@@ -693,12 +776,7 @@ TimerWheel::Verdict Shard::FireDevice(uint32_t di, Time32 slot_time, int64_t now
 
 void Shard::FireUser(uint32_t u, int64_t now_ms) {
   if (!users_[u].in_use) return;
-  RemoveOverrides(
-      u, now_ms, Cause::kOverrideExpiry,
-      [](const Override& o, const void* arg) {
-        return !o.active(*static_cast<const int64_t*>(arg));
-      },
-      &now_ms);
+  Settle(u, now_ms);
   ForgetUserIfEmpty(u, now_ms);
 }
 
@@ -729,15 +807,34 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
       continue;
     }
     d.view = ViewUser(user, now_ms);
-    const Reduced& r = d.view.reduced;
-    if (r.state == user.pub_state && r.self_state == user.pub_self) {
+    d.pub = PublicOf(user, d.view, d.view.reduced.state, now_ms);
+    // Each view has its own dwell, so that a change only the user sees
+    // never delays one that others see (rule 8).
+    auto dwell_end = [&](int64_t published_at) {
+      return dwell > 0 && published_at != 0 && now_ms < published_at + dwell ? published_at + dwell
+                                                                              : 0;
+    };
+    const bool public_moved = d.pub.state != user.pub_state;
+    const bool self_moved = d.view.reduced.self_state != user.pub_self;
+    const int64_t public_hold = public_moved ? dwell_end(user.published_at_ms) : 0;
+    const int64_t self_hold = self_moved ? dwell_end(user.self_published_at_ms) : 0;
+    d.public_change = public_moved && public_hold == 0;
+    d.self_change = self_moved && self_hold == 0;
+    if (!public_moved && !self_moved) {
       d.what = Decision::kSettle;
-    } else if (dwell > 0 && user.published_at_ms != 0 && now_ms < user.published_at_ms + dwell) {
+    } else if (!d.public_change && !d.self_change) {
       d.what = Decision::kHold;
-      pending.hold_until_ms = user.published_at_ms + dwell;
+      pending.hold_until_ms = std::max(public_hold, self_hold);
     } else {
       d.what = Decision::kPublish;
+      d.pub_state = d.public_change ? d.pub.state : user.pub_state;
+      d.self_state = d.self_change ? d.view.reduced.self_state : user.pub_self;
       d.version = NextVersion(std::max(user.version, forgotten_version_), now_ms);
+      d.public_version = d.public_change
+                             ? NextVersion(std::max(user.public_version, forgotten_public_), now_ms)
+                             : user.public_version;
+      // The part held by its dwell stays pending.
+      pending.hold_until_ms = std::max(public_hold, self_hold);
     }
     decisions_.push_back(d);
   }
@@ -762,65 +859,77 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
     }
   }
 
+  // Erasures first: a user erased and back within one tick is published
+  // anew after its erasure.
+  for (ChangeEvent& e : erased_) {
+    e.published_at_ms = now_ms;
+    out->push_back(std::move(e));
+  }
+  erased_.clear();
   size_t kept = 0;
   for (size_t i = 0; i < pending_.size(); ++i) {
-    const Pending pending = pending_[i];
+    Pending pending = pending_[i];
     const Decision& d = decisions_[i];
     User& user = users_[pending.user];
-    if (d.what == Decision::kHold || d.what == Decision::kHoldUnchanged) {
-      user.pending = static_cast<uint32_t>(kept);  // published when the dwell ends
-      pending_[kept++] = pending;
-      continue;
-    }
-    user.pending = kNone;
     if (d.what == Decision::kPublish) {
-      const Reduced& r = d.view.reduced;
       ChangeEvent& e = out->emplace_back();
       e.user_id = std::string(user.id.view());
       e.previous = user.pub_state;
       e.previous_self = user.pub_self;
-      FillView(d.view, &e);
-      user.version = d.version;
-      e.version = user.version;
+      FillView(d.view, d.pub, &e);
+      e.state = d.pub_state;
+      e.self_state = d.self_state;
+      user.version = e.version = d.version;
+      user.public_version = e.public_version = d.public_version;
       e.cause = pending.cause;
       e.trace_id = pending.trace_id;
       e.changed_at_ms = pending.since_ms;
       e.published_at_ms = now_ms;
-      user.pub_state = r.state;
-      user.pub_self = r.self_state;
-      user.published_at_ms = now_ms;
+      user.pub_state = d.pub_state;
+      user.pub_self = d.self_state;
+      if (d.public_change) user.published_at_ms = now_ms;
+      if (d.self_change) user.self_published_at_ms = now_ms;
       ++counters_.transitions[static_cast<int>(pending.cause) - 1];
       latency->Observe(now_ms - pending.since_ms);
     }
+    if (d.what == Decision::kHold || d.what == Decision::kHoldUnchanged ||
+        (d.what == Decision::kPublish && pending.hold_until_ms > now_ms)) {
+      // Published (the rest of it) when its dwell ends.
+      user.pending = static_cast<uint32_t>(kept);
+      pending_[kept++] = pending;
+      continue;
+    }
+    user.pending = kNone;
     ForgetUserIfEmpty(pending.user, now_ms);
   }
   pending_.resize(kept);
   return absl::OkStatus();
 }
 
-void Shard::FillView(const UserView& v, ChangeEvent* e) {
-  const Reduced& r = v.reduced;
-  e->state = r.state;
-  e->self_state = r.self_state;
-  e->invisible = r.invisible;
+void Shard::FillView(const UserView& v, const PublicView& pub, ChangeEvent* e) {
+  e->state = pub.state;
+  e->self_state = v.reduced.self_state;
+  e->invisible = v.reduced.invisible;
+  e->last_seen_ms = pub.last_seen_ms;
   e->self_last_seen_ms = v.last_seen_ms;
-  e->last_seen_ms = r.invisible ? std::min(v.last_seen_ms, r.shown->set_at_ms) : v.last_seen_ms;
+  e->devices = pub.devices;
   e->self_devices = v.devices;
-  e->devices = r.invisible ? DeviceSummary() : v.devices;
 }
 
 void Shard::AppendPublished(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> which,
                             std::vector<ChangeEvent>* out) {
   internal::MutexLock lock(&mu_);
   for (const User& user : users_) {
-    if (!user.in_use || user.published_at_ms == 0 || !which(user.id.view())) continue;
+    if (!user.in_use || user.version == 0 || !which(user.id.view())) continue;
     ChangeEvent& e = out->emplace_back();
     e.user_id = std::string(user.id.view());
-    FillView(ViewUser(user, now_ms), &e);
+    const UserView v = ViewUser(user, now_ms);
+    FillView(v, PublicOf(user, v, user.pub_state, now_ms), &e);
     // The state as published, not as it may be about to change.
     e.state = e.previous = user.pub_state;
     e.self_state = e.previous_self = user.pub_self;
     e.version = user.version;
+    e.public_version = user.public_version;
     e.cause = Cause::kMerge;
     e.changed_at_ms = e.published_at_ms = user.published_at_ms;
   }

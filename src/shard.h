@@ -39,6 +39,13 @@ extern const int64_t kUnscheduled;
 // The hash that picks a user's shard and indexes it within the shard.
 uint64_t HashUserId(absl::string_view user_id);
 
+// A version after `current`: strictly growing, and never below the time in
+// ms shifted left by 10 bits. So a version stays ahead of any that an earlier
+// record or event of the same user had, even after the engine restarted, as
+// long as the clock moved on (within one engine, a user it forgot publishes
+// above Shard::forgotten_version_ too).
+uint64_t NextVersion(uint64_t current, int64_t now_ms);
+
 // What the engine shares with all of its shards.
 struct ShardConfig {
   Options options;
@@ -144,13 +151,24 @@ class Shard {
  private:
   struct User {
     InlineId id;
-    uint64_t version = 0;
+    uint64_t version = 0;         // of the last published event (own view)
+    uint64_t public_version = 0;  // of the last change of the public view
     int64_t last_seen_ms = 0;     // latest signal applied through the lock
-    int64_t published_at_ms = 0;  // 0: never published
+    int64_t published_at_ms = 0;       // last change of the public view (0: never)
+    int64_t self_published_at_ms = 0;  // last change of the own view (0: never)
+    // While hidden: the public last_seen, where it stood when the user went
+    // invisible (rule 8).
+    int64_t hidden_last_seen_ms = 0;
     uint32_t first_device = kNone;
     uint32_t pending = kNone;  // index in pending_ while it has unpublished news
     uint16_t device_count = 0;
     bool in_use = false;
+    // An INVISIBLE override showed when the stack was last settled.
+    bool hidden = false;
+    // An active INVISIBLE override lies under the one on top, so that the top
+    // one's expiry hides the user: its devices' beats take the lock, which
+    // settles the stack first, so the freeze sees no beat made after it.
+    bool guarded = false;
     State pub_state = State::kOffline;
     State pub_self = State::kOffline;
     std::unique_ptr<std::vector<Override>> overrides;
@@ -167,11 +185,27 @@ class Shard {
     DeviceSummary devices;
     int64_t last_seen_ms = 0;
   };
+  // What anyone but the user reads of it (DESIGN.md rule 8); see PublicOf.
+  struct PublicView {
+    bool known = false;
+    State state = State::kOffline;
+    int64_t last_seen_ms = 0;
+    DeviceSummary devices;
+    const Override* shown = nullptr;  // never an INVISIBLE one
+  };
   struct Decision {
     // kHoldUnchanged: still in its dwell with no news; not evaluated.
     enum What { kPublish, kHold, kHoldUnchanged, kSettle } what = kSettle;
     UserView view;
-    uint64_t version = 0;  // the version it publishes with
+    PublicView pub;
+    // What it publishes: the states after the event (a view whose change is
+    // held by its dwell keeps its published state), and the versions.
+    State pub_state = State::kOffline;
+    State self_state = State::kOffline;
+    bool public_change = false;
+    bool self_change = false;
+    uint64_t version = 0;
+    uint64_t public_version = 0;
   };
   void BuildStoreBatch(int64_t now_ms, StoreBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   UserRecord UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms)
@@ -255,8 +289,27 @@ class Shard {
   void MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   UserView ViewUser(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The state, last_seen and devices of a view, public and own.
-  static void FillView(const UserView& v, ChangeEvent* e);
+  // The user's latest accepted signal: the locked part and every device's.
+  int64_t TrueLastSeen(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The public view (DESIGN.md rule 8), computed here and nowhere else: every
+  // path that answers anyone but the user (Get, GetPublished, change events,
+  // records, re-announcements) reads it. `state` is the state it is judged
+  // by (the current one, or the published one).
+  PublicView PublicOf(const User& user, const UserView& v, State state, int64_t now_ms) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the user's expired overrides (each a change of cause
+  // kOverrideExpiry), then notes whether it is hidden. Called before
+  // anything the user does is applied, so that the freeze of its public
+  // last_seen sees nothing done after it went invisible.
+  void Settle(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After the override stack changed: whether the user is hidden now (on
+  // becoming so, its public last_seen freezes) and whether its beats must
+  // take the lock (User::guarded).
+  void UpdateHidden(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a live device's beats may skip the lock (fast::kOpen).
+  bool MayBeatUnlocked(const Device& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The state, last_seen and devices of an event, public and own.
+  static void FillView(const UserView& v, const PublicView& pub, ChangeEvent* e);
   size_t RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
                          bool (*pred)(const Override&, const void*), const void* arg)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -286,9 +339,13 @@ class Shard {
   std::vector<StoreBatch::Erasure> erasures_ ABSL_GUARDED_BY(mu_);
   uint64_t record_clock_ ABSL_GUARDED_BY(mu_) = 0;
   // The highest version of any user this shard forgot (erased, released or
-  // past retention). A user it meets again publishes above it, so a watcher
-  // never sees a version repeat, even within the millisecond of an erasure.
+  // past retention), own and public. A user it meets again publishes above
+  // them, so a watcher never sees a version repeat, even within the
+  // millisecond of an erasure. Public versions derive from public ones only.
   uint64_t forgotten_version_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t forgotten_public_ ABSL_GUARDED_BY(mu_) = 0;
+  // Erasures to publish with the next tick (ChangeEvent::erased).
+  std::vector<ChangeEvent> erased_ ABSL_GUARDED_BY(mu_);
   uint64_t store_writes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t store_errors_ ABSL_GUARDED_BY(mu_) = 0;
   size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;

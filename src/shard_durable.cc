@@ -13,10 +13,12 @@ UserRecord Shard::UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms) {
   r.user_id = std::string(user.id.view());
   r.version = NextRecordVersion(now_ms);
   r.state_version = publish ? d->version : user.version;
-  r.state = publish ? d->view.reduced.state : user.pub_state;
-  r.self_state = publish ? d->view.reduced.self_state : user.pub_self;
+  r.public_version = publish ? d->public_version : user.public_version;
+  r.state = publish ? d->pub_state : user.pub_state;
+  r.self_state = publish ? d->self_state : user.pub_self;
   r.last_seen_ms = d != nullptr ? d->view.last_seen_ms : user.last_seen_ms;
-  r.published_at_ms = publish ? now_ms : user.published_at_ms;
+  r.published_at_ms = publish && d->public_change ? now_ms : user.published_at_ms;
+  r.hidden_last_seen_ms = user.hidden ? user.hidden_last_seen_ms : 0;
   if (user.overrides) {
     for (const Override& o : *user.overrides) {
       if (o.active(now_ms)) r.overrides.push_back({o.id, o.state, o.set_at_ms, o.until_ms});
@@ -71,6 +73,7 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   }
   User& user = users_[u];
   user.version = std::max(user.version, r.state_version);
+  user.public_version = std::max(user.public_version, r.public_version);
   user.pub_state = r.state;
   user.pub_self = r.self_state;
   user.published_at_ms = r.published_at_ms;
@@ -91,9 +94,21 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
     }
   }
   if (user.overrides) {
-    std::sort(user.overrides->begin(), user.overrides->end(),
-              [](const Override& a, const Override& b) { return a.set_at_ms < b.set_at_ms; });
+    // Stack order: by when each was set, and among those set in the same
+    // millisecond by id, which grows with each one set.
+    std::sort(user.overrides->begin(), user.overrides->end(), [](const Override& a, const Override& b) {
+      return a.set_at_ms != b.set_at_ms ? a.set_at_ms < b.set_at_ms : a.id < b.id;
+    });
   }
+  // Hidden as it was when written: its public last_seen stays frozen where it
+  // was (a user that went invisible while the engine was down freezes at its
+  // last recorded one). Devices load after this and must not move it.
+  const Override* top = TopOverride(user.overrides.get(), now_ms);
+  user.hidden = top != nullptr && top->state == OverrideState::kInvisible;
+  user.hidden_last_seen_ms = !user.hidden                   ? 0
+                             : r.hidden_last_seen_ms != 0 ? r.hidden_last_seen_ms
+                                                          : r.last_seen_ms;
+  UpdateHidden(u, now_ms);
   // The next tick compares what the records say was published with what
   // holds now (devices may have lapsed while the engine was down).
   MarkDirty(u, Cause::kMerge, 0, now_ms);
@@ -165,6 +180,22 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return false;
   User& user = users_[u];
+  if (user.version != 0) {
+    // Its watchers are told with the next tick (after the erasure is
+    // written), with versions above every one it had, each view's from that
+    // view's own.
+    ChangeEvent& e = erased_.emplace_back();
+    e.user_id = std::string(user_id);
+    e.erased = true;
+    e.cause = Cause::kMerge;
+    e.previous = user.pub_state;
+    e.previous_self = user.pub_self;
+    e.version = NextVersion(std::max(user.version, forgotten_version_), now_ms);
+    e.public_version = NextVersion(std::max(user.public_version, forgotten_public_), now_ms);
+    e.changed_at_ms = now_ms;
+    user.version = e.version;
+    user.public_version = e.public_version;
+  }
   Unpend(u);
   if (user.overrides) {
     override_count_ -= user.overrides->size();

@@ -85,8 +85,8 @@ void internal::ChangeEventToProto(const ChangeEvent& e, bool include_self, pb::C
   m.set_previous(static_cast<pb::State>(e.previous));
   m.set_state(static_cast<pb::State>(e.state));
   m.set_last_seen_ms(e.last_seen_ms);
-  m.set_version(e.version);
   m.set_cause(static_cast<pb::Cause>(e.cause));
+  m.set_erased(e.erased);
   SummaryToProto(e.devices, m.mutable_devices());
   m.set_trace_id(e.trace_id);
   m.set_changed_at_ms(e.changed_at_ms);
@@ -94,6 +94,10 @@ void internal::ChangeEventToProto(const ChangeEvent& e, bool include_self, pb::C
   if (include_self) {
     m.set_self_state(static_cast<pb::State>(e.self_state));
     m.set_invisible(e.invisible);
+    m.set_version(e.version);
+    m.set_public_version(e.public_version);
+  } else {
+    m.set_version(e.public_version);  // the own view's version is not public
   }
 }
 
@@ -128,6 +132,9 @@ absl::StatusOr<ChangeEvent> internal::ChangeEventFromProto(const pb::ChangeEvent
   e.invisible = m.invisible();
   e.last_seen_ms = e.self_last_seen_ms = m.last_seen_ms();
   e.version = m.version();
+  // Without the own view, the one version is the public one.
+  e.public_version = m.self_state() != pb::STATE_UNSPECIFIED ? m.public_version() : m.version();
+  e.erased = m.erased();
   e.trace_id = m.trace_id();
   e.changed_at_ms = m.changed_at_ms();
   e.published_at_ms = m.published_at_ms();

@@ -1006,7 +1006,7 @@ static void test_fanout_poll(void) {
   d = poll_one(f, sub, &has);
   CHECK(has && d.snapshot && d.sequence == 1);
   CHECK(state_in(&d, "alice", "") == PRESENCE_STATE_ONLINE);
-  CHECK(state_in(&d, "dave", "") == PRESENCE_STATE_OFFLINE);
+  CHECK(state_in(&d, "dave", "") == 0); /* never published: not in the view at all */
   d = poll_one(f, sub, &has);
   CHECK(!has);
 
@@ -1020,7 +1020,7 @@ static void test_fanout_poll(void) {
   d = poll_one(f, sub, &has);
   CHECK(has && !d.snapshot && d.sequence == 2);
   CHECK(state_in(&d, "carol", "team-1") == PRESENCE_STATE_ONLINE);
-  CHECK(state_in(&d, "erin", "team-1") == PRESENCE_STATE_OFFLINE);
+  CHECK(state_in(&d, "erin", "team-1") == 0); /* never published */
 
   /* A change: alice goes DND; the list and the topic both carry it. */
   EXPECT(PRESENCE_OK, presence_engine_set_override(NULL, w.engine, "alice", 5,
@@ -1184,7 +1184,8 @@ static void test_fanout_push(void) {
 
   /* The snapshot comes at the first flush, on this thread. */
   step(&w, 100);
-  CHECK(a.calls == 1 && a.subscriber == sa && a.last_alice == PRESENCE_STATE_OFFLINE);
+  /* alice was never published: the snapshot says nothing of her. */
+  CHECK(a.calls == 1 && a.subscriber == sa && a.last_alice == 0);
   CHECK(b.calls == 1 && c.calls == 1 && !a.gap);
 
   /* Changes are pushed; a tick from inside the sink is refused. */
@@ -1823,7 +1824,8 @@ static void test_file_store(void) {
   {
     presence_transition_t* t = NULL;
     size_t n = 0;
-    EXPECT(PRESENCE_OK, presence_engine_history(&t, &n, e, "alice", 5, 0, INT64_MAX, &err));
+    EXPECT(PRESENCE_OK, presence_engine_history_as(&t, &n, e, "alice", 5, 0, INT64_MAX, "alice",
+                                                   5, &err));
     CHECK(n == 1 && t != NULL && t[0].state == PRESENCE_STATE_ONLINE &&
           t[0].cause == PRESENCE_CAUSE_SIGNAL);
     presence_free(t);
@@ -1883,8 +1885,9 @@ static void test_history(void) {
   step(&w, 100);
   step(&w, 1000); /* now 1005100 */
 
-  EXPECT(PRESENCE_OK,
-         presence_engine_history(&t, &n, w.engine, "alice", 5, 0, INT64_MAX, &err));
+  /* Her own audit trail: every field. */
+  EXPECT(PRESENCE_OK, presence_engine_history_as(&t, &n, w.engine, "alice", 5, 0, INT64_MAX,
+                                                 "alice", 5, &err));
   CHECK(n == 3 && t != NULL);
   if (n == 3 && t != NULL) {
     CHECK(t[0].previous == PRESENCE_STATE_OFFLINE && t[0].state == PRESENCE_STATE_ONLINE);
@@ -1895,6 +1898,21 @@ static void test_history(void) {
     CHECK(t[2].state == PRESENCE_STATE_OFFLINE && t[2].cause == PRESENCE_CAUSE_DISCONNECT);
     CHECK(t[0].version < t[1].version && t[1].version < t[2].version);
   }
+  presence_free(t);
+  /* Anyone else (no viewer, or another user): the public view, without
+   * causes or trace ids. */
+  EXPECT(PRESENCE_OK,
+         presence_engine_history(&t, &n, w.engine, "alice", 5, 0, INT64_MAX, &err));
+  CHECK(n == 3 && t != NULL);
+  if (n == 3 && t != NULL) {
+    CHECK(t[0].state == PRESENCE_STATE_ONLINE && t[0].self_state == PRESENCE_STATE_ONLINE);
+    CHECK(t[0].cause == PRESENCE_CAUSE_WITHHELD && t[0].trace_id == 0);
+    CHECK(t[2].state == PRESENCE_STATE_OFFLINE && t[2].cause == PRESENCE_CAUSE_WITHHELD);
+  }
+  presence_free(t);
+  EXPECT(PRESENCE_OK, presence_engine_history_as(&t, &n, w.engine, "alice", 5, 0, INT64_MAX,
+                                                 "bob", 3, &err));
+  CHECK(n == 3 && t != NULL && t[1].cause == PRESENCE_CAUSE_WITHHELD);
   presence_free(t);
   /* A window that holds only the middle one; one that holds none. */
   EXPECT(PRESENCE_OK,

@@ -178,7 +178,7 @@ TEST(History, PublishedTransitionsFormTheAuditTrail) {
   t.Run(1000);
   ASSERT_TRUE(t.engine->Disconnect(*h, DisconnectKind::kClean).ok());
   t.Run(1000);
-  auto hist = t.engine->History("alice", t0, t.clock.NowMs());
+  auto hist = t.engine->History("alice", t0, t.clock.NowMs(), "alice");  // her own audit
   ASSERT_TRUE(hist.ok()) << hist.status();
   ASSERT_EQ(hist->size(), 3u);
   EXPECT_EQ((*hist)[0].state, State::kOnline);
@@ -187,7 +187,16 @@ TEST(History, PublishedTransitionsFormTheAuditTrail) {
   EXPECT_EQ((*hist)[1].cause, Cause::kOverride);
   EXPECT_EQ((*hist)[2].state, State::kOffline);
   EXPECT_EQ((*hist)[2].cause, Cause::kDisconnect);
-  auto times = t.engine->TimeInStates("alice", t0, t.clock.NowMs());
+  // Others read the same changes, without their causes or trace ids.
+  auto pub = t.engine->History("alice", t0, t.clock.NowMs(), "bob");
+  ASSERT_TRUE(pub.ok()) << pub.status();
+  ASSERT_EQ(pub->size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ((*pub)[i].state, (*hist)[i].state);
+    EXPECT_EQ((*pub)[i].cause, Cause::kWithheld);
+    EXPECT_EQ((*pub)[i].trace_id, 0u);
+  }
+  auto times = t.engine->TimeInStates("alice", t0, t.clock.NowMs(), "alice");
   ASSERT_TRUE(times.ok());
   EXPECT_EQ(times->online_ms, 1000);
   EXPECT_EQ(times->dnd_ms, 1000);
@@ -267,9 +276,13 @@ TEST(Erase, AUserBackWithinTheMillisecondPublishesAboveItsLastVersion) {
   ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web", 2)).ok());
   t.engine->Tick();
   const auto events = t.listener.For("alice");
-  ASSERT_EQ(events.size(), 2u);
-  EXPECT_EQ(events[1].state, State::kOnline);
+  ASSERT_EQ(events.size(), 3u);  // online, the erasure, online again
+  EXPECT_TRUE(events[1].erased);
+  EXPECT_EQ(events[2].state, State::kOnline);
   EXPECT_GT(events[1].version, events[0].version);
+  EXPECT_GT(events[2].version, events[1].version);
+  EXPECT_GT(events[1].public_version, events[0].public_version);
+  EXPECT_GT(events[2].public_version, events[1].public_version);
 }
 
 TEST(Drain, EveryDeviceOfTheGatewayDisconnectsInBoundedBatches) {

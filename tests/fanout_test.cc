@@ -46,9 +46,11 @@ TEST(Fanout, FirstBatchIsASnapshotOfTheInterestSetThenOnlyDiffs) {
   ClientView v;
   ASSERT_EQ(Drain(t.fanout.get(), s, &v), 1u);
   EXPECT_EQ(v.snapshots, 1u);
-  EXPECT_EQ(v.list.size(), 3u);
+  // carol was never published: nothing is said of her, as of anyone that
+  // never existed (DESIGN.md section 4, erase).
+  EXPECT_EQ(v.list.size(), 2u);
   EXPECT_EQ(v.StateOf("alice"), State::kOnline);
-  EXPECT_EQ(v.StateOf("carol"), State::kOffline);
+  EXPECT_EQ(v.StateOf("carol"), std::nullopt);
   ASSERT_TRUE(t.engine->SetOverride("bob", OverrideState::kDnd).ok());
   t.Run(1000);  // bob's last change was published at the first tick: min_dwell
   Batch b;
@@ -112,6 +114,8 @@ TEST(Fanout, MaxBatchFlushesBeforeTheInterval) {
 TEST(Fanout, ATopicSectionIsEncodedOnceAndSharedByItsSubscribers) {
   FanoutEngine t;
   const std::vector<absl::string_view> team = {"alice", "bob", "carol"};
+  t.Online("alice");
+  t.engine->Tick();
   ASSERT_TRUE(t.fanout->AddMembers("team", team).ok());
   std::vector<SubscriberId> subs;
   for (int i = 0; i < 3; ++i) {
@@ -282,9 +286,10 @@ TEST(Fanout, InvisibleIsOfflineToEveryoneButTheOwnersOwnList) {
   Drain(t.fanout.get(), other, &v_other);
   Drain(t.fanout.get(), topic_own, &v_topic);
   EXPECT_EQ(v_own.StateOf("alice"), State::kOnline);
-  EXPECT_EQ(v_other.StateOf("alice"), State::kOffline);
-  EXPECT_EQ(v_other.list["alice"].devices().web(), 0u);  // no hint of devices
-  EXPECT_EQ(v_topic.StateOf("alice"), State::kOffline);  // topics carry the public view
+  // She went invisible before her first publication: to others she is
+  // someone who never existed (no entry at all, so no hint of devices).
+  EXPECT_EQ(v_other.StateOf("alice"), std::nullopt);
+  EXPECT_EQ(v_topic.StateOf("alice"), std::nullopt);  // topics carry the public view
   // Going visible again reaches everyone.
   ASSERT_TRUE(t.engine->ClearOverrides("alice").ok());
   t.Run(1000);
@@ -317,6 +322,7 @@ TEST(Fanout, ListAndMembershipChangesReachTheClient) {
   FanoutEngine t;
   t.Online("alice");
   t.Online("bob");
+  t.Online("carol");
   ASSERT_TRUE(t.fanout->AddMembers("team", {"alice"}).ok());
   SubscriberId s = t.Sub({"alice"});
   ASSERT_TRUE(t.fanout->Join(s, "team").ok());
@@ -391,6 +397,9 @@ TEST(FanoutBadInput, EachGetsAClearErrorAndChangesNothing) {
   fo.max_topics_per_subscriber = 1;
   fo.max_topic_members = 2;
   FanoutEngine t(fo);
+  t.Online("alice");
+  t.Online("a");
+  t.engine->Tick();
   SubscriberId s = t.Sub({"alice"});
   EXPECT_TRUE(absl::IsNotFound(t.fanout->AddUsers(999, {"x"})));
   EXPECT_TRUE(absl::IsNotFound(t.fanout->Close(999)));

@@ -43,6 +43,8 @@ namespace {
 constexpr int64_t kStartMs = 1'000'000;
 constexpr int64_t kReconnectGraceMs = 1500;
 constexpr int64_t kMinDwellMs = 1000;
+// Nothing is forgotten mid-run (see Sim::Sim).
+constexpr int64_t kUserRetentionMs = int64_t{1} << 40;
 constexpr Source kByPrecedence[] = {Source::kManual, Source::kApp, Source::kInferred};
 
 int64_t OfflineAfterMs(Source s) {
@@ -109,7 +111,21 @@ struct MUser {
   std::vector<MOverride> overrides;  // not revoked, oldest first (may have expired)
   std::vector<uint64_t> revoked;     // ids that were revoked or cleared
   int64_t last_seen = 0;             // latest accepted signal
+  // Rule 8, stated as the model keeps it: while an INVISIBLE override is on
+  // top, others see the last_seen the user had when it went invisible, and
+  // nothing the user does after moves it. The driver notes the moment
+  // (Sim::NoteHidden) before every action and after every clock move.
+  bool hidden = false;
+  int64_t hidden_last_seen = 0;
 };
+
+// The override on top at `now` (the most recently set unexpired one).
+const MOverride* Top(const MUser& u, int64_t now) {
+  for (auto it = u.overrides.rbegin(); it != u.overrides.rend(); ++it) {
+    if (it->Active(now)) return &*it;
+  }
+  return nullptr;
+}
 
 // What the model says about one user at one time.
 struct Expect {
@@ -149,19 +165,17 @@ Expect Evaluate(const MUser& u, int64_t now) {
       e.live_devices == 0 ? State::kOffline : any_online ? State::kOnline : State::kAway;
   e.state = e.self = base;
   e.last_seen_self = e.last_seen_public = u.last_seen;
-  // The most recently set unexpired override; it shows only with a live device.
-  for (auto it = u.overrides.rbegin(); it != u.overrides.rend(); ++it) {
-    if (it->Active(now)) {
-      e.top = *it;
-      e.shown = e.live_devices > 0;
-      break;
-    }
+  // The override on top shows with a live device; an INVISIBLE one always
+  // (what the user does under it, connecting a first device too, is hidden).
+  if (const MOverride* top = Top(u, now)) {
+    e.top = *top;
+    e.shown = e.live_devices > 0 || top->state == OverrideState::kInvisible;
   }
   if (!e.shown) return e;
   if (e.top.state == OverrideState::kInvisible) {
     e.invisible = true;
     e.state = State::kOffline;
-    e.last_seen_public = std::min(u.last_seen, e.top.set_at);
+    e.last_seen_public = u.hidden_last_seen;
   } else {
     e.state = e.self = FromOverride(e.top.state);
   }
@@ -261,12 +275,15 @@ struct MHandle {
 
 // ---- The driver -------------------------------------------------------------
 
-struct Pub {  // what was last published for a user
-  int count = 0;
+struct Pub {  // what was last published for a user, each view on its own
+  int count = 0;         // events
+  int public_count = 0;  // changes of the public view
   State state = State::kOffline;
   State self = State::kOffline;
   uint64_t version = 0;
-  int64_t at = 0;
+  uint64_t public_version = 0;
+  int64_t public_at = 0;  // of the last change of the public view
+  int64_t self_at = 0;    // of the last change of the own view
 };
 
 // What the runs went through, so that the test can insist that it really
@@ -285,7 +302,7 @@ class Sim {
     // Defaults, except that nothing is forgotten mid-run: dead devices and
     // idle users are kept, so stale sessions stay recognisable.
     o.dead_retention_ms = int64_t{1} << 30;
-    o.user_retention_ms = int64_t{1} << 40;
+    o.user_retention_ms = kUserRetentionMs;
     t_ = std::make_unique<TestEngine>(o);
     const int n_users = 3 + Rand(4);
     for (int i = 0; i < n_users; ++i) {
@@ -303,9 +320,32 @@ class Sim {
     for (step_ = 0; step_ < steps && !failed_; ++step_) {
       ++cov_->steps;
       DoStep();
+      NoteHidden();
       if (!failed_) CheckGets();
     }
     return !failed_;
+  }
+
+  // The moment each user goes invisible, its public last_seen freezes.
+  // Called after each step and each clock move: within a step the clock
+  // stands still, and a step that changes overrides applies no signal, so
+  // the last_seen noted is the one of that moment.
+  void NoteHidden() {
+    for (auto& [id, mu] : model_.users) {
+      const MOverride* top = Top(mu, Now());
+      const bool hidden = top != nullptr && top->state == OverrideState::kInvisible;
+      if (hidden && !mu.hidden) mu.hidden_last_seen = mu.last_seen;
+      mu.hidden = hidden;
+    }
+  }
+
+  // What anyone but the user may know of it: nothing (as if it never
+  // existed) while its public view is OFFLINE and was never published, or
+  // has not been seen for the retention.
+  bool PublicKnown(const std::string& u, const Expect& x, State state) {
+    return state != State::kOffline ||
+           (pubs_[u].public_count > 0 && x.last_seen_public != 0 &&
+            Now() - x.last_seen_public < kUserRetentionMs);
   }
 
   int64_t elapsed_ms() const { return Now() - kStartMs; }
@@ -688,7 +728,10 @@ class Sim {
       }
     }
     for (const auto& [uid, p] : pubs_) {
-      if (p.count > 0 && p.at + kMinDwellMs > now) out.push_back(p.at + kMinDwellMs);
+      if (p.public_count > 0 && p.public_at + kMinDwellMs > now) {
+        out.push_back(p.public_at + kMinDwellMs);
+      }
+      if (p.count > 0 && p.self_at + kMinDwellMs > now) out.push_back(p.self_at + kMinDwellMs);
     }
     return out;
   }
@@ -712,6 +755,7 @@ class Sim {
     }
     t_->clock.Advance(delta);
     Log(absl::StrCat("clock.Advance(", delta, ")"));
+    NoteHidden();
   }
 
   // ---- Checks ----
@@ -728,7 +772,7 @@ class Sim {
     if (ev.size() - before != n) {
       return Fail(absl::StrCat("Tick returned ", n, " but delivered ", ev.size() - before));
     }
-    std::set<std::string> published;
+    std::set<std::string> published, public_now, self_now;
     for (size_t i = before; i < ev.size() && !failed_; ++i) {
       const ChangeEvent& e = ev[i];
       trace_.back() += absl::StrCat(" [", e.user_id, " ", StateName(e.previous), "/",
@@ -740,24 +784,39 @@ class Sim {
       Pub& p = pubs_[e.user_id];
       const Expect x = Evaluate(mu->second, now);
       const std::string who = absl::StrCat("event for ", e.user_id);
-      CheckEq(e.state, x.state, who + ": state");
-      CheckEq(e.self_state, x.self, who + ": self_state");
+      // Each view changes on its own: a view whose change is still held by
+      // its dwell says what it said last.
+      const bool public_change = e.state != p.state;
+      const bool self_change = e.self_state != p.self;
+      CheckEq(e.state, public_change ? x.state : p.state, who + ": state");
+      CheckEq(e.self_state, self_change ? x.self : p.self, who + ": self_state");
       CheckEq(e.invisible, x.invisible, who + ": invisible");
       CheckEq(e.self_devices.total(), x.live_devices, who + ": self_devices");
-      CheckEq(e.devices.total(), x.invisible ? 0 : x.live_devices, who + ": devices");
+      const bool known = PublicKnown(e.user_id, x, x.state);
+      CheckEq(e.devices.total(), x.invisible || !known ? 0 : x.live_devices, who + ": devices");
       CheckEq(e.self_last_seen_ms, x.last_seen_self, who + ": self_last_seen_ms");
-      CheckEq(e.last_seen_ms, x.last_seen_public, who + ": last_seen_ms");
+      CheckEq(e.last_seen_ms, known ? x.last_seen_public : 0, who + ": last_seen_ms");
       CheckEq(e.previous, p.state, who + ": previous (the last published state)");
       CheckEq(e.previous_self, p.self, who + ": previous_self (the last published self_state)");
       CheckEq(e.published_at_ms, now, who + ": published_at_ms");
-      if (e.state == p.state && e.self_state == p.self) {
+      if (!public_change && !self_change) {
         Fail(who + ": repeats the last published (state, self_state)");
       }
       if (e.version <= p.version) {
         Fail(absl::StrCat(who, ": version ", e.version, " not above ", p.version));
       }
-      if (p.count > 0 && e.published_at_ms - p.at < kMinDwellMs) {
-        Fail(absl::StrCat(who, ": published ", e.published_at_ms - p.at,
+      // The public version moves with the public view, and only with it.
+      if (public_change ? e.public_version <= p.public_version
+                        : e.public_version != p.public_version) {
+        Fail(absl::StrCat(who, ": public_version ", e.public_version, " after ",
+                          p.public_version, public_change ? " on a public change" : " unchanged"));
+      }
+      if (public_change && p.public_count > 0 && now - p.public_at < kMinDwellMs) {
+        Fail(absl::StrCat(who, ": public change ", now - p.public_at,
+                          " ms after the previous one, under min_dwell"));
+      }
+      if (self_change && p.count > 0 && now - p.self_at < kMinDwellMs) {
+        Fail(absl::StrCat(who, ": own change ", now - p.self_at,
                           " ms after the previous one, under min_dwell"));
       }
       if (e.changed_at_ms > now) Fail(who + ": changed_at_ms after published_at_ms");
@@ -765,21 +824,35 @@ class Sim {
       p.state = e.state;
       p.self = e.self_state;
       p.version = e.version;
-      p.at = e.published_at_ms;
+      p.public_version = e.public_version;
+      if (public_change) {
+        p.public_count++;
+        p.public_at = now;
+        public_now.insert(e.user_id);
+      }
+      if (self_change) {
+        p.self_at = now;
+        self_now.insert(e.user_id);
+      }
     }
     // The final state is never lost: once the dwell does not hold a user
     // back, a tick leaves its last published state equal to the model's.
     for (const std::string& u : users_) {
       if (failed_) return;
       const Pub& p = pubs_[u];
-      if (published.count(u) == 0 && p.count > 0 && now < p.at + kMinDwellMs) continue;
       const Expect x = Evaluate(model_.users[u], now);
+      // A view changed at this tick is not held; one changed less than
+      // min_dwell ago may be.
+      const bool public_held = public_now.count(u) == 0 && p.public_count > 0 &&
+                               now < p.public_at + kMinDwellMs;
+      const bool self_held =
+          self_now.count(u) == 0 && p.count > 0 && now < p.self_at + kMinDwellMs;
       ++cov_->settled_checks;
-      if (p.state != x.state || p.self != x.self) {
+      if ((p.state != x.state && !public_held) || (p.self != x.self && !self_held)) {
         Fail(absl::StrCat("after Tick, last published for ", u, " is ", StateName(p.state), "/",
-                          StateName(p.self), " (", p.count, " events, last at t=+",
-                          p.at - kStartMs, "); model says ", StateName(x.state), "/",
-                          StateName(x.self)));
+                          StateName(p.self), " (", p.count, " events, public at t=+",
+                          p.public_at - kStartMs, ", own at t=+", p.self_at - kStartMs,
+                          "); model says ", StateName(x.state), "/", StateName(x.self)));
       }
     }
   }
@@ -797,22 +870,26 @@ class Sim {
       const UserPresence self = engine().GetOne(u, u);
       const std::string who = absl::StrCat("GetOne(", u, ")");
       const std::string me = absl::StrCat("GetOne(", u, ",", u, ")");
+      const bool known = PublicKnown(u, x, x.state);
+      CheckEq(pub.known, known, who + ".known");
       CheckEq(pub.state, x.state, who + ".state");
       CheckEq(self.state, x.self, me + ".state");
       if (!mu.devices.empty()) CheckEq(self.known, true, me + ".known");
       CheckEq(self.devices.total(), x.live_devices, me + ".devices");
-      CheckEq(pub.devices.total(), x.invisible ? 0 : x.live_devices, who + ".devices");
+      CheckEq(pub.devices.total(), x.invisible || !known ? 0 : x.live_devices, who + ".devices");
       CheckEq(self.has_override, x.shown, me + ".has_override");
-      CheckEq(pub.has_override, x.shown && !x.invisible, who + ".has_override");
+      CheckEq(pub.has_override, x.shown && !x.invisible && known, who + ".has_override");
       if (x.shown) {
         CheckEq(self.override_state, x.top.state, me + ".override_state");
         CheckEq(self.override_until_ms, x.top.until, me + ".override_until_ms");
       }
+      CheckEq(pub.last_seen_ms, known ? x.last_seen_public : 0, who + ".last_seen_ms");
+      CheckEq(pub.freshness_ms, pub.last_seen_ms == 0 ? 0 : now - pub.last_seen_ms,
+              who + ".freshness_ms");
+      CheckEq(pub.version, known ? pubs_[u].public_version : 0,
+              who + ".version (of the last change of the public view)");
       if (self.known) {
         CheckEq(self.last_seen_ms, x.last_seen_self, me + ".last_seen_ms");
-        CheckEq(pub.last_seen_ms, x.last_seen_public, who + ".last_seen_ms");
-        CheckEq(pub.freshness_ms, pub.last_seen_ms == 0 ? 0 : now - pub.last_seen_ms,
-                who + ".freshness_ms");
         CheckEq(self.version, pubs_[u].version, me + ".version (of the last published change)");
       }
       // GetPublished answers with what listeners were told.
@@ -820,8 +897,12 @@ class Sim {
       const UserPresence pp = engine().GetPublished(absl::MakeConstSpan(&id, 1))[0];
       const UserPresence ps = engine().GetPublished(absl::MakeConstSpan(&id, 1), u)[0];
       CheckEq(pp.state, pubs_[u].state, "GetPublished(" + u + ").state");
+      CheckEq(pp.known, PublicKnown(u, x, pubs_[u].state), "GetPublished(" + u + ").known");
+      if (pp.known) {
+        CheckEq(pp.version, pubs_[u].public_version, "GetPublished(" + u + ").version");
+      }
       CheckEq(ps.state, pubs_[u].self, "GetPublished(" + u + "," + u + ").state");
-      if (ps.known) CheckEq(ps.version, pubs_[u].version, "GetPublished(" + u + ").version");
+      if (ps.known) CheckEq(ps.version, pubs_[u].version, "GetPublished(" + u + "," + u + ").version");
     }
   }
 

@@ -192,13 +192,15 @@ int64_t LatestSignal(const DeviceRecord& d) {
 
 constexpr char kUserColumns[] =
     "user_id, version, state_version, state, self_state, last_seen, published_at, "
-    "override_ids, override_states, override_set_at, override_until";
+    "override_ids, override_states, override_set_at, override_until, public_version, "
+    "hidden_last_seen";
 constexpr char kDeviceColumns[] =
     "user_id, device_id, state, last_seen, session_id, precedence, version, platform, "
     "last_inferred_ms, last_app_ms, last_manual_ms, inferred_activity, app_activity, "
     "manual_activity, closed, gateway";
 constexpr char kHistoryColumns[] =
-    "user_id, version, at_ms, previous, state, self_state, cause, trace_id, last_seen";
+    "user_id, version, at_ms, previous, state, self_state, cause, trace_id, last_seen, "
+    "public_version, public_last_seen";
 
 std::string UserRow(const UserRecord& u, Params* p) {
   std::vector<int64_t> ids, states, set_at, until;
@@ -213,7 +215,8 @@ std::string UserRow(const UserRecord& u, Params* p) {
       p->Int(static_cast<int64_t>(u.state_version)), ",", p->Small(static_cast<int>(u.state)), ",",
       p->Small(static_cast<int>(u.self_state)), ",", p->Int(u.last_seen_ms), ",",
       p->Int(u.published_at_ms), ",", p->Array(ids, "INT8"), ",", p->Array(states, "INT2"), ",",
-      p->Array(set_at, "INT8"), ",", p->Array(until, "INT8"), ")");
+      p->Array(set_at, "INT8"), ",", p->Array(until, "INT8"), ",",
+      p->Int(static_cast<int64_t>(u.public_version)), ",", p->Int(u.hidden_last_seen_ms), ")");
 }
 
 std::string DeviceRow(const DeviceRecord& d, Params* p) {
@@ -234,7 +237,9 @@ std::string HistoryRow(const Transition& t, Params* p) {
                       p->Small(static_cast<int>(t.state)), ",",
                       p->Small(static_cast<int>(t.self_state)), ",",
                       p->Small(static_cast<int>(t.cause)), ",",
-                      p->Int(static_cast<int64_t>(t.trace_id)), ",", p->Int(t.last_seen_ms), ")");
+                      p->Int(static_cast<int64_t>(t.trace_id)), ",", p->Int(t.last_seen_ms), ",",
+                      p->Int(static_cast<int64_t>(t.public_version)), ",",
+                      p->Int(t.public_last_seen_ms), ")");
 }
 
 bool ReadUser(Row& r, UserRecord* u) {
@@ -245,6 +250,8 @@ bool ReadUser(Row& r, UserRecord* u) {
   u->self_state = As<State>(r.Enum(4, 1, 4));
   u->last_seen_ms = r.Int(5);
   u->published_at_ms = r.Int(6);
+  u->public_version = r.Unsigned(11);
+  u->hidden_last_seen_ms = r.Int(12);
   const std::vector<int64_t> ids = r.Array(7), states = r.Array(8), set_at = r.Array(9),
                              until = r.Array(10);
   if (!r.ok() || states.size() != ids.size() || set_at.size() != ids.size() ||
@@ -282,9 +289,11 @@ bool ReadDevice(Row& r, DeviceRecord* d) {
 }
 
 // Columns: version, at_ms, previous, state, self_state, cause, trace_id,
-// last_seen (the user id is the one asked for).
+// last_seen, public_version, public_last_seen (the user id is the one asked
+// for).
 constexpr char kTransitionReadColumns[] =
-    "version, at_ms, previous, state, self_state, cause, trace_id, last_seen";
+    "version, at_ms, previous, state, self_state, cause, trace_id, last_seen, public_version, "
+    "public_last_seen";
 
 bool ReadTransition(Row& r, absl::string_view user_id, Transition* t) {
   t->user_id = std::string(user_id);
@@ -296,6 +305,8 @@ bool ReadTransition(Row& r, absl::string_view user_id, Transition* t) {
   t->cause = As<Cause>(r.Enum(5, 1, 6));
   t->trace_id = r.Unsigned(6);
   t->last_seen_ms = r.Int(7);
+  t->public_version = r.Unsigned(8);
+  t->public_last_seen_ms = r.Int(9);
   return r.ok();
 }
 
@@ -337,7 +348,13 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
                      "state_version INT8 NOT NULL, state INT2 NOT NULL, self_state INT2 NOT NULL, "
                      "last_seen INT8 NOT NULL, published_at INT8 NOT NULL, "
                      "override_ids INT8[] NOT NULL, override_states INT2[] NOT NULL, "
-                     "override_set_at INT8[] NOT NULL, override_until INT8[] NOT NULL)"),
+                     "override_set_at INT8[] NOT NULL, override_until INT8[] NOT NULL, "
+                     "public_version INT8 NOT NULL, hidden_last_seen INT8 NOT NULL)"),
+        // Tables made before the public view had its own columns (rule 8).
+        absl::StrCat("ALTER TABLE ", users_,
+                     " ADD COLUMN IF NOT EXISTS public_version INT8 NOT NULL DEFAULT 0"),
+        absl::StrCat("ALTER TABLE ", users_,
+                     " ADD COLUMN IF NOT EXISTS hidden_last_seen INT8 NOT NULL DEFAULT 0"),
         absl::StrCat("CREATE INDEX IF NOT EXISTS ", p, "users_last_seen ON ", users_,
                      " (last_seen)"),
         absl::StrCat("CREATE TABLE IF NOT EXISTS ", devices_,
@@ -357,7 +374,12 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
                      " (user_id BYTEA NOT NULL, version INT8 NOT NULL, at_ms INT8 NOT NULL, "
                      "previous INT2 NOT NULL, state INT2 NOT NULL, self_state INT2 NOT NULL, "
                      "cause INT2 NOT NULL, trace_id INT8 NOT NULL, last_seen INT8 NOT NULL, "
+                     "public_version INT8 NOT NULL, public_last_seen INT8 NOT NULL, "
                      "PRIMARY KEY (user_id, version))"),
+        absl::StrCat("ALTER TABLE ", history_table_,
+                     " ADD COLUMN IF NOT EXISTS public_version INT8 NOT NULL DEFAULT 0"),
+        absl::StrCat("ALTER TABLE ", history_table_,
+                     " ADD COLUMN IF NOT EXISTS public_last_seen INT8 NOT NULL DEFAULT 0"),
         absl::StrCat("CREATE INDEX IF NOT EXISTS ", p, "history_window ON ", history_table_,
                      " (user_id, at_ms, version)"),
         absl::StrCat("CREATE INDEX IF NOT EXISTS ", p, "history_at ON ", history_table_,
@@ -399,7 +421,7 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
     // that no statement touches a row twice.
     std::map<std::string, const UserRecord*> users;
     for (const UserRecord& u : batch.users) {
-      if (u.version >= kMaxInt8 || u.state_version >= kMaxInt8) {
+      if (u.version >= kMaxInt8 || u.state_version >= kMaxInt8 || u.public_version >= kMaxInt8) {
         return absl::InvalidArgumentError("user record version >= 2^63");
       }
       auto [it, inserted] = users.try_emplace(u.user_id, &u);
@@ -464,6 +486,8 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
                          "state_version = excluded.state_version, state = excluded.state, "
                          "self_state = excluded.self_state, last_seen = excluded.last_seen, "
                          "published_at = excluded.published_at, "
+                         "public_version = excluded.public_version, "
+                         "hidden_last_seen = excluded.hidden_last_seen, "
                          "override_ids = excluded.override_ids, "
                          "override_states = excluded.override_states, "
                          "override_set_at = excluded.override_set_at, "
@@ -610,7 +634,9 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
   absl::Status Append(absl::Span<const Transition> transitions) override {
     std::map<std::pair<std::string, uint64_t>, const Transition*> unique;
     for (const Transition& t : transitions) {
-      if (t.version >= kMaxInt8) return absl::InvalidArgumentError("transition version >= 2^63");
+      if (t.version >= kMaxInt8 || t.public_version >= kMaxInt8) {
+        return absl::InvalidArgumentError("transition version >= 2^63");
+      }
       unique.try_emplace({t.user_id, t.version}, &t);
     }
     if (unique.empty()) return absl::OkStatus();

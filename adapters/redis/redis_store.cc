@@ -160,6 +160,8 @@ std::string UserValue(const UserRecord& u) {
   p.set_last_seen_ms(u.last_seen_ms);
   p.set_published_at_ms(u.published_at_ms);
   p.set_state_version(u.state_version);
+  p.set_public_version(u.public_version);
+  p.set_hidden_last_seen_ms(u.hidden_last_seen_ms);
   for (const OverrideInfo& o : u.overrides) {
     wire::Override* po = p.add_overrides();
     po->set_id(o.id);
@@ -205,6 +207,8 @@ bool DecodeUser(absl::string_view user_id, absl::string_view value, UserRecord* 
   u->self_state = Enum<State>(p.self_state());
   u->last_seen_ms = p.last_seen_ms();
   u->published_at_ms = p.published_at_ms();
+  u->public_version = p.public_version();
+  u->hidden_last_seen_ms = p.hidden_last_seen_ms();
   u->overrides.clear();
   for (const wire::Override& po : p.overrides()) {
     if (!InRange(po.state(), 1, 4)) return false;

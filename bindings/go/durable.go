@@ -25,9 +25,12 @@ type StateDurations struct {
 }
 
 // History returns the user's published transitions with AtMs in [fromMs,
-// toMs], oldest first. FailedPrecondition when the engine has no history
-// store (no EngineOptions.FileDir).
-func (e *Engine) History(userID string, fromMs, toMs int64) ([]Transition, error) {
+// toMs], oldest first, as the user viewerID sees them: the user itself reads
+// every transition with cause and trace id; anyone else ("" included) only
+// the changes of the public view, with CauseWithheld and trace id 0.
+// FailedPrecondition when the engine has no history store (no
+// EngineOptions.FileDir).
+func (e *Engine) History(userID string, fromMs, toMs int64, viewerID string) ([]Transition, error) {
 	p, err := e.ptr()
 	if err != nil {
 		return nil, err
@@ -35,8 +38,8 @@ func (e *Engine) History(userID string, fromMs, toMs int64) ([]Transition, error
 	var arr *C.presence_transition_t
 	var n C.size_t
 	var msg *C.char
-	rc := C.presence_engine_history(&arr, &n, p, cstr(userID), C.size_t(len(userID)),
-		C.int64_t(fromMs), C.int64_t(toMs), &msg)
+	rc := C.presence_engine_history_as(&arr, &n, p, cstr(userID), C.size_t(len(userID)),
+		C.int64_t(fromMs), C.int64_t(toMs), cstr(viewerID), C.size_t(len(viewerID)), &msg)
 	keepAlive(e)
 	return fromCArray(arr, n, status(rc, msg), func(t *C.presence_transition_t) Transition {
 		return Transition{Version: uint64(t.version), AtMs: int64(t.at_ms),
@@ -46,31 +49,34 @@ func (e *Engine) History(userID string, fromMs, toMs int64) ([]Transition, error
 }
 
 // TimeInStates is the time the user spent in each state in [fromMs, toMs]
-// (its own view; the part after now is not counted), from the history.
-func (e *Engine) TimeInStates(userID string, fromMs, toMs int64) (StateDurations, error) {
+// (in viewerID's view, as History; the part after now is not counted), from
+// the history.
+func (e *Engine) TimeInStates(userID string, fromMs, toMs int64, viewerID string) (StateDurations, error) {
 	p, err := e.ptr()
 	if err != nil {
 		return StateDurations{}, err
 	}
 	var d C.presence_state_durations_t
 	var msg *C.char
-	rc := C.presence_engine_time_in_states(&d, p, cstr(userID), C.size_t(len(userID)),
-		C.int64_t(fromMs), C.int64_t(toMs), &msg)
+	rc := C.presence_engine_time_in_states_as(&d, p, cstr(userID), C.size_t(len(userID)),
+		C.int64_t(fromMs), C.int64_t(toMs), cstr(viewerID), C.size_t(len(viewerID)), &msg)
 	keepAlive(e)
 	return StateDurations{OnlineMs: int64(d.online_ms), AwayMs: int64(d.away_ms),
 		DNDMs: int64(d.dnd_ms), OfflineMs: int64(d.offline_ms)}, status(rc, msg)
 }
 
-// LastSeen is the user's last accepted signal, in ms: from the engine while
-// it holds the user, else from the history. NotFound when neither knows it.
-func (e *Engine) LastSeen(userID string) (int64, error) {
+// LastSeen is the user's last accepted signal, in ms, in viewerID's view:
+// from the engine while it knows the user, else from the history. NotFound
+// when neither knows it (for others: when its public view never showed it).
+func (e *Engine) LastSeen(userID, viewerID string) (int64, error) {
 	p, err := e.ptr()
 	if err != nil {
 		return 0, err
 	}
 	var last C.int64_t
 	var msg *C.char
-	rc := C.presence_engine_last_seen(&last, p, cstr(userID), C.size_t(len(userID)), &msg)
+	rc := C.presence_engine_last_seen_as(&last, p, cstr(userID), C.size_t(len(userID)),
+		cstr(viewerID), C.size_t(len(viewerID)), &msg)
 	keepAlive(e)
 	return int64(last), status(rc, msg)
 }

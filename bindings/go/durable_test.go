@@ -104,7 +104,7 @@ func TestFileStoreRoundTrip(t *testing.T) {
 	if p := w.get("alice", ""); !p.Known || p.State != StateOnline || p.LastSeenMs != start {
 		t.Errorf("after a restart: %+v", p)
 	}
-	got, err := w.engine.History("alice", 0, math.MaxInt64)
+	got, err := w.engine.History("alice", 0, math.MaxInt64, "alice")
 	must(t, err)
 	if len(got) != 1 || got[0].State != StateOnline || got[0].Cause != CauseSignal {
 		t.Errorf("history %+v", got)
@@ -140,7 +140,7 @@ func TestHistoryAndOperations(t *testing.T) {
 	w.step(100)
 	w.step(1000) // now start + 5100
 
-	tr, err := e.History("alice", 0, math.MaxInt64)
+	tr, err := e.History("alice", 0, math.MaxInt64, "alice")
 	must(t, err)
 	if len(tr) != 3 || tr[0].State != StateOnline || tr[1].State != StateAway ||
 		tr[2].State != StateOffline || tr[0].Previous != StateOffline ||
@@ -148,25 +148,25 @@ func TestHistoryAndOperations(t *testing.T) {
 		tr[2].Cause != CauseDisconnect {
 		t.Fatalf("history %+v", tr)
 	}
-	tr, err = e.History("alice", start+1000, start+3000)
+	tr, err = e.History("alice", start+1000, start+3000, "alice")
 	must(t, err)
 	if len(tr) != 1 || tr[0].State != StateAway {
 		t.Errorf("window %+v", tr)
 	}
-	if tr, err := e.History("nobody", 0, 1); err != nil || tr != nil {
+	if tr, err := e.History("nobody", 0, 1, "nobody"); err != nil || tr != nil {
 		t.Errorf("nobody: %v %v", tr, err)
 	}
-	d, err := e.TimeInStates("alice", start, start+6100)
+	d, err := e.TimeInStates("alice", start, start+6100, "alice")
 	must(t, err)
 	if d != (StateDurations{OnlineMs: 2000, AwayMs: 2000, OfflineMs: 1100}) {
 		t.Errorf("time in states %+v", d)
 	}
-	_, err = e.TimeInStates("alice", 10, 1)
+	_, err = e.TimeInStates("alice", 10, 1, "alice")
 	wantErr(t, err, InvalidArgument, "from_ms is after to_ms")
-	if last, err := e.LastSeen("alice"); err != nil || last != start+2000 {
+	if last, err := e.LastSeen("alice", "alice"); err != nil || last != start+2000 {
 		t.Errorf("last seen %d %v", last, err)
 	}
-	_, err = e.LastSeen("nobody")
+	_, err = e.LastSeen("nobody", "nobody")
 	wantErr(t, err, NotFound)
 
 	for _, u := range []string{"g1", "g2", "g3"} {
@@ -198,7 +198,7 @@ func TestHistoryAndOperations(t *testing.T) {
 	if w.get("carol", "").Known {
 		t.Error("carol after erase")
 	}
-	_, err = e.LastSeen("carol")
+	_, err = e.LastSeen("carol", "carol")
 	wantErr(t, err, NotFound)
 	w.step(100)
 	must(t, e.Rebuild())
@@ -212,11 +212,11 @@ func TestMemoryEngineHasNoHistory(t *testing.T) {
 	e := w.engine
 	must(t, e.Signal(sig("alice", "pc", 1)))
 	w.step(100)
-	_, err := e.History("alice", 0, math.MaxInt64)
+	_, err := e.History("alice", 0, math.MaxInt64, "alice")
 	wantErr(t, err, FailedPrecondition, "no history store")
-	_, err = e.TimeInStates("alice", 0, 1)
+	_, err = e.TimeInStates("alice", 0, 1, "alice")
 	wantErr(t, err, FailedPrecondition)
-	if last, err := e.LastSeen("alice"); err != nil || last != start {
+	if last, err := e.LastSeen("alice", "alice"); err != nil || last != start {
 		t.Errorf("last seen %d %v", last, err)
 	}
 	must(t, e.Rebuild())
@@ -227,11 +227,11 @@ func TestMemoryEngineHasNoHistory(t *testing.T) {
 	// Bad ids.
 	long := strings.Repeat("u", MaxUserIDBytes+1)
 	for _, bad := range []string{"", long} {
-		_, err = e.History(bad, 0, 1)
+		_, err = e.History(bad, 0, 1, "")
 		wantErr(t, err, InvalidArgument)
-		_, err = e.TimeInStates(bad, 0, 1)
+		_, err = e.TimeInStates(bad, 0, 1, "")
 		wantErr(t, err, InvalidArgument)
-		_, err = e.LastSeen(bad)
+		_, err = e.LastSeen(bad, "")
 		wantErr(t, err, InvalidArgument)
 		wantErr(t, e.Erase(bad), InvalidArgument)
 		_, err = e.DrainGateway(bad, 1)
@@ -240,7 +240,7 @@ func TestMemoryEngineHasNoHistory(t *testing.T) {
 
 	// Closed.
 	e.Close()
-	_, err = e.History("alice", 0, 1)
+	_, err = e.History("alice", 0, 1, "alice")
 	if !errors.Is(err, ErrClosed) {
 		t.Errorf("history after close: %v", err)
 	}

@@ -228,6 +228,7 @@ const (
 	CauseOverride       Cause = C.PRESENCE_CAUSE_OVERRIDE
 	CauseOverrideExpiry Cause = C.PRESENCE_CAUSE_OVERRIDE_EXPIRY
 	CauseMerge          Cause = C.PRESENCE_CAUSE_MERGE
+	CauseWithheld       Cause = C.PRESENCE_CAUSE_WITHHELD // a history entry read by anyone but the user
 )
 
 func (c Cause) String() string {
@@ -244,6 +245,8 @@ func (c Cause) String() string {
 		return "override_expiry"
 	case CauseMerge:
 		return "merge"
+	case CauseWithheld:
+		return "withheld"
 	}
 	return fmt.Sprintf("Cause(%d)", int32(c))
 }

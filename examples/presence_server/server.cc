@@ -1409,12 +1409,13 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
     from = to - 3600 * 1000;
   }
   if (from > to) return Error(http::status::bad_request, "bad_request", "from is after to");
-  absl::StatusOr<std::vector<presence::Transition>> h = engine_->History(*user, from, to);
-  if (!h.ok()) return FromEngineError(h.status());
-  // The user itself and operators see the audit trail; others see only the
-  // public transitions, without cause or trace (an invisible user's are not
-  // given away).
+  // The user itself and operators see the audit trail; others see what the
+  // engine answers anyone but the user: the public view (DESIGN.md rule 8),
+  // whose entries carry no cause or trace id.
   const bool full = *user == viewer || opts_.access.IsOperator(viewer);
+  const absl::string_view as = full ? absl::string_view(*user) : absl::string_view(viewer);
+  absl::StatusOr<std::vector<presence::Transition>> h = engine_->History(*user, from, to, as);
+  if (!h.ok()) return FromEngineError(h.status());
   std::string out = "{\"user_id\":";
   AppendJsonString(&out, *user);
   absl::StrAppend(&out, ",\"from_ms\":", from, ",\"to_ms\":", to, ",\"full\":", full ? "true" : "false",
@@ -1422,7 +1423,6 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
   bool first = true;
   size_t n = 0;
   for (const presence::Transition& tr : *h) {
-    if (!full && tr.previous == tr.state) continue;
     if (++n > 10000) break;
     if (!first) out.push_back(',');
     first = false;
@@ -1437,7 +1437,7 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
   }
   out.append("]");
   if (full) {
-    absl::StatusOr<presence::StateDurations> d = engine_->TimeInStates(*user, from, to);
+    absl::StatusOr<presence::StateDurations> d = engine_->TimeInStates(*user, from, to, as);
     if (d.ok()) {
       absl::StrAppend(&out, ",\"time_in_states_ms\":{\"online\":", d->online_ms, ",\"away\":", d->away_ms,
                       ",\"dnd\":", d->dnd_ms, ",\"offline\":", d->offline_ms, "}");

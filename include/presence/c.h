@@ -238,7 +238,8 @@ typedef enum presence_cause_t {
   PRESENCE_CAUSE_DISCONNECT = 3,      /* a device disconnected */
   PRESENCE_CAUSE_OVERRIDE = 4,        /* an override was set or revoked */
   PRESENCE_CAUSE_OVERRIDE_EXPIRY = 5, /* an override reached its end time */
-  PRESENCE_CAUSE_MERGE = 6            /* a record merged from elsewhere (a rebuild) */
+  PRESENCE_CAUSE_MERGE = 6,           /* a record merged from elsewhere (a rebuild) */
+  PRESENCE_CAUSE_WITHHELD = 7         /* not part of the public view (history read by others) */
 } presence_cause_t;
 
 /* Where an engine keeps its state (engine options, version 2). */
@@ -607,11 +608,19 @@ PRESENCE_EXPORT int presence_engine_get_published(presence_user_presence_t** out
  * THREAD SAFETY: as every engine call, except presence_engine_rebuild (see
  * there). */
 
+/* History queries take a viewer, like presence_engine_get: the user itself
+ * (viewer_user_id equal to user_id) reads every transition with both views,
+ * cause and trace id; anyone else (another id, or NULL and 0) reads the
+ * public view only (DESIGN.md rule 8): the changes of the public view, with
+ * the public version and last_seen, self_state equal to state,
+ * PRESENCE_CAUSE_WITHHELD and trace id 0. The functions without `_as` are
+ * the same with no viewer. */
+
 /* One published transition of a user. Frozen layout. */
 typedef struct presence_transition_t {
-  uint64_t version;      /* the user's version after it */
+  uint64_t version;      /* the user's version after it (the viewer's view) */
   int64_t at_ms;         /* when it was published */
-  int64_t last_seen_ms;  /* the user's last accepted signal then (own view) */
+  int64_t last_seen_ms;  /* the user's last accepted signal then (the viewer's view) */
   uint64_t trace_id;     /* of the signal or override that caused it; 0: none */
   int32_t previous;      /* presence_state_t, public view */
   int32_t state;         /* presence_state_t, public view (OFFLINE while invisible) */
@@ -628,10 +637,16 @@ PRESENCE_EXPORT int presence_engine_history(presence_transition_t** out_transiti
                                             size_t* out_count, presence_engine_t* engine,
                                             const char* user_id, size_t user_id_len,
                                             int64_t from_ms, int64_t to_ms, char** errmsg);
+PRESENCE_EXPORT int presence_engine_history_as(presence_transition_t** out_transitions,
+                                               size_t* out_count, presence_engine_t* engine,
+                                               const char* user_id, size_t user_id_len,
+                                               int64_t from_ms, int64_t to_ms,
+                                               const char* viewer_user_id,
+                                               size_t viewer_user_id_len, char** errmsg);
 
 /* Time the user spent in each state in [from_ms, to_ms], from the history,
- * in its own view; the part of the window after now is not counted. Frozen
- * layout. */
+ * in the viewer's view; the part of the window after now, or before 0, is
+ * not counted. Frozen layout. */
 typedef struct presence_state_durations_t {
   int64_t online_ms;
   int64_t away_ms;
@@ -644,13 +659,23 @@ PRESENCE_EXPORT int presence_engine_time_in_states(presence_state_durations_t* o
                                                    const char* user_id, size_t user_id_len,
                                                    int64_t from_ms, int64_t to_ms,
                                                    char** errmsg);
+PRESENCE_EXPORT int presence_engine_time_in_states_as(
+    presence_state_durations_t* out_durations, presence_engine_t* engine, const char* user_id,
+    size_t user_id_len, int64_t from_ms, int64_t to_ms, const char* viewer_user_id,
+    size_t viewer_user_id_len, char** errmsg);
 
-/* The user's last accepted signal: from the engine while it holds the user,
- * else from the history (for users long offline). NOT_FOUND when neither
- * knows the user. Works without a history store too (the engine only). */
+/* The user's last accepted signal in the viewer's view: from the engine
+ * while it knows the user, else from the history (for users long offline).
+ * NOT_FOUND when neither knows the user (for anyone but the user: when its
+ * public view never showed it). Works without a history store too (the
+ * engine only). */
 PRESENCE_EXPORT int presence_engine_last_seen(int64_t* out_last_seen_ms,
                                               presence_engine_t* engine, const char* user_id,
                                               size_t user_id_len, char** errmsg);
+PRESENCE_EXPORT int presence_engine_last_seen_as(int64_t* out_last_seen_ms,
+                                                 presence_engine_t* engine, const char* user_id,
+                                                 size_t user_id_len, const char* viewer_user_id,
+                                                 size_t viewer_user_id_len, char** errmsg);
 
 /* Forgets the user everywhere: its devices, overrides and records in the
  * engine, the store (with the next tick) and the history. Its device

@@ -195,25 +195,41 @@ class PRESENCE_EXPORT Engine {
 
   // ---- History and durable state (DESIGN.md sections 4, 5 and 7) -----------
 
+  // History queries answer like Get, as `viewer_user_id` sees the user: the
+  // user itself reads everything, anyone else its public view (DESIGN.md
+  // rule 8).
+
   // Engine::History: the user's published transitions with at_ms in
-  // [from_ms, to_ms], oldest first, with cause and trace id (the audit
-  // trail). FailedPrecondition when the engine has no HistoryStore.
+  // [from_ms, to_ms], oldest first. The user itself gets every transition,
+  // with both views, cause and trace id (the audit trail). Anyone else gets
+  // only the changes of the public view, each with its public version as
+  // `version`, its public last_seen, self_state equal to state, cause
+  // kWithheld and trace id 0. FailedPrecondition when the engine has no
+  // HistoryStore.
   absl::StatusOr<std::vector<Transition>> History(absl::string_view user_id, int64_t from_ms,
-                                                  int64_t to_ms);
+                                                  int64_t to_ms,
+                                                  absl::string_view viewer_user_id = {});
 
   // Engine::TimeInStates: time spent in each state in [from_ms, to_ms]
-  // (the part of the window after now is not counted), from the history.
+  // (the part of the window after now, or before 0, is not counted), from
+  // the history, in the viewer's view.
   absl::StatusOr<StateDurations> TimeInStates(absl::string_view user_id, int64_t from_ms,
-                                              int64_t to_ms);
+                                              int64_t to_ms,
+                                              absl::string_view viewer_user_id = {});
 
-  // Engine::LastSeen: the user's last_seen, from the engine while it holds
-  // the user, else from the history (for users long offline). NotFound when
-  // neither knows the user.
-  absl::StatusOr<int64_t> LastSeen(absl::string_view user_id);
+  // Engine::LastSeen: the user's last_seen in the viewer's view, from the
+  // engine while it knows the user (Get), else from the history (for users
+  // long offline). NotFound when neither knows the user (for anyone but the
+  // user: when its public view never showed it).
+  absl::StatusOr<int64_t> LastSeen(absl::string_view user_id,
+                                   absl::string_view viewer_user_id = {});
 
   // Engine::Erase forgets the user everywhere: its records in the engine,
   // the Store (with the next write) and the history. A later compaction,
   // replay or rebuild never brings it back. A signal afterwards starts anew.
+  // If the user was ever published, the next Tick publishes its erasure (a
+  // ChangeEvent with `erased` set) to the listeners and the bus, so that
+  // watchers drop it (the fan-out and a RemoteFeed do).
   absl::Status Erase(absl::string_view user_id);
 
   // Engine::DrainGateway: the operator's drain. Disconnects cleanly up to

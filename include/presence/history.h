@@ -28,16 +28,21 @@
 namespace presence {
 
 // presence::Transition: one published change, as the audit trail keeps it.
+// Each carries both views of the change event it records (see ChangeEvent):
+// the audit trail answers the user itself and operators with every field, and
+// anyone else with the public view only (Engine::History).
 struct Transition {
   std::string user_id;
-  uint64_t version = 0;
-  int64_t at_ms = 0;  // when it was published
+  uint64_t version = 0;  // the event's version (own view): the key
+  int64_t at_ms = 0;     // when it was published
   State previous = State::kOffline;
   State state = State::kOffline;            // public view
   State self_state = State::kOffline;       // own view (differs when invisible)
   Cause cause = Cause::kSignal;
   uint64_t trace_id = 0;
   int64_t last_seen_ms = 0;                 // own view
+  uint64_t public_version = 0;              // public view
+  int64_t public_last_seen_ms = 0;          // public view
 };
 
 class PRESENCE_EXPORT HistoryStore {

@@ -60,8 +60,9 @@
 // version 0 (which only a tombstone has: Mirror refuses version 0 and a remote
 // change with version 0 is malformed), cause kMerge, state, self_state and the
 // previous ones OFFLINE, no devices, last_seen 0. On it the host erases the
-// user locally (Engine::Erase publishes no change event, so nothing is mirrored
-// back).
+// user locally (the erasure event Engine::Erase then publishes is not
+// mirrored: as a listener, the mirror passes over erased events, so nothing
+// is mirrored back).
 //
 // Not yet: a bound on a remote clock that runs far ahead (its stamps win until
 // local clocks pass them), and persistence (a new mirror starts empty, from

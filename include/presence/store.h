@@ -64,11 +64,15 @@ struct DeviceRecord {
 struct UserRecord {
   std::string user_id;
   uint64_t version = 0;        // of this record
-  uint64_t state_version = 0;  // of the last published change
+  uint64_t state_version = 0;  // of the last published change (own view)
   State state = State::kOffline;       // as last published, public view
   State self_state = State::kOffline;  // as last published, own view
-  int64_t last_seen_ms = 0;
-  int64_t published_at_ms = 0;
+  int64_t last_seen_ms = 0;            // own view
+  int64_t published_at_ms = 0;         // of the last change of the public view
+  uint64_t public_version = 0;         // of the last change of the public view
+  // While the user is invisible: the last_seen that the public view shows
+  // (where it stood when the user went invisible). 0 otherwise.
+  int64_t hidden_last_seen_ms = 0;
   std::vector<OverrideInfo> overrides;
 };
 

@@ -80,6 +80,9 @@ enum class Cause : uint8_t {
   kOverride = 4,        // an override was set or revoked
   kOverrideExpiry = 5,  // an override reached its end time
   kMerge = 6,           // a record merged from elsewhere (rebuild, region)
+  // Not part of the public view: what a history entry read by anyone but
+  // the user says (Engine::History).
+  kWithheld = 7,
 };
 
 // Names for logs and metrics ("online", "app", "timeout", ...).
@@ -135,18 +138,31 @@ struct DeviceSummary {
 };
 
 // presence::ChangeEvent is one published change of a user's state (DESIGN.md
-// section 3). `state` is what everyone else sees; `self_state` is what the
-// user's own clients see (they differ only while the user is invisible).
+// section 3). It carries two views (DESIGN.md rule 8):
+//   * the public view (`previous`, `state`, `last_seen_ms`, `devices`,
+//     `public_version`): what everyone but the user sees. `public_version`
+//     grows only when the public view changes; an event whose public_version
+//     is not newer than the last one a consumer holds changed nothing public
+//     (the user is invisible and only its own view moved), and a consumer
+//     that serves anyone but the user must ignore its public fields;
+//   * the own view (`previous_self`, `self_state`, `self_last_seen_ms`,
+//     `self_devices`, `version`): what the user's own clients see. `version`
+//     grows with every event of the user.
+// An erasure (Engine::Erase) is published as an event with `erased` set,
+// every state OFFLINE, no devices and last_seen 0: its watchers drop the user
+// (the fan-out sends a removal), as if it had never existed.
 struct ChangeEvent {
   std::string user_id;
   State previous = State::kOffline;       // public state before
   State state = State::kOffline;          // public state now
   State previous_self = State::kOffline;  // the user's own view before
   State self_state = State::kOffline;     // the user's own view now
-  bool invisible = false;                 // an INVISIBLE override is showing
+  bool invisible = false;                 // an INVISIBLE override is showing (own view)
+  bool erased = false;                    // the user was erased
   int64_t last_seen_ms = 0;               // latest accepted signal (public view)
   int64_t self_last_seen_ms = 0;          // latest accepted signal (own view)
-  uint64_t version = 0;                   // per user; grows by one per event
+  uint64_t version = 0;                   // per user; grows with every event (own view)
+  uint64_t public_version = 0;            // per user; grows only when the public view changes
   Cause cause = Cause::kSignal;
   DeviceSummary devices;                  // live devices (zero when invisible)
   DeviceSummary self_devices;             // live devices, own view
@@ -156,11 +172,15 @@ struct ChangeEvent {
 };
 
 // presence::UserPresence answers Engine::Get for one user (DESIGN.md section
-// 4). For anyone but the user, an invisible user is OFFLINE, shows no devices
-// and no override, and its last_seen stops where it went invisible.
+// 4). Anyone but the user reads its public view (DESIGN.md rule 8): an
+// invisible user is OFFLINE, shows no devices and no override, its last_seen
+// stays where it was when it went invisible, and its version stays where it
+// was; an offline user is known only until Options::user_retention_ms past its
+// public last_seen (and one never seen is not known), whatever the engine
+// still holds of it. Every field of an unknown user is zero.
 struct UserPresence {
   std::string user_id;
-  bool known = false;              // false: the engine holds nothing for it
+  bool known = false;              // false: nothing to show of it (as if it never existed)
   State state = State::kOffline;
   bool has_override = false;
   OverrideState override_state = OverrideState::kOnline;
@@ -168,7 +188,9 @@ struct UserPresence {
   int64_t last_seen_ms = 0;        // 0: never seen
   int64_t freshness_ms = 0;        // now - last_seen_ms (0 when never seen)
   DeviceSummary devices;
-  uint64_t version = 0;            // version of the last published change
+  // Of the last published change of this view: the public version for
+  // anyone but the user, the own-view version for the user itself.
+  uint64_t version = 0;
 };
 
 }  // namespace presence

@@ -606,15 +606,18 @@ class Engine(Handle):
 
     # ---- History and durable state (a file store: see file_dir) ----
 
-    def history(self, user_id: Id, from_ms: int = 0,
-                to_ms: int = _I64[1]) -> List[Transition]:
+    def history(self, user_id: Id, from_ms: int = 0, to_ms: int = _I64[1],
+                viewer: Optional[Id] = None) -> List[Transition]:
         """The user's published transitions with at_ms in [from_ms, to_ms],
-        oldest first. FailedPrecondition without a history store (no
-        file_dir)."""
+        oldest first, as `viewer` sees them: the user itself reads every
+        transition with cause and trace id; anyone else (None included) only
+        the changes of the public view, with cause WITHHELD and trace id 0.
+        FailedPrecondition without a history store (no file_dir)."""
         u = as_bytes(user_id, "user_id")
-        ptr, count = self._lib.presence_engine_history(
+        v = b"" if viewer is None else as_bytes(viewer, "viewer")
+        ptr, count = self._lib.presence_engine_history_as(
             self._p(), address_of(u), len(u), _int(from_ms, "from_ms", _I64),
-            _int(to_ms, "to_ms", _I64))
+            _int(to_ms, "to_ms", _I64), address_of(v), len(v))
         if not ptr:
             return []
         try:
@@ -625,20 +628,27 @@ class Engine(Handle):
         finally:
             self._lib.presence_free(ptr)
 
-    def time_in_states(self, user_id: Id, from_ms: int, to_ms: int) -> StateDurations:
-        """Time the user spent in each state in [from_ms, to_ms] (its own
-        view; the part after now is not counted), from the history."""
+    def time_in_states(self, user_id: Id, from_ms: int, to_ms: int,
+                       viewer: Optional[Id] = None) -> StateDurations:
+        """Time the user spent in each state in [from_ms, to_ms] (in the
+        viewer's view, as history(); the part after now is not counted), from
+        the history."""
         u = as_bytes(user_id, "user_id")
-        d = self._lib.presence_engine_time_in_states(
+        v = b"" if viewer is None else as_bytes(viewer, "viewer")
+        d = self._lib.presence_engine_time_in_states_as(
             self._p(), address_of(u), len(u), _int(from_ms, "from_ms", _I64),
-            _int(to_ms, "to_ms", _I64))
+            _int(to_ms, "to_ms", _I64), address_of(v), len(v))
         return StateDurations(d.online_ms, d.away_ms, d.dnd_ms, d.offline_ms)
 
-    def last_seen(self, user_id: Id) -> int:
-        """The user's last accepted signal, in ms: from the engine while it
-        holds the user, else from the history. NotFound when neither knows it."""
+    def last_seen(self, user_id: Id, viewer: Optional[Id] = None) -> int:
+        """The user's last accepted signal, in ms, in the viewer's view: from
+        the engine while it knows the user, else from the history. NotFound
+        when neither knows it (for others: when its public view never showed
+        it)."""
         u = as_bytes(user_id, "user_id")
-        return self._lib.presence_engine_last_seen(self._p(), address_of(u), len(u))
+        v = b"" if viewer is None else as_bytes(viewer, "viewer")
+        return self._lib.presence_engine_last_seen_as(self._p(), address_of(u), len(u),
+                                                      address_of(v), len(v))
 
     def erase(self, user_id: Id) -> None:
         """Forgets the user everywhere: engine, store and history."""

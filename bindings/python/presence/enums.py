@@ -76,6 +76,7 @@ class Cause(enum.IntEnum):
     OVERRIDE = 4
     OVERRIDE_EXPIRY = 5
     MERGE = 6
+    WITHHELD = 7  # a history entry read by anyone but the user
 
 
 class FileSync(enum.IntEnum):

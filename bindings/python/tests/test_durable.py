@@ -94,7 +94,7 @@ class FileStoreTest(unittest.TestCase):
             self.assertTrue(p.known)
             self.assertEqual(p.state, State.ONLINE)
             self.assertEqual(p.last_seen_ms, 1_000_000)
-            self.assertEqual(len(e.history("alice")), 1)
+            self.assertEqual(len(e.history("alice", viewer="alice")), 1)
 
     def test_a_file_is_no_folder(self) -> None:
         self.dir.parent.joinpath("file").write_bytes(b"")
@@ -116,21 +116,21 @@ class FileStoreTest(unittest.TestCase):
         w.step(100)
         w.step(1000)  # now 1_005_100
 
-        t = e.history("alice")
+        t = e.history("alice", viewer="alice")
         self.assertEqual([x.state for x in t], [State.ONLINE, State.AWAY, State.OFFLINE])
         self.assertEqual(t[0].previous, State.OFFLINE)
         self.assertEqual((t[0].cause, t[0].trace_id, t[0].at_ms), (Cause.SIGNAL, 77, 1_000_100))
         self.assertEqual(t[2].cause, Cause.DISCONNECT)
-        self.assertEqual([x.state for x in e.history(b"alice", 1_001_000, 1_003_000)],
+        self.assertEqual([x.state for x in e.history(b"alice", 1_001_000, 1_003_000, viewer=b"alice")],
                          [State.AWAY])
-        self.assertEqual(e.history("nobody"), [])
-        d = e.time_in_states("alice", 1_000_000, 1_006_100)
+        self.assertEqual(e.history("nobody", viewer="nobody"), [])
+        d = e.time_in_states("alice", 1_000_000, 1_006_100, viewer="alice")
         self.assertEqual(d, presence.StateDurations(2000, 2000, 0, 1100))
         with self.assertRaises(presence.InvalidArgument):
-            e.time_in_states("alice", 10, 1)
-        self.assertEqual(e.last_seen("alice"), 1_002_000)
+            e.time_in_states("alice", 10, 1, viewer="alice")
+        self.assertEqual(e.last_seen("alice", viewer="alice"), 1_002_000)
         with self.assertRaises(presence.NotFound):
-            e.last_seen("nobody")
+            e.last_seen("nobody", viewer="nobody")
 
         for user in ("g1", "g2", "g3"):
             e.signal(user, "pc", 1, gateway="gw-a")
@@ -149,9 +149,9 @@ class FileStoreTest(unittest.TestCase):
         self.assertEqual(e.get_one("carol").state, State.ONLINE)
         e.erase("carol")
         self.assertFalse(e.get_one("carol").known)
-        self.assertEqual(e.history("carol"), [])
+        self.assertEqual(e.history("carol", viewer="carol"), [])
         with self.assertRaises(presence.NotFound):
-            e.last_seen("carol")
+            e.last_seen("carol", viewer="carol")
         w.step(100)
         e.rebuild()
         self.assertFalse(e.get_one("carol").known)
@@ -164,11 +164,11 @@ class MemoryOnlyTest(unittest.TestCase):
             w.engine.signal("alice", "pc", 1)
             w.step()
             with self.assertRaises(presence.FailedPrecondition) as cm:
-                w.engine.history("alice")
+                w.engine.history("alice", viewer="alice")
             self.assertIn("no history store", cm.exception.message)
             with self.assertRaises(presence.FailedPrecondition):
-                w.engine.time_in_states("alice", 0, INT64_MAX)
-            self.assertEqual(w.engine.last_seen("alice"), 1_000_000)
+                w.engine.time_in_states("alice", 0, INT64_MAX, viewer="alice")
+            self.assertEqual(w.engine.last_seen("alice", viewer="alice"), 1_000_000)
             w.engine.rebuild()  # nothing to load: the engine is empty
             self.assertFalse(w.engine.get_one("alice").known)
         finally:
