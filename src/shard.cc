@@ -43,7 +43,7 @@ uint32_t Shard::FindUser(absl::string_view id, uint64_t hash) const {
   return it == index_by_id_.end() ? kNone : *it;
 }
 
-uint32_t Shard::AddUser(absl::string_view id) {
+uint32_t Shard::AddUser(absl::string_view id, int64_t now_ms) {
   uint32_t u;
   if (!free_users_.empty()) {
     u = free_users_.back();
@@ -56,6 +56,16 @@ uint32_t Shard::AddUser(absl::string_view id) {
   user.id = InlineId(id);
   user.in_use = true;
   index_by_id_.insert(u);
+  if (!forgotten_.empty()) {
+    auto it = forgotten_.find(id);
+    if (it != forgotten_.end()) {
+      if (it->second.version >= (static_cast<uint64_t>(now_ms) << 10)) {
+        user.version = it->second.version;
+        user.public_version = it->second.public_version;
+      }
+      forgotten_.erase(it);
+    }
+  }
   return u;
 }
 
@@ -67,7 +77,7 @@ void Shard::ForgetUserIfEmpty(uint32_t u, int64_t now_ms) {
     user_timers_.insert({forget_at, u});
     return;
   }
-  ForgetUser(u);
+  ForgetUser(u, now_ms);
 }
 
 bool Shard::Charge(int64_t bytes, bool force) {
@@ -82,9 +92,11 @@ void Shard::Uncharge(int64_t bytes) {
   config_->charged_bytes->fetch_sub(bytes, std::memory_order_relaxed);
 }
 
-void Shard::ForgetUser(uint32_t u) {
-  forgotten_version_ = std::max(forgotten_version_, users_[u].version);
-  forgotten_public_ = std::max(forgotten_public_, users_[u].public_version);
+void Shard::ForgetUser(uint32_t u, int64_t now_ms) {
+  const User& user = users_[u];
+  if (std::max(user.version, user.public_version) >= (static_cast<uint64_t>(now_ms) << 10)) {
+    forgotten_[std::string(user.id.view())] = Floors{user.version, user.public_version};
+  }
   Uncharge(kUserChargeBytes);
   index_by_id_.erase(u);
   users_[u] = User();
@@ -393,7 +405,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
       return Drop(DropReason::kLimit, "shard holds the most devices it can");
     }
     devices_.at(di).flags = 0;
-    if (u == kNone) u = AddUser(s.user_id);
+    if (u == kNone) u = AddUser(s.user_id, now_ms);
     User& user = users_[u];
     Device& d = devices_.at(di);
     d.id = InlineId(s.device_id);
@@ -562,7 +574,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
     if (!Charge(kUserChargeBytes)) {
       return Drop(DropReason::kLimit, "memory budget reached: no new users");
     }
-    u = AddUser(user_id);
+    u = AddUser(user_id, now_ms);
   }
   Settle(u, now_ms);
   User& user = users_[u];
@@ -783,6 +795,12 @@ void Shard::FireUser(uint32_t u, int64_t now_ms) {
 absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
                         LatencyHistogram* latency) {
   internal::MutexLock lock(&mu_);
+  if (!forgotten_.empty()) {
+    const uint64_t floor = static_cast<uint64_t>(now_ms) << 10;
+    absl::erase_if(forgotten_, [&](const auto& e) {
+      return std::max(e.second.version, e.second.public_version) < floor;
+    });
+  }
   wheel_.Advance(ToTime32(now_ms), [&](uint32_t di, Time32 slot_time, Time32) {
     return FireDevice(di, slot_time, now_ms);
   });
@@ -820,21 +838,25 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
     const int64_t self_hold = self_moved ? dwell_end(user.self_published_at_ms) : 0;
     d.public_change = public_moved && public_hold == 0;
     d.self_change = self_moved && self_hold == 0;
+    // Looked at again when the first held view's dwell ends: one view's
+    // dwell must not hold the other back.
+    const int64_t next_look = public_hold == 0  ? self_hold
+                              : self_hold == 0 ? public_hold
+                                               : std::min(public_hold, self_hold);
     if (!public_moved && !self_moved) {
       d.what = Decision::kSettle;
     } else if (!d.public_change && !d.self_change) {
       d.what = Decision::kHold;
-      pending.hold_until_ms = std::max(public_hold, self_hold);
+      pending.hold_until_ms = next_look;
     } else {
       d.what = Decision::kPublish;
       d.pub_state = d.public_change ? d.pub.state : user.pub_state;
       d.self_state = d.self_change ? d.view.reduced.self_state : user.pub_self;
-      d.version = NextVersion(std::max(user.version, forgotten_version_), now_ms);
-      d.public_version = d.public_change
-                             ? NextVersion(std::max(user.public_version, forgotten_public_), now_ms)
-                             : user.public_version;
-      // The part held by its dwell stays pending.
-      pending.hold_until_ms = std::max(public_hold, self_hold);
+      d.version = NextVersion(user.version, now_ms);
+      d.public_version =
+          d.public_change ? NextVersion(user.public_version, now_ms) : user.public_version;
+      // A part held by its dwell stays pending.
+      pending.hold_until_ms = d.public_change ? self_hold : public_hold;
     }
     decisions_.push_back(d);
   }

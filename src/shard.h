@@ -42,8 +42,8 @@ uint64_t HashUserId(absl::string_view user_id);
 // A version after `current`: strictly growing, and never below the time in
 // ms shifted left by 10 bits. So a version stays ahead of any that an earlier
 // record or event of the same user had, even after the engine restarted, as
-// long as the clock moved on (within one engine, a user it forgot publishes
-// above Shard::forgotten_version_ too).
+// long as the clock moved on (within one engine, a user it forgot and meets
+// again within the millisecond starts from its old versions: Shard::forgotten_).
 uint64_t NextVersion(uint64_t current, int64_t now_ms);
 
 // What the engine shares with all of its shards.
@@ -262,9 +262,9 @@ class Shard {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t AddUser(absl::string_view id, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ForgetUser(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reserves `bytes` of the memory budget; false (nothing reserved) when it
   // would pass it. Load paths charge with force: what is held is held.
   bool Charge(int64_t bytes, bool force = false);
@@ -338,12 +338,17 @@ class Shard {
   std::vector<DeviceRecord> gone_ ABSL_GUARDED_BY(mu_);
   std::vector<StoreBatch::Erasure> erasures_ ABSL_GUARDED_BY(mu_);
   uint64_t record_clock_ ABSL_GUARDED_BY(mu_) = 0;
-  // The highest version of any user this shard forgot (erased, released or
-  // past retention), own and public. A user it meets again publishes above
-  // them, so a watcher never sees a version repeat, even within the
-  // millisecond of an erasure. Public versions derive from public ones only.
-  uint64_t forgotten_version_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t forgotten_public_ ABSL_GUARDED_BY(mu_) = 0;
+  // The versions of users this shard forgot (erased, released or past
+  // retention) that the clock has not passed yet: a user met again within
+  // that millisecond starts from them, so a watcher never sees a version
+  // repeat, even within the millisecond of an erasure. Per user, so that no
+  // user's versions depend on what another did (rule 8). Entries the clock
+  // passed (NextVersion is above them anyway) are dropped on Tick.
+  struct Floors {
+    uint64_t version = 0;
+    uint64_t public_version = 0;
+  };
+  absl::flat_hash_map<std::string, Floors> forgotten_ ABSL_GUARDED_BY(mu_);
   // Erasures to publish with the next tick (ChangeEvent::erased).
   std::vector<ChangeEvent> erased_ ABSL_GUARDED_BY(mu_);
   uint64_t store_writes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -69,7 +69,7 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
     Charge(kUserChargeBytes, /*force=*/true);
-    u = AddUser(r.user_id);
+    u = AddUser(r.user_id, now_ms);
   }
   User& user = users_[u];
   user.version = std::max(user.version, r.state_version);
@@ -120,7 +120,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
     Charge(kUserChargeBytes, /*force=*/true);
-    u = AddUser(r.user_id);
+    u = AddUser(r.user_id, now_ms);
   }
   uint32_t di = FindDevice(users_[u], r.device_id);
   if (di != kNone) return absl::OkStatus();  // a Load visits each device once
@@ -190,8 +190,8 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
     e.cause = Cause::kMerge;
     e.previous = user.pub_state;
     e.previous_self = user.pub_self;
-    e.version = NextVersion(std::max(user.version, forgotten_version_), now_ms);
-    e.public_version = NextVersion(std::max(user.public_version, forgotten_public_), now_ms);
+    e.version = NextVersion(user.version, now_ms);
+    e.public_version = NextVersion(user.public_version, now_ms);
     e.changed_at_ms = now_ms;
     user.version = e.version;
     user.public_version = e.public_version;
@@ -215,7 +215,7 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
   gone_.erase(std::remove_if(gone_.begin(), gone_.end(),
                              [&](const DeviceRecord& g) { return g.user_id == user_id; }),
               gone_.end());
-  if (users_[u].in_use && users_[u].id.view() == user_id) ForgetUser(u);
+  if (users_[u].in_use && users_[u].id.view() == user_id) ForgetUser(u, now_ms);
   return true;
 }
 
@@ -262,7 +262,7 @@ size_t Shard::Release(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)>
       FreeDevice(di, now_ms);
     }
     gone_.resize(gone_before);
-    if (users_[u].in_use) ForgetUser(u);
+    if (users_[u].in_use) ForgetUser(u, now_ms);
     dropped.insert(u);
   }
   if (!dropped.empty()) {

@@ -206,8 +206,10 @@ function render() {
   const rows = [];
   const seen = new Set();
   for (const id of view.friends) {
-    const u = view.list.get(id);
-    if (u) { rows.push(u); seen.add(id); }
+    // A friend the server says nothing of was never seen (or was erased):
+    // shown offline, last seen never.
+    rows.push(view.list.get(id) || { user_id: id, state: 'offline', last_seen_ms: 0, devices: null });
+    seen.add(id);
   }
   const counts = { online: 0, away: 0, dnd: 0, offline: 0 };
   const topicNames = [...view.topics.keys()].sort();
