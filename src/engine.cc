@@ -50,7 +50,11 @@ struct ThreadCounterCache {
 thread_local ThreadCounterCache::Entry ThreadCounterCache::entries[4];
 thread_local unsigned ThreadCounterCache::next = 0;
 
+class EngineCore;
 std::atomic<uint64_t> next_engine_id{1};
+
+// The engine whose listeners this thread is calling (null: none).
+thread_local const EngineCore* tls_calling_listeners = nullptr;
 
 // EngineCore routes each call to the shard that owns the user, and runs the
 // lock-free heartbeat and the engine-wide Tick.
@@ -238,12 +242,18 @@ class EngineCore {
   }
 
   size_t Tick() {
-    internal::MutexLock lock(&tick_mu_);
-    return TickLocked(nullptr);
+    size_t published;
+    {
+      internal::MutexLock lock(&tick_mu_);
+      published = TickLocked(nullptr);
+    }
+    CallListeners();
+    return published;
   }
 
   // A tick; *all_written (when not null) tells whether every record and the
-  // offsets were written.
+  // offsets were written. Its changes wait in rounds_ for CallListeners,
+  // which the caller runs once it released tick_mu_.
   size_t TickLocked(bool* all_written_out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     const int64_t now = Now();
     events_.clear();
@@ -268,11 +278,42 @@ class EngineCore {
     if (all_written_out != nullptr) *all_written_out = all_written;
     AppendHistory(now);
     PublishToBus(events_);
-    for (ChangeListener* l : listeners_) {
-      if (!events_.empty()) l->OnChanges(events_);
-      l->OnTick(now);
+    const size_t published = events_.size();
+    rounds_.push_back(Round{std::move(events_), now});
+    return published;
+  }
+
+  // Calls the listeners with every tick's round of changes not yet handed
+  // out, oldest first, with no lock held but publish_mu_: one thread at a
+  // time calls listeners, so each listener sees each user's changes in
+  // version order. A listener may call back into the engine; a call that
+  // ticks from inside it (RevokePartitions) leaves its round to this loop,
+  // which hands it out once the callback returned.
+  void CallListeners() ABSL_LOCKS_EXCLUDED(tick_mu_, listeners_mu_) {
+    if (tls_calling_listeners == this) return;
+    internal::MutexLock publish(&publish_mu_);
+    const EngineCore* const outer = tls_calling_listeners;
+    tls_calling_listeners = this;
+    for (;;) {
+      Round round;
+      {
+        internal::MutexLock lock(&tick_mu_);
+        if (rounds_.empty()) break;
+        round = std::move(rounds_.front());
+        rounds_.pop_front();
+      }
+      std::vector<ChangeListener*> listeners;
+      {
+        internal::MutexLock lock(&listeners_mu_);
+        listeners = listeners_;
+      }
+      for (ChangeListener* l : listeners) {
+        if (!IsListener(l)) continue;  // removed by a callback of this round
+        if (!round.events.empty()) l->OnChanges(round.events);
+        l->OnTick(round.now_ms);
+      }
     }
-    return events_.size();
+    tls_calling_listeners = outer;
   }
 
   // ---- Durable state ----
@@ -392,6 +433,13 @@ class EngineCore {
 
   absl::Status RevokePartitions(absl::Span<const uint32_t> partitions) {
     if (auto st = ValidatePartitions(partitions); !st.ok()) return st;
+    absl::Status st = LetGo(partitions);
+    CallListeners();
+    return st;
+  }
+
+  // RevokePartitions but for its listeners: flushes, then drops the partitions.
+  absl::Status LetGo(absl::Span<const uint32_t> partitions) ABSL_LOCKS_EXCLUDED(tick_mu_) {
     internal::MutexLock lock(&tick_mu_);
     bool flushed = true;
     TickLocked(&flushed);
@@ -560,12 +608,23 @@ class EngineCore {
   }
 
   void AddListener(ChangeListener* l) {
-    internal::MutexLock lock(&tick_mu_);
+    internal::MutexLock lock(&listeners_mu_);
     if (l != nullptr) listeners_.push_back(l);
   }
+  // Returns once no call to `l` is running, except on a thread that is
+  // inside a listener of this engine (which would wait for itself).
   void RemoveListener(ChangeListener* l) {
-    internal::MutexLock lock(&tick_mu_);
-    listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), l), listeners_.end());
+    {
+      internal::MutexLock lock(&listeners_mu_);
+      listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), l), listeners_.end());
+    }
+    if (tls_calling_listeners != this) {
+      internal::MutexLock wait(&publish_mu_);  // a call running on another thread ends
+    }
+  }
+  bool IsListener(ChangeListener* l) {
+    internal::MutexLock lock(&listeners_mu_);
+    return std::find(listeners_.begin(), listeners_.end(), l) != listeners_.end();
   }
 
   UserPresence Get(absl::string_view user_id, absl::string_view viewer, bool published) {
@@ -780,9 +839,18 @@ class EngineCore {
   internal::Mutex counters_mu_;
   std::vector<std::unique_ptr<BeatCounters>> beat_counters_ ABSL_GUARDED_BY(counters_mu_);
 
+  // Lock order: publish_mu_, then tick_mu_ or listeners_mu_.
+  internal::Mutex publish_mu_;  // held by the one thread calling listeners
   internal::Mutex tick_mu_;
   std::vector<ChangeEvent> events_ ABSL_GUARDED_BY(tick_mu_);
-  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(tick_mu_);
+  // One tick's changes, waiting to be handed to the listeners.
+  struct Round {
+    std::vector<ChangeEvent> events;
+    int64_t now_ms = 0;
+  };
+  std::deque<Round> rounds_ ABSL_GUARDED_BY(tick_mu_);
+  internal::Mutex listeners_mu_;
+  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(listeners_mu_);
   std::vector<Transition> history_backlog_ ABSL_GUARDED_BY(tick_mu_);
   std::vector<CommittedOffset> committed_ ABSL_GUARDED_BY(tick_mu_);
   uint64_t history_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;

@@ -1,0 +1,256 @@
+// The thread-safety promises of engine.h, listener.h and fanout.h (issue 21),
+// each with a deterministic reproduction: a callback, a blocking sink or a
+// test hook (src/test_hooks.h) forces the interleaving that broke it.
+#include <atomic>
+#include <condition_variable>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "presence/bus.h"
+#include "presence/engine.h"
+#include "presence/fanout.h"
+#include "presence/history.h"
+#include "presence/store.h"
+#include "tests/test_util.h"
+
+namespace presence::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// A flag that one thread raises and another waits for, with a deadline.
+class Flag {
+ public:
+  void Raise() {
+    std::lock_guard<std::mutex> lock(mu_);
+    raised_ = true;
+    cv_.notify_all();
+  }
+  bool WaitFor(std::chrono::seconds deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, deadline, [&] { return raised_; });
+  }
+  bool raised() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return raised_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool raised_ = false;
+};
+
+// Runs `f` on its own thread. When it has not returned within the deadline
+// it deadlocked: the test fails and the process ends (the stuck thread
+// cannot be joined).
+void FinishesWithin(std::chrono::seconds deadline, const std::function<void()>& f) {
+  Flag done;
+  std::thread t([&] {
+    f();
+    done.Raise();
+  });
+  if (!done.WaitFor(deadline)) {
+    std::fprintf(stderr, "deadlock: the call did not return within %llds\n",
+                 static_cast<long long>(deadline.count()));
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+  t.join();
+}
+
+constexpr uint32_t kPartitions = 4;
+
+// An engine with every seam that makes a call take an engine lock: a store,
+// a history and a bus of which it owns partitions 0 and 1.
+struct FullEngine {
+  FullEngine() {
+    Options o;
+    o.clock = &clock;
+    o.store = store.get();
+    o.history = history.get();
+    o.bus = bus.get();
+    o.owns_all_partitions = false;
+    engine = Engine::Create(o).value();
+    const uint32_t mine[] = {0, 1};
+    EXPECT_TRUE(engine->AssignPartitions(mine).ok());
+  }
+  // A user of an owned partition.
+  std::string OwnedUser(int i) const {
+    for (int n = i;; ++n) {
+      std::string id = "user-" + std::to_string(n);
+      if (PartitionFor(id, kPartitions) <= 1) return id;
+    }
+  }
+
+  ManualClock clock{1'000'000};
+  std::unique_ptr<Store> store = NewMemoryStore();
+  std::unique_ptr<HistoryStore> history = NewMemoryHistoryStore();
+  std::unique_ptr<Bus> bus = NewInProcessBus(kPartitions);
+  std::unique_ptr<Engine> engine;
+};
+
+class NullListener : public ChangeListener {
+ public:
+  void OnChanges(absl::Span<const ChangeEvent>) override {}
+};
+
+// Calls every method of the engine that listener.h allows from inside a
+// listener (all but Tick and the destructor); a fan-out, when given, has
+// every method called too, and a second fan-out is created and destroyed.
+void CallEveryEngineMethod(FullEngine& f) {
+  Engine& e = *f.engine;
+  const std::string u = f.OwnedUser(100);
+  Signal s = TestEngine::Sig(u, "inner");
+  EXPECT_TRUE(e.Signal(s).ok());
+  EXPECT_EQ(e.SignalBatch({s, s}).rejected, 0u);
+  DeviceHandle h = e.Connect(TestEngine::Sig(u, "handle", 2)).value();
+  EXPECT_TRUE(e.Beat(h).ok());
+  EXPECT_EQ(e.BeatMany({h}).applied, 1u);
+  EXPECT_TRUE(e.Disconnect(h, DisconnectKind::kClean).ok());
+  EXPECT_TRUE(e.DisconnectDevice(u, "inner", 0, DisconnectKind::kAbrupt).ok());
+  const uint64_t o = e.SetOverride(u, OverrideState::kDnd).value();
+  EXPECT_EQ(e.ListOverrides(u).value().size(), 1u);
+  EXPECT_TRUE(e.RevokeOverride(u, o).ok());
+  EXPECT_TRUE(e.ClearOverrides(u).ok());
+  (void)e.RevokeOverridesSetBetween(0, e.NowMs());
+  const absl::string_view ids[] = {u};
+  EXPECT_EQ(e.Get(ids).size(), 1u);
+  EXPECT_EQ(e.GetPublished(ids).size(), 1u);
+  EXPECT_TRUE(e.GetOne(u).known);
+  EXPECT_TRUE(e.History(u, 0, e.NowMs()).ok());
+  EXPECT_TRUE(e.TimeInStates(u, 0, e.NowMs()).ok());
+  EXPECT_TRUE(e.LastSeen(u).ok());
+  EXPECT_TRUE(e.DrainGateway("no-such-gateway").status().code() == absl::StatusCode::kNotFound);
+  EXPECT_TRUE(e.ConsumeBus().ok());
+  EXPECT_THAT(e.RenderMetrics(), HasSubstr("presence_users"));
+  EXPECT_GE(e.GetSizes().users, 1u);
+  EXPECT_EQ(e.BusPartitions(), kPartitions);
+  EXPECT_EQ(e.OwnedPartitions().size(), 2u);
+  EXPECT_TRUE(e.Erase(u).ok());
+  const uint32_t one[] = {1};
+  EXPECT_TRUE(e.RevokePartitions(one).ok());
+  EXPECT_TRUE(e.AssignPartitions(one).ok());
+  EXPECT_TRUE(e.Rebuild().ok());
+  NullListener extra;
+  e.AddListener(&extra);
+  e.RemoveListener(&extra);
+  (void)e.options();
+  // A fan-out attaches and detaches itself as a listener.
+  auto other = Fanout::Create(&e).value();
+  other.reset();
+}
+
+// Calls every fan-out method on `sub`, closing it last.
+void CallEveryFanoutMethod(Fanout& fo, SubscriberId sub) {
+  const absl::string_view ids[] = {"someone"};
+  EXPECT_TRUE(fo.AddUsers(sub, ids).ok());
+  EXPECT_TRUE(fo.RemoveUsers(sub, ids).ok());
+  EXPECT_TRUE(fo.ReplaceUsers(sub, ids).ok());
+  EXPECT_TRUE(fo.AddMembers("team", ids).ok());
+  EXPECT_TRUE(fo.ReplaceMembers("team", ids).ok());
+  EXPECT_TRUE(fo.Join(sub, "team").ok());
+  EXPECT_TRUE(fo.Leave(sub, "team").ok());
+  EXPECT_TRUE(fo.RemoveMembers("team", ids).ok());
+  EXPECT_TRUE(fo.Resume(sub, 0).ok());  // nested delivery to this same sink
+  const SubscriberId pull = fo.Subscribe().value();
+  Batch b;
+  EXPECT_TRUE(fo.Poll(pull, &b).ok());
+  EXPECT_TRUE(fo.Close(pull).ok());
+  fo.SetSnapshotSource(nullptr);
+  EXPECT_THAT(fo.RenderMetrics(), HasSubstr("presence_fanout_subscribers"));
+  EXPECT_TRUE(fo.Close(sub).ok());  // its own subscriber, from inside Deliver
+}
+
+// Defect 2: a listener that calls back into the engine used to deadlock
+// Tick, which held its lock while it called listeners.
+TEST(Callbacks, AListenerMayCallEveryEngineMethodExceptTick) {
+  FullEngine f;
+  struct Reentrant : ChangeListener {
+    FullEngine* f;
+    int calls = 0;
+    void OnChanges(absl::Span<const ChangeEvent>) override {
+      if (calls++ == 0) CallEveryEngineMethod(*f);
+    }
+  } listener;
+  listener.f = &f;
+  f.engine->AddListener(&listener);
+  ASSERT_TRUE(f.engine->Signal(TestEngine::Sig(f.OwnedUser(0), "d")).ok());
+  FinishesWithin(std::chrono::seconds(20), [&] { f.engine->Tick(); });
+  EXPECT_GE(listener.calls, 1);
+  f.engine->RemoveListener(&listener);
+}
+
+// Defect 2, through the fan-out: a push sink that calls every method of the
+// engine and of its fan-out, closing its own subscriber last.
+TEST(Callbacks, ASinkMayCallEveryEngineAndFanoutMethodExceptTick) {
+  FullEngine f;
+  auto fo = Fanout::Create(f.engine.get()).value();
+  struct Reentrant : Sink {
+    FullEngine* f;
+    Fanout* fo;
+    int calls = 0;
+    void Deliver(SubscriberId sub, const Batch&) override {
+      if (calls++ > 0) return;  // Resume below delivers once more
+      CallEveryEngineMethod(*f);
+      CallEveryFanoutMethod(*fo, sub);
+    }
+  } sink;
+  sink.f = &f;
+  sink.fo = fo.get();
+  SubscriberOptions so;
+  so.sink = &sink;
+  const SubscriberId sub = fo->Subscribe(so).value();
+  FinishesWithin(std::chrono::seconds(20), [&] { f.engine->Tick(); });
+  EXPECT_EQ(sink.calls, 2);  // the snapshot, then the Resume from inside it
+  EXPECT_TRUE(absl::IsNotFound(fo->Close(sub)));
+}
+
+// Changes a listener caused from inside a callback (RevokePartitions ticks)
+// still reach every listener in version order, after the callback returned.
+TEST(Callbacks, ChangesOfATickInsideAListenerFollowInVersionOrder) {
+  FullEngine f;
+  const std::string u = f.OwnedUser(0);
+  const uint32_t p = PartitionFor(u, kPartitions);
+  struct Revoker : ChangeListener {
+    FullEngine* f;
+    uint32_t partition;
+    std::vector<ChangeEvent> seen;
+    bool revoked = false;
+    void OnChanges(absl::Span<const ChangeEvent> events) override {
+      seen.insert(seen.end(), events.begin(), events.end());
+      if (revoked) return;
+      revoked = true;
+      // Its flush publishes the override (past the dwell); this listener
+      // gets it next.
+      f->clock.Advance(1000);
+      ASSERT_TRUE(f->engine->Signal(TestEngine::Sig(seen.front().user_id, "d")).ok());
+      ASSERT_TRUE(f->engine->SetOverride(seen.front().user_id, OverrideState::kDnd).ok());
+      const uint32_t ps[] = {partition};
+      ASSERT_TRUE(f->engine->RevokePartitions(ps).ok());
+      EXPECT_EQ(seen.size(), 1u) << "delivered from inside the callback";
+    }
+  } listener;
+  listener.f = &f;
+  listener.partition = p;
+  f.engine->AddListener(&listener);
+  ASSERT_TRUE(f.engine->Signal(TestEngine::Sig(u, "d")).ok());
+  FinishesWithin(std::chrono::seconds(20), [&] { f.engine->Tick(); });
+  ASSERT_EQ(listener.seen.size(), 2u);
+  EXPECT_EQ(listener.seen[0].state, State::kOnline);
+  EXPECT_EQ(listener.seen[1].state, State::kDnd);
+  EXPECT_LT(listener.seen[0].version, listener.seen[1].version);
+  f.engine->RemoveListener(&listener);
+}
+
+}  // namespace
+}  // namespace presence::testing
