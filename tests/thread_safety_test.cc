@@ -20,6 +20,7 @@
 #include "presence/fanout.h"
 #include "presence/history.h"
 #include "presence/store.h"
+#include "src/test_hooks.h"
 #include "tests/test_util.h"
 
 namespace presence::testing {
@@ -250,6 +251,76 @@ TEST(Callbacks, ChangesOfATickInsideAListenerFollowInVersionOrder) {
   EXPECT_EQ(listener.seen[1].state, State::kDnd);
   EXPECT_LT(listener.seen[0].version, listener.seen[1].version);
   f.engine->RemoveListener(&listener);
+}
+
+// Defect 1: Close used to return while a Tick was still inside the
+// subscriber's sink, so the host freed a sink that was running. The sink
+// blocks in Deliver until another thread's Close is under way; Close must
+// not return before Deliver does.
+TEST(SinkLifetime, CloseWaitsForADeliveryInFlight) {
+  TestEngine t;
+  auto fo = Fanout::Create(t.engine.get()).value();
+  struct Blocking : Sink {
+    Flag entered, release;
+    std::atomic<bool> running{false};
+    void Deliver(SubscriberId, const Batch&) override {
+      running = true;
+      entered.Raise();
+      EXPECT_TRUE(release.WaitFor(std::chrono::seconds(20)));
+      running = false;
+    }
+  };
+  auto sink = std::make_unique<Blocking>();
+  SubscriberOptions so;
+  so.sink = sink.get();
+  const SubscriberId sub = fo->Subscribe(so).value();
+  std::thread ticker([&] { t.engine->Tick(); });
+  ASSERT_TRUE(sink->entered.WaitFor(std::chrono::seconds(20)));
+  // Deliver returns only once Close either waits for it (the hook) or
+  // returned: every chance to return early.
+  static Flag* progressed;
+  Flag flag;
+  progressed = &flag;
+  internal::test_hooks::close_waiting = [](uint64_t) { progressed->Raise(); };
+  std::atomic<bool> running_when_closed{false};
+  std::thread closer([&] {
+    EXPECT_TRUE(fo->Close(sub).ok());
+    running_when_closed = sink->running.load();
+    progressed->Raise();
+  });
+  ASSERT_TRUE(flag.WaitFor(std::chrono::seconds(20)));
+  internal::test_hooks::close_waiting = nullptr;
+  sink->release.Raise();
+  closer.join();
+  ticker.join();
+  EXPECT_FALSE(running_when_closed.load()) << "Close returned during Deliver";
+  sink.reset();  // what a host does after Close
+  t.engine->Tick();
+}
+
+// Close from inside the subscriber's own Deliver returns at once; that
+// delivery is the last.
+TEST(SinkLifetime, ASinkClosingItsOwnSubscriberDoesNotWaitForItself) {
+  TestEngine t;
+  auto fo = Fanout::Create(t.engine.get()).value();
+  struct SelfClosing : Sink {
+    Fanout* fo;
+    int calls = 0;
+    void Deliver(SubscriberId sub, const Batch&) override {
+      ++calls;
+      EXPECT_TRUE(fo->Close(sub).ok());
+    }
+  } sink;
+  sink.fo = fo.get();
+  SubscriberOptions so;
+  so.sink = &sink;
+  const SubscriberId sub = fo->Subscribe(so).value();
+  const absl::string_view ids[] = {"alice"};
+  ASSERT_TRUE(fo->AddUsers(sub, ids).ok());
+  FinishesWithin(std::chrono::seconds(20), [&] { t.engine->Tick(); });
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "d")).ok());
+  t.Run(1000);
+  EXPECT_EQ(sink.calls, 1);
 }
 
 }  // namespace

@@ -1,0 +1,21 @@
+// Seams for tests that must force one interleaving of two threads (issue 21).
+//
+// Each hook is null except while a test sets it; the code calls it, when
+// set, at the point its comment names, on the thread that reached it; the
+// comment also says what the hook may call.
+#ifndef PRESENCE_SRC_TEST_HOOKS_H_
+#define PRESENCE_SRC_TEST_HOOKS_H_
+
+#include <atomic>
+#include <cstdint>
+
+namespace presence::internal::test_hooks {
+
+// Fanout::Close, each time it is about to wait for a Sink::Deliver to the
+// subscriber that is running on another thread. The fan-out's lock is held:
+// the hook must not call the fan-out.
+inline std::atomic<void (*)(uint64_t subscriber)> close_waiting{nullptr};
+
+}  // namespace presence::internal::test_hooks
+
+#endif  // PRESENCE_SRC_TEST_HOOKS_H_
