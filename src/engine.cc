@@ -22,6 +22,7 @@
 #include "presence/version.h"
 #include "src/partition.h"
 #include "src/shard.h"
+#include "src/test_hooks.h"
 #include "src/validate.h"
 
 namespace presence {
@@ -62,7 +63,8 @@ class EngineCore {
  public:
   explicit EngineCore(const Options& options)
       : clock_(options.clock ? options.clock : SystemClock()),
-        config_{options, LivenessPolicy(options), &next_override_id_, &gateways_, &charged_bytes_} {
+        config_{options, LivenessPolicy(options), &next_override_id_, &gateways_, &charged_bytes_,
+                [this](uint64_t hash) { return CheckOwned(hash); }} {
     if (options.listener != nullptr) listeners_.push_back(options.listener);
     int n = options.shards == 0 ? 16 : options.shards;
     while ((1 << shard_bits_) < n) ++shard_bits_;
@@ -125,6 +127,7 @@ class EngineCore {
     const int64_t now = Now();
     AcceptedSignal a;
     if (auto st = Accept(s, now, &a); !st.ok()) return st;
+    if (auto hook = test_hooks::keyed_accepted.load()) hook(a.hash);
     return ShardFor(a.hash).Apply(a, now, handle);
   }
 
@@ -961,7 +964,7 @@ absl::StatusOr<uint64_t> Engine::SetOverride(absl::string_view user_id, Override
         absl::StrCat("override ends at ", until_ms, ", not after now (", now, ")"));
   }
   const uint64_t h = HashUserId(user_id);
-  if (auto st = core_->CheckOwned(h); !st.ok()) return st;
+  if (auto hook = internal::test_hooks::keyed_accepted.load()) hook(h);
   return core_->ShardFor(h).SetOverride(user_id, h, state, until_ms, trace_id, now);
 }
 

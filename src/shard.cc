@@ -342,6 +342,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
 }
 
 absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceHandle* handle) {
+  if (auto st = config_->check_owned(a.hash); !st.ok()) return st;
   const presence::Signal& s = *a.signal;
   uint32_t u = FindUser(s.user_id, a.hash);
   uint32_t di = u == kNone ? kNone : FindDevice(users_[u], s.device_id);
@@ -501,6 +502,7 @@ absl::Status Shard::DisconnectDevice(absl::string_view user_id, uint64_t hash,
                                      absl::string_view device_id, uint64_t session_id,
                                      DisconnectKind kind, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
+  if (auto st = config_->check_owned(hash); !st.ok()) return st;
   const uint32_t u = FindUser(user_id, hash);
   const uint32_t di = u == kNone ? kNone : FindDevice(users_[u], device_id);
   if (di == kNone) return absl::NotFoundError("unknown device");
@@ -521,6 +523,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
                                             OverrideState state, int64_t until_ms,
                                             uint64_t trace_id, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
+  if (auto st = config_->check_owned(hash); !st.ok()) return st;
   uint32_t u = FindUser(user_id, hash);
   if (u != kNone && users_[u].overrides &&
       users_[u].overrides->size() >= static_cast<size_t>(config_->options.max_overrides_per_user)) {
@@ -566,6 +569,7 @@ size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
 absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
                                    int64_t now_ms) {
   internal::MutexLock lock(&mu_);
+  if (auto st = config_->check_owned(hash); !st.ok()) return st;
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
   const size_t removed = RemoveOverrides(
@@ -580,6 +584,7 @@ absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uin
 absl::StatusOr<size_t> Shard::ClearOverrides(absl::string_view user_id, uint64_t hash,
                                              int64_t now_ms) {
   internal::MutexLock lock(&mu_);
+  if (auto st = config_->check_owned(hash); !st.ok()) return st;
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
   const size_t removed = RemoveOverrides(

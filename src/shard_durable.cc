@@ -44,18 +44,25 @@ DeviceRecord Shard::DeviceRecordOf(uint32_t di, int64_t now_ms) {
 }
 
 void Shard::BuildStoreBatch(int64_t now_ms, StoreBatch* batch) {
+  // Whoever owns a partition writes its users: never one this engine let go.
+  auto owned = [&](absl::string_view user_id) {
+    return config_->check_owned(HashUserId(user_id)).ok();
+  };
   batch->erasures = erasures_;
   for (size_t i = 0; i < pending_.size(); ++i) {
     if (decisions_[i].what == Decision::kHoldUnchanged) continue;  // written when first held
+    if (!owned(users_[pending_[i].user].id.view())) continue;
     batch->users.push_back(UserRecordOf(pending_[i].user, &decisions_[i], now_ms));
   }
   for (uint32_t di : store_dirty_) {
     const Device& d = devices_.at(di);
-    if ((d.flags & dflag::kStoreDirty) && d.phase != Phase::kFree) {
+    if ((d.flags & dflag::kStoreDirty) && d.phase != Phase::kFree &&
+        owned(users_[d.user].id.view())) {
       batch->devices.push_back(DeviceRecordOf(di, now_ms));
     }
   }
   for (const DeviceRecord& g : gone_) {
+    if (!owned(g.user_id)) continue;
     batch->devices.push_back(g);
     batch->devices.back().version = NextRecordVersion(now_ms);
   }

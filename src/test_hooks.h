@@ -16,6 +16,11 @@ namespace presence::internal::test_hooks {
 // the hook must not call the fan-out.
 inline std::atomic<void (*)(uint64_t subscriber)> close_waiting{nullptr};
 
+// Engine::Signal, Connect and SetOverride, once the call was validated and
+// before it takes the user's shard lock (where it checks that the engine
+// owns the user's partition). No lock is held: the hook may call the engine.
+inline std::atomic<void (*)(uint64_t user_hash)> keyed_accepted{nullptr};
+
 }  // namespace presence::internal::test_hooks
 
 #endif  // PRESENCE_SRC_TEST_HOOKS_H_

@@ -1,6 +1,7 @@
 // The thread-safety promises of engine.h, listener.h and fanout.h (issue 21),
 // each with a deterministic reproduction: a callback, a blocking sink or a
 // test hook (src/test_hooks.h) forces the interleaving that broke it.
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <chrono>
@@ -9,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -321,6 +323,145 @@ TEST(SinkLifetime, ASinkClosingItsOwnSubscriberDoesNotWaitForItself) {
   ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "d")).ok());
   t.Run(1000);
   EXPECT_EQ(sink.calls, 1);
+}
+
+// A store that fails the test when a record of a user whose partition the
+// engine does not own is written (the engine writes under tick_mu_, which
+// AssignPartitions and RevokePartitions hold while ownership changes).
+class OwnershipCheckingStore : public Store {
+ public:
+  absl::Status Write(const StoreBatch& batch) override {
+    for (const UserRecord& u : batch.users) Check(u.user_id);
+    for (const DeviceRecord& d : batch.devices) Check(d.user_id);
+    return inner_->Write(batch);
+  }
+  absl::Status Load(StoreVisitor* visitor) override { return inner_->Load(visitor); }
+  void Check(const std::string& user) {
+    const std::vector<uint32_t> owned = engine->OwnedPartitions();
+    if (std::find(owned.begin(), owned.end(), PartitionFor(user, kPartitions)) == owned.end()) {
+      ++unowned_writes;
+    }
+  }
+  Engine* engine = nullptr;
+  std::atomic<int> unowned_writes{0};
+
+ private:
+  std::unique_ptr<Store> inner_ = NewMemoryStore();
+};
+
+// Users of the partition in store, by a scan of its records.
+std::set<std::string> StoredUsersOf(Store& store, uint32_t partition) {
+  struct Visitor : StoreVisitor {
+    uint32_t partition;
+    std::set<std::string> users;
+    void OnUser(const UserRecord& u) override {
+      if (PartitionFor(u.user_id, kPartitions) == partition) users.insert(u.user_id);
+    }
+    void OnDevice(const DeviceRecord& d) override {
+      if (!d.gone && PartitionFor(d.user_id, kPartitions) == partition) users.insert(d.user_id);
+    }
+    void OnOffset(const CommittedOffset&) override {}
+  } v;
+  v.partition = partition;
+  EXPECT_TRUE(store.Load(&v).ok());
+  return v.users;
+}
+
+// Defect 3: a keyed call that passed the ownership check before
+// RevokePartitions let the partition go used to recreate its user after
+// the release; the next Tick wrote it to the shared store and published it.
+// The hook revokes the partition exactly between the two.
+TEST(Ownership, AKeyedCallRacingRevokeNeverBringsTheUserBack) {
+  OwnershipCheckingStore store;
+  ManualClock clock{1'000'000};
+  auto bus = NewInProcessBus(kPartitions);
+  RecordingListener listener;
+  Options o;
+  o.clock = &clock;
+  o.store = &store;
+  o.bus = bus.get();
+  o.owns_all_partitions = false;
+  o.listener = &listener;
+  auto engine = Engine::Create(o).value();
+  store.engine = engine.get();
+  const uint32_t all[] = {0, 1, 2, 3};
+  ASSERT_TRUE(engine->AssignPartitions(all).ok());
+  std::string user = "racer";
+  while (PartitionFor(user, kPartitions) != 2) user += "+";
+
+  static Engine* revoking;
+  revoking = engine.get();
+  auto revoke_once = [](uint64_t) {
+    internal::test_hooks::keyed_accepted = nullptr;
+    const uint32_t two[] = {2};
+    EXPECT_TRUE(revoking->RevokePartitions(two).ok());
+  };
+  internal::test_hooks::keyed_accepted = revoke_once;
+  EXPECT_TRUE(absl::IsFailedPrecondition(engine->Signal(TestEngine::Sig(user, "d"))));
+  ASSERT_TRUE(engine->AssignPartitions(std::vector<uint32_t>{2}).ok());
+  internal::test_hooks::keyed_accepted = revoke_once;
+  EXPECT_TRUE(absl::IsFailedPrecondition(engine->SetOverride(user, OverrideState::kDnd).status()));
+  engine->Tick();
+
+  EXPECT_FALSE(engine->GetOne(user).known);
+  EXPECT_EQ(engine->GetSizes().users, 0u);
+  EXPECT_TRUE(listener.For(user).empty());
+  EXPECT_TRUE(StoredUsersOf(store, 2).empty());
+  EXPECT_EQ(store.unowned_writes.load(), 0);
+}
+
+// The same race on many threads: keyed calls of every kind on users of
+// partition 2 while another thread takes it and lets it go. Nothing of a
+// partition not owned is written, and once it is let go nothing of it
+// remains.
+TEST(Ownership, KeyedCallsRacingAssignAndRevokeLeaveNothingBehind) {
+  OwnershipCheckingStore store;
+  auto bus = NewInProcessBus(kPartitions);
+  Options o;
+  o.store = &store;
+  o.bus = bus.get();
+  o.owns_all_partitions = false;
+  auto engine = Engine::Create(o).value();
+  store.engine = engine.get();
+  const uint32_t mine[] = {0, 1, 3};
+  ASSERT_TRUE(engine->AssignPartitions(mine).ok());
+  std::vector<std::string> users;
+  for (int i = 0; users.size() < 16; ++i) {
+    std::string id = "u" + std::to_string(i);
+    if (PartitionFor(id, kPartitions) == 2) users.push_back(id);
+  }
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 3; ++t) {
+    callers.emplace_back([&, t] {
+      for (uint64_t i = 0; !stop.load(); ++i) {
+        const std::string& u = users[(i + t) % users.size()];
+        Signal s = TestEngine::Sig(u, "d" + std::to_string(t), 1);
+        switch (i % 6) {
+          case 0: (void)engine->Signal(s); break;
+          case 1: (void)engine->SignalBatch({s}); break;
+          case 2: (void)engine->Connect(s); break;
+          case 3: (void)engine->SetOverride(u, OverrideState::kAway); break;
+          case 4: (void)engine->ClearOverrides(u); break;
+          case 5: (void)engine->DisconnectDevice(u, s.device_id, 0, DisconnectKind::kAbrupt); break;
+        }
+      }
+    });
+  }
+  const uint32_t two[] = {2};
+  for (int round = 0; round < 200; ++round) {
+    ASSERT_TRUE(engine->AssignPartitions(two).ok());
+    engine->Tick();
+    ASSERT_TRUE(engine->RevokePartitions(two).ok());
+  }
+  // Let go for good while the callers still run, then stop them.
+  for (int i = 0; i < 20; ++i) engine->Tick();
+  stop = true;
+  for (auto& c : callers) c.join();
+  engine->Tick();
+  for (const std::string& u : users) EXPECT_FALSE(engine->GetOne(u).known) << u;
+  EXPECT_EQ(engine->GetSizes().users, 0u);
+  EXPECT_EQ(store.unowned_writes.load(), 0);
 }
 
 }  // namespace

@@ -238,9 +238,9 @@ class PRESENCE_EXPORT Engine {
   //
   // With a bus, users are partitioned by PartitionFor (presence/bus.h) and
   // each partition is owned by one engine. An engine serves, consumes and
-  // writes only the users of the partitions it owns; a keyed signal or an
-  // override for any other user answers FailedPrecondition naming the
-  // partition. Without a bus these answer FailedPrecondition.
+  // writes only the users of the partitions it owns; a keyed signal, a keyed
+  // disconnect or an override call for any other user answers
+  // FailedPrecondition naming the partition. Without a bus these answer FailedPrecondition.
 
   // Engine::AssignPartitions takes the partitions over: for those not yet
   // owned, it loads their users, devices and committed offsets from the
