@@ -248,15 +248,13 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
   }
   d.id.reset();
   d.gateway = 0;
-  d.rate.store(0, std::memory_order_relaxed);
   Uncharge(kDeviceChargeBytes);
   d.session = 0;
   d.user = kNone;
   d.phase = Phase::kFree;
   d.flags = 0;
-  for (auto& s : d.seen) s.store(0, std::memory_order_relaxed);
   d.bump_gen(0);
-  devices_.Release(di);
+  devices_.Release(di, *config_->epochs);  // seen and rate are reset at reuse
   ForgetUserIfEmpty(u, now_ms);
 }
 
@@ -356,7 +354,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     if (!Charge(charge)) {
       return Drop(DropReason::kLimit, "memory budget reached: no new devices or users");
     }
-    di = devices_.Allocate();
+    di = devices_.Allocate(*config_->epochs);
     if (di == kNone) {
       Uncharge(charge);
       return Drop(DropReason::kLimit, "shard holds the most devices it can");

@@ -52,6 +52,7 @@ struct ShardConfig {
   // under the shard lock, which RevokePartitions takes after it marked the
   // partition unowned and before it drops the partition's users.
   std::function<absl::Status(uint64_t hash)> check_owned;
+  const SlotEpochs* epochs;  // when freed device records may be reused
 };
 
 // A signal that passed validation, with its time resolved on the engine's

@@ -116,7 +116,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
   }
   uint32_t di = FindDevice(users_[u], r.device_id);
   if (di != kNone) return absl::OkStatus();  // a Load visits each device once
-  di = devices_.Allocate();
+  di = devices_.Allocate(*config_->epochs);
   if (di == kNone) return absl::ResourceExhaustedError("shard holds the most devices it can");
   Charge(kDeviceChargeBytes, /*force=*/true);
   User& user = users_[u];

@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "presence/types.h"
+
 namespace presence::internal::test_hooks {
 
 // Fanout::Close, each time it is about to wait for a Sink::Deliver to the
@@ -20,6 +22,12 @@ inline std::atomic<void (*)(uint64_t subscriber)> close_waiting{nullptr};
 // before it takes the user's shard lock (where it checks that the engine
 // owns the user's partition). No lock is held: the hook may call the engine.
 inline std::atomic<void (*)(uint64_t user_hash)> keyed_accepted{nullptr};
+
+// Engine::Beat and BeatMany, on the lock-free path: the handle's generation
+// matched and the device's last time for the source was read; the beat
+// writes its time next. No lock is held: the hook may call the engine
+// (the beat stays pinned meanwhile, see src/device_table.h).
+inline std::atomic<void (*)(DeviceHandle handle)> beat_checked{nullptr};
 
 }  // namespace presence::internal::test_hooks
 

@@ -464,5 +464,100 @@ TEST(Ownership, KeyedCallsRacingAssignAndRevokeLeaveNothingBehind) {
   EXPECT_EQ(store.unowned_writes.load(), 0);
 }
 
+// Defect 4: a heartbeat that passed the generation check before Erase freed
+// its device used to write the time into the record of whatever device
+// took the slot next (the free list hands out the last freed first). The
+// hook erases the user, ticks and connects another device exactly there.
+TEST(DeviceRecords, AFreedRecordNeverTakesAHeartbeatThatWasInFlight) {
+  Options o;
+  o.shards = 1;  // both users in one shard, so the slot would be reused
+  TestEngine t(o);
+  const DeviceHandle h = t.engine->Connect(TestEngine::Sig("alice", "laptop")).value();
+  t.Run(500);
+  const int64_t bob_time = t.clock.NowMs() - 400;  // bob's signal is older than the beat
+
+  static TestEngine* te;
+  static DeviceHandle bob;
+  static int64_t bob_ts;
+  te = &t;
+  bob_ts = bob_time;
+  internal::test_hooks::beat_checked = [](DeviceHandle) {
+    internal::test_hooks::beat_checked = nullptr;
+    ASSERT_TRUE(te->engine->Erase("alice").ok());
+    te->engine->Tick();  // a new epoch: the running beat still holds the record
+    Signal s = TestEngine::Sig("bob", "phone");
+    s.timestamp_ms = bob_ts;
+    bob = te->engine->Connect(s).value();
+  };
+  EXPECT_TRUE(t.engine->Beat(h).ok());  // it passed the check before the free
+  ASSERT_EQ(internal::test_hooks::beat_checked.load(), nullptr);
+  EXPECT_EQ(t.engine->GetOne("bob").last_seen_ms, bob_time) << "alice's beat landed on bob";
+  EXPECT_FALSE(t.engine->GetOne("alice").known);
+  EXPECT_TRUE(absl::IsNotFound(t.engine->Beat(h)));
+  // Once the beat is over, later ticks may reuse alice's record.
+  t.Run(200);
+  EXPECT_TRUE(t.engine->Beat(bob).ok());
+}
+
+// Defect 4: seen was a load, compare and store, so a beat that read the
+// clock earlier (a BeatMany reads it once per batch) could move it back.
+// The hook lands a later beat between the read and the write.
+TEST(DeviceRecords, TheLastSignalTimeNeverMovesBackwards) {
+  TestEngine t;
+  const DeviceHandle h = t.engine->Connect(TestEngine::Sig("alice", "laptop")).value();
+  t.Run(500);
+  static TestEngine* te;
+  te = &t;
+  internal::test_hooks::beat_checked = [](DeviceHandle handle) {
+    internal::test_hooks::beat_checked = nullptr;
+    te->clock.Advance(300);
+    ASSERT_TRUE(te->engine->Beat(handle).ok());
+  };
+  const int64_t earlier = t.clock.NowMs();
+  ASSERT_TRUE(t.engine->BeatMany({h}).applied == 1);
+  EXPECT_EQ(t.engine->GetOne("alice").last_seen_ms, earlier + 300);
+}
+
+uint64_t AcceptedApp(Engine& e) {
+  const std::string m = e.RenderMetrics();
+  const std::string key = "presence_signals_accepted_total{source=\"app\"} ";
+  const size_t at = m.find(key);
+  EXPECT_NE(at, std::string::npos);
+  return std::stoull(m.substr(at + key.size()));
+}
+
+// The per-thread counter blocks: a thread that rotates over more engines
+// than its cache holds, and more threads than an engine has blocks, still
+// count every beat (the blocks are claimed without a lock and never grow).
+TEST(DeviceRecords, HeartbeatCountersStayExactPastTheirCaches) {
+  constexpr int kEngines = 9;
+  std::vector<std::unique_ptr<TestEngine>> engines;
+  std::vector<DeviceHandle> handles;
+  std::vector<uint64_t> before;
+  for (int i = 0; i < kEngines; ++i) {
+    Options o;
+    o.max_signals_per_device_per_sec = 0;
+    engines.push_back(std::make_unique<TestEngine>(o));
+    handles.push_back(engines.back()->engine->Connect(TestEngine::Sig("alice", "d")).value());
+    before.push_back(AcceptedApp(*engines.back()->engine));
+  }
+  for (int round = 0; round < 50; ++round) {
+    for (int i = 0; i < kEngines; ++i) ASSERT_TRUE(engines[i]->engine->Beat(handles[i]).ok());
+  }
+  for (int i = 0; i < kEngines; ++i) EXPECT_EQ(AcceptedApp(*engines[i]->engine) - before[i], 50u);
+
+  // 80 threads on one engine: 64 claim blocks, the rest share one.
+  Engine& e = *engines[0]->engine;
+  const uint64_t start = AcceptedApp(e);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 80; ++t) {
+    threads.emplace_back([&] {
+      for (int k = 0; k < 100; ++k) ASSERT_TRUE(e.Beat(handles[0]).ok());
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(AcceptedApp(e) - start, 8000u);
+}
+
 }  // namespace
 }  // namespace presence::testing
