@@ -217,17 +217,19 @@ class EngineCore {
   // under it (SlotEpochs, in src/device_table.h).
   class BeatPin {
    public:
+    // A pin inside a pin of the same thread (a beat from a test hook) keeps
+    // the outer, older one.
     explicit BeatPin(EngineCore* e) : e_(e), c_(e->ThreadCounters()) {
       if (c_ == &e_->shared_counters_) {
         c_->pinned.fetch_add(1, std::memory_order_seq_cst);
-      } else {
+      } else if (outer_ = c_->pinned.load(std::memory_order_relaxed); outer_ == 0) {
         c_->pinned.store(e_->epochs_.now.load(std::memory_order_seq_cst), std::memory_order_seq_cst);
       }
     }
     ~BeatPin() {
       if (c_ == &e_->shared_counters_) {
         c_->pinned.fetch_sub(1, std::memory_order_release);
-      } else {
+      } else if (outer_ == 0) {
         c_->pinned.store(0, std::memory_order_release);
       }
     }
@@ -238,6 +240,7 @@ class EngineCore {
    private:
     EngineCore* const e_;
     BeatCounters* const c_;
+    uint64_t outer_ = 0;  // the pin this one is inside (0: none)
   };
 
   // Adds one to a counter of this thread's block.

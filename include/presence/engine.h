@@ -297,7 +297,9 @@ class PRESENCE_EXPORT Engine {
   // timeouts, grace, dwell, override expiry, retention) and publishes the
   // changes of every touched user to the listeners, then calls each
   // listener's OnTick. Call it every flush interval. Returns how many change
-  // events were published.
+  // events were published. A device record freed (erased, released, past
+  // retention) is reused only after a later Tick found no heartbeat on a
+  // handle running since it was freed.
   size_t Tick();
 
   // The engine's notion of now: its clock's time.

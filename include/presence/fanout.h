@@ -43,7 +43,8 @@
 //     version is not newer than the one held is a no-op.
 //
 // THREAD SAFETY: every method may be called from any thread, except the
-// destructor (the last call, never from inside a sink). The fan-out flushes
+// destructor: the last call on the fan-out, and never from inside one of its
+// own sinks. The fan-out flushes
 // from Engine::Tick (it is a ChangeListener); Sink::Deliver is called on that
 // thread, with no lock of the fan-out or the engine held.
 #ifndef PRESENCE_FANOUT_H_
@@ -127,7 +128,8 @@ struct Batch {
 // thread calling Resume), with no lock held.
 //
 // MAY CALL: every method of the fan-out and of the engine (Close of this
-// subscriber included), except Engine::Tick and either destructor.
+// subscriber included; Fanout::Create and destroying another fan-out too),
+// except Engine::Tick, the engine's destructor and this fan-out's.
 //
 // LIFESPAN AND OWNERSHIP: not owned. The host keeps the sink alive until
 // Fanout::Close of every subscriber it serves returned (or the fan-out is
