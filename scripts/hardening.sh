@@ -6,8 +6,12 @@
 #   2. each fuzz target for PRESENCE_FUZZ_SECONDS (default 30), from its
 #      committed corpus; a crash fails the run and leaves the reproducer in
 #      build-fuzz/fuzz-artifacts/ (commit it under fuzz/regressions/<target>/);
-#   3. build-tsan: the many-thread stress test under ThreadSanitizer for
-#      PRESENCE_STRESS_SECONDS (default 5).
+#   3. build-tsan: under ThreadSanitizer, the many-thread stress tests for
+#      PRESENCE_STRESS_SECONDS (default 5) each (stress_test: the engine and
+#      fan-out at large, then the races of issue 21: callbacks calling back
+#      in, Close during delivery, RevokePartitions during keyed calls, Erase
+#      during heartbeats), and thread_safety_test (each of those forced
+#      deterministically).
 # It prints, per fuzzer, the executions per second and the coverage reached.
 set -euo pipefail
 
@@ -45,9 +49,11 @@ for bin in "$root"/build-fuzz/fuzz/*_fuzz; do
   rm -rf "$work"
 done
 
-echo "== hardening: the stress test under ThreadSanitizer (build-tsan)"
+echo "== hardening: the stress tests under ThreadSanitizer (build-tsan)"
 cmake -S "$root" -B "$root/build-tsan" -DPRESENCE_SANITIZE=thread \
   -DPRESENCE_BUILD_BENCHMARKS=OFF -DPRESENCE_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$root/build-tsan" -j2 --target stress_test
-TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1} PRESENCE_STRESS_SECONDS="$stress_seconds" \
-  "$root/build-tsan/tests/stress_test"
+cmake --build "$root/build-tsan" -j2 --target stress_test thread_safety_test
+for test in stress_test thread_safety_test; do
+  TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1} PRESENCE_STRESS_SECONDS="$stress_seconds" \
+    "$root/build-tsan/tests/$test"
+done

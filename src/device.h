@@ -149,7 +149,9 @@ struct alignas(64) Device {
   // Flood limit: the second (low 16 bits of now / 1000) in the high half,
   // signals accepted in it in the low half. Written without a lock by the
   // heartbeat; a rare lost update between two threads beating the same
-  // handle only makes the limit a little lenient.
+  // handle only makes the limit a little lenient. Like seen, reset when the
+  // record is reused, never by a heartbeat of its previous device
+  // (DeviceTable's grace period).
   std::atomic<uint32_t> rate{0};
 
   // Counts one signal at `now_ms`; false when it passes `limit` per second.

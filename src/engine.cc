@@ -22,6 +22,7 @@
 #include "presence/version.h"
 #include "src/partition.h"
 #include "src/shard.h"
+#include "src/test_hooks.h"
 #include "src/validate.h"
 
 namespace presence {
@@ -30,27 +31,40 @@ const char* VersionString() { return PRESENCE_VERSION_STRING; }
 
 namespace internal {
 
-// Counters of the lock-free heartbeat, one block per thread that beats: only
-// its thread writes it (a plain load and store, no locked instruction), and
-// readers sum the blocks.
+// The lock-free heartbeat's block of one thread in one engine: its counters
+// and its pin. Only the owning thread writes a claimed block (a plain load
+// and store, no locked instruction); readers sum the blocks. Threads past
+// the engine's kClaimedBlocks share one more block, through locked RMWs.
 struct alignas(64) BeatCounters {
+  std::atomic<uint64_t> owner{0};  // the claiming thread's token; 0: free
+  // Owned block: the epoch in which the thread's running beat began (0:
+  // none). Shared block: how many beats through it are running.
+  std::atomic<uint64_t> pinned{0};
   std::atomic<uint64_t> accepted[kSourceCount] = {};
   std::atomic<uint64_t> rate_limited{0};
 };
 
-// A thread's counter blocks for its last few engines.
+// This thread's token (0 until its first beat), and its blocks for its last
+// few engines.
 struct ThreadCounterCache {
   struct Entry {
     uint64_t engine = 0;
     BeatCounters* counters = nullptr;
   };
+  static thread_local uint64_t token;
   static thread_local Entry entries[4];
   static thread_local unsigned next;
 };
+thread_local uint64_t ThreadCounterCache::token = 0;
 thread_local ThreadCounterCache::Entry ThreadCounterCache::entries[4];
 thread_local unsigned ThreadCounterCache::next = 0;
+std::atomic<uint64_t> next_thread_token{1};
 
+class EngineCore;
 std::atomic<uint64_t> next_engine_id{1};
+
+// The engine whose listeners this thread is calling (null: none).
+thread_local const EngineCore* tls_calling_listeners = nullptr;
 
 // EngineCore routes each call to the shard that owns the user, and runs the
 // lock-free heartbeat and the engine-wide Tick.
@@ -58,7 +72,8 @@ class EngineCore {
  public:
   explicit EngineCore(const Options& options)
       : clock_(options.clock ? options.clock : SystemClock()),
-        config_{options, LivenessPolicy(options), &next_override_id_, &gateways_, &charged_bytes_} {
+        config_{options, LivenessPolicy(options), &next_override_id_, &gateways_, &charged_bytes_,
+                [this](uint64_t hash) { return CheckOwned(hash); }, &epochs_} {
     if (options.listener != nullptr) listeners_.push_back(options.listener);
     int n = options.shards == 0 ? 16 : options.shards;
     while ((1 << shard_bits_) < n) ++shard_bits_;
@@ -121,6 +136,7 @@ class EngineCore {
     const int64_t now = Now();
     AcceptedSignal a;
     if (auto st = Accept(s, now, &a); !st.ok()) return st;
+    if (auto hook = test_hooks::keyed_accepted.load()) hook(a.hash);
     return ShardFor(a.hash).Apply(a, now, handle);
   }
 
@@ -159,7 +175,8 @@ class EngineCore {
 
   // The heartbeat fast path: see Engine::Beat.
   absl::Status Beat(DeviceHandle h, Activity activity, Source source) {
-    return BeatAt(h, Resolve(h), activity, source, Now());
+    BeatPin pin(this);
+    return BeatAt(h, Resolve(h), activity, source, Now(), pin.counters());
   }
 
   // See Engine::BeatMany. Each handle is resolved and its record prefetched
@@ -169,6 +186,7 @@ class EngineCore {
     constexpr size_t kAhead = 32;  // a power of two; 24 to 40 measured alike
     Device* ahead[kAhead];
     BatchResult result;
+    BeatPin pin(this);  // one pin for the whole batch
     const int64_t now = Now();
     const size_t n = handles.size();
     auto resolve = [&](size_t i) {
@@ -180,7 +198,7 @@ class EngineCore {
     for (size_t i = 0; i < n; ++i) {
       Device* d = ahead[i % kAhead];
       if (i + kAhead < n) resolve(i + kAhead);
-      CountOutcome(BeatAt(handles[i], d, activity, source, now), &result);
+      CountOutcome(BeatAt(handles[i], d, activity, source, now, pin.counters()), &result);
     }
     return result;
   }
@@ -193,9 +211,51 @@ class EngineCore {
                                   : nullptr;
   }
 
-  // One heartbeat on a handle whose slot `d` is Resolve(h), at `now`.
+  // A lock-free heartbeat runs pinned: from before it reads a record's
+  // generation until it wrote its last store to the record, its thread's
+  // block holds the epoch it began in, so no record freed since is reused
+  // under it (SlotEpochs, in src/device_table.h).
+  class BeatPin {
+   public:
+    // A pin inside a pin of the same thread (a beat from a test hook) keeps
+    // the outer, older one.
+    explicit BeatPin(EngineCore* e) : e_(e), c_(e->ThreadCounters()) {
+      if (c_ == &e_->shared_counters_) {
+        c_->pinned.fetch_add(1, std::memory_order_seq_cst);
+      } else if (outer_ = c_->pinned.load(std::memory_order_relaxed); outer_ == 0) {
+        c_->pinned.store(e_->epochs_.now.load(std::memory_order_seq_cst), std::memory_order_seq_cst);
+      }
+    }
+    ~BeatPin() {
+      if (c_ == &e_->shared_counters_) {
+        c_->pinned.fetch_sub(1, std::memory_order_release);
+      } else if (outer_ == 0) {
+        c_->pinned.store(0, std::memory_order_release);
+      }
+    }
+    BeatPin(const BeatPin&) = delete;
+    BeatPin& operator=(const BeatPin&) = delete;
+    BeatCounters* counters() const { return c_; }
+
+   private:
+    EngineCore* const e_;
+    BeatCounters* const c_;
+    uint64_t outer_ = 0;  // the pin this one is inside (0: none)
+  };
+
+  // Adds one to a counter of this thread's block.
+  void Count(BeatCounters* c, std::atomic<uint64_t>& counter) {
+    if (c == &shared_counters_) {
+      counter.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+  }
+
+  // One heartbeat on a handle whose slot `d` is Resolve(h), at `now`, under
+  // a BeatPin whose block is `c`.
   ABSL_ATTRIBUTE_ALWAYS_INLINE absl::Status BeatAt(DeviceHandle h, Device* d, Activity activity,
-                                                   Source source, int64_t now) {
+                                                   Source source, int64_t now, BeatCounters* c) {
     const uint32_t gen = static_cast<uint32_t>(h.value >> 32) & fast::kGenMask;
     if (d == nullptr || gen == 0) return absl::NotFoundError("not a handle of this engine");
     const uint32_t a = static_cast<uint32_t>(activity), s = static_cast<uint32_t>(source);
@@ -204,7 +264,7 @@ class EngineCore {
       return absl::InvalidArgumentError(a - 1 > 1u ? "unknown activity value" : "unknown source value");
     }
     const int i = static_cast<int>(s) - 1;
-    const uint32_t word = d->gen_fast.load(std::memory_order_acquire);
+    const uint32_t word = d->gen_fast.load(std::memory_order_seq_cst);  // after the pin
     const uint32_t mask = fast::kOpen | fast::LiveBit(i) | fast::ActiveBit(i);
     const uint32_t want = fast::kOpen | fast::LiveBit(i) |
                           (activity == Activity::kActive ? fast::ActiveBit(i) : 0u);
@@ -212,16 +272,18 @@ class EngineCore {
       // Live, open, and this source already live with this activity: only
       // the time moves. Lapses are found lazily by the device's timer.
       if (!d->TakeRate(now, rate_limit_)) {
-        std::atomic<uint64_t>& dropped = ThreadCounters()->rate_limited;
-        dropped.store(dropped.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        Count(c, c->rate_limited);
         return absl::ResourceExhaustedError("device passed its signals-per-second limit");
       }
+      // The time only moves forward, also when another thread's beat (or a
+      // BeatMany that read the clock earlier) races this one.
       const Time32 t = ToTime32(now);
-      if (Diff32(t, d->seen[i].load(std::memory_order_relaxed)) > 0) {
-        d->seen[i].store(t, std::memory_order_relaxed);
+      Time32 seen = d->seen[i].load(std::memory_order_relaxed);
+      if (auto hook = test_hooks::beat_checked.load(std::memory_order_relaxed)) hook(h);
+      while (Diff32(t, seen) > 0 &&
+             !d->seen[i].compare_exchange_weak(seen, t, std::memory_order_relaxed)) {
       }
-      std::atomic<uint64_t>& count = ThreadCounters()->accepted[i];
-      count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      Count(c, c->accepted[i]);
       return absl::OkStatus();
     }
     return shards_[static_cast<uint32_t>(h.value >> 56)]->BeatLocked(
@@ -238,13 +300,20 @@ class EngineCore {
   }
 
   size_t Tick() {
-    internal::MutexLock lock(&tick_mu_);
-    return TickLocked(nullptr);
+    size_t published;
+    {
+      internal::MutexLock lock(&tick_mu_);
+      published = TickLocked(nullptr);
+    }
+    CallListeners();
+    return published;
   }
 
   // A tick; *all_written (when not null) tells whether every record and the
-  // offsets were written.
+  // offsets were written. Its changes wait in rounds_ for CallListeners,
+  // which the caller runs once it released tick_mu_.
   size_t TickLocked(bool* all_written_out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    AdvanceEpoch();
     const int64_t now = Now();
     events_.clear();
     // Signals consumed so far are in the records the shards write now; their
@@ -268,11 +337,42 @@ class EngineCore {
     if (all_written_out != nullptr) *all_written_out = all_written;
     AppendHistory(now);
     PublishToBus(events_);
-    for (ChangeListener* l : listeners_) {
-      if (!events_.empty()) l->OnChanges(events_);
-      l->OnTick(now);
+    const size_t published = events_.size();
+    rounds_.push_back(Round{std::move(events_), now});
+    return published;
+  }
+
+  // Calls the listeners with every tick's round of changes not yet handed
+  // out, oldest first, with no lock held but publish_mu_: one thread at a
+  // time calls listeners, so each listener sees each user's changes in
+  // version order. A listener may call back into the engine; a call that
+  // ticks from inside it (RevokePartitions) leaves its round to this loop,
+  // which hands it out once the callback returned.
+  void CallListeners() ABSL_LOCKS_EXCLUDED(tick_mu_, listeners_mu_) {
+    if (tls_calling_listeners == this) return;
+    internal::MutexLock publish(&publish_mu_);
+    const EngineCore* const outer = tls_calling_listeners;
+    tls_calling_listeners = this;
+    for (;;) {
+      Round round;
+      {
+        internal::MutexLock lock(&tick_mu_);
+        if (rounds_.empty()) break;
+        round = std::move(rounds_.front());
+        rounds_.pop_front();
+      }
+      std::vector<ChangeListener*> listeners;
+      {
+        internal::MutexLock lock(&listeners_mu_);
+        listeners = listeners_;
+      }
+      for (ChangeListener* l : listeners) {
+        if (!IsListener(l)) continue;  // removed by a callback of this round
+        if (!round.events.empty()) l->OnChanges(round.events);
+        l->OnTick(round.now_ms);
+      }
     }
-    return events_.size();
+    tls_calling_listeners = outer;
   }
 
   // ---- Durable state ----
@@ -392,6 +492,13 @@ class EngineCore {
 
   absl::Status RevokePartitions(absl::Span<const uint32_t> partitions) {
     if (auto st = ValidatePartitions(partitions); !st.ok()) return st;
+    absl::Status st = LetGo(partitions);
+    CallListeners();
+    return st;
+  }
+
+  // RevokePartitions but for its listeners: flushes, then drops the partitions.
+  absl::Status LetGo(absl::Span<const uint32_t> partitions) ABSL_LOCKS_EXCLUDED(tick_mu_) {
     internal::MutexLock lock(&tick_mu_);
     bool flushed = true;
     TickLocked(&flushed);
@@ -594,12 +701,23 @@ class EngineCore {
   }
 
   void AddListener(ChangeListener* l) {
-    internal::MutexLock lock(&tick_mu_);
+    internal::MutexLock lock(&listeners_mu_);
     if (l != nullptr) listeners_.push_back(l);
   }
+  // Returns once no call to `l` is running, except on a thread that is
+  // inside a listener of this engine (which would wait for itself).
   void RemoveListener(ChangeListener* l) {
-    internal::MutexLock lock(&tick_mu_);
-    listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), l), listeners_.end());
+    {
+      internal::MutexLock lock(&listeners_mu_);
+      listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), l), listeners_.end());
+    }
+    if (tls_calling_listeners != this) {
+      internal::MutexLock wait(&publish_mu_);  // a call running on another thread ends
+    }
+  }
+  bool IsListener(ChangeListener* l) {
+    internal::MutexLock lock(&listeners_mu_);
+    return std::find(listeners_.begin(), listeners_.end(), l) != listeners_.end();
   }
 
   UserPresence Get(absl::string_view user_id, absl::string_view viewer, bool published) {
@@ -616,34 +734,66 @@ class EngineCore {
     Shard::Stats stats;
     const int64_t now = Now();
     for (auto& shard : shards_) shard->AddStats(now, &stats);
-    internal::MutexLock lock(&counters_mu_);
-    for (const auto& c : beat_counters_) {
+    auto add = [&](const BeatCounters& c) {
       for (int i = 0; i < kSourceCount; ++i) {
-        stats.counters.accepted[i] += c->accepted[i].load(std::memory_order_relaxed);
+        stats.counters.accepted[i] += c.accepted[i].load(std::memory_order_relaxed);
       }
       stats.counters.dropped[static_cast<int>(DropReason::kRateLimited)] +=
-          c->rate_limited.load(std::memory_order_relaxed);
-    }
+          c.rate_limited.load(std::memory_order_relaxed);
+    };
+    for (const BeatCounters& c : claimed_counters_) add(c);
+    add(shared_counters_);
     return stats;
   }
 
-  // This thread's heartbeat counters for this engine. A thread remembers its
+  // This thread's heartbeat block in this engine. A thread remembers its
   // blocks for its last few engines; engines are told apart by an id that is
   // never reused, so a stale entry never matches a new engine.
-  // Inlined into the heartbeat path; the first call of a thread goes on to
-  // AddThreadCounters.
+  // Inlined into the heartbeat path; a miss goes on to FindThreadCounters.
   ABSL_ATTRIBUTE_ALWAYS_INLINE BeatCounters* ThreadCounters() {
     for (const ThreadCounterCache::Entry& e : ThreadCounterCache::entries) {
       if (e.engine == id_) return e.counters;
     }
-    return AddThreadCounters();
+    return FindThreadCounters();
   }
-  ABSL_ATTRIBUTE_NOINLINE BeatCounters* AddThreadCounters() {
-    internal::MutexLock lock(&counters_mu_);
-    beat_counters_.push_back(std::make_unique<BeatCounters>());
+  // The block this thread claimed in this engine, or the first free one it
+  // claims now, or (all claimed by other threads) the shared one. No lock,
+  // no allocation: a thread that rotates over more engines than its cache
+  // holds pays a scan of kClaimedBlocks per miss.
+  ABSL_ATTRIBUTE_NOINLINE BeatCounters* FindThreadCounters() {
+    uint64_t& token = ThreadCounterCache::token;
+    if (token == 0) token = next_thread_token.fetch_add(1, std::memory_order_relaxed);
+    BeatCounters* found = &shared_counters_;
+    for (BeatCounters& c : claimed_counters_) {
+      if (c.owner.load(std::memory_order_relaxed) == token) {
+        found = &c;
+        break;
+      }
+    }
+    for (BeatCounters& c : claimed_counters_) {
+      if (found != &shared_counters_) break;
+      uint64_t free = 0;
+      if (c.owner.compare_exchange_strong(free, token, std::memory_order_relaxed)) found = &c;
+    }
     ThreadCounterCache::entries[ThreadCounterCache::next++ % 4] =
-        ThreadCounterCache::Entry{id_, beat_counters_.back().get()};
-    return beat_counters_.back().get();
+        ThreadCounterCache::Entry{id_, found};
+    return found;
+  }
+
+  // Opens a new epoch (each Tick) and publishes as epochs_.safe the oldest
+  // epoch in which a heartbeat still running began: records freed before it
+  // may be reused. While beats run through the shared block, whose pin has
+  // no epoch, safe stays where it was.
+  void AdvanceEpoch() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    uint64_t safe = epochs_.now.fetch_add(1, std::memory_order_seq_cst) + 1;
+    for (const BeatCounters& c : claimed_counters_) {
+      const uint64_t pinned = c.pinned.load(std::memory_order_seq_cst);
+      if (pinned != 0) safe = std::min(safe, pinned);
+    }
+    if (shared_counters_.pinned.load(std::memory_order_seq_cst) != 0) {
+      safe = std::min(safe, epochs_.safe.load(std::memory_order_relaxed));
+    }
+    epochs_.safe.store(safe, std::memory_order_release);
   }
 
   std::string RenderMetrics() {
@@ -805,6 +955,7 @@ class EngineCore {
 
  private:
   Clock* const clock_;
+  SlotEpochs epochs_;
   std::atomic<uint64_t> next_override_id_{1};
   GatewayTable gateways_;
   std::atomic<int64_t> charged_bytes_{0};
@@ -814,12 +965,24 @@ class EngineCore {
   std::atomic<uint64_t> invalid_{0};
   const uint64_t id_ = next_engine_id.fetch_add(1);
   const uint32_t rate_limit_ = static_cast<uint32_t>(config_.options.max_signals_per_device_per_sec);
-  internal::Mutex counters_mu_;
-  std::vector<std::unique_ptr<BeatCounters>> beat_counters_ ABSL_GUARDED_BY(counters_mu_);
+  // The heartbeat's blocks: one per thread for the first kClaimedBlocks
+  // threads that beat, then one that the others share.
+  static constexpr size_t kClaimedBlocks = 64;
+  BeatCounters claimed_counters_[kClaimedBlocks];
+  BeatCounters shared_counters_;
 
+  // Lock order: publish_mu_, then tick_mu_ or listeners_mu_.
+  internal::Mutex publish_mu_;  // held by the one thread calling listeners
   internal::Mutex tick_mu_;
   std::vector<ChangeEvent> events_ ABSL_GUARDED_BY(tick_mu_);
-  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(tick_mu_);
+  // One tick's changes, waiting to be handed to the listeners.
+  struct Round {
+    std::vector<ChangeEvent> events;
+    int64_t now_ms = 0;
+  };
+  std::deque<Round> rounds_ ABSL_GUARDED_BY(tick_mu_);
+  internal::Mutex listeners_mu_;
+  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(listeners_mu_);
   std::vector<Transition> history_backlog_ ABSL_GUARDED_BY(tick_mu_);
   std::vector<CommittedOffset> committed_ ABSL_GUARDED_BY(tick_mu_);
   uint64_t history_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;
@@ -932,7 +1095,7 @@ absl::StatusOr<uint64_t> Engine::SetOverride(absl::string_view user_id, Override
         absl::StrCat("override ends at ", until_ms, ", not after now (", now, ")"));
   }
   const uint64_t h = HashUserId(user_id);
-  if (auto st = core_->CheckOwned(h); !st.ok()) return st;
+  if (auto hook = internal::test_hooks::keyed_accepted.load()) hook(h);
   return core_->ShardFor(h).SetOverride(user_id, h, state, until_ms, trace_id, now);
 }
 

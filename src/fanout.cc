@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "src/mutex.h"
+#include "src/test_hooks.h"
 #include "presence/engine.h"
 #include "presence/v1/presence.pb.h"
 #include "src/metrics.h"
@@ -207,6 +208,17 @@ class Fanout::Impl {
     }
     dirty_subs_.erase(s);
     subs_.erase(id);
+    // No delivery starts now; wait for those running, except the ones this
+    // thread is inside (a sink closing its own subscriber).
+    int own = 0;
+    for (const Delivering* d = tls_delivering; d != nullptr; d = d->outer) {
+      own += d->impl == this && d->id == id;
+    }
+    for (auto it = in_flight_.find(id); it != in_flight_.end() && it->second > own;
+         it = in_flight_.find(id)) {
+      if (auto hook = internal::test_hooks::close_waiting.load()) hook(id);
+      delivered_.Wait(&mu_);
+    }
     return absl::OkStatus();
   }
 
@@ -437,7 +449,7 @@ class Fanout::Impl {
                          std::make_move_iterator(replay.end()));
       }
     }
-    for (const Delivery& d : deliveries) d.sink->Deliver(d.id, d.batch);
+    Deliver(deliveries);
     return absl::OkStatus();
   }
 
@@ -468,7 +480,7 @@ class Fanout::Impl {
       last_flush_ms_ = now_ms;
       Flush(now_ms, &deliveries);
     }
-    for (const Delivery& d : deliveries) d.sink->Deliver(d.id, d.batch);
+    Deliver(deliveries);
   }
 
   std::string RenderMetrics() const {
@@ -514,6 +526,34 @@ class Fanout::Impl {
     SubscriberId id;
     Batch batch;
   };
+  // A Sink::Deliver call running on this thread, innermost first.
+  struct Delivering {
+    const Impl* impl;
+    SubscriberId id;
+    const Delivering* outer;
+  };
+  static thread_local const Delivering* tls_delivering;
+
+  // Calls the sinks, in order, with no lock held; skips a delivery whose
+  // subscriber was closed since it was built. Close waits for the calls
+  // that this counts in in_flight_.
+  void Deliver(const std::vector<Delivery>& deliveries) ABSL_LOCKS_EXCLUDED(mu_) {
+    for (const Delivery& d : deliveries) {
+      {
+        internal::MutexLock lock(&mu_);
+        if (FindSub(d.id) == nullptr) continue;
+        ++in_flight_[d.id];
+      }
+      const Delivering scope{this, d.id, tls_delivering};
+      tls_delivering = &scope;
+      d.sink->Deliver(d.id, d.batch);
+      tls_delivering = scope.outer;
+      internal::MutexLock lock(&mu_);
+      auto it = in_flight_.find(d.id);
+      if (--it->second == 0) in_flight_.erase(it);
+      delivered_.SignalAll();
+    }
+  }
 
   template <typename T>
   static void Erase(std::vector<T>& v, const T& x) {
@@ -924,6 +964,9 @@ class Fanout::Impl {
   absl::flat_hash_map<std::string, std::unique_ptr<Topic>> topics_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<Sub*> dirty_subs_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<Topic*> dirty_topics_ ABSL_GUARDED_BY(mu_);
+  // Sink::Deliver calls running, per subscriber (none: no entry).
+  absl::flat_hash_map<SubscriberId, int> in_flight_ ABSL_GUARDED_BY(mu_);
+  internal::CondVar delivered_;  // signalled when a call ends
   SnapshotSource* source_ ABSL_GUARDED_BY(mu_) = nullptr;
   SubscriberId next_id_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t last_flush_ms_ ABSL_GUARDED_BY(mu_) = std::numeric_limits<int64_t>::min() / 2;
@@ -938,6 +981,8 @@ class Fanout::Impl {
   uint64_t lagging_events_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t resumed_ ABSL_GUARDED_BY(mu_) = 0;
 };
+
+thread_local const Fanout::Impl::Delivering* Fanout::Impl::tls_delivering = nullptr;
 
 // ---- Fanout ------------------------------------------------------------------
 

@@ -8,6 +8,7 @@
 #ifndef PRESENCE_SRC_MUTEX_H_
 #define PRESENCE_SRC_MUTEX_H_
 
+#include <condition_variable>
 #include <mutex>
 
 #include "absl/base/thread_annotations.h"
@@ -20,7 +21,24 @@ class ABSL_LOCKABLE Mutex {
   void Unlock() ABSL_UNLOCK_FUNCTION() { m_.unlock(); }
 
  private:
+  friend class CondVar;
   std::mutex m_;
+};
+
+// A condition variable over Mutex.
+class CondVar {
+ public:
+  // Releases *mu, waits until woken (SignalAll, or spuriously: wait in a
+  // loop that tests the condition), and takes *mu again.
+  void Wait(Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::unique_lock<std::mutex> lock(mu->m_, std::adopt_lock);
+    cv_.wait(lock);
+    lock.release();
+  }
+  void SignalAll() { cv_.notify_all(); }
+
+ private:
+  std::condition_variable cv_;
 };
 
 class ABSL_SCOPED_LOCKABLE MutexLock {

@@ -285,15 +285,13 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
   }
   d.id.reset();
   d.gateway = 0;
-  d.rate.store(0, std::memory_order_relaxed);
   Uncharge(kDeviceChargeBytes);
   d.session = 0;
   d.user = kNone;
   d.phase = Phase::kFree;
   d.flags = 0;
-  for (auto& s : d.seen) s.store(0, std::memory_order_relaxed);
   d.bump_gen(0);
-  devices_.Release(di);
+  devices_.Release(di, *config_->epochs);  // seen and rate are reset at reuse
   ForgetUserIfEmpty(u, now_ms);
 }
 
@@ -386,6 +384,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
 }
 
 absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceHandle* handle) {
+  if (auto st = config_->check_owned(a.hash); !st.ok()) return st;
   const presence::Signal& s = *a.signal;
   uint32_t u = FindUser(s.user_id, a.hash);
   uint32_t di = u == kNone ? kNone : FindDevice(users_[u], s.device_id);
@@ -399,7 +398,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     if (!Charge(charge)) {
       return Drop(DropReason::kLimit, "memory budget reached: no new devices or users");
     }
-    di = devices_.Allocate();
+    di = devices_.Allocate(*config_->epochs);
     if (di == kNone) {
       Uncharge(charge);
       return Drop(DropReason::kLimit, "shard holds the most devices it can");
@@ -545,6 +544,7 @@ absl::Status Shard::DisconnectDevice(absl::string_view user_id, uint64_t hash,
                                      absl::string_view device_id, uint64_t session_id,
                                      DisconnectKind kind, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
+  if (auto st = config_->check_owned(hash); !st.ok()) return st;
   const uint32_t u = FindUser(user_id, hash);
   const uint32_t di = u == kNone ? kNone : FindDevice(users_[u], device_id);
   if (di == kNone) return absl::NotFoundError("unknown device");
@@ -565,6 +565,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
                                             OverrideState state, int64_t until_ms,
                                             uint64_t trace_id, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
+  if (auto st = config_->check_owned(hash); !st.ok()) return st;
   uint32_t u = FindUser(user_id, hash);
   if (u != kNone && users_[u].overrides &&
       users_[u].overrides->size() >= static_cast<size_t>(config_->options.max_overrides_per_user)) {
@@ -649,6 +650,7 @@ size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
 absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
                                    int64_t now_ms) {
   internal::MutexLock lock(&mu_);
+  if (auto st = config_->check_owned(hash); !st.ok()) return st;
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
   Settle(u, now_ms);
@@ -664,6 +666,7 @@ absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uin
 absl::StatusOr<size_t> Shard::ClearOverrides(absl::string_view user_id, uint64_t hash,
                                              int64_t now_ms) {
   internal::MutexLock lock(&mu_);
+  if (auto st = config_->check_owned(hash); !st.ok()) return st;
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
   Settle(u, now_ms);

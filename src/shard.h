@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -53,6 +54,12 @@ struct ShardConfig {
   std::atomic<uint64_t>* next_override_id;
   GatewayTable* gateways;
   std::atomic<int64_t>* charged_bytes;  // against options.memory_budget_bytes
+  // OK when the engine owns the partition of the user with this hash, else
+  // FailedPrecondition naming it. Keyed paths and the store writes ask it
+  // under the shard lock, which RevokePartitions takes after it marked the
+  // partition unowned and before it drops the partition's users.
+  std::function<absl::Status(uint64_t hash)> check_owned;
+  const SlotEpochs* epochs;  // when freed device records may be reused
 };
 
 // A signal that passed validation, with its time resolved on the engine's

@@ -46,18 +46,25 @@ DeviceRecord Shard::DeviceRecordOf(uint32_t di, int64_t now_ms) {
 }
 
 void Shard::BuildStoreBatch(int64_t now_ms, StoreBatch* batch) {
+  // Whoever owns a partition writes its users: never one this engine let go.
+  auto owned = [&](absl::string_view user_id) {
+    return config_->check_owned(HashUserId(user_id)).ok();
+  };
   batch->erasures = erasures_;
   for (size_t i = 0; i < pending_.size(); ++i) {
     if (decisions_[i].what == Decision::kHoldUnchanged) continue;  // written when first held
+    if (!owned(users_[pending_[i].user].id.view())) continue;
     batch->users.push_back(UserRecordOf(pending_[i].user, &decisions_[i], now_ms));
   }
   for (uint32_t di : store_dirty_) {
     const Device& d = devices_.at(di);
-    if ((d.flags & dflag::kStoreDirty) && d.phase != Phase::kFree) {
+    if ((d.flags & dflag::kStoreDirty) && d.phase != Phase::kFree &&
+        owned(users_[d.user].id.view())) {
       batch->devices.push_back(DeviceRecordOf(di, now_ms));
     }
   }
   for (const DeviceRecord& g : gone_) {
+    if (!owned(g.user_id)) continue;
     batch->devices.push_back(g);
     batch->devices.back().version = NextRecordVersion(now_ms);
   }
@@ -124,7 +131,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
   }
   uint32_t di = FindDevice(users_[u], r.device_id);
   if (di != kNone) return absl::OkStatus();  // a Load visits each device once
-  di = devices_.Allocate();
+  di = devices_.Allocate(*config_->epochs);
   if (di == kNone) return absl::ResourceExhaustedError("shard holds the most devices it can");
   Charge(kDeviceChargeBytes, /*force=*/true);
   User& user = users_[u];

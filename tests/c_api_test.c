@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "presence/c.h"
@@ -1237,6 +1238,153 @@ static void test_fanout_push(void) {
   free_world(&w);
 }
 
+/* ---- A sink that calls back into the library (issue 21) ----------------------------
+ *
+ * c.h lets a sink call any function of the engine and the fan-out except
+ * presence_engine_tick and presence_fanout_destroy. This one calls each of
+ * them once, from inside its first batch, and ends by unsubscribing
+ * itself. The tick runs on its own thread: a tick that does not return
+ * within 20 s deadlocked, and the test ends there. */
+
+typedef struct {
+  presence_engine_t* engine;
+  presence_fanout_t* fanout;
+  int calls;
+} reentry_t;
+
+static void reentrant_sink(uint64_t subscriber, const char* batch, size_t len, void* payload) {
+  reentry_t* r = (reentry_t*)payload;
+  presence_signal_t s = make_signal("carol", "phone", 1);
+  presence_bytes_t who = bytes_of("carol");
+  presence_batch_result_t br;
+  presence_user_presence_t* users = NULL;
+  presence_override_t* overrides = NULL;
+  presence_transition_t* transitions = NULL;
+  presence_state_durations_t durations;
+  size_t count = 0, n = 0;
+  uint64_t h = 0, o = 0, pull = 0;
+  int64_t t = 0;
+  char* text = NULL;
+  uint8_t has = 0;
+  (void)batch;
+  (void)len;
+  if (r->calls++ > 0) return; /* the resume below delivers once more */
+  EXPECT(PRESENCE_OK, presence_engine_signal(r->engine, &s, &err));
+  EXPECT(PRESENCE_OK, presence_engine_signal_batch(&br, r->engine, &s, 1, &err));
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h, r->engine, &s, &err));
+  EXPECT(PRESENCE_OK,
+          presence_engine_beat(r->engine, h, PRESENCE_ACTIVITY_ACTIVE, PRESENCE_SOURCE_APP, &err));
+  EXPECT(PRESENCE_OK,
+          presence_engine_beat_many(&br, r->engine, &h, 1, PRESENCE_ACTIVITY_ACTIVE,
+                                    PRESENCE_SOURCE_APP, &err));
+  EXPECT(PRESENCE_OK,
+          presence_engine_set_override(&o, r->engine, "carol", 5, PRESENCE_OVERRIDE_DND, 0, 0, &err));
+  EXPECT(PRESENCE_OK,
+          presence_engine_list_overrides(&overrides, &count, r->engine, "carol", 5, &err));
+  presence_free(overrides);
+  EXPECT(PRESENCE_OK, presence_engine_revoke_override(r->engine, "carol", 5, o, &err));
+  EXPECT(PRESENCE_OK, presence_engine_clear_overrides(&n, r->engine, "carol", 5, &err));
+  EXPECT(PRESENCE_OK,
+          presence_engine_revoke_overrides_set_between(&n, r->engine, 0, 1, &err));
+  EXPECT(PRESENCE_OK, presence_engine_get(&users, r->engine, &who, 1, NULL, 0, &err));
+  presence_free(users);
+  users = NULL;
+  EXPECT(PRESENCE_OK,
+          presence_engine_get_published(&users, r->engine, &who, 1, NULL, 0, &err));
+  presence_free(users);
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION, /* no history store */
+          presence_engine_history(&transitions, &count, r->engine, "carol", 5, 0, 1, &err));
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION,
+          presence_engine_time_in_states(&durations, r->engine, "carol", 5, 0, 1, &err));
+  EXPECT(PRESENCE_OK, presence_engine_last_seen(&t, r->engine, "carol", 5, &err));
+  EXPECT(PRESENCE_OK,
+          presence_engine_disconnect(r->engine, h, PRESENCE_DISCONNECT_CLEAN, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND,
+          presence_engine_drain_gateway(&n, r->engine, "gw", 2, 10, &err));
+  EXPECT(PRESENCE_OK, presence_engine_erase(r->engine, "carol", 5, &err));
+  EXPECT(PRESENCE_OK, presence_engine_now(&t, r->engine, &err));
+  EXPECT(PRESENCE_OK, presence_engine_render_metrics(&text, NULL, r->engine, &err));
+  presence_free(text);
+  text = NULL;
+  EXPECT(PRESENCE_OK, presence_engine_rebuild(r->engine, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(&pull, r->fanout, NULL, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_add_users(r->fanout, pull, &who, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_remove_users(r->fanout, pull, &who, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_replace_users(r->fanout, pull, &who, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_add_members(r->fanout, "team", 4, &who, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_replace_members(r->fanout, "team", 4, &who, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_join(r->fanout, pull, "team", 4, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_leave(r->fanout, pull, "team", 4, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_remove_members(r->fanout, "team", 4, &who, 1, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_poll(&has, &text, &n, r->fanout, pull, &err));
+  presence_free(text);
+  text = NULL;
+  EXPECT(PRESENCE_OK, presence_fanout_unsubscribe(r->fanout, pull, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_resume(r->fanout, subscriber, 0, &err));
+  EXPECT(PRESENCE_OK, presence_fanout_render_metrics(&text, NULL, r->fanout, &err));
+  presence_free(text);
+  EXPECT(PRESENCE_OK, presence_fanout_unsubscribe(r->fanout, subscriber, &err));
+}
+
+typedef struct {
+  presence_engine_t* engine;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done;
+} tick_once_t;
+
+static void* tick_thread(void* arg) {
+  tick_once_t* t = (tick_once_t*)arg;
+  presence_engine_tick(NULL, t->engine, NULL);
+  pthread_mutex_lock(&t->mu);
+  t->done = 1;
+  pthread_cond_signal(&t->cv);
+  pthread_mutex_unlock(&t->mu);
+  return NULL;
+}
+
+static void test_sink_reentry(void) {
+  world_t w = make_world(0);
+  presence_fanout_t* f = NULL;
+  presence_subscriber_options_t so = PRESENCE_SUBSCRIBER_OPTIONS_INIT;
+  reentry_t r;
+  tick_once_t t;
+  pthread_t thread;
+  struct timespec deadline;
+  int timed_out = 0;
+
+  memset(&r, 0, sizeof r);
+  EXPECT(PRESENCE_OK, presence_fanout_new(&f, w.engine, NULL, &err));
+  r.engine = w.engine;
+  r.fanout = f;
+  so.sink = reentrant_sink;
+  so.sink_payload = &r;
+  EXPECT(PRESENCE_OK, presence_fanout_subscribe(NULL, f, &so, &err));
+
+  t.engine = w.engine;
+  t.done = 0;
+  pthread_mutex_init(&t.mu, NULL);
+  pthread_cond_init(&t.cv, NULL);
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += 20;
+  CHECK(pthread_create(&thread, NULL, tick_thread, &t) == 0);
+  pthread_mutex_lock(&t.mu);
+  while (!t.done && !timed_out) {
+    timed_out = pthread_cond_timedwait(&t.cv, &t.mu, &deadline) != 0;
+  }
+  pthread_mutex_unlock(&t.mu);
+  if (!t.done) {
+    fprintf(stderr, "c_api_test: a tick whose sink calls back into the library deadlocked\n");
+    _exit(1);
+  }
+  pthread_join(thread, NULL);
+  CHECK(r.calls == 2);
+  pthread_cond_destroy(&t.cv);
+  pthread_mutex_destroy(&t.mu);
+  presence_fanout_destroy(f);
+  free_world(&w);
+}
+
 static void test_metrics(void) {
   world_t w = make_world(0);
   presence_fanout_t* f = NULL;
@@ -2024,6 +2172,7 @@ int main(void) {
   test_get();
   test_fanout_poll();
   test_fanout_push();
+  test_sink_reentry();
   test_metrics();
   test_lifetimes();
   test_threads();

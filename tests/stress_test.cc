@@ -5,7 +5,9 @@
 // interest set, and each subscriber's view equals what the engine published.
 //
 // It runs for PRESENCE_STRESS_SECONDS (default 2) and is also built under
-// ThreadSanitizer by .ci/run.
+// ThreadSanitizer by .ci/run and scripts/hardening.sh. A second test races
+// what issue 21 fixed: callbacks that call back in, Close during delivery,
+// RevokePartitions during keyed calls, Erase during heartbeats.
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -16,8 +18,11 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "presence/bus.h"
 #include "presence/engine.h"
 #include "presence/fanout.h"
+#include "presence/history.h"
+#include "presence/store.h"
 #include "src/mutex.h"
 #include "tests/fanout_client.h"
 
@@ -53,6 +58,11 @@ class VersionChecker : public ChangeListener {
   std::map<std::string, uint64_t> last_ ABSL_GUARDED_BY(mu_);
   uint64_t violations_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t events_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class NullListener : public ChangeListener {
+ public:
+  void OnChanges(absl::Span<const ChangeEvent>) override {}
 };
 
 struct Watcher {
@@ -257,6 +267,195 @@ TEST(Stress, ManyThreadsAtOnceKeepEveryInvariant) {
   std::printf("stress: %.1f s, %llu operations, %llu published changes\n", StressSeconds(),
               static_cast<unsigned long long>(ops.load()),
               static_cast<unsigned long long>(versions.events()));
+}
+
+// The races of issue 21 at once, for PRESENCE_STRESS_SECONDS: listeners and
+// push sinks that call back into the engine and the fan-out while ticks
+// run; subscribers closed (and their sinks freed) while a tick delivers to
+// them; keyed calls on a partition that another thread takes and lets go;
+// users erased while their devices beat. ThreadSanitizer (scripts/
+// hardening.sh) reports any race; afterwards versions only grew and nothing
+// of the partition let go is left.
+TEST(Stress, CallbacksCloseRevokeAndEraseRaceCleanly) {
+  constexpr uint32_t kPartitions = 4;
+  auto store = NewMemoryStore();
+  auto history = NewMemoryHistoryStore();
+  auto bus = NewInProcessBus(kPartitions);
+  Options o;
+  o.shards = 4;
+  o.min_dwell_ms = 0;
+  o.max_signals_per_device_per_sec = 0;
+  o.store = store.get();
+  o.history = history.get();
+  o.bus = bus.get();
+  o.owns_all_partitions = false;
+  auto engine = Engine::Create(o).value();
+  const uint32_t all[] = {0, 1, 2, 3};
+  ASSERT_TRUE(engine->AssignPartitions(all).ok());
+  VersionChecker versions;
+  engine->AddListener(&versions);
+  FanoutOptions fo;
+  fo.flush_interval_ms = 0;
+  fo.rate_per_sec = 0;
+  auto fanout = Fanout::Create(engine.get(), fo).value();
+
+  std::vector<std::string> users;
+  for (int i = 0; i < kUsers; ++i) users.push_back(UserName(i));
+  std::vector<std::string> moving;  // users of partition 2, which moves
+  for (const std::string& u : users) {
+    if (PartitionFor(u, kPartitions) == 2) moving.push_back(u);
+  }
+  ASSERT_FALSE(moving.empty());
+
+  // A listener that calls back in on every tick.
+  struct Reentrant : ChangeListener {
+    Engine* engine;
+    const std::vector<std::string>* users;
+    NullListener extra;
+    std::atomic<uint64_t> calls{0};
+    void OnChanges(absl::Span<const ChangeEvent> events) override {
+      const std::string& u = (*users)[events.size() % users->size()];
+      (void)engine->RenderMetrics();
+      (void)engine->GetOne(u);
+      (void)engine->History(u, 0, engine->NowMs());
+      engine->AddListener(&extra);
+      engine->RemoveListener(&extra);
+      calls.fetch_add(1, std::memory_order_relaxed);
+    }
+  } listener;
+  listener.engine = engine.get();
+  listener.users = &users;
+  engine->AddListener(&listener);
+
+  // A sink that calls back in and counts its calls (a tick and a Resume
+  // may deliver at once): a Deliver after its owner closed the subscriber
+  // and freed it races the free, which TSan reports.
+  struct CountingSink : Sink {
+    Engine* engine;
+    Fanout* fanout;
+    std::atomic<uint64_t> calls{0};
+    void Deliver(SubscriberId sub, const Batch&) override {
+      calls.fetch_add(1, std::memory_order_relaxed);
+      (void)engine->RenderMetrics();
+      (void)fanout->RenderMetrics();
+      const absl::string_view ids[] = {"user-0"};
+      (void)fanout->AddUsers(sub, ids);
+    }
+  };
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> ops{0};
+  std::vector<std::thread> threads;
+  // The ticker.
+  threads.emplace_back([&] {
+    while (!stop.load()) {
+      engine->Tick();
+      ops.fetch_add(1, std::memory_order_relaxed);
+      std::this_thread::yield();
+    }
+  });
+  // Beaters: connect, then beat one at a time and in batches.
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(300 + t);
+      std::vector<DeviceHandle> handles;
+      uint64_t session = 0;
+      while (!stop.load()) {
+        if (handles.size() < 64 || rng() % 8 == 0) {
+          Signal s;
+          s.user_id = users[rng() % kUsers];
+          s.device_id = "b" + std::to_string(t);
+          s.session_id = ++session;
+          s.platform = Platform::kMobile;
+          if (auto h = engine->Connect(s); h.ok()) handles.push_back(*h);
+          if (handles.size() > 256) handles.erase(handles.begin());
+        } else if (rng() % 2) {
+          (void)engine->Beat(handles[rng() % handles.size()]);
+        } else {
+          (void)engine->BeatMany(handles);
+        }
+        ops.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  }
+  // The eraser: frees devices under the beats.
+  threads.emplace_back([&] {
+    std::mt19937_64 rng(400);
+    while (!stop.load()) {
+      (void)engine->Erase(users[rng() % kUsers]);
+      ops.fetch_add(1, std::memory_order_relaxed);
+      std::this_thread::yield();
+    }
+  });
+  // Keyed calls on every user, the moving ones included.
+  threads.emplace_back([&] {
+    std::mt19937_64 rng(500);
+    while (!stop.load()) {
+      const std::string& u = rng() % 2 ? moving[rng() % moving.size()] : users[rng() % kUsers];
+      Signal s;
+      s.user_id = u;
+      s.device_id = "k";
+      s.session_id = 1;
+      s.platform = Platform::kWeb;
+      switch (rng() % 4) {
+        case 0: (void)engine->Signal(s); break;
+        case 1: (void)engine->SetOverride(u, OverrideState::kDnd); break;
+        case 2: (void)engine->ClearOverrides(u); break;
+        default: (void)engine->DisconnectDevice(u, "k", 0, DisconnectKind::kClean); break;
+      }
+      ops.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  // The partition mover.
+  threads.emplace_back([&] {
+    const uint32_t two[] = {2};
+    while (!stop.load()) {
+      EXPECT_TRUE(engine->RevokePartitions(two).ok());
+      EXPECT_TRUE(engine->AssignPartitions(two).ok());
+      ops.fetch_add(2, std::memory_order_relaxed);
+    }
+  });
+  // Subscribers opened, then closed and their sinks freed at once.
+  threads.emplace_back([&] {
+    std::mt19937_64 rng(600);
+    std::vector<std::pair<SubscriberId, std::unique_ptr<CountingSink>>> open;
+    while (!stop.load()) {
+      if (open.size() < 8) {
+        auto sink = std::make_unique<CountingSink>();
+        sink->engine = engine.get();
+        sink->fanout = fanout.get();
+        SubscriberOptions so;
+        so.sink = sink.get();
+        const SubscriberId id = fanout->Subscribe(so).value();
+        const absl::string_view ids[] = {users[rng() % kUsers]};
+        EXPECT_TRUE(fanout->AddUsers(id, ids).ok());
+        if (rng() % 2) EXPECT_TRUE(fanout->Resume(id, 0).ok());
+        open.emplace_back(id, std::move(sink));
+      } else {
+        const size_t k = rng() % open.size();
+        EXPECT_TRUE(fanout->Close(open[k].first).ok());
+        open.erase(open.begin() + static_cast<std::ptrdiff_t>(k));  // frees the sink
+      }
+      ops.fetch_add(1, std::memory_order_relaxed);
+    }
+    for (auto& [id, sink] : open) EXPECT_TRUE(fanout->Close(id).ok());
+  });
+
+  // The stress runs for a set time; nothing waits on another thread here.
+  std::this_thread::sleep_for(std::chrono::duration<double>(StressSeconds()));
+  stop = true;
+  for (auto& th : threads) th.join();
+
+  const uint32_t two[] = {2};
+  ASSERT_TRUE(engine->RevokePartitions(two).ok());
+  engine->Tick();
+  for (const std::string& u : moving) EXPECT_FALSE(engine->GetOne(u).known) << u;
+  EXPECT_EQ(versions.violations(), 0u);
+  EXPECT_GT(listener.calls.load(), 0u);
+  engine->RemoveListener(&listener);
+  std::printf("stress (issue 21): %.1f s, %llu operations, %llu listener calls\n", StressSeconds(),
+              static_cast<unsigned long long>(ops.load()),
+              static_cast<unsigned long long>(listener.calls.load()));
 }
 
 }  // namespace

@@ -821,9 +821,12 @@ PRESENCE_EXPORT int presence_fanout_subscribe(uint64_t* out_subscriber,
                                               presence_fanout_t* fanout,
                                               const presence_subscriber_options_t* options,
                                               char** errmsg);
-/* Closes a subscriber: no batch is delivered to it after this returns
- * (except one whose sink call had already started). NOT_FOUND when
- * unknown or already closed. */
+/* Closes a subscriber: returns once no sink call to it is running, and
+ * none starts after. Called from inside the subscriber's own sink it does
+ * not wait for that call, which is the last one. It waits for sink calls
+ * running on other threads (presence_fanout_resume), so a sink must not
+ * unsubscribe a subscriber whose sink waits for it. NOT_FOUND when unknown
+ * or already closed. */
 PRESENCE_EXPORT int presence_fanout_unsubscribe(presence_fanout_t* fanout, uint64_t subscriber,
                                                 char** errmsg);
 

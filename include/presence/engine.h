@@ -26,8 +26,11 @@
 //   engine->Disconnect(h, presence::DisconnectKind::kAbrupt);
 //
 // THREAD SAFETY: every method may be called from any number of threads at
-// once, except that Tick() calls are serialised internally (a second caller
-// waits) and must not be made from inside a ChangeListener. Users are sharded
+// once, except the destructor. Ticks are serialised internally (a second
+// caller waits), and one thread at a time calls the listeners, with no lock
+// of the engine held: a listener (and a fan-out's sink, which runs inside
+// one) may call every method of the engine except Tick() and the
+// destructor (presence/listener.h). Users are sharded
 // by an xxHash of user_id; each shard has its own lock, so threads working on
 // different users rarely contend. Beat() on a handle whose device is live and
 // whose activity does not change takes no lock at all.
@@ -251,9 +254,9 @@ class PRESENCE_EXPORT Engine {
   //
   // With a bus, users are partitioned by PartitionFor (presence/bus.h) and
   // each partition is owned by one engine. An engine serves, consumes and
-  // writes only the users of the partitions it owns; a keyed signal or an
-  // override for any other user answers FailedPrecondition naming the
-  // partition. Without a bus these answer FailedPrecondition.
+  // writes only the users of the partitions it owns; a keyed signal, a keyed
+  // disconnect or an override call for any other user answers
+  // FailedPrecondition naming the partition. Without a bus these answer FailedPrecondition.
 
   // Engine::AssignPartitions takes the partitions over: for those not yet
   // owned, it loads their users, devices and committed offsets from the
@@ -269,7 +272,11 @@ class PRESENCE_EXPORT Engine {
   // Engine::RevokePartitions lets partitions go: it flushes first (a Tick:
   // every pending record written, the offsets committed, the changes
   // published), then drops their users from memory, writing nothing more of
-  // them. When the flush could not write everything it still lets go and
+  // them. Called from inside a listener, it returns before the listeners
+  // see the flush's changes: they get them once that listener returned,
+  // before the Tick running it returns. Keyed calls racing it either finish
+  // before the users are dropped (and are dropped with them) or answer
+  // FailedPrecondition. When the flush could not write everything it still lets go and
   // answers Unavailable: the offsets of what was not written were not
   // committed, so the next owner replays those signals. Partitions not owned
   // are ignored.
@@ -291,8 +298,13 @@ class PRESENCE_EXPORT Engine {
 
   // Engine::AddListener adds a listener beside Options::listener; Tick calls
   // them in the order added. Not owned; it must stay alive until removed or
-  // the engine is destroyed. Must not be called from inside a listener.
+  // the engine is destroyed. Called from inside a listener, the new one is
+  // first called with the next tick's changes.
   void AddListener(ChangeListener* listener);
+  // Engine::RemoveListener: the listener is not called after this returns.
+  // It waits for a call to the listener running on another thread, so the
+  // host may destroy the listener then; called from inside a listener of
+  // this engine it does not wait (the running call may be to itself).
   void RemoveListener(ChangeListener* listener);
 
   // ---- Time ----------------------------------------------------------------
@@ -301,7 +313,9 @@ class PRESENCE_EXPORT Engine {
   // timeouts, grace, dwell, override expiry, retention) and publishes the
   // changes of every touched user to the listeners, then calls each
   // listener's OnTick. Call it every flush interval. Returns how many change
-  // events were published.
+  // events were published. A device record freed (erased, released, past
+  // retention) is reused only after a later Tick found no heartbeat on a
+  // handle running since it was freed.
   size_t Tick();
 
   // The engine's notion of now: its clock's time.

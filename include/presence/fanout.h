@@ -42,9 +42,11 @@
 //   * Each UserState carries the user's version; applying entries whose
 //     version is not newer than the one held is a no-op.
 //
-// THREAD SAFETY: every method may be called from any thread. The fan-out
-// flushes from Engine::Tick (it is a ChangeListener); Sink::Deliver is called
-// on that thread, with no fan-out lock held.
+// THREAD SAFETY: every method may be called from any thread, except the
+// destructor: the last call on the fan-out, and never from inside one of its
+// own sinks. The fan-out flushes
+// from Engine::Tick (it is a ChangeListener); Sink::Deliver is called on that
+// thread, with no lock of the fan-out or the engine held.
 #ifndef PRESENCE_FANOUT_H_
 #define PRESENCE_FANOUT_H_
 
@@ -123,8 +125,20 @@ struct Batch {
 
 // presence::Sink receives batches for subscribers that asked for push
 // delivery. Deliver is called on the thread running Engine::Tick (or the
-// thread calling Resume), with no lock held; it may call back into the
-// fan-out and the engine, except Engine::Tick. Not owned.
+// thread calling Resume), with no lock held.
+//
+// MAY CALL: every method of the fan-out and of the engine (Close of this
+// subscriber included; Fanout::Create and destroying another fan-out too),
+// except Engine::Tick, the engine's destructor and this fan-out's.
+//
+// LIFESPAN AND OWNERSHIP: not owned. The host keeps the sink alive until
+// Fanout::Close of every subscriber it serves returned (or the fan-out is
+// destroyed): Close returns only once no Deliver to that subscriber is
+// running, and none starts after. Close called from inside Deliver for the
+// same subscriber does not wait for that call (it is the caller's own);
+// that call is the last one. Close waits for deliveries running on other
+// threads, so a sink must not close a subscriber whose own sink is waiting
+// for it.
 class PRESENCE_EXPORT Sink {
  public:
   virtual ~Sink();
@@ -166,7 +180,9 @@ class PRESENCE_EXPORT Fanout final : public ChangeListener {
 
   // ---- Subscribers ---------------------------------------------------------
   absl::StatusOr<SubscriberId> Subscribe(const SubscriberOptions& options = {});
-  // NotFound for an unknown or already closed subscriber.
+  // Fanout::Close ends the subscriber. For a push subscriber it returns once
+  // no Sink::Deliver to it is running (see Sink). NotFound for an unknown or
+  // already closed subscriber.
   absl::Status Close(SubscriberId subscriber);
 
   // The subscriber's list. Users added appear in its next batch with their

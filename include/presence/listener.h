@@ -4,9 +4,12 @@
 // (DESIGN.md section 3, before any fan-out).
 //
 // THREADING: Engine::Tick() calls OnChanges (when there are changes) and then
-// OnTick (always) on the thread that called Tick, after it released every
-// internal lock. The listener may call any query or signal method of the
-// engine (Get, Signal, Beat, ...), but not Tick itself. Events for one user
+// OnTick (always) on the thread that called Tick (or RevokePartitions, which
+// ticks), with no lock of the engine held; one thread at a time calls the
+// listeners of an engine. The listener may call every method of the engine
+// (signals, handles, overrides, queries, Erase, RenderMetrics, partitions,
+// Rebuild, AddListener, RemoveListener, ...) except Tick and the destructor;
+// a fan-out's sinks run inside it and may call the same. Events for one user
 // arrive in version order, each version exactly once.
 //
 // LIFESPAN AND OWNERSHIP: the host owns the listener; it must outlive the
