@@ -268,7 +268,11 @@ class EngineCore {
     const uint32_t mask = fast::kOpen | fast::LiveBit(i) | fast::ActiveBit(i);
     const uint32_t want = fast::kOpen | fast::LiveBit(i) |
                           (activity == Activity::kActive ? fast::ActiveBit(i) : 0u);
-    if (fast::Gen(word) == gen && (word & mask) == want) {
+    const Time32 t = ToTime32(now);
+    Time32 seen = d->seen[i].load(std::memory_order_relaxed);
+    // Past this source's offline_after, the source lapsed (Get already says
+    // so) even if no timer noticed yet: the lock decides what its return is.
+    if (fast::Gen(word) == gen && (word & mask) == want && Diff32(t, seen) < lapse_ms_[i]) {
       // Live, open, and this source already live with this activity: only
       // the time moves. Lapses are found lazily by the device's timer.
       if (!d->TakeRate(now, rate_limit_)) {
@@ -277,8 +281,6 @@ class EngineCore {
       }
       // The time only moves forward, also when another thread's beat (or a
       // BeatMany that read the clock earlier) races this one.
-      const Time32 t = ToTime32(now);
-      Time32 seen = d->seen[i].load(std::memory_order_relaxed);
       if (auto hook = test_hooks::beat_checked.load(std::memory_order_relaxed)) hook(h);
       while (Diff32(t, seen) > 0 &&
              !d->seen[i].compare_exchange_weak(seen, t, std::memory_order_relaxed)) {
@@ -965,6 +967,11 @@ class EngineCore {
   std::atomic<uint64_t> invalid_{0};
   const uint64_t id_ = next_engine_id.fetch_add(1);
   const uint32_t rate_limit_ = static_cast<uint32_t>(config_.options.max_signals_per_device_per_sec);
+  // Each source's offline_after (devices on the lock-free beat have no
+  // detector: LivenessPolicy::OfflineAfter is this).
+  const int64_t lapse_ms_[kSourceCount] = {config_.policy.offline_after_ms[0],
+                                           config_.policy.offline_after_ms[1],
+                                           config_.policy.offline_after_ms[2]};
   // The heartbeat's blocks: one per thread for the first kClaimedBlocks
   // threads that beat, then one that the others share.
   static constexpr size_t kClaimedBlocks = 64;

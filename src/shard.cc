@@ -43,7 +43,7 @@ uint32_t Shard::FindUser(absl::string_view id, uint64_t hash) const {
   return it == index_by_id_.end() ? kNone : *it;
 }
 
-uint32_t Shard::AddUser(absl::string_view id, int64_t now_ms) {
+uint32_t Shard::AddUser(absl::string_view id) {
   uint32_t u;
   if (!free_users_.empty()) {
     u = free_users_.back();
@@ -57,12 +57,12 @@ uint32_t Shard::AddUser(absl::string_view id, int64_t now_ms) {
   user.in_use = true;
   index_by_id_.insert(u);
   if (!forgotten_.empty()) {
+    // Whatever this thread's clock says: the tick that publishes the user
+    // may have read an earlier one.
     auto it = forgotten_.find(id);
     if (it != forgotten_.end()) {
-      if (it->second.version >= (static_cast<uint64_t>(now_ms) << 10)) {
-        user.version = it->second.version;
-        user.public_version = it->second.public_version;
-      }
+      user.version = it->second.version;
+      user.public_version = it->second.public_version;
       forgotten_.erase(it);
     }
   }
@@ -94,7 +94,12 @@ void Shard::Uncharge(int64_t bytes) {
 
 void Shard::ForgetUser(uint32_t u, int64_t now_ms) {
   const User& user = users_[u];
-  if (std::max(user.version, user.public_version) >= (static_cast<uint64_t>(now_ms) << 10)) {
+  // Kept until a tick's clock passes it (see Tick). Only recent versions
+  // can meet a later one (clocks of threads differ by far less than the
+  // margin); a rebuild, which forgets everyone, keeps only those.
+  constexpr int64_t kMarginMs = 1000;
+  if (std::max(user.version, user.public_version) >=
+      static_cast<uint64_t>(std::max<int64_t>(now_ms - kMarginMs, 0)) << 10) {
     forgotten_[std::string(user.id.view())] = Floors{user.version, user.public_version};
   }
   Uncharge(kUserChargeBytes);
@@ -404,7 +409,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
       return Drop(DropReason::kLimit, "shard holds the most devices it can");
     }
     devices_.at(di).flags = 0;
-    if (u == kNone) u = AddUser(s.user_id, now_ms);
+    if (u == kNone) u = AddUser(s.user_id);
     User& user = users_[u];
     Device& d = devices_.at(di);
     d.id = InlineId(s.device_id);
@@ -575,7 +580,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
     if (!Charge(kUserChargeBytes)) {
       return Drop(DropReason::kLimit, "memory budget reached: no new users");
     }
-    u = AddUser(user_id, now_ms);
+    u = AddUser(user_id);
   }
   Settle(u, now_ms);
   User& user = users_[u];

@@ -269,7 +269,7 @@ class Shard {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint32_t AddUser(absl::string_view id, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reserves `bytes` of the memory budget; false (nothing reserved) when it
@@ -346,11 +346,11 @@ class Shard {
   std::vector<StoreBatch::Erasure> erasures_ ABSL_GUARDED_BY(mu_);
   uint64_t record_clock_ ABSL_GUARDED_BY(mu_) = 0;
   // The versions of users this shard forgot (erased, released or past
-  // retention) that the clock has not passed yet: a user met again within
-  // that millisecond starts from them, so a watcher never sees a version
-  // repeat, even within the millisecond of an erasure. Per user, so that no
-  // user's versions depend on what another did (rule 8). Entries the clock
-  // passed (NextVersion is above them anyway) are dropped on Tick.
+  // retention) since the last tick: a user met again before a tick's clock
+  // passed them starts from them, so a watcher never sees a version repeat,
+  // even within the millisecond of an erasure. Per user, so that no user's
+  // versions depend on what another did (rule 8). A tick drops those its
+  // clock passed (NextVersion is above them from then on).
   struct Floors {
     uint64_t version = 0;
     uint64_t public_version = 0;

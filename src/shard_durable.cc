@@ -76,7 +76,7 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
     Charge(kUserChargeBytes, /*force=*/true);
-    u = AddUser(r.user_id, now_ms);
+    u = AddUser(r.user_id);
   }
   User& user = users_[u];
   user.version = std::max(user.version, r.state_version);
@@ -127,7 +127,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
     Charge(kUserChargeBytes, /*force=*/true);
-    u = AddUser(r.user_id, now_ms);
+    u = AddUser(r.user_id);
   }
   uint32_t di = FindDevice(users_[u], r.device_id);
   if (di != kNone) return absl::OkStatus();  // a Load visits each device once

@@ -265,6 +265,49 @@ TEST(Erase, TheUserIsGoneEverywhereAndNeverComesBack) {
   EXPECT_FALSE(t.engine->GetOne("alice").has_override);
 }
 
+// Heartbeats on handles take no lock and write nothing, but a live device's
+// record goes to the store once per deadline (its timer), so a restart
+// finds last_seen at most one offline_after behind, never back at connect.
+TEST(Rebuild, LastSeenOfLockFreeHeartbeatsSurvivesARestart) {
+  Durable d;
+  TestEngine t(d.Opts());
+  auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
+  const int64_t connected = t.clock.NowMs();
+  for (int i = 0; i < 10; ++i) {
+    t.Run(1000);
+    ASSERT_TRUE(t.engine->Beat(*h).ok());
+  }
+  const int64_t last = t.engine->GetOne("alice", "alice").last_seen_ms;
+  ASSERT_EQ(last, connected + 10000);
+  ASSERT_TRUE(t.engine->Rebuild().ok());  // the store is all it has now
+  const int64_t after = t.engine->GetOne("alice", "alice").last_seen_ms;
+  EXPECT_GT(after, connected);
+  EXPECT_GE(after, last - Options().app.offline_after_ms);
+  EXPECT_LE(after, last);
+}
+
+// Overrides set in the same millisecond stack in the order they were set,
+// after a reload too (ids break the tie).
+TEST(Rebuild, OverridesOfOneMillisecondKeepTheirOrder) {
+  Durable d;
+  Options o = d.Opts();
+  o.max_overrides_per_user = 40;
+  TestEngine t(o);
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 40; ++i) {
+    const auto state = i % 2 ? OverrideState::kInvisible : OverrideState::kDnd;
+    ids.push_back(t.engine->SetOverride("alice", state).value());
+  }
+  t.engine->Tick();
+  ASSERT_TRUE(t.engine->Rebuild().ok());
+  auto list = t.engine->ListOverrides("alice");
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ((*list)[i].id, ids[i]) << i;
+  EXPECT_EQ(t.engine->GetOne("alice", "alice").override_state, OverrideState::kInvisible);
+}
+
 // Found by the engine fuzzer: a user erased and back within the same
 // millisecond published its new state at the version of its last one, which
 // a watcher that keeps the highest version it saw would have dropped.

@@ -563,6 +563,31 @@ TEST(Rule7Hysteresis, FalseOfflineIsCounted) {
               ::testing::HasSubstr("presence_false_offlines_total 1"));
 }
 
+// A signal that finds its device past the deadline, before any tick noticed:
+// Get had already answered OFFLINE, so the device died then, and its return
+// is a false offline (its user's published state never moved: no diff).
+TEST(Rule7Hysteresis, ASignalAfterTheDeadlineBeforeTheTimerIsAFalseOffline) {
+  for (const bool keyed : {false, true}) {
+    TestEngine t;
+    auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
+    t.engine->Tick();
+    t.listener.Take();
+    t.clock.Advance(4500);  // past offline_after (4 s); no tick yet
+    EXPECT_EQ(t.StateOf("alice"), State::kOffline);
+    if (keyed) {
+      ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
+    } else {
+      ASSERT_TRUE(t.engine->Beat(*h).ok());
+    }
+    EXPECT_EQ(t.StateOf("alice"), State::kOnline);
+    t.engine->Tick();
+    EXPECT_TRUE(t.listener.Take().empty()) << keyed;  // online all along, as published
+    EXPECT_THAT(t.engine->RenderMetrics(),
+                ::testing::HasSubstr("presence_false_offlines_total 1"))
+        << keyed;
+  }
+}
+
 // ---- Handles ------------------------------------------------------------------
 
 TEST(Handles, ClosedHandlesAnswerNotFound) {

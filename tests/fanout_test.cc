@@ -429,5 +429,50 @@ TEST(FanoutBadInput, EachGetsAClearErrorAndChangesNothing) {
   EXPECT_FALSE(Fanout::Create(nullptr).ok());
 }
 
+// DESIGN.md section 4: after Erase, whoever was told of the user is told to
+// drop it, and what a new subscriber sees is what it would see had the user
+// never existed: nothing of it.
+TEST(Fanout, AnErasedUserIsRemovedFromEveryViewAndNewOnesNeverSeeIt) {
+  FanoutEngine t;
+  t.Online("alice");
+  t.Online("bob");
+  ASSERT_TRUE(t.fanout->AddMembers("team", {"alice", "bob"}).ok());
+  SubscriberId s = t.Sub({"alice", "bob"});
+  SubscriberId own = t.Sub({"alice"}, "alice");
+  ASSERT_TRUE(t.fanout->Join(s, "team").ok());
+  t.Run(100);
+  ClientView v, v_own;
+  Drain(t.fanout.get(), s, &v);
+  Drain(t.fanout.get(), own, &v_own);
+  ASSERT_EQ(v.StateOf("alice"), State::kOnline);
+  ASSERT_EQ(v.topics["team"].count("alice"), 1u);
+  ASSERT_EQ(v_own.StateOf("alice"), State::kOnline);
+
+  ASSERT_TRUE(t.engine->Erase("alice").ok());
+  t.Run(100);
+  Drain(t.fanout.get(), s, &v);
+  Drain(t.fanout.get(), own, &v_own);
+  EXPECT_EQ(v.list.count("alice"), 0u);
+  EXPECT_EQ(v.topics["team"].count("alice"), 0u);
+  EXPECT_EQ(v.StateOf("bob"), State::kOnline);
+  EXPECT_EQ(v_own.list.count("alice"), 0u);
+
+  SubscriberId late = t.Sub({"alice", "bob"});
+  ASSERT_TRUE(t.fanout->Join(late, "team").ok());
+  t.Run(100);
+  ClientView v_late;
+  Drain(t.fanout.get(), late, &v_late);
+  EXPECT_EQ(v_late.ever_seen, (std::set<std::string>{"bob"}));
+
+  // Back, anew: everyone hears of it again.
+  t.clock.Advance(1);
+  t.Online("alice", "phone");
+  t.Run(1000);
+  Drain(t.fanout.get(), s, &v);
+  Drain(t.fanout.get(), late, &v_late);
+  EXPECT_EQ(v.StateOf("alice"), State::kOnline);
+  EXPECT_EQ(v_late.StateOf("alice"), State::kOnline);
+}
+
 }  // namespace
 }  // namespace presence::testing

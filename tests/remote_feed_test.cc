@@ -351,6 +351,34 @@ TEST(RemoteFeed, UnwatchedUsersAreCachedUpToTheBoundFromWhereTheFeedStarts) {
   EXPECT_THAT(c.Seen(s, users.front()), IsEmpty());
 }
 
+// Erase travels the bus: engine A publishes the erasure, B's feed hands it to
+// B's fan-out, whose watchers drop the user, and a subscriber made after
+// that sees nothing of it, as if it never existed (DESIGN.md section 4).
+TEST(RemoteFeed, AnErasureOnTheOwnerReachesWatchersOnOtherEngines) {
+  Cluster c;
+  const std::string alice = UserIn(0, "alice-");
+  const SubscriberId s = c.Watch(alice);
+  ASSERT_TRUE(c.a->Connect(Sig(alice)).ok());
+  c.Step();
+  (void)c.Seen(s, alice);
+  ASSERT_EQ(c.view.list.count(alice), 1u);
+
+  ASSERT_TRUE(c.a->Erase(alice).ok());
+  c.Step();
+  (void)c.Seen(s, alice);
+  EXPECT_EQ(c.view.list.count(alice), 0u);  // told to drop her
+
+  const SubscriberId late = c.fanout->Subscribe().value();
+  ASSERT_TRUE(c.fanout->AddUsers(late, {alice}).ok());
+  c.Step();
+  Batch b;
+  ASSERT_TRUE(c.fanout->Poll(late, &b).value());
+  v1::DiffBatch m;
+  ASSERT_TRUE(m.ParseFromString(b.Encode()));
+  EXPECT_TRUE(m.snapshot());
+  EXPECT_EQ(m.users_size(), 0) << m.ShortDebugString();
+}
+
 TEST(RemoteFeed, CreateRejectsBadArguments) {
   Cluster c;
   EXPECT_EQ(RemoteFeed::Create(nullptr, c.fanout.get(), {}).status().code(),
