@@ -1,6 +1,7 @@
 // Durable state through the engine (DESIGN.md sections 4 and 5): write-through
 // before publish, store failures, rebuild and bus replay, history, erasure,
 // and draining a gateway.
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -201,6 +202,11 @@ TEST(History, PublishedTransitionsFormTheAuditTrail) {
   EXPECT_EQ(times->online_ms, 1000);
   EXPECT_EQ(times->dnd_ms, 1000);
   EXPECT_EQ(times->offline_ms, 100 + 900);  // before the first tick, and after the end
+  // A window from the beginning of time to its end: counted from 0 to now.
+  auto all = t.engine->TimeInStates("alice", std::numeric_limits<int64_t>::min(),
+                                    std::numeric_limits<int64_t>::max(), "alice");
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->online_ms + all->away_ms + all->dnd_ms + all->offline_ms, t.clock.NowMs());
   EXPECT_TRUE(absl::IsInvalidArgument(t.engine->History("alice", 10, 5).status()));
   EXPECT_TRUE(t.engine->History("nobody", 0, 1).value().empty());
 }

@@ -432,6 +432,58 @@ TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
   EXPECT_GE(r.json.Find("transitions")->items().size(), 2u) << r.body;
 }
 
+// DESIGN.md rule 8 over REST: while bob is invisible, what alice reads of
+// him (state, last_seen, version, devices) does not move, whatever he does;
+// each step waits until bob's own view shows it.
+TEST_F(ServerTest, WhatAnInvisibleUserDoesChangesNothingOthersRead) {
+  std::unique_ptr<WsClient> bob = Connect("tok-bob");
+  bob->Send(R"({"type":"heartbeat"})");
+  auto view = [&](const std::string& token) {
+    HttpResult r = Http(port_, http::verb::get, "/presence?user_ids=bob", token);
+    EXPECT_EQ(r.status, 200) << r.body;
+    const Json& u = r.json.Find("users")->items()[0];
+    std::string devices;
+    for (const auto& [platform, n] : u.Find("devices")->members()) {
+      absl::StrAppend(&devices, platform, "=", n.as_int(), " ");
+    }
+    return absl::StrCat(Str(u, "state"), " last_seen=", u.Find("last_seen_ms")->as_int(),
+                        " version=", u.Find("version")->as_int(), " devices=", devices);
+  };
+  // Waits, with a deadline, until `token`'s view of bob has `part` in it.
+  auto wait_for = [&](const std::string& token, const std::string& part) {
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    std::string v;
+    while (std::chrono::steady_clock::now() < deadline) {
+      v = view(token);
+      if (v.find(part) != std::string::npos) return v;
+      bob->Poll(20ms);
+    }
+    ADD_FAILURE() << "waited for '" << part << "', last view: " << v;
+    return v;
+  };
+  wait_for("tok-alice", "online");
+  HttpResult r = Http(port_, http::verb::post, "/presence/override", "tok-bob",
+                      R"({"state":"invisible","duration_ms":60000})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::string hidden = wait_for("tok-alice", "offline");
+
+  // A second device, then idle, then active again: each shows in his own view.
+  std::unique_ptr<WsClient> phone = Connect("tok-bob", "phone");
+  phone->Send(R"({"type":"heartbeat"})");
+  wait_for("tok-bob", "web=2");
+  EXPECT_EQ(view("tok-alice"), hidden);
+  bob->Send(R"({"type":"activity","activity":"idle"})");
+  phone->Send(R"({"type":"activity","activity":"idle"})");
+  wait_for("tok-bob", "away");
+  EXPECT_EQ(view("tok-alice"), hidden);
+  bob->Send(R"({"type":"heartbeat","activity":"active"})");
+  wait_for("tok-bob", "online");
+  EXPECT_EQ(view("tok-alice"), hidden);
+  phone->CloseCleanly();
+  wait_for("tok-bob", "web=1");
+  EXPECT_EQ(view("tok-alice"), hidden);
+}
+
 TEST_F(ServerTest, BadWebSocketInputGetsClearErrorsAndTheConnectionStays) {
   std::unique_ptr<WsClient> alice = Connect("tok-alice");
   auto expect_error = [&](const std::string& send, const std::string& code, bool binary = false) {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+import random
 import tempfile
 import unittest
 
@@ -155,6 +156,62 @@ class FileStoreTest(unittest.TestCase):
         w.step(100)
         e.rebuild()
         self.assertFalse(e.get_one("carol").known)
+
+
+class PublicViewTest(unittest.TestCase):
+    """DESIGN.md rule 8 through the binding: while a user is invisible,
+    nothing it does changes a field another viewer reads (get, get_published,
+    history, time_in_states, last_seen); it itself sees everything."""
+
+    def test_an_invisible_users_actions_change_nothing_others_read(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        w = World(min_dwell_ms=1000, file_dir=pathlib.Path(tmp.name) / "data")
+        self.addCleanup(w.close)
+        e = w.engine
+        rng = random.Random(7)
+        for i in range(20):
+            e.connect(f"u{i}", "pc", 1)
+        e.connect("bob", "pc", 1)
+        w.step(100)
+        w.step(1500)
+        e.set_override("bob", presence.OverrideState.INVISIBLE)
+        w.step(1500)
+
+        def public(viewer: str) -> tuple:
+            g = e.get_one("bob", viewer)
+            p = e.get_published(["bob"], viewer)[0]
+            return (g.known, g.state, g.last_seen_ms, g.version, g.live_devices, g.devices,
+                    g.override, p.state, p.version, p.last_seen_ms,
+                    e.history("bob", viewer=viewer), e.last_seen("bob", viewer=viewer),
+                    e.time_in_states("bob", 1_000_000, 1_003_000, viewer=viewer))
+
+        seen = {v: public(v) for v in ("u0", "u7")}
+        self.assertEqual(seen["u0"][1], State.OFFLINE)
+        handles = []
+        own = []
+        for step in range(400):
+            r = rng.randrange(6)
+            if r == 0 or not handles:
+                handles.append(e.connect("bob", f"d{rng.randrange(4)}", 2 + step,
+                                         platform=presence.Platform(1 + rng.randrange(5))))
+            elif r == 1:
+                try:
+                    e.beat(rng.choice(handles), presence.Activity(1 + rng.randrange(2)))
+                except presence.PresenceError:
+                    pass  # a handle a newer session replaced, or closed
+            elif r == 2:
+                try:
+                    e.disconnect(rng.choice(handles), presence.DisconnectKind(1 + rng.randrange(2)))
+                except presence.PresenceError:
+                    pass
+            else:
+                w.step(rng.randrange(1, 2000))
+            own.append(e.get_one("bob", "bob").last_seen_ms)
+            for v, before in seen.items():
+                self.assertEqual(public(v), before, f"step {step}, viewer {v}")
+        # It did something: its own view moved on.
+        self.assertGreater(max(own), seen["u0"][2])
 
 
 class MemoryOnlyTest(unittest.TestCase):
