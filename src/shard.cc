@@ -335,7 +335,10 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
     return Drop(DropReason::kRateLimited, "device passed its signals-per-second limit");
   }
   Settle(d.user, now_ms);
-  if (d.phase == Phase::kLive && !Evaluate(di, now_ms).live) {
+  // Its timer is due by its next deadline, so before that it cannot have
+  // lapsed, and no evaluation is needed.
+  if (d.phase == Phase::kLive && Diff32(ToTime32(now_ms), d.due) >= 0 &&
+      !Evaluate(di, now_ms).live) {
     // Past its deadline, and no timer noticed yet: Get already answered it
     // dead, so it dies now, as the timer would have, and the revival below
     // counts as a false offline (or is published, if the user's state moved).
