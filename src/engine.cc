@@ -7,6 +7,10 @@
 #include <atomic>
 #include <utility>
 
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "absl/base/attributes.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
@@ -65,6 +69,18 @@ std::atomic<uint64_t> next_engine_id{1};
 
 // The engine whose listeners this thread is calling (null: none).
 thread_local const EngineCore* tls_calling_listeners = nullptr;
+
+// Asymmetric fences (the light side a compiler barrier, the heavy side the
+// membarrier system call, as hazard pointers use them) when the kernel has
+// private expedited membarrier; else both sides pay a full fence.
+bool RegisterMembarrier() {
+  return syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+const bool kAsymmetricFences = RegisterMembarrier();
+
+void HeavyBarrier() {
+  if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) std::abort();
+}
 
 // EngineCore routes each call to the shard that owns the user, and runs the
 // lock-free heartbeat and the engine-wide Tick.
@@ -223,7 +239,16 @@ class EngineCore {
       if (c_ == &e_->shared_counters_) {
         c_->pinned.fetch_add(1, std::memory_order_seq_cst);
       } else if (outer_ = c_->pinned.load(std::memory_order_relaxed); outer_ == 0) {
-        c_->pinned.store(e_->epochs_.now.load(std::memory_order_seq_cst), std::memory_order_seq_cst);
+        const uint64_t epoch = e_->epochs_.now.load(std::memory_order_seq_cst);
+        if (kAsymmetricFences) {
+          // The pin must be seen before the record's generation is read; the
+          // tick's membarrier (AdvanceEpoch) orders it, so only the compiler
+          // needs telling here: no locked instruction on the heartbeat.
+          c_->pinned.store(epoch, std::memory_order_relaxed);
+          std::atomic_signal_fence(std::memory_order_seq_cst);
+        } else {
+          c_->pinned.store(epoch, std::memory_order_seq_cst);
+        }
       }
     }
     ~BeatPin() {
@@ -788,6 +813,11 @@ class EngineCore {
   // no epoch, safe stays where it was.
   void AdvanceEpoch() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     uint64_t safe = epochs_.now.fetch_add(1, std::memory_order_seq_cst) + 1;
+    // The other half of the heartbeat's compiler-only fence (BeatPin): every
+    // thread of the process passes a full barrier before this returns, so a
+    // pin stored before it is seen below, and a beat that pins after it
+    // reads the generations as they are now.
+    if (kAsymmetricFences) HeavyBarrier();
     for (const BeatCounters& c : claimed_counters_) {
       const uint64_t pinned = c.pinned.load(std::memory_order_seq_cst);
       if (pinned != 0) safe = std::min(safe, pinned);
