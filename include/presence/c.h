@@ -564,7 +564,7 @@ typedef struct presence_user_presence_t {
    * failed validation. */
   const char* user_id;
   size_t user_id_len;
-  uint64_t version;          /* of the user's last published change */
+  uint64_t version;          /* of the last published change of the viewer's view */
   int64_t last_seen_ms;      /* latest accepted signal; 0: never seen */
   int64_t freshness_ms;      /* now - last_seen_ms (0 when never seen) */
   int64_t override_until_ms; /* 0: no end time */
@@ -572,13 +572,16 @@ typedef struct presence_user_presence_t {
   int32_t override_state;    /* presence_override_state_t; 0 when has_override is 0 */
   uint32_t live_devices;     /* live devices, all platforms */
   uint32_t devices[PRESENCE_PLATFORM_COUNT]; /* live devices per platform, index platform - 1 */
-  uint8_t known;             /* 0: the engine holds nothing for this id */
+  uint8_t known;             /* 0: nothing to show of this id (every field 0) */
   uint8_t has_override;      /* an override shows */
 } presence_user_presence_t;
 
 /* Answers for `count` ids, in order, as the user `viewer_user_id` sees
  * them (NULL/0: an anonymous viewer): the user itself sees its true state,
- * everyone else sees an invisible user as OFFLINE. State is exact at the
+ * everyone else its public view (DESIGN.md rule 8): an invisible user is
+ * OFFLINE with no devices and no override, its last_seen and version stay
+ * where they were when it went invisible, and a user OFFLINE that was never
+ * published or not seen for the retention is not known. State is exact at the
  * clock's now, even between ticks. Ids that fail validation (empty, or
  * longer than PRESENCE_MAX_USER_ID_BYTES) come back with known = 0.
  *
