@@ -156,7 +156,8 @@ class EngineCore {
     return ShardFor(a.hash).Apply(a, now, handle);
   }
 
-  BatchResult ApplyBatch(absl::Span<const Signal> signals) {
+  // `replay`: the signals were read back from the bus (see AcceptedSignal).
+  BatchResult ApplyBatch(absl::Span<const Signal> signals, bool replay = false) {
     BatchResult result;
     const int64_t now = Now();
     // Group by shard, keeping each shard's signals in order, so that each
@@ -174,6 +175,7 @@ class EngineCore {
         if (result.first_error.ok()) result.first_error = std::move(st);
         continue;
       }
+      a.replay = replay;
       accepted.push_back(a);
       ++pos[ShardIndex(a.hash) + 1];
     }
@@ -608,7 +610,7 @@ class EngineCore {
       }
       consumed_signals_.push_back(d.signal());
     }
-    if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_);
+    if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
     return records->size();
   }
 

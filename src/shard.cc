@@ -318,7 +318,7 @@ absl::Status Shard::Drop(DropReason reason, absl::string_view message) {
 }
 
 absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
-                                  int64_t ts_ms, uint64_t trace_id, int64_t now_ms) {
+                                  int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit) {
   Device& d = devices_.at(di);
   const int si = SourceIndex(source);
   if (session < d.session) return Drop(DropReason::kStaleSession, "stale signal: older session");
@@ -331,7 +331,8 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
       return Drop(DropReason::kStaleTimestamp, "stale signal: older than one already applied");
     }
   }
-  if (!d.TakeRate(now_ms, static_cast<uint32_t>(config_->options.max_signals_per_device_per_sec))) {
+  if (limit &&
+      !d.TakeRate(now_ms, static_cast<uint32_t>(config_->options.max_signals_per_device_per_sec))) {
     return Drop(DropReason::kRateLimited, "device passed its signals-per-second limit");
   }
   Settle(d.user, now_ms);
@@ -436,7 +437,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   d.platform = s.platform;
   if (a.gateway != 0) d.gateway = a.gateway;
   absl::Status st = ApplyToDevice(di, s.session_id, s.source, s.activity, a.timestamp_ms,
-                                  s.trace_id, now_ms);
+                                  s.trace_id, now_ms, /*limit=*/!a.replay);
   if (!st.ok()) {
     d.platform = old_platform;
     d.gateway = old_gateway;

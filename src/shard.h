@@ -69,6 +69,9 @@ struct AcceptedSignal {
   uint64_t hash;
   int64_t timestamp_ms;
   uint8_t gateway;  // GatewayTable index of signal->gateway (0: none)
+  // Read back from the bus (catch-up, replay): the flood limit applied when
+  // it came in, and is not applied again (DESIGN.md section 6).
+  bool replay = false;
 };
 
 // Adds one signal's outcome to a batch's counts: OK is applied,
@@ -260,8 +263,10 @@ class Shard {
 
   absl::Status ApplyLocked(const AcceptedSignal& s, int64_t now_ms, DeviceHandle* handle)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `limit`: counts against the device's signals-per-second limit (not a
+  // replay).
   absl::Status ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
-                             int64_t ts_ms, uint64_t trace_id, int64_t now_ms)
+                             int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit = true)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Drop(DropReason reason, absl::string_view message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -78,12 +78,17 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
     Charge(kUserChargeBytes, /*force=*/true);
     u = AddUser(r.user_id);
   }
+  // The records this shard writes next must win over what the store holds,
+  // even when another engine whose clock ran ahead wrote it (a failover).
+  record_clock_ = std::max(record_clock_, r.version);
   User& user = users_[u];
   user.version = std::max(user.version, r.state_version);
   user.public_version = std::max(user.public_version, r.public_version);
   user.pub_state = r.state;
   user.pub_self = r.self_state;
-  user.published_at_ms = r.published_at_ms;
+  // Not after now: a record from an engine whose clock ran ahead must not
+  // hold the next change back by more than one dwell.
+  user.published_at_ms = std::min(r.published_at_ms, now_ms);
   user.last_seen_ms = std::max(user.last_seen_ms, r.last_seen_ms);
   for (const OverrideInfo& o : r.overrides) {
     if (o.until_ms != 0 && o.until_ms <= now_ms) continue;
@@ -129,6 +134,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
     Charge(kUserChargeBytes, /*force=*/true);
     u = AddUser(r.user_id);
   }
+  record_clock_ = std::max(record_clock_, r.version);  // as in LoadUser
   uint32_t di = FindDevice(users_[u], r.device_id);
   if (di != kNone) return absl::OkStatus();  // a Load visits each device once
   di = devices_.Allocate(*config_->epochs);

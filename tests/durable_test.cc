@@ -153,6 +153,60 @@ TEST(Rebuild, ANewEngineLoadsTheStoreReplaysTheBusAndMatchesTheOldOne) {
   EXPECT_EQ(b->GetPublished(ids)[3].version, before[3].version);
 }
 
+// DESIGN.md section 6: replay and catch-up apply every record; the flood
+// limit applied when the signals came in. A backlog of one device's signals
+// (a gateway flushing after a bus outage, or a new owner catching up) is not
+// cut to the per-device limit.
+TEST(Rebuild, ReplayFromTheBusIsNotThrottled) {
+  Durable d;
+  ManualClock clock(1'000'000);
+  Options o = d.Opts();
+  o.clock = &clock;
+  o.max_signals_per_device_per_sec = 5;
+  for (int i = 0; i < 50; ++i) {
+    Signal s = TestEngine::Sig("alice", "web", 1, Source::kApp,
+                               i == 49 ? Activity::kIdle : Activity::kActive);
+    s.timestamp_ms = clock.NowMs() - 50 + i;  // one each ms, the last one idle
+    Publish(d.bus.get(), s);
+  }
+  auto e = Engine::Create(o).value();
+  ASSERT_TRUE(e->ConsumeBus().ok());
+  EXPECT_THAT(e->RenderMetrics(),
+              HasSubstr("presence_signals_dropped_total{reason=\"rate_limited\"} 0\n"));
+  EXPECT_THAT(e->RenderMetrics(), HasSubstr("presence_signals_accepted_total{source=\"app\"} 50\n"));
+  EXPECT_EQ(e->GetOne("alice").state, State::kAway);  // the last one applied
+  // At intake, the limit holds.
+  for (int i = 0; i < 10; ++i) (void)e->Signal(TestEngine::Sig("bob", "web"));
+  EXPECT_THAT(e->RenderMetrics(),
+              HasSubstr("presence_signals_dropped_total{reason=\"rate_limited\"} 5\n"));
+}
+
+// A new owner's records must win over what the store holds, even when the
+// engine that wrote them had a clock ahead of this one's (a failover): the
+// record versions start above everything loaded.
+TEST(Rebuild, VersionsStartAboveEverythingTheStoreHolds) {
+  Durable d;
+  ManualClock ahead(5'000'000), behind(1'000'000);
+  Options o = d.Opts();
+  o.clock = &ahead;
+  auto a = Engine::Create(o).value();
+  ASSERT_TRUE(a->Signal(TestEngine::Sig("alice", "web")).ok());
+  a->Tick();
+  a.reset();
+  o.clock = &behind;
+  auto b = Engine::Create(o).value();
+  ASSERT_TRUE(b->DisconnectDevice("alice", "web", 0, DisconnectKind::kClean).ok());
+  b->Tick();
+  behind.Advance(Options().min_dwell_ms);  // a dwell from the load, not from a's clock
+  b->Tick();
+  EXPECT_EQ(b->GetPublished(std::vector<absl::string_view>{"alice"})[0].state, State::kOffline);
+  const auto stored = d.store.Contents();
+  ASSERT_EQ(stored.devices.size(), 1u);
+  EXPECT_TRUE(stored.devices.begin()->second.closed);  // b's write took
+  ASSERT_EQ(stored.users.count("alice"), 1u);
+  EXPECT_EQ(stored.users.at("alice").state, State::kOffline);
+}
+
 TEST(Rebuild, TheOperatorsRebuildReloadsAndPublishesWhatChangedMeanwhile) {
   Durable d;
   TestEngine t(d.Opts());
