@@ -191,6 +191,16 @@ class EngineCore {
     return result;
   }
 
+  // See Engine::DisconnectDevice.
+  absl::Status DisconnectDevice(absl::string_view user_id, absl::string_view device_id,
+                                uint64_t session_id, DisconnectKind kind) {
+    if (auto st = ValidateUserId(user_id); !st.ok()) return st;
+    if (auto st = ValidateDeviceId(device_id); !st.ok()) return st;
+    if (auto st = ValidateDisconnectKind(kind); !st.ok()) return st;
+    const uint64_t h = HashUserId(user_id);
+    return ShardFor(h).DisconnectDevice(user_id, h, device_id, session_id, kind, Now());
+  }
+
   // The heartbeat fast path: see Engine::Beat.
   absl::Status Beat(DeviceHandle h, Activity activity, Source source) {
     BeatPin pin(this);
@@ -606,6 +616,14 @@ class EngineCore {
       }
       if (PartitionOf(d.signal().user_id) != p) {
         wrong_partition_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      if (d.disconnect()) {
+        // In order with the signals before it: those go first.
+        if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
+        consumed_signals_.clear();
+        const Signal s = d.signal();
+        (void)DisconnectDevice(s.user_id, s.device_id, s.session_id, *d.disconnect());
         continue;
       }
       consumed_signals_.push_back(d.signal());
@@ -1098,11 +1116,7 @@ BatchResult Engine::SignalBatch(absl::Span<const presence::Signal> signals) {
 
 absl::Status Engine::DisconnectDevice(absl::string_view user_id, absl::string_view device_id,
                                       uint64_t session_id, DisconnectKind kind) {
-  if (auto st = ValidateUserId(user_id); !st.ok()) return st;
-  if (auto st = internal::ValidateDeviceId(device_id); !st.ok()) return st;
-  if (auto st = internal::ValidateDisconnectKind(kind); !st.ok()) return st;
-  const uint64_t h = HashUserId(user_id);
-  return core_->ShardFor(h).DisconnectDevice(user_id, h, device_id, session_id, kind, NowMs());
+  return core_->DisconnectDevice(user_id, device_id, session_id, kind);
 }
 
 absl::StatusOr<DeviceHandle> Engine::Connect(const presence::Signal& signal) {

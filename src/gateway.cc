@@ -1,6 +1,7 @@
 #include "presence/gateway.h"
 
 #include <deque>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -27,6 +28,33 @@ class GatewayPublisherImpl final : public GatewayPublisher {
         trace_base_(XXH3_64bits(o.gateway_id.data(), o.gateway_id.size())) {}
 
   absl::StatusOr<uint64_t> Publish(const Signal& signal) override {
+    return Enqueue(signal, std::nullopt);
+  }
+
+  absl::StatusOr<uint64_t> PublishDisconnect(const Signal& session, DisconnectKind kind) override {
+    if (auto st = internal::ValidateDisconnectKind(kind); !st.ok()) {
+      internal::MutexLock lock(&mu_);
+      ++stats_.invalid;
+      return st;
+    }
+    return Enqueue(session, kind);
+  }
+
+  absl::Status Flush() override {
+    internal::MutexLock lock(&mu_);
+    return FlushLocked();
+  }
+
+  Stats stats() const override {
+    internal::MutexLock lock(&mu_);
+    Stats s = stats_;
+    s.buffered = queue_.size();
+    return s;
+  }
+
+ private:
+  // A signal, or the end of its session, normalized and published in order.
+  absl::StatusOr<uint64_t> Enqueue(const Signal& signal, std::optional<DisconnectKind> disconnect) {
     Signal s = signal;
     s.gateway = options_.gateway_id;
     internal::MutexLock lock(&mu_);
@@ -44,25 +72,13 @@ class GatewayPublisherImpl final : public GatewayPublisher {
           "the bus is failing and ", queue_.size(), " signals wait for it (the gateway's bound): ",
           "slow down and retry (", last_error_.message(), ")"));
     }
-    Outgoing out{std::string(s.user_id), EncodeSignal(s)};
+    Outgoing out{std::string(s.user_id),
+                 disconnect ? EncodeDisconnect(s, *disconnect) : EncodeSignal(s)};
     if (queue_.empty() && Send(out).ok()) return s.trace_id;
     queue_.push_back(std::move(out));
     return s.trace_id;
   }
 
-  absl::Status Flush() override {
-    internal::MutexLock lock(&mu_);
-    return FlushLocked();
-  }
-
-  Stats stats() const override {
-    internal::MutexLock lock(&mu_);
-    Stats s = stats_;
-    s.buffered = queue_.size();
-    return s;
-  }
-
- private:
   absl::Status Send(const Outgoing& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto off = bus_->Publish(BusRecordType::kSignal, out.user_id, out.payload);
     if (!off.ok()) {

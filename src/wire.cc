@@ -58,6 +58,13 @@ std::string EncodeSignal(const Signal& s) {
   return m.SerializeAsString();
 }
 
+std::string EncodeDisconnect(const Signal& session, DisconnectKind kind) {
+  pb::Signal m;
+  m.ParseFromString(EncodeSignal(session));
+  m.set_disconnect(static_cast<pb::Disconnect>(kind));
+  return m.SerializeAsString();
+}
+
 absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out) {
   if (out == nullptr) return absl::InvalidArgumentError("out is null");
   pb::Signal m;
@@ -74,6 +81,11 @@ absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out) {
   d.fields_.activity = static_cast<Activity>(m.activity());
   d.fields_.timestamp_ms = m.timestamp_ms();
   d.fields_.trace_id = m.trace_id();
+  if (m.disconnect() != pb::DISCONNECT_NONE) {
+    const auto kind = static_cast<DisconnectKind>(m.disconnect());
+    if (auto st = internal::ValidateDisconnectKind(kind); !st.ok()) return st;
+    d.disconnect_ = kind;
+  }
   if (auto st = internal::ValidateSignal(d.signal()); !st.ok()) return st;
   *out = std::move(d);
   return absl::OkStatus();

@@ -400,6 +400,39 @@ TEST(GatewayPublisher, NormalizesAndTagsEachSignal) {
   EXPECT_EQ(g.gw->stats().published, 102u);
 }
 
+// DESIGN.md section 6: disconnects travel the bus. A clean logout on a
+// gateway makes the owner's device dead at once (not after offline_after),
+// and an abrupt one gets the reconnect grace, as they would on the owner.
+TEST(GatewayPublisher, DisconnectsTravelTheBusCleanAndAbrupt) {
+  for (const DisconnectKind kind : {DisconnectKind::kClean, DisconnectKind::kAbrupt}) {
+    Gateway g;
+    Options o;
+    o.clock = &g.clock;
+    o.bus = &g.bus;
+    auto e = Engine::Create(o).value();
+    ASSERT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "web")).ok());
+    ASSERT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "phone", 3)).ok());
+    ASSERT_TRUE(g.gw->PublishDisconnect(TestEngine::Sig("alice", "web"), kind).ok());
+    ASSERT_TRUE(e->ConsumeBus().ok());
+    e->Tick();
+    // Only the phone is live; the web device is gone or in its grace.
+    const UserPresence p = e->GetOne("alice");
+    EXPECT_EQ(p.devices.total(), kind == DisconnectKind::kClean ? 1 : 2);
+    g.clock.Advance(o.reconnect_grace_ms);
+    e->Tick();
+    EXPECT_EQ(e->GetOne("alice").devices.total(), 1);
+    // The disconnect came after its session's signals: a later signal of
+    // that session is stale.
+    EXPECT_TRUE(absl::IsFailedPrecondition(e->Signal(TestEngine::Sig("alice", "web"))));
+    // A disconnect of a bad kind is refused at the gateway and counted.
+    EXPECT_TRUE(absl::IsInvalidArgument(
+        g.gw->PublishDisconnect(TestEngine::Sig("alice", "web"), static_cast<DisconnectKind>(7))
+            .status()));
+    EXPECT_EQ(g.gw->stats().invalid, 1u);
+    EXPECT_EQ(g.gw->stats().published, 3u);
+  }
+}
+
 TEST(GatewayPublisher, BuffersWhileTheBusFailsThenPushesBackNeverDropping) {
   Gateway g;
   ASSERT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "web", 1)).ok());

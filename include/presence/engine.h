@@ -242,7 +242,9 @@ class PRESENCE_EXPORT Engine {
 
   // Engine::ConsumeBus reads up to `max_records` records from Options::bus,
   // from where it last stopped (after a rebuild: from the offsets committed
-  // in the Store), and applies the signals among them; change events are
+  // in the Store), and applies the signals among them (disconnects
+  // included: GatewayPublisher::PublishDisconnect), in order, without the
+  // per-device flood limit, which applied when they came in; change events are
   // skipped. Offsets are committed to the Store after the records the
   // signals changed were written, on Tick. Returns how many records were
   // read. One call reads each partition once, and a bus may answer with

@@ -62,6 +62,13 @@ class PRESENCE_EXPORT GatewayPublisher {
   // ResourceExhausted: the buffer is full and the signal was not taken.
   // InvalidArgument: the signal is malformed and was not taken.
   virtual absl::StatusOr<uint64_t> Publish(const Signal& signal) = 0;
+  // Publishes the end of `session`'s session (its user, device and session
+  // id; its time and trace id as Publish fills them), clean or abrupt, so
+  // that the owner disconnects the device as Engine::DisconnectDevice would
+  // (DESIGN.md section 6: every signal kind travels the bus). Answers as
+  // Publish, and keeps the order of everything published.
+  virtual absl::StatusOr<uint64_t> PublishDisconnect(const Signal& session,
+                                                     DisconnectKind kind) = 0;
 
   // Publishes what is buffered, in order. OK when nothing is left; the
   // bus's error when it still fails (what remains stays buffered).

@@ -13,6 +13,7 @@
 #ifndef PRESENCE_WIRE_H_
 #define PRESENCE_WIRE_H_
 
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -28,15 +29,23 @@ namespace presence {
 class PRESENCE_EXPORT DecodedSignal {
  public:
   Signal signal() const;
+  // Set when the record is a disconnect of the signal's session (see
+  // EncodeDisconnect), not a sign of life.
+  std::optional<DisconnectKind> disconnect() const { return disconnect_; }
 
  private:
   friend PRESENCE_EXPORT absl::Status DecodeSignal(absl::string_view, DecodedSignal*);
   std::string user_id_, device_id_, gateway_;
   Signal fields_;  // every field but the views
+  std::optional<DisconnectKind> disconnect_;
 };
 
 // A presence.v1.Signal.
 PRESENCE_EXPORT std::string EncodeSignal(const Signal& signal);
+// A presence.v1.Signal that ends the session of `session` (its user, device,
+// session id, time, trace id and gateway): a disconnect, as it travels the
+// bus.
+PRESENCE_EXPORT std::string EncodeDisconnect(const Signal& session, DisconnectKind kind);
 PRESENCE_EXPORT absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out);
 
 // A presence.v1.ChangeEvent. Its state, previous, last_seen and devices are
