@@ -26,7 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "adapters/common/connection_pool.h"
-#include "src/metrics.h"
+#include "src/core/metrics.h"
 
 namespace presence {
 
