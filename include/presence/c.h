@@ -323,7 +323,7 @@ PRESENCE_EXPORT int presence_clock_now(int64_t* out_now_ms, const presence_clock
  * The fields of presence::Options (presence/options.h), which says more
  * about each. To add a field: append it, raise
  * PRESENCE_ENGINE_OPTIONS_VERSION, extend the _INIT macro, and read the field
- * in capi/c.cc only when options->version is at least the new version. */
+ * in capi/c_engine.cc only when options->version is at least the new version. */
 #define PRESENCE_ENGINE_OPTIONS_VERSION 2
 
 typedef struct presence_engine_options_t {
