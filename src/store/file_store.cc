@@ -170,19 +170,30 @@ Transition FromProto(const pb::StoredTransition& p) {
   return t;
 }
 
+// Applies the lists that a log record's store batch and a snapshot chunk
+// share, in the order a batch applies them: erasure floors, users, devices,
+// committed offsets.
+void ApplyRecords(const google::protobuf::RepeatedPtrField<pb::Erasure>& erasures,
+                  const google::protobuf::RepeatedPtrField<pb::StoredUser>& users,
+                  const google::protobuf::RepeatedPtrField<pb::StoredDevice>& devices,
+                  const google::protobuf::RepeatedPtrField<pb::Offset>& offsets,
+                  RecordSet* records) {
+  for (const pb::Erasure& e : erasures) {
+    records->ApplyErasure(StoreBatch::Erasure{e.user_id(), e.floor()});
+  }
+  for (const pb::StoredUser& u : users) records->ApplyUser(FromProto(u));
+  for (const pb::StoredDevice& d : devices) records->ApplyDevice(FromProto(d));
+  for (const pb::Offset& o : offsets) {
+    records->ApplyOffset(CommittedOffset{o.partition(), o.offset()});
+  }
+}
+
 // Applies one log record to the state; returns the entries it held.
 uint64_t ApplyLogRecord(const pb::LogRecord& r, RecordSet* records, TransitionLog* history) {
   switch (r.kind_case()) {
     case pb::LogRecord::kStoreBatch: {
       const pb::StoreBatchRecord& b = r.store_batch();
-      for (const pb::Erasure& e : b.erasures()) {
-        records->ApplyErasure(StoreBatch::Erasure{e.user_id(), e.floor()});
-      }
-      for (const pb::StoredUser& u : b.users()) records->ApplyUser(FromProto(u));
-      for (const pb::StoredDevice& d : b.devices()) records->ApplyDevice(FromProto(d));
-      for (const pb::Offset& o : b.offsets()) {
-        records->ApplyOffset(CommittedOffset{o.partition(), o.offset()});
-      }
+      ApplyRecords(b.erasures(), b.users(), b.devices(), b.offsets(), records);
       return b.erasures_size() + b.users_size() + b.devices_size() + b.offsets_size();
     }
     case pb::LogRecord::kHistoryAppend:
@@ -336,14 +347,7 @@ absl::Status LoadSnapshot(FileSystem* fs, const std::string& path, uint64_t numb
     switch (r.kind_case()) {
       case pb::SnapshotRecord::kChunk: {
         const pb::SnapshotChunk& c = r.chunk();
-        for (const pb::Erasure& e : c.floors()) {
-          out->records.ApplyErasure(StoreBatch::Erasure{e.user_id(), e.floor()});
-        }
-        for (const pb::StoredUser& u : c.users()) out->records.ApplyUser(FromProto(u));
-        for (const pb::StoredDevice& d : c.devices()) out->records.ApplyDevice(FromProto(d));
-        for (const pb::Offset& o : c.offsets()) {
-          out->records.ApplyOffset(CommittedOffset{o.partition(), o.offset()});
-        }
+        ApplyRecords(c.floors(), c.users(), c.devices(), c.offsets(), &out->records);
         for (const pb::StoredTransition& t : c.transitions()) out->history.Append(FromProto(t));
         counted.set_floors(counted.floors() + c.floors_size());
         counted.set_users(counted.users() + c.users_size());
