@@ -99,7 +99,7 @@ class InlineId {
   alignas(8) char buf_[16];
 };
 
-// Device phases. SUSPECT (DESIGN.md rule 1) is not stored: it is derived from
+// Device phases. SUSPECT (docs/design.md rule 1) is not stored: it is derived from
 // the signal times when asked, since others see a SUSPECT device as live.
 enum class Phase : uint8_t {
   kFree = 0,   // slot unused

@@ -588,7 +588,7 @@ class EngineCore {
   }
 
   // The audit trail as `viewer` may read it: everything for the user itself,
-  // the public view (DESIGN.md rule 8) for anyone else: only the changes of
+  // the public view (docs/design.md rule 8) for anyone else: only the changes of
   // the public view, each with its public version and last_seen, and no
   // cause or trace id (a cause would tell an invisible user from an offline
   // one).

@@ -1,5 +1,5 @@
 // Gateway ids interned to one byte per device, so that an operator can drain
-// every device a gateway carried (DESIGN.md section 7) without a string per
+// every device a gateway carried (docs/design.md section 7) without a string per
 // device. Only the slow path (a signal that names a new gateway) writes.
 #ifndef PRESENCE_SRC_CORE_GATEWAY_TABLE_H_
 #define PRESENCE_SRC_CORE_GATEWAY_TABLE_H_

@@ -1,4 +1,4 @@
-// Device liveness and activity: DESIGN.md rules 1, 2 and 6, in one place.
+// Device liveness and activity: docs/design.md rules 1, 2 and 6, in one place.
 //
 // A device in phase LIVE is live through source i while its last signal from
 // i is younger than i's offline_after (or what the adaptive detector answers,

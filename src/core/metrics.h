@@ -1,5 +1,5 @@
 // Counters and the publish-latency histogram behind Engine::RenderMetrics
-// (DESIGN.md section 7), and the Prometheus text writer they share.
+// (docs/design.md section 7), and the Prometheus text writer they share.
 #ifndef PRESENCE_SRC_CORE_METRICS_H_
 #define PRESENCE_SRC_CORE_METRICS_H_
 

@@ -1,4 +1,4 @@
-// The reducer: DESIGN.md rule 3, in one place. It folds a user's devices and
+// The reducer: docs/design.md rule 3, in one place. It folds a user's devices and
 // override stack into what others see and what the user sees.
 #ifndef PRESENCE_SRC_CORE_REDUCER_H_
 #define PRESENCE_SRC_CORE_REDUCER_H_

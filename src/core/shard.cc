@@ -362,7 +362,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
     if (d.phase == Phase::kDead) {
       ++live_devices_;
       // A device that died without a clean goodbye and comes back soon was a
-      // false offline (DESIGN.md section 7).
+      // false offline (docs/design.md section 7).
       const int64_t died_at = Expand32(d.due, now_ms) - config_->options.dead_retention_ms;
       if ((d.flags & dflag::kDiedUnclean) &&
           now_ms - died_at <= config_->options.false_offline_window_ms) {

@@ -192,7 +192,7 @@ class Shard {
     DeviceSummary devices;
     int64_t last_seen_ms = 0;
   };
-  // What anyone but the user reads of it (DESIGN.md rule 8); see PublicOf.
+  // What anyone but the user reads of it (docs/design.md rule 8); see PublicOf.
   struct PublicView {
     bool known = false;
     State state = State::kOffline;
@@ -298,7 +298,7 @@ class Shard {
   UserView ViewUser(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The user's latest accepted signal: the locked part and every device's.
   int64_t TrueLastSeen(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The public view (DESIGN.md rule 8), computed here and nowhere else: every
+  // The public view (docs/design.md rule 8), computed here and nowhere else: every
   // path that answers anyone but the user (Get, GetPublished, change events,
   // records, re-announcements) reads it. `state` is the state it is judged
   // by (the current one, or the published one).

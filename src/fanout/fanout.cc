@@ -1,4 +1,4 @@
-// The fan-out tier: DESIGN.md section 3. See include/presence/fanout.h for
+// The fan-out tier: docs/design.md section 3. See include/presence/fanout.h for
 // the promises; this file keeps them.
 //
 // Shape of the state (all under one lock; fan-out runs on Tick and on host
@@ -64,7 +64,7 @@ struct Sent {
 };
 
 // One view of a user as last published: the public one, or the user's own
-// (DESIGN.md rule 8). Version 0: nothing published, so nothing is shown of
+// (docs/design.md rule 8). Version 0: nothing published, so nothing is shown of
 // it (a user that never existed, or was erased).
 struct View {
   State state = State::kOffline;
