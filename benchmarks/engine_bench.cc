@@ -51,7 +51,7 @@
 #include "presence/engine.h"
 #include "presence/options.h"
 #include "presence/types.h"
-#include "src/device.h"
+#include "src/core/device.h"
 
 namespace {
 

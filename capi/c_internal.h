@@ -1,7 +1,8 @@
 // File: capi/c_internal.h
 //
-// The insides of the C ABI's clock and engine handles, for capi/c.cc and
-// for in-tree code that must reach the C++ object behind a handle (the
+// The insides of the C ABI's clock and engine handles, for the units of
+// capi/ (c_clock.cc, c_engine.cc, c_history.cc, c_fanout.cc, c_common.cc)
+// and for in-tree code that must reach the C++ object behind a handle (the
 // benchmark that compares a heartbeat through c.h with the C++ call on the
 // same engine). Private: not installed, and nothing here is exported from
 // libpresence.so.

@@ -1,4 +1,4 @@
-// Fuzz target: DESIGN.md rule 8. The input chooses a workload that two
+// Fuzz target: docs/design.md rule 8. The input chooses a workload that two
 // worlds run alike, except for what a hidden (INVISIBLE) user does in the
 // second; tests/two_worlds.h aborts when anything another viewer can read
 // differs between them.

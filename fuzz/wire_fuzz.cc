@@ -7,7 +7,7 @@
 #include <string>
 
 #include "presence/wire.h"
-#include "src/validate.h"
+#include "src/core/validate.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const absl::string_view bytes(reinterpret_cast<const char*>(data), size);

@@ -1,4 +1,4 @@
-// Durable state through the engine (DESIGN.md sections 4 and 5): write-through
+// Durable state through the engine (docs/design.md sections 4 and 5): write-through
 // before publish, store failures, rebuild and bus replay, history, erasure,
 // and draining a gateway.
 #include <limits>

@@ -1,4 +1,4 @@
-// One group of tests per numbered rule of DESIGN.md section 2, on the manual
+// One group of tests per numbered rule of docs/design.md section 2, on the manual
 // clock. Each test would fail if its rule broke.
 #include <algorithm>
 

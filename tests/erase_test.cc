@@ -1,4 +1,4 @@
-// Erase equals "never existed" (DESIGN.md section 4), as a property with no
+// Erase equals "never existed" (docs/design.md section 4), as a property with no
 // model: world a has a user that acts and is then erased; world b never had
 // it. From the erasure on, both worlds run the same workload (the user may
 // come back, anew, in both), and everything anyone can read must be the same:

@@ -1,4 +1,4 @@
-// The promises of DESIGN.md section 3 and include/presence/fanout.h, one test
+// The promises of docs/design.md section 3 and include/presence/fanout.h, one test
 // each, on the manual clock.
 #include "presence/fanout.h"
 
@@ -47,7 +47,7 @@ TEST(Fanout, FirstBatchIsASnapshotOfTheInterestSetThenOnlyDiffs) {
   ASSERT_EQ(Drain(t.fanout.get(), s, &v), 1u);
   EXPECT_EQ(v.snapshots, 1u);
   // carol was never published: nothing is said of her, as of anyone that
-  // never existed (DESIGN.md section 4, erase).
+  // never existed (docs/design.md section 4, erase).
   EXPECT_EQ(v.list.size(), 2u);
   EXPECT_EQ(v.StateOf("alice"), State::kOnline);
   EXPECT_EQ(v.StateOf("carol"), std::nullopt);
@@ -429,7 +429,7 @@ TEST(FanoutBadInput, EachGetsAClearErrorAndChangesNothing) {
   EXPECT_FALSE(Fanout::Create(nullptr).ok());
 }
 
-// DESIGN.md section 4: after Erase, whoever was told of the user is told to
+// docs/design.md section 4: after Erase, whoever was told of the user is told to
 // drop it, and what a new subscriber sees is what it would see had the user
 // never existed: nothing of it.
 TEST(Fanout, AnErasedUserIsRemovedFromEveryViewAndNewOnesNeverSeeIt) {

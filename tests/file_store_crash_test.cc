@@ -4,7 +4,7 @@
 // ("ack"). The parent kills it with SIGKILL at a random moment, reopens the
 // folder, and checks that what it holds is exactly a replay of the
 // acknowledged writes in a reference RecordSet and TransitionLog
-// (src/record_rules.h), plus at most the one write per thread that was in
+// (src/store/record_rules.h), plus at most the one write per thread that was in
 // flight when the child died. So every acknowledged write is there, nothing
 // is duplicated, reordered or half-applied. The folder carries over from one
 // kill to the next, with small segments and frequent snapshots, so kills
@@ -37,7 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "presence/file_store.h"
-#include "src/record_rules.h"
+#include "src/store/record_rules.h"
 #include "tests/file_store_test.h"
 
 namespace presence {

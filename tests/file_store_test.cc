@@ -11,9 +11,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "src/file_store_internal.h"
-#include "src/file_system.h"
-#include "src/log_format.h"
+#include "src/store/file_store_internal.h"
+#include "src/store/file_system.h"
+#include "src/store/log_format.h"
 #include "tests/conformance/store_conformance.h"
 #include "tests/file_store_test.h"
 

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "presence/file_store.h"
-#include "src/log_format.h"
+#include "src/store/log_format.h"
 
 namespace presence::testing_fs {
 

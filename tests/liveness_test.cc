@@ -4,10 +4,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "src/liveness.h"
-#include "src/reducer.h"
-#include "src/time32.h"
-#include "src/timer_wheel.h"
+#include "src/core/liveness.h"
+#include "src/core/reducer.h"
+#include "src/core/time32.h"
+#include "src/core/timer_wheel.h"
 
 namespace presence::internal {
 namespace {

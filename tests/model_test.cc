@@ -1,7 +1,7 @@
 // A randomized model test: thousands of random sequences of signals, handle
 // beats, disconnects, overrides, clock jumps and ticks are driven through the
 // public API, and every answer is compared with a small reference model of
-// DESIGN.md section 2 written for this test from the rules alone (it shares no
+// docs/design.md section 2 written for this test from the rules alone (it shares no
 // code with src/; it recomputes each user's state from scratch at `now`).
 //
 // After every step, for every user, Get (public and own view) must match the

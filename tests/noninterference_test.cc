@@ -1,4 +1,4 @@
-// DESIGN.md rule 8 over many random workloads: see tests/two_worlds.h. The
+// docs/design.md rule 8 over many random workloads: see tests/two_worlds.h. The
 // same driver runs as a libFuzzer target (fuzz/noninterference_fuzz.cc), where
 // the input chooses the workload.
 #include <cstdint>

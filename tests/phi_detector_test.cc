@@ -1,4 +1,4 @@
-// Tests of presence::PhiAccrualDetector (DESIGN.md rule 6): what it learns,
+// Tests of presence::PhiAccrualDetector (docs/design.md rule 6): what it learns,
 // what it answers before it knows enough, how the engine bounds it, and that
 // it is safe to call from many threads at once.
 #include "presence/phi_detector.h"

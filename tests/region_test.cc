@@ -18,7 +18,7 @@
 #include "presence/engine.h"
 #include "presence/wire.h"
 #include "presence/v1/presence.pb.h"
-#include "src/wire_internal.h"
+#include "src/core/wire_internal.h"
 #include "tests/flaky.h"
 
 namespace presence {

@@ -353,7 +353,7 @@ TEST(RemoteFeed, UnwatchedUsersAreCachedUpToTheBoundFromWhereTheFeedStarts) {
 
 // Erase travels the bus: engine A publishes the erasure, B's feed hands it to
 // B's fan-out, whose watchers drop the user, and a subscriber made after
-// that sees nothing of it, as if it never existed (DESIGN.md section 4).
+// that sees nothing of it, as if it never existed (docs/design.md section 4).
 TEST(RemoteFeed, AnErasureOnTheOwnerReachesWatchersOnOtherEngines) {
   Cluster c;
   const std::string alice = UserIn(0, "alice-");

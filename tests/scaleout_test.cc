@@ -1,4 +1,4 @@
-// Scale-out on one machine (DESIGN.md section 6): the ownership table,
+// Scale-out on one machine (docs/design.md section 6): the ownership table,
 // engines that serve only the partitions they own and hand them over
 // without loss, and the gateway side that publishes signals to the bus.
 #include <map>

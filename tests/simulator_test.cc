@@ -1,6 +1,6 @@
 // Tests of the network-fault simulator (benchmarks/sim/network_sim.h): with no
 // loss and no jitter, scripted events give exactly the transitions and timings
-// that DESIGN.md rules 1 and 7 promise; a fixed seed gives the same run twice.
+// that docs/design.md rules 1 and 7 promise; a fixed seed gives the same run twice.
 #include "sim/network_sim.h"
 
 #include <vector>
@@ -85,7 +85,7 @@ TEST(Simulator, AHandOverLongerThanTheTimeoutIsAFalseOffline) {
   EXPECT_EQ(m.engine_false_offlines, 1u);
 }
 
-// DESIGN.md rule 7: at most one published change per user per min_dwell (1 s).
+// docs/design.md rule 7: at most one published change per user per min_dwell (1 s).
 // A user who comes back 0.3 s after its offline was published is shown online
 // when the dwell ends, not at the next flush: the online latency's tail.
 TEST(Simulator, AReturnWithinTheDwellWaitsForIt) {

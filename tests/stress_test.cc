@@ -23,7 +23,7 @@
 #include "presence/fanout.h"
 #include "presence/history.h"
 #include "presence/store.h"
-#include "src/mutex.h"
+#include "src/core/mutex.h"
 #include "tests/fanout_client.h"
 
 namespace presence::testing {

@@ -1,6 +1,6 @@
 // The thread-safety promises of engine.h, listener.h and fanout.h (issue 21),
 // each with a deterministic reproduction: a callback, a blocking sink or a
-// test hook (src/test_hooks.h) forces the interleaving that broke it.
+// test hook (src/core/test_hooks.h) forces the interleaving that broke it.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -22,7 +22,7 @@
 #include "presence/fanout.h"
 #include "presence/history.h"
 #include "presence/store.h"
-#include "src/test_hooks.h"
+#include "src/core/test_hooks.h"
 #include "tests/test_util.h"
 
 namespace presence::testing {

@@ -1,4 +1,4 @@
-// Noninterference (DESIGN.md rule 8), as a property that needs no model of
+// Noninterference (docs/design.md rule 8), as a property that needs no model of
 // the engine: two worlds run the same workload, except that in the second
 // one a hidden (INVISIBLE) user also does things of its own: connects
 // devices, beats, goes idle, sends late keyed signals, disconnects, revokes

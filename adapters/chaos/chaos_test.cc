@@ -662,7 +662,7 @@ void RunSigkill(const std::string& ownership) {
   }
   // Transitions: acknowledged, and published under their own trace id (the
   // others were superseded by the user's next signal before a publish: the
-  // dwell of DESIGN.md rule 7, or one tick).
+  // dwell of docs/design.md rule 7, or one tick).
   uint64_t transitions = 0, own_trace = 0;
   for (const auto& per_user : acked) {
     for (const Load::Acked& a : per_user) {

@@ -2,7 +2,7 @@
 // version-guarded multi-row upserts sent as one pipelined transaction per
 // batch, the history queries, and the retries that CockroachDB asks of its
 // clients. Every statement is in the subset of SQL that PostgreSQL and
-// CockroachDB share; the README lists what that subset is here and why.
+// CockroachDB share; docs/adapters.md lists what that subset is and why.
 #include "presence/postgres_store.h"
 
 #include <libpq-fe.h>
@@ -26,7 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "adapters/common/connection_pool.h"
-#include "src/metrics.h"
+#include "src/core/metrics.h"
 
 namespace presence {
 
@@ -177,7 +177,7 @@ int Precedence(const DeviceRecord& d) {
   return 0;
 }
 
-// The presence table's `state`, as of the write (DESIGN.md rule 2, with the
+// The presence table's `state`, as of the write (docs/design.md rule 2, with the
 // default that a device kept alive by inferred signals alone is AWAY).
 State DeviceState(const DeviceRecord& d) {
   const int p = Precedence(d);

@@ -24,7 +24,7 @@
 #include "absl/strings/string_view.h"
 #include "adapters/common/connection_pool.h"
 #include "presence/v1/presence.pb.h"
-#include "src/metrics.h"
+#include "src/core/metrics.h"
 
 namespace presence {
 namespace {

@@ -52,12 +52,7 @@ var ErrMalformed = errors.New("presence: malformed protobuf")
 // encodings). Unknown fields are skipped. The result holds no reference to b.
 func DecodeDiffBatch(b []byte) (*DiffBatch, error) {
 	d := &DiffBatch{}
-	r := reader{b: b}
-	for !r.done() {
-		f, err := r.field()
-		if err != nil {
-			return nil, err
-		}
+	err := eachField(b, func(f field) error {
 		switch {
 		case f.num == 1 && f.wire == wireVarint:
 			d.SubscriberID = SubscriberID(f.v)
@@ -68,28 +63,27 @@ func DecodeDiffBatch(b []byte) (*DiffBatch, error) {
 		case f.num == 4 && f.wire == wireBytes:
 			u, err := decodeUserState(f.b)
 			if err != nil {
-				return nil, fmt.Errorf("DiffBatch.users: %w", err)
+				return fmt.Errorf("DiffBatch.users: %w", err)
 			}
 			d.Users = append(d.Users, u)
 		case f.num == 5 && f.wire == wireBytes:
 			t, err := decodeTopicSection(f.b)
 			if err != nil {
-				return nil, fmt.Errorf("DiffBatch.topics: %w", err)
+				return fmt.Errorf("DiffBatch.topics: %w", err)
 			}
 			d.Topics = append(d.Topics, t)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return d, nil
 }
 
 func decodeUserState(b []byte) (UserState, error) {
 	var u UserState
-	r := reader{b: b}
-	for !r.done() {
-		f, err := r.field()
-		if err != nil {
-			return u, err
-		}
+	err := eachField(b, func(f field) error {
 		switch {
 		case f.num == 1 && f.wire == wireBytes:
 			u.UserID = string(f.b)
@@ -101,24 +95,20 @@ func decodeUserState(b []byte) (UserState, error) {
 			u.Version = f.v
 		case f.num == 5 && f.wire == wireBytes:
 			if err := mergeDeviceSummary(&u.Devices, f.b); err != nil {
-				return u, fmt.Errorf("UserState.devices: %w", err)
+				return fmt.Errorf("UserState.devices: %w", err)
 			}
 		case f.num == 6 && f.wire == wireVarint:
 			u.Removed = f.v != 0
 		}
-	}
-	return u, nil
+		return nil
+	})
+	return u, err
 }
 
 func mergeDeviceSummary(d *DeviceSummary, b []byte) error {
-	r := reader{b: b}
-	for !r.done() {
-		f, err := r.field()
-		if err != nil {
-			return err
-		}
+	return eachField(b, func(f field) error {
 		if f.wire != wireVarint {
-			continue
+			return nil
 		}
 		switch f.num {
 		case 1:
@@ -132,18 +122,13 @@ func mergeDeviceSummary(d *DeviceSummary, b []byte) error {
 		case 5:
 			d.Other = uint32(f.v)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func decodeTopicSection(b []byte) (TopicSection, error) {
 	var t TopicSection
-	r := reader{b: b}
-	for !r.done() {
-		f, err := r.field()
-		if err != nil {
-			return t, err
-		}
+	err := eachField(b, func(f field) error {
 		switch {
 		case f.num == 1 && f.wire == wireBytes:
 			t.Topic = string(f.b)
@@ -152,7 +137,7 @@ func decodeTopicSection(b []byte) (TopicSection, error) {
 		case f.num == 3 && f.wire == wireBytes:
 			u, err := decodeUserState(f.b)
 			if err != nil {
-				return t, fmt.Errorf("TopicSection.users: %w", err)
+				return fmt.Errorf("TopicSection.users: %w", err)
 			}
 			t.Users = append(t.Users, u)
 		case f.num == 4 && f.wire == wireBytes:
@@ -160,24 +145,20 @@ func decodeTopicSection(b []byte) (TopicSection, error) {
 				t.Counts = &TopicCounts{}
 			}
 			if err := mergeTopicCounts(t.Counts, f.b); err != nil {
-				return t, fmt.Errorf("TopicSection.counts: %w", err)
+				return fmt.Errorf("TopicSection.counts: %w", err)
 			}
 		case f.num == 5 && f.wire == wireVarint:
 			t.Left = f.v != 0
 		}
-	}
-	return t, nil
+		return nil
+	})
+	return t, err
 }
 
 func mergeTopicCounts(c *TopicCounts, b []byte) error {
-	r := reader{b: b}
-	for !r.done() {
-		f, err := r.field()
-		if err != nil {
-			return err
-		}
+	return eachField(b, func(f field) error {
 		if f.wire != wireVarint {
-			continue
+			return nil
 		}
 		switch f.num {
 		case 1:
@@ -189,8 +170,8 @@ func mergeTopicCounts(c *TopicCounts, b []byte) error {
 		case 4:
 			c.Offline = uint32(f.v)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // ---- The protobuf wire format: just enough to read the messages above ----
@@ -212,6 +193,22 @@ type field struct {
 	wire int
 	v    uint64 // a varint's value
 	b    []byte // a length-delimited field's bytes (a view into the input)
+}
+
+// eachField calls fn with each field of the message b, in order, and stops
+// at the first error: of the encoding, or one that fn returns.
+func eachField(b []byte, fn func(f field) error) error {
+	r := reader{b: b}
+	for !r.done() {
+		f, err := r.field()
+		if err != nil {
+			return err
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (r *reader) done() bool { return r.pos >= len(r.b) }

@@ -19,7 +19,7 @@ type EngineOptions struct {
 	Shards int32        // lock shards, rounded up to a power of two, <= 256; 0: 16
 	Clock  *ManualClock // nil: the system clock. The engine holds its own reference.
 
-	// Liveness per source (DESIGN.md rule 1): the expected interval between
+	// Liveness per source (docs/design.md rule 1): the expected interval between
 	// signals, and the silence after which the source no longer keeps the
 	// device live.
 	InferredIntervalMs     int64 // 60000

@@ -94,6 +94,15 @@ const (
 	MaxTopicBytes    = C.PRESENCE_MAX_TOPIC_BYTES
 )
 
+// enumName is the name of v in names, or "Type(n)" (typeName and the
+// number) for a value that names lacks: the String method of every enum.
+func enumName[T ~int32](v T, names map[T]string, typeName string) string {
+	if name, ok := names[v]; ok {
+		return name
+	}
+	return fmt.Sprintf("%s(%d)", typeName, int32(v))
+}
+
 // State is what others see of a user (presence.v1.State).
 type State int32
 
@@ -104,19 +113,11 @@ const (
 	StateDND     State = C.PRESENCE_STATE_DND
 )
 
-func (s State) String() string {
-	switch s {
-	case StateOffline:
-		return "offline"
-	case StateAway:
-		return "away"
-	case StateOnline:
-		return "online"
-	case StateDND:
-		return "dnd"
-	}
-	return fmt.Sprintf("State(%d)", int32(s))
+var stateNames = map[State]string{
+	StateOffline: "offline", StateAway: "away", StateOnline: "online", StateDND: "dnd",
 }
+
+func (s State) String() string { return enumName(s, stateNames, "State") }
 
 // Source is where a signal came from; precedence by value (MANUAL > APP > INFERRED).
 type Source int32
@@ -127,17 +128,9 @@ const (
 	SourceManual   Source = C.PRESENCE_SOURCE_MANUAL   // an explicit act of the user
 )
 
-func (s Source) String() string {
-	switch s {
-	case SourceInferred:
-		return "inferred"
-	case SourceApp:
-		return "app"
-	case SourceManual:
-		return "manual"
-	}
-	return fmt.Sprintf("Source(%d)", int32(s))
-}
+var sourceNames = map[Source]string{SourceInferred: "inferred", SourceApp: "app", SourceManual: "manual"}
+
+func (s Source) String() string { return enumName(s, sourceNames, "Source") }
 
 // Activity is what a signal says about the person behind the device.
 type Activity int32
@@ -147,15 +140,9 @@ const (
 	ActivityIdle   Activity = C.PRESENCE_ACTIVITY_IDLE
 )
 
-func (a Activity) String() string {
-	switch a {
-	case ActivityActive:
-		return "active"
-	case ActivityIdle:
-		return "idle"
-	}
-	return fmt.Sprintf("Activity(%d)", int32(a))
-}
+var activityNames = map[Activity]string{ActivityActive: "active", ActivityIdle: "idle"}
+
+func (a Activity) String() string { return enumName(a, activityNames, "Activity") }
 
 // Platform is the kind of device, counted in device summaries.
 type Platform int32
@@ -168,21 +155,12 @@ const (
 	PlatformOther   Platform = C.PRESENCE_PLATFORM_OTHER
 )
 
-func (p Platform) String() string {
-	switch p {
-	case PlatformWeb:
-		return "web"
-	case PlatformDesktop:
-		return "desktop"
-	case PlatformMobile:
-		return "mobile"
-	case PlatformConsole:
-		return "console"
-	case PlatformOther:
-		return "other"
-	}
-	return fmt.Sprintf("Platform(%d)", int32(p))
+var platformNames = map[Platform]string{
+	PlatformWeb: "web", PlatformDesktop: "desktop", PlatformMobile: "mobile",
+	PlatformConsole: "console", PlatformOther: "other",
 }
+
+func (p Platform) String() string { return enumName(p, platformNames, "Platform") }
 
 // OverrideState is a manual state that a user sets; Invisible shows as
 // offline to everyone but the user.
@@ -195,19 +173,12 @@ const (
 	OverrideInvisible OverrideState = C.PRESENCE_OVERRIDE_INVISIBLE
 )
 
-func (o OverrideState) String() string {
-	switch o {
-	case OverrideOnline:
-		return "online"
-	case OverrideAway:
-		return "away"
-	case OverrideDND:
-		return "dnd"
-	case OverrideInvisible:
-		return "invisible"
-	}
-	return fmt.Sprintf("OverrideState(%d)", int32(o))
+var overrideStateNames = map[OverrideState]string{
+	OverrideOnline: "online", OverrideAway: "away", OverrideDND: "dnd",
+	OverrideInvisible: "invisible",
 }
+
+func (o OverrideState) String() string { return enumName(o, overrideStateNames, "OverrideState") }
 
 // DisconnectKind: Clean (logout) kills the device at once; Abrupt (socket
 // dropped) keeps it live for the reconnect grace.
@@ -231,25 +202,13 @@ const (
 	CauseWithheld       Cause = C.PRESENCE_CAUSE_WITHHELD // a history entry read by anyone but the user
 )
 
-func (c Cause) String() string {
-	switch c {
-	case CauseSignal:
-		return "signal"
-	case CauseTimeout:
-		return "timeout"
-	case CauseDisconnect:
-		return "disconnect"
-	case CauseOverride:
-		return "override"
-	case CauseOverrideExpiry:
-		return "override_expiry"
-	case CauseMerge:
-		return "merge"
-	case CauseWithheld:
-		return "withheld"
-	}
-	return fmt.Sprintf("Cause(%d)", int32(c))
+var causeNames = map[Cause]string{
+	CauseSignal: "signal", CauseTimeout: "timeout", CauseDisconnect: "disconnect",
+	CauseOverride: "override", CauseOverrideExpiry: "override_expiry", CauseMerge: "merge",
+	CauseWithheld: "withheld",
 }
+
+func (c Cause) String() string { return enumName(c, causeNames, "Cause") }
 
 // FileSync is when the file store fdatasyncs its log (presence_file_sync_t):
 // what an acknowledged write survives.

@@ -29,7 +29,7 @@ import "C"
 
 import "unsafe"
 
-// Signal says that a device is alive (presence_signal_t, DESIGN.md section 1).
+// Signal says that a device is alive (presence_signal_t, docs/design.md section 1).
 type Signal struct {
 	UserID   string // 1..128 bytes
 	DeviceID string // 1..128 bytes
@@ -76,7 +76,7 @@ func (e *Engine) signal(s *Signal, out *C.uint64_t) error {
 	return status(rc, msg)
 }
 
-// Signal applies one keyed signal (DESIGN.md rules 1, 2 and 5); a signal
+// Signal applies one keyed signal (docs/design.md rules 1, 2 and 5); a signal
 // for a device the engine does not hold creates it. FailedPrecondition for
 // a stale signal (counted and dropped).
 func (e *Engine) Signal(s Signal) error { return e.signal(&s, nil) }

@@ -22,7 +22,7 @@
 //     to; an operator may read everyone;
 //   * a user may join (subscribe to) a topic it is a member of;
 //   * a user may set and revoke only its own overrides; an operator may also
-//     revoke other users' overrides (DESIGN.md: revocable by the user or by an
+//     revoke other users' overrides (docs/design.md: revocable by the user or by an
 //     operator);
 //   * a user id the config does not know is "unknown_user" (HTTP 404), so a
 //     caller learns nothing about users outside the directory.

@@ -1,5 +1,5 @@
 // presence_server: the seed design's presence API over HTTP and WebSocket,
-// with a live web page. See README.md ("The example server") and server.h.
+// with a live web page. See docs/example-server.md and server.h.
 //
 //   presence_server [--port N] [--simulate N] [--auth FILE] ... (--help)
 #include <cstdio>
@@ -27,7 +27,7 @@ constexpr char kUsage[] =
     "  --port N                port (default 8080; 0 picks a free one)\n"
     "  --data-dir DIR          the file store's folder (default ./presence-data)\n"
     "  --sync every|interval|never   the file store's sync policy (default interval)\n"
-    "  --auth FILE             users, tokens, friends, topics, operators (see README.md)\n"
+    "  --auth FILE             users, tokens, friends, topics, operators (see docs/example-server.md)\n"
     "  --tokens T=U,...        more users: token T authenticates user U\n"
     "                          (with neither: four demo users, alice bob carol dave,\n"
     "                          with random tokens printed at start)\n"

@@ -5,7 +5,7 @@
 // Boost.Beast. One thread runs everything: the sockets, the engine's Tick
 // every 100 ms (on an io_context timer), the fan-out's delivery (a
 // presence::Sink that turns each DiffBatch into JSON for its WebSocket) and
-// the simulated clients. README.md ("The example server") documents the API.
+// the simulated clients. docs/example-server.md documents the API.
 //
 //   presence_server::ServerOptions o;
 //   o.port = 0;                                   // any free port
@@ -61,7 +61,7 @@ struct ServerOptions {
 
   int64_t tick_ms = 100;
 
-  // ---- Limits (each answered with a clear error; see README.md) ----------
+  // ---- Limits (each answered with a clear error; see docs/example-server.md)
   // A WebSocket message above this is discarded with a "message_too_big"
   // error; the connection stays. Above max_frame_bytes the connection is
   // closed with status 1009.

@@ -432,7 +432,7 @@ TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
   EXPECT_GE(r.json.Find("transitions")->items().size(), 2u) << r.body;
 }
 
-// DESIGN.md rule 8 over REST: while bob is invisible, what alice reads of
+// docs/design.md rule 8 over REST: while bob is invisible, what alice reads of
 // him (state, last_seen, version, devices) does not move, whatever he does;
 // each step waits until bob's own view shows it.
 TEST_F(ServerTest, WhatAnInvisibleUserDoesChangesNothingOthersRead) {

@@ -1,6 +1,6 @@
 // File: presence/bus.h
 //
-// presence::Bus is the event-bus seam (DESIGN.md sections 5 and 6): normalized
+// presence::Bus is the event-bus seam (docs/design.md sections 5 and 6): normalized
 // signals and change events, keyed by user, in partitions with offsets, that
 // can be read again from any offset still held (replay). The embedded
 // default is NewInProcessBus(); the Kafka adapter lives in its own library.

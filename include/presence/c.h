@@ -3,7 +3,7 @@
  * The C ABI of presence: everything a host written in C, or a binding for
  * another language (Python ctypes, Go cgo, ...), needs to run an engine and
  * its fan-out tier. It is a thin layer over the C++ API (presence/engine.h,
- * presence/fanout.h); the rules it keeps are those of DESIGN.md, and the
+ * presence/fanout.h); the rules it keeps are those of docs/design.md, and the
  * comments of the C++ API say more about each call.
  *
  * CONVENTIONS
@@ -323,14 +323,14 @@ PRESENCE_EXPORT int presence_clock_now(int64_t* out_now_ms, const presence_clock
  * The fields of presence::Options (presence/options.h), which says more
  * about each. To add a field: append it, raise
  * PRESENCE_ENGINE_OPTIONS_VERSION, extend the _INIT macro, and read the field
- * in capi/c.cc only when options->version is at least the new version. */
+ * in capi/c_engine.cc only when options->version is at least the new version. */
 #define PRESENCE_ENGINE_OPTIONS_VERSION 2
 
 typedef struct presence_engine_options_t {
   uint32_t version;       /* PRESENCE_ENGINE_OPTIONS_VERSION */
   int32_t shards;         /* lock shards, rounded up to a power of two, <= 256; 0: 16 */
   presence_clock_t* clock; /* NULL: the system clock. The engine holds a reference. */
-  /* Liveness per source (DESIGN.md rule 1): the expected interval between
+  /* Liveness per source (docs/design.md rule 1): the expected interval between
    * signals, and the silence after which the source no longer keeps the
    * device live. */
   int64_t inferred_interval_ms;      /* 60000 */
@@ -413,7 +413,7 @@ PRESENCE_EXPORT int presence_engine_new(presence_engine_t** out_engine,
  * and releases the folder). NULL is a no-op. */
 PRESENCE_EXPORT void presence_engine_destroy(presence_engine_t* engine);
 
-/* presence_signal_t says that a device is alive (DESIGN.md section 1). The
+/* presence_signal_t says that a device is alive (docs/design.md section 1). The
  * pointers are read during the call only. Frozen layout (convention 9). */
 typedef struct presence_signal_t {
   const char* user_id;   /* 1..PRESENCE_MAX_USER_ID_BYTES bytes */
@@ -440,7 +440,7 @@ typedef struct presence_signal_t {
         PRESENCE_ACTIVITY_ACTIVE                                                         \
   }
 
-/* Applies one keyed signal (DESIGN.md rules 1, 2 and 5); a signal for a
+/* Applies one keyed signal (docs/design.md rules 1, 2 and 5); a signal for a
  * device the engine does not hold creates it. FAILED_PRECONDITION for a
  * stale signal (counted and dropped). */
 PRESENCE_EXPORT int presence_engine_signal(presence_engine_t* engine,
@@ -514,7 +514,7 @@ PRESENCE_EXPORT int presence_engine_beat_many(presence_batch_result_t* out_resul
 PRESENCE_EXPORT int presence_engine_disconnect(presence_engine_t* engine, uint64_t handle,
                                                int kind, char** errmsg);
 
-/* ---- Overrides (DESIGN.md section 1 and rule 3) ---------------------------------- */
+/* ---- Overrides (docs/design.md section 1 and rule 3) ---------------------------------- */
 
 /* Pushes a manual state (`state`: presence_override_state_t) on the user's
  * stack and returns its id. until_ms is an absolute time on the engine's
@@ -555,7 +555,7 @@ PRESENCE_EXPORT int presence_engine_list_overrides(presence_override_t** out_ove
                                                    const char* user_id, size_t user_id_len,
                                                    char** errmsg);
 
-/* ---- Queries (DESIGN.md section 4) -------------------------------------------- */
+/* ---- Queries (docs/design.md section 4) -------------------------------------------- */
 
 /* One user, as presence_engine_get answers. Frozen layout. */
 typedef struct presence_user_presence_t {
@@ -601,7 +601,7 @@ PRESENCE_EXPORT int presence_engine_get_published(presence_user_presence_t** out
                                                   const char* viewer_user_id,
                                                   size_t viewer_user_id_len, char** errmsg);
 
-/* ---- History and durable state (DESIGN.md sections 4, 5 and 7) ------------------
+/* ---- History and durable state (docs/design.md sections 4, 5 and 7) ------------------
  *
  * The history is the audit trail of every published transition; an engine
  * has one with PRESENCE_STORE_FILE (engine options, version 2). Without
@@ -614,7 +614,7 @@ PRESENCE_EXPORT int presence_engine_get_published(presence_user_presence_t** out
 /* History queries take a viewer, like presence_engine_get: the user itself
  * (viewer_user_id equal to user_id) reads every transition with both views,
  * cause and trace id; anyone else (another id, or NULL and 0) reads the
- * public view only (DESIGN.md rule 8): the changes of the public view, with
+ * public view only (docs/design.md rule 8): the changes of the public view, with
  * the public version and last_seen, self_state equal to state,
  * PRESENCE_CAUSE_WITHHELD and trace id 0. The functions without `_as` are
  * the same with no viewer. */
@@ -752,7 +752,7 @@ typedef struct presence_fanout_options_t {
 PRESENCE_EXPORT int presence_fanout_options_init(presence_fanout_options_t* options,
                                                  uint32_t version, char** errmsg);
 
-/* ---- Fan-out (DESIGN.md section 3) -------------------------------------------------
+/* ---- Fan-out (docs/design.md section 3) -------------------------------------------------
  *
  * presence_fanout_t delivers an engine's published changes to subscribers
  * as batched diffs (presence::Fanout). A subscriber watches a list of users,

@@ -1,6 +1,6 @@
 // File: presence/clock.h
 //
-// presence::Clock is the engine's only source of time (DESIGN.md section 5).
+// presence::Clock is the engine's only source of time (docs/design.md section 5).
 // Everything time-dependent in the library (liveness, grace, dwell, override
 // expiry, freshness) reads it, so a ManualClock makes tests and simulations
 // deterministic:

@@ -1,13 +1,13 @@
 // File: presence/detector.h
 //
 // presence::OfflineDetector is the seam for adaptive failure detection
-// (DESIGN.md rule 6). By default a device is DEAD after a fixed silence per
+// (docs/design.md rule 6). By default a device is DEAD after a fixed silence per
 // source (SourcePolicy::offline_after_ms). A detector installed through
 // Options::detector instead learns each device's heartbeat inter-arrival times
 // and may declare it dead sooner when the silence is improbable.
 //
 // The engine asks a detector about a device's heartbeat sources (APP and
-// MANUAL) only: INFERRED signals decay on their own slow clock (DESIGN.md
+// MANUAL) only: INFERRED signals decay on their own slow clock (docs/design.md
 // rule 1), so they are neither observed nor shortened.
 //
 // The engine bounds whatever a detector answers: never later than the fixed

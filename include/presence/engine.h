@@ -111,7 +111,7 @@ class PRESENCE_EXPORT Engine {
 
   // ---- Keyed signals -------------------------------------------------------
 
-  // Engine::Signal applies one signal (DESIGN.md rules 1, 2 and 5). A signal
+  // Engine::Signal applies one signal (docs/design.md rules 1, 2 and 5). A signal
   // for a device the engine does not hold creates it (an implicit connect).
   // Returns FailedPrecondition for a stale signal (a session older than the
   // device's current one, a closed session, or a timestamp older than one
@@ -154,7 +154,7 @@ class PRESENCE_EXPORT Engine {
   // afterwards (a second Disconnect answers NotFound).
   absl::Status Disconnect(DeviceHandle handle, DisconnectKind kind);
 
-  // ---- Overrides (DESIGN.md section 1 and rule 3) --------------------------
+  // ---- Overrides (docs/design.md section 1 and rule 3) --------------------------
 
   // Engine::SetOverride pushes a manual state on the user's stack; the most
   // recently set unexpired override shows. `until_ms` is an absolute time on
@@ -179,7 +179,7 @@ class PRESENCE_EXPORT Engine {
   // (expired ones that no timer removed yet are left out).
   absl::StatusOr<std::vector<OverrideInfo>> ListOverrides(absl::string_view user_id);
 
-  // ---- Queries (DESIGN.md section 4) ---------------------------------------
+  // ---- Queries (docs/design.md section 4) ---------------------------------------
 
   // Engine::Get answers for each id, in order, as `viewer_user_id` sees it:
   // the user itself sees its true state, everyone else sees an invisible user
@@ -196,10 +196,10 @@ class PRESENCE_EXPORT Engine {
   std::vector<UserPresence> GetPublished(absl::Span<const absl::string_view> user_ids,
                                          absl::string_view viewer_user_id = {});
 
-  // ---- History and durable state (DESIGN.md sections 4, 5 and 7) -----------
+  // ---- History and durable state (docs/design.md sections 4, 5 and 7) -----------
 
   // History queries answer like Get, as `viewer_user_id` sees the user: the
-  // user itself reads everything, anyone else its public view (DESIGN.md
+  // user itself reads everything, anyone else its public view (docs/design.md
   // rule 8).
 
   // Engine::History: the user's published transitions with at_ms in
@@ -252,7 +252,7 @@ class PRESENCE_EXPORT Engine {
   // catch up, call again until it answers 0.
   absl::StatusOr<size_t> ConsumeBus(size_t max_records = 4096);
 
-  // ---- Partition ownership (DESIGN.md section 6) ---------------------------
+  // ---- Partition ownership (docs/design.md section 6) ---------------------------
   //
   // With a bus, users are partitioned by PartitionFor (presence/bus.h) and
   // each partition is owned by one engine. An engine serves, consumes and
@@ -323,7 +323,7 @@ class PRESENCE_EXPORT Engine {
   // The engine's notion of now: its clock's time.
   int64_t NowMs() const;
 
-  // ---- Operations (DESIGN.md section 7) -------------------------------------
+  // ---- Operations (docs/design.md section 7) -------------------------------------
 
   // Engine::RenderMetrics renders every metric in Prometheus text exposition
   // format, with HELP and TYPE lines.

@@ -1,6 +1,6 @@
 // File: presence/fanout.h
 //
-// presence::Fanout delivers published changes to subscribers (DESIGN.md
+// presence::Fanout delivers published changes to subscribers (docs/design.md
 // section 3): batched, suppressed, throttled, resumable, and private.
 //
 // A subscriber is one watcher, usually one client connection. Its interest is
@@ -72,7 +72,7 @@ class Engine;
 using SubscriberId = uint64_t;
 
 struct FanoutOptions {
-  // Flush every this long (DESIGN.md: 100 ms), or sooner when a subscriber or
+  // Flush every this long (docs/design.md: 100 ms), or sooner when a subscriber or
   // a topic has max_batch changes waiting.
   int64_t flush_interval_ms = 100;
   size_t max_batch = 1024;
@@ -91,7 +91,7 @@ struct FanoutOptions {
   size_t resume_window = 64;
   size_t resume_window_bytes = 32 * 1024;
 
-  // Large topics (DESIGN.md section 3): above `interval_mode_members`
+  // Large topics (docs/design.md section 3): above `interval_mode_members`
   // members a topic's section is flushed at most every
   // `large_topic_interval_ms`; above `counts_only_members` it carries only
   // occupancy counts.
@@ -146,7 +146,7 @@ class PRESENCE_EXPORT Sink {
 };
 
 // presence::SnapshotSource tells the fan-out about users that its own engine
-// does not own (scale-out, DESIGN.md section 6); presence::RemoteFeed is one.
+// does not own (scale-out, docs/design.md section 6); presence::RemoteFeed is one.
 // The fan-out calls StartWatching when a subscriber or a topic first watches
 // a user, and StopWatching when none does any more, so the source always
 // knows the set of watched users. Both are called under the fan-out's lock:

@@ -1,6 +1,6 @@
 // File: presence/file_store.h
 //
-// presence::FileStore is the embedded crash-safe store (DESIGN.md section 5):
+// presence::FileStore is the embedded crash-safe store (docs/design.md section 5):
 // one data folder that implements both presence::Store (device and user
 // records, erasure floors, committed bus offsets) and presence::HistoryStore
 // (the audit trail of transitions). It keeps the whole state in memory,
@@ -57,7 +57,7 @@
 //                          store never reads or removes them
 // A frame is a 24-byte header (XXH3-64 checksum, payload length, format
 // version, file kind, sequence number) and a protobuf payload of
-// proto/presence/v1/storage.proto; the exact layout is in src/log_format.h.
+// proto/presence/v1/storage.proto; the exact layout is in src/store/log_format.h.
 // Log sequence numbers grow by one per frame across segments, so a missing,
 // repeated or reordered frame is detected. A snapshot is a header, chunks of
 // state and a trailer with the counts; it counts only if it is whole.

@@ -1,6 +1,6 @@
 // File: presence/gateway.h
 //
-// presence::GatewayPublisher is the library's gateway side (DESIGN.md
+// presence::GatewayPublisher is the library's gateway side (docs/design.md
 // section 6): a process that holds client connections but no engine
 // publishes each signal to its user's bus partition, where the engine that
 // owns the partition consumes it (Engine::ConsumeBus).

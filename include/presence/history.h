@@ -1,7 +1,7 @@
 // File: presence/history.h
 //
 // presence::HistoryStore keeps the audit trail: every published transition
-// of every user, append-only (DESIGN.md section 4). The engine appends each
+// of every user, append-only (docs/design.md section 4). The engine appends each
 // published change after it is durable in the Store, and answers
 // Engine::History, Engine::TimeInStates and last-seen questions from it.
 //

@@ -1,7 +1,7 @@
 // File: presence/listener.h
 //
 // presence::ChangeListener receives the user changes that the engine publishes
-// (DESIGN.md section 3, before any fan-out).
+// (docs/design.md section 3, before any fan-out).
 //
 // THREADING: Engine::Tick() calls OnChanges (when there are changes) and then
 // OnTick (always) on the thread that called Tick (or RevokePartitions, which

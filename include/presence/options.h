@@ -2,7 +2,7 @@
 //
 // presence::Options configures an Engine. It is a plain struct: every field
 // has a working default, written next to it with when to change it. The
-// defaults implement DESIGN.md section 2 (online at the next flush, offline in
+// defaults implement docs/design.md section 2 (online at the next flush, offline in
 // under 5 s, no flapping on a reload).
 #ifndef PRESENCE_OPTIONS_H_
 #define PRESENCE_OPTIONS_H_
@@ -47,7 +47,7 @@ struct Options {
   // 0: 16. Raise it when many host threads feed one engine.
   int shards = 0;
 
-  // Liveness per source (DESIGN.md rule 1). APP and MANUAL signals come from
+  // Liveness per source (docs/design.md rule 1). APP and MANUAL signals come from
   // the client about once a second; INFERRED ones (mobile background tasks)
   // far less often, so they decay on a slower clock.
   SourcePolicy inferred{60000, 240000};
@@ -55,20 +55,20 @@ struct Options {
   SourcePolicy manual{1000, 4000};
 
   // An abrupt disconnect keeps the device live this long, so that a page
-  // reload or a network hand-over shows nothing (DESIGN.md rule 1).
+  // reload or a network hand-over shows nothing (docs/design.md rule 1).
   int64_t reconnect_grace_ms = 1500;
 
-  // At most one published change per user per min_dwell_ms (DESIGN.md rule
+  // At most one published change per user per min_dwell_ms (docs/design.md rule
   // 7). A change that comes sooner is held back, and the latest state is
   // published when the dwell ends. 0 disables dwell.
   int64_t min_dwell_ms = 1000;
 
   // A device kept alive only by INFERRED signals counts as AWAY; set true to
-  // let an INFERRED signal that says ACTIVE make it ONLINE (DESIGN.md rule 2).
+  // let an INFERRED signal that says ACTIVE make it ONLINE (docs/design.md rule 2).
   bool inferred_can_be_online = false;
 
   // An override only shows while the user has a live device: a user with DND
-  // and no device is OFFLINE (DESIGN.md rule 3). Set false to show overrides
+  // and no device is OFFLINE (docs/design.md rule 3). Set false to show overrides
   // regardless.
   bool override_requires_live_device = true;
 
@@ -91,7 +91,7 @@ struct Options {
   int64_t user_retention_ms = 24 * 3600 * 1000;
 
   // A device that died by timeout or abrupt disconnect and comes back within
-  // this window is counted as a false offline (metrics, DESIGN.md section 7).
+  // this window is counted as a false offline (metrics, docs/design.md section 7).
   int64_t false_offline_window_ms = 30000;
 
   // Most devices one user may have at once (live or recently dead). Connect
@@ -116,7 +116,7 @@ struct Options {
   // keep working. 0: no budget.
   int64_t memory_budget_bytes = 0;
 
-  // Adaptive detection (DESIGN.md rule 6). Null: fixed thresholds. When set,
+  // Adaptive detection (docs/design.md rule 6). Null: fixed thresholds. When set,
   // it decides for devices whose platform bit is set in detector_platforms
   // (bit (1 << platform)); answers are clamped to
   // [detector_floor_ms, offline_after_ms]. Not owned.
@@ -124,7 +124,7 @@ struct Options {
   uint32_t detector_platforms = 0;
   int64_t detector_floor_ms = 2000;
 
-  // ---- Durable state (DESIGN.md section 5). None is owned; each must
+  // ---- Durable state (docs/design.md section 5). None is owned; each must
   // outlive the engine. ----
 
   // Write-through: on each Tick, every user and device that changed is
@@ -146,7 +146,7 @@ struct Options {
   Bus* bus = nullptr;
   // With a bus: true, the engine owns every partition of it (one engine);
   // false, it starts owning none, loads nothing, and serves the partitions
-  // that Engine::AssignPartitions gives it (DESIGN.md section 6).
+  // that Engine::AssignPartitions gives it (docs/design.md section 6).
   bool owns_all_partitions = true;
   // Transitions older than this are dropped from the history (checked about
   // once a minute on Tick). 0: kept for ever.

@@ -1,7 +1,7 @@
 // File: presence/ownership.h
 //
 // presence::OwnershipTable says which engine owns each bus partition, for
-// deployments whose bus does not assign partitions itself (DESIGN.md
+// deployments whose bus does not assign partitions itself (docs/design.md
 // section 6; with Kafka, the consumer group's assignment does). Every
 // engine gets the same table (from the host's configuration or its
 // coordinator) and applies it with ApplyOwnership:

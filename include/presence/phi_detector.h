@@ -2,7 +2,7 @@
 //
 // presence::PhiAccrualDetector is an OfflineDetector (presence/detector.h)
 // after Hayashibara, Defago, Yared and Katayama, "The phi accrual failure
-// detector" (SRDS 2004): DESIGN.md rule 6.
+// detector" (SRDS 2004): docs/design.md rule 6.
 //
 // For each device it keeps exponentially weighted statistics of the
 // heartbeat inter-arrival times (48 bytes per device, no window of samples):
@@ -41,7 +41,7 @@
 // bound is above `adaptive_bound_limit_ms` (by default, INFERRED signals with
 // their 240 s bound) the detector answers that fixed bound unchanged, so a
 // device kept alive by mobile background signals still decays on its own
-// clock (DESIGN.md rule 1).
+// clock (docs/design.md rule 1).
 //
 // When it pays (benchmarks/RESULTS.md, "Detection quality (issue 7)"): where
 // links differ between devices, or over minutes, it has about half the false

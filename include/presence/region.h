@@ -1,6 +1,6 @@
 // File: presence/region.h
 //
-// presence::RegionMirror makes regions converge (DESIGN.md section 6,
+// presence::RegionMirror makes regions converge (docs/design.md section 6,
 // docs/scale-out.md). Each region runs its own engines and store; a mirror per
 // region publishes the region's change events to an outbound bus that the
 // other regions read, and merges what they publish into one view per user.

@@ -1,6 +1,6 @@
 // File: presence/remote_feed.h
 //
-// presence::RemoteFeed keeps fan-out working across engines (DESIGN.md
+// presence::RemoteFeed keeps fan-out working across engines (docs/design.md
 // section 6). Users are partitioned over engines (PartitionFor in bus.h);
 // every engine publishes its users' change events to the bus. A subscriber
 // on engine B that watches a user owned by engine A gets that user's changes

@@ -1,6 +1,6 @@
 // File: presence/store.h
 //
-// presence::Store is the durable seam for device and user records (DESIGN.md
+// presence::Store is the durable seam for device and user records (docs/design.md
 // section 5). The engine writes through it before it publishes a change, and
 // loads from it to rebuild. Embedded implementations: NewMemoryStore() here,
 // and the crash-safe file store (presence/file_store.h); adapters for Redis

@@ -1,6 +1,6 @@
 // File: presence/types.h
 //
-// The vocabulary of presence (DESIGN.md section 1): states, sources, signals,
+// The vocabulary of presence (docs/design.md section 1): states, sources, signals,
 // device handles, change events and query answers. Every enum here has the same
 // numbers as its twin in proto/presence/v1/presence.proto, and 0 is never a
 // valid value, so a zeroed field is caught as "unspecified".
@@ -26,7 +26,7 @@
 
 namespace presence {
 
-// Limits on identifiers (DESIGN.md section 1). Ids are opaque bytes; an id of
+// Limits on identifiers (docs/design.md section 1). Ids are opaque bytes; an id of
 // length 0 or longer than the limit is rejected with InvalidArgument.
 inline constexpr size_t kMaxUserIdBytes = 128;
 inline constexpr size_t kMaxDeviceIdBytes = 128;
@@ -57,7 +57,7 @@ enum class Platform : uint8_t {
 };
 inline constexpr int kPlatformCount = 5;
 
-// presence::OverrideState: a manual state that a user sets (DESIGN.md rule 3).
+// presence::OverrideState: a manual state that a user sets (docs/design.md rule 3).
 // kInvisible shows as kOffline to everyone but the user.
 enum class OverrideState : uint8_t {
   kOnline = 1,
@@ -75,7 +75,7 @@ enum class DisconnectKind : uint8_t { kClean = 1, kAbrupt = 2 };
 // presence::Cause: why a user's published state changed.
 enum class Cause : uint8_t {
   kSignal = 1,          // a device came alive or changed activity
-  kTimeout = 2,         // a device stopped signalling (DESIGN.md rule 1)
+  kTimeout = 2,         // a device stopped signalling (docs/design.md rule 1)
   kDisconnect = 3,      // a device disconnected (clean, or abrupt past grace)
   kOverride = 4,        // an override was set or revoked
   kOverrideExpiry = 5,  // an override reached its end time
@@ -92,7 +92,7 @@ PRESENCE_EXPORT absl::string_view PlatformName(Platform p);
 PRESENCE_EXPORT absl::string_view CauseName(Cause c);
 PRESENCE_EXPORT absl::string_view OverrideStateName(OverrideState s);
 
-// presence::Signal says that a device is alive (DESIGN.md section 1). The
+// presence::Signal says that a device is alive (docs/design.md section 1). The
 // string views only need to live for the duration of the call that takes it.
 struct Signal {
   absl::string_view user_id;    // 1..kMaxUserIdBytes bytes
@@ -137,8 +137,8 @@ struct DeviceSummary {
   friend bool operator==(const DeviceSummary& a, const DeviceSummary& b) { return a.live == b.live; }
 };
 
-// presence::ChangeEvent is one published change of a user's state (DESIGN.md
-// section 3). It carries two views (DESIGN.md rule 8):
+// presence::ChangeEvent is one published change of a user's state (docs/design.md
+// section 3). It carries two views (docs/design.md rule 8):
 //   * the public view (`previous`, `state`, `last_seen_ms`, `devices`,
 //     `public_version`): what everyone but the user sees. `public_version`
 //     grows only when the public view changes; an event whose public_version
@@ -171,8 +171,8 @@ struct ChangeEvent {
   int64_t published_at_ms = 0;            // when this event was published
 };
 
-// presence::UserPresence answers Engine::Get for one user (DESIGN.md section
-// 4). Anyone but the user reads its public view (DESIGN.md rule 8): an
+// presence::UserPresence answers Engine::Get for one user (docs/design.md section
+// 4). Anyone but the user reads its public view (docs/design.md rule 8): an
 // invisible user is OFFLINE, shows no devices and no override, its last_seen
 // stays where it was when it went invisible, and its version stays where it
 // was; an offline user is known only until Options::user_retention_ms past its

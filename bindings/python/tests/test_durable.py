@@ -159,7 +159,7 @@ class FileStoreTest(unittest.TestCase):
 
 
 class PublicViewTest(unittest.TestCase):
-    """DESIGN.md rule 8 through the binding: while a user is invisible,
+    """docs/design.md rule 8 through the binding: while a user is invisible,
     nothing it does changes a field another viewer reads (get, get_published,
     history, time_in_states, last_seen); it itself sees everything."""
 

@@ -4,7 +4,7 @@
 // through librdkafka's C API. It lives in its own library, presence_kafka
 // (adapters/kafka/); the core links nothing of Kafka.
 //
-// MAPPING (DESIGN.md sections 5 and 6):
+// MAPPING (docs/design.md sections 5 and 6):
 //   * The bus is one topic with N partitions. N is the topic's partition
 //     count and must stay fixed while the topic is in use: PartitionFor(user,
 //     N) decides where a user's records go, and every process must agree on

@@ -1,7 +1,7 @@
 // File: presence/kafka_ownership.h
 //
 // presence::KafkaOwnership makes an Engine own exactly the bus partitions
-// that a Kafka consumer group assigns to it (DESIGN.md section 6; without
+// that a Kafka consumer group assigns to it (docs/design.md section 6; without
 // Kafka, presence/ownership.h gives a static table). Each engine process
 // runs one, next to its KafkaBus, on an engine created with
 // Options::owns_all_partitions = false:

@@ -1,10 +1,10 @@
 // File: presence/postgres_store.h
 //
-// presence::PostgresStore is the SQL adapter (DESIGN.md section 5), in its
+// presence::PostgresStore is the SQL adapter (docs/design.md section 5), in its
 // own library, presence_postgres (libpq): a presence::Store (device and user
 // records, erasure floors, committed bus offsets) and a presence::HistoryStore
 // (the audit trail) over PostgreSQL or CockroachDB. It uses only SQL that
-// both accept (see the README, "PostgreSQL and CockroachDB"): no PL/pgSQL, no
+// both accept (docs/adapters.md, "PostgreSQL and CockroachDB"): no PL/pgSQL, no
 // advisory locks, no PostgreSQL-only types or statements.
 //
 // Example:

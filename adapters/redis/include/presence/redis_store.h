@@ -1,6 +1,6 @@
 // File: presence/redis_store.h
 //
-// presence::RedisStore is the Redis adapter of presence::Store (DESIGN.md
+// presence::RedisStore is the Redis adapter of presence::Store (docs/design.md
 // section 5), in its own library, presence_redis (hiredis). It keeps the seed
 // design's layout, a hash per user plus a sorted set by last_seen, and holds
 // the store's rules (presence/store.h) on the server: every write goes

@@ -1,0 +1,442 @@
+// File: examples/presence_server/http_routes.cc
+//
+// The HTTP side of presence_server: one keep-alive HTTP session per
+// connection (with the body and header limits), and the routes of the seed
+// design's API: GET /presence, POST and DELETE /presence/override,
+// GET /presence/history, /metrics, and the page.
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "json.h"
+#include "server_internal.h"
+
+namespace presence_server {
+
+namespace {
+
+const char* StateWire(presence::State s) {
+  switch (s) {
+    case presence::State::kOffline: return "offline";
+    case presence::State::kAway: return "away";
+    case presence::State::kOnline: return "online";
+    case presence::State::kDnd: return "dnd";
+  }
+  return "offline";
+}
+
+void AppendDevices(std::string* out, const presence::DeviceSummary& d) {
+  absl::StrAppend(out, "{\"web\":", d.count(presence::Platform::kWeb),
+                  ",\"desktop\":", d.count(presence::Platform::kDesktop),
+                  ",\"mobile\":", d.count(presence::Platform::kMobile),
+                  ",\"console\":", d.count(presence::Platform::kConsole),
+                  ",\"other\":", d.count(presence::Platform::kOther), "}");
+}
+
+// ---- HTTP session -------------------------------------------------------------
+
+class HttpSession : public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(Server::Impl* server, tcp::socket socket) : server_(server), stream_(std::move(socket)) {}
+
+  void Start() { DoRead(); }
+
+ private:
+  void DoRead() {
+    parser_.emplace();
+    parser_->body_limit(server_->opts().max_http_body_bytes);
+    parser_->header_limit(16 * 1024);
+    stream_.expires_after(std::chrono::seconds(30));
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == net::error::operation_aborted ||
+        ec == beast::error::timeout || ec == net::error::eof || ec == net::error::connection_reset) {
+      Shutdown();
+      return;
+    }
+    if (ec) {
+      // The request cannot be read: say why, then close.
+      http::status status = http::status::bad_request;
+      std::string code = "bad_request";
+      if (ec == http::error::body_limit) {
+        status = http::status::payload_too_large;
+        code = "body_too_large";
+      } else if (ec == http::error::header_limit) {
+        status = http::status::request_header_fields_too_large;
+        code = "headers_too_large";
+      }
+      std::string message = code == "body_too_large"
+                                ? absl::StrCat("the request body is over the limit of ",
+                                               server_->opts().max_http_body_bytes, " bytes")
+                                : absl::StrCat("cannot read the request: ", ec.message());
+      auto res = std::make_shared<http::response<http::string_body>>(status, 11);
+      res->set(http::field::content_type, "application/json");
+      res->set(http::field::connection, "close");
+      res->body() = ErrorJson(code, message);
+      res->prepare_payload();
+      res->keep_alive(false);
+      ++server_->metrics().http_requests;
+      ++server_->metrics().http_by_status[static_cast<int>(status)];
+      Write(std::move(res));
+      return;
+    }
+    http::request<http::string_body> req = parser_->release();
+    if (websocket::is_upgrade(req)) {
+      stream_.expires_never();
+      server_->StartWebSocket(stream_.release_socket(), std::move(req));
+      return;
+    }
+    auto res = std::make_shared<http::response<http::string_body>>(server_->HandleHttp(req));
+    Write(std::move(res));
+  }
+
+  void Write(std::shared_ptr<http::response<http::string_body>> res) {
+    res_ = std::move(res);
+    stream_.expires_after(std::chrono::seconds(30));
+    http::async_write(stream_, *res_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec || !self->res_->keep_alive()) {
+        self->Shutdown();
+        return;
+      }
+      self->res_.reset();
+      self->DoRead();
+    });
+  }
+
+  void Shutdown() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.socket().close(ec);
+  }
+
+  Server::Impl* server_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::shared_ptr<http::response<http::string_body>> res_;
+};
+
+}  // namespace
+
+void ServeHttp(Server::Impl* server, tcp::socket socket) {
+  std::make_shared<HttpSession>(server, std::move(socket))->Start();
+}
+
+// ---- HTTP routes ------------------------------------------------------------
+
+namespace {
+
+http::response<http::string_body> Reply(http::status status, std::string body,
+                                        absl::string_view type = "application/json") {
+  http::response<http::string_body> res(status, 11);
+  res.set(http::field::server, "presence_server");
+  res.set(http::field::content_type, std::string(type));
+  res.set(http::field::cache_control, "no-store");
+  res.body() = std::move(body);
+  return res;
+}
+
+http::response<http::string_body> Error(http::status status, absl::string_view code, absl::string_view message,
+                                        absl::string_view extra = {}) {
+  return Reply(status, ErrorJson(code, message, extra));
+}
+
+http::response<http::string_body> FromEngineError(const absl::Status& st) {
+  switch (st.code()) {
+    case absl::StatusCode::kInvalidArgument: return Error(http::status::bad_request, "bad_request", st.message());
+    case absl::StatusCode::kNotFound: return Error(http::status::not_found, "not_found", st.message());
+    case absl::StatusCode::kResourceExhausted:
+      return Error(http::status::too_many_requests, "limit_reached", st.message());
+    default: return Error(http::status::internal_server_error, "internal", st.message());
+  }
+}
+
+}  // namespace
+
+http::response<http::string_body> Server::Impl::HandleHttp(const http::request<http::string_body>& req) {
+  ++metrics_.http_requests;
+  http::response<http::string_body> res = [&]() -> http::response<http::string_body> {
+    std::optional<Target> t = ParseTarget(absl::string_view(req.target().data(), req.target().size()));
+    if (!t) return Error(http::status::bad_request, "bad_request", "malformed URL encoding");
+    const bool get = req.method() == http::verb::get || req.method() == http::verb::head;
+
+    // Public: the page, its files, the metrics, a health check.
+    auto file = static_files_.find(t->path);
+    if (file != static_files_.end()) {
+      if (!get) return Error(http::status::method_not_allowed, "method_not_allowed", "use GET");
+      absl::string_view type = "text/html; charset=utf-8";
+      if (absl::EndsWith(t->path, ".js")) type = "text/javascript; charset=utf-8";
+      if (absl::EndsWith(t->path, ".css")) type = "text/css; charset=utf-8";
+      return Reply(http::status::ok, file->second, type);
+    }
+    if (t->path == "/metrics") {
+      if (!get) return Error(http::status::method_not_allowed, "method_not_allowed", "use GET");
+      return Reply(http::status::ok, Metrics(), "text/plain; version=0.0.4; charset=utf-8");
+    }
+    if (t->path == "/healthz") return Reply(http::status::ok, "{\"ok\":true}");
+
+    const bool known_path = t->path == "/presence" || t->path == "/presence/override" ||
+                            t->path == "/presence/history" || t->path == "/presence/stream";
+    if (!known_path) return Error(http::status::not_found, "not_found", absl::StrCat("no route ", t->path));
+
+    // Everything else needs a token.
+    std::string token;
+    auto auth = req.find(http::field::authorization);
+    if (auth != req.end() && auth->value().starts_with("Bearer ")) {
+      token = std::string(auth->value().substr(7));
+    } else if (const std::string* q = t->Get("token")) {
+      token = *q;
+    }
+    std::optional<std::string> viewer = opts_.access.Authenticate(token);
+    if (!viewer) {
+      return Error(http::status::unauthorized, "unauthorized",
+                   "a valid token is needed (Authorization: Bearer TOKEN, or ?token=)");
+    }
+    if (t->path == "/presence") {
+      if (!get) return Error(http::status::method_not_allowed, "method_not_allowed", "use GET");
+      return GetPresence(*t, *viewer);
+    }
+    if (t->path == "/presence/override") {
+      if (req.method() == http::verb::post) return PostOverride(req, *viewer);
+      if (req.method() == http::verb::delete_) return DeleteOverride(*t, *viewer);
+      return Error(http::status::method_not_allowed, "method_not_allowed", "use POST or DELETE");
+    }
+    if (t->path == "/presence/history") {
+      if (!get) return Error(http::status::method_not_allowed, "method_not_allowed", "use GET");
+      return GetHistory(*t, *viewer);
+    }
+    return Error(http::status::bad_request, "bad_request", "/presence/stream is a WebSocket: send an upgrade");
+  }();
+  res.version(req.version());
+  res.keep_alive(req.keep_alive());
+  res.prepare_payload();
+  if (req.method() == http::verb::head) res.body().clear();
+  ++metrics_.http_by_status[res.result_int()];
+  if (res.result_int() >= 400) {
+    // Count client errors by code, like the WebSocket's.
+    absl::StatusOr<Json> j = ParseJson(res.body());
+    if (j.ok() && j->Find("error") && j->Find("error")->is_string()) CountError(j->Find("error")->as_string());
+  }
+  return res;
+}
+
+http::response<http::string_body> Server::Impl::GetPresence(const Target& t, const std::string& viewer) {
+  std::vector<std::string> ids;
+  for (const auto& [k, v] : t.params) {
+    if (k != "user_ids" && k != "user_id") continue;
+    for (absl::string_view id : absl::StrSplit(v, ',', absl::SkipEmpty())) ids.emplace_back(id);
+  }
+  if (ids.empty()) return Error(http::status::bad_request, "bad_request", "give user_ids=a,b,c");
+  if (ids.size() > 1000) return Error(http::status::bad_request, "bad_request", "at most 1000 user_ids at once");
+  std::vector<std::string> unknown, forbidden;
+  for (const std::string& id : ids) {
+    if (id.size() > presence::kMaxUserIdBytes || !opts_.access.UserExists(id)) unknown.push_back(id);
+    else if (!opts_.access.MayRead(viewer, id)) forbidden.push_back(id);
+  }
+  if (!unknown.empty()) {
+    return Error(http::status::not_found, "unknown_user", "no such user",
+                 absl::StrCat(",\"user_ids\":", JsonStringArray(unknown)));
+  }
+  if (!forbidden.empty()) {
+    return Error(http::status::forbidden, "forbidden", "you may not see these users",
+                 absl::StrCat(",\"user_ids\":", JsonStringArray(forbidden)));
+  }
+  std::vector<absl::string_view> views(ids.begin(), ids.end());
+  std::vector<presence::UserPresence> got = engine_->Get(views, viewer);
+  std::string out = absl::StrCat("{\"now_ms\":", engine_->NowMs(), ",\"users\":[");
+  for (size_t i = 0; i < got.size(); ++i) {
+    const presence::UserPresence& p = got[i];
+    if (i > 0) out.push_back(',');
+    out.append("{\"user_id\":");
+    AppendJsonString(&out, ids[i]);
+    absl::StrAppend(&out, ",\"known\":", p.known ? "true" : "false", ",\"state\":\"", StateWire(p.state),
+                    "\",\"last_seen_ms\":", p.last_seen_ms, ",\"freshness_ms\":", p.freshness_ms,
+                    ",\"version\":", p.version, ",\"devices\":");
+    AppendDevices(&out, p.devices);
+    if (p.has_override) {
+      absl::StrAppend(&out, ",\"override\":{\"state\":\"", presence::OverrideStateName(p.override_state),
+                      "\",\"until_ms\":", p.override_until_ms, "}");
+    } else {
+      out.append(",\"override\":null");
+    }
+    if (ids[i] == viewer) {
+      // The user's own stack, so that a client can show and revoke each.
+      absl::StatusOr<std::vector<presence::OverrideInfo>> list = engine_->ListOverrides(viewer);
+      out.append(",\"overrides\":[");
+      if (list.ok()) {
+        for (size_t k = 0; k < list->size(); ++k) {
+          const presence::OverrideInfo& o = (*list)[k];
+          absl::StrAppend(&out, k > 0 ? "," : "", "{\"override_id\":", o.id, ",\"state\":\"",
+                          presence::OverrideStateName(o.state), "\",\"set_at_ms\":", o.set_at_ms,
+                          ",\"until_ms\":", o.until_ms, "}");
+        }
+      }
+      out.append("]");
+    }
+    out.append("}");
+  }
+  out.append("]}");
+  return Reply(http::status::ok, std::move(out));
+}
+
+http::response<http::string_body> Server::Impl::PostOverride(const http::request<http::string_body>& req,
+                                                             const std::string& viewer) {
+  absl::StatusOr<OverrideRequest> r = ParseOverrideRequest(req.body());
+  if (!r.ok()) return Error(http::status::bad_request, ErrorCodeOf(r.status()), r.status().message());
+  std::string user = r->user_id.empty() ? viewer : r->user_id;
+  if (!opts_.access.UserExists(user)) return Error(http::status::not_found, "unknown_user", "no such user");
+  if (user != viewer) {
+    return Error(http::status::forbidden, "forbidden", "a user may only set its own state");
+  }
+  int64_t until = r->until_ms;
+  if (r->duration_ms > 0) until = engine_->NowMs() + r->duration_ms;
+  absl::StatusOr<uint64_t> id = engine_->SetOverride(user, r->state, until);
+  if (!id.ok()) return FromEngineError(id.status());
+  std::string out = absl::StrCat("{\"override_id\":", *id, ",\"user_id\":");
+  AppendJsonString(&out, user);
+  absl::StrAppend(&out, ",\"state\":\"", presence::OverrideStateName(r->state), "\",\"until_ms\":", until, "}");
+  return Reply(http::status::ok, std::move(out));
+}
+
+http::response<http::string_body> Server::Impl::DeleteOverride(const Target& t, const std::string& viewer) {
+  std::string user = viewer;
+  if (const std::string* u = t.Get("user_id")) user = *u;
+  if (!opts_.access.UserExists(user)) return Error(http::status::not_found, "unknown_user", "no such user");
+  if (!opts_.access.MayRevokeFor(viewer, user)) {
+    return Error(http::status::forbidden, "forbidden", "only the user or an operator may revoke its overrides");
+  }
+  const std::string* id_text = t.Get("override_id");
+  const std::string* all = t.Get("all");
+  if (id_text != nullptr) {
+    uint64_t id = 0;
+    if (!absl::SimpleAtoi(*id_text, &id)) {
+      return Error(http::status::bad_request, "bad_request", "override_id must be a number");
+    }
+    absl::Status st = engine_->RevokeOverride(user, id);
+    if (!st.ok()) return FromEngineError(st);
+    return Reply(http::status::ok, "{\"revoked\":1}");
+  }
+  if (all != nullptr && (*all == "true" || *all == "1")) {
+    absl::StatusOr<size_t> n = engine_->ClearOverrides(user);
+    if (!n.ok()) {
+      if (n.status().code() == absl::StatusCode::kNotFound) return Reply(http::status::ok, "{\"revoked\":0}");
+      return FromEngineError(n.status());
+    }
+    return Reply(http::status::ok, absl::StrCat("{\"revoked\":", *n, "}"));
+  }
+  return Error(http::status::bad_request, "bad_request", "give override_id=N, or all=true");
+}
+
+http::response<http::string_body> Server::Impl::GetHistory(const Target& t, const std::string& viewer) {
+  const std::string* user = t.Get("user_id");
+  if (user == nullptr || user->empty()) return Error(http::status::bad_request, "bad_request", "give user_id=");
+  if (!opts_.access.UserExists(*user)) return Error(http::status::not_found, "unknown_user", "no such user");
+  if (!opts_.access.MayRead(viewer, *user)) {
+    return Error(http::status::forbidden, "forbidden", "you may not see this user");
+  }
+  int64_t now = engine_->NowMs();
+  int64_t to = now, from = now - 3600 * 1000;
+  if (const std::string* s = t.Get("to"); s && !absl::SimpleAtoi(*s, &to)) {
+    return Error(http::status::bad_request, "bad_request", "to must be a time in ms");
+  }
+  if (const std::string* s = t.Get("from"); s && !absl::SimpleAtoi(*s, &from)) {
+    return Error(http::status::bad_request, "bad_request", "from must be a time in ms");
+  } else if (!s) {
+    from = to - 3600 * 1000;
+  }
+  if (from > to) return Error(http::status::bad_request, "bad_request", "from is after to");
+  // The user itself and operators see the audit trail; others see what the
+  // engine answers anyone but the user: the public view (DESIGN.md rule 8),
+  // whose entries carry no cause or trace id.
+  const bool full = *user == viewer || opts_.access.IsOperator(viewer);
+  const absl::string_view as = full ? absl::string_view(*user) : absl::string_view(viewer);
+  absl::StatusOr<std::vector<presence::Transition>> h = engine_->History(*user, from, to, as);
+  if (!h.ok()) return FromEngineError(h.status());
+  std::string out = "{\"user_id\":";
+  AppendJsonString(&out, *user);
+  absl::StrAppend(&out, ",\"from_ms\":", from, ",\"to_ms\":", to, ",\"full\":", full ? "true" : "false",
+                  ",\"transitions\":[");
+  bool first = true;
+  size_t n = 0;
+  for (const presence::Transition& tr : *h) {
+    if (++n > 10000) break;
+    if (!first) out.push_back(',');
+    first = false;
+    absl::StrAppend(&out, "{\"at_ms\":", tr.at_ms, ",\"version\":", tr.version, ",\"previous\":\"",
+                    StateWire(tr.previous), "\",\"state\":\"", StateWire(tr.state), "\"");
+    if (full) {
+      absl::StrAppend(&out, ",\"self_state\":\"", StateWire(tr.self_state), "\",\"cause\":\"",
+                      presence::CauseName(tr.cause), "\",\"trace_id\":", tr.trace_id,
+                      ",\"last_seen_ms\":", tr.last_seen_ms);
+    }
+    out.append("}");
+  }
+  out.append("]");
+  if (full) {
+    absl::StatusOr<presence::StateDurations> d = engine_->TimeInStates(*user, from, to, as);
+    if (d.ok()) {
+      absl::StrAppend(&out, ",\"time_in_states_ms\":{\"online\":", d->online_ms, ",\"away\":", d->away_ms,
+                      ",\"dnd\":", d->dnd_ms, ",\"offline\":", d->offline_ms, "}");
+    }
+  }
+  out.append("}");
+  return Reply(http::status::ok, std::move(out));
+}
+
+std::string Server::Impl::Metrics() const {
+  std::string out = engine_->RenderMetrics();
+  out.append(fanout_->RenderMetrics());
+  out.append(file_store_->RenderMetrics());
+  auto counter = [&](absl::string_view name, absl::string_view help, auto value) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " counter\n", name, " ", value, "\n");
+  };
+  auto gauge = [&](absl::string_view name, absl::string_view help, auto value) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " gauge\n", name, " ", value, "\n");
+  };
+  gauge("presence_server_ws_connections", "Open WebSocket connections.", sessions_.size());
+  counter("presence_server_ws_accepted_total", "WebSocket connections accepted.", metrics_.ws_accepted);
+  counter("presence_server_ws_rejected_total", "WebSocket upgrades refused (auth, limits, bad handshake).",
+          metrics_.ws_rejected);
+  counter("presence_server_ws_messages_received_total", "WebSocket messages received.", metrics_.ws_messages_in);
+  counter("presence_server_ws_messages_sent_total", "WebSocket messages written.", metrics_.ws_messages_out);
+  counter("presence_server_ws_bytes_sent_total", "WebSocket bytes written.", metrics_.ws_bytes_out);
+  counter("presence_server_batches_delivered_total", "Fan-out batches turned into JSON.", metrics_.batches_out);
+  counter("presence_server_slow_consumer_disconnects_total",
+          "Clients disconnected because they did not read their messages.", metrics_.slow_consumers);
+  gauge("presence_server_simulated_clients", "Synthetic clients (--simulate).", sims_.size());
+  absl::StrAppend(&out,
+                  "# HELP presence_server_http_requests_total HTTP requests, by status.\n"
+                  "# TYPE presence_server_http_requests_total counter\n");
+  std::vector<std::pair<int, uint64_t>> by_status(metrics_.http_by_status.begin(), metrics_.http_by_status.end());
+  std::sort(by_status.begin(), by_status.end());
+  for (const auto& [code, n] : by_status) {
+    absl::StrAppend(&out, "presence_server_http_requests_total{code=\"", code, "\"} ", n, "\n");
+  }
+  absl::StrAppend(&out,
+                  "# HELP presence_server_client_errors_total Errors answered to clients, by code.\n"
+                  "# TYPE presence_server_client_errors_total counter\n");
+  std::vector<std::pair<std::string, uint64_t>> errors(metrics_.client_errors.begin(),
+                                                       metrics_.client_errors.end());
+  std::sort(errors.begin(), errors.end());
+  for (const auto& [code, n] : errors) {
+    absl::StrAppend(&out, "presence_server_client_errors_total{code=\"", code, "\"} ", n, "\n");
+  }
+  counter("presence_server_ticks_total", "Engine ticks run by the server's timer.", metrics_.ticks);
+  counter("presence_server_tick_seconds_total", "Time spent in ticks (engine, fan-out, JSON, simulation).",
+          metrics_.tick_seconds_sum);
+  gauge("presence_server_tick_seconds_max", "Longest tick so far.", metrics_.tick_seconds_max);
+  return out;
+}
+
+}  // namespace presence_server

@@ -1,0 +1,300 @@
+// File: examples/presence_server/server_internal.h
+//
+// The insides of presence_server, shared by its three units:
+//   * server.cc: the listener and the limits: Server::Impl's start, accept
+//     loop, WebSocket admission, tick, simulated clients and shutdown;
+//   * http_routes.cc: the HTTP session and the routes of the seed design's
+//     API (GET /presence, overrides, history, /metrics, the page);
+//   * ws_session.cc: one WebSocket client (heartbeats, subscriptions, the
+//     slow-consumer and rate bounds) and the JSON of diff batches.
+// Everything runs on one thread: the io_context's. Sessions are owned by
+// shared_ptrs held by their pending operations and, for WebSocket sessions,
+// by the server's table (until Finish). Nothing here takes a lock.
+#ifndef PRESENCE_EXAMPLES_SERVER_SERVER_INTERNAL_H_
+#define PRESENCE_EXAMPLES_SERVER_SERVER_INTERNAL_H_
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "client_message.h"
+#include "presence/clock.h"
+#include "presence/engine.h"
+#include "presence/v1/presence.pb.h"
+#include "server.h"
+
+namespace presence_server {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+
+namespace pb = ::presence::v1;
+using presence::Activity;
+using presence::DeviceHandle;
+using presence::DisconnectKind;
+using presence::SubscriberId;
+
+// Milliseconds on the steady clock (timeouts, the slow-consumer stall).
+int64_t MonoMs();
+
+// The JSON of one encoded part of a batch: its list users and its topic
+// sections, each a comma-separated run of objects.
+struct PartJson {
+  std::string users;
+  std::string topics;
+};
+
+// A URL's path and its decoded query parameters.
+struct Target {
+  std::string path;
+  std::vector<std::pair<std::string, std::string>> params;
+
+  const std::string* Get(absl::string_view key) const {
+    for (const auto& [k, v] : params) {
+      if (k == key) return &v;
+    }
+    return nullptr;
+  }
+};
+
+// A request target split into its path and decoded parameters; nullopt when
+// its percent-encoding is broken.
+std::optional<Target> ParseTarget(absl::string_view target);
+
+// {"error":code,"message":message<extra>}: the body of every HTTP error.
+std::string ErrorJson(absl::string_view code, absl::string_view message, absl::string_view extra = {});
+
+// A JSON array of strings.
+std::string JsonStringArray(const std::vector<std::string>& v);
+
+// Counters the server exports on /metrics beside the library's.
+struct ServerMetrics {
+  uint64_t http_requests = 0;
+  absl::flat_hash_map<int, uint64_t> http_by_status;
+  uint64_t ws_accepted = 0;
+  uint64_t ws_rejected = 0;
+  uint64_t ws_messages_in = 0;
+  uint64_t ws_messages_out = 0;
+  uint64_t ws_bytes_out = 0;
+  uint64_t batches_out = 0;
+  absl::flat_hash_map<std::string, uint64_t> client_errors;  // by code
+  uint64_t slow_consumers = 0;
+  uint64_t ticks = 0;
+  double tick_seconds_sum = 0;
+  double tick_seconds_max = 0;
+};
+
+// Reads HTTP requests on `socket` and answers them (http_routes.cc); hands
+// a WebSocket upgrade to server->StartWebSocket.
+void ServeHttp(Server::Impl* server, tcp::socket socket);
+
+class WsSession;
+
+// ---- The server -------------------------------------------------------------
+
+class Server::Impl : public presence::Sink {
+ public:
+  explicit Impl(ServerOptions options)
+      : opts_(std::move(options)), acceptor_(ioc_), tick_timer_(ioc_), exit_timer_(ioc_),
+        signals_(ioc_), rng_(opts_.seed) {}
+
+  absl::Status Init();
+  void Run();
+  void Stop() {
+    net::post(ioc_, [this] { BeginShutdown(); });
+  }
+  uint16_t port() const { return port_; }
+
+  // presence::Sink: called from Engine::Tick, on the io thread.
+  void Deliver(SubscriberId subscriber, const presence::Batch& batch) override;
+
+  // Used by sessions.
+  const ServerOptions& opts() const { return opts_; }
+  presence::Engine* engine() { return engine_.get(); }
+  presence::Fanout* fanout() { return fanout_.get(); }
+  const Access& access() const { return opts_.access; }
+  ServerMetrics& metrics() { return metrics_; }
+  bool shutting_down() const { return shutting_down_; }
+  uint64_t NextSessionId() {
+    // Grows across restarts (the store remembers session ids): time-based.
+    uint64_t t = static_cast<uint64_t>(presence::SystemClock()->NowMs()) << 12;
+    last_session_id_ = std::max(last_session_id_ + 1, t);
+    return last_session_id_;
+  }
+  uint64_t NextConnectionNumber() { return ++connections_; }
+  void CountError(absl::string_view code) { ++metrics_.client_errors[std::string(code)]; }
+
+  http::response<http::string_body> HandleHttp(const http::request<http::string_body>& req);
+  void StartWebSocket(tcp::socket socket, http::request<http::string_body> req);
+  void Register(SubscriberId id, std::shared_ptr<WsSession> s) { sessions_[id] = std::move(s); }
+  void Unregister(SubscriberId id) { sessions_.erase(id); }
+
+ private:
+  void DoAccept();
+  void ScheduleTick();
+  void OnTick();
+  void BeginShutdown();
+  void WaitForSessions();
+  void Sweep();
+  void SimStep(int64_t now);
+  std::string Metrics() const;
+  std::string BatchToJson(const presence::Batch& batch);
+
+  // HTTP handlers; `viewer` is the authenticated user.
+  http::response<http::string_body> GetPresence(const Target& t, const std::string& viewer);
+  http::response<http::string_body> PostOverride(const http::request<http::string_body>& req,
+                                                 const std::string& viewer);
+  http::response<http::string_body> DeleteOverride(const Target& t, const std::string& viewer);
+  http::response<http::string_body> GetHistory(const Target& t, const std::string& viewer);
+
+  ServerOptions opts_;
+  net::io_context ioc_{1};
+  tcp::acceptor acceptor_;
+  net::steady_timer tick_timer_;
+  net::steady_timer exit_timer_;
+  net::signal_set signals_;
+  std::chrono::steady_clock::time_point next_tick_;
+  std::chrono::steady_clock::time_point shutdown_deadline_;
+  uint16_t port_ = 0;
+  bool shutting_down_ = false;
+  uint64_t last_session_id_ = 0;
+  uint64_t connections_ = 0;
+
+  std::unique_ptr<presence::FileStore> file_store_;
+  std::unique_ptr<presence::Engine> engine_;
+  std::unique_ptr<presence::Fanout> fanout_;
+  absl::flat_hash_map<SubscriberId, std::shared_ptr<WsSession>> sessions_;
+  // JSON of shared batch parts, valid for one Tick (a topic's section is
+  // turned into JSON once for all of its subscribers).
+  absl::flat_hash_map<const std::string*, std::pair<std::shared_ptr<const std::string>, PartJson>>
+      part_cache_;
+  absl::flat_hash_map<std::string, std::string> static_files_;  // path -> body
+  ServerMetrics metrics_;
+
+  // Simulated clients (--simulate).
+  struct SimClient {
+    std::string user_id;
+    std::string device_id;
+    presence::Platform platform = presence::Platform::kWeb;
+    DeviceHandle handle;
+    bool connected = false;
+    int64_t next_beat = 0;
+    int64_t down_until = 0;     // disconnected until
+    int64_t silent_until = 0;   // connected but its heartbeats are lost
+    Activity activity = Activity::kActive;
+  };
+  std::vector<SimClient> sims_;
+  int64_t sim_start_ = -1;
+  std::mt19937_64 rng_;
+};
+
+// ---- WebSocket session -------------------------------------------------------
+
+class WsSession : public std::enable_shared_from_this<WsSession> {
+ public:
+  WsSession(Server::Impl* server, tcp::socket socket)
+      : server_(server), ws_(std::move(socket)) {}
+
+  void Start(http::request<http::string_body> req, std::string user_id, std::string device_id,
+             presence::Platform platform);
+
+  void OnAccept(beast::error_code ec);
+
+  // Queues one text message; the slow-consumer bound applies.
+  void Send(std::string msg);
+
+  void SendError(absl::string_view code, absl::string_view message, absl::string_view id_json);
+
+  // Closes with `code` once what is queued has been written.
+  void CloseWith(websocket::close_code code, std::string reason);
+
+  void ForceClose();
+
+  // Called every second by the server's sweep.
+  void Check(int64_t now);
+
+  const std::string& user_id() const { return user_id_; }
+
+ private:
+  void SlowConsumer(absl::string_view why);
+
+  void DoWrite();
+
+  void OnWrite(beast::error_code ec, size_t n);
+
+  void DoClose();
+
+  void DoRead();
+
+  void OnRead(beast::error_code ec);
+
+  bool RateLimited();
+
+  void Handle(absl::string_view text);
+
+  void Beat(const ClientMessage& m);
+
+  void Subscribe(const ClientMessage& m);
+
+  void Unsubscribe(const ClientMessage& m);
+
+  void SendAck(absl::string_view type, absl::string_view id_json);
+
+  void SendErrorWith(absl::string_view code, absl::string_view message, absl::string_view id_json,
+                     absl::string_view extra);
+
+  // Once, however the connection ended: the device disconnects (abruptly,
+  // unless the client said bye: then it already did, cleanly) and the
+  // subscriber is closed.
+  void Finish();
+
+  Server::Impl* server_;
+  websocket::stream<beast::tcp_stream> ws_;
+  beast::flat_buffer buffer_;
+  bool discarding_ = false;
+  size_t discarded_ = 0;
+
+  std::deque<std::string> queue_;
+  size_t queued_bytes_ = 0;
+  bool writing_ = false;
+  int64_t write_started_ms_ = 0;
+  bool closing_ = false;
+  bool close_started_ = false;
+  int64_t close_deadline_ms_ = 0;
+  websocket::close_reason close_reason_;
+  bool finished_ = false;
+  bool registered_ = false;
+
+  std::string user_id_, device_id_;
+  presence::Platform platform_ = presence::Platform::kWeb;
+  uint64_t session_id_ = 0;
+  DeviceHandle handle_;
+  SubscriberId sub_ = 0;
+  Activity activity_ = Activity::kActive;
+  absl::flat_hash_set<std::string> users_, topics_;
+  double tokens_ = 0;
+  int64_t last_refill_ms_ = 0;
+};
+
+}  // namespace presence_server
+
+#endif  // PRESENCE_EXAMPLES_SERVER_SERVER_INTERNAL_H_

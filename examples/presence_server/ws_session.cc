@@ -1,0 +1,419 @@
+// File: examples/presence_server/ws_session.cc
+//
+// One WebSocket client of presence_server: its device (connect, heartbeats,
+// bye), its subscriber (users and topics, within max_subscriptions), its
+// outbound queue (the slow-consumer bound), its message rate, and the close
+// handshake.
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "json.h"
+#include "server_internal.h"
+
+namespace presence_server {
+
+void WsSession::Start(http::request<http::string_body> req, std::string user_id, std::string device_id,
+                      presence::Platform platform) {
+  user_id_ = std::move(user_id);
+  device_id_ = std::move(device_id);
+  platform_ = platform;
+  const ServerOptions& o = server_->opts();
+  tokens_ = o.message_burst;
+  last_refill_ms_ = MonoMs();
+  beast::get_lowest_layer(ws_).expires_never();
+  websocket::stream_base::timeout to{};
+  to.handshake_timeout = std::chrono::seconds(10);
+  to.idle_timeout = std::chrono::milliseconds(o.idle_timeout_ms);
+  to.keep_alive_pings = true;
+  ws_.set_option(to);
+  ws_.read_message_max(o.max_frame_bytes);
+  ws_.auto_fragment(false);
+  ws_.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+    res.set(http::field::server, "presence_server");
+  }));
+  ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) { self->OnAccept(ec); });
+}
+
+void WsSession::OnAccept(beast::error_code ec) {
+  if (ec) {
+    ++server_->metrics().ws_rejected;
+    return;
+  }
+  if (server_->shutting_down()) {
+    ForceClose();
+    return;
+  }
+  presence::SubscriberOptions so;
+  so.owner_user_id = user_id_;
+  so.sink = server_;
+  absl::StatusOr<SubscriberId> sub = server_->fanout()->Subscribe(so);
+  if (!sub.ok()) {
+    SendError("internal", std::string(sub.status().message()), "");
+    CloseWith(websocket::close_code::try_again_later, "cannot subscribe");
+    return;
+  }
+  sub_ = *sub;
+  server_->Register(sub_, shared_from_this());
+  registered_ = true;
+  ++server_->metrics().ws_accepted;
+
+  session_id_ = server_->NextSessionId();
+  presence::Signal s;
+  s.user_id = user_id_;
+  s.device_id = device_id_;
+  s.session_id = session_id_;
+  s.platform = platform_;
+  s.source = presence::Source::kApp;
+  s.activity = Activity::kActive;
+  s.gateway = "presence_server";
+  s.trace_id = session_id_;
+  absl::StatusOr<DeviceHandle> h = server_->engine()->Connect(s);
+  if (!h.ok()) {
+    SendError(h.status().code() == absl::StatusCode::kResourceExhausted ? "too_many_devices" : "bad_request",
+              std::string(h.status().message()), "");
+    CloseWith(websocket::close_code::policy_error, "cannot connect the device");
+    return;
+  }
+  handle_ = *h;
+
+  const Access& a = server_->access();
+  std::vector<std::string> friends = a.FriendsOf(user_id_);
+  std::vector<std::string> topics = a.TopicsOf(user_id_);
+  const ServerOptions& o = server_->opts();
+  std::string hello = "{\"type\":\"welcome\",\"user_id\":";
+  AppendJsonString(&hello, user_id_);
+  hello.append(",\"device_id\":");
+  AppendJsonString(&hello, device_id_);
+  absl::StrAppend(&hello, ",\"session_id\":", session_id_, ",\"subscriber_id\":", sub_,
+                  ",\"operator\":", a.IsOperator(user_id_) ? "true" : "false",
+                  ",\"friends\":", JsonStringArray(friends), ",\"topics\":", JsonStringArray(topics),
+                  ",\"heartbeat_interval_ms\":", server_->engine()->options().app.interval_ms,
+                  ",\"server_time_ms\":", server_->engine()->NowMs(),
+                  ",\"limits\":{\"max_message_bytes\":", o.max_message_bytes,
+                  ",\"max_subscriptions\":", o.max_subscriptions,
+                  ",\"max_queue_bytes\":", o.max_queue_bytes, ",\"message_rate\":", o.message_rate,
+                  ",\"message_burst\":", o.message_burst, "}}");
+  Send(std::move(hello));
+  if (o.verbose) {
+    std::fprintf(stderr, "ws: %s/%s connected (subscriber %llu)\n", user_id_.c_str(),
+                 device_id_.c_str(), static_cast<unsigned long long>(sub_));
+  }
+  DoRead();
+}
+
+void WsSession::Send(std::string msg) {
+  if (closing_ || finished_) return;
+  const ServerOptions& o = server_->opts();
+  if (queued_bytes_ + msg.size() > o.max_queue_bytes) {
+    SlowConsumer("its unread messages passed the queue limit");
+    return;
+  }
+  queued_bytes_ += msg.size();
+  queue_.push_back(std::move(msg));
+  if (!writing_) DoWrite();
+}
+
+void WsSession::SendError(absl::string_view code, absl::string_view message, absl::string_view id_json) {
+  server_->CountError(code);
+  std::string e = "{\"type\":\"error\",\"code\":";
+  AppendJsonString(&e, code);
+  e.append(",\"message\":");
+  AppendJsonString(&e, message);
+  if (!id_json.empty()) absl::StrAppend(&e, ",\"id\":", id_json);
+  e.append("}");
+  Send(std::move(e));
+}
+
+void WsSession::CloseWith(websocket::close_code code, std::string reason) {
+  if (closing_ || finished_) return;
+  closing_ = true;
+  close_deadline_ms_ = MonoMs() + 3000;
+  close_reason_ = websocket::close_reason(code, reason);
+  if (!writing_) DoClose();
+}
+
+void WsSession::ForceClose() {
+  beast::error_code ec;
+  beast::get_lowest_layer(ws_).socket().close(ec);
+  Finish();
+}
+
+void WsSession::Check(int64_t now) {
+  if (finished_) return;
+  if (closing_ && now > close_deadline_ms_) {
+    ForceClose();
+  } else if (writing_ && now - write_started_ms_ > server_->opts().write_stall_ms) {
+    ++server_->metrics().slow_consumers;
+    server_->CountError("slow_consumer");
+    ForceClose();  // the socket is not draining: no error can be sent
+  }
+}
+
+void WsSession::SlowConsumer(absl::string_view why) {
+  ++server_->metrics().slow_consumers;
+  server_->CountError("slow_consumer");
+  // Drop what waits (keep a message being written), then say why and close.
+  while (queue_.size() > (writing_ ? 1u : 0u)) {
+    queued_bytes_ -= queue_.back().size();
+    queue_.pop_back();
+  }
+  std::string e = "{\"type\":\"error\",\"code\":\"slow_consumer\",\"message\":";
+  AppendJsonString(&e, absl::StrCat("disconnected: ", why, " (",
+                                    server_->opts().max_queue_bytes, " bytes)"));
+  e.append("}");
+  queued_bytes_ += e.size();
+  queue_.push_back(std::move(e));
+  if (!writing_) DoWrite();
+  CloseWith(websocket::close_code::policy_error, "slow consumer");
+}
+
+void WsSession::DoWrite() {
+  writing_ = true;
+  write_started_ms_ = MonoMs();
+  ws_.text(true);
+  ws_.async_write(net::buffer(queue_.front()),
+                  [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnWrite(ec, n); });
+}
+
+void WsSession::OnWrite(beast::error_code ec, size_t n) {
+  writing_ = false;
+  if (ec) {
+    Finish();
+    return;
+  }
+  ++server_->metrics().ws_messages_out;
+  server_->metrics().ws_bytes_out += n;
+  queued_bytes_ -= queue_.front().size();
+  queue_.pop_front();
+  if (!queue_.empty() && !finished_) {
+    DoWrite();
+  } else if (closing_ && !finished_) {
+    DoClose();
+  }
+}
+
+void WsSession::DoClose() {
+  if (close_started_) return;
+  close_started_ = true;
+  writing_ = true;  // a close is a write: nothing else may start
+  ws_.async_close(close_reason_, [self = shared_from_this()](beast::error_code) { self->Finish(); });
+}
+
+void WsSession::DoRead() {
+  ws_.async_read_some(buffer_, 4096, [self = shared_from_this()](beast::error_code ec, size_t) {
+    self->OnRead(ec);
+  });
+}
+
+void WsSession::OnRead(beast::error_code ec) {
+  if (ec) {
+    if (ec == websocket::error::message_too_big) server_->CountError("message_too_big");
+    Finish();
+    return;
+  }
+  const ServerOptions& o = server_->opts();
+  if (discarding_ || buffer_.size() > o.max_message_bytes) {
+    discarding_ = true;
+    discarded_ += buffer_.size();
+    buffer_.consume(buffer_.size());
+  }
+  if (ws_.is_message_done()) {
+    ++server_->metrics().ws_messages_in;
+    if (discarding_) {
+      SendError("message_too_big",
+                absl::StrCat("a message of ", discarded_, "+ bytes is over the limit of ",
+                             o.max_message_bytes, " bytes; it was discarded"),
+                "");
+      discarding_ = false;
+      discarded_ = 0;
+    } else if (!ws_.got_text()) {
+      buffer_.consume(buffer_.size());
+      SendError("bad_message", "binary messages are not accepted; send JSON text", "");
+    } else {
+      std::string text = beast::buffers_to_string(buffer_.data());
+      buffer_.consume(buffer_.size());
+      if (RateLimited()) {
+        SendError("rate_limited",
+                  absl::StrCat("more than ", o.message_rate, " messages per second; message dropped"), "");
+      } else {
+        Handle(text);
+      }
+    }
+  }
+  if (!finished_ && !close_started_) DoRead();
+}
+
+bool WsSession::RateLimited() {
+  const ServerOptions& o = server_->opts();
+  int64_t now = MonoMs();
+  tokens_ = std::min(o.message_burst, tokens_ + (now - last_refill_ms_) * o.message_rate / 1000.0);
+  last_refill_ms_ = now;
+  if (tokens_ < 1) return true;
+  tokens_ -= 1;
+  return false;
+}
+
+void WsSession::Handle(absl::string_view text) {
+  absl::StatusOr<ClientMessage> parsed = ParseClientMessage(text);
+  if (!parsed.ok()) {
+    SendError(ErrorCodeOf(parsed.status()), parsed.status().message(), "");
+    return;
+  }
+  ClientMessage& m = *parsed;
+  switch (m.type) {
+    case ClientMessageType::kHeartbeat:
+    case ClientMessageType::kActivity:
+      Beat(m);
+      break;
+    case ClientMessageType::kSubscribe:
+      Subscribe(m);
+      break;
+    case ClientMessageType::kUnsubscribe:
+      Unsubscribe(m);
+      break;
+    case ClientMessageType::kBye:
+      if (handle_.valid()) {
+        server_->engine()->Disconnect(handle_, DisconnectKind::kClean).IgnoreError();
+        handle_ = {};
+      }
+      CloseWith(websocket::close_code::normal, "bye");
+      break;
+  }
+}
+
+void WsSession::Beat(const ClientMessage& m) {
+  if (!handle_.valid()) return;
+  if (m.activity) activity_ = *m.activity;
+  absl::Status st = server_->engine()->Beat(handle_, activity_, m.source);
+  if (st.code() == absl::StatusCode::kNotFound) {
+    // The device was connected again elsewhere with a newer session.
+    handle_ = {};
+    SendError("session_replaced",
+              "this device connected again with a newer session; this connection is closed", m.id_json);
+    CloseWith(websocket::close_code::policy_error, "session replaced");
+  } else if (st.code() == absl::StatusCode::kResourceExhausted) {
+    // The engine's own flood limit (Options::max_signals_per_device_per_sec).
+    SendError("rate_limited", st.message(), m.id_json);
+  } else if (!st.ok()) {
+    SendError("bad_request", st.message(), m.id_json);
+  }
+}
+
+void WsSession::Subscribe(const ClientMessage& m) {
+  const Access& a = server_->access();
+  std::vector<std::string> unknown, forbidden, unknown_topics, add_users, add_topics;
+  for (const std::string& u : m.users) {
+    if (!a.UserExists(u)) unknown.push_back(u);
+    else if (!a.MayRead(user_id_, u)) forbidden.push_back(u);
+    else if (!users_.contains(u) &&
+             std::find(add_users.begin(), add_users.end(), u) == add_users.end()) add_users.push_back(u);
+  }
+  for (const std::string& t : m.topics) {
+    if (!a.TopicExists(t)) unknown_topics.push_back(t);
+    else if (!a.MayJoin(user_id_, t)) forbidden.push_back(t);
+    else if (!topics_.contains(t) &&
+             std::find(add_topics.begin(), add_topics.end(), t) == add_topics.end()) add_topics.push_back(t);
+  }
+  if (!unknown.empty()) {
+    SendErrorWith("unknown_user", "no such user; nothing was subscribed", m.id_json,
+                  absl::StrCat(",\"user_ids\":", JsonStringArray(unknown)));
+    return;
+  }
+  if (!unknown_topics.empty()) {
+    SendErrorWith("unknown_topic", "no such topic; nothing was subscribed", m.id_json,
+                  absl::StrCat(",\"topics\":", JsonStringArray(unknown_topics)));
+    return;
+  }
+  if (!forbidden.empty()) {
+    SendErrorWith("forbidden", "you may not watch these; nothing was subscribed", m.id_json,
+                  absl::StrCat(",\"ids\":", JsonStringArray(forbidden)));
+    return;
+  }
+  size_t total = users_.size() + topics_.size() + add_users.size() + add_topics.size();
+  if (total > server_->opts().max_subscriptions) {
+    SendError("too_many_subscriptions",
+              absl::StrCat("a connection may watch at most ", server_->opts().max_subscriptions,
+                           " users and topics; this would make ", total, "; nothing was subscribed"),
+              m.id_json);
+    return;
+  }
+  if (!add_users.empty()) {
+    std::vector<absl::string_view> ids(add_users.begin(), add_users.end());
+    absl::Status st = server_->fanout()->AddUsers(sub_, ids);
+    if (!st.ok()) {
+      SendError("too_many_subscriptions", st.message(), m.id_json);
+      return;
+    }
+    users_.insert(add_users.begin(), add_users.end());
+  }
+  for (const std::string& t : add_topics) {
+    absl::Status st = server_->fanout()->Join(sub_, t);
+    if (!st.ok()) {
+      SendError(st.code() == absl::StatusCode::kResourceExhausted ? "too_many_subscriptions" : "bad_request",
+                st.message(), m.id_json);
+      return;
+    }
+    topics_.insert(t);
+  }
+  SendAck("subscribed", m.id_json);
+}
+
+void WsSession::Unsubscribe(const ClientMessage& m) {
+  std::vector<absl::string_view> remove;
+  for (const std::string& u : m.users) {
+    if (users_.contains(u)) remove.push_back(u);
+  }
+  if (!remove.empty()) {
+    server_->fanout()->RemoveUsers(sub_, remove).IgnoreError();
+    for (absl::string_view u : remove) users_.erase(u);
+  }
+  for (const std::string& t : m.topics) {
+    if (topics_.erase(t) > 0) server_->fanout()->Leave(sub_, t).IgnoreError();
+  }
+  SendAck("unsubscribed", m.id_json);
+}
+
+void WsSession::SendAck(absl::string_view type, absl::string_view id_json) {
+  std::vector<std::string> users(users_.begin(), users_.end()), topics(topics_.begin(), topics_.end());
+  std::sort(users.begin(), users.end());
+  std::sort(topics.begin(), topics.end());
+  std::string out = absl::StrCat("{\"type\":\"", type, "\"");
+  if (!id_json.empty()) absl::StrAppend(&out, ",\"id\":", id_json);
+  absl::StrAppend(&out, ",\"users\":", JsonStringArray(users), ",\"topics\":", JsonStringArray(topics), "}");
+  Send(std::move(out));
+}
+
+void WsSession::SendErrorWith(absl::string_view code, absl::string_view message, absl::string_view id_json,
+                              absl::string_view extra) {
+  server_->CountError(code);
+  std::string e = "{\"type\":\"error\",\"code\":";
+  AppendJsonString(&e, code);
+  e.append(",\"message\":");
+  AppendJsonString(&e, message);
+  if (!id_json.empty()) absl::StrAppend(&e, ",\"id\":", id_json);
+  e.append(extra.data(), extra.size());
+  e.append("}");
+  Send(std::move(e));
+}
+
+void WsSession::Finish() {
+  if (finished_) return;
+  finished_ = true;
+  if (handle_.valid()) {
+    server_->engine()->Disconnect(handle_, DisconnectKind::kAbrupt).IgnoreError();
+    handle_ = {};
+  }
+  if (registered_) {
+    server_->fanout()->Close(sub_).IgnoreError();
+    if (server_->opts().verbose) {
+      std::fprintf(stderr, "ws: %s/%s closed\n", user_id_.c_str(), device_id_.c_str());
+    }
+    registered_ = false;
+    server_->Unregister(sub_);  // may drop the last reference but one: ours is in the handler
+  }
+}
+
+}  // namespace presence_server

@@ -1,0 +1,184 @@
+// The device record: one 64-byte cache line per (user_id, device_id), with
+// the device id inside it when shorter than 16 bytes.
+//
+// A heartbeat on a handle touches only the first 16 bytes (the three
+// per-source signal times and the generation/fast word), and a keyed lookup
+// compares the id without leaving the line. Records live in chunks that
+// never move (DeviceTable), so a lock-free heartbeat can reach its record
+// while another thread adds devices.
+#ifndef PRESENCE_SRC_CORE_DEVICE_H_
+#define PRESENCE_SRC_CORE_DEVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+
+#include "absl/strings/string_view.h"
+#include "presence/types.h"
+#include "src/core/time32.h"
+
+namespace presence::internal {
+
+inline constexpr uint32_t kNone = 0xffffffffu;
+
+inline int SourceIndex(Source s) { return static_cast<int>(s) - 1; }
+
+// Ids are stored as one heap block: a length byte, then the bytes.
+class IdBytes {
+ public:
+  IdBytes() = default;
+  explicit IdBytes(absl::string_view id) {
+    p_ = static_cast<char*>(::operator new(id.size() + 1));
+    p_[0] = static_cast<char>(id.size());
+    std::memcpy(p_ + 1, id.data(), id.size());
+  }
+  IdBytes(IdBytes&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+  IdBytes& operator=(IdBytes&& o) noexcept {
+    if (this != &o) {
+      reset();
+      p_ = o.p_;
+      o.p_ = nullptr;
+    }
+    return *this;
+  }
+  ~IdBytes() { reset(); }
+  void reset() {
+    ::operator delete(p_);
+    p_ = nullptr;
+  }
+  absl::string_view view() const {
+    return p_ ? absl::string_view(p_ + 1, static_cast<unsigned char>(p_[0])) : absl::string_view();
+  }
+
+ private:
+  char* p_ = nullptr;
+};
+
+// A user or device id: ids shorter than 16 bytes live inline (no
+// allocation, and no cache miss to read them); longer ones in an IdBytes. The last byte tells which: 0x80 | length inline, 0 on the heap.
+class InlineId {
+ public:
+  InlineId() { buf_[kTag] = static_cast<char>(0x80); }
+  explicit InlineId(absl::string_view id) {
+    if (id.size() < kTag) {
+      std::memcpy(buf_, id.data(), id.size());
+      buf_[kTag] = static_cast<char>(0x80 | id.size());
+    } else {
+      new (buf_) IdBytes(id);
+      buf_[kTag] = 0;
+    }
+  }
+  InlineId(InlineId&& o) noexcept {
+    std::memcpy(buf_, o.buf_, sizeof(buf_));
+    o.buf_[kTag] = static_cast<char>(0x80);
+  }
+  InlineId& operator=(InlineId&& o) noexcept {
+    if (this != &o) {
+      reset();
+      std::memcpy(buf_, o.buf_, sizeof(buf_));
+      o.buf_[kTag] = static_cast<char>(0x80);
+    }
+    return *this;
+  }
+  ~InlineId() { reset(); }
+  absl::string_view view() const {
+    if (inline_()) return absl::string_view(buf_, buf_[kTag] & 0x7f);
+    return heap()->view();
+  }
+  void reset() {
+    if (!inline_()) std::launder(reinterpret_cast<IdBytes*>(buf_))->~IdBytes();
+    buf_[kTag] = static_cast<char>(0x80);
+  }
+
+ private:
+  static constexpr size_t kTag = 15;
+  bool inline_() const { return buf_[kTag] != 0; }
+  const IdBytes* heap() const { return std::launder(reinterpret_cast<const IdBytes*>(buf_)); }
+  alignas(8) char buf_[16];
+};
+
+// Device phases. SUSPECT (docs/design.md rule 1) is not stored: it is derived from
+// the signal times when asked, since others see a SUSPECT device as live.
+enum class Phase : uint8_t {
+  kFree = 0,   // slot unused
+  kLive = 1,   // session open; live while any source is within offline_after
+  kGrace = 2,  // abrupt disconnect: still live until `due`
+  kDead = 3,   // no longer counts; record kept until `due` (retention)
+};
+
+// The fast word: generation in the high 24 bits, fast bits in the low 8.
+//   bit 2*i:     source i is live (per the last evaluation)
+//   bit 2*i + 1: source i's last signal said ACTIVE
+//   bit 6:       open: phase LIVE and no detector watching, so a heartbeat
+//                that matches the live and active bits may skip the lock.
+namespace fast {
+inline constexpr uint32_t kOpen = 1u << 6;
+inline constexpr uint32_t kBitsMask = 0xffu;
+inline constexpr uint32_t LiveBit(int i) { return 1u << (2 * i); }
+inline constexpr uint32_t ActiveBit(int i) { return 1u << (2 * i + 1); }
+inline constexpr uint32_t kAllLive = LiveBit(0) | LiveBit(1) | LiveBit(2);
+inline constexpr uint32_t kGenMask = 0xffffffu;
+inline uint32_t Gen(uint32_t word) { return word >> 8; }
+inline uint32_t Make(uint32_t gen, uint32_t bits) { return (gen << 8) | (bits & kBitsMask); }
+}  // namespace fast
+
+// Device::flags bits.
+namespace dflag {
+inline constexpr uint8_t kSeen0 = 1u << 0;  // source i has signalled in this session: kSeen0 << i
+inline constexpr uint8_t kClosed = 1u << 3;         // the session was disconnected
+inline constexpr uint8_t kDiedUnclean = 1u << 4;    // died by timeout or abrupt disconnect
+inline constexpr uint8_t kGraceOnline = 1u << 5;    // counted ONLINE when it entered grace
+inline constexpr uint8_t kAdaptive = 1u << 6;       // a detector decides its timeout
+inline constexpr uint8_t kStoreDirty = 1u << 7;     // changed since last written to the Store
+}  // namespace dflag
+
+struct alignas(64) Device {
+  std::atomic<Time32> seen[kSourceCount];  // last signal per source (wrapping ms)
+  std::atomic<uint32_t> gen_fast;          // see namespace fast
+  uint64_t session = 0;
+  InlineId id;
+  uint32_t user = kNone;  // index of the owning user in the shard
+  uint32_t next = kNone;  // next device of the same user, or next free slot
+  Time32 due = 0;         // when the canonical timer entry fires
+  Platform platform = Platform::kOther;
+  Phase phase = Phase::kFree;
+  uint8_t flags = 0;
+  uint8_t gateway = 0;  // GatewayTable index; 0: none
+  // Flood limit: the second (low 16 bits of now / 1000) in the high half,
+  // signals accepted in it in the low half. Written without a lock by the
+  // heartbeat; a rare lost update between two threads beating the same
+  // handle only makes the limit a little lenient. Like seen, reset when the
+  // record is reused, never by a heartbeat of its previous device
+  // (DeviceTable's grace period).
+  std::atomic<uint32_t> rate{0};
+
+  // Counts one signal at `now_ms`; false when it passes `limit` per second.
+  bool TakeRate(int64_t now_ms, uint32_t limit) {
+    if (limit == 0) return true;
+    const uint32_t sec = static_cast<uint32_t>(now_ms / 1000) & 0xffffu;
+    uint32_t w = rate.load(std::memory_order_relaxed);
+    uint32_t count = (w >> 16) == sec ? (w & 0xffffu) : 0;
+    if (count >= limit) return false;
+    rate.store((sec << 16) | (count + 1), std::memory_order_relaxed);
+    return true;
+  }
+
+  uint32_t bits() const { return gen_fast.load(std::memory_order_relaxed) & fast::kBitsMask; }
+  uint32_t gen() const { return fast::Gen(gen_fast.load(std::memory_order_relaxed)); }
+  void set_bits(uint32_t b) { gen_fast.store(fast::Make(gen(), b), std::memory_order_release); }
+  // Invalidates every handle to this device.
+  void bump_gen(uint32_t bits) {
+    uint32_t g = (gen() + 1) & fast::kGenMask;
+    if (g == 0) g = 1;
+    gen_fast.store(fast::Make(g, bits), std::memory_order_release);
+  }
+  bool has_seen(int i) const { return flags & (dflag::kSeen0 << i); }
+};
+
+static_assert(sizeof(Device) == 64, "keep the device record at one cache line");
+
+}  // namespace presence::internal
+
+#endif  // PRESENCE_SRC_CORE_DEVICE_H_

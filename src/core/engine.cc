@@ -1,0 +1,1208 @@
+#include "presence/engine.h"
+
+#include <algorithm>
+#include <deque>
+#include <limits>
+#include <map>
+#include <atomic>
+#include <utility>
+
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "absl/base/attributes.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
+#include "absl/strings/str_cat.h"
+#include "src/core/bus_batches.h"
+#include "src/core/mutex.h"
+#include "presence/bus.h"
+#include "presence/clock.h"
+#include "presence/history.h"
+#include "presence/store.h"
+#include "presence/wire.h"
+#include "presence/listener.h"
+#include "presence/version.h"
+#include "src/scaleout/partition.h"
+#include "src/core/shard.h"
+#include "src/core/test_hooks.h"
+#include "src/core/validate.h"
+
+namespace presence {
+
+const char* VersionString() { return PRESENCE_VERSION_STRING; }
+
+namespace internal {
+
+// The lock-free heartbeat's block of one thread in one engine: its counters
+// and its pin. Only the owning thread writes a claimed block (a plain load
+// and store, no locked instruction); readers sum the blocks. Threads past
+// the engine's kClaimedBlocks share one more block, through locked RMWs.
+struct alignas(64) BeatCounters {
+  std::atomic<uint64_t> owner{0};  // the claiming thread's token; 0: free
+  // Owned block: the epoch in which the thread's running beat began (0:
+  // none). Shared block: how many beats through it are running.
+  std::atomic<uint64_t> pinned{0};
+  std::atomic<uint64_t> accepted[kSourceCount] = {};
+  std::atomic<uint64_t> rate_limited{0};
+};
+
+// This thread's token (0 until its first beat), and its blocks for its last
+// few engines.
+struct ThreadCounterCache {
+  struct Entry {
+    uint64_t engine = 0;
+    BeatCounters* counters = nullptr;
+  };
+  static thread_local uint64_t token;
+  static thread_local Entry entries[4];
+  static thread_local unsigned next;
+};
+thread_local uint64_t ThreadCounterCache::token = 0;
+thread_local ThreadCounterCache::Entry ThreadCounterCache::entries[4];
+thread_local unsigned ThreadCounterCache::next = 0;
+std::atomic<uint64_t> next_thread_token{1};
+
+class EngineCore;
+std::atomic<uint64_t> next_engine_id{1};
+
+// The engine whose listeners this thread is calling (null: none).
+thread_local const EngineCore* tls_calling_listeners = nullptr;
+
+// Asymmetric fences (the light side a compiler barrier, the heavy side the
+// membarrier system call, as hazard pointers use them) when the kernel has
+// private expedited membarrier; else both sides pay a full fence.
+bool RegisterMembarrier() {
+  return syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+const bool kAsymmetricFences = RegisterMembarrier();
+
+void HeavyBarrier() {
+  if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) std::abort();
+}
+
+// EngineCore routes each call to the shard that owns the user, and runs the
+// lock-free heartbeat and the engine-wide Tick.
+class EngineCore {
+ public:
+  explicit EngineCore(const Options& options)
+      : clock_(options.clock ? options.clock : SystemClock()),
+        config_{options, LivenessPolicy(options), &next_override_id_, &gateways_, &charged_bytes_,
+                [this](uint64_t hash) { return CheckOwned(hash); }, &epochs_} {
+    if (options.listener != nullptr) listeners_.push_back(options.listener);
+    int n = options.shards == 0 ? 16 : options.shards;
+    while ((1 << shard_bits_) < n) ++shard_bits_;
+    const int64_t now = clock_->NowMs();
+    for (int i = 0; i < (1 << shard_bits_); ++i) {
+      shards_.push_back(std::make_unique<Shard>(&config_, static_cast<uint32_t>(i), now));
+    }
+    for (uint32_t p = 0; p < partitions_; ++p) owned_[p].store(owns_all_, std::memory_order_relaxed);
+  }
+
+  const Options& options() const { return config_.options; }
+  int64_t Now() const { return clock_->NowMs(); }
+
+  uint32_t ShardIndex(uint64_t hash) const {
+    return shard_bits_ == 0 ? 0 : static_cast<uint32_t>(hash >> (64 - shard_bits_));
+  }
+  Shard& ShardFor(uint64_t hash) { return *shards_[ShardIndex(hash)]; }
+
+  // Validates a signal and resolves its time; counts it when invalid.
+  absl::Status Accept(const Signal& s, int64_t now, AcceptedSignal* out) {
+    absl::Status st = ValidateSignal(s);
+    if (st.ok()) {
+      int64_t ts = s.timestamp_ms == 0 ? now : s.timestamp_ms;
+      if (ts > now + config_.options.max_future_skew_ms) {
+        st = absl::InvalidArgumentError(
+            absl::StrCat("timestamp_ms is ", ts - now, " ms ahead of the engine's clock"));
+      } else if (ts < now - config_.options.max_signal_age_ms) {
+        st = absl::InvalidArgumentError(
+            absl::StrCat("timestamp_ms is ", now - ts, " ms behind the engine's clock"));
+      }
+      uint8_t gateway = 0;
+      if (st.ok()) {
+        auto g = gateways_.Intern(s.gateway);
+        if (g.ok()) {
+          gateway = *g;
+        } else {
+          st = g.status();
+        }
+      }
+      *out = AcceptedSignal{&s, HashUserId(s.user_id), std::min(ts, now), gateway};
+      if (st.ok()) st = CheckOwned(out->hash);
+    }
+    if (!st.ok()) invalid_.fetch_add(1, std::memory_order_relaxed);
+    return st;
+  }
+
+  // OK when this engine serves the user of `hash` (it owns its partition).
+  absl::Status CheckOwned(uint64_t hash) const {
+    if (owns_all_) return absl::OkStatus();
+    const uint32_t p = PartitionOfHash(hash, partitions_);
+    if (owned_[p].load(std::memory_order_acquire)) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("the user is in partition ", p, ", which this engine does not own"));
+  }
+  bool Owns(uint32_t partition) const {
+    return partition < partitions_ && owned_[partition].load(std::memory_order_acquire);
+  }
+
+  absl::Status Apply(const Signal& s, DeviceHandle* handle) {
+    const int64_t now = Now();
+    AcceptedSignal a;
+    if (auto st = Accept(s, now, &a); !st.ok()) return st;
+    if (auto hook = test_hooks::keyed_accepted.load()) hook(a.hash);
+    return ShardFor(a.hash).Apply(a, now, handle);
+  }
+
+  // `replay`: the signals were read back from the bus (see AcceptedSignal).
+  BatchResult ApplyBatch(absl::Span<const Signal> signals, bool replay = false) {
+    BatchResult result;
+    const int64_t now = Now();
+    // Group by shard, keeping each shard's signals in order, so that each
+    // shard is locked once per batch: a counting sort, with no allocation
+    // once this thread's buffers have grown.
+    thread_local std::vector<AcceptedSignal> accepted;
+    thread_local std::vector<AcceptedSignal> grouped;
+    thread_local std::vector<size_t> pos;  // per shard: where its slice of `grouped` begins
+    accepted.clear();
+    pos.assign(shards_.size() + 1, 0);
+    for (const Signal& s : signals) {
+      AcceptedSignal a;
+      if (absl::Status st = Accept(s, now, &a); !st.ok()) {
+        ++result.rejected;
+        if (result.first_error.ok()) result.first_error = std::move(st);
+        continue;
+      }
+      a.replay = replay;
+      accepted.push_back(a);
+      ++pos[ShardIndex(a.hash) + 1];
+    }
+    for (size_t k = 1; k < pos.size(); ++k) pos[k] += pos[k - 1];
+    grouped.resize(accepted.size());
+    for (const AcceptedSignal& a : accepted) grouped[pos[ShardIndex(a.hash)]++] = a;
+    // Filling moved each pos[k] to where shard k's slice ends.
+    size_t begin = 0;
+    for (size_t k = 0; k < shards_.size(); ++k) {
+      if (pos[k] > begin) shards_[k]->ApplyMany(grouped.data() + begin, pos[k] - begin, now, &result);
+      begin = pos[k];
+    }
+    return result;
+  }
+
+  // See Engine::DisconnectDevice.
+  absl::Status DisconnectDevice(absl::string_view user_id, absl::string_view device_id,
+                                uint64_t session_id, DisconnectKind kind) {
+    if (auto st = ValidateUserId(user_id); !st.ok()) return st;
+    if (auto st = ValidateDeviceId(device_id); !st.ok()) return st;
+    if (auto st = ValidateDisconnectKind(kind); !st.ok()) return st;
+    const uint64_t h = HashUserId(user_id);
+    return ShardFor(h).DisconnectDevice(user_id, h, device_id, session_id, kind, Now());
+  }
+
+  // The heartbeat fast path: see Engine::Beat.
+  absl::Status Beat(DeviceHandle h, Activity activity, Source source) {
+    BeatPin pin(this);
+    return BeatAt(h, Resolve(h), activity, source, Now(), pin.counters());
+  }
+
+  // See Engine::BeatMany. Each handle is resolved and its record prefetched
+  // kAhead places before it beats, so about that many cache misses are in
+  // flight at once where a loop of Beat calls waits for them one by one.
+  BatchResult BeatMany(absl::Span<const DeviceHandle> handles, Activity activity, Source source) {
+    constexpr size_t kAhead = 32;  // a power of two; 24 to 40 measured alike
+    Device* ahead[kAhead];
+    BatchResult result;
+    BeatPin pin(this);  // one pin for the whole batch
+    const int64_t now = Now();
+    const size_t n = handles.size();
+    auto resolve = [&](size_t i) {
+      Device* d = Resolve(handles[i]);
+      if (d != nullptr) __builtin_prefetch(d, 1);
+      ahead[i % kAhead] = d;
+    };
+    for (size_t i = 0; i < std::min(n, kAhead); ++i) resolve(i);
+    for (size_t i = 0; i < n; ++i) {
+      Device* d = ahead[i % kAhead];
+      if (i + kAhead < n) resolve(i + kAhead);
+      CountOutcome(BeatAt(handles[i], d, activity, source, now, pin.counters()), &result);
+    }
+    return result;
+  }
+
+  // The record of a handle's slot (which may be free or reused: BeatAt checks
+  // the generation); null when the handle cannot be one of this engine's.
+  Device* Resolve(DeviceHandle h) const {
+    const uint32_t shard = static_cast<uint32_t>(h.value >> 56);
+    return shard < shards_.size() ? shards_[shard]->devices().Find(static_cast<uint32_t>(h.value))
+                                  : nullptr;
+  }
+
+  // A lock-free heartbeat runs pinned: from before it reads a record's
+  // generation until it wrote its last store to the record, its thread's
+  // block holds the epoch it began in, so no record freed since is reused
+  // under it (SlotEpochs, in src/core/device_table.h).
+  class BeatPin {
+   public:
+    // A pin inside a pin of the same thread (a beat from a test hook) keeps
+    // the outer, older one.
+    explicit BeatPin(EngineCore* e) : e_(e), c_(e->ThreadCounters()) {
+      if (c_ == &e_->shared_counters_) {
+        c_->pinned.fetch_add(1, std::memory_order_seq_cst);
+      } else if (outer_ = c_->pinned.load(std::memory_order_relaxed); outer_ == 0) {
+        const uint64_t epoch = e_->epochs_.now.load(std::memory_order_seq_cst);
+        if (kAsymmetricFences) {
+          // The pin must be seen before the record's generation is read; the
+          // tick's membarrier (AdvanceEpoch) orders it, so only the compiler
+          // needs telling here: no locked instruction on the heartbeat.
+          c_->pinned.store(epoch, std::memory_order_relaxed);
+          std::atomic_signal_fence(std::memory_order_seq_cst);
+        } else {
+          c_->pinned.store(epoch, std::memory_order_seq_cst);
+        }
+      }
+    }
+    ~BeatPin() {
+      if (c_ == &e_->shared_counters_) {
+        c_->pinned.fetch_sub(1, std::memory_order_release);
+      } else if (outer_ == 0) {
+        c_->pinned.store(0, std::memory_order_release);
+      }
+    }
+    BeatPin(const BeatPin&) = delete;
+    BeatPin& operator=(const BeatPin&) = delete;
+    BeatCounters* counters() const { return c_; }
+
+   private:
+    EngineCore* const e_;
+    BeatCounters* const c_;
+    uint64_t outer_ = 0;  // the pin this one is inside (0: none)
+  };
+
+  // Adds one to a counter of this thread's block.
+  void Count(BeatCounters* c, std::atomic<uint64_t>& counter) {
+    if (c == &shared_counters_) {
+      counter.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+  }
+
+  // One heartbeat on a handle whose slot `d` is Resolve(h), at `now`, under
+  // a BeatPin whose block is `c`.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE absl::Status BeatAt(DeviceHandle h, Device* d, Activity activity,
+                                                   Source source, int64_t now, BeatCounters* c) {
+    const uint32_t gen = static_cast<uint32_t>(h.value >> 32) & fast::kGenMask;
+    if (d == nullptr || gen == 0) return absl::NotFoundError("not a handle of this engine");
+    const uint32_t a = static_cast<uint32_t>(activity), s = static_cast<uint32_t>(source);
+    if (a - 1 > 1u || s - 1 > 2u) {
+      invalid_.fetch_add(1, std::memory_order_relaxed);
+      return absl::InvalidArgumentError(a - 1 > 1u ? "unknown activity value" : "unknown source value");
+    }
+    const int i = static_cast<int>(s) - 1;
+    const uint32_t word = d->gen_fast.load(std::memory_order_seq_cst);  // after the pin
+    const uint32_t mask = fast::kOpen | fast::LiveBit(i) | fast::ActiveBit(i);
+    const uint32_t want = fast::kOpen | fast::LiveBit(i) |
+                          (activity == Activity::kActive ? fast::ActiveBit(i) : 0u);
+    const Time32 t = ToTime32(now);
+    Time32 seen = d->seen[i].load(std::memory_order_relaxed);
+    // Past this source's offline_after, the source lapsed (Get already says
+    // so) even if no timer noticed yet: the lock decides what its return is.
+    if (fast::Gen(word) == gen && (word & mask) == want && Diff32(t, seen) < lapse_ms_[i]) {
+      // Live, open, and this source already live with this activity: only
+      // the time moves. Lapses are found lazily by the device's timer.
+      if (!d->TakeRate(now, rate_limit_)) {
+        Count(c, c->rate_limited);
+        return absl::ResourceExhaustedError("device passed its signals-per-second limit");
+      }
+      // The time only moves forward, also when another thread's beat (or a
+      // BeatMany that read the clock earlier) races this one.
+      if (auto hook = test_hooks::beat_checked.load(std::memory_order_relaxed)) hook(h);
+      while (Diff32(t, seen) > 0 &&
+             !d->seen[i].compare_exchange_weak(seen, t, std::memory_order_relaxed)) {
+      }
+      Count(c, c->accepted[i]);
+      return absl::OkStatus();
+    }
+    return shards_[static_cast<uint32_t>(h.value >> 56)]->BeatLocked(
+        static_cast<uint32_t>(h.value), gen, activity, source, now);
+  }
+
+  absl::Status Disconnect(DeviceHandle h, DisconnectKind kind) {
+    if (auto st = ValidateDisconnectKind(kind); !st.ok()) return st;
+    const uint32_t shard = static_cast<uint32_t>(h.value >> 56);
+    if (shard >= shards_.size() || !h.valid()) return absl::NotFoundError("not a handle of this engine");
+    return shards_[shard]->DisconnectHandle(static_cast<uint32_t>(h.value),
+                                            static_cast<uint32_t>(h.value >> 32) & fast::kGenMask,
+                                            kind, Now());
+  }
+
+  size_t Tick() {
+    size_t published;
+    {
+      internal::MutexLock lock(&tick_mu_);
+      published = TickLocked(nullptr);
+    }
+    CallListeners();
+    return published;
+  }
+
+  // A tick; *all_written (when not null) tells whether every record and the
+  // offsets were written. Its changes wait in rounds_ for CallListeners,
+  // which the caller runs once it released tick_mu_.
+  size_t TickLocked(bool* all_written_out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    AdvanceEpoch();
+    const int64_t now = Now();
+    events_.clear();
+    // Signals consumed so far are in the records the shards write now; their
+    // offsets are committed only once every shard's write succeeded.
+    std::vector<CommittedOffset> offsets = ConsumedOffsets();
+    bool all_written = true;
+    for (auto& shard : shards_) {
+      if (!shard->Tick(now, &events_, &latency_).ok()) all_written = false;
+    }
+    if (all_written && config_.options.store != nullptr && !offsets.empty() &&
+        offsets != committed_) {
+      StoreBatch batch;
+      batch.offsets = offsets;
+      if (config_.options.store->Write(batch).ok()) {
+        committed_ = std::move(offsets);
+      } else {
+        ++offset_errors_;
+        all_written = false;
+      }
+    }
+    if (all_written_out != nullptr) *all_written_out = all_written;
+    AppendHistory(now);
+    PublishToBus(events_);
+    const size_t published = events_.size();
+    rounds_.push_back(Round{std::move(events_), now});
+    return published;
+  }
+
+  // Calls the listeners with every tick's round of changes not yet handed
+  // out, oldest first, with no lock held but publish_mu_: one thread at a
+  // time calls listeners, so each listener sees each user's changes in
+  // version order. A listener may call back into the engine; a call that
+  // ticks from inside it (RevokePartitions) leaves its round to this loop,
+  // which hands it out once the callback returned.
+  void CallListeners() ABSL_LOCKS_EXCLUDED(tick_mu_, listeners_mu_) {
+    if (tls_calling_listeners == this) return;
+    internal::MutexLock publish(&publish_mu_);
+    const EngineCore* const outer = tls_calling_listeners;
+    tls_calling_listeners = this;
+    for (;;) {
+      Round round;
+      {
+        internal::MutexLock lock(&tick_mu_);
+        if (rounds_.empty()) break;
+        round = std::move(rounds_.front());
+        rounds_.pop_front();
+      }
+      std::vector<ChangeListener*> listeners;
+      {
+        internal::MutexLock lock(&listeners_mu_);
+        listeners = listeners_;
+      }
+      for (ChangeListener* l : listeners) {
+        if (!IsListener(l)) continue;  // removed by a callback of this round
+        if (!round.events.empty()) l->OnChanges(round.events);
+        l->OnTick(round.now_ms);
+      }
+    }
+    tls_calling_listeners = outer;
+  }
+
+  // ---- Durable state ----
+
+  // The partition of a user id (0 without a bus).
+  uint32_t PartitionOf(absl::string_view user_id) const {
+    return PartitionOfHash(HashUserId(user_id), partitions_);
+  }
+
+  // Loads the users, devices and committed offsets of the partitions for
+  // which `wanted` is true (all of them without a bus). Collects everything
+  // before it applies anything, so a failed load changes nothing.
+  absl::Status LoadFromStore(absl::FunctionRef<bool(uint32_t)> wanted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    Store* store = config_.options.store;
+    if (store == nullptr) return absl::OkStatus();
+    // Collect first, then apply: the store may hold its own lock while it
+    // visits, and a shard writes to the store while holding the shard's.
+    struct Loader : StoreVisitor {
+      std::vector<UserRecord> users;
+      std::vector<DeviceRecord> devices;
+      std::vector<CommittedOffset> offsets;
+      void OnUser(const UserRecord& u) override { users.push_back(u); }
+      void OnDevice(const DeviceRecord& d) override { devices.push_back(d); }
+      void OnOffset(const CommittedOffset& o) override { offsets.push_back(o); }
+    } loader;
+    if (auto st = store->Load(&loader); !st.ok()) return st;
+    const int64_t now = Now();
+    for (const UserRecord& u : loader.users) {
+      if (!ValidateUserId(u.user_id).ok()) continue;  // not a record this engine wrote
+      if (!wanted(PartitionOf(u.user_id))) continue;
+      ShardFor(HashUserId(u.user_id)).LoadUser(u, now);
+    }
+    for (const DeviceRecord& d : loader.devices) {
+      if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok()) continue;
+      if (!wanted(PartitionOf(d.user_id))) continue;
+      auto g = gateways_.Intern(d.gateway);
+      if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g.ok() ? *g : 0, now); !st.ok()) {
+        return st;
+      }
+    }
+    internal::MutexLock lock(&consume_mu_);
+    for (auto it = consumed_.begin(); it != consumed_.end();) {
+      it = wanted(it->first) ? consumed_.erase(it) : std::next(it);
+    }
+    for (const CommittedOffset& o : loader.offsets) {
+      if (wanted(o.partition)) consumed_[o.partition] = o.offset;
+    }
+    committed_ = ConsumedOffsetsLocked();
+    return absl::OkStatus();
+  }
+
+  absl::Status Create() {
+    internal::MutexLock lock(&tick_mu_);
+    return LoadFromStore([this](uint32_t p) { return partitions_ == 0 || Owns(p); });
+  }
+
+  absl::Status Rebuild() {
+    internal::MutexLock lock(&tick_mu_);
+    const int64_t now = Now();
+    for (auto& shard : shards_) shard->Clear(now);
+    return LoadFromStore([this](uint32_t p) { return partitions_ == 0 || Owns(p); });
+  }
+
+  // ---- Partition ownership ----
+
+  absl::Status ValidatePartitions(absl::Span<const uint32_t> partitions) const {
+    if (partitions_ == 0) return absl::FailedPreconditionError("the engine has no bus");
+    for (uint32_t p : partitions) {
+      if (p >= partitions_) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("partition ", p, " does not exist: the bus has ", partitions_));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status AssignPartitions(absl::Span<const uint32_t> partitions) {
+    if (auto st = ValidatePartitions(partitions); !st.ok()) return st;
+    absl::flat_hash_set<uint32_t> taken;
+    for (uint32_t p : partitions) {
+      if (!Owns(p)) taken.insert(p);
+    }
+    if (taken.empty()) return absl::OkStatus();
+    internal::MutexLock lock(&tick_mu_);
+    if (auto st = LoadFromStore([&](uint32_t p) { return taken.contains(p); }); !st.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "could not load the partitions' records from the store (none was taken): ", st.message()));
+    }
+    internal::MutexLock consume(&consume_mu_);
+    for (uint32_t p : taken) owned_[p].store(true, std::memory_order_release);
+    // Replay: everything the bus holds past the committed offsets.
+    absl::Status replayed;
+    for (uint32_t p : taken) {
+      for (;;) {
+        auto n = ConsumePartition(p, 4096);
+        if (!n.ok()) {
+          replayed = absl::Status(n.status().code(),
+                                  absl::StrCat("partition ", p, " was taken, but its replay stopped (",
+                                               "ConsumeBus resumes it): ", n.status().message()));
+        }
+        if (!n.ok() || *n == 0) break;
+      }
+    }
+    // Announce the partitions' published states again: the previous owner
+    // may have stored a change and died before publishing it. Watchers
+    // ignore what they have (same version).
+    std::vector<ChangeEvent> announce;
+    const int64_t now = Now();
+    for (auto& shard : shards_) {
+      shard->AppendPublished(now, [&](absl::string_view user) { return taken.contains(PartitionOf(user)); },
+                             &announce);
+    }
+    PublishToBus(announce);
+    return replayed;
+  }
+
+  absl::Status RevokePartitions(absl::Span<const uint32_t> partitions) {
+    if (auto st = ValidatePartitions(partitions); !st.ok()) return st;
+    absl::Status st = LetGo(partitions);
+    CallListeners();
+    return st;
+  }
+
+  // RevokePartitions but for its listeners: flushes, then drops the partitions.
+  absl::Status LetGo(absl::Span<const uint32_t> partitions) ABSL_LOCKS_EXCLUDED(tick_mu_) {
+    internal::MutexLock lock(&tick_mu_);
+    bool flushed = true;
+    TickLocked(&flushed);
+    internal::MutexLock consume(&consume_mu_);  // no consumption meanwhile
+    absl::flat_hash_set<uint32_t> let_go;
+    for (uint32_t p : partitions) {
+      if (!Owns(p)) continue;
+      owned_[p].store(false, std::memory_order_release);
+      consumed_.erase(p);
+      let_go.insert(p);
+    }
+    if (let_go.empty()) return absl::OkStatus();
+    committed_.erase(std::remove_if(committed_.begin(), committed_.end(),
+                                    [&](const CommittedOffset& o) { return let_go.contains(o.partition); }),
+                     committed_.end());
+    const int64_t now = Now();
+    for (auto& shard : shards_) {
+      shard->Release(now, [&](absl::string_view user) { return let_go.contains(PartitionOf(user)); });
+    }
+    if (!flushed) {
+      return absl::UnavailableError(
+          "the flush before letting go could not write everything; the partitions were let go "
+          "anyway, and their next owner replays the signals from the last committed offsets");
+    }
+    return absl::OkStatus();
+  }
+
+  uint32_t BusPartitions() const { return partitions_; }
+
+  std::vector<uint32_t> OwnedPartitions() const {
+    std::vector<uint32_t> out;
+    for (uint32_t p = 0; p < partitions_; ++p) {
+      if (Owns(p)) out.push_back(p);
+    }
+    return out;
+  }
+
+  absl::StatusOr<size_t> ConsumeBus(size_t max) {
+    Bus* bus = config_.options.bus;
+    if (bus == nullptr) return absl::FailedPreconditionError("the engine has no bus");
+    internal::MutexLock lock(&consume_mu_);
+    size_t read = 0;
+    for (uint32_t p = 0; p < partitions_ && read < max; ++p) {
+      if (!Owns(p)) continue;
+      auto n = ConsumePartition(p, max - read);
+      if (!n.ok()) return n.status();
+      read += *n;
+    }
+    return read;
+  }
+
+  // One read of `partition` from where consumption stopped; applies the
+  // signals. A record that cannot be decoded, or whose user is not of this
+  // partition, is counted and skipped: it never blocks the partition.
+  absl::StatusOr<size_t> ConsumePartition(uint32_t p, size_t max)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    uint64_t& offset = consumed_[p];
+    auto records = config_.options.bus->Read(p, offset, max);
+    if (!records.ok()) {
+      ++bus_errors_;
+      return records.status();
+    }
+    // Decoded into buffers that keep their capacity, then applied as one
+    // batch (in order for each user; stale or invalid signals are counted by
+    // the engine). Consumption holds consume_mu_ throughout, so a Tick never
+    // commits the new offset before these signals are applied.
+    if (decoded_.size() < records->size()) decoded_.resize(records->size());
+    consumed_signals_.clear();
+    for (const BusRecord& r : *records) {
+      offset = r.offset + 1;
+      if (r.type != BusRecordType::kSignal) continue;
+      DecodedSignal& d = decoded_[consumed_signals_.size()];
+      if (!DecodeSignal(r.payload, &d).ok()) {
+        invalid_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      if (PartitionOf(d.signal().user_id) != p) {
+        wrong_partition_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      if (d.disconnect()) {
+        // In order with the signals before it: those go first.
+        if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
+        consumed_signals_.clear();
+        const Signal s = d.signal();
+        (void)DisconnectDevice(s.user_id, s.device_id, s.session_id, *d.disconnect());
+        continue;
+      }
+      consumed_signals_.push_back(d.signal());
+    }
+    if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
+    return records->size();
+  }
+
+  // The audit trail as `viewer` may read it: everything for the user itself,
+  // the public view (docs/design.md rule 8) for anyone else: only the changes of
+  // the public view, each with its public version and last_seen, and no
+  // cause or trace id (a cause would tell an invisible user from an offline
+  // one).
+  absl::StatusOr<std::vector<Transition>> History(absl::string_view user, int64_t from,
+                                                  int64_t to, absl::string_view viewer) {
+    if (auto st = ValidateUserId(user); !st.ok()) return st;
+    if (config_.options.history == nullptr) {
+      return absl::FailedPreconditionError("the engine has no history store");
+    }
+    if (from > to) return absl::InvalidArgumentError("from_ms is after to_ms");
+    auto all = config_.options.history->Query(user, from, to);
+    if (!all.ok() || viewer == user) return all;
+    std::vector<Transition> out;
+    for (const Transition& t : *all) {
+      if (t.previous != t.state) out.push_back(PublicTransition(t));
+    }
+    return out;
+  }
+
+  static Transition PublicTransition(const Transition& t) {
+    Transition p = t;
+    p.version = t.public_version;
+    p.self_state = t.state;
+    p.cause = Cause::kWithheld;
+    p.trace_id = 0;
+    p.last_seen_ms = t.public_last_seen_ms;
+    return p;
+  }
+
+  absl::StatusOr<StateDurations> TimeInStates(absl::string_view user, int64_t from, int64_t to,
+                                              absl::string_view viewer) {
+    if (from > to) return absl::InvalidArgumentError("from_ms is after to_ms");
+    // Times are on the engine's clock, never before 0: a window that starts
+    // earlier is the same window, and no sum below can overflow.
+    from = std::max<int64_t>(from, 0);
+    to = std::max<int64_t>(to, from);
+    auto transitions = History(user, from, to, viewer);
+    if (!transitions.ok()) return transitions.status();
+    auto before = config_.options.history->LastBefore(user, from);
+    if (!before.ok()) return before.status();
+    const bool self = viewer == user;
+    StateDurations out;
+    // Every transition carries the public state as of then, so the last one
+    // before the window says where the public view stood too.
+    State state = !before->has_value() ? State::kOffline
+                  : self               ? (*before)->self_state
+                                       : (*before)->state;
+    int64_t at = from;
+    const int64_t end = std::min(to, Now());
+    auto add = [&](State st, int64_t ms) {
+      if (ms <= 0) return;
+      switch (st) {
+        case State::kOnline: out.online_ms += ms; break;
+        case State::kAway: out.away_ms += ms; break;
+        case State::kDnd: out.dnd_ms += ms; break;
+        case State::kOffline: out.offline_ms += ms; break;
+      }
+    };
+    for (const Transition& t : *transitions) {
+      add(state, std::min(t.at_ms, end) - at);
+      at = std::max(at, t.at_ms);
+      state = t.self_state;  // the public one in a public transition
+    }
+    add(state, end - at);
+    return out;
+  }
+
+  absl::StatusOr<int64_t> LastSeen(absl::string_view user, absl::string_view viewer) {
+    if (auto st = ValidateUserId(user); !st.ok()) return st;
+    const UserPresence p = Get(user, viewer, false);
+    if (p.known && p.last_seen_ms != 0) return p.last_seen_ms;
+    if (config_.options.history != nullptr) {
+      auto last = config_.options.history->LastBefore(user, std::numeric_limits<int64_t>::max());
+      if (!last.ok()) return last.status();
+      if (last->has_value() && viewer == user) return (*last)->last_seen_ms;
+      // Others: only what the public view ever showed.
+      if (last->has_value() && (*last)->public_version != 0) return (*last)->public_last_seen_ms;
+    }
+    return absl::NotFoundError("the engine knows nothing of this user");
+  }
+
+  absl::Status Erase(absl::string_view user) {
+    if (auto st = ValidateUserId(user); !st.ok()) return st;
+    const uint64_t h = HashUserId(user);
+    ShardFor(h).EraseUser(user, h, Now());
+    if (config_.options.history != nullptr) {
+      internal::MutexLock lock(&tick_mu_);
+      history_backlog_.erase(std::remove_if(history_backlog_.begin(), history_backlog_.end(),
+                                            [&](const Transition& t) { return t.user_id == user; }),
+                             history_backlog_.end());
+      if (auto st = config_.options.history->Erase(user); !st.ok()) {
+        ++history_errors_;
+        return st;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<size_t> DrainGateway(absl::string_view gateway, size_t max) {
+    if (gateway.empty() || gateway.size() > kMaxGatewayIdBytes) {
+      return absl::InvalidArgumentError("gateway must be 1 to 128 bytes");
+    }
+    const uint8_t g = gateways_.Find(gateway);
+    if (g == 0) return absl::NotFoundError("no signal ever named this gateway");
+    const int64_t now = Now();
+    size_t n = 0;
+    for (auto& shard : shards_) {
+      if (n >= max) break;
+      n += shard->DrainGateway(g, max - n, now);
+    }
+    return n;
+  }
+
+  void AddListener(ChangeListener* l) {
+    internal::MutexLock lock(&listeners_mu_);
+    if (l != nullptr) listeners_.push_back(l);
+  }
+  // Returns once no call to `l` is running, except on a thread that is
+  // inside a listener of this engine (which would wait for itself).
+  void RemoveListener(ChangeListener* l) {
+    {
+      internal::MutexLock lock(&listeners_mu_);
+      listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), l), listeners_.end());
+    }
+    if (tls_calling_listeners != this) {
+      internal::MutexLock wait(&publish_mu_);  // a call running on another thread ends
+    }
+  }
+  bool IsListener(ChangeListener* l) {
+    internal::MutexLock lock(&listeners_mu_);
+    return std::find(listeners_.begin(), listeners_.end(), l) != listeners_.end();
+  }
+
+  UserPresence Get(absl::string_view user_id, absl::string_view viewer, bool published) {
+    if (!ValidateUserId(user_id).ok()) {
+      UserPresence p;
+      p.user_id = std::string(user_id);
+      return p;
+    }
+    const uint64_t h = HashUserId(user_id);
+    return ShardFor(h).Get(user_id, h, viewer == user_id, published, Now());
+  }
+
+  Shard::Stats Stats() {
+    Shard::Stats stats;
+    const int64_t now = Now();
+    for (auto& shard : shards_) shard->AddStats(now, &stats);
+    auto add = [&](const BeatCounters& c) {
+      for (int i = 0; i < kSourceCount; ++i) {
+        stats.counters.accepted[i] += c.accepted[i].load(std::memory_order_relaxed);
+      }
+      stats.counters.dropped[static_cast<int>(DropReason::kRateLimited)] +=
+          c.rate_limited.load(std::memory_order_relaxed);
+    };
+    for (const BeatCounters& c : claimed_counters_) add(c);
+    add(shared_counters_);
+    return stats;
+  }
+
+  // This thread's heartbeat block in this engine. A thread remembers its
+  // blocks for its last few engines; engines are told apart by an id that is
+  // never reused, so a stale entry never matches a new engine.
+  // Inlined into the heartbeat path; a miss goes on to FindThreadCounters.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE BeatCounters* ThreadCounters() {
+    for (const ThreadCounterCache::Entry& e : ThreadCounterCache::entries) {
+      if (e.engine == id_) return e.counters;
+    }
+    return FindThreadCounters();
+  }
+  // The block this thread claimed in this engine, or the first free one it
+  // claims now, or (all claimed by other threads) the shared one. No lock,
+  // no allocation: a thread that rotates over more engines than its cache
+  // holds pays a scan of kClaimedBlocks per miss.
+  ABSL_ATTRIBUTE_NOINLINE BeatCounters* FindThreadCounters() {
+    uint64_t& token = ThreadCounterCache::token;
+    if (token == 0) token = next_thread_token.fetch_add(1, std::memory_order_relaxed);
+    BeatCounters* found = &shared_counters_;
+    for (BeatCounters& c : claimed_counters_) {
+      if (c.owner.load(std::memory_order_relaxed) == token) {
+        found = &c;
+        break;
+      }
+    }
+    for (BeatCounters& c : claimed_counters_) {
+      if (found != &shared_counters_) break;
+      uint64_t free = 0;
+      if (c.owner.compare_exchange_strong(free, token, std::memory_order_relaxed)) found = &c;
+    }
+    ThreadCounterCache::entries[ThreadCounterCache::next++ % 4] =
+        ThreadCounterCache::Entry{id_, found};
+    return found;
+  }
+
+  // Opens a new epoch (each Tick) and publishes as epochs_.safe the oldest
+  // epoch in which a heartbeat still running began: records freed before it
+  // may be reused. While beats run through the shared block, whose pin has
+  // no epoch, safe stays where it was.
+  void AdvanceEpoch() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    uint64_t safe = epochs_.now.fetch_add(1, std::memory_order_seq_cst) + 1;
+    // The other half of the heartbeat's compiler-only fence (BeatPin): every
+    // thread of the process passes a full barrier before this returns, so a
+    // pin stored before it is seen below, and a beat that pins after it
+    // reads the generations as they are now.
+    if (kAsymmetricFences) HeavyBarrier();
+    for (const BeatCounters& c : claimed_counters_) {
+      const uint64_t pinned = c.pinned.load(std::memory_order_seq_cst);
+      if (pinned != 0) safe = std::min(safe, pinned);
+    }
+    if (shared_counters_.pinned.load(std::memory_order_seq_cst) != 0) {
+      safe = std::min(safe, epochs_.safe.load(std::memory_order_relaxed));
+    }
+    epochs_.safe.store(safe, std::memory_order_release);
+  }
+
+  std::string RenderMetrics() {
+    Shard::Stats st = Stats();
+    st.counters.dropped[static_cast<int>(DropReason::kInvalid)] +=
+        invalid_.load(std::memory_order_relaxed);
+    std::string out;
+    MetricHeader(&out, "presence_signals_accepted_total", "counter",
+                 "Signals applied, by source (heartbeats on handles included).");
+    for (Source s : {Source::kInferred, Source::kApp, Source::kManual}) {
+      MetricSample(&out, "presence_signals_accepted_total",
+                   absl::StrCat("source=\"", SourceName(s), "\""),
+                   st.counters.accepted[SourceIndex(s)]);
+    }
+    MetricHeader(&out, "presence_signals_dropped_total", "counter",
+                 "Signals not applied, by reason.");
+    for (int r = 0; r < kDropReasonCount; ++r) {
+      MetricSample(&out, "presence_signals_dropped_total",
+                   absl::StrCat("reason=\"", DropReasonName(static_cast<DropReason>(r)), "\""),
+                   st.counters.dropped[r]);
+    }
+    MetricHeader(&out, "presence_transitions_total", "counter",
+                 "Published user state changes, by cause.");
+    for (int c = 1; c <= kCauseCount; ++c) {
+      MetricSample(&out, "presence_transitions_total",
+                   absl::StrCat("cause=\"", CauseName(static_cast<Cause>(c)), "\""),
+                   st.counters.transitions[c - 1]);
+    }
+    {
+      internal::MutexLock lock(&tick_mu_);
+      latency_.Render(&out, "presence_publish_latency_ms",
+                      "Time from the signal that caused a change to its publication, in ms.");
+    }
+    Metric(&out, "presence_false_offlines_total", "counter",
+           "Devices that died by timeout or abrupt disconnect and came back within the "
+           "false-offline window.",
+           st.counters.false_offlines);
+    Metric(&out, "presence_stale_ratio", "gauge",
+           "Share of users shown live whose freshness exceeds the APP offline threshold.",
+           st.live_users == 0 ? 0.0 : double(st.stale_users) / double(st.live_users));
+    {
+      internal::MutexLock lock(&tick_mu_);
+      Metric(&out, "presence_store_writes_total", "counter", "Write-through batches written.",
+             st.store_writes);
+      Metric(&out, "presence_store_errors_total", "counter",
+             "Failed store writes (each shard's batch is retried on the next tick).",
+             st.store_errors + offset_errors_);
+      Metric(&out, "presence_history_errors_total", "counter",
+             "Failed history appends (retried) and retention runs.", history_errors_);
+      Metric(&out, "presence_history_backlog", "gauge",
+             "Transitions waiting to be appended to the history.", history_backlog_.size());
+      Metric(&out, "presence_history_dropped_total", "counter",
+             "Transitions dropped because the history backlog was full.", history_dropped_);
+      Metric(&out, "presence_bus_backlog", "gauge",
+             "Change events waiting to be published to the bus (retried each tick).",
+             bus_backlog_.size());
+      Metric(&out, "presence_bus_dropped_total", "counter",
+             "Change events dropped because the bus backlog was full.", bus_dropped_);
+    }
+    Metric(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.",
+           bus_errors_.load());
+    Metric(&out, "presence_bus_wrong_partition_total", "counter",
+           "Signals read from a bus partition that their user does not map to (skipped).",
+           wrong_partition_.load());
+    Metric(&out, "presence_owned_partitions", "gauge", "Bus partitions this engine owns.",
+           OwnedPartitions().size());
+    Metric(&out, "presence_memory_charged_bytes", "gauge",
+           "Bytes charged against the memory budget (users and devices held).",
+           charged_bytes_.load());
+    Metric(&out, "presence_memory_budget_bytes", "gauge", "The memory budget (0: none).",
+           config_.options.memory_budget_bytes);
+    Metric(&out, "presence_users", "gauge", "Users held.", st.sizes.users);
+    Metric(&out, "presence_devices", "gauge", "Device records held, live or recently dead.",
+           st.sizes.devices);
+    Metric(&out, "presence_live_devices", "gauge", "Devices that count as live.",
+           st.sizes.live_devices);
+    Metric(&out, "presence_overrides", "gauge", "Overrides held.", st.sizes.overrides);
+    return out;
+  }
+
+  std::vector<CommittedOffset> ConsumedOffsets() {
+    internal::MutexLock lock(&consume_mu_);
+    return ConsumedOffsetsLocked();
+  }
+  std::vector<CommittedOffset> ConsumedOffsetsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    std::vector<CommittedOffset> out;
+    for (const auto& [p, off] : consumed_) out.push_back(CommittedOffset{p, off});
+    std::sort(out.begin(), out.end(),
+              [](const CommittedOffset& a, const CommittedOffset& b) { return a.partition < b.partition; });
+    return out;
+  }
+
+  // The audit trail: this tick's events, after any earlier ones that did not
+  // make it (bounded: past the bound the oldest are dropped and counted).
+  void AppendHistory(int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    HistoryStore* history = config_.options.history;
+    if (history == nullptr) return;
+    for (const ChangeEvent& e : events_) {
+      if (e.erased) continue;  // the history forgot the user already
+      Transition t;
+      t.user_id = e.user_id;
+      t.version = e.version;
+      t.public_version = e.public_version;
+      t.public_last_seen_ms = e.last_seen_ms;
+      t.at_ms = e.published_at_ms;
+      t.previous = e.previous;
+      t.state = e.state;
+      t.self_state = e.self_state;
+      t.cause = e.cause;
+      t.trace_id = e.trace_id;
+      t.last_seen_ms = e.self_last_seen_ms;
+      history_backlog_.push_back(std::move(t));
+    }
+    constexpr size_t kMaxBacklog = 1 << 20;
+    if (history_backlog_.size() > kMaxBacklog) {
+      history_dropped_ += history_backlog_.size() - kMaxBacklog;
+      history_backlog_.erase(history_backlog_.begin(),
+                             history_backlog_.end() - static_cast<std::ptrdiff_t>(kMaxBacklog));
+    }
+    if (!history_backlog_.empty()) {
+      if (history->Append(history_backlog_).ok()) {
+        history_backlog_.clear();
+      } else {
+        ++history_errors_;
+      }
+    }
+    const int64_t retention = config_.options.history_retention_ms;
+    if (retention > 0 && now - last_retention_ms_ >= 60000) {
+      last_retention_ms_ = now;
+      if (!history->DropBefore(now - retention).ok()) ++history_errors_;
+    }
+  }
+
+  // Change events to the bus, in order, after any that failed before: a
+  // failed publish waits and is tried again first on the next tick
+  // (bounded: past the bound the oldest are dropped and counted).
+  void PublishToBus(const std::vector<ChangeEvent>& events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    Bus* bus = config_.options.bus;
+    if (bus == nullptr) return;
+    for (const ChangeEvent& e : events) bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));
+    // A failed batch stays in the backlog for the next tick, whole.
+    size_t sent = 0;
+    if (!PublishChanges(bus, bus_backlog_.begin(), bus_backlog_.end(), &sent).ok()) ++bus_errors_;
+    bus_backlog_.erase(bus_backlog_.begin(), bus_backlog_.begin() + static_cast<std::ptrdiff_t>(sent));
+    constexpr size_t kMaxBacklog = 1 << 20;
+    if (bus_backlog_.size() > kMaxBacklog) {
+      bus_dropped_ += bus_backlog_.size() - kMaxBacklog;
+      bus_backlog_.erase(bus_backlog_.begin(),
+                         bus_backlog_.end() - static_cast<std::ptrdiff_t>(kMaxBacklog));
+    }
+  }
+
+  size_t RevokeBetween(int64_t from, int64_t to) {
+    const int64_t now = Now();
+    size_t n = 0;
+    for (auto& shard : shards_) n += shard->RevokeOverridesSetBetween(from, to, now);
+    return n;
+  }
+
+ private:
+  Clock* const clock_;
+  SlotEpochs epochs_;
+  std::atomic<uint64_t> next_override_id_{1};
+  GatewayTable gateways_;
+  std::atomic<int64_t> charged_bytes_{0};
+  const ShardConfig config_;
+  int shard_bits_ = 0;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::atomic<uint64_t> invalid_{0};
+  const uint64_t id_ = next_engine_id.fetch_add(1);
+  const uint32_t rate_limit_ = static_cast<uint32_t>(config_.options.max_signals_per_device_per_sec);
+  // Each source's offline_after (devices on the lock-free beat have no
+  // detector: LivenessPolicy::OfflineAfter is this).
+  const int64_t lapse_ms_[kSourceCount] = {config_.policy.offline_after_ms[0],
+                                           config_.policy.offline_after_ms[1],
+                                           config_.policy.offline_after_ms[2]};
+  // The heartbeat's blocks: one per thread for the first kClaimedBlocks
+  // threads that beat, then one that the others share.
+  static constexpr size_t kClaimedBlocks = 64;
+  BeatCounters claimed_counters_[kClaimedBlocks];
+  BeatCounters shared_counters_;
+
+  // Lock order: publish_mu_, then tick_mu_ or listeners_mu_.
+  internal::Mutex publish_mu_;  // held by the one thread calling listeners
+  internal::Mutex tick_mu_;
+  std::vector<ChangeEvent> events_ ABSL_GUARDED_BY(tick_mu_);
+  // One tick's changes, waiting to be handed to the listeners.
+  struct Round {
+    std::vector<ChangeEvent> events;
+    int64_t now_ms = 0;
+  };
+  std::deque<Round> rounds_ ABSL_GUARDED_BY(tick_mu_);
+  internal::Mutex listeners_mu_;
+  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(listeners_mu_);
+  std::vector<Transition> history_backlog_ ABSL_GUARDED_BY(tick_mu_);
+  std::vector<CommittedOffset> committed_ ABSL_GUARDED_BY(tick_mu_);
+  uint64_t history_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  uint64_t history_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  uint64_t offset_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  int64_t last_retention_ms_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  // (user id, encoded change event) not yet on the bus, oldest first.
+  std::deque<std::pair<std::string, std::string>> bus_backlog_ ABSL_GUARDED_BY(tick_mu_);
+  uint64_t bus_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  std::atomic<uint64_t> bus_errors_{0};
+  std::atomic<uint64_t> wrong_partition_{0};
+  // Ownership: the bus's partitions (0 without a bus), and which are owned.
+  const uint32_t partitions_ =
+      config_.options.bus != nullptr ? config_.options.bus->partitions() : 0;
+  const bool owns_all_ = partitions_ == 0 || config_.options.owns_all_partitions;
+  const std::unique_ptr<std::atomic<bool>[]> owned_{new std::atomic<bool>[partitions_]};
+
+  internal::Mutex consume_mu_;
+  std::map<uint32_t, uint64_t> consumed_ ABSL_GUARDED_BY(consume_mu_);  // next offset per partition
+  std::vector<DecodedSignal> decoded_ ABSL_GUARDED_BY(consume_mu_);
+  std::vector<Signal> consumed_signals_ ABSL_GUARDED_BY(consume_mu_);  // views into decoded_
+  LatencyHistogram latency_ ABSL_GUARDED_BY(tick_mu_);
+};
+
+}  // namespace internal
+
+using internal::EngineCore;
+using internal::HashUserId;
+using internal::ValidateUserId;
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
+  if (auto st = internal::ValidateOptions(options); !st.ok()) return st;
+  auto core = std::make_unique<EngineCore>(options);
+  if (auto st = core->Create(); !st.ok()) return st;
+  return std::unique_ptr<Engine>(new Engine(std::move(core)));
+}
+
+absl::StatusOr<std::vector<Transition>> Engine::History(absl::string_view user_id, int64_t from_ms,
+                                                        int64_t to_ms, absl::string_view viewer) {
+  return core_->History(user_id, from_ms, to_ms, viewer);
+}
+absl::StatusOr<StateDurations> Engine::TimeInStates(absl::string_view user_id, int64_t from_ms,
+                                                    int64_t to_ms, absl::string_view viewer) {
+  return core_->TimeInStates(user_id, from_ms, to_ms, viewer);
+}
+absl::StatusOr<int64_t> Engine::LastSeen(absl::string_view user_id, absl::string_view viewer) {
+  return core_->LastSeen(user_id, viewer);
+}
+absl::Status Engine::Erase(absl::string_view user_id) { return core_->Erase(user_id); }
+absl::StatusOr<size_t> Engine::DrainGateway(absl::string_view gateway, size_t max_devices) {
+  return core_->DrainGateway(gateway, max_devices);
+}
+absl::StatusOr<size_t> Engine::ConsumeBus(size_t max_records) {
+  return core_->ConsumeBus(max_records);
+}
+absl::Status Engine::Rebuild() { return core_->Rebuild(); }
+absl::Status Engine::AssignPartitions(absl::Span<const uint32_t> partitions) {
+  return core_->AssignPartitions(partitions);
+}
+absl::Status Engine::RevokePartitions(absl::Span<const uint32_t> partitions) {
+  return core_->RevokePartitions(partitions);
+}
+std::vector<uint32_t> Engine::OwnedPartitions() const { return core_->OwnedPartitions(); }
+uint32_t Engine::BusPartitions() const { return core_->BusPartitions(); }
+
+Engine::Engine(std::unique_ptr<EngineCore> core) : core_(std::move(core)) {}
+Engine::~Engine() = default;
+
+absl::Status Engine::Signal(const presence::Signal& signal) { return core_->Apply(signal, nullptr); }
+
+BatchResult Engine::SignalBatch(absl::Span<const presence::Signal> signals) {
+  return core_->ApplyBatch(signals);
+}
+
+absl::Status Engine::DisconnectDevice(absl::string_view user_id, absl::string_view device_id,
+                                      uint64_t session_id, DisconnectKind kind) {
+  return core_->DisconnectDevice(user_id, device_id, session_id, kind);
+}
+
+absl::StatusOr<DeviceHandle> Engine::Connect(const presence::Signal& signal) {
+  DeviceHandle h;
+  if (auto st = core_->Apply(signal, &h); !st.ok()) return st;
+  return h;
+}
+
+absl::Status Engine::Beat(DeviceHandle handle, Activity activity, Source source) {
+  return core_->Beat(handle, activity, source);
+}
+
+BatchResult Engine::BeatMany(absl::Span<const DeviceHandle> handles, Activity activity,
+                             Source source) {
+  return core_->BeatMany(handles, activity, source);
+}
+
+absl::Status Engine::Disconnect(DeviceHandle handle, DisconnectKind kind) {
+  return core_->Disconnect(handle, kind);
+}
+
+absl::StatusOr<uint64_t> Engine::SetOverride(absl::string_view user_id, OverrideState state,
+                                              int64_t until_ms, uint64_t trace_id) {
+  if (auto st = ValidateUserId(user_id); !st.ok()) return st;
+  if (auto st = internal::ValidateOverrideState(state); !st.ok()) return st;
+  const int64_t now = NowMs();
+  if (until_ms != 0 && until_ms <= now) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("override ends at ", until_ms, ", not after now (", now, ")"));
+  }
+  const uint64_t h = HashUserId(user_id);
+  if (auto hook = internal::test_hooks::keyed_accepted.load()) hook(h);
+  return core_->ShardFor(h).SetOverride(user_id, h, state, until_ms, trace_id, now);
+}
+
+absl::Status Engine::RevokeOverride(absl::string_view user_id, uint64_t override_id) {
+  if (auto st = ValidateUserId(user_id); !st.ok()) return st;
+  const uint64_t h = HashUserId(user_id);
+  return core_->ShardFor(h).RevokeOverride(user_id, h, override_id, NowMs());
+}
+
+absl::StatusOr<size_t> Engine::ClearOverrides(absl::string_view user_id) {
+  if (auto st = ValidateUserId(user_id); !st.ok()) return st;
+  const uint64_t h = HashUserId(user_id);
+  return core_->ShardFor(h).ClearOverrides(user_id, h, NowMs());
+}
+
+size_t Engine::RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms) {
+  return core_->RevokeBetween(from_ms, to_ms);
+}
+
+absl::StatusOr<std::vector<OverrideInfo>> Engine::ListOverrides(absl::string_view user_id) {
+  if (auto st = ValidateUserId(user_id); !st.ok()) return st;
+  const uint64_t h = HashUserId(user_id);
+  return core_->ShardFor(h).ListOverrides(user_id, h, NowMs());
+}
+
+UserPresence Engine::GetOne(absl::string_view user_id, absl::string_view viewer_user_id) {
+  return core_->Get(user_id, viewer_user_id, /*published=*/false);
+}
+
+std::vector<UserPresence> Engine::Get(absl::Span<const absl::string_view> user_ids,
+                                      absl::string_view viewer_user_id) {
+  std::vector<UserPresence> out;
+  out.reserve(user_ids.size());
+  for (absl::string_view id : user_ids) out.push_back(core_->Get(id, viewer_user_id, false));
+  return out;
+}
+
+std::vector<UserPresence> Engine::GetPublished(absl::Span<const absl::string_view> user_ids,
+                                               absl::string_view viewer_user_id) {
+  std::vector<UserPresence> out;
+  out.reserve(user_ids.size());
+  for (absl::string_view id : user_ids) out.push_back(core_->Get(id, viewer_user_id, true));
+  return out;
+}
+
+void Engine::AddListener(ChangeListener* listener) { core_->AddListener(listener); }
+void Engine::RemoveListener(ChangeListener* listener) { core_->RemoveListener(listener); }
+
+size_t Engine::Tick() { return core_->Tick(); }
+int64_t Engine::NowMs() const { return core_->Now(); }
+std::string Engine::RenderMetrics() const { return core_->RenderMetrics(); }
+
+Engine::Sizes Engine::GetSizes() const { return core_->Stats().sizes; }
+
+const Options& Engine::options() const { return core_->options(); }
+
+}  // namespace presence

@@ -1,0 +1,80 @@
+#include "src/core/liveness.h"
+
+#include <algorithm>
+
+namespace presence::internal {
+
+LivenessPolicy::LivenessPolicy(const Options& o)
+    : interval_ms{o.inferred.interval_ms, o.app.interval_ms, o.manual.interval_ms},
+      offline_after_ms{o.inferred.offline_after_ms, o.app.offline_after_ms,
+                       o.manual.offline_after_ms},
+      inferred_can_be_online(o.inferred_can_be_online),
+      detector(o.detector),
+      detector_floor_ms(o.detector_floor_ms) {}
+
+int64_t LivenessPolicy::OfflineAfter(const Device& d, uint64_t device_key, int i,
+                                     int64_t last_ms) const {
+  const int64_t fixed = offline_after_ms[i];
+  // The detector learns a device's heartbeats (APP and MANUAL); a source
+  // that decays on its own slow clock (INFERRED, rule 1) keeps its bound.
+  if (detector == nullptr || !(d.flags & dflag::kAdaptive) ||
+      i == SourceIndex(Source::kInferred)) {
+    return fixed;
+  }
+  const int64_t learned = detector->OfflineAfterMs(device_key, last_ms, fixed);
+  return std::clamp(learned, std::min(detector_floor_ms, fixed), fixed);
+}
+
+bool CountsOnline(uint32_t live_bits, uint32_t fast_bits, const LivenessPolicy& policy) {
+  for (int i = kSourceCount - 1; i >= 0; --i) {
+    if (!(live_bits & fast::LiveBit(i))) continue;
+    if (i == SourceIndex(Source::kInferred) && !policy.inferred_can_be_online) return false;
+    return fast_bits & fast::ActiveBit(i);
+  }
+  return false;
+}
+
+DeviceView EvaluateDevice(const Device& d, uint64_t device_key, int64_t now_ms,
+                          const LivenessPolicy& policy) {
+  DeviceView v;
+  for (int i = 0; i < kSourceCount; ++i) {
+    if (d.has_seen(i)) {
+      v.last_signal_ms = std::max(
+          v.last_signal_ms, Expand32(d.seen[i].load(std::memory_order_relaxed), now_ms));
+    }
+  }
+  const uint32_t bits = d.bits();
+  switch (d.phase) {
+    case Phase::kFree:
+    case Phase::kDead:
+      return v;
+    case Phase::kGrace: {
+      const int64_t end = Expand32(d.due, now_ms);
+      if (now_ms < end) {
+        v.live = true;
+        v.online = d.flags & dflag::kGraceOnline;
+        v.deadline_ms = end;
+      }
+      return v;
+    }
+    case Phase::kLive:
+      break;
+  }
+  bool all_overdue = true;
+  for (int i = 0; i < kSourceCount; ++i) {
+    if (!d.has_seen(i)) continue;
+    const int64_t last = Expand32(d.seen[i].load(std::memory_order_relaxed), now_ms);
+    const int64_t end = last + policy.OfflineAfter(d, device_key, i, last);
+    if (now_ms >= end) continue;
+    v.live_bits |= fast::LiveBit(i);
+    v.deadline_ms = std::min(v.deadline_ms, end);
+    if (now_ms - last <= policy.interval_ms[i]) all_overdue = false;
+  }
+  if (v.live_bits == 0) return v;
+  v.live = true;
+  v.suspect = all_overdue;
+  v.online = CountsOnline(v.live_bits, bits, policy);
+  return v;
+}
+
+}  // namespace presence::internal

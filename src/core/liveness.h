@@ -1,0 +1,53 @@
+// Device liveness and activity: docs/design.md rules 1, 2 and 6, in one place.
+//
+// A device in phase LIVE is live through source i while its last signal from
+// i is younger than i's offline_after (or what the adaptive detector answers,
+// clamped to [floor, offline_after]); it is live while any source is. It is
+// SUSPECT when every live source has been silent for longer than its
+// interval. In GRACE (after an abrupt disconnect) it stays live, with the
+// activity it had, until its grace ends. It counts as ONLINE when its highest-
+// precedence live source last said ACTIVE (an INFERRED source only if the
+// options allow), else AWAY.
+#ifndef PRESENCE_SRC_CORE_LIVENESS_H_
+#define PRESENCE_SRC_CORE_LIVENESS_H_
+
+#include <cstdint>
+#include <limits>
+
+#include "presence/detector.h"
+#include "presence/options.h"
+#include "src/core/device.h"
+
+namespace presence::internal {
+
+struct LivenessPolicy {
+  int64_t interval_ms[kSourceCount];
+  int64_t offline_after_ms[kSourceCount];
+  bool inferred_can_be_online = false;
+  OfflineDetector* detector = nullptr;
+  int64_t detector_floor_ms = 0;
+
+  explicit LivenessPolicy(const Options& o);
+  // How long source `i` of device `d` may be silent after `last_ms`.
+  int64_t OfflineAfter(const Device& d, uint64_t device_key, int i, int64_t last_ms) const;
+};
+
+struct DeviceView {
+  bool live = false;
+  bool online = false;   // meaningful when live
+  bool suspect = false;  // live, but every live source is overdue
+  uint32_t live_bits = 0;  // fast::LiveBit(i) for each live source
+  int64_t deadline_ms = std::numeric_limits<int64_t>::max();  // when this view next changes
+  int64_t last_signal_ms = 0;  // latest signal of any source in this session (0: none)
+};
+
+// Rule 2: whether a device whose live sources are `live_bits` counts ONLINE,
+// given its fast bits (which hold each source's last activity).
+bool CountsOnline(uint32_t live_bits, uint32_t fast_bits, const LivenessPolicy& policy);
+
+DeviceView EvaluateDevice(const Device& d, uint64_t device_key, int64_t now_ms,
+                          const LivenessPolicy& policy);
+
+}  // namespace presence::internal
+
+#endif  // PRESENCE_SRC_CORE_LIVENESS_H_

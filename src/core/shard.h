@@ -1,0 +1,374 @@
+// One shard of the engine: the users whose xxHash falls in it, their devices,
+// their timers and their pending changes, all behind one lock.
+//
+// Every method takes the shard's lock, except that DeviceTable::Find (used by
+// the lock-free heartbeat in engine.cc) may be called from any thread.
+#ifndef PRESENCE_SRC_CORE_SHARD_H_
+#define PRESENCE_SRC_CORE_SHARD_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "src/core/mutex.h"
+#include "presence/engine.h"
+#include "presence/options.h"
+#include "presence/store.h"
+#include "presence/types.h"
+#include "src/core/device.h"
+#include "src/core/device_table.h"
+#include "src/core/gateway_table.h"
+#include "src/core/liveness.h"
+#include "src/core/metrics.h"
+#include "src/core/reducer.h"
+#include "src/core/timer_wheel.h"
+
+namespace presence::internal {
+
+extern const int64_t kUnscheduled;
+
+// The hash that picks a user's shard and indexes it within the shard.
+uint64_t HashUserId(absl::string_view user_id);
+
+// A version after `current`: strictly growing, and never below the time in
+// ms shifted left by 10 bits. So a version stays ahead of any that an earlier
+// record or event of the same user had, even after the engine restarted, as
+// long as the clock moved on (within one engine, a user it forgot and meets
+// again within the millisecond starts from its old versions: Shard::forgotten_).
+uint64_t NextVersion(uint64_t current, int64_t now_ms);
+
+// What the engine shares with all of its shards.
+struct ShardConfig {
+  Options options;
+  LivenessPolicy policy;
+  std::atomic<uint64_t>* next_override_id;
+  GatewayTable* gateways;
+  std::atomic<int64_t>* charged_bytes;  // against options.memory_budget_bytes
+  // OK when the engine owns the partition of the user with this hash, else
+  // FailedPrecondition naming it. Keyed paths and the store writes ask it
+  // under the shard lock, which RevokePartitions takes after it marked the
+  // partition unowned and before it drops the partition's users.
+  std::function<absl::Status(uint64_t hash)> check_owned;
+  const SlotEpochs* epochs;  // when freed device records may be reused
+};
+
+// A signal that passed validation, with its time resolved on the engine's
+// clock (never after now).
+struct AcceptedSignal {
+  const presence::Signal* signal;
+  uint64_t hash;
+  int64_t timestamp_ms;
+  uint8_t gateway;  // GatewayTable index of signal->gateway (0: none)
+  // Read back from the bus (catch-up, replay): the flood limit applied when
+  // it came in, and is not applied again (DESIGN.md section 6).
+  bool replay = false;
+};
+
+// Adds one signal's outcome to a batch's counts: OK is applied,
+// FailedPrecondition stale, anything else rejected; the first failure's
+// status is kept.
+void CountOutcome(absl::Status st, BatchResult* result);
+
+class Shard {
+ public:
+  Shard(const ShardConfig* config, uint32_t index, int64_t now_ms);
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  // Applies one keyed signal. When `handle` is not null, it receives a handle
+  // to the device (a connect).
+  absl::Status Apply(const AcceptedSignal& s, int64_t now_ms, DeviceHandle* handle);
+  // Applies signals in order under one lock, adding outcomes to `result`.
+  void ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms, BatchResult* result);
+
+  // The locked part of Engine::Beat: the device needs a state change, or the
+  // handle is stale.
+  absl::Status BeatLocked(uint32_t index, uint32_t gen, Activity activity, Source source,
+                          int64_t now_ms);
+  absl::Status DisconnectHandle(uint32_t index, uint32_t gen, DisconnectKind kind,
+                                int64_t now_ms);
+  absl::Status DisconnectDevice(absl::string_view user_id, uint64_t hash,
+                                absl::string_view device_id, uint64_t session_id,
+                                DisconnectKind kind, int64_t now_ms);
+
+  absl::StatusOr<uint64_t> SetOverride(absl::string_view user_id, uint64_t hash,
+                                       OverrideState state, int64_t until_ms, uint64_t trace_id,
+                                       int64_t now_ms);
+  absl::Status RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
+                              int64_t now_ms);
+  absl::StatusOr<size_t> ClearOverrides(absl::string_view user_id, uint64_t hash, int64_t now_ms);
+  size_t RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms);
+  absl::StatusOr<std::vector<OverrideInfo>> ListOverrides(absl::string_view user_id,
+                                                          uint64_t hash, int64_t now_ms);
+
+  // `published`: state and version as last published, not as of now.
+  UserPresence Get(absl::string_view user_id, uint64_t hash, bool self_view, bool published,
+                   int64_t now_ms);
+
+  // Fires due timers, writes what changed through to the Store (when there
+  // is one) and appends the changes to publish to `out`, observing each
+  // one's signal-to-publish latency in `latency`. A failed store write
+  // publishes nothing and returns its status; the next tick retries.
+  absl::Status Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram* latency);
+
+  // ---- Durable state (src/core/shard_durable.cc) ----
+  // Rebuild: records loaded from the Store, in any order.
+  void LoadUser(const UserRecord& record, int64_t now_ms);
+  absl::Status LoadDevice(const DeviceRecord& record, uint8_t gateway, int64_t now_ms);
+  // Forgets everything about the user and queues its erasure in the Store
+  // with the next write. Returns whether the engine held the user.
+  bool EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms);
+  // Disconnects, cleanly, up to `budget` open devices that gateway `g`
+  // carried; returns how many.
+  size_t DrainGateway(uint8_t g, size_t budget, int64_t now_ms);
+  // Drops the users for which drop(user_id) is true, with their devices and
+  // overrides, writing nothing of them to the Store: another engine holds
+  // them now (a partition moved). Returns how many users it dropped.
+  size_t Release(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> drop);
+  // Appends, for each user for which which(user_id) is true and that was
+  // ever published, its published state as a change event of its current
+  // version (cause kMerge): what a new owner announces again, in case the
+  // previous owner stored a change but died before publishing it.
+  void AppendPublished(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> which,
+                       std::vector<ChangeEvent>* out);
+  // Drops every user and device (a rebuild starts from nothing).
+  void Clear(int64_t now_ms);
+
+  struct Stats {
+    ShardCounters counters;
+    Engine::Sizes sizes;
+    uint64_t live_users = 0;   // users whose published state is not OFFLINE
+    uint64_t stale_users = 0;  // of those, freshness above APP's offline_after
+    uint64_t store_writes = 0;
+    uint64_t store_errors = 0;
+  };
+  void AddStats(int64_t now_ms, Stats* stats);
+
+  DeviceTable& devices() { return devices_; }
+  uint64_t DeviceKey(uint32_t index) const { return (uint64_t{index_} << 32) | index; }
+
+ private:
+  struct User {
+    InlineId id;
+    uint64_t version = 0;         // of the last published event (own view)
+    uint64_t public_version = 0;  // of the last change of the public view
+    int64_t last_seen_ms = 0;     // latest signal applied through the lock
+    int64_t published_at_ms = 0;       // last change of the public view (0: never)
+    int64_t self_published_at_ms = 0;  // last change of the own view (0: never)
+    // While hidden: the public last_seen, where it stood when the user went
+    // invisible (rule 8).
+    int64_t hidden_last_seen_ms = 0;
+    uint32_t first_device = kNone;
+    uint32_t pending = kNone;  // index in pending_ while it has unpublished news
+    uint16_t device_count = 0;
+    bool in_use = false;
+    // An INVISIBLE override showed when the stack was last settled.
+    bool hidden = false;
+    // An active INVISIBLE override lies under the one on top, so that the top
+    // one's expiry hides the user: its devices' beats take the lock, which
+    // settles the stack first, so the freeze sees no beat made after it.
+    bool guarded = false;
+    State pub_state = State::kOffline;
+    State pub_self = State::kOffline;
+    std::unique_ptr<std::vector<Override>> overrides;
+  };
+  struct Pending {
+    uint32_t user;
+    Cause cause;
+    uint64_t trace_id;
+    int64_t since_ms;
+    int64_t hold_until_ms;  // held by min_dwell until then, unless news comes
+  };
+  struct UserView {
+    Reduced reduced;
+    DeviceSummary devices;
+    int64_t last_seen_ms = 0;
+  };
+  // What anyone but the user reads of it (docs/design.md rule 8); see PublicOf.
+  struct PublicView {
+    bool known = false;
+    State state = State::kOffline;
+    int64_t last_seen_ms = 0;
+    DeviceSummary devices;
+    const Override* shown = nullptr;  // never an INVISIBLE one
+  };
+  struct Decision {
+    // kHoldUnchanged: still in its dwell with no news; not evaluated.
+    enum What { kPublish, kHold, kHoldUnchanged, kSettle } what = kSettle;
+    UserView view;
+    PublicView pub;
+    // What it publishes: the states after the event (a view whose change is
+    // held by its dwell keeps its published state), and the versions.
+    State pub_state = State::kOffline;
+    State self_state = State::kOffline;
+    bool public_change = false;
+    bool self_change = false;
+    uint64_t version = 0;
+    uint64_t public_version = 0;
+  };
+  void BuildStoreBatch(int64_t now_ms, StoreBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  UserRecord UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  DeviceRecord DeviceRecordOf(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The version of the next record this shard writes: grows by at least one
+  // per record and never falls below the clock in ms shifted left by 10.
+  uint64_t NextRecordVersion(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  struct UserKey {
+    absl::string_view id;
+    uint64_t hash;
+  };
+  // A key that matches nothing: looking it up prefetches the user record of
+  // every slot whose hash bits match, which is almost always just the user
+  // sought (see ApplyMany).
+  struct UserPrefetch {
+    uint64_t hash;
+  };
+  struct UserHash {
+    using is_transparent = void;
+    const std::vector<User>* users;
+    size_t operator()(uint32_t u) const { return HashUserId((*users)[u].id.view()); }
+    size_t operator()(const UserKey& k) const { return k.hash; }
+    size_t operator()(const UserPrefetch& k) const { return k.hash; }
+  };
+  struct UserEq {
+    using is_transparent = void;
+    const std::vector<User>* users;
+    bool operator()(uint32_t a, uint32_t b) const { return a == b; }
+    bool operator()(uint32_t a, const UserKey& k) const { return (*users)[a].id.view() == k.id; }
+    bool operator()(const UserKey& k, uint32_t a) const { return (*users)[a].id.view() == k.id; }
+    bool operator()(uint32_t a, const UserPrefetch&) const {
+      __builtin_prefetch(&(*users)[a]);
+      return false;
+    }
+    bool operator()(const UserPrefetch& k, uint32_t a) const { return (*this)(a, k); }
+  };
+  // The dependent loads between a keyed signal and its device, each started
+  // ahead of need by ApplyMany, in three stages: the index group of the user
+  // id and the signal itself; the user record (the index is in cache by then)
+  // and the id bytes; the user's first device.
+  void PrefetchIndex(const AcceptedSignal& a) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PrefetchUser(const AcceptedSignal& a) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PrefetchDevice(const AcceptedSignal& a) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Status ApplyLocked(const AcceptedSignal& s, int64_t now_ms, DeviceHandle* handle)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `limit`: counts against the device's signals-per-second limit (not a
+  // replay).
+  absl::Status ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
+                             int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Drop(DropReason reason, absl::string_view message)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reserves `bytes` of the memory budget; false (nothing reserved) when it
+  // would pass it. Load paths charge with force: what is held is held.
+  bool Charge(int64_t bytes, bool force = false);
+  void Uncharge(int64_t bytes);
+  void Unpend(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t FindDevice(const User& user, absl::string_view device_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  DeviceHandle HandleOf(uint32_t di) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Re-derives a device's fast bits from its liveness, keeps its timer no
+  // later than its next deadline, and marks its user dirty when what the
+  // device contributes (live, online) changed.
+  void Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t trace_id,
+               int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeDevice(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  TimerWheel::Verdict FireDevice(uint32_t di, Time32 slot_time, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FireUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  void MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  UserView ViewUser(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The user's latest accepted signal: the locked part and every device's.
+  int64_t TrueLastSeen(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The public view (docs/design.md rule 8), computed here and nowhere else: every
+  // path that answers anyone but the user (Get, GetPublished, change events,
+  // records, re-announcements) reads it. `state` is the state it is judged
+  // by (the current one, or the published one).
+  PublicView PublicOf(const User& user, const UserView& v, State state, int64_t now_ms) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the user's expired overrides (each a change of cause
+  // kOverrideExpiry), then notes whether it is hidden. Called before
+  // anything the user does is applied, so that the freeze of its public
+  // last_seen sees nothing done after it went invisible.
+  void Settle(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After the override stack changed: whether the user is hidden now (on
+  // becoming so, its public last_seen freezes) and whether its beats must
+  // take the lock (User::guarded).
+  void UpdateHidden(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a live device's beats may skip the lock (fast::kOpen).
+  bool MayBeatUnlocked(const Device& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The state, last_seen and devices of an event, public and own.
+  static void FillView(const UserView& v, const PublicView& pub, ChangeEvent* e);
+  size_t RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
+                         bool (*pred)(const Override&, const void*), const void* arg)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  DeviceView Evaluate(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What the device counted as when last evaluated (its fast bits and phase):
+  // what the timers and the publisher have been told.
+  DeviceView LastEvaluated(uint32_t di) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkStoreDirty(uint32_t di) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const ShardConfig* const config_;
+  const uint32_t index_;
+
+  mutable internal::Mutex mu_;
+  std::vector<User> users_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> free_users_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint32_t, UserHash, UserEq> index_by_id_ ABSL_GUARDED_BY(mu_);
+  DeviceTable devices_;  // slots guarded by mu_, except the fast-path fields
+  TimerWheel wheel_ ABSL_GUARDED_BY(mu_);
+  absl::btree_set<std::pair<int64_t, uint32_t>> user_timers_ ABSL_GUARDED_BY(mu_);
+  std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);  // users to look at on Tick
+  absl::flat_hash_set<uint32_t> with_overrides_ ABSL_GUARDED_BY(mu_);
+  ShardCounters counters_ ABSL_GUARDED_BY(mu_);
+  std::vector<Decision> decisions_ ABSL_GUARDED_BY(mu_);  // Tick's scratch, parallel to pending_
+  // Durable state waiting for the next write.
+  std::vector<uint32_t> store_dirty_ ABSL_GUARDED_BY(mu_);
+  std::vector<DeviceRecord> gone_ ABSL_GUARDED_BY(mu_);
+  std::vector<StoreBatch::Erasure> erasures_ ABSL_GUARDED_BY(mu_);
+  uint64_t record_clock_ ABSL_GUARDED_BY(mu_) = 0;
+  // The versions of users this shard forgot (erased, released or past
+  // retention) since the last tick: a user met again before a tick's clock
+  // passed them starts from them, so a watcher never sees a version repeat,
+  // even within the millisecond of an erasure. Per user, so that no user's
+  // versions depend on what another did (rule 8). A tick drops those its
+  // clock passed (NextVersion is above them from then on).
+  struct Floors {
+    uint64_t version = 0;
+    uint64_t public_version = 0;
+  };
+  absl::flat_hash_map<std::string, Floors> forgotten_ ABSL_GUARDED_BY(mu_);
+  // Erasures to publish with the next tick (ChangeEvent::erased).
+  std::vector<ChangeEvent> erased_ ABSL_GUARDED_BY(mu_);
+  uint64_t store_writes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t store_errors_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t override_count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace presence::internal
+
+#endif  // PRESENCE_SRC_CORE_SHARD_H_

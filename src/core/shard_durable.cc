@@ -1,0 +1,298 @@
+// The shard's side of durable state: the records it writes through to the
+// Store, loading them back (rebuild), erasure, and draining a gateway.
+#include <algorithm>
+
+#include "src/core/shard.h"
+
+namespace presence::internal {
+
+UserRecord Shard::UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms) {
+  const User& user = users_[u];
+  const bool publish = d != nullptr && d->what == Decision::kPublish;
+  UserRecord r;
+  r.user_id = std::string(user.id.view());
+  r.version = NextRecordVersion(now_ms);
+  r.state_version = publish ? d->version : user.version;
+  r.public_version = publish ? d->public_version : user.public_version;
+  r.state = publish ? d->pub_state : user.pub_state;
+  r.self_state = publish ? d->self_state : user.pub_self;
+  r.last_seen_ms = d != nullptr ? d->view.last_seen_ms : user.last_seen_ms;
+  r.published_at_ms = publish && d->public_change ? now_ms : user.published_at_ms;
+  r.hidden_last_seen_ms = user.hidden ? user.hidden_last_seen_ms : 0;
+  if (user.overrides) {
+    for (const Override& o : *user.overrides) {
+      if (o.active(now_ms)) r.overrides.push_back({o.id, o.state, o.set_at_ms, o.until_ms});
+    }
+  }
+  return r;
+}
+
+DeviceRecord Shard::DeviceRecordOf(uint32_t di, int64_t now_ms) {
+  const Device& d = devices_.at(di);
+  DeviceRecord r;
+  r.user_id = std::string(users_[d.user].id.view());
+  r.device_id = std::string(d.id.view());
+  r.session_id = d.session;
+  r.platform = d.platform;
+  const uint32_t bits = d.bits();
+  for (int i = 0; i < kSourceCount; ++i) {
+    if (d.has_seen(i)) r.last_signal_ms[i] = Expand32(d.seen[i].load(std::memory_order_relaxed), now_ms);
+    r.activity[i] = (bits & fast::ActiveBit(i)) ? Activity::kActive : Activity::kIdle;
+  }
+  r.closed = d.flags & dflag::kClosed;
+  r.gateway = config_->gateways->Name(d.gateway);
+  r.version = NextRecordVersion(now_ms);
+  return r;
+}
+
+void Shard::BuildStoreBatch(int64_t now_ms, StoreBatch* batch) {
+  // Whoever owns a partition writes its users: never one this engine let go.
+  auto owned = [&](absl::string_view user_id) {
+    return config_->check_owned(HashUserId(user_id)).ok();
+  };
+  batch->erasures = erasures_;
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    if (decisions_[i].what == Decision::kHoldUnchanged) continue;  // written when first held
+    if (!owned(users_[pending_[i].user].id.view())) continue;
+    batch->users.push_back(UserRecordOf(pending_[i].user, &decisions_[i], now_ms));
+  }
+  for (uint32_t di : store_dirty_) {
+    const Device& d = devices_.at(di);
+    if ((d.flags & dflag::kStoreDirty) && d.phase != Phase::kFree &&
+        owned(users_[d.user].id.view())) {
+      batch->devices.push_back(DeviceRecordOf(di, now_ms));
+    }
+  }
+  for (const DeviceRecord& g : gone_) {
+    if (!owned(g.user_id)) continue;
+    batch->devices.push_back(g);
+    batch->devices.back().version = NextRecordVersion(now_ms);
+  }
+}
+
+void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
+  internal::MutexLock lock(&mu_);
+  const uint64_t hash = HashUserId(r.user_id);
+  uint32_t u = FindUser(r.user_id, hash);
+  if (u == kNone) {
+    Charge(kUserChargeBytes, /*force=*/true);
+    u = AddUser(r.user_id);
+  }
+  // The records this shard writes next must win over what the store holds,
+  // even when another engine whose clock ran ahead wrote it (a failover).
+  record_clock_ = std::max(record_clock_, r.version);
+  User& user = users_[u];
+  user.version = std::max(user.version, r.state_version);
+  user.public_version = std::max(user.public_version, r.public_version);
+  user.pub_state = r.state;
+  user.pub_self = r.self_state;
+  // Not after now: a record from an engine whose clock ran ahead must not
+  // hold the next change back by more than one dwell.
+  user.published_at_ms = std::min(r.published_at_ms, now_ms);
+  user.last_seen_ms = std::max(user.last_seen_ms, r.last_seen_ms);
+  for (const OverrideInfo& o : r.overrides) {
+    if (o.until_ms != 0 && o.until_ms <= now_ms) continue;
+    if (!user.overrides) {
+      user.overrides = std::make_unique<std::vector<Override>>();
+      with_overrides_.insert(u);
+    }
+    user.overrides->push_back(Override{o.id, o.set_at_ms, o.until_ms, o.state});
+    ++override_count_;
+    if (o.until_ms != 0) user_timers_.insert({o.until_ms, u});
+    // Ids stay unique after a rebuild.
+    uint64_t next = config_->next_override_id->load(std::memory_order_relaxed);
+    while (next <= o.id &&
+           !config_->next_override_id->compare_exchange_weak(next, o.id + 1)) {
+    }
+  }
+  if (user.overrides) {
+    // Stack order: by when each was set, and among those set in the same
+    // millisecond by id, which grows with each one set.
+    std::sort(user.overrides->begin(), user.overrides->end(), [](const Override& a, const Override& b) {
+      return a.set_at_ms != b.set_at_ms ? a.set_at_ms < b.set_at_ms : a.id < b.id;
+    });
+  }
+  // Hidden as it was when written: its public last_seen stays frozen where it
+  // was (a user that went invisible while the engine was down freezes at its
+  // last recorded one). Devices load after this and must not move it.
+  const Override* top = TopOverride(user.overrides.get(), now_ms);
+  user.hidden = top != nullptr && top->state == OverrideState::kInvisible;
+  user.hidden_last_seen_ms = !user.hidden                   ? 0
+                             : r.hidden_last_seen_ms != 0 ? r.hidden_last_seen_ms
+                                                          : r.last_seen_ms;
+  UpdateHidden(u, now_ms);
+  // The next tick compares what the records say was published with what
+  // holds now (devices may have lapsed while the engine was down).
+  MarkDirty(u, Cause::kMerge, 0, now_ms);
+}
+
+absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t now_ms) {
+  internal::MutexLock lock(&mu_);
+  const uint64_t hash = HashUserId(r.user_id);
+  uint32_t u = FindUser(r.user_id, hash);
+  if (u == kNone) {
+    Charge(kUserChargeBytes, /*force=*/true);
+    u = AddUser(r.user_id);
+  }
+  record_clock_ = std::max(record_clock_, r.version);  // as in LoadUser
+  uint32_t di = FindDevice(users_[u], r.device_id);
+  if (di != kNone) return absl::OkStatus();  // a Load visits each device once
+  di = devices_.Allocate(*config_->epochs);
+  if (di == kNone) return absl::ResourceExhaustedError("shard holds the most devices it can");
+  Charge(kDeviceChargeBytes, /*force=*/true);
+  User& user = users_[u];
+  Device& d = devices_.at(di);
+  d.flags = 0;
+  d.id = InlineId(r.device_id);
+  d.user = u;
+  d.next = user.first_device;
+  user.first_device = di;
+  ++user.device_count;
+  d.session = r.session_id;
+  d.platform = r.platform;
+  d.gateway = gateway;
+  uint32_t bits = 0;
+  for (int i = 0; i < kSourceCount; ++i) {
+    if (r.last_signal_ms[i] != 0 && now_ms - r.last_signal_ms[i] < (int64_t{1} << 30)) {
+      d.seen[i].store(ToTime32(r.last_signal_ms[i]), std::memory_order_relaxed);
+      d.flags |= dflag::kSeen0 << i;
+    }
+    if (r.activity[i] == Activity::kActive) bits |= fast::ActiveBit(i);
+  }
+  d.set_bits(bits);
+  if (config_->policy.detector != nullptr &&
+      (config_->options.detector_platforms & (1u << static_cast<int>(r.platform)))) {
+    d.flags |= dflag::kAdaptive;
+  }
+  if (r.closed) {
+    d.flags |= dflag::kClosed;
+    d.phase = Phase::kDead;
+    Schedule(di, now_ms + config_->options.dead_retention_ms, now_ms);
+  } else {
+    d.phase = Phase::kLive;
+    ++live_devices_;
+    d.due = ToTime32(now_ms + kUnscheduled);
+    Refresh(di, DeviceView{}, Cause::kMerge, 0, now_ms);  // schedules its timer
+  }
+  MarkDirty(u, Cause::kMerge, 0, now_ms);
+  return absl::OkStatus();
+}
+
+void Shard::Unpend(uint32_t u) {
+  const uint32_t i = users_[u].pending;
+  if (i == kNone) return;
+  pending_[i] = pending_.back();
+  users_[pending_[i].user].pending = i;
+  pending_.pop_back();
+  users_[u].pending = kNone;
+}
+
+bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) {
+  internal::MutexLock lock(&mu_);
+  erasures_.push_back({std::string(user_id), NextRecordVersion(now_ms)});
+  const uint32_t u = FindUser(user_id, hash);
+  if (u == kNone) return false;
+  User& user = users_[u];
+  if (user.version != 0) {
+    // Its watchers are told with the next tick (after the erasure is
+    // written), with versions above every one it had, each view's from that
+    // view's own.
+    ChangeEvent& e = erased_.emplace_back();
+    e.user_id = std::string(user_id);
+    e.erased = true;
+    e.cause = Cause::kMerge;
+    e.previous = user.pub_state;
+    e.previous_self = user.pub_self;
+    e.version = NextVersion(user.version, now_ms);
+    e.public_version = NextVersion(user.public_version, now_ms);
+    e.changed_at_ms = now_ms;
+    user.version = e.version;
+    user.public_version = e.public_version;
+  }
+  Unpend(u);
+  if (user.overrides) {
+    override_count_ -= user.overrides->size();
+    user.overrides.reset();
+    with_overrides_.erase(u);
+  }
+  user.last_seen_ms = 0;
+  while (user.first_device != kNone) {
+    const uint32_t di = user.first_device;
+    if (devices_.at(di).phase != Phase::kDead) {
+      devices_.at(di).phase = Phase::kDead;
+      --live_devices_;
+    }
+    devices_.at(di).flags &= ~dflag::kStoreDirty;
+    FreeDevice(di, now_ms);  // forgets the user with its last device
+  }
+  gone_.erase(std::remove_if(gone_.begin(), gone_.end(),
+                             [&](const DeviceRecord& g) { return g.user_id == user_id; }),
+              gone_.end());
+  if (users_[u].in_use && users_[u].id.view() == user_id) ForgetUser(u, now_ms);
+  return true;
+}
+
+size_t Shard::DrainGateway(uint8_t g, size_t budget, int64_t now_ms) {
+  internal::MutexLock lock(&mu_);
+  size_t n = 0;
+  for (uint32_t u = 0; u < users_.size() && n < budget; ++u) {
+    if (!users_[u].in_use) continue;
+    for (uint32_t di = users_[u].first_device; di != kNone && n < budget;
+         di = devices_.at(di).next) {
+      const Device& d = devices_.at(di);
+      if (d.gateway != g || (d.flags & dflag::kClosed)) continue;
+      (void)CloseSession(di, DisconnectKind::kClean, now_ms);
+      ++n;
+    }
+  }
+  return n;
+}
+
+size_t Shard::Release(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> drop) {
+  internal::MutexLock lock(&mu_);
+  absl::flat_hash_set<uint32_t> dropped;
+  for (uint32_t u = 0; u < users_.size(); ++u) {
+    if (!users_[u].in_use || !drop(users_[u].id.view())) continue;
+    Unpend(u);
+    User& user = users_[u];
+    if (user.overrides) {
+      override_count_ -= user.overrides->size();
+      user.overrides.reset();
+      with_overrides_.erase(u);
+    }
+    user.last_seen_ms = 0;
+    // Whoever takes the user over holds its records now: nothing of it is
+    // written from here (FreeDevice queues a deletion per device).
+    const size_t gone_before = gone_.size();
+    while (user.first_device != kNone) {
+      const uint32_t di = user.first_device;
+      Device& d = devices_.at(di);
+      if (d.phase != Phase::kDead) {
+        d.phase = Phase::kDead;
+        --live_devices_;
+      }
+      d.flags &= ~dflag::kStoreDirty;
+      FreeDevice(di, now_ms);
+    }
+    gone_.resize(gone_before);
+    if (users_[u].in_use) ForgetUser(u, now_ms);
+    dropped.insert(u);
+  }
+  if (!dropped.empty()) {
+    for (auto it = user_timers_.begin(); it != user_timers_.end();) {
+      it = dropped.contains(it->second) ? user_timers_.erase(it) : std::next(it);
+    }
+  }
+  return dropped.size();
+}
+
+void Shard::Clear(int64_t now_ms) {
+  Release(now_ms, [](absl::string_view) { return true; });
+  internal::MutexLock lock(&mu_);
+  // A rebuild writes nothing of what it dropped.
+  gone_.clear();
+  store_dirty_.clear();
+  user_timers_.clear();
+}
+
+}  // namespace presence::internal

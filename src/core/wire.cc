@@ -1,0 +1,164 @@
+#include "presence/wire.h"
+
+#include "absl/strings/str_cat.h"
+#include "presence/v1/presence.pb.h"
+#include "src/core/validate.h"
+#include "src/core/wire_internal.h"
+
+namespace presence {
+
+namespace {
+
+namespace pb = ::presence::v1;
+
+void SummaryToProto(const DeviceSummary& s, pb::DeviceSummary* out) {
+  out->set_web(s.count(Platform::kWeb));
+  out->set_desktop(s.count(Platform::kDesktop));
+  out->set_mobile(s.count(Platform::kMobile));
+  out->set_console(s.count(Platform::kConsole));
+  out->set_other(s.count(Platform::kOther));
+}
+
+absl::StatusOr<DeviceSummary> SummaryFromProto(const pb::DeviceSummary& s) {
+  DeviceSummary out;
+  const uint32_t counts[] = {s.web(), s.desktop(), s.mobile(), s.console(), s.other()};
+  for (int i = 0; i < kPlatformCount; ++i) {
+    if (counts[i] > 0xffff) return absl::InvalidArgumentError("device count out of range");
+    out.live[i] = static_cast<uint16_t>(counts[i]);
+  }
+  return out;
+}
+
+absl::StatusOr<State> StateFromProto(int v, absl::string_view field) {
+  if (v < 1 || v > 4) return absl::InvalidArgumentError(absl::StrCat("unknown ", field, " value ", v));
+  return static_cast<State>(v);
+}
+
+}  // namespace
+
+Signal DecodedSignal::signal() const {
+  Signal s = fields_;
+  s.user_id = user_id_;
+  s.device_id = device_id_;
+  s.gateway = gateway_;
+  return s;
+}
+
+std::string EncodeSignal(const Signal& s) {
+  pb::Signal m;
+  m.set_user_id(std::string(s.user_id));
+  m.set_device_id(std::string(s.device_id));
+  m.set_session_id(s.session_id);
+  m.set_platform(static_cast<pb::Platform>(s.platform));
+  m.set_source(static_cast<pb::Source>(s.source));
+  m.set_activity(static_cast<pb::Activity>(s.activity));
+  m.set_timestamp_ms(s.timestamp_ms);
+  m.set_trace_id(s.trace_id);
+  m.set_gateway(std::string(s.gateway));
+  return m.SerializeAsString();
+}
+
+std::string EncodeDisconnect(const Signal& session, DisconnectKind kind) {
+  pb::Signal m;
+  m.ParseFromString(EncodeSignal(session));
+  m.set_disconnect(static_cast<pb::Disconnect>(kind));
+  return m.SerializeAsString();
+}
+
+absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out) {
+  if (out == nullptr) return absl::InvalidArgumentError("out is null");
+  pb::Signal m;
+  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::InvalidArgumentError("malformed presence.v1.Signal");
+  }
+  DecodedSignal d;
+  d.user_id_ = m.user_id();
+  d.device_id_ = m.device_id();
+  d.gateway_ = m.gateway();
+  d.fields_.session_id = m.session_id();
+  d.fields_.platform = static_cast<Platform>(m.platform());
+  d.fields_.source = static_cast<Source>(m.source());
+  d.fields_.activity = static_cast<Activity>(m.activity());
+  d.fields_.timestamp_ms = m.timestamp_ms();
+  d.fields_.trace_id = m.trace_id();
+  if (m.disconnect() != pb::DISCONNECT_NONE) {
+    const auto kind = static_cast<DisconnectKind>(m.disconnect());
+    if (auto st = internal::ValidateDisconnectKind(kind); !st.ok()) return st;
+    d.disconnect_ = kind;
+  }
+  if (auto st = internal::ValidateSignal(d.signal()); !st.ok()) return st;
+  *out = std::move(d);
+  return absl::OkStatus();
+}
+
+void internal::ChangeEventToProto(const ChangeEvent& e, bool include_self, pb::ChangeEvent* out) {
+  pb::ChangeEvent& m = *out;
+  m.set_user_id(e.user_id);
+  m.set_previous(static_cast<pb::State>(e.previous));
+  m.set_state(static_cast<pb::State>(e.state));
+  m.set_last_seen_ms(e.last_seen_ms);
+  m.set_cause(static_cast<pb::Cause>(e.cause));
+  m.set_erased(e.erased);
+  SummaryToProto(e.devices, m.mutable_devices());
+  m.set_trace_id(e.trace_id);
+  m.set_changed_at_ms(e.changed_at_ms);
+  m.set_published_at_ms(e.published_at_ms);
+  if (include_self) {
+    m.set_self_state(static_cast<pb::State>(e.self_state));
+    m.set_invisible(e.invisible);
+    m.set_version(e.version);
+    m.set_public_version(e.public_version);
+  } else {
+    m.set_version(e.public_version);  // the own view's version is not public
+  }
+}
+
+std::string EncodeChangeEvent(const ChangeEvent& e, bool include_self) {
+  pb::ChangeEvent m;
+  internal::ChangeEventToProto(e, include_self, &m);
+  return m.SerializeAsString();
+}
+
+absl::StatusOr<ChangeEvent> internal::ChangeEventFromProto(const pb::ChangeEvent& m) {
+  if (auto st = internal::ValidateUserId(m.user_id()); !st.ok()) return st;
+  ChangeEvent e;
+  e.user_id = m.user_id();
+  auto prev = StateFromProto(m.previous(), "previous");
+  auto state = StateFromProto(m.state(), "state");
+  if (!prev.ok()) return prev.status();
+  if (!state.ok()) return state.status();
+  e.previous = e.previous_self = *prev;
+  e.state = e.self_state = *state;
+  if (m.self_state() != pb::STATE_UNSPECIFIED) {
+    auto self = StateFromProto(m.self_state(), "self_state");
+    if (!self.ok()) return self.status();
+    e.self_state = *self;
+  }
+  if (m.cause() < 1 || m.cause() > 6) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown cause value ", m.cause()));
+  }
+  e.cause = static_cast<Cause>(m.cause());
+  auto devices = SummaryFromProto(m.devices());
+  if (!devices.ok()) return devices.status();
+  e.devices = e.self_devices = *devices;
+  e.invisible = m.invisible();
+  e.last_seen_ms = e.self_last_seen_ms = m.last_seen_ms();
+  e.version = m.version();
+  // Without the own view, the one version is the public one.
+  e.public_version = m.self_state() != pb::STATE_UNSPECIFIED ? m.public_version() : m.version();
+  e.erased = m.erased();
+  e.trace_id = m.trace_id();
+  e.changed_at_ms = m.changed_at_ms();
+  e.published_at_ms = m.published_at_ms();
+  return e;
+}
+
+absl::StatusOr<ChangeEvent> DecodeChangeEvent(absl::string_view bytes) {
+  pb::ChangeEvent m;
+  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::InvalidArgumentError("malformed presence.v1.ChangeEvent");
+  }
+  return internal::ChangeEventFromProto(m);
+}
+
+}  // namespace presence

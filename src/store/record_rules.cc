@@ -1,0 +1,144 @@
+#include "src/store/record_rules.h"
+
+#include <algorithm>
+
+namespace presence::internal {
+
+uint64_t RecordSet::FloorOf(const std::string& user_id) const {
+  auto it = floors_.find(user_id);
+  return it == floors_.end() ? 0 : it->second;
+}
+
+bool RecordSet::ApplyErasure(const StoreBatch::Erasure& e) {
+  bool changed = users_.erase(e.user_id) > 0;
+  for (auto it = devices_.begin(); it != devices_.end();) {
+    if (it->first.first == e.user_id) {
+      devices_.erase(it++);
+      changed = true;
+    } else {
+      ++it;
+    }
+  }
+  uint64_t& floor = floors_[e.user_id];
+  if (e.floor > floor) {
+    floor = e.floor;
+    changed = true;
+  }
+  return changed;
+}
+
+bool RecordSet::ApplyUser(const UserRecord& u) {
+  if (u.version < FloorOf(u.user_id)) return false;
+  auto [it, inserted] = users_.try_emplace(u.user_id, u);
+  if (inserted) return true;
+  if (u.version <= it->second.version) return false;
+  it->second = u;
+  return true;
+}
+
+bool RecordSet::ApplyDevice(const DeviceRecord& d) {
+  if (d.version < FloorOf(d.user_id)) return false;
+  auto key = std::make_pair(d.user_id, d.device_id);
+  auto it = devices_.find(key);
+  if (it != devices_.end() && d.version <= it->second.version) return false;
+  if (d.gone) {
+    if (it == devices_.end()) return false;
+    devices_.erase(it);
+    return true;
+  }
+  if (it == devices_.end()) {
+    devices_.emplace(std::move(key), d);
+  } else {
+    it->second = d;
+  }
+  return true;
+}
+
+bool RecordSet::ApplyOffset(const CommittedOffset& o) {
+  uint64_t& held = offsets_[o.partition];
+  if (o.offset <= held) return false;
+  held = o.offset;
+  return true;
+}
+
+void RecordSet::Apply(const StoreBatch& batch) {
+  for (const auto& e : batch.erasures) ApplyErasure(e);
+  for (const auto& u : batch.users) ApplyUser(u);
+  for (const auto& d : batch.devices) ApplyDevice(d);
+  for (const auto& o : batch.offsets) ApplyOffset(o);
+}
+
+void RecordSet::Visit(StoreVisitor* visitor) const {
+  for (const auto& [id, u] : users_) visitor->OnUser(u);
+  for (const auto& [key, d] : devices_) visitor->OnDevice(d);
+  for (const auto& [p, off] : offsets_) visitor->OnOffset(CommittedOffset{p, off});
+}
+
+namespace {
+bool Before(const Transition& a, const Transition& b) {
+  return a.at_ms != b.at_ms ? a.at_ms < b.at_ms : a.version < b.version;
+}
+}  // namespace
+
+bool TransitionLog::Append(const Transition& t) {
+  auto& list = by_user_[t.user_id];
+  if (list.empty() || (Before(list.back(), t) && list.back().version < t.version)) {
+    list.push_back(t);  // the usual case: newer than everything held
+    return true;
+  }
+  for (const Transition& held : list) {
+    if (held.version == t.version) return false;
+  }
+  list.insert(std::upper_bound(list.begin(), list.end(), t, Before), t);
+  return true;
+}
+
+std::vector<Transition> TransitionLog::Query(absl::string_view user_id, int64_t from_ms,
+                                             int64_t to_ms) const {
+  std::vector<Transition> out;
+  auto it = by_user_.find(user_id);
+  if (it == by_user_.end()) return out;
+  for (const Transition& t : it->second) {
+    if (t.at_ms >= from_ms && t.at_ms <= to_ms) out.push_back(t);
+  }
+  return out;
+}
+
+std::optional<Transition> TransitionLog::LastBefore(absl::string_view user_id,
+                                                    int64_t before_ms) const {
+  auto it = by_user_.find(user_id);
+  if (it == by_user_.end()) return std::nullopt;
+  std::optional<Transition> out;
+  for (const Transition& t : it->second) {
+    if (t.at_ms >= before_ms) break;
+    out = t;
+  }
+  return out;
+}
+
+void TransitionLog::Erase(absl::string_view user_id) {
+  auto it = by_user_.find(user_id);
+  if (it != by_user_.end()) by_user_.erase(it);
+}
+
+void TransitionLog::DropBefore(int64_t before_ms) {
+  for (auto it = by_user_.begin(); it != by_user_.end();) {
+    auto& list = it->second;
+    list.erase(list.begin(), std::find_if(list.begin(), list.end(), [&](const Transition& t) {
+                 return t.at_ms >= before_ms;
+               }));
+    if (list.empty()) {
+      by_user_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+}
+
+size_t TransitionLog::size() const {
+  size_t n = 0;
+  for (const auto& [u, list] : by_user_) n += list.size();
+  return n;
+}
+
+}  // namespace presence::internal

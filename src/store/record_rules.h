@@ -1,0 +1,68 @@
+// The rules every store keeps, in one place: the version rule and erasure
+// floors for records (presence/store.h), and the audit trail's order and
+// idempotence (presence/history.h). The in-memory stores are these; the file
+// store keeps these in memory and makes them durable with its log.
+#ifndef PRESENCE_SRC_STORE_RECORD_RULES_H_
+#define PRESENCE_SRC_STORE_RECORD_RULES_H_
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
+#include "presence/history.h"
+#include "presence/store.h"
+
+namespace presence::internal {
+
+class RecordSet {
+ public:
+  // Each returns whether the set changed.
+  bool ApplyErasure(const StoreBatch::Erasure& e);
+  bool ApplyUser(const UserRecord& u);
+  bool ApplyDevice(const DeviceRecord& d);
+  bool ApplyOffset(const CommittedOffset& o);
+  // Erasures, then users, devices and offsets, in that order.
+  void Apply(const StoreBatch& batch);
+
+  void Visit(StoreVisitor* visitor) const;
+  // The erasure floors held (a snapshot must keep them).
+  const absl::flat_hash_map<std::string, uint64_t>& floors() const { return floors_; }
+  size_t users() const { return users_.size(); }
+  size_t devices() const { return devices_.size(); }
+
+ private:
+  uint64_t FloorOf(const std::string& user_id) const;
+
+  absl::flat_hash_map<std::string, UserRecord> users_;
+  absl::flat_hash_map<std::pair<std::string, std::string>, DeviceRecord> devices_;
+  absl::flat_hash_map<std::string, uint64_t> floors_;
+  absl::flat_hash_map<uint32_t, uint64_t> offsets_;
+};
+
+class TransitionLog {
+ public:
+  // Returns false when (user_id, version) was already held.
+  bool Append(const Transition& t);
+  std::vector<Transition> Query(absl::string_view user_id, int64_t from_ms, int64_t to_ms) const;
+  std::optional<Transition> LastBefore(absl::string_view user_id, int64_t before_ms) const;
+  void Erase(absl::string_view user_id);
+  void DropBefore(int64_t before_ms);
+  template <typename F>
+  void ForEach(F&& f) const {
+    for (const auto& [user, list] : by_user_) {
+      for (const Transition& t : list) f(t);
+    }
+  }
+  size_t size() const;
+
+ private:
+  // Per user, ordered by (at_ms, version).
+  absl::flat_hash_map<std::string, std::vector<Transition>> by_user_;
+};
+
+}  // namespace presence::internal
+
+#endif  // PRESENCE_SRC_STORE_RECORD_RULES_H_
