@@ -153,7 +153,7 @@ TEST(Rebuild, ANewEngineLoadsTheStoreReplaysTheBusAndMatchesTheOldOne) {
   EXPECT_EQ(b->GetPublished(ids)[3].version, before[3].version);
 }
 
-// DESIGN.md section 6: replay and catch-up apply every record; the flood
+// docs/design.md section 6: replay and catch-up apply every record; the flood
 // limit applied when the signals came in. A backlog of one device's signals
 // (a gateway flushing after a bus outage, or a new owner catching up) is not
 // cut to the per-device limit.

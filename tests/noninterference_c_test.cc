@@ -1,4 +1,4 @@
-// DESIGN.md rule 8 through the C ABI (include/presence/c.h only): two
+// docs/design.md rule 8 through the C ABI (include/presence/c.h only): two
 // engines with file stores (so that they have a history) run the same random
 // workload, except that in the second a hidden user connects devices, beats,
 // idles and disconnects under an invisible override. Every C answer another

@@ -400,7 +400,7 @@ TEST(GatewayPublisher, NormalizesAndTagsEachSignal) {
   EXPECT_EQ(g.gw->stats().published, 102u);
 }
 
-// DESIGN.md section 6: disconnects travel the bus. A clean logout on a
+// docs/design.md section 6: disconnects travel the bus. A clean logout on a
 // gateway makes the owner's device dead at once (not after offline_after),
 // and an abrupt one gets the reconnect grace, as they would on the owner.
 TEST(GatewayPublisher, DisconnectsTravelTheBusCleanAndAbrupt) {

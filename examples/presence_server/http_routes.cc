@@ -357,7 +357,7 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
   }
   if (from > to) return Error(http::status::bad_request, "bad_request", "from is after to");
   // The user itself and operators see the audit trail; others see what the
-  // engine answers anyone but the user: the public view (DESIGN.md rule 8),
+  // engine answers anyone but the user: the public view (docs/design.md rule 8),
   // whose entries carry no cause or trace id.
   const bool full = *user == viewer || opts_.access.IsOperator(viewer);
   const absl::string_view as = full ? absl::string_view(*user) : absl::string_view(viewer);

@@ -578,7 +578,7 @@ typedef struct presence_user_presence_t {
 
 /* Answers for `count` ids, in order, as the user `viewer_user_id` sees
  * them (NULL/0: an anonymous viewer): the user itself sees its true state,
- * everyone else its public view (DESIGN.md rule 8): an invisible user is
+ * everyone else its public view (docs/design.md rule 8): an invisible user is
  * OFFLINE with no devices and no override, its last_seen and version stay
  * where they were when it went invisible, and a user OFFLINE that was never
  * published or not seen for the retention is not known. State is exact at the

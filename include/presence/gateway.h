@@ -65,7 +65,7 @@ class PRESENCE_EXPORT GatewayPublisher {
   // Publishes the end of `session`'s session (its user, device and session
   // id; its time and trace id as Publish fills them), clean or abrupt, so
   // that the owner disconnects the device as Engine::DisconnectDevice would
-  // (DESIGN.md section 6: every signal kind travels the bus). Answers as
+  // (docs/design.md section 6: every signal kind travels the bus). Answers as
   // Publish, and keeps the order of everything published.
   virtual absl::StatusOr<uint64_t> PublishDisconnect(const Signal& session,
                                                      DisconnectKind kind) = 0;

@@ -70,7 +70,7 @@ struct AcceptedSignal {
   int64_t timestamp_ms;
   uint8_t gateway;  // GatewayTable index of signal->gateway (0: none)
   // Read back from the bus (catch-up, replay): the flood limit applied when
-  // it came in, and is not applied again (DESIGN.md section 6).
+  // it came in, and is not applied again (docs/design.md section 6).
   bool replay = false;
 };
 
