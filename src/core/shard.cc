@@ -656,33 +656,35 @@ size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
   return removed;
 }
 
-absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
-                                   int64_t now_ms) {
+absl::StatusOr<size_t> Shard::RevokeWhere(absl::string_view user_id, uint64_t hash,
+                                          int64_t now_ms,
+                                          bool (*pred)(const Override&, const void*),
+                                          const void* arg) {
   internal::MutexLock lock(&mu_);
   if (auto st = config_->check_owned(hash); !st.ok()) return st;
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
   Settle(u, now_ms);
-  const size_t removed = RemoveOverrides(
-      u, now_ms, Cause::kOverride,
+  const size_t removed = RemoveOverrides(u, now_ms, Cause::kOverride, pred, arg);
+  ForgetUserIfEmpty(u, now_ms);
+  return removed;
+}
+
+absl::Status Shard::RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
+                                   int64_t now_ms) {
+  absl::StatusOr<size_t> removed = RevokeWhere(
+      user_id, hash, now_ms,
       [](const Override& o, const void* arg) { return o.id == *static_cast<const uint64_t*>(arg); },
       &id);
-  if (removed == 0) return absl::NotFoundError("user has no override with that id");
-  ForgetUserIfEmpty(u, now_ms);
+  if (!removed.ok()) return removed.status();
+  if (*removed == 0) return absl::NotFoundError("user has no override with that id");
   return absl::OkStatus();
 }
 
 absl::StatusOr<size_t> Shard::ClearOverrides(absl::string_view user_id, uint64_t hash,
                                              int64_t now_ms) {
-  internal::MutexLock lock(&mu_);
-  if (auto st = config_->check_owned(hash); !st.ok()) return st;
-  const uint32_t u = FindUser(user_id, hash);
-  if (u == kNone) return absl::NotFoundError("unknown user");
-  Settle(u, now_ms);
-  const size_t removed = RemoveOverrides(
-      u, now_ms, Cause::kOverride, [](const Override&, const void*) { return true; }, nullptr);
-  ForgetUserIfEmpty(u, now_ms);
-  return removed;
+  return RevokeWhere(user_id, hash, now_ms, [](const Override&, const void*) { return true; },
+                     nullptr);
 }
 
 size_t Shard::RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms) {

@@ -322,6 +322,11 @@ class Shard {
   bool MayBeatUnlocked(const Device& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The state, last_seen and devices of an event, public and own.
   static void FillView(const UserView& v, const PublicView& pub, ChangeEvent* e);
+  // The user's overrides for which pred is true, removed (cause kOverride).
+  // NotFound for an unknown user.
+  absl::StatusOr<size_t> RevokeWhere(absl::string_view user_id, uint64_t hash, int64_t now_ms,
+                                     bool (*pred)(const Override&, const void*), const void* arg)
+      ABSL_LOCKS_EXCLUDED(mu_);
   size_t RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
                          bool (*pred)(const Override&, const void*), const void* arg)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
