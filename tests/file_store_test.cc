@@ -4,12 +4,17 @@
 // losses, each answered with a clear error or report and nothing good lost.
 #include "presence/file_store.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "src/store/file_store_internal.h"
 #include "src/store/file_system.h"
@@ -421,6 +426,64 @@ TEST(FileStoreFaults, OneFolderOpensInOneStoreAtATime) {
   EXPECT_TRUE(absl::IsFailedPrecondition(second.status())) << second.status();
   first.reset();
   EXPECT_TRUE(FileStore::Open(dir.path(), {}).ok());
+}
+
+// The data folder holds every user's true states (invisible ones' too): it
+// and its files are the owner's alone, and nothing in it is followed as a
+// link (a link planted there would make the store overwrite another file).
+TEST(FileStoreFaults, TheFolderAndItsFilesAreTheOwnersAlone) {
+  TempDir base;
+  const std::string dir = base.path() + "/data";
+  {
+    auto fs = MustOpen(dir);
+    StoreBatch b;
+    b.users.push_back(UserRecord{"alice", 1});
+    ASSERT_TRUE(fs->store()->Write(b).ok());
+  }
+  namespace sfs = std::filesystem;
+  EXPECT_EQ(sfs::status(dir).permissions() & sfs::perms::all, sfs::perms::owner_all);
+  size_t files = 0;
+  for (const auto& e : sfs::directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    ++files;
+    EXPECT_EQ(e.status().permissions() & sfs::perms::all,
+              sfs::perms::owner_read | sfs::perms::owner_write)
+        << e.path();
+  }
+  EXPECT_GE(files, 2u);  // the lock and a segment
+}
+
+TEST(FileStoreFaults, ALinkPlantedInTheFolderIsNeverFollowed) {
+  TempDir base;
+  const std::string dir = base.path() + "/data";
+  const std::string victim = base.path() + "/victim";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  { std::ofstream(victim) << "keep me"; }
+  std::filesystem::create_symlink(victim, dir + "/" + std::string(internal::kLockFileName));
+  auto fs = FileStore::Open(dir, {});
+  ASSERT_FALSE(fs.ok());
+  EXPECT_THAT(std::string(fs.status().message()), ::testing::HasSubstr("LOCK"));
+  std::string contents;
+  std::getline(std::ifstream(victim), contents);
+  EXPECT_EQ(contents, "keep me");
+}
+
+TEST(FileStoreFaults, AFolderOthersMayWriteOrOwnIsRefused) {
+  TempDir base;
+  const std::string dir = base.path() + "/data";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  ASSERT_EQ(::chmod(dir.c_str(), 0777), 0);
+  auto fs = FileStore::Open(dir, {});
+  ASSERT_TRUE(absl::IsFailedPrecondition(fs.status())) << fs.status();
+  EXPECT_THAT(std::string(fs.status().message()), ::testing::HasSubstr("writable by others"));
+  ASSERT_EQ(::chmod(dir.c_str(), 0700), 0);
+  EXPECT_TRUE(FileStore::Open(dir, {}).ok());
+  if (::geteuid() == 0) {  // only root can give it away (CI runs as root)
+    ASSERT_EQ(::chown(dir.c_str(), 65534, 65534), 0);
+    fs = FileStore::Open(dir, {});
+    ASSERT_TRUE(absl::IsFailedPrecondition(fs.status())) << fs.status();
+    EXPECT_THAT(std::string(fs.status().message()), ::testing::HasSubstr("belongs to uid 65534"));
+  }
 }
 
 TEST(FileStoreFaults, BadOptionsAreRejected) {

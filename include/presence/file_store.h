@@ -161,11 +161,14 @@ struct RecoveryStats {
 class PRESENCE_EXPORT FileStore {
  public:
   // FileStore::Open opens (or creates) the data folder `dir` and recovers its
-  // state (see RECOVERY). Errors: InvalidArgument for bad options;
-  // FailedPrecondition when the folder is locked by another FileStore or
-  // holds data of a newer format version; NotFound when it does not exist
+  // state (see RECOVERY). The folder is the owner's alone (it holds every
+  // user's true states): it is created 0700, its files 0600, and no file in
+  // it is opened through a symbolic link. Errors: InvalidArgument for bad
+  // options; FailedPrecondition when the folder is locked by another
+  // FileStore, holds data of a newer format version, belongs to another
+  // user, or is writable by group or others; NotFound when it does not exist
   // and create_if_missing is false; the I/O error when a file cannot be
-  // read, truncated or created.
+  // read, truncated or created (a link in its place: ELOOP).
   static absl::StatusOr<std::unique_ptr<FileStore>> Open(const std::string& dir,
                                                          const FileStoreOptions& options);
 

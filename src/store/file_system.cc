@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace presence::internal {
 
@@ -103,17 +104,25 @@ class PosixFileLock final : public FileLock {
   int fd_;
 };
 
+// The data folder and its files are the owner's alone: the log holds every
+// user's true states and devices, invisible ones' included. Files are opened
+// without following links (O_NOFOLLOW), so a link planted in the folder is
+// an error, never a way to overwrite or read another file.
+constexpr mode_t kDirMode = 0700;
+constexpr mode_t kFileMode = 0600;
+
 class PosixFs final : public FileSystem {
  public:
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                          kFileMode);
     if (fd < 0) return ErrnoStatus(absl::StrCat("create ", path), errno);
     return std::make_unique<PosixWritableFile>(path, fd);
   }
 
   absl::Status ReadFile(const std::string& path, std::string* contents) override {
     contents->clear();
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return ErrnoStatus(absl::StrCat("open ", path), errno);
     struct stat st;
     if (::fstat(fd, &st) == 0 && st.st_size > 0) contents->reserve(static_cast<size_t>(st.st_size));
@@ -147,17 +156,31 @@ class PosixFs final : public FileSystem {
 
   absl::Status CreateDir(const std::string& dir) override {
     if (dir.empty()) return absl::InvalidArgumentError("empty directory name");
-    // mkdir -p: each prefix ending before a '/', then the whole.
+    // mkdir -p: each prefix ending before a '/', then the whole, which only
+    // its owner may enter: it holds what invisible users really did.
     for (size_t i = 1; i <= dir.size(); ++i) {
       if (i < dir.size() && dir[i] != '/') continue;
       const std::string prefix = dir.substr(0, i);
-      if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      if (::mkdir(prefix.c_str(), i == dir.size() ? kDirMode : 0755) != 0 && errno != EEXIST) {
         return ErrnoStatus(absl::StrCat("mkdir ", prefix), errno);
       }
     }
     struct stat st;
     if (::stat(dir.c_str(), &st) != 0) return ErrnoStatus(absl::StrCat("stat ", dir), errno);
     if (!S_ISDIR(st.st_mode)) return absl::FailedPreconditionError(dir + " is not a directory");
+    // A folder someone else controls could hold links planted to make the
+    // store overwrite other files, or be read by them.
+    if (st.st_uid != ::geteuid()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          dir, " belongs to uid ", st.st_uid, ", not to this process (uid ", ::geteuid(),
+          "): a data folder must be the store's own"));
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s is writable by others (mode %o): a data folder must be writable by its owner "
+          "only (chmod 700)",
+          dir, st.st_mode & 07777));
+    }
     return absl::OkStatus();
   }
 
@@ -184,7 +207,7 @@ class PosixFs final : public FileSystem {
   }
 
   absl::Status Truncate(const std::string& path, uint64_t size) override {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return ErrnoStatus(absl::StrCat("open ", path), errno);
     absl::Status s;
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
@@ -197,7 +220,7 @@ class PosixFs final : public FileSystem {
   }
 
   absl::StatusOr<std::unique_ptr<FileLock>> Lock(const std::string& path) override {
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, kFileMode);
     if (fd < 0) return ErrnoStatus(absl::StrCat("open ", path), errno);
     if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
