@@ -4,6 +4,7 @@
 // connection (with the body and header limits), and the routes of the seed
 // design's API: GET /presence, POST and DELETE /presence/override,
 // GET /presence/history, /metrics, and the page.
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -345,15 +346,17 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
   if (!opts_.access.MayRead(viewer, *user)) {
     return Error(http::status::forbidden, "forbidden", "you may not see this user");
   }
+  // Times are ms on the engine's clock, never negative: a negative one is
+  // refused (and an hour back from `to` cannot overflow).
   int64_t now = engine_->NowMs();
-  int64_t to = now, from = now - 3600 * 1000;
-  if (const std::string* s = t.Get("to"); s && !absl::SimpleAtoi(*s, &to)) {
-    return Error(http::status::bad_request, "bad_request", "to must be a time in ms");
+  int64_t to = now, from = 0;
+  if (const std::string* s = t.Get("to"); s && (!absl::SimpleAtoi(*s, &to) || to < 0)) {
+    return Error(http::status::bad_request, "bad_request", "to must be a time in ms, >= 0");
   }
-  if (const std::string* s = t.Get("from"); s && !absl::SimpleAtoi(*s, &from)) {
-    return Error(http::status::bad_request, "bad_request", "from must be a time in ms");
+  if (const std::string* s = t.Get("from"); s && (!absl::SimpleAtoi(*s, &from) || from < 0)) {
+    return Error(http::status::bad_request, "bad_request", "from must be a time in ms, >= 0");
   } else if (!s) {
-    from = to - 3600 * 1000;
+    from = std::max<int64_t>(to - 3600 * 1000, 0);
   }
   if (from > to) return Error(http::status::bad_request, "bad_request", "from is after to");
   // The user itself and operators see the audit trail; others see what the
