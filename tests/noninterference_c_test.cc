@@ -124,7 +124,8 @@ std::string Canonical(const char* data, size_t len) {
 TEST(NoninterferenceC, TheCAnswersOthersGetAreTheSameBytes) {
   const std::filesystem::path root =
       std::filesystem::temp_directory_path() / absl::StrCat("presence-nic-", getpid());
-  const std::vector<std::string> users = {"u0", "u1", "u2", kHidden};
+  const std::string hidden = kHidden;  // signals view the bytes of their ids
+  const std::vector<std::string> users = {"u0", "u1", "u2", hidden};
   const std::vector<std::string> visible = {"u0", "u1", "u2"};
   int hidden_actions = 0;
   for (uint64_t seed = 1; seed <= 60 && !HasFailure(); ++seed) {
@@ -181,7 +182,7 @@ TEST(NoninterferenceC, TheCAnswersOthersGetAreTheSameBytes) {
         const std::string d = absl::StrCat("h", pick(3));
         switch (pick(4)) {
           case 0: {
-            const presence_signal_t s = Sig(kHidden, d, 2 + step, PRESENCE_ACTIVITY_ACTIVE);
+            const presence_signal_t s = Sig(hidden, d, 2 + step, PRESENCE_ACTIVITY_ACTIVE);
             uint64_t h = 0;
             if (presence_engine_connect(&h, b.engine, &s, nullptr) == PRESENCE_OK) {
               b.handles.push_back(h);

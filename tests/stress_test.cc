@@ -360,11 +360,12 @@ TEST(Stress, CallbacksCloseRevokeAndEraseRaceCleanly) {
       std::mt19937_64 rng(300 + t);
       std::vector<DeviceHandle> handles;
       uint64_t session = 0;
+      const std::string device = "b" + std::to_string(t);  // the signals view it
       while (!stop.load()) {
         if (handles.size() < 64 || rng() % 8 == 0) {
           Signal s;
           s.user_id = users[rng() % kUsers];
-          s.device_id = "b" + std::to_string(t);
+          s.device_id = device;
           s.session_id = ++session;
           s.platform = Platform::kMobile;
           if (auto h = engine->Connect(s); h.ok()) handles.push_back(*h);
