@@ -192,14 +192,7 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
     if (!known_path) return Error(http::status::not_found, "not_found", absl::StrCat("no route ", t->path));
 
     // Everything else needs a token.
-    std::string token;
-    auto auth = req.find(http::field::authorization);
-    if (auth != req.end() && auth->value().starts_with("Bearer ")) {
-      token = std::string(auth->value().substr(7));
-    } else if (const std::string* q = t->Get("token")) {
-      token = *q;
-    }
-    std::optional<std::string> viewer = opts_.access.Authenticate(token);
+    std::optional<std::string> viewer = opts_.access.Authenticate(TokenOf(req, *t));
     if (!viewer) {
       return Error(http::status::unauthorized, "unauthorized",
                    "a valid token is needed (Authorization: Bearer TOKEN, or ?token=)");

@@ -115,6 +115,15 @@ bool PercentDecode(absl::string_view in, std::string* out) {
 
 }  // namespace
 
+std::string TokenOf(const http::request<http::string_body>& req, const Target& t) {
+  auto auth = req.find(http::field::authorization);
+  if (auth != req.end() && auth->value().starts_with("Bearer ")) {
+    return std::string(auth->value().substr(7));
+  }
+  const std::string* q = t.Get("token");
+  return q != nullptr ? *q : std::string();
+}
+
 std::optional<Target> ParseTarget(absl::string_view target) {
   Target t;
   size_t q = target.find('?');
@@ -322,14 +331,7 @@ void Server::Impl::StartWebSocket(tcp::socket socket, http::request<http::string
     reject(http::status::not_found, "not_found", "WebSocket endpoint is /presence/stream");
     return;
   }
-  std::string token;
-  auto auth = req.find(http::field::authorization);
-  if (auth != req.end() && auth->value().starts_with("Bearer ")) {
-    token = std::string(auth->value().substr(7));
-  } else if (const std::string* q = t->Get("token")) {
-    token = *q;
-  }
-  std::optional<std::string> user = opts_.access.Authenticate(token);
+  std::optional<std::string> user = opts_.access.Authenticate(TokenOf(req, *t));
   if (!user) {
     reject(http::status::unauthorized, "unauthorized", "a valid token is needed (?token= or Authorization: Bearer)");
     return;

@@ -80,6 +80,9 @@ struct Target {
 // its percent-encoding is broken.
 std::optional<Target> ParseTarget(absl::string_view target);
 
+// The token a request carries: its Authorization bearer, else ?token=.
+std::string TokenOf(const http::request<http::string_body>& req, const Target& t);
+
 // {"error":code,"message":message<extra>}: the body of every HTTP error.
 std::string ErrorJson(absl::string_view code, absl::string_view message, absl::string_view extra = {});
 
