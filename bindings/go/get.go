@@ -11,9 +11,9 @@ import "unsafe"
 // UserPresence is one user as Get answers (presence_user_presence_t).
 type UserPresence struct {
 	UserID          string // the id asked for; empty for an id that failed validation
-	Known           bool   // false: the engine holds nothing for this id
+	Known           bool   // false: nothing to show of this id (every field zero)
 	State           State  // as the viewer sees it
-	Version         uint64 // of the user's last published change
+	Version         uint64 // of the last published change of the viewer's view
 	LastSeenMs      int64  // latest accepted signal; 0: never seen
 	FreshnessMs     int64  // now - LastSeenMs (0 when never seen)
 	HasOverride     bool   // an override shows
@@ -25,7 +25,10 @@ type UserPresence struct {
 
 // Get answers for userIDs, in order, in one C call, as the user viewerID
 // sees them ("": an anonymous viewer): the user itself sees its true state,
-// everyone else sees an invisible user as offline. State is exact at the
+// everyone else its public view (docs/design.md rule 8): an invisible user is
+// offline with no devices, and its last_seen and version stay where they were
+// when it went invisible; a user offline that was never published, or not
+// seen for the retention, is not Known. State is exact at the
 // clock's now, even between ticks. Ids that fail validation (empty, or
 // longer than MaxUserIDBytes) come back with Known false.
 func (e *Engine) Get(userIDs []string, viewerID string) ([]UserPresence, error) {

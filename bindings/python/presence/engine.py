@@ -295,7 +295,10 @@ def _batch_result(count: int, status: int, message: Optional[str],
 
 @dataclass(frozen=True)
 class UserPresence:
-    """One user, as Engine.get() answers (presence_user_presence_t)."""
+    """One user, as Engine.get() answers (presence_user_presence_t), in the
+    viewer's view: anyone but the user reads its public view (an invisible
+    user is OFFLINE, and its last_seen and version stay where they were when
+    it went invisible). known=False: nothing to show (every field zero)."""
 
     user_id: bytes
     known: bool
