@@ -434,9 +434,10 @@ TEST(Ownership, KeyedCallsRacingAssignAndRevokeLeaveNothingBehind) {
   std::vector<std::thread> callers;
   for (int t = 0; t < 3; ++t) {
     callers.emplace_back([&, t] {
+      const std::string device = "d" + std::to_string(t);  // the signals view it
       for (uint64_t i = 0; !stop.load(); ++i) {
         const std::string& u = users[(i + t) % users.size()];
-        Signal s = TestEngine::Sig(u, "d" + std::to_string(t), 1);
+        Signal s = TestEngine::Sig(u, device, 1);
         switch (i % 6) {
           case 0: (void)engine->Signal(s); break;
           case 1: (void)engine->SignalBatch({s}); break;
