@@ -117,14 +117,7 @@ void WsSession::Send(std::string msg) {
 }
 
 void WsSession::SendError(absl::string_view code, absl::string_view message, absl::string_view id_json) {
-  server_->CountError(code);
-  std::string e = "{\"type\":\"error\",\"code\":";
-  AppendJsonString(&e, code);
-  e.append(",\"message\":");
-  AppendJsonString(&e, message);
-  if (!id_json.empty()) absl::StrAppend(&e, ",\"id\":", id_json);
-  e.append("}");
-  Send(std::move(e));
+  SendErrorWith(code, message, id_json, {});
 }
 
 void WsSession::CloseWith(websocket::close_code code, std::string reason) {
