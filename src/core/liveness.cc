@@ -10,7 +10,9 @@ LivenessPolicy::LivenessPolicy(const Options& o)
                        o.manual.offline_after_ms},
       inferred_can_be_online(o.inferred_can_be_online),
       detector(o.detector),
-      detector_floor_ms(o.detector_floor_ms) {}
+      detector_floor_ms(o.detector_floor_ms),
+      probing(o.prober != nullptr),
+      probe_margin_ms(o.probe_margin_ms) {}
 
 int64_t LivenessPolicy::OfflineAfter(const Device& d, uint64_t device_key, int i,
                                      int64_t last_ms) const {
@@ -61,6 +63,7 @@ DeviceView EvaluateDevice(const Device& d, uint64_t device_key, int64_t now_ms,
       break;
   }
   bool all_overdue = true;
+  int64_t quiet_at = std::numeric_limits<int64_t>::min();
   for (int i = 0; i < kSourceCount; ++i) {
     if (!d.has_seen(i)) continue;
     const int64_t last = Expand32(d.seen[i].load(std::memory_order_relaxed), now_ms);
@@ -69,10 +72,17 @@ DeviceView EvaluateDevice(const Device& d, uint64_t device_key, int64_t now_ms,
     v.live_bits |= fast::LiveBit(i);
     v.deadline_ms = std::min(v.deadline_ms, end);
     if (now_ms - last <= policy.interval_ms[i]) all_overdue = false;
+    quiet_at = std::max(quiet_at, last + policy.interval_ms[i] + policy.probe_margin_ms);
+    v.probe_source = i;  // the last one live is the highest in precedence
   }
   if (v.live_bits == 0) return v;
   v.live = true;
   v.suspect = all_overdue;
+  if (policy.probing) {
+    v.quiet_at_ms = quiet_at;
+  } else {
+    v.probe_source = -1;
+  }
   v.online = CountsOnline(v.live_bits, bits, policy);
   return v;
 }
