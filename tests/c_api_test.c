@@ -362,8 +362,8 @@ static void test_options(void) {
   CHECK(b.file_sync_interval_ms == 100 && a.file_sync_interval_ms == 100);
   /* Version 3. */
   CHECK(b.prober == NULL && b.prober_payload == NULL && a.prober == NULL);
-  CHECK(b.probe_margin_ms == 1000 && b.probe_retry_ms == 1000 && a.probe_retry_ms == 1000);
-  CHECK(b.max_probes == 2 && a.max_probes == 2);
+  CHECK(b.probe_margin_ms == 1000 && b.probe_retry_ms == 500 && a.probe_retry_ms == 500);
+  CHECK(b.max_probes == 4 && a.max_probes == 4);
   CHECK(b.max_probes_per_gateway_per_sec == 1000 && a.max_probes_per_gateway_per_sec == 1000);
   /* Version 2 writes up to version 2's fields only. */
   memset(&b, 0xab, sizeof b);

@@ -52,10 +52,18 @@ class RecordingProber : public Prober {
   std::vector<absl::Status> answers;
 };
 
-// An engine with a RecordingProber (defaults: probes at 2 s and 3 s of
-// silence, DEAD at 4 s).
+// The schedule of the example: probes at 2 s and 3 s of silence,
+// DEAD at 4 s (the defaults probe at 2, 2.5, 3 and 3.5 s).
+Options TwoProbes() {
+  Options o;
+  o.probe_retry_ms = 1000;
+  o.max_probes = 2;
+  return o;
+}
+
+// An engine with a RecordingProber.
 struct ProbeEngine {
-  explicit ProbeEngine(Options o = Options()) {
+  explicit ProbeEngine(Options o = TwoProbes()) {
     o.prober = &prober;
     o.min_dwell_ms = 0;
     t = std::make_unique<TestEngine>(o);
@@ -120,6 +128,15 @@ TEST(Probe, SilentDeviceIsProbedAtTwoAndThreeSecondsThenDeadAtFour) {
   EXPECT_TRUE(absl::IsFailedPrecondition(p.engine().AnswerProbe(p.prober.sent[1].id)));
   EXPECT_EQ(p.MetricValue("presence_probes_late_total"), 1);
   EXPECT_EQ(p.t->StateOf("alice"), State::kOffline);
+}
+
+TEST(Probe, TheDefaultsProbeAtTwoToThreeAndAHalfSeconds) {
+  ProbeEngine p{Options()};
+  ASSERT_TRUE(p.engine().Signal(TestEngine::Sig("alice", "web")).ok());
+  p.t->Run(5000);
+  EXPECT_THAT(p.prober.Times(),
+              ElementsAre(kStart + 2000, kStart + 2500, kStart + 3000, kStart + 3500));
+  EXPECT_EQ(p.t->listener.events().back().published_at_ms, kStart + 4000);
 }
 
 TEST(Probe, ADeviceThatOnlyAnswersProbesStaysOnline) {
@@ -251,7 +268,7 @@ TEST(Probe, UnknownIdsAreNotFound) {
 }
 
 TEST(Probe, ProbesAreRateLimitedPerGateway) {
-  Options o;
+  Options o = TwoProbes();
   o.max_probes_per_gateway_per_sec = 2;
   o.max_signals_per_device_per_sec = 0;
   ProbeEngine p(o);

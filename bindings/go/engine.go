@@ -80,8 +80,8 @@ type EngineOptions struct {
 	// per silence; offline_after stays the upper bound.
 	Prober                    Prober
 	ProbeMarginMs             int64 // 1000
-	ProbeRetryMs              int64 // 1000
-	MaxProbes                 int32 // 2
+	ProbeRetryMs              int64 // 500
+	MaxProbes                 int32 // 4
 	MaxProbesPerGatewayPerSec int32 // 1000: per gateway; 0: no limit
 }
 

@@ -60,14 +60,14 @@ func TestProbeSilentDeviceIsProbedThenOffline(t *testing.T) {
 		p.Attempt != 1 || p.Gateway != "gw-1" || p.ProbeID == 0 {
 		t.Fatalf("probe = %+v", p)
 	}
-	w.run(2000) // the retry at 3 s goes unanswered: offline at 4 s
-	if len(probes) != 2 || probes[1].Attempt != 2 {
-		t.Fatalf("want the retry, got %+v", probes)
+	w.run(2000) // the retries at 2.5, 3 and 3.5 s go unanswered: offline at 4 s
+	if len(probes) != 4 || probes[3].Attempt != 4 {
+		t.Fatalf("want the retries, got %+v", probes)
 	}
 	if got := w.get("alice", "bob").State; got != StateOffline {
 		t.Fatalf("state = %v, want offline", got)
 	}
-	applied, err := w.engine.AnswerProbe(probes[1].ProbeID)
+	applied, err := w.engine.AnswerProbe(probes[3].ProbeID)
 	if applied || err != nil {
 		t.Fatalf("late answer: applied=%v err=%v, want false, nil", applied, err)
 	}
@@ -133,7 +133,7 @@ func TestProbeAPanicIsReportedByTick(t *testing.T) {
 
 func TestProbeOptions(t *testing.T) {
 	d := DefaultEngineOptions()
-	if d.ProbeMarginMs != 1000 || d.ProbeRetryMs != 1000 || d.MaxProbes != 2 ||
+	if d.ProbeMarginMs != 1000 || d.ProbeRetryMs != 500 || d.MaxProbes != 4 ||
 		d.MaxProbesPerGatewayPerSec != 1000 || d.Prober != nil {
 		t.Fatalf("defaults = %+v", d)
 	}

@@ -405,8 +405,8 @@ typedef struct presence_engine_options_t {
   presence_probe_cb prober;               /* NULL */
   void* prober_payload;                   /* passed to prober as its last argument */
   int64_t probe_margin_ms;                /* 1000 */
-  int64_t probe_retry_ms;                 /* 1000 */
-  int32_t max_probes;                     /* 2 */
+  int64_t probe_retry_ms;                 /* 500 */
+  int32_t max_probes;                     /* 4 */
   /* Most probes per second for the devices of one gateway; 0: no limit. */
   int32_t max_probes_per_gateway_per_sec; /* 1000 */
 } presence_engine_options_t;
@@ -416,7 +416,7 @@ typedef struct presence_engine_options_t {
     PRESENCE_ENGINE_OPTIONS_VERSION, 0, NULL, 60000, 240000, 1000, 4000, 1000, 4000,     \
         1500, 1000, 5000, 300000, 300000, 86400000, 30000, 64, 16, 0, 1, 20,             \
         PRESENCE_STORE_MEMORY, 0, NULL, 0, 100, PRESENCE_FILE_SYNC_EVERY_WRITE, NULL,    \
-        NULL, 1000, 1000, 2, 1000                                                        \
+        NULL, 1000, 500, 4, 1000                                                         \
   }
 
 /* Fills *options with the defaults of `version` (1 to 3; pass

@@ -132,13 +132,14 @@ struct Options {
   // engine only waits. When set, a device whose every live source has been
   // silent past its interval plus probe_margin_ms is probed, then again every
   // probe_retry_ms while it stays silent, at most max_probes times per
-  // silence (defaults: at 2 s and 3 s of silence with APP's 1 s interval);
+  // silence (defaults: at 2, 2.5, 3 and 3.5 s of silence with APP's 1 s
+  // interval; benchmarks/RESULTS.md compares schedules);
   // an answer (Engine::AnswerProbe) counts as a signal. offline_after stays
   // the upper bound. Not owned.
   Prober* prober = nullptr;
   int64_t probe_margin_ms = 1000;  // >= 0
-  int64_t probe_retry_ms = 1000;   // > 0
-  int max_probes = 2;              // 1 to 8
+  int64_t probe_retry_ms = 500;    // > 0
+  int max_probes = 4;              // 1 to kMaxProbes
   // Most probes sent per second for the devices of one gateway (devices
   // whose signals named no gateway share one budget). A probe past it is
   // not sent and counted (presence_probes_throttled_total). 0: no limit.

@@ -12,7 +12,7 @@
 // Options::probe_margin_ms. The engine then probes it, on the next Tick, and
 // again every Options::probe_retry_ms while it stays silent, at most
 // Options::max_probes times per silence. With the defaults (APP: interval
-// 1 s, offline_after 4 s) a silent device is probed at 2 s and 3 s of
+// 1 s, offline_after 4 s) a silent device is probed at 2, 2.5, 3 and 3.5 s of
 // silence. A device is DEAD for silence only when its offline_after passed
 // and its probes went unanswered: offline_after stays the upper bound, so a
 // probe can only remove a false offline, never delay a true one.

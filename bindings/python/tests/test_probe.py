@@ -42,10 +42,10 @@ class ProbeTest(unittest.TestCase):
         self.assertEqual((p.user_id, p.device_id, p.session_id, p.source, p.attempt, p.gateway),
                          (b"alice", b"web", 3, Source.APP, 1, b"gw-1"))
         self.assertNotEqual(p.probe_id, 0)
-        self.run_for(2000)  # the retry at 3 s, unanswered: offline at 4 s
-        self.assertEqual([q.attempt for q in self.probes], [1, 2])
+        self.run_for(2000)  # the retries at 2.5, 3, 3.5 s, unanswered: offline at 4 s
+        self.assertEqual([q.attempt for q in self.probes], [1, 2, 3, 4])
         self.assertEqual(self.w.state("alice"), State.OFFLINE)
-        self.assertFalse(self.e.answer_probe(self.probes[1].probe_id))  # late
+        self.assertFalse(self.e.answer_probe(self.probes[3].probe_id))  # late
         self.assertIn("presence_probes_given_up_total 1\n", self.e.metrics())
         self.assertIn("presence_probes_late_total 1\n", self.e.metrics())
 
