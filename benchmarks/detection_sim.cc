@@ -9,7 +9,8 @@
 // with --sweep the offline_after sweep of both for the plot.
 //
 //   detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] [--table FILE]
-//                 [--quick] [--only NAME] [--probes]
+//                 [--quick] [--only NAME] [--probes] [--probe-margin MS]
+//                 [--probe-retry MS] [--max-probes N] [--handovers PER_HOUR]
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -35,6 +36,8 @@ struct Flags {
   int64_t probe_margin_ms = Options().probe_margin_ms;
   int64_t probe_retry_ms = Options().probe_retry_ms;
   int max_probes = Options().max_probes;
+  // Hand-overs per mobile device-hour (Workload::handovers_per_hour).
+  double handovers_per_hour = Workload().handovers_per_hour;
 };
 
 struct Population {
@@ -81,6 +84,7 @@ SimConfig Base(const Flags& f, const Population& p) {
   c.engine.probe_margin_ms = f.probe_margin_ms;
   c.engine.probe_retry_ms = f.probe_retry_ms;
   c.engine.max_probes = f.max_probes;
+  c.workload.handovers_per_hour = f.handovers_per_hour;
   return c;
 }
 
@@ -225,6 +229,8 @@ int Main(int argc, char** argv) {
       f.probe_retry_ms = std::atoll(v);
     } else if (const char* v = arg("--max-probes")) {
       f.max_probes = std::atoi(v);
+    } else if (const char* v = arg("--handovers")) {
+      f.handovers_per_hour = std::atof(v);
     } else if (std::strcmp(argv[i], "--probes") == 0) {
       f.probes = true;
     } else if (std::strcmp(argv[i], "--quick") == 0) {
@@ -234,7 +240,8 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] "
-                   "[--table FILE] [--only SCENARIO] [--quick] [--probes]\n");
+                   "[--table FILE] [--only SCENARIO] [--quick] [--probes] [--probe-margin MS] "
+                   "[--probe-retry MS] [--max-probes N] [--handovers PER_HOUR]\n");
       return 2;
     }
   }
