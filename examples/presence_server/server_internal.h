@@ -36,6 +36,7 @@
 #include "client_message.h"
 #include "presence/clock.h"
 #include "presence/engine.h"
+#include "presence/prober.h"
 #include "presence/v1/presence.pb.h"
 #include "server.h"
 
@@ -114,7 +115,7 @@ class WsSession;
 
 // ---- The server -------------------------------------------------------------
 
-class Server::Impl : public presence::Sink {
+class Server::Impl : public presence::Sink, public presence::Prober {
  public:
   explicit Impl(ServerOptions options)
       : opts_(std::move(options)), acceptor_(ioc_), tick_timer_(ioc_), exit_timer_(ioc_),
@@ -150,6 +151,15 @@ class Server::Impl : public presence::Sink {
   void StartWebSocket(tcp::socket socket, http::request<http::string_body> req);
   void Register(SubscriberId id, std::shared_ptr<WsSession> s) { sessions_[id] = std::move(s); }
   void Unregister(SubscriberId id) { sessions_.erase(id); }
+
+  // presence::Prober (docs/design.md rule 9), called from Engine::Tick on the
+  // io thread: the WebSocket client of the probed device session gets a ping
+  // frame, and its pong answers the probe (ws_session.cc). Sessions say which
+  // device session each connection carries.
+  void Probe(const presence::ProbeRequest& request) override;
+  void SetDeviceSession(uint64_t session, SubscriberId id) { by_device_session_[session] = id; }
+  void DropDeviceSession(uint64_t session) { by_device_session_.erase(session); }
+  absl::flat_hash_map<uint64_t, SubscriberId> by_device_session_;
 
  private:
   void DoAccept();
@@ -237,6 +247,10 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
 
   const std::string& user_id() const { return user_id_; }
 
+  // Sends a ping frame whose payload is the probe id; a pong with that
+  // payload answers the probe (Engine::AnswerProbe).
+  void Ping(uint64_t probe_id);
+
  private:
   void SlowConsumer(absl::string_view why);
 
@@ -296,6 +310,12 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   absl::flat_hash_set<std::string> users_, topics_;
   double tokens_ = 0;
   int64_t last_refill_ms_ = 0;
+  // Probes (Ping): the ids pinged and not yet answered (the last few), and
+  // one that waits for the ping in flight (Beast sends one at a time).
+  void SendPing(uint64_t probe_id);
+  std::deque<uint64_t> probes_;
+  bool pinging_ = false;
+  uint64_t ping_waiting_ = 0;
 };
 
 }  // namespace presence_server
