@@ -90,6 +90,16 @@ SimConfig Base(const Flags& f, const Population& p) {
 
 std::string Ms(int64_t v) { return absl::StrFormat("%.2f", v / 1000.0); }
 
+// Writes the table to --table's file, if any; false when it cannot.
+bool WriteTable(const Flags& f, const std::string& table) {
+  if (f.table_file.empty()) return true;
+  FILE* out = std::fopen(f.table_file.c_str(), "w");
+  if (out == nullptr) return false;
+  std::fputs(table.c_str(), out);
+  std::fclose(out);
+  return true;
+}
+
 std::string Row(const std::string& scenario, const std::string& detector, const Metrics& m) {
   const Summary silent = m.Detection(EndKind::kSilent);
   const Summary all = m.DetectionAll();
@@ -162,12 +172,7 @@ int ProbeMain(const Flags& f) {
       table += row + "\n";
     }
   }
-  if (!f.table_file.empty()) {
-    FILE* out = std::fopen(f.table_file.c_str(), "w");
-    if (out == nullptr) return 1;
-    std::fputs(table.c_str(), out);
-    std::fclose(out);
-  }
+  if (!WriteTable(f, table)) return 1;
   if (f.sweep_dir.empty()) return 0;
   // T_D against false offlines, offline_after from 2 to 5 s, without and
   // with probes: the curve of today beside the one with probes.
@@ -285,12 +290,7 @@ int Main(int argc, char** argv) {
     std::fflush(stdout);
   }
   std::fprintf(stderr, "scenarios: %.0f device-hours simulated in %.1f CPU s\n", device_hours, cpu);
-  if (!f.table_file.empty()) {
-    FILE* out = std::fopen(f.table_file.c_str(), "w");
-    if (out == nullptr) return 1;
-    std::fputs(table.c_str(), out);
-    std::fclose(out);
-  }
+  if (!WriteTable(f, table)) return 1;
   if (f.sweep_dir.empty()) return 0;
 
   // The sweep: for the bursty and the mixed populations, fixed thresholds

@@ -12,26 +12,12 @@ import (
 
 func newProbeWorld(t *testing.T, prober Prober, tune func(*EngineOptions)) *world {
 	t.Helper()
-	clock, err := NewManualClock(start)
-	must(t, err)
-	o := DefaultEngineOptions()
-	o.Clock = clock
-	o.MinDwellMs = 0
-	o.Prober = prober
-	if tune != nil {
-		tune(&o)
-	}
-	e, err := NewEngine(&o)
-	if err != nil {
-		clock.Close()
-		t.Fatal(err)
-	}
-	w := &world{t: t, clock: clock, engine: e}
-	t.Cleanup(func() {
-		e.Close()
-		clock.Close()
+	return newWorldWith(t, func(o *EngineOptions) {
+		o.Prober = prober
+		if tune != nil {
+			tune(o)
+		}
 	})
-	return w
 }
 
 func (w *world) run(ms int64) {
