@@ -23,17 +23,6 @@ constexpr uint32_t kSeenMask = dflag::kSeen0 | (dflag::kSeen0 << 1) | (dflag::kS
 // timer: whatever it schedules is sooner.
 const int64_t kUnscheduled = (int64_t{1} << 30) + 1000;
 
-bool ProbeBudget::Take(uint8_t gateway, int64_t now_ms, uint32_t limit) {
-  if (limit == 0) return true;
-  std::atomic<uint32_t>& w = window_[gateway];
-  const uint32_t sec = static_cast<uint32_t>(now_ms / 1000) & 0xffffu;
-  const uint32_t word = w.load(std::memory_order_relaxed);
-  const uint32_t count = (word >> 16) == sec ? (word & 0xffffu) : 0;
-  if (count >= limit) return false;
-  w.store((sec << 16) | (count + 1), std::memory_order_relaxed);
-  return true;
-}
-
 uint64_t NextVersion(uint64_t current, int64_t now_ms) {
   const uint64_t floor = static_cast<uint64_t>(std::max<int64_t>(now_ms, 0)) << 10;
   return std::max(current + 1, floor);

@@ -48,15 +48,16 @@ uint64_t HashUserId(absl::string_view user_id);
 // again within the millisecond starts from its old versions: Shard::forgotten_).
 uint64_t NextVersion(uint64_t current, int64_t now_ms);
 
-// The probes sent per second per gateway (Options::max_probes_per_gateway_per_sec),
-// indexed by GatewayTable index (0: devices that named no gateway). Each
-// entry holds the second (low 16 bits of now / 1000) in its high half and
-// the probes sent in it in its low half.
+// The probes sent per second per gateway (Options::max_probes_per_gateway_per_sec):
+// a TakeFromWindow window per GatewayTable index (0: devices that named no
+// gateway).
 class ProbeBudget {
  public:
   // Counts one probe for `gateway` at `now_ms`; false when it passes `limit`
   // per second (0: no limit).
-  bool Take(uint8_t gateway, int64_t now_ms, uint32_t limit);
+  bool Take(uint8_t gateway, int64_t now_ms, uint32_t limit) {
+    return TakeFromWindow(window_[gateway], now_ms, limit);
+  }
 
  private:
   std::atomic<uint32_t> window_[256] = {};
