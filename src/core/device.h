@@ -111,10 +111,13 @@ enum class Phase : uint8_t {
 // The fast word: generation in the high 24 bits, fast bits in the low 8.
 //   bit 2*i:     source i is live (per the last evaluation)
 //   bit 2*i + 1: source i's last signal said ACTIVE
-//   bit 6:       open: phase LIVE and no detector watching, so a heartbeat
+//   bit 6:       open: phase LIVE (and its user not guarded), so a heartbeat
 //                that matches the live and active bits may skip the lock.
+//   bit 7:       watched: a detector decides its timeout (rule 6); the
+//                heartbeat tells it of the beat and reads Device::learned.
 namespace fast {
 inline constexpr uint32_t kOpen = 1u << 6;
+inline constexpr uint32_t kWatched = 1u << 7;
 inline constexpr uint32_t kBitsMask = 0xffu;
 inline constexpr uint32_t LiveBit(int i) { return 1u << (2 * i); }
 inline constexpr uint32_t ActiveBit(int i) { return 1u << (2 * i + 1); }
@@ -169,6 +172,10 @@ struct alignas(64) Device {
 
   // Counts one signal at `now_ms`; false when it passes `limit` per second.
   bool TakeRate(int64_t now_ms, uint32_t limit) { return TakeFromWindow(rate, now_ms, limit); }
+  // Rule 6: the detector's latest answer for the heartbeat sources, clamped
+  // (0: none yet). Written by whoever told the detector of a signal, with or
+  // without the lock; reset, like seen, when the record is reused.
+  std::atomic<uint32_t> learned{0};
 
   uint32_t bits() const { return gen_fast.load(std::memory_order_relaxed) & fast::kBitsMask; }
   uint32_t gen() const { return fast::Gen(gen_fast.load(std::memory_order_relaxed)); }

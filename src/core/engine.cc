@@ -308,9 +308,13 @@ class EngineCore {
                           (activity == Activity::kActive ? fast::ActiveBit(i) : 0u);
     const Time32 t = ToTime32(now);
     Time32 seen = d->seen[i].load(std::memory_order_relaxed);
+    // A watched device (rule 6) stays on this path: its detector's answer is
+    // in its record, and the detector is told of the beat below.
+    const bool watched = word & fast::kWatched;
+    const int64_t lapse = watched ? config_.policy.OfflineAfter(*d, i, true) : lapse_ms_[i];
     // Past this source's offline_after, the source lapsed (Get already says
     // so) even if no timer noticed yet: the lock decides what its return is.
-    if (fast::Gen(word) == gen && (word & mask) == want && Diff32(t, seen) < lapse_ms_[i]) {
+    if (fast::Gen(word) == gen && (word & mask) == want && Diff32(t, seen) < lapse) {
       // Live, open, and this source already live with this activity: only
       // the time moves. Lapses are found lazily by the device's timer.
       if (!d->TakeRate(now, rate_limit_)) {
@@ -322,6 +326,11 @@ class EngineCore {
       if (auto hook = test_hooks::beat_checked.load(std::memory_order_relaxed)) hook(h);
       while (Diff32(t, seen) > 0 &&
              !d->seen[i].compare_exchange_weak(seen, t, std::memory_order_relaxed)) {
+      }
+      if (watched) {
+        config_.policy.Observe(*d, DeviceKeyOf(static_cast<uint32_t>(h.value >> 56),
+                                               static_cast<uint32_t>(h.value)),
+                               i, now);
       }
       Count(c, c->accepted[i]);
       return absl::OkStatus();
@@ -1066,8 +1075,8 @@ class EngineCore {
   std::atomic<uint64_t> invalid_{0};
   const uint64_t id_ = next_engine_id.fetch_add(1);
   const uint32_t rate_limit_ = static_cast<uint32_t>(config_.options.max_signals_per_device_per_sec);
-  // Each source's offline_after (devices on the lock-free beat have no
-  // detector: LivenessPolicy::OfflineAfter is this).
+  // Each source's offline_after: LivenessPolicy::OfflineAfter of a device
+  // that no detector watches.
   const int64_t lapse_ms_[kSourceCount] = {config_.policy.offline_after_ms[0],
                                            config_.policy.offline_after_ms[1],
                                            config_.policy.offline_after_ms[2]};

@@ -32,8 +32,15 @@ struct LivenessPolicy {
   int64_t probe_margin_ms = 0;
 
   explicit LivenessPolicy(const Options& o);
-  // How long source `i` of device `d` may be silent after `last_ms`.
-  int64_t OfflineAfter(const Device& d, uint64_t device_key, int i, int64_t last_ms) const;
+  // How long source `i` of device `d` may be silent: its offline_after, or
+  // when a detector watches it (`watched`: dflag::kAdaptive under the lock,
+  // fast::kWatched without) the answer cached in the record (never for
+  // INFERRED). Any thread.
+  int64_t OfflineAfter(const Device& d, int i, bool watched) const;
+  // Rule 6: tells the detector that source `i` of the watched device `d`
+  // signalled at `now_ms`, and caches its answer, clamped to [floor,
+  // offline_after], in the record. INFERRED is not told. Any thread.
+  void Observe(Device& d, uint64_t device_key, int i, int64_t now_ms) const;
 };
 
 struct DeviceView {
@@ -55,8 +62,7 @@ struct DeviceView {
 // given its fast bits (which hold each source's last activity).
 bool CountsOnline(uint32_t live_bits, uint32_t fast_bits, const LivenessPolicy& policy);
 
-DeviceView EvaluateDevice(const Device& d, uint64_t device_key, int64_t now_ms,
-                          const LivenessPolicy& policy);
+DeviceView EvaluateDevice(const Device& d, int64_t now_ms, const LivenessPolicy& policy);
 
 }  // namespace presence::internal
 

@@ -191,7 +191,7 @@ Shard::UserView Shard::ViewUser(const User& user, int64_t now_ms) {
 // ---- Devices ---------------------------------------------------------------
 
 DeviceView Shard::Evaluate(uint32_t di, int64_t now_ms) {
-  return EvaluateDevice(devices_.at(di), DeviceKey(di), now_ms, config_->policy);
+  return EvaluateDevice(devices_.at(di), now_ms, config_->policy);
 }
 
 DeviceView Shard::LastEvaluated(uint32_t di) const {
@@ -235,10 +235,11 @@ void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t
                     int64_t now_ms) {
   Device& d = devices_.at(di);
   const DeviceView after = Evaluate(di, now_ms);
-  uint32_t bits = d.bits() & ~(fast::kAllLive | fast::kOpen);
+  uint32_t bits = d.bits() & ~(fast::kAllLive | fast::kOpen | fast::kWatched);
   if (d.phase == Phase::kLive) {
     bits |= after.live_bits;
     if (MayBeatUnlocked(d)) bits |= fast::kOpen;
+    if (d.flags & dflag::kAdaptive) bits |= fast::kWatched;
   }
   d.set_bits(bits);
   // A live-phase device must have its timer by its next deadline; one whose
@@ -388,9 +389,8 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
   d.flags |= dflag::kSeen0 << si;
   bits = activity == Activity::kActive ? (bits | fast::ActiveBit(si)) : (bits & ~fast::ActiveBit(si));
   d.set_bits(bits);
-  if (config_->policy.detector != nullptr && (d.flags & dflag::kAdaptive) &&
-      source != Source::kInferred && !probe_answer) {
-    config_->policy.detector->Observe(DeviceKey(di), ts_ms);
+  if ((d.flags & dflag::kAdaptive) && !probe_answer) {
+    config_->policy.Observe(d, DeviceKey(di), si, ts_ms);
   }
   user.last_seen_ms = std::max(user.last_seen_ms, ts_ms);
   ++counters_.accepted[si];
@@ -430,10 +430,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     ++user.device_count;
     d.session = s.session_id;
     d.phase = Phase::kDead;  // ApplyToDevice revives it
-    if (config_->policy.detector != nullptr &&
-        (config_->options.detector_platforms & (1u << static_cast<int>(s.platform)))) {
-      d.flags |= dflag::kAdaptive;
-    }
+    WatchIfAdaptive(di, s.platform);
     // No timer entry yet: the signal below schedules the only one.
     d.due = ToTime32(now_ms + kUnscheduled);
     created = true;
@@ -640,8 +637,15 @@ void Shard::UpdateHidden(uint32_t u, int64_t now_ms) {
   }
 }
 
-bool Shard::MayBeatUnlocked(const Device& d) const {
-  return !(d.flags & dflag::kAdaptive) && !users_[d.user].guarded;
+bool Shard::MayBeatUnlocked(const Device& d) const { return !users_[d.user].guarded; }
+
+void Shard::WatchIfAdaptive(uint32_t di, Platform platform) {
+  if (config_->policy.detector == nullptr ||
+      !(config_->options.detector_platforms & (1u << static_cast<int>(platform)))) {
+    return;
+  }
+  devices_.at(di).flags |= dflag::kAdaptive;
+  config_->policy.detector->Forget(DeviceKey(di));
 }
 
 size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,

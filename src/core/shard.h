@@ -38,6 +38,10 @@ namespace presence::internal {
 
 extern const int64_t kUnscheduled;
 
+// The key a detector knows a device record by (OfflineDetector): its shard
+// and its index in the shard.
+inline uint64_t DeviceKeyOf(uint32_t shard, uint32_t index) { return (uint64_t{shard} << 32) | index; }
+
 // The hash that picks a user's shard and indexes it within the shard.
 uint64_t HashUserId(absl::string_view user_id);
 
@@ -191,7 +195,7 @@ class Shard {
   void AddStats(int64_t now_ms, Stats* stats);
 
   DeviceTable& devices() { return devices_; }
-  uint64_t DeviceKey(uint32_t index) const { return (uint64_t{index_} << 32) | index; }
+  uint64_t DeviceKey(uint32_t index) const { return DeviceKeyOf(index_, index); }
 
  private:
   struct User {
@@ -366,6 +370,10 @@ class Shard {
   // becoming so, its public last_seen freezes) and whether its beats must
   // take the lock (User::guarded).
   void UpdateHidden(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Rule 6: a detector decides for the device when its platform is watched
+  // (dflag::kAdaptive); it forgets what it learned of an earlier device in
+  // the same record (a heartbeat racing that device's end may have told it).
+  void WatchIfAdaptive(uint32_t di, Platform platform) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a live device's beats may skip the lock (fast::kOpen).
   bool MayBeatUnlocked(const Device& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The state, last_seen and devices of an event, public and own.
