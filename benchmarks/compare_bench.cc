@@ -28,8 +28,14 @@
 // fixed permutation), with a tick (engine Tick, or an expiry sweep) after
 // every tenth of the devices, i.e. every 100 ms of simulated time.
 //
+// With --churn-seconds S, S more simulated seconds (not timed) follow, in
+// which every device beats once and 1% of the devices per second reconnect
+// with a new session (a clean disconnect, then a connect), and the memory is
+// measured again: a steady population must not grow.
+//
 // Output: one CSV line (with --csv, appended to the file) and a readable line:
-//   system,devices,beats_per_s,cpu_beats_per_s,bytes_per_device,cpu_s_per_sim_s,server_cpu_s
+//   system,devices,beats_per_s,cpu_beats_per_s,bytes_per_device,cpu_s_per_sim_s,server_cpu_s,
+//   bytes_per_device_after_churn (0: no churn run)
 // beats_per_s is by wall time (for Redis: client and server together),
 // cpu_beats_per_s by this process's CPU time. Bytes per device: mallinfo2
 // (in use, arena plus mmap) after connecting minus before, for the in-process
@@ -93,6 +99,9 @@ class System {
   virtual void ConnectAll(int64_t now_ms) = 0;
   virtual void Beat(size_t device, int64_t now_ms) = 0;
   virtual void Tick(int64_t now_ms) = 0;
+  // The device's client goes away cleanly and comes back at once with a new
+  // session (`session`, above any it had), as an app that restarts.
+  virtual void Reconnect(size_t device, uint64_t session, int64_t now_ms) = 0;
   virtual void Flush() {}
   virtual bool in_process() const { return true; }
   virtual size_t ServerMemory() { return 0; }
@@ -144,6 +153,22 @@ class PresenceSystem : public System {
     clock_.Set(now_ms);
     engine_->Tick();
   }
+  void Reconnect(size_t d, uint64_t session, int64_t now_ms) override {
+    Flush();
+    clock_.Set(now_ms);
+    presence::Signal s = SignalFor(d);
+    s.session_id = session;
+    if (keyed_) {
+      if (!engine_->DisconnectDevice(s.user_id, s.device_id, 0, presence::DisconnectKind::kClean)
+               .ok() ||
+          !engine_->Signal(s).ok()) {
+        std::abort();
+      }
+    } else {
+      if (!engine_->Disconnect(handles_[d], presence::DisconnectKind::kClean).ok()) std::abort();
+      handles_[d] = engine_->Connect(s).value();
+    }
+  }
   void Flush() override {
     if (ready_.empty()) return;
     if (engine_->BeatMany(ready_).applied != ready_.size()) std::abort();
@@ -186,6 +211,7 @@ class HostOnlySystem : public System {
   }
   void Beat(size_t d, int64_t) override { sum_ += handles_[d]; }
   void Tick(int64_t) override {}
+  void Reconnect(size_t d, uint64_t session, int64_t) override { handles_[d] += session; }
   void Flush() override {
     if (sum_ == 42) std::puts("");  // keeps the reads
   }
@@ -214,6 +240,17 @@ class NaiveSystem : public System {
     e.session = 1;
     e.state = 1;  // online
     e.expiry = by_last_seen_.emplace(now_ms, &it->first);
+  }
+  void Reconnect(size_t d, uint64_t session, int64_t now_ms) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = map_.find(absl::StrCat(ids_.users[d / 2], "/", Ids::kDevices[d % 2]));
+      if (it->second.expiry != by_last_seen_.end()) by_last_seen_.erase(it->second.expiry);
+      map_.erase(it);
+    }
+    Beat(d, now_ms);
+    std::lock_guard<std::mutex> lock(mu_);
+    map_.find(absl::StrCat(ids_.users[d / 2], "/", Ids::kDevices[d % 2]))->second.session = session;
   }
   void Tick(int64_t now_ms) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -298,6 +335,12 @@ class RedisSystem : public System {
     pending_ += 2;
     if (pending_ >= 2000) Flush();
   }
+  void Reconnect(size_t d, uint64_t, int64_t now_ms) override {
+    const std::string& user = ids_.users[d / 2];
+    redisAppendCommand(ctx_, "HDEL presence:%b %s", user.data(), user.size(), Ids::kDevices[d % 2]);
+    ++pending_;
+    Beat(d, now_ms);
+  }
   void Tick(int64_t now_ms) override {
     redisAppendCommand(ctx_, "ZRANGEBYSCORE presence:last_seen -inf %lld LIMIT 0 1000",
                        (long long)(now_ms - 4000));
@@ -364,6 +407,7 @@ int Main(int argc, char** argv) {
   std::string system = "presence-handle", csv, redis_server = "redis-server";
   size_t devices = 100000;
   int seconds = 3;
+  int churn_seconds = 0;
   uint64_t seed = 1;
   for (int i = 1; i < argc; ++i) {
     auto arg = [&](const char* name) -> const char* {
@@ -376,6 +420,8 @@ int Main(int argc, char** argv) {
       devices = static_cast<size_t>(std::atof(v));
     } else if (const char* v = arg("--seconds")) {
       seconds = std::atoi(v);
+    } else if (const char* v = arg("--churn-seconds")) {
+      churn_seconds = std::atoi(v);
     } else if (const char* v = arg("--csv")) {
       csv = v;
     } else if (const char* v = arg("--redis-server")) {
@@ -385,7 +431,7 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: compare_bench --system presence-handle|presence-many|presence-keyed|presence-phi|host-only|naive|redis "
-                   "[--devices N] [--seconds S] [--csv FILE] [--redis-server PATH]\n");
+                   "[--devices N] [--seconds S] [--churn-seconds S] [--csv FILE] [--redis-server PATH]\n");
       return 2;
     }
   }
@@ -443,18 +489,48 @@ int Main(int argc, char** argv) {
   const double server_cpu = sys->ServerCpu() - server_cpu0;
   const double beats = double(devices) * seconds;
   const double bytes_per_device = double(bytes) / double(devices);
+
+  // Churn (untimed): simulated seconds in which every device beats once and
+  // 1% of them reconnect with a new session, then the memory once more: a
+  // steady population must not grow.
+  const size_t churn_per_s = std::max<size_t>(1, devices / 100);
+  size_t churned = 0;
+  for (int s = 0; s < churn_seconds; ++s) {
+    for (size_t i = 0; i < devices; ++i) {
+      if (i % slice == 0) {
+        now += 100;
+        sys->Tick(now);
+      }
+      if (i < churn_per_s) {
+        sys->Reconnect(order[churned++ % devices], 2 + static_cast<uint64_t>(s), now);
+      } else {
+        sys->Beat(order[i], now);
+      }
+    }
+  }
+  sys->Flush();
+  const double churn_bytes_per_device =
+      churn_seconds == 0 ? 0
+                         : double(sys->in_process() ? HeapInUse() - heap0 : sys->ServerMemory()) /
+                               double(devices);
   std::printf("%-16s devices %10zu  %12.0f beats/s (wall)  %12.0f beats/CPU-s  %7.1f bytes/device"
-              "  %.3f CPU-s per simulated s (ticks %.3f)%s\n",
+              "  %.3f CPU-s per simulated s (ticks %.3f)%s%s\n",
               system.c_str(), devices, beats / wall, beats / cpu, bytes_per_device, cpu / seconds,
               tick_cpu / seconds,
               sys->in_process() ? "" : absl::StrCat("  (+ redis-server ", server_cpu / seconds,
                                                     " CPU-s per simulated s)")
-                                            .c_str());
+                                            .c_str(),
+              churn_seconds == 0 ? ""
+                                 : absl::StrCat("  after ", churn_seconds, " s of churn: ",
+                                                absl::SixDigits(churn_bytes_per_device),
+                                                " bytes/device")
+                                       .c_str());
   if (!csv.empty()) {
     FILE* f = std::fopen(csv.c_str(), "a");
     if (f == nullptr) return 1;
-    std::fprintf(f, "%s,%zu,%.0f,%.0f,%.1f,%.4f,%.4f\n", system.c_str(), devices, beats / wall,
-                 beats / cpu, bytes_per_device, cpu / seconds, server_cpu / seconds);
+    std::fprintf(f, "%s,%zu,%.0f,%.0f,%.1f,%.4f,%.4f,%.1f\n", system.c_str(), devices,
+                 beats / wall, beats / cpu, bytes_per_device, cpu / seconds, server_cpu / seconds,
+                 churn_bytes_per_device);
     std::fclose(f);
   }
   return 0;

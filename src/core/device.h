@@ -1,15 +1,17 @@
-// The device record: one 64-byte cache line per (user_id, device_id), with
-// the device id inside it when shorter than 16 bytes.
+// The device record: 56 bytes per (user_id, device_id), with the device id
+// inside it when shorter than 8 bytes.
 //
-// A heartbeat on a handle touches only the first 16 bytes (the three
-// per-source signal times and the generation/fast word), and a keyed lookup
-// compares the id without leaving the line. Records live in chunks that
-// never move (DeviceTable), so a lock-free heartbeat can reach its record
-// while another thread adds devices.
+// A heartbeat on a handle touches only the first 24 bytes (the three
+// per-source signal times, the generation/fast word, the flood window and
+// the detector's answer), and a keyed lookup compares a short id without
+// leaving the record. Records live in chunks that never move (DeviceTable),
+// so a lock-free heartbeat can reach its record while another thread adds
+// devices.
 #ifndef PRESENCE_SRC_CORE_DEVICE_H_
 #define PRESENCE_SRC_CORE_DEVICE_H_
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -28,6 +30,13 @@ inline int SourceIndex(Source s) { return static_cast<int>(s) - 1; }
 // Ids are stored as one heap block: a length byte, then the bytes.
 class IdBytes {
  public:
+  // What the heap grows by for the block of an id of `size` bytes: glibc's
+  // chunk (8 bytes of header, 16-byte steps, at least 32).
+  static size_t HeapBytes(size_t size) {
+    const size_t chunk = (size + 1 + 8 + 15) & ~size_t{15};
+    return chunk < 32 ? 32 : chunk;
+  }
+
   IdBytes() = default;
   explicit IdBytes(absl::string_view id) {
     p_ = static_cast<char*>(::operator new(id.size() + 1));
@@ -83,6 +92,10 @@ class InlineId {
     return *this;
   }
   ~InlineId() { reset(); }
+  // What an id of `id`'s size takes on the heap beyond the record.
+  static size_t HeapBytes(absl::string_view id) {
+    return id.size() < kTag ? 0 : IdBytes::HeapBytes(id.size());
+  }
   absl::string_view view() const {
     if (inline_()) return absl::string_view(buf_, buf_[kTag] & 0x7f);
     return heap()->view();
@@ -97,6 +110,54 @@ class InlineId {
   bool inline_() const { return buf_[kTag] != 0; }
   const IdBytes* heap() const { return std::launder(reinterpret_cast<const IdBytes*>(buf_)); }
   alignas(8) char buf_[16];
+};
+
+// A device id in 8 bytes: ids shorter than 8 bytes live inline, longer ones
+// in an IdBytes whose pointer the 8 bytes hold. The first byte tells which:
+// odd ((length << 1) | 1, the bytes after it) inline; even (the low byte of
+// the pointer, which operator new aligns to at least 2) on the heap.
+class ShortId {
+ public:
+  ShortId() { buf_[0] = 1; }
+  explicit ShortId(absl::string_view id) {
+    if (id.size() < sizeof(buf_)) {
+      buf_[0] = static_cast<char>((id.size() << 1) | 1);
+      std::memcpy(buf_ + 1, id.data(), id.size());
+    } else {
+      new (buf_) IdBytes(id);
+    }
+  }
+  ShortId(ShortId&& o) noexcept {
+    std::memcpy(buf_, o.buf_, sizeof(buf_));
+    o.buf_[0] = 1;
+  }
+  ShortId& operator=(ShortId&& o) noexcept {
+    if (this != &o) {
+      reset();
+      std::memcpy(buf_, o.buf_, sizeof(buf_));
+      o.buf_[0] = 1;
+    }
+    return *this;
+  }
+  ~ShortId() { reset(); }
+  // What an id of `id`'s size takes on the heap beyond the record.
+  static size_t HeapBytes(absl::string_view id) {
+    return id.size() < sizeof(buf_) ? 0 : IdBytes::HeapBytes(id.size());
+  }
+  absl::string_view view() const {
+    if (inline_()) return absl::string_view(buf_ + 1, static_cast<unsigned char>(buf_[0]) >> 1);
+    return std::launder(reinterpret_cast<const IdBytes*>(buf_))->view();
+  }
+  void reset() {
+    if (!inline_()) std::launder(reinterpret_cast<IdBytes*>(buf_))->~IdBytes();
+    buf_[0] = 1;
+  }
+
+ private:
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+                "ShortId reads a pointer's low byte as its first");
+  bool inline_() const { return buf_[0] & 1; }
+  alignas(8) char buf_[8];
 };
 
 // Device phases. SUSPECT (docs/design.md rule 1) is not stored: it is derived from
@@ -152,11 +213,22 @@ inline bool TakeFromWindow(std::atomic<uint32_t>& w, int64_t now_ms, uint32_t li
   return true;
 }
 
-struct alignas(64) Device {
+struct alignas(8) Device {
+  // The heartbeat's fields first (Engine::Beat reads and writes these only).
   std::atomic<Time32> seen[kSourceCount];  // last signal per source (wrapping ms)
   std::atomic<uint32_t> gen_fast;          // see namespace fast
+  // Flood limit: a TakeFromWindow window, written without a lock by the
+  // heartbeat (two threads beating the same handle may lose an update). Like
+  // seen, reset when the record is reused, never by a heartbeat of its
+  // previous device (DeviceTable's grace period).
+  std::atomic<uint32_t> rate{0};
+  // Rule 6: the detector's latest answer for the heartbeat sources, clamped
+  // (0: none yet). Written by whoever told the detector of a signal, with or
+  // without the lock; reset, like seen, when the record is reused.
+  std::atomic<uint32_t> learned{0};
+  // The rest is read and written under the shard lock only.
   uint64_t session = 0;
-  InlineId id;
+  ShortId id;
   uint32_t user = kNone;  // index of the owning user in the shard
   uint32_t next = kNone;  // next device of the same user, or next free slot
   Time32 due = 0;         // when the canonical timer entry fires
@@ -164,18 +236,12 @@ struct alignas(64) Device {
   Phase phase = Phase::kFree;
   uint8_t flags = 0;
   uint8_t gateway = 0;  // GatewayTable index; 0: none
-  // Flood limit: a TakeFromWindow window, written without a lock by the
-  // heartbeat (two threads beating the same handle may lose an update). Like
-  // seen, reset when the record is reused, never by a heartbeat of its
-  // previous device (DeviceTable's grace period).
-  std::atomic<uint32_t> rate{0};
+
+  // The heartbeat's fields end here: BeatMany prefetches up to this byte too.
+  static constexpr size_t kHotBytes = 24;
 
   // Counts one signal at `now_ms`; false when it passes `limit` per second.
   bool TakeRate(int64_t now_ms, uint32_t limit) { return TakeFromWindow(rate, now_ms, limit); }
-  // Rule 6: the detector's latest answer for the heartbeat sources, clamped
-  // (0: none yet). Written by whoever told the detector of a signal, with or
-  // without the lock; reset, like seen, when the record is reused.
-  std::atomic<uint32_t> learned{0};
 
   uint32_t bits() const { return gen_fast.load(std::memory_order_relaxed) & fast::kBitsMask; }
   uint32_t gen() const { return fast::Gen(gen_fast.load(std::memory_order_relaxed)); }
@@ -189,7 +255,8 @@ struct alignas(64) Device {
   bool has_seen(int i) const { return flags & (dflag::kSeen0 << i); }
 };
 
-static_assert(sizeof(Device) == 64, "keep the device record at one cache line");
+static_assert(sizeof(Device) == 56, "keep the device record at 56 bytes (docs/design.md)");
+static_assert(offsetof(Device, session) == Device::kHotBytes, "the heartbeat's fields come first");
 
 }  // namespace presence::internal
 

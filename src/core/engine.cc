@@ -220,7 +220,11 @@ class EngineCore {
     const size_t n = handles.size();
     auto resolve = [&](size_t i) {
       Device* d = Resolve(handles[i]);
-      if (d != nullptr) __builtin_prefetch(d, 1);
+      if (d != nullptr) {
+        // The heartbeat's fields may straddle two cache lines.
+        __builtin_prefetch(d, 1);
+        __builtin_prefetch(reinterpret_cast<char*>(d) + Device::kHotBytes - 1, 1);
+      }
       ahead[i % kAhead] = d;
     };
     for (size_t i = 0; i < std::min(n, kAhead); ++i) resolve(i);

@@ -15,6 +15,9 @@ uint64_t HashUserId(absl::string_view user_id) {
 
 namespace {
 
+// The charges (engine.h) cover at least the records they stand for.
+static_assert(kDeviceChargeBytes >= sizeof(Device) + sizeof(uint32_t), "device record + timer entry");
+
 constexpr uint32_t kSeenMask = dflag::kSeen0 | (dflag::kSeen0 << 1) | (dflag::kSeen0 << 2);
 
 }  // namespace
@@ -49,7 +52,7 @@ uint32_t Shard::AddUser(absl::string_view id) {
     u = free_users_.back();
     free_users_.pop_back();
   } else {
-    u = static_cast<uint32_t>(users_.size());
+    u = users_.size();
     users_.emplace_back();
   }
   User& user = users_[u];
@@ -102,7 +105,7 @@ void Shard::ForgetUser(uint32_t u, int64_t now_ms) {
       static_cast<uint64_t>(std::max<int64_t>(now_ms - kMarginMs, 0)) << 10) {
     forgotten_[std::string(user.id.view())] = Floors{user.version, user.public_version};
   }
-  Uncharge(kUserChargeBytes);
+  Uncharge(UserCharge(user.id.view()));
   index_by_id_.erase(u);
   users_[u] = User();
   free_users_.push_back(u);
@@ -153,7 +156,7 @@ Shard::PublicView Shard::PublicOf(const User& user, const UserView& v, State sta
     // where it was when the user went invisible. While the stack is not yet
     // settled past the moment it went invisible, nothing was applied since
     // (User::guarded), so the current last_seen is still that one.
-    p.last_seen_ms = user.hidden ? user.hidden_last_seen_ms : v.last_seen_ms;
+    p.last_seen_ms = user.hidden ? user.overrides->hidden_last_seen_ms : v.last_seen_ms;
   } else {
     p.last_seen_ms = v.last_seen_ms;
     p.devices = v.devices;
@@ -294,9 +297,9 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
     gone.gone = true;
     gone_.push_back(std::move(gone));  // versioned when written
   }
+  Uncharge(DeviceCharge(d.id.view()));
   d.id.reset();
   d.gateway = 0;
-  Uncharge(kDeviceChargeBytes);
   d.session = 0;
   d.user = kNone;
   d.phase = Phase::kFree;
@@ -410,7 +413,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
       return Drop(DropReason::kLimit, absl::StrCat("user has ", users_[u].device_count,
                                                    " devices, the most allowed"));
     }
-    const int64_t charge = kDeviceChargeBytes + (u == kNone ? kUserChargeBytes : 0);
+    const int64_t charge = DeviceCharge(s.device_id) + (u == kNone ? UserCharge(s.user_id) : 0);
     if (!Charge(charge)) {
       return Drop(DropReason::kLimit, "memory budget reached: no new devices or users");
     }
@@ -423,7 +426,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     if (u == kNone) u = AddUser(s.user_id);
     User& user = users_[u];
     Device& d = devices_.at(di);
-    d.id = InlineId(s.device_id);
+    d.id = ShortId(s.device_id);
     d.user = u;
     d.next = user.first_device;
     user.first_device = di;
@@ -492,7 +495,9 @@ void Shard::PrefetchUser(const AcceptedSignal& a) const {
 void Shard::PrefetchDevice(const AcceptedSignal& a) const {
   const uint32_t u = FindUser(a.signal->user_id, a.hash);
   if (u != kNone && users_[u].first_device != kNone) {
-    __builtin_prefetch(&devices_.at(users_[u].first_device));
+    const char* d = reinterpret_cast<const char*>(&devices_.at(users_[u].first_device));
+    __builtin_prefetch(d);
+    __builtin_prefetch(d + sizeof(Device) - 1);  // a record may straddle two cache lines
   }
 }
 
@@ -586,7 +591,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
     return Drop(DropReason::kLimit, "user has the most overrides allowed");
   }
   if (u == kNone) {
-    if (!Charge(kUserChargeBytes)) {
+    if (!Charge(UserCharge(user_id))) {
       return Drop(DropReason::kLimit, "memory budget reached: no new users");
     }
     u = AddUser(user_id);
@@ -594,7 +599,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
   Settle(u, now_ms);
   User& user = users_[u];
   if (!user.overrides) {
-    user.overrides = std::make_unique<std::vector<Override>>();
+    user.overrides = std::make_unique<OverrideStack>();
     with_overrides_.insert(u);
   }
   const uint64_t id = config_->next_override_id->fetch_add(1, std::memory_order_relaxed);
@@ -620,7 +625,7 @@ void Shard::UpdateHidden(uint32_t u, int64_t now_ms) {
   User& user = users_[u];
   const Override* top = TopOverride(user.overrides.get(), now_ms);
   const bool hidden = top != nullptr && top->state == OverrideState::kInvisible;
-  if (hidden && !user.hidden) user.hidden_last_seen_ms = TrueLastSeen(user, now_ms);
+  if (hidden && !user.hidden) user.overrides->hidden_last_seen_ms = TrueLastSeen(user, now_ms);
   user.hidden = hidden;
   bool guarded = false;
   if (!hidden && user.overrides) {
@@ -1042,6 +1047,9 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
     ForgetUserIfEmpty(pending.user, now_ms);
   }
   pending_.resize(kept);
+  decisions_.clear();
+  ReleaseBurst(pending_);
+  ReleaseBurst(decisions_);
   return absl::OkStatus();
 }
 
@@ -1058,7 +1066,8 @@ void Shard::FillView(const UserView& v, const PublicView& pub, ChangeEvent* e) {
 void Shard::AppendPublished(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> which,
                             std::vector<ChangeEvent>* out) {
   internal::MutexLock lock(&mu_);
-  for (const User& user : users_) {
+  for (uint32_t u = 0; u < users_.size(); ++u) {
+    const User& user = users_[u];
     if (!user.in_use || user.version == 0 || !which(user.id.view())) continue;
     ChangeEvent& e = out->emplace_back();
     e.user_id = std::string(user.id.view());
@@ -1084,7 +1093,8 @@ void Shard::AddStats(int64_t now_ms, Stats* stats) {
   stats->store_writes += store_writes_;
   stats->store_errors += store_errors_;
   const int64_t stale_after = config_->options.app.offline_after_ms;
-  for (const User& user : users_) {
+  for (uint32_t u = 0; u < users_.size(); ++u) {
+    const User& user = users_[u];
     if (!user.in_use || user.pub_state == State::kOffline) continue;
     ++stats->live_users;
     if (now_ms - ViewUser(user, now_ms).last_seen_ms > stale_after) ++stats->stale_users;

@@ -26,6 +26,7 @@
 #include "presence/options.h"
 #include "presence/store.h"
 #include "presence/types.h"
+#include "src/core/chunked.h"
 #include "src/core/device.h"
 #include "src/core/device_table.h"
 #include "src/core/gateway_table.h"
@@ -198,6 +199,14 @@ class Shard {
   uint64_t DeviceKey(uint32_t index) const { return DeviceKeyOf(index_, index); }
 
  private:
+  // A user's overrides, oldest first, and what only a user with overrides
+  // needs (a user is hidden only by an override): kept out of the user
+  // record, which most users have no use for.
+  struct OverrideStack : std::vector<Override> {
+    // While hidden: the public last_seen, where it stood when the user went
+    // invisible (rule 8).
+    int64_t hidden_last_seen_ms = 0;
+  };
   struct User {
     InlineId id;
     uint64_t version = 0;         // of the last published event (own view)
@@ -205,9 +214,6 @@ class Shard {
     int64_t last_seen_ms = 0;     // latest signal applied through the lock
     int64_t published_at_ms = 0;       // last change of the public view (0: never)
     int64_t self_published_at_ms = 0;  // last change of the own view (0: never)
-    // While hidden: the public last_seen, where it stood when the user went
-    // invisible (rule 8).
-    int64_t hidden_last_seen_ms = 0;
     uint32_t first_device = kNone;
     uint32_t pending = kNone;  // index in pending_ while it has unpublished news
     uint16_t device_count = 0;
@@ -220,8 +226,11 @@ class Shard {
     bool guarded = false;
     State pub_state = State::kOffline;
     State pub_self = State::kOffline;
-    std::unique_ptr<std::vector<Override>> overrides;
+    std::unique_ptr<OverrideStack> overrides;  // null: none
   };
+  static_assert(sizeof(User) <= 80, "kUserChargeBytes (engine.h) counts an 80-byte user record");
+  // Users in chunks of 1024 (80 KiB): no slack beyond the last chunk.
+  using UserArray = Chunked<User, 10>;
   struct Pending {
     uint32_t user;
     Cause cause;
@@ -275,14 +284,14 @@ class Shard {
   };
   struct UserHash {
     using is_transparent = void;
-    const std::vector<User>* users;
+    const UserArray* users;
     size_t operator()(uint32_t u) const { return HashUserId((*users)[u].id.view()); }
     size_t operator()(const UserKey& k) const { return k.hash; }
     size_t operator()(const UserPrefetch& k) const { return k.hash; }
   };
   struct UserEq {
     using is_transparent = void;
-    const std::vector<User>* users;
+    const UserArray* users;
     bool operator()(uint32_t a, uint32_t b) const { return a == b; }
     bool operator()(uint32_t a, const UserKey& k) const { return (*users)[a].id.view() == k.id; }
     bool operator()(const UserKey& k, uint32_t a) const { return (*users)[a].id.view() == k.id; }
@@ -321,6 +330,14 @@ class Shard {
   // Reserves `bytes` of the memory budget; false (nothing reserved) when it
   // would pass it. Load paths charge with force: what is held is held.
   bool Charge(int64_t bytes, bool force = false);
+  // What a user or a device record is charged: the fixed part (engine.h)
+  // and its id's heap block, if the id is too long to live in the record.
+  static int64_t UserCharge(absl::string_view user_id) {
+    return kUserChargeBytes + static_cast<int64_t>(InlineId::HeapBytes(user_id));
+  }
+  static int64_t DeviceCharge(absl::string_view device_id) {
+    return kDeviceChargeBytes + static_cast<int64_t>(ShortId::HeapBytes(device_id));
+  }
   void Uncharge(int64_t bytes);
   void Unpend(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t FindDevice(const User& user, absl::string_view device_id)
@@ -396,7 +413,7 @@ class Shard {
   const uint32_t index_;
 
   mutable internal::Mutex mu_;
-  std::vector<User> users_ ABSL_GUARDED_BY(mu_);
+  UserArray users_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> free_users_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint32_t, UserHash, UserEq> index_by_id_ ABSL_GUARDED_BY(mu_);
   DeviceTable devices_;  // slots guarded by mu_, except the fast-path fields

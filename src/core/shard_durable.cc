@@ -18,7 +18,7 @@ UserRecord Shard::UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms) {
   r.self_state = publish ? d->self_state : user.pub_self;
   r.last_seen_ms = d != nullptr ? d->view.last_seen_ms : user.last_seen_ms;
   r.published_at_ms = publish && d->public_change ? now_ms : user.published_at_ms;
-  r.hidden_last_seen_ms = user.hidden ? user.hidden_last_seen_ms : 0;
+  r.hidden_last_seen_ms = user.hidden ? user.overrides->hidden_last_seen_ms : 0;
   if (user.overrides) {
     for (const Override& o : *user.overrides) {
       if (o.active(now_ms)) r.overrides.push_back({o.id, o.state, o.set_at_ms, o.until_ms});
@@ -75,7 +75,7 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
-    Charge(kUserChargeBytes, /*force=*/true);
+    Charge(UserCharge(r.user_id), /*force=*/true);
     u = AddUser(r.user_id);
   }
   // The records this shard writes next must win over what the store holds,
@@ -93,7 +93,7 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   for (const OverrideInfo& o : r.overrides) {
     if (o.until_ms != 0 && o.until_ms <= now_ms) continue;
     if (!user.overrides) {
-      user.overrides = std::make_unique<std::vector<Override>>();
+      user.overrides = std::make_unique<OverrideStack>();
       with_overrides_.insert(u);
     }
     user.overrides->push_back(Override{o.id, o.set_at_ms, o.until_ms, o.state});
@@ -117,9 +117,10 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   // last recorded one). Devices load after this and must not move it.
   const Override* top = TopOverride(user.overrides.get(), now_ms);
   user.hidden = top != nullptr && top->state == OverrideState::kInvisible;
-  user.hidden_last_seen_ms = !user.hidden                   ? 0
-                             : r.hidden_last_seen_ms != 0 ? r.hidden_last_seen_ms
-                                                          : r.last_seen_ms;
+  if (user.hidden) {
+    user.overrides->hidden_last_seen_ms =
+        r.hidden_last_seen_ms != 0 ? r.hidden_last_seen_ms : r.last_seen_ms;
+  }
   UpdateHidden(u, now_ms);
   // The next tick compares what the records say was published with what
   // holds now (devices may have lapsed while the engine was down).
@@ -131,7 +132,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
   const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
-    Charge(kUserChargeBytes, /*force=*/true);
+    Charge(UserCharge(r.user_id), /*force=*/true);
     u = AddUser(r.user_id);
   }
   record_clock_ = std::max(record_clock_, r.version);  // as in LoadUser
@@ -139,11 +140,11 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
   if (di != kNone) return absl::OkStatus();  // a Load visits each device once
   di = devices_.Allocate(*config_->epochs);
   if (di == kNone) return absl::ResourceExhaustedError("shard holds the most devices it can");
-  Charge(kDeviceChargeBytes, /*force=*/true);
+  Charge(DeviceCharge(r.device_id), /*force=*/true);
   User& user = users_[u];
   Device& d = devices_.at(di);
   d.flags = 0;
-  d.id = InlineId(r.device_id);
+  d.id = ShortId(r.device_id);
   d.user = u;
   d.next = user.first_device;
   user.first_device = di;
@@ -210,6 +211,7 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
   if (user.overrides) {
     override_count_ -= user.overrides->size();
     user.overrides.reset();
+    user.hidden = false;  // its frozen last_seen went with the stack
     with_overrides_.erase(u);
   }
   user.last_seen_ms = 0;
@@ -255,6 +257,7 @@ size_t Shard::Release(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)>
     if (user.overrides) {
       override_count_ -= user.overrides->size();
       user.overrides.reset();
+      user.hidden = false;  // its frozen last_seen went with the stack
       with_overrides_.erase(u);
     }
     user.last_seen_ms = 0;

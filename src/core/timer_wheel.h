@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "src/core/chunked.h"
 #include "src/core/time32.h"
 
 namespace presence::internal {
@@ -20,7 +21,6 @@ namespace presence::internal {
 class TimerWheel {
  public:
   static constexpr uint32_t kSlots = 8192;  // 8.2 s horizon at 1 ms per slot
-  static constexpr size_t kKeepCapacity = 256;
 
   explicit TimerWheel(Time32 now) : slots_(kSlots), cur_(now) {}
 
@@ -61,7 +61,8 @@ class TimerWheel {
       }
       // A burst (every device rescheduled in the same ms) leaves a large
       // buffer here; let it go rather than pass it on to the next slot.
-      if (scratch_.capacity() > kKeepCapacity) std::vector<uint32_t>().swap(scratch_);
+      scratch_.clear();
+      ReleaseBurst(scratch_);
     }
     cur_ = now;
   }

@@ -1,0 +1,110 @@
+// Options::memory_budget_bytes charges what the heap really grows (issue 16):
+// a mass connect of 10^6 devices, with one and with two devices per user,
+// charges within 10% of what malloc reports the engine took.
+//
+// The heap is read with mallinfo2, which only glibc's allocator answers:
+// under a sanitizer (its own allocator) the test is skipped.
+#include <malloc.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "presence/clock.h"
+#include "presence/engine.h"
+
+namespace presence {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kOwnAllocator = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kOwnAllocator = true;
+#else
+constexpr bool kOwnAllocator = false;
+#endif
+#else
+constexpr bool kOwnAllocator = false;
+#endif
+
+int64_t HeapInUse() {
+  const struct mallinfo2 mi = mallinfo2();
+  return static_cast<int64_t>(mi.uordblks + mi.hblkhd);
+}
+
+int64_t Charged(Engine& engine) {
+  const std::string metrics = engine.RenderMetrics();
+  const std::string name = "\npresence_memory_charged_bytes ";
+  const size_t at = metrics.find(name);
+  if (at == std::string::npos) return -1;
+  return std::strtoll(metrics.c_str() + at + name.size(), nullptr, 10);
+}
+
+// Connects `devices` devices, `per_user` to a user, and returns (heap grown,
+// bytes charged) once a tick published them. Ids are 2 to 9 bytes, as in
+// benchmarks/compare_bench, or with `long_ids` too long to live in the
+// records (22-byte user ids, 36-byte device ids, as UUIDs).
+std::pair<int64_t, int64_t> MassConnect(size_t devices, size_t per_user, bool long_ids) {
+  ManualClock clock(1'000'000);
+  Options o;
+  o.clock = &clock;
+  o.memory_budget_bytes = int64_t{1} << 40;
+  const int64_t heap0 = HeapInUse();
+  std::unique_ptr<Engine> engine = Engine::Create(o).value();
+  constexpr size_t kBatch = 1000;
+  for (size_t begin = 0; begin < devices; begin += kBatch) {
+    std::vector<std::string> users;
+    std::vector<std::string> ids;
+    std::vector<Signal> batch;
+    users.reserve(kBatch);
+    ids.reserve(kBatch);
+    batch.reserve(kBatch);
+    for (size_t d = begin; d < begin + kBatch && d < devices; ++d) {
+      if (long_ids) {
+        users.push_back(absl::StrCat("user-", 10000000000000000 + d / per_user));
+        ids.push_back(absl::StrCat("device-", 1000000000000000000 + d, "-aaaaaaaaa"));
+      } else {
+        users.push_back(absl::StrCat("u", d / per_user));
+        ids.push_back(absl::StrCat("d", d % per_user));
+      }
+      Signal s;
+      s.user_id = users.back();
+      s.device_id = ids.back();
+      s.session_id = 1;
+      s.platform = Platform::kWeb;
+      batch.push_back(s);
+    }
+    const BatchResult r = engine->SignalBatch(batch);
+    if (r.applied != batch.size()) {
+      ADD_FAILURE() << r.first_error;
+      return {0, 0};
+    }
+  }
+  engine->Tick();
+  const int64_t grown = HeapInUse() - heap0;
+  return {grown, Charged(*engine)};
+}
+
+void ExpectWithinTenPercent(size_t devices, size_t per_user, bool long_ids = false) {
+  if (kOwnAllocator) GTEST_SKIP() << "a sanitizer's allocator does not answer mallinfo2";
+  const auto [grown, charged] = MassConnect(devices, per_user, long_ids);
+  ASSERT_GT(grown, 0);
+  EXPECT_GE(charged, grown * 9 / 10) << "grown " << grown << " B, charged " << charged << " B";
+  EXPECT_LE(charged, grown * 11 / 10) << "grown " << grown << " B, charged " << charged << " B";
+  std::printf("%zu devices, %zu per user: heap grew %.1f B/device, charged %.1f B/device\n",
+              devices, per_user, double(grown) / double(devices), double(charged) / double(devices));
+}
+
+TEST(MemoryBudget, ChargesWhatTheHeapGrowsTwoDevicesPerUser) { ExpectWithinTenPercent(1000000, 2); }
+
+TEST(MemoryBudget, ChargesWhatTheHeapGrowsOneDevicePerUser) { ExpectWithinTenPercent(1000000, 1); }
+
+TEST(MemoryBudget, ChargesTheHeapBlocksOfLongIds) { ExpectWithinTenPercent(1000000, 2, true); }
+
+}  // namespace
+}  // namespace presence
