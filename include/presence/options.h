@@ -113,7 +113,8 @@ struct Options {
   int max_signals_per_device_per_sec = 20;
 
   // Global memory budget, in bytes, for users and devices (each device is
-  // charged kDeviceChargeBytes and each user kUserChargeBytes, engine.h).
+  // charged kDeviceChargeBytes and each user kUserChargeBytes, engine.h,
+  // plus the heap block of an id too long to live in its record).
   // When a new device or user would pass it, the signal that would create it
   // answers ResourceExhausted ("memory budget reached") and nothing is
   // created; nothing held is ever evicted to make room, and live devices
