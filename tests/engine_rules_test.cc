@@ -470,12 +470,17 @@ class FixedDetector : public OfflineDetector {
   int64_t answer_;
 };
 
+// Options with `d` deciding for the devices of `platform`.
+Options WithDetector(OfflineDetector* d, Platform platform) {
+  Options o;
+  o.detector = d;
+  o.detector_platforms = 1u << static_cast<int>(platform);
+  return o;
+}
+
 int64_t OfflineAfterWith(int64_t answer, int* observed = nullptr) {
   FixedDetector d(answer);
-  Options o;
-  o.detector = &d;
-  o.detector_platforms = 1u << static_cast<int>(Platform::kWeb);
-  TestEngine t(o);
+  TestEngine t(WithDetector(&d, Platform::kWeb));
   auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
   EXPECT_TRUE(t.engine->Beat(*h).ok());  // adaptive devices always reach the detector
   t.engine->Tick();
@@ -495,10 +500,7 @@ std::atomic<int> lock_free_beats{0};
 
 TEST(Rule6Adaptive, HeartbeatsUnderADetectorStayLockFreeAndNameTheirSource) {
   FixedDetector d(2500);
-  Options o;
-  o.detector = &d;
-  o.detector_platforms = 1u << static_cast<int>(Platform::kWeb);
-  TestEngine t(o);
+  TestEngine t(WithDetector(&d, Platform::kWeb));
   auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE(t.engine->Beat(*h, Activity::kActive, Source::kManual).ok());  // a new source: locked
@@ -530,10 +532,7 @@ TEST(Rule6Adaptive, DetectorCanOnlyDetectSoonerAndNotBelowTheFloor) {
 
 TEST(Rule6Adaptive, InferredSignalsKeepTheirOwnClockUnderADetector) {
   FixedDetector d(2500);
-  Options o;
-  o.detector = &d;
-  o.detector_platforms = 1u << static_cast<int>(Platform::kMobile);
-  TestEngine t(o);
+  TestEngine t(WithDetector(&d, Platform::kMobile));
   Signal s = TestEngine::Sig("ann", "phone", 1, Source::kInferred);
   s.platform = Platform::kMobile;
   ASSERT_TRUE(t.engine->Signal(s).ok());
