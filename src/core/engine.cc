@@ -360,13 +360,14 @@ class EngineCore {
     std::vector<CommittedOffset> offsets = ConsumedOffsets();
     bool all_written = true;
     for (auto& shard : shards_) {
-      if (!shard->Tick(now, &events_, &latency_).ok()) all_written = false;
+      if (!shard->Tick(now, &events_, &observed_).ok()) all_written = false;
     }
     if (all_written && config_.options.store != nullptr && !offsets.empty() &&
         offsets != committed_) {
       StoreBatch batch;
       batch.offsets = offsets;
-      if (config_.options.store->Write(batch).ok()) {
+      Store* store = config_.options.store;
+      if (Timed(clock_, &observed_.store, [&] { return store->Write(batch); }).ok()) {
         committed_ = std::move(offsets);
       } else {
         ++offset_errors_;
@@ -595,7 +596,8 @@ class EngineCore {
   absl::StatusOr<size_t> ConsumePartition(uint32_t p, size_t max)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
     uint64_t& offset = consumed_[p];
-    auto records = config_.options.bus->Read(p, offset, max);
+    Bus* bus = config_.options.bus;
+    auto records = Timed(clock_, &bus_read_latency_, [&] { return bus->Read(p, offset, max); });
     if (!records.ok()) {
       ++bus_errors_;
       return records.status();
@@ -876,15 +878,30 @@ class EngineCore {
     }
     {
       internal::MutexLock lock(&tick_mu_);
-      latency_.Render(&out, "presence_publish_latency_ms",
-                      "Time from the signal that caused a change to its publication, in ms.");
+      observed_.publish.Render(
+          &out, "presence_publish_latency_ms",
+          "Time from the signal that caused a change to its publication, in ms.");
+      observed_.store.Render(&out, "presence_store_latency_ms",
+                             "Time of each Store::Write (write-through and offsets), in ms.");
+      MetricHeader(&out, "presence_bus_latency_ms", "histogram",
+                   "Time of each bus publish (change events) and read (signals), in ms.");
+      observed_.bus_publish.RenderSamples(&out, "presence_bus_latency_ms", "op=\"publish\"");
+    }
+    {
+      internal::MutexLock lock(&consume_mu_);
+      bus_read_latency_.RenderSamples(&out, "presence_bus_latency_ms", "op=\"read\"");
+      Metric(&out, "presence_signal_backlog", "gauge",
+             "Records on the bus not consumed yet, over the owned partitions this engine "
+             "consumes (the heartbeat backlog).",
+             SignalBacklogLocked());
     }
     Metric(&out, "presence_false_offlines_total", "counter",
            "Devices that died by timeout or abrupt disconnect and came back within the "
            "false-offline window.",
            st.counters.false_offlines);
     Metric(&out, "presence_stale_ratio", "gauge",
-           "Share of users shown live whose freshness exceeds the APP offline threshold.",
+           "Share of users shown live of whom no device's source signalled within that "
+           "source's own offline threshold.",
            st.live_users == 0 ? 0.0 : double(st.stale_users) / double(st.live_users));
     {
       internal::MutexLock lock(&tick_mu_);
@@ -924,6 +941,23 @@ class EngineCore {
            st.sizes.live_devices);
     Metric(&out, "presence_overrides", "gauge", "Overrides held.", st.sizes.overrides);
     return out;
+  }
+
+  // End offset minus the next offset to read, over the owned partitions
+  // that ConsumeBus has read from (a partition whose end offset cannot be
+  // read counts as an error of the bus).
+  uint64_t SignalBacklogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    uint64_t backlog = 0;
+    for (const auto& [p, next] : consumed_) {
+      if (!Owns(p)) continue;
+      auto end = config_.options.bus->EndOffset(p);
+      if (!end.ok()) {
+        ++bus_errors_;
+        continue;
+      }
+      if (*end > next) backlog += *end - next;
+    }
+    return backlog;
   }
 
   std::vector<CommittedOffset> ConsumedOffsets() {
@@ -988,7 +1022,11 @@ class EngineCore {
     for (const ChangeEvent& e : events) bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));
     // A failed batch stays in the backlog for the next tick, whole.
     size_t sent = 0;
-    if (!PublishChanges(bus, bus_backlog_.begin(), bus_backlog_.end(), &sent).ok()) ++bus_errors_;
+    if (!Timed(clock_, &observed_.bus_publish, [&] {
+           return PublishChanges(bus, bus_backlog_.begin(), bus_backlog_.end(), &sent);
+         }).ok()) {
+      ++bus_errors_;
+    }
     bus_backlog_.erase(bus_backlog_.begin(), bus_backlog_.begin() + static_cast<std::ptrdiff_t>(sent));
     constexpr size_t kMaxBacklog = 1 << 20;
     if (bus_backlog_.size() > kMaxBacklog) {
@@ -1061,7 +1099,8 @@ class EngineCore {
   std::map<uint32_t, uint64_t> consumed_ ABSL_GUARDED_BY(consume_mu_);  // next offset per partition
   std::vector<DecodedSignal> decoded_ ABSL_GUARDED_BY(consume_mu_);
   std::vector<Signal> consumed_signals_ ABSL_GUARDED_BY(consume_mu_);  // views into decoded_
-  LatencyHistogram latency_ ABSL_GUARDED_BY(tick_mu_);
+  TickObservations observed_ ABSL_GUARDED_BY(tick_mu_){clock_, {}, {}, {}};
+  LatencyHistogram bus_read_latency_ ABSL_GUARDED_BY(consume_mu_);
 };
 
 }  // namespace internal
