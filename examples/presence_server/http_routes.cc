@@ -186,6 +186,10 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
       return Reply(http::status::ok, Metrics(), "text/plain; version=0.0.4; charset=utf-8");
     }
     if (t->path == "/healthz") return Reply(http::status::ok, "{\"ok\":true}");
+    if (absl::StartsWith(t->path, "/operator/")) {
+      OperatorReply r = HandleOperator(req, *t);
+      return Reply(r.status, std::move(r.body));
+    }
 
     const bool known_path = t->path == "/presence" || t->path == "/presence/override" ||
                             t->path == "/presence/history" || t->path == "/presence/stream";
