@@ -137,3 +137,19 @@ class Prometheus:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def wait_settled(server, token, users):
+    """Waits until every user is online and its last transition is over
+    1.5 s old (past min_dwell, so that its next change is published at the
+    next tick); returns the server's now_ms then."""
+    def settled():
+        answer = json.loads(server.get("/presence?user_ids=" + ",".join(users), token))
+        if any(u["state"] != "online" for u in answer["users"]):
+            return None
+        for user in users:
+            h = json.loads(server.get(f"/presence/history?user_id={user}", token))["transitions"]
+            if not h or h[-1]["at_ms"] > answer["now_ms"] - 1500:
+                return None
+        return answer["now_ms"]
+    return wait_for(f"{', '.join(users)} online and settled", settled)

@@ -15,7 +15,7 @@ import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, free_port, wait_for  # noqa: E402
+from harness import Server, free_port, wait_for, wait_settled  # noqa: E402
 
 CTL = SERVER_BIN = None
 TOKENS = {"ops": "tok-ops", "alice": "tok-alice", "bob": "tok-bob"}
@@ -187,18 +187,7 @@ class PresencectlTest(unittest.TestCase):
     def test_drain(self):
         self.assertRefused(ctl("drain", "no-such-gateway"), "unknown_gateway")
 
-        def settled():
-            # Every simulated user online, and past its min_dwell (1 s), so
-            # that its next change is published at once.
-            answer = json.loads(ctl("--json", "get", *SIMS).stdout)
-            if any(u["state"] != "online" for u in answer["users"]):
-                return None
-            for user in SIMS:
-                h = json.loads(ctl("--json", "history", user).stdout)["transitions"]
-                if not h or h[-1]["at_ms"] > answer["now_ms"] - 1500:
-                    return None
-            return answer["now_ms"]
-        before = wait_for("the simulated users online and settled", settled)
+        before = wait_settled(self.server, TOKENS["ops"], SIMS)
         r = ctl("drain", "simulator")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stdout, r"^drained \d+ device\(s\) of gateway simulator$")

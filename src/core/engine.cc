@@ -891,8 +891,8 @@ class EngineCore {
       internal::MutexLock lock(&consume_mu_);
       bus_read_latency_.RenderSamples(&out, "presence_bus_latency_ms", "op=\"read\"");
       Metric(&out, "presence_signal_backlog", "gauge",
-             "Records on the bus not consumed yet, over the owned partitions this engine "
-             "consumes (the heartbeat backlog).",
+             "Records on the bus not consumed yet (signals, and the change events beside "
+             "them), over the owned partitions this engine consumes: the heartbeat backlog.",
              SignalBacklogLocked());
     }
     Metric(&out, "presence_false_offlines_total", "counter",
