@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "src/core/bus_batches.h"
 #include "src/core/mutex.h"
+#include "src/core/overload.h"
 #include "presence/bus.h"
 #include "presence/clock.h"
 #include "presence/history.h"
@@ -339,14 +340,28 @@ class EngineCore {
   }
 
   size_t Tick() {
+    const int64_t start = Now();
     size_t published;
+    bool all_written = true;
     {
       internal::MutexLock lock(&tick_mu_);
-      published = TickLocked(nullptr);
+      published = TickLocked(&all_written);
     }
     CallListeners();
+    {
+      // The overload ladder's verdict on this tick (Options, "Overload").
+      internal::MutexLock lock(&tick_mu_);
+      const Options& o = config_.options;
+      const bool overloaded =
+          (o.overload_tick_budget_ms > 0 && Now() - start > o.overload_tick_budget_ms) ||
+          !all_written || bus_backlog_.size() > o.overload_backlog_bound ||
+          history_backlog_.size() > o.overload_backlog_bound;
+      overload_level_.store(overload_.Observe(overloaded), std::memory_order_relaxed);
+    }
     return published;
   }
+
+  int OverloadLevel() const { return overload_level_.load(std::memory_order_relaxed); }
 
   // A tick; *all_written (when not null) tells whether every record and the
   // offsets were written. Its changes wait in rounds_ for CallListeners,
@@ -927,6 +942,24 @@ class EngineCore {
     Metric(&out, "presence_bus_wrong_partition_total", "counter",
            "Signals read from a bus partition that their user does not map to (skipped).",
            wrong_partition_.load());
+    {
+      internal::MutexLock lock(&tick_mu_);
+      Metric(&out, "presence_overload_level", "gauge",
+             "Overload steps that apply: 1 longer flush interval, 2 large topics to counts, "
+             "3 subscribers to polling.",
+             overload_.level());
+      MetricHeader(&out, "presence_overload_steps_total", "counter",
+                   "Times each overload step was entered and left.");
+      static constexpr const char* kStepNames[] = {"flush_interval", "topic_counts", "polling"};
+      for (int i = 0; i < OverloadLadder::kSteps; ++i) {
+        MetricSample(&out, "presence_overload_steps_total",
+                     absl::StrCat("step=\"", kStepNames[i], "\",direction=\"enter\""),
+                     overload_.entered(i));
+        MetricSample(&out, "presence_overload_steps_total",
+                     absl::StrCat("step=\"", kStepNames[i], "\",direction=\"leave\""),
+                     overload_.left(i));
+      }
+    }
     Metric(&out, "presence_owned_partitions", "gauge", "Bus partitions this engine owns.",
            OwnedPartitions().size());
     Metric(&out, "presence_memory_charged_bytes", "gauge",
@@ -1100,6 +1133,9 @@ class EngineCore {
   std::vector<DecodedSignal> decoded_ ABSL_GUARDED_BY(consume_mu_);
   std::vector<Signal> consumed_signals_ ABSL_GUARDED_BY(consume_mu_);  // views into decoded_
   TickObservations observed_ ABSL_GUARDED_BY(tick_mu_){clock_, {}, {}, {}};
+  OverloadLadder overload_ ABSL_GUARDED_BY(tick_mu_){config_.options.overload_enter_ticks,
+                                                     config_.options.overload_exit_ticks};
+  std::atomic<int> overload_level_{0};
   LatencyHistogram bus_read_latency_ ABSL_GUARDED_BY(consume_mu_);
 };
 
@@ -1239,6 +1275,7 @@ void Engine::RemoveListener(ChangeListener* listener) { core_->RemoveListener(li
 size_t Engine::Tick() { return core_->Tick(); }
 int64_t Engine::NowMs() const { return core_->Now(); }
 std::string Engine::RenderMetrics() const { return core_->RenderMetrics(); }
+int Engine::OverloadLevel() const { return core_->OverloadLevel(); }
 
 Engine::Sizes Engine::GetSizes() const { return core_->Stats().sizes; }
 
