@@ -80,8 +80,9 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
   }
 
   if (t.path == "/operator/rebuild") {
-    // What is pending is written first: a rebuild drops what is not.
-    engine_->Tick();
+    // What is pending is written first (a tick of the server's own, with
+    // its fan-out delivery): a rebuild drops what is not.
+    OnTick();
     if (absl::Status st = engine_->Rebuild(); !st.ok()) {
       return Fail(http::status::service_unavailable, "rebuild_failed", st.message());
     }
