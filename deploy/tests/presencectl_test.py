@@ -18,11 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Server, free_port, wait_for, wait_settled  # noqa: E402
 
 CTL = SERVER_BIN = None
-TOKENS = {"ops": "tok-ops", "alice": "tok-alice", "bob": "tok-bob"}
-AUTH = """user ops tok-ops
+TOKENS = {"ops": "tok-ops-0123456789", "alice": "tok-alice-0123456789", "bob": "tok-bob-0123456789"}
+AUTH = """user ops tok-ops-0123456789
 operator ops
-user alice tok-alice bob
-user bob tok-bob alice
+user alice tok-alice-0123456789 bob
+user bob tok-bob-0123456789 alice
 """
 SIMS = ["sim-0001", "sim-0002", "sim-0003"]
 
@@ -108,7 +108,7 @@ class PresencectlTest(unittest.TestCase):
         self.assertEqual(r.returncode, 4)
         self.assertIn("cannot reach", r.stderr)
         # The operator API takes the token as a bearer only, never in the URL.
-        req = urllib.request.Request(self.server.url + "operator/rebuild?token=tok-ops", method="POST", data=b"")
+        req = urllib.request.Request(self.server.url + "operator/rebuild?token=tok-ops-0123456789", method="POST", data=b"")
         with self.assertRaises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=10)
         self.assertEqual(e.exception.code, 401)

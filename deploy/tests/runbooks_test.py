@@ -20,8 +20,8 @@ from harness import Server, wait_for, wait_settled  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN_DIR = None
-OPS = "tok-ops"
-AUTH = "user ops tok-ops\noperator ops\nuser alice tok-alice bob\nuser bob tok-bob alice\n"
+OPS = "tok-ops-0123456789"
+AUTH = "user ops tok-ops-0123456789\noperator ops\nuser alice tok-alice-0123456789 bob\nuser bob tok-bob-0123456789 alice\n"
 SIMS = ["sim-0001", "sim-0002", "sim-0003"]
 
 
@@ -96,24 +96,24 @@ class ServerRunbooks(unittest.TestCase):
     def test_revoking_faulty_overrides(self):
         get, revoke_user, revoke_between = BLOCKS["Revoking faulty overrides"]
         for state in ("dnd", "away"):
-            self.http("POST", "/presence/override", "tok-alice", {"state": state})
+            self.http("POST", "/presence/override", "tok-alice-0123456789", {"state": state})
         self.assertTrue(self.run_ok(get, USER_ID="alice").startswith("alice\t"))
         self.assertEqual(self.run_ok(revoke_user, USER_ID="alice"), "revoked 2 override(s) of alice\n")
-        alice = self.http("GET", "/presence?user_ids=alice", "tok-alice")["users"][0]
+        alice = self.http("GET", "/presence?user_ids=alice", "tok-alice-0123456789")["users"][0]
         self.assertEqual(alice["overrides"], [])
 
         # bob: one override inside [T1, T2], one set after T2.
-        first = self.http("POST", "/presence/override", "tok-bob", {"state": "dnd"})
-        listed = self.http("GET", "/presence?user_ids=bob", "tok-bob")["users"][0]["overrides"]
+        first = self.http("POST", "/presence/override", "tok-bob-0123456789", {"state": "dnd"})
+        listed = self.http("GET", "/presence?user_ids=bob", "tok-bob-0123456789")["users"][0]["overrides"]
         set_at = [o["set_at_ms"] for o in listed if o["override_id"] == first["override_id"]][0]
         wait_for("the server's clock past the first override",
-                 lambda: self.http("GET", "/presence?user_ids=bob", "tok-bob")["now_ms"] > set_at)
-        second = self.http("POST", "/presence/override", "tok-bob", {"state": "away"})
+                 lambda: self.http("GET", "/presence?user_ids=bob", "tok-bob-0123456789")["now_ms"] > set_at)
+        second = self.http("POST", "/presence/override", "tok-bob-0123456789", {"state": "away"})
         t1 = subprocess.run(["date", "-u", "-d", f"@{(set_at - 1000) // 1000}", "+%Y-%m-%dT%H:%M:%SZ"],
                             stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
         out = self.run_ok(revoke_between, T1=t1, T2=set_at)
         self.assertTrue(out.startswith("revoked 1 override(s) set between "), out)
-        left = self.http("GET", "/presence?user_ids=bob", "tok-bob")["users"][0]["overrides"]
+        left = self.http("GET", "/presence?user_ids=bob", "tok-bob-0123456789")["users"][0]["overrides"]
         self.assertEqual([o["override_id"] for o in left], [second["override_id"]])
 
     def test_erasing_a_user(self):

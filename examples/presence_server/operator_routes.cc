@@ -3,8 +3,8 @@
 // The operator API of presence_server (issue 18; docs/operations.md,
 // "The operator API"): the engine's operator actions over HTTP, for
 // presencectl and the runbooks (docs/runbooks.md). Every route is a POST
-// under /operator/ and takes only an operator's token, and only in
-// `Authorization: Bearer TOKEN` (never ?token=, which ends up in logs):
+// under /operator/ and takes only an operator's token (authenticated, as
+// every route's, from `Authorization: Bearer TOKEN` by HandleHttp):
 //   POST /operator/drain?gateway=G                       {"gateway","drained"}
 //   POST /operator/rebuild                               {"rebuilt":true,"users","devices"}
 //   POST /operator/erase?user_id=U                       {"erased":U}
@@ -35,17 +35,9 @@ bool TimeParam(const Target& t, absl::string_view key, int64_t* out) {
 
 }  // namespace
 
-OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body>& req, const Target& t) {
-  if (t.Get("token") != nullptr) {
-    return Fail(http::status::unauthorized, "unauthorized",
-                "the operator API takes its token in Authorization: Bearer only");
-  }
-  std::optional<std::string> caller = opts_.access.Authenticate(TokenOf(req, t));
-  if (!caller) {
-    return Fail(http::status::unauthorized, "unauthorized",
-                "an operator's token is needed (Authorization: Bearer TOKEN)");
-  }
-  if (!opts_.access.IsOperator(*caller)) {
+OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body>& req, const Target& t,
+                                           const std::string& caller) {
+  if (!opts_.access.IsOperator(caller)) {
     return Fail(http::status::forbidden, "forbidden", "only an operator may use the operator API");
   }
   const bool known = t.path == "/operator/drain" || t.path == "/operator/rebuild" ||
