@@ -2,14 +2,23 @@
 """A bounded load test of presence_server with an independent client.
 
 N WebSocket clients (one user and one device each, from source addresses
-127.0.0.x so that no per-IP cap is shared by all) connect on loopback and send
-one heartbeat a second; W watchers (operators) subscribe to every tenth user
-(at most 1000). While they connect, and then for S seconds at R changes a
-second, state changes are made to watched users: an override to DND
-(POST /presence/override), its clearing (DELETE /presence/override?all=true),
-a clean logout ({"type":"bye"}) and a reconnect. For each change the rig
-measures, at every watcher, the time from the change (the request sent, or
-the connection begun) to the diff that shows it, and reports p50/p99/max.
+127.0.0.x, --per-address each, so that no per-IP cap is shared by all)
+connect on loopback and send one heartbeat a second; W watchers (operators)
+subscribe to up to 1000 of the users, spread evenly. The latency from a state
+change to its diff is measured at every watcher:
+
+  * connect:   a watched client begins to connect -> it is online at the watcher
+  * override:  POST /presence/override (DND) sent -> dnd
+  * clear:     DELETE /presence/override?all=true sent -> online
+  * bye:       {"type":"bye"} sent -> offline
+  * reconnect: a new connection begun -> online
+
+The bulk of the clients heartbeat in a child process; the watchers and the
+few users that take the steady-phase changes (R a second for S seconds) are in
+this one, so that the load's own event-loop lag does not land in the figures
+(CLOCK_MONOTONIC is one clock for both). The engine publishes at most one
+change per user per min_dwell (1 s; docs/design.md rule 7), so changes of one
+user are spaced wider than that: the figures are propagation, not the dwell.
 
 It fails when a change does not reach every watcher within --deadline
 seconds, or when the server disconnects a heartbeating client.
@@ -21,6 +30,7 @@ import argparse
 import asyncio
 import collections
 import json
+import multiprocessing
 import os
 import random
 import sys
@@ -30,10 +40,105 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rig  # noqa: E402
 import websockets  # noqa: E402
 
-# The engine publishes at most one change per user per min_dwell (1 s by
-# default; docs/design.md rule 7): changes of one user are spaced wider, so
-# that the figures are the propagation, not the dwell.
-DWELL_S = 1.1
+DWELL_S = 1.1  # a little over the engine's default min_dwell of 1 s
+BEAT = json.dumps({"type": "heartbeat"})
+
+
+def user_of(i):
+    return f"load-{i:05d}"
+
+
+class Clients:
+    """Heartbeating clients in this process: client i is user load-i, from
+    the i // per_address-th source address."""
+
+    def __init__(self, uri, per_address, parallel):
+        self.uri = uri
+        self.per_address = per_address
+        self.addresses = {}
+        self.sockets = {}      # user -> its WebSocket
+        self.beating = {}      # user -> its heartbeat task
+        self.dropped = []      # users the server disconnected
+        self.sent = 0
+        self.lateness = []     # how late each heartbeat left, seconds: this process's own lag
+        self.stopping = False
+        self.gate = asyncio.Semaphore(parallel)
+
+    async def connect(self, i, began=None):
+        """Connects client i; `began(user)` is called right before its
+        handshake starts."""
+        user = user_of(i)
+        async with self.gate:
+            if began:
+                began(user)
+            source = rig.loopback_addresses(2 + i // self.per_address, 1)[0]
+            ws = await rig.ws_connect(self.uri + f"?device_id={user}-d", rig.token_for(user),
+                                      local_addr=source, open_timeout=60)
+            await rig.recv_until(ws, lambda m: m.get("type") == "welcome", 30, f"{user}'s welcome")
+        self.sockets[user] = ws
+        self.beating[user] = asyncio.create_task(self._beat(user, ws))
+
+    async def bye(self, user):
+        self.beating.pop(user).cancel()
+        ws = self.sockets.pop(user)
+        await ws.send(json.dumps({"type": "bye"}))
+        await ws.wait_closed()
+
+    async def _beat(self, user, ws):
+        loop = asyncio.get_running_loop()
+        due = loop.time() + random.random()  # spread over the second
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                self.lateness.append(loop.time() - due)
+                await ws.send(BEAT)
+                self.sent += 1
+                due += 1.0
+        except websockets.ConnectionClosed as e:
+            if not self.stopping:
+                self.dropped.append(f"{user}: {e}")
+
+    async def close(self):
+        self.stopping = True
+        for task in self.beating.values():
+            task.cancel()
+        await asyncio.gather(*(ws.close() for ws in self.sockets.values()), return_exceptions=True)
+
+
+async def recv_from(conn, timeout, what):
+    try:
+        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, conn.recv), timeout)
+    except asyncio.TimeoutError:
+        rig.fail(f"{what}: not within {timeout} s")
+    except EOFError:
+        rig.fail(f"{what}: the other process is gone")
+
+
+def bulk_process(uri, indices, watched, per_address, parallel, conn):
+    """The child: connects clients `indices`, reports when each watched one
+    began connecting, heartbeats until told to stop, reports its counts."""
+    rig.die_with_parent()
+
+    async def go():
+        clients = Clients(uri, per_address, parallel)
+        began = {}
+
+        def note(user):
+            if user in watched:
+                began[user] = time.monotonic()
+
+        t = time.monotonic()
+        await asyncio.gather(*(clients.connect(i, note) for i in indices))
+        conn.send(("ready", began, time.monotonic() - t))
+        await recv_from(conn, 600, "the start of the steady phase")
+        clients.lateness.clear()
+        sent0, t0 = clients.sent, time.monotonic()
+        await recv_from(conn, 600, "the end of the steady phase")
+        conn.send(("done", (clients.sent - sent0) / (time.monotonic() - t0),
+                   rig.percentile(clients.lateness, 99), clients.dropped))
+        await clients.close()
+
+    asyncio.run(go())
 
 
 class Run:
@@ -41,21 +146,17 @@ class Run:
         self.args = args
         self.port = port
         self.uri = f"ws://127.0.0.1:{port}/presence/stream"
-        self.users = [f"load-{i:05d}" for i in range(args.clients)]
         step = max(1, -(-args.clients // args.watched))
-        self.watched = self.users[::step][:args.watched]
-        self.addresses = rig.loopback_addresses(2, -(-args.clients // args.per_address))
-        self.sockets = {}            # user -> its WebSocket
-        self.heartbeats = {}         # user -> its heartbeat task
-        self.pending = {}            # user -> [kind, wanted state, t0, watchers not yet reached, done future]
+        self.watched = [user_of(i) for i in range(0, args.clients, step)][:args.watched]
+        # A few watched users take every steady-phase change, in turn.
+        self.changers = self.watched[:max(8, int(4 * args.rate))]
+        self.pending = {}   # user -> [kind, wanted state, t0, watchers not yet reached, done future]
+        self.first_online = [dict() for _ in range(args.watchers)]  # per watcher: user -> when
         self.latency = collections.defaultdict(list)  # kind -> seconds, one per (change, watcher)
         self.missed = []
-        self.dropped = []            # users the server disconnected
-        self.sent = 0
-        self.lateness = []           # how late each heartbeat left, seconds (the client's own lag)
-        self.handshakes = asyncio.Semaphore(args.parallel)
+        self.stopping = False
 
-    # -- changes and what the watchers see -------------------------------
+    # -- what the watchers see -------------------------------------------
     def expect(self, user, kind, state):
         fut = asyncio.get_running_loop().create_future()
         self.pending[user] = [kind, state, time.monotonic(), set(range(self.args.watchers)), fut]
@@ -69,6 +170,8 @@ class Run:
             self.missed.append(f"{kind} of {user} (to {state}) never reached watcher(s) {sorted(left)}")
 
     def saw(self, watcher, user, state, now):
+        if state == "online":
+            self.first_online[watcher].setdefault(user, now)
         p = self.pending.get(user)
         if p is None or p[1] != state or watcher not in p[3]:
             return
@@ -96,40 +199,15 @@ class Run:
             if not self.stopping:
                 rig.fail(f"watcher {index} was disconnected: {e}")
 
-    # -- clients ---------------------------------------------------------
-    async def connect(self, i, kind="connect"):
-        user = self.users[i]
-        async with self.handshakes:
-            fut = self.expect(user, kind, "online") if user in self.watched_set else None
-            ws = await rig.ws_connect(self.uri + f"?device_id={user}-d", rig.token_for(user),
-                                      local_addr=self.addresses[i // self.args.per_address], open_timeout=60)
-            await rig.recv_until(ws, lambda m: m.get("type") == "welcome", 30, f"{user}'s welcome")
-        self.sockets[user] = ws
-        self.heartbeats[user] = asyncio.create_task(self.heartbeat(user, ws))
-        return fut
-
-    async def heartbeat(self, user, ws):
-        loop = asyncio.get_running_loop()
-        due = loop.time() + random.random()  # spread over the second
-        beat = json.dumps({"type": "heartbeat"})
-        try:
-            while True:
-                await asyncio.sleep(max(0.0, due - loop.time()))
-                self.lateness.append(loop.time() - due)
-                await ws.send(beat)
-                self.sent += 1
-                due += 1.0
-        except websockets.ConnectionClosed as e:
-            if not self.stopping:
-                self.dropped.append(f"{user}: {e}")
-
-    async def change(self, user):
-        """The next change of a watched user: online -> dnd -> online ->
-        offline (bye) -> online (reconnect)."""
+    # -- the steady phase's changes --------------------------------------
+    async def change(self, clients, user):
+        """The next change of a changer: online -> dnd -> online -> offline
+        (bye) -> online (reconnect)."""
         self.busy.add(user)
         token = rig.token_for(user)
         step = self.cycle[user] % 4
         self.cycle[user] += 1
+        status, body = 200, None
         if step == 0:
             fut = self.expect(user, "override", "dnd")
             status, body = await rig.http_request("127.0.0.1", self.port, "POST", "/presence/override",
@@ -139,15 +217,13 @@ class Run:
             status, body = await rig.http_request("127.0.0.1", self.port, "DELETE",
                                                   "/presence/override?all=true", token=token)
         elif step == 2:
-            self.heartbeats.pop(user).cancel()
-            ws = self.sockets.pop(user)
             fut = self.expect(user, "bye", "offline")
-            await ws.send(json.dumps({"type": "bye"}))
-            await ws.wait_closed()
-            status, body = 200, None
+            await clients.bye(user)
         else:
-            fut = await self.connect(int(user[len("load-"):]), "reconnect")
-            status, body = 200, None
+            futs = []
+            await clients.connect(int(user[len("load-"):]),
+                                  lambda u: futs.append(self.expect(u, "reconnect", "online")))
+            fut = futs[0]
         if status != 200:
             rig.fail(f"change {step} of {user}: HTTP {status} {body}")
         await self.settle(user, fut)
@@ -155,73 +231,92 @@ class Run:
         self.busy.discard(user)
 
     async def main(self, server_pid):
-        self.stopping = False
-        self.watched_set = set(self.watched)
-        self.cycle = collections.Counter()
-        self.busy = set()
-        self.skipped = 0
-        # A few users take every change in turn, so that each kind is
-        # measured about as often as the others.
-        self.changers = self.watched[:max(8, int(4 * self.args.rate))]
-        self.settled = collections.defaultdict(float)
+        args = self.args
         loop = asyncio.get_running_loop()
         watchers = []
-        for w in range(self.args.watchers):
+        for w in range(args.watchers):
             ready = loop.create_future()
             watchers.append(asyncio.create_task(self.watcher(w, ready)))
             await asyncio.wait_for(asyncio.shield(ready), 30)
 
-        t = time.monotonic()
-        futs = await asyncio.gather(*(self.connect(i) for i in range(self.args.clients)))
-        ramp = time.monotonic() - t
-        await asyncio.gather(*(self.settle(u, f) for u, f in zip(self.users, futs) if f is not None))
-        print(f"connected {self.args.clients} clients in {ramp:.1f} s "
-              f"({self.args.clients / ramp:.0f}/s, {self.args.parallel} handshakes at a time); "
-              f"connect -> online at {self.args.watchers} watchers: {rig.summary_ms(self.latency['connect'])}",
-              flush=True)
+        # The bulk connects in the child while the changers connect here.
+        changer_set = set(self.changers)
+        bulk = [i for i in range(args.clients) if user_of(i) not in changer_set]
+        here, there = multiprocessing.get_context("spawn").Pipe()
+        child = multiprocessing.get_context("spawn").Process(
+            target=bulk_process, args=(self.uri, bulk, set(self.watched) - changer_set, args.per_address,
+                                       args.parallel, there), daemon=True)
+        child.start()
+        there.close()  # so that a dead child reads as EOF here
+        try:
+            await self.run(child, here, server_pid, watchers)
+        finally:
+            child.terminate()
+            child.join(10)
+
+    async def run(self, child, conn, server_pid, watchers):
+        args = self.args
+        clients = Clients(self.uri, args.per_address, args.parallel)
+        futs = []
+        await asyncio.gather(*(clients.connect(int(u[len("load-"):]),
+                                               lambda u: futs.append((u, self.expect(u, "connect", "online"))))
+                               for u in self.changers))
+        _, began, ramp = await recv_from(conn, 600, "the bulk's connections")
+        await asyncio.gather(*(self.settle(u, f) for u, f in futs))
+        deadline = time.monotonic() + args.deadline
+        for w in range(args.watchers):
+            while not all(u in self.first_online[w] for u in began):
+                if time.monotonic() > deadline:
+                    left = [u for u in began if u not in self.first_online[w]]
+                    rig.fail(f"{len(left)} connect(s) never reached watcher {w}, e.g. {left[:3]}")
+                await asyncio.sleep(0.02)  # a poll of the condition above
+            self.latency["connect"] += [self.first_online[w][u] - t for u, t in began.items()]
+        print(f"connected {args.clients} clients in {ramp:.1f} s ({args.clients / ramp:.0f}/s, "
+              f"{args.parallel} handshakes at a time); connect -> online at {args.watchers} watchers: "
+              f"{rig.summary_ms(self.latency['connect'])}", flush=True)
 
         # The steady phase: every client beats once a second; R changes a
         # second, the first a dwell after the connects were published.
-        for u in self.changers:
-            self.settled[u] = time.monotonic()
-        cpu0, start, sent0 = cpu_seconds(server_pid), time.monotonic(), self.sent
+        self.cycle = collections.Counter()
+        self.busy = set()
+        self.settled = {u: time.monotonic() for u in self.changers}
+        skipped = 0
+        conn.send("start")
+        cpu0, start = cpu_seconds(server_pid), time.monotonic()
         t0 = start + DWELL_S
-        self.lateness.clear()
         changes = []
-        for k in range(int(self.args.seconds * self.args.rate)):
-            await asyncio.sleep(max(0.0, t0 + k / self.args.rate - time.monotonic()))
+        for k in range(int(args.seconds * args.rate)):
+            await asyncio.sleep(max(0.0, t0 + k / args.rate - time.monotonic()))
             now = time.monotonic()
             idle = [u for u in self.changers if u not in self.busy and now - self.settled[u] > DWELL_S]
             if not idle:
-                self.skipped += 1
+                skipped += 1
                 continue
-            changes.append(asyncio.create_task(self.change(random.choice(idle))))
-        await asyncio.sleep(max(0.0, t0 + self.args.seconds - time.monotonic()))
+            changes.append(asyncio.create_task(self.change(clients, random.choice(idle))))
+        await asyncio.sleep(max(0.0, t0 + args.seconds - time.monotonic()))
+        conn.send("stop")
         elapsed = time.monotonic() - start
         cpu = cpu_seconds(server_pid) - cpu0
-        beats = self.sent - sent0
-        await asyncio.gather(*changes)
         rss = rss_mib(server_pid)
+        _, beats_per_s, bulk_lag, dropped = await recv_from(conn, 60, "the bulk's counts")
+        await asyncio.gather(*changes)
 
-        print(f"steady {elapsed:.1f} s: {beats / elapsed:.0f} heartbeats/s sent "
-              f"(client lag p99 {rig.percentile(self.lateness, 99) * 1000:.0f} ms); "
+        print(f"steady {elapsed:.1f} s: {beats_per_s:.0f} heartbeats/s from the bulk (its own lag p99 "
+              f"{bulk_lag * 1000:.0f} ms; here {rig.percentile(clients.lateness, 99) * 1000:.0f} ms); "
               f"server CPU {100 * cpu / elapsed:.0f}% of a core, RSS {rss:.0f} MiB")
         for kind in ("override", "clear", "bye", "reconnect"):
             print(f"  {kind:9s} -> diff at each watcher: {rig.summary_ms(self.latency[kind])}")
         steady = [v for k in ("override", "clear", "bye", "reconnect") for v in self.latency[k]]
         print(f"  every steady change -> diff: {rig.summary_ms(steady)}"
-              f"{f' ({self.skipped} changes skipped: every changer busy)' if self.skipped else ''}", flush=True)
-        if os.environ.get("LOAD_TEST_DUMP"):
-            print(json.dumps({k: sorted(round(x * 1000) for x in v) for k, v in self.latency.items()}))
+              f"{f' ({skipped} changes skipped: every changer busy)' if skipped else ''}", flush=True)
 
         self.stopping = True
-        if self.dropped:
-            rig.fail(f"{len(self.dropped)} heartbeating client(s) were disconnected, e.g. {self.dropped[:3]}")
+        dropped += clients.dropped
+        if dropped:
+            rig.fail(f"{len(dropped)} heartbeating client(s) were disconnected, e.g. {dropped[:3]}")
         if self.missed:
             rig.fail(f"{len(self.missed)} change(s) missed, e.g. {self.missed[:3]}")
-        for task in list(self.heartbeats.values()):
-            task.cancel()
-        await asyncio.gather(*(ws.close() for ws in self.sockets.values()), return_exceptions=True)
+        await clients.close()
         for task in watchers:
             task.cancel()
 
@@ -256,10 +351,10 @@ def main():
     args = ap.parse_args()
     random.seed(args.seed)
     args.watched = min(args.watched, args.clients)
-    rig.raise_fd_limit(args.clients + args.watchers + 1000)  # the server inherits it too
+    rig.raise_fd_limit(args.clients + args.watchers + 1000)  # the child inherits it
 
     with rig.new_workdir("presence-load-") as work:
-        users = {f"load-{i:05d}": rig.token_for(f"load-{i:05d}") for i in range(args.clients)}
+        users = {user_of(i): rig.token_for(user_of(i)) for i in range(args.clients)}
         watchers = [f"watcher-{w}" for w in range(args.watchers)]
         users.update({w: rig.token_for(w) for w in watchers})
         auth = os.path.join(work, "auth.txt")
