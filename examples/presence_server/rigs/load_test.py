@@ -364,11 +364,7 @@ def main():
             print(f"presence_server pid {server.proc.pid} on port {server.port}: {args.clients} clients, "
                   f"{args.watchers} watchers of {args.watched} users, {args.seconds:.0f} s at {args.rate:g} "
                   f"changes/s", flush=True)
-            try:
-                asyncio.run(Run(args, server.port).main(server.proc.pid))
-            except SystemExit:
-                server.dump()
-                raise
+            rig.run_checks(Run(args, server.port).main(server.proc.pid), server)
     print("PASS")
 
 

@@ -13,7 +13,6 @@ diffs of a friend going online and offline.
 """
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -152,12 +151,7 @@ def main():
             with rig.Process([args.nginx, "-p", prefix, "-e", "stderr", "-c", conf], "nginx") as nginx:
                 nginx.wait_for_line(r"start worker process", 15)
                 print(f"nginx on https://localhost:{port} -> presence_server on {server.host}:{server.port}")
-                try:
-                    asyncio.run(check_through_nginx(port, cert, tokens))
-                except SystemExit:
-                    nginx.dump()
-                    server.dump()
-                    raise
+                rig.run_checks(check_through_nginx(port, cert, tokens), nginx, server)
     print("PASS")
 
 

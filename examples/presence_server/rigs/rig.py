@@ -230,6 +230,19 @@ class PresenceServer(Process):
         self.host, self.port = m.group(1), int(m.group(2))
 
 
+def run_checks(coroutine, *processes):
+    """Runs the rig's asyncio part; when it fails in any way, prints the
+    last output of `processes` (the server, nginx) before failing."""
+    try:
+        asyncio.run(coroutine)
+    except BaseException as e:
+        for p in processes:
+            p.dump()
+        if isinstance(e, (SystemExit, KeyboardInterrupt)):
+            raise
+        fail(f"{type(e).__name__}: {e}")
+
+
 def new_workdir(prefix):
     return tempfile.TemporaryDirectory(prefix=prefix)
 

@@ -170,11 +170,7 @@ def main():
         rig.write_auth(auth, {"alice": rig.token_for("alice")})
         with rig.PresenceServer(args.server, work, auth, exit_after=args.seconds + 300,
                                 rlimit_nofile=args.server_nofile) as server:
-            try:
-                asyncio.run(run(args, server))
-            except SystemExit:
-                server.dump()
-                raise
+            rig.run_checks(run(args, server), server)
     print("PASS")
 
 
