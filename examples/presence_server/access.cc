@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -69,14 +70,20 @@ absl::Status Access::AddConfig(absl::string_view text) {
 }
 
 absl::Status Access::AddTokens(absl::string_view spec) {
-  for (absl::string_view pair : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
+  int n = 1;
+  for (absl::string_view pair : absl::StrSplit(spec, absl::ByAnyChar(",\n"), absl::SkipWhitespace())) {
+    pair = absl::StripAsciiWhitespace(pair);
+    if (absl::StartsWith(pair, "#")) continue;
     std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(pair, absl::MaxSplits('=', 1));
-    if (kv.first.empty() || kv.second.empty() || kv.first.size() > 128 ||
-        kv.second.size() > presence::kMaxUserIdBytes) {
+    // The messages never repeat the text: it holds secrets.
+    if (kv.first.empty() || kv.second.empty() || kv.second.size() > presence::kMaxUserIdBytes) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--tokens: \"", pair, "\" is not token=user_id (each 1 to 128 bytes)"));
+          absl::StrCat("tokens: pair ", n, " is not token=user_id (a user id is 1 to 128 bytes)"));
     }
-    if (absl::Status st = AddToken(kv.first, kv.second); !st.ok()) return st;
+    if (absl::Status st = AddToken(kv.first, kv.second); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("tokens: pair ", n, ": ", st.message()));
+    }
+    ++n;
   }
   return absl::OkStatus();
 }
@@ -84,6 +91,13 @@ absl::Status Access::AddTokens(absl::string_view spec) {
 void Access::AddUser(absl::string_view user_id) { users_.emplace(user_id); }
 
 absl::Status Access::AddToken(absl::string_view token, absl::string_view user_id) {
+  if (token.size() < kMinTokenBytes || token.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat("a token must be ", kMinTokenBytes,
+                                                   " to 128 bytes (one of ", token.size(), " was given)"));
+  }
+  for (char c : token) {
+    if (c <= ' ' || c == 0x7f) return absl::InvalidArgumentError("a token may not hold spaces or control bytes");
+  }
   auto [it, inserted] = tokens_.emplace(token, user_id);
   if (!inserted && it->second != user_id) {
     return absl::InvalidArgumentError("a token is given to two different users");

@@ -13,7 +13,10 @@
 //   operator <user_id>                           may read everyone and revoke
 //                                                anyone's overrides
 //
-// and --tokens adds users too: "token1=alice,token2=bob".
+// and --tokens-file FILE (or the PRESENCE_TOKENS environment variable)
+// adds users too: "token1=alice,token2=bob", commas or new lines between
+// pairs. Never on the command line, where every local user can read it.
+// A token is 16 to 128 bytes, with no spaces or control bytes.
 //
 // The rules:
 //   * a request without a known token is refused (HTTP 401);
@@ -41,11 +44,13 @@
 
 namespace presence_server {
 
+inline constexpr size_t kMinTokenBytes = 16;
+
 class Access {
  public:
   // Parses a config file's text (see above). InvalidArgument names the line.
   absl::Status AddConfig(absl::string_view text);
-  // "token1=alice,token2=bob".
+  // "token1=alice,token2=bob" (commas or new lines between pairs).
   absl::Status AddTokens(absl::string_view spec);
   // Adds a user that has no token (a simulated client).
   void AddUser(absl::string_view user_id);

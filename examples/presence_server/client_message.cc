@@ -107,6 +107,7 @@ absl::StatusOr<ClientMessage> ParseClientMessage(absl::string_view text) {
   else if (t == "subscribe") msg.type = ClientMessageType::kSubscribe;
   else if (t == "unsubscribe") msg.type = ClientMessageType::kUnsubscribe;
   else if (t == "bye") msg.type = ClientMessageType::kBye;
+  else if (t == "auth") msg.type = ClientMessageType::kAuth;
   else return Bad(absl::StrCat("unknown message type \"", t.substr(0, 64), "\""));
 
   const bool is_beat = msg.type == ClientMessageType::kHeartbeat ||
@@ -139,6 +140,11 @@ absl::StatusOr<ClientMessage> ParseClientMessage(absl::string_view text) {
     } else if (key == "topics" && is_sub) {
       absl::Status st = ReadIds(value, "topics", 128, &budget, &msg.topics);
       if (!st.ok()) return st;
+    } else if (key == "token" && msg.type == ClientMessageType::kAuth) {
+      if (!value.is_string() || value.as_string().empty() || value.as_string().size() > 128) {
+        return Bad("\"token\" must be a string of 1 to 128 bytes");
+      }
+      msg.token = value.as_string();
     } else {
       return Bad(absl::StrCat("unknown field \"", key.substr(0, 64), "\" in a \"", t, "\" message"));
     }
@@ -146,6 +152,7 @@ absl::StatusOr<ClientMessage> ParseClientMessage(absl::string_view text) {
   if (msg.type == ClientMessageType::kActivity && !msg.activity) {
     return Bad("an \"activity\" message needs \"activity\": \"active\" or \"idle\"");
   }
+  if (msg.type == ClientMessageType::kAuth && msg.token.empty()) return Bad("an \"auth\" message needs \"token\"");
   if (is_sub && msg.users.empty() && msg.topics.empty()) {
     return Bad(absl::StrCat("a \"", t, "\" message needs \"users\" or \"topics\""));
   }

@@ -14,6 +14,8 @@
 //   {"type":"subscribe","users":["bob"],"topics":["team"]}
 //   {"type":"unsubscribe","users":["bob"],"topics":["team"]}
 //   {"type":"bye"}                                       a clean disconnect (logout)
+//   {"type":"auth","token":"..."}                        the first message of a client that
+//                                                        sent no Authorization header
 // Every message may carry "id" (a string or an integer), echoed in the answer
 // to it ("subscribed", "unsubscribed", "error").
 #ifndef PRESENCE_EXAMPLES_SERVER_CLIENT_MESSAGE_H_
@@ -37,7 +39,7 @@ inline constexpr size_t kMaxIdsPerMessage = 1000;
 // (smaller, configurable) limit before calling it.
 inline constexpr size_t kMaxClientMessageBytes = 1 << 20;
 
-enum class ClientMessageType { kHeartbeat, kActivity, kSubscribe, kUnsubscribe, kBye };
+enum class ClientMessageType { kHeartbeat, kActivity, kSubscribe, kUnsubscribe, kBye, kAuth };
 
 struct ClientMessage {
   ClientMessageType type = ClientMessageType::kHeartbeat;
@@ -46,6 +48,7 @@ struct ClientMessage {
   presence::Source source = presence::Source::kApp;
   std::vector<std::string> users;   // subscribe, unsubscribe
   std::vector<std::string> topics;  // subscribe, unsubscribe
+  std::string token;                // auth
   // The request id, as JSON text ("7" or "\"abc\""), empty when absent.
   std::string id_json;
 };

@@ -46,16 +46,36 @@ void AppendDevices(std::string* out, const presence::DeviceSummary& d) {
 
 class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
-  HttpSession(Server::Impl* server, tcp::socket socket) : server_(server), stream_(std::move(socket)) {}
+  HttpSession(Server::Impl* server, FlexStream stream, Peer peer)
+      : server_(server), stream_(std::move(stream)), peer_(std::move(peer)) {}
 
-  void Start() { DoRead(); }
+  void Start() {
+    if (!stream_.is_tls()) {
+      DoRead();
+      return;
+    }
+    // The handshake is part of the first request's time.
+    stream_.tcp().expires_after(std::chrono::milliseconds(server_->opts().request_timeout_ms));
+    stream_.tls()->async_handshake(net::ssl::stream_base::server,
+                                   [self = shared_from_this()](beast::error_code ec) {
+                                     if (ec) {
+                                       ++self->server_->metrics().tls_handshake_failures;
+                                       self->Shutdown();
+                                       return;
+                                     }
+                                     self->DoRead();
+                                   });
+  }
 
  private:
   void DoRead() {
     parser_.emplace();
     parser_->body_limit(server_->opts().max_http_body_bytes);
     parser_->header_limit(16 * 1024);
-    stream_.expires_after(std::chrono::seconds(30));
+    // One deadline for the whole request, from the end of the one before:
+    // a client trickling a byte at a time gets no more time than one that
+    // sends nothing.
+    stream_.tcp().expires_after(std::chrono::milliseconds(server_->opts().request_timeout_ms));
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
   }
@@ -94,17 +114,17 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     http::request<http::string_body> req = parser_->release();
     if (websocket::is_upgrade(req)) {
-      stream_.expires_never();
-      server_->StartWebSocket(stream_.release_socket(), std::move(req));
+      stream_.tcp().expires_never();
+      server_->StartWebSocket(std::move(stream_), std::move(req), std::move(peer_));
       return;
     }
-    auto res = std::make_shared<http::response<http::string_body>>(server_->HandleHttp(req));
+    auto res = std::make_shared<http::response<http::string_body>>(server_->HandleHttp(req, peer_));
     Write(std::move(res));
   }
 
   void Write(std::shared_ptr<http::response<http::string_body>> res) {
     res_ = std::move(res);
-    stream_.expires_after(std::chrono::seconds(30));
+    stream_.tcp().expires_after(std::chrono::milliseconds(server_->opts().request_timeout_ms));
     http::async_write(stream_, *res_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec || !self->res_->keep_alive()) {
         self->Shutdown();
@@ -117,12 +137,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void Shutdown() {
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream_.socket().close(ec);
+    stream_.tcp().socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.tcp().socket().close(ec);
   }
 
   Server::Impl* server_;
-  beast::tcp_stream stream_;
+  FlexStream stream_;
+  Peer peer_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<http::response<http::string_body>> res_;
@@ -130,8 +151,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
 }  // namespace
 
-void ServeHttp(Server::Impl* server, tcp::socket socket) {
-  std::make_shared<HttpSession>(server, std::move(socket))->Start();
+void ServeHttp(Server::Impl* server, FlexStream stream, Peer peer) {
+  std::make_shared<HttpSession>(server, std::move(stream), std::move(peer))->Start();
 }
 
 // ---- HTTP routes ------------------------------------------------------------
@@ -165,14 +186,27 @@ http::response<http::string_body> FromEngineError(const absl::Status& st) {
 
 }  // namespace
 
-http::response<http::string_body> Server::Impl::HandleHttp(const http::request<http::string_body>& req) {
+http::response<http::string_body> Server::Impl::HandleHttp(const http::request<http::string_body>& req,
+                                                             const Peer& peer) {
   ++metrics_.http_requests;
   http::response<http::string_body> res = [&]() -> http::response<http::string_body> {
     std::optional<Target> t = ParseTarget(absl::string_view(req.target().data(), req.target().size()));
     if (!t) return Error(http::status::bad_request, "bad_request", "malformed URL encoding");
     const bool get = req.method() == http::verb::get || req.method() == http::verb::head;
+    if (!HostAllowed(req)) {
+      return Error(http::status::misdirected_request, "bad_host", "this server does not answer to that Host");
+    }
 
-    // Public: the page, its files, the metrics, a health check.
+    // The metrics listener (--metrics-bind) serves the metrics alone, to
+    // whoever reaches its address.
+    if (peer.metrics_listener) {
+      if (t->path == "/healthz") return Reply(http::status::ok, "{\"ok\":true}");
+      if (t->path != "/metrics") return Error(http::status::not_found, "not_found", "this listener serves /metrics");
+      if (!get) return Error(http::status::method_not_allowed, "method_not_allowed", "use GET");
+      return Reply(http::status::ok, Metrics(), "text/plain; version=0.0.4; charset=utf-8");
+    }
+
+    // Public: the page, its files, a health check.
     auto file = static_files_.find(t->path);
     if (file != static_files_.end()) {
       if (!get) return Error(http::status::method_not_allowed, "method_not_allowed", "use GET");
@@ -181,21 +215,30 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
       if (absl::EndsWith(t->path, ".css")) type = "text/css; charset=utf-8";
       return Reply(http::status::ok, file->second, type);
     }
-    if (t->path == "/metrics") {
-      if (!get) return Error(http::status::method_not_allowed, "method_not_allowed", "use GET");
-      return Reply(http::status::ok, Metrics(), "text/plain; version=0.0.4; charset=utf-8");
-    }
     if (t->path == "/healthz") return Reply(http::status::ok, "{\"ok\":true}");
 
     const bool known_path = t->path == "/presence" || t->path == "/presence/override" ||
-                            t->path == "/presence/history" || t->path == "/presence/stream";
+                            t->path == "/presence/history" || t->path == "/presence/stream" ||
+                            t->path == "/metrics";
     if (!known_path) return Error(http::status::not_found, "not_found", absl::StrCat("no route ", t->path));
 
-    // Everything else needs a token.
-    std::optional<std::string> viewer = opts_.access.Authenticate(TokenOf(req, *t));
-    if (!viewer) {
-      return Error(http::status::unauthorized, "unauthorized",
-                   "a valid token is needed (Authorization: Bearer TOKEN, or ?token=)");
+    // Everything else needs a token (in the Authorization header: a token
+    // in a URL ends up in logs and browser history).
+    absl::StatusOr<std::string> viewer = Authenticate(TokenOf(req), peer.slot->ip());
+    if (!viewer.ok()) {
+      if (viewer.status().code() == absl::StatusCode::kResourceExhausted) {
+        return Error(http::status::too_many_requests, "too_many_failures", viewer.status().message());
+      }
+      return Error(http::status::unauthorized, "unauthorized", viewer.status().message());
+    }
+    if (t->path == "/metrics") {
+      // Operators only: the metrics count devices, so anyone else could
+      // watch an invisible user connect.
+      if (!opts_.access.IsOperator(*viewer)) {
+        return Error(http::status::forbidden, "forbidden", "the metrics are for operators");
+      }
+      if (!get) return Error(http::status::method_not_allowed, "method_not_allowed", "use GET");
+      return Reply(http::status::ok, Metrics(), "text/plain; version=0.0.4; charset=utf-8");
     }
     if (t->path == "/presence") {
       if (!get) return Error(http::status::method_not_allowed, "method_not_allowed", "use GET");
@@ -233,18 +276,20 @@ http::response<http::string_body> Server::Impl::GetPresence(const Target& t, con
   }
   if (ids.empty()) return Error(http::status::bad_request, "bad_request", "give user_ids=a,b,c");
   if (ids.size() > 1000) return Error(http::status::bad_request, "bad_request", "at most 1000 user_ids at once");
+  // 403 before 404: whom the viewer may not read it cannot tell from whom
+  // does not exist; only those it may read can be unknown (an operator's).
   std::vector<std::string> unknown, forbidden;
   for (const std::string& id : ids) {
-    if (id.size() > presence::kMaxUserIdBytes || !opts_.access.UserExists(id)) unknown.push_back(id);
-    else if (!opts_.access.MayRead(viewer, id)) forbidden.push_back(id);
-  }
-  if (!unknown.empty()) {
-    return Error(http::status::not_found, "unknown_user", "no such user",
-                 absl::StrCat(",\"user_ids\":", JsonStringArray(unknown)));
+    if (!opts_.access.MayRead(viewer, id)) forbidden.push_back(id);
+    else if (id.size() > presence::kMaxUserIdBytes || !opts_.access.UserExists(id)) unknown.push_back(id);
   }
   if (!forbidden.empty()) {
     return Error(http::status::forbidden, "forbidden", "you may not see these users",
                  absl::StrCat(",\"user_ids\":", JsonStringArray(forbidden)));
+  }
+  if (!unknown.empty()) {
+    return Error(http::status::not_found, "unknown_user", "no such user",
+                 absl::StrCat(",\"user_ids\":", JsonStringArray(unknown)));
   }
   std::vector<absl::string_view> views(ids.begin(), ids.end());
   std::vector<presence::UserPresence> got = engine_->Get(views, viewer);
@@ -289,7 +334,6 @@ http::response<http::string_body> Server::Impl::PostOverride(const http::request
   absl::StatusOr<OverrideRequest> r = ParseOverrideRequest(req.body());
   if (!r.ok()) return Error(http::status::bad_request, ErrorCodeOf(r.status()), r.status().message());
   std::string user = r->user_id.empty() ? viewer : r->user_id;
-  if (!opts_.access.UserExists(user)) return Error(http::status::not_found, "unknown_user", "no such user");
   if (user != viewer) {
     return Error(http::status::forbidden, "forbidden", "a user may only set its own state");
   }
@@ -306,10 +350,10 @@ http::response<http::string_body> Server::Impl::PostOverride(const http::request
 http::response<http::string_body> Server::Impl::DeleteOverride(const Target& t, const std::string& viewer) {
   std::string user = viewer;
   if (const std::string* u = t.Get("user_id")) user = *u;
-  if (!opts_.access.UserExists(user)) return Error(http::status::not_found, "unknown_user", "no such user");
   if (!opts_.access.MayRevokeFor(viewer, user)) {
     return Error(http::status::forbidden, "forbidden", "only the user or an operator may revoke its overrides");
   }
+  if (!opts_.access.UserExists(user)) return Error(http::status::not_found, "unknown_user", "no such user");
   const std::string* id_text = t.Get("override_id");
   const std::string* all = t.Get("all");
   if (id_text != nullptr) {
@@ -335,10 +379,10 @@ http::response<http::string_body> Server::Impl::DeleteOverride(const Target& t, 
 http::response<http::string_body> Server::Impl::GetHistory(const Target& t, const std::string& viewer) {
   const std::string* user = t.Get("user_id");
   if (user == nullptr || user->empty()) return Error(http::status::bad_request, "bad_request", "give user_id=");
-  if (!opts_.access.UserExists(*user)) return Error(http::status::not_found, "unknown_user", "no such user");
   if (!opts_.access.MayRead(viewer, *user)) {
     return Error(http::status::forbidden, "forbidden", "you may not see this user");
   }
+  if (!opts_.access.UserExists(*user)) return Error(http::status::not_found, "unknown_user", "no such user");
   // Times are ms on the engine's clock, never negative: a negative one is
   // refused (and an hour back from `to` cannot overflow).
   int64_t now = engine_->NowMs();

@@ -39,14 +39,14 @@ trap cleanup EXIT
 # load-00001 .. load-N, each with a token and its 5 next users as friends.
 awk -v n="$clients" 'BEGIN {
   for (i = 1; i <= n; i++) {
-    line = sprintf("user load-%05d tok-%05d", i, i)
+    line = sprintf("user load-%05d load-token-%010d", i, i)
     for (k = 1; k <= 5 && k < n; k++) line = line sprintf(" load-%05d", (i + k - 1) % n + 1)
     print line
   }
 }' > "$work/auth.txt"
 
 "$build/examples/presence_server/presence_server" --port 0 --data-dir "$work/data" --auth "$work/auth.txt" \
-  --max-connections $((clients + 100)) --exit-after $((seconds + 900)) > "$work/server.out" &
+  --max-connections $((clients + 100)) --max-connections-per-ip $((clients + 100)) --exit-after $((seconds + 900)) > "$work/server.out" &
 server_pid=$!
 for _ in $(seq 100); do
   grep -q "listening on" "$work/server.out" 2>/dev/null && break

@@ -2,7 +2,7 @@
 // loopback (examples/presence_server/load.sh runs it).
 //
 // N clients connect (at most --parallel handshakes at a time), each as user
-// load-NNNNN with token tok-NNNNN, subscribes to its --friends next users,
+// load-NNNNN with token load-token-00000NNNNN (in an Authorization header), subscribes to its --friends next users,
 // and sends a heartbeat every second with +-20% jitter, reading everything
 // the server sends. After the ramp it holds for --seconds, then closes every
 // connection. With --server-pid it reads the server's CPU time and resident
@@ -34,6 +34,7 @@
 
 namespace beast = boost::beast;
 namespace websocket = beast::websocket;
+namespace http = beast::http;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
 
@@ -103,9 +104,13 @@ class Client : public std::enable_shared_from_this<Client> {
             done();
             return;
           }
-          char target[96];
-          std::snprintf(target, sizeof target, "/presence/stream?token=tok-%05d&device_id=d1&platform=web",
-                        self->index_);
+          char token[48];
+          std::snprintf(token, sizeof token, "load-token-%010d", self->index_);
+          self->ws_.set_option(websocket::stream_base::decorator(
+              [auth = std::string("Bearer ") + token](websocket::request_type& req) {
+                req.set(http::field::authorization, auth);
+              }));
+          const char* target = "/presence/stream?device_id=d1&platform=web";
           self->ws_.async_handshake("127.0.0.1", target, [self, done](beast::error_code ec2) {
             if (ec2) {
               ++self->stats_->failed;

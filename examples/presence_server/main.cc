@@ -28,18 +28,29 @@ constexpr char kUsage[] =
     "  --data-dir DIR          the file store's folder (default ./presence-data)\n"
     "  --sync every|interval|never   the file store's sync policy (default interval)\n"
     "  --auth FILE             users, tokens, friends, topics, operators (see docs/example-server.md)\n"
-    "  --tokens T=U,...        more users: token T authenticates user U\n"
-    "                          (with neither: four demo users, alice bob carol dave,\n"
+    "  --tokens-file FILE      more users: lines (or commas) of TOKEN=USER; also read from the\n"
+    "                          PRESENCE_TOKENS environment variable. Tokens are 16 to 128 bytes.\n"
+    "                          (with none of these: four demo users, alice bob carol dave,\n"
     "                          with random tokens printed at start)\n"
     "  --simulate N            N synthetic clients with jittery heartbeats, in topic\n"
-    "                          'workspace' with every user that has a token\n"
+    "                          'workspace' (the demo users join it; with --auth, name who\n"
+    "                          may watch it in a 'topic workspace ...' line)\n"
     "  --seed X                seed of the simulation (default 1)\n"
     "  --exit-after SECONDS    stop by itself (for CI); default: run until SIGINT/SIGTERM\n"
     "  --web-dir DIR           the page's files (default: the source tree's web/)\n"
     "  --max-message-bytes N   largest WebSocket message (default 16384)\n"
     "  --max-subscriptions N   users + topics per connection (default 1000)\n"
     "  --max-queue-bytes N     unread bytes before a client is a slow consumer (default 1048576)\n"
-    "  --max-connections N     WebSocket connections (default 50000)\n"
+    "  --max-connections N     open connections, HTTP and WebSocket (default 50000)\n"
+    "  --max-connections-per-ip N    from one address (default 256)\n"
+    "  --max-connections-per-user N  WebSockets of one user (default 16)\n"
+    "  --tls-cert FILE --tls-key FILE  serve https and wss (PEM certificate chain and key)\n"
+    "  --metrics-bind ADDR:PORT      /metrics with no token on this plain-HTTP address too\n"
+    "                          (on the main port /metrics needs an operator's token)\n"
+    "  --allowed-origin ORIGIN pages that may open a WebSocket (repeat; default: the\n"
+    "                          server's own page)\n"
+    "  --allowed-host NAME     Host names answered (repeat; default: loopback names when\n"
+    "                          bound to loopback, any otherwise)\n"
     "  --verbose               log connections to stderr\n";
 
 bool ReadFile(const std::string& path, std::string* out) {
@@ -114,8 +125,34 @@ int main(int argc, char** argv) {
     } else if (a == "--auth") {
       value(&auth_file);
     } else if (a == "--tokens") {
+      std::fprintf(stderr,
+                   "presence_server: --tokens is gone: tokens on the command line are visible to every local "
+                   "user. Put TOKEN=USER lines in a file for --tokens-file, or in PRESENCE_TOKENS\n");
+      return 2;
+    } else if (a == "--tokens-file") {
       value(&v);
-      token_specs.push_back(v);
+      std::string text;
+      if (!ReadFile(v, &text)) {
+        std::fprintf(stderr, "presence_server: cannot read --tokens-file %s\n", v.c_str());
+        return 2;
+      }
+      token_specs.push_back(std::move(text));
+    } else if (a == "--tls-cert") {
+      value(&o.tls_cert_file);
+    } else if (a == "--tls-key") {
+      value(&o.tls_key_file);
+    } else if (a == "--metrics-bind") {
+      value(&o.metrics_bind);
+    } else if (a == "--allowed-origin") {
+      value(&v);
+      o.allowed_origins.push_back(v);
+    } else if (a == "--allowed-host") {
+      value(&v);
+      o.allowed_hosts.push_back(v);
+    } else if (a == "--max-connections-per-ip") {
+      number(&o.max_connections_per_ip);
+    } else if (a == "--max-connections-per-user") {
+      number(&o.max_connections_per_user);
     } else if (a == "--simulate") {
       number(&o.simulate);
       if (o.simulate < 0 || o.simulate > 100000) {
@@ -160,6 +197,9 @@ int main(int argc, char** argv) {
     }
     have_users = true;
   }
+  if (const char* env = std::getenv("PRESENCE_TOKENS"); env != nullptr && *env != '\0') {
+    token_specs.emplace_back(env);
+  }
   for (const std::string& spec : token_specs) {
     if (absl::Status st = o.access.AddTokens(spec); !st.ok()) {
       std::fprintf(stderr, "presence_server: %s\n", std::string(st.message()).c_str());
@@ -180,6 +220,8 @@ int main(int argc, char** argv) {
       }
     }
     o.access.AddTopicMembers("team", names);
+    // The demo's people watch the simulated crowd: this demo config says so.
+    if (o.simulate > 0) o.access.AddTopicMembers(o.simulate_topic, names);
   }
 
   absl::StatusOr<std::unique_ptr<presence_server::Server>> server =
@@ -190,10 +232,16 @@ int main(int argc, char** argv) {
   }
   const std::string url = (*server)->url();
   std::printf("presence_server: listening on %s\n", url.c_str());
+  if ((*server)->metrics_port() != 0) {
+    std::string host = o.metrics_bind.substr(0, o.metrics_bind.rfind(':'));
+    std::printf("presence_server: metrics on http://%s:%u/metrics\n", host.c_str(), (*server)->metrics_port());
+  }
   std::printf("presence_server: data in %s (file store), %d simulated client(s)%s\n", o.data_dir.c_str(),
               o.simulate, o.exit_after_s > 0 ? absl::StrCat(", exits after ", o.exit_after_s, " s").c_str() : "");
   for (const auto& [user, token] : demo) {
-    std::printf("  open %s?token=%s   (as %s)\n", url.c_str(), token.c_str(), user.c_str());
+    // In the fragment, which the browser never sends; the page moves it to
+    // its session storage and takes it out of the address bar.
+    std::printf("  open %s#token=%s   (as %s)\n", url.c_str(), token.c_str(), user.c_str());
   }
   std::fflush(stdout);
   (*server)->Run();

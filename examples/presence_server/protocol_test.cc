@@ -6,6 +6,7 @@
 
 #include "access.h"
 #include "client_message.h"
+#include "server_internal.h"
 #include "json.h"
 
 namespace presence_server {
@@ -126,14 +127,15 @@ TEST(OverrideRequest, Parses) {
 TEST(Access, ConfigAndRules) {
   Access a;
   ASSERT_TRUE(a.AddConfig("# demo\n"
-                          "user alice tok-a bob   # alice watches bob\n"
-                          "user bob tok-b\n"
-                          "user carol tok-c\n"
+                          "user alice tok-alice-0123456789 bob   # alice watches bob\n"
+                          "user bob tok-bob-0123456789\n"
+                          "user carol tok-carol-0123456789\n"
                           "topic team carol dave\n"
                           "operator root\n")
                   .ok());
-  ASSERT_TRUE(a.AddTokens("tok-r=root").ok());
-  EXPECT_EQ(a.Authenticate("tok-a"), "alice");
+  ASSERT_TRUE(a.AddTokens("tok-root-0123456789=root").ok());
+  EXPECT_EQ(a.Authenticate("tok-alice-0123456789"), "alice");
+  EXPECT_EQ(a.Authenticate("tok-root-0123456789"), "root");
   EXPECT_EQ(a.Authenticate("nope"), std::nullopt);
   EXPECT_EQ(a.Authenticate(""), std::nullopt);
   EXPECT_TRUE(a.MayRead("alice", "alice"));
@@ -158,8 +160,28 @@ TEST(Access, ConfigAndRules) {
   EXPECT_NE(std::string(st.message()).find("line 1"), std::string::npos);
   EXPECT_FALSE(bad.AddConfig("group x y\n").ok());
   EXPECT_FALSE(bad.AddTokens("novalue").ok());
+  // Tokens are 16 to 128 bytes with no spaces or control bytes; the error
+  // never repeats the token.
+  absl::Status short_token = bad.AddTokens("tok-short=alice");
+  EXPECT_FALSE(short_token.ok());
+  EXPECT_EQ(std::string(short_token.message()).find("tok-short"), std::string::npos) << short_token;
+  EXPECT_FALSE(bad.AddConfig("user alice tok-short\n").ok());
+  EXPECT_FALSE(bad.AddToken(std::string(129, 'x'), "alice").ok());
+  EXPECT_FALSE(bad.AddToken("sixteen-bytes-ok\x01", "alice").ok());
+  EXPECT_TRUE(bad.AddToken("sixteen-bytes-ok", "alice").ok());
+  // A tokens file: new lines or commas, comments.
+  Access file;
+  ASSERT_TRUE(file.AddTokens("# team\ntok-alice-0123456789=alice\n\ntok-bob-0123456789=bob,tok-c-0123456789=carol\n").ok());
+  EXPECT_EQ(file.Authenticate("tok-bob-0123456789"), "bob");
+  EXPECT_EQ(file.Authenticate("tok-c-0123456789"), "carol");
   Access twice;
-  EXPECT_FALSE(twice.AddConfig("user a t\nuser b t\n").ok());
+  EXPECT_FALSE(twice.AddConfig("user a t-0123456789abcdef\nuser b t-0123456789abcdef\n").ok());
+}
+
+TEST(LogSafe, AClientsBytesCannotForgeALogLine) {
+  EXPECT_EQ(LogSafe("phone-1"), "phone-1");
+  EXPECT_EQ(LogSafe("a\nws: root/x connected"), "a\\x0aws: root/x connected");
+  EXPECT_EQ(LogSafe(std::string("\r\x00\x1b[2J\\\xff", 8)), "\\x0d\\x00\\x1b[2J\\x5c\\xff");
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 // share. See server_internal.h for the map of the three units.
 #include "server.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <csignal>
@@ -18,6 +20,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "json.h"
@@ -115,13 +120,28 @@ bool PercentDecode(absl::string_view in, std::string* out) {
 
 }  // namespace
 
-std::string TokenOf(const http::request<http::string_body>& req, const Target& t) {
+std::string TokenOf(const http::request<http::string_body>& req) {
   auto auth = req.find(http::field::authorization);
   if (auth != req.end() && auth->value().starts_with("Bearer ")) {
     return std::string(auth->value().substr(7));
   }
-  const std::string* q = t.Get("token");
-  return q != nullptr ? *q : std::string();
+  return std::string();
+}
+
+std::string LogSafe(absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (unsigned char c : text) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out.append("\\x");
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
 }
 
 std::optional<Target> ParseTarget(absl::string_view target) {
@@ -175,8 +195,9 @@ absl::Status Server::Impl::Init() {
   std::string index = static_files_["/index.html"];
   static_files_["/"] = std::move(index);
 
-  // Simulated users join the simulation's topic; every user with a token
-  // joins it too, so that the demo's people see the crowd.
+  // Simulated users join the simulation's topic, and no one else: who may
+  // read whom is the access config's alone (a config that wants its people
+  // to watch the crowd names them in the topic).
   if (opts_.simulate > 0) {
     std::vector<std::string> members;
     for (int i = 1; i <= opts_.simulate; ++i) {
@@ -194,7 +215,6 @@ absl::Status Server::Impl::Init() {
       c.down_until = std::uniform_int_distribution<int64_t>(0, 3000)(rng_);
       sims_.push_back(std::move(c));
     }
-    for (const std::string& u : opts_.access.TokenUsers()) members.push_back(u);
     opts_.access.AddTopicMembers(opts_.simulate_topic, members);
   }
 
@@ -217,25 +237,91 @@ absl::Status Server::Impl::Init() {
     if (absl::Status st = fanout_->AddMembers(topic, ids); !st.ok()) return st;
   }
 
-  // The socket.
-  beast::error_code ec;
-  net::ip::address addr = net::ip::make_address(opts_.bind_address, ec);
-  if (ec) return absl::InvalidArgumentError(absl::StrCat("--bind ", opts_.bind_address, ": ", ec.message()));
-  tcp::endpoint ep(addr, opts_.port);
-  acceptor_.open(ep.protocol(), ec);
-  if (!ec) acceptor_.set_option(net::socket_base::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(ep, ec);
-  if (!ec) acceptor_.listen(net::socket_base::max_listen_connections, ec);
-  if (ec) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", opts_.bind_address, ":", opts_.port, ": ", ec.message()));
-  }
+  if (absl::Status st = InitTls(); !st.ok()) return st;
+  if (absl::Status st = RaiseFdLimit(); !st.ok()) return st;
+  if (absl::Status st = Listen(&acceptor_, opts_.bind_address, opts_.port, "--bind/--port"); !st.ok()) return st;
   port_ = acceptor_.local_endpoint().port();
+  if (!opts_.metrics_bind.empty()) {
+    size_t colon = opts_.metrics_bind.rfind(':');
+    int port = -1;
+    if (colon == std::string::npos || !absl::SimpleAtoi(opts_.metrics_bind.substr(colon + 1), &port) ||
+        port < 0 || port > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metrics-bind ", opts_.metrics_bind, ": give ADDRESS:PORT, e.g. 127.0.0.1:9464"));
+    }
+    std::string host = opts_.metrics_bind.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    absl::Status st = Listen(&metrics_acceptor_, host, static_cast<uint16_t>(port), "--metrics-bind");
+    if (!st.ok()) return st;
+    metrics_port_ = metrics_acceptor_.local_endpoint().port();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Server::Impl::InitTls() {
+  if (opts_.tls_cert_file.empty() && opts_.tls_key_file.empty()) return absl::OkStatus();
+  if (opts_.tls_cert_file.empty() || opts_.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
+  }
+  tls_ = std::make_unique<net::ssl::context>(net::ssl::context::tls_server);
+  tls_->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                    net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 | net::ssl::context::no_tlsv1_1 |
+                    net::ssl::context::single_dh_use);
+  beast::error_code ec;
+  tls_->use_certificate_chain_file(opts_.tls_cert_file, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("--tls-cert ", opts_.tls_cert_file, ": ", ec.message()));
+  tls_->use_private_key_file(opts_.tls_key_file, net::ssl::context::pem, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("--tls-key ", opts_.tls_key_file, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::Status Server::Impl::RaiseFdLimit() {
+  // Each connection is a descriptor; the store, the listeners and the
+  // process need a few more. Raise the soft limit as far as the caps need
+  // (and the hard limit allows); past that, lower the cap and say so, so
+  // that accept never fails for want of descriptors.
+  constexpr size_t kReserve = 64;
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return absl::InternalError("getrlimit(RLIMIT_NOFILE) failed");
+  const rlim_t want = static_cast<rlim_t>(opts_.max_connections + kReserve);
+  if (lim.rlim_cur < want) {
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max == RLIM_INFINITY ? want : std::min(want, lim.rlim_max);
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  fd_limit_ = lim.rlim_cur;
+  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < want) {
+    if (lim.rlim_cur <= kReserve * 2) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the file descriptor limit is ", lim.rlim_cur, " (ulimit -n): too low to serve"));
+    }
+    size_t cap = static_cast<size_t>(lim.rlim_cur) - kReserve;
+    std::fprintf(stderr,
+                 "presence_server: --max-connections lowered from %zu to %zu: the file descriptor limit is %llu "
+                 "(raise it with ulimit -n)\n",
+                 opts_.max_connections, cap, static_cast<unsigned long long>(lim.rlim_cur));
+    opts_.max_connections = cap;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Server::Impl::Listen(tcp::acceptor* acceptor, const std::string& address, uint16_t port,
+                                  const char* flag) {
+  beast::error_code ec;
+  net::ip::address addr = net::ip::make_address(address, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat(flag, " ", address, ": ", ec.message()));
+  tcp::endpoint ep(addr, port);
+  acceptor->open(ep.protocol(), ec);
+  if (!ec) acceptor->set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor->bind(ep, ec);
+  if (!ec) acceptor->listen(net::socket_base::max_listen_connections, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot listen on ", address, ":", port, ": ", ec.message()));
   return absl::OkStatus();
 }
 
 void Server::Impl::Run() {
-  DoAccept();
+  DoAccept(&acceptor_, false);
+  if (metrics_acceptor_.is_open()) DoAccept(&metrics_acceptor_, true);
   next_tick_ = std::chrono::steady_clock::now();
   ScheduleTick();
   if (opts_.exit_after_s > 0) {
@@ -262,6 +348,7 @@ void Server::Impl::BeginShutdown() {
   shutting_down_ = true;
   beast::error_code ec;
   acceptor_.close(ec);
+  metrics_acceptor_.close(ec);
   tick_timer_.cancel();
   exit_timer_.cancel();
   signals_.cancel();
@@ -291,53 +378,225 @@ void Server::Impl::WaitForSessions() {
   });
 }
 
-void Server::Impl::DoAccept() {
-  acceptor_.async_accept(ioc_, [this](beast::error_code ec, tcp::socket socket) {
+ConnectionSlot::~ConnectionSlot() { server_->ReleaseConnection(ip_); }
+
+void Server::Impl::ReleaseConnection(const net::ip::address& ip) {
+  --open_connections_;
+  auto it = open_by_ip_.find(ip);
+  if (it != open_by_ip_.end() && --it->second == 0) open_by_ip_.erase(it);
+}
+
+void Server::Impl::DoAccept(tcp::acceptor* acceptor, bool metrics_listener) {
+  acceptor->async_accept(ioc_, [this, acceptor, metrics_listener](beast::error_code ec, tcp::socket socket) {
     if (ec) {
       if (ec == net::error::operation_aborted || shutting_down_) return;
-      // Out of file descriptors and the like: try again shortly.
+      // Out of descriptors (the caps are below the limit, so only when
+      // something else holds them) and the like: try again shortly.
       auto t = std::make_shared<net::steady_timer>(ioc_, std::chrono::milliseconds(50));
-      t->async_wait([this, t](beast::error_code) {
-        if (!shutting_down_) DoAccept();
+      t->async_wait([this, t, acceptor, metrics_listener](beast::error_code) {
+        if (!shutting_down_) DoAccept(acceptor, metrics_listener);
       });
       return;
     }
+    net::ip::address ip = socket.remote_endpoint(ec).address();
+    if (ec) {
+      DoAccept(acceptor, metrics_listener);
+      return;  // gone already
+    }
+    // The caps, before a byte is read: a client past them is closed at once.
+    const char* refused = nullptr;
+    size_t& from_ip = open_by_ip_[ip];
+    if (open_connections_ >= opts_.max_connections) {
+      refused = "total";
+    } else if (from_ip >= opts_.max_connections_per_ip) {
+      refused = "per_ip";
+    }
+    if (refused != nullptr) {
+      if (from_ip == 0) open_by_ip_.erase(ip);
+      ++metrics_.refused[refused];
+      socket.close(ec);
+      DoAccept(acceptor, metrics_listener);
+      return;
+    }
+    ++open_connections_;
+    ++from_ip;
+    Peer peer;
+    peer.slot = std::make_shared<ConnectionSlot>(this, ip);
+    peer.metrics_listener = metrics_listener;
     socket.set_option(tcp::no_delay(true), ec);
-    ServeHttp(this, std::move(socket));
-    DoAccept();
+    if (tls_ && !metrics_listener) {
+      peer.tls = true;
+      ServeHttp(this, FlexStream(std::move(socket), *tls_), std::move(peer));
+    } else {
+      ServeHttp(this, FlexStream(std::move(socket)), std::move(peer));
+    }
+    DoAccept(acceptor, metrics_listener);
   });
 }
 
-void Server::Impl::StartWebSocket(tcp::socket socket, http::request<http::string_body> req) {
+absl::StatusOr<std::string> Server::Impl::Authenticate(absl::string_view token, const net::ip::address& ip) {
+  const int64_t now = MonoMs();
+  auto it = auth_failures_.find(ip);
+  if (it != auth_failures_.end()) {
+    AuthBucket& b = it->second;
+    b.tokens = std::min<double>(opts_.failed_auth_burst,
+                                b.tokens + (now - b.refilled_ms) * opts_.failed_auth_per_minute / 60000.0);
+    b.refilled_ms = now;
+    if (b.tokens < 1) {
+      ++metrics_.auth_throttled;
+      return absl::ResourceExhaustedError(
+          "too many failed logins from this address; try again in a minute");
+    }
+  }
+  std::optional<std::string> user = token.empty() ? std::nullopt : opts_.access.Authenticate(token);
+  if (user) return std::move(*user);
+  ++metrics_.auth_failures;
+  if (it == auth_failures_.end()) {
+    it = auth_failures_.emplace(ip, AuthBucket{static_cast<double>(opts_.failed_auth_burst), now}).first;
+  }
+  it->second.tokens -= 1;
+  return absl::UnauthenticatedError("a valid token is needed (Authorization: Bearer TOKEN)");
+}
+
+bool Server::Impl::AdmitUserConnection(const std::string& user) {
+  size_t& n = ws_by_user_[user];
+  if (n >= opts_.max_connections_per_user) {
+    if (n == 0) ws_by_user_.erase(user);
+    return false;
+  }
+  ++n;
+  return true;
+}
+
+void Server::Impl::ReleaseUserConnection(const std::string& user) {
+  auto it = ws_by_user_.find(user);
+  if (it != ws_by_user_.end() && --it->second == 0) ws_by_user_.erase(it);
+}
+
+void Server::Impl::ClaimDevice(const std::string& user, const std::string& device,
+                               const std::shared_ptr<WsSession>& s) {
+  std::weak_ptr<WsSession>& slot = ws_by_device_[std::make_pair(user, device)];
+  std::shared_ptr<WsSession> before = slot.lock();
+  slot = s;
+  if (before && before != s) before->Replaced();
+}
+
+void Server::Impl::ReleaseDevice(const std::string& user, const std::string& device, const WsSession* s) {
+  auto it = ws_by_device_.find(std::make_pair(user, device));
+  if (it == ws_by_device_.end()) return;
+  std::shared_ptr<WsSession> holder = it->second.lock();
+  if (!holder || holder.get() == s) ws_by_device_.erase(it);
+}
+
+namespace {
+
+// The host part of a Host header or an origin's authority: "[::1]:8080" ->
+// "::1", "example.com:443" -> "example.com"; lower case.
+std::string HostOnly(absl::string_view authority) {
+  std::string h = absl::AsciiStrToLower(authority);
+  if (!h.empty() && h.front() == '[') {
+    size_t close = h.find(']');
+    return close == std::string::npos ? h : h.substr(1, close - 1);
+  }
+  size_t colon = h.find(':');
+  return colon == std::string::npos ? h : h.substr(0, colon);
+}
+
+bool IsLoopbackName(absl::string_view host) {
+  if (host == "localhost") return true;
+  beast::error_code ec;
+  net::ip::address a = net::ip::make_address(std::string(host), ec);
+  return !ec && a.is_loopback();
+}
+
+}  // namespace
+
+bool Server::Impl::HostAllowed(const http::request<http::string_body>& req) const {
+  auto it = req.find(http::field::host);
+  if (it == req.end()) return false;  // HTTP/1.1 requires it
+  const std::string host = HostOnly(absl::string_view(it->value().data(), it->value().size()));
+  if (!opts_.allowed_hosts.empty()) {
+    return std::find(opts_.allowed_hosts.begin(), opts_.allowed_hosts.end(), host) != opts_.allowed_hosts.end();
+  }
+  // By default a server bound to loopback answers only to loopback names,
+  // which a DNS-rebinding page cannot send; one bound to a public address
+  // answers to any name (give --allowed-host to narrow it).
+  beast::error_code ec;
+  net::ip::address bound = net::ip::make_address(opts_.bind_address, ec);
+  if (!ec && bound.is_loopback()) return IsLoopbackName(host);
+  return true;
+}
+
+bool Server::Impl::OriginAllowed(const http::request<http::string_body>& req) const {
+  auto it = req.find(http::field::origin);
+  if (it == req.end()) return true;  // not a browser: its token is its proof
+  const std::string origin = absl::AsciiStrToLower(absl::string_view(it->value().data(), it->value().size()));
+  if (!opts_.allowed_origins.empty()) {
+    for (const std::string& o : opts_.allowed_origins) {
+      if (absl::AsciiStrToLower(o) == origin) return true;
+    }
+    return false;
+  }
+  // By default only the page's own origin: the host it asked for, over
+  // http or https (a TLS front such as nginx passes the Host on, but speaks
+  // plain HTTP to this server).
+  auto host = req.find(http::field::host);
+  if (host == req.end()) return false;
+  const std::string self = absl::AsciiStrToLower(absl::string_view(host->value().data(), host->value().size()));
+  return origin == absl::StrCat("http://", self) || origin == absl::StrCat("https://", self);
+}
+
+void Server::Impl::StartWebSocket(FlexStream stream, http::request<http::string_body> req, Peer peer) {
   ++metrics_.http_requests;
   auto reject = [&](http::status status, absl::string_view code, absl::string_view message) {
     ++metrics_.ws_rejected;
     ++metrics_.http_by_status[static_cast<int>(status)];
     CountError(code);
-    auto res = std::make_shared<http::response<http::string_body>>(status, req.version());
-    res->set(http::field::content_type, "application/json");
-    res->keep_alive(false);
-    res->body() = ErrorJson(code, message);
-    res->prepare_payload();
-    auto stream = std::make_shared<beast::tcp_stream>(std::move(socket));
-    stream->expires_after(std::chrono::seconds(5));
-    http::async_write(*stream, *res, [stream, res](beast::error_code, size_t) {
+    struct Rejection {
+      FlexStream stream;
+      http::response<http::string_body> res;
+      std::shared_ptr<ConnectionSlot> slot;
+    };
+    auto r = std::make_shared<Rejection>(Rejection{std::move(stream), {status, req.version()}, peer.slot});
+    r->res.set(http::field::content_type, "application/json");
+    r->res.keep_alive(false);
+    r->res.body() = ErrorJson(code, message);
+    r->res.prepare_payload();
+    r->stream.tcp().expires_after(std::chrono::seconds(5));
+    http::async_write(r->stream, r->res, [r](beast::error_code, size_t) {
       beast::error_code ec;
-      stream->socket().shutdown(tcp::socket::shutdown_both, ec);
+      r->stream.tcp().socket().shutdown(tcp::socket::shutdown_both, ec);
     });
   };
   std::optional<Target> t = ParseTarget(absl::string_view(req.target().data(), req.target().size()));
-  if (!t || t->path != "/presence/stream") {
-    reject(http::status::not_found, "not_found", "WebSocket endpoint is /presence/stream");
+  if (peer.metrics_listener || !t || t->path != "/presence/stream") {
+    reject(http::status::not_found, "not_found", "the WebSocket endpoint is /presence/stream");
     return;
   }
-  std::optional<std::string> user = opts_.access.Authenticate(TokenOf(req, *t));
-  if (!user) {
-    reject(http::status::unauthorized, "unauthorized", "a valid token is needed (?token= or Authorization: Bearer)");
+  if (!HostAllowed(req)) {
+    reject(http::status::misdirected_request, "bad_host", "this server does not answer to that Host");
     return;
   }
-  if (sessions_.size() >= opts_.max_connections || shutting_down_) {
-    reject(http::status::service_unavailable, "too_many_connections", "the server is full; try again later");
+  if (!OriginAllowed(req)) {
+    reject(http::status::forbidden, "bad_origin", "WebSocket connections from this origin are not allowed");
+    return;
+  }
+  // A client that can set headers proves itself now; a browser cannot, and
+  // sends {"type":"auth"} first (never the token in the URL, where logs and
+  // history keep it).
+  std::optional<std::string> user;
+  if (std::string token = TokenOf(req); !token.empty()) {
+    absl::StatusOr<std::string> u = Authenticate(token, peer.slot->ip());
+    if (!u.ok()) {
+      const bool throttled = u.status().code() == absl::StatusCode::kResourceExhausted;
+      reject(throttled ? http::status::too_many_requests : http::status::unauthorized,
+             throttled ? "too_many_failures" : "unauthorized", u.status().message());
+      return;
+    }
+    user = std::move(*u);
+  }
+  if (shutting_down_) {
+    reject(http::status::service_unavailable, "shutting_down", "the server is stopping; try again later");
     return;
   }
   presence::Platform platform = presence::Platform::kWeb;
@@ -362,10 +621,10 @@ void Server::Impl::StartWebSocket(tcp::socket socket, http::request<http::string
   ++metrics_.http_by_status[101];
   if (opts_.socket_send_buffer > 0) {
     beast::error_code ec;
-    socket.set_option(net::socket_base::send_buffer_size(opts_.socket_send_buffer), ec);
+    stream.tcp().socket().set_option(net::socket_base::send_buffer_size(opts_.socket_send_buffer), ec);
   }
-  std::make_shared<WsSession>(this, std::move(socket))
-      ->Start(std::move(req), std::move(*user), std::move(device), platform);
+  std::make_shared<WsSession>(this, std::move(stream), std::move(peer))
+      ->Start(std::move(req), std::move(user), std::move(device), platform);
 }
 
 void Server::Impl::ScheduleTick() {
@@ -394,6 +653,15 @@ void Server::Impl::OnTick() {
 
 void Server::Impl::Sweep() {
   int64_t now = MonoMs();
+  // Addresses whose failed-auth bucket has filled up again are forgotten.
+  for (auto it = auth_failures_.begin(); it != auth_failures_.end();) {
+    const AuthBucket& b = it->second;
+    if (b.tokens + (now - b.refilled_ms) * opts_.failed_auth_per_minute / 60000.0 >= opts_.failed_auth_burst) {
+      auth_failures_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
   std::vector<std::shared_ptr<WsSession>> all;
   all.reserve(sessions_.size());
   for (auto& [id, s] : sessions_) all.push_back(s);
@@ -488,8 +756,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() = default;
 uint16_t Server::port() const { return impl_->port(); }
+uint16_t Server::metrics_port() const { return impl_->metrics_port(); }
 std::string Server::url() const {
-  return absl::StrCat("http://", impl_->opts().bind_address, ":", impl_->port(), "/");
+  return absl::StrCat(impl_->tls() != nullptr ? "https://" : "http://", impl_->opts().bind_address, ":",
+                      impl_->port(), "/");
 }
 void Server::Run() { impl_->Run(); }
 void Server::Stop() { impl_->Stop(); }

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "access.h"
@@ -34,6 +35,25 @@ namespace presence_server {
 struct ServerOptions {
   std::string bind_address = "127.0.0.1";
   uint16_t port = 8080;  // 0: any free port (see Server::port())
+
+  // https and wss on the port, with this certificate chain and key (PEM
+  // files); both empty: plain http and ws.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+
+  // "ADDRESS:PORT": /metrics (and /healthz) also on this plain-HTTP
+  // listener, with no token: for a scraper on a private address. On the
+  // main port /metrics always needs an operator's token.
+  std::string metrics_bind;
+
+  // The Host names the server answers to; empty: by default, loopback names
+  // only when bound to loopback (a DNS-rebinding page is refused), any name
+  // otherwise. Others get 421.
+  std::vector<std::string> allowed_hosts;
+  // The origins ("https://chat.example.com") whose pages may open a
+  // WebSocket; empty: the page's own (the Host asked for, http or https).
+  // A request without Origin (not a browser) is not checked.
+  std::vector<std::string> allowed_origins;
 
   // The file store's folder (created when missing), and its sync policy.
   // kInterval: a crash of the process loses nothing, an OS crash at most the
@@ -81,9 +101,27 @@ struct ServerOptions {
   // Messages a client may send: a token bucket (per second, burst).
   double message_rate = 20;
   double message_burst = 60;
+  // Open connections, HTTP and WebSocket, before auth and after: in all,
+  // from one address, and WebSockets of one user. Past the first two a new
+  // connection is closed at accept; past the third it gets
+  // "too_many_connections". At start the process's file descriptor limit is
+  // raised to fit max_connections, or max_connections lowered to fit it.
   size_t max_connections = 50000;
-  // A WebSocket client silent this long is disconnected (it should send a
-  // heartbeat every second).
+  size_t max_connections_per_ip = 256;
+  size_t max_connections_per_user = 16;
+  // Time to read one HTTP request (headers and body; a TLS handshake counts
+  // too), and to wait for the next on a keep-alive connection.
+  int64_t request_timeout_ms = 10000;
+  // A WebSocket client that sent no Authorization header must send its
+  // {"type":"auth"} message within this.
+  int64_t auth_timeout_ms = 5000;
+  // Failed logins (a wrong token) one address may make: a burst, refilled
+  // at a rate; past it, every login from there is refused with 429 until
+  // the bucket refills.
+  int failed_auth_burst = 10;
+  double failed_auth_per_minute = 10;
+  // A WebSocket client that sends no message for this long is disconnected
+  // (it should send a heartbeat every second); pings do not count.
   int64_t idle_timeout_ms = 30000;
 
   presence::Options engine;  // store and history are set to the file store's
@@ -99,7 +137,9 @@ class Server {
   ~Server();
 
   uint16_t port() const;
-  // "http://127.0.0.1:8080/"
+  // The --metrics-bind listener's port (0 without one).
+  uint16_t metrics_port() const;
+  // "http://127.0.0.1:8080/" (https with TLS)
   std::string url() const;
 
   // Serves on the calling thread until Stop() (or exit_after_s), then closes

@@ -31,9 +31,11 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "client_message.h"
+#include "flex_stream.h"
 #include "presence/clock.h"
 #include "presence/engine.h"
 #include "presence/v1/presence.pb.h"
@@ -80,8 +82,12 @@ struct Target {
 // its percent-encoding is broken.
 std::optional<Target> ParseTarget(absl::string_view target);
 
-// The token a request carries: its Authorization bearer, else ?token=.
-std::string TokenOf(const http::request<http::string_body>& req, const Target& t);
+// The token a request carries: its Authorization bearer, or "".
+std::string TokenOf(const http::request<http::string_body>& req);
+
+// `text` for a log line: printable ASCII as is, every other byte as \xHH
+// (a client's id can forge no line).
+std::string LogSafe(absl::string_view text);
 
 // {"error":code,"message":message<extra>}: the body of every HTTP error.
 std::string ErrorJson(absl::string_view code, absl::string_view message, absl::string_view extra = {});
@@ -101,23 +107,62 @@ struct ServerMetrics {
   uint64_t batches_out = 0;
   absl::flat_hash_map<std::string, uint64_t> client_errors;  // by code
   uint64_t slow_consumers = 0;
+  uint64_t idle_disconnects = 0;
+  // Connections closed at accept, by reason ("total", "per_ip").
+  absl::flat_hash_map<std::string, uint64_t> refused;
+  uint64_t tls_handshake_failures = 0;
+  uint64_t auth_failures = 0;
+  uint64_t auth_throttled = 0;
   uint64_t ticks = 0;
   double tick_seconds_sum = 0;
   double tick_seconds_max = 0;
 };
 
-// Reads HTTP requests on `socket` and answers them (http_routes.cc); hands
-// a WebSocket upgrade to server->StartWebSocket.
-void ServeHttp(Server::Impl* server, tcp::socket socket);
-
 class WsSession;
+
+// Hashes an address (Asio gives none) for the per-address tables.
+struct IpHash {
+  size_t operator()(const net::ip::address& a) const {
+    if (a.is_v4()) return absl::HashOf(a.to_v4().to_uint());
+    net::ip::address_v6::bytes_type b = a.to_v6().to_bytes();
+    return absl::HashOf(absl::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+  }
+};
+
+// One open connection counted against the caps (max_connections, per IP)
+// from its accept until this is destroyed; it moves from the HTTP session
+// to the WebSocket session on an upgrade.
+class ConnectionSlot {
+ public:
+  ConnectionSlot(Server::Impl* server, net::ip::address ip) : server_(server), ip_(std::move(ip)) {}
+  ConnectionSlot(const ConnectionSlot&) = delete;
+  ConnectionSlot& operator=(const ConnectionSlot&) = delete;
+  ~ConnectionSlot();
+  const net::ip::address& ip() const { return ip_; }
+
+ private:
+  Server::Impl* server_;
+  net::ip::address ip_;
+};
+
+// What a request came through.
+struct Peer {
+  std::shared_ptr<ConnectionSlot> slot;
+  bool tls = false;
+  bool metrics_listener = false;  // --metrics-bind: /metrics and /healthz only
+};
+
+// Reads HTTP requests on `stream` (after its TLS handshake, if it has one)
+// and answers them (http_routes.cc); hands a WebSocket upgrade to
+// server->StartWebSocket.
+void ServeHttp(Server::Impl* server, FlexStream stream, Peer peer);
 
 // ---- The server -------------------------------------------------------------
 
 class Server::Impl : public presence::Sink {
  public:
   explicit Impl(ServerOptions options)
-      : opts_(std::move(options)), acceptor_(ioc_), tick_timer_(ioc_), exit_timer_(ioc_),
+      : opts_(std::move(options)), acceptor_(ioc_), metrics_acceptor_(ioc_), tick_timer_(ioc_), exit_timer_(ioc_),
         signals_(ioc_), rng_(opts_.seed) {}
 
   absl::Status Init();
@@ -126,6 +171,7 @@ class Server::Impl : public presence::Sink {
     net::post(ioc_, [this] { BeginShutdown(); });
   }
   uint16_t port() const { return port_; }
+  uint16_t metrics_port() const { return metrics_port_; }
 
   // presence::Sink: called from Engine::Tick, on the io thread.
   void Deliver(SubscriberId subscriber, const presence::Batch& batch) override;
@@ -145,14 +191,38 @@ class Server::Impl : public presence::Sink {
   }
   uint64_t NextConnectionNumber() { return ++connections_; }
   void CountError(absl::string_view code) { ++metrics_.client_errors[std::string(code)]; }
+  net::ssl::context* tls() { return tls_.get(); }
 
-  http::response<http::string_body> HandleHttp(const http::request<http::string_body>& req);
-  void StartWebSocket(tcp::socket socket, http::request<http::string_body> req);
+  http::response<http::string_body> HandleHttp(const http::request<http::string_body>& req, const Peer& peer);
+  void StartWebSocket(FlexStream stream, http::request<http::string_body> req, Peer peer);
   void Register(SubscriberId id, std::shared_ptr<WsSession> s) { sessions_[id] = std::move(s); }
   void Unregister(SubscriberId id) { sessions_.erase(id); }
 
+  // The user `token` belongs to, under the failed-auth limit of `ip`: an
+  // address that failed failed_auth_burst times is refused for a while
+  // (kResourceExhausted) before the token is even looked at; a wrong token
+  // is kUnauthenticated.
+  absl::StatusOr<std::string> Authenticate(absl::string_view token, const net::ip::address& ip);
+  // A WebSocket connection of `user` opens (false: the user has
+  // max_connections_per_user already) or closes.
+  bool AdmitUserConnection(const std::string& user);
+  void ReleaseUserConnection(const std::string& user);
+  // Whether the request's Host is one this server answers to (a DNS
+  // rebinding page sends its own), and whether a browser's Origin may open a
+  // WebSocket here.
+  bool HostAllowed(const http::request<http::string_body>& req) const;
+  bool OriginAllowed(const http::request<http::string_body>& req) const;
+  void ReleaseConnection(const net::ip::address& ip);
+  // The WebSocket session that holds a user's device now: a newer one
+  // replaces (and closes) the one before at once.
+  void ClaimDevice(const std::string& user, const std::string& device, const std::shared_ptr<WsSession>& s);
+  void ReleaseDevice(const std::string& user, const std::string& device, const WsSession* s);
+
  private:
-  void DoAccept();
+  absl::Status InitTls();
+  absl::Status RaiseFdLimit();
+  absl::Status Listen(tcp::acceptor* acceptor, const std::string& address, uint16_t port, const char* flag);
+  void DoAccept(tcp::acceptor* acceptor, bool metrics_listener);
   void ScheduleTick();
   void OnTick();
   void BeginShutdown();
@@ -171,16 +241,32 @@ class Server::Impl : public presence::Sink {
 
   ServerOptions opts_;
   net::io_context ioc_{1};
+  std::unique_ptr<net::ssl::context> tls_;
   tcp::acceptor acceptor_;
+  tcp::acceptor metrics_acceptor_;
   net::steady_timer tick_timer_;
   net::steady_timer exit_timer_;
   net::signal_set signals_;
   std::chrono::steady_clock::time_point next_tick_;
   std::chrono::steady_clock::time_point shutdown_deadline_;
   uint16_t port_ = 0;
+  uint16_t metrics_port_ = 0;
+  uint64_t fd_limit_ = 0;
   bool shutting_down_ = false;
   uint64_t last_session_id_ = 0;
   uint64_t connections_ = 0;
+
+  // The caps: open connections in all, by address, WebSocket connections by
+  // user; and the failed-auth bucket of each address that failed lately.
+  size_t open_connections_ = 0;
+  absl::flat_hash_map<net::ip::address, size_t, IpHash> open_by_ip_;
+  absl::flat_hash_map<std::string, size_t> ws_by_user_;
+  absl::flat_hash_map<std::pair<std::string, std::string>, std::weak_ptr<WsSession>> ws_by_device_;
+  struct AuthBucket {
+    double tokens = 0;
+    int64_t refilled_ms = 0;
+  };
+  absl::flat_hash_map<net::ip::address, AuthBucket, IpHash> auth_failures_;
 
   std::unique_ptr<presence::FileStore> file_store_;
   std::unique_ptr<presence::Engine> engine_;
@@ -214,13 +300,14 @@ class Server::Impl : public presence::Sink {
 
 class WsSession : public std::enable_shared_from_this<WsSession> {
  public:
-  WsSession(Server::Impl* server, tcp::socket socket)
-      : server_(server), ws_(std::move(socket)) {}
+  WsSession(Server::Impl* server, FlexStream stream, Peer peer)
+      : server_(server), ws_(std::move(stream)), peer_(std::move(peer)), auth_timer_(ws_.get_executor()) {}
 
-  void Start(http::request<http::string_body> req, std::string user_id, std::string device_id,
+  // Accepts the upgrade. `user` is the one the request's Authorization
+  // header proved; without it, the client's first message must be "auth"
+  // within auth_timeout_ms.
+  void Start(http::request<http::string_body> req, std::optional<std::string> user, std::string device_id,
              presence::Platform platform);
-
-  void OnAccept(beast::error_code ec);
 
   // Queues one text message; the slow-consumer bound applies.
   void Send(std::string msg);
@@ -232,12 +319,24 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
 
   void ForceClose();
 
-  // Called every second by the server's sweep.
+  // Called every second by the server's sweep (for admitted sessions): the
+  // idle timeout, the close and write stalls.
   void Check(int64_t now);
 
   const std::string& user_id() const { return user_id_; }
 
+  // A newer connection took this one's device: say so and close.
+  void Replaced();
+
  private:
+  void OnAccept(beast::error_code ec);
+
+  // The client is who it says: count it against its user's cap, subscribe,
+  // connect its device, say welcome.
+  void Admit();
+
+  void Authenticate(const ClientMessage& m);
+
   void SlowConsumer(absl::string_view why);
 
   void DoWrite();
@@ -271,7 +370,9 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void Finish();
 
   Server::Impl* server_;
-  websocket::stream<beast::tcp_stream> ws_;
+  websocket::stream<FlexStream> ws_;
+  Peer peer_;
+  net::steady_timer auth_timer_;  // until the "auth" message, when there was no header
   beast::flat_buffer buffer_;
   bool discarding_ = false;
   size_t discarded_ = 0;
@@ -286,6 +387,8 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   websocket::close_reason close_reason_;
   bool finished_ = false;
   bool registered_ = false;
+  bool admitted_ = false;        // authenticated and counted against its user's cap
+  int64_t last_message_ms_ = 0;  // the idle timeout counts from here
 
   std::string user_id_, device_id_;
   presence::Platform platform_ = presence::Platform::kWeb;

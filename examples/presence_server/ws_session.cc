@@ -15,15 +15,19 @@
 
 namespace presence_server {
 
-void WsSession::Start(http::request<http::string_body> req, std::string user_id, std::string device_id,
-                      presence::Platform platform) {
-  user_id_ = std::move(user_id);
+void WsSession::Start(http::request<http::string_body> req, std::optional<std::string> user,
+                      std::string device_id, presence::Platform platform) {
+  if (user) user_id_ = std::move(*user);
   device_id_ = std::move(device_id);
   platform_ = platform;
   const ServerOptions& o = server_->opts();
   tokens_ = o.message_burst;
   last_refill_ms_ = MonoMs();
-  beast::get_lowest_layer(ws_).expires_never();
+  last_message_ms_ = last_refill_ms_;
+  ws_.next_layer().tcp().expires_never();
+  // Beast's own timeout finds dead sockets (a ping when silent, closed when
+  // not even the pong comes back); the idle timeout of the protocol, which
+  // pings do not reset, is Check's.
   websocket::stream_base::timeout to{};
   to.handshake_timeout = std::chrono::seconds(10);
   to.idle_timeout = std::chrono::milliseconds(o.idle_timeout_ms);
@@ -46,6 +50,49 @@ void WsSession::OnAccept(beast::error_code ec) {
     ForceClose();
     return;
   }
+  if (!user_id_.empty()) {
+    Admit();
+  } else {
+    auth_timer_.expires_after(std::chrono::milliseconds(server_->opts().auth_timeout_ms));
+    auth_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->admitted_ || self->closing_ || self->finished_) return;
+      self->SendError("unauthorized",
+                      absl::StrCat("no \"auth\" message within ", self->server_->opts().auth_timeout_ms, " ms"),
+                      "");
+      self->CloseWith(websocket::close_code::policy_error, "unauthorized");
+    });
+  }
+  if (!finished_ && !close_started_) DoRead();
+}
+
+void WsSession::Authenticate(const ClientMessage& m) {
+  if (m.type != ClientMessageType::kAuth) {
+    SendError("unauthorized", "the first message must be {\"type\":\"auth\",\"token\":...}", m.id_json);
+    CloseWith(websocket::close_code::policy_error, "unauthorized");
+    return;
+  }
+  absl::StatusOr<std::string> user = server_->Authenticate(m.token, peer_.slot->ip());
+  if (!user.ok()) {
+    const bool throttled = user.status().code() == absl::StatusCode::kResourceExhausted;
+    SendError(throttled ? "too_many_failures" : "unauthorized", user.status().message(), m.id_json);
+    CloseWith(websocket::close_code::policy_error, "unauthorized");
+    return;
+  }
+  user_id_ = std::move(*user);
+  Admit();
+}
+
+void WsSession::Admit() {
+  if (!server_->AdmitUserConnection(user_id_)) {
+    SendError("too_many_connections",
+              absl::StrCat("this user has ", server_->opts().max_connections_per_user,
+                           " connections open already (the limit)"),
+              "");
+    CloseWith(websocket::close_code::try_again_later, "too many connections");
+    return;
+  }
+  admitted_ = true;
+  auth_timer_.cancel();
   presence::SubscriberOptions so;
   so.owner_user_id = user_id_;
   so.sink = server_;
@@ -78,6 +125,7 @@ void WsSession::OnAccept(beast::error_code ec) {
     return;
   }
   handle_ = *h;
+  server_->ClaimDevice(user_id_, device_id_, shared_from_this());
 
   const Access& a = server_->access();
   std::vector<std::string> friends = a.FriendsOf(user_id_);
@@ -95,13 +143,12 @@ void WsSession::OnAccept(beast::error_code ec) {
                   ",\"limits\":{\"max_message_bytes\":", o.max_message_bytes,
                   ",\"max_subscriptions\":", o.max_subscriptions,
                   ",\"max_queue_bytes\":", o.max_queue_bytes, ",\"message_rate\":", o.message_rate,
-                  ",\"message_burst\":", o.message_burst, "}}");
+                  ",\"message_burst\":", o.message_burst, ",\"idle_timeout_ms\":", o.idle_timeout_ms, "}}");
   Send(std::move(hello));
   if (o.verbose) {
-    std::fprintf(stderr, "ws: %s/%s connected (subscriber %llu)\n", user_id_.c_str(),
-                 device_id_.c_str(), static_cast<unsigned long long>(sub_));
+    std::fprintf(stderr, "ws: %s/%s connected (subscriber %llu)\n", LogSafe(user_id_).c_str(),
+                 LogSafe(device_id_).c_str(), static_cast<unsigned long long>(sub_));
   }
-  DoRead();
 }
 
 void WsSession::Send(std::string msg) {
@@ -130,18 +177,24 @@ void WsSession::CloseWith(websocket::close_code code, std::string reason) {
 
 void WsSession::ForceClose() {
   beast::error_code ec;
-  beast::get_lowest_layer(ws_).socket().close(ec);
+  ws_.next_layer().tcp().socket().close(ec);
   Finish();
 }
 
 void WsSession::Check(int64_t now) {
   if (finished_) return;
+  const ServerOptions& o = server_->opts();
   if (closing_ && now > close_deadline_ms_) {
     ForceClose();
-  } else if (writing_ && now - write_started_ms_ > server_->opts().write_stall_ms) {
+  } else if (writing_ && now - write_started_ms_ > o.write_stall_ms) {
     ++server_->metrics().slow_consumers;
     server_->CountError("slow_consumer");
     ForceClose();  // the socket is not draining: no error can be sent
+  } else if (!closing_ && now - last_message_ms_ > o.idle_timeout_ms) {
+    ++server_->metrics().idle_disconnects;
+    SendError("idle_timeout", absl::StrCat("no message for ", o.idle_timeout_ms,
+                                           " ms; a client sends a heartbeat every second"), "");
+    CloseWith(websocket::close_code::policy_error, "idle");
   }
 }
 
@@ -215,26 +268,24 @@ void WsSession::OnRead(beast::error_code ec) {
   }
   if (ws_.is_message_done()) {
     ++server_->metrics().ws_messages_in;
-    if (discarding_) {
+    last_message_ms_ = MonoMs();
+    // Every message counts against the rate, whatever it turns out to be.
+    if (RateLimited()) {
+      SendError("rate_limited",
+                absl::StrCat("more than ", o.message_rate, " messages per second; message dropped"), "");
+    } else if (discarding_) {
       SendError("message_too_big",
                 absl::StrCat("a message of ", discarded_, "+ bytes is over the limit of ",
                              o.max_message_bytes, " bytes; it was discarded"),
                 "");
-      discarding_ = false;
-      discarded_ = 0;
     } else if (!ws_.got_text()) {
-      buffer_.consume(buffer_.size());
       SendError("bad_message", "binary messages are not accepted; send JSON text", "");
     } else {
-      std::string text = beast::buffers_to_string(buffer_.data());
-      buffer_.consume(buffer_.size());
-      if (RateLimited()) {
-        SendError("rate_limited",
-                  absl::StrCat("more than ", o.message_rate, " messages per second; message dropped"), "");
-      } else {
-        Handle(text);
-      }
+      Handle(beast::buffers_to_string(buffer_.data()));
     }
+    buffer_.consume(buffer_.size());
+    discarding_ = false;
+    discarded_ = 0;
   }
   if (!finished_ && !close_started_) DoRead();
 }
@@ -253,10 +304,18 @@ void WsSession::Handle(absl::string_view text) {
   absl::StatusOr<ClientMessage> parsed = ParseClientMessage(text);
   if (!parsed.ok()) {
     SendError(ErrorCodeOf(parsed.status()), parsed.status().message(), "");
+    if (!admitted_) CloseWith(websocket::close_code::policy_error, "unauthorized");
     return;
   }
   ClientMessage& m = *parsed;
+  if (!admitted_) {
+    if (!closing_ && user_id_.empty()) Authenticate(m);
+    return;
+  }
   switch (m.type) {
+    case ClientMessageType::kAuth:
+      SendError("bad_message", "this connection is authenticated already", m.id_json);
+      break;
     case ClientMessageType::kHeartbeat:
     case ClientMessageType::kActivity:
       Beat(m);
@@ -277,16 +336,21 @@ void WsSession::Handle(absl::string_view text) {
   }
 }
 
+void WsSession::Replaced() {
+  handle_ = {};
+  SendError("session_replaced", "this device connected again with a newer session; this connection is closed",
+            "");
+  CloseWith(websocket::close_code::policy_error, "session replaced");
+}
+
 void WsSession::Beat(const ClientMessage& m) {
   if (!handle_.valid()) return;
   if (m.activity) activity_ = *m.activity;
   absl::Status st = server_->engine()->Beat(handle_, activity_, m.source);
   if (st.code() == absl::StatusCode::kNotFound) {
-    // The device was connected again elsewhere with a newer session.
-    handle_ = {};
-    SendError("session_replaced",
-              "this device connected again with a newer session; this connection is closed", m.id_json);
-    CloseWith(websocket::close_code::policy_error, "session replaced");
+    // The device was connected again with a newer session (by another
+    // server, say: this one closes the older connection when it admits).
+    Replaced();
   } else if (st.code() == absl::StatusCode::kResourceExhausted) {
     // The engine's own flood limit (Options::max_signals_per_device_per_sec).
     SendError("rate_limited", st.message(), m.id_json);
@@ -298,17 +362,23 @@ void WsSession::Beat(const ClientMessage& m) {
 void WsSession::Subscribe(const ClientMessage& m) {
   const Access& a = server_->access();
   std::vector<std::string> unknown, forbidden, unknown_topics, add_users, add_topics;
+  // 403 before 404, as over HTTP: only what the user may read can be unknown.
   for (const std::string& u : m.users) {
-    if (!a.UserExists(u)) unknown.push_back(u);
-    else if (!a.MayRead(user_id_, u)) forbidden.push_back(u);
+    if (!a.MayRead(user_id_, u)) forbidden.push_back(u);
+    else if (!a.UserExists(u)) unknown.push_back(u);
     else if (!users_.contains(u) &&
              std::find(add_users.begin(), add_users.end(), u) == add_users.end()) add_users.push_back(u);
   }
   for (const std::string& t : m.topics) {
-    if (!a.TopicExists(t)) unknown_topics.push_back(t);
-    else if (!a.MayJoin(user_id_, t)) forbidden.push_back(t);
+    if (!a.IsOperator(user_id_) && !a.MayJoin(user_id_, t)) forbidden.push_back(t);
+    else if (!a.TopicExists(t)) unknown_topics.push_back(t);
     else if (!topics_.contains(t) &&
              std::find(add_topics.begin(), add_topics.end(), t) == add_topics.end()) add_topics.push_back(t);
+  }
+  if (!forbidden.empty()) {
+    SendErrorWith("forbidden", "you may not watch these; nothing was subscribed", m.id_json,
+                  absl::StrCat(",\"ids\":", JsonStringArray(forbidden)));
+    return;
   }
   if (!unknown.empty()) {
     SendErrorWith("unknown_user", "no such user; nothing was subscribed", m.id_json,
@@ -318,11 +388,6 @@ void WsSession::Subscribe(const ClientMessage& m) {
   if (!unknown_topics.empty()) {
     SendErrorWith("unknown_topic", "no such topic; nothing was subscribed", m.id_json,
                   absl::StrCat(",\"topics\":", JsonStringArray(unknown_topics)));
-    return;
-  }
-  if (!forbidden.empty()) {
-    SendErrorWith("forbidden", "you may not watch these; nothing was subscribed", m.id_json,
-                  absl::StrCat(",\"ids\":", JsonStringArray(forbidden)));
     return;
   }
   size_t total = users_.size() + topics_.size() + add_users.size() + add_topics.size();
@@ -395,14 +460,19 @@ void WsSession::SendErrorWith(absl::string_view code, absl::string_view message,
 void WsSession::Finish() {
   if (finished_) return;
   finished_ = true;
+  auth_timer_.cancel();
   if (handle_.valid()) {
     server_->engine()->Disconnect(handle_, DisconnectKind::kAbrupt).IgnoreError();
     handle_ = {};
   }
+  if (admitted_) {
+    server_->ReleaseUserConnection(user_id_);
+    server_->ReleaseDevice(user_id_, device_id_, this);
+  }
   if (registered_) {
     server_->fanout()->Close(sub_).IgnoreError();
     if (server_->opts().verbose) {
-      std::fprintf(stderr, "ws: %s/%s closed\n", user_id_.c_str(), device_id_.c_str());
+      std::fprintf(stderr, "ws: %s/%s closed\n", LogSafe(user_id_).c_str(), LogSafe(device_id_).c_str());
     }
     registered_ = false;
     server_->Unregister(sub_);  // may drop the last reference but one: ours is in the handler

@@ -25,11 +25,13 @@ if (!serverBinary) {
 mkdirSync(outDir, { recursive: true });
 
 const work = mkdtempSync(join(tmpdir(), 'presence-e2e-'));
+const tokens = { alice: 'tok-alice-0123456789', bob: 'tok-bob-0123456789ab', carol: 'tok-carol-0123456789' };
 writeFileSync(join(work, 'auth.txt'), [
-  'user alice tok-alice bob carol',
-  'user bob tok-bob alice',
-  'user carol tok-carol alice',
+  `user alice ${tokens.alice} bob carol`,
+  `user bob ${tokens.bob} alice`,
+  `user carol ${tokens.carol} alice`,
   'topic team alice bob carol',
+  'topic workspace alice',  // alice watches the simulated crowd (--simulate)
   '',
 ].join('\n'));
 
@@ -83,10 +85,14 @@ try {
   page.on('pageerror', (e) => { failed++; console.log(`  FAIL  page error: ${e.message}`); });
 
   await step('the page loads and alice, its viewer, is online', async () => {
-    await page.goto(`${baseUrl}?token=tok-alice`);
+    await page.goto(`${baseUrl}#token=${tokens.alice}`);
     await waitState(page, 'alice', 'online');
     const me = await page.textContent('#me-name');
     if (me !== 'alice') throw new Error(`header shows ${me}`);
+  });
+
+  await step('the token has left the address bar', async () => {
+    if (page.url().includes('token')) throw new Error(`the URL is still ${page.url()}`);
   });
 
   await step('bob is offline before any client of his connects', async () => {
@@ -99,13 +105,18 @@ try {
 
   await step('bob goes online when his WebSocket client connects', async () => {
     bobPage = await context.newPage();
-    const wsUrl = baseUrl.replace('http:', 'ws:') + 'presence/stream?token=tok-bob&device_id=bob-laptop&platform=desktop';
-    await bobPage.evaluate((url) => new Promise((ok, fail) => {
+    await bobPage.goto(`${baseUrl}healthz`);  // the server's own origin, which it accepts
+    const wsUrl = baseUrl.replace('http:', 'ws:') + 'presence/stream?device_id=bob-laptop&platform=desktop';
+    await bobPage.evaluate(([url, token]) => new Promise((ok, fail) => {
       const ws = new WebSocket(url);
       window.bobSocket = ws;
-      ws.onopen = () => { setInterval(() => ws.send('{"type":"heartbeat"}'), 1000); ok(); };
+      ws.onopen = () => {
+        ws.send(JSON.stringify({ type: 'auth', token }));
+        setInterval(() => ws.send('{"type":"heartbeat"}'), 1000);
+        ok();
+      };
       ws.onerror = () => fail(new Error('bob could not connect'));
-    }), wsUrl);
+    }), [wsUrl, tokens.bob]);
     const start = Date.now();
     await waitState(page, 'bob', 'online', 5000);
     console.log(`        (bob online on alice's page after ${Date.now() - start} ms)`);

@@ -3,8 +3,16 @@
 // GET /presence/history. Plain JavaScript, no build step.
 'use strict';
 
-const params = new URLSearchParams(location.search);
-const token = params.get('token') || '';
+// The token comes in the URL's fragment (#token=..., never sent to a
+// server); it moves to this tab's session storage and leaves the address
+// bar, so that it is in no history, bookmark or screenshot.
+const fromUrl = new URLSearchParams(location.hash.slice(1)).get('token') ||
+                new URLSearchParams(location.search).get('token');
+if (fromUrl) {
+  sessionStorage.setItem('presence.token', fromUrl);
+  history.replaceState(null, '', location.pathname);
+}
+const token = sessionStorage.getItem('presence.token') || '';
 // One device per tab; a reload keeps it, so the server sees a new session
 // of the same device (inside the reconnect grace nobody sees a thing).
 let deviceId = sessionStorage.getItem('presence.device');
@@ -34,16 +42,22 @@ function showError(msg) { el('error').textContent = msg || ''; }
 
 function connect() {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const url = `${proto}//${location.host}/presence/stream?token=${encodeURIComponent(token)}` +
-              `&device_id=${encodeURIComponent(deviceId)}&platform=web`;
+  const url = `${proto}//${location.host}/presence/stream` +
+              `?device_id=${encodeURIComponent(deviceId)}&platform=web`;
   ws = new WebSocket(url);
   el('conn').textContent = 'connecting…';
-  ws.onopen = () => { el('conn').textContent = 'connected'; retryMs = 500; };
+  ws.onopen = () => {
+    // A browser cannot set headers on a WebSocket: the token is the first
+    // message.
+    ws.send(JSON.stringify({ type: 'auth', token }));
+    el('conn').textContent = 'connected';
+    retryMs = 500;
+  };
   ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
   ws.onclose = (ev) => {
     clearInterval(heartbeat);
     el('conn').textContent = `disconnected (${ev.code}${ev.reason ? ' ' + ev.reason : ''}); retrying`;
-    if (ev.code === 1006 && !view.me) showError('cannot connect: is the token right? (open the URL the server printed)');
+    if (ev.code === 1008 && !view.me) showError('refused: is the token right? (open the URL the server printed)');
     setTimeout(connect, retryMs);
     retryMs = Math.min(retryMs * 2, 10000);
   };
@@ -297,5 +311,5 @@ el('btn-clear').onclick = () => clearOverrides();
 // No "bye" on pagehide: a reload or a closed tab is an abrupt end, so a
 // reload inside the reconnect grace shows nothing to anyone.
 
-if (!token) showError('no token: open the URL that presence_server printed (it ends in ?token=...)');
+if (!token) showError('no token: open the URL that presence_server printed (it ends in #token=...)');
 connect();
