@@ -6,8 +6,9 @@ loopback port and Debian's nginx (not a daemon; its own prefix, pid and logs
 in a temporary folder; a free loopback port) with the deploy config filled
 in, then checks over https and wss, trusting only that certificate:
 GET /presence answers, a request without a token is refused, /metrics is not
-served to the internet, and a WebSocket client gets its snapshot and then the
-diffs of a friend going online and offline.
+served to the internet, a WebSocket from another origin is refused, and a
+WebSocket client gets its snapshot and then the diffs of a friend going online
+(authenticated as the page does it, by its first message) and offline.
 
   nginx_test.py PRESENCE_SERVER [--nginx /usr/sbin/nginx]
 """
@@ -22,6 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rig  # noqa: E402
+import websockets  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 TEMPLATE = os.path.join(ROOT, "deploy", "nginx", "presence.conf")
@@ -96,7 +98,15 @@ async def check_through_nginx(port, cafile, tokens):
     print("https: GET /presence 200, no token 401, /metrics 404, the page 200")
 
     uri = f"wss://{host}:{port}/presence/stream"
-    alice = await rig.ws_connect(uri + "?device_id=alice-web", tokens["alice"], ssl_context=tls)
+    page = f"https://{host}:{port}"  # the Origin a browser on the page sends
+    try:
+        await rig.ws_connect(uri, tokens["alice"], ssl_context=tls, origin="https://evil.example")
+        rig.fail("a WebSocket from the origin https://evil.example was accepted through nginx")
+    except websockets.InvalidStatusCode as e:
+        if e.status_code != 403:
+            rig.fail(f"a WebSocket from https://evil.example: want 403, got {e.status_code}")
+    print("wss: a WebSocket from another origin is refused (403)")
+    alice = await rig.ws_connect(uri + "?device_id=alice-web", tokens["alice"], ssl_context=tls, origin=page)
     try:
         snapshot = await rig.welcome_and_snapshot(alice, ["bob"], 10)
         if any(u.get("user_id") == "bob" and u.get("state") == "online" for u in snapshot["users"]):
@@ -108,7 +118,9 @@ async def check_through_nginx(port, cafile, tokens):
             return lambda m: m.get("type") == "diff" and any(
                 u.get("user_id") == "bob" and u.get("state") == state for u in m["users"])
 
-        bob = await rig.ws_connect(uri + "?device_id=bob-phone&platform=mobile", tokens["bob"], ssl_context=tls)
+        # bob as the page does it: no header, the token in the first message.
+        bob = await rig.ws_connect(uri + "?device_id=bob-phone&platform=mobile", tokens["bob"], ssl_context=tls,
+                                   origin=page, auth_message=True)
         try:
             await rig.recv_until(bob, lambda m: m.get("type") == "welcome", 10, "bob's welcome")
             diff = await rig.recv_until(alice, bob_is("online"), 10, "the diff of bob going online")

@@ -247,18 +247,24 @@ def new_workdir(prefix):
     return tempfile.TemporaryDirectory(prefix=prefix)
 
 
-async def ws_connect(uri, token, ssl_context=None, local_addr=None, origin=None, open_timeout=10):
+async def ws_connect(uri, token, ssl_context=None, local_addr=None, origin=None, open_timeout=10,
+                     auth_message=False):
     """A WebSocket to presence_server's stream, authenticated the way a
-    non-browser client does (Authorization: Bearer). No library pings: only
-    the client's own heartbeats keep it alive, as the server's idle rule
-    wants."""
+    non-browser client does (Authorization: Bearer) or, with `auth_message`,
+    the way the page does (a first message {"type":"auth","token":...}). No
+    library pings: only the client's own heartbeats keep it alive, as the
+    server's idle rule wants."""
     kwargs = {}
     if local_addr is not None:
         kwargs["local_addr"] = (local_addr, 0)
-    return await websockets.connect(
-        uri, extra_headers={"Authorization": f"Bearer {token}"}, ssl=ssl_context, origin=origin,
+    headers = {} if auth_message else {"Authorization": f"Bearer {token}"}
+    ws = await websockets.connect(
+        uri, extra_headers=headers, ssl=ssl_context, origin=origin,
         open_timeout=open_timeout, ping_interval=None, close_timeout=2, max_size=1 << 24,
         compression=None, **kwargs)
+    if auth_message:
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+    return ws
 
 
 async def recv_json(ws, timeout):
