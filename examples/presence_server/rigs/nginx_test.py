@@ -153,7 +153,9 @@ def main():
         auth = os.path.join(work, "auth.txt")
         with open(auth, "w") as f:
             f.write(f"user alice {tokens['alice']} bob\nuser bob {tokens['bob']} alice\n")
-        with rig.PresenceServer(args.server, work, auth, exit_after=120) as server:
+        # The flags docs/example-server.md gives for a server behind nginx.
+        behind_nginx = ["--allowed-host", "localhost", "--max-connections-per-ip", "50000"]
+        with rig.PresenceServer(args.server, work, auth, extra_args=behind_nginx, exit_after=120) as server:
             port = rig.free_port()
             prefix = os.path.join(work, "nginx")
             os.makedirs(prefix)
