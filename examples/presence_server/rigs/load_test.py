@@ -48,6 +48,21 @@ def user_of(i):
     return f"load-{i:05d}"
 
 
+async def heartbeats(ws, counts=None):
+    """One heartbeat a second on `ws`, at a random phase, until it closes;
+    `counts` (a Clients) adds up what was sent and how late."""
+    loop = asyncio.get_running_loop()
+    due = loop.time() + random.random()  # spread over the second
+    while True:
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        if counts:
+            counts.lateness.append(loop.time() - due)
+        await ws.send(BEAT)
+        if counts:
+            counts.sent += 1
+        due += 1.0
+
+
 class Clients:
     """Heartbeating clients in this process: client i is user load-i, from
     the i // per_address-th source address."""
@@ -85,15 +100,8 @@ class Clients:
         await ws.wait_closed()
 
     async def _beat(self, user, ws):
-        loop = asyncio.get_running_loop()
-        due = loop.time() + random.random()  # spread over the second
         try:
-            while True:
-                await asyncio.sleep(max(0.0, due - loop.time()))
-                self.lateness.append(loop.time() - due)
-                await ws.send(BEAT)
-                self.sent += 1
-                due += 1.0
+            await heartbeats(ws, self)
         except websockets.ConnectionClosed as e:
             if not self.stopping:
                 self.dropped.append(f"{user}: {e}")
@@ -185,6 +193,7 @@ class Run:
         ws = await rig.ws_connect(self.uri + f"?device_id=watcher-{index}", rig.token_for(f"watcher-{index}"))
         await rig.welcome_and_snapshot(ws, self.watched, 30)
         ready.set_result(ws)
+        beating = asyncio.create_task(heartbeats(ws))  # a watcher is a client too: silent 30 s, it is dropped
         try:
             async for raw in ws:
                 now = time.monotonic()
@@ -198,6 +207,8 @@ class Run:
         except websockets.ConnectionClosed as e:
             if not self.stopping:
                 rig.fail(f"watcher {index} was disconnected: {e}")
+        finally:
+            beating.cancel()
 
     # -- the steady phase's changes --------------------------------------
     async def change(self, clients, user):
