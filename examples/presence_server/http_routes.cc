@@ -472,6 +472,26 @@ std::string Server::Impl::Metrics() const {
   for (const auto& [code, n] : errors) {
     absl::StrAppend(&out, "presence_server_client_errors_total{code=\"", code, "\"} ", n, "\n");
   }
+  gauge("presence_server_connections", "Open connections, HTTP and WebSocket, authenticated or not.",
+        open_connections_);
+  gauge("presence_server_max_connections", "The cap on open connections (after the fd limit check).",
+        opts_.max_connections);
+  gauge("presence_server_fd_limit", "The process's file descriptor limit (soft), as raised at start.", fd_limit_);
+  absl::StrAppend(&out,
+                  "# HELP presence_server_connections_refused_total Connections closed at accept, by cap.\n"
+                  "# TYPE presence_server_connections_refused_total counter\n");
+  for (const char* reason : {"per_ip", "total"}) {
+    auto it = metrics_.refused.find(reason);
+    absl::StrAppend(&out, "presence_server_connections_refused_total{reason=\"", reason, "\"} ",
+                    it == metrics_.refused.end() ? 0 : it->second, "\n");
+  }
+  counter("presence_server_idle_disconnects_total", "WebSocket clients closed for sending nothing.",
+          metrics_.idle_disconnects);
+  counter("presence_server_tls_handshake_failures_total", "TLS handshakes that failed or timed out.",
+          metrics_.tls_handshake_failures);
+  counter("presence_server_auth_failures_total", "Logins with a wrong or missing token.", metrics_.auth_failures);
+  counter("presence_server_auth_throttled_total",
+          "Logins refused because their address failed too often lately.", metrics_.auth_throttled);
   counter("presence_server_ticks_total", "Engine ticks run by the server's timer.", metrics_.ticks);
   counter("presence_server_tick_seconds_total", "Time spent in ticks (engine, fan-out, JSON, simulation).",
           metrics_.tick_seconds_sum);

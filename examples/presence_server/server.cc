@@ -435,6 +435,11 @@ void Server::Impl::DoAccept(tcp::acceptor* acceptor, bool metrics_listener) {
 }
 
 absl::StatusOr<std::string> Server::Impl::Authenticate(absl::string_view token, const net::ip::address& ip) {
+  if (token.empty()) {
+    // Not a guess: no bucket is charged.
+    ++metrics_.auth_failures;
+    return absl::UnauthenticatedError("a valid token is needed (Authorization: Bearer TOKEN)");
+  }
   const int64_t now = MonoMs();
   auto it = auth_failures_.find(ip);
   if (it != auth_failures_.end()) {
@@ -448,7 +453,7 @@ absl::StatusOr<std::string> Server::Impl::Authenticate(absl::string_view token, 
           "too many failed logins from this address; try again in a minute");
     }
   }
-  std::optional<std::string> user = token.empty() ? std::nullopt : opts_.access.Authenticate(token);
+  std::optional<std::string> user = opts_.access.Authenticate(token);
   if (user) return std::move(*user);
   ++metrics_.auth_failures;
   if (it == auth_failures_.end()) {

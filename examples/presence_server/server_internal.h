@@ -201,7 +201,8 @@ class Server::Impl : public presence::Sink {
   // The user `token` belongs to, under the failed-auth limit of `ip`: an
   // address that failed failed_auth_burst times is refused for a while
   // (kResourceExhausted) before the token is even looked at; a wrong token
-  // is kUnauthenticated.
+  // is kUnauthenticated and charges the address's bucket (a missing one is
+  // kUnauthenticated too, but no guess, and charges nothing).
   absl::StatusOr<std::string> Authenticate(absl::string_view token, const net::ip::address& ip);
   // A WebSocket connection of `user` opens (false: the user has
   // max_connections_per_user already) or closes.

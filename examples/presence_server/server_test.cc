@@ -19,8 +19,14 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -834,6 +840,364 @@ TEST_F(ServerTest, SimulatedClientsComeOnline) {
       << online << " online: " << r.body;
   // --simulate widens nobody's view: bob is not in the topic.
   EXPECT_EQ(Http(port_, http::verb::get, "/presence?user_ids=sim-0001", "tok-bob-0123456789").status, 403);
+}
+
+// ---- Limits: each one met, each one's answer --------------------------------
+
+// A raw TCP connection from `source`, for the caps and the slow clients.
+struct RawConn {
+  net::io_context ioc;
+  tcp::socket socket{ioc};
+
+  RawConn(uint16_t port, const std::string& source = "127.0.0.1") {
+    socket.open(tcp::v4());
+    socket.bind(tcp::endpoint(net::ip::make_address(source), 0));
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+  }
+
+  // Whether the server closed the connection within `timeout` (reading and
+  // dropping whatever it sent first).
+  bool ClosedWithin(std::chrono::milliseconds timeout) {
+    bool closed = false;
+    std::function<void()> read;
+    char buf[4096];
+    read = [&] {
+      socket.async_read_some(net::buffer(buf), [&](beast::error_code ec, size_t) {
+        if (ec == net::error::operation_aborted) return;  // our own cancel, below
+        if (ec) {
+          closed = true;
+          return;
+        }
+        read();
+      });
+    };
+    read();
+    ioc.restart();
+    ioc.run_for(timeout);
+    if (!closed) {
+      socket.cancel();
+      ioc.restart();
+      ioc.run();  // the cancelled read completes
+    }
+    return closed;
+  }
+
+  void Write(const std::string& bytes) {
+    beast::error_code ec;
+    net::write(socket, net::buffer(bytes), ec);
+  }
+};
+
+TEST_F(ServerTest, TheConnectionCapCountsHttpTooAndClosesTheRestAtAccept) {
+  StopServer();
+  Start([](ServerOptions& o) {
+    o.max_connections = 3;
+    o.request_timeout_ms = 60000;  // only the cap may close a connection here
+  });
+  std::vector<std::unique_ptr<RawConn>> idle;
+  for (int i = 0; i < 3; ++i) idle.push_back(std::make_unique<RawConn>(port_));
+  // Each of the three is an idle HTTP connection, counted.
+  RawConn fourth(port_);
+  EXPECT_TRUE(fourth.ClosedWithin(5s));
+  // One of the three goes: a new client is served again.
+  idle.pop_back();
+  HttpResult m;
+  EXPECT_TRUE(WaitUntil([&] {
+    m = Http(port_, http::verb::get, "/metrics", "tok-root-0123456789");
+    return m.status == 200;
+  }));
+  EXPECT_NE(m.body.find("presence_server_connections_refused_total{reason=\"total\"} "), std::string::npos);
+  EXPECT_EQ(m.body.find("presence_server_connections_refused_total{reason=\"total\"} 0"), std::string::npos)
+      << m.body;
+  EXPECT_NE(m.body.find("presence_server_max_connections 3"), std::string::npos);
+}
+
+TEST_F(ServerTest, ConnectionsPerAddressAndPerUserAreCapped) {
+  StopServer();
+  Start([](ServerOptions& o) {
+    o.max_connections_per_ip = 2;
+    o.max_connections_per_user = 2;
+    o.request_timeout_ms = 60000;
+  });
+  {
+    RawConn a(port_), b(port_);
+    RawConn c(port_);
+    EXPECT_TRUE(c.ClosedWithin(5s));  // a third from 127.0.0.1
+    RawConn elsewhere(port_, "127.0.0.2");
+    EXPECT_FALSE(elsewhere.ClosedWithin(300ms));  // another address is not
+  }
+  // Two WebSockets of alice (from two addresses, under the per-address cap)
+  // are fine; a third is refused with a reason, and closed.
+  WsClient one, two, three;
+  ASSERT_TRUE(WaitUntil([&] { return one.Connect(port_, "/presence/stream?device_id=a", "tok-alice-0123456789"); }));
+  one.StartReading();
+  ASSERT_TRUE(one.NextOfType("welcome").has_value());
+  ASSERT_TRUE(two.Connect(port_, "/presence/stream?device_id=b", "tok-alice-0123456789", nullptr, 0, "127.0.0.3"));
+  two.StartReading();
+  ASSERT_TRUE(two.NextOfType("welcome").has_value());
+  ASSERT_TRUE(
+      three.Connect(port_, "/presence/stream?device_id=c", "tok-alice-0123456789", nullptr, 0, "127.0.0.4"));
+  three.StartReading();
+  std::optional<Json> e = three.NextOfType("error");
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(Str(*e, "code"), "too_many_connections");
+  EXPECT_TRUE(WaitUntil([&] {
+    three.Poll(20ms);
+    return three.closed();
+  }));
+  EXPECT_EQ(three.reason().code, websocket::close_code::try_again_later);
+}
+
+TEST_F(ServerTest, ASilentClientIsClosedAfterTheIdleTimeoutPingsOrNot) {
+  StopServer();
+  Start([](ServerOptions& o) { o.idle_timeout_ms = 300; });
+  // It reads (so it answers the server's pings) but sends nothing.
+  std::unique_ptr<WsClient> silent = Connect("tok-bob-0123456789");
+  std::optional<Json> e = silent->NextOfType("error", 5s);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(Str(*e, "code"), "idle_timeout");
+  EXPECT_TRUE(WaitUntil([&] {
+    silent->Poll(20ms);
+    return silent->closed();
+  }));
+  EXPECT_EQ(silent->reason().code, websocket::close_code::policy_error);
+  // One that sends a heartbeat every 100 ms is not closed.
+  std::unique_ptr<WsClient> alive = Connect("tok-alice-0123456789");
+  for (int i = 0; i < 25; ++i) {
+    alive->Send(R"({"type":"heartbeat"})");
+    alive->Poll(100ms);
+  }
+  EXPECT_FALSE(alive->closed());
+  HttpResult m = Http(port_, http::verb::get, "/metrics", "tok-root-0123456789");
+  EXPECT_NE(m.body.find("presence_server_idle_disconnects_total 1"), std::string::npos) << m.body;
+}
+
+TEST_F(ServerTest, ATricklingOrIdleHttpClientIsClosedAtTheRequestDeadline) {
+  StopServer();
+  Start([](ServerOptions& o) { o.request_timeout_ms = 300; });
+  // Slowloris: a header a byte at a time never gets more than the deadline.
+  RawConn slow(port_);
+  const std::string header = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+  bool closed = false;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 100 && !closed; ++i) {
+    slow.Write(i < static_cast<int>(header.size()) ? header.substr(i, 1) : "a");
+    closed = slow.ClosedWithin(50ms);
+  }
+  EXPECT_TRUE(closed);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+  // Keep-alive: after an answer, an idle connection is closed too.
+  RawConn keep(port_);
+  keep.Write("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+  EXPECT_TRUE(keep.ClosedWithin(5s));
+}
+
+TEST_F(ServerTest, AFrameOverTheLimitClosesWith1009) {
+  StopServer();
+  Start([](ServerOptions& o) { o.max_frame_bytes = 64 * 1024; });
+  std::unique_ptr<WsClient> c = Connect("tok-alice-0123456789");
+  c->Send(std::string(100 * 1024, 'x'));
+  EXPECT_TRUE(WaitUntil([&] {
+    c->Poll(20ms);
+    return c->closed();
+  }));
+  EXPECT_EQ(c->reason().code, websocket::close_code::too_big);
+}
+
+TEST_F(ServerTest, AWriteThatStallsPastTheLimitDisconnects) {
+  StopServer();
+  Start([](ServerOptions& o) {
+    o.write_stall_ms = 500;
+    o.max_queue_bytes = 8 << 20;  // the queue bound is not what trips here
+  });
+  WsClient stuck;
+  ASSERT_TRUE(stuck.Connect(port_, "/presence/stream", "tok-carol-0123456789", nullptr, 4096));
+  for (int i = 0; i < 4000; ++i) stuck.Send("{");  // each answered with an error it never reads
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        HttpResult m = Http(port_, http::verb::get, "/metrics", "tok-root-0123456789");
+        return m.body.find("presence_server_slow_consumer_disconnects_total 1") != std::string::npos;
+      },
+      10s));
+  EXPECT_EQ(Http(port_, http::verb::get, "/healthz").status, 200);
+}
+
+TEST_F(ServerTest, ANewConnectionOfTheSameDeviceClosesTheOldOneAtOnce) {
+  std::unique_ptr<WsClient> old_tab = Connect("tok-alice-0123456789", "tab");
+  std::unique_ptr<WsClient> new_tab = Connect("tok-alice-0123456789", "tab");
+  // The old one sends nothing and is still told, and closed.
+  std::optional<Json> e = old_tab->NextOfType("error");
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(Str(*e, "code"), "session_replaced");
+  EXPECT_TRUE(WaitUntil([&] {
+    old_tab->Poll(20ms);
+    return old_tab->closed();
+  }));
+  new_tab->Send(R"({"type":"subscribe","users":["alice"]})");
+  EXPECT_TRUE(new_tab->WaitForState("alice", "online", 3s));
+}
+
+TEST_F(ServerTest, EveryMessageCountsAgainstTheRateBinaryAndOversizedToo) {
+  StopServer();
+  Start([](ServerOptions& o) {
+    o.message_rate = 1;
+    o.message_burst = 3;
+  });
+  for (bool binary : {true, false}) {
+    std::unique_ptr<WsClient> c = Connect(binary ? "tok-alice-0123456789" : "tok-bob-0123456789");
+    for (int i = 0; i < 6; ++i) c->Send(binary ? std::string("{}") : std::string(2000, 'x'), binary);
+    bool limited = false;
+    while (std::optional<Json> e = c->NextOfType("error", 2s)) {
+      if (Str(*e, "code") == "rate_limited") {
+        limited = true;
+        break;
+      }
+    }
+    EXPECT_TRUE(limited) << (binary ? "binary" : "oversized");
+  }
+}
+
+TEST_F(ServerTest, MetricsOnTheirOwnAddressNeedNoTokenAndServeNothingElse) {
+  StopServer();
+  Start([](ServerOptions& o) { o.metrics_bind = "127.0.0.1:0"; });
+  const uint16_t mport = server_->metrics_port();
+  ASSERT_NE(mport, 0);
+  HttpResult m = Http(mport, http::verb::get, "/metrics");
+  EXPECT_EQ(m.status, 200);
+  EXPECT_NE(m.body.find("presence_server_connections"), std::string::npos);
+  EXPECT_EQ(Http(mport, http::verb::get, "/presence?user_ids=alice", "tok-alice-0123456789").status, 404);
+  EXPECT_EQ(Http(mport, http::verb::get, "/").status, 404);
+  EXPECT_EQ(Upgrade(mport, "/presence/stream", "tok-alice-0123456789").status, 404);
+  // The main port still wants an operator.
+  EXPECT_EQ(Http(port_, http::verb::get, "/metrics").status, 401);
+}
+
+// ---- TLS ----------------------------------------------------------------------
+
+// A self-signed certificate for 127.0.0.1 (its IP in subjectAltName) and
+// its key, as PEM files.
+void MakeCertificate(const std::string& cert_path, const std::string& key_path) {
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  ASSERT_NE(key, nullptr);
+  X509* x = X509_new();
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x), -60);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+  X509_set_pubkey(x, key);
+  X509_NAME* name = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("127.0.0.1"), -1,
+                             -1, 0);
+  X509_set_issuer_name(x, name);
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, x, x, nullptr, nullptr, 0);
+  X509_EXTENSION* san = X509V3_EXT_conf_nid(nullptr, &ctx, NID_subject_alt_name, "IP:127.0.0.1");
+  ASSERT_NE(san, nullptr);
+  X509_add_ext(x, san, -1);
+  X509_EXTENSION_free(san);
+  ASSERT_GT(X509_sign(x, key, EVP_sha256()), 0);
+  FILE* c = std::fopen(cert_path.c_str(), "w");
+  PEM_write_X509(c, x);
+  std::fclose(c);
+  FILE* k = std::fopen(key_path.c_str(), "w");
+  PEM_write_PrivateKey(k, key, nullptr, nullptr, 0, nullptr, nullptr);
+  std::fclose(k);
+  X509_free(x);
+  EVP_PKEY_free(key);
+}
+
+TEST_F(ServerTest, HttpsAndWssWithTheGivenCertificate) {
+  const std::string cert = dir_ + "-cert.pem", key = dir_ + "-key.pem";
+  MakeCertificate(cert, key);
+  StopServer();
+  Start([&](ServerOptions& o) {
+    o.tls_cert_file = cert;
+    o.tls_key_file = key;
+  });
+  EXPECT_TRUE(absl::StartsWith(server_->url(), "https://127.0.0.1:")) << server_->url();
+  net::io_context ioc;
+  net::ssl::context ctx(net::ssl::context::tls_client);
+  ctx.load_verify_file(cert);
+  ctx.set_verify_mode(net::ssl::verify_peer);
+  auto tls_connect = [&](beast::ssl_stream<beast::tcp_stream>& s) {
+    // The certificate must be for the address connected to.
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s.native_handle()), "127.0.0.1");
+    beast::get_lowest_layer(s).connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port_));
+    s.handshake(net::ssl::stream_base::client);  // throws if the certificate does not verify
+  };
+
+  // https: GET /presence with a token.
+  {
+    beast::ssl_stream<beast::tcp_stream> s(ioc, ctx);
+    tls_connect(s);
+    http::request<http::string_body> req(http::verb::get, "/presence?user_ids=alice", 11);
+    req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::authorization, "Bearer tok-alice-0123456789");
+    http::write(s, req);
+    beast::flat_buffer buf;
+    http::response<http::string_body> res;
+    http::read(s, buf, res);
+    EXPECT_EQ(res.result_int(), 200) << res.body();
+  }
+  // wss: the welcome, then a snapshot of what it watches.
+  {
+    websocket::stream<beast::ssl_stream<beast::tcp_stream>> ws(ioc, ctx);
+    tls_connect(ws.next_layer());
+    ws.handshake("127.0.0.1", "/presence/stream?device_id=secure");
+    ws.write(net::buffer(std::string(R"({"type":"auth","token":"tok-alice-0123456789"})")));
+    beast::flat_buffer buf;
+    ws.read(buf);
+    absl::StatusOr<Json> w = ParseJson(beast::buffers_to_string(buf.data()));
+    ASSERT_TRUE(w.ok());
+    EXPECT_EQ(Str(*w, "type"), "welcome");
+    buf.consume(buf.size());
+    ws.write(net::buffer(std::string(R"({"type":"subscribe","users":["alice"]})")));
+    bool saw_snapshot = false;
+    for (int i = 0; i < 5 && !saw_snapshot; ++i) {
+      ws.read(buf);
+      saw_snapshot = beast::buffers_to_string(buf.data()).find("\"snapshot\"") != std::string::npos;
+      buf.consume(buf.size());
+    }
+    EXPECT_TRUE(saw_snapshot);
+    ws.close(websocket::close_code::normal);
+  }
+  // Plain HTTP on the TLS port gets no answer, and is counted.
+  RawConn plain(port_);
+  plain.Write("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+  EXPECT_TRUE(plain.ClosedWithin(5s));
+  {
+    beast::ssl_stream<beast::tcp_stream> s(ioc, ctx);
+    tls_connect(s);
+    http::request<http::string_body> req(http::verb::get, "/metrics", 11);
+    req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::authorization, "Bearer tok-root-0123456789");
+    http::write(s, req);
+    beast::flat_buffer buf;
+    http::response<http::string_body> res;
+    http::read(s, buf, res);
+    EXPECT_NE(res.body().find("presence_server_tls_handshake_failures_total 1"), std::string::npos) << res.body();
+  }
+  std::remove(cert.c_str());
+  std::remove(key.c_str());
+}
+
+TEST(ServerTls, AMissingOrHalfGivenCertificateIsAClearError) {
+  ServerOptions o;
+  o.port = 0;
+  o.data_dir = TempDir();
+  o.web_dir = PRESENCE_SERVER_WEB_DIR;
+  o.tls_cert_file = "/nonexistent/cert.pem";
+  o.tls_key_file = "/nonexistent/key.pem";
+  absl::StatusOr<std::unique_ptr<Server>> s = Server::Create(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.status().message()).find("--tls-cert"), std::string::npos) << s.status();
+  o.tls_key_file.clear();
+  s = Server::Create(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.status().message()).find("both"), std::string::npos) << s.status();
+  std::error_code ec;
+  std::filesystem::remove_all(o.data_dir, ec);
 }
 
 // ---- The program ----------------------------------------------------------
