@@ -151,8 +151,7 @@ def main():
         cert, key = make_certificate(work)
         tokens = {u: rig.token_for(u) for u in ("alice", "bob")}
         auth = os.path.join(work, "auth.txt")
-        with open(auth, "w") as f:
-            f.write(f"user alice {tokens['alice']} bob\nuser bob {tokens['bob']} alice\n")
+        rig.write_auth(auth, tokens, friends={"alice": ["bob"], "bob": ["alice"]})
         # The flags docs/example-server.md gives for a server behind nginx.
         behind_nginx = ["--allowed-host", "localhost", "--max-connections-per-ip", "50000"]
         with rig.PresenceServer(args.server, work, auth, extra_args=behind_nginx, exit_after=120) as server:

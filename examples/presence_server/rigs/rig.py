@@ -101,20 +101,6 @@ def summary_ms(values):
             f"max={f(max(values))} ms")
 
 
-def wait_until(predicate, timeout, what):
-    """Polls `predicate` until it is true; fails naming `what` after `timeout`
-    seconds. For conditions only another process can make true (a file, a
-    count in /proc); the poll period is not a synchronisation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            fail(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
-
-
 def socket_count(pid):
     """How many sockets process `pid` holds (from /proc: the server's own view
     of how many connections it has accepted)."""
@@ -129,12 +115,14 @@ def socket_count(pid):
     return n
 
 
-def write_auth(path, users, operators=(), topics=None):
+def write_auth(path, users, friends=None, operators=(), topics=None):
     """Writes a presence_server --auth file. `users`: {user_id: token};
-    `operators`: user ids that may read everyone; `topics`: {topic: [users]}."""
+    `friends`: {user_id: [users it may watch]}; `operators`: user ids that
+    may read everyone; `topics`: {topic: [users]}."""
+    friends = friends or {}
     with open(path, "w") as f:
         for user, token in users.items():
-            f.write(f"user {user} {token}\n")
+            f.write(" ".join(["user", user, token, *friends.get(user, [])]) + "\n")
         for topic, members in (topics or {}).items():
             f.write(f"topic {topic} {' '.join(members)}\n")
         for user in operators:
