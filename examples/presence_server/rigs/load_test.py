@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import collections
 import json
-import multiprocessing
 import os
 import random
 import sys
@@ -113,19 +112,9 @@ class Clients:
         await asyncio.gather(*(ws.close() for ws in self.sockets.values()), return_exceptions=True)
 
 
-async def recv_from(conn, timeout, what):
-    try:
-        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, conn.recv), timeout)
-    except asyncio.TimeoutError:
-        rig.fail(f"{what}: not within {timeout} s")
-    except EOFError:
-        rig.fail(f"{what}: the other process is gone")
-
-
 def bulk_process(uri, indices, watched, per_address, parallel, conn):
     """The child: connects clients `indices`, reports when each watched one
     began connecting, heartbeats until told to stop, reports its counts."""
-    rig.die_with_parent()
 
     async def go():
         clients = Clients(uri, per_address, parallel)
@@ -138,10 +127,10 @@ def bulk_process(uri, indices, watched, per_address, parallel, conn):
         t = time.monotonic()
         await asyncio.gather(*(clients.connect(i, note) for i in indices))
         conn.send(("ready", began, time.monotonic() - t))
-        await recv_from(conn, 600, "the start of the steady phase")
+        await rig.pipe_recv(conn, 600, "the start of the steady phase")
         clients.lateness.clear()
         sent0, t0 = clients.sent, time.monotonic()
-        await recv_from(conn, 600, "the end of the steady phase")
+        await rig.pipe_recv(conn, 600, "the end of the steady phase")
         conn.send(("done", (clients.sent - sent0) / (time.monotonic() - t0),
                    rig.percentile(clients.lateness, 99), clients.dropped))
         await clients.close()
@@ -253,26 +242,18 @@ class Run:
         # The bulk connects in the child while the changers connect here.
         changer_set = set(self.changers)
         bulk = [i for i in range(args.clients) if user_of(i) not in changer_set]
-        here, there = multiprocessing.get_context("spawn").Pipe()
-        child = multiprocessing.get_context("spawn").Process(
-            target=bulk_process, args=(self.uri, bulk, set(self.watched) - changer_set, args.per_address,
-                                       args.parallel, there), daemon=True)
-        child.start()
-        there.close()  # so that a dead child reads as EOF here
-        try:
-            await self.run(child, here, server_pid, watchers)
-        finally:
-            child.terminate()
-            child.join(10)
+        with rig.child_process(bulk_process, self.uri, bulk, set(self.watched) - changer_set,
+                               args.per_address, args.parallel) as conn:
+            await self.run(conn, server_pid, watchers)
 
-    async def run(self, child, conn, server_pid, watchers):
+    async def run(self, conn, server_pid, watchers):
         args = self.args
         clients = Clients(self.uri, args.per_address, args.parallel)
         futs = []
         await asyncio.gather(*(clients.connect(int(u[len("load-"):]),
                                                lambda u: futs.append((u, self.expect(u, "connect", "online"))))
                                for u in self.changers))
-        _, began, ramp = await recv_from(conn, 600, "the bulk's connections")
+        _, began, ramp = await rig.pipe_recv(conn, 600, "the bulk's connections")
         await asyncio.gather(*(self.settle(u, f) for u, f in futs))
         deadline = time.monotonic() + args.deadline
         for w in range(args.watchers):
@@ -309,7 +290,7 @@ class Run:
         elapsed = time.monotonic() - start
         cpu = cpu_seconds(server_pid) - cpu0
         rss = rss_mib(server_pid)
-        _, beats_per_s, bulk_lag, dropped = await recv_from(conn, 60, "the bulk's counts")
+        _, beats_per_s, bulk_lag, dropped = await rig.pipe_recv(conn, 60, "the bulk's counts")
         await asyncio.gather(*changes)
 
         print(f"steady {elapsed:.1f} s: {beats_per_s:.0f} heartbeats/s from the bulk (its own lag p99 "

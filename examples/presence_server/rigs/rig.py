@@ -11,8 +11,10 @@ killed.
 """
 
 import asyncio
+import contextlib
 import ctypes
 import json
+import multiprocessing
 import os
 import re
 import resource
@@ -220,6 +222,41 @@ class PresenceServer(Process):
         super().__init__(argv, "presence_server", rlimit_nofile=rlimit_nofile)
         m = self.wait_for_line(r"listening on http://([0-9.]+):([0-9]+)/", 30)
         self.host, self.port = m.group(1), int(m.group(2))
+
+
+@contextlib.contextmanager
+def child_process(target, *args):
+    """Runs target(*args, conn) in a spawned Python process that dies with
+    this one; yields this end of the pipe `conn` is the other end of. The
+    load a rig makes runs there, so that its event loop's lag does not land
+    in what the rig measures here (CLOCK_MONOTONIC is one clock for both)."""
+    ctx = multiprocessing.get_context("spawn")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=_child_main, args=(target, args, there), daemon=True)
+    child.start()
+    there.close()  # so that a dead child reads as EOF here
+    try:
+        yield here
+    finally:
+        child.terminate()
+        child.join(10)
+
+
+def _child_main(target, args, conn):
+    die_with_parent()
+    target(*args, conn)
+
+
+async def pipe_recv(conn, timeout, what):
+    """The next object from a multiprocessing pipe, without blocking the
+    event loop; fails naming `what` after `timeout` s or when the other
+    process is gone."""
+    try:
+        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, conn.recv), timeout)
+    except asyncio.TimeoutError:
+        fail(f"{what}: not within {timeout} s")
+    except EOFError:
+        fail(f"{what}: the other process is gone")
 
 
 def run_checks(coroutine, *processes):

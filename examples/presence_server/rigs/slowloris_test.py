@@ -9,7 +9,9 @@ as under a default shell or systemd unit, so it must raise its own. Once the
 server holds every attacking connection (its sockets, counted in /proc), a
 legitimate client on 127.0.0.1 connects --tries times over --seconds: each
 time it must get its WebSocket welcome and snapshot, and an answer to
-GET /presence, within --bound seconds (1 s).
+GET /presence, within --bound seconds (1 s). The attack runs in a child
+process, so that its event loop's lag is not in the legitimate client's
+timings.
 
   slowloris_test.py PRESENCE_SERVER [--attackers 2000] [--seconds 10]
 """
@@ -95,55 +97,71 @@ async def legitimate(port, token, bound):
     return snapshot_s, time.monotonic() - t
 
 
-async def run(args, server):
-    attack = Attack(args, server.port)
-    base = rig.socket_count(server.proc.pid)
-    t = time.monotonic()
-    tasks = [asyncio.create_task(attack.attacker(i)) for i in range(args.attackers)]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    held = 0
-    while True:  # wait, with a deadline, until the server has taken or refused every attacker
-        held = rig.socket_count(server.proc.pid) - base
-        if not server.alive():
-            rig.fail("the server died under the attack")
-        if attack.in_place == args.attackers and held + len(attack.dropped) >= args.attackers:
-            break
-        if loop.time() > deadline:
-            if attack.in_place < args.attackers:
-                rig.fail(f"only {attack.in_place} of {args.attackers} attackers connected within 15 s")
-            print(f"the server has neither taken nor refused every attacker after 15 s: it holds {held} of "
-                  f"their sockets, dropped {len(attack.dropped)}; the rest wait in its listen queue", flush=True)
-            break
-        await asyncio.sleep(0.05)  # polls /proc; what it waits for is the condition above
-    print(f"{args.attackers} slowloris connections from {len(attack.addresses)} addresses in place in "
-          f"{time.monotonic() - t:.1f} s; the server holds {held} sockets for them, "
-          f"dropped {len(attack.dropped)}", flush=True)
+def attack_process(args, port, conn):
+    """The child: runs the attack, answers "status" with its counts until
+    told "stop", then reports and ends."""
+    async def go():
+        attack = Attack(args, port)
+        tasks = [asyncio.create_task(attack.attacker(i)) for i in range(args.attackers)]
+        while await rig.pipe_recv(conn, 600, "the next command") == "status":
+            conn.send((attack.in_place, len(attack.dropped)))
+        attack.stop = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conn.send((attack.opened, attack.dropped, attack.refused))
 
-    token = rig.token_for("alice")
-    snapshots, gets = [], []
-    start = loop.time()
-    for k in range(args.tries):
-        await asyncio.sleep(max(0.0, start + k * args.seconds / args.tries - loop.time()))
-        try:
-            s, g = await legitimate(server.port, token, args.bound)
-        except (OSError, asyncio.TimeoutError) as e:
-            rig.fail(f"legitimate visit {k + 1} under attack failed: {e!r}")
-        snapshots.append(s)
-        gets.append(g)
-    await asyncio.sleep(max(0.0, start + args.seconds - loop.time()))
-    held_at_end = rig.socket_count(server.proc.pid) - base
-    attack.stop = True
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    asyncio.run(go())
+
+
+async def run(args, server):
+    base = rig.socket_count(server.proc.pid)
+    addresses = -(-args.attackers // args.per_address)
+    with rig.child_process(attack_process, args, server.port) as conn:
+        t = time.monotonic()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while True:  # wait, with a deadline, until the server has taken or refused every attacker
+            conn.send("status")
+            in_place, dropped = await rig.pipe_recv(conn, 15, "the attack's status")
+            held = rig.socket_count(server.proc.pid) - base
+            if not server.alive():
+                rig.fail("the server died under the attack")
+            if in_place == args.attackers and held + dropped >= args.attackers:
+                break
+            if loop.time() > deadline:
+                if in_place < args.attackers:
+                    rig.fail(f"only {in_place} of {args.attackers} attackers connected within 15 s")
+                print(f"the server has neither taken nor refused every attacker after 15 s: it holds {held} of "
+                      f"their sockets, dropped {dropped}; the rest wait in its listen queue", flush=True)
+                break
+            await asyncio.sleep(0.05)  # polls; what it waits for is the condition above
+        print(f"{args.attackers} slowloris connections from {addresses} addresses in place in "
+              f"{time.monotonic() - t:.1f} s; the server holds {held} sockets for them, dropped {dropped}",
+              flush=True)
+
+        token = rig.token_for("alice")
+        snapshots, gets = [], []
+        start = loop.time()
+        for k in range(args.tries):
+            await asyncio.sleep(max(0.0, start + k * args.seconds / args.tries - loop.time()))
+            try:
+                s, g = await legitimate(server.port, token, args.bound)
+            except (OSError, asyncio.TimeoutError) as e:
+                rig.fail(f"legitimate visit {k + 1} under attack failed: {e!r}")
+            snapshots.append(s)
+            gets.append(g)
+        await asyncio.sleep(max(0.0, start + args.seconds - loop.time()))
+        held_at_end = rig.socket_count(server.proc.pid) - base
+        conn.send("stop")
+        opened, dropped, refused = await rig.pipe_recv(conn, 30, "the attack's counts")
 
     print(f"under attack for {args.seconds:.0f} s, {args.tries} legitimate visits from 127.0.0.1: "
           f"connect -> snapshot max {max(snapshots) * 1000:.0f} ms (p50 {rig.percentile(snapshots, 50) * 1000:.0f}), "
           f"GET /presence max {max(gets) * 1000:.0f} ms")
-    lived = f", after {min(attack.dropped):.1f}..{max(attack.dropped):.1f} s" if attack.dropped else ""
-    print(f"attackers: {attack.opened} connections opened, {len(attack.dropped)} dropped by the server{lived}, "
-          f"{attack.refused} connects refused; the server held {held_at_end} of their sockets at the end")
+    lived = f", after {min(dropped):.1f}..{max(dropped):.1f} s" if dropped else ""
+    print(f"attackers: {opened} connections opened, {len(dropped)} dropped by the server{lived}, "
+          f"{refused} connects refused; the server held {held_at_end} of their sockets at the end")
     if max(snapshots) > args.bound:
         rig.fail(f"a legitimate client waited {max(snapshots):.2f} s for its snapshot (bound {args.bound} s)")
     if max(gets) > args.bound:
