@@ -226,6 +226,7 @@ absl::Status Server::Impl::Init() {
   file_store_ = std::move(*fs);
   opts_.engine.store = file_store_->store();
   opts_.engine.history = file_store_->history();
+  opts_.engine.prober = this;  // silent WebSocket clients are pinged (ws_session.cc)
   absl::StatusOr<std::unique_ptr<presence::Engine>> engine = presence::Engine::Create(opts_.engine);
   if (!engine.ok()) return engine.status();
   engine_ = std::move(*engine);
