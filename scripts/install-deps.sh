@@ -31,6 +31,10 @@ packages=(
   # (Python's websockets, run by Debian's /usr/bin/python3) for the nginx,
   # load and abuse tests
   nginx openssl python3 python3-websockets
+  # the alert rules (issue 18): promtool checks and unit-tests them, and the
+  # integration test scrapes the example server with a real Prometheus;
+  # docs/runbooks.md's commands (which runbooks_test runs) use curl
+  prometheus curl
 )
 
 for group in "$@"; do
