@@ -1,6 +1,8 @@
-// Unit tests of the pure pieces: wrapping time, the timing wheel, the device
+// Unit tests of the pure pieces: wrapping time, the timer sweep, the device
 // liveness rule and the reducer.
+#include <functional>
 #include <limits>
+#include <random>
 #include <map>
 #include <vector>
 
@@ -9,7 +11,7 @@
 #include "src/core/liveness.h"
 #include "src/core/reducer.h"
 #include "src/core/time32.h"
-#include "src/core/timer_wheel.h"
+#include "src/core/timer_sweep.h"
 
 namespace presence::internal {
 namespace {
@@ -22,32 +24,98 @@ TEST(Time32, WrapsAroundAndExpands) {
   EXPECT_EQ(Expand32(ToTime32(now + 7), now), now + 7);
 }
 
-TEST(TimerWheel, FiresEachEntryAtItsTimeIncludingBeyondTheHorizon) {
-  TimerWheel w(1000);
-  std::map<uint32_t, Time32> due = {{1, 1001}, {2, 1500}, {3, 1000 + TimerWheel::kSlots + 20},
-                                    {4, 1000 + 3 * TimerWheel::kSlots}};
-  for (auto [i, t] : due) w.Insert(i, t);
-  std::map<uint32_t, Time32> fired;
-  auto fire = [&](uint32_t i, Time32 slot, Time32 now) {
-    if (Diff32(due[i], now) > 0) return TimerWheel::Verdict::kKeep;
-    fired[i] = slot;
-    return TimerWheel::Verdict::kDone;
-  };
-  for (Time32 t = 1000; t < 1000 + 4 * TimerWheel::kSlots; t += 7) w.Advance(t, fire);
-  ASSERT_EQ(fired.size(), 4u);
-  for (auto [i, t] : due) EXPECT_EQ(fired[i] & (TimerWheel::kSlots - 1), t & (TimerWheel::kSlots - 1));
-  EXPECT_EQ(w.size(), 0u);
+// A table of records with due times (0: no timer) under a TimerSweep with
+// chunks of 256 records; the scan fires what is due and records when.
+struct SweptTable {
+  static constexpr uint32_t kChunkBits = 8;
+  explicit SweptTable(Time32 now, uint32_t n) : sweep(now, kChunkBits), due(n, 0), fired(n) {}
+  void Set(uint32_t i, Time32 t) {
+    due[i] = t;
+    sweep.Note(i, t);
+  }
+  void Advance(Time32 now) {
+    sweep.Advance(now, [&](uint32_t first, uint32_t end) {
+      ++scans;
+      Time32 least = now + TimerSweep::kIdleMs;
+      for (uint32_t i = first; i < end && i < due.size(); ++i) {
+        if (due[i] == 0) continue;
+        if (Diff32(due[i], now) <= 0) {
+          fired[i].push_back(now);
+          due[i] = 0;
+          if (on_fire) on_fire(i, now);
+        }
+        if (due[i] != 0 && Diff32(due[i], least) < 0) least = due[i];
+      }
+      return least;
+    });
+  }
+  TimerSweep sweep;
+  std::vector<Time32> due;
+  std::vector<std::vector<Time32>> fired;
+  std::function<void(uint32_t, Time32)> on_fire;
+  int scans = 0;
+};
+
+TEST(TimerSweep, FiresEachTimerAtTheFirstAdvancePastItsTime) {
+  std::mt19937 rng(7);
+  const Time32 start = 0xfffff000u;  // the clock wraps during the test
+  SweptTable t(start, 3000);
+  std::vector<Time32> want(3000, 0);
+  for (uint32_t i = 0; i < 3000; i += 1 + rng() % 3) {
+    // Most within a few seconds, some far beyond (no horizon).
+    const Time32 due = start + 1 + (i % 10 == 0 ? 40000 + rng() % 100000 : rng() % 9000);
+    t.Set(i, due);
+    want[i] = due;
+  }
+  Time32 now = start;
+  std::vector<Time32> ticks;
+  while (Diff32(now, start) < 150000) {
+    now += 1 + rng() % 97;
+    t.Advance(now);
+    ticks.push_back(now);
+  }
+  for (uint32_t i = 0; i < 3000; ++i) {
+    if (want[i] == 0) {
+      EXPECT_TRUE(t.fired[i].empty()) << i;
+      continue;
+    }
+    // The oracle: the first tick at or past the due time.
+    Time32 first = 0;
+    for (Time32 k : ticks) {
+      if (Diff32(k, want[i]) >= 0) {
+        first = k;
+        break;
+      }
+    }
+    ASSERT_EQ(t.fired[i].size(), 1u) << i;
+    EXPECT_EQ(t.fired[i][0], first) << i;
+  }
 }
 
-TEST(TimerWheel, LongJumpSeesEveryDueEntryOnce) {
-  TimerWheel w(0);
-  for (uint32_t i = 0; i < 100; ++i) w.Insert(i, 1 + i * 97);
-  int fired = 0;
-  w.Advance(100000, [&](uint32_t, Time32, Time32) {
-    ++fired;
-    return TimerWheel::Verdict::kDone;
-  });
-  EXPECT_EQ(fired, 100);
+TEST(TimerSweep, RescheduleDuringAScanIsNotLostAndIdleBlocksAreNotScanned) {
+  SweptTable t(1000, 1024);
+  // Firing record 5 sets record 700 (another chunk) and record 6 (its own
+  // block, already passed) to fire later.
+  t.on_fire = [&](uint32_t i, Time32 now) {
+    if (i == 5) {
+      t.Set(700, now + 50);
+      t.Set(6, now + 60);
+    }
+  };
+  t.Set(5, 1010);
+  t.Advance(1010);
+  EXPECT_EQ(t.fired[5].size(), 1u);
+  const int scans = t.scans;
+  t.Advance(1040);  // nothing due: no block is scanned
+  EXPECT_EQ(t.scans, scans);
+  t.Advance(1070);
+  ASSERT_EQ(t.fired[6].size(), 1u);
+  ASSERT_EQ(t.fired[700].size(), 1u);
+  EXPECT_EQ(t.fired[700][0], 1070u);
+  // A long jump fires everything due, once.
+  for (uint32_t i = 0; i < 1024; i += 3) t.Set(i, 2000 + i * 97);
+  t.Advance(1000000);
+  for (uint32_t i = 0; i < 1024; i += 3) EXPECT_EQ(t.fired[i].back(), 1000000u) << i;
 }
 
 Options DefaultOptions() { return Options(); }

@@ -16,7 +16,7 @@ uint64_t HashUserId(absl::string_view user_id) {
 namespace {
 
 // The charges (engine.h) cover at least the records they stand for.
-static_assert(kDeviceChargeBytes >= sizeof(Device) + sizeof(uint32_t), "device record + timer entry");
+static_assert(kDeviceChargeBytes >= sizeof(Device), "the device record, its timer inside");
 
 constexpr uint32_t kSeenMask = dflag::kSeen0 | (dflag::kSeen0 << 1) | (dflag::kSeen0 << 2);
 
@@ -35,7 +35,7 @@ Shard::Shard(const ShardConfig* config, uint32_t index, int64_t now_ms)
     : config_(config),
       index_(index),
       index_by_id_(0, UserHash{&users_}, UserEq{&users_}),
-      wheel_(ToTime32(now_ms)) {}
+      timers_(ToTime32(now_ms), DeviceTable::kChunkBits) {}
 
 Shard::~Shard() = default;
 
@@ -72,9 +72,30 @@ uint32_t Shard::AddUser(absl::string_view id) {
   return u;
 }
 
+Shard::OverrideStack* Shard::StackOf(const User& user) const {
+  return user.has_overrides ? overrides_.find(&user)->second.get() : nullptr;
+}
+
+Shard::OverrideStack& Shard::MakeStack(uint32_t u) {
+  User& user = users_[u];
+  if (!user.has_overrides) {
+    auto stack = std::make_unique<OverrideStack>();
+    stack->user = u;
+    overrides_.emplace(&user, std::move(stack));
+    user.has_overrides = true;
+  }
+  return *overrides_.find(&user)->second;
+}
+
+void Shard::DropStack(uint32_t u) {
+  User& user = users_[u];
+  overrides_.erase(&user);
+  user.has_overrides = false;
+}
+
 void Shard::ForgetUserIfEmpty(uint32_t u, int64_t now_ms) {
   User& user = users_[u];
-  if (!user.in_use || user.device_count > 0 || user.overrides || user.pending != kNone) return;
+  if (!user.in_use || user.device_count > 0 || user.has_overrides || user.pending != kNone) return;
   const int64_t forget_at = user.last_seen_ms + config_->options.user_retention_ms;
   if (user.last_seen_ms != 0 && now_ms < forget_at) {
     user_timers_.insert({forget_at, u});
@@ -131,11 +152,23 @@ void Shard::MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms
   User& user = users_[u];
   if (user.pending == kNone) {
     user.pending = static_cast<uint32_t>(pending_.size());
-    pending_.push_back(Pending{u, cause, trace_id, now_ms, 0});
+    pending_.push_back(Pending{u, cause, trace_id, now_ms, 0, firing_ != nullptr,
+                               firing_ != nullptr ? *firing_ : 0});
     return;
   }
   Pending& p = pending_[user.pending];
+  // The cause is the latest news'. Timers fire in memory order, not in time
+  // order, so among timers the one due latest names it (a tie goes to the
+  // higher cause): where the user's records lie, which other users' churn
+  // decides, must not show in its events (docs/design.md rule 8).
+  if (firing_ != nullptr && p.timer_cause &&
+      (Diff32(*firing_, p.cause_due) < 0 ||
+       (*firing_ == p.cause_due && cause < p.cause))) {
+    cause = p.cause;
+  }
   p.cause = cause;
+  p.timer_cause = firing_ != nullptr;
+  if (firing_ != nullptr) p.cause_due = *firing_;
   p.hold_until_ms = 0;  // news: look again at the next tick, even in a dwell
   if (trace_id != 0) p.trace_id = trace_id;
 }
@@ -156,7 +189,7 @@ Shard::PublicView Shard::PublicOf(const User& user, const UserView& v, State sta
     // where it was when the user went invisible. While the stack is not yet
     // settled past the moment it went invisible, nothing was applied since
     // (User::guarded), so the current last_seen is still that one.
-    p.last_seen_ms = user.hidden ? user.overrides->hidden_last_seen_ms : v.last_seen_ms;
+    p.last_seen_ms = user.hidden ? StackOf(user)->hidden_last_seen_ms : v.last_seen_ms;
   } else {
     p.last_seen_ms = v.last_seen_ms;
     p.devices = v.devices;
@@ -186,7 +219,7 @@ Shard::UserView Shard::ViewUser(const User& user, int64_t now_ms) {
     any_online |= dv.online;
     ++v.devices.live[static_cast<int>(d.platform) - 1];
   }
-  v.reduced = Reduce(any_live, any_online, TopOverride(user.overrides.get(), now_ms),
+  v.reduced = Reduce(any_live, any_online, TopOverride(StackOf(user), now_ms),
                      config_->options.override_requires_live_device);
   return v;
 }
@@ -224,14 +257,16 @@ void Shard::MarkStoreDirty(uint32_t di) {
   store_dirty_.push_back(di);
 }
 
+Time32 Shard::DueTime(int64_t due_ms, int64_t now_ms) const {
+  // Never at or before the sweep's last tick: it fires at the next one.
+  const Time32 due = ToTime32(std::min(due_ms, now_ms + (int64_t{1} << 30)));
+  return Diff32(due, timers_.now()) <= 0 ? timers_.now() + 1 : due;
+}
+
 void Shard::Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) {
   Device& d = devices_.at(di);
-  // Never before the wheel's position: the entry must land in a slot that is
-  // still ahead, and Device::due must name that slot.
-  Time32 due = ToTime32(std::min(due_ms, now_ms + (int64_t{1} << 30)));
-  if (Diff32(due, wheel_.now()) <= 0) due = wheel_.now() + 1;
-  d.due = due;
-  wheel_.Insert(di, due);
+  d.due = DueTime(due_ms, now_ms);
+  timers_.Note(di, d.due);
 }
 
 void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t trace_id,
@@ -586,8 +621,8 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
   internal::MutexLock lock(&mu_);
   if (auto st = config_->check_owned(hash); !st.ok()) return st;
   uint32_t u = FindUser(user_id, hash);
-  if (u != kNone && users_[u].overrides &&
-      users_[u].overrides->size() >= static_cast<size_t>(config_->options.max_overrides_per_user)) {
+  if (u != kNone && users_[u].has_overrides &&
+      StackOf(users_[u])->size() >= static_cast<size_t>(config_->options.max_overrides_per_user)) {
     return Drop(DropReason::kLimit, "user has the most overrides allowed");
   }
   if (u == kNone) {
@@ -598,12 +633,9 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
   }
   Settle(u, now_ms);
   User& user = users_[u];
-  if (!user.overrides) {
-    user.overrides = std::make_unique<OverrideStack>();
-    with_overrides_.insert(u);
-  }
+  MakeStack(u);
   const uint64_t id = config_->next_override_id->fetch_add(1, std::memory_order_relaxed);
-  user.overrides->push_back(Override{id, now_ms, until_ms, state});
+  StackOf(user)->push_back(Override{id, now_ms, until_ms, state});
   ++override_count_;
   if (until_ms != 0) user_timers_.insert({until_ms, u});
   UpdateHidden(u, now_ms);
@@ -612,7 +644,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
 }
 
 void Shard::Settle(uint32_t u, int64_t now_ms) {
-  if (!users_[u].overrides) return;
+  if (!users_[u].has_overrides) return;
   RemoveOverrides(
       u, now_ms, Cause::kOverrideExpiry,
       [](const Override& o, const void* arg) {
@@ -623,13 +655,13 @@ void Shard::Settle(uint32_t u, int64_t now_ms) {
 
 void Shard::UpdateHidden(uint32_t u, int64_t now_ms) {
   User& user = users_[u];
-  const Override* top = TopOverride(user.overrides.get(), now_ms);
+  const Override* top = TopOverride(StackOf(user), now_ms);
   const bool hidden = top != nullptr && top->state == OverrideState::kInvisible;
-  if (hidden && !user.hidden) user.overrides->hidden_last_seen_ms = TrueLastSeen(user, now_ms);
+  if (hidden && !user.hidden) StackOf(user)->hidden_last_seen_ms = TrueLastSeen(user, now_ms);
   user.hidden = hidden;
   bool guarded = false;
-  if (!hidden && user.overrides) {
-    for (const Override& o : *user.overrides) {
+  if (!hidden && user.has_overrides) {
+    for (const Override& o : *StackOf(user)) {
       guarded |= o.state == OverrideState::kInvisible && o.active(now_ms);
     }
   }
@@ -656,8 +688,8 @@ void Shard::WatchIfAdaptive(uint32_t di, Platform platform) {
 size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
                               bool (*pred)(const Override&, const void*), const void* arg) {
   User& user = users_[u];
-  if (!user.overrides) return 0;
-  auto& v = *user.overrides;
+  if (!user.has_overrides) return 0;
+  auto& v = *StackOf(user);
   const size_t before = v.size();
   v.erase(std::remove_if(v.begin(), v.end(), [&](const Override& o) { return pred(o, arg); }),
           v.end());
@@ -666,8 +698,7 @@ size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
   if (removed == 0) return 0;
   MarkDirty(u, cause, 0, now_ms);
   if (v.empty()) {
-    user.overrides.reset();
-    with_overrides_.erase(u);
+    DropStack(u);
   }
   UpdateHidden(u, now_ms);
   return removed;
@@ -707,7 +738,9 @@ absl::StatusOr<size_t> Shard::ClearOverrides(absl::string_view user_id, uint64_t
 size_t Shard::RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
   const std::pair<int64_t, int64_t> window{from_ms, to_ms};
-  const std::vector<uint32_t> users(with_overrides_.begin(), with_overrides_.end());
+  std::vector<uint32_t> users;
+  users.reserve(overrides_.size());
+  for (const auto& [user, stack] : overrides_) users.push_back(stack->user);
   size_t removed = 0;
   for (uint32_t u : users) {
     Settle(u, now_ms);
@@ -729,8 +762,8 @@ absl::StatusOr<std::vector<OverrideInfo>> Shard::ListOverrides(absl::string_view
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return absl::NotFoundError("unknown user");
   std::vector<OverrideInfo> out;
-  if (users_[u].overrides) {
-    for (const Override& o : *users_[u].overrides) {
+  if (users_[u].has_overrides) {
+    for (const Override& o : *StackOf(users_[u])) {
       if (o.active(now_ms)) out.push_back(OverrideInfo{o.id, o.state, o.set_at_ms, o.until_ms});
     }
   }
@@ -778,12 +811,10 @@ UserPresence Shard::Get(absl::string_view user_id, uint64_t hash, bool self_view
 
 // ---- Time -------------------------------------------------------------------
 
-TimerWheel::Verdict Shard::FireDevice(uint32_t di, Time32 slot_time, int64_t now_ms) {
+void Shard::FireDevice(uint32_t di, int64_t now_ms) {
   Device& d = devices_.at(di);
-  if (d.phase == Phase::kFree) return TimerWheel::Verdict::kDone;
-  constexpr uint32_t kMask = TimerWheel::kSlots - 1;
-  if ((d.due & kMask) != (slot_time & kMask)) return TimerWheel::Verdict::kDone;  // superseded
-  if (Diff32(d.due, ToTime32(now_ms)) > 0) return TimerWheel::Verdict::kKeep;     // a later turn
+  const bool ahead = Diff32(d.due, ToTime32(now_ms)) > 0;
+  if (ahead && d.phase != Phase::kLive) return;  // not yet
   switch (d.phase) {
     case Phase::kFree:
       break;
@@ -807,6 +838,8 @@ TimerWheel::Verdict Shard::FireDevice(uint32_t di, Time32 slot_time, int64_t now
       before.online = CountsOnline(bits & fast::kAllLive, bits, config_->policy);
       int64_t due = now_view.deadline_ms;
       if (config_->policy.probing) due = std::min(due, ProbeStep(di, now_view, now_ms));
+      // Ahead of time and not signalled since: nothing to do yet.
+      if (ahead && DueTime(due, now_ms) == d.due) break;
       Schedule(di, due, now_ms);
       Refresh(di, before, Cause::kTimeout, 0, now_ms);
       // It signalled since its timer was set, maybe only through the
@@ -816,7 +849,38 @@ TimerWheel::Verdict Shard::FireDevice(uint32_t di, Time32 slot_time, int64_t now
       break;
     }
   }
-  return TimerWheel::Verdict::kDone;
+}
+
+Time32 Shard::SweepBlock(uint32_t first, uint32_t end, int64_t now_ms) {
+  // A live device due this soon is evaluated now, with its block in cache,
+  // rather than in a scan of its own later: a device that kept beating only
+  // moves its timer on. Ahead of its due time nothing it shows can change
+  // (its due time is no later than its next deadline), so this publishes
+  // nothing that firing on time would not.
+  constexpr int32_t kFireAheadMs = 500;
+  // A timer that fires may set itself again at or before now (a probe
+  // catching up after a long tick, a retention of 0): it fires again, as
+  // often as that, within this tick.
+  constexpr int kMaxFiresPerTick = 16;
+  const Time32 now = ToTime32(now_ms);
+  Time32 least = now + TimerSweep::kIdleMs;
+  for (uint32_t di = first; di < end; ++di) {
+    const Device* d = devices_.Find(di);
+    if (d == nullptr) break;  // past the last chunk
+    if (d->phase == Phase::kFree) continue;
+    const int32_t ahead = Diff32(d->due, now);
+    if (ahead <= 0 || (d->phase == Phase::kLive && ahead <= kFireAheadMs)) {
+      for (int k = 0; k < kMaxFiresPerTick; ++k) {
+        const Time32 due = d->due;
+        firing_ = &due;
+        FireDevice(di, now_ms);
+        firing_ = nullptr;
+        if (d->phase == Phase::kFree || Diff32(d->due, now) > 0) break;
+      }
+    }
+    if (d->phase != Phase::kFree && Diff32(d->due, least) < 0) least = d->due;
+  }
+  return least;
 }
 
 int64_t Shard::ProbeStep(uint32_t di, const DeviceView& v, int64_t now_ms) {
@@ -919,8 +983,8 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
       return std::max(e.second.version, e.second.public_version) < floor;
     });
   }
-  wheel_.Advance(ToTime32(now_ms), [&](uint32_t di, Time32 slot_time, Time32) {
-    return FireDevice(di, slot_time, now_ms);
+  timers_.Advance(ToTime32(now_ms), [&](uint32_t first, uint32_t end) {
+    return SweepBlock(first, end, now_ms);
   });
   // The probes the timers sent go out even when the store write below
   // fails: they change no record.

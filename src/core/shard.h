@@ -33,7 +33,7 @@
 #include "src/core/liveness.h"
 #include "src/core/metrics.h"
 #include "src/core/reducer.h"
-#include "src/core/timer_wheel.h"
+#include "src/core/timer_sweep.h"
 
 namespace presence::internal {
 
@@ -204,6 +204,7 @@ class Shard {
   // needs (a user is hidden only by an override): kept out of the user
   // record, which most users have no use for.
   struct OverrideStack : std::vector<Override> {
+    uint32_t user = kNone;  // its user's index
     // While hidden: the public last_seen, where it stood when the user went
     // invisible (rule 8).
     int64_t hidden_last_seen_ms = 0;
@@ -225,11 +226,12 @@ class Shard {
     // one's expiry hides the user: its devices' beats take the lock, which
     // settles the stack first, so the freeze sees no beat made after it.
     bool guarded = false;
+    bool has_overrides = false;  // its stack is in Shard::overrides_
     State pub_state = State::kOffline;
     State pub_self = State::kOffline;
-    std::unique_ptr<OverrideStack> overrides;  // null: none
   };
-  static_assert(sizeof(User) <= 80, "kUserChargeBytes (engine.h) counts an 80-byte user record");
+  static_assert(sizeof(User) <= 72 && kUserChargeBytes >= 72,
+                "kUserChargeBytes (engine.h) counts a 72-byte user record");
   // Users in chunks of 1024 (80 KiB): no slack beyond the last chunk.
   using UserArray = Chunked<User, 10>;
   struct Pending {
@@ -238,6 +240,8 @@ class Shard {
     uint64_t trace_id;
     int64_t since_ms;
     int64_t hold_until_ms;  // held by min_dwell until then, unless news comes
+    bool timer_cause;       // `cause` came from a device timer, due at cause_due
+    Time32 cause_due;
   };
   struct UserView {
     Reduced reduced;
@@ -325,6 +329,10 @@ class Shard {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The user's override stack (null: none), one made for it, or none left.
+  OverrideStack* StackOf(const User& user) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  OverrideStack& MakeStack(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropStack(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -353,7 +361,16 @@ class Shard {
   void MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeDevice(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  TimerWheel::Verdict FireDevice(uint32_t di, Time32 slot_time, int64_t now_ms)
+  // The due time Schedule sets for `due_ms`.
+  Time32 DueTime(int64_t due_ms, int64_t now_ms) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The timer of device `di` fires: what its phase asks once its due time
+  // came. A live device may also fire ahead of its due time (the sweep
+  // looks at it while its block is in cache): it is evaluated at `now_ms`,
+  // which changes nothing it published, and its timer is set again.
+  void FireDevice(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The sweep's scan of records [first, end): fires what is due (and live
+  // devices due within kFireAheadMs) and returns the earliest due time left.
+  Time32 SweepBlock(uint32_t first, uint32_t end, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FireUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Push/pull checks (docs/design.md rule 9), for a live device whose timer
@@ -421,10 +438,14 @@ class Shard {
   std::vector<uint32_t> free_users_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint32_t, UserHash, UserEq> index_by_id_ ABSL_GUARDED_BY(mu_);
   DeviceTable devices_;  // slots guarded by mu_, except the fast-path fields
-  TimerWheel wheel_ ABSL_GUARDED_BY(mu_);
+  TimerSweep timers_ ABSL_GUARDED_BY(mu_);
+  // While a device timer fires: its due time (see MarkDirty).
+  const Time32* firing_ ABSL_GUARDED_BY(mu_) = nullptr;
   absl::btree_set<std::pair<int64_t, uint32_t>> user_timers_ ABSL_GUARDED_BY(mu_);
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);  // users to look at on Tick
-  absl::flat_hash_set<uint32_t> with_overrides_ ABSL_GUARDED_BY(mu_);
+  // The override stacks, by user record (which never moves): most users
+  // have none, so the record holds only User::has_overrides.
+  absl::flat_hash_map<const User*, std::unique_ptr<OverrideStack>> overrides_ ABSL_GUARDED_BY(mu_);
   ShardCounters counters_ ABSL_GUARDED_BY(mu_);
   std::vector<Decision> decisions_ ABSL_GUARDED_BY(mu_);  // Tick's scratch, parallel to pending_
   // Durable state waiting for the next write.

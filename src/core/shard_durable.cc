@@ -18,9 +18,9 @@ UserRecord Shard::UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms) {
   r.self_state = publish ? d->self_state : user.pub_self;
   r.last_seen_ms = d != nullptr ? d->view.last_seen_ms : user.last_seen_ms;
   r.published_at_ms = publish && d->public_change ? now_ms : user.published_at_ms;
-  r.hidden_last_seen_ms = user.hidden ? user.overrides->hidden_last_seen_ms : 0;
-  if (user.overrides) {
-    for (const Override& o : *user.overrides) {
+  r.hidden_last_seen_ms = user.hidden ? StackOf(user)->hidden_last_seen_ms : 0;
+  if (user.has_overrides) {
+    for (const Override& o : *StackOf(user)) {
       if (o.active(now_ms)) r.overrides.push_back({o.id, o.state, o.set_at_ms, o.until_ms});
     }
   }
@@ -92,11 +92,8 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   user.last_seen_ms = std::max(user.last_seen_ms, r.last_seen_ms);
   for (const OverrideInfo& o : r.overrides) {
     if (o.until_ms != 0 && o.until_ms <= now_ms) continue;
-    if (!user.overrides) {
-      user.overrides = std::make_unique<OverrideStack>();
-      with_overrides_.insert(u);
-    }
-    user.overrides->push_back(Override{o.id, o.set_at_ms, o.until_ms, o.state});
+    MakeStack(u);
+    StackOf(user)->push_back(Override{o.id, o.set_at_ms, o.until_ms, o.state});
     ++override_count_;
     if (o.until_ms != 0) user_timers_.insert({o.until_ms, u});
     // Ids stay unique after a rebuild.
@@ -105,20 +102,20 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
            !config_->next_override_id->compare_exchange_weak(next, o.id + 1)) {
     }
   }
-  if (user.overrides) {
+  if (user.has_overrides) {
     // Stack order: by when each was set, and among those set in the same
     // millisecond by id, which grows with each one set.
-    std::sort(user.overrides->begin(), user.overrides->end(), [](const Override& a, const Override& b) {
+    std::sort(StackOf(user)->begin(), StackOf(user)->end(), [](const Override& a, const Override& b) {
       return a.set_at_ms != b.set_at_ms ? a.set_at_ms < b.set_at_ms : a.id < b.id;
     });
   }
   // Hidden as it was when written: its public last_seen stays frozen where it
   // was (a user that went invisible while the engine was down freezes at its
   // last recorded one). Devices load after this and must not move it.
-  const Override* top = TopOverride(user.overrides.get(), now_ms);
+  const Override* top = TopOverride(StackOf(user), now_ms);
   user.hidden = top != nullptr && top->state == OverrideState::kInvisible;
   if (user.hidden) {
-    user.overrides->hidden_last_seen_ms =
+    StackOf(user)->hidden_last_seen_ms =
         r.hidden_last_seen_ms != 0 ? r.hidden_last_seen_ms : r.last_seen_ms;
   }
   UpdateHidden(u, now_ms);
@@ -208,11 +205,10 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
     user.public_version = e.public_version;
   }
   Unpend(u);
-  if (user.overrides) {
-    override_count_ -= user.overrides->size();
-    user.overrides.reset();
+  if (user.has_overrides) {
+    override_count_ -= StackOf(user)->size();
+    DropStack(u);
     user.hidden = false;  // its frozen last_seen went with the stack
-    with_overrides_.erase(u);
   }
   user.last_seen_ms = 0;
   while (user.first_device != kNone) {
@@ -254,11 +250,10 @@ size_t Shard::Release(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)>
     if (!users_[u].in_use || !drop(users_[u].id.view())) continue;
     Unpend(u);
     User& user = users_[u];
-    if (user.overrides) {
-      override_count_ -= user.overrides->size();
-      user.overrides.reset();
+    if (user.has_overrides) {
+      override_count_ -= StackOf(user)->size();
+      DropStack(u);
       user.hidden = false;  // its frozen last_seen went with the stack
-      with_overrides_.erase(u);
     }
     user.last_seen_ms = 0;
     // Whoever takes the user over holds its records now: nothing of it is
