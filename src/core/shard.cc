@@ -287,6 +287,7 @@ void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t
   if (d.phase == Phase::kLive) {
     int64_t due = after.live ? after.deadline_ms : now_ms;
     if (after.live && after.quiet_at_ms > now_ms) due = std::min(due, after.quiet_at_ms);
+    due = Recheck(due, now_ms);
     if (Diff32(ToTime32(due), d.due) < 0) Schedule(di, due, now_ms);
   }
   if (before.live != after.live || (after.live && before.online != after.online)) {
@@ -813,8 +814,7 @@ UserPresence Shard::Get(absl::string_view user_id, uint64_t hash, bool self_view
 
 void Shard::FireDevice(uint32_t di, int64_t now_ms) {
   Device& d = devices_.at(di);
-  const bool ahead = Diff32(d.due, ToTime32(now_ms)) > 0;
-  if (ahead && d.phase != Phase::kLive) return;  // not yet
+  if (Diff32(d.due, ToTime32(now_ms)) > 0) return;  // not yet
   switch (d.phase) {
     case Phase::kFree:
       break;
@@ -838,9 +838,7 @@ void Shard::FireDevice(uint32_t di, int64_t now_ms) {
       before.online = CountsOnline(bits & fast::kAllLive, bits, config_->policy);
       int64_t due = now_view.deadline_ms;
       if (config_->policy.probing) due = std::min(due, ProbeStep(di, now_view, now_ms));
-      // Ahead of time and not signalled since: nothing to do yet.
-      if (ahead && DueTime(due, now_ms) == d.due) break;
-      Schedule(di, due, now_ms);
+      Schedule(di, Recheck(due, now_ms), now_ms);
       Refresh(di, before, Cause::kTimeout, 0, now_ms);
       // It signalled since its timer was set, maybe only through the
       // lock-free beat, which writes nothing: once per deadline, its record
@@ -851,13 +849,12 @@ void Shard::FireDevice(uint32_t di, int64_t now_ms) {
   }
 }
 
+int64_t Shard::Recheck(int64_t due_ms, int64_t now_ms) {
+  const int64_t coarse = due_ms & ~(kRecheckGridMs - 1);
+  return coarse > now_ms ? coarse : due_ms;
+}
+
 Time32 Shard::SweepBlock(uint32_t first, uint32_t end, int64_t now_ms) {
-  // A live device due this soon is evaluated now, with its block in cache,
-  // rather than in a scan of its own later: a device that kept beating only
-  // moves its timer on. Ahead of its due time nothing it shows can change
-  // (its due time is no later than its next deadline), so this publishes
-  // nothing that firing on time would not.
-  constexpr int32_t kFireAheadMs = 500;
   // A timer that fires may set itself again at or before now (a probe
   // catching up after a long tick, a retention of 0): it fires again, as
   // often as that, within this tick.
@@ -868,8 +865,7 @@ Time32 Shard::SweepBlock(uint32_t first, uint32_t end, int64_t now_ms) {
     const Device* d = devices_.Find(di);
     if (d == nullptr) break;  // past the last chunk
     if (d->phase == Phase::kFree) continue;
-    const int32_t ahead = Diff32(d->due, now);
-    if (ahead <= 0 || (d->phase == Phase::kLive && ahead <= kFireAheadMs)) {
+    if (Diff32(d->due, now) <= 0) {
       for (int k = 0; k < kMaxFiresPerTick; ++k) {
         const Time32 due = d->due;
         firing_ = &due;

@@ -363,13 +363,21 @@ class Shard {
   void Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The due time Schedule sets for `due_ms`.
   Time32 DueTime(int64_t due_ms, int64_t now_ms) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The timer of device `di` fires: what its phase asks once its due time
-  // came. A live device may also fire ahead of its due time (the sweep
-  // looks at it while its block is in cache): it is evaluated at `now_ms`,
-  // which changes nothing it published, and its timer is set again.
+  // The timer of device `di` fires, if its due time came: what its phase
+  // asks.
   void FireDevice(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The sweep's scan of records [first, end): fires what is due (and live
-  // devices due within kFireAheadMs) and returns the earliest due time left.
+  // When a live device, whose view next changes at `due_ms`, is looked at
+  // again: the kRecheckGridMs boundary before it, if that is still ahead,
+  // else `due_ms` itself. A live device may be looked at before its view
+  // changes (it is evaluated at the time, and nothing it shows changed), so
+  // the devices of a block, which fall due at scattered times, are looked at
+  // together in a few scans instead of one scan each; and when a device is
+  // looked at depends only on its own signals, not on its neighbours in
+  // memory (their records, Store writes included, never show in its own).
+  static constexpr int64_t kRecheckGridMs = 256;
+  static int64_t Recheck(int64_t due_ms, int64_t now_ms);
+  // The sweep's scan of records [first, end): fires what is due and returns
+  // the earliest due time left.
   Time32 SweepBlock(uint32_t first, uint32_t end, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FireUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
