@@ -245,6 +245,8 @@ class Server::Impl : public presence::Sink, public presence::Prober {
                                                  const std::string& viewer);
   http::response<http::string_body> DeleteOverride(const Target& t, const std::string& viewer);
   http::response<http::string_body> GetHistory(const Target& t, const std::string& viewer);
+  http::response<http::string_body> GetDeviceHistory(const std::string& user, const std::string& device,
+                                                     int64_t from, int64_t to, const std::string& viewer);
 
   ServerOptions opts_;
   net::io_context ioc_{1};

@@ -73,6 +73,10 @@ struct DeviceTransition {
   Platform platform = Platform::kOther;  // the device's platform then
 };
 
+// Its name ("connect", "dead_timeout", ...), as the example server and the
+// Go binding spell it.
+PRESENCE_EXPORT absl::string_view DeviceEventName(DeviceEvent e);
+
 class PRESENCE_EXPORT HistoryStore {
  public:
   virtual ~HistoryStore();

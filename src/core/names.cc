@@ -46,6 +46,22 @@ absl::string_view CauseName(Cause c) {
   return "unknown";
 }
 
+absl::string_view DeviceEventName(DeviceEvent e) {
+  switch (e) {
+    case DeviceEvent::kConnect: return "connect";
+    case DeviceEvent::kGrace: return "grace";
+    case DeviceEvent::kDeadTimeout: return "dead_timeout";
+    case DeviceEvent::kDeadAfterGrace: return "dead_after_grace";
+    case DeviceEvent::kDeadAbrupt: return "dead_abrupt";
+    case DeviceEvent::kDeadClean: return "dead_clean";
+    case DeviceEvent::kDeadDrained: return "dead_drained";
+    case DeviceEvent::kDeadReplaced: return "dead_replaced";
+    case DeviceEvent::kProbeAnswered: return "probe_answered";
+    case DeviceEvent::kProbeGivenUp: return "probe_given_up";
+  }
+  return "unknown";
+}
+
 absl::string_view OverrideStateName(OverrideState s) {
   switch (s) {
     case OverrideState::kOnline: return "online";
