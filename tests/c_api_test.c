@@ -2033,6 +2033,16 @@ static int new_file_engine(presence_engine_t** e, presence_clock_t* clock, const
   return presence_engine_new(e, &o, &err);
 }
 
+/* A world on a manual clock at 1000000 whose engine keeps its state in a new
+ * temporary folder, written to `dir`. */
+static world_t make_file_world(char* dir, size_t size) {
+  world_t w;
+  make_temp_dir(dir, size);
+  EXPECT(PRESENCE_OK, presence_clock_manual_new(&w.clock, 1000000, &err));
+  EXPECT(PRESENCE_OK, new_file_engine(&w.engine, w.clock, dir));
+  return w;
+}
+
 static void test_file_store(void) {
   char dir[64], path[200];
   presence_clock_t* c = NULL;
@@ -2121,9 +2131,7 @@ static void test_history(void) {
   int64_t last = 0;
   uint64_t h = 0;
 
-  make_temp_dir(dir, sizeof dir);
-  EXPECT(PRESENCE_OK, presence_clock_manual_new(&w.clock, 1000000, &err));
-  EXPECT(PRESENCE_OK, new_file_engine(&w.engine, w.clock, dir));
+  w = make_file_world(dir, sizeof dir);
 
   /* alice: online at 1000100 (published), away at 1002100, offline at
    * 1004100 (clean disconnect). */
@@ -2280,9 +2288,7 @@ static void test_device_history(void) {
   const char* viewers[2] = {NULL, "bob"};
   int i;
 
-  make_temp_dir(dir, sizeof dir);
-  EXPECT(PRESENCE_OK, presence_clock_manual_new(&w.clock, 1000000, &err));
-  EXPECT(PRESENCE_OK, new_file_engine(&w.engine, w.clock, dir));
+  w = make_file_world(dir, sizeof dir);
   /* Connects at 1000000, disconnects abruptly at 1000100 (the grace
    * begins), and its grace of 1500 ms ends without a reconnect. */
   EXPECT(PRESENCE_OK, presence_engine_connect(&h, w.engine, &s, &err));

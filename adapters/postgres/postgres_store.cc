@@ -691,20 +691,31 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
 
   absl::StatusOr<std::vector<Transition>> Query(absl::string_view user_id, int64_t from_ms,
                                                 int64_t to_ms) override {
-    std::vector<Transition> out;
+    return SelectRows<Transition>(
+        [&](Params* p) {
+          return absl::StrCat("SELECT ", kTransitionReadColumns, " FROM ", history_table_,
+                              " WHERE user_id = ", p->Bytes(user_id), " AND at_ms >= ",
+                              p->Int(from_ms), " AND at_ms <= ", p->Int(to_ms),
+                              " ORDER BY at_ms, version");
+        },
+        [&](Row& row, Transition* t) { return ReadTransition(row, user_id, t); });
+  }
+
+  // Runs the SELECT that `build` writes (retrying) and decodes each row with
+  // `read`; a row that does not decode is counted and left out.
+  template <typename T, typename Build, typename Read>
+  absl::StatusOr<std::vector<T>> SelectRows(Build build, Read read) {
+    std::vector<T> out;
     absl::Status st = Retrying([&](PgConnection& c) -> absl::Status {
       out.clear();
       Params p;
-      const std::string sql =
-          absl::StrCat("SELECT ", kTransitionReadColumns, " FROM ", history_table_,
-                       " WHERE user_id = ", p.Bytes(user_id), " AND at_ms >= ", p.Int(from_ms),
-                       " AND at_ms <= ", p.Int(to_ms), " ORDER BY at_ms, version");
+      const std::string sql = build(&p);
       auto r = Exec(c, sql, p);
       if (!r.ok()) return r.status();
       for (int i = 0; i < PQntuples(r->get()); ++i) {
         Row row(r->get(), i);
-        Transition t;
-        if (ReadTransition(row, user_id, &t)) {
+        T t;
+        if (read(row, &t)) {
           out.push_back(std::move(t));
         } else {
           records_dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -772,30 +783,16 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
                                                             absl::string_view device_id,
                                                             int64_t from_ms,
                                                             int64_t to_ms) override {
-    std::vector<DeviceTransition> out;
-    absl::Status st = Retrying([&](PgConnection& c) -> absl::Status {
-      out.clear();
-      Params p;
-      const std::string sql = absl::StrCat(
-          "SELECT session_id, at_ms, event, platform FROM ", device_history_,
-          " WHERE user_id = ", p.Bytes(user_id), " AND device_id = ", p.Bytes(device_id),
-          " AND at_ms >= ", p.Int(from_ms), " AND at_ms <= ", p.Int(to_ms),
-          " ORDER BY at_ms, seq");
-      auto r = Exec(c, sql, p);
-      if (!r.ok()) return r.status();
-      for (int i = 0; i < PQntuples(r->get()); ++i) {
-        Row row(r->get(), i);
-        DeviceTransition t;
-        if (ReadDeviceTransition(row, user_id, device_id, &t)) {
-          out.push_back(std::move(t));
-        } else {
-          records_dropped_.fetch_add(1, std::memory_order_relaxed);
-        }
-      }
-      return absl::OkStatus();
-    });
-    if (!st.ok()) return st;
-    return out;
+    return SelectRows<DeviceTransition>(
+        [&](Params* p) {
+          return absl::StrCat("SELECT session_id, at_ms, event, platform FROM ", device_history_,
+                              " WHERE user_id = ", p->Bytes(user_id), " AND device_id = ",
+                              p->Bytes(device_id), " AND at_ms >= ", p->Int(from_ms),
+                              " AND at_ms <= ", p->Int(to_ms), " ORDER BY at_ms, seq");
+        },
+        [&](Row& row, DeviceTransition* t) {
+          return ReadDeviceTransition(row, user_id, device_id, t);
+        });
   }
 
   // The user's transitions and its devices', in one transaction.

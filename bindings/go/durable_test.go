@@ -75,6 +75,20 @@ func fileEngine(t *testing.T, clock *ManualClock, dir string) (*Engine, error) {
 	return NewEngine(&o)
 }
 
+// newFileWorld is a world whose engine has a file store in a fresh folder,
+// closed when the test ends.
+func newFileWorld(t *testing.T) *world {
+	t.Helper()
+	clock, err := NewManualClock(start)
+	must(t, err)
+	t.Cleanup(func() { clock.Close() })
+	w := &world{t: t, clock: clock}
+	w.engine, err = fileEngine(t, clock, t.TempDir())
+	must(t, err)
+	t.Cleanup(func() { w.engine.Close() })
+	return w
+}
+
 func TestFileStoreRoundTrip(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	clock, err := NewManualClock(start)
@@ -119,13 +133,7 @@ func TestFileStoreRoundTrip(t *testing.T) {
 }
 
 func TestHistoryAndOperations(t *testing.T) {
-	clock, err := NewManualClock(start)
-	must(t, err)
-	defer clock.Close()
-	w := &world{t: t, clock: clock}
-	w.engine, err = fileEngine(t, clock, t.TempDir())
-	must(t, err)
-	defer w.engine.Close()
+	w := newFileWorld(t)
 	e := w.engine
 
 	s := sig("alice", "pc", 1)
@@ -209,13 +217,7 @@ func TestHistoryAndOperations(t *testing.T) {
 }
 
 func TestDeviceHistory(t *testing.T) {
-	clock, err := NewManualClock(start)
-	must(t, err)
-	defer clock.Close()
-	w := &world{t: t, clock: clock}
-	w.engine, err = fileEngine(t, clock, t.TempDir())
-	must(t, err)
-	defer w.engine.Close()
+	w := newFileWorld(t)
 	e := w.engine
 
 	// Connects at start, disconnects abruptly at start+100 (the grace
