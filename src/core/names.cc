@@ -1,4 +1,5 @@
 // Names of the public enums, for logs and metrics labels.
+#include "presence/history.h"
 #include "presence/types.h"
 
 namespace presence {
