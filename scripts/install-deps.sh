@@ -26,6 +26,10 @@ packages=(
   libboost-dev
   # the Go binding (bindings/go, issue 4): cgo with the standard library only
   golang-go
+  # the alert rules (issue 18): promtool checks and unit-tests them, and the
+  # integration test scrapes the example server with a real Prometheus;
+  # docs/runbooks.md's commands (which runbooks_test runs) use curl
+  prometheus curl
 )
 
 for group in "$@"; do
