@@ -544,10 +544,12 @@ TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
   ASSERT_GE(dt->items().size(), 2u) << r.body;
   EXPECT_EQ(Str(dt->items()[0], "event"), "connect");
   EXPECT_EQ(Str(dt->items().back(), "event"), "dead_clean");
-  const std::string bobs = r.body;
+  // The answer's transitions (its window moves with the clock).
+  auto transitions = [](const std::string& body) { return body.substr(body.find("\"device_transitions\"")); };
+  const std::string bobs = transitions(r.body);
   r = Http(port_, http::verb::get, dev, "tok-root-0123456789");
   EXPECT_EQ(r.status, 200);
-  EXPECT_EQ(r.body, bobs);
+  EXPECT_EQ(transitions(r.body), bobs);
   // alice may read bob, eve may not: neither reads his devices, and the
   // answer is the same whether the device exists or not.
   for (const char* who : {"tok-alice-0123456789", "tok-eve-0123456789"}) {
@@ -566,7 +568,7 @@ TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
   EXPECT_GE(r.json.Find("transitions")->items().size(), 2u) << r.body;
   r = Http(port_, http::verb::get, dev, "tok-bob-0123456789");
   ASSERT_EQ(r.status, 200);
-  EXPECT_EQ(r.body, bobs);
+  EXPECT_EQ(transitions(r.body), bobs);
 }
 
 // docs/design.md rule 8 over REST: while bob is invisible, what alice reads of
