@@ -65,12 +65,14 @@ struct HttpResult {
 };
 
 HttpResult Http(uint16_t port, http::verb method, const std::string& target, const std::string& token = "",
-                const std::string& body = "", const std::string& host = "127.0.0.1") {
+                const std::string& body = "", const std::string& host = "127.0.0.1",
+                const std::string& forwarded_for = "") {
   net::io_context ioc;
   tcp::socket socket(ioc);
   socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
   http::request<http::string_body> req(method, target, 11);
   req.set(http::field::host, host);
+  if (!forwarded_for.empty()) req.set("X-Forwarded-For", forwarded_for);
   if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
   if (!body.empty() || method == http::verb::post) {
     req.set(http::field::content_type, "application/json");
@@ -830,6 +832,36 @@ TEST_F(ServerTest, BadHttpInput) {
   EXPECT_EQ(Str(r.json, "error"), "body_too_large");
   EXPECT_EQ(Http(port_, http::verb::get, "/presence?user_ids=%zz", "tok-alice-0123456789").status, 400);
   EXPECT_EQ(Http(port_, http::verb::get, "/healthz").status, 200);  // still up
+}
+
+// Behind a proxy every client comes from the proxy's address: with
+// --trusted-proxy the failed-login limit is per client (X-Forwarded-For),
+// and from anyone else the header is ignored, so it cannot be used to dodge.
+TEST_F(ServerTest, FailedLoginsBehindATrustedProxyAreCountedPerClient) {
+  auto guess = [&](const std::string& xff, const std::string& token) {
+    return Http(port_, http::verb::get, "/presence?user_ids=alice", token, "", "127.0.0.1", xff).status;
+  };
+  StopServer();
+  Start([](ServerOptions& o) {
+    o.failed_auth_burst = 2;
+    o.failed_auth_per_minute = 1;
+    o.trusted_proxies = {"127.0.0.1"};
+  });
+  EXPECT_EQ(guess("203.0.113.5", "guess-0123456789-a"), 401);
+  EXPECT_EQ(guess("198.51.100.1, 203.0.113.5", "guess-0123456789-b"), 401);  // the last hop counts
+  EXPECT_EQ(guess("203.0.113.5", "tok-alice-0123456789"), 429);
+  EXPECT_EQ(guess("203.0.113.6", "tok-alice-0123456789"), 200);  // another client behind it
+  EXPECT_EQ(guess("", "tok-alice-0123456789"), 200);             // the proxy itself
+
+  // Not trusted: the header changes nothing.
+  StopServer();
+  Start([](ServerOptions& o) {
+    o.failed_auth_burst = 2;
+    o.failed_auth_per_minute = 1;
+  });
+  EXPECT_EQ(guess("203.0.113.7", "guess-0123456789-c"), 401);
+  EXPECT_EQ(guess("203.0.113.8", "guess-0123456789-d"), 401);
+  EXPECT_EQ(guess("203.0.113.9", "tok-alice-0123456789"), 429);
 }
 
 TEST_F(ServerTest, PageAndMetrics) {
