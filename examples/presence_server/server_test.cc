@@ -1236,19 +1236,22 @@ TEST_F(ServerTest, HttpsAndWssWithTheGivenCertificate) {
     s.handshake(net::ssl::stream_base::client);  // throws if the certificate does not verify
   };
 
-  // https: GET /presence with a token.
-  {
+  auto https_get = [&](const std::string& target, const std::string& token) {
     beast::ssl_stream<beast::tcp_stream> s(ioc, ctx);
     tls_connect(s);
-    http::request<http::string_body> req(http::verb::get, "/presence?user_ids=alice", 11);
+    http::request<http::string_body> req(http::verb::get, target, 11);
     req.set(http::field::host, "127.0.0.1");
-    req.set(http::field::authorization, "Bearer tok-alice-0123456789");
+    req.set(http::field::authorization, "Bearer " + token);
     http::write(s, req);
     beast::flat_buffer buf;
     http::response<http::string_body> res;
     http::read(s, buf, res);
-    EXPECT_EQ(res.result_int(), 200) << res.body();
-  }
+    return res;
+  };
+
+  // https: GET /presence with a token.
+  http::response<http::string_body> got = https_get("/presence?user_ids=alice", "tok-alice-0123456789");
+  EXPECT_EQ(got.result_int(), 200) << got.body();
   // wss: the welcome, then a snapshot of what it watches.
   {
     websocket::stream<beast::ssl_stream<beast::tcp_stream>> ws(ioc, ctx);
@@ -1275,18 +1278,8 @@ TEST_F(ServerTest, HttpsAndWssWithTheGivenCertificate) {
   RawConn plain(port_);
   plain.Write("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
   EXPECT_TRUE(plain.ClosedWithin(5s));
-  {
-    beast::ssl_stream<beast::tcp_stream> s(ioc, ctx);
-    tls_connect(s);
-    http::request<http::string_body> req(http::verb::get, "/metrics", 11);
-    req.set(http::field::host, "127.0.0.1");
-    req.set(http::field::authorization, "Bearer tok-root-0123456789");
-    http::write(s, req);
-    beast::flat_buffer buf;
-    http::response<http::string_body> res;
-    http::read(s, buf, res);
-    EXPECT_NE(res.body().find("presence_server_tls_handshake_failures_total 1"), std::string::npos) << res.body();
-  }
+  got = https_get("/metrics", "tok-root-0123456789");
+  EXPECT_NE(got.body().find("presence_server_tls_handshake_failures_total 1"), std::string::npos) << got.body();
   std::remove(cert.c_str());
   std::remove(key.c_str());
 }
