@@ -362,6 +362,9 @@ TEST(Erase, TheUserIsGoneEverywhereAndNeverComesBack) {
   for (auto& [k, dev] : l.devices) EXPECT_NE(dev.user_id, "alice");
   EXPECT_TRUE(t.engine->History("alice", 0, t.clock.NowMs()).value().empty());
   EXPECT_FALSE(t.engine->History("bob", 0, t.clock.NowMs()).value().empty());
+  // Its devices' audit is gone too; bob's is not.
+  EXPECT_TRUE(t.engine->DeviceHistory("alice", "web", 0, t.clock.NowMs(), "alice").value().empty());
+  EXPECT_FALSE(t.engine->DeviceHistory("bob", "web", 0, t.clock.NowMs(), "bob").value().empty());
   // A late replay of the old records does not bring it back, nor a rebuild.
   ASSERT_TRUE(d.store.Write(old_records).ok());
   EXPECT_EQ(d.store.Contents().users.count("alice"), 0u);

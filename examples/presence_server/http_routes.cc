@@ -400,6 +400,7 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
     from = std::max<int64_t>(to - 3600 * 1000, 0);
   }
   if (from > to) return Error(http::status::bad_request, "bad_request", "from is after to");
+  if (const std::string* device = t.Get("device_id")) return GetDeviceHistory(*user, *device, from, to, viewer);
   // The user itself and operators see the audit trail; others see what the
   // engine answers anyone but the user: the public view (docs/design.md rule 8),
   // whose entries carry no cause or trace id.
@@ -435,6 +436,34 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
     }
   }
   out.append("}");
+  return Reply(http::status::ok, std::move(out));
+}
+
+// One device's audit (docs/design.md section 4): the user's own and operators'
+// only (rule 8); anyone else who may read the user gets 403, whether or not
+// the device exists.
+http::response<http::string_body> Server::Impl::GetDeviceHistory(const std::string& user, const std::string& device,
+                                                                 int64_t from, int64_t to,
+                                                                 const std::string& viewer) {
+  if (user != viewer && !opts_.access.IsOperator(viewer)) {
+    return Error(http::status::forbidden, "forbidden", "a device's history is only its user's and operators'");
+  }
+  absl::StatusOr<std::vector<presence::DeviceTransition>> h = engine_->DeviceHistory(user, device, from, to, user);
+  if (!h.ok()) return FromEngineError(h.status());
+  std::string out = "{\"user_id\":";
+  AppendJsonString(&out, user);
+  out.append(",\"device_id\":");
+  AppendJsonString(&out, device);
+  absl::StrAppend(&out, ",\"from_ms\":", from, ",\"to_ms\":", to, ",\"device_transitions\":[");
+  size_t n = 0;
+  for (const presence::DeviceTransition& tr : *h) {
+    if (++n > 10000) break;
+    if (n > 1) out.push_back(',');
+    absl::StrAppend(&out, "{\"at_ms\":", tr.at_ms, ",\"session_id\":", tr.session_id, ",\"event\":\"",
+                    presence::DeviceEventName(tr.event), "\",\"platform\":\"", presence::PlatformName(tr.platform),
+                    "\"}");
+  }
+  out.append("]}");
   return Reply(http::status::ok, std::move(out));
 }
 

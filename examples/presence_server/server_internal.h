@@ -258,6 +258,8 @@ class Server::Impl : public presence::Sink, public presence::Prober {
                                                  const std::string& viewer);
   http::response<http::string_body> DeleteOverride(const Target& t, const std::string& viewer);
   http::response<http::string_body> GetHistory(const Target& t, const std::string& viewer);
+  http::response<http::string_body> GetDeviceHistory(const std::string& user, const std::string& device,
+                                                     int64_t from, int64_t to, const std::string& viewer);
   // /operator/...: drain, rebuild, erase, bulk revoke (operator_routes.cc);
   // `caller` is the authenticated user.
   OperatorReply HandleOperator(const http::request<http::string_body>& req, const Target& t,

@@ -536,12 +536,41 @@ TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
            "tok-bob-0123456789");
   EXPECT_EQ(r.status, 200) << r.body;
 
+  // One device's audit: bob's own and operators' only.
+  const std::string dev = "/presence/history?user_id=bob&device_id=d1";
+  EXPECT_TRUE(WaitUntil([&] {
+    r = Http(port_, http::verb::get, dev, "tok-bob-0123456789");
+    return r.status == 200 && r.json.Find("device_transitions")->items().size() >= 2;
+  }, 8s)) << r.body;
+  const Json* dt = r.json.Find("device_transitions");
+  ASSERT_GE(dt->items().size(), 2u) << r.body;
+  EXPECT_EQ(Str(dt->items()[0], "event"), "connect");
+  EXPECT_EQ(Str(dt->items().back(), "event"), "dead_clean");
+  // The answer's transitions (its window moves with the clock).
+  auto transitions = [](const std::string& body) { return body.substr(body.find("\"device_transitions\"")); };
+  const std::string bobs = transitions(r.body);
+  r = Http(port_, http::verb::get, dev, "tok-root-0123456789");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(transitions(r.body), bobs);
+  // alice may read bob, eve may not: neither reads his devices, and the
+  // answer is the same whether the device exists or not.
+  for (const char* who : {"tok-alice-0123456789", "tok-eve-0123456789"}) {
+    EXPECT_EQ(Http(port_, http::verb::get, dev, who).status, 403) << who;
+    EXPECT_EQ(Http(port_, http::verb::get, "/presence/history?user_id=bob&device_id=nope", who).status, 403)
+        << who;
+  }
+  EXPECT_EQ(Http(port_, http::verb::get, "/presence/history?user_id=bob&device_id=", "tok-bob-0123456789").status,
+            400);
+
   // The history is in the file store: it survives a restart.
   StopServer();
   Start();
   r = Http(port_, http::verb::get, "/presence/history?user_id=bob", "tok-bob-0123456789");
   ASSERT_EQ(r.status, 200);
   EXPECT_GE(r.json.Find("transitions")->items().size(), 2u) << r.body;
+  r = Http(port_, http::verb::get, dev, "tok-bob-0123456789");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(transitions(r.body), bobs);
 }
 
 // docs/design.md rule 8 over REST: while bob is invisible, what alice reads of

@@ -368,7 +368,8 @@ class EngineCore {
       const bool overloaded =
           (o.overload_tick_budget_ms > 0 && Now() - start > o.overload_tick_budget_ms) ||
           !all_written || bus_backlog_.size() > o.overload_backlog_bound ||
-          history_backlog_.size() > o.overload_backlog_bound;
+          history_backlog_.size() > o.overload_backlog_bound ||
+          device_backlog_.size() > o.overload_backlog_bound;
       overload_level_.store(overload_.Observe(overloaded), std::memory_order_relaxed);
     }
     return published;
@@ -417,7 +418,9 @@ class EngineCore {
     std::vector<CommittedOffset> offsets = ConsumedOffsets();
     bool all_written = true;
     for (auto& shard : shards_) {
-      if (!shard->Tick(now, &events_, &observed_, &probes_).ok()) all_written = false;
+      if (!shard->Tick(now, &events_, &observed_, &probes_, &device_backlog_).ok()) {
+        all_written = false;
+      }
     }
     if (all_written && config_.options.store != nullptr && !offsets.empty() &&
         offsets != committed_) {
@@ -712,6 +715,25 @@ class EngineCore {
     return out;
   }
 
+  // A device's audit is the user's own (docs/design.md rule 8): anyone else
+  // is refused, whether or not the user or the device exists, so that the
+  // refusal tells nothing. Operators read it through the host, as the user.
+  absl::StatusOr<std::vector<DeviceTransition>> DeviceHistory(absl::string_view user,
+                                                              absl::string_view device,
+                                                              int64_t from, int64_t to,
+                                                              absl::string_view viewer) {
+    if (auto st = ValidateUserId(user); !st.ok()) return st;
+    if (auto st = ValidateDeviceId(device); !st.ok()) return st;
+    if (from > to) return absl::InvalidArgumentError("from_ms is after to_ms");
+    if (viewer != user) {
+      return absl::PermissionDeniedError("a device's history is only its user's own");
+    }
+    if (config_.options.history == nullptr) {
+      return absl::FailedPreconditionError("the engine has no history store");
+    }
+    return config_.options.history->QueryDevice(user, device, from, to);
+  }
+
   static Transition PublicTransition(const Transition& t) {
     Transition p = t;
     p.version = t.public_version;
@@ -783,6 +805,10 @@ class EngineCore {
       history_backlog_.erase(std::remove_if(history_backlog_.begin(), history_backlog_.end(),
                                             [&](const Transition& t) { return t.user_id == user; }),
                              history_backlog_.end());
+      device_backlog_.erase(
+          std::remove_if(device_backlog_.begin(), device_backlog_.end(),
+                         [&](const DeviceTransition& t) { return t.user_id == user; }),
+          device_backlog_.end());
       if (auto st = config_.options.history->Erase(user); !st.ok()) {
         ++history_errors_;
         return st;
@@ -985,7 +1011,8 @@ class EngineCore {
       Metric(&out, "presence_history_errors_total", "counter",
              "Failed history appends (retried) and retention runs.", history_errors_);
       Metric(&out, "presence_history_backlog", "gauge",
-             "Transitions waiting to be appended to the history.", history_backlog_.size());
+             "Transitions (users' and devices') waiting to be appended to the history.",
+             history_backlog_.size() + device_backlog_.size());
       Metric(&out, "presence_history_dropped_total", "counter",
              "Transitions dropped because the history backlog was full.", history_dropped_);
       Metric(&out, "presence_bus_backlog", "gauge",
@@ -1083,23 +1110,30 @@ class EngineCore {
       t.last_seen_ms = e.self_last_seen_ms;
       history_backlog_.push_back(std::move(t));
     }
-    constexpr size_t kMaxBacklog = 1 << 20;
-    if (history_backlog_.size() > kMaxBacklog) {
-      history_dropped_ += history_backlog_.size() - kMaxBacklog;
-      history_backlog_.erase(history_backlog_.begin(),
-                             history_backlog_.end() - static_cast<std::ptrdiff_t>(kMaxBacklog));
-    }
-    if (!history_backlog_.empty()) {
-      if (history->Append(history_backlog_).ok()) {
-        history_backlog_.clear();
-      } else {
-        ++history_errors_;
-      }
-    }
+    Flush(&history_backlog_, [&](absl::Span<const Transition> b) { return history->Append(b); });
+    Flush(&device_backlog_,
+          [&](absl::Span<const DeviceTransition> b) { return history->AppendDevices(b); });
     const int64_t retention = config_.options.history_retention_ms;
     if (retention > 0 && now - last_retention_ms_ >= 60000) {
       last_retention_ms_ = now;
       if (!history->DropBefore(now - retention).ok()) ++history_errors_;
+    }
+  }
+
+  // Appends a backlog to the history, keeping it when that fails (bounded:
+  // past the bound the oldest are dropped and counted).
+  template <typename T, typename AppendFn>
+  void Flush(std::vector<T>* backlog, AppendFn append) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    constexpr size_t kMaxBacklog = 1 << 20;
+    if (backlog->size() > kMaxBacklog) {
+      history_dropped_ += backlog->size() - kMaxBacklog;
+      backlog->erase(backlog->begin(), backlog->end() - static_cast<std::ptrdiff_t>(kMaxBacklog));
+    }
+    if (backlog->empty()) return;
+    if (append(*backlog).ok()) {
+      backlog->clear();
+    } else {
+      ++history_errors_;
     }
   }
 
@@ -1172,6 +1206,8 @@ class EngineCore {
   internal::Mutex listeners_mu_;
   std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(listeners_mu_);
   std::vector<Transition> history_backlog_ ABSL_GUARDED_BY(tick_mu_);
+  // Device transitions the shards handed out, waiting for the history.
+  std::vector<DeviceTransition> device_backlog_ ABSL_GUARDED_BY(tick_mu_);
   std::vector<CommittedOffset> committed_ ABSL_GUARDED_BY(tick_mu_);
   uint64_t history_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;
   uint64_t history_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
@@ -1210,6 +1246,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   auto core = std::make_unique<EngineCore>(options);
   if (auto st = core->Create(); !st.ok()) return st;
   return std::unique_ptr<Engine>(new Engine(std::move(core)));
+}
+
+absl::StatusOr<std::vector<DeviceTransition>> Engine::DeviceHistory(
+    absl::string_view user_id, absl::string_view device_id, int64_t from_ms, int64_t to_ms,
+    absl::string_view viewer_user_id) {
+  return core_->DeviceHistory(user_id, device_id, from_ms, to_ms, viewer_user_id);
 }
 
 absl::StatusOr<std::vector<Transition>> Engine::History(absl::string_view user_id, int64_t from_ms,

@@ -256,8 +256,24 @@ void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t
   }
 }
 
-void Shard::MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) {
-  EndProbing(di, /*gave_up=*/cause == Cause::kTimeout);
+void Shard::Audit(uint32_t di, DeviceEvent event, int64_t now_ms) {
+  if (config_->options.history == nullptr) return;
+  const Device& d = devices_.at(di);
+  DeviceTransition& t = audit_.emplace_back();
+  t.user_id = std::string(users_[d.user].id.view());
+  t.device_id = std::string(d.id.view());
+  t.at_ms = now_ms;
+  t.session_id = d.session;
+  t.event = event;
+  t.platform = d.platform;
+}
+
+void Shard::MarkDead(uint32_t di, DeviceEvent why, int64_t now_ms) {
+  const bool timeout = why == DeviceEvent::kDeadTimeout;
+  const bool unclean = why != DeviceEvent::kDeadClean && why != DeviceEvent::kDeadDrained;
+  const Cause cause = timeout ? Cause::kTimeout : Cause::kDisconnect;
+  if (EndProbing(di, /*gave_up=*/timeout)) Audit(di, DeviceEvent::kProbeGivenUp, now_ms);
+  Audit(di, why, now_ms);
   Device& d = devices_.at(di);
   // Always dirty: the timer that would have noticed the lapse is superseded.
   MarkDirty(d.user, cause, 0, now_ms);
@@ -350,7 +366,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
     // Past its deadline, and no timer noticed yet: Get already answered it
     // dead, so it dies now, as the timer would have, and the revival below
     // counts as a false offline (or is published, if the user's state moved).
-    MarkDead(di, /*unclean=*/true, Cause::kTimeout, now_ms);
+    MarkDead(di, DeviceEvent::kDeadTimeout, now_ms);
   }
   // Compared with what the timers and the publisher last saw of the device,
   // so that a lapse that happened since (and that no tick noticed yet) is
@@ -358,6 +374,10 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
   const DeviceView before = LastEvaluated(di);
   uint32_t bits = d.bits();
   User& user = users_[d.user];
+  // A new session, or a device that was not live, connects; a live (or
+  // grace) session that a newer one replaces ends first.
+  const bool connects = new_session || d.phase != Phase::kLive;
+  if (new_session && d.phase != Phase::kDead) Audit(di, DeviceEvent::kDeadReplaced, now_ms);
   if (new_session) {
     // The old session's signals stay in the user's last_seen.
     user.last_seen_ms = std::max(user.last_seen_ms, Evaluate(di, now_ms).last_signal_ms);
@@ -381,6 +401,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
     d.phase = Phase::kLive;
     d.flags &= ~dflag::kDiedUnclean;
   }
+  if (connects) Audit(di, DeviceEvent::kConnect, now_ms);
   if (d.has_seen(si)) {
     const int64_t prev = Expand32(d.seen[si].load(std::memory_order_relaxed), now_ms);
     ts_ms = std::max(ts_ms, prev);
@@ -519,7 +540,8 @@ absl::Status Shard::BeatLocked(uint32_t index, uint32_t gen, Activity activity, 
   return ApplyToDevice(index, d.session, source, activity, now_ms, 0, now_ms);
 }
 
-absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms) {
+absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms,
+                                 DeviceEvent clean_end) {
   Device& d = devices_.at(di);
   const DeviceView before = Evaluate(di, now_ms);
   EndProbing(di, /*gave_up=*/false);  // the session is over: answers are late
@@ -534,13 +556,14 @@ absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_m
     d.phase = Phase::kGrace;
     d.flags = before.online ? (d.flags | dflag::kGraceOnline) : (d.flags & ~dflag::kGraceOnline);
     Schedule(di, now_ms + config_->options.reconnect_grace_ms, now_ms);
+    Audit(di, DeviceEvent::kGrace, now_ms);
     // What it shows during the grace may differ from what was last published
     // (a source lapsed since the last tick).
     MarkDirty(d.user, Cause::kDisconnect, 0, now_ms);
     return absl::OkStatus();
   }
   d.bump_gen(d.bits() & ~(fast::kAllLive | fast::kOpen));
-  MarkDead(di, /*unclean=*/kind == DisconnectKind::kAbrupt, Cause::kDisconnect, now_ms);
+  MarkDead(di, kind == DisconnectKind::kAbrupt ? DeviceEvent::kDeadAbrupt : clean_end, now_ms);
   return absl::OkStatus();
 }
 
@@ -786,12 +809,12 @@ TimerWheel::Verdict Shard::FireDevice(uint32_t di, Time32 slot_time, int64_t now
       FreeDevice(di, now_ms);
       break;
     case Phase::kGrace:
-      MarkDead(di, /*unclean=*/true, Cause::kDisconnect, now_ms);
+      MarkDead(di, DeviceEvent::kDeadAfterGrace, now_ms);
       break;
     case Phase::kLive: {
       const DeviceView now_view = Evaluate(di, now_ms);
       if (!now_view.live) {
-        MarkDead(di, /*unclean=*/true, Cause::kTimeout, now_ms);
+        MarkDead(di, DeviceEvent::kDeadTimeout, now_ms);
         break;
       }
       // Still live (it signalled since this timer was set, or another source
@@ -858,14 +881,16 @@ int64_t Shard::ProbeStep(uint32_t di, const DeviceView& v, int64_t now_ms) {
   return next;
 }
 
-void Shard::EndProbing(uint32_t di, bool gave_up) {
-  if (probing_.empty()) return;
+bool Shard::EndProbing(uint32_t di, bool gave_up) {
+  if (probing_.empty()) return false;
   auto it = probing_.find(di);
-  if (it == probing_.end()) return;
+  if (it == probing_.end()) return false;
   const Probing& p = it->second;
-  if (gave_up && p.sent > 0) ++counters_.probes_given_up;
+  gave_up = gave_up && p.sent > 0;
+  if (gave_up) ++counters_.probes_given_up;
   for (int k = 0; k < p.sent; ++k) awaited_.erase(p.ids[k]);
   probing_.erase(it);
+  return gave_up;
 }
 
 absl::Status Shard::AnswerProbe(uint64_t probe_id, int64_t now_ms) {
@@ -883,13 +908,14 @@ absl::Status Shard::AnswerProbe(uint64_t probe_id, int64_t now_ms) {
   // offline_after is the upper bound (rule 9): past its deadline the device
   // died, whether or not a timer noticed yet.
   if (!Evaluate(di, now_ms).live) {
-    MarkDead(di, /*unclean=*/true, Cause::kTimeout, now_ms);
+    MarkDead(di, DeviceEvent::kDeadTimeout, now_ms);
     ++counters_.probes_late;
     return absl::FailedPreconditionError(
         "late probe answer: the device's offline_after passed first; nothing applied");
   }
   EndProbing(di, /*gave_up=*/false);
   ++counters_.probes_answered;
+  Audit(di, DeviceEvent::kProbeAnswered, now_ms);
   Device& d = devices_.at(di);
   // The answer says the device is there, not what its user does: the
   // source keeps the activity it last had.
@@ -906,7 +932,8 @@ void Shard::FireUser(uint32_t u, int64_t now_ms) {
 }
 
 absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
-                        TickObservations* observed, std::vector<OutgoingProbe>* probes) {
+                        TickObservations* observed, std::vector<OutgoingProbe>* probes,
+                        std::vector<DeviceTransition>* audit) {
   internal::MutexLock lock(&mu_);
   if (!forgotten_.empty()) {
     const uint64_t floor = static_cast<uint64_t>(now_ms) << 10;
@@ -921,6 +948,8 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
   // fails: they change no record.
   for (OutgoingProbe& p : outgoing_) probes->push_back(std::move(p));
   outgoing_.clear();
+  for (DeviceTransition& t : audit_) audit->push_back(std::move(t));
+  audit_.clear();
   while (!user_timers_.empty() && user_timers_.begin()->first <= now_ms) {
     const uint32_t u = user_timers_.begin()->second;
     user_timers_.erase(user_timers_.begin());

@@ -23,6 +23,7 @@
 #include "absl/strings/string_view.h"
 #include "src/core/mutex.h"
 #include "presence/engine.h"
+#include "presence/history.h"
 #include "presence/options.h"
 #include "presence/store.h"
 #include "presence/types.h"
@@ -154,9 +155,11 @@ class Shard {
   // one's signal-to-publish latency and the store write's latency in
   // `observed`. A failed store write publishes nothing and returns its
   // status; the next tick retries. Probes that fell due are appended to
-  // `probes` (docs/design.md rule 9).
+  // `probes` (docs/design.md rule 9), and, with a HistoryStore, the device
+  // transitions since the last tick to `audit` (docs/design.md section 4),
+  // both even when the write fails.
   absl::Status Tick(int64_t now_ms, std::vector<ChangeEvent>* out, TickObservations* observed,
-                    std::vector<OutgoingProbe>* probes);
+                    std::vector<OutgoingProbe>* probes, std::vector<DeviceTransition>* audit);
 
   // Engine::AnswerProbe for a probe id of this shard: the answer counts as a
   // signal of the probed device and source, at now.
@@ -312,7 +315,10 @@ class Shard {
                              bool probe_answer = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Drop(DropReason reason, absl::string_view message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms)
+  // `clean_end` says, for the audit, why a clean disconnect came
+  // (kDeadClean, or kDeadDrained for the operator's drain).
+  absl::Status CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms,
+                            DeviceEvent clean_end = DeviceEvent::kDeadClean)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -333,7 +339,13 @@ class Shard {
   // device contributes (live, online) changed.
   void Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t trace_id,
                int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The device dies; `why` (a kDead* event) is what the audit records, and
+  // decides the cause it publishes (timeout or disconnect) and whether it
+  // died uncleanly (all but a clean disconnect or drain).
+  void MarkDead(uint32_t di, DeviceEvent why, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records a transition of the device for the audit (only with a
+  // HistoryStore); handed to the engine on Tick.
+  void Audit(uint32_t di, DeviceEvent event, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeDevice(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   TimerWheel::Verdict FireDevice(uint32_t di, Time32 slot_time, int64_t now_ms)
@@ -348,8 +360,9 @@ class Shard {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The device's probing ends (it signalled, died, disconnected or is
   // freed): answers to its probes are late from now on. `gave_up`: it died
-  // by timeout, so probes it was sent went unanswered.
-  void EndProbing(uint32_t di, bool gave_up) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // by timeout, so probes it was sent went unanswered. Returns whether it
+  // gave up on probes that were sent.
+  bool EndProbing(uint32_t di, bool gave_up) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -449,6 +462,8 @@ class Shard {
   // index in its high 8 bits and the sequence number below.
   uint64_t probe_seq_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<OutgoingProbe> outgoing_ ABSL_GUARDED_BY(mu_);
+  // Device transitions since the last tick (docs/design.md section 4).
+  std::vector<DeviceTransition> audit_ ABSL_GUARDED_BY(mu_);
   size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;
   size_t override_count_ ABSL_GUARDED_BY(mu_) = 0;
 };

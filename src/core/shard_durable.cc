@@ -187,6 +187,10 @@ void Shard::Unpend(uint32_t u) {
 bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
   erasures_.push_back({std::string(user_id), NextRecordVersion(now_ms)});
+  // Its device transitions not yet handed out are forgotten too.
+  audit_.erase(std::remove_if(audit_.begin(), audit_.end(),
+                              [&](const DeviceTransition& t) { return t.user_id == user_id; }),
+               audit_.end());
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return false;
   User& user = users_[u];
@@ -238,7 +242,7 @@ size_t Shard::DrainGateway(uint8_t g, size_t budget, int64_t now_ms) {
          di = devices_.at(di).next) {
       const Device& d = devices_.at(di);
       if (d.gateway != g || (d.flags & dflag::kClosed)) continue;
-      (void)CloseSession(di, DisconnectKind::kClean, now_ms);
+      (void)CloseSession(di, DisconnectKind::kClean, now_ms, DeviceEvent::kDeadDrained);
       ++n;
     }
   }
