@@ -11,7 +11,7 @@
 //   detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] [--table FILE]
 //                 [--quick] [--only NAME] [--probes] [--probe-margin MS]
 //                 [--probe-retry MS] [--max-probes N] [--handovers PER_HOUR]
-//                 [--handover-drops-probes]
+//                 [--handover-drops-probes] [--offline-after MS]
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -41,6 +41,8 @@ struct Flags {
   double handovers_per_hour = Workload().handovers_per_hour;
   // Workload::handover_holds_probes.
   bool handover_holds_probes = Workload().handover_holds_probes;
+  // The engine's offline_after for app signals (0: the engine's default).
+  int64_t offline_after_ms = 0;
 };
 
 struct Population {
@@ -89,6 +91,10 @@ SimConfig Base(const Flags& f, const Population& p) {
   c.engine.max_probes = f.max_probes;
   c.workload.handovers_per_hour = f.handovers_per_hour;
   c.workload.handover_holds_probes = f.handover_holds_probes;
+  if (f.offline_after_ms > 0) {
+    c.engine.app.offline_after_ms = f.offline_after_ms;
+    c.engine.manual.offline_after_ms = f.offline_after_ms;
+  }
   return c;
 }
 
@@ -240,6 +246,8 @@ int Main(int argc, char** argv) {
       f.max_probes = std::atoi(v);
     } else if (const char* v = arg("--handovers")) {
       f.handovers_per_hour = std::atof(v);
+    } else if (const char* v = arg("--offline-after")) {
+      f.offline_after_ms = std::atoll(v);
     } else if (std::strcmp(argv[i], "--handover-drops-probes") == 0) {
       f.handover_holds_probes = false;
     } else if (std::strcmp(argv[i], "--probes") == 0) {
@@ -253,9 +261,15 @@ int Main(int argc, char** argv) {
                    "usage: detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] "
                    "[--table FILE] [--only SCENARIO] [--quick] [--probes] [--probe-margin MS] "
                    "[--probe-retry MS] [--max-probes N] [--handovers PER_HOUR] "
-                   "[--handover-drops-probes]\n");
+                   "[--handover-drops-probes] [--offline-after MS]\n");
       return 2;
     }
+  }
+  // Options the engine refuses are a clear error here, not an abort mid-run.
+  if (const absl::Status st = Engine::Create(Base(f, Populations().front()).engine).status();
+      !st.ok()) {
+    std::fprintf(stderr, "detection_sim: %s\n", st.ToString().c_str());
+    return 2;
   }
   if (f.probes) return ProbeMain(f);
   const PhiDetectorOptions phi_default;
