@@ -152,6 +152,38 @@ TEST(DeviceHistory, EveryTransitionIsRecordedWithItsCause) {
   EXPECT_TRUE(e.DeviceHistory("nobody", "grace", 0, kMax, "nobody").value().empty());
 }
 
+// Each entry has the platform the device had then: a new session on another
+// platform ends the old one as it was, and connects as it is now.
+TEST(DeviceHistory, EachEntryHasThePlatformOfItsSession) {
+  auto history = NewMemoryHistoryStore();
+  AuditEngine a(history.get());
+  Engine& e = a.engine();
+  auto signal = [&](const char* device, uint64_t session, Platform p) {
+    presence::Signal s = TestEngine::Sig("alice", device, session);
+    s.platform = p;
+    ASSERT_TRUE(e.Signal(s).ok());
+  };
+  signal("replaced", 1, Platform::kWeb);
+  signal("lapsed", 1, Platform::kWeb);
+  a.t->Run(500);
+  signal("replaced", 2, Platform::kMobile);  // takes over a live session
+  // "lapsed" is past its deadline (4000) with no tick to notice it when its
+  // next session comes.
+  a.t->clock.Advance(5000);
+  signal("lapsed", 2, Platform::kDesktop);
+  e.Tick();
+  auto platforms = [&](const char* device) {
+    std::vector<std::string> out;
+    for (const DeviceTransition& t : e.DeviceHistory("alice", device, 0, kMax, "alice").value()) {
+      out.push_back(absl::StrCat(static_cast<int>(t.event), "/", t.session_id, "/", PlatformName(t.platform)));
+    }
+    return out;
+  };
+  // (silent since 500, its session 2 dies at the tick, still a phone)
+  EXPECT_THAT(platforms("replaced"), ElementsAre("1/1/web", "8/1/web", "1/2/mobile", "3/2/mobile"));
+  EXPECT_THAT(platforms("lapsed"), ElementsAre("1/1/web", "3/1/web", "1/2/desktop"));
+}
+
 TEST(DeviceHistory, OnlyTheUserReadsItAndAnyoneElseLearnsNothing) {
   auto history = NewMemoryHistoryStore();
   AuditEngine a(history.get());

@@ -339,9 +339,9 @@ absl::Status Shard::Drop(DropReason reason, absl::string_view message) {
   return absl::FailedPreconditionError(message);
 }
 
-absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
-                                  int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit,
-                                  bool probe_answer) {
+absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Platform platform, Source source,
+                                  Activity activity, int64_t ts_ms, uint64_t trace_id,
+                                  int64_t now_ms, bool limit, bool probe_answer) {
   Device& d = devices_.at(di);
   const int si = SourceIndex(source);
   if (session < d.session) return Drop(DropReason::kStaleSession, "stale signal: older session");
@@ -378,6 +378,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
   // grace) session that a newer one replaces ends first.
   const bool connects = new_session || d.phase != Phase::kLive;
   if (new_session && d.phase != Phase::kDead) Audit(di, DeviceEvent::kDeadReplaced, now_ms);
+  d.platform = platform;  // the entries above are about the device as it was
   if (new_session) {
     // The old session's signals stay in the user's last_seen.
     user.last_seen_ms = std::max(user.last_seen_ms, Evaluate(di, now_ms).last_signal_ms);
@@ -459,12 +460,10 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   Device& d = devices_.at(di);
   const Platform old_platform = d.platform;
   const uint8_t old_gateway = d.gateway;
-  d.platform = s.platform;
   if (a.gateway != 0) d.gateway = a.gateway;
-  absl::Status st = ApplyToDevice(di, s.session_id, s.source, s.activity, a.timestamp_ms,
-                                  s.trace_id, now_ms, /*limit=*/!a.replay);
+  absl::Status st = ApplyToDevice(di, s.session_id, s.platform, s.source, s.activity,
+                                  a.timestamp_ms, s.trace_id, now_ms, /*limit=*/!a.replay);
   if (!st.ok()) {
-    d.platform = old_platform;
     d.gateway = old_gateway;
     if (created) FreeDevice(di, now_ms);  // cannot happen today; never leave it unscheduled
     return st;
@@ -537,7 +536,7 @@ absl::Status Shard::BeatLocked(uint32_t index, uint32_t gen, Activity activity, 
   if (d.phase == Phase::kFree || d.gen() != gen || (d.flags & dflag::kClosed)) {
     return Drop(DropReason::kClosedHandle, "handle is closed or expired");
   }
-  return ApplyToDevice(index, d.session, source, activity, now_ms, 0, now_ms);
+  return ApplyToDevice(index, d.session, d.platform, source, activity, now_ms, 0, now_ms);
 }
 
 absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms,
@@ -921,8 +920,8 @@ absl::Status Shard::AnswerProbe(uint64_t probe_id, int64_t now_ms) {
   // source keeps the activity it last had.
   const Activity activity =
       (d.bits() & fast::ActiveBit(SourceIndex(source))) ? Activity::kActive : Activity::kIdle;
-  return ApplyToDevice(di, d.session, source, activity, now_ms, 0, now_ms, /*limit=*/false,
-                       /*probe_answer=*/true);
+  return ApplyToDevice(di, d.session, d.platform, source, activity, now_ms, 0, now_ms,
+                       /*limit=*/false, /*probe_answer=*/true);
 }
 
 void Shard::FireUser(uint32_t u, int64_t now_ms) {

@@ -310,9 +310,12 @@ class Shard {
   // replay).
   // `probe_answer`: the answer to a probe (not counted against the limit,
   // not a heartbeat the detector learns from).
-  absl::Status ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
-                             int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit = true,
-                             bool probe_answer = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `platform`: the signal's; the device takes it after its old session's
+  // entries are audited.
+  absl::Status ApplyToDevice(uint32_t di, uint64_t session, Platform platform, Source source,
+                             Activity activity, int64_t ts_ms, uint64_t trace_id, int64_t now_ms,
+                             bool limit = true, bool probe_answer = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Drop(DropReason reason, absl::string_view message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `clean_end` says, for the audit, why a clean disconnect came
