@@ -488,7 +488,9 @@ class FileStoreImpl final : public FileStore {
     records_.Visit(visitor);
     return absl::OkStatus();
   }
-  absl::Status AppendTransitions(absl::Span<const Transition> transitions);
+  // A log record of history entries (Transition or DeviceTransition).
+  template <typename Entry>
+  absl::Status AppendHistory(absl::Span<const Entry> entries);
   std::vector<Transition> Query(absl::string_view user_id, int64_t from_ms, int64_t to_ms) {
     absl::ReaderMutexLock l(&mu_);
     return history_.Query(user_id, from_ms, to_ms);
@@ -497,7 +499,6 @@ class FileStoreImpl final : public FileStore {
     absl::ReaderMutexLock l(&mu_);
     return history_.LastBefore(user_id, before_ms);
   }
-  absl::Status AppendDeviceTransitions(absl::Span<const DeviceTransition> transitions);
   std::vector<DeviceTransition> QueryDevice(absl::string_view user_id,
                                             absl::string_view device_id, int64_t from_ms,
                                             int64_t to_ms) {
@@ -583,7 +584,7 @@ class FileStoreImpl final : public FileStore {
 absl::Status FileStoreStore::Write(const StoreBatch& batch) { return impl_->WriteBatch(batch); }
 absl::Status FileStoreStore::Load(StoreVisitor* visitor) { return impl_->LoadRecords(visitor); }
 absl::Status FileStoreHistory::Append(absl::Span<const Transition> transitions) {
-  return impl_->AppendTransitions(transitions);
+  return impl_->AppendHistory(transitions);
 }
 absl::StatusOr<std::vector<Transition>> FileStoreHistory::Query(absl::string_view user_id,
                                                                 int64_t from_ms, int64_t to_ms) {
@@ -594,7 +595,7 @@ absl::StatusOr<std::optional<Transition>> FileStoreHistory::LastBefore(absl::str
   return impl_->LastBefore(user_id, before_ms);
 }
 absl::Status FileStoreHistory::AppendDevices(absl::Span<const DeviceTransition> transitions) {
-  return impl_->AppendDeviceTransitions(transitions);
+  return impl_->AppendHistory(transitions);
 }
 absl::StatusOr<std::vector<DeviceTransition>> FileStoreHistory::QueryDevice(
     absl::string_view user_id, absl::string_view device_id, int64_t from_ms, int64_t to_ms) {
@@ -631,29 +632,27 @@ absl::Status FileStoreImpl::WriteBatch(const StoreBatch& batch) {
   return Commit(&w);
 }
 
-absl::Status FileStoreImpl::AppendTransitions(absl::Span<const Transition> transitions) {
-  if (transitions.empty()) return absl::OkStatus();
-  pb::LogRecord r;
-  pb::HistoryAppendRecord* a = r.mutable_history_append();
-  for (const Transition& t : transitions) ToProto(t, a->add_transitions());
-  Writer w;
-  r.SerializeToString(&w.payload);
-  w.apply = [this, transitions]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    for (const Transition& t : transitions) history_.Append(t);
-  };
-  return Commit(&w);
+// The two kinds of history entry: where a log record holds each, and how
+// the in-memory log keeps it.
+pb::StoredTransition* AddTo(pb::HistoryAppendRecord* a, const Transition&) {
+  return a->add_transitions();
 }
+pb::StoredDeviceTransition* AddTo(pb::HistoryAppendRecord* a, const DeviceTransition&) {
+  return a->add_device_transitions();
+}
+void Keep(TransitionLog* log, const Transition& t) { log->Append(t); }
+void Keep(TransitionLog* log, const DeviceTransition& t) { log->AppendDevice(t); }
 
-absl::Status FileStoreImpl::AppendDeviceTransitions(
-    absl::Span<const DeviceTransition> transitions) {
-  if (transitions.empty()) return absl::OkStatus();
+template <typename Entry>
+absl::Status FileStoreImpl::AppendHistory(absl::Span<const Entry> entries) {
+  if (entries.empty()) return absl::OkStatus();
   pb::LogRecord r;
   pb::HistoryAppendRecord* a = r.mutable_history_append();
-  for (const DeviceTransition& t : transitions) ToProto(t, a->add_device_transitions());
+  for (const Entry& t : entries) ToProto(t, AddTo(a, t));
   Writer w;
   r.SerializeToString(&w.payload);
-  w.apply = [this, transitions]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    for (const DeviceTransition& t : transitions) history_.AppendDevice(t);
+  w.apply = [this, entries]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    for (const Entry& t : entries) Keep(&history_, t);
   };
   return Commit(&w);
 }
