@@ -149,6 +149,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::shared_ptr<http::response<http::string_body>> res_;
 };
 
+// Says whether a history answer was cut short, and where its next page
+// starts (the time of the first entry left out; entries at that same
+// millisecond come again).
+template <typename Entry>
+void AppendPage(std::string* out, const std::vector<Entry>& all, size_t max) {
+  const bool cut = all.size() > max;
+  absl::StrAppend(out, ",\"truncated\":", cut ? "true" : "false");
+  if (cut) absl::StrAppend(out, ",\"next_from_ms\":", all[max].at_ms);
+}
+
 }  // namespace
 
 void ServeHttp(Server::Impl* server, FlexStream stream, Peer peer) {
@@ -412,12 +422,10 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
   AppendJsonString(&out, *user);
   absl::StrAppend(&out, ",\"from_ms\":", from, ",\"to_ms\":", to, ",\"full\":", full ? "true" : "false",
                   ",\"transitions\":[");
-  bool first = true;
-  size_t n = 0;
-  for (const presence::Transition& tr : *h) {
-    if (++n > 10000) break;
-    if (!first) out.push_back(',');
-    first = false;
+  const size_t n = std::min(h->size(), opts_.max_history_entries);
+  for (size_t i = 0; i < n; ++i) {
+    const presence::Transition& tr = (*h)[i];
+    if (i > 0) out.push_back(',');
     absl::StrAppend(&out, "{\"at_ms\":", tr.at_ms, ",\"version\":", tr.version, ",\"previous\":\"",
                     StateWire(tr.previous), "\",\"state\":\"", StateWire(tr.state), "\"");
     if (full) {
@@ -428,6 +436,7 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
     out.append("}");
   }
   out.append("]");
+  AppendPage(&out, *h, opts_.max_history_entries);
   if (full) {
     absl::StatusOr<presence::StateDurations> d = engine_->TimeInStates(*user, from, to, as);
     if (d.ok()) {
@@ -455,15 +464,17 @@ http::response<http::string_body> Server::Impl::GetDeviceHistory(const std::stri
   out.append(",\"device_id\":");
   AppendJsonString(&out, device);
   absl::StrAppend(&out, ",\"from_ms\":", from, ",\"to_ms\":", to, ",\"device_transitions\":[");
-  size_t n = 0;
-  for (const presence::DeviceTransition& tr : *h) {
-    if (++n > 10000) break;
-    if (n > 1) out.push_back(',');
+  const size_t n = std::min(h->size(), opts_.max_history_entries);
+  for (size_t i = 0; i < n; ++i) {
+    const presence::DeviceTransition& tr = (*h)[i];
+    if (i > 0) out.push_back(',');
     absl::StrAppend(&out, "{\"at_ms\":", tr.at_ms, ",\"session_id\":", tr.session_id, ",\"event\":\"",
                     presence::DeviceEventName(tr.event), "\",\"platform\":\"", presence::PlatformName(tr.platform),
                     "\"}");
   }
-  out.append("]}");
+  out.append("]");
+  AppendPage(&out, *h, opts_.max_history_entries);
+  out.append("}");
   return Reply(http::status::ok, std::move(out));
 }
 

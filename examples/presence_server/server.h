@@ -106,6 +106,9 @@ struct ServerOptions {
   // Messages a client may send: a token bucket (per second, burst).
   double message_rate = 20;
   double message_burst = 60;
+  // Entries in one history answer, oldest first. An answer that had more says
+  // "truncated":true and "next_from_ms", where the next page starts.
+  size_t max_history_entries = 10000;
   // Open connections, HTTP and WebSocket, before auth and after: in all,
   // from one address, and WebSockets of one user. Past the first two a new
   // connection is closed at accept; past the third it gets

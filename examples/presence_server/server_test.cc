@@ -492,6 +492,40 @@ TEST_F(ServerTest, OverridesAreTheUsersOwn) {
   EXPECT_EQ(r.status, 400);
 }
 
+// A history answer holds at most max_history_entries, the oldest first, and
+// says where the rest starts; the next page, from there, has it.
+TEST_F(ServerTest, ALongHistoryComesInPages) {
+  StopServer();
+  Start([](ServerOptions& o) { o.max_history_entries = 1; });
+  std::unique_ptr<WsClient> bob = Connect("tok-bob-0123456789");
+  HttpResult online;
+  EXPECT_TRUE(WaitUntil([&] {
+    online = Http(port_, http::verb::get, "/presence/history?user_id=bob", "tok-bob-0123456789");
+    return online.status == 200 && !online.json.Find("transitions")->items().empty();
+  })) << online.body;
+  bob->Send(R"({"type":"bye"})");
+  for (const std::string path : {"/presence/history?user_id=bob", "/presence/history?user_id=bob&device_id=d1"}) {
+    const std::string list = path.find("device_id") == std::string::npos ? "transitions" : "device_transitions";
+    HttpResult r;
+    // Online then offline (connect then dead_clean): two entries, one a page.
+    EXPECT_TRUE(WaitUntil([&] {
+      r = Http(port_, http::verb::get, path, "tok-bob-0123456789");
+      const Json* t = r.status == 200 ? r.json.Find("truncated") : nullptr;
+      return t != nullptr && t->as_bool();
+    }, 8s)) << r.body;
+    ASSERT_EQ(r.json.Find(list)->items().size(), 1u) << r.body;
+    const int64_t first = r.json.Find(list)->items()[0].Find("at_ms")->as_int();
+    const Json* next = r.json.Find("next_from_ms");
+    ASSERT_NE(next, nullptr) << r.body;
+    ASSERT_GE(next->as_int(), first) << r.body;
+    r = Http(port_, http::verb::get, path + "&from=" + std::to_string(next->as_int()), "tok-bob-0123456789");
+    ASSERT_EQ(r.status, 200) << r.body;
+    ASSERT_EQ(r.json.Find(list)->items().size(), 1u) << r.body;
+    EXPECT_FALSE(r.json.Find("truncated")->as_bool()) << r.body;
+    EXPECT_EQ(r.json.Find(list)->items()[0].Find("at_ms")->as_int(), next->as_int()) << r.body;
+  }
+}
+
 TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
   std::unique_ptr<WsClient> bob = Connect("tok-bob-0123456789");
   HttpResult r;
@@ -508,6 +542,7 @@ TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
   }, 8s)) << r.body;
   const Json* tr = r.json.Find("transitions");
   ASSERT_GE(tr->items().size(), 2u) << r.body;
+  EXPECT_FALSE(r.json.Find("truncated")->as_bool()) << r.body;
   EXPECT_EQ(Str(tr->items()[0], "state"), "online");
   EXPECT_EQ(Str(tr->items()[0], "cause"), "signal");
   EXPECT_EQ(Str(tr->items()[1], "state"), "offline");
