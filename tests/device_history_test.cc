@@ -244,5 +244,53 @@ TEST(DeviceHistory, TheFileStoreKeepsItAcrossARestartAndRetentionDropsIt) {
   EXPECT_TRUE(Audit(*t.engine, "alice", "web", start).empty());
 }
 
+// The stores that keep the audit in memory keep at most 65,536 entries per
+// user: past that the oldest eighth of the user's go, so a device that
+// connects and disconnects without end cannot fill the memory. The file
+// store comes back from its log (and from a snapshot) to the same entries.
+TEST(DeviceHistory, AUsersAuditInMemoryIsBounded) {
+  constexpr int64_t kAppended = 70000;
+  // Trimmed at the 65,537th to 57,344; 4,463 came after.
+  constexpr int64_t kKept = 57344 + (kAppended - 65537);
+  auto check = [&](HistoryStore& h, const char* what) {
+    auto all = h.QueryDevice("alice", "phone", 0, kMax).value();
+    ASSERT_EQ(static_cast<int64_t>(all.size()), kKept) << what;
+    EXPECT_EQ(all.front().at_ms, kAppended - kKept) << what;
+    EXPECT_EQ(all.back().at_ms, kAppended - 1) << what;
+    EXPECT_EQ(h.QueryDevice("bob", "phone", 0, kMax).value().size(), 1u) << what;
+  };
+  auto fill = [&](HistoryStore& h) {
+    ASSERT_TRUE(h.AppendDevices({DeviceTransition{"bob", "phone", 0, 1, E::kConnect, Platform::kWeb}}).ok());
+    std::vector<DeviceTransition> batch;
+    for (int64_t i = 0; i < kAppended; ++i) {
+      batch.push_back(DeviceTransition{"alice", "phone", i, 1, i % 2 ? E::kDeadClean : E::kConnect,
+                                       Platform::kMobile});
+      if (batch.size() == 1000) {
+        ASSERT_TRUE(h.AppendDevices(batch).ok());
+        batch.clear();
+      }
+    }
+  };
+  auto memory = NewMemoryHistoryStore();
+  fill(*memory);
+  check(*memory, "memory");
+
+  testing_fs::TempDir dir;
+  {
+    auto fs = FileStore::Open(dir.path(), FileStoreOptions()).value();
+    fill(*fs->history());
+    check(*fs->history(), "file");
+    EXPECT_THAT(fs->RenderMetrics(),
+                ::testing::HasSubstr(absl::StrCat("presence_file_store_device_transitions_dropped_total ",
+                                                  kAppended - kKept)));
+  }
+  auto fs = FileStore::Open(dir.path(), FileStoreOptions()).value();
+  check(*fs->history(), "file, reopened from its log");
+  ASSERT_TRUE(fs->Compact().ok());
+  fs.reset();
+  fs = FileStore::Open(dir.path(), FileStoreOptions()).value();
+  check(*fs->history(), "file, reopened from a snapshot");
+}
+
 }  // namespace
 }  // namespace presence::testing

@@ -1140,11 +1140,13 @@ absl::Status FileStoreImpl::Recover() {
 
 std::string FileStoreImpl::RenderMetrics() const {
   size_t users = 0, devices = 0, transitions = 0;
+  uint64_t audit_dropped = 0;
   {
     absl::ReaderMutexLock l(&mu_);
     users = records_.users();
     devices = records_.devices();
     transitions = history_.size() + history_.device_size();
+    audit_dropped = history_.device_entries_dropped();
   }
   size_t segments = 0, snapshots = 0;
   uint64_t since = 0;
@@ -1185,6 +1187,10 @@ std::string FileStoreImpl::RenderMetrics() const {
   gauge("presence_file_store_users", "User records held.", users);
   gauge("presence_file_store_devices", "Device records held.", devices);
   gauge("presence_file_store_transitions", "History transitions held (users' and devices').", transitions);
+  counter("presence_file_store_device_transitions_dropped_total",
+          "A user's oldest device transitions dropped past the most kept per user "
+          "(since open, the replay at open included).",
+          audit_dropped);
   gauge("presence_file_store_recovery_records",
         "Records recovered at open (snapshot entries plus log entries).",
         recovery_.records_recovered);

@@ -128,6 +128,11 @@ bool TransitionLog::AppendDevice(const DeviceTransition& t) {
     }
   }
   list.insert(last, t);
+  if (list.size() > kMaxDeviceEntriesPerUser) {
+    const size_t drop = list.size() - kMaxDeviceEntriesPerUser / 8 * 7;
+    list.erase(list.begin(), list.begin() + static_cast<ptrdiff_t>(drop));
+    device_entries_dropped_ += drop;
+  }
   return true;
 }
 
