@@ -145,7 +145,6 @@ struct alignas(64) Device {
   Platform platform = Platform::kOther;
   Phase phase = Phase::kFree;
   uint8_t flags = 0;
-  uint8_t gateway = 0;  // GatewayTable index; 0: none
   // Flood limit: the second (low 16 bits of now / 1000) in the high half,
   // signals accepted in it in the low half. Written without a lock by the
   // heartbeat; a rare lost update between two threads beating the same

@@ -109,6 +109,8 @@ class EngineCore {
   Shard& ShardFor(uint64_t hash) { return *shards_[ShardIndex(hash)]; }
 
   // Validates a signal and resolves its time; counts it when invalid.
+  // Called pinned (BeatPin), so that the gateway index it resolves stays
+  // that gateway's until the shard applied it (GatewayTable's grace).
   absl::Status Accept(const Signal& s, int64_t now, AcceptedSignal* out) {
     absl::Status st = ValidateSignal(s);
     if (st.ok()) {
@@ -120,15 +122,8 @@ class EngineCore {
         st = absl::InvalidArgumentError(
             absl::StrCat("timestamp_ms is ", now - ts, " ms behind the engine's clock"));
       }
-      uint8_t gateway = 0;
-      if (st.ok()) {
-        auto g = gateways_.Intern(s.gateway);
-        if (g.ok()) {
-          gateway = *g;
-        } else {
-          st = g.status();
-        }
-      }
+      // The caller is pinned (BeatPin) until the index is on its device.
+      const uint32_t gateway = st.ok() ? gateways_.Intern(s.gateway) : 0;
       *out = AcceptedSignal{&s, HashUserId(s.user_id), std::min(ts, now), gateway};
       if (st.ok()) st = CheckOwned(out->hash);
     }
@@ -150,6 +145,7 @@ class EngineCore {
 
   absl::Status Apply(const Signal& s, DeviceHandle* handle) {
     const int64_t now = Now();
+    BeatPin pin(this);
     AcceptedSignal a;
     if (auto st = Accept(s, now, &a); !st.ok()) return st;
     if (auto hook = test_hooks::keyed_accepted.load()) hook(a.hash);
@@ -160,6 +156,7 @@ class EngineCore {
   BatchResult ApplyBatch(absl::Span<const Signal> signals, bool replay = false) {
     BatchResult result;
     const int64_t now = Now();
+    BeatPin pin(this);
     // Group by shard, keeping each shard's signals in order, so that each
     // shard is locked once per batch: a counting sort, with no allocation
     // once this thread's buffers have grown.
@@ -353,6 +350,7 @@ class EngineCore {
   // which the caller runs once it released tick_mu_.
   size_t TickLocked(bool* all_written_out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     AdvanceEpoch();
+    ReclaimGateways();
     const int64_t now = Now();
     events_.clear();
     // Signals consumed so far are in the records the shards write now; their
@@ -448,8 +446,9 @@ class EngineCore {
     for (const DeviceRecord& d : loader.devices) {
       if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok()) continue;
       if (!wanted(PartitionOf(d.user_id))) continue;
-      auto g = gateways_.Intern(d.gateway);
-      if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g.ok() ? *g : 0, now); !st.ok()) {
+      // Under tick_mu_: no Reclaim runs before the index is on its device.
+      const uint32_t g = gateways_.Intern(d.gateway);
+      if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g, now); !st.ok()) {
         return st;
       }
     }
@@ -736,13 +735,13 @@ class EngineCore {
     if (gateway.empty() || gateway.size() > kMaxGatewayIdBytes) {
       return absl::InvalidArgumentError("gateway must be 1 to 128 bytes");
     }
-    const uint8_t g = gateways_.Find(gateway);
-    if (g == 0) return absl::NotFoundError("no signal ever named this gateway");
+    const std::vector<uint32_t> gs = gateways_.IndexesOf(gateway);
+    if (gs.empty()) return absl::NotFoundError("no device carries this gateway");
     const int64_t now = Now();
     size_t n = 0;
     for (auto& shard : shards_) {
       if (n >= max) break;
-      n += shard->DrainGateway(g, max - n, now);
+      n += shard->DrainGateway(gs, max - n, now);
     }
     return n;
   }
@@ -848,6 +847,13 @@ class EngineCore {
     epochs_.safe.store(safe, std::memory_order_release);
   }
 
+  // Lets go of the gateway ids no device carries any more (GatewayTable).
+  void ReclaimGateways() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    std::vector<uint64_t> count;
+    for (auto& shard : shards_) shard->AddGatewayRefs(&count);
+    gateways_.Reclaim(count);
+  }
+
   std::string RenderMetrics() {
     Shard::Stats st = Stats();
     st.counters.dropped[static_cast<int>(DropReason::kInvalid)] +=
@@ -905,6 +911,8 @@ class EngineCore {
       Metric(&out, "presence_bus_dropped_total", "counter",
              "Change events dropped because the bus backlog was full.", bus_dropped_);
     }
+    Metric(&out, "presence_gateways", "gauge",
+           "Gateway ids held: carried by a device, or in their grace period.", gateways_.size());
     Metric(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.",
            bus_errors_.load());
     Metric(&out, "presence_bus_wrong_partition_total", "counter",
@@ -1009,7 +1017,7 @@ class EngineCore {
   Clock* const clock_;
   SlotEpochs epochs_;
   std::atomic<uint64_t> next_override_id_{1};
-  GatewayTable gateways_;
+  GatewayTable gateways_{&epochs_};
   std::atomic<int64_t> charged_bytes_{0};
   const ShardConfig config_;
   int shard_bits_ = 0;

@@ -289,7 +289,7 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
     gone_.push_back(std::move(gone));  // versioned when written
   }
   d.id.reset();
-  d.gateway = 0;
+  SetGateway(di, 0);
   Uncharge(kDeviceChargeBytes);
   d.session = 0;
   d.user = kNone;
@@ -433,14 +433,14 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   }
   Device& d = devices_.at(di);
   const Platform old_platform = d.platform;
-  const uint8_t old_gateway = d.gateway;
+  const uint32_t old_gateway = GatewayOf(di);
   d.platform = s.platform;
-  if (a.gateway != 0) d.gateway = a.gateway;
+  if (a.gateway != 0) SetGateway(di, a.gateway);
   absl::Status st = ApplyToDevice(di, s.session_id, s.source, s.activity, a.timestamp_ms,
                                   s.trace_id, now_ms, /*limit=*/!a.replay);
   if (!st.ok()) {
     d.platform = old_platform;
-    d.gateway = old_gateway;
+    SetGateway(di, old_gateway);
     if (created) FreeDevice(di, now_ms);  // cannot happen today; never leave it unscheduled
     return st;
   }

@@ -68,7 +68,7 @@ struct AcceptedSignal {
   const presence::Signal* signal;
   uint64_t hash;
   int64_t timestamp_ms;
-  uint8_t gateway;  // GatewayTable index of signal->gateway (0: none)
+  uint32_t gateway;  // GatewayTable index of signal->gateway (0: none)
   // Read back from the bus (catch-up, replay): the flood limit applied when
   // it came in, and is not applied again (docs/design.md section 6).
   bool replay = false;
@@ -125,13 +125,16 @@ class Shard {
   // ---- Durable state (src/core/shard_durable.cc) ----
   // Rebuild: records loaded from the Store, in any order.
   void LoadUser(const UserRecord& record, int64_t now_ms);
-  absl::Status LoadDevice(const DeviceRecord& record, uint8_t gateway, int64_t now_ms);
+  absl::Status LoadDevice(const DeviceRecord& record, uint32_t gateway, int64_t now_ms);
   // Forgets everything about the user and queues its erasure in the Store
   // with the next write. Returns whether the engine held the user.
   bool EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms);
-  // Disconnects, cleanly, up to `budget` open devices that gateway `g`
-  // carried; returns how many.
-  size_t DrainGateway(uint8_t g, size_t budget, int64_t now_ms);
+  // Disconnects, cleanly, up to `budget` open devices that carry one of the
+  // gateway indexes `gs` (a gateway's and its aliases'); returns how many.
+  size_t DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64_t now_ms);
+  // Adds to (*count)[g] the devices of this shard that carry gateway index g
+  // (grows *count as needed), for GatewayTable::Reclaim.
+  void AddGatewayRefs(std::vector<uint64_t>* count) const;
   // Drops the users for which drop(user_id) is true, with their devices and
   // overrides, writing nothing of them to the Store: another engine holds
   // them now (a partition moved). Returns how many users it dropped.
@@ -221,6 +224,11 @@ class Shard {
   UserRecord UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   DeviceRecord DeviceRecordOf(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t GatewayOf(uint32_t di) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return di < device_gateway_.size() ? device_gateway_[di] : 0;
+  }
+  // Sets device di's gateway index, keeping gateway_refs_.
+  void SetGateway(uint32_t di, uint32_t g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The version of the next record this shard writes: grows by at least one
   // per record and never falls below the clock in ms shifted left by 10.
   uint64_t NextRecordVersion(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -372,6 +380,10 @@ class Shard {
   uint64_t store_errors_ ABSL_GUARDED_BY(mu_) = 0;
   size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;
   size_t override_count_ ABSL_GUARDED_BY(mu_) = 0;
+  // The gateway index of each device record (0: none), beside the records
+  // (which are a cache line, full), and how many devices carry each index.
+  std::vector<uint32_t> device_gateway_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> gateway_refs_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace presence::internal
