@@ -176,6 +176,31 @@ TEST(RemoteFeed, TheSnapshotOfANewSubscriberIsTheLatestRemoteChange) {
               ElementsAre(Pair(State::kOnline, c.VersionsPublishedByA(alice).back())));
 }
 
+// What a gateway answers a query with: the latest change read for a user of
+// a partition the feed does not own, watched or not; nothing for an owned
+// partition's user (the engine answers) or a user never read.
+TEST(RemoteFeed, LatestIsTheLastChangeReadOfAUserNotOwned) {
+  Cluster c;
+  const std::string alice = UserIn(0, "alice-"), bob = UserIn(1, "bob-");
+  EXPECT_FALSE(c.feed->Latest(alice).has_value());
+  c.a->Connect(Sig(alice)).value();
+  c.a->Connect(Sig(bob)).value();
+  c.Step();
+  ASSERT_TRUE(c.a->SetOverride(alice, OverrideState::kDnd).ok());
+  c.Step();
+  std::optional<ChangeEvent> a = c.feed->Latest(alice);
+  ASSERT_TRUE(a.has_value());  // unwatched
+  EXPECT_EQ(a->state, State::kDnd);
+  EXPECT_EQ(a->version, c.a_events.For(alice).back().version);
+  c.Watch(bob);
+  ASSERT_TRUE(c.feed->Latest(bob).has_value());  // watched
+  EXPECT_EQ(c.feed->Latest(bob)->state, State::kOnline);
+  // Once the feed's node owns the partition, its engine answers.
+  ASSERT_TRUE(c.feed->SetOwnedPartitions({0, 2, 3}).ok());
+  EXPECT_FALSE(c.feed->Latest(alice).has_value());
+  EXPECT_FALSE(c.feed->Latest(UserIn(2, "carol-")).has_value());
+}
+
 TEST(RemoteFeed, AReplayOfTheBusDeliversNoDuplicates) {
   Cluster c;
   const std::string alice = UserIn(0, "alice-");

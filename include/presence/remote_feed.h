@@ -68,11 +68,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "presence/bus.h"
 #include "presence/export.h"
@@ -144,6 +146,12 @@ class PRESENCE_EXPORT RemoteFeed {
 
   // The next offset to read, per partition (index = partition).
   std::vector<uint64_t> Offsets() const;
+  // RemoteFeed::Latest is the latest change event the feed holds for a user
+  // of a partition it does not own (watched, or among the unwatched it
+  // keeps; see SNAPSHOTS above), or nullopt: what a gateway answers a query
+  // with. A host that reads from the beginning and keeps as many unwatched
+  // users as there are holds every user's latest change.
+  std::optional<ChangeEvent> Latest(absl::string_view user_id) const;
 
   RemoteFeedStats Stats() const;
   // Prometheus text: records read, delivered, malformed, from an unknown
