@@ -99,7 +99,9 @@ class Cluster {
   virtual std::string RenderMetrics() const = 0;
 
   // A clean stop (after the last Tick): what waits is published, the owned
-  // partitions are flushed and let go, the group is left.
+  // partitions are flushed and let go, the group is left; then nothing here
+  // uses the engine or the fan-out any more (call it before they go; the bus
+  // and the store they use stay until this is destroyed). Idempotent.
   virtual void Close() = 0;
 };
 

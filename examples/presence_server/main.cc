@@ -51,7 +51,18 @@ constexpr char kUsage[] =
     "                          server's own page)\n"
     "  --allowed-host NAME     Host names answered (repeat; default: loopback names when\n"
     "                          bound to loopback, any otherwise)\n"
-    "  --verbose               log connections to stderr\n";
+    "  --verbose               log connections to stderr\n"
+    "cluster node (docs/scale-out.md, \"presence_server as a cluster\"; README, \"Running a cluster\"):\n"
+    "  --role gateway|engine|both    gateways hold clients and publish their signals; engines own\n"
+    "                          partitions (Kafka consumer group) and write the shared store\n"
+    "  --kafka-brokers HOST:PORT,...  the bus (required with --role)\n"
+    "  --kafka-topic NAME      the topic (default presence; it must exist)\n"
+    "  --partitions N          its partition count (default 12; every node the same)\n"
+    "  --kafka-config KEY=VALUE      a librdkafka property for every client (repeat)\n"
+    "  --store SPEC            the engines' shared store: redis://HOST:PORT[/PREFIX],\n"
+    "                          postgresql://..., or file (--data-dir; one node, --role both)\n"
+    "  --node-id NAME          this node's gateway id and group member name (default <role>-<pid>)\n"
+    "  --session-timeout-ms N  the engines' group session timeout (default 3000)\n";
 
 bool ReadFile(const std::string& path, std::string* out) {
   std::ifstream in(path, std::ios::binary);
@@ -179,6 +190,34 @@ int main(int argc, char** argv) {
       number(&o.max_connections);
     } else if (a == "--verbose") {
       o.verbose = true;
+    } else if (a == "--role") {
+      value(&v);
+      absl::StatusOr<presence_server::ClusterRole> role = presence_server::ParseClusterRole(v);
+      if (!role.ok()) {
+        std::fprintf(stderr, "presence_server: %s\n", std::string(role.status().message()).c_str());
+        return 2;
+      }
+      o.cluster.role = *role;
+    } else if (a == "--kafka-brokers") {
+      value(&o.cluster.brokers);
+    } else if (a == "--kafka-topic") {
+      value(&o.cluster.topic);
+    } else if (a == "--partitions") {
+      number(&o.cluster.partitions);
+    } else if (a == "--kafka-config") {
+      value(&v);
+      const size_t eq = v.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        std::fprintf(stderr, "presence_server: --kafka-config wants KEY=VALUE\n");
+        return 2;
+      }
+      o.cluster.kafka_config.emplace_back(v.substr(0, eq), v.substr(eq + 1));
+    } else if (a == "--store") {
+      value(&o.cluster.store);
+    } else if (a == "--node-id") {
+      value(&o.cluster.node_id);
+    } else if (a == "--session-timeout-ms") {
+      number(&o.cluster.session_timeout_ms);
     } else {
       std::fprintf(stderr, "presence_server: unknown flag %s\n%s", argv[i], kUsage);
       return 2;
@@ -236,8 +275,19 @@ int main(int argc, char** argv) {
     std::string host = o.metrics_bind.substr(0, o.metrics_bind.rfind(':'));
     std::printf("presence_server: metrics on http://%s:%u/metrics\n", host.c_str(), (*server)->metrics_port());
   }
-  std::printf("presence_server: data in %s (file store), %d simulated client(s)%s\n", o.data_dir.c_str(),
-              o.simulate, o.exit_after_s > 0 ? absl::StrCat(", exits after ", o.exit_after_s, " s").c_str() : "");
+  if (o.cluster.role == presence_server::ClusterRole::kNone) {
+    std::printf("presence_server: data in %s (file store), %d simulated client(s)%s\n", o.data_dir.c_str(),
+                o.simulate, o.exit_after_s > 0 ? absl::StrCat(", exits after ", o.exit_after_s, " s").c_str() : "");
+  } else {
+    std::printf("presence_server: cluster node, role %s, topic %s (%u partitions), store %s\n",
+                o.cluster.role == presence_server::ClusterRole::kGateway  ? "gateway"
+                : o.cluster.role == presence_server::ClusterRole::kEngine ? "engine"
+                                                                          : "both",
+                o.cluster.topic.c_str(), o.cluster.partitions,
+                // The scheme only: a connection string may hold a password.
+                o.cluster.store == "file" ? o.data_dir.c_str()
+                                          : o.cluster.store.substr(0, o.cluster.store.find(':')).c_str());
+  }
   for (const auto& [user, token] : demo) {
     // In the fragment, which the browser never sends; the page moves it to
     // its session storage and takes it out of the address bar.

@@ -218,14 +218,23 @@ absl::Status Server::Impl::Init() {
     opts_.access.AddTopicMembers(opts_.simulate_topic, members);
   }
 
-  // The durable state, the engine and the fan-out.
-  presence::FileStoreOptions fo;
-  fo.sync = opts_.sync;
-  absl::StatusOr<std::unique_ptr<presence::FileStore>> fs = presence::FileStore::Open(opts_.data_dir, fo);
-  if (!fs.ok()) return fs.status();
-  file_store_ = std::move(*fs);
-  opts_.engine.store = file_store_->store();
-  opts_.engine.history = file_store_->history();
+  // The durable state, the engine and the fan-out: the file store, unless a
+  // cluster node shares another (cluster.h).
+  const ClusterOptions& co = opts_.cluster;
+  if (co.role == ClusterRole::kNone || co.store == "file") {
+    presence::FileStoreOptions fo;
+    fo.sync = opts_.sync;
+    absl::StatusOr<std::unique_ptr<presence::FileStore>> fs = presence::FileStore::Open(opts_.data_dir, fo);
+    if (!fs.ok()) return fs.status();
+    file_store_ = std::move(*fs);
+    opts_.engine.store = file_store_->store();
+    opts_.engine.history = file_store_->history();
+  }
+  if (co.role != ClusterRole::kNone) {
+    absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Create(co, &opts_.engine);
+    if (!cluster.ok()) return cluster.status();
+    cluster_ = std::move(*cluster);
+  }
   absl::StatusOr<std::unique_ptr<presence::Engine>> engine = presence::Engine::Create(opts_.engine);
   if (!engine.ok()) return engine.status();
   engine_ = std::move(*engine);
@@ -235,6 +244,9 @@ absl::Status Server::Impl::Init() {
   for (const auto& [topic, members] : opts_.access.topics()) {
     std::vector<absl::string_view> ids(members.begin(), members.end());
     if (absl::Status st = fanout_->AddMembers(topic, ids); !st.ok()) return st;
+  }
+  if (cluster_ != nullptr) {
+    if (absl::Status st = cluster_->Attach(engine_.get(), fanout_.get()); !st.ok()) return st;
   }
 
   if (absl::Status st = InitTls(); !st.ok()) return st;
@@ -339,8 +351,10 @@ void Server::Impl::Run() {
   }
   ioc_.run();
   // Everything is closed: publish and persist the end.
+  if (cluster_ != nullptr) cluster_->BeforeTick();
   engine_->Tick();
-  file_store_->Sync().IgnoreError();
+  if (cluster_ != nullptr) cluster_->Close();  // an engine hands its partitions over at once
+  if (file_store_ != nullptr) file_store_->Sync().IgnoreError();
 }
 
 void Server::Impl::BeginShutdown() {
@@ -551,6 +565,32 @@ bool Server::Impl::OriginAllowed(const http::request<http::string_body>& req) co
   return origin == absl::StrCat("http://", self) || origin == absl::StrCat("https://", self);
 }
 
+absl::StatusOr<DeviceHandle> Server::Impl::ConnectDevice(const presence::Signal& s) {
+  if (cluster_ == nullptr) return engine_->Connect(s);
+  if (absl::Status st = cluster_->Publish(s); !st.ok()) return st;
+  return DeviceHandle{s.session_id};  // the owner keys the device by its ids, not by a handle
+}
+
+absl::Status Server::Impl::BeatDevice(DeviceHandle h, const presence::Signal& s) {
+  if (cluster_ == nullptr) return engine_->Beat(h, s.activity, s.source);
+  return cluster_->Publish(s);
+}
+
+void Server::Impl::DisconnectDevice(DeviceHandle h, const presence::Signal& s, DisconnectKind kind) {
+  if (cluster_ == nullptr) {
+    engine_->Disconnect(h, kind).IgnoreError();
+    return;
+  }
+  // Refused only while the bus fails with the buffer full: the owner then
+  // times the device out, as it would a lost connection.
+  cluster_->PublishDisconnect(s, kind).IgnoreError();
+}
+
+std::vector<presence::UserPresence> Server::Impl::GetUsers(absl::Span<const absl::string_view> users,
+                                                           absl::string_view viewer) {
+  return cluster_ == nullptr ? engine_->Get(users, viewer) : cluster_->Get(users, viewer);
+}
+
 void Server::Impl::StartWebSocket(FlexStream stream, http::request<http::string_body> req, Peer peer) {
   ++metrics_.http_requests;
   auto reject = [&](http::status status, absl::string_view code, absl::string_view message) {
@@ -576,6 +616,10 @@ void Server::Impl::StartWebSocket(FlexStream stream, http::request<http::string_
   std::optional<Target> t = ParseTarget(absl::string_view(req.target().data(), req.target().size()));
   if (peer.metrics_listener || !t || t->path != "/presence/stream") {
     reject(http::status::not_found, "not_found", "the WebSocket endpoint is /presence/stream");
+    return;
+  }
+  if (!ServesClients()) {
+    reject(http::status::not_found, "not_a_gateway", "this node is a cluster engine: clients connect to a gateway");
     return;
   }
   if (!HostAllowed(req)) {
@@ -647,6 +691,7 @@ void Server::Impl::ScheduleTick() {
 void Server::Impl::OnTick() {
   auto start = std::chrono::steady_clock::now();
   SimStep(engine_->NowMs());
+  if (cluster_ != nullptr) cluster_->BeforeTick();  // bus in, remote changes to the fan-out
   engine_->Tick();  // publishes; the fan-out delivers to Deliver() from here
   part_cache_.clear();
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -759,7 +804,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
 }
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Server::~Server() = default;
+Server::~Server() {
+  // The cluster's ownership and feed use the engine and the fan-out, which
+  // go before it (it holds the bus and the store they use): let them go
+  // first. Run did already, unless Init failed half-way.
+  if (impl_->cluster() != nullptr) impl_->cluster()->Close();
+}
 uint16_t Server::port() const { return impl_->port(); }
 uint16_t Server::metrics_port() const { return impl_->metrics_port(); }
 std::string Server::url() const {

@@ -26,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "access.h"
+#include "cluster.h"
 #include "presence/fanout.h"
 #include "presence/file_store.h"
 #include "presence/options.h"
@@ -124,7 +125,11 @@ struct ServerOptions {
   // (it should send a heartbeat every second); pings do not count.
   int64_t idle_timeout_ms = 30000;
 
-  presence::Options engine;  // store and history are set to the file store's
+  // A node of a cluster (cluster.h, docs/scale-out.md): its role, Kafka and
+  // the shared store. Role kNone (the default): one process, file store.
+  ClusterOptions cluster;
+
+  presence::Options engine;  // store and history are set to the file store's (or the cluster's)
   presence::FanoutOptions fanout;
 };
 

@@ -193,6 +193,18 @@ class Server::Impl : public presence::Sink {
   void CountError(absl::string_view code) { ++metrics_.client_errors[std::string(code)]; }
   net::ssl::context* tls() { return tls_.get(); }
 
+  // The device calls of WebSocket sessions, and GET: to the engine, or on a
+  // cluster node to the bus and the cluster's view (cluster.h). `s` names
+  // the device, its session, and the signal's source and activity.
+  absl::StatusOr<DeviceHandle> ConnectDevice(const presence::Signal& s);
+  absl::Status BeatDevice(DeviceHandle h, const presence::Signal& s);
+  void DisconnectDevice(DeviceHandle h, const presence::Signal& s, DisconnectKind kind);
+  std::vector<presence::UserPresence> GetUsers(absl::Span<const absl::string_view> users,
+                                               absl::string_view viewer);
+  // Whether this node serves clients (every node but a cluster engine).
+  bool ServesClients() const { return cluster_ == nullptr || cluster_->serves_clients(); }
+  Cluster* cluster() { return cluster_.get(); }
+
   http::response<http::string_body> HandleHttp(const http::request<http::string_body>& req, const Peer& peer);
   void StartWebSocket(FlexStream stream, http::request<http::string_body> req, Peer peer);
   void Register(SubscriberId id, std::shared_ptr<WsSession> s) { sessions_[id] = std::move(s); }
@@ -269,7 +281,8 @@ class Server::Impl : public presence::Sink {
   };
   absl::flat_hash_map<net::ip::address, AuthBucket, IpHash> auth_failures_;
 
-  std::unique_ptr<presence::FileStore> file_store_;
+  std::unique_ptr<presence::FileStore> file_store_;  // null on a cluster node with a shared store
+  std::unique_ptr<Cluster> cluster_;                  // null: one process
   std::unique_ptr<presence::Engine> engine_;
   std::unique_ptr<presence::Fanout> fanout_;
   absl::flat_hash_map<SubscriberId, std::shared_ptr<WsSession>> sessions_;
@@ -361,6 +374,9 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void Unsubscribe(const ClientMessage& m);
 
   void SendAck(absl::string_view type, absl::string_view id_json);
+
+  // A signal of this session's device (it views this session's ids).
+  presence::Signal DeviceSignal(presence::Source source) const;
 
   void SendErrorWith(absl::string_view code, absl::string_view message, absl::string_view id_json,
                      absl::string_view extra);
