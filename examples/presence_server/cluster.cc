@@ -10,7 +10,9 @@
 
 #include <unistd.h>
 
+#include <deque>
 #include <optional>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -173,12 +175,37 @@ class KafkaCluster final : public Cluster {
 
   ClusterRole role() const override { return opts_.role; }
 
-  absl::Status Publish(const presence::Signal& s) override { return gateway_->Publish(s).status(); }
-  absl::Status PublishDisconnect(const presence::Signal& s, presence::DisconnectKind kind) override {
-    return gateway_->PublishDisconnect(s, kind).status();
+  void Queue(const presence::Signal& s, std::optional<presence::DisconnectKind> disconnect,
+             std::function<void(const absl::Status&)> done) override {
+    // A deque: its elements stay where they are, so the signal views them.
+    Pending& p = pending_.emplace_back();
+    p.user = std::string(s.user_id);
+    p.device = std::string(s.device_id);
+    p.item.signal = s;
+    p.item.signal.user_id = p.user;
+    p.item.signal.device_id = p.device;
+    p.item.disconnect = disconnect;
+    p.done = std::move(done);
+  }
+
+  void Flush() override {
+    if (pending_.empty()) return;
+    std::vector<presence::GatewayPublisher::Item> items;
+    items.reserve(pending_.size());
+    for (const Pending& p : pending_) items.push_back(p.item);
+    const std::vector<absl::StatusOr<uint64_t>> out =
+        gateway_ != nullptr ? gateway_->PublishBatch(items)
+                            : std::vector<absl::StatusOr<uint64_t>>(
+                                  items.size(), absl::FailedPreconditionError("this node is no gateway"));
+    std::deque<Pending> done;
+    done.swap(pending_);  // a callback may queue more
+    for (size_t i = 0; i < done.size(); ++i) {
+      if (done[i].done) done[i].done(out[i].status());
+    }
   }
 
   void BeforeTick() override {
+    Flush();
     if (feed_ == nullptr) return;  // closed
     if (own_ != nullptr) {
       if (absl::Status st = own_->Poll(); !st.ok()) {
@@ -196,7 +223,7 @@ class KafkaCluster final : public Cluster {
       }
     }
     (void)feed_->Poll();
-    if (gateway_ != nullptr) (void)gateway_->Flush();
+    if (gateway_ != nullptr) (void)gateway_->Flush();  // what waited for the bus
   }
 
   std::vector<presence::UserPresence> Get(absl::Span<const absl::string_view> users,
@@ -253,6 +280,7 @@ class KafkaCluster final : public Cluster {
   }
 
   void Close() override {
+    Flush();
     if (gateway_ != nullptr) (void)gateway_->Flush();
     if (own_ != nullptr) (void)own_->Close();
     own_.reset();
@@ -270,6 +298,13 @@ class KafkaCluster final : public Cluster {
   std::unique_ptr<presence::RemoteFeed> feed_;
   std::unique_ptr<presence::GatewayPublisher> gateway_;
   std::vector<uint32_t> told_;
+  // Signals queued since the last Flush, with their ids.
+  struct Pending {
+    std::string user, device;
+    presence::GatewayPublisher::Item item;
+    std::function<void(const absl::Status&)> done;
+  };
+  std::deque<Pending> pending_;
   uint64_t ownership_errors_ = 0;
   std::string last_error_;
 };

@@ -39,5 +39,6 @@ if(PRESENCE_BUILD_KAFKA AND PRESENCE_BUILD_REDIS AND PRESENCE_BUILD_TESTS)
     PRESENCE_MOCK_KAFKA="$<TARGET_FILE:presence_mock_kafka>")
   add_dependencies(presence_cluster_test presence_server presence_mock_kafka)
   add_test(NAME presence_cluster_test COMMAND presence_cluster_test)
-  set_tests_properties(presence_cluster_test PROPERTIES LABELS "cluster;server" TIMEOUT 480)
+  set_tests_properties(presence_cluster_test PROPERTIES LABELS "cluster;server" TIMEOUT 480
+    RESOURCE_LOCK failover_timing)
 endif()

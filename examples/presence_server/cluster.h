@@ -22,7 +22,9 @@
 #define PRESENCE_EXAMPLES_SERVER_CLUSTER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -79,15 +81,19 @@ class Cluster {
   virtual ClusterRole role() const = 0;
   bool serves_clients() const { return role() != ClusterRole::kEngine; }
 
-  // A device's signal, or the end of its session, to its user's partition.
-  // ResourceExhausted while the bus fails and the gateway's buffer is full.
-  virtual absl::Status Publish(const presence::Signal& signal) = 0;
-  virtual absl::Status PublishDisconnect(const presence::Signal& session,
-                                         presence::DisconnectKind kind) = 0;
+  // A device's signal, or with `disconnect` the end of its session, for
+  // its user's partition: queued (the signal's ids are copied), published at
+  // the next Flush, which tells `done` (may be empty) whether the bus took
+  // it (ResourceExhausted while the bus fails and the gateway's buffer is
+  // full). The server flushes every 20 ms while signals wait, so that they
+  // go in one bus call.
+  virtual void Queue(const presence::Signal& signal, std::optional<presence::DisconnectKind> disconnect,
+                     std::function<void(const absl::Status&)> done) = 0;
+  virtual void Flush() = 0;
 
-  // Each tick, before Engine::Tick: ownership (engines), the signals of the
-  // owned partitions, the change events of the others (to the fan-out), and
-  // what the publisher holds.
+  // Each tick, before Engine::Tick: what is queued (Flush), ownership
+  // (engines), the signals of the owned partitions, the change events of the
+  // others (to the fan-out).
   virtual void BeforeTick() = 0;
 
   // What `viewer` may see of `users`: the engine's answer for the users of

@@ -567,13 +567,19 @@ bool Server::Impl::OriginAllowed(const http::request<http::string_body>& req) co
 
 absl::StatusOr<DeviceHandle> Server::Impl::ConnectDevice(const presence::Signal& s) {
   if (cluster_ == nullptr) return engine_->Connect(s);
-  if (absl::Status st = cluster_->Publish(s); !st.ok()) return st;
+  cluster_->Queue(s, std::nullopt, nullptr);  // refused: the heartbeats that follow connect it
+  ScheduleFlush();
   return DeviceHandle{s.session_id};  // the owner keys the device by its ids, not by a handle
 }
 
-absl::Status Server::Impl::BeatDevice(DeviceHandle h, const presence::Signal& s) {
-  if (cluster_ == nullptr) return engine_->Beat(h, s.activity, s.source);
-  return cluster_->Publish(s);
+void Server::Impl::BeatDevice(DeviceHandle h, const presence::Signal& s,
+                              std::function<void(const absl::Status&)> done) {
+  if (cluster_ == nullptr) {
+    done(engine_->Beat(h, s.activity, s.source));
+    return;
+  }
+  cluster_->Queue(s, std::nullopt, std::move(done));
+  ScheduleFlush();
 }
 
 void Server::Impl::DisconnectDevice(DeviceHandle h, const presence::Signal& s, DisconnectKind kind) {
@@ -583,7 +589,18 @@ void Server::Impl::DisconnectDevice(DeviceHandle h, const presence::Signal& s, D
   }
   // Refused only while the bus fails with the buffer full: the owner then
   // times the device out, as it would a lost connection.
-  cluster_->PublishDisconnect(s, kind).IgnoreError();
+  cluster_->Queue(s, kind, nullptr);
+  ScheduleFlush();
+}
+
+void Server::Impl::ScheduleFlush() {
+  if (flush_scheduled_) return;
+  flush_scheduled_ = true;
+  flush_timer_.expires_after(std::chrono::milliseconds(kClusterFlushMs));
+  flush_timer_.async_wait([this](beast::error_code) {
+    flush_scheduled_ = false;
+    cluster_->Flush();  // also when cancelled: nothing is left behind
+  });
 }
 
 std::vector<presence::UserPresence> Server::Impl::GetUsers(absl::Span<const absl::string_view> users,

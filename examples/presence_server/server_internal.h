@@ -162,7 +162,7 @@ void ServeHttp(Server::Impl* server, FlexStream stream, Peer peer);
 class Server::Impl : public presence::Sink {
  public:
   explicit Impl(ServerOptions options)
-      : opts_(std::move(options)), acceptor_(ioc_), metrics_acceptor_(ioc_), tick_timer_(ioc_), exit_timer_(ioc_),
+      : opts_(std::move(options)), acceptor_(ioc_), metrics_acceptor_(ioc_), tick_timer_(ioc_), flush_timer_(ioc_), exit_timer_(ioc_),
         signals_(ioc_), rng_(opts_.seed) {}
 
   absl::Status Init();
@@ -197,7 +197,9 @@ class Server::Impl : public presence::Sink {
   // cluster node to the bus and the cluster's view (cluster.h). `s` names
   // the device, its session, and the signal's source and activity.
   absl::StatusOr<DeviceHandle> ConnectDevice(const presence::Signal& s);
-  absl::Status BeatDevice(DeviceHandle h, const presence::Signal& s);
+  // `done` hears the outcome: at once from the engine; on a cluster node
+  // once the bus took the signal (later in this pass of the event loop).
+  void BeatDevice(DeviceHandle h, const presence::Signal& s, std::function<void(const absl::Status&)> done);
   void DisconnectDevice(DeviceHandle h, const presence::Signal& s, DisconnectKind kind);
   std::vector<presence::UserPresence> GetUsers(absl::Span<const absl::string_view> users,
                                                absl::string_view viewer);
@@ -237,6 +239,12 @@ class Server::Impl : public presence::Sink {
   absl::Status Listen(tcp::acceptor* acceptor, const std::string& address, uint16_t port, const char* flag);
   void DoAccept(tcp::acceptor* acceptor, bool metrics_listener);
   void ScheduleTick();
+  // A cluster node publishes what its sessions queued every
+  // kClusterFlushMs (Cluster::Flush): one bus call for all of them, so
+  // that each partition gets one batch of records rather than one record at
+  // a time (a reader fetches a batch per partition per round trip).
+  void ScheduleFlush();
+  static constexpr int kClusterFlushMs = 20;
   void OnTick();
   void BeginShutdown();
   void WaitForSessions();
@@ -258,6 +266,7 @@ class Server::Impl : public presence::Sink {
   tcp::acceptor acceptor_;
   tcp::acceptor metrics_acceptor_;
   net::steady_timer tick_timer_;
+  net::steady_timer flush_timer_;  // a cluster node's publishes (ScheduleFlush)
   net::steady_timer exit_timer_;
   net::signal_set signals_;
   std::chrono::steady_clock::time_point next_tick_;
@@ -283,6 +292,7 @@ class Server::Impl : public presence::Sink {
 
   std::unique_ptr<presence::FileStore> file_store_;  // null on a cluster node with a shared store
   std::unique_ptr<Cluster> cluster_;                  // null: one process
+  bool flush_scheduled_ = false;
   std::unique_ptr<presence::Engine> engine_;
   std::unique_ptr<presence::Fanout> fanout_;
   absl::flat_hash_map<SubscriberId, std::shared_ptr<WsSession>> sessions_;
@@ -368,6 +378,8 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void Handle(absl::string_view text);
 
   void Beat(const ClientMessage& m);
+  // What became of a heartbeat or activity message with request id `id_json`.
+  void OnBeat(const absl::Status& st, const std::string& id_json);
 
   void Subscribe(const ClientMessage& m);
 

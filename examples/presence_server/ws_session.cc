@@ -346,20 +346,27 @@ void WsSession::Replaced() {
 void WsSession::Beat(const ClientMessage& m) {
   if (!handle_.valid()) return;
   if (m.activity) activity_ = *m.activity;
-  absl::Status st = server_->BeatDevice(handle_, DeviceSignal(m.source));
-  if (st.ok() && !m.id_json.empty()) {
+  server_->BeatDevice(handle_, DeviceSignal(m.source),
+                      [self = weak_from_this(), id = m.id_json](const absl::Status& st) {
+                        if (auto s = self.lock()) s->OnBeat(st, id);
+                      });
+}
+
+void WsSession::OnBeat(const absl::Status& st, const std::string& id_json) {
+  if (finished_) return;
+  if (st.ok() && !id_json.empty()) {
     // Asked for: the signal is taken (by the engine, or on a cluster
     // gateway by the bus), so the client knows what reached the server.
-    Send(absl::StrCat("{\"type\":\"ack\",\"id\":", m.id_json, "}"));
+    Send(absl::StrCat("{\"type\":\"ack\",\"id\":", id_json, "}"));
   } else if (st.code() == absl::StatusCode::kNotFound) {
     // The device was connected again with a newer session (by another
     // server, say: this one closes the older connection when it admits).
     Replaced();
   } else if (st.code() == absl::StatusCode::kResourceExhausted) {
     // The engine's own flood limit (Options::max_signals_per_device_per_sec).
-    SendError("rate_limited", st.message(), m.id_json);
+    SendError("rate_limited", st.message(), id_json);
   } else if (!st.ok()) {
-    SendError("bad_request", st.message(), m.id_json);
+    SendError("bad_request", st.message(), id_json);
   }
 }
 
