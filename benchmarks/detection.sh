@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Detection quality under jitter and loss (issue 7): builds detection_sim,
 # runs every scenario with fixed thresholds and with the phi-accrual detector,
-# and the sweep of T_D against false offlines, then draws the plot.
+# and the sweep of T_D against false offlines, then draws the plot; then the
+# same without and with probes (issue 17, docs/design.md rule 9) and its plot.
 #
-# Writes benchmarks/results/detection/{table.md,sweep-*.dat} and
-# benchmarks/detection.png. Installs gnuplot-nox through
+# Writes benchmarks/results/detection/{table.md,sweep-*.dat,probes.md,probes-*.dat},
+# benchmarks/detection.png and benchmarks/probes.png. Installs gnuplot-nox through
 # scripts/install-deps.sh. Deterministic: the same USERS, HOURS and SEED give
 # the same figures on any machine.
 #
@@ -23,6 +24,9 @@ mkdir -p "$out"
 "$build/benchmarks/detection_sim" --users "${USERS:-2000}" --hours "${HOURS:-2}" \
   --seed "${SEED:-7}" --table "$out/table.md" --sweep "$out"
 gnuplot -e "datadir='$out'; outfile='$root/benchmarks/detection.png'" "$root/benchmarks/detection.gp"
+"$build/benchmarks/detection_sim" --probes --users "${USERS:-2000}" --hours "${HOURS:-2}" \
+  --seed "${SEED:-7}" --table "$out/probes.md" --sweep "$out"
+gnuplot -e "datadir='$out'; outfile='$root/benchmarks/probes.png'" "$root/benchmarks/probes.gp"
 
 # At equal mean T_D: each detector point against the fixed-threshold curve,
 # interpolated log-linearly between the two fixed points around its T_D.
@@ -47,4 +51,5 @@ gnuplot -e "datadir='$out'; outfile='$root/benchmarks/detection.png'" "$root/ben
   done
 } >"$out/equal-td.md"
 cat "$out/equal-td.md"
-echo "detection.sh: wrote $out/{table.md,equal-td.md}, $out/sweep-*.dat and benchmarks/detection.png"
+echo "detection.sh: wrote $out/{table.md,equal-td.md,probes.md}, $out/sweep-*.dat, $out/probes-*.dat,"
+echo "  benchmarks/detection.png and benchmarks/probes.png"

@@ -4,8 +4,13 @@
 // benchmarks/sim/, prints a Markdown table, and with --sweep writes the data
 // of the T_D / false-offline plot (benchmarks/detection.sh draws it).
 //
+// With --probes it runs only the comparison of push/pull checks (docs/design.md
+// rule 9): each probe population with and without probes, side by side, and
+// with --sweep the offline_after sweep of both for the plot.
+//
 //   detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] [--table FILE]
-//                 [--quick] [--only NAME]
+//                 [--quick] [--only NAME] [--probes] [--probe-margin MS]
+//                 [--probe-retry MS] [--max-probes N] [--handovers PER_HOUR]
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,6 +31,13 @@ struct Flags {
   std::string table_file;
   std::string only;
   bool quick = false;
+  bool probes = false;
+  // The probe schedule (Options::probe_margin_ms, probe_retry_ms, max_probes).
+  int64_t probe_margin_ms = Options().probe_margin_ms;
+  int64_t probe_retry_ms = Options().probe_retry_ms;
+  int max_probes = Options().max_probes;
+  // Hand-overs per mobile device-hour (Workload::handovers_per_hour).
+  double handovers_per_hour = Workload().handovers_per_hour;
 };
 
 struct Population {
@@ -69,10 +81,24 @@ SimConfig Base(const Flags& f, const Population& p) {
   c.duration_s = f.hours * 3600 + 120;
   c.warmup_s = 120;
   c.seed = f.seed;
+  c.engine.probe_margin_ms = f.probe_margin_ms;
+  c.engine.probe_retry_ms = f.probe_retry_ms;
+  c.engine.max_probes = f.max_probes;
+  c.workload.handovers_per_hour = f.handovers_per_hour;
   return c;
 }
 
 std::string Ms(int64_t v) { return absl::StrFormat("%.2f", v / 1000.0); }
+
+// Writes the table to --table's file, if any; false when it cannot.
+bool WriteTable(const Flags& f, const std::string& table) {
+  if (f.table_file.empty()) return true;
+  FILE* out = std::fopen(f.table_file.c_str(), "w");
+  if (out == nullptr) return false;
+  std::fputs(table.c_str(), out);
+  std::fclose(out);
+  return true;
+}
 
 std::string Row(const std::string& scenario, const std::string& detector, const Metrics& m) {
   const Summary silent = m.Detection(EndKind::kSilent);
@@ -94,6 +120,95 @@ const char* kHeader =
     "flaps / user-h | hb lost |\n"
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
 
+// Push/pull checks (docs/design.md rule 9): the same links and seed without
+// and with probes (by default at 2, 2.5, 3 and 3.5 s of silence), side by side.
+const char* kProbeHeader =
+    "| scenario | probes | T_D silent p50 / p99 / max (s) | T_D all p99 (s) | false offl. / "
+    "device-h | per 10^4 transitions | false offl. | probes / device-h | answers / device-h | "
+    "extra messages / device-h | heartbeats / device-h |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
+
+// "at 2, 2.5, 3, 3.5 s": when a device silent since 0 is probed (h = 1 s).
+std::string ProbeSchedule(const Flags& f) {
+  std::string out = "at";
+  for (int k = 0; k < f.max_probes; ++k) {
+    out += absl::StrFormat("%s %g", k == 0 ? "" : ",",
+                           (1000 + f.probe_margin_ms + k * f.probe_retry_ms) / 1000.0);
+  }
+  return out + " s";
+}
+
+std::string ProbeRow(const Flags& f, const std::string& scenario, bool probes, const Metrics& m) {
+  const Summary silent = m.Detection(EndKind::kSilent);
+  const double dh = m.device_hours > 0 ? m.device_hours : 1;
+  return absl::StrFormat(
+      "| %s | %s | %s / %s / %s | %s | %.4f | %.2f | %llu | %.1f | %.1f | %.1f | %.0f |", scenario,
+      probes ? ProbeSchedule(f) : std::string("none"), Ms(silent.p50), Ms(silent.p99), Ms(silent.max),
+      Ms(m.DetectionAll().p99), m.FalseOfflinesPerDeviceHour(),
+      1e4 * m.FalseOfflinesPerTransition(), (unsigned long long)m.false_offlines,
+      m.probes_sent / dh, m.probe_answers_sent / dh, m.ExtraMessagesPerDeviceHour(),
+      m.heartbeats_sent / dh);
+}
+
+int ProbeMain(const Flags& f) {
+  std::string table = std::string(kProbeHeader) + "\n";
+  std::printf("%s\n", kProbeHeader);
+  std::fflush(stdout);
+  for (const Population& p : Populations()) {
+    if (p.name != "gauss200-2%" && p.name != "bursty-2%") continue;
+    if (!f.only.empty() && f.only != p.name) continue;
+    for (bool probes : {false, true}) {
+      SimConfig c = Base(f, p);
+      c.probes = probes;
+      const Metrics m = RunScenario(c);
+      if (m.engine_errors != 0) {
+        std::fprintf(stderr, "%s: %llu engine calls failed\n", p.name.c_str(),
+                     (unsigned long long)m.engine_errors);
+        return 1;
+      }
+      const std::string row = ProbeRow(f, p.name, probes, m);
+      std::printf("%s\n", row.c_str());
+      std::fflush(stdout);
+      table += row + "\n";
+    }
+  }
+  if (!WriteTable(f, table)) return 1;
+  if (f.sweep_dir.empty()) return 0;
+  // T_D against false offlines, offline_after from 2 to 5 s, without and
+  // with probes: the curve of today beside the one with probes.
+  for (const Population& p : Populations()) {
+    if (p.name != "gauss200-2%" && p.name != "bursty-2%") continue;
+    if (!f.only.empty() && f.only != p.name) continue;
+    const std::string path = f.sweep_dir + "/probes-" + p.name + ".dat";
+    FILE* out = std::fopen(path.c_str(), "w");
+    if (out == nullptr) return 1;
+    std::fprintf(out,
+                 "# %s: %s\n# probes offline_after_ms td_mean_ms td_p50_ms td_p99_ms "
+                 "false_per_dev_h false_per_1e4_trans false_offlines device_hours "
+                 "extra_msgs_per_dev_h\n",
+                 p.name.c_str(), p.description.c_str());
+    for (bool probes : {false, true}) {
+      for (int64_t after : {2500, 3000, 3500, 4000, 4500, 5000}) {
+        SimConfig c = Base(f, p);
+        c.probes = probes;
+        c.engine.app.offline_after_ms = after;
+        c.engine.manual.offline_after_ms = after;
+        const Metrics m = RunScenario(c);
+        const Summary s = m.Detection(EndKind::kSilent);
+        std::fprintf(out, "%s %lld %.1f %lld %lld %.6f %.4f %llu %.1f %.1f\n",
+                     probes ? "probes" : "none", (long long)after, s.mean, (long long)s.p50,
+                     (long long)s.p99, m.FalseOfflinesPerDeviceHour(),
+                     1e4 * m.FalseOfflinesPerTransition(), (unsigned long long)m.false_offlines,
+                     m.device_hours, m.ExtraMessagesPerDeviceHour());
+        std::fflush(out);
+      }
+      std::fprintf(out, "\n\n");
+    }
+    std::fclose(out);
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   Flags f;
   for (int i = 1; i < argc; ++i) {
@@ -113,6 +228,16 @@ int Main(int argc, char** argv) {
       f.table_file = v;
     } else if (const char* v = arg("--only")) {
       f.only = v;
+    } else if (const char* v = arg("--probe-margin")) {
+      f.probe_margin_ms = std::atoll(v);
+    } else if (const char* v = arg("--probe-retry")) {
+      f.probe_retry_ms = std::atoll(v);
+    } else if (const char* v = arg("--max-probes")) {
+      f.max_probes = std::atoi(v);
+    } else if (const char* v = arg("--handovers")) {
+      f.handovers_per_hour = std::atof(v);
+    } else if (std::strcmp(argv[i], "--probes") == 0) {
+      f.probes = true;
     } else if (std::strcmp(argv[i], "--quick") == 0) {
       f.quick = true;
       f.users = 200;
@@ -120,10 +245,12 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] "
-                   "[--table FILE] [--only SCENARIO] [--quick]\n");
+                   "[--table FILE] [--only SCENARIO] [--quick] [--probes] [--probe-margin MS] "
+                   "[--probe-retry MS] [--max-probes N] [--handovers PER_HOUR]\n");
       return 2;
     }
   }
+  if (f.probes) return ProbeMain(f);
   const PhiDetectorOptions phi_default;
   std::string table = std::string(kHeader) + "\n";
   std::printf("%s\n", kHeader);
@@ -163,12 +290,7 @@ int Main(int argc, char** argv) {
     std::fflush(stdout);
   }
   std::fprintf(stderr, "scenarios: %.0f device-hours simulated in %.1f CPU s\n", device_hours, cpu);
-  if (!f.table_file.empty()) {
-    FILE* out = std::fopen(f.table_file.c_str(), "w");
-    if (out == nullptr) return 1;
-    std::fputs(table.c_str(), out);
-    std::fclose(out);
-  }
+  if (!WriteTable(f, table)) return 1;
   if (f.sweep_dir.empty()) return 0;
 
   // The sweep: for the bursty and the mixed populations, fixed thresholds

@@ -112,6 +112,12 @@ constexpr presence_engine_options_t EngineDefaults() {
   c.file_dir_len = 0;
   c.file_sync_interval_ms = fo.sync_interval_ms;
   c.file_sync = static_cast<int32_t>(fo.sync);
+  c.prober = nullptr;
+  c.prober_payload = nullptr;
+  c.probe_margin_ms = o.probe_margin_ms;
+  c.probe_retry_ms = o.probe_retry_ms;
+  c.max_probes = o.max_probes;
+  c.max_probes_per_gateway_per_sec = o.max_probes_per_gateway_per_sec;
   return c;
 }
 
@@ -137,7 +143,11 @@ constexpr bool SameEngineOptions(const presence_engine_options_t& a,
          a.max_signals_per_device_per_sec == b.max_signals_per_device_per_sec &&
          a.store == b.store && a.memory_budget_bytes == b.memory_budget_bytes &&
          a.file_dir == b.file_dir && a.file_dir_len == b.file_dir_len &&
-         a.file_sync_interval_ms == b.file_sync_interval_ms && a.file_sync == b.file_sync;
+         a.file_sync_interval_ms == b.file_sync_interval_ms && a.file_sync == b.file_sync &&
+         a.prober == b.prober && a.prober_payload == b.prober_payload &&
+         a.probe_margin_ms == b.probe_margin_ms && a.probe_retry_ms == b.probe_retry_ms &&
+         a.max_probes == b.max_probes &&
+         a.max_probes_per_gateway_per_sec == b.max_probes_per_gateway_per_sec;
 }
 
 // The C header repeats the C++ defaults in its _INIT macro; this keeps them equal.
@@ -149,7 +159,7 @@ static_assert(SameEngineOptions(kEngineInit, EngineDefaults()),
 // first field that the next version appended.
 constexpr size_t kEngineOptionsSize[] = {
     0, offsetof(presence_engine_options_t, max_signals_per_device_per_sec),
-    sizeof(presence_engine_options_t)};
+    offsetof(presence_engine_options_t, prober), sizeof(presence_engine_options_t)};
 static_assert(sizeof(kEngineOptionsSize) / sizeof(size_t) == PRESENCE_ENGINE_OPTIONS_VERSION + 1,
               "one size per version");
 
@@ -219,7 +229,14 @@ absl::Status ToOptions(const presence_engine_options_t& in, presence::Options* o
   if (in.version < 2) return absl::OkStatus();
   out->max_signals_per_device_per_sec = in.max_signals_per_device_per_sec;
   out->memory_budget_bytes = in.memory_budget_bytes;
-  return ToStoreChoice(in, store);
+  if (auto st = ToStoreChoice(in, store); !st.ok()) return st;
+  if (in.version < 3) return absl::OkStatus();
+  // The prober itself is wired by presence_engine_new (it lives in the handle).
+  out->probe_margin_ms = in.probe_margin_ms;
+  out->probe_retry_ms = in.probe_retry_ms;
+  out->max_probes = in.max_probes;
+  out->max_probes_per_gateway_per_sec = in.max_probes_per_gateway_per_sec;
+  return absl::OkStatus();
 }
 
 // ---- Results ----------------------------------------------------------------------------------
@@ -331,6 +348,10 @@ int presence_engine_new(presence_engine_t** out_engine, const presence_engine_op
     }
     if (clock != nullptr) cxx.clock = &clock->clock;
     auto handle = std::make_unique<presence_engine_t>();
+    if (options != nullptr && options->version >= 3 && options->prober != nullptr) {
+      handle->prober = std::make_unique<CProber>(options->prober, options->prober_payload);
+      cxx.prober = handle->prober.get();
+    }
     if (store.file) {
       absl::StatusOr<std::unique_ptr<presence::FileStore>> fs =
           presence::FileStore::Open(store.dir, store.options);
@@ -357,6 +378,28 @@ int presence_engine_new(presence_engine_t** out_engine, const presence_engine_op
 }
 
 void presence_engine_destroy(presence_engine_t* engine) { Unref(engine); }
+
+void CProber::Probe(const presence::ProbeRequest& r) {
+  presence_probe_t p;
+  p.user_id = r.user_id.data();
+  p.user_id_len = r.user_id.size();
+  p.device_id = r.device_id.data();
+  p.device_id_len = r.device_id.size();
+  p.session_id = r.session_id;
+  p.probe_id = r.probe_id;
+  p.source = static_cast<int32_t>(r.source);
+  p.attempt = r.attempt;
+  p.gateway = r.gateway.empty() ? "" : r.gateway.data();
+  p.gateway_len = r.gateway.size();
+  ++tls_callback_depth;
+  fn_(&p, payload_);
+  --tls_callback_depth;
+}
+
+int presence_engine_answer_probe(presence_engine_t* engine, uint64_t probe_id, char** errmsg) {
+  if (engine == nullptr) return NullArgument(errmsg, "engine");
+  return Guard(errmsg, [&] { return ToC(engine->rep->AnswerProbe(probe_id), errmsg); });
+}
 
 int presence_engine_signal(presence_engine_t* engine, const presence_signal_t* signal,
                            char** errmsg) {

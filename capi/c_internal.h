@@ -17,6 +17,7 @@
 #include "presence/clock.h"
 #include "presence/engine.h"
 #include "presence/file_store.h"
+#include "presence/prober.h"
 
 // Engines and clocks are reference counted, so that the host may destroy
 // them in any order: an engine holds its clock, a fan-out its engine. An
@@ -27,9 +28,21 @@ struct presence_clock_t {
   presence::ManualClock clock;
 };
 
+// The presence::Prober of an engine whose options name a presence_probe_cb.
+class CProber final : public presence::Prober {
+ public:
+  CProber(presence_probe_cb fn, void* payload) : fn_(fn), payload_(payload) {}
+  void Probe(const presence::ProbeRequest& r) override;
+
+ private:
+  presence_probe_cb const fn_;
+  void* const payload_;
+};
+
 struct presence_engine_t {
   std::atomic<int> refs{1};
   presence_clock_t* clock = nullptr;  // a reference, or null (the system clock)
+  std::unique_ptr<CProber> prober;    // rep calls it, so it goes before rep
   // Owned when the options chose PRESENCE_STORE_FILE; rep writes to it, so
   // it goes after rep.
   std::unique_ptr<presence::FileStore> file_store;

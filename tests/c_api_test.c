@@ -4,10 +4,10 @@
  * failure, and the program prints "N passed, N failed" at the end and exits
  * non-zero when anything failed.
  *
- * Sections: version and status names; option structs (versions 1 and 2);
+ * Sections: version and status names; option structs (versions 1 to 3);
  * the clock; engine lifecycle; keyed signals, single and batch; handles;
  * overrides; get; tick; fan-out with poll, topics, resume; push sinks with
- * payloads; metrics; lifetimes (destroy in any order); threads (heartbeats,
+ * payloads; probes of silent devices (a C prober callback); metrics; lifetimes (destroy in any order); threads (heartbeats,
  * ticks and unsubscribes at once, and no payload freed while its sink runs);
  * limits (flood limit, memory budget); the file store (a durable round trip,
  * folders that cannot be opened); history and operations (history, time in
@@ -353,13 +353,23 @@ static void test_options(void) {
   CHECK(b.max_devices_per_user == 64 && b.max_overrides_per_user == 16);
   CHECK(b.inferred_can_be_online == 0 && b.override_requires_live_device == 1);
   /* Version 2. */
-  CHECK(PRESENCE_ENGINE_OPTIONS_VERSION == 2);
+  CHECK(PRESENCE_ENGINE_OPTIONS_VERSION == 3);
   CHECK(b.max_signals_per_device_per_sec == 20 && a.max_signals_per_device_per_sec == 20);
   CHECK(b.store == PRESENCE_STORE_MEMORY && a.store == PRESENCE_STORE_MEMORY);
   CHECK(b.memory_budget_bytes == 0 && a.memory_budget_bytes == 0);
   CHECK(b.file_dir == NULL && b.file_dir_len == 0 && a.file_dir == NULL);
   CHECK(b.file_sync == PRESENCE_FILE_SYNC_EVERY_WRITE && a.file_sync == b.file_sync);
   CHECK(b.file_sync_interval_ms == 100 && a.file_sync_interval_ms == 100);
+  /* Version 3. */
+  CHECK(b.prober == NULL && b.prober_payload == NULL && a.prober == NULL);
+  CHECK(b.probe_margin_ms == 1000 && b.probe_retry_ms == 500 && a.probe_retry_ms == 500);
+  CHECK(b.max_probes == 4 && a.max_probes == 4);
+  CHECK(b.max_probes_per_gateway_per_sec == 1000 && a.max_probes_per_gateway_per_sec == 1000);
+  /* Version 2 writes up to version 2's fields only. */
+  memset(&b, 0xab, sizeof b);
+  EXPECT(PRESENCE_OK, presence_engine_options_init(&b, 2, &err));
+  CHECK(b.version == 2 && b.file_sync == PRESENCE_FILE_SYNC_EVERY_WRITE);
+  CHECK(b.max_probes == (int32_t)0xabababab);
   /* Version 1 writes version 1's fields only: a caller built against the
    * older header has no room for the others. */
   memset(&b, 0xab, sizeof b);
@@ -383,8 +393,8 @@ static void test_options(void) {
   /* Unknown versions and NULL structs. */
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_options_init(&b, 0, &err));
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_options_init(&b, 99, &err));
-  CHECK(contains(last_msg, "version 99") && contains(last_msg, "1 to 2"));
-  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_options_init(&b, 3, &err));
+  CHECK(contains(last_msg, "version 99") && contains(last_msg, "1 to 3"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_options_init(&b, 4, &err));
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
          presence_engine_options_init(NULL, PRESENCE_ENGINE_OPTIONS_VERSION, &err));
   EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_fanout_options_init(&fb, 2, &err));
@@ -1385,6 +1395,102 @@ static void test_sink_reentry(void) {
   free_world(&w);
 }
 
+/* Probes (docs/design.md rule 9) through a C callback: what it is told, an
+ * answer from inside the callback, an answer given later, and what the
+ * engine answers to late and unknown ids. */
+typedef struct {
+  presence_engine_t* engine;
+  int answer;  /* answer from inside the callback */
+  int calls;
+  uint64_t last_id;
+  int64_t session;
+  int32_t source, attempt;
+  char user[16], device[16], gateway[16];
+  int answered_ok;
+} probe_log_t;
+
+static void copy_bytes(char* to, size_t cap, const char* from, size_t len) {
+  if (len >= cap) len = cap - 1;
+  memcpy(to, from, len);
+  to[len] = '\0';
+}
+
+static void record_probe(const presence_probe_t* p, void* payload) {
+  probe_log_t* log = (probe_log_t*)payload;
+  ++log->calls;
+  log->last_id = p->probe_id;
+  log->session = (int64_t)p->session_id;
+  log->source = p->source;
+  log->attempt = p->attempt;
+  copy_bytes(log->user, sizeof log->user, p->user_id, p->user_id_len);
+  copy_bytes(log->device, sizeof log->device, p->device_id, p->device_id_len);
+  copy_bytes(log->gateway, sizeof log->gateway, p->gateway, p->gateway_len);
+  if (log->answer) {
+    log->answered_ok += presence_engine_answer_probe(log->engine, p->probe_id, NULL) == PRESENCE_OK;
+    /* A tick from inside the callback is refused. */
+    CHECK(presence_engine_tick(NULL, log->engine, NULL) == PRESENCE_ERR_FAILED_PRECONDITION);
+  }
+}
+
+static void test_probes(void) {
+  presence_clock_t* c = NULL;
+  presence_engine_options_t o = PRESENCE_ENGINE_OPTIONS_INIT;
+  probe_log_t log;
+  presence_signal_t s = make_signal("alice", "laptop", 5);
+  world_t w;
+  char* text = NULL;
+  int i;
+
+  memset(&log, 0, sizeof log);
+  EXPECT(PRESENCE_OK, presence_clock_manual_new(&c, 1000000, &err));
+  o.clock = c;
+  o.min_dwell_ms = 0;
+  o.prober = record_probe;
+  o.prober_payload = &log;
+  EXPECT(PRESENCE_OK, presence_engine_new(&log.engine, &o, &err));
+  w.clock = c;
+  w.engine = log.engine;
+  s.gateway = "gw-7";
+  s.gateway_len = 4;
+  EXPECT(PRESENCE_OK, presence_engine_signal(w.engine, &s, &err));
+  /* Silent: probed at 2 s, with what the host needs to find the device. */
+  for (i = 0; i < 19; ++i) step(&w, 100);
+  CHECK(log.calls == 0);
+  step(&w, 100);
+  CHECK(log.calls == 1 && log.attempt == 1 && log.session == 5);
+  CHECK(strcmp(log.user, "alice") == 0 && strcmp(log.device, "laptop") == 0);
+  CHECK(strcmp(log.gateway, "gw-7") == 0 && log.source == PRESENCE_SOURCE_APP);
+  /* Answered after the callback returned. */
+  EXPECT(PRESENCE_OK, presence_engine_answer_probe(w.engine, log.last_id, &err));
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION,
+         presence_engine_answer_probe(w.engine, log.last_id, &err));  /* once only: late */
+  /* From now on answered from inside the callback: online for a minute,
+   * with no heartbeat at all. */
+  log.answer = 1;
+  for (i = 0; i < 600; ++i) step(&w, 100);
+  CHECK(get_one(&w, "alice", "bob").state == PRESENCE_STATE_ONLINE);
+  CHECK(log.answered_ok >= 25);
+  /* Unanswered: offline at 4 s of silence. */
+  log.answer = 0;
+  for (i = 0; i < 40; ++i) step(&w, 100);
+  CHECK(get_one(&w, "alice", "bob").state == PRESENCE_STATE_OFFLINE);
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_answer_probe(w.engine, 0, &err));
+  EXPECT(PRESENCE_ERR_NOT_FOUND, presence_engine_answer_probe(w.engine, ~(uint64_t)0, &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_answer_probe(NULL, 1, &err));
+  EXPECT(PRESENCE_OK, presence_engine_render_metrics(&text, NULL, w.engine, &err));
+  CHECK(contains(text, "presence_probes_given_up_total 1"));
+  CHECK(contains(text, "presence_probes_late_total 1"));
+  presence_free(text);
+  free_world(&w);
+
+  /* Out-of-range probe options are refused with a message naming them. */
+  o = (presence_engine_options_t)PRESENCE_ENGINE_OPTIONS_INIT;
+  o.prober = record_probe;
+  o.max_probes = 0;
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT, presence_engine_new(&w.engine, &o, &err));
+  CHECK(contains(last_msg, "max_probes"));
+}
+
 static void test_metrics(void) {
   world_t w = make_world(0);
   presence_fanout_t* f = NULL;
@@ -2173,6 +2279,7 @@ int main(void) {
   test_fanout_poll();
   test_fanout_push();
   test_sink_reentry();
+  test_probes();
   test_metrics();
   test_lifetimes();
   test_threads();

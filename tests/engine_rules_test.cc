@@ -6,6 +6,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "presence/detector.h"
+#include "src/core/test_hooks.h"
 #include "tests/test_util.h"
 
 namespace presence::testing {
@@ -455,22 +456,31 @@ TEST(Rule5Idempotence, VersionOnlyGrowsEvenAfterTheUserIsForgotten) {
 class FixedDetector : public OfflineDetector {
  public:
   explicit FixedDetector(int64_t answer) : answer_(answer) {}
-  void Observe(uint64_t, int64_t) override { ++observed; }
-  int64_t OfflineAfterMs(uint64_t, int64_t, int64_t) override { return answer_; }
+  int64_t Observe(uint64_t, Source source, int64_t, int64_t) override {
+    ++observed;
+    sources.push_back(source);
+    return answer_;
+  }
   void Forget(uint64_t) override { ++forgotten; }
-  int observed = 0;
+  std::atomic<int> observed{0};
   int forgotten = 0;
+  std::vector<Source> sources;
 
  private:
   int64_t answer_;
 };
 
+// Options with `d` deciding for the devices of `platform`.
+Options WithDetector(OfflineDetector* d, Platform platform) {
+  Options o;
+  o.detector = d;
+  o.detector_platforms = 1u << static_cast<int>(platform);
+  return o;
+}
+
 int64_t OfflineAfterWith(int64_t answer, int* observed = nullptr) {
   FixedDetector d(answer);
-  Options o;
-  o.detector = &d;
-  o.detector_platforms = 1u << static_cast<int>(Platform::kWeb);
-  TestEngine t(o);
+  TestEngine t(WithDetector(&d, Platform::kWeb));
   auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
   EXPECT_TRUE(t.engine->Beat(*h).ok());  // adaptive devices always reach the detector
   t.engine->Tick();
@@ -483,6 +493,35 @@ int64_t OfflineAfterWith(int64_t answer, int* observed = nullptr) {
   return waited;
 }
 
+// A heartbeat on a handle of a watched device keeps the lock-free path
+// (test_hooks::beat_checked is called on it only) and tells the detector,
+// with its source; the answer cached in the record decides, as before.
+std::atomic<int> lock_free_beats{0};
+
+TEST(Rule6Adaptive, HeartbeatsUnderADetectorStayLockFreeAndNameTheirSource) {
+  FixedDetector d(2500);
+  TestEngine t(WithDetector(&d, Platform::kWeb));
+  auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(t.engine->Beat(*h, Activity::kActive, Source::kManual).ok());  // a new source: locked
+  internal::test_hooks::beat_checked = [](DeviceHandle) { ++lock_free_beats; };
+  for (int i = 0; i < 10; ++i) {
+    t.Run(1000);
+    ASSERT_TRUE(t.engine->Beat(*h).ok());
+    ASSERT_TRUE(t.engine->Beat(*h, Activity::kActive, Source::kManual).ok());
+  }
+  internal::test_hooks::beat_checked = nullptr;
+  EXPECT_EQ(lock_free_beats.load(), 20);
+  EXPECT_EQ(d.observed.load(), 22);
+  EXPECT_EQ(std::count(d.sources.begin(), d.sources.end(), Source::kManual), 11);
+  EXPECT_EQ(std::count(d.sources.begin(), d.sources.end(), Source::kInferred), 0);
+  // Silent: dead at the detector's 2.5 s, not at the fixed 4 s.
+  t.Run(2400);
+  EXPECT_EQ(t.StateOf("alice"), State::kOnline);
+  t.Run(200);
+  EXPECT_EQ(t.StateOf("alice"), State::kOffline);
+}
+
 TEST(Rule6Adaptive, DetectorCanOnlyDetectSoonerAndNotBelowTheFloor) {
   int observed = 0;
   EXPECT_EQ(OfflineAfterWith(2500, &observed), 2500);
@@ -493,10 +532,7 @@ TEST(Rule6Adaptive, DetectorCanOnlyDetectSoonerAndNotBelowTheFloor) {
 
 TEST(Rule6Adaptive, InferredSignalsKeepTheirOwnClockUnderADetector) {
   FixedDetector d(2500);
-  Options o;
-  o.detector = &d;
-  o.detector_platforms = 1u << static_cast<int>(Platform::kMobile);
-  TestEngine t(o);
+  TestEngine t(WithDetector(&d, Platform::kMobile));
   Signal s = TestEngine::Sig("ann", "phone", 1, Source::kInferred);
   s.platform = Platform::kMobile;
   ASSERT_TRUE(t.engine->Signal(s).ok());

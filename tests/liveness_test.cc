@@ -1,9 +1,11 @@
 // Unit tests of the pure pieces: wrapping time, the timing wheel, the device
 // liveness rule and the reducer.
+#include <limits>
 #include <map>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "presence/prober.h"
 #include "src/core/liveness.h"
 #include "src/core/reducer.h"
 #include "src/core/time32.h"
@@ -57,14 +59,42 @@ TEST(EvaluateDevice, LiveUntilOfflineAfterThenNot) {
   d.flags = dflag::kSeen0 << SourceIndex(Source::kApp);
   d.seen[SourceIndex(Source::kApp)] = ToTime32(10000);
   d.set_bits(fast::ActiveBit(SourceIndex(Source::kApp)));
-  DeviceView v = EvaluateDevice(d, 0, 10500, p);
+  DeviceView v = EvaluateDevice(d, 10500, p);
   EXPECT_TRUE(v.live);
   EXPECT_TRUE(v.online);
   EXPECT_FALSE(v.suspect);
   EXPECT_EQ(v.deadline_ms, 14000);
-  EXPECT_TRUE(EvaluateDevice(d, 0, 11500, p).suspect);
-  EXPECT_TRUE(EvaluateDevice(d, 0, 13999, p).live);
-  EXPECT_FALSE(EvaluateDevice(d, 0, 14000, p).live);
+  EXPECT_TRUE(EvaluateDevice(d, 11500, p).suspect);
+  EXPECT_TRUE(EvaluateDevice(d, 13999, p).live);
+  EXPECT_FALSE(EvaluateDevice(d, 14000, p).live);
+}
+
+TEST(EvaluateDevice, QuietWhenEveryLiveSourceIsPastItsIntervalPlusTheMargin) {
+  Options o;
+  EXPECT_EQ(EvaluateDevice(Device(), 0, LivenessPolicy(o)).quiet_at_ms,
+            std::numeric_limits<int64_t>::max());
+  struct NoProber : Prober {
+    void Probe(const ProbeRequest&) override {}
+  } prober;
+  o.prober = &prober;
+  o.probe_margin_ms = 500;
+  const LivenessPolicy p(o);
+  Device d;
+  d.phase = Phase::kLive;
+  d.flags = (dflag::kSeen0 << SourceIndex(Source::kApp)) |
+            (dflag::kSeen0 << SourceIndex(Source::kInferred));
+  d.seen[SourceIndex(Source::kApp)] = ToTime32(10000);
+  d.seen[SourceIndex(Source::kInferred)] = ToTime32(9000);
+  DeviceView v = EvaluateDevice(d, 10100, p);
+  // INFERRED (60 s interval) is the last to turn quiet; APP outranks it.
+  EXPECT_EQ(v.quiet_at_ms, 9000 + 60000 + 500);
+  EXPECT_EQ(v.probe_source, SourceIndex(Source::kApp));
+  // Once APP lapsed, only INFERRED keeps it: probes name INFERRED.
+  v = EvaluateDevice(d, 14000, p);
+  EXPECT_EQ(v.probe_source, SourceIndex(Source::kInferred));
+  EXPECT_EQ(v.quiet_at_ms, 9000 + 60000 + 500);
+  d.flags = dflag::kSeen0 << SourceIndex(Source::kApp);
+  EXPECT_EQ(EvaluateDevice(d, 10100, p).quiet_at_ms, 10000 + 1000 + 500);
 }
 
 TEST(EvaluateDevice, GraceKeepsTheActivityItHad) {
@@ -73,8 +103,8 @@ TEST(EvaluateDevice, GraceKeepsTheActivityItHad) {
   d.phase = Phase::kGrace;
   d.flags = dflag::kGraceOnline;
   d.due = ToTime32(5000);
-  EXPECT_TRUE(EvaluateDevice(d, 0, 4999, p).online);
-  EXPECT_FALSE(EvaluateDevice(d, 0, 5000, p).live);
+  EXPECT_TRUE(EvaluateDevice(d, 4999, p).online);
+  EXPECT_FALSE(EvaluateDevice(d, 5000, p).live);
 }
 
 TEST(Reducer, PrecedenceOfOverrideOverDevices) {

@@ -19,12 +19,27 @@ using testing::TestEngine;
 // Feeds `n` intervals of `interval_ms` to `key`, starting at `t`; returns the
 // time of the last signal.
 int64_t Feed(PhiAccrualDetector& d, uint64_t key, int64_t t, int n, int64_t interval_ms) {
-  d.Observe(key, t);
+  d.Observe(key, Source::kApp, t, 4000);
   for (int i = 0; i < n; ++i) {
     t += interval_ms;
-    d.Observe(key, t);
+    d.Observe(key, Source::kApp, t, 4000);
   }
   return t;
+}
+
+// The seam: Observe answers what OfflineAfterMs answers right after, and an
+// INFERRED signal (which the engine never passes) is neither learned nor
+// shortened.
+TEST(PhiDetector, ObserveAnswersTheTimeoutAndLearnsNothingFromInferred) {
+  PhiAccrualDetector d;
+  int64_t t = 0, answer = 0;
+  for (int i = 0; i < 30; ++i, t += 1000) answer = d.Observe(1, Source::kApp, t, 4000);
+  EXPECT_LT(answer, 4000);
+  EXPECT_EQ(answer, d.OfflineAfterMs(1, t - 1000, 4000));
+  EXPECT_EQ(d.Observe(1, Source::kInferred, t, 4000), 4000);
+  EXPECT_EQ(d.Stats(1).samples, 29u);  // the INFERRED one was not learned
+  EXPECT_EQ(d.Observe(2, Source::kInferred, 0, 240000), 240000);
+  EXPECT_FALSE(d.Stats(2).known);
 }
 
 TEST(PhiDetector, QuantileMatchesTheThreshold) {
@@ -46,7 +61,7 @@ TEST(PhiDetector, AnswersTheFixedBoundUntilMinSamples) {
   EXPECT_EQ(d.OfflineAfterMs(7, t, 4000), 4000);
   EXPECT_EQ(d.Phi(7, t, t + 100000), 0.0);
   t = Feed(d, 7, t, 0, 1000);
-  d.Observe(7, t + 1000);  // the 5th interval
+  d.Observe(7, Source::kApp, t + 1000, 4000);  // the 5th interval
   EXPECT_LT(d.OfflineAfterMs(7, t + 1000, 4000), 4000);
 }
 
@@ -75,14 +90,14 @@ TEST(PhiDetector, LearnsJitterAndAnswersLaterForAJitteryDevice) {
   o.threshold = 8;
   PhiAccrualDetector d(o);
   // Alternating 700 / 1300 ms: mean 1000, sd 300.
-  d.Observe(1, 0);
-  d.Observe(2, 0);
+  d.Observe(1, Source::kApp, 0, 4000);
+  d.Observe(2, Source::kApp, 0, 4000);
   int64_t t1 = 0, t2 = 0;
   for (int i = 0; i < 200; ++i) {
     t1 += (i % 2) ? 700 : 1300;
-    d.Observe(1, t1);
+    d.Observe(1, Source::kApp, t1, 4000);
     t2 += 1000;
-    d.Observe(2, t2);
+    d.Observe(2, Source::kApp, t2, 4000);
   }
   EXPECT_NEAR(d.Stats(1).mean_ms, 1000, 20);
   EXPECT_NEAR(d.Stats(1).std_dev_ms, 300, 20);
@@ -99,16 +114,16 @@ TEST(PhiDetector, LossModelExpectsLostHeartbeats) {
   textbook.model_loss = false;
   PhiAccrualDetector classic(textbook), lossy_aware;
   int64_t t = 0;
-  classic.Observe(1, t);
-  lossy_aware.Observe(1, t);
-  lossy_aware.Observe(2, t);
+  classic.Observe(1, Source::kApp, t, 4000);
+  lossy_aware.Observe(1, Source::kApp, t, 4000);
+  lossy_aware.Observe(2, Source::kApp, t, 4000);
   uint64_t lcg = 12345;
   for (int i = 1; i <= 400; ++i) {
     t += 1000;
-    classic.Observe(1, t);
-    lossy_aware.Observe(1, t);
+    classic.Observe(1, Source::kApp, t, 4000);
+    lossy_aware.Observe(1, Source::kApp, t, 4000);
     lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
-    if ((lcg >> 33) % 10 != 0) lossy_aware.Observe(2, t);  // device 2 loses 10%, at random
+    if ((lcg >> 33) % 10 != 0) lossy_aware.Observe(2, Source::kApp, t, 4000);  // device 2 loses 10%, at random
   }
   EXPECT_GT(classic.Phi(1, t, t + 2000), 15.0);
   EXPECT_LT(lossy_aware.Phi(1, t, t + 2000), 4.0);
@@ -133,13 +148,13 @@ TEST(PhiDetector, BurstsNeedLongerTimeoutsThanSingleLosses) {
   o.threshold = 4;
   PhiAccrualDetector d(o);
   int64_t t1 = 0, t2 = 0;
-  d.Observe(1, 0);
-  d.Observe(2, 0);
+  d.Observe(1, Source::kApp, 0, 4000);
+  d.Observe(2, Source::kApp, 0, 4000);
   for (int i = 1; i <= 150; ++i) {
     t1 += i % 30 == 0 ? 4000 : 1000;                 // 3 lost in a row every 30
     t2 += i % 10 == 0 ? 2000 : 1000;                 // 1 lost every 10
-    d.Observe(1, t1);
-    d.Observe(2, t2);
+    d.Observe(1, Source::kApp, t1, 4000);
+    d.Observe(2, Source::kApp, t2, 4000);
   }
   EXPECT_NEAR(d.Stats(1).loss, d.Stats(2).loss, 0.03);
   EXPECT_GT(d.Stats(1).timeout_ms, d.Stats(2).timeout_ms + 1500);
@@ -156,11 +171,11 @@ TEST(PhiDetector, LongGapsAreNotLearnedAndSameInstantIsIgnored) {
   o.max_interval_ms = 10000;
   PhiAccrualDetector d(o);
   int64_t t = Feed(d, 1, 0, 10, 1000);
-  d.Observe(1, t + 60000);  // away for a minute, then back
-  d.Observe(1, t + 60000);  // a second source at the same instant
+  d.Observe(1, Source::kApp, t + 60000, 4000);  // away for a minute, then back
+  d.Observe(1, Source::kApp, t + 60000, 4000);  // a second source at the same instant
   EXPECT_EQ(d.Stats(1).samples, 10u);
   EXPECT_NEAR(d.Stats(1).mean_ms, 1000, 1e-6);
-  d.Observe(1, t + 61000);  // the restart point was moved: this interval is 1 s
+  d.Observe(1, Source::kApp, t + 61000, 4000);  // the restart point was moved: this interval is 1 s
   EXPECT_EQ(d.Stats(1).samples, 11u);
   EXPECT_NEAR(d.Stats(1).mean_ms, 1000, 1e-6);
 }
@@ -209,7 +224,7 @@ TEST(PhiDetector, ManyThreadsAtOnce) {
       for (int r = 0; r <= kRounds; ++r) {
         for (int i = 0; i < kDevices; ++i) {
           const uint64_t key = (uint64_t(th) << 32) | uint64_t(i);
-          d.Observe(key, int64_t(r) * 1000);
+          d.Observe(key, Source::kApp, int64_t(r) * 1000, 4000);
           const int64_t a = d.OfflineAfterMs(key, int64_t(r) * 1000, 4000);
           if (a < 1 || a > 4000) bad.fetch_add(1);
           if (r == kRounds && i % 2 == 0) d.Forget(key);

@@ -85,6 +85,37 @@ TEST(Simulator, AHandOverLongerThanTheTimeoutIsAFalseOffline) {
   EXPECT_EQ(m.engine_false_offlines, 1u);
 }
 
+// docs/design.md rule 9: a probe that reaches the device once its hand-over is
+// over is answered, and saves it; probes sent while its network is gone are
+// lost, as heartbeats are.
+TEST(Simulator, AProbeAfterAHandOverSavesTheDevice) {
+  for (bool probes : {false, true}) {
+    SimConfig c = Scripted(1, 20);
+    c.probes = probes;
+    c.engine.app.offline_after_ms = 4500;
+    c.engine.probe_retry_ms = 800;  // probes at 7, 7.8, 8.6 and 9.4 s
+    Simulator sim(c);
+    sim.ScriptConnect(0, 0);
+    // Heartbeats at 1..5 s; none due in [5.5 s, 9.3 s); the next at 10 s,
+    // past the deadline of 9.5 s.
+    sim.ScriptHandover(0, 5500, 3800);
+    sim.Run();
+    const Metrics& m = sim.metrics();
+    EXPECT_EQ(m.engine_errors, 0u);
+    if (!probes) {
+      EXPECT_EQ(m.false_offlines, 1u);
+      EXPECT_EQ(m.probes_sent, 0u);
+      continue;
+    }
+    const std::vector<LoggedChange> want = {{100, 0, State::kOnline, Cause::kSignal}};
+    EXPECT_EQ(sim.log(), want);
+    EXPECT_EQ(m.false_offlines, 0u);
+    EXPECT_EQ(m.probes_sent, 4u);         // three of them during the hand-over
+    EXPECT_EQ(m.probe_answers_sent, 1u);  // the one at 9.4 s
+    EXPECT_EQ(m.probe_answers_applied, 1u);
+  }
+}
+
 // docs/design.md rule 7: at most one published change per user per min_dwell (1 s).
 // A user who comes back 0.3 s after its offline was published is shown online
 // when the dwell ends, not at the next flush: the online latency's tail.
@@ -149,6 +180,16 @@ void ExpectSameRun(const SimConfig& c) {
 TEST(Simulator, FixedSeedGivesIdenticalRunsFixedThresholds) { ExpectSameRun(Random(42, false)); }
 
 TEST(Simulator, FixedSeedGivesIdenticalRunsAdaptive) { ExpectSameRun(Random(42, true)); }
+
+TEST(Simulator, FixedSeedGivesIdenticalRunsWithProbes) {
+  SimConfig c = Random(42, false);
+  c.probes = true;
+  ExpectSameRun(c);
+  Simulator sim(c);
+  sim.Run();
+  EXPECT_GT(sim.metrics().probes_sent, 0u);
+  EXPECT_GT(sim.metrics().probe_answers_applied, 0u);
+}
 
 TEST(Simulator, AnotherSeedGivesAnotherRun) {
   Simulator a(Random(1, false)), b(Random(2, false));

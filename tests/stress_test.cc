@@ -7,7 +7,10 @@
 // It runs for PRESENCE_STRESS_SECONDS (default 2) and is also built under
 // ThreadSanitizer by .ci/run and scripts/hardening.sh. A second test races
 // what issue 21 fixed: callbacks that call back in, Close during delivery,
-// RevokePartitions during keyed calls, Erase during heartbeats.
+// RevokePartitions during keyed calls, Erase during heartbeats. A third races
+// push/pull checks and the detector (issue 17): lock-free heartbeats of
+// watched devices, probes sent by ticks and answered from other threads,
+// disconnects and reconnects.
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -22,6 +25,8 @@
 #include "presence/engine.h"
 #include "presence/fanout.h"
 #include "presence/history.h"
+#include "presence/phi_detector.h"
+#include "presence/prober.h"
 #include "presence/store.h"
 #include "src/core/mutex.h"
 #include "tests/fanout_client.h"
@@ -457,6 +462,110 @@ TEST(Stress, CallbacksCloseRevokeAndEraseRaceCleanly) {
   std::printf("stress (issue 21): %.1f s, %llu operations, %llu listener calls\n", StressSeconds(),
               static_cast<unsigned long long>(ops.load()),
               static_cast<unsigned long long>(listener.calls.load()));
+}
+
+TEST(Stress, WatchedHeartbeatsAndProbeAnswersRaceTicks) {
+  // Probes go to a queue that answering threads drain; the clock is the
+  // real one, with short intervals, so that devices go quiet, are probed
+  // and die while others beat them back.
+  struct QueueProber : Prober {
+    void Probe(const ProbeRequest& r) override {
+      internal::MutexLock lock(&mu);
+      ids.push_back(r.probe_id);
+    }
+    bool Take(uint64_t* id) {
+      internal::MutexLock lock(&mu);
+      if (ids.empty()) return false;
+      *id = ids.back();
+      ids.pop_back();
+      return true;
+    }
+    internal::Mutex mu;
+    std::vector<uint64_t> ids;
+  } prober;
+  PhiAccrualDetector detector;
+  Options o;
+  o.app = {20, 80};
+  o.manual = {20, 80};
+  o.probe_margin_ms = 10;
+  o.probe_retry_ms = 10;
+  o.detector = &detector;
+  o.detector_platforms = 1u << static_cast<int>(Platform::kWeb);  // mobile: fixed bound
+  o.detector_floor_ms = 40;
+  o.max_signals_per_device_per_sec = 0;
+  o.prober = &prober;
+  std::unique_ptr<Engine> engine = Engine::Create(o).value();
+  constexpr int kDevices = 64;
+  std::vector<std::atomic<uint64_t>> handles(kDevices);
+  std::atomic<uint64_t> session{1};
+  auto connect = [&](int i) {
+    Signal s;
+    const std::string user = "u" + std::to_string(i % 16), device = "d" + std::to_string(i);
+    s.user_id = user;
+    s.device_id = device;
+    s.session_id = session.fetch_add(1);
+    s.platform = i % 2 == 0 ? Platform::kWeb : Platform::kMobile;
+    absl::StatusOr<DeviceHandle> h = engine->Connect(s);
+    ASSERT_TRUE(h.ok()) << h.status();
+    handles[i].store(h->value);
+  };
+  for (int i = 0; i < kDevices; ++i) connect(i);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> unexpected{0}, applied{0};
+  std::vector<std::thread> threads;
+  for (int b = 0; b < 2; ++b) {
+    threads.emplace_back([&, b] {
+      std::mt19937 rng(b);
+      while (!stop.load()) {
+        // Each beater has its own devices (so reconnects do not race); one
+        // in four never beats: it lives on probe answers, or dies.
+        const int i = static_cast<int>(rng() % (kDevices / 2)) * 2 + b;
+        if (i % 4 == b) continue;
+        const Source src = rng() % 2 ? Source::kApp : Source::kManual;
+        absl::Status st = engine->Beat(DeviceHandle{handles[i].load()}, Activity::kActive, src);
+        // NotFound: a handle of a replaced session; FailedPrecondition: a
+        // beat that read the clock before another thread's beat landed.
+        if (!st.ok() && !absl::IsNotFound(st) && !absl::IsFailedPrecondition(st)) ++unexpected;
+        if (rng() % 4096 == 0) connect(i);  // a reconnect: probes of the old session turn late
+      }
+    });
+  }
+  for (int a = 0; a < 2; ++a) {
+    threads.emplace_back([&] {
+      while (!stop.load()) {
+        uint64_t id;
+        if (!prober.Take(&id)) {
+          std::this_thread::yield();
+          continue;
+        }
+        if (id % 5 == 0) continue;  // lost: some devices die with their probes unanswered
+        absl::Status st = engine->AnswerProbe(id);
+        if (st.ok()) {
+          ++applied;
+        } else if (!absl::IsFailedPrecondition(st)) {
+          ++unexpected;
+        }
+      }
+    });
+  }
+  const auto end = std::chrono::steady_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(StressSeconds() * 1000));
+  while (std::chrono::steady_clock::now() < end) engine->Tick();
+  stop.store(true);
+  for (std::thread& t : threads) t.join();
+  engine->Tick();
+  EXPECT_EQ(unexpected.load(), 0u);
+  // Every answer applied was counted once, and no more answers than probes.
+  const std::string m = engine->RenderMetrics();
+  auto value = [&](const std::string& name) {
+    const size_t at = m.find("\n" + name + " ");
+    return at == std::string::npos ? -1.0 : std::atof(m.c_str() + at + name.size() + 2);
+  };
+  EXPECT_EQ(value("presence_probes_answered_total"), double(applied.load()));
+  EXPECT_GT(value("presence_probes_sent_total"), 0);
+  EXPECT_GT(value("presence_probes_answered_total"), 0);
+  EXPECT_LE(value("presence_probes_answered_total") + value("presence_probes_late_total"),
+            value("presence_probes_sent_total"));
 }
 
 }  // namespace

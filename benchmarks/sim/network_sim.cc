@@ -9,6 +9,7 @@
 #include <queue>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -67,6 +68,8 @@ enum class Ev : uint8_t {
   kReload,      // abrupt disconnect; arg: the gap before the new session
   kReloadBack,  // the reloaded page connects with a new session
   kHandover,    // arg: the gap in heartbeats
+  kProbeReach,  // a probe reaches the device; arg: the probe id
+  kProbeAnswer,  // its answer reaches the host: Engine::AnswerProbe; arg: the probe id
 };
 
 // Scripted events skip the tag check.
@@ -188,6 +191,7 @@ struct Simulator::Impl {
   };
   struct User {
     std::string id;
+    uint32_t first_device = 0;
     int connected = 0;
     bool published_on = false;
     bool await_online = false, await_offline = false;
@@ -211,6 +215,34 @@ struct Simulator::Impl {
   void Push(int64_t t, Ev type, uint32_t device, uint32_t tag, int64_t arg = 0) {
     queue.push(Event{t, seq++, arg, device, tag, type});
   }
+  // Whether a message on the device's link is lost, in the channel's
+  // current state (heartbeats step the Gilbert-Elliott state first).
+  bool Lost(const Device& d, const Link& link) {
+    const double p = d.bad ? link.loss.loss_bad : link.loss.loss_good;
+    return p > 0 && rng.Uniform() < p;
+  }
+  // The link's jitter: a heartbeat's offset from its nominal time.
+  double SampleJitter(const Link& link) {
+    double j = 0;
+    switch (link.jitter.kind) {
+      case Jitter::Kind::kNone:
+        break;
+      case Jitter::Kind::kGaussian:
+        j = link.jitter.scale_ms * rng.Normal();
+        break;
+      case Jitter::Kind::kLogNormal:
+        j = link.jitter.scale_ms * (std::exp(link.jitter.shape * rng.Normal()) - 1.0);
+        break;
+      case Jitter::Kind::kPareto:
+        j = link.jitter.scale_ms * (std::pow(rng.Uniform(), -1.0 / link.jitter.shape) - 1.0);
+        break;
+    }
+    return std::min(j, 3.6e6);
+  }
+  // One leg of a probe or its answer: the jitter as a delay, never negative.
+  int64_t LegDelay(const Link& link) {
+    return std::max<int64_t>(0, static_cast<int64_t>(std::llround(SampleJitter(link))));
+  }
   bool Measuring(int64_t t) const { return t >= warmup_end; }
   void IntegrateTo(int64_t t) {
     const int64_t from = std::max(integrated_to, warmup_end);
@@ -224,6 +256,7 @@ Simulator::Simulator(const SimConfig& config)
   Options o = config_.engine;
   o.clock = &clock_;
   o.listener = this;
+  if (config_.probes) o.prober = this;
   if (config_.adaptive) {
     detector_ = std::make_unique<PhiAccrualDetector>(config_.phi);
     o.detector = detector_.get();
@@ -245,6 +278,7 @@ Simulator::Simulator(const SimConfig& config)
   static constexpr Platform kPlatforms[] = {Platform::kWeb, Platform::kDesktop, Platform::kMobile};
   for (int u = 0; u < w.users; ++u) {
     m.users[u].id = absl::StrCat("u", u);
+    m.users[u].first_device = static_cast<uint32_t>(m.devices.size());
     int n = config_.scripted_devices_per_user;
     if (config_.random_workload) {
       const double x = m.rng.Uniform();
@@ -396,26 +430,11 @@ void Simulator::Run() {
             d.bad = true;
           }
         }
-        const double p = d.bad ? link.loss.loss_bad : link.loss.loss_good;
-        if (p > 0 && m.rng.Uniform() < p) {
+        if (m.Lost(d, link)) {
           if (m.Measuring(t)) ++mx.heartbeats_lost;
           return;
         }
-        double j = 0;
-        switch (link.jitter.kind) {
-          case Jitter::Kind::kNone:
-            break;
-          case Jitter::Kind::kGaussian:
-            j = link.jitter.scale_ms * m.rng.Normal();
-            break;
-          case Jitter::Kind::kLogNormal:
-            j = link.jitter.scale_ms * (std::exp(link.jitter.shape * m.rng.Normal()) - 1.0);
-            break;
-          case Jitter::Kind::kPareto:
-            j = link.jitter.scale_ms * (std::pow(m.rng.Uniform(), -1.0 / link.jitter.shape) - 1.0);
-            break;
-        }
-        j = std::min(j, 3.6e6);
+        const double j = m.SampleJitter(link);
         const int64_t arrival = std::max(t, nominal + static_cast<int64_t>(std::llround(j)));
         m.Push(arrival, Ev::kHbArrive, ev.device, d.epoch);
         return;
@@ -471,6 +490,25 @@ void Simulator::Run() {
         if (ev.tag != d.life || !d.connected || !d.reloading) return;
         connect(ev.device, t, /*new_life=*/false);
         return;
+      case Ev::kProbeReach: {
+        // Answered only by the session probed, connected, and not mid
+        // hand-over (its network is gone then).
+        if (ev.tag != d.epoch || !d.connected || d.reloading || t < d.mute_until) return;
+        const Link& link = config_.links[d.link].link;
+        if (m.Measuring(t)) ++mx.probe_answers_sent;
+        if (m.Lost(d, link)) return;
+        m.Push(t + m.LegDelay(link), Ev::kProbeAnswer, ev.device, kAnyTag, ev.arg);
+        return;
+      }
+      case Ev::kProbeAnswer: {
+        const absl::Status st = engine_->AnswerProbe(static_cast<uint64_t>(ev.arg));
+        if (st.ok()) {
+          if (m.Measuring(t)) ++mx.probe_answers_applied;
+        } else if (!absl::IsFailedPrecondition(st)) {  // late answers are expected
+          ++mx.engine_errors;
+        }
+        return;
+      }
       case Ev::kHandover:
         if ((ev.tag != kAnyTag && ev.tag != d.life) || !d.connected) return;
         if (m.Measuring(t)) ++mx.handovers;
@@ -505,6 +543,22 @@ void Simulator::Run() {
       absl::SimpleAtoi(line, &mx.engine_false_offlines);
     }
   }
+}
+
+void Simulator::Probe(const ProbeRequest& r) {
+  Impl& m = *impl_;
+  const int64_t t = clock_.NowMs();
+  uint32_t ui = 0, k = 0;
+  std::from_chars(r.user_id.data() + 1, r.user_id.data() + r.user_id.size(), ui);
+  std::from_chars(r.device_id.data() + 1, r.device_id.data() + r.device_id.size(), k);
+  const uint32_t di = m.users[ui].first_device + k;
+  Impl::Device& d = m.devices[di];
+  if (m.Measuring(t)) ++metrics_.probes_sent;
+  // A probe of an older session finds no one; one that is lost never arrives.
+  if (r.session_id != d.session) return;
+  const Link& link = config_.links[d.link].link;
+  if (m.Lost(d, link)) return;
+  m.Push(t + m.LegDelay(link), Ev::kProbeReach, di, d.epoch, static_cast<int64_t>(r.probe_id));
 }
 
 void Simulator::OnChanges(absl::Span<const ChangeEvent> events) {

@@ -33,6 +33,14 @@
 //   flap                  a published transition that no true transition
 //                         explains (a mistake and its recovery are two)
 //
+// With SimConfig::probes the engine probes silent devices (docs/design.md
+// rule 9): the simulator is its Prober. A probe travels to the device and
+// its answer back over the device's link, each leg lost and delayed like a
+// heartbeat (the link's loss in its current Gilbert-Elliott state, which
+// probes do not step; a delay of the link's jitter, clamped at 0). A device
+// answers when the probe reaches it connected, in the probed session and not
+// mid hand-over; the answer reaches the engine through Engine::AnswerProbe.
+//
 // Only what happens after `warmup_s` is measured. Same config and seed: same
 // events, same metrics, bit for bit.
 //
@@ -51,6 +59,7 @@
 #include "presence/listener.h"
 #include "presence/options.h"
 #include "presence/phi_detector.h"
+#include "presence/prober.h"
 
 namespace presence::sim {
 
@@ -141,6 +150,9 @@ struct SimConfig {
   bool adaptive = false;
   PhiDetectorOptions phi;
   uint32_t adaptive_platforms = 0;
+  // Push/pull checks: the simulator is the engine's Prober (engine's
+  // probe_* options apply).
+  bool probes = false;
   int64_t tick_ms = 100;
   double duration_s = 3600;
   double warmup_s = 120;
@@ -182,6 +194,9 @@ struct Metrics {
   // that lands just after the device's real end.
   uint64_t false_onlines = 0;
   uint64_t engine_errors = 0;  // an engine call that failed (should stay 0)
+  // Probes (SimConfig::probes): asked by the engine, and answers sent by
+  // devices (each a message on the link); answers the engine applied.
+  uint64_t probes_sent = 0, probe_answers_sent = 0, probe_answers_applied = 0;
   double cpu_seconds = 0;              // process CPU spent in Run()
 
   Summary DetectionAll() const;
@@ -193,6 +208,10 @@ struct Metrics {
     return true_transitions > 0 ? double(false_offlines) / double(true_transitions) : 0;
   }
   double FlapsPerUserHour() const { return user_hours > 0 ? flaps / user_hours : 0; }
+  // Messages beyond heartbeats: probes and their answers.
+  double ExtraMessagesPerDeviceHour() const {
+    return device_hours > 0 ? double(probes_sent + probe_answers_sent) / device_hours : 0;
+  }
 };
 
 // One published change, as kept with SimConfig::keep_log.
@@ -206,7 +225,7 @@ struct LoggedChange {
   }
 };
 
-class Simulator : private ChangeListener {
+class Simulator : private ChangeListener, private Prober {
  public:
   // Creates the engine and, in random mode, the initial events.
   explicit Simulator(const SimConfig& config);
@@ -236,6 +255,7 @@ class Simulator : private ChangeListener {
  private:
   struct Impl;
   void OnChanges(absl::Span<const ChangeEvent> events) override;
+  void Probe(const ProbeRequest& request) override;
 
   SimConfig config_;
   ManualClock clock_{kStartMs};

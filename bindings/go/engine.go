@@ -1,13 +1,24 @@
 package presence
 
 /*
+#include <stdint.h>
 #include <stdlib.h>
 #include "presence/c.h"
+
+// In sink.c.
+void presence_go_probe(const presence_probe_t* probe, void* payload);
+
+// The payload is a cgo.Handle (an integer, not a Go pointer).
+static void presence_go_set_prober(presence_engine_options_t* o, uintptr_t handle) {
+  o->prober = presence_go_probe;
+  o->prober_payload = (void*)handle;
+}
 */
 import "C"
 
 import (
 	"runtime"
+	"runtime/cgo"
 	"sync/atomic"
 	"unsafe"
 )
@@ -59,6 +70,19 @@ type EngineOptions struct {
 	FileDir            string
 	FileSync           FileSync // FileSyncEveryWrite
 	FileSyncIntervalMs int64    // 100: FileSyncInterval only
+
+	// Prober turns on push/pull checks (docs/design.md rule 9): before a
+	// silent device is declared offline the engine asks it to check the
+	// device (a WebSocket ping, a push), and the host reports the answer
+	// with Engine.AnswerProbe. nil: the engine only waits. A device whose
+	// every live source was silent past its interval plus ProbeMarginMs is
+	// probed, then again every ProbeRetryMs, at most MaxProbes (1..8) times
+	// per silence; offline_after stays the upper bound.
+	Prober                    Prober
+	ProbeMarginMs             int64 // 1000
+	ProbeRetryMs              int64 // 500
+	MaxProbes                 int32 // 4
+	MaxProbesPerGatewayPerSec int32 // 1000: per gateway; 0: no limit
 }
 
 // DefaultEngineOptions returns the library's defaults
@@ -91,6 +115,10 @@ func DefaultEngineOptions() EngineOptions {
 		MemoryBudgetBytes:          int64(c.memory_budget_bytes),
 		FileSync:                   FileSync(c.file_sync),
 		FileSyncIntervalMs:         int64(c.file_sync_interval_ms),
+		ProbeMarginMs:              int64(c.probe_margin_ms),
+		ProbeRetryMs:               int64(c.probe_retry_ms),
+		MaxProbes:                  int32(c.max_probes),
+		MaxProbesPerGatewayPerSec:  int32(c.max_probes_per_gateway_per_sec),
 	}
 }
 
@@ -108,7 +136,8 @@ func cbool(b bool) C.uint8_t {
 // Every method may be called from any goroutine at once, except Close.
 type Engine struct {
 	p      atomic.Pointer[C.presence_engine_t]
-	panics *sinkPanics // panics recovered in push sinks, reported by Tick
+	panics *sinkPanics // panics recovered in push sinks and the prober, reported by Tick
+	prober cgo.Handle  // of the *proberEntry the C engine calls; 0: none
 }
 
 // NewEngine creates an engine. opts may be nil: every default and the
@@ -117,6 +146,8 @@ func NewEngine(opts *EngineOptions) (*Engine, error) {
 	var p *C.presence_engine_t
 	var msg *C.char
 	var rc C.int
+	panics := &sinkPanics{}
+	var prober cgo.Handle
 	if opts == nil {
 		rc = C.presence_engine_new(&p, nil, &msg)
 	} else {
@@ -152,6 +183,14 @@ func NewEngine(opts *EngineOptions) (*Engine, error) {
 		c.memory_budget_bytes = C.int64_t(opts.MemoryBudgetBytes)
 		c.file_sync = C.int32_t(opts.FileSync)
 		c.file_sync_interval_ms = C.int64_t(opts.FileSyncIntervalMs)
+		c.probe_margin_ms = C.int64_t(opts.ProbeMarginMs)
+		c.probe_retry_ms = C.int64_t(opts.ProbeRetryMs)
+		c.max_probes = C.int32_t(opts.MaxProbes)
+		c.max_probes_per_gateway_per_sec = C.int32_t(opts.MaxProbesPerGatewayPerSec)
+		if opts.Prober != nil {
+			prober = cgo.NewHandle(&proberEntry{fn: opts.Prober, panics: panics})
+			C.presence_go_set_prober(c, C.uintptr_t(prober))
+		}
 		if opts.FileDir != "" {
 			dir := C.CBytes([]byte(opts.FileDir))
 			defer C.free(dir)
@@ -163,9 +202,12 @@ func NewEngine(opts *EngineOptions) (*Engine, error) {
 		keepAlive(opts.Clock)
 	}
 	if err := status(rc, msg); err != nil {
+		if prober != 0 {
+			prober.Delete()
+		}
 		return nil, err
 	}
-	e := &Engine{panics: &sinkPanics{}}
+	e := &Engine{panics: panics, prober: prober}
 	e.p.Store(p)
 	runtime.SetFinalizer(e, (*Engine).Close)
 	return e, nil
@@ -177,8 +219,35 @@ func (e *Engine) Close() error {
 	if p := e.p.Swap(nil); p != nil {
 		C.presence_engine_destroy(p)
 		runtime.SetFinalizer(e, nil)
+		// Only Tick calls the prober, and no Tick runs after Close.
+		if e.prober != 0 {
+			e.prober.Delete()
+		}
 	}
 	return nil
+}
+
+// AnswerProbe reports the answer to a probe (docs/design.md rule 9): it
+// counts as a signal of the probed device and source, now. It returns true
+// when applied, false when the answer came late (the device signalled, died
+// or disconnected since: counted, nothing applied), and an error with Code
+// NotFound for an id that no probe of this engine had.
+func (e *Engine) AnswerProbe(probeID uint64) (bool, error) {
+	p, err := e.ptr()
+	if err != nil {
+		return false, err
+	}
+	var msg *C.char
+	rc := C.presence_engine_answer_probe(p, C.uint64_t(probeID), &msg)
+	keepAlive(e)
+	if rc == C.PRESENCE_ERR_FAILED_PRECONDITION {
+		C.presence_free(unsafe.Pointer(msg))
+		return false, nil
+	}
+	if err := status(rc, msg); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 func (e *Engine) ptr() (*C.presence_engine_t, error) {

@@ -17,7 +17,10 @@ type world struct {
 	engine *Engine
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t *testing.T) *world { return newWorldWith(t, nil) }
+
+// newWorldWith is newWorld with its engine options changed by tune first.
+func newWorldWith(t *testing.T, tune func(*EngineOptions)) *world {
 	t.Helper()
 	clock, err := NewManualClock(start)
 	if err != nil {
@@ -26,8 +29,12 @@ func newWorld(t *testing.T) *world {
 	o := DefaultEngineOptions()
 	o.Clock = clock
 	o.MinDwellMs = 0
+	if tune != nil {
+		tune(&o)
+	}
 	e, err := NewEngine(&o)
 	if err != nil {
+		clock.Close()
 		t.Fatal(err)
 	}
 	w := &world{t: t, clock: clock, engine: e}

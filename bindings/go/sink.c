@@ -12,3 +12,9 @@ void presence_go_sink(uint64_t subscriber, const char* batch, size_t batch_len, 
 }
 
 void presence_go_payload_free(void* payload) { presenceGoPayloadFree((uintptr_t)payload); }
+
+void presence_go_probe(const presence_probe_t* p, void* payload) {
+  presenceGoProbe((char*)p->user_id, p->user_id_len, (char*)p->device_id, p->device_id_len,
+                  p->session_id, p->probe_id, p->source, p->attempt, (char*)p->gateway,
+                  p->gateway_len, (uintptr_t)payload);
+}

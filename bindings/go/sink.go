@@ -49,11 +49,19 @@ type sinkPanics struct {
 }
 
 func (s *sinkPanics) record(sub SubscriberID, v any) {
+	s.add(fmt.Sprintf("the push sink of subscriber %d panicked: %v", sub, v))
+}
+
+func (s *sinkPanics) recordProbe(probeID uint64, v any) {
+	s.add(fmt.Sprintf("the prober panicked on probe %d: %v", probeID, v))
+}
+
+func (s *sinkPanics) add(message string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count++
 	if s.first == nil {
-		s.first = &Error{Code: Internal, Message: fmt.Sprintf("the push sink of subscriber %d panicked: %v", sub, v)}
+		s.first = &Error{Code: Internal, Message: message}
 	}
 }
 
@@ -79,6 +87,54 @@ func presenceGoSink(subscriber C.uint64_t, batch *C.char, n C.size_t, payload C.
 		}
 	}()
 	entry.fn(SubscriberID(subscriber), data)
+}
+
+// Probe is what the engine asks the host to check (docs/design.md rule 9):
+// ping device DeviceID of user UserID in session SessionID, and report the
+// answer with Engine.AnswerProbe(ProbeID). The answer counts as a signal of
+// Source.
+type Probe struct {
+	UserID    string
+	DeviceID  string
+	SessionID uint64
+	ProbeID   uint64 // never 0
+	Source    Source
+	Attempt   int    // 1 for the first probe of a silence, 2 for the first retry, ...
+	Gateway   string // that carried the device's last signal; "" when none
+}
+
+// Prober sends a probe. It runs on the goroutine that calls Engine.Tick,
+// after the tick's work, one probe at a time, and must not block for long.
+// It may call any method of the engine (AnswerProbe included) except Tick
+// (FailedPrecondition) and Close. A panic is recovered and returned by that
+// Tick as an Internal error, as a push sink's.
+type Prober func(p Probe)
+
+type proberEntry struct {
+	fn     Prober
+	panics *sinkPanics
+}
+
+//export presenceGoProbe
+func presenceGoProbe(user *C.char, userLen C.size_t, device *C.char, deviceLen C.size_t,
+	session, id C.uint64_t, source, attempt C.int32_t, gateway *C.char, gatewayLen C.size_t,
+	payload C.uintptr_t) {
+	entry := cgo.Handle(payload).Value().(*proberEntry)
+	p := Probe{
+		UserID:    C.GoStringN(user, C.int(userLen)),
+		DeviceID:  C.GoStringN(device, C.int(deviceLen)),
+		SessionID: uint64(session),
+		ProbeID:   uint64(id),
+		Source:    Source(source),
+		Attempt:   int(attempt),
+		Gateway:   C.GoStringN(gateway, C.int(gatewayLen)),
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			entry.panics.recordProbe(p.ProbeID, r)
+		}
+	}()
+	entry.fn(p)
 }
 
 //export presenceGoPayloadFree

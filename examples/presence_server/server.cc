@@ -230,7 +230,13 @@ absl::Status Server::Impl::Init() {
     opts_.engine.store = file_store_->store();
     opts_.engine.history = file_store_->history();
   }
+  // Silent WebSocket clients are pinged (ws_session.cc); on a cluster node
+  // the devices' owner is another process, which probes nothing.
+  if (co.role == ClusterRole::kNone) opts_.engine.prober = this;
   if (co.role != ClusterRole::kNone) {
+    if (opts_.simulate > 0) {
+      return absl::InvalidArgumentError("--simulate drives a local engine: it is for one process, not a cluster node");
+    }
     absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Create(co, &opts_.engine);
     if (!cluster.ok()) return cluster.status();
     cluster_ = std::move(*cluster);

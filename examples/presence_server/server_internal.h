@@ -38,6 +38,7 @@
 #include "flex_stream.h"
 #include "presence/clock.h"
 #include "presence/engine.h"
+#include "presence/prober.h"
 #include "presence/v1/presence.pb.h"
 #include "server.h"
 
@@ -159,7 +160,7 @@ void ServeHttp(Server::Impl* server, FlexStream stream, Peer peer);
 
 // ---- The server -------------------------------------------------------------
 
-class Server::Impl : public presence::Sink {
+class Server::Impl : public presence::Sink, public presence::Prober {
  public:
   explicit Impl(ServerOptions options)
       : opts_(std::move(options)), acceptor_(ioc_), metrics_acceptor_(ioc_), tick_timer_(ioc_), flush_timer_(ioc_), exit_timer_(ioc_),
@@ -232,6 +233,11 @@ class Server::Impl : public presence::Sink {
   // replaces (and closes) the one before at once.
   void ClaimDevice(const std::string& user, const std::string& device, const std::shared_ptr<WsSession>& s);
   void ReleaseDevice(const std::string& user, const std::string& device, const WsSession* s);
+
+  // presence::Prober (docs/design.md rule 9), called from Engine::Tick on the
+  // io thread: the WebSocket connection that holds the probed device gets a
+  // ping frame, and its pong answers the probe (ws_session.cc).
+  void Probe(const presence::ProbeRequest& request) override;
 
  private:
   absl::Status InitTls();
@@ -349,6 +355,11 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
 
   const std::string& user_id() const { return user_id_; }
 
+  // Sends a ping frame whose payload is the probe id, when this connection
+  // carries device session `session_id`; a pong with that payload answers
+  // the probe (Engine::AnswerProbe).
+  void Ping(uint64_t session_id, uint64_t probe_id);
+
   // A newer connection took this one's device: say so and close.
   void Replaced();
 
@@ -428,6 +439,12 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   absl::flat_hash_set<std::string> users_, topics_;
   double tokens_ = 0;
   int64_t last_refill_ms_ = 0;
+  // Probes (Ping): the ids pinged and not yet answered (the last few), and
+  // one that waits for the ping in flight (Beast sends one at a time).
+  void SendPing(uint64_t probe_id);
+  std::deque<uint64_t> probes_;
+  bool pinging_ = false;
+  uint64_t ping_waiting_ = 0;
 };
 
 }  // namespace presence_server

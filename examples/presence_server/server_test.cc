@@ -365,6 +365,54 @@ TEST_F(ServerTest, StreamShowsOnlineThenOfflineAfterAnAbruptDrop) {
   EXPECT_GE(std::chrono::steady_clock::now() - dropped, 1400ms);
 }
 
+// docs/design.md rule 9: a client that sends no heartbeat but answers the
+// server's WebSocket pings (a Beast stream does while it reads) stays online
+// past offline_after; once it stops answering, it goes offline when its
+// offline_after has passed, its probes given up.
+TEST_F(ServerTest, AClientThatOnlyAnswersPingsStaysOnline) {
+  StopServer();
+  Start([](ServerOptions& o) {
+    o.engine.app = {500, 2000};  // probed at 1, 1.25, 1.5 and 1.75 s of silence; DEAD at 2 s
+    o.engine.probe_margin_ms = 500;
+    o.engine.probe_retry_ms = 250;
+  });
+  auto metric = [&](const std::string& name) -> int64_t {
+    const std::string body = Http(port_, http::verb::get, "/metrics", "tok-root-0123456789").body;
+    const size_t at = body.find("\n" + name + " ");
+    int64_t v = -1;
+    if (at != std::string::npos) {
+      v = std::strtoll(body.c_str() + at + name.size() + 2, nullptr, 10);
+    }
+    return v;
+  };
+  auto bob_state = [&] {
+    HttpResult r = Http(port_, http::verb::get, "/presence?user_ids=bob", "tok-alice-0123456789");
+    return Str(r.json.Find("users")->items()[0], "state");
+  };
+  std::unique_ptr<WsClient> bob = Connect("tok-bob-0123456789", "phone");
+  const auto connected = std::chrono::steady_clock::now();
+  const auto deadline = connected + 30s;
+  while (metric("presence_probes_answered_total") < 5 && std::chrono::steady_clock::now() < deadline) {
+    bob->Poll(50ms);  // reads, and so answers the pings
+    ASSERT_EQ(bob_state(), "online");
+  }
+  ASSERT_GE(metric("presence_probes_answered_total"), 5);
+  EXPECT_GE(std::chrono::steady_clock::now() - connected, 4s);  // twice offline_after, no heartbeat
+  EXPECT_EQ(bob_state(), "online");
+  EXPECT_EQ(metric("presence_probes_given_up_total"), 0);
+  EXPECT_EQ(metric("presence_probes_late_total"), 0);
+
+  // bob's stream is no longer read: the pings go unanswered, and a watcher
+  // sees him go offline.
+  std::unique_ptr<WsClient> alice = Connect("tok-alice-0123456789");
+  alice->Send(R"({"type":"subscribe","users":["bob"]})");
+  ASSERT_TRUE(alice->WaitForState("bob", "online", 3s));
+  EXPECT_TRUE(alice->WaitForState("bob", "offline", 10s));
+  EXPECT_GE(metric("presence_probes_given_up_total"), 1);
+  // Both connections are still open: the probes told, not a disconnect.
+  EXPECT_EQ(metric("presence_server_ws_connections"), 2);
+}
+
 TEST_F(ServerTest, ByeIsACleanDisconnect) {
   std::unique_ptr<WsClient> alice = Connect("tok-alice-0123456789");
   alice->Send(R"({"type":"subscribe","users":["bob"]})");

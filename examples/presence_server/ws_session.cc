@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "json.h"
 #include "server_internal.h"
@@ -126,6 +127,17 @@ void WsSession::Admit() {
   }
   handle_ = *h;
   server_->ClaimDevice(user_id_, device_id_, shared_from_this());
+  // A pong whose payload is a probe id this connection was pinged with
+  // answers the probe; others (Beast's keep-alive pings, forged ids) do not.
+  ws_.control_callback([this](websocket::frame_type kind, beast::string_view payload) {
+    uint64_t id = 0;
+    const absl::string_view text(payload.data(), payload.size());
+    if (kind != websocket::frame_type::pong || !absl::SimpleAtoi(text, &id)) return;
+    auto it = std::find(probes_.begin(), probes_.end(), id);
+    if (it == probes_.end()) return;
+    probes_.erase(it);
+    server_->engine()->AnswerProbe(id).IgnoreError();  // a late answer is counted, nothing more
+  });
 
   const Access& a = server_->access();
   std::vector<std::string> friends = a.FriendsOf(user_id_);
@@ -499,6 +511,35 @@ void WsSession::Finish() {
     registered_ = false;
     server_->Unregister(sub_);  // may drop the last reference but one: ours is in the handler
   }
+}
+
+void Server::Impl::Probe(const presence::ProbeRequest& request) {
+  auto it = ws_by_device_.find(
+      std::make_pair(std::string(request.user_id), std::string(request.device_id)));
+  if (it == ws_by_device_.end()) return;  // not a WebSocket client (--simulate), or gone
+  if (std::shared_ptr<WsSession> s = it->second.lock()) s->Ping(request.session_id, request.probe_id);
+}
+
+void WsSession::Ping(uint64_t session_id, uint64_t probe_id) {
+  if (closing_ || finished_ || session_id != session_id_) return;
+  constexpr size_t kKept = 8;  // enough for every probe of one silence
+  probes_.push_back(probe_id);
+  if (probes_.size() > kKept) probes_.pop_front();
+  if (pinging_) {
+    ping_waiting_ = probe_id;  // a newer probe replaces an older one that waits
+    return;
+  }
+  SendPing(probe_id);
+}
+
+void WsSession::SendPing(uint64_t probe_id) {
+  pinging_ = true;
+  ws_.async_ping(websocket::ping_data(absl::StrCat(probe_id).c_str()),
+                 [self = shared_from_this()](beast::error_code ec) {
+                   self->pinging_ = false;
+                   const uint64_t next = std::exchange(self->ping_waiting_, 0);
+                   if (!ec && next != 0 && !self->closing_ && !self->finished_) self->SendPing(next);
+                 });
 }
 
 }  // namespace presence_server

@@ -324,7 +324,34 @@ PRESENCE_EXPORT int presence_clock_now(int64_t* out_now_ms, const presence_clock
  * about each. To add a field: append it, raise
  * PRESENCE_ENGINE_OPTIONS_VERSION, extend the _INIT macro, and read the field
  * in capi/c_engine.cc only when options->version is at least the new version. */
-#define PRESENCE_ENGINE_OPTIONS_VERSION 2
+#define PRESENCE_ENGINE_OPTIONS_VERSION 3
+
+/* presence_probe_t: ping device `device_id` of user `user_id`, in session
+ * `session_id`, and answer with presence_engine_answer_probe(probe_id)
+ * (docs/design.md rule 9). The pointers are valid during the callback only. */
+typedef struct presence_probe_t {
+  const char* user_id;
+  size_t user_id_len;
+  const char* device_id;
+  size_t device_id_len;
+  uint64_t session_id;
+  uint64_t probe_id; /* never 0 */
+  int32_t source;    /* presence_source_t the answer counts as */
+  int32_t attempt;   /* 1 for the first probe of a silence, 2 for the first retry, ... */
+  const char* gateway; /* that carried the device's last signal; "" (len 0) when none */
+  size_t gateway_len;
+} presence_probe_t;
+
+/* presence_probe_cb asks the host to check a silent device: send a
+ * transport-level check (a WebSocket ping, a push) and report its answer
+ * with presence_engine_answer_probe.
+ * THREAD: called on the thread running presence_engine_tick, after the
+ * tick's work and before the fan-outs' sinks, with no lock of the library
+ * held, one probe at a time. It must not block for long.
+ * MAY CALL: any function of the engine and fan-out (answering at once
+ * included), except presence_engine_tick (FAILED_PRECONDITION) and
+ * presence_engine_destroy. */
+typedef void (*presence_probe_cb)(const presence_probe_t* probe, void* payload);
 
 typedef struct presence_engine_options_t {
   uint32_t version;       /* PRESENCE_ENGINE_OPTIONS_VERSION */
@@ -369,16 +396,30 @@ typedef struct presence_engine_options_t {
   size_t file_dir_len;                    /* 0 */
   int64_t file_sync_interval_ms;          /* 100: PRESENCE_FILE_SYNC_INTERVAL only; > 0 */
   int32_t file_sync;                      /* presence_file_sync_t: EVERY_WRITE */
+  /* ---- Version 3 ---- */
+  /* Push/pull checks (docs/design.md rule 9). prober NULL: the engine only
+   * waits. Set: a device whose every live source was silent past its
+   * interval plus probe_margin_ms is probed, then again every
+   * probe_retry_ms, at most max_probes (1..8) times per silence; the answer
+   * counts as a signal. offline_after stays the upper bound. */
+  presence_probe_cb prober;               /* NULL */
+  void* prober_payload;                   /* passed to prober as its last argument */
+  int64_t probe_margin_ms;                /* 1000 */
+  int64_t probe_retry_ms;                 /* 500 */
+  int32_t max_probes;                     /* 4 */
+  /* Most probes per second for the devices of one gateway; 0: no limit. */
+  int32_t max_probes_per_gateway_per_sec; /* 1000 */
 } presence_engine_options_t;
 
 #define PRESENCE_ENGINE_OPTIONS_INIT                                                     \
   {                                                                                      \
     PRESENCE_ENGINE_OPTIONS_VERSION, 0, NULL, 60000, 240000, 1000, 4000, 1000, 4000,     \
         1500, 1000, 5000, 300000, 300000, 86400000, 30000, 64, 16, 0, 1, 20,             \
-        PRESENCE_STORE_MEMORY, 0, NULL, 0, 100, PRESENCE_FILE_SYNC_EVERY_WRITE           \
+        PRESENCE_STORE_MEMORY, 0, NULL, 0, 100, PRESENCE_FILE_SYNC_EVERY_WRITE, NULL,    \
+        NULL, 1000, 500, 4, 1000                                                         \
   }
 
-/* Fills *options with the defaults of `version` (1 or 2; pass
+/* Fills *options with the defaults of `version` (1 to 3; pass
  * PRESENCE_ENGINE_OPTIONS_VERSION), writing only the fields that version
  * has. INVALID_ARGUMENT for a version this library does not know. */
 PRESENCE_EXPORT int presence_engine_options_init(presence_engine_options_t* options,
@@ -396,6 +437,15 @@ PRESENCE_EXPORT int presence_engine_options_init(presence_engine_options_t* opti
  * from inside a callback (it answers FAILED_PRECONDITION). A heartbeat on a
  * handle of a live device takes no lock. */
 typedef struct presence_engine_t presence_engine_t;
+
+/* Reports the answer to a probe (docs/design.md rule 9): it counts as a
+ * signal of the probed device and source, at the engine's time, with the
+ * activity that source last had. FAILED_PRECONDITION for a late answer (the
+ * device signalled, died or disconnected since; counted in
+ * presence_probes_late_total, nothing applied); NOT_FOUND for an id that no
+ * probe of this engine had. */
+PRESENCE_EXPORT int presence_engine_answer_probe(presence_engine_t* engine, uint64_t probe_id,
+                                                 char** errmsg);
 
 /* Creates an engine. options may be NULL (every default, the system
  * clock, memory only). INVALID_ARGUMENT when a field is out of range.

@@ -150,6 +150,15 @@ class PRESENCE_EXPORT Engine {
   BatchResult BeatMany(absl::Span<const DeviceHandle> handles,
                        Activity activity = Activity::kActive, Source source = Source::kApp);
 
+  // Engine::AnswerProbe reports the answer to a probe (docs/design.md rule 9,
+  // presence/prober.h): it counts as a signal of the probed device and
+  // source, at the engine's current time, with the activity that source
+  // last had; it is not counted against the flood limit.
+  // FailedPrecondition for a late answer (the device signalled, died or
+  // disconnected since the probe; counted, nothing applied); NotFound for an
+  // id no probe of this engine had.
+  absl::Status AnswerProbe(uint64_t probe_id);
+
   // Engine::Disconnect closes the handle's session. The handle is invalid
   // afterwards (a second Disconnect answers NotFound).
   absl::Status Disconnect(DeviceHandle handle, DisconnectKind kind);

@@ -19,6 +19,7 @@ class Clock;
 class ChangeListener;
 class HistoryStore;
 class OfflineDetector;
+class Prober;
 class Store;
 
 // presence::SourcePolicy: how often a source is expected to signal, and how
@@ -32,6 +33,9 @@ struct SourcePolicy {
   // so DEAD at 4 s.
   int64_t offline_after_ms = 4000;
 };
+
+// The most probes Options::max_probes may ask for per silence.
+inline constexpr int kMaxProbes = 8;
 
 struct Options {
   // Source of time. Null: presence::SystemClock(). Tests and simulations pass
@@ -123,6 +127,23 @@ struct Options {
   OfflineDetector* detector = nullptr;
   uint32_t detector_platforms = 0;
   int64_t detector_floor_ms = 2000;
+
+  // Push/pull checks (docs/design.md rule 9, presence/prober.h). Null: the
+  // engine only waits. When set, a device whose every live source has been
+  // silent past its interval plus probe_margin_ms is probed, then again every
+  // probe_retry_ms while it stays silent, at most max_probes times per
+  // silence (defaults: at 2, 2.5, 3 and 3.5 s of silence with APP's 1 s
+  // interval; benchmarks/RESULTS.md compares schedules);
+  // an answer (Engine::AnswerProbe) counts as a signal. offline_after stays
+  // the upper bound. Not owned.
+  Prober* prober = nullptr;
+  int64_t probe_margin_ms = 1000;  // >= 0
+  int64_t probe_retry_ms = 500;    // > 0
+  int max_probes = 4;              // 1 to kMaxProbes
+  // Most probes sent per second for the devices of one gateway (devices
+  // whose signals named no gateway share one budget). A probe past it is
+  // not sent and counted (presence_probes_throttled_total). 0: no limit.
+  int max_probes_per_gateway_per_sec = 1000;
 
   // ---- Durable state (docs/design.md section 5). None is owned; each must
   // outlive the engine. ----

@@ -25,8 +25,9 @@
 // 5.61). Read 10^-threshold as the chance, per heartbeat interval, of a false
 // suspicion: about 3600 * 10^-threshold false offlines per device-hour at one
 // heartbeat a second, as far as the model holds.
-// The answer is computed when a signal is observed, so OfflineAfterMs is a
-// lookup. The engine then clamps it to [Options::detector_floor_ms, the
+// The answer is computed when a signal is observed, and Observe returns it
+// (the engine keeps it in the device's record; OfflineAfterMs looks it up).
+// The engine then clamps it to [Options::detector_floor_ms, the
 // source's offline_after_ms], so the detector can only detect sooner than the
 // fixed bound, and never sooner than the floor.
 //
@@ -36,12 +37,12 @@
 // fixed thresholds. Intervals longer than `max_interval_ms` (the device was
 // away, then came back) are not learned; they only restart the interval.
 //
-// Sources. The seam (OfflineDetector) does not say which source a signal came
-// from, so one set of statistics serves the device. For a source whose fixed
-// bound is above `adaptive_bound_limit_ms` (by default, INFERRED signals with
-// their 240 s bound) the detector answers that fixed bound unchanged, so a
-// device kept alive by mobile background signals still decays on its own
-// clock (docs/design.md rule 1).
+// Sources. The seam names the source of each signal: APP and MANUAL feed one
+// set of statistics per device (both are the client's heartbeats); an
+// INFERRED signal (the engine never passes one) is not learned and gets its
+// fixed bound. So does any source whose fixed bound is above
+// `adaptive_bound_limit_ms`, so a device kept alive by mobile background
+// signals still decays on its own clock (docs/design.md rule 1).
 //
 // When it pays (benchmarks/RESULTS.md, "Detection quality (issue 7)"): where
 // links differ between devices, or over minutes, it has about half the false
@@ -124,11 +125,17 @@ class PRESENCE_EXPORT PhiAccrualDetector final : public OfflineDetector {
   PhiAccrualDetector(const PhiAccrualDetector&) = delete;
   PhiAccrualDetector& operator=(const PhiAccrualDetector&) = delete;
 
-  // OfflineDetector.
-  void Observe(uint64_t device_key, int64_t now_ms) override;
-  int64_t OfflineAfterMs(uint64_t device_key, int64_t last_signal_ms,
-                         int64_t fixed_offline_after_ms) override;
+  // OfflineDetector. Observe answers what OfflineAfterMs answers right
+  // after; a signal of INFERRED is not learned and gets the fixed bound.
+  int64_t Observe(uint64_t device_key, Source source, int64_t now_ms,
+                  int64_t fixed_offline_after_ms) override;
   void Forget(uint64_t device_key) override;
+
+  // How long after `last_signal_ms` the device should be considered DEAD:
+  // the learned timeout, or `fixed_offline_after_ms` while fewer than
+  // min_samples intervals are known, or when that is shorter.
+  int64_t OfflineAfterMs(uint64_t device_key, int64_t last_signal_ms,
+                         int64_t fixed_offline_after_ms) const;
 
   // The suspicion level of a device silent since `last_signal_ms`, at
   // `now_ms`; 0 for a device with fewer than min_samples intervals.

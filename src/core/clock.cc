@@ -4,12 +4,14 @@
 
 #include "presence/detector.h"
 #include "presence/listener.h"
+#include "presence/prober.h"
 
 namespace presence {
 
 Clock::~Clock() = default;
 ChangeListener::~ChangeListener() = default;
 OfflineDetector::~OfflineDetector() = default;
+Prober::~Prober() = default;
 
 namespace {
 

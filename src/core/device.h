@@ -111,10 +111,13 @@ enum class Phase : uint8_t {
 // The fast word: generation in the high 24 bits, fast bits in the low 8.
 //   bit 2*i:     source i is live (per the last evaluation)
 //   bit 2*i + 1: source i's last signal said ACTIVE
-//   bit 6:       open: phase LIVE and no detector watching, so a heartbeat
+//   bit 6:       open: phase LIVE (and its user not guarded), so a heartbeat
 //                that matches the live and active bits may skip the lock.
+//   bit 7:       watched: a detector decides its timeout (rule 6); the
+//                heartbeat tells it of the beat and reads Device::learned.
 namespace fast {
 inline constexpr uint32_t kOpen = 1u << 6;
+inline constexpr uint32_t kWatched = 1u << 7;
 inline constexpr uint32_t kBitsMask = 0xffu;
 inline constexpr uint32_t LiveBit(int i) { return 1u << (2 * i); }
 inline constexpr uint32_t ActiveBit(int i) { return 1u << (2 * i + 1); }
@@ -134,6 +137,21 @@ inline constexpr uint8_t kAdaptive = 1u << 6;       // a detector decides its ti
 inline constexpr uint8_t kStoreDirty = 1u << 7;     // changed since last written to the Store
 }  // namespace dflag
 
+// Counts one event at `now_ms` in a one-second window kept in `w`: the
+// second (low 16 bits of now / 1000) in the high half, the events counted
+// in it in the low half. False when the event would pass `limit` (0: no
+// limit). Relaxed loads and stores: a rare lost update between two threads
+// only makes the limit a little lenient.
+inline bool TakeFromWindow(std::atomic<uint32_t>& w, int64_t now_ms, uint32_t limit) {
+  if (limit == 0) return true;
+  const uint32_t sec = static_cast<uint32_t>(now_ms / 1000) & 0xffffu;
+  const uint32_t word = w.load(std::memory_order_relaxed);
+  const uint32_t count = (word >> 16) == sec ? (word & 0xffffu) : 0;
+  if (count >= limit) return false;
+  w.store((sec << 16) | (count + 1), std::memory_order_relaxed);
+  return true;
+}
+
 struct alignas(64) Device {
   std::atomic<Time32> seen[kSourceCount];  // last signal per source (wrapping ms)
   std::atomic<uint32_t> gen_fast;          // see namespace fast
@@ -145,24 +163,18 @@ struct alignas(64) Device {
   Platform platform = Platform::kOther;
   Phase phase = Phase::kFree;
   uint8_t flags = 0;
-  // Flood limit: the second (low 16 bits of now / 1000) in the high half,
-  // signals accepted in it in the low half. Written without a lock by the
-  // heartbeat; a rare lost update between two threads beating the same
-  // handle only makes the limit a little lenient. Like seen, reset when the
-  // record is reused, never by a heartbeat of its previous device
-  // (DeviceTable's grace period).
+  // Flood limit: a TakeFromWindow window, written without a lock by the
+  // heartbeat (two threads beating the same handle may lose an update). Like
+  // seen, reset when the record is reused, never by a heartbeat of its
+  // previous device (DeviceTable's grace period).
   std::atomic<uint32_t> rate{0};
 
   // Counts one signal at `now_ms`; false when it passes `limit` per second.
-  bool TakeRate(int64_t now_ms, uint32_t limit) {
-    if (limit == 0) return true;
-    const uint32_t sec = static_cast<uint32_t>(now_ms / 1000) & 0xffffu;
-    uint32_t w = rate.load(std::memory_order_relaxed);
-    uint32_t count = (w >> 16) == sec ? (w & 0xffffu) : 0;
-    if (count >= limit) return false;
-    rate.store((sec << 16) | (count + 1), std::memory_order_relaxed);
-    return true;
-  }
+  bool TakeRate(int64_t now_ms, uint32_t limit) { return TakeFromWindow(rate, now_ms, limit); }
+  // Rule 6: the detector's latest answer for the heartbeat sources, clamped
+  // (0: none yet). Written by whoever told the detector of a signal, with or
+  // without the lock; reset, like seen, when the record is reused.
+  std::atomic<uint32_t> learned{0};
 
   uint32_t bits() const { return gen_fast.load(std::memory_order_relaxed) & fast::kBitsMask; }
   uint32_t gen() const { return fast::Gen(gen_fast.load(std::memory_order_relaxed)); }

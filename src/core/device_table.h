@@ -107,6 +107,7 @@ class DeviceTable {
       Device& d = at(index);
       for (auto& s : d.seen) s.store(0, std::memory_order_relaxed);
       d.rate.store(0, std::memory_order_relaxed);
+      d.learned.store(0, std::memory_order_relaxed);
       d.next = free_;
       free_ = index;
     }

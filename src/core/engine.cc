@@ -23,6 +23,7 @@
 #include "presence/store.h"
 #include "presence/wire.h"
 #include "presence/listener.h"
+#include "presence/prober.h"
 #include "presence/version.h"
 #include "src/scaleout/partition.h"
 #include "src/core/shard.h"
@@ -89,7 +90,7 @@ class EngineCore {
   explicit EngineCore(const Options& options)
       : clock_(options.clock ? options.clock : SystemClock()),
         config_{options, LivenessPolicy(options), &next_override_id_, &gateways_, &charged_bytes_,
-                [this](uint64_t hash) { return CheckOwned(hash); }, &epochs_} {
+                [this](uint64_t hash) { return CheckOwned(hash); }, &epochs_, &probe_budget_} {
     if (options.listener != nullptr) listeners_.push_back(options.listener);
     int n = options.shards == 0 ? 16 : options.shards;
     while ((1 << shard_bits_) < n) ++shard_bits_;
@@ -304,9 +305,13 @@ class EngineCore {
                           (activity == Activity::kActive ? fast::ActiveBit(i) : 0u);
     const Time32 t = ToTime32(now);
     Time32 seen = d->seen[i].load(std::memory_order_relaxed);
+    // A watched device (rule 6) stays on this path: its detector's answer is
+    // in its record, and the detector is told of the beat below.
+    const bool watched = word & fast::kWatched;
+    const int64_t lapse = watched ? config_.policy.OfflineAfter(*d, i, true) : lapse_ms_[i];
     // Past this source's offline_after, the source lapsed (Get already says
     // so) even if no timer noticed yet: the lock decides what its return is.
-    if (fast::Gen(word) == gen && (word & mask) == want && Diff32(t, seen) < lapse_ms_[i]) {
+    if (fast::Gen(word) == gen && (word & mask) == want && Diff32(t, seen) < lapse) {
       // Live, open, and this source already live with this activity: only
       // the time moves. Lapses are found lazily by the device's timer.
       if (!d->TakeRate(now, rate_limit_)) {
@@ -318,6 +323,11 @@ class EngineCore {
       if (auto hook = test_hooks::beat_checked.load(std::memory_order_relaxed)) hook(h);
       while (Diff32(t, seen) > 0 &&
              !d->seen[i].compare_exchange_weak(seen, t, std::memory_order_relaxed)) {
+      }
+      if (watched) {
+        config_.policy.Observe(*d, DeviceKeyOf(static_cast<uint32_t>(h.value >> 56),
+                                               static_cast<uint32_t>(h.value)),
+                               i, now);
       }
       Count(c, c->accepted[i]);
       return absl::OkStatus();
@@ -337,12 +347,42 @@ class EngineCore {
 
   size_t Tick() {
     size_t published;
+    std::vector<OutgoingProbe> probes;
     {
       internal::MutexLock lock(&tick_mu_);
       published = TickLocked(nullptr);
+      probes.swap(probes_);
     }
+    SendProbes(probes);
     CallListeners();
     return published;
+  }
+
+  // Hands the tick's probes to the Prober, with no lock held, so that it
+  // may answer at once (docs/design.md rule 9, presence/prober.h).
+  void SendProbes(const std::vector<OutgoingProbe>& probes) ABSL_LOCKS_EXCLUDED(tick_mu_) {
+    Prober* prober = config_.options.prober;
+    if (prober == nullptr) return;
+    for (const OutgoingProbe& p : probes) {
+      ProbeRequest r;
+      r.user_id = p.user_id;
+      r.device_id = p.device_id;
+      r.session_id = p.session_id;
+      r.probe_id = p.probe_id;
+      r.source = p.source;
+      r.gateway = p.gateway;
+      r.attempt = p.attempt;
+      prober->Probe(r);
+    }
+  }
+
+  // See Engine::AnswerProbe. A probe id names its shard in its high 8 bits.
+  absl::Status AnswerProbe(uint64_t probe_id) {
+    const uint64_t shard = probe_id >> 56;
+    if (probe_id == 0 || shard >= shards_.size()) {
+      return absl::NotFoundError("no probe with that id was sent");
+    }
+    return shards_[shard]->AnswerProbe(probe_id, Now());
   }
 
   // A tick; *all_written (when not null) tells whether every record and the
@@ -358,7 +398,7 @@ class EngineCore {
     std::vector<CommittedOffset> offsets = ConsumedOffsets();
     bool all_written = true;
     for (auto& shard : shards_) {
-      if (!shard->Tick(now, &events_, &latency_).ok()) all_written = false;
+      if (!shard->Tick(now, &events_, &latency_, &probes_).ok()) all_written = false;
     }
     if (all_written && config_.options.store != nullptr && !offsets.empty() &&
         offsets != committed_) {
@@ -889,6 +929,21 @@ class EngineCore {
            "Devices that died by timeout or abrupt disconnect and came back within the "
            "false-offline window.",
            st.counters.false_offlines);
+    Metric(&out, "presence_probes_sent_total", "counter",
+           "Probes the engine asked the host to send to silent devices (docs/design.md rule 9).",
+           st.counters.probes_sent);
+    Metric(&out, "presence_probes_answered_total", "counter",
+           "Probe answers applied as signals.", st.counters.probes_answered);
+    Metric(&out, "presence_probes_late_total", "counter",
+           "Probe answers that came after the engine stopped waiting for them (the device "
+           "signalled, died or disconnected first); nothing applied.",
+           st.counters.probes_late);
+    Metric(&out, "presence_probes_given_up_total", "counter",
+           "Devices that died by timeout while their probes went unanswered.",
+           st.counters.probes_given_up);
+    Metric(&out, "presence_probes_throttled_total", "counter",
+           "Probes not sent: their gateway passed max_probes_per_gateway_per_sec.",
+           st.counters.probes_throttled);
     Metric(&out, "presence_stale_ratio", "gauge",
            "Share of users shown live whose freshness exceeds the APP offline threshold.",
            st.live_users == 0 ? 0.0 : double(st.stale_users) / double(st.live_users));
@@ -1019,14 +1074,15 @@ class EngineCore {
   std::atomic<uint64_t> next_override_id_{1};
   GatewayTable gateways_{&epochs_};
   std::atomic<int64_t> charged_bytes_{0};
+  ProbeBudget probe_budget_;
   const ShardConfig config_;
   int shard_bits_ = 0;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::atomic<uint64_t> invalid_{0};
   const uint64_t id_ = next_engine_id.fetch_add(1);
   const uint32_t rate_limit_ = static_cast<uint32_t>(config_.options.max_signals_per_device_per_sec);
-  // Each source's offline_after (devices on the lock-free beat have no
-  // detector: LivenessPolicy::OfflineAfter is this).
+  // Each source's offline_after: LivenessPolicy::OfflineAfter of a device
+  // that no detector watches.
   const int64_t lapse_ms_[kSourceCount] = {config_.policy.offline_after_ms[0],
                                            config_.policy.offline_after_ms[1],
                                            config_.policy.offline_after_ms[2]};
@@ -1040,6 +1096,8 @@ class EngineCore {
   internal::Mutex publish_mu_;  // held by the one thread calling listeners
   internal::Mutex tick_mu_;
   std::vector<ChangeEvent> events_ ABSL_GUARDED_BY(tick_mu_);
+  // Probes decided by ticks, waiting to be sent once tick_mu_ is released.
+  std::vector<OutgoingProbe> probes_ ABSL_GUARDED_BY(tick_mu_);
   // One tick's changes, waiting to be handed to the listeners.
   struct Round {
     std::vector<ChangeEvent> events;
@@ -1206,6 +1264,8 @@ void Engine::AddListener(ChangeListener* listener) { core_->AddListener(listener
 void Engine::RemoveListener(ChangeListener* listener) { core_->RemoveListener(listener); }
 
 size_t Engine::Tick() { return core_->Tick(); }
+
+absl::Status Engine::AnswerProbe(uint64_t probe_id) { return core_->AnswerProbe(probe_id); }
 int64_t Engine::NowMs() const { return core_->Now(); }
 std::string Engine::RenderMetrics() const { return core_->RenderMetrics(); }
 

@@ -10,19 +10,27 @@ LivenessPolicy::LivenessPolicy(const Options& o)
                        o.manual.offline_after_ms},
       inferred_can_be_online(o.inferred_can_be_online),
       detector(o.detector),
-      detector_floor_ms(o.detector_floor_ms) {}
+      detector_floor_ms(o.detector_floor_ms),
+      probing(o.prober != nullptr),
+      probe_margin_ms(o.probe_margin_ms) {}
 
-int64_t LivenessPolicy::OfflineAfter(const Device& d, uint64_t device_key, int i,
-                                     int64_t last_ms) const {
+int64_t LivenessPolicy::OfflineAfter(const Device& d, int i, bool watched) const {
   const int64_t fixed = offline_after_ms[i];
   // The detector learns a device's heartbeats (APP and MANUAL); a source
   // that decays on its own slow clock (INFERRED, rule 1) keeps its bound.
-  if (detector == nullptr || !(d.flags & dflag::kAdaptive) ||
-      i == SourceIndex(Source::kInferred)) {
-    return fixed;
-  }
-  const int64_t learned = detector->OfflineAfterMs(device_key, last_ms, fixed);
-  return std::clamp(learned, std::min(detector_floor_ms, fixed), fixed);
+  if (!watched || i == SourceIndex(Source::kInferred)) return fixed;
+  const uint32_t learned = d.learned.load(std::memory_order_relaxed);
+  return learned == 0 ? fixed : std::min<int64_t>(learned, fixed);
+}
+
+void LivenessPolicy::Observe(Device& d, uint64_t device_key, int i, int64_t now_ms) const {
+  if (i == SourceIndex(Source::kInferred)) return;
+  const int64_t fixed = offline_after_ms[i];
+  const int64_t answer =
+      detector->Observe(device_key, static_cast<Source>(i + 1), now_ms, fixed);
+  // At least 1 ms: 0 in the record means no answer yet.
+  const int64_t low = std::max<int64_t>(1, std::min(detector_floor_ms, fixed));
+  d.learned.store(static_cast<uint32_t>(std::clamp(answer, low, fixed)), std::memory_order_relaxed);
 }
 
 bool CountsOnline(uint32_t live_bits, uint32_t fast_bits, const LivenessPolicy& policy) {
@@ -34,8 +42,7 @@ bool CountsOnline(uint32_t live_bits, uint32_t fast_bits, const LivenessPolicy& 
   return false;
 }
 
-DeviceView EvaluateDevice(const Device& d, uint64_t device_key, int64_t now_ms,
-                          const LivenessPolicy& policy) {
+DeviceView EvaluateDevice(const Device& d, int64_t now_ms, const LivenessPolicy& policy) {
   DeviceView v;
   for (int i = 0; i < kSourceCount; ++i) {
     if (d.has_seen(i)) {
@@ -60,19 +67,28 @@ DeviceView EvaluateDevice(const Device& d, uint64_t device_key, int64_t now_ms,
     case Phase::kLive:
       break;
   }
+  const bool watched = d.flags & dflag::kAdaptive;
   bool all_overdue = true;
+  int64_t quiet_at = std::numeric_limits<int64_t>::min();
   for (int i = 0; i < kSourceCount; ++i) {
     if (!d.has_seen(i)) continue;
     const int64_t last = Expand32(d.seen[i].load(std::memory_order_relaxed), now_ms);
-    const int64_t end = last + policy.OfflineAfter(d, device_key, i, last);
+    const int64_t end = last + policy.OfflineAfter(d, i, watched);
     if (now_ms >= end) continue;
     v.live_bits |= fast::LiveBit(i);
     v.deadline_ms = std::min(v.deadline_ms, end);
     if (now_ms - last <= policy.interval_ms[i]) all_overdue = false;
+    quiet_at = std::max(quiet_at, last + policy.interval_ms[i] + policy.probe_margin_ms);
+    v.probe_source = i;  // the last one live is the highest in precedence
   }
   if (v.live_bits == 0) return v;
   v.live = true;
   v.suspect = all_overdue;
+  if (policy.probing) {
+    v.quiet_at_ms = quiet_at;
+  } else {
+    v.probe_source = -1;
+  }
   v.online = CountsOnline(v.live_bits, bits, policy);
   return v;
 }

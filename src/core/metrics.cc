@@ -28,6 +28,11 @@ void ShardCounters::Add(const ShardCounters& o) {
   for (int i = 0; i < kDropReasonCount; ++i) dropped[i] += o.dropped[i];
   for (int i = 0; i < kCauseCount; ++i) transitions[i] += o.transitions[i];
   false_offlines += o.false_offlines;
+  probes_sent += o.probes_sent;
+  probes_answered += o.probes_answered;
+  probes_late += o.probes_late;
+  probes_given_up += o.probes_given_up;
+  probes_throttled += o.probes_throttled;
 }
 
 void LatencyHistogram::Observe(int64_t ms) {

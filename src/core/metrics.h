@@ -31,6 +31,12 @@ struct ShardCounters {
   std::array<uint64_t, kDropReasonCount> dropped{};
   std::array<uint64_t, kCauseCount> transitions{};
   uint64_t false_offlines = 0;
+  // Push/pull checks (docs/design.md rule 9).
+  uint64_t probes_sent = 0;
+  uint64_t probes_answered = 0;
+  uint64_t probes_late = 0;       // answers that came after the engine stopped waiting
+  uint64_t probes_given_up = 0;   // devices that died by timeout with probes unanswered
+  uint64_t probes_throttled = 0;  // probes not sent: past the gateway's rate limit
 
   void Add(const ShardCounters& o);
 };

@@ -191,7 +191,7 @@ Shard::UserView Shard::ViewUser(const User& user, int64_t now_ms) {
 // ---- Devices ---------------------------------------------------------------
 
 DeviceView Shard::Evaluate(uint32_t di, int64_t now_ms) {
-  return EvaluateDevice(devices_.at(di), DeviceKey(di), now_ms, config_->policy);
+  return EvaluateDevice(devices_.at(di), now_ms, config_->policy);
 }
 
 DeviceView Shard::LastEvaluated(uint32_t di) const {
@@ -235,16 +235,20 @@ void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t
                     int64_t now_ms) {
   Device& d = devices_.at(di);
   const DeviceView after = Evaluate(di, now_ms);
-  uint32_t bits = d.bits() & ~(fast::kAllLive | fast::kOpen);
+  uint32_t bits = d.bits() & ~(fast::kAllLive | fast::kOpen | fast::kWatched);
   if (d.phase == Phase::kLive) {
     bits |= after.live_bits;
     if (MayBeatUnlocked(d)) bits |= fast::kOpen;
+    if (d.flags & dflag::kAdaptive) bits |= fast::kWatched;
   }
   d.set_bits(bits);
   // A live-phase device must have its timer by its next deadline; one whose
   // every source already lapsed is looked at on the next tick.
+  // With probing (rule 9), also by when it turns quiet enough to be probed;
+  // once it is, its timer follows its probes (ProbeStep).
   if (d.phase == Phase::kLive) {
-    const int64_t due = after.live ? after.deadline_ms : now_ms;
+    int64_t due = after.live ? after.deadline_ms : now_ms;
+    if (after.live && after.quiet_at_ms > now_ms) due = std::min(due, after.quiet_at_ms);
     if (Diff32(ToTime32(due), d.due) < 0) Schedule(di, due, now_ms);
   }
   if (before.live != after.live || (after.live && before.online != after.online)) {
@@ -253,6 +257,7 @@ void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t
 }
 
 void Shard::MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) {
+  EndProbing(di, /*gave_up=*/cause == Cause::kTimeout);
   Device& d = devices_.at(di);
   // Always dirty: the timer that would have noticed the lapse is superseded.
   MarkDirty(d.user, cause, 0, now_ms);
@@ -277,6 +282,7 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
     devices_.at(p).next = d.next;
   }
   --user.device_count;
+  EndProbing(di, /*gave_up=*/false);
   if (config_->policy.detector != nullptr && (d.flags & dflag::kAdaptive)) {
     config_->policy.detector->Forget(DeviceKey(di));
   }
@@ -318,7 +324,8 @@ absl::Status Shard::Drop(DropReason reason, absl::string_view message) {
 }
 
 absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
-                                  int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit) {
+                                  int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit,
+                                  bool probe_answer) {
   Device& d = devices_.at(di);
   const int si = SourceIndex(source);
   if (session < d.session) return Drop(DropReason::kStaleSession, "stale signal: older session");
@@ -331,7 +338,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
       return Drop(DropReason::kStaleTimestamp, "stale signal: older than one already applied");
     }
   }
-  if (limit &&
+  if (limit && !probe_answer &&
       !d.TakeRate(now_ms, static_cast<uint32_t>(config_->options.max_signals_per_device_per_sec))) {
     return Drop(DropReason::kRateLimited, "device passed its signals-per-second limit");
   }
@@ -354,6 +361,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
   if (new_session) {
     // The old session's signals stay in the user's last_seen.
     user.last_seen_ms = std::max(user.last_seen_ms, Evaluate(di, now_ms).last_signal_ms);
+    EndProbing(di, /*gave_up=*/false);  // answers about the old session are late
     d.session = session;
     d.flags &= ~(kSeenMask | dflag::kClosed);
     bits = 0;
@@ -381,9 +389,8 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
   d.flags |= dflag::kSeen0 << si;
   bits = activity == Activity::kActive ? (bits | fast::ActiveBit(si)) : (bits & ~fast::ActiveBit(si));
   d.set_bits(bits);
-  if (config_->policy.detector != nullptr && (d.flags & dflag::kAdaptive) &&
-      source != Source::kInferred) {
-    config_->policy.detector->Observe(DeviceKey(di), ts_ms);
+  if ((d.flags & dflag::kAdaptive) && !probe_answer) {
+    config_->policy.Observe(d, DeviceKey(di), si, ts_ms);
   }
   user.last_seen_ms = std::max(user.last_seen_ms, ts_ms);
   ++counters_.accepted[si];
@@ -423,10 +430,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     ++user.device_count;
     d.session = s.session_id;
     d.phase = Phase::kDead;  // ApplyToDevice revives it
-    if (config_->policy.detector != nullptr &&
-        (config_->options.detector_platforms & (1u << static_cast<int>(s.platform)))) {
-      d.flags |= dflag::kAdaptive;
-    }
+    WatchIfAdaptive(di, s.platform);
     // No timer entry yet: the signal below schedules the only one.
     d.due = ToTime32(now_ms + kUnscheduled);
     created = true;
@@ -518,6 +522,7 @@ absl::Status Shard::BeatLocked(uint32_t index, uint32_t gen, Activity activity, 
 absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms) {
   Device& d = devices_.at(di);
   const DeviceView before = Evaluate(di, now_ms);
+  EndProbing(di, /*gave_up=*/false);  // the session is over: answers are late
   d.flags |= dflag::kClosed;
   MarkStoreDirty(di);
   if (d.phase == Phase::kDead) {  // already not counted
@@ -632,8 +637,15 @@ void Shard::UpdateHidden(uint32_t u, int64_t now_ms) {
   }
 }
 
-bool Shard::MayBeatUnlocked(const Device& d) const {
-  return !(d.flags & dflag::kAdaptive) && !users_[d.user].guarded;
+bool Shard::MayBeatUnlocked(const Device& d) const { return !users_[d.user].guarded; }
+
+void Shard::WatchIfAdaptive(uint32_t di, Platform platform) {
+  if (config_->policy.detector == nullptr ||
+      !(config_->options.detector_platforms & (1u << static_cast<int>(platform)))) {
+    return;
+  }
+  devices_.at(di).flags |= dflag::kAdaptive;
+  config_->policy.detector->Forget(DeviceKey(di));
 }
 
 size_t Shard::RemoveOverrides(uint32_t u, int64_t now_ms, Cause cause,
@@ -788,7 +800,9 @@ TimerWheel::Verdict Shard::FireDevice(uint32_t di, Time32 slot_time, int64_t now
       DeviceView before;
       before.live = (bits & fast::kAllLive) != 0;
       before.online = CountsOnline(bits & fast::kAllLive, bits, config_->policy);
-      Schedule(di, now_view.deadline_ms, now_ms);
+      int64_t due = now_view.deadline_ms;
+      if (config_->policy.probing) due = std::min(due, ProbeStep(di, now_view, now_ms));
+      Schedule(di, due, now_ms);
       Refresh(di, before, Cause::kTimeout, 0, now_ms);
       // It signalled since its timer was set, maybe only through the
       // lock-free beat, which writes nothing: once per deadline, its record
@@ -800,6 +814,91 @@ TimerWheel::Verdict Shard::FireDevice(uint32_t di, Time32 slot_time, int64_t now
   return TimerWheel::Verdict::kDone;
 }
 
+int64_t Shard::ProbeStep(uint32_t di, const DeviceView& v, int64_t now_ms) {
+  constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+  if (v.quiet_at_ms > now_ms) {  // it signalled since it went quiet, or never did
+    EndProbing(di, /*gave_up=*/false);
+    return v.quiet_at_ms;
+  }
+  const Device& d = devices_.at(di);
+  const Options& o = config_->options;
+  Probing& p = probing_[di];
+  if (p.session != d.session || p.silent_since_ms != v.last_signal_ms) {
+    // A new silence (or the first): the probes of an earlier one are over.
+    for (int k = 0; k < p.sent; ++k) awaited_.erase(p.ids[k]);
+    p = Probing{};
+    p.session = d.session;
+    p.silent_since_ms = v.last_signal_ms;
+  }
+  if (p.tries >= o.max_probes) return kNever;  // its deadline decides
+  // Probes are anchored to the moment it went quiet, not to the tick that
+  // noticed: at quiet_at, quiet_at + retry, ...
+  const int64_t due = v.quiet_at_ms + p.tries * o.probe_retry_ms;
+  if (now_ms < due) return due;
+  ++p.tries;
+  const int64_t next = p.tries < o.max_probes ? v.quiet_at_ms + p.tries * o.probe_retry_ms : kNever;
+  if (!config_->probe_budget->Take(GatewayOf(di), now_ms,
+                                   static_cast<uint32_t>(o.max_probes_per_gateway_per_sec))) {
+    ++counters_.probes_throttled;
+    return next;
+  }
+  const uint64_t id = (uint64_t{index_} << 56) | ++probe_seq_;
+  const Source source = static_cast<Source>(v.probe_source + 1);
+  p.ids[p.sent++] = id;
+  awaited_[id] = Awaited{di, source};
+  ++counters_.probes_sent;
+  OutgoingProbe& out = outgoing_.emplace_back();
+  out.user_id = std::string(users_[d.user].id.view());
+  out.device_id = std::string(d.id.view());
+  out.session_id = d.session;
+  out.probe_id = id;
+  out.source = source;
+  out.gateway = config_->gateways->Name(GatewayOf(di));
+  out.attempt = p.tries;
+  return next;
+}
+
+void Shard::EndProbing(uint32_t di, bool gave_up) {
+  if (probing_.empty()) return;
+  auto it = probing_.find(di);
+  if (it == probing_.end()) return;
+  const Probing& p = it->second;
+  if (gave_up && p.sent > 0) ++counters_.probes_given_up;
+  for (int k = 0; k < p.sent; ++k) awaited_.erase(p.ids[k]);
+  probing_.erase(it);
+}
+
+absl::Status Shard::AnswerProbe(uint64_t probe_id, int64_t now_ms) {
+  internal::MutexLock lock(&mu_);
+  auto it = awaited_.find(probe_id);
+  if (it == awaited_.end()) {
+    const uint64_t seq = probe_id & ((uint64_t{1} << 56) - 1);
+    if (seq == 0 || seq > probe_seq_) return absl::NotFoundError("no probe with that id was sent");
+    ++counters_.probes_late;
+    return absl::FailedPreconditionError(
+        "late probe answer: the device signalled, died or disconnected since; nothing applied");
+  }
+  const uint32_t di = it->second.device;
+  const Source source = it->second.source;
+  // offline_after is the upper bound (rule 9): past its deadline the device
+  // died, whether or not a timer noticed yet.
+  if (!Evaluate(di, now_ms).live) {
+    MarkDead(di, /*unclean=*/true, Cause::kTimeout, now_ms);
+    ++counters_.probes_late;
+    return absl::FailedPreconditionError(
+        "late probe answer: the device's offline_after passed first; nothing applied");
+  }
+  EndProbing(di, /*gave_up=*/false);
+  ++counters_.probes_answered;
+  Device& d = devices_.at(di);
+  // The answer says the device is there, not what its user does: the
+  // source keeps the activity it last had.
+  const Activity activity =
+      (d.bits() & fast::ActiveBit(SourceIndex(source))) ? Activity::kActive : Activity::kIdle;
+  return ApplyToDevice(di, d.session, source, activity, now_ms, 0, now_ms, /*limit=*/false,
+                       /*probe_answer=*/true);
+}
+
 void Shard::FireUser(uint32_t u, int64_t now_ms) {
   if (!users_[u].in_use) return;
   Settle(u, now_ms);
@@ -807,7 +906,7 @@ void Shard::FireUser(uint32_t u, int64_t now_ms) {
 }
 
 absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
-                        LatencyHistogram* latency) {
+                        LatencyHistogram* latency, std::vector<OutgoingProbe>* probes) {
   internal::MutexLock lock(&mu_);
   if (!forgotten_.empty()) {
     const uint64_t floor = static_cast<uint64_t>(now_ms) << 10;
@@ -818,6 +917,10 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
   wheel_.Advance(ToTime32(now_ms), [&](uint32_t di, Time32 slot_time, Time32) {
     return FireDevice(di, slot_time, now_ms);
   });
+  // The probes the timers sent go out even when the store write below
+  // fails: they change no record.
+  for (OutgoingProbe& p : outgoing_) probes->push_back(std::move(p));
+  outgoing_.clear();
   while (!user_timers_.empty() && user_timers_.begin()->first <= now_ms) {
     const uint32_t u = user_timers_.begin()->second;
     user_timers_.erase(user_timers_.begin());

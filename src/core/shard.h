@@ -10,12 +10,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -37,6 +39,10 @@ namespace presence::internal {
 
 extern const int64_t kUnscheduled;
 
+// The key a detector knows a device record by (OfflineDetector): its shard
+// and its index in the shard.
+inline uint64_t DeviceKeyOf(uint32_t shard, uint32_t index) { return (uint64_t{shard} << 32) | index; }
+
 // The hash that picks a user's shard and indexes it within the shard.
 uint64_t HashUserId(absl::string_view user_id);
 
@@ -46,6 +52,35 @@ uint64_t HashUserId(absl::string_view user_id);
 // long as the clock moved on (within one engine, a user it forgot and meets
 // again within the millisecond starts from its old versions: Shard::forgotten_).
 uint64_t NextVersion(uint64_t current, int64_t now_ms);
+
+// The probes sent per second per gateway (Options::max_probes_per_gateway_per_sec):
+// a TakeFromWindow window per GatewayTable index (0: devices that named no
+// gateway). An index reused for another gateway starts from the window its
+// previous gateway left, at most a second's worth of probes.
+class ProbeBudget {
+ public:
+  // Counts one probe for `gateway` at `now_ms`; false when it passes `limit`
+  // per second (0: no limit).
+  bool Take(uint32_t gateway, int64_t now_ms, uint32_t limit) {
+    return TakeFromWindow(window_.try_emplace(gateway, 0u).first->second, now_ms, limit);
+  }
+
+ private:
+  // Nodes stay where they are: a window is an atomic.
+  absl::node_hash_map<uint32_t, std::atomic<uint32_t>> window_;
+};
+
+// A probe a shard decided to send on Tick; the engine hands it to the
+// Prober after the tick, with no lock held (presence/prober.h).
+struct OutgoingProbe {
+  std::string user_id;
+  std::string device_id;
+  uint64_t session_id = 0;
+  uint64_t probe_id = 0;
+  Source source = Source::kApp;
+  std::string gateway;  // the device's, named while its index is held
+  int attempt = 1;
+};
 
 // What the engine shares with all of its shards.
 struct ShardConfig {
@@ -60,6 +95,7 @@ struct ShardConfig {
   // partition unowned and before it drops the partition's users.
   std::function<absl::Status(uint64_t hash)> check_owned;
   const SlotEpochs* epochs;  // when freed device records may be reused
+  ProbeBudget* probe_budget;  // only touched by Shard::Tick, under the engine's tick lock
 };
 
 // A signal that passed validation, with its time resolved on the engine's
@@ -120,7 +156,13 @@ class Shard {
   // is one) and appends the changes to publish to `out`, observing each
   // one's signal-to-publish latency in `latency`. A failed store write
   // publishes nothing and returns its status; the next tick retries.
-  absl::Status Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram* latency);
+  // Probes that fell due are appended to `probes` (docs/design.md rule 9).
+  absl::Status Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram* latency,
+                    std::vector<OutgoingProbe>* probes);
+
+  // Engine::AnswerProbe for a probe id of this shard: the answer counts as a
+  // signal of the probed device and source, at now.
+  absl::Status AnswerProbe(uint64_t probe_id, int64_t now_ms);
 
   // ---- Durable state (src/core/shard_durable.cc) ----
   // Rebuild: records loaded from the Store, in any order.
@@ -159,7 +201,7 @@ class Shard {
   void AddStats(int64_t now_ms, Stats* stats);
 
   DeviceTable& devices() { return devices_; }
-  uint64_t DeviceKey(uint32_t index) const { return (uint64_t{index_} << 32) | index; }
+  uint64_t DeviceKey(uint32_t index) const { return DeviceKeyOf(index_, index); }
 
  private:
   struct User {
@@ -273,9 +315,11 @@ class Shard {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `limit`: counts against the device's signals-per-second limit (not a
   // replay).
+  // `probe_answer`: the answer to a probe (not counted against the limit,
+  // not a heartbeat the detector learns from).
   absl::Status ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
-                             int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit = true)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                             int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit = true,
+                             bool probe_answer = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Drop(DropReason reason, absl::string_view message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms)
@@ -305,6 +349,17 @@ class Shard {
   TimerWheel::Verdict FireDevice(uint32_t di, Time32 slot_time, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FireUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Push/pull checks (docs/design.md rule 9), for a live device whose timer
+  // fired with view `v`: sends the probe that is due, if any, and returns
+  // when its timer must look at it again for probing (the far future when it
+  // has nothing more to send this silence). A device that signalled since it
+  // went quiet ends its probing.
+  int64_t ProbeStep(uint32_t di, const DeviceView& v, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The device's probing ends (it signalled, died, disconnected or is
+  // freed): answers to its probes are late from now on. `gave_up`: it died
+  // by timeout, so probes it was sent went unanswered.
+  void EndProbing(uint32_t di, bool gave_up) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -326,6 +381,10 @@ class Shard {
   // becoming so, its public last_seen freezes) and whether its beats must
   // take the lock (User::guarded).
   void UpdateHidden(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Rule 6: a detector decides for the device when its platform is watched
+  // (dflag::kAdaptive); it forgets what it learned of an earlier device in
+  // the same record (a heartbeat racing that device's end may have told it).
+  void WatchIfAdaptive(uint32_t di, Platform platform) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a live device's beats may skip the lock (fast::kOpen).
   bool MayBeatUnlocked(const Device& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The state, last_seen and devices of an event, public and own.
@@ -378,6 +437,25 @@ class Shard {
   std::vector<ChangeEvent> erased_ ABSL_GUARDED_BY(mu_);
   uint64_t store_writes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t store_errors_ ABSL_GUARDED_BY(mu_) = 0;
+  // Push/pull checks (docs/design.md rule 9). A device being probed, keyed
+  // by device index: the silence it is probed for and its probes so far.
+  struct Probing {
+    uint64_t session = 0;
+    int64_t silent_since_ms = 0;  // the latest signal this silence follows
+    uint8_t tries = 0;            // probes due so far (sent or throttled)
+    uint8_t sent = 0;
+    uint64_t ids[kMaxProbes] = {};  // the probes sent, still awaited
+  };
+  absl::flat_hash_map<uint32_t, Probing> probing_ ABSL_GUARDED_BY(mu_);
+  struct Awaited {
+    uint32_t device;
+    Source source;
+  };
+  absl::flat_hash_map<uint64_t, Awaited> awaited_ ABSL_GUARDED_BY(mu_);  // by probe id
+  // The last probe sequence number given out; a probe id is the shard's
+  // index in its high 8 bits and the sequence number below.
+  uint64_t probe_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<OutgoingProbe> outgoing_ ABSL_GUARDED_BY(mu_);
   size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;
   size_t override_count_ ABSL_GUARDED_BY(mu_) = 0;
   // The gateway index of each device record (0: none), beside the records

@@ -160,10 +160,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t 
     if (r.activity[i] == Activity::kActive) bits |= fast::ActiveBit(i);
   }
   d.set_bits(bits);
-  if (config_->policy.detector != nullptr &&
-      (config_->options.detector_platforms & (1u << static_cast<int>(r.platform)))) {
-    d.flags |= dflag::kAdaptive;
-  }
+  WatchIfAdaptive(di, r.platform);
   if (r.closed) {
     d.flags |= dflag::kClosed;
     d.phase = Phase::kDead;

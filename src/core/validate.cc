@@ -106,6 +106,18 @@ absl::Status ValidateOptions(const Options& o) {
   }
   if (o.memory_budget_bytes < 0) return absl::InvalidArgumentError("memory_budget_bytes must be >= 0");
   if (o.detector_floor_ms < 0) return absl::InvalidArgumentError("detector_floor_ms must be >= 0");
+  if (o.probe_margin_ms < 0 || o.probe_margin_ms > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("probe_margin_ms must be in [0, 2^30]");
+  }
+  if (o.probe_retry_ms <= 0 || o.probe_retry_ms > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("probe_retry_ms must be in [1, 2^30]");
+  }
+  if (o.max_probes < 1 || o.max_probes > kMaxProbes) {
+    return absl::InvalidArgumentError(absl::StrCat("max_probes must be in [1, ", kMaxProbes, "]"));
+  }
+  if (o.max_probes_per_gateway_per_sec < 0 || o.max_probes_per_gateway_per_sec > 65535) {
+    return absl::InvalidArgumentError("max_probes_per_gateway_per_sec must be in [0, 65535]");
+  }
   return absl::OkStatus();
 }
 

@@ -174,6 +174,21 @@ struct PhiAccrualDetector::Impl {
   std::vector<Shard> shards;
 };
 
+namespace {
+
+// What a device with what `l` holds gets: its learned timeout, or the
+// fixed bound while too little is known, for a long bound, or when shorter.
+int64_t AnswerOf(const Learned& l, const PhiDetectorOptions& o, int64_t fixed_offline_after_ms) {
+  if (fixed_offline_after_ms > o.adaptive_bound_limit_ms ||
+      l.samples < static_cast<uint32_t>(o.min_samples) ||
+      !(l.timeout < double(fixed_offline_after_ms))) {
+    return fixed_offline_after_ms;
+  }
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(l.timeout)));
+}
+
+}  // namespace
+
 PhiAccrualDetector::PhiAccrualDetector(const PhiDetectorOptions& options)
     : options_(Sanitize(options)),
       target_(std::pow(10.0, -options_.threshold)),
@@ -182,19 +197,23 @@ PhiAccrualDetector::PhiAccrualDetector(const PhiDetectorOptions& options)
 
 PhiAccrualDetector::~PhiAccrualDetector() = default;
 
-void PhiAccrualDetector::Observe(uint64_t device_key, int64_t now_ms) {
+int64_t PhiAccrualDetector::Observe(uint64_t device_key, Source source, int64_t now_ms,
+                                    int64_t fixed_offline_after_ms) {
+  if (source == Source::kInferred) return fixed_offline_after_ms;  // its own slow clock
   Impl::Shard& s = impl_->For(device_key);
   absl::MutexLock lock(&s.mu);
   auto [it, inserted] = s.devices.try_emplace(device_key);
   Learned& l = it->second;
   if (inserted) {
     l.last_ms = now_ms;
-    return;
+    return fixed_offline_after_ms;
   }
   const int64_t interval = now_ms - l.last_ms;
-  if (interval <= 0) return;  // same instant (another source), or out of order
+  // Same instant (another source), out of order, or away and back: not a
+  // heartbeat gap, nothing learned.
+  if (interval <= 0) return AnswerOf(l, options_, fixed_offline_after_ms);
   l.last_ms = now_ms;
-  if (interval > options_.max_interval_ms) return;  // away and back: not a heartbeat gap
+  if (interval > options_.max_interval_ms) return AnswerOf(l, options_, fixed_offline_after_ms);
   const double x = static_cast<double>(interval);
   // Heartbeats lost within this interval, judged against the mean so far.
   int64_t lost = 0;
@@ -218,24 +237,17 @@ void PhiAccrualDetector::Observe(uint64_t device_key, int64_t now_ms) {
   }
   l.timeout = static_cast<float>(Timeout(l, options_, target_) +
                                  double(options_.acceptable_pause_ms));
+  return AnswerOf(l, options_, fixed_offline_after_ms);
 }
 
 int64_t PhiAccrualDetector::OfflineAfterMs(uint64_t device_key, int64_t last_signal_ms,
-                                           int64_t fixed_offline_after_ms) {
+                                           int64_t fixed_offline_after_ms) const {
   (void)last_signal_ms;  // the answer is a length of silence, the same from any start
-  if (fixed_offline_after_ms > options_.adaptive_bound_limit_ms) return fixed_offline_after_ms;
   const Impl::Shard& s = impl_->For(device_key);
-  double t;
-  {
-    absl::MutexLock lock(&s.mu);
-    auto it = s.devices.find(device_key);
-    if (it == s.devices.end() || it->second.samples < static_cast<uint32_t>(options_.min_samples)) {
-      return fixed_offline_after_ms;
-    }
-    t = it->second.timeout;
-  }
-  if (!(t < double(fixed_offline_after_ms))) return fixed_offline_after_ms;
-  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(t)));
+  absl::MutexLock lock(&s.mu);
+  auto it = s.devices.find(device_key);
+  if (it == s.devices.end()) return fixed_offline_after_ms;
+  return AnswerOf(it->second, options_, fixed_offline_after_ms);
 }
 
 void PhiAccrualDetector::Forget(uint64_t device_key) {

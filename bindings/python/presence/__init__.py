@@ -17,8 +17,8 @@ from typing import Optional
 
 from . import _lib
 from ._lib import LibraryNotFoundError
-from .engine import (BatchResult, Engine, ManualClock, Override, Signal, SignalBatch,
-                     StateDurations, Transition, UserPresence)
+from .engine import (BatchResult, Engine, ManualClock, Override, Probe, Prober, Signal,
+                     SignalBatch, StateDurations, Transition, UserPresence)
 from .enums import (Activity, Cause, DisconnectKind, FileSync, OverrideState, Platform, Source,
                     State)
 from .errors import (Aborted, AlreadyExists, Cancelled, DataLoss, DeadlineExceeded, DecodeError,
@@ -57,7 +57,8 @@ __all__ = [
     "DataLoss", "DeadlineExceeded", "DecodeError", "DeviceSummary", "DiffBatch",
     "DisconnectKind", "Engine", "FailedPrecondition", "Fanout", "FileSync", "Internal",
     "InvalidArgument", "LibraryNotFoundError", "ManualClock", "NotFound", "OutOfRange",
-    "Override", "OverrideState", "PermissionDenied", "Platform", "PresenceError",
+    "Override", "OverrideState", "PermissionDenied", "Platform", "PresenceError", "Probe",
+    "Prober",
     "ResourceExhausted", "Signal", "SignalBatch", "Sink", "Source", "StaleSignal", "State",
     "StateDurations", "StatusCode", "TopicCounts", "TopicSection", "Transition",
     "Unauthenticated", "Unavailable", "Unimplemented", "Unknown", "UserPresence", "UserState",

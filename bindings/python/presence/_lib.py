@@ -96,7 +96,26 @@ class presence_state_durations_t(Structure):
                 ("offline_ms", c_int64)]
 
 
-ENGINE_OPTIONS_VERSION = 2
+ENGINE_OPTIONS_VERSION = 3
+
+
+class presence_probe_t(Structure):
+    _fields_ = [
+        ("user_id", c_void_p),
+        ("user_id_len", c_size_t),
+        ("device_id", c_void_p),
+        ("device_id_len", c_size_t),
+        ("session_id", c_uint64),
+        ("probe_id", c_uint64),
+        ("source", c_int32),
+        ("attempt", c_int32),
+        ("gateway", c_void_p),
+        ("gateway_len", c_size_t),
+    ]
+
+
+#: void (*presence_probe_cb)(const presence_probe_t* probe, void* payload)
+PROBE_CB = ctypes.CFUNCTYPE(None, POINTER(presence_probe_t), c_void_p)
 
 
 class presence_engine_options_t(Structure):
@@ -129,6 +148,13 @@ class presence_engine_options_t(Structure):
         ("file_dir_len", c_size_t),
         ("file_sync_interval_ms", c_int64),
         ("file_sync", c_int32),
+        # Version 3.
+        ("prober", PROBE_CB),
+        ("prober_payload", c_void_p),
+        ("probe_margin_ms", c_int64),
+        ("probe_retry_ms", c_int64),
+        ("max_probes", c_int32),
+        ("max_probes_per_gateway_per_sec", c_int32),
     ]
 
 
@@ -349,6 +375,7 @@ class Lib:
              [(P(S), O), (VP, I), (VP, I), (S, I), (S, I)], True),
             ("presence_engine_rebuild", [(VP, I)], True),
             ("presence_engine_tick", [(P(S), O), (VP, I)], True),
+            ("presence_engine_answer_probe", [(VP, I), (c_uint64, I)], False),
             ("presence_engine_now", [(P(c_int64), O), (VP, I)], True),
             ("presence_engine_render_metrics", [(P(VP), O), (P(S), O), (VP, I)], True),
             ("presence_fanout_new",

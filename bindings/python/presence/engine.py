@@ -9,11 +9,12 @@ import itertools
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import (TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Set, Union)
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Set,
+                    Union)
 
 from . import _lib
-from ._handle import Handle
-from ._lib import (BytesList, as_bytes, address_of, presence_batch_result_t,
+from ._handle import Handle, in_sink
+from ._lib import (PROBE_CB, BytesList, as_bytes, address_of, presence_batch_result_t,
                    presence_engine_options_t, presence_override_t, presence_signal_t,
                    presence_transition_t, presence_user_presence_t)
 from .enums import (Activity, Cause, DisconnectKind, OverrideState, Platform, Source, State,
@@ -347,9 +348,28 @@ class StateDurations:
     offline_ms: int
 
 
-# Set through other keywords: clock (clock), store and the folder (file_dir).
+@dataclass(frozen=True)
+class Probe:
+    """A probe the engine asks the host to send (docs/design.md rule 9): ping
+    device `device_id` of user `user_id` in session `session_id` (a WebSocket
+    ping, a push), and report its answer with Engine.answer_probe(probe_id).
+    The answer counts as a signal of `source`."""
+    user_id: bytes
+    device_id: bytes
+    session_id: int
+    probe_id: int
+    source: Source
+    attempt: int  # 1 for the first probe of a silence, 2 for the first retry, ...
+    gateway: bytes  # that carried the device's last signal; b"" when none
+
+
+Prober = Callable[[Probe], None]
+
+# Set through other keywords: clock (clock), store and the folder (file_dir),
+# the prober (prober).
 _OPTION_FIELDS = {name: t for name, t in presence_engine_options_t._fields_
-                  if name not in ("version", "clock", "store", "file_dir", "file_dir_len")}
+                  if name not in ("version", "clock", "store", "file_dir", "file_dir_len",
+                                  "prober", "prober_payload")}
 
 _STORE_FILE = 2  # PRESENCE_STORE_FILE
 
@@ -382,6 +402,22 @@ def _options_struct(lib: "_lib.Lib", clock: Optional[ManualClock], file_dir: Opt
     return o
 
 
+def _probe_callback(prober: Prober, errors: List[BaseException]) -> Callable[..., None]:
+    def on_probe(p: Any, payload: Optional[int]) -> None:
+        in_sink.depth = getattr(in_sink, "depth", 0) + 1
+        try:
+            r = p.contents
+            prober(Probe(ctypes.string_at(r.user_id, r.user_id_len),
+                         ctypes.string_at(r.device_id, r.device_id_len), r.session_id,
+                         r.probe_id, Source(r.source), r.attempt,
+                         ctypes.string_at(r.gateway, r.gateway_len) if r.gateway_len else b""))
+        except BaseException as e:  # never through C (convention 12)
+            errors.append(e)
+        finally:
+            in_sink.depth -= 1
+    return on_probe
+
+
 class Engine(Handle):
     """Decides who is online (presence_engine_t).
 
@@ -400,6 +436,14 @@ class Engine(Handle):
     that another engine holds raises FailedPrecondition; one that cannot be
     read or created, PermissionDenied or the error of the file system.
 
+    prober (a callable taking a presence.Probe) turns on push/pull checks
+    (docs/design.md rule 9): before a silent device is declared offline the
+    engine asks it to check the device, from inside tick(), and the host
+    reports the answer with answer_probe() (from inside the prober too).
+    probe_margin_ms, probe_retry_ms, max_probes and
+    max_probes_per_gateway_per_sec tune it. An exception raised by the
+    prober is raised from tick(), like a sink's.
+
     Every method may be called from any thread at once (ctypes releases the
     GIL during each call into the library), except close(), which must be
     the last.
@@ -409,13 +453,20 @@ class Engine(Handle):
 
     def __init__(self, clock: Optional[ManualClock] = None, *,
                  file_dir: Optional[Union[str, bytes, "os.PathLike[Any]"]] = None,
-                 **options: Any) -> None:
+                 prober: Optional[Prober] = None, **options: Any) -> None:
         lib = self._lib = _lib.load()
         folder = None if file_dir is None else os.fsencode(file_dir)
         o = _options_struct(lib, clock, folder, options)
         self._clock = clock
         self._fanouts: Set["Fanout"] = set()  # open fan-outs: alive while the engine is
         self._sink_errors: List[BaseException] = []
+        if prober is not None:
+            if not callable(prober):
+                raise TypeError(f"prober must be callable, not {type(prober).__name__}")
+            # Keeps the C callback alive as long as the engine; it closes
+            # over the error list, not over self.
+            self._on_probe = PROBE_CB(_probe_callback(prober, self._sink_errors))
+            o.prober = self._on_probe
         self._adopt(lib.presence_engine_new(ctypes.byref(o)), lib.presence_engine_destroy)
 
     def _release(self) -> None:
@@ -683,6 +734,19 @@ class Engine(Handle):
         published = self._lib.presence_engine_tick(self._p())
         self.raise_sink_errors()
         return published
+
+    def answer_probe(self, probe_id: int) -> bool:
+        """Reports the answer to a probe: it counts as a signal of the probed
+        device and source, now. True when applied; False when it came late
+        (the device signalled, died or disconnected since: counted, nothing
+        applied). NotFound for an id no probe of this engine had."""
+        status, message = self._lib.presence_engine_answer_probe(
+            self._p(), _int(probe_id, "probe_id", _U64))
+        if status == StatusCode.FAILED_PRECONDITION:
+            return False
+        if status != 0:
+            raise error_for(status, message or "")
+        return True
 
     def raise_sink_errors(self) -> None:
         errors = self._sink_errors

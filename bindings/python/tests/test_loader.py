@@ -59,10 +59,12 @@ class LoaderTest(unittest.TestCase):
         self.assertEqual(ctypes.sizeof(_lib.presence_batch_result_t), 32)
         self.assertEqual(ctypes.sizeof(_lib.presence_override_t), 32)
         self.assertEqual(ctypes.sizeof(_lib.presence_user_presence_t), 88)
-        self.assertEqual(ctypes.sizeof(_lib.presence_engine_options_t), 184)
-        # Version 2's fields start after version 1's (in its tail padding).
+        self.assertEqual(ctypes.sizeof(_lib.presence_engine_options_t), 224)
+        # Version 2's fields start after version 1's (in its tail padding),
+        # version 3's after version 2's (184: the size version 2 had).
         self.assertEqual(_lib.presence_engine_options_t.max_signals_per_device_per_sec.offset,
                          132)
+        self.assertEqual(_lib.presence_engine_options_t.prober.offset, 184)
         self.assertEqual(ctypes.sizeof(_lib.presence_transition_t), 48)
         self.assertEqual(ctypes.sizeof(_lib.presence_state_durations_t), 32)
         self.assertEqual(ctypes.sizeof(_lib.presence_fanout_options_t), 128)
@@ -77,6 +79,10 @@ class LoaderTest(unittest.TestCase):
         self.assertEqual((o.version, o.max_signals_per_device_per_sec, o.store,
                           o.memory_budget_bytes, o.file_dir, o.file_sync_interval_ms,
                           o.file_sync), (2, 20, 1, 0, None, 100, 1))
+        self.assertEqual(o.max_probes, 0)  # not version 2's to write
+        _lib.load().presence_engine_options_init(ctypes.byref(o), 3)
+        self.assertEqual((o.version, o.probe_margin_ms, o.probe_retry_ms, o.max_probes,
+                          o.max_probes_per_gateway_per_sec), (3, 1000, 500, 4, 1000))
 
 
 class InstallTest(unittest.TestCase):
