@@ -26,6 +26,15 @@ packages=(
   libboost-dev
   # the Go binding (bindings/go, issue 4): cgo with the standard library only
   golang-go
+  # the example server's rigs (issue 19): the nginx front that terminates TLS,
+  # openssl for its test certificate, and an independent WebSocket client
+  # (Python's websockets, run by Debian's /usr/bin/python3) for the nginx,
+  # load and abuse tests
+  nginx openssl python3 python3-websockets
+  # the alert rules (issue 18): promtool checks and unit-tests them, and the
+  # integration test scrapes the example server with a real Prometheus;
+  # docs/runbooks.md's commands (which runbooks_test runs) use curl
+  prometheus curl
 )
 
 for group in "$@"; do

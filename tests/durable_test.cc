@@ -97,6 +97,55 @@ void Publish(Bus* bus, const Signal& s) {
   ASSERT_TRUE(bus->Publish(BusRecordType::kSignal, s.user_id, EncodeSignal(s)).ok());
 }
 
+// docs/design.md section 7: the store's and the bus's latency, timed on the
+// engine's clock (a store and a bus that take 30 ms and 7 ms of it).
+TEST(Metrics, StoreAndBusLatencyHistograms) {
+  ManualClock clock{1'000'000};
+  FlakyStore store;
+  store.SlowDown(&clock, 30);
+  FlakyBus bus(1);
+  bus.SlowDown(&clock, 7);
+  Options o;
+  o.clock = &clock;
+  o.store = &store;
+  o.bus = &bus;
+  auto engine = Engine::Create(o).value();
+  ASSERT_TRUE(engine->Signal(TestEngine::Sig("alice", "web")).ok());
+  engine->Tick();
+  ASSERT_TRUE(engine->ConsumeBus(100).ok());
+  const std::string m = engine->RenderMetrics();
+  // One write of 30 ms: in the 50 ms bucket, not the 25 ms one.
+  EXPECT_THAT(m, ::testing::HasSubstr("presence_store_latency_ms_bucket{le=\"25\"} 0\n"));
+  EXPECT_THAT(m, ::testing::HasSubstr("presence_store_latency_ms_bucket{le=\"50\"} 1\n"));
+  EXPECT_THAT(m, ::testing::HasSubstr("presence_store_latency_ms_sum 30\n"));
+  EXPECT_THAT(m, ::testing::HasSubstr("# TYPE presence_bus_latency_ms histogram\n"));
+  EXPECT_THAT(m, ::testing::HasSubstr(
+                     "presence_bus_latency_ms_bucket{op=\"publish\",le=\"5\"} 0\n"));
+  EXPECT_THAT(m, ::testing::HasSubstr(
+                     "presence_bus_latency_ms_bucket{op=\"publish\",le=\"10\"} 1\n"));
+  EXPECT_THAT(m, ::testing::HasSubstr("presence_bus_latency_ms_count{op=\"read\"} 1\n"));
+  EXPECT_THAT(m, ::testing::HasSubstr("presence_bus_latency_ms_sum{op=\"read\"} 7\n"));
+}
+
+// The heartbeat backlog: records on the bus that the engine, consuming its
+// partitions, has not read yet.
+TEST(Metrics, SignalBacklogIsWhatTheConsumerHasNotReadYet) {
+  ManualClock clock{1'000'000};
+  auto bus = NewInProcessBus(2);
+  Options o;
+  o.clock = &clock;
+  o.bus = bus.get();
+  auto engine = Engine::Create(o).value();
+  ASSERT_TRUE(engine->ConsumeBus(100).ok());
+  EXPECT_THAT(engine->RenderMetrics(), ::testing::HasSubstr("presence_signal_backlog 0\n"));
+  for (const char* user : {"alice", "bob", "carol"}) Publish(bus.get(), TestEngine::Sig(user, "web"));
+  EXPECT_THAT(engine->RenderMetrics(), ::testing::HasSubstr("presence_signal_backlog 3\n"));
+  ASSERT_EQ(engine->ConsumeBus(2).value(), 2u);
+  EXPECT_THAT(engine->RenderMetrics(), ::testing::HasSubstr("presence_signal_backlog 1\n"));
+  ASSERT_TRUE(engine->ConsumeBus(100).ok());
+  EXPECT_THAT(engine->RenderMetrics(), ::testing::HasSubstr("presence_signal_backlog 0\n"));
+}
+
 TEST(Rebuild, ANewEngineLoadsTheStoreReplaysTheBusAndMatchesTheOldOne) {
   Durable d;
   ManualClock clock(1'000'000);

@@ -691,15 +691,25 @@ TEST(Metrics, RendersPrometheusTextWithHelpAndType) {
   EXPECT_THAT(m, ::testing::HasSubstr("presence_live_devices 1"));
 }
 
-TEST(Metrics, StaleRatioCountsLiveUsersKeptOnlyByInferredSignals) {
+// docs/design.md section 7: stale is judged against each source's own
+// offline threshold, so a user kept live by INFERRED signals (every minute
+// or so) is not stale four seconds after its last one.
+TEST(Metrics, StaleRatioJudgesEachSourceByItsOwnThreshold) {
   TestEngine t;
   ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "phone", 1, Source::kInferred)).ok());
-  auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
-  t.Run(5000, 1000);
-  ASSERT_TRUE(t.engine->Beat(*h).ok());
+  ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
   t.engine->Tick();
+  EXPECT_THAT(t.engine->RenderMetrics(), ::testing::HasSubstr("presence_stale_ratio 0\n"));
+  // Past APP's 4 s, before a tick published alice offline: alice is shown
+  // live with no signal behind it; bob is within INFERRED's 240 s.
+  t.clock.Advance(5000);
   EXPECT_THAT(t.engine->RenderMetrics(), ::testing::HasSubstr("presence_stale_ratio 0.5\n"));
+  t.engine->Tick();  // alice published offline: only bob is live, and fresh
+  EXPECT_THAT(t.engine->RenderMetrics(), ::testing::HasSubstr("presence_stale_ratio 0\n"));
+  t.clock.Advance(240000);  // past INFERRED's threshold, before a tick
+  EXPECT_THAT(t.engine->RenderMetrics(), ::testing::HasSubstr("presence_stale_ratio 1\n"));
 }
+
 
 }  // namespace
 }  // namespace presence::testing

@@ -13,15 +13,36 @@
 
 #include "gtest/gtest.h"
 #include "presence/bus.h"
+#include "presence/clock.h"
 #include "presence/store.h"
 #include "tests/conformance/loaded.h"
 
 namespace presence::testing {
 
-class FlakyStore : public Store {
+// Each call of a store or bus slowed down advances `clock` by `ms` (a slow
+// store or bus, in the engine's time).
+class SlowCalls {
+ public:
+  void SlowDown(ManualClock* clock, int64_t ms) {
+    clock_ = clock;
+    delay_ms_ = ms;
+  }
+
+ protected:
+  void Wait() {
+    if (clock_ != nullptr) clock_->Advance(delay_ms_);
+  }
+
+ private:
+  ManualClock* clock_ = nullptr;
+  int64_t delay_ms_ = 0;
+};
+
+class FlakyStore : public Store, public SlowCalls {
  public:
   absl::Status Write(const StoreBatch& batch) override {
     ++writes;
+    Wait();
     if (failing) return absl::UnavailableError("store is down");
     return inner_->Write(batch);
   }
@@ -48,7 +69,7 @@ class FlakyStore : public Store {
 // `max_read` records (as a Kafka client may); and a record can be shown under
 // another key than it was published with (a producer that partitioned it
 // wrongly). The flags may be flipped from any thread.
-class FlakyBus : public Bus {
+class FlakyBus : public Bus, public SlowCalls {
  public:
   explicit FlakyBus(uint32_t partitions)
       : owned_(NewInProcessBus(partitions)), inner_(owned_.get()) {}
@@ -62,12 +83,14 @@ class FlakyBus : public Bus {
   }
   absl::StatusOr<std::vector<uint64_t>> PublishBatch(
       absl::Span<const BusMessage> messages) override {
+    Wait();
     if (failing || failing_publish) return absl::UnavailableError("bus is down");
     batch_sizes.push_back(messages.size());
     return inner_->PublishBatch(messages);
   }
   absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
                                               size_t max) override {
+    Wait();
     if (failing) return absl::UnavailableError("bus is down");
     auto records = inner_->Read(partition, offset, std::min<size_t>(max, max_read));
     if (records.ok() && !rekeyed_.empty()) {

@@ -89,6 +89,10 @@ TEST(Stress, ManyThreadsAtOnceKeepEveryInvariant) {
   o.shards = 8;
   o.min_dwell_ms = 50;
   o.max_signals_per_device_per_sec = 0;
+  // Many threads on few cores make ticks slow: no overload steps here (a
+  // longer flush interval would keep the final tick from flushing), which
+  // tests/overload_test.cc covers.
+  o.overload_tick_budget_ms = 0;
   auto engine = Engine::Create(o).value();
   VersionChecker versions;
   engine->AddListener(&versions);
@@ -290,6 +294,10 @@ TEST(Stress, CallbacksCloseRevokeAndEraseRaceCleanly) {
   o.shards = 4;
   o.min_dwell_ms = 0;
   o.max_signals_per_device_per_sec = 0;
+  // Many threads on few cores make ticks slow: no overload steps here (a
+  // longer flush interval would keep the final tick from flushing), which
+  // tests/overload_test.cc covers.
+  o.overload_tick_budget_ms = 0;
   o.store = store.get();
   o.history = history.get();
   o.bus = bus.get();

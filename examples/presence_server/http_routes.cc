@@ -219,7 +219,7 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
 
     const bool known_path = t->path == "/presence" || t->path == "/presence/override" ||
                             t->path == "/presence/history" || t->path == "/presence/stream" ||
-                            t->path == "/metrics";
+                            t->path == "/metrics" || absl::StartsWith(t->path, "/operator/");
     if (!known_path) return Error(http::status::not_found, "not_found", absl::StrCat("no route ", t->path));
     if (!ServesClients() && t->path != "/metrics") {
       return Error(http::status::not_found, "not_a_gateway",
@@ -234,6 +234,10 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
         return Error(http::status::too_many_requests, "too_many_failures", viewer.status().message());
       }
       return Error(http::status::unauthorized, "unauthorized", viewer.status().message());
+    }
+    if (absl::StartsWith(t->path, "/operator/")) {
+      OperatorReply r = HandleOperator(req, *t, *viewer);
+      return Reply(r.status, std::move(r.body));
     }
     if (t->path == "/metrics") {
       // Operators only: the metrics count devices, so anyone else could

@@ -6,7 +6,8 @@
 //   * http_routes.cc: the HTTP session and the routes of the seed design's
 //     API (GET /presence, overrides, history, /metrics, the page);
 //   * ws_session.cc: one WebSocket client (heartbeats, subscriptions, the
-//     slow-consumer and rate bounds) and the JSON of diff batches.
+//     slow-consumer and rate bounds) and the JSON of diff batches;
+//   * operator_routes.cc: the operator API (/operator/...).
 // Everything runs on one thread: the io_context's. Sessions are owned by
 // shared_ptrs held by their pending operations and, for WebSocket sessions,
 // by the server's table (until Finish). Nothing here takes a lock.
@@ -117,6 +118,12 @@ struct ServerMetrics {
   uint64_t ticks = 0;
   double tick_seconds_sum = 0;
   double tick_seconds_max = 0;
+};
+
+// The status and JSON body of an operator route (operator_routes.cc).
+struct OperatorReply {
+  http::status status;
+  std::string body;
 };
 
 class WsSession;
@@ -265,6 +272,10 @@ class Server::Impl : public presence::Sink, public presence::Prober {
                                                  const std::string& viewer);
   http::response<http::string_body> DeleteOverride(const Target& t, const std::string& viewer);
   http::response<http::string_body> GetHistory(const Target& t, const std::string& viewer);
+  // /operator/...: drain, rebuild, erase, bulk revoke (operator_routes.cc);
+  // `caller` is the authenticated user.
+  OperatorReply HandleOperator(const http::request<http::string_body>& req, const Target& t,
+                               const std::string& caller);
 
   ServerOptions opts_;
   net::io_context ioc_{1};

@@ -302,6 +302,12 @@ class PRESENCE_EXPORT Engine {
   // The number of partitions of Options::bus (0 without a bus).
   uint32_t BusPartitions() const;
 
+  // Engine::OverloadLevel: how many overload steps apply now, 0 to 3
+  // (Options, "Overload"): 1 a longer flush interval, 2 large topics to
+  // counts, 3 subscribers to polling. Decided at the end of each Tick; the
+  // fan-out reads it when it flushes. Lock-free.
+  int OverloadLevel() const;
+
   // Engine::Rebuild: the operator's rebuild. Drops everything the engine
   // holds in memory, reloads the Store, and resumes consuming the bus from
   // the committed offsets. Changes that were not yet written are lost (so

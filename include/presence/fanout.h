@@ -98,6 +98,15 @@ struct FanoutOptions {
   size_t interval_mode_members = 1000;
   int64_t large_topic_interval_ms = 1000;
   size_t counts_only_members = 10000;
+  // Overload steps (Engine::OverloadLevel; docs/operations.md "Overload"),
+  // read at each flush: from level 1 the fan-out flushes at most every
+  // max(flush_interval_ms, overload_flush_interval_ms); from level 2 every
+  // topic above interval_mode_members carries counts only; at level 3 push
+  // subscribers are served as polling ones (their batches wait in their
+  // outbox, bounded by max_outbox_batches, and Poll serves them), and once
+  // the level is below 3 again what waits is pushed, in order (a snapshot
+  // for a subscriber that fell too far behind).
+  int64_t overload_flush_interval_ms = 1000;
   // Topic sections kept to coalesce diffs for subscribers that fell behind.
   size_t topic_history = 32;
 
@@ -206,7 +215,8 @@ class PRESENCE_EXPORT Fanout final : public ChangeListener {
 
   // Fanout::Poll moves the subscriber's oldest undelivered batch into *out and
   // answers true, or answers false when there is none. A lagging subscriber
-  // gets a snapshot here. FailedPrecondition for a push subscriber.
+  // gets a snapshot here. FailedPrecondition for a push subscriber, except
+  // while overload step 3 serves it as a polling one.
   absl::StatusOr<bool> Poll(SubscriberId subscriber, Batch* out);
 
   // Fanout::Resume: the subscriber reconnected and last applied batch
@@ -221,7 +231,8 @@ class PRESENCE_EXPORT Fanout final : public ChangeListener {
   void SetSnapshotSource(SnapshotSource* source);
 
   // Prometheus text: batches, user diffs and bytes delivered, snapshots,
-  // backlog, throttled and lagging subscribers.
+  // backlog, throttled and lagging subscribers, and the overload steps as
+  // applied (flush interval, topics in counts, push subscribers polled).
   std::string RenderMetrics() const;
 
   // ChangeListener (called by Engine::Tick, and by RemoteFeed::Poll with

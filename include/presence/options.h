@@ -172,6 +172,21 @@ struct Options {
   // Transitions older than this are dropped from the history (checked about
   // once a minute on Tick). 0: kept for ever.
   int64_t history_retention_ms = int64_t{30} * 24 * 3600 * 1000;
+
+  // ---- Overload (docs/design.md section 7; docs/operations.md "Overload") ----
+  // A tick is overloaded when it took longer than overload_tick_budget_ms on
+  // the engine's clock (listeners, so the fan-out's flush, included), when a
+  // store write failed in it, or when the bus or history backlog holds more
+  // than overload_backlog_bound entries after it. After overload_enter_ticks
+  // overloaded ticks in a row the engine goes one step down its overload
+  // ladder (Engine::OverloadLevel: 1 longer flush interval, 2 large topics to
+  // counts, 3 subscribers to polling; the fan-out applies them), and after
+  // overload_exit_ticks healthy ticks in a row one step back.
+  // 0 budget: tick time is not a trigger.
+  int64_t overload_tick_budget_ms = 100;
+  size_t overload_backlog_bound = 10000;
+  int overload_enter_ticks = 3;
+  int overload_exit_ticks = 50;
 };
 
 }  // namespace presence

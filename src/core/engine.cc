@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "src/core/bus_batches.h"
 #include "src/core/mutex.h"
+#include "src/core/overload.h"
 #include "presence/bus.h"
 #include "presence/clock.h"
 #include "presence/history.h"
@@ -346,17 +347,31 @@ class EngineCore {
   }
 
   size_t Tick() {
+    const int64_t start = Now();
     size_t published;
+    bool all_written = true;
     std::vector<OutgoingProbe> probes;
     {
       internal::MutexLock lock(&tick_mu_);
-      published = TickLocked(nullptr);
+      published = TickLocked(&all_written);
       probes.swap(probes_);
     }
     SendProbes(probes);
     CallListeners();
+    {
+      // The overload ladder's verdict on this tick (Options, "Overload").
+      internal::MutexLock lock(&tick_mu_);
+      const Options& o = config_.options;
+      const bool overloaded =
+          (o.overload_tick_budget_ms > 0 && Now() - start > o.overload_tick_budget_ms) ||
+          !all_written || bus_backlog_.size() > o.overload_backlog_bound ||
+          history_backlog_.size() > o.overload_backlog_bound;
+      overload_level_.store(overload_.Observe(overloaded), std::memory_order_relaxed);
+    }
     return published;
   }
+
+  int OverloadLevel() const { return overload_level_.load(std::memory_order_relaxed); }
 
   // Hands the tick's probes to the Prober, with no lock held, so that it
   // may answer at once (docs/design.md rule 9, presence/prober.h).
@@ -398,13 +413,14 @@ class EngineCore {
     std::vector<CommittedOffset> offsets = ConsumedOffsets();
     bool all_written = true;
     for (auto& shard : shards_) {
-      if (!shard->Tick(now, &events_, &latency_, &probes_).ok()) all_written = false;
+      if (!shard->Tick(now, &events_, &observed_, &probes_).ok()) all_written = false;
     }
     if (all_written && config_.options.store != nullptr && !offsets.empty() &&
         offsets != committed_) {
       StoreBatch batch;
       batch.offsets = offsets;
-      if (config_.options.store->Write(batch).ok()) {
+      Store* store = config_.options.store;
+      if (Timed(clock_, &observed_.store, [&] { return store->Write(batch); }).ok()) {
         committed_ = std::move(offsets);
       } else {
         ++offset_errors_;
@@ -634,7 +650,8 @@ class EngineCore {
   absl::StatusOr<size_t> ConsumePartition(uint32_t p, size_t max)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
     uint64_t& offset = consumed_[p];
-    auto records = config_.options.bus->Read(p, offset, max);
+    Bus* bus = config_.options.bus;
+    auto records = Timed(clock_, &bus_read_latency_, [&] { return bus->Read(p, offset, max); });
     if (!records.ok()) {
       ++bus_errors_;
       return records.status();
@@ -922,8 +939,22 @@ class EngineCore {
     }
     {
       internal::MutexLock lock(&tick_mu_);
-      latency_.Render(&out, "presence_publish_latency_ms",
-                      "Time from the signal that caused a change to its publication, in ms.");
+      observed_.publish.Render(
+          &out, "presence_publish_latency_ms",
+          "Time from the signal that caused a change to its publication, in ms.");
+      observed_.store.Render(&out, "presence_store_latency_ms",
+                             "Time of each Store::Write (write-through and offsets), in ms.");
+      MetricHeader(&out, "presence_bus_latency_ms", "histogram",
+                   "Time of each bus publish (change events) and read (signals), in ms.");
+      observed_.bus_publish.RenderSamples(&out, "presence_bus_latency_ms", "op=\"publish\"");
+    }
+    {
+      internal::MutexLock lock(&consume_mu_);
+      bus_read_latency_.RenderSamples(&out, "presence_bus_latency_ms", "op=\"read\"");
+      Metric(&out, "presence_signal_backlog", "gauge",
+             "Records on the bus not consumed yet (signals, and the change events beside "
+             "them), over the owned partitions this engine consumes: the heartbeat backlog.",
+             SignalBacklogLocked());
     }
     Metric(&out, "presence_false_offlines_total", "counter",
            "Devices that died by timeout or abrupt disconnect and came back within the "
@@ -945,7 +976,8 @@ class EngineCore {
            "Probes not sent: their gateway passed max_probes_per_gateway_per_sec.",
            st.counters.probes_throttled);
     Metric(&out, "presence_stale_ratio", "gauge",
-           "Share of users shown live whose freshness exceeds the APP offline threshold.",
+           "Share of users shown live of whom no device's source signalled within that "
+           "source's own offline threshold.",
            st.live_users == 0 ? 0.0 : double(st.stale_users) / double(st.live_users));
     {
       internal::MutexLock lock(&tick_mu_);
@@ -973,6 +1005,24 @@ class EngineCore {
     Metric(&out, "presence_bus_wrong_partition_total", "counter",
            "Signals read from a bus partition that their user does not map to (skipped).",
            wrong_partition_.load());
+    {
+      internal::MutexLock lock(&tick_mu_);
+      Metric(&out, "presence_overload_level", "gauge",
+             "Overload steps that apply: 1 longer flush interval, 2 large topics to counts, "
+             "3 subscribers to polling.",
+             overload_.level());
+      MetricHeader(&out, "presence_overload_steps_total", "counter",
+                   "Times each overload step was entered and left.");
+      static constexpr const char* kStepNames[] = {"flush_interval", "topic_counts", "polling"};
+      for (int i = 0; i < OverloadLadder::kSteps; ++i) {
+        MetricSample(&out, "presence_overload_steps_total",
+                     absl::StrCat("step=\"", kStepNames[i], "\",direction=\"enter\""),
+                     overload_.entered(i));
+        MetricSample(&out, "presence_overload_steps_total",
+                     absl::StrCat("step=\"", kStepNames[i], "\",direction=\"leave\""),
+                     overload_.left(i));
+      }
+    }
     Metric(&out, "presence_owned_partitions", "gauge", "Bus partitions this engine owns.",
            OwnedPartitions().size());
     Metric(&out, "presence_memory_charged_bytes", "gauge",
@@ -987,6 +1037,23 @@ class EngineCore {
            st.sizes.live_devices);
     Metric(&out, "presence_overrides", "gauge", "Overrides held.", st.sizes.overrides);
     return out;
+  }
+
+  // End offset minus the next offset to read, over the owned partitions
+  // that ConsumeBus has read from (a partition whose end offset cannot be
+  // read counts as an error of the bus).
+  uint64_t SignalBacklogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    uint64_t backlog = 0;
+    for (const auto& [p, next] : consumed_) {
+      if (!Owns(p)) continue;
+      auto end = config_.options.bus->EndOffset(p);
+      if (!end.ok()) {
+        ++bus_errors_;
+        continue;
+      }
+      if (*end > next) backlog += *end - next;
+    }
+    return backlog;
   }
 
   std::vector<CommittedOffset> ConsumedOffsets() {
@@ -1051,7 +1118,11 @@ class EngineCore {
     for (const ChangeEvent& e : events) bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));
     // A failed batch stays in the backlog for the next tick, whole.
     size_t sent = 0;
-    if (!PublishChanges(bus, bus_backlog_.begin(), bus_backlog_.end(), &sent).ok()) ++bus_errors_;
+    if (!Timed(clock_, &observed_.bus_publish, [&] {
+           return PublishChanges(bus, bus_backlog_.begin(), bus_backlog_.end(), &sent);
+         }).ok()) {
+      ++bus_errors_;
+    }
     bus_backlog_.erase(bus_backlog_.begin(), bus_backlog_.begin() + static_cast<std::ptrdiff_t>(sent));
     constexpr size_t kMaxBacklog = 1 << 20;
     if (bus_backlog_.size() > kMaxBacklog) {
@@ -1127,7 +1198,11 @@ class EngineCore {
   std::map<uint32_t, uint64_t> consumed_ ABSL_GUARDED_BY(consume_mu_);  // next offset per partition
   std::vector<DecodedSignal> decoded_ ABSL_GUARDED_BY(consume_mu_);
   std::vector<Signal> consumed_signals_ ABSL_GUARDED_BY(consume_mu_);  // views into decoded_
-  LatencyHistogram latency_ ABSL_GUARDED_BY(tick_mu_);
+  TickObservations observed_ ABSL_GUARDED_BY(tick_mu_){clock_, {}, {}, {}};
+  OverloadLadder overload_ ABSL_GUARDED_BY(tick_mu_){config_.options.overload_enter_ticks,
+                                                     config_.options.overload_exit_ticks};
+  std::atomic<int> overload_level_{0};
+  LatencyHistogram bus_read_latency_ ABSL_GUARDED_BY(consume_mu_);
 };
 
 }  // namespace internal
@@ -1268,6 +1343,7 @@ size_t Engine::Tick() { return core_->Tick(); }
 absl::Status Engine::AnswerProbe(uint64_t probe_id) { return core_->AnswerProbe(probe_id); }
 int64_t Engine::NowMs() const { return core_->Now(); }
 std::string Engine::RenderMetrics() const { return core_->RenderMetrics(); }
+int Engine::OverloadLevel() const { return core_->OverloadLevel(); }
 
 Engine::Sizes Engine::GetSizes() const { return core_->Stats().sizes; }
 

@@ -47,16 +47,22 @@ void LatencyHistogram::Observe(int64_t ms) {
 void LatencyHistogram::Render(std::string* out, absl::string_view name,
                               absl::string_view help) const {
   MetricHeader(out, name, "histogram", help);
+  RenderSamples(out, name, "");
+}
+
+void LatencyHistogram::RenderSamples(std::string* out, absl::string_view name,
+                                     absl::string_view labels) const {
+  const std::string prefix = labels.empty() ? "" : absl::StrCat(labels, ",");
   uint64_t cumulative = 0;
   const std::string bucket = absl::StrCat(name, "_bucket");
   for (size_t i = 0; i < kBoundsMs.size(); ++i) {
     cumulative += buckets_[i];
-    MetricSample(out, bucket, absl::StrCat("le=\"", kBoundsMs[i], "\""), cumulative);
+    MetricSample(out, bucket, absl::StrCat(prefix, "le=\"", kBoundsMs[i], "\""), cumulative);
   }
   cumulative += buckets_.back();
-  MetricSample(out, bucket, "le=\"+Inf\"", cumulative);
-  MetricSample(out, absl::StrCat(name, "_sum"), "", sum_);
-  MetricSample(out, absl::StrCat(name, "_count"), "", count_);
+  MetricSample(out, bucket, absl::StrCat(prefix, "le=\"+Inf\""), cumulative);
+  MetricSample(out, absl::StrCat(name, "_sum"), labels, sum_);
+  MetricSample(out, absl::StrCat(name, "_count"), labels, count_);
 }
 
 void MetricHeader(std::string* out, absl::string_view name, absl::string_view type,

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
+#include "presence/clock.h"
 #include "presence/types.h"
 
 namespace presence::internal {
@@ -47,13 +48,35 @@ class LatencyHistogram {
   static constexpr std::array<int64_t, 12> kBoundsMs = {1,   5,   10,   25,   50,   100,
                                                         250, 500, 1000, 2500, 5000, 10000};
   void Observe(int64_t ms);
+  // Its header, then its samples.
   void Render(std::string* out, absl::string_view name, absl::string_view help) const;
+  // Its samples only, each with `labels` (one family of several histograms).
+  void RenderSamples(std::string* out, absl::string_view name, absl::string_view labels) const;
   uint64_t count() const { return count_; }
 
  private:
   std::array<uint64_t, kBoundsMs.size() + 1> buckets_{};  // last: +Inf
   uint64_t count_ = 0;
   int64_t sum_ = 0;
+};
+
+// Runs f() and observes how long it took on `clock`, in `histogram`.
+template <typename F>
+auto Timed(Clock* clock, LatencyHistogram* histogram, F&& f) {
+  const int64_t start = clock->NowMs();
+  auto result = f();
+  histogram->Observe(clock->NowMs() - start);
+  return result;
+}
+
+// What a tick observes (under the engine's tick lock): each published
+// change's signal-to-publish latency, and the latency of every store write
+// and bus publish, timed on the engine's clock.
+struct TickObservations {
+  Clock* clock;
+  LatencyHistogram publish;
+  LatencyHistogram store;
+  LatencyHistogram bus_publish;
 };
 
 // Prometheus text helpers: a HELP and TYPE header, then samples.

@@ -906,7 +906,7 @@ void Shard::FireUser(uint32_t u, int64_t now_ms) {
 }
 
 absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
-                        LatencyHistogram* latency, std::vector<OutgoingProbe>* probes) {
+                        TickObservations* observed, std::vector<OutgoingProbe>* probes) {
   internal::MutexLock lock(&mu_);
   if (!forgotten_.empty()) {
     const uint64_t floor = static_cast<uint64_t>(now_ms) << 10;
@@ -985,7 +985,8 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
     StoreBatch batch;
     BuildStoreBatch(now_ms, &batch);
     if (!batch.empty()) {
-      absl::Status st = store->Write(batch);
+      absl::Status st =
+          Timed(observed->clock, &observed->store, [&] { return store->Write(batch); });
       ++store_writes_;
       if (!st.ok()) {
         ++store_errors_;
@@ -1029,7 +1030,7 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
       if (d.public_change) user.published_at_ms = now_ms;
       if (d.self_change) user.self_published_at_ms = now_ms;
       ++counters_.transitions[static_cast<int>(pending.cause) - 1];
-      latency->Observe(now_ms - pending.since_ms);
+      observed->publish.Observe(now_ms - pending.since_ms);
     }
     if (d.what == Decision::kHold || d.what == Decision::kHoldUnchanged ||
         (d.what == Decision::kPublish && pending.hold_until_ms > now_ms)) {
@@ -1083,12 +1084,26 @@ void Shard::AddStats(int64_t now_ms, Stats* stats) {
   stats->sizes.overrides += override_count_;
   stats->store_writes += store_writes_;
   stats->store_errors += store_errors_;
-  const int64_t stale_after = config_->options.app.offline_after_ms;
   for (const User& user : users_) {
     if (!user.in_use || user.pub_state == State::kOffline) continue;
     ++stats->live_users;
-    if (now_ms - ViewUser(user, now_ms).last_seen_ms > stale_after) ++stats->stale_users;
+    if (Stale(user, now_ms)) ++stats->stale_users;
   }
+}
+
+// Stale: no source of any of the user's devices signalled within that
+// source's own offline_after, so an INFERRED-only device that reports once a
+// minute is fresh for as long as INFERRED's threshold says.
+bool Shard::Stale(const User& user, int64_t now_ms) const {
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+    const Device& d = devices_.at(di);
+    for (int i = 0; i < kSourceCount; ++i) {
+      if (!d.has_seen(i)) continue;
+      const int64_t last = Expand32(d.seen[i].load(std::memory_order_relaxed), now_ms);
+      if (now_ms - last <= config_->policy.offline_after_ms[i]) return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace presence::internal

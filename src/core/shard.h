@@ -154,10 +154,11 @@ class Shard {
 
   // Fires due timers, writes what changed through to the Store (when there
   // is one) and appends the changes to publish to `out`, observing each
-  // one's signal-to-publish latency in `latency`. A failed store write
-  // publishes nothing and returns its status; the next tick retries.
-  // Probes that fell due are appended to `probes` (docs/design.md rule 9).
-  absl::Status Tick(int64_t now_ms, std::vector<ChangeEvent>* out, LatencyHistogram* latency,
+  // one's signal-to-publish latency and the store write's latency in
+  // `observed`. A failed store write publishes nothing and returns its
+  // status; the next tick retries. Probes that fell due are appended to
+  // `probes` (docs/design.md rule 9).
+  absl::Status Tick(int64_t now_ms, std::vector<ChangeEvent>* out, TickObservations* observed,
                     std::vector<OutgoingProbe>* probes);
 
   // Engine::AnswerProbe for a probe id of this shard: the answer counts as a
@@ -194,7 +195,7 @@ class Shard {
     ShardCounters counters;
     Engine::Sizes sizes;
     uint64_t live_users = 0;   // users whose published state is not OFFLINE
-    uint64_t stale_users = 0;  // of those, freshness above APP's offline_after
+    uint64_t stale_users = 0;  // of those, Stale ones
     uint64_t store_writes = 0;
     uint64_t store_errors = 0;
   };
@@ -364,6 +365,9 @@ class Shard {
   void MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   UserView ViewUser(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // For the stale ratio (docs/design.md section 7): whether no source of
+  // the user's devices signalled within that source's own offline_after.
+  bool Stale(const User& user, int64_t now_ms) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The user's latest accepted signal: the locked part and every device's.
   int64_t TrueLastSeen(const User& user, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The public view (docs/design.md rule 8), computed here and nowhere else: every

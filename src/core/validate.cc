@@ -92,6 +92,12 @@ absl::Status ValidateOptions(const Options& o) {
     return absl::InvalidArgumentError("max_signal_age_ms must be at most 2^30");
   }
   if (o.user_retention_ms < 0) return absl::InvalidArgumentError("user_retention_ms must be >= 0");
+  if (o.overload_tick_budget_ms < 0) {
+    return absl::InvalidArgumentError("overload_tick_budget_ms must be >= 0");
+  }
+  if (o.overload_enter_ticks < 1 || o.overload_exit_ticks < 1) {
+    return absl::InvalidArgumentError("overload_enter_ticks and overload_exit_ticks must be >= 1");
+  }
   if (o.false_offline_window_ms < 0) {
     return absl::InvalidArgumentError("false_offline_window_ms must be >= 0");
   }

@@ -399,7 +399,9 @@ class Fanout::Impl {
     internal::MutexLock lock(&mu_);
     Sub* s = FindSub(id);
     if (s == nullptr) return UnknownSub(id);
-    if (s->sink != nullptr) return absl::FailedPreconditionError("subscriber has a push sink");
+    if (s->sink != nullptr && level_ < kPollingLevel) {
+      return absl::FailedPreconditionError("subscriber has a push sink");
+    }
     if (s->outbox.empty() && s->lagging) {
       // It fell too far behind: one snapshot instead of the backlog.
       s->lagging = false;
@@ -475,21 +477,41 @@ class Fanout::Impl {
     std::vector<Delivery> deliveries;
     {
       internal::MutexLock lock(&mu_);
-      if (!force_flush_ && now_ms - last_flush_ms_ < opts_.flush_interval_ms) return;
+      const int level = engine_->OverloadLevel();
+      if (level_ >= kPollingLevel && level < kPollingLevel) {
+        release_held_ = true;
+        force_flush_ = true;
+      }
+      level_ = level;
+      if (!force_flush_ && now_ms - last_flush_ms_ < FlushIntervalMs()) return;
       force_flush_ = false;
       last_flush_ms_ = now_ms;
+      if (release_held_) {
+        release_held_ = false;
+        ReleaseHeld(&deliveries);
+      }
       Flush(now_ms, &deliveries);
     }
     Deliver(deliveries);
   }
 
+  // Overload step 1: the flush interval in force.
+  int64_t FlushIntervalMs() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return level_ >= 1 ? std::max(opts_.flush_interval_ms, opts_.overload_flush_interval_ms)
+                       : opts_.flush_interval_ms;
+  }
+
+
+
   std::string RenderMetrics() const {
     internal::MutexLock lock(&mu_);
-    size_t backlog = 0, lagging = 0;
+    size_t backlog = 0, lagging = 0, push = 0, counts_topics = 0;
     for (const auto& [id, s] : subs_) {
       backlog += s->outbox.size();
       lagging += s->lagging;
+      push += s->sink != nullptr;
     }
+    for (const auto& [name, t] : topics_) counts_topics += ModeOf(*t) == TopicMode::kCounts;
     std::string out;
     auto counter = [&](absl::string_view name, absl::string_view help, double v) {
       Metric(&out, name, "counter", help, v);
@@ -515,6 +537,13 @@ class Fanout::Impl {
     gauge("presence_fanout_backlog_batches", "Batches waiting to be polled, over all subscribers.",
           backlog);
     gauge("presence_fanout_lagging_subscribers", "Subscribers waiting for a snapshot.", lagging);
+    gauge("presence_fanout_flush_interval_ms",
+          "The flush interval in force (longer under overload step 1).", FlushIntervalMs());
+    gauge("presence_fanout_counts_only_topics",
+          "Topics whose sections carry counts only (more under overload step 2).", counts_topics);
+    gauge("presence_fanout_polled_push_subscribers",
+          "Push subscribers served as polling ones (overload step 3).",
+          level_ >= kPollingLevel ? push : 0);
     gauge("presence_fanout_watched_users", "Users that some subscriber or topic watches.",
           users_.size());
     return out;
@@ -537,6 +566,22 @@ class Fanout::Impl {
   // Calls the sinks, in order, with no lock held; skips a delivery whose
   // subscriber was closed since it was built. Close waits for the calls
   // that this counts in in_flight_.
+  // After overload step 3: what waits for push subscribers is pushed, in
+  // order, or one snapshot for one that fell too far behind.
+  void ReleaseHeld(std::vector<Delivery>* deliveries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto& [id, s] : subs_) {
+      if (s->sink == nullptr) continue;
+      if (s->lagging) {
+        s->lagging = false;
+        s->needs_snapshot = true;
+        s->outbox.clear();
+        dirty_subs_.insert(s.get());  // Flush sends it the snapshot
+        continue;
+      }
+      for (Batch& b : s->outbox) deliveries->push_back({s->sink, s->id, std::move(b)});
+      s->outbox.clear();
+    }
+  }
   void Deliver(const std::vector<Delivery>& deliveries) ABSL_LOCKS_EXCLUDED(mu_) {
     for (const Delivery& d : deliveries) {
       {
@@ -684,8 +729,10 @@ class Fanout::Impl {
     topics_.erase(t->name);
   }
 
-  TopicMode ModeOf(const Topic& t) const {
+  TopicMode ModeOf(const Topic& t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (t.members.size() > opts_.counts_only_members) return TopicMode::kCounts;
+    // Overload step 2: large topics to counts.
+    if (level_ >= 2 && t.members.size() > opts_.interval_mode_members) return TopicMode::kCounts;
     if (t.members.size() > opts_.interval_mode_members) return TopicMode::kInterval;
     return TopicMode::kPerUser;
   }
@@ -943,7 +990,7 @@ class Fanout::Impl {
         continue;
       }
       Record(s, *b);
-      if (s->sink != nullptr) {
+      if (s->sink != nullptr && level_ < kPollingLevel) {
         deliveries->push_back({s->sink, s->id, std::move(*b)});
       } else if (s->outbox.size() >= opts_.max_outbox_batches) {
         s->outbox.clear();
@@ -970,6 +1017,10 @@ class Fanout::Impl {
   SnapshotSource* source_ ABSL_GUARDED_BY(mu_) = nullptr;
   SubscriberId next_id_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t last_flush_ms_ ABSL_GUARDED_BY(mu_) = std::numeric_limits<int64_t>::min() / 2;
+  // The engine's overload level as of the last flush (Engine::OverloadLevel).
+  static constexpr int kPollingLevel = 3;
+  int level_ ABSL_GUARDED_BY(mu_) = 0;
+  bool release_held_ ABSL_GUARDED_BY(mu_) = false;  // level 3 ended: push what waits
   bool force_flush_ ABSL_GUARDED_BY(mu_) = false;
 
   uint64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
