@@ -228,7 +228,7 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
 
     // Everything else needs a token (in the Authorization header: a token
     // in a URL ends up in logs and browser history).
-    absl::StatusOr<std::string> viewer = Authenticate(TokenOf(req), peer.slot->ip());
+    absl::StatusOr<std::string> viewer = Authenticate(TokenOf(req), ClientIp(req, peer));
     if (!viewer.ok()) {
       if (viewer.status().code() == absl::StatusCode::kResourceExhausted) {
         return Error(http::status::too_many_requests, "too_many_failures", viewer.status().message());

@@ -49,6 +49,8 @@ constexpr char kUsage[] =
     "                          (on the main port /metrics needs an operator's token)\n"
     "  --allowed-origin ORIGIN pages that may open a WebSocket (repeat; default: the\n"
     "                          server's own page)\n"
+    "  --trusted-proxy ADDR    a proxy in front (repeat): the client of its requests is the last\n"
+    "                          address of X-Forwarded-For (for the failed-login limit)\n"
     "  --allowed-host NAME     Host names answered (repeat; default: loopback names when\n"
     "                          bound to loopback, any otherwise)\n"
     "  --verbose               log connections to stderr\n"
@@ -157,6 +159,9 @@ int main(int argc, char** argv) {
     } else if (a == "--allowed-origin") {
       value(&v);
       o.allowed_origins.push_back(v);
+    } else if (a == "--trusted-proxy") {
+      value(&v);
+      o.trusted_proxies.push_back(v);
     } else if (a == "--allowed-host") {
       value(&v);
       o.allowed_hosts.push_back(v);

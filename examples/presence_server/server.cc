@@ -255,6 +255,12 @@ absl::Status Server::Impl::Init() {
     if (absl::Status st = cluster_->Attach(engine_.get(), fanout_.get()); !st.ok()) return st;
   }
 
+  for (const std::string& p : opts_.trusted_proxies) {
+    beast::error_code ec;
+    net::ip::address a = net::ip::make_address(p, ec);
+    if (ec) return absl::InvalidArgumentError(absl::StrCat("--trusted-proxy ", p, ": not an IP address"));
+    trusted_proxies_.push_back(a);
+  }
   if (absl::Status st = InitTls(); !st.ok()) return st;
   if (absl::Status st = RaiseFdLimit(); !st.ok()) return st;
   if (absl::Status st = Listen(&acceptor_, opts_.bind_address, opts_.port, "--bind/--port"); !st.ok()) return st;
@@ -536,6 +542,19 @@ bool IsLoopbackName(absl::string_view host) {
 
 }  // namespace
 
+net::ip::address Server::Impl::ClientIp(const http::request<http::string_body>& req, const Peer& peer) const {
+  const net::ip::address& from = peer.slot->ip();
+  if (std::find(trusted_proxies_.begin(), trusted_proxies_.end(), from) == trusted_proxies_.end()) return from;
+  auto it = req.find("X-Forwarded-For");
+  if (it == req.end()) return from;
+  absl::string_view list(it->value().data(), it->value().size());
+  size_t comma = list.rfind(',');
+  absl::string_view last = absl::StripAsciiWhitespace(comma == absl::string_view::npos ? list : list.substr(comma + 1));
+  beast::error_code ec;
+  net::ip::address client = net::ip::make_address(std::string(last), ec);
+  return ec ? from : client;
+}
+
 bool Server::Impl::HostAllowed(const http::request<http::string_body>& req) const {
   auto it = req.find(http::field::host);
   if (it == req.end()) return false;  // HTTP/1.1 requires it
@@ -658,7 +677,7 @@ void Server::Impl::StartWebSocket(FlexStream stream, http::request<http::string_
   // history keep it).
   std::optional<std::string> user;
   if (std::string token = TokenOf(req); !token.empty()) {
-    absl::StatusOr<std::string> u = Authenticate(token, peer.slot->ip());
+    absl::StatusOr<std::string> u = Authenticate(token, ClientIp(req, peer));
     if (!u.ok()) {
       const bool throttled = u.status().code() == absl::StatusCode::kResourceExhausted;
       reject(throttled ? http::status::too_many_requests : http::status::unauthorized,
@@ -695,6 +714,7 @@ void Server::Impl::StartWebSocket(FlexStream stream, http::request<http::string_
     beast::error_code ec;
     stream.tcp().socket().set_option(net::socket_base::send_buffer_size(opts_.socket_send_buffer), ec);
   }
+  peer.client = ClientIp(req, peer);
   std::make_shared<WsSession>(this, std::move(stream), std::move(peer))
       ->Start(std::move(req), std::move(user), std::move(device), platform);
 }

@@ -55,6 +55,11 @@ struct ServerOptions {
   // WebSocket; empty: the page's own (the Host asked for, http or https).
   // A request without Origin (not a browser) is not checked.
   std::vector<std::string> allowed_origins;
+  // Addresses of proxies in front (nginx): for a request from one of them,
+  // the client is the last address of its X-Forwarded-For, so that the
+  // failed-login limit is per client, not per proxy. From anyone else the
+  // header is ignored (a client could forge it).
+  std::vector<std::string> trusted_proxies;
 
   // The file store's folder (created when missing), and its sync policy.
   // kInterval: a crash of the process loses nothing, an OS crash at most the

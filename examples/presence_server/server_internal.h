@@ -156,6 +156,9 @@ class ConnectionSlot {
 // What a request came through.
 struct Peer {
   std::shared_ptr<ConnectionSlot> slot;
+  // The client a WebSocket's upgrade came from (ClientIp); HTTP requests
+  // ask ClientIp each, as a proxy's keep-alive connection carries many.
+  net::ip::address client;
   bool tls = false;
   bool metrics_listener = false;  // --metrics-bind: /metrics and /healthz only
 };
@@ -236,6 +239,9 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   bool HostAllowed(const http::request<http::string_body>& req) const;
   bool OriginAllowed(const http::request<http::string_body>& req) const;
   void ReleaseConnection(const net::ip::address& ip);
+  // Who sent `req`: the connection's address, or for a trusted proxy the
+  // last address in X-Forwarded-For.
+  net::ip::address ClientIp(const http::request<http::string_body>& req, const Peer& peer) const;
   // The WebSocket session that holds a user's device now: a newer one
   // replaces (and closes) the one before at once.
   void ClaimDevice(const std::string& user, const std::string& device, const std::shared_ptr<WsSession>& s);
@@ -291,6 +297,7 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   uint16_t port_ = 0;
   uint16_t metrics_port_ = 0;
   uint64_t fd_limit_ = 0;
+  std::vector<net::ip::address> trusted_proxies_;
   bool shutting_down_ = false;
   uint64_t last_session_id_ = 0;
   uint64_t connections_ = 0;

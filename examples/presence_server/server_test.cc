@@ -65,12 +65,14 @@ struct HttpResult {
 };
 
 HttpResult Http(uint16_t port, http::verb method, const std::string& target, const std::string& token = "",
-                const std::string& body = "", const std::string& host = "127.0.0.1") {
+                const std::string& body = "", const std::string& host = "127.0.0.1",
+                const std::string& forwarded_for = "") {
   net::io_context ioc;
   tcp::socket socket(ioc);
   socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
   http::request<http::string_body> req(method, target, 11);
   req.set(http::field::host, host);
+  if (!forwarded_for.empty()) req.set("X-Forwarded-For", forwarded_for);
   if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
   if (!body.empty() || method == http::verb::post) {
     req.set(http::field::content_type, "application/json");
@@ -803,6 +805,36 @@ TEST_F(ServerTest, BadHttpInput) {
   EXPECT_EQ(Http(port_, http::verb::get, "/healthz").status, 200);  // still up
 }
 
+// Behind a proxy every client comes from the proxy's address: with
+// --trusted-proxy the failed-login limit is per client (X-Forwarded-For),
+// and from anyone else the header is ignored, so it cannot be used to dodge.
+TEST_F(ServerTest, FailedLoginsBehindATrustedProxyAreCountedPerClient) {
+  auto guess = [&](const std::string& xff, const std::string& token) {
+    return Http(port_, http::verb::get, "/presence?user_ids=alice", token, "", "127.0.0.1", xff).status;
+  };
+  StopServer();
+  Start([](ServerOptions& o) {
+    o.failed_auth_burst = 2;
+    o.failed_auth_per_minute = 1;
+    o.trusted_proxies = {"127.0.0.1"};
+  });
+  EXPECT_EQ(guess("203.0.113.5", "guess-0123456789-a"), 401);
+  EXPECT_EQ(guess("198.51.100.1, 203.0.113.5", "guess-0123456789-b"), 401);  // the last hop counts
+  EXPECT_EQ(guess("203.0.113.5", "tok-alice-0123456789"), 429);
+  EXPECT_EQ(guess("203.0.113.6", "tok-alice-0123456789"), 200);  // another client behind it
+  EXPECT_EQ(guess("", "tok-alice-0123456789"), 200);             // the proxy itself
+
+  // Not trusted: the header changes nothing.
+  StopServer();
+  Start([](ServerOptions& o) {
+    o.failed_auth_burst = 2;
+    o.failed_auth_per_minute = 1;
+  });
+  EXPECT_EQ(guess("203.0.113.7", "guess-0123456789-c"), 401);
+  EXPECT_EQ(guess("203.0.113.8", "guess-0123456789-d"), 401);
+  EXPECT_EQ(guess("203.0.113.9", "tok-alice-0123456789"), 429);
+}
+
 TEST_F(ServerTest, PageAndMetrics) {
   HttpResult page = Http(port_, http::verb::get, "/");
   EXPECT_EQ(page.status, 200);
@@ -1175,19 +1207,22 @@ TEST_F(ServerTest, HttpsAndWssWithTheGivenCertificate) {
     s.handshake(net::ssl::stream_base::client);  // throws if the certificate does not verify
   };
 
-  // https: GET /presence with a token.
-  {
+  auto https_get = [&](const std::string& target, const std::string& token) {
     beast::ssl_stream<beast::tcp_stream> s(ioc, ctx);
     tls_connect(s);
-    http::request<http::string_body> req(http::verb::get, "/presence?user_ids=alice", 11);
+    http::request<http::string_body> req(http::verb::get, target, 11);
     req.set(http::field::host, "127.0.0.1");
-    req.set(http::field::authorization, "Bearer tok-alice-0123456789");
+    req.set(http::field::authorization, "Bearer " + token);
     http::write(s, req);
     beast::flat_buffer buf;
     http::response<http::string_body> res;
     http::read(s, buf, res);
-    EXPECT_EQ(res.result_int(), 200) << res.body();
-  }
+    return res;
+  };
+
+  // https: GET /presence with a token.
+  http::response<http::string_body> got = https_get("/presence?user_ids=alice", "tok-alice-0123456789");
+  EXPECT_EQ(got.result_int(), 200) << got.body();
   // wss: the welcome, then a snapshot of what it watches.
   {
     websocket::stream<beast::ssl_stream<beast::tcp_stream>> ws(ioc, ctx);
@@ -1214,18 +1249,8 @@ TEST_F(ServerTest, HttpsAndWssWithTheGivenCertificate) {
   RawConn plain(port_);
   plain.Write("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
   EXPECT_TRUE(plain.ClosedWithin(5s));
-  {
-    beast::ssl_stream<beast::tcp_stream> s(ioc, ctx);
-    tls_connect(s);
-    http::request<http::string_body> req(http::verb::get, "/metrics", 11);
-    req.set(http::field::host, "127.0.0.1");
-    req.set(http::field::authorization, "Bearer tok-root-0123456789");
-    http::write(s, req);
-    beast::flat_buffer buf;
-    http::response<http::string_body> res;
-    http::read(s, buf, res);
-    EXPECT_NE(res.body().find("presence_server_tls_handshake_failures_total 1"), std::string::npos) << res.body();
-  }
+  got = https_get("/metrics", "tok-root-0123456789");
+  EXPECT_NE(got.body().find("presence_server_tls_handshake_failures_total 1"), std::string::npos) << got.body();
   std::remove(cert.c_str());
   std::remove(key.c_str());
 }

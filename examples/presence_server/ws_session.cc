@@ -72,7 +72,7 @@ void WsSession::Authenticate(const ClientMessage& m) {
     CloseWith(websocket::close_code::policy_error, "unauthorized");
     return;
   }
-  absl::StatusOr<std::string> user = server_->Authenticate(m.token, peer_.slot->ip());
+  absl::StatusOr<std::string> user = server_->Authenticate(m.token, peer_.client);
   if (!user.ok()) {
     const bool throttled = user.status().code() == absl::StatusCode::kResourceExhausted;
     SendError(throttled ? "too_many_failures" : "unauthorized", user.status().message(), m.id_json);

@@ -153,7 +153,8 @@ def main():
         auth = os.path.join(work, "auth.txt")
         rig.write_auth(auth, tokens, friends={"alice": ["bob"], "bob": ["alice"]})
         # The flags docs/example-server.md gives for a server behind nginx.
-        behind_nginx = ["--allowed-host", "localhost", "--max-connections-per-ip", "50000"]
+        behind_nginx = ["--allowed-host", "localhost", "--max-connections-per-ip", "50000",
+                        "--trusted-proxy", "127.0.0.1"]
         with rig.PresenceServer(args.server, work, auth, extra_args=behind_nginx, exit_after=120) as server:
             port = rig.free_port()
             prefix = os.path.join(work, "nginx")
