@@ -10,6 +10,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <deque>
 #include <optional>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "presence/gateway.h"
 #include "presence/remote_feed.h"
@@ -154,15 +156,19 @@ class KafkaCluster final : public Cluster {
       if (!own.ok()) return own.status();
       own_ = std::move(*own);
     }
-    // Every node reads the change events of the partitions it does not own,
-    // from the beginning, keeping every user's latest: its fan-out's
-    // snapshots and GET come from there.
-    presence::RemoteFeedOptions fo;
-    fo.from_beginning = true;
-    fo.max_unwatched_users = 10'000'000;
-    auto feed = presence::RemoteFeed::Create(bus_.get(), fanout, {}, fo);
-    if (!feed.ok()) return feed.status();
-    feed_ = std::move(*feed);
+    // A node with clients reads the change events of the partitions it
+    // does not own, from the beginning, keeping every user's latest: its
+    // fan-out's snapshots and GET come from there. An engine alone has no
+    // clients, and no feed: reading the topic from its start at each
+    // restart held its tick (and its group's rebalance) for longer each time.
+    if (serves_clients()) {
+      presence::RemoteFeedOptions fo;
+      fo.from_beginning = true;
+      fo.max_unwatched_users = 10'000'000;
+      auto feed = presence::RemoteFeed::Create(bus_.get(), fanout, {}, fo);
+      if (!feed.ok()) return feed.status();
+      feed_ = std::move(*feed);
+    }
     if (serves_clients()) {
       presence::GatewayOptions go;
       go.gateway_id = opts_.node_id;
@@ -206,30 +212,42 @@ class KafkaCluster final : public Cluster {
 
   void BeforeTick() override {
     Flush();
-    if (feed_ == nullptr) return;  // closed
+    if (closed_) return;
     if (own_ != nullptr) {
       if (absl::Status st = own_->Poll(); !st.ok()) {
         ++ownership_errors_;
+        // Logged when it changes (a store that stays down fails every poll).
+        if (st.ToString() != last_error_) {
+          std::fprintf(stderr, "presence_server: at %lld ownership: %s\n", static_cast<long long>(engine_->NowMs()),
+                       st.ToString().c_str());
+        }
         last_error_ = st.ToString();
+      } else {
+        last_error_.clear();
       }
       std::vector<uint32_t> owned = engine_->OwnedPartitions();
       if (owned != told_) {
         // After the engine took them: the feed first reads them to their end.
-        if (feed_->SetOwnedPartitions(owned).ok()) told_ = std::move(owned);
+        if (feed_ == nullptr || feed_->SetOwnedPartitions(owned).ok()) {
+          std::fprintf(stderr, "presence_server: at %lld serving partitions [%s] (was [%s])\n",
+                       static_cast<long long>(engine_->NowMs()), absl::StrJoin(owned, ",").c_str(),
+                       absl::StrJoin(told_, ",").c_str());
+          told_ = std::move(owned);
+        }
       }
       for (int round = 0; round < 16; ++round) {  // bounded: the tick stays on time
         auto n = engine_->ConsumeBus();
         if (!n.ok() || *n == 0) break;
       }
     }
-    (void)feed_->Poll();
+    if (feed_ != nullptr) (void)feed_->Poll();
     if (gateway_ != nullptr) (void)gateway_->Flush();  // what waited for the bus
   }
 
   std::vector<presence::UserPresence> Get(absl::Span<const absl::string_view> users,
                                           absl::string_view viewer) override {
     std::vector<presence::UserPresence> out = engine_->Get(users, viewer);
-    if (feed_ == nullptr) return out;  // closed
+    if (feed_ == nullptr) return out;  // closed, or an engine alone
     const int64_t now = engine_->NowMs();
     const int64_t retention = engine_->options().user_retention_ms;
     for (size_t i = 0; i < users.size(); ++i) {
@@ -285,6 +303,7 @@ class KafkaCluster final : public Cluster {
     if (own_ != nullptr) (void)own_->Close();
     own_.reset();
     feed_.reset();  // detaches from the fan-out
+    closed_ = true;
   }
 
  private:
@@ -295,7 +314,8 @@ class KafkaCluster final : public Cluster {
   std::unique_ptr<presence::KafkaCommittingStore> committing_;
   presence::Engine* engine_ = nullptr;
   std::unique_ptr<presence::KafkaOwnership> own_;
-  std::unique_ptr<presence::RemoteFeed> feed_;
+  std::unique_ptr<presence::RemoteFeed> feed_;  // null for an engine alone
+  bool closed_ = false;
   std::unique_ptr<presence::GatewayPublisher> gateway_;
   std::vector<uint32_t> told_;
   // Signals queued since the last Flush, with their ids.

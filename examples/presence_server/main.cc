@@ -2,14 +2,24 @@
 // with a live web page. See docs/example-server.md and server.h.
 //
 //   presence_server [--port N] [--simulate N] [--auth FILE] ... (--help)
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
-#include "absl/strings/string_view.h"
+#include <thread>
 #include <vector>
+
+#include "absl/strings/string_view.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -37,6 +47,9 @@ constexpr char kUsage[] =
     "                          may watch it in a 'topic workspace ...' line)\n"
     "  --seed X                seed of the simulation (default 1)\n"
     "  --exit-after SECONDS    stop by itself (for CI); default: run until SIGINT/SIGTERM\n"
+    "  --stop-timeout SECONDS  after SIGINT/SIGTERM, exit anyway (status 1) when the clean stop\n"
+    "                          (clients closed, last tick, partitions handed over) takes longer,\n"
+    "                          or at a second signal (default 15)\n"
     "  --web-dir DIR           the page's files (default: the source tree's web/)\n"
     "  --max-message-bytes N   largest WebSocket message (default 16384)\n"
     "  --max-subscriptions N   users + topics per connection (default 1000)\n"
@@ -83,12 +96,83 @@ std::string RandomToken() {
   return out;
 }
 
+// SIGINT and SIGTERM, on a thread of their own: the server's io thread can
+// be held for seconds by a call to an unreachable broker or store, and a
+// stop must not wait on it. The first signal asks the server to stop
+// cleanly; when that takes longer than the stop timeout, or at a second
+// signal, the process exits at once (for a cluster engine, as a crash would:
+// the group hands its partitions over after the session timeout, and the new
+// owner replays the bus). Before the server exists, a signal exits at once.
+class SignalThread {
+ public:
+  explicit SignalThread(double stop_timeout_s) : stop_timeout_(stop_timeout_s) {
+    // Blocked here, before any other thread starts (threads inherit the
+    // mask): only sigtimedwait below takes them.
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~SignalThread() {
+    done_.store(true);
+    thread_.join();
+  }
+  // From here a signal stops `server`.
+  void Serve(presence_server::Server* server) {
+    std::lock_guard<std::mutex> lock(mu_);
+    server_ = server;
+  }
+  // The server is gone: the clean stop is over.
+  void Stopped() {
+    std::lock_guard<std::mutex> lock(mu_);
+    server_ = nullptr;
+    served_ = true;
+  }
+
+ private:
+  void Loop() {
+    const timespec poll = {0, 100 * 1000 * 1000};  // to see done_
+    std::optional<std::chrono::steady_clock::time_point> first;  // the first signal
+    while (!done_.load()) {
+      const int sig = sigtimedwait(&set_, nullptr, &poll);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (sig <= 0) {
+        if (first && server_ != nullptr && std::chrono::steady_clock::now() - *first > stop_timeout_) {
+          Exit(absl::StrCat("the clean stop took longer than ", stop_timeout_.count(),
+                            " s (--stop-timeout): exiting without it"));
+        }
+        continue;
+      }
+      if (served_) continue;  // stopped already: main returns
+      if (server_ == nullptr) Exit(absl::StrCat("signal ", sig, " before the server started: exiting"));
+      if (first) Exit(absl::StrCat("signal ", sig, " again: exiting without the clean stop"));
+      first = std::chrono::steady_clock::now();
+      server_->Stop();
+    }
+  }
+  [[noreturn]] static void Exit(const std::string& why) {
+    std::fprintf(stderr, "presence_server: %s\n", why.c_str());
+    std::fflush(stdout);
+    std::fflush(stderr);
+    _exit(1);
+  }
+
+  const std::chrono::duration<double> stop_timeout_;
+  sigset_t set_;
+  std::atomic<bool> done_{false};
+  std::mutex mu_;
+  presence_server::Server* server_ = nullptr;  // guarded by mu_
+  bool served_ = false;                        // guarded by mu_
+  std::thread thread_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   presence_server::ServerOptions o;
   o.web_dir = PRESENCE_SERVER_WEB_DIR;
-  o.handle_signals = true;
+  double stop_timeout_s = 15;
   bool have_users = false;
   std::string auth_file;
   std::vector<std::string> token_specs;
@@ -183,6 +267,12 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "presence_server: --exit-after wants seconds\n");
         return 2;
       }
+    } else if (a == "--stop-timeout") {
+      value(&v);
+      if (!absl::SimpleAtod(v, &stop_timeout_s) || !(stop_timeout_s > 0)) {
+        std::fprintf(stderr, "presence_server: --stop-timeout wants seconds, more than 0\n");
+        return 2;
+      }
     } else if (a == "--web-dir") {
       value(&o.web_dir);
     } else if (a == "--max-message-bytes") {
@@ -268,6 +358,7 @@ int main(int argc, char** argv) {
     if (o.simulate > 0) o.access.AddTopicMembers(o.simulate_topic, names);
   }
 
+  SignalThread signals(stop_timeout_s);
   absl::StatusOr<std::unique_ptr<presence_server::Server>> server =
       presence_server::Server::Create(o);
   if (!server.ok()) {
@@ -299,7 +390,10 @@ int main(int argc, char** argv) {
     std::printf("  open %s#token=%s   (as %s)\n", url.c_str(), token.c_str(), user.c_str());
   }
   std::fflush(stdout);
+  signals.Serve(server->get());
   (*server)->Run();
+  server->reset();  // (closes the bus and the store: under the stop timeout too)
+  signals.Stopped();
   std::printf("presence_server: stopped\n");
   return 0;
 }

@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -354,13 +353,6 @@ void Server::Impl::Run() {
       if (!ec) BeginShutdown();
     });
   }
-  if (opts_.handle_signals) {
-    signals_.add(SIGINT);
-    signals_.add(SIGTERM);
-    signals_.async_wait([this](beast::error_code ec, int) {
-      if (!ec) BeginShutdown();
-    });
-  }
   ioc_.run();
   // Everything is closed: publish and persist the end.
   if (cluster_ != nullptr) cluster_->BeforeTick();
@@ -377,7 +369,6 @@ void Server::Impl::BeginShutdown() {
   metrics_acceptor_.close(ec);
   tick_timer_.cancel();
   exit_timer_.cancel();
-  signals_.cancel();
   std::vector<std::shared_ptr<WsSession>> all;
   for (auto& [id, s] : sessions_) all.push_back(s);
   for (auto& s : all) s->CloseWith(websocket::close_code::going_away, "server shutting down");

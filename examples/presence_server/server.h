@@ -80,8 +80,6 @@ struct ServerOptions {
 
   // Stop by itself after this many seconds (0: run until Stop()).
   double exit_after_s = 0;
-  // Stop on SIGINT and SIGTERM (the program sets it; tests do not).
-  bool handle_signals = false;
   // Print one line per connection and error to stderr.
   bool verbose = false;
 

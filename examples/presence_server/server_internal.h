@@ -174,7 +174,7 @@ class Server::Impl : public presence::Sink, public presence::Prober {
  public:
   explicit Impl(ServerOptions options)
       : opts_(std::move(options)), acceptor_(ioc_), metrics_acceptor_(ioc_), tick_timer_(ioc_), flush_timer_(ioc_), exit_timer_(ioc_),
-        signals_(ioc_), rng_(opts_.seed) {}
+        rng_(opts_.seed) {}
 
   absl::Status Init();
   void Run();
@@ -291,7 +291,6 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   net::steady_timer tick_timer_;
   net::steady_timer flush_timer_;  // a cluster node's publishes (ScheduleFlush)
   net::steady_timer exit_timer_;
-  net::signal_set signals_;
   std::chrono::steady_clock::time_point next_tick_;
   std::chrono::steady_clock::time_point shutdown_deadline_;
   uint16_t port_ = 0;
