@@ -108,6 +108,10 @@ class SignalThread {
   explicit SignalThread(double stop_timeout_s) : stop_timeout_(stop_timeout_s) {
     // Blocked here, before any other thread starts (threads inherit the
     // mask): only sigtimedwait below takes them.
+    // A shell's background job inherits SIGINT ignored: an ignored signal
+    // would be dropped, not waited for.
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
     sigemptyset(&set_);
     sigaddset(&set_, SIGINT);
     sigaddset(&set_, SIGTERM);
@@ -148,6 +152,7 @@ class SignalThread {
       if (server_ == nullptr) Exit(absl::StrCat("signal ", sig, " before the server started: exiting"));
       if (first) Exit(absl::StrCat("signal ", sig, " again: exiting without the clean stop"));
       first = std::chrono::steady_clock::now();
+      std::fprintf(stderr, "presence_server: signal %d: stopping (a second signal exits at once)\n", sig);
       server_->Stop();
     }
   }
