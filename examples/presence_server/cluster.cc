@@ -144,7 +144,8 @@ class KafkaCluster final : public Cluster {
     return absl::OkStatus();
   }
 
-  absl::Status Attach(presence::Engine* engine, presence::Fanout* fanout) override {
+  absl::Status Attach(presence::Engine* engine, presence::Fanout* fanout,
+                      std::function<void(const presence::Signal&)> elsewhere) override {
     engine_ = engine;
     if (OwnsPartitions(opts_.role)) {
       presence::KafkaOwnershipOptions ko = presence::KafkaOwnershipOptions::ForBus(bo_, opts_.node_id);
@@ -165,6 +166,9 @@ class KafkaCluster final : public Cluster {
       presence::RemoteFeedOptions fo;
       fo.from_beginning = true;
       fo.max_unwatched_users = 10'000'000;
+      fo.on_signal = [this, elsewhere = std::move(elsewhere)](const presence::Signal& s) {
+        if (s.gateway != opts_.node_id && elsewhere) elsewhere(s);
+      };
       auto feed = presence::RemoteFeed::Create(bus_.get(), fanout, {}, fo);
       if (!feed.ok()) return feed.status();
       feed_ = std::move(*feed);

@@ -8,7 +8,9 @@
 //   role gateway  terminates HTTP and WebSockets; publishes each device's
 //                 signals and disconnects to its user's partition
 //                 (GatewayPublisher); its fan-out reads the change events of
-//                 every partition (RemoteFeed), which also answer GET.
+//                 every partition (RemoteFeed), which also answer GET; the
+//                 other gateways' signals close its own older connection of
+//                 a device that connected again through one of them.
 //   role engine   owns the partitions the group gives it
 //                 (KafkaOwnership), consumes their signals, writes through
 //                 to the shared store and publishes change events. Serves
@@ -75,8 +77,13 @@ class Cluster {
   virtual ~Cluster();
 
   // Once the engine and the fan-out exist: joins the group (engines), opens
-  // the feed of change events and the publisher (gateways).
-  virtual absl::Status Attach(presence::Engine* engine, presence::Fanout* fanout) = 0;
+  // the feed of change events and the publisher (gateways). A node with
+  // clients reads the other partitions' signals too: `elsewhere` is told of
+  // each one another node published (its gateway, session and device), so
+  // that the server closes its own older connection of a device that came
+  // back through another gateway.
+  virtual absl::Status Attach(presence::Engine* engine, presence::Fanout* fanout,
+                              std::function<void(const presence::Signal&)> elsewhere) = 0;
 
   virtual ClusterRole role() const = 0;
   bool serves_clients() const { return role() != ClusterRole::kEngine; }

@@ -17,7 +17,8 @@
 // gateway; no watcher ever sees its friend OFFLINE while the friend stays
 // connected (a false OFFLINE from the failover); at the end every watcher's
 // view equals every user's last acknowledged state, GET /presence through
-// each gateway agrees with it, and a clean "bye" on one gateway shows
+// each gateway agrees with it, a device connecting again through the other
+// gateway gets its older connection closed, and a clean "bye" on one gateway shows
 // OFFLINE on the other well before a timeout would have; every failover
 // converges within 30 s. Measured, not asserted (printed as
 // CLUSTER lines, kept in benchmarks/RESULTS.md): the RTO, from the SIGKILL
@@ -297,6 +298,7 @@ struct Client {
   bool writing = false;
   net::steady_timer beat;
   bool welcomed = false, closed = false, failed = false;
+  bool replaced = false;  // told session_replaced (then closed by the server)
   TimePoint welcomed_at;
   // What the client was acknowledged (its truth), and its flip in flight.
   std::string activity = "active";
@@ -345,6 +347,16 @@ class Clients {
         for (auto& c : *side) Connect(c.get());
       }
       return 0;
+    });
+  }
+  // Another connection of `c`'s user and device, through gateway `port`.
+  Client* ConnectAgain(Client* c, int port) {
+    return OnIo([&] {
+      extra_.push_back(std::make_unique<Client>(ioc_, c->user, c->friend_id, port));
+      Client* again = extra_.back().get();
+      again->watcher = c->watcher;
+      Connect(again);
+      return again;
     });
   }
   std::vector<Client*> all() {
@@ -466,6 +478,10 @@ class Clients {
         c->flip->ack_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - c->flip->sent).count();
         c->activity = c->flip->target;  // acknowledged: the truth now
       }
+    } else if (msg.find("\"session_replaced\"") != std::string::npos) {
+      c->replaced = true;
+      c->closed = true;  // the close that follows is no failure
+      c->beat.cancel();
     } else if (msg.rfind("{\"type\":\"error\"", 0) == 0) {
       ++errors_;
       if (errors_ <= 5) std::printf("CLUSTER error to %s: %s\n", c->user.c_str(), msg.c_str());
@@ -499,7 +515,7 @@ class Clients {
  private:
   net::io_context ioc_{1};
   net::executor_work_guard<net::io_context::executor_type> work_;
-  std::vector<std::unique_ptr<Client>> a_, b_;
+  std::vector<std::unique_ptr<Client>> a_, b_, extra_;
   std::mt19937 rng_{15};
   int failures_ = 0, errors_ = 0;
   std::thread thread_;
@@ -720,6 +736,20 @@ TEST(Cluster, TwoGatewaysThreeEnginesFailingOverUnderLoad) {
     }
   }
   EXPECT_EQ(get_wrong, 0) << "GET through a gateway disagrees with the acknowledged states";
+
+  // A device that connects again through the other gateway: the gateway
+  // of its older connection closes that one (session_replaced), as one
+  // server does for a device that connects twice.
+  {
+    Client* before = clients.a().back().get();
+    Client* again = clients.ConnectAgain(before, cluster.gateway(1)->port);
+    const TimePoint at = Clock::now();
+    const bool replaced = WaitFor([&] { return clients.OnIo([&] { return before->replaced; }); }, 10000);
+    EXPECT_TRUE(replaced) << before->user << "'s older connection on gateway A was not closed";
+    std::printf("CLUSTER a device connected again on gateway B: its connection on gateway A closed %lld ms after\n",
+                static_cast<long long>(MsSince(at)));
+    EXPECT_TRUE(clients.OnIo([&] { return again->welcomed && !again->replaced && !again->failed; }));
+  }
 
   // A clean bye on gateway B reaches the watchers on gateway A as OFFLINE,
   // through the bus, well before the 4 s timeout.

@@ -251,7 +251,9 @@ absl::Status Server::Impl::Init() {
     if (absl::Status st = fanout_->AddMembers(topic, ids); !st.ok()) return st;
   }
   if (cluster_ != nullptr) {
-    if (absl::Status st = cluster_->Attach(engine_.get(), fanout_.get()); !st.ok()) return st;
+    absl::Status st =
+        cluster_->Attach(engine_.get(), fanout_.get(), [this](const presence::Signal& s) { ReplacedElsewhere(s); });
+    if (!st.ok()) return st;
   }
 
   for (const std::string& p : opts_.trusted_proxies) {
@@ -501,6 +503,16 @@ void Server::Impl::ClaimDevice(const std::string& user, const std::string& devic
   std::shared_ptr<WsSession> before = slot.lock();
   slot = s;
   if (before && before != s) before->Replaced();
+}
+
+void Server::Impl::ReplacedElsewhere(const presence::Signal& s) {
+  auto it = ws_by_device_.find(std::make_pair(std::string(s.user_id), std::string(s.device_id)));
+  if (it == ws_by_device_.end()) return;
+  std::shared_ptr<WsSession> holder = it->second.lock();
+  // Session ids grow with time on every node: the newer session wins, as
+  // at the owner. (An older one still heartbeating elsewhere is that node's
+  // to close.)
+  if (holder && holder->session_id() < s.session_id) holder->Replaced();
 }
 
 void Server::Impl::ReleaseDevice(const std::string& user, const std::string& device, const WsSession* s) {

@@ -246,6 +246,9 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   // replaces (and closes) the one before at once.
   void ClaimDevice(const std::string& user, const std::string& device, const std::shared_ptr<WsSession>& s);
   void ReleaseDevice(const std::string& user, const std::string& device, const WsSession* s);
+  // A cluster gateway: another node published a signal of `s`'s device; a
+  // connection of it here with an older session is closed (Replaced).
+  void ReplacedElsewhere(const presence::Signal& s);
 
   // presence::Prober (docs/design.md rule 9), called from Engine::Tick on the
   // io thread: the WebSocket connection that holds the probed device gets a
@@ -379,6 +382,8 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
 
   // A newer connection took this one's device: say so and close.
   void Replaced();
+  // The device session this connection carries (0 before it is admitted).
+  uint64_t session_id() const { return session_id_; }
 
  private:
   void OnAccept(beast::error_code ec);

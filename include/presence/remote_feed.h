@@ -15,9 +15,10 @@
 //   feed->SetOwnedPartitions({1, 2, 3});  // failover: partition 1 is ours now
 //
 // WHAT IT PROMISES
-//   * Only kChange records of partitions not owned are read; kSignal records
-//     are left to the engines. Only changes of users that some subscriber or
-//     topic of the fan-out watches are delivered.
+//   * Only kChange records of partitions not owned are delivered; kSignal
+//     records are left to the engines (RemoteFeedOptions::on_signal is told
+//     of them). Only changes of users that some subscriber or topic of the
+//     fan-out watches are delivered.
 //   * No duplicates: the fan-out ignores a change whose version is not newer
 //     than the one it holds, so reading the bus again from an earlier offset
 //     (Seek) delivers nothing twice.
@@ -67,6 +68,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -79,6 +81,7 @@
 #include "presence/bus.h"
 #include "presence/export.h"
 #include "presence/fanout.h"
+#include "presence/types.h"
 
 namespace presence {
 
@@ -89,6 +92,12 @@ struct RemoteFeedOptions {
   size_t max_unwatched_users = 100000;
   // Where reading starts: false, each partition's end at Create; true, 0.
   bool from_beginning = false;
+  // Told of each signal (not a disconnect) read from a partition not
+  // owned, as published (its gateway included), so that a gateway can close
+  // its own connection of a device that connected again through another
+  // gateway. Called inside Poll and SetOwnedPartitions: it must not call the
+  // feed. Empty: signals are skipped undecoded.
+  std::function<void(const Signal& signal)> on_signal;
 };
 
 // What one RemoteFeed::Poll did.

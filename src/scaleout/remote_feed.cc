@@ -185,6 +185,10 @@ class RemoteFeed::Impl final : public SnapshotSource {
       for (const BusRecord& r : *records) {
         offsets_[p] = r.offset + 1;
         ++out->read;
+        if (r.type == BusRecordType::kSignal && opts_.on_signal) {
+          DecodedSignal d;
+          if (DecodeSignal(r.payload, &d).ok() && !d.disconnect()) opts_.on_signal(d.signal());
+        }
         if (r.type != BusRecordType::kChange) continue;
         if (std::optional<ChangeEvent> ev = Check(r, p, out)) events.push_back(*std::move(ev));
       }
