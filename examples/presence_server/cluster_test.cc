@@ -81,12 +81,15 @@ int64_t MsSince(TimePoint t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
 
-// Waits until `done()` (polled every 20 ms) or `timeout_ms`; whether it held.
-bool WaitFor(const std::function<bool()>& done, int64_t timeout_ms) {
+// Waits until `done()` (polled every `poll_ms`) or `timeout_ms`; whether it
+// held. Conditions that read the engines' /metrics poll every 100 ms: each
+// asks the broker for the end offset of every partition the engine owns, on
+// the engine's io thread.
+bool WaitFor(const std::function<bool()>& done, int64_t timeout_ms, int poll_ms = 20) {
   const TimePoint start = Clock::now();
   while (!done()) {
     if (MsSince(start) > timeout_ms) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
   }
   return true;
 }
@@ -546,7 +549,7 @@ TEST(Cluster, TwoGatewaysThreeEnginesFailingOverUnderLoad) {
   for (Node* n : cluster.All()) {
     ASSERT_TRUE(WaitFor([&] { return cluster.Answers(n); }, 30000)) << n->id << ":\n" << cluster.Log(n);
   }
-  ASSERT_TRUE(WaitFor([&] { return cluster.Shared(); }, 60000))
+  ASSERT_TRUE(WaitFor([&] { return cluster.Shared(); }, 60000, 100))
       << "the engines never shared the partitions out: " << absl::StrJoin(cluster.Owned(), ",");
 
   Clients clients(&cluster);
@@ -665,10 +668,11 @@ TEST(Cluster, TwoGatewaysThreeEnginesFailingOverUnderLoad) {
     clients.FlipAll(fresh);
     // Watched on a thread of its own: an engine busy taking partitions
     // answers /metrics late, which must not delay the convergence check.
+    // Every 100 ms, as WaitFor says.
     std::atomic<bool> over{false};
     std::atomic<int64_t> taken_ms{-1};
     std::thread watch([&] {
-      while (!over.load() && !cluster.SharedWithout(gone)) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      while (!over.load() && !cluster.SharedWithout(gone)) std::this_thread::sleep_for(std::chrono::milliseconds(100));
       if (!over.load()) taken_ms.store(MsSince(at));
     });
     const bool converged = WaitFor([&] { return clients.FlipsSeen(before) && clients.FlipsSeen(fresh); }, 30000);
@@ -702,7 +706,7 @@ TEST(Cluster, TwoGatewaysThreeEnginesFailingOverUnderLoad) {
     const TimePoint restart = Clock::now();
     cluster.Start(k);
     cluster.Start(s);
-    ASSERT_TRUE(WaitFor([&] { return cluster.Shared(); }, 60000))
+    ASSERT_TRUE(WaitFor([&] { return cluster.Shared(); }, 60000, 100))
         << "rep " << rep << ": the restarted engines never got partitions: " << absl::StrJoin(cluster.Owned(), ",");
     std::printf("CLUSTER rep %d: restarted engines shared the partitions %lld ms after the restart; "
                 "the repetition took %lld ms\n",
