@@ -128,7 +128,8 @@ func (e *Engine) Erase(userID string) error {
 
 // DrainGateway disconnects cleanly up to maxDevices (> 0) open devices whose
 // signals named the gateway and says how many; call again until it answers
-// 0. NotFound for a gateway no signal named.
+// 0. NotFound when no device carries the gateway (none ever did, or they are
+// all gone).
 func (e *Engine) DrainGateway(gateway string, maxDevices int) (int, error) {
 	p, err := e.ptr()
 	if err != nil {

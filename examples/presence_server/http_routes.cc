@@ -231,6 +231,10 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
                             t->path == "/presence/history" || t->path == "/presence/stream" ||
                             t->path == "/metrics" || absl::StartsWith(t->path, "/operator/");
     if (!known_path) return Error(http::status::not_found, "not_found", absl::StrCat("no route ", t->path));
+    if (!ServesClients() && t->path != "/metrics") {
+      return Error(http::status::not_found, "not_a_gateway",
+                   "this node is a cluster engine: clients connect to a gateway");
+    }
 
     // Everything else needs a token (in the Authorization header: a token
     // in a URL ends up in logs and browser history).
@@ -259,6 +263,10 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
       return GetPresence(*t, *viewer);
     }
     if (t->path == "/presence/override") {
+      if (cluster_ != nullptr) {
+        return Error(http::status::not_implemented, "not_in_cluster",
+                     "overrides do not travel the bus yet: a cluster node does not take them");
+      }
       if (req.method() == http::verb::post) return PostOverride(req, *viewer);
       if (req.method() == http::verb::delete_) return DeleteOverride(*t, *viewer);
       return Error(http::status::method_not_allowed, "method_not_allowed", "use POST or DELETE");
@@ -306,7 +314,7 @@ http::response<http::string_body> Server::Impl::GetPresence(const Target& t, con
                  absl::StrCat(",\"user_ids\":", JsonStringArray(unknown)));
   }
   std::vector<absl::string_view> views(ids.begin(), ids.end());
-  std::vector<presence::UserPresence> got = engine_->Get(views, viewer);
+  std::vector<presence::UserPresence> got = GetUsers(views, viewer);
   std::string out = absl::StrCat("{\"now_ms\":", engine_->NowMs(), ",\"users\":[");
   for (size_t i = 0; i < got.size(); ++i) {
     const presence::UserPresence& p = got[i];
@@ -481,7 +489,8 @@ http::response<http::string_body> Server::Impl::GetDeviceHistory(const std::stri
 std::string Server::Impl::Metrics() const {
   std::string out = engine_->RenderMetrics();
   out.append(fanout_->RenderMetrics());
-  out.append(file_store_->RenderMetrics());
+  if (cluster_ != nullptr) out.append(cluster_->RenderMetrics());
+  if (file_store_ != nullptr) out.append(file_store_->RenderMetrics());
   auto counter = [&](absl::string_view name, absl::string_view help, auto value) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " counter\n", name, " ", value, "\n");
   };

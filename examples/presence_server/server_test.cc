@@ -85,7 +85,9 @@ HttpResult Http(uint16_t port, http::verb method, const std::string& target, con
   beast::error_code ec;
   http::read(socket, buf, res, ec);
   HttpResult out;
-  out.status = res.result_int();
+  // A failed read leaves `res` as constructed, whose status is 200: not an
+  // answer (a connection closed at accept, say).
+  out.status = ec ? 0 : res.result_int();
   out.body = res.body();
   absl::StatusOr<Json> j = ParseJson(out.body);
   if (j.ok()) out.json = std::move(*j);

@@ -148,7 +148,7 @@ typedef enum presence_status_t {
   PRESENCE_ERR_INVALID_ARGUMENT = 3,
   /* Unknown or closed: a device handle that expired or was disconnected, a
    * user with no such override, an unknown subscriber or topic, a user that
-   * neither the engine nor its history knows, a gateway never named. */
+   * neither the engine nor its history knows, a gateway no device carries. */
   PRESENCE_ERR_NOT_FOUND = 5,
   /* A limit was passed (devices per user, overrides per user, subscribers,
    * list or topic sizes), or the library ran out of memory. */
@@ -779,7 +779,8 @@ PRESENCE_EXPORT int presence_engine_erase(presence_engine_t* engine, const char*
 /* The operator's drain of a gateway (a host process going away):
  * disconnects cleanly up to max_devices (> 0) open devices whose signals
  * named `gateway`, and says how many in *out_drained. Call again until it
- * answers 0. NOT_FOUND for a gateway no signal ever named. */
+ * answers 0. NOT_FOUND when no device carries the gateway (none ever did,
+ * or they are all gone). */
 PRESENCE_EXPORT int presence_engine_drain_gateway(size_t* out_drained, presence_engine_t* engine,
                                                   const char* gateway, size_t gateway_len,
                                                   size_t max_devices, char** errmsg);

@@ -259,7 +259,10 @@ class PRESENCE_EXPORT Engine {
 
   // Engine::DrainGateway: the operator's drain. Disconnects cleanly up to
   // `max_devices` open devices whose signals named `gateway`; call again
-  // until it answers 0. NotFound for a gateway the engine never saw.
+  // until it answers 0. NotFound when no device of this engine carries the
+  // gateway (none ever did, or they are all gone: the engine forgets a
+  // gateway at the tick after its last device, so gateway ids are not a
+  // resource that runs out).
   absl::StatusOr<size_t> DrainGateway(absl::string_view gateway, size_t max_devices = 1000);
 
   // Engine::ConsumeBus reads up to `max_records` records from Options::bus,

@@ -163,7 +163,6 @@ struct alignas(64) Device {
   Platform platform = Platform::kOther;
   Phase phase = Phase::kFree;
   uint8_t flags = 0;
-  uint8_t gateway = 0;  // GatewayTable index; 0: none
   // Flood limit: a TakeFromWindow window, written without a lock by the
   // heartbeat (two threads beating the same handle may lose an update). Like
   // seen, reset when the record is reused, never by a heartbeat of its

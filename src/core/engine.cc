@@ -111,6 +111,8 @@ class EngineCore {
   Shard& ShardFor(uint64_t hash) { return *shards_[ShardIndex(hash)]; }
 
   // Validates a signal and resolves its time; counts it when invalid.
+  // Called pinned (BeatPin), so that the gateway index it resolves stays
+  // that gateway's until the shard applied it (GatewayTable's grace).
   absl::Status Accept(const Signal& s, int64_t now, AcceptedSignal* out) {
     absl::Status st = ValidateSignal(s);
     if (st.ok()) {
@@ -122,15 +124,8 @@ class EngineCore {
         st = absl::InvalidArgumentError(
             absl::StrCat("timestamp_ms is ", now - ts, " ms behind the engine's clock"));
       }
-      uint8_t gateway = 0;
-      if (st.ok()) {
-        auto g = gateways_.Intern(s.gateway);
-        if (g.ok()) {
-          gateway = *g;
-        } else {
-          st = g.status();
-        }
-      }
+      // The caller is pinned (BeatPin) until the index is on its device.
+      const uint32_t gateway = st.ok() ? gateways_.Intern(s.gateway) : 0;
       *out = AcceptedSignal{&s, HashUserId(s.user_id), std::min(ts, now), gateway};
       if (st.ok()) st = CheckOwned(out->hash);
     }
@@ -152,6 +147,7 @@ class EngineCore {
 
   absl::Status Apply(const Signal& s, DeviceHandle* handle) {
     const int64_t now = Now();
+    BeatPin pin(this);
     AcceptedSignal a;
     if (auto st = Accept(s, now, &a); !st.ok()) return st;
     if (auto hook = test_hooks::keyed_accepted.load()) hook(a.hash);
@@ -162,6 +158,7 @@ class EngineCore {
   BatchResult ApplyBatch(absl::Span<const Signal> signals, bool replay = false) {
     BatchResult result;
     const int64_t now = Now();
+    BeatPin pin(this);
     // Group by shard, keeping each shard's signals in order, so that each
     // shard is locked once per batch: a counting sort, with no allocation
     // once this thread's buffers have grown.
@@ -382,16 +379,14 @@ class EngineCore {
   void SendProbes(const std::vector<OutgoingProbe>& probes) ABSL_LOCKS_EXCLUDED(tick_mu_) {
     Prober* prober = config_.options.prober;
     if (prober == nullptr) return;
-    std::string gateway;
     for (const OutgoingProbe& p : probes) {
-      gateway = gateways_.Name(p.gateway);
       ProbeRequest r;
       r.user_id = p.user_id;
       r.device_id = p.device_id;
       r.session_id = p.session_id;
       r.probe_id = p.probe_id;
       r.source = p.source;
-      r.gateway = gateway;
+      r.gateway = p.gateway;
       r.attempt = p.attempt;
       prober->Probe(r);
     }
@@ -411,6 +406,7 @@ class EngineCore {
   // which the caller runs once it released tick_mu_.
   size_t TickLocked(bool* all_written_out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     AdvanceEpoch();
+    ReclaimGateways();
     const int64_t now = Now();
     events_.clear();
     // Signals consumed so far are in the records the shards write now; their
@@ -509,8 +505,9 @@ class EngineCore {
     for (const DeviceRecord& d : loader.devices) {
       if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok()) continue;
       if (!wanted(PartitionOf(d.user_id))) continue;
-      auto g = gateways_.Intern(d.gateway);
-      if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g.ok() ? *g : 0, now); !st.ok()) {
+      // Under tick_mu_: no Reclaim runs before the index is on its device.
+      const uint32_t g = gateways_.Intern(d.gateway);
+      if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g, now); !st.ok()) {
         return st;
       }
     }
@@ -821,13 +818,13 @@ class EngineCore {
     if (gateway.empty() || gateway.size() > kMaxGatewayIdBytes) {
       return absl::InvalidArgumentError("gateway must be 1 to 128 bytes");
     }
-    const uint8_t g = gateways_.Find(gateway);
-    if (g == 0) return absl::NotFoundError("no signal ever named this gateway");
+    const std::vector<uint32_t> gs = gateways_.IndexesOf(gateway);
+    if (gs.empty()) return absl::NotFoundError("no device carries this gateway");
     const int64_t now = Now();
     size_t n = 0;
     for (auto& shard : shards_) {
       if (n >= max) break;
-      n += shard->DrainGateway(g, max - n, now);
+      n += shard->DrainGateway(gs, max - n, now);
     }
     return n;
   }
@@ -933,6 +930,13 @@ class EngineCore {
     epochs_.safe.store(safe, std::memory_order_release);
   }
 
+  // Lets go of the gateway ids no device carries any more (GatewayTable).
+  void ReclaimGateways() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    std::vector<uint64_t> count;
+    for (auto& shard : shards_) shard->AddGatewayRefs(&count);
+    gateways_.Reclaim(count);
+  }
+
   std::string RenderMetrics() {
     Shard::Stats st = Stats();
     st.counters.dropped[static_cast<int>(DropReason::kInvalid)] +=
@@ -1021,6 +1025,8 @@ class EngineCore {
       Metric(&out, "presence_bus_dropped_total", "counter",
              "Change events dropped because the bus backlog was full.", bus_dropped_);
     }
+    Metric(&out, "presence_gateways", "gauge",
+           "Gateway ids held: carried by a device, or in their grace period.", gateways_.size());
     Metric(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.",
            bus_errors_.load());
     Metric(&out, "presence_bus_wrong_partition_total", "counter",
@@ -1171,7 +1177,7 @@ class EngineCore {
   Clock* const clock_;
   SlotEpochs epochs_;
   std::atomic<uint64_t> next_override_id_{1};
-  GatewayTable gateways_;
+  GatewayTable gateways_{&epochs_};
   std::atomic<int64_t> charged_bytes_{0};
   ProbeBudget probe_budget_;
   const ShardConfig config_;

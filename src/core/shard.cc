@@ -311,7 +311,7 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
     gone_.push_back(std::move(gone));  // versioned when written
   }
   d.id.reset();
-  d.gateway = 0;
+  SetGateway(di, 0);
   Uncharge(kDeviceChargeBytes);
   d.session = 0;
   d.user = kNone;
@@ -459,12 +459,12 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   }
   Device& d = devices_.at(di);
   const Platform old_platform = d.platform;
-  const uint8_t old_gateway = d.gateway;
-  if (a.gateway != 0) d.gateway = a.gateway;
+  const uint32_t old_gateway = GatewayOf(di);
+  if (a.gateway != 0) SetGateway(di, a.gateway);
   absl::Status st = ApplyToDevice(di, s.session_id, s.platform, s.source, s.activity,
                                   a.timestamp_ms, s.trace_id, now_ms, /*limit=*/!a.replay);
   if (!st.ok()) {
-    d.gateway = old_gateway;
+    SetGateway(di, old_gateway);
     if (created) FreeDevice(di, now_ms);  // cannot happen today; never leave it unscheduled
     return st;
   }
@@ -859,7 +859,7 @@ int64_t Shard::ProbeStep(uint32_t di, const DeviceView& v, int64_t now_ms) {
   if (now_ms < due) return due;
   ++p.tries;
   const int64_t next = p.tries < o.max_probes ? v.quiet_at_ms + p.tries * o.probe_retry_ms : kNever;
-  if (!config_->probe_budget->Take(d.gateway, now_ms,
+  if (!config_->probe_budget->Take(GatewayOf(di), now_ms,
                                    static_cast<uint32_t>(o.max_probes_per_gateway_per_sec))) {
     ++counters_.probes_throttled;
     return next;
@@ -875,7 +875,7 @@ int64_t Shard::ProbeStep(uint32_t di, const DeviceView& v, int64_t now_ms) {
   out.session_id = d.session;
   out.probe_id = id;
   out.source = source;
-  out.gateway = d.gateway;
+  out.gateway = config_->gateways->Name(GatewayOf(di));
   out.attempt = p.tries;
   return next;
 }

@@ -745,7 +745,8 @@ class Engine(Handle):
     def drain_gateway(self, gateway: Id, max_devices: int = 1000) -> int:
         """Disconnects cleanly up to max_devices (> 0) open devices whose
         signals named the gateway; returns how many. Call again until it
-        returns 0. NotFound for a gateway no signal named."""
+        returns 0. NotFound when no device carries the gateway (none ever
+        did, or they are all gone)."""
         g = as_bytes(gateway, "gateway")
         return self._lib.presence_engine_drain_gateway(
             self._p(), address_of(g), len(g), _int(max_devices, "max_devices", _U64))
