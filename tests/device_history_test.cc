@@ -174,7 +174,8 @@ TEST(DeviceHistory, EachEntryHasThePlatformOfItsSession) {
   e.Tick();
   auto platforms = [&](const char* device) {
     std::vector<std::string> out;
-    for (const DeviceTransition& t : e.DeviceHistory("alice", device, 0, kMax, "alice").value()) {
+    const std::vector<DeviceTransition> h = e.DeviceHistory("alice", device, 0, kMax, "alice").value();
+    for (const DeviceTransition& t : h) {
       out.push_back(absl::StrCat(static_cast<int>(t.event), "/", t.session_id, "/", PlatformName(t.platform)));
     }
     return out;
