@@ -11,6 +11,7 @@
 //   detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] [--table FILE]
 //                 [--quick] [--only NAME] [--probes] [--probe-margin MS]
 //                 [--probe-retry MS] [--max-probes N] [--handovers PER_HOUR]
+//                 [--handover-drops-probes] [--offline-after MS]
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -38,6 +39,10 @@ struct Flags {
   int max_probes = Options().max_probes;
   // Hand-overs per mobile device-hour (Workload::handovers_per_hour).
   double handovers_per_hour = Workload().handovers_per_hour;
+  // Workload::handover_holds_probes.
+  bool handover_holds_probes = Workload().handover_holds_probes;
+  // The engine's offline_after for app signals (0: the engine's default).
+  int64_t offline_after_ms = 0;
 };
 
 struct Population {
@@ -85,6 +90,11 @@ SimConfig Base(const Flags& f, const Population& p) {
   c.engine.probe_retry_ms = f.probe_retry_ms;
   c.engine.max_probes = f.max_probes;
   c.workload.handovers_per_hour = f.handovers_per_hour;
+  c.workload.handover_holds_probes = f.handover_holds_probes;
+  if (f.offline_after_ms > 0) {
+    c.engine.app.offline_after_ms = f.offline_after_ms;
+    c.engine.manual.offline_after_ms = f.offline_after_ms;
+  }
   return c;
 }
 
@@ -236,6 +246,10 @@ int Main(int argc, char** argv) {
       f.max_probes = std::atoi(v);
     } else if (const char* v = arg("--handovers")) {
       f.handovers_per_hour = std::atof(v);
+    } else if (const char* v = arg("--offline-after")) {
+      f.offline_after_ms = std::atoll(v);
+    } else if (std::strcmp(argv[i], "--handover-drops-probes") == 0) {
+      f.handover_holds_probes = false;
     } else if (std::strcmp(argv[i], "--probes") == 0) {
       f.probes = true;
     } else if (std::strcmp(argv[i], "--quick") == 0) {
@@ -246,9 +260,16 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: detection_sim [--users N] [--hours H] [--seed S] [--sweep DIR] "
                    "[--table FILE] [--only SCENARIO] [--quick] [--probes] [--probe-margin MS] "
-                   "[--probe-retry MS] [--max-probes N] [--handovers PER_HOUR]\n");
+                   "[--probe-retry MS] [--max-probes N] [--handovers PER_HOUR] "
+                   "[--handover-drops-probes] [--offline-after MS]\n");
       return 2;
     }
+  }
+  // Options the engine refuses are a clear error here, not an abort mid-run.
+  if (const absl::Status st = Engine::Create(Base(f, Populations().front()).engine).status();
+      !st.ok()) {
+    std::fprintf(stderr, "detection_sim: %s\n", st.ToString().c_str());
+    return 2;
   }
   if (f.probes) return ProbeMain(f);
   const PhiDetectorOptions phi_default;

@@ -67,6 +67,35 @@ int presence_engine_history(presence_transition_t** out_transitions, size_t* out
                                     from_ms, to_ms, nullptr, 0, errmsg);
 }
 
+static_assert(PRESENCE_DEVICE_CONNECT == static_cast<int>(presence::DeviceEvent::kConnect) &&
+                  PRESENCE_DEVICE_DEAD_DRAINED ==
+                      static_cast<int>(presence::DeviceEvent::kDeadDrained) &&
+                  PRESENCE_DEVICE_PROBE_GIVEN_UP ==
+                      static_cast<int>(presence::DeviceEvent::kProbeGivenUp),
+              "device events differ");
+
+int presence_engine_device_history(presence_device_transition_t** out_transitions,
+                                   size_t* out_count, presence_engine_t* engine,
+                                   const char* user_id, size_t user_id_len, const char* device_id,
+                                   size_t device_id_len, int64_t from_ms, int64_t to_ms,
+                                   const char* viewer_user_id, size_t viewer_user_id_len,
+                                   char** errmsg) {
+  return ListAboutUser(
+      out_transitions, "out_transitions", out_count, engine, user_id, user_id_len, errmsg,
+      [&](absl::string_view user) -> absl::StatusOr<std::vector<presence::DeviceTransition>> {
+        absl::string_view device, viewer;
+        if (auto st = ToView(device_id, device_id_len, "device_id", &device); !st.ok()) return st;
+        if (auto st = ToViewer(viewer_user_id, viewer_user_id_len, &viewer); !st.ok()) return st;
+        return engine->rep->DeviceHistory(user, device, from_ms, to_ms, viewer);
+      },
+      [](const presence::DeviceTransition& t, presence_device_transition_t* out) {
+        out->at_ms = t.at_ms;
+        out->session_id = t.session_id;
+        out->event = static_cast<int32_t>(t.event);
+        out->platform = static_cast<int32_t>(t.platform);
+      });
+}
+
 int presence_engine_time_in_states_as(presence_state_durations_t* out_durations,
                                       presence_engine_t* engine, const char* user_id,
                                       size_t user_id_len, int64_t from_ms, int64_t to_ms,

@@ -2033,6 +2033,16 @@ static int new_file_engine(presence_engine_t** e, presence_clock_t* clock, const
   return presence_engine_new(e, &o, &err);
 }
 
+/* A world on a manual clock at 1000000 whose engine keeps its state in a new
+ * temporary folder, written to `dir`. */
+static world_t make_file_world(char* dir, size_t size) {
+  world_t w;
+  make_temp_dir(dir, size);
+  EXPECT(PRESENCE_OK, presence_clock_manual_new(&w.clock, 1000000, &err));
+  EXPECT(PRESENCE_OK, new_file_engine(&w.engine, w.clock, dir));
+  return w;
+}
+
 static void test_file_store(void) {
   char dir[64], path[200];
   presence_clock_t* c = NULL;
@@ -2121,9 +2131,7 @@ static void test_history(void) {
   int64_t last = 0;
   uint64_t h = 0;
 
-  make_temp_dir(dir, sizeof dir);
-  EXPECT(PRESENCE_OK, presence_clock_manual_new(&w.clock, 1000000, &err));
-  EXPECT(PRESENCE_OK, new_file_engine(&w.engine, w.clock, dir));
+  w = make_file_world(dir, sizeof dir);
 
   /* alice: online at 1000100 (published), away at 1002100, offline at
    * 1004100 (clean disconnect). */
@@ -2266,6 +2274,107 @@ static void test_history(void) {
   remove_tree(dir);
 }
 
+/* The per-device audit (docs/design.md section 4): what happened to each
+ * device, read by its user only. */
+static void test_device_history(void) {
+  char dir[64];
+  world_t w;
+  world_t mem = make_world(0);
+  presence_signal_t s = make_signal("alice", "laptop", 1);
+  presence_device_transition_t* t = NULL;
+  presence_device_transition_t dummy;
+  size_t n = 0;
+  uint64_t h = 0;
+  const char* viewers[2] = {NULL, "bob"};
+  int i;
+
+  w = make_file_world(dir, sizeof dir);
+  /* Connects at 1000000, disconnects abruptly at 1000100 (the grace
+   * begins), and its grace of 1500 ms ends without a reconnect. */
+  EXPECT(PRESENCE_OK, presence_engine_connect(&h, w.engine, &s, &err));
+  step(&w, 100);
+  EXPECT(PRESENCE_OK, presence_engine_disconnect(w.engine, h, PRESENCE_DISCONNECT_ABRUPT, &err));
+  step(&w, 100);
+  step(&w, 1500);
+
+  EXPECT(PRESENCE_OK, presence_engine_device_history(&t, &n, w.engine, "alice", 5, "laptop", 6, 0,
+                                                     INT64_MAX, "alice", 5, &err));
+  CHECK(n == 3 && t != NULL);
+  if (n == 3 && t != NULL) {
+    CHECK(t[0].event == PRESENCE_DEVICE_CONNECT && t[0].at_ms == 1000000);
+    CHECK(t[0].session_id == 1 && t[0].platform == PRESENCE_PLATFORM_WEB);
+    CHECK(t[1].event == PRESENCE_DEVICE_GRACE && t[1].at_ms == 1000100);
+    CHECK(t[2].event == PRESENCE_DEVICE_DEAD_AFTER_GRACE && t[2].at_ms == 1001700);
+  }
+  presence_free(t);
+  /* A window holds its part; an unknown device has none. */
+  EXPECT(PRESENCE_OK, presence_engine_device_history(&t, &n, w.engine, "alice", 5, "laptop", 6,
+                                                     1000001, 1000100, "alice", 5, &err));
+  CHECK(n == 1 && t != NULL && t[0].event == PRESENCE_DEVICE_GRACE);
+  presence_free(t);
+  t = &dummy;
+  EXPECT(PRESENCE_OK, presence_engine_device_history(&t, &n, w.engine, "alice", 5, "phone", 5, 0,
+                                                     INT64_MAX, "alice", 5, &err));
+  CHECK(n == 0 && t == NULL);
+
+  /* Anyone else, or no viewer, is refused alike, whether or not the user
+   * exists. */
+  for (i = 0; i < 2; ++i) {
+    const size_t len = viewers[i] == NULL ? 0 : strlen(viewers[i]);
+    t = &dummy;
+    n = 7;
+    EXPECT(PRESENCE_ERR_PERMISSION_DENIED,
+           presence_engine_device_history(&t, &n, w.engine, "alice", 5, "laptop", 6, 0, INT64_MAX,
+                                          viewers[i], len, &err));
+    CHECK(t == NULL && n == 0 && contains(last_msg, "only its user's own"));
+    EXPECT(PRESENCE_ERR_PERMISSION_DENIED,
+           presence_engine_device_history(&t, &n, w.engine, "nobody", 6, "laptop", 6, 0,
+                                          INT64_MAX, viewers[i], len, &err));
+  }
+
+  /* Bad input: NULL out-parameters, NULL or empty ids, a window backwards. */
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_device_history(NULL, &n, w.engine, "alice", 5, "laptop", 6, 0, 1,
+                                        "alice", 5, &err));
+  CHECK(contains(last_msg, "out_transitions"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_device_history(&t, NULL, w.engine, "alice", 5, "laptop", 6, 0, 1,
+                                        "alice", 5, &err));
+  CHECK(contains(last_msg, "out_count"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_device_history(&t, &n, NULL, "alice", 5, "laptop", 6, 0, 1, "alice", 5,
+                                        &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_device_history(&t, &n, w.engine, "alice", 5, NULL, 6, 0, 1, "alice", 5,
+                                        &err));
+  CHECK(contains(last_msg, "device_id is NULL"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_device_history(&t, &n, w.engine, "alice", 5, "", 0, 0, 1, "alice", 5,
+                                        &err));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_device_history(&t, &n, w.engine, "alice", 5, "laptop", 6, 10, 1,
+                                        "alice", 5, &err));
+  CHECK(contains(last_msg, "from_ms is after to_ms"));
+  EXPECT(PRESENCE_ERR_INVALID_ARGUMENT,
+         presence_engine_device_history(&t, &n, w.engine, "alice", 5, "laptop", 6, 0, 1, NULL, 5,
+                                        &err));
+
+  /* Erase: her devices' audit is gone with her. */
+  EXPECT(PRESENCE_OK, presence_engine_erase(w.engine, "alice", 5, &err));
+  EXPECT(PRESENCE_OK, presence_engine_device_history(&t, &n, w.engine, "alice", 5, "laptop", 6, 0,
+                                                     INT64_MAX, "alice", 5, &err));
+  CHECK(n == 0 && t == NULL);
+  free_world(&w);
+
+  /* Without a history store it says so. */
+  EXPECT(PRESENCE_ERR_FAILED_PRECONDITION,
+         presence_engine_device_history(&t, &n, mem.engine, "alice", 5, "laptop", 6, 0, 1,
+                                        "alice", 5, &err));
+  CHECK(contains(last_msg, "no history store"));
+  free_world(&mem);
+  remove_tree(dir);
+}
+
 int main(void) {
   test_version();
   test_options();
@@ -2286,6 +2395,7 @@ int main(void) {
   test_limits();
   test_file_store();
   test_history();
+  test_device_history();
   test_bad_input();
   printf("c_api_test: %d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

@@ -362,6 +362,9 @@ TEST(Erase, TheUserIsGoneEverywhereAndNeverComesBack) {
   for (auto& [k, dev] : l.devices) EXPECT_NE(dev.user_id, "alice");
   EXPECT_TRUE(t.engine->History("alice", 0, t.clock.NowMs()).value().empty());
   EXPECT_FALSE(t.engine->History("bob", 0, t.clock.NowMs()).value().empty());
+  // Its devices' audit is gone too; bob's is not.
+  EXPECT_TRUE(t.engine->DeviceHistory("alice", "web", 0, t.clock.NowMs(), "alice").value().empty());
+  EXPECT_FALSE(t.engine->DeviceHistory("bob", "web", 0, t.clock.NowMs(), "bob").value().empty());
   // A late replay of the old records does not bring it back, nor a rebuild.
   ASSERT_TRUE(d.store.Write(old_records).ok());
   EXPECT_EQ(d.store.Contents().users.count("alice"), 0u);
@@ -435,6 +438,65 @@ TEST(Erase, AUserBackWithinTheMillisecondPublishesAboveItsLastVersion) {
   EXPECT_GT(events[2].version, events[1].version);
   EXPECT_GT(events[1].public_version, events[0].public_version);
   EXPECT_GT(events[2].public_version, events[1].public_version);
+}
+
+// Gateway ids have no fixed limit: an engine carries as many gateways at
+// once as its devices name (it stopped at 255 before).
+TEST(Drain, GatewaysHaveNoFixedLimit) {
+  TestEngine t;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string user = "u" + std::to_string(i), gateway = "gw-" + std::to_string(i);
+    Signal s = TestEngine::Sig(user, "web");
+    s.gateway = gateway;
+    ASSERT_TRUE(t.engine->Signal(s).ok()) << i;
+  }
+  t.engine->Tick();
+  EXPECT_THAT(t.engine->RenderMetrics(), HasSubstr("presence_gateways 1000\n"));
+  EXPECT_EQ(t.engine->DrainGateway("gw-700").value(), 1u);
+  EXPECT_EQ(t.StateOf("u700"), State::kOffline);
+  EXPECT_EQ(t.StateOf("u701"), State::kOnline);
+}
+
+// Gateway pods come and go for the life of an engine: a gateway that no
+// device carries any more is forgotten and its id reused, and a reused id
+// never lends a device another gateway's name (in the store, or to a drain).
+TEST(Drain, GatewaysNoDeviceCarriesAreForgottenAndTheirIdsReused) {
+  Durable d;
+  ManualClock clock(1'000'000);
+  Options o = d.Opts();
+  o.clock = &clock;
+  auto e = Engine::Create(o).value();
+  Signal stay = TestEngine::Sig("bob", "web");
+  stay.gateway = "gw-stay";
+  ASSERT_TRUE(e->Signal(stay).ok());
+  for (int i = 0; i < 600; ++i) {
+    // alice's one device moves to a new gateway pod each round: the
+    // previous pod is carried by nothing.
+    const std::string gateway = "pod-" + std::to_string(i);
+    Signal s = TestEngine::Sig("alice", "web");
+    s.gateway = gateway;
+    ASSERT_TRUE(e->Signal(s).ok()) << i;
+    e->Tick();
+    const auto stored = d.store.Contents();
+    for (const auto& [key, device] : stored.devices) {
+      ASSERT_EQ(device.gateway, device.user_id == "alice" ? gateway : "gw-stay") << i;
+    }
+    clock.Advance(100);  // within the flood limit
+    ASSERT_TRUE(e->Signal(stay).ok());
+  }
+  e->Tick();
+  e->Tick();
+  // bob's gateway, alice's current one, and at most the pods in their grace.
+  const std::string metrics = e->RenderMetrics();
+  const std::string gauge = "\npresence_gateways ";
+  const size_t at = metrics.find(gauge);
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_LE(std::stoi(metrics.substr(at + gauge.size())), 4);
+  EXPECT_TRUE(absl::IsNotFound(e->DrainGateway("pod-3").status()));
+  EXPECT_EQ(e->DrainGateway("pod-599").value(), 1u);
+  EXPECT_EQ(e->GetOne("alice").state, State::kOffline);
+  EXPECT_EQ(e->GetOne("bob").state, State::kOnline);
+  EXPECT_EQ(e->DrainGateway("gw-stay").value(), 1u);
 }
 
 TEST(Drain, EveryDeviceOfTheGatewayDisconnectsInBoundedBatches) {

@@ -2,8 +2,8 @@
 // model: world a has a user that acts and is then erased; world b never had
 // it. From the erasure on, both worlds run the same workload (the user may
 // come back, anew, in both), and everything anyone can read must be the same:
-// Get, GetPublished, History, TimeInStates and LastSeen from every viewer
-// (the user itself included), the batches of every subscriber made after the
+// Get, GetPublished, History, TimeInStates, LastSeen and each device's
+// DeviceHistory from every viewer (the user itself included), the batches of every subscriber made after the
 // erasure, the views of the subscribers made before it (world a's are told to
 // drop the user), the second region's merged view, and the store, which holds
 // nothing of the user until it comes back.
@@ -260,6 +260,16 @@ class EraseWorlds {
     return out;
   }
 
+  static std::string ShowDeviceHistory(const absl::StatusOr<std::vector<DeviceTransition>>& h) {
+    if (!h.ok()) return h.status().ToString();
+    std::string out;
+    for (const DeviceTransition& t : *h) {
+      absl::StrAppend(&out, "[", t.at_ms, " ", static_cast<int>(t.event), " ", t.session_id, " ",
+                      static_cast<int>(t.platform), "]");
+    }
+    return out;
+  }
+
   void Compare(int step) {
     const std::string where = absl::StrCat("seed ", seed_, " step ", step, " after the erasure");
     for (SubscriberId s : after_) {
@@ -280,6 +290,11 @@ class EraseWorlds {
         ASSERT_EQ(ShowHistory(a_.engine->History(u, 0, now, viewer)),
                   ShowHistory(b_.engine->History(u, 0, now, viewer)))
             << what;
+        for (const char* d : {"d0", "d1"}) {
+          ASSERT_EQ(ShowDeviceHistory(a_.engine->DeviceHistory(u, d, 0, now, viewer)),
+                    ShowDeviceHistory(b_.engine->DeviceHistory(u, d, 0, now, viewer)))
+              << what << ", device " << d;
+        }
         auto ta = a_.engine->TimeInStates(u, now - 10000, now, viewer);
         auto tb = b_.engine->TimeInStates(u, now - 10000, now, viewer);
         ASSERT_EQ(ta.ok(), tb.ok()) << what;

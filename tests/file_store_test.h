@@ -65,6 +65,15 @@ class OwningHistory final : public HistoryStore {
                                                        int64_t before_ms) override {
     return fs_->history()->LastBefore(user_id, before_ms);
   }
+  absl::Status AppendDevices(absl::Span<const DeviceTransition> t) override {
+    return fs_->history()->AppendDevices(t);
+  }
+  absl::StatusOr<std::vector<DeviceTransition>> QueryDevice(absl::string_view user_id,
+                                                            absl::string_view device_id,
+                                                            int64_t from_ms,
+                                                            int64_t to_ms) override {
+    return fs_->history()->QueryDevice(user_id, device_id, from_ms, to_ms);
+  }
   absl::Status Erase(absl::string_view user_id) override { return fs_->history()->Erase(user_id); }
   absl::Status DropBefore(int64_t before_ms) override {
     return fs_->history()->DropBefore(before_ms);

@@ -85,6 +85,7 @@ std::string GetBytes(presence_engine_t* e, bool published, const std::vector<std
   return bytes;
 }
 
+// The history answers, the per-device audit's included, as bytes.
 std::string HistoryBytes(presence_engine_t* e, const std::string& user, const char* viewer,
                          int64_t now) {
   const size_t vlen = viewer == nullptr ? 0 : std::strlen(viewer);
@@ -104,6 +105,16 @@ std::string HistoryBytes(presence_engine_t* e, const std::string& user, const ch
   bytes += absl::StrCat(":", presence_engine_last_seen_as(&last, e, user.data(), user.size(),
                                                           viewer, vlen, nullptr),
                         ":", last);
+  // Each device's audit (the hidden user's devices are h0 to h2).
+  for (const char* device : {"d0", "h0", "h1", "h2"}) {
+    presence_device_transition_t* dt = nullptr;
+    bytes += absl::StrCat(":", presence_engine_device_history(&dt, &n, e, user.data(), user.size(),
+                                                              device, std::strlen(device), 0, now,
+                                                              viewer, vlen, nullptr),
+                          ":", n);
+    if (dt != nullptr) bytes.append(reinterpret_cast<const char*>(dt), n * sizeof(*dt));
+    presence_free(dt);
+  }
   return bytes;
 }
 

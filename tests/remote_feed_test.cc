@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "presence/bus.h"
@@ -50,13 +51,13 @@ const std::vector<uint32_t> kOwnedByA = {0, 1};
 const std::vector<uint32_t> kOwnedByB = {2, 3};
 
 struct Cluster {
-  Cluster() {
+  explicit Cluster(const RemoteFeedOptions& feed_options = {}) {
     a = MakeEngine(&a_events);
     b = MakeEngine(nullptr);
     FanoutOptions fo;
     fo.rate_per_sec = 0;
     fanout = Fanout::Create(b.get(), fo).value();
-    feed = RemoteFeed::Create(&bus, fanout.get(), kOwnedByB).value();
+    feed = RemoteFeed::Create(&bus, fanout.get(), kOwnedByB, feed_options).value();
   }
   std::unique_ptr<Engine> MakeEngine(ChangeListener* listener) {
     Options o;
@@ -174,6 +175,31 @@ TEST(RemoteFeed, TheSnapshotOfANewSubscriberIsTheLatestRemoteChange) {
   c.Step();
   EXPECT_THAT(c.Seen(s, alice),
               ElementsAre(Pair(State::kOnline, c.VersionsPublishedByA(alice).back())));
+}
+
+// What a gateway answers a query with: the latest change read for a user of
+// a partition the feed does not own, watched or not; nothing for an owned
+// partition's user (the engine answers) or a user never read.
+TEST(RemoteFeed, LatestIsTheLastChangeReadOfAUserNotOwned) {
+  Cluster c;
+  const std::string alice = UserIn(0, "alice-"), bob = UserIn(1, "bob-");
+  EXPECT_FALSE(c.feed->Latest(alice).has_value());
+  c.a->Connect(Sig(alice)).value();
+  c.a->Connect(Sig(bob)).value();
+  c.Step();
+  ASSERT_TRUE(c.a->SetOverride(alice, OverrideState::kDnd).ok());
+  c.Step();
+  std::optional<ChangeEvent> a = c.feed->Latest(alice);
+  ASSERT_TRUE(a.has_value());  // unwatched
+  EXPECT_EQ(a->state, State::kDnd);
+  EXPECT_EQ(a->version, c.a_events.For(alice).back().version);
+  c.Watch(bob);
+  ASSERT_TRUE(c.feed->Latest(bob).has_value());  // watched
+  EXPECT_EQ(c.feed->Latest(bob)->state, State::kOnline);
+  // Once the feed's node owns the partition, its engine answers.
+  ASSERT_TRUE(c.feed->SetOwnedPartitions({0, 2, 3}).ok());
+  EXPECT_FALSE(c.feed->Latest(alice).has_value());
+  EXPECT_FALSE(c.feed->Latest(UserIn(2, "carol-")).has_value());
 }
 
 TEST(RemoteFeed, AReplayOfTheBusDeliversNoDuplicates) {
@@ -321,6 +347,33 @@ TEST(RemoteFeed, MalformedAndMisroutedRecordsAreCountedAndSkipped) {
   EXPECT_EQ(misrouted.unknown_partition, 1u);
   EXPECT_EQ(misrouted.first_error.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(misrouted.first_error.message(), HasSubstr("a record from an unknown partition"));
+}
+
+// What a gateway needs to close its own connection of a device that came
+// back through another gateway: the signals of the partitions it does not
+// own, with their session and gateway; not disconnects, not the owned ones.
+TEST(RemoteFeed, OnSignalIsToldOfSignalsNotOwnedButNotOfDisconnects) {
+  std::vector<std::string> told;
+  RemoteFeedOptions fo;
+  fo.on_signal = [&](const Signal& s) {
+    told.push_back(absl::StrCat(s.user_id, " ", s.device_id, " ", s.session_id, " ", s.gateway));
+  };
+  Cluster c(fo);
+  const std::string remote = UserIn(0, "alice-");  // owned by A
+  const std::string owned = UserIn(2, "bob-");     // owned by B
+  Signal s = Sig(remote);
+  s.device_id = "phone";
+  s.session_id = 7;
+  s.gateway = "gw-b";
+  ASSERT_TRUE(c.bus.Publish(BusRecordType::kSignal, remote, EncodeSignal(s)).ok());
+  ASSERT_TRUE(c.bus.Publish(BusRecordType::kSignal, remote, EncodeDisconnect(s, DisconnectKind::kClean)).ok());
+  ASSERT_TRUE(c.bus.Publish(BusRecordType::kSignal, remote, "\xff not a signal").ok());
+  Signal o = Sig(owned);
+  o.gateway = "gw-b";
+  ASSERT_TRUE(c.bus.Publish(BusRecordType::kSignal, owned, EncodeSignal(o)).ok());
+  const RemoteFeedPollResult r = c.feed->Poll().value();
+  EXPECT_EQ(r.malformed, 0u);  // signals are not change events: not counted
+  EXPECT_THAT(told, ElementsAre(remote + " phone 7 gw-b"));
 }
 
 TEST(RemoteFeed, UnwatchedUsersAreCachedUpToTheBoundFromWhereTheFeedStarts) {

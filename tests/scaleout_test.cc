@@ -460,6 +460,48 @@ TEST(GatewayPublisher, BuffersWhileTheBusFailsThenPushesBackNeverDropping) {
   EXPECT_GE(stats.bus_errors, 4u);
 }
 
+// A gateway that collects the signals of one pass of its event loop sends
+// them with one bus call per 512 records, each item taken or refused as
+// Publish would, in order; while the bus fails they wait, in order, up to
+// the bound.
+TEST(GatewayPublisher, PublishBatchSendsManyInOneBusCallInOrder) {
+  Gateway g;
+  std::unique_ptr<GatewayPublisher> gw = g.Make(1000);
+  std::vector<std::string> users;
+  for (int i = 0; i < 600; ++i) users.push_back("u" + std::to_string(i));
+  std::vector<GatewayPublisher::Item> items;
+  for (int i = 0; i < 600; ++i) items.push_back({TestEngine::Sig(users[i], "web"), std::nullopt});
+  items[7].signal.device_id = "";                // invalid: not taken
+  items[9].disconnect = DisconnectKind::kClean;  // the end of u9's session
+  const auto out = gw->PublishBatch(items);
+  ASSERT_EQ(out.size(), 600u);
+  for (int i = 0; i < 600; ++i) EXPECT_EQ(out[i].ok(), i != 7) << i;
+  EXPECT_TRUE(absl::IsInvalidArgument(out[7].status()));
+  EXPECT_EQ(g.bus.batch_sizes, (std::vector<size_t>{512, 87}));
+  std::vector<DecodedSignal> keep;
+  const std::vector<Signal> published = g.Published(&keep);
+  ASSERT_EQ(published.size(), 599u);
+  std::set<std::string> seen;
+  for (size_t i = 0; i < published.size(); ++i) {
+    const std::string user(published[i].user_id);
+    EXPECT_TRUE(seen.insert(user).second) << user;
+    EXPECT_EQ(keep[i].disconnect().has_value(), user == "u9") << user;
+  }
+  EXPECT_EQ(seen.count("u7"), 0u);
+  EXPECT_EQ(gw->stats().published, 599u);
+
+  g.bus.failing = true;
+  std::vector<GatewayPublisher::Item> more(5, {TestEngine::Sig("late", "web"), std::nullopt});
+  std::unique_ptr<GatewayPublisher> small = g.Make(3);
+  const auto held = small->PublishBatch(more);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(held[i].ok(), i < 3) << i;  // the bound
+  EXPECT_TRUE(absl::IsResourceExhausted(held[3].status()));
+  EXPECT_EQ(small->stats().buffered, 3u);
+  g.bus.failing = false;
+  EXPECT_TRUE(small->Flush().ok());
+  EXPECT_EQ(small->stats().published, 3u);
+}
+
 TEST(GatewayPublisher, RefusesBadOptions) {
   FlakyBus bus(2);
   GatewayOptions o;

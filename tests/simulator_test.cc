@@ -86,11 +86,12 @@ TEST(Simulator, AHandOverLongerThanTheTimeoutIsAFalseOffline) {
 }
 
 // docs/design.md rule 9: a probe that reaches the device once its hand-over is
-// over is answered, and saves it; probes sent while its network is gone are
-// lost, as heartbeats are.
+// over is answered, and saves it; with a transport that drops what reaches a
+// device mid hand-over, the probes sent while its network is gone are lost.
 TEST(Simulator, AProbeAfterAHandOverSavesTheDevice) {
   for (bool probes : {false, true}) {
     SimConfig c = Scripted(1, 20);
+    c.workload.handover_holds_probes = false;
     c.probes = probes;
     c.engine.app.offline_after_ms = 4500;
     c.engine.probe_retry_ms = 800;  // probes at 7, 7.8, 8.6 and 9.4 s
@@ -112,6 +113,45 @@ TEST(Simulator, AProbeAfterAHandOverSavesTheDevice) {
     EXPECT_EQ(m.false_offlines, 0u);
     EXPECT_EQ(m.probes_sent, 4u);         // three of them during the hand-over
     EXPECT_EQ(m.probe_answers_sent, 1u);  // the one at 9.4 s
+    EXPECT_EQ(m.probe_answers_applied, 1u);
+  }
+}
+
+// A hand-over keeps the connection: what the server sent during it is
+// retransmitted after it (200 ms after the first try, then 400, 800...), so a
+// probe sent into the hand-over is answered when the network is back.
+TEST(Simulator, AProbeHeldThroughAHandOverSavesTheDevice) {
+  for (bool holds : {false, true}) {
+    SimConfig c = Scripted(1, 20);
+    c.workload.handover_holds_probes = holds;
+    c.probes = true;
+    c.engine.app.offline_after_ms = 3500;  // probes at 7, 7.5 and 8 s
+    Simulator sim(c);
+    sim.ScriptConnect(0, 0);
+    // Heartbeats at 1..5 s; none due in [5.5 s, 8.2 s); the next at 9 s,
+    // past the deadline of 8.5 s. Every probe reaches the device mid
+    // hand-over.
+    sim.ScriptHandover(0, 5500, 2700);
+    sim.Run();
+    const Metrics& m = sim.metrics();
+    EXPECT_EQ(m.engine_errors, 0u);
+    EXPECT_EQ(m.probes_sent, 3u);
+    if (!holds) {
+      const std::vector<LoggedChange> want = {
+          {100, 0, State::kOnline, Cause::kSignal},
+          {8500, 0, State::kOffline, Cause::kTimeout},
+          {9500, 0, State::kOnline, Cause::kSignal},  // the 9 s heartbeat, after the dwell
+      };
+      EXPECT_EQ(sim.log(), want);
+      EXPECT_EQ(m.probe_answers_sent, 0u);
+      continue;
+    }
+    const std::vector<LoggedChange> want = {{100, 0, State::kOnline, Cause::kSignal}};
+    EXPECT_EQ(sim.log(), want);
+    EXPECT_EQ(m.false_offlines, 0u);
+    // The probe of 8 s retried at 8.2 s, the one of 7 s at 8.4 s, the one of
+    // 7.5 s at 8.9 s: the first answer saves the device.
+    EXPECT_EQ(m.probe_answers_sent, 3u);
     EXPECT_EQ(m.probe_answers_applied, 1u);
   }
 }

@@ -500,6 +500,73 @@ TEST(DeviceRecords, AFreedRecordNeverTakesAHeartbeatThatWasInFlight) {
   EXPECT_TRUE(t.engine->Beat(bob).ok());
 }
 
+// Gateway ids are reclaimed, but never under a signal in flight: a signal
+// that looked its gateway's index up keeps that index its gateway's until it
+// is applied, even when every device let go of the gateway and ticks ran
+// meanwhile (GatewayTable's grace period). The hook lands all that between
+// the lookup and the apply.
+TEST(GatewayIds, AReclaimedIdIsNeverReusedUnderASignalInFlight) {
+  TestEngine t;
+  Signal alice = TestEngine::Sig("alice", "web");
+  alice.gateway = "gw-old";
+  ASSERT_TRUE(t.engine->Signal(alice).ok());
+  static TestEngine* te;
+  te = &t;
+  internal::test_hooks::keyed_accepted = [](uint64_t) {
+    internal::test_hooks::keyed_accepted = nullptr;
+    ASSERT_TRUE(te->engine->Erase("alice").ok());  // nothing carries gw-old now
+    for (int i = 0; i < 4; ++i) te->engine->Tick();
+    Signal carol = TestEngine::Sig("carol", "web");
+    carol.gateway = "gw-new";  // would take gw-old's index, were it free
+    ASSERT_TRUE(te->engine->Signal(carol).ok());
+  };
+  Signal bob = TestEngine::Sig("bob", "web");
+  bob.gateway = "gw-old";
+  ASSERT_TRUE(t.engine->Signal(bob).ok());
+  ASSERT_EQ(internal::test_hooks::keyed_accepted.load(), nullptr);
+  for (int i = 0; i < 4; ++i) t.engine->Tick();
+  EXPECT_EQ(t.engine->DrainGateway("gw-new").value(), 1u);
+  EXPECT_EQ(t.StateOf("bob"), State::kOnline);
+  EXPECT_EQ(t.engine->DrainGateway("gw-old").value(), 1u);
+  EXPECT_EQ(t.StateOf("bob"), State::kOffline);
+}
+
+// Threads sign devices in and out through gateways that come and go while
+// ticks reclaim the ids (for TSan, and for the names: each device ends on
+// the gateway it last named, and a drain of that gateway finds it).
+TEST(GatewayIds, ChurningGatewaysRacingTicksKeepEveryDevicesName) {
+  TestEngine t;
+  constexpr int kThreads = 4, kRounds = 300;
+  std::atomic<bool> done{false};
+  std::thread ticker([&] {
+    while (!done.load()) t.engine->Tick();
+  });
+  std::vector<std::thread> threads;
+  for (int k = 0; k < kThreads; ++k) {
+    threads.emplace_back([&, k] {
+      for (int r = 0; r < kRounds; ++r) {
+        const std::string user = "u" + std::to_string(k) + "-" + std::to_string(r % 7);
+        Signal s = TestEngine::Sig(user, "web");
+        const std::string gateway = "pod-" + std::to_string(k) + "-" + std::to_string(r);
+        s.gateway = gateway;
+        s.timestamp_ms = t.clock.NowMs();
+        ASSERT_TRUE(t.engine->Signal(s).ok());
+        if (r % 5 == 0) ASSERT_TRUE(t.engine->Erase(user).ok());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  done = true;
+  ticker.join();
+  for (int k = 0; k < kThreads; ++k) {
+    for (int r = kRounds - 7; r < kRounds; ++r) {
+      if (r % 5 == 0) continue;  // erased right after
+      const std::string gateway = "pod-" + std::to_string(k) + "-" + std::to_string(r);
+      EXPECT_EQ(t.engine->DrainGateway(gateway).value(), 1u) << gateway;
+    }
+  }
+}
+
 // Defect 4: seen was a load, compare and store, so a beat that read the
 // clock earlier (a BeatMany reads it once per batch) could move it back.
 // The hook lands a later beat between the read and the write.

@@ -46,6 +46,7 @@
 #include "presence/engine.h"
 #include "presence/gateway.h"
 #include "presence/kafka_bus.h"
+#include "presence/kafka_ownership.h"
 #include "presence/redis_store.h"
 #include "presence/region.h"
 #include "presence/store.h"
@@ -673,7 +674,7 @@ void RunSigkill(const std::string& ownership) {
   // The transitions in flight at the kill: the last one acknowledged before
   // it, of each user of the dead partitions, when the store lacked it.
   // Published under its own trace or the user's final state: recovered.
-  size_t at_risk = 0, at_risk_frozen = 0, at_risk_lost = 0, frozen_users = 0;
+  size_t at_risk = 0, at_risk_lost = 0, frozen_users = 0;
   {
     UserCollector final_store;
     ASSERT_TRUE((*store)->Load(&final_store).ok());
@@ -690,43 +691,54 @@ void RunSigkill(const std::string& ownership) {
       auto s = at_kill.users.find(user);
       if (s != at_kill.users.end() && s->second == StateOf(last->activity)) continue;
       ++at_risk;
-      at_risk_frozen += frozen;
       const bool published = tail.TraceSeen(last->trace);
       const bool final_ok = frozen && final_store.users[user] == StateOf(last->activity);
       if (!published && !final_ok) ++at_risk_lost;
     }
   }
+  // Each surviving watcher must come to show every final state: asked
+  // until it does (its feed polls every tick), for up to 10 s.
   uint64_t w_diffs = 0, w_dups = 0, w_back = 0, w_snap = 0, w_wrong = 0;
-  SleepMs(500);  // a fan-out flush or two after the bus: the watchers' feeds poll every tick
   for (int k : {0, 2}) {
-    engines[k]->Send("stats");
-    auto st = engines[k]->Wait("stats", 10000);
-    ASSERT_TRUE(st) << engines[k]->id();
-    std::printf("CHAOS watcher %s\n", st->c_str());
-    w_diffs += Field(*st, "diffs");
-    w_dups += Field(*st, "dups");
-    w_back += Field(*st, "backwards");
-    w_snap += Field(*st, "snapshots");
-    auto view = engines[k]->Wait("view", 10000);
-    ASSERT_TRUE(view) << engines[k]->id();
-    std::map<std::string, int> shown;
-    for (absl::string_view item : absl::StrSplit(*view, ' ', absl::SkipEmpty())) {
-      const size_t colon = item.rfind(':');
-      if (colon == absl::string_view::npos) continue;
-      shown[std::string(item.substr(0, colon))] = std::stoi(std::string(item.substr(colon + 1)));
-    }
-    for (int u = 0; u < kUsers; ++u) {
-      if (acked[u].empty()) continue;
-      const std::string user = absl::StrCat("user-", u);
-      auto it = shown.find(user);
-      const int want = static_cast<int>(StateOf(acked[u].back().activity));
-      if (it == shown.end() || it->second != want) {
-        ++w_wrong;
-        std::printf("CHAOS watcher %s shows %s as %d, want %d (partition %u%s)\n",
-                    engines[k]->id().c_str(), user.c_str(), it == shown.end() ? -1 : it->second,
-                    want, PartitionFor(user, kPartitions), Load::IsFrozen(u, dead) ? ", frozen" : "");
+    std::string stats;
+    std::vector<std::string> wrong;
+    const TimePoint deadline = SteadyClock::now() + std::chrono::seconds(10);
+    do {
+      engines[k]->Send("stats");
+      auto st = engines[k]->Wait("stats", 10000);
+      ASSERT_TRUE(st) << engines[k]->id();
+      stats = *st;
+      auto view = engines[k]->Wait("view", 10000);
+      ASSERT_TRUE(view) << engines[k]->id();
+      std::map<std::string, int> shown;
+      for (absl::string_view item : absl::StrSplit(*view, ' ', absl::SkipEmpty())) {
+        const size_t colon = item.rfind(':');
+        if (colon == absl::string_view::npos) continue;
+        shown[std::string(item.substr(0, colon))] = std::stoi(std::string(item.substr(colon + 1)));
       }
+      wrong.clear();
+      for (int u = 0; u < kUsers; ++u) {
+        if (acked[u].empty()) continue;
+        const std::string user = absl::StrCat("user-", u);
+        auto it = shown.find(user);
+        const int want = static_cast<int>(StateOf(acked[u].back().activity));
+        if (it == shown.end() || it->second != want) {
+          wrong.push_back(absl::StrCat(user, " as ", it == shown.end() ? -1 : it->second,
+                                       ", want ", want, " (partition ",
+                                       PartitionFor(user, kPartitions),
+                                       Load::IsFrozen(u, dead) ? ", frozen)" : ")"));
+        }
+      }
+    } while (!wrong.empty() && SteadyClock::now() < deadline);
+    std::printf("CHAOS watcher %s\n", stats.c_str());
+    for (const std::string& w : wrong) {
+      std::printf("CHAOS watcher %s shows %s\n", engines[k]->id().c_str(), w.c_str());
     }
+    w_diffs += Field(stats, "diffs");
+    w_dups += Field(stats, "dups");
+    w_back += Field(stats, "backwards");
+    w_snap += Field(stats, "snapshots");
+    w_wrong += wrong.size();
   }
   load.Stop();
   const std::string tag = absl::StrCat("CHAOS sigkill [", ownership, "]: ");
@@ -749,34 +761,37 @@ void RunSigkill(const std::string& ownership) {
   absl::StrAppend(&out, tag, "watcher_diffs=", w_diffs, " watcher_duplicates=", w_dups,
                   " watcher_backwards=", w_back, " watcher_snapshots=", w_snap,
                   " watcher_final_wrong=", w_wrong, "\n");
-  absl::StrAppend(&out, tag, "rto_target_5s=", rto_ms >= 0 && rto_ms < 5000 ? "met" : "MISSED",
-                  "\n");
+  // The RTO target: under 5 s when the harness sees the death at once; with
+  // the Kafka group, issue 15's, twice the group's session timeout plus 1 s
+  // (the group notices a death after its session timeout, then the mock
+  // cluster waits up to another before it rebalances).
+  const char* session = getenv("PRESENCE_CHAOS_SESSION_TIMEOUT_MS");
+  const int64_t session_ms = session != nullptr && std::atoi(session) > 0
+                                 ? std::atoi(session)
+                                 : KafkaOwnershipOptions().session_timeout_ms;
+  const int64_t rto_target_ms = ownership == "table" ? 5000 : 2 * session_ms + 1000;
+  absl::StrAppend(&out, tag, "rto_target_ms=", rto_target_ms, " ",
+                  rto_ms >= 0 && rto_ms <= rto_target_ms ? "met" : "MISSED", "\n");
   std::fputs(out.c_str(), stdout);
   std::fflush(stdout);
 
   EXPECT_EQ(lost, 0u) << "acknowledged final states neither stored nor published";
   EXPECT_EQ(at_risk_lost, 0u) << "transitions in flight at the kill were lost";
   EXPECT_EQ(store_wrong, 0u);
-  // A change the dead engine wrote but was killed before publishing is on no
-  // bus: nothing publishes it again (docs/scale-out.md, "Chaos test"), so
-  // neither the bus nor the watchers of other engines learn it. That window
-  // (the bus publishes of one tick) is rarely hit; everything else must be
-  // on the bus and shown by every watcher.
-  EXPECT_LE(bus_wrong, at_risk_frozen);
+  // Exact, with no tolerance: a change the dead engine wrote but was killed
+  // before publishing is published again by the new owner at its stored
+  // version (docs/scale-out.md, "Chaos test"), so the bus ends on every
+  // user's last acknowledged state.
+  EXPECT_EQ(bus_wrong, 0u) << "final states the bus never carried";
   EXPECT_GE(rto_ms, 0) << "a probe of the dead engine's partitions was never served";
-  if (ownership == "table") {
-    EXPECT_LT(rto_ms, 5000) << "RTO target: under 5 s with default settings";
-  } else {
-    // The group notices a death after KafkaOwnershipOptions::session_timeout_ms
-    // (3 s by default), then rebalances: about 6 s on the mock cluster, past
-    // the 5 s target (benchmarks/RESULTS.md). Bounded here so that a slower
-    // failover still fails the test.
-    EXPECT_LT(rto_ms, 12000) << "RTO with KafkaOwnership's default session timeout";
-  }
+  // The target is printed; the bound asserted leaves room for a loaded
+  // machine (the mock's rebalance waits stretch with it), so that only a
+  // failover that is broken, not slow, fails the test.
+  EXPECT_LE(rto_ms, ownership == "table" ? 5000 : 4 * session_ms) << "RTO (" << ownership << " ownership)";
   EXPECT_EQ(w_dups, 0u) << "a watcher saw a diff twice";
   EXPECT_EQ(w_back, 0u) << "a watcher saw a version go back";
   EXPECT_GT(w_diffs, 0u);
-  EXPECT_LE(w_wrong, 2 * bus_wrong) << "a watcher does not show a final state that the bus carried";
+  EXPECT_EQ(w_wrong, 0u) << "a watcher does not show a user's final state";
   EXPECT_EQ(load.refused(), 0u);
   for (auto& e : engines) {
     for (const std::string& err : e->Errors()) ADD_FAILURE() << e->id() << ": " << err;

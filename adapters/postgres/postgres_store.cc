@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -202,6 +203,15 @@ constexpr char kHistoryColumns[] =
     "user_id, version, at_ms, previous, state, self_state, cause, trace_id, last_seen, "
     "public_version, public_last_seen";
 
+constexpr char kDeviceHistoryColumns[] = "user_id, device_id, session_id, at_ms, event, platform";
+
+std::string DeviceHistoryRow(const DeviceTransition& t, Params* p) {
+  return absl::StrCat("(", p->Bytes(t.user_id), ",", p->Bytes(t.device_id), ",",
+                      p->Int(static_cast<int64_t>(t.session_id)), ",", p->Int(t.at_ms), ",",
+                      p->Small(static_cast<int>(t.event)), ",",
+                      p->Small(static_cast<int>(t.platform)), ")");
+}
+
 std::string UserRow(const UserRecord& u, Params* p) {
   std::vector<int64_t> ids, states, set_at, until;
   for (const OverrideInfo& o : u.overrides) {
@@ -295,6 +305,18 @@ constexpr char kTransitionReadColumns[] =
     "version, at_ms, previous, state, self_state, cause, trace_id, last_seen, public_version, "
     "public_last_seen";
 
+// Columns: session_id, at_ms, event, platform.
+bool ReadDeviceTransition(Row& r, absl::string_view user_id, absl::string_view device_id,
+                          DeviceTransition* t) {
+  t->user_id = std::string(user_id);
+  t->device_id = std::string(device_id);
+  t->session_id = r.Unsigned(0);
+  t->at_ms = r.Int(1);
+  t->event = As<DeviceEvent>(r.Enum(2, 1, static_cast<int>(DeviceEvent::kProbeGivenUp)));
+  t->platform = As<Platform>(r.Enum(3, 1, kPlatformCount));
+  return r.ok();
+}
+
 bool ReadTransition(Row& r, absl::string_view user_id, Transition* t) {
   t->user_id = std::string(user_id);
   t->version = r.Unsigned(0);
@@ -333,7 +355,8 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
         devices_(o.table_prefix + "devices"),
         erasures_(o.table_prefix + "erasures"),
         offsets_(o.table_prefix + "offsets"),
-        history_table_(o.table_prefix + "history") {}
+        history_table_(o.table_prefix + "history"),
+        device_history_(o.table_prefix + "device_history") {}
 
   Store* store() override { return this; }
   HistoryStore* history() override { return this; }
@@ -383,6 +406,17 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
         absl::StrCat("CREATE INDEX IF NOT EXISTS ", p, "history_window ON ", history_table_,
                      " (user_id, at_ms, version)"),
         absl::StrCat("CREATE INDEX IF NOT EXISTS ", p, "history_at ON ", history_table_,
+                     " (at_ms)"),
+        // The per-device audit (docs/design.md section 4); seq keeps the order
+        // of transitions within one millisecond.
+        absl::StrCat("CREATE TABLE IF NOT EXISTS ", device_history_,
+                     " (user_id BYTEA NOT NULL, device_id BYTEA NOT NULL, "
+                     "session_id INT8 NOT NULL, at_ms INT8 NOT NULL, event INT2 NOT NULL, "
+                     "platform INT2 NOT NULL, seq BIGSERIAL NOT NULL, "
+                     "PRIMARY KEY (user_id, device_id, session_id, at_ms, event))"),
+        absl::StrCat("CREATE INDEX IF NOT EXISTS ", p, "device_history_window ON ",
+                     device_history_, " (user_id, device_id, at_ms, seq)"),
+        absl::StrCat("CREATE INDEX IF NOT EXISTS ", p, "device_history_at ON ", device_history_,
                      " (at_ms)"),
     };
     for (const std::string& sql : ddl) {
@@ -657,20 +691,31 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
 
   absl::StatusOr<std::vector<Transition>> Query(absl::string_view user_id, int64_t from_ms,
                                                 int64_t to_ms) override {
-    std::vector<Transition> out;
+    return SelectRows<Transition>(
+        [&](Params* p) {
+          return absl::StrCat("SELECT ", kTransitionReadColumns, " FROM ", history_table_,
+                              " WHERE user_id = ", p->Bytes(user_id), " AND at_ms >= ",
+                              p->Int(from_ms), " AND at_ms <= ", p->Int(to_ms),
+                              " ORDER BY at_ms, version");
+        },
+        [&](Row& row, Transition* t) { return ReadTransition(row, user_id, t); });
+  }
+
+  // Runs the SELECT that `build` writes (retrying) and decodes each row with
+  // `read`; a row that does not decode is counted and left out.
+  template <typename T, typename Build, typename Read>
+  absl::StatusOr<std::vector<T>> SelectRows(Build build, Read read) {
+    std::vector<T> out;
     absl::Status st = Retrying([&](PgConnection& c) -> absl::Status {
       out.clear();
       Params p;
-      const std::string sql =
-          absl::StrCat("SELECT ", kTransitionReadColumns, " FROM ", history_table_,
-                       " WHERE user_id = ", p.Bytes(user_id), " AND at_ms >= ", p.Int(from_ms),
-                       " AND at_ms <= ", p.Int(to_ms), " ORDER BY at_ms, version");
+      const std::string sql = build(&p);
       auto r = Exec(c, sql, p);
       if (!r.ok()) return r.status();
       for (int i = 0; i < PQntuples(r->get()); ++i) {
         Row row(r->get(), i);
-        Transition t;
-        if (ReadTransition(row, user_id, &t)) {
+        T t;
+        if (read(row, &t)) {
           out.push_back(std::move(t));
         } else {
           records_dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -709,26 +754,79 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
     return out;
   }
 
+  absl::Status AppendDevices(absl::Span<const DeviceTransition> transitions) override {
+    if (transitions.empty()) return absl::OkStatus();
+    std::vector<Statement> statements;
+    // In the order given (seq keeps it); a key twice in one statement would
+    // be an error, so repeats within the call are left out first.
+    std::set<std::tuple<absl::string_view, absl::string_view, uint64_t, int64_t, DeviceEvent>> seen;
+    size_t i = 0;
+    while (i < transitions.size()) {
+      Statement s;
+      std::vector<std::string> rows;
+      for (; i < transitions.size() && static_cast<int>(rows.size()) < options_.rows_per_statement;
+           ++i) {
+        const DeviceTransition& t = transitions[i];
+        if (!seen.emplace(t.user_id, t.device_id, t.session_id, t.at_ms, t.event).second) continue;
+        rows.push_back(DeviceHistoryRow(t, &s.params));
+      }
+      if (rows.empty()) break;
+      s.sql = absl::StrCat("INSERT INTO ", device_history_, " (", kDeviceHistoryColumns,
+                           ") VALUES ", absl::StrJoin(rows, ","),
+                           " ON CONFLICT (user_id, device_id, session_id, at_ms, event) DO NOTHING");
+      statements.push_back(std::move(s));
+    }
+    return Retrying([&](PgConnection& c) { return RunPipelined(c, statements); });
+  }
+
+  absl::StatusOr<std::vector<DeviceTransition>> QueryDevice(absl::string_view user_id,
+                                                            absl::string_view device_id,
+                                                            int64_t from_ms,
+                                                            int64_t to_ms) override {
+    return SelectRows<DeviceTransition>(
+        [&](Params* p) {
+          return absl::StrCat("SELECT session_id, at_ms, event, platform FROM ", device_history_,
+                              " WHERE user_id = ", p->Bytes(user_id), " AND device_id = ",
+                              p->Bytes(device_id), " AND at_ms >= ", p->Int(from_ms),
+                              " AND at_ms <= ", p->Int(to_ms), " ORDER BY at_ms, seq");
+        },
+        [&](Row& row, DeviceTransition* t) {
+          return ReadDeviceTransition(row, user_id, device_id, t);
+        });
+  }
+
+  // The user's transitions and its devices', in one transaction.
   absl::Status Erase(absl::string_view user_id) override {
     return Retrying([&](PgConnection& c) {
-      Params p;
-      const std::string sql =
-          absl::StrCat("DELETE FROM ", history_table_, " WHERE user_id = ", p.Bytes(user_id));
-      return Exec(c, sql, p).status();
+      std::vector<Statement> statements;
+      for (const std::string* table : {&history_table_, &device_history_}) {
+        Statement s;
+        s.sql = absl::StrCat("DELETE FROM ", *table, " WHERE user_id = ", s.params.Bytes(user_id));
+        statements.push_back(std::move(s));
+      }
+      return RunPipelined(c, statements);
     });
   }
 
   // In transactions of up to 10000 rows (CockroachDB advises small deletes;
-  // PostgreSQL has no DELETE ... LIMIT, hence the subquery).
+  // PostgreSQL has no DELETE ... LIMIT, hence the subquery), each table's.
   absl::Status DropBefore(int64_t before_ms) override {
+    if (auto st = DropRowsBefore(history_table_, "user_id, version", before_ms); !st.ok()) {
+      return st;
+    }
+    return DropRowsBefore(device_history_, "user_id, device_id, session_id, at_ms, event",
+                          before_ms);
+  }
+
+  absl::Status DropRowsBefore(const std::string& table, absl::string_view key, int64_t before_ms) {
     constexpr int kRows = 10000;
     while (true) {
       int deleted = 0;
       absl::Status st = Retrying([&](PgConnection& c) -> absl::Status {
         Params p;
-        const std::string sql = absl::StrCat(
-            "DELETE FROM ", history_table_, " WHERE (user_id, version) IN (SELECT user_id, version FROM ",
-            history_table_, " WHERE at_ms < ", p.Int(before_ms), " LIMIT ", kRows, ")");
+        const std::string sql =
+            absl::StrCat("DELETE FROM ", table, " WHERE (", key, ") IN (SELECT ", key, " FROM ",
+                         table, " WHERE at_ms < ", p.Int(before_ms), " LIMIT ", kRows, ")");
         auto r = Exec(c, sql, p);
         if (!r.ok()) return r.status();
         if (!absl::SimpleAtoi(PQcmdTuples(r->get()), &deleted)) deleted = 0;
@@ -944,7 +1042,7 @@ class PostgresStoreImpl final : public PostgresStore, public Store, public Histo
 
   const PostgresStoreOptions options_;
   adapters::ConnectionPool<PgConnection> pool_;
-  const std::string users_, devices_, erasures_, offsets_, history_table_;
+  const std::string users_, devices_, erasures_, offsets_, history_table_, device_history_;
   std::atomic<uint64_t> calls_{0}, call_errors_{0}, retries_{0}, connects_{0},
       connection_errors_{0}, round_trips_{0}, records_dropped_{0}, swept_{0};
 };

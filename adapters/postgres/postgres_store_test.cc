@@ -79,6 +79,15 @@ class OwningHistory final : public HistoryStore {
                                                        int64_t before_ms) override {
     return h()->LastBefore(user_id, before_ms);
   }
+  absl::Status AppendDevices(absl::Span<const DeviceTransition> t) override {
+    return h()->AppendDevices(t);
+  }
+  absl::StatusOr<std::vector<DeviceTransition>> QueryDevice(absl::string_view user_id,
+                                                            absl::string_view device_id,
+                                                            int64_t from_ms,
+                                                            int64_t to_ms) override {
+    return h()->QueryDevice(user_id, device_id, from_ms, to_ms);
+  }
   absl::Status Erase(absl::string_view user_id) override { return h()->Erase(user_id); }
   absl::Status DropBefore(int64_t before_ms) override { return h()->DropBefore(before_ms); }
 
@@ -94,6 +103,11 @@ class NoServerHistory final : public HistoryStore {
     return Down();
   }
   absl::StatusOr<std::optional<Transition>> LastBefore(absl::string_view, int64_t) override {
+    return Down();
+  }
+  absl::Status AppendDevices(absl::Span<const DeviceTransition>) override { return Down(); }
+  absl::StatusOr<std::vector<DeviceTransition>> QueryDevice(absl::string_view, absl::string_view,
+                                                            int64_t, int64_t) override {
     return Down();
   }
   absl::Status Erase(absl::string_view) override { return Down(); }

@@ -493,8 +493,18 @@ void Simulator::Run() {
       case Ev::kProbeReach: {
         // Answered only by the session probed, connected, and not mid
         // hand-over (its network is gone then).
-        if (ev.tag != d.epoch || !d.connected || d.reloading || t < d.mute_until) return;
+        if (ev.tag != d.epoch || !d.connected || d.reloading) return;
         const Link& link = config_.links[d.link].link;
+        if (t < d.mute_until) {
+          if (!w.handover_holds_probes) return;
+          // The transport retransmits 200 ms after this try, then waiting
+          // twice as long each time; the first try after the hand-over
+          // crosses the link again.
+          int64_t wait = 200, at = t + wait;
+          while (at < d.mute_until) at += (wait *= 2);
+          if (!m.Lost(d, link)) m.Push(at + m.LegDelay(link), Ev::kProbeReach, ev.device, d.epoch, ev.arg);
+          return;
+        }
         if (m.Measuring(t)) ++mx.probe_answers_sent;
         if (m.Lost(d, link)) return;
         m.Push(t + m.LegDelay(link), Ev::kProbeAnswer, ev.device, kAnyTag, ev.arg);

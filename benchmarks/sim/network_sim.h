@@ -38,8 +38,10 @@
 // its answer back over the device's link, each leg lost and delayed like a
 // heartbeat (the link's loss in its current Gilbert-Elliott state, which
 // probes do not step; a delay of the link's jitter, clamped at 0). A device
-// answers when the probe reaches it connected, in the probed session and not
-// mid hand-over; the answer reaches the engine through Engine::AnswerProbe.
+// answers when the probe reaches it connected and in the probed session; one
+// that reaches it mid hand-over waits for the transport's retransmission
+// (Workload::handover_holds_probes). The answer reaches the engine through
+// Engine::AnswerProbe.
 //
 // Only what happens after `warmup_s` is measured. Same config and seed: same
 // events, same metrics, bit for bit.
@@ -135,6 +137,12 @@ struct Workload {
   double handovers_per_hour = 4;
   int64_t reload_gap_min_ms = 200, reload_gap_max_ms = 1000;
   int64_t handover_gap_min_ms = 300, handover_gap_max_ms = 3000;
+  // A hand-over keeps the session's connection: a probe that reaches the
+  // device mid hand-over is held by the transport and delivered by its first
+  // retransmission after the hand-over (TCP's: 200 ms after the first try,
+  // the wait doubling each time), a retransmission lost like any message.
+  // false: such a probe is lost.
+  bool handover_holds_probes = true;
 };
 
 struct SimConfig {

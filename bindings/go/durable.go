@@ -19,6 +19,14 @@ type Transition struct {
 	LastSeenMs int64
 }
 
+// DeviceTransition is one transition of a device (presence_device_transition_t).
+type DeviceTransition struct {
+	AtMs      int64 // the engine's clock when it happened
+	SessionID uint64
+	Event     DeviceEvent
+	Platform  Platform // the device's then
+}
+
 // StateDurations is the time a user spent in each state in a window.
 type StateDurations struct {
 	OnlineMs, AwayMs, DNDMs, OfflineMs int64
@@ -45,6 +53,30 @@ func (e *Engine) History(userID string, fromMs, toMs int64, viewerID string) ([]
 		return Transition{Version: uint64(t.version), AtMs: int64(t.at_ms),
 			Previous: State(t.previous), State: State(t.state), SelfState: State(t.self_state),
 			Cause: Cause(t.cause), TraceID: uint64(t.trace_id), LastSeenMs: int64(t.last_seen_ms)}
+	})
+}
+
+// DeviceHistory returns the device's transitions (connect, grace, death
+// with its cause, probe outcomes) with AtMs in [fromMs, toMs], oldest first;
+// nil for an unknown user or device. Only the user itself reads it: any
+// other viewerID, "" included, gets PermissionDenied whether or not the user
+// exists (an operator's host asks as the user). FailedPrecondition when the
+// engine has no history store (no EngineOptions.FileDir).
+func (e *Engine) DeviceHistory(userID, deviceID string, fromMs, toMs int64, viewerID string) ([]DeviceTransition, error) {
+	p, err := e.ptr()
+	if err != nil {
+		return nil, err
+	}
+	var arr *C.presence_device_transition_t
+	var n C.size_t
+	var msg *C.char
+	rc := C.presence_engine_device_history(&arr, &n, p, cstr(userID), C.size_t(len(userID)),
+		cstr(deviceID), C.size_t(len(deviceID)), C.int64_t(fromMs), C.int64_t(toMs),
+		cstr(viewerID), C.size_t(len(viewerID)), &msg)
+	keepAlive(e)
+	return fromCArray(arr, n, status(rc, msg), func(t *C.presence_device_transition_t) DeviceTransition {
+		return DeviceTransition{AtMs: int64(t.at_ms), SessionID: uint64(t.session_id),
+			Event: DeviceEvent(t.event), Platform: Platform(t.platform)}
 	})
 }
 
@@ -96,7 +128,8 @@ func (e *Engine) Erase(userID string) error {
 
 // DrainGateway disconnects cleanly up to maxDevices (> 0) open devices whose
 // signals named the gateway and says how many; call again until it answers
-// 0. NotFound for a gateway no signal named.
+// 0. NotFound when no device carries the gateway (none ever did, or they are
+// all gone).
 func (e *Engine) DrainGateway(gateway string, maxDevices int) (int, error) {
 	p, err := e.ptr()
 	if err != nil {

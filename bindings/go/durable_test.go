@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -74,6 +75,20 @@ func fileEngine(t *testing.T, clock *ManualClock, dir string) (*Engine, error) {
 	return NewEngine(&o)
 }
 
+// newFileWorld is a world whose engine has a file store in a fresh folder,
+// closed when the test ends.
+func newFileWorld(t *testing.T) *world {
+	t.Helper()
+	clock, err := NewManualClock(start)
+	must(t, err)
+	t.Cleanup(func() { clock.Close() })
+	w := &world{t: t, clock: clock}
+	w.engine, err = fileEngine(t, clock, t.TempDir())
+	must(t, err)
+	t.Cleanup(func() { w.engine.Close() })
+	return w
+}
+
 func TestFileStoreRoundTrip(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	clock, err := NewManualClock(start)
@@ -118,13 +133,7 @@ func TestFileStoreRoundTrip(t *testing.T) {
 }
 
 func TestHistoryAndOperations(t *testing.T) {
-	clock, err := NewManualClock(start)
-	must(t, err)
-	defer clock.Close()
-	w := &world{t: t, clock: clock}
-	w.engine, err = fileEngine(t, clock, t.TempDir())
-	must(t, err)
-	defer w.engine.Close()
+	w := newFileWorld(t)
 	e := w.engine
 
 	s := sig("alice", "pc", 1)
@@ -207,12 +216,70 @@ func TestHistoryAndOperations(t *testing.T) {
 	}
 }
 
+func TestDeviceHistory(t *testing.T) {
+	w := newFileWorld(t)
+	e := w.engine
+
+	// Connects at start, disconnects abruptly at start+100 (the grace
+	// begins), and its grace of 1500 ms ends without a reconnect: the tick at
+	// start+1700 finds it dead.
+	s := sig("alice", "pc", 3)
+	s.Platform = PlatformMobile
+	h, err := e.Connect(s)
+	must(t, err)
+	w.step(100)
+	must(t, e.Disconnect(h, DisconnectAbrupt))
+	w.step(100)
+	w.step(1500)
+	got, err := e.DeviceHistory("alice", "pc", 0, math.MaxInt64, "alice")
+	must(t, err)
+	want := []DeviceTransition{{start, 3, DeviceConnect, PlatformMobile},
+		{start + 100, 3, DeviceGrace, PlatformMobile},
+		{start + 1700, 3, DeviceDeadAfterGrace, PlatformMobile}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("device history %+v, want %+v", got, want)
+	}
+	if got[2].Event.String() != "dead_after_grace" {
+		t.Errorf("event name %q", got[2].Event.String())
+	}
+	got, err = e.DeviceHistory("alice", "pc", start+1, start+100, "alice")
+	must(t, err)
+	if len(got) != 1 || got[0].Event != DeviceGrace {
+		t.Errorf("window %+v", got)
+	}
+	if got, err := e.DeviceHistory("alice", "phone", 0, 1, "alice"); err != nil || got != nil {
+		t.Errorf("unknown device: %v %v", got, err)
+	}
+	// Only alice reads it; anyone else, or no viewer, is refused alike
+	// whether or not the user exists.
+	for _, viewer := range []string{"", "bob"} {
+		for _, user := range []string{"alice", "nobody"} {
+			got, err := e.DeviceHistory(user, "pc", 0, math.MaxInt64, viewer)
+			wantErr(t, err, PermissionDenied, "only its user's own")
+			if got != nil {
+				t.Errorf("%s read by %q: %+v", user, viewer, got)
+			}
+		}
+	}
+	_, err = e.DeviceHistory("alice", "", 0, 1, "alice")
+	wantErr(t, err, InvalidArgument)
+	_, err = e.DeviceHistory("alice", "pc", 10, 1, "alice")
+	wantErr(t, err, InvalidArgument, "from_ms is after to_ms")
+	// Erase takes it with the user.
+	must(t, e.Erase("alice"))
+	if got, err := e.DeviceHistory("alice", "pc", 0, math.MaxInt64, "alice"); err != nil || got != nil {
+		t.Errorf("after erase: %v %v", got, err)
+	}
+}
+
 func TestMemoryEngineHasNoHistory(t *testing.T) {
 	w := newWorld(t)
 	e := w.engine
 	must(t, e.Signal(sig("alice", "pc", 1)))
 	w.step(100)
 	_, err := e.History("alice", 0, math.MaxInt64, "alice")
+	wantErr(t, err, FailedPrecondition, "no history store")
+	_, err = e.DeviceHistory("alice", "pc", 0, math.MaxInt64, "alice")
 	wantErr(t, err, FailedPrecondition, "no history store")
 	_, err = e.TimeInStates("alice", 0, 1, "alice")
 	wantErr(t, err, FailedPrecondition)

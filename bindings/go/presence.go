@@ -210,6 +210,33 @@ var causeNames = map[Cause]string{
 
 func (c Cause) String() string { return enumName(c, causeNames, "Cause") }
 
+// DeviceEvent is what happened to one device (the per-device audit); the
+// DeviceDead* events end a session's life and say why.
+type DeviceEvent int32
+
+const (
+	DeviceConnect        DeviceEvent = C.PRESENCE_DEVICE_CONNECT          // a session became live
+	DeviceGrace          DeviceEvent = C.PRESENCE_DEVICE_GRACE            // abrupt disconnect: the grace began
+	DeviceDeadTimeout    DeviceEvent = C.PRESENCE_DEVICE_DEAD_TIMEOUT     // silent past offline_after, probes unanswered
+	DeviceDeadAfterGrace DeviceEvent = C.PRESENCE_DEVICE_DEAD_AFTER_GRACE // no reconnect within the grace
+	DeviceDeadAbrupt     DeviceEvent = C.PRESENCE_DEVICE_DEAD_ABRUPT      // abrupt disconnect of a lapsed device
+	DeviceDeadClean      DeviceEvent = C.PRESENCE_DEVICE_DEAD_CLEAN       // a clean disconnect
+	DeviceDeadDrained    DeviceEvent = C.PRESENCE_DEVICE_DEAD_DRAINED     // the operator drained its gateway
+	DeviceDeadReplaced   DeviceEvent = C.PRESENCE_DEVICE_DEAD_REPLACED    // a newer session took over
+	DeviceProbeAnswered  DeviceEvent = C.PRESENCE_DEVICE_PROBE_ANSWERED   // the host answered a probe
+	DeviceProbeGivenUp   DeviceEvent = C.PRESENCE_DEVICE_PROBE_GIVEN_UP   // died for silence, probes unanswered
+)
+
+var deviceEventNames = map[DeviceEvent]string{
+	DeviceConnect: "connect", DeviceGrace: "grace", DeviceDeadTimeout: "dead_timeout",
+	DeviceDeadAfterGrace: "dead_after_grace", DeviceDeadAbrupt: "dead_abrupt",
+	DeviceDeadClean: "dead_clean", DeviceDeadDrained: "dead_drained",
+	DeviceDeadReplaced: "dead_replaced", DeviceProbeAnswered: "probe_answered",
+	DeviceProbeGivenUp: "probe_given_up",
+}
+
+func (d DeviceEvent) String() string { return enumName(d, deviceEventNames, "DeviceEvent") }
+
 // FileSync is when the file store fdatasyncs its log (presence_file_sync_t):
 // what an acknowledged write survives.
 type FileSync int32

@@ -149,6 +149,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::shared_ptr<http::response<http::string_body>> res_;
 };
 
+// Says whether a history answer was cut short, and where its next page
+// starts (the time of the first entry left out; entries at that same
+// millisecond come again).
+template <typename Entry>
+void AppendPage(std::string* out, const std::vector<Entry>& all, size_t max) {
+  const bool cut = all.size() > max;
+  absl::StrAppend(out, ",\"truncated\":", cut ? "true" : "false");
+  if (cut) absl::StrAppend(out, ",\"next_from_ms\":", all[max].at_ms);
+}
+
 }  // namespace
 
 void ServeHttp(Server::Impl* server, FlexStream stream, Peer peer) {
@@ -221,6 +231,10 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
                             t->path == "/presence/history" || t->path == "/presence/stream" ||
                             t->path == "/metrics" || absl::StartsWith(t->path, "/operator/");
     if (!known_path) return Error(http::status::not_found, "not_found", absl::StrCat("no route ", t->path));
+    if (!ServesClients() && t->path != "/metrics") {
+      return Error(http::status::not_found, "not_a_gateway",
+                   "this node is a cluster engine: clients connect to a gateway");
+    }
 
     // Everything else needs a token (in the Authorization header: a token
     // in a URL ends up in logs and browser history).
@@ -249,6 +263,10 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
       return GetPresence(*t, *viewer);
     }
     if (t->path == "/presence/override") {
+      if (cluster_ != nullptr) {
+        return Error(http::status::not_implemented, "not_in_cluster",
+                     "overrides do not travel the bus yet: a cluster node does not take them");
+      }
       if (req.method() == http::verb::post) return PostOverride(req, *viewer);
       if (req.method() == http::verb::delete_) return DeleteOverride(*t, *viewer);
       return Error(http::status::method_not_allowed, "method_not_allowed", "use POST or DELETE");
@@ -296,7 +314,7 @@ http::response<http::string_body> Server::Impl::GetPresence(const Target& t, con
                  absl::StrCat(",\"user_ids\":", JsonStringArray(unknown)));
   }
   std::vector<absl::string_view> views(ids.begin(), ids.end());
-  std::vector<presence::UserPresence> got = engine_->Get(views, viewer);
+  std::vector<presence::UserPresence> got = GetUsers(views, viewer);
   std::string out = absl::StrCat("{\"now_ms\":", engine_->NowMs(), ",\"users\":[");
   for (size_t i = 0; i < got.size(); ++i) {
     const presence::UserPresence& p = got[i];
@@ -400,6 +418,7 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
     from = std::max<int64_t>(to - 3600 * 1000, 0);
   }
   if (from > to) return Error(http::status::bad_request, "bad_request", "from is after to");
+  if (const std::string* device = t.Get("device_id")) return GetDeviceHistory(*user, *device, from, to, viewer);
   // The user itself and operators see the audit trail; others see what the
   // engine answers anyone but the user: the public view (docs/design.md rule 8),
   // whose entries carry no cause or trace id.
@@ -411,12 +430,10 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
   AppendJsonString(&out, *user);
   absl::StrAppend(&out, ",\"from_ms\":", from, ",\"to_ms\":", to, ",\"full\":", full ? "true" : "false",
                   ",\"transitions\":[");
-  bool first = true;
-  size_t n = 0;
-  for (const presence::Transition& tr : *h) {
-    if (++n > 10000) break;
-    if (!first) out.push_back(',');
-    first = false;
+  const size_t n = std::min(h->size(), opts_.max_history_entries);
+  for (size_t i = 0; i < n; ++i) {
+    const presence::Transition& tr = (*h)[i];
+    if (i > 0) out.push_back(',');
     absl::StrAppend(&out, "{\"at_ms\":", tr.at_ms, ",\"version\":", tr.version, ",\"previous\":\"",
                     StateWire(tr.previous), "\",\"state\":\"", StateWire(tr.state), "\"");
     if (full) {
@@ -427,6 +444,7 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
     out.append("}");
   }
   out.append("]");
+  AppendPage(&out, *h, opts_.max_history_entries);
   if (full) {
     absl::StatusOr<presence::StateDurations> d = engine_->TimeInStates(*user, from, to, as);
     if (d.ok()) {
@@ -438,10 +456,41 @@ http::response<http::string_body> Server::Impl::GetHistory(const Target& t, cons
   return Reply(http::status::ok, std::move(out));
 }
 
+// One device's audit (docs/design.md section 4): the user's own and operators'
+// only (rule 8); anyone else who may read the user gets 403, whether or not
+// the device exists.
+http::response<http::string_body> Server::Impl::GetDeviceHistory(const std::string& user, const std::string& device,
+                                                                 int64_t from, int64_t to,
+                                                                 const std::string& viewer) {
+  if (user != viewer && !opts_.access.IsOperator(viewer)) {
+    return Error(http::status::forbidden, "forbidden", "a device's history is only its user's and operators'");
+  }
+  absl::StatusOr<std::vector<presence::DeviceTransition>> h = engine_->DeviceHistory(user, device, from, to, user);
+  if (!h.ok()) return FromEngineError(h.status());
+  std::string out = "{\"user_id\":";
+  AppendJsonString(&out, user);
+  out.append(",\"device_id\":");
+  AppendJsonString(&out, device);
+  absl::StrAppend(&out, ",\"from_ms\":", from, ",\"to_ms\":", to, ",\"device_transitions\":[");
+  const size_t n = std::min(h->size(), opts_.max_history_entries);
+  for (size_t i = 0; i < n; ++i) {
+    const presence::DeviceTransition& tr = (*h)[i];
+    if (i > 0) out.push_back(',');
+    absl::StrAppend(&out, "{\"at_ms\":", tr.at_ms, ",\"session_id\":", tr.session_id, ",\"event\":\"",
+                    presence::DeviceEventName(tr.event), "\",\"platform\":\"", presence::PlatformName(tr.platform),
+                    "\"}");
+  }
+  out.append("]");
+  AppendPage(&out, *h, opts_.max_history_entries);
+  out.append("}");
+  return Reply(http::status::ok, std::move(out));
+}
+
 std::string Server::Impl::Metrics() const {
   std::string out = engine_->RenderMetrics();
   out.append(fanout_->RenderMetrics());
-  out.append(file_store_->RenderMetrics());
+  if (cluster_ != nullptr) out.append(cluster_->RenderMetrics());
+  if (file_store_ != nullptr) out.append(file_store_->RenderMetrics());
   auto counter = [&](absl::string_view name, absl::string_view help, auto value) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " counter\n", name, " ", value, "\n");
   };

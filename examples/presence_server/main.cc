@@ -2,14 +2,24 @@
 // with a live web page. See docs/example-server.md and server.h.
 //
 //   presence_server [--port N] [--simulate N] [--auth FILE] ... (--help)
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
-#include "absl/strings/string_view.h"
+#include <thread>
 #include <vector>
+
+#include "absl/strings/string_view.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -37,6 +47,9 @@ constexpr char kUsage[] =
     "                          may watch it in a 'topic workspace ...' line)\n"
     "  --seed X                seed of the simulation (default 1)\n"
     "  --exit-after SECONDS    stop by itself (for CI); default: run until SIGINT/SIGTERM\n"
+    "  --stop-timeout SECONDS  after SIGINT/SIGTERM, exit anyway (status 1) when the clean stop\n"
+    "                          (clients closed, last tick, partitions handed over) takes longer,\n"
+    "                          or at a second signal (default 15)\n"
     "  --web-dir DIR           the page's files (default: the source tree's web/)\n"
     "  --max-message-bytes N   largest WebSocket message (default 16384)\n"
     "  --max-subscriptions N   users + topics per connection (default 1000)\n"
@@ -53,7 +66,18 @@ constexpr char kUsage[] =
     "                          address of X-Forwarded-For (for the failed-login limit)\n"
     "  --allowed-host NAME     Host names answered (repeat; default: loopback names when\n"
     "                          bound to loopback, any otherwise)\n"
-    "  --verbose               log connections to stderr\n";
+    "  --verbose               log connections to stderr\n"
+    "cluster node (docs/scale-out.md, \"presence_server as a cluster\"; README, \"Running a cluster\"):\n"
+    "  --role gateway|engine|both    gateways hold clients and publish their signals; engines own\n"
+    "                          partitions (Kafka consumer group) and write the shared store\n"
+    "  --kafka-brokers HOST:PORT,...  the bus (required with --role)\n"
+    "  --kafka-topic NAME      the topic (default presence; it must exist)\n"
+    "  --partitions N          its partition count (default 12; every node the same)\n"
+    "  --kafka-config KEY=VALUE      a librdkafka property for every client (repeat)\n"
+    "  --store SPEC            the engines' shared store: redis://HOST:PORT[/PREFIX],\n"
+    "                          postgresql://..., or file (--data-dir; one node, --role both)\n"
+    "  --node-id NAME          this node's gateway id and group member name (default <role>-<pid>)\n"
+    "  --session-timeout-ms N  the engines' group session timeout (default 3000)\n";
 
 bool ReadFile(const std::string& path, std::string* out) {
   std::ifstream in(path, std::ios::binary);
@@ -72,12 +96,88 @@ std::string RandomToken() {
   return out;
 }
 
+// SIGINT and SIGTERM, on a thread of their own: the server's io thread can
+// be held for seconds by a call to an unreachable broker or store, and a
+// stop must not wait on it. The first signal asks the server to stop
+// cleanly; when that takes longer than the stop timeout, or at a second
+// signal, the process exits at once (for a cluster engine, as a crash would:
+// the group hands its partitions over after the session timeout, and the new
+// owner replays the bus). Before the server exists, a signal exits at once.
+class SignalThread {
+ public:
+  explicit SignalThread(double stop_timeout_s) : stop_timeout_(stop_timeout_s) {
+    // Blocked here, before any other thread starts (threads inherit the
+    // mask): only sigtimedwait below takes them.
+    // A shell's background job inherits SIGINT ignored: an ignored signal
+    // would be dropped, not waited for.
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~SignalThread() {
+    done_.store(true);
+    thread_.join();
+  }
+  // From here a signal stops `server`.
+  void Serve(presence_server::Server* server) {
+    std::lock_guard<std::mutex> lock(mu_);
+    server_ = server;
+  }
+  // The server is gone: the clean stop is over.
+  void Stopped() {
+    std::lock_guard<std::mutex> lock(mu_);
+    server_ = nullptr;
+    served_ = true;
+  }
+
+ private:
+  void Loop() {
+    const timespec poll = {0, 100 * 1000 * 1000};  // to see done_
+    std::optional<std::chrono::steady_clock::time_point> first;  // the first signal
+    while (!done_.load()) {
+      const int sig = sigtimedwait(&set_, nullptr, &poll);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (sig <= 0) {
+        if (first && server_ != nullptr && std::chrono::steady_clock::now() - *first > stop_timeout_) {
+          Exit(absl::StrCat("the clean stop took longer than ", stop_timeout_.count(),
+                            " s (--stop-timeout): exiting without it"));
+        }
+        continue;
+      }
+      if (served_) continue;  // stopped already: main returns
+      if (server_ == nullptr) Exit(absl::StrCat("signal ", sig, " before the server started: exiting"));
+      if (first) Exit(absl::StrCat("signal ", sig, " again: exiting without the clean stop"));
+      first = std::chrono::steady_clock::now();
+      std::fprintf(stderr, "presence_server: signal %d: stopping (a second signal exits at once)\n", sig);
+      server_->Stop();
+    }
+  }
+  [[noreturn]] static void Exit(const std::string& why) {
+    std::fprintf(stderr, "presence_server: %s\n", why.c_str());
+    std::fflush(stdout);
+    std::fflush(stderr);
+    _exit(1);
+  }
+
+  const std::chrono::duration<double> stop_timeout_;
+  sigset_t set_;
+  std::atomic<bool> done_{false};
+  std::mutex mu_;
+  presence_server::Server* server_ = nullptr;  // guarded by mu_
+  bool served_ = false;                        // guarded by mu_
+  std::thread thread_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   presence_server::ServerOptions o;
   o.web_dir = PRESENCE_SERVER_WEB_DIR;
-  o.handle_signals = true;
+  double stop_timeout_s = 15;
   bool have_users = false;
   std::string auth_file;
   std::vector<std::string> token_specs;
@@ -172,6 +272,12 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "presence_server: --exit-after wants seconds\n");
         return 2;
       }
+    } else if (a == "--stop-timeout") {
+      value(&v);
+      if (!absl::SimpleAtod(v, &stop_timeout_s) || !(stop_timeout_s > 0)) {
+        std::fprintf(stderr, "presence_server: --stop-timeout wants seconds, more than 0\n");
+        return 2;
+      }
     } else if (a == "--web-dir") {
       value(&o.web_dir);
     } else if (a == "--max-message-bytes") {
@@ -184,6 +290,34 @@ int main(int argc, char** argv) {
       number(&o.max_connections);
     } else if (a == "--verbose") {
       o.verbose = true;
+    } else if (a == "--role") {
+      value(&v);
+      absl::StatusOr<presence_server::ClusterRole> role = presence_server::ParseClusterRole(v);
+      if (!role.ok()) {
+        std::fprintf(stderr, "presence_server: %s\n", std::string(role.status().message()).c_str());
+        return 2;
+      }
+      o.cluster.role = *role;
+    } else if (a == "--kafka-brokers") {
+      value(&o.cluster.brokers);
+    } else if (a == "--kafka-topic") {
+      value(&o.cluster.topic);
+    } else if (a == "--partitions") {
+      number(&o.cluster.partitions);
+    } else if (a == "--kafka-config") {
+      value(&v);
+      const size_t eq = v.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        std::fprintf(stderr, "presence_server: --kafka-config wants KEY=VALUE\n");
+        return 2;
+      }
+      o.cluster.kafka_config.emplace_back(v.substr(0, eq), v.substr(eq + 1));
+    } else if (a == "--store") {
+      value(&o.cluster.store);
+    } else if (a == "--node-id") {
+      value(&o.cluster.node_id);
+    } else if (a == "--session-timeout-ms") {
+      number(&o.cluster.session_timeout_ms);
     } else {
       std::fprintf(stderr, "presence_server: unknown flag %s\n%s", argv[i], kUsage);
       return 2;
@@ -229,6 +363,7 @@ int main(int argc, char** argv) {
     if (o.simulate > 0) o.access.AddTopicMembers(o.simulate_topic, names);
   }
 
+  SignalThread signals(stop_timeout_s);
   absl::StatusOr<std::unique_ptr<presence_server::Server>> server =
       presence_server::Server::Create(o);
   if (!server.ok()) {
@@ -241,15 +376,29 @@ int main(int argc, char** argv) {
     std::string host = o.metrics_bind.substr(0, o.metrics_bind.rfind(':'));
     std::printf("presence_server: metrics on http://%s:%u/metrics\n", host.c_str(), (*server)->metrics_port());
   }
-  std::printf("presence_server: data in %s (file store), %d simulated client(s)%s\n", o.data_dir.c_str(),
-              o.simulate, o.exit_after_s > 0 ? absl::StrCat(", exits after ", o.exit_after_s, " s").c_str() : "");
+  if (o.cluster.role == presence_server::ClusterRole::kNone) {
+    std::printf("presence_server: data in %s (file store), %d simulated client(s)%s\n", o.data_dir.c_str(),
+                o.simulate, o.exit_after_s > 0 ? absl::StrCat(", exits after ", o.exit_after_s, " s").c_str() : "");
+  } else {
+    std::printf("presence_server: cluster node, role %s, topic %s (%u partitions), store %s\n",
+                o.cluster.role == presence_server::ClusterRole::kGateway  ? "gateway"
+                : o.cluster.role == presence_server::ClusterRole::kEngine ? "engine"
+                                                                          : "both",
+                o.cluster.topic.c_str(), o.cluster.partitions,
+                // The scheme only: a connection string may hold a password.
+                o.cluster.store == "file" ? o.data_dir.c_str()
+                                          : o.cluster.store.substr(0, o.cluster.store.find(':')).c_str());
+  }
   for (const auto& [user, token] : demo) {
     // In the fragment, which the browser never sends; the page moves it to
     // its session storage and takes it out of the address bar.
     std::printf("  open %s#token=%s   (as %s)\n", url.c_str(), token.c_str(), user.c_str());
   }
   std::fflush(stdout);
+  signals.Serve(server->get());
   (*server)->Run();
+  server->reset();  // (closes the bus and the store: under the stop timeout too)
+  signals.Stopped();
   std::printf("presence_server: stopped\n");
   return 0;
 }

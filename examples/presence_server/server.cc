@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -218,15 +217,29 @@ absl::Status Server::Impl::Init() {
     opts_.access.AddTopicMembers(opts_.simulate_topic, members);
   }
 
-  // The durable state, the engine and the fan-out.
-  presence::FileStoreOptions fo;
-  fo.sync = opts_.sync;
-  absl::StatusOr<std::unique_ptr<presence::FileStore>> fs = presence::FileStore::Open(opts_.data_dir, fo);
-  if (!fs.ok()) return fs.status();
-  file_store_ = std::move(*fs);
-  opts_.engine.store = file_store_->store();
-  opts_.engine.history = file_store_->history();
-  opts_.engine.prober = this;  // silent WebSocket clients are pinged (ws_session.cc)
+  // The durable state, the engine and the fan-out: the file store, unless a
+  // cluster node shares another (cluster.h).
+  const ClusterOptions& co = opts_.cluster;
+  if (co.role == ClusterRole::kNone || co.store == "file") {
+    presence::FileStoreOptions fo;
+    fo.sync = opts_.sync;
+    absl::StatusOr<std::unique_ptr<presence::FileStore>> fs = presence::FileStore::Open(opts_.data_dir, fo);
+    if (!fs.ok()) return fs.status();
+    file_store_ = std::move(*fs);
+    opts_.engine.store = file_store_->store();
+    opts_.engine.history = file_store_->history();
+  }
+  // Silent WebSocket clients are pinged (ws_session.cc); on a cluster node
+  // the devices' owner is another process, which probes nothing.
+  if (co.role == ClusterRole::kNone) opts_.engine.prober = this;
+  if (co.role != ClusterRole::kNone) {
+    if (opts_.simulate > 0) {
+      return absl::InvalidArgumentError("--simulate drives a local engine: it is for one process, not a cluster node");
+    }
+    absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Create(co, &opts_.engine);
+    if (!cluster.ok()) return cluster.status();
+    cluster_ = std::move(*cluster);
+  }
   absl::StatusOr<std::unique_ptr<presence::Engine>> engine = presence::Engine::Create(opts_.engine);
   if (!engine.ok()) return engine.status();
   engine_ = std::move(*engine);
@@ -236,6 +249,11 @@ absl::Status Server::Impl::Init() {
   for (const auto& [topic, members] : opts_.access.topics()) {
     std::vector<absl::string_view> ids(members.begin(), members.end());
     if (absl::Status st = fanout_->AddMembers(topic, ids); !st.ok()) return st;
+  }
+  if (cluster_ != nullptr) {
+    absl::Status st =
+        cluster_->Attach(engine_.get(), fanout_.get(), [this](const presence::Signal& s) { ReplacedElsewhere(s); });
+    if (!st.ok()) return st;
   }
 
   for (const std::string& p : opts_.trusted_proxies) {
@@ -337,17 +355,12 @@ void Server::Impl::Run() {
       if (!ec) BeginShutdown();
     });
   }
-  if (opts_.handle_signals) {
-    signals_.add(SIGINT);
-    signals_.add(SIGTERM);
-    signals_.async_wait([this](beast::error_code ec, int) {
-      if (!ec) BeginShutdown();
-    });
-  }
   ioc_.run();
   // Everything is closed: publish and persist the end.
+  if (cluster_ != nullptr) cluster_->BeforeTick();
   engine_->Tick();
-  file_store_->Sync().IgnoreError();
+  if (cluster_ != nullptr) cluster_->Close();  // an engine hands its partitions over at once
+  if (file_store_ != nullptr) file_store_->Sync().IgnoreError();
 }
 
 void Server::Impl::BeginShutdown() {
@@ -358,7 +371,6 @@ void Server::Impl::BeginShutdown() {
   metrics_acceptor_.close(ec);
   tick_timer_.cancel();
   exit_timer_.cancel();
-  signals_.cancel();
   std::vector<std::shared_ptr<WsSession>> all;
   for (auto& [id, s] : sessions_) all.push_back(s);
   for (auto& s : all) s->CloseWith(websocket::close_code::going_away, "server shutting down");
@@ -493,6 +505,16 @@ void Server::Impl::ClaimDevice(const std::string& user, const std::string& devic
   if (before && before != s) before->Replaced();
 }
 
+void Server::Impl::ReplacedElsewhere(const presence::Signal& s) {
+  auto it = ws_by_device_.find(std::make_pair(std::string(s.user_id), std::string(s.device_id)));
+  if (it == ws_by_device_.end()) return;
+  std::shared_ptr<WsSession> holder = it->second.lock();
+  // Session ids grow with time on every node: the newer session wins, as
+  // at the owner. (An older one still heartbeating elsewhere is that node's
+  // to close.)
+  if (holder && holder->session_id() < s.session_id) holder->Replaced();
+}
+
 void Server::Impl::ReleaseDevice(const std::string& user, const std::string& device, const WsSession* s) {
   auto it = ws_by_device_.find(std::make_pair(user, device));
   if (it == ws_by_device_.end()) return;
@@ -571,6 +593,49 @@ bool Server::Impl::OriginAllowed(const http::request<http::string_body>& req) co
   return origin == absl::StrCat("http://", self) || origin == absl::StrCat("https://", self);
 }
 
+absl::StatusOr<DeviceHandle> Server::Impl::ConnectDevice(const presence::Signal& s) {
+  if (cluster_ == nullptr) return engine_->Connect(s);
+  cluster_->Queue(s, std::nullopt, nullptr);  // refused: the heartbeats that follow connect it
+  ScheduleFlush();
+  return DeviceHandle{s.session_id};  // the owner keys the device by its ids, not by a handle
+}
+
+void Server::Impl::BeatDevice(DeviceHandle h, const presence::Signal& s,
+                              std::function<void(const absl::Status&)> done) {
+  if (cluster_ == nullptr) {
+    done(engine_->Beat(h, s.activity, s.source));
+    return;
+  }
+  cluster_->Queue(s, std::nullopt, std::move(done));
+  ScheduleFlush();
+}
+
+void Server::Impl::DisconnectDevice(DeviceHandle h, const presence::Signal& s, DisconnectKind kind) {
+  if (cluster_ == nullptr) {
+    engine_->Disconnect(h, kind).IgnoreError();
+    return;
+  }
+  // Refused only while the bus fails with the buffer full: the owner then
+  // times the device out, as it would a lost connection.
+  cluster_->Queue(s, kind, nullptr);
+  ScheduleFlush();
+}
+
+void Server::Impl::ScheduleFlush() {
+  if (flush_scheduled_) return;
+  flush_scheduled_ = true;
+  flush_timer_.expires_after(std::chrono::milliseconds(kClusterFlushMs));
+  flush_timer_.async_wait([this](beast::error_code) {
+    flush_scheduled_ = false;
+    cluster_->Flush();  // also when cancelled: nothing is left behind
+  });
+}
+
+std::vector<presence::UserPresence> Server::Impl::GetUsers(absl::Span<const absl::string_view> users,
+                                                           absl::string_view viewer) {
+  return cluster_ == nullptr ? engine_->Get(users, viewer) : cluster_->Get(users, viewer);
+}
+
 void Server::Impl::StartWebSocket(FlexStream stream, http::request<http::string_body> req, Peer peer) {
   ++metrics_.http_requests;
   auto reject = [&](http::status status, absl::string_view code, absl::string_view message) {
@@ -596,6 +661,10 @@ void Server::Impl::StartWebSocket(FlexStream stream, http::request<http::string_
   std::optional<Target> t = ParseTarget(absl::string_view(req.target().data(), req.target().size()));
   if (peer.metrics_listener || !t || t->path != "/presence/stream") {
     reject(http::status::not_found, "not_found", "the WebSocket endpoint is /presence/stream");
+    return;
+  }
+  if (!ServesClients()) {
+    reject(http::status::not_found, "not_a_gateway", "this node is a cluster engine: clients connect to a gateway");
     return;
   }
   if (!HostAllowed(req)) {
@@ -668,6 +737,7 @@ void Server::Impl::ScheduleTick() {
 void Server::Impl::OnTick() {
   auto start = std::chrono::steady_clock::now();
   SimStep(engine_->NowMs());
+  if (cluster_ != nullptr) cluster_->BeforeTick();  // bus in, remote changes to the fan-out
   engine_->Tick();  // publishes; the fan-out delivers to Deliver() from here
   part_cache_.clear();
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -780,7 +850,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
 }
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Server::~Server() = default;
+Server::~Server() {
+  // The cluster's ownership and feed use the engine and the fan-out, which
+  // go before it (it holds the bus and the store they use): let them go
+  // first. Run did already, unless Init failed half-way.
+  if (impl_->cluster() != nullptr) impl_->cluster()->Close();
+}
 uint16_t Server::port() const { return impl_->port(); }
 uint16_t Server::metrics_port() const { return impl_->metrics_port(); }
 std::string Server::url() const {

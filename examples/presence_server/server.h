@@ -26,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "access.h"
+#include "cluster.h"
 #include "presence/fanout.h"
 #include "presence/file_store.h"
 #include "presence/options.h"
@@ -79,8 +80,6 @@ struct ServerOptions {
 
   // Stop by itself after this many seconds (0: run until Stop()).
   double exit_after_s = 0;
-  // Stop on SIGINT and SIGTERM (the program sets it; tests do not).
-  bool handle_signals = false;
   // Print one line per connection and error to stderr.
   bool verbose = false;
 
@@ -106,6 +105,9 @@ struct ServerOptions {
   // Messages a client may send: a token bucket (per second, burst).
   double message_rate = 20;
   double message_burst = 60;
+  // Entries in one history answer, oldest first. An answer that had more says
+  // "truncated":true and "next_from_ms", where the next page starts.
+  size_t max_history_entries = 10000;
   // Open connections, HTTP and WebSocket, before auth and after: in all,
   // from one address, and WebSockets of one user. Past the first two a new
   // connection is closed at accept; past the third it gets
@@ -129,7 +131,11 @@ struct ServerOptions {
   // (it should send a heartbeat every second); pings do not count.
   int64_t idle_timeout_ms = 30000;
 
-  presence::Options engine;  // store and history are set to the file store's
+  // A node of a cluster (cluster.h, docs/scale-out.md): its role, Kafka and
+  // the shared store. Role kNone (the default): one process, file store.
+  ClusterOptions cluster;
+
+  presence::Options engine;  // store and history are set to the file store's (or the cluster's)
   presence::FanoutOptions fanout;
 };
 

@@ -173,8 +173,8 @@ void ServeHttp(Server::Impl* server, FlexStream stream, Peer peer);
 class Server::Impl : public presence::Sink, public presence::Prober {
  public:
   explicit Impl(ServerOptions options)
-      : opts_(std::move(options)), acceptor_(ioc_), metrics_acceptor_(ioc_), tick_timer_(ioc_), exit_timer_(ioc_),
-        signals_(ioc_), rng_(opts_.seed) {}
+      : opts_(std::move(options)), acceptor_(ioc_), metrics_acceptor_(ioc_), tick_timer_(ioc_), flush_timer_(ioc_), exit_timer_(ioc_),
+        rng_(opts_.seed) {}
 
   absl::Status Init();
   void Run();
@@ -204,6 +204,20 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   void CountError(absl::string_view code) { ++metrics_.client_errors[std::string(code)]; }
   net::ssl::context* tls() { return tls_.get(); }
 
+  // The device calls of WebSocket sessions, and GET: to the engine, or on a
+  // cluster node to the bus and the cluster's view (cluster.h). `s` names
+  // the device, its session, and the signal's source and activity.
+  absl::StatusOr<DeviceHandle> ConnectDevice(const presence::Signal& s);
+  // `done` hears the outcome: at once from the engine; on a cluster node
+  // once the bus took the signal (later in this pass of the event loop).
+  void BeatDevice(DeviceHandle h, const presence::Signal& s, std::function<void(const absl::Status&)> done);
+  void DisconnectDevice(DeviceHandle h, const presence::Signal& s, DisconnectKind kind);
+  std::vector<presence::UserPresence> GetUsers(absl::Span<const absl::string_view> users,
+                                               absl::string_view viewer);
+  // Whether this node serves clients (every node but a cluster engine).
+  bool ServesClients() const { return cluster_ == nullptr || cluster_->serves_clients(); }
+  Cluster* cluster() { return cluster_.get(); }
+
   http::response<http::string_body> HandleHttp(const http::request<http::string_body>& req, const Peer& peer);
   void StartWebSocket(FlexStream stream, http::request<http::string_body> req, Peer peer);
   void Register(SubscriberId id, std::shared_ptr<WsSession> s) { sessions_[id] = std::move(s); }
@@ -232,6 +246,9 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   // replaces (and closes) the one before at once.
   void ClaimDevice(const std::string& user, const std::string& device, const std::shared_ptr<WsSession>& s);
   void ReleaseDevice(const std::string& user, const std::string& device, const WsSession* s);
+  // A cluster gateway: another node published a signal of `s`'s device; a
+  // connection of it here with an older session is closed (Replaced).
+  void ReplacedElsewhere(const presence::Signal& s);
 
   // presence::Prober (docs/design.md rule 9), called from Engine::Tick on the
   // io thread: the WebSocket connection that holds the probed device gets a
@@ -244,6 +261,12 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   absl::Status Listen(tcp::acceptor* acceptor, const std::string& address, uint16_t port, const char* flag);
   void DoAccept(tcp::acceptor* acceptor, bool metrics_listener);
   void ScheduleTick();
+  // A cluster node publishes what its sessions queued every
+  // kClusterFlushMs (Cluster::Flush): one bus call for all of them, so
+  // that each partition gets one batch of records rather than one record at
+  // a time (a reader fetches a batch per partition per round trip).
+  void ScheduleFlush();
+  static constexpr int kClusterFlushMs = 20;
   void OnTick();
   void BeginShutdown();
   void WaitForSessions();
@@ -258,6 +281,8 @@ class Server::Impl : public presence::Sink, public presence::Prober {
                                                  const std::string& viewer);
   http::response<http::string_body> DeleteOverride(const Target& t, const std::string& viewer);
   http::response<http::string_body> GetHistory(const Target& t, const std::string& viewer);
+  http::response<http::string_body> GetDeviceHistory(const std::string& user, const std::string& device,
+                                                     int64_t from, int64_t to, const std::string& viewer);
   // /operator/...: drain, rebuild, erase, bulk revoke (operator_routes.cc);
   // `caller` is the authenticated user.
   OperatorReply HandleOperator(const http::request<http::string_body>& req, const Target& t,
@@ -269,8 +294,8 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   tcp::acceptor acceptor_;
   tcp::acceptor metrics_acceptor_;
   net::steady_timer tick_timer_;
+  net::steady_timer flush_timer_;  // a cluster node's publishes (ScheduleFlush)
   net::steady_timer exit_timer_;
-  net::signal_set signals_;
   std::chrono::steady_clock::time_point next_tick_;
   std::chrono::steady_clock::time_point shutdown_deadline_;
   uint16_t port_ = 0;
@@ -293,7 +318,9 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   };
   absl::flat_hash_map<net::ip::address, AuthBucket, IpHash> auth_failures_;
 
-  std::unique_ptr<presence::FileStore> file_store_;
+  std::unique_ptr<presence::FileStore> file_store_;  // null on a cluster node with a shared store
+  std::unique_ptr<Cluster> cluster_;                  // null: one process
+  bool flush_scheduled_ = false;
   std::unique_ptr<presence::Engine> engine_;
   std::unique_ptr<presence::Fanout> fanout_;
   absl::flat_hash_map<SubscriberId, std::shared_ptr<WsSession>> sessions_;
@@ -357,6 +384,8 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
 
   // A newer connection took this one's device: say so and close.
   void Replaced();
+  // The device session this connection carries (0 before it is admitted).
+  uint64_t session_id() const { return session_id_; }
 
  private:
   void OnAccept(beast::error_code ec);
@@ -384,12 +413,17 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void Handle(absl::string_view text);
 
   void Beat(const ClientMessage& m);
+  // What became of a heartbeat or activity message with request id `id_json`.
+  void OnBeat(const absl::Status& st, const std::string& id_json);
 
   void Subscribe(const ClientMessage& m);
 
   void Unsubscribe(const ClientMessage& m);
 
   void SendAck(absl::string_view type, absl::string_view id_json);
+
+  // A signal of this session's device (it views this session's ids).
+  presence::Signal DeviceSignal(presence::Source source) const;
 
   void SendErrorWith(absl::string_view code, absl::string_view message, absl::string_view id_json,
                      absl::string_view extra);

@@ -85,7 +85,9 @@ HttpResult Http(uint16_t port, http::verb method, const std::string& target, con
   beast::error_code ec;
   http::read(socket, buf, res, ec);
   HttpResult out;
-  out.status = res.result_int();
+  // A failed read leaves `res` as constructed, whose status is 200: not an
+  // answer (a connection closed at accept, say).
+  out.status = ec ? 0 : res.result_int();
   out.body = res.body();
   absl::StatusOr<Json> j = ParseJson(out.body);
   if (j.ok()) out.json = std::move(*j);
@@ -492,6 +494,40 @@ TEST_F(ServerTest, OverridesAreTheUsersOwn) {
   EXPECT_EQ(r.status, 400);
 }
 
+// A history answer holds at most max_history_entries, the oldest first, and
+// says where the rest starts; the next page, from there, has it.
+TEST_F(ServerTest, ALongHistoryComesInPages) {
+  StopServer();
+  Start([](ServerOptions& o) { o.max_history_entries = 1; });
+  std::unique_ptr<WsClient> bob = Connect("tok-bob-0123456789");
+  HttpResult online;
+  EXPECT_TRUE(WaitUntil([&] {
+    online = Http(port_, http::verb::get, "/presence/history?user_id=bob", "tok-bob-0123456789");
+    return online.status == 200 && !online.json.Find("transitions")->items().empty();
+  })) << online.body;
+  bob->Send(R"({"type":"bye"})");
+  for (const std::string path : {"/presence/history?user_id=bob", "/presence/history?user_id=bob&device_id=d1"}) {
+    const std::string list = path.find("device_id") == std::string::npos ? "transitions" : "device_transitions";
+    HttpResult r;
+    // Online then offline (connect then dead_clean): two entries, one a page.
+    EXPECT_TRUE(WaitUntil([&] {
+      r = Http(port_, http::verb::get, path, "tok-bob-0123456789");
+      const Json* t = r.status == 200 ? r.json.Find("truncated") : nullptr;
+      return t != nullptr && t->as_bool();
+    }, 8s)) << r.body;
+    ASSERT_EQ(r.json.Find(list)->items().size(), 1u) << r.body;
+    const int64_t first = r.json.Find(list)->items()[0].Find("at_ms")->as_int();
+    ASSERT_NE(r.json.Find("next_from_ms"), nullptr) << r.body;
+    const int64_t next = r.json.Find("next_from_ms")->as_int();
+    ASSERT_GE(next, first) << r.body;
+    r = Http(port_, http::verb::get, path + "&from=" + std::to_string(next), "tok-bob-0123456789");
+    ASSERT_EQ(r.status, 200) << r.body;
+    ASSERT_EQ(r.json.Find(list)->items().size(), 1u) << r.body;
+    EXPECT_FALSE(r.json.Find("truncated")->as_bool()) << r.body;
+    EXPECT_EQ(r.json.Find(list)->items()[0].Find("at_ms")->as_int(), next) << r.body;
+  }
+}
+
 TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
   std::unique_ptr<WsClient> bob = Connect("tok-bob-0123456789");
   HttpResult r;
@@ -508,6 +544,7 @@ TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
   }, 8s)) << r.body;
   const Json* tr = r.json.Find("transitions");
   ASSERT_GE(tr->items().size(), 2u) << r.body;
+  EXPECT_FALSE(r.json.Find("truncated")->as_bool()) << r.body;
   EXPECT_EQ(Str(tr->items()[0], "state"), "online");
   EXPECT_EQ(Str(tr->items()[0], "cause"), "signal");
   EXPECT_EQ(Str(tr->items()[1], "state"), "offline");
@@ -536,12 +573,41 @@ TEST_F(ServerTest, HistoryIsFullForTheUserAndPublicForOthers) {
            "tok-bob-0123456789");
   EXPECT_EQ(r.status, 200) << r.body;
 
+  // One device's audit: bob's own and operators' only.
+  const std::string dev = "/presence/history?user_id=bob&device_id=d1";
+  EXPECT_TRUE(WaitUntil([&] {
+    r = Http(port_, http::verb::get, dev, "tok-bob-0123456789");
+    return r.status == 200 && r.json.Find("device_transitions")->items().size() >= 2;
+  }, 8s)) << r.body;
+  const Json* dt = r.json.Find("device_transitions");
+  ASSERT_GE(dt->items().size(), 2u) << r.body;
+  EXPECT_EQ(Str(dt->items()[0], "event"), "connect");
+  EXPECT_EQ(Str(dt->items().back(), "event"), "dead_clean");
+  // The answer's transitions (its window moves with the clock).
+  auto transitions = [](const std::string& body) { return body.substr(body.find("\"device_transitions\"")); };
+  const std::string bobs = transitions(r.body);
+  r = Http(port_, http::verb::get, dev, "tok-root-0123456789");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(transitions(r.body), bobs);
+  // alice may read bob, eve may not: neither reads his devices, and the
+  // answer is the same whether the device exists or not.
+  for (const char* who : {"tok-alice-0123456789", "tok-eve-0123456789"}) {
+    EXPECT_EQ(Http(port_, http::verb::get, dev, who).status, 403) << who;
+    EXPECT_EQ(Http(port_, http::verb::get, "/presence/history?user_id=bob&device_id=nope", who).status, 403)
+        << who;
+  }
+  EXPECT_EQ(Http(port_, http::verb::get, "/presence/history?user_id=bob&device_id=", "tok-bob-0123456789").status,
+            400);
+
   // The history is in the file store: it survives a restart.
   StopServer();
   Start();
   r = Http(port_, http::verb::get, "/presence/history?user_id=bob", "tok-bob-0123456789");
   ASSERT_EQ(r.status, 200);
   EXPECT_GE(r.json.Find("transitions")->items().size(), 2u) << r.body;
+  r = Http(port_, http::verb::get, dev, "tok-bob-0123456789");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(transitions(r.body), bobs);
 }
 
 // docs/design.md rule 8 over REST: while bob is invisible, what alice reads of

@@ -118,7 +118,7 @@ void WsSession::Admit() {
   s.activity = Activity::kActive;
   s.gateway = "presence_server";
   s.trace_id = session_id_;
-  absl::StatusOr<DeviceHandle> h = server_->engine()->Connect(s);
+  absl::StatusOr<DeviceHandle> h = server_->ConnectDevice(s);
   if (!h.ok()) {
     SendError(h.status().code() == absl::StatusCode::kResourceExhausted ? "too_many_devices" : "bad_request",
               std::string(h.status().message()), "");
@@ -340,7 +340,7 @@ void WsSession::Handle(absl::string_view text) {
       break;
     case ClientMessageType::kBye:
       if (handle_.valid()) {
-        server_->engine()->Disconnect(handle_, DisconnectKind::kClean).IgnoreError();
+        server_->DisconnectDevice(handle_, DeviceSignal(presence::Source::kApp), DisconnectKind::kClean);
         handle_ = {};
       }
       CloseWith(websocket::close_code::normal, "bye");
@@ -358,16 +358,27 @@ void WsSession::Replaced() {
 void WsSession::Beat(const ClientMessage& m) {
   if (!handle_.valid()) return;
   if (m.activity) activity_ = *m.activity;
-  absl::Status st = server_->engine()->Beat(handle_, activity_, m.source);
-  if (st.code() == absl::StatusCode::kNotFound) {
+  server_->BeatDevice(handle_, DeviceSignal(m.source),
+                      [self = weak_from_this(), id = m.id_json](const absl::Status& st) {
+                        if (auto s = self.lock()) s->OnBeat(st, id);
+                      });
+}
+
+void WsSession::OnBeat(const absl::Status& st, const std::string& id_json) {
+  if (finished_) return;
+  if (st.ok() && !id_json.empty()) {
+    // Asked for: the signal is taken (by the engine, or on a cluster
+    // gateway by the bus), so the client knows what reached the server.
+    Send(absl::StrCat("{\"type\":\"ack\",\"id\":", id_json, "}"));
+  } else if (st.code() == absl::StatusCode::kNotFound) {
     // The device was connected again with a newer session (by another
     // server, say: this one closes the older connection when it admits).
     Replaced();
   } else if (st.code() == absl::StatusCode::kResourceExhausted) {
     // The engine's own flood limit (Options::max_signals_per_device_per_sec).
-    SendError("rate_limited", st.message(), m.id_json);
+    SendError("rate_limited", st.message(), id_json);
   } else if (!st.ok()) {
-    SendError("bad_request", st.message(), m.id_json);
+    SendError("bad_request", st.message(), id_json);
   }
 }
 
@@ -469,12 +480,23 @@ void WsSession::SendErrorWith(absl::string_view code, absl::string_view message,
   Send(std::move(e));
 }
 
+presence::Signal WsSession::DeviceSignal(presence::Source source) const {
+  presence::Signal s;
+  s.user_id = user_id_;
+  s.device_id = device_id_;
+  s.session_id = session_id_;
+  s.platform = platform_;
+  s.source = source;
+  s.activity = activity_;
+  return s;
+}
+
 void WsSession::Finish() {
   if (finished_) return;
   finished_ = true;
   auth_timer_.cancel();
   if (handle_.valid()) {
-    server_->engine()->Disconnect(handle_, DisconnectKind::kAbrupt).IgnoreError();
+    server_->DisconnectDevice(handle_, DeviceSignal(presence::Source::kApp), DisconnectKind::kAbrupt);
     handle_ = {};
   }
   if (admitted_) {

@@ -148,7 +148,7 @@ typedef enum presence_status_t {
   PRESENCE_ERR_INVALID_ARGUMENT = 3,
   /* Unknown or closed: a device handle that expired or was disconnected, a
    * user with no such override, an unknown subscriber or topic, a user that
-   * neither the engine nor its history knows, a gateway never named. */
+   * neither the engine nor its history knows, a gateway no device carries. */
   PRESENCE_ERR_NOT_FOUND = 5,
   /* A limit was passed (devices per user, overrides per user, subscribers,
    * list or topic sizes), or the library ran out of memory. */
@@ -697,6 +697,45 @@ PRESENCE_EXPORT int presence_engine_history_as(presence_transition_t** out_trans
                                                const char* viewer_user_id,
                                                size_t viewer_user_id_len, char** errmsg);
 
+/* ---- The per-device audit (docs/design.md section 4) ---- */
+
+/* What happened to one device. The PRESENCE_DEVICE_DEAD_* events end a
+ * session's life and say why. */
+typedef enum presence_device_event_t {
+  PRESENCE_DEVICE_CONNECT = 1,          /* a session became live */
+  PRESENCE_DEVICE_GRACE = 2,            /* an abrupt disconnect: the reconnect grace began */
+  PRESENCE_DEVICE_DEAD_TIMEOUT = 3,     /* silent past offline_after, probes unanswered */
+  PRESENCE_DEVICE_DEAD_AFTER_GRACE = 4, /* abrupt disconnect, no reconnect within the grace */
+  PRESENCE_DEVICE_DEAD_ABRUPT = 5,      /* abrupt disconnect of a device already lapsed */
+  PRESENCE_DEVICE_DEAD_CLEAN = 6,       /* a clean disconnect */
+  PRESENCE_DEVICE_DEAD_DRAINED = 7,     /* the operator drained its gateway */
+  PRESENCE_DEVICE_DEAD_REPLACED = 8,    /* a newer session of the same device took over */
+  PRESENCE_DEVICE_PROBE_ANSWERED = 9,   /* the host answered a probe of the silent device */
+  PRESENCE_DEVICE_PROBE_GIVEN_UP = 10   /* it died for silence, its probes unanswered */
+} presence_device_event_t;
+
+/* One transition of a device. Frozen layout. */
+typedef struct presence_device_transition_t {
+  int64_t at_ms;       /* the engine's clock when it happened */
+  uint64_t session_id; /* the session it happened to */
+  int32_t event;       /* presence_device_event_t */
+  int32_t platform;    /* presence_platform_t, the device's then */
+} presence_device_transition_t;
+
+/* The device's transitions with at_ms in [from_ms, to_ms], oldest first: an
+ * array of *out_count entries freed with one presence_free(*out_transitions)
+ * (NULL when there are none, as for an unknown user or device). Neither
+ * out-parameter may be NULL. A device's audit is its user's own: the viewer
+ * must be the user (an operator's host asks as the user); any other viewer,
+ * NULL included, gets PERMISSION_DENIED whether or not the user or the device
+ * exists. INVALID_ARGUMENT for a bad id or from_ms after to_ms;
+ * FAILED_PRECONDITION without a history store. */
+PRESENCE_EXPORT int presence_engine_device_history(
+    presence_device_transition_t** out_transitions, size_t* out_count, presence_engine_t* engine,
+    const char* user_id, size_t user_id_len, const char* device_id, size_t device_id_len,
+    int64_t from_ms, int64_t to_ms, const char* viewer_user_id, size_t viewer_user_id_len,
+    char** errmsg);
+
 /* Time the user spent in each state in [from_ms, to_ms], from the history,
  * in the viewer's view; the part of the window after now, or before 0, is
  * not counted. Frozen layout. */
@@ -740,7 +779,8 @@ PRESENCE_EXPORT int presence_engine_erase(presence_engine_t* engine, const char*
 /* The operator's drain of a gateway (a host process going away):
  * disconnects cleanly up to max_devices (> 0) open devices whose signals
  * named `gateway`, and says how many in *out_drained. Call again until it
- * answers 0. NOT_FOUND for a gateway no signal ever named. */
+ * answers 0. NOT_FOUND when no device carries the gateway (none ever did,
+ * or they are all gone). */
 PRESENCE_EXPORT int presence_engine_drain_gateway(size_t* out_drained, presence_engine_t* engine,
                                                   const char* gateway, size_t gateway_len,
                                                   size_t max_devices, char** errmsg);

@@ -224,6 +224,19 @@ class PRESENCE_EXPORT Engine {
                                                   int64_t to_ms,
                                                   absl::string_view viewer_user_id = {});
 
+  // Engine::DeviceHistory: the per-device audit (docs/design.md section 4):
+  // the device's transitions (connect, grace, death with its cause, probe
+  // outcomes) with at_ms in [from_ms, to_ms], oldest first; none for an
+  // unknown user or device. Only the user itself may read it:
+  // PermissionDenied for any other viewer (none included), whether or not
+  // the user or device exists; an operator's host asks as the user.
+  // InvalidArgument for a bad id or from_ms after to_ms; FailedPrecondition
+  // when the engine has no HistoryStore.
+  absl::StatusOr<std::vector<DeviceTransition>> DeviceHistory(absl::string_view user_id,
+                                                              absl::string_view device_id,
+                                                              int64_t from_ms, int64_t to_ms,
+                                                              absl::string_view viewer_user_id);
+
   // Engine::TimeInStates: time spent in each state in [from_ms, to_ms]
   // (the part of the window after now, or before 0, is not counted), from
   // the history, in the viewer's view.
@@ -248,7 +261,10 @@ class PRESENCE_EXPORT Engine {
 
   // Engine::DrainGateway: the operator's drain. Disconnects cleanly up to
   // `max_devices` open devices whose signals named `gateway`; call again
-  // until it answers 0. NotFound for a gateway the engine never saw.
+  // until it answers 0. NotFound when no device of this engine carries the
+  // gateway (none ever did, or they are all gone: the engine forgets a
+  // gateway at the tick after its last device, so gateway ids are not a
+  // resource that runs out).
   absl::StatusOr<size_t> DrainGateway(absl::string_view gateway, size_t max_devices = 1000);
 
   // Engine::ConsumeBus reads up to `max_records` records from Options::bus,

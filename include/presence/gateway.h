@@ -33,10 +33,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "presence/bus.h"
 #include "presence/clock.h"
 #include "presence/export.h"
@@ -69,6 +72,24 @@ class PRESENCE_EXPORT GatewayPublisher {
   // Publish, and keeps the order of everything published.
   virtual absl::StatusOr<uint64_t> PublishDisconnect(const Signal& session,
                                                      DisconnectKind kind) = 0;
+
+  // One item of PublishBatch: a signal, or with `disconnect` set the end of
+  // its session. The signal's ids are viewed, not copied: they must outlive
+  // the call.
+  struct Item {
+    Signal signal;
+    std::optional<DisconnectKind> disconnect;
+  };
+  // Takes each item as Publish (or PublishDisconnect) would, in order, and
+  // publishes what it took with one bus call per 512 records
+  // (Bus::PublishBatch) instead of one per record: a host that collects the
+  // signals of one pass of its event loop sends them at once. Per item, its
+  // trace id or why it was not taken. A bus call that fails leaves all of
+  // its records buffered, in order; some of them may have been written
+  // (see Bus::PublishBatch), so a retry can publish a signal twice, which
+  // the owner takes as the same signal again (a disconnect of a closed
+  // session, or a signal no newer than its device's last, changes nothing).
+  virtual std::vector<absl::StatusOr<uint64_t>> PublishBatch(absl::Span<const Item> items) = 0;
 
   // Publishes what is buffered, in order. OK when nothing is left; the
   // bus's error when it still fails (what remains stays buffered).

@@ -45,6 +45,38 @@ struct Transition {
   int64_t public_last_seen_ms = 0;          // public view
 };
 
+// presence::DeviceEvent: what happened to one device (docs/design.md
+// section 4: the per-device audit). The kDead* events end a session's life
+// and say why.
+enum class DeviceEvent : uint8_t {
+  kConnect = 1,         // a session became live: a new device, a new session, or a revival
+  kGrace = 2,           // an abrupt disconnect: the reconnect grace began
+  kDeadTimeout = 3,     // silent past its offline_after, probes (if any) unanswered
+  kDeadAfterGrace = 4,  // an abrupt disconnect, and the grace ended without a reconnect
+  kDeadAbrupt = 5,      // an abrupt disconnect of a device whose sources had already lapsed
+  kDeadClean = 6,       // a clean disconnect
+  kDeadDrained = 7,     // the operator drained its gateway (Engine::DrainGateway)
+  kDeadReplaced = 8,    // a newer session of the same device took over (live or in grace)
+  kProbeAnswered = 9,   // the host answered a probe of the silent device (rule 9)
+  kProbeGivenUp = 10,   // the device died for silence with its probes unanswered
+};
+
+// presence::DeviceTransition: one entry of a device's audit. Identified by
+// (user_id, device_id, session_id, at_ms, event): appending one already held
+// changes nothing.
+struct DeviceTransition {
+  std::string user_id;
+  std::string device_id;
+  int64_t at_ms = 0;        // the engine's clock when it happened
+  uint64_t session_id = 0;  // the session it happened to
+  DeviceEvent event = DeviceEvent::kConnect;
+  Platform platform = Platform::kOther;  // the device's platform then
+};
+
+// Its name ("connect", "dead_timeout", ...), as the example server and the
+// Go binding spell it.
+PRESENCE_EXPORT absl::string_view DeviceEventName(DeviceEvent e);
+
 class PRESENCE_EXPORT HistoryStore {
  public:
   virtual ~HistoryStore();
@@ -63,10 +95,24 @@ class PRESENCE_EXPORT HistoryStore {
   virtual absl::StatusOr<std::optional<Transition>> LastBefore(absl::string_view user_id,
                                                                int64_t before_ms) = 0;
 
-  // Removes every transition of the user (right to be forgotten).
+  // Appends device transitions (in any order; each device's are kept by
+  // at_ms, then the order they came in). Non-OK: some may not be stored;
+  // appending again is safe.
+  virtual absl::Status AppendDevices(absl::Span<const DeviceTransition> transitions) = 0;
+
+  // The device's transitions with at_ms in [from_ms, to_ms], oldest first.
+  // An unknown user or device has none.
+  virtual absl::StatusOr<std::vector<DeviceTransition>> QueryDevice(absl::string_view user_id,
+                                                                    absl::string_view device_id,
+                                                                    int64_t from_ms,
+                                                                    int64_t to_ms) = 0;
+
+  // Removes every transition of the user, its devices' included (right to
+  // be forgotten).
   virtual absl::Status Erase(absl::string_view user_id) = 0;
 
-  // Removes every transition with at_ms < before_ms (retention).
+  // Removes every transition, device transitions included, with at_ms <
+  // before_ms (retention).
   virtual absl::Status DropBefore(int64_t before_ms) = 0;
 };
 

@@ -170,8 +170,8 @@ struct Options {
   // false, it starts owning none, loads nothing, and serves the partitions
   // that Engine::AssignPartitions gives it (docs/design.md section 6).
   bool owns_all_partitions = true;
-  // Transitions older than this are dropped from the history (checked about
-  // once a minute on Tick). 0: kept for ever.
+  // Transitions older than this, the users' and their devices', are dropped
+  // from the history (checked about once a minute on Tick). 0: kept for ever.
   int64_t history_retention_ms = int64_t{30} * 24 * 3600 * 1000;
 
   // ---- Overload (docs/design.md section 7; docs/operations.md "Overload") ----

@@ -15,9 +15,10 @@
 //   feed->SetOwnedPartitions({1, 2, 3});  // failover: partition 1 is ours now
 //
 // WHAT IT PROMISES
-//   * Only kChange records of partitions not owned are read; kSignal records
-//     are left to the engines. Only changes of users that some subscriber or
-//     topic of the fan-out watches are delivered.
+//   * Only kChange records of partitions not owned are delivered; kSignal
+//     records are left to the engines (RemoteFeedOptions::on_signal is told
+//     of them). Only changes of users that some subscriber or topic of the
+//     fan-out watches are delivered.
 //   * No duplicates: the fan-out ignores a change whose version is not newer
 //     than the one it holds, so reading the bus again from an earlier offset
 //     (Seek) delivers nothing twice.
@@ -67,16 +68,20 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "presence/bus.h"
 #include "presence/export.h"
 #include "presence/fanout.h"
+#include "presence/types.h"
 
 namespace presence {
 
@@ -87,6 +92,12 @@ struct RemoteFeedOptions {
   size_t max_unwatched_users = 100000;
   // Where reading starts: false, each partition's end at Create; true, 0.
   bool from_beginning = false;
+  // Told of each signal (not a disconnect) read from a partition not
+  // owned, as published (its gateway included), so that a gateway can close
+  // its own connection of a device that connected again through another
+  // gateway. Called inside Poll and SetOwnedPartitions: it must not call the
+  // feed. Empty: signals are skipped undecoded.
+  std::function<void(const Signal& signal)> on_signal;
 };
 
 // What one RemoteFeed::Poll did.
@@ -144,6 +155,12 @@ class PRESENCE_EXPORT RemoteFeed {
 
   // The next offset to read, per partition (index = partition).
   std::vector<uint64_t> Offsets() const;
+  // RemoteFeed::Latest is the latest change event the feed holds for a user
+  // of a partition it does not own (watched, or among the unwatched it
+  // keeps; see SNAPSHOTS above), or nullopt: what a gateway answers a query
+  // with. A host that reads from the beginning and keeps as many unwatched
+  // users as there are holds every user's latest change.
+  std::optional<ChangeEvent> Latest(absl::string_view user_id) const;
 
   RemoteFeedStats Stats() const;
   // Prometheus text: records read, delivered, malformed, from an unknown

@@ -235,7 +235,6 @@ struct alignas(8) Device {
   Platform platform = Platform::kOther;
   Phase phase = Phase::kFree;
   uint8_t flags = 0;
-  uint8_t gateway = 0;  // GatewayTable index; 0: none
 
   // The heartbeat's fields end here: BeatMany prefetches up to this byte too.
   static constexpr size_t kHotBytes = 24;

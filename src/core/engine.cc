@@ -111,6 +111,8 @@ class EngineCore {
   Shard& ShardFor(uint64_t hash) { return *shards_[ShardIndex(hash)]; }
 
   // Validates a signal and resolves its time; counts it when invalid.
+  // Called pinned (BeatPin), so that the gateway index it resolves stays
+  // that gateway's until the shard applied it (GatewayTable's grace).
   absl::Status Accept(const Signal& s, int64_t now, AcceptedSignal* out) {
     absl::Status st = ValidateSignal(s);
     if (st.ok()) {
@@ -122,15 +124,8 @@ class EngineCore {
         st = absl::InvalidArgumentError(
             absl::StrCat("timestamp_ms is ", now - ts, " ms behind the engine's clock"));
       }
-      uint8_t gateway = 0;
-      if (st.ok()) {
-        auto g = gateways_.Intern(s.gateway);
-        if (g.ok()) {
-          gateway = *g;
-        } else {
-          st = g.status();
-        }
-      }
+      // The caller is pinned (BeatPin) until the index is on its device.
+      const uint32_t gateway = st.ok() ? gateways_.Intern(s.gateway) : 0;
       *out = AcceptedSignal{&s, HashUserId(s.user_id), std::min(ts, now), gateway};
       if (st.ok()) st = CheckOwned(out->hash);
     }
@@ -152,6 +147,7 @@ class EngineCore {
 
   absl::Status Apply(const Signal& s, DeviceHandle* handle) {
     const int64_t now = Now();
+    BeatPin pin(this);
     AcceptedSignal a;
     if (auto st = Accept(s, now, &a); !st.ok()) return st;
     if (auto hook = test_hooks::keyed_accepted.load()) hook(a.hash);
@@ -162,6 +158,7 @@ class EngineCore {
   BatchResult ApplyBatch(absl::Span<const Signal> signals, bool replay = false) {
     BatchResult result;
     const int64_t now = Now();
+    BeatPin pin(this);
     // Group by shard, keeping each shard's signals in order, so that each
     // shard is locked once per batch: a counting sort, with no allocation
     // once this thread's buffers have grown.
@@ -372,7 +369,8 @@ class EngineCore {
       const bool overloaded =
           (o.overload_tick_budget_ms > 0 && Now() - start > o.overload_tick_budget_ms) ||
           !all_written || bus_backlog_.size() > o.overload_backlog_bound ||
-          history_backlog_.size() > o.overload_backlog_bound;
+          history_backlog_.size() > o.overload_backlog_bound ||
+          device_backlog_.size() > o.overload_backlog_bound;
       overload_level_.store(overload_.Observe(overloaded), std::memory_order_relaxed);
     }
     return published;
@@ -385,16 +383,14 @@ class EngineCore {
   void SendProbes(const std::vector<OutgoingProbe>& probes) ABSL_LOCKS_EXCLUDED(tick_mu_) {
     Prober* prober = config_.options.prober;
     if (prober == nullptr) return;
-    std::string gateway;
     for (const OutgoingProbe& p : probes) {
-      gateway = gateways_.Name(p.gateway);
       ProbeRequest r;
       r.user_id = p.user_id;
       r.device_id = p.device_id;
       r.session_id = p.session_id;
       r.probe_id = p.probe_id;
       r.source = p.source;
-      r.gateway = gateway;
+      r.gateway = p.gateway;
       r.attempt = p.attempt;
       prober->Probe(r);
     }
@@ -414,6 +410,7 @@ class EngineCore {
   // which the caller runs once it released tick_mu_.
   size_t TickLocked(bool* all_written_out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     AdvanceEpoch();
+    ReclaimGateways();
     const int64_t now = Now();
     events_.clear();
     // Signals consumed so far are in the records the shards write now; their
@@ -421,7 +418,9 @@ class EngineCore {
     std::vector<CommittedOffset> offsets = ConsumedOffsets();
     bool all_written = true;
     for (auto& shard : shards_) {
-      if (!shard->Tick(now, &events_, &observed_, &probes_).ok()) all_written = false;
+      if (!shard->Tick(now, &events_, &observed_, &probes_, &device_backlog_).ok()) {
+        all_written = false;
+      }
     }
     if (all_written && config_.options.store != nullptr && !offsets.empty() &&
         offsets != committed_) {
@@ -510,8 +509,9 @@ class EngineCore {
     for (const DeviceRecord& d : loader.devices) {
       if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok()) continue;
       if (!wanted(PartitionOf(d.user_id))) continue;
-      auto g = gateways_.Intern(d.gateway);
-      if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g.ok() ? *g : 0, now); !st.ok()) {
+      // Under tick_mu_: no Reclaim runs before the index is on its device.
+      const uint32_t g = gateways_.Intern(d.gateway);
+      if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g, now); !st.ok()) {
         return st;
       }
     }
@@ -716,6 +716,25 @@ class EngineCore {
     return out;
   }
 
+  // A device's audit is the user's own (docs/design.md rule 8): anyone else
+  // is refused, whether or not the user or the device exists, so that the
+  // refusal tells nothing. Operators read it through the host, as the user.
+  absl::StatusOr<std::vector<DeviceTransition>> DeviceHistory(absl::string_view user,
+                                                              absl::string_view device,
+                                                              int64_t from, int64_t to,
+                                                              absl::string_view viewer) {
+    if (auto st = ValidateUserId(user); !st.ok()) return st;
+    if (auto st = ValidateDeviceId(device); !st.ok()) return st;
+    if (from > to) return absl::InvalidArgumentError("from_ms is after to_ms");
+    if (viewer != user) {
+      return absl::PermissionDeniedError("a device's history is only its user's own");
+    }
+    if (config_.options.history == nullptr) {
+      return absl::FailedPreconditionError("the engine has no history store");
+    }
+    return config_.options.history->QueryDevice(user, device, from, to);
+  }
+
   static Transition PublicTransition(const Transition& t) {
     Transition p = t;
     p.version = t.public_version;
@@ -787,6 +806,10 @@ class EngineCore {
       history_backlog_.erase(std::remove_if(history_backlog_.begin(), history_backlog_.end(),
                                             [&](const Transition& t) { return t.user_id == user; }),
                              history_backlog_.end());
+      device_backlog_.erase(
+          std::remove_if(device_backlog_.begin(), device_backlog_.end(),
+                         [&](const DeviceTransition& t) { return t.user_id == user; }),
+          device_backlog_.end());
       if (auto st = config_.options.history->Erase(user); !st.ok()) {
         ++history_errors_;
         return st;
@@ -799,13 +822,13 @@ class EngineCore {
     if (gateway.empty() || gateway.size() > kMaxGatewayIdBytes) {
       return absl::InvalidArgumentError("gateway must be 1 to 128 bytes");
     }
-    const uint8_t g = gateways_.Find(gateway);
-    if (g == 0) return absl::NotFoundError("no signal ever named this gateway");
+    const std::vector<uint32_t> gs = gateways_.IndexesOf(gateway);
+    if (gs.empty()) return absl::NotFoundError("no device carries this gateway");
     const int64_t now = Now();
     size_t n = 0;
     for (auto& shard : shards_) {
       if (n >= max) break;
-      n += shard->DrainGateway(g, max - n, now);
+      n += shard->DrainGateway(gs, max - n, now);
     }
     return n;
   }
@@ -911,6 +934,13 @@ class EngineCore {
     epochs_.safe.store(safe, std::memory_order_release);
   }
 
+  // Lets go of the gateway ids no device carries any more (GatewayTable).
+  void ReclaimGateways() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    std::vector<uint64_t> count;
+    for (auto& shard : shards_) shard->AddGatewayRefs(&count);
+    gateways_.Reclaim(count);
+  }
+
   std::string RenderMetrics() {
     Shard::Stats st = Stats();
     st.counters.dropped[static_cast<int>(DropReason::kInvalid)] +=
@@ -989,7 +1019,8 @@ class EngineCore {
       Metric(&out, "presence_history_errors_total", "counter",
              "Failed history appends (retried) and retention runs.", history_errors_);
       Metric(&out, "presence_history_backlog", "gauge",
-             "Transitions waiting to be appended to the history.", history_backlog_.size());
+             "Transitions (users' and devices') waiting to be appended to the history.",
+             history_backlog_.size() + device_backlog_.size());
       Metric(&out, "presence_history_dropped_total", "counter",
              "Transitions dropped because the history backlog was full.", history_dropped_);
       Metric(&out, "presence_bus_backlog", "gauge",
@@ -998,6 +1029,8 @@ class EngineCore {
       Metric(&out, "presence_bus_dropped_total", "counter",
              "Change events dropped because the bus backlog was full.", bus_dropped_);
     }
+    Metric(&out, "presence_gateways", "gauge",
+           "Gateway ids held: carried by a device, or in their grace period.", gateways_.size());
     Metric(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.",
            bus_errors_.load());
     Metric(&out, "presence_bus_wrong_partition_total", "counter",
@@ -1087,23 +1120,30 @@ class EngineCore {
       t.last_seen_ms = e.self_last_seen_ms;
       history_backlog_.push_back(std::move(t));
     }
-    constexpr size_t kMaxBacklog = 1 << 20;
-    if (history_backlog_.size() > kMaxBacklog) {
-      history_dropped_ += history_backlog_.size() - kMaxBacklog;
-      history_backlog_.erase(history_backlog_.begin(),
-                             history_backlog_.end() - static_cast<std::ptrdiff_t>(kMaxBacklog));
-    }
-    if (!history_backlog_.empty()) {
-      if (history->Append(history_backlog_).ok()) {
-        history_backlog_.clear();
-      } else {
-        ++history_errors_;
-      }
-    }
+    Flush(&history_backlog_, [&](absl::Span<const Transition> b) { return history->Append(b); });
+    Flush(&device_backlog_,
+          [&](absl::Span<const DeviceTransition> b) { return history->AppendDevices(b); });
     const int64_t retention = config_.options.history_retention_ms;
     if (retention > 0 && now - last_retention_ms_ >= 60000) {
       last_retention_ms_ = now;
       if (!history->DropBefore(now - retention).ok()) ++history_errors_;
+    }
+  }
+
+  // Appends a backlog to the history, keeping it when that fails (bounded:
+  // past the bound the oldest are dropped and counted).
+  template <typename T, typename AppendFn>
+  void Flush(std::vector<T>* backlog, AppendFn append) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    constexpr size_t kMaxBacklog = 1 << 20;
+    if (backlog->size() > kMaxBacklog) {
+      history_dropped_ += backlog->size() - kMaxBacklog;
+      backlog->erase(backlog->begin(), backlog->end() - static_cast<std::ptrdiff_t>(kMaxBacklog));
+    }
+    if (backlog->empty()) return;
+    if (append(*backlog).ok()) {
+      backlog->clear();
+    } else {
+      ++history_errors_;
     }
   }
 
@@ -1141,7 +1181,7 @@ class EngineCore {
   Clock* const clock_;
   SlotEpochs epochs_;
   std::atomic<uint64_t> next_override_id_{1};
-  GatewayTable gateways_;
+  GatewayTable gateways_{&epochs_};
   std::atomic<int64_t> charged_bytes_{0};
   ProbeBudget probe_budget_;
   const ShardConfig config_;
@@ -1176,6 +1216,8 @@ class EngineCore {
   internal::Mutex listeners_mu_;
   std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(listeners_mu_);
   std::vector<Transition> history_backlog_ ABSL_GUARDED_BY(tick_mu_);
+  // Device transitions the shards handed out, waiting for the history.
+  std::vector<DeviceTransition> device_backlog_ ABSL_GUARDED_BY(tick_mu_);
   std::vector<CommittedOffset> committed_ ABSL_GUARDED_BY(tick_mu_);
   uint64_t history_errors_ ABSL_GUARDED_BY(tick_mu_) = 0;
   uint64_t history_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
@@ -1214,6 +1256,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   auto core = std::make_unique<EngineCore>(options);
   if (auto st = core->Create(); !st.ok()) return st;
   return std::unique_ptr<Engine>(new Engine(std::move(core)));
+}
+
+absl::StatusOr<std::vector<DeviceTransition>> Engine::DeviceHistory(
+    absl::string_view user_id, absl::string_view device_id, int64_t from_ms, int64_t to_ms,
+    absl::string_view viewer_user_id) {
+  return core_->DeviceHistory(user_id, device_id, from_ms, to_ms, viewer_user_id);
 }
 
 absl::StatusOr<std::vector<Transition>> Engine::History(absl::string_view user_id, int64_t from_ms,

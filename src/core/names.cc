@@ -1,4 +1,5 @@
 // Names of the public enums, for logs and metrics labels.
+#include "presence/history.h"
 #include "presence/types.h"
 
 namespace presence {
@@ -42,6 +43,22 @@ absl::string_view CauseName(Cause c) {
     case Cause::kOverrideExpiry: return "override_expiry";
     case Cause::kMerge: return "merge";
     case Cause::kWithheld: return "withheld";
+  }
+  return "unknown";
+}
+
+absl::string_view DeviceEventName(DeviceEvent e) {
+  switch (e) {
+    case DeviceEvent::kConnect: return "connect";
+    case DeviceEvent::kGrace: return "grace";
+    case DeviceEvent::kDeadTimeout: return "dead_timeout";
+    case DeviceEvent::kDeadAfterGrace: return "dead_after_grace";
+    case DeviceEvent::kDeadAbrupt: return "dead_abrupt";
+    case DeviceEvent::kDeadClean: return "dead_clean";
+    case DeviceEvent::kDeadDrained: return "dead_drained";
+    case DeviceEvent::kDeadReplaced: return "dead_replaced";
+    case DeviceEvent::kProbeAnswered: return "probe_answered";
+    case DeviceEvent::kProbeGivenUp: return "probe_given_up";
   }
   return "unknown";
 }

@@ -295,8 +295,24 @@ void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t
   }
 }
 
-void Shard::MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) {
-  EndProbing(di, /*gave_up=*/cause == Cause::kTimeout);
+void Shard::Audit(uint32_t di, DeviceEvent event, int64_t now_ms) {
+  if (config_->options.history == nullptr) return;
+  const Device& d = devices_.at(di);
+  DeviceTransition& t = audit_.emplace_back();
+  t.user_id = std::string(users_[d.user].id.view());
+  t.device_id = std::string(d.id.view());
+  t.at_ms = now_ms;
+  t.session_id = d.session;
+  t.event = event;
+  t.platform = d.platform;
+}
+
+void Shard::MarkDead(uint32_t di, DeviceEvent why, int64_t now_ms) {
+  const bool timeout = why == DeviceEvent::kDeadTimeout;
+  const bool unclean = why != DeviceEvent::kDeadClean && why != DeviceEvent::kDeadDrained;
+  const Cause cause = timeout ? Cause::kTimeout : Cause::kDisconnect;
+  if (EndProbing(di, /*gave_up=*/timeout)) Audit(di, DeviceEvent::kProbeGivenUp, now_ms);
+  Audit(di, why, now_ms);
   Device& d = devices_.at(di);
   // Always dirty: the timer that would have noticed the lapse is superseded.
   MarkDirty(d.user, cause, 0, now_ms);
@@ -335,7 +351,7 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
   }
   Uncharge(DeviceCharge(d.id.view()));
   d.id.reset();
-  d.gateway = 0;
+  SetGateway(di, 0);
   d.session = 0;
   d.user = kNone;
   d.phase = Phase::kFree;
@@ -362,9 +378,9 @@ absl::Status Shard::Drop(DropReason reason, absl::string_view message) {
   return absl::FailedPreconditionError(message);
 }
 
-absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
-                                  int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit,
-                                  bool probe_answer) {
+absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Platform platform, Source source,
+                                  Activity activity, int64_t ts_ms, uint64_t trace_id,
+                                  int64_t now_ms, bool limit, bool probe_answer) {
   Device& d = devices_.at(di);
   const int si = SourceIndex(source);
   if (session < d.session) return Drop(DropReason::kStaleSession, "stale signal: older session");
@@ -389,7 +405,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
     // Past its deadline, and no timer noticed yet: Get already answered it
     // dead, so it dies now, as the timer would have, and the revival below
     // counts as a false offline (or is published, if the user's state moved).
-    MarkDead(di, /*unclean=*/true, Cause::kTimeout, now_ms);
+    MarkDead(di, DeviceEvent::kDeadTimeout, now_ms);
   }
   // Compared with what the timers and the publisher last saw of the device,
   // so that a lapse that happened since (and that no tick noticed yet) is
@@ -397,6 +413,11 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
   const DeviceView before = LastEvaluated(di);
   uint32_t bits = d.bits();
   User& user = users_[d.user];
+  // A new session, or a device that was not live, connects; a live (or
+  // grace) session that a newer one replaces ends first.
+  const bool connects = new_session || d.phase != Phase::kLive;
+  if (new_session && d.phase != Phase::kDead) Audit(di, DeviceEvent::kDeadReplaced, now_ms);
+  d.platform = platform;  // the entries above are about the device as it was
   if (new_session) {
     // The old session's signals stay in the user's last_seen.
     user.last_seen_ms = std::max(user.last_seen_ms, Evaluate(di, now_ms).last_signal_ms);
@@ -420,6 +441,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Source source, 
     d.phase = Phase::kLive;
     d.flags &= ~dflag::kDiedUnclean;
   }
+  if (connects) Audit(di, DeviceEvent::kConnect, now_ms);
   if (d.has_seen(si)) {
     const int64_t prev = Expand32(d.seen[si].load(std::memory_order_relaxed), now_ms);
     ts_ms = std::max(ts_ms, prev);
@@ -476,14 +498,12 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   }
   Device& d = devices_.at(di);
   const Platform old_platform = d.platform;
-  const uint8_t old_gateway = d.gateway;
-  d.platform = s.platform;
-  if (a.gateway != 0) d.gateway = a.gateway;
-  absl::Status st = ApplyToDevice(di, s.session_id, s.source, s.activity, a.timestamp_ms,
-                                  s.trace_id, now_ms, /*limit=*/!a.replay);
+  const uint32_t old_gateway = GatewayOf(di);
+  if (a.gateway != 0) SetGateway(di, a.gateway);
+  absl::Status st = ApplyToDevice(di, s.session_id, s.platform, s.source, s.activity,
+                                  a.timestamp_ms, s.trace_id, now_ms, /*limit=*/!a.replay);
   if (!st.ok()) {
-    d.platform = old_platform;
-    d.gateway = old_gateway;
+    SetGateway(di, old_gateway);
     if (created) FreeDevice(di, now_ms);  // cannot happen today; never leave it unscheduled
     return st;
   }
@@ -557,10 +577,11 @@ absl::Status Shard::BeatLocked(uint32_t index, uint32_t gen, Activity activity, 
   if (d.phase == Phase::kFree || d.gen() != gen || (d.flags & dflag::kClosed)) {
     return Drop(DropReason::kClosedHandle, "handle is closed or expired");
   }
-  return ApplyToDevice(index, d.session, source, activity, now_ms, 0, now_ms);
+  return ApplyToDevice(index, d.session, d.platform, source, activity, now_ms, 0, now_ms);
 }
 
-absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms) {
+absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms,
+                                 DeviceEvent clean_end) {
   Device& d = devices_.at(di);
   const DeviceView before = Evaluate(di, now_ms);
   EndProbing(di, /*gave_up=*/false);  // the session is over: answers are late
@@ -575,13 +596,14 @@ absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_m
     d.phase = Phase::kGrace;
     d.flags = before.online ? (d.flags | dflag::kGraceOnline) : (d.flags & ~dflag::kGraceOnline);
     Schedule(di, now_ms + config_->options.reconnect_grace_ms, now_ms);
+    Audit(di, DeviceEvent::kGrace, now_ms);
     // What it shows during the grace may differ from what was last published
     // (a source lapsed since the last tick).
     MarkDirty(d.user, Cause::kDisconnect, 0, now_ms);
     return absl::OkStatus();
   }
   d.bump_gen(d.bits() & ~(fast::kAllLive | fast::kOpen));
-  MarkDead(di, /*unclean=*/kind == DisconnectKind::kAbrupt, Cause::kDisconnect, now_ms);
+  MarkDead(di, kind == DisconnectKind::kAbrupt ? DeviceEvent::kDeadAbrupt : clean_end, now_ms);
   return absl::OkStatus();
 }
 
@@ -822,12 +844,12 @@ void Shard::FireDevice(uint32_t di, int64_t now_ms) {
       FreeDevice(di, now_ms);
       break;
     case Phase::kGrace:
-      MarkDead(di, /*unclean=*/true, Cause::kDisconnect, now_ms);
+      MarkDead(di, DeviceEvent::kDeadAfterGrace, now_ms);
       break;
     case Phase::kLive: {
       const DeviceView now_view = Evaluate(di, now_ms);
       if (!now_view.live) {
-        MarkDead(di, /*unclean=*/true, Cause::kTimeout, now_ms);
+        MarkDead(di, DeviceEvent::kDeadTimeout, now_ms);
         break;
       }
       // Still live (it signalled since this timer was set, or another source
@@ -902,7 +924,7 @@ int64_t Shard::ProbeStep(uint32_t di, const DeviceView& v, int64_t now_ms) {
   if (now_ms < due) return due;
   ++p.tries;
   const int64_t next = p.tries < o.max_probes ? v.quiet_at_ms + p.tries * o.probe_retry_ms : kNever;
-  if (!config_->probe_budget->Take(d.gateway, now_ms,
+  if (!config_->probe_budget->Take(GatewayOf(di), now_ms,
                                    static_cast<uint32_t>(o.max_probes_per_gateway_per_sec))) {
     ++counters_.probes_throttled;
     return next;
@@ -918,19 +940,21 @@ int64_t Shard::ProbeStep(uint32_t di, const DeviceView& v, int64_t now_ms) {
   out.session_id = d.session;
   out.probe_id = id;
   out.source = source;
-  out.gateway = d.gateway;
+  out.gateway = config_->gateways->Name(GatewayOf(di));
   out.attempt = p.tries;
   return next;
 }
 
-void Shard::EndProbing(uint32_t di, bool gave_up) {
-  if (probing_.empty()) return;
+bool Shard::EndProbing(uint32_t di, bool gave_up) {
+  if (probing_.empty()) return false;
   auto it = probing_.find(di);
-  if (it == probing_.end()) return;
+  if (it == probing_.end()) return false;
   const Probing& p = it->second;
-  if (gave_up && p.sent > 0) ++counters_.probes_given_up;
+  gave_up = gave_up && p.sent > 0;
+  if (gave_up) ++counters_.probes_given_up;
   for (int k = 0; k < p.sent; ++k) awaited_.erase(p.ids[k]);
   probing_.erase(it);
+  return gave_up;
 }
 
 absl::Status Shard::AnswerProbe(uint64_t probe_id, int64_t now_ms) {
@@ -948,20 +972,21 @@ absl::Status Shard::AnswerProbe(uint64_t probe_id, int64_t now_ms) {
   // offline_after is the upper bound (rule 9): past its deadline the device
   // died, whether or not a timer noticed yet.
   if (!Evaluate(di, now_ms).live) {
-    MarkDead(di, /*unclean=*/true, Cause::kTimeout, now_ms);
+    MarkDead(di, DeviceEvent::kDeadTimeout, now_ms);
     ++counters_.probes_late;
     return absl::FailedPreconditionError(
         "late probe answer: the device's offline_after passed first; nothing applied");
   }
   EndProbing(di, /*gave_up=*/false);
   ++counters_.probes_answered;
+  Audit(di, DeviceEvent::kProbeAnswered, now_ms);
   Device& d = devices_.at(di);
   // The answer says the device is there, not what its user does: the
   // source keeps the activity it last had.
   const Activity activity =
       (d.bits() & fast::ActiveBit(SourceIndex(source))) ? Activity::kActive : Activity::kIdle;
-  return ApplyToDevice(di, d.session, source, activity, now_ms, 0, now_ms, /*limit=*/false,
-                       /*probe_answer=*/true);
+  return ApplyToDevice(di, d.session, d.platform, source, activity, now_ms, 0, now_ms,
+                       /*limit=*/false, /*probe_answer=*/true);
 }
 
 void Shard::FireUser(uint32_t u, int64_t now_ms) {
@@ -971,7 +996,8 @@ void Shard::FireUser(uint32_t u, int64_t now_ms) {
 }
 
 absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
-                        TickObservations* observed, std::vector<OutgoingProbe>* probes) {
+                        TickObservations* observed, std::vector<OutgoingProbe>* probes,
+                        std::vector<DeviceTransition>* audit) {
   internal::MutexLock lock(&mu_);
   if (!forgotten_.empty()) {
     const uint64_t floor = static_cast<uint64_t>(now_ms) << 10;
@@ -986,6 +1012,8 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
   // fails: they change no record.
   for (OutgoingProbe& p : outgoing_) probes->push_back(std::move(p));
   outgoing_.clear();
+  for (DeviceTransition& t : audit_) audit->push_back(std::move(t));
+  audit_.clear();
   while (!user_timers_.empty() && user_timers_.begin()->first <= now_ms) {
     const uint32_t u = user_timers_.begin()->second;
     user_timers_.erase(user_timers_.begin());

@@ -17,12 +17,14 @@
 #include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "src/core/mutex.h"
 #include "presence/engine.h"
+#include "presence/history.h"
 #include "presence/options.h"
 #include "presence/store.h"
 #include "presence/types.h"
@@ -55,17 +57,19 @@ uint64_t NextVersion(uint64_t current, int64_t now_ms);
 
 // The probes sent per second per gateway (Options::max_probes_per_gateway_per_sec):
 // a TakeFromWindow window per GatewayTable index (0: devices that named no
-// gateway).
+// gateway). An index reused for another gateway starts from the window its
+// previous gateway left, at most a second's worth of probes.
 class ProbeBudget {
  public:
   // Counts one probe for `gateway` at `now_ms`; false when it passes `limit`
   // per second (0: no limit).
-  bool Take(uint8_t gateway, int64_t now_ms, uint32_t limit) {
-    return TakeFromWindow(window_[gateway], now_ms, limit);
+  bool Take(uint32_t gateway, int64_t now_ms, uint32_t limit) {
+    return TakeFromWindow(window_.try_emplace(gateway, 0u).first->second, now_ms, limit);
   }
 
  private:
-  std::atomic<uint32_t> window_[256] = {};
+  // Nodes stay where they are: a window is an atomic.
+  absl::node_hash_map<uint32_t, std::atomic<uint32_t>> window_;
 };
 
 // A probe a shard decided to send on Tick; the engine hands it to the
@@ -76,7 +80,7 @@ struct OutgoingProbe {
   uint64_t session_id = 0;
   uint64_t probe_id = 0;
   Source source = Source::kApp;
-  uint8_t gateway = 0;
+  std::string gateway;  // the device's, named while its index is held
   int attempt = 1;
 };
 
@@ -102,7 +106,7 @@ struct AcceptedSignal {
   const presence::Signal* signal;
   uint64_t hash;
   int64_t timestamp_ms;
-  uint8_t gateway;  // GatewayTable index of signal->gateway (0: none)
+  uint32_t gateway;  // GatewayTable index of signal->gateway (0: none)
   // Read back from the bus (catch-up, replay): the flood limit applied when
   // it came in, and is not applied again (docs/design.md section 6).
   bool replay = false;
@@ -155,9 +159,11 @@ class Shard {
   // one's signal-to-publish latency and the store write's latency in
   // `observed`. A failed store write publishes nothing and returns its
   // status; the next tick retries. Probes that fell due are appended to
-  // `probes` (docs/design.md rule 9).
+  // `probes` (docs/design.md rule 9), and, with a HistoryStore, the device
+  // transitions since the last tick to `audit` (docs/design.md section 4),
+  // both even when the write fails.
   absl::Status Tick(int64_t now_ms, std::vector<ChangeEvent>* out, TickObservations* observed,
-                    std::vector<OutgoingProbe>* probes);
+                    std::vector<OutgoingProbe>* probes, std::vector<DeviceTransition>* audit);
 
   // Engine::AnswerProbe for a probe id of this shard: the answer counts as a
   // signal of the probed device and source, at now.
@@ -166,13 +172,16 @@ class Shard {
   // ---- Durable state (src/core/shard_durable.cc) ----
   // Rebuild: records loaded from the Store, in any order.
   void LoadUser(const UserRecord& record, int64_t now_ms);
-  absl::Status LoadDevice(const DeviceRecord& record, uint8_t gateway, int64_t now_ms);
+  absl::Status LoadDevice(const DeviceRecord& record, uint32_t gateway, int64_t now_ms);
   // Forgets everything about the user and queues its erasure in the Store
   // with the next write. Returns whether the engine held the user.
   bool EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms);
-  // Disconnects, cleanly, up to `budget` open devices that gateway `g`
-  // carried; returns how many.
-  size_t DrainGateway(uint8_t g, size_t budget, int64_t now_ms);
+  // Disconnects, cleanly, up to `budget` open devices that carry one of the
+  // gateway indexes `gs` (a gateway's and its aliases'); returns how many.
+  size_t DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64_t now_ms);
+  // Adds to (*count)[g] the devices of this shard that carry gateway index g
+  // (grows *count as needed), for GatewayTable::Reclaim.
+  void AddGatewayRefs(std::vector<uint64_t>* count) const;
   // Drops the users for which drop(user_id) is true, with their devices and
   // overrides, writing nothing of them to the Store: another engine holds
   // them now (a partition moved). Returns how many users it dropped.
@@ -274,6 +283,11 @@ class Shard {
   UserRecord UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   DeviceRecord DeviceRecordOf(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t GatewayOf(uint32_t di) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return di < device_gateway_.size() ? device_gateway_[di] : 0;
+  }
+  // Sets device di's gateway index, keeping gateway_refs_.
+  void SetGateway(uint32_t di, uint32_t g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The version of the next record this shard writes: grows by at least one
   // per record and never falls below the clock in ms shifted left by 10.
   uint64_t NextRecordVersion(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -320,12 +334,18 @@ class Shard {
   // replay).
   // `probe_answer`: the answer to a probe (not counted against the limit,
   // not a heartbeat the detector learns from).
-  absl::Status ApplyToDevice(uint32_t di, uint64_t session, Source source, Activity activity,
-                             int64_t ts_ms, uint64_t trace_id, int64_t now_ms, bool limit = true,
-                             bool probe_answer = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `platform`: the signal's; the device takes it after its old session's
+  // entries are audited.
+  absl::Status ApplyToDevice(uint32_t di, uint64_t session, Platform platform, Source source,
+                             Activity activity, int64_t ts_ms, uint64_t trace_id, int64_t now_ms,
+                             bool limit = true, bool probe_answer = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Drop(DropReason reason, absl::string_view message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms)
+  // `clean_end` says, for the audit, why a clean disconnect came
+  // (kDeadClean, or kDeadDrained for the operator's drain).
+  absl::Status CloseSession(uint32_t di, DisconnectKind kind, int64_t now_ms,
+                            DeviceEvent clean_end = DeviceEvent::kDeadClean)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   uint32_t FindUser(absl::string_view id, uint64_t hash) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -358,7 +378,13 @@ class Shard {
   // device contributes (live, online) changed.
   void Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t trace_id,
                int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void MarkDead(uint32_t di, bool unclean, Cause cause, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The device dies; `why` (a kDead* event) is what the audit records, and
+  // decides the cause it publishes (timeout or disconnect) and whether it
+  // died uncleanly (all but a clean disconnect or drain).
+  void MarkDead(uint32_t di, DeviceEvent why, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records a transition of the device for the audit (only with a
+  // HistoryStore); handed to the engine on Tick.
+  void Audit(uint32_t di, DeviceEvent event, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeDevice(uint32_t di, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The due time Schedule sets for `due_ms`.
@@ -390,8 +416,9 @@ class Shard {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The device's probing ends (it signalled, died, disconnected or is
   // freed): answers to its probes are late from now on. `gave_up`: it died
-  // by timeout, so probes it was sent went unanswered.
-  void EndProbing(uint32_t di, bool gave_up) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // by timeout, so probes it was sent went unanswered. Returns whether it
+  // gave up on probes that were sent.
+  bool EndProbing(uint32_t di, bool gave_up) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -495,8 +522,14 @@ class Shard {
   // index in its high 8 bits and the sequence number below.
   uint64_t probe_seq_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<OutgoingProbe> outgoing_ ABSL_GUARDED_BY(mu_);
+  // Device transitions since the last tick (docs/design.md section 4).
+  std::vector<DeviceTransition> audit_ ABSL_GUARDED_BY(mu_);
   size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;
   size_t override_count_ ABSL_GUARDED_BY(mu_) = 0;
+  // The gateway index of each device record (0: none), beside the records
+  // (which are a cache line, full), and how many devices carry each index.
+  std::vector<uint32_t> device_gateway_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> gateway_refs_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace presence::internal

@@ -40,7 +40,7 @@ DeviceRecord Shard::DeviceRecordOf(uint32_t di, int64_t now_ms) {
     r.activity[i] = (bits & fast::ActiveBit(i)) ? Activity::kActive : Activity::kIdle;
   }
   r.closed = d.flags & dflag::kClosed;
-  r.gateway = config_->gateways->Name(d.gateway);
+  r.gateway = config_->gateways->Name(GatewayOf(di));
   r.version = NextRecordVersion(now_ms);
   return r;
 }
@@ -124,7 +124,7 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   MarkDirty(u, Cause::kMerge, 0, now_ms);
 }
 
-absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t now_ms) {
+absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
   const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
@@ -148,7 +148,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint8_t gateway, int64_t n
   ++user.device_count;
   d.session = r.session_id;
   d.platform = r.platform;
-  d.gateway = gateway;
+  SetGateway(di, gateway);
   uint32_t bits = 0;
   for (int i = 0; i < kSourceCount; ++i) {
     if (r.last_signal_ms[i] != 0 && now_ms - r.last_signal_ms[i] < (int64_t{1} << 30)) {
@@ -185,6 +185,10 @@ void Shard::Unpend(uint32_t u) {
 bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
   erasures_.push_back({std::string(user_id), NextRecordVersion(now_ms)});
+  // Its device transitions not yet handed out are forgotten too.
+  audit_.erase(std::remove_if(audit_.begin(), audit_.end(),
+                              [&](const DeviceTransition& t) { return t.user_id == user_id; }),
+               audit_.end());
   const uint32_t u = FindUser(user_id, hash);
   if (u == kNone) return false;
   User& user = users_[u];
@@ -227,7 +231,28 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
   return true;
 }
 
-size_t Shard::DrainGateway(uint8_t g, size_t budget, int64_t now_ms) {
+void Shard::SetGateway(uint32_t di, uint32_t g) {
+  if (di >= device_gateway_.size()) {
+    if (g == 0) return;
+    device_gateway_.resize(std::max<size_t>(di + 1, device_gateway_.size() * 2), 0);
+  }
+  uint32_t& cur = device_gateway_[di];
+  if (cur == g) return;
+  if (cur != 0) --gateway_refs_[cur];
+  if (g != 0) {
+    if (g >= gateway_refs_.size()) gateway_refs_.resize(g + 1, 0);
+    ++gateway_refs_[g];
+  }
+  cur = g;
+}
+
+void Shard::AddGatewayRefs(std::vector<uint64_t>* count) const {
+  internal::MutexLock lock(&mu_);
+  if (count->size() < gateway_refs_.size()) count->resize(gateway_refs_.size(), 0);
+  for (size_t g = 0; g < gateway_refs_.size(); ++g) (*count)[g] += gateway_refs_[g];
+}
+
+size_t Shard::DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
   size_t n = 0;
   for (uint32_t u = 0; u < users_.size() && n < budget; ++u) {
@@ -235,8 +260,11 @@ size_t Shard::DrainGateway(uint8_t g, size_t budget, int64_t now_ms) {
     for (uint32_t di = users_[u].first_device; di != kNone && n < budget;
          di = devices_.at(di).next) {
       const Device& d = devices_.at(di);
-      if (d.gateway != g || (d.flags & dflag::kClosed)) continue;
-      (void)CloseSession(di, DisconnectKind::kClean, now_ms);
+      if ((d.flags & dflag::kClosed) ||
+          std::find(gs.begin(), gs.end(), GatewayOf(di)) == gs.end()) {
+        continue;
+      }
+      (void)CloseSession(di, DisconnectKind::kClean, now_ms, DeviceEvent::kDeadDrained);
       ++n;
     }
   }

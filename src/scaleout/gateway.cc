@@ -1,8 +1,11 @@
 #include "presence/gateway.h"
 
+#include <algorithm>
+#include <cstddef>
 #include <deque>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "presence/wire.h"
@@ -28,23 +31,26 @@ class GatewayPublisherImpl final : public GatewayPublisher {
         trace_base_(XXH3_64bits(o.gateway_id.data(), o.gateway_id.size())) {}
 
   absl::StatusOr<uint64_t> Publish(const Signal& signal) override {
-    return Enqueue(signal, std::nullopt);
+    internal::MutexLock lock(&mu_);
+    return PublishLocked(signal, std::nullopt);
   }
-
   absl::StatusOr<uint64_t> PublishDisconnect(const Signal& session, DisconnectKind kind) override {
-    if (auto st = internal::ValidateDisconnectKind(kind); !st.ok()) {
-      internal::MutexLock lock(&mu_);
-      ++stats_.invalid;
-      return st;
-    }
-    return Enqueue(session, kind);
+    internal::MutexLock lock(&mu_);
+    return PublishLocked(session, kind);
   }
-
+  std::vector<absl::StatusOr<uint64_t>> PublishBatch(absl::Span<const Item> items) override {
+    internal::MutexLock lock(&mu_);
+    std::vector<absl::StatusOr<uint64_t>> out;
+    out.reserve(items.size());
+    (void)FlushLocked();  // what waits goes first
+    for (const Item& item : items) out.push_back(Take(item.signal, item.disconnect));
+    (void)FlushLocked();  // a failure leaves them waiting, in order
+    return out;
+  }
   absl::Status Flush() override {
     internal::MutexLock lock(&mu_);
     return FlushLocked();
   }
-
   Stats stats() const override {
     internal::MutexLock lock(&mu_);
     Stats s = stats_;
@@ -53,47 +59,62 @@ class GatewayPublisherImpl final : public GatewayPublisher {
   }
 
  private:
-  // A signal, or the end of its session, normalized and published in order.
-  absl::StatusOr<uint64_t> Enqueue(const Signal& signal, std::optional<DisconnectKind> disconnect) {
+  absl::StatusOr<uint64_t> PublishLocked(const Signal& signal, std::optional<DisconnectKind> disconnect)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    (void)FlushLocked();  // what waits goes first; a failure leaves it waiting
+    absl::StatusOr<uint64_t> trace = Take(signal, disconnect);
+    if (trace.ok()) (void)FlushLocked();  // this signal too, or it waits with them
+    return trace;
+  }
+
+  // A signal, or the end of its session, normalized and queued behind what
+  // waits: its trace id, or why it was not taken.
+  absl::StatusOr<uint64_t> Take(const Signal& signal, std::optional<DisconnectKind> disconnect)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (disconnect) {
+      if (auto st = internal::ValidateDisconnectKind(*disconnect); !st.ok()) {
+        ++stats_.invalid;
+        return st;
+      }
+    }
     Signal s = signal;
     s.gateway = options_.gateway_id;
-    internal::MutexLock lock(&mu_);
     if (s.timestamp_ms == 0) s.timestamp_ms = clock_->NowMs();
     if (s.trace_id == 0) s.trace_id = NextTraceId();
     if (auto st = internal::ValidateSignal(s); !st.ok()) {
       ++stats_.invalid;
       return st;
     }
-    // What waits goes first.
-    (void)FlushLocked();  // a failure leaves them waiting, and this signal joins them
     if (queue_.size() >= options_.max_buffered) {
       ++stats_.refused;
       return absl::ResourceExhaustedError(absl::StrCat(
           "the bus is failing and ", queue_.size(), " signals wait for it (the gateway's bound): ",
           "slow down and retry (", last_error_.message(), ")"));
     }
-    Outgoing out{std::string(s.user_id),
-                 disconnect ? EncodeDisconnect(s, *disconnect) : EncodeSignal(s)};
-    if (queue_.empty() && Send(out).ok()) return s.trace_id;
-    queue_.push_back(std::move(out));
+    queue_.push_back(Outgoing{std::string(s.user_id),
+                              disconnect ? EncodeDisconnect(s, *disconnect) : EncodeSignal(s)});
     return s.trace_id;
   }
 
-  absl::Status Send(const Outgoing& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    auto off = bus_->Publish(BusRecordType::kSignal, out.user_id, out.payload);
-    if (!off.ok()) {
-      ++stats_.bus_errors;
-      last_error_ = off.status();
-      return off.status();
-    }
-    ++stats_.published;
-    return absl::OkStatus();
-  }
-
+  // Publishes the queue in order, up to 512 records per bus call; stops at
+  // the first failure, leaving that call's records and the rest queued.
   absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    constexpr size_t kMaxBatch = 512;
+    std::vector<BusMessage> batch;
     while (!queue_.empty()) {
-      if (auto st = Send(queue_.front()); !st.ok()) return st;
-      queue_.pop_front();
+      const size_t n = std::min(queue_.size(), kMaxBatch);
+      batch.clear();
+      for (size_t i = 0; i < n; ++i) {
+        batch.push_back(BusMessage{BusRecordType::kSignal, queue_[i].user_id, queue_[i].payload});
+      }
+      auto offsets = bus_->PublishBatch(batch);
+      if (!offsets.ok()) {
+        ++stats_.bus_errors;
+        last_error_ = offsets.status();
+        return offsets.status();
+      }
+      stats_.published += n;
+      queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
     }
     return absl::OkStatus();
   }

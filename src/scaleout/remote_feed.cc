@@ -54,6 +54,16 @@ class RemoteFeed::Impl final : public SnapshotSource {
 
   void Detach() { fanout_->SetSnapshotSource(nullptr); }
 
+  std::optional<ChangeEvent> Latest(absl::string_view id) const {
+    internal::MutexLock lock(&cache_mu_);
+    if (Owned(id)) return std::nullopt;
+    if (auto it = watched_.find(id); it != watched_.end()) return it->second;
+    for (auto* gen : {&recent_, &older_}) {
+      if (auto it = gen->find(id); it != gen->end()) return it->second;
+    }
+    return std::nullopt;
+  }
+
   // ---- Reading ----
 
   absl::StatusOr<RemoteFeedPollResult> Poll(size_t max) {
@@ -175,6 +185,10 @@ class RemoteFeed::Impl final : public SnapshotSource {
       for (const BusRecord& r : *records) {
         offsets_[p] = r.offset + 1;
         ++out->read;
+        if (r.type == BusRecordType::kSignal && opts_.on_signal) {
+          DecodedSignal d;
+          if (DecodeSignal(r.payload, &d).ok() && !d.disconnect()) opts_.on_signal(d.signal());
+        }
         if (r.type != BusRecordType::kChange) continue;
         if (std::optional<ChangeEvent> ev = Check(r, p, out)) events.push_back(*std::move(ev));
       }
@@ -321,6 +335,9 @@ absl::Status RemoteFeed::Seek(uint32_t partition, uint64_t offset) {
   return impl_->Seek(partition, offset);
 }
 std::vector<uint64_t> RemoteFeed::Offsets() const { return impl_->Offsets(); }
+std::optional<ChangeEvent> RemoteFeed::Latest(absl::string_view user_id) const {
+  return impl_->Latest(user_id);
+}
 RemoteFeedStats RemoteFeed::Stats() const { return impl_->Stats(); }
 
 std::string RemoteFeed::RenderMetrics() const {

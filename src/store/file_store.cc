@@ -170,6 +170,26 @@ Transition FromProto(const pb::StoredTransition& p) {
   return t;
 }
 
+void ToProto(const DeviceTransition& t, pb::StoredDeviceTransition* p) {
+  p->set_user_id(t.user_id);
+  p->set_device_id(t.device_id);
+  p->set_at_ms(t.at_ms);
+  p->set_session_id(t.session_id);
+  p->set_event(static_cast<uint32_t>(t.event));
+  p->set_platform(Enum<wire::Platform>(t.platform));
+}
+
+DeviceTransition FromProto(const pb::StoredDeviceTransition& p) {
+  DeviceTransition t;
+  t.user_id = p.user_id();
+  t.device_id = p.device_id();
+  t.at_ms = p.at_ms();
+  t.session_id = p.session_id();
+  t.event = static_cast<DeviceEvent>(p.event());
+  t.platform = Enum<Platform>(p.platform());
+  return t;
+}
+
 // Applies the lists that a log record's store batch and a snapshot chunk
 // share, in the order a batch applies them: erasure floors, users, devices,
 // committed offsets.
@@ -200,7 +220,11 @@ uint64_t ApplyLogRecord(const pb::LogRecord& r, RecordSet* records, TransitionLo
       for (const pb::StoredTransition& t : r.history_append().transitions()) {
         history->Append(FromProto(t));
       }
-      return r.history_append().transitions_size();
+      for (const pb::StoredDeviceTransition& t : r.history_append().device_transitions()) {
+        history->AppendDevice(FromProto(t));
+      }
+      return r.history_append().transitions_size() +
+             r.history_append().device_transitions_size();
     case pb::LogRecord::kHistoryErase:
       history->Erase(r.history_erase().user_id());
       return 1;
@@ -257,6 +281,11 @@ class SnapshotWriter : public StoreVisitor {
     ++counts_.transitions;
     Counted();
   }
+  void OnDeviceTransition(const DeviceTransition& t) {
+    ToProto(t, chunk()->add_device_transitions());
+    ++counts_.device_transitions;
+    Counted();
+  }
   void Trailer() {
     Flush();
     pb::SnapshotRecord r;
@@ -266,12 +295,14 @@ class SnapshotWriter : public StoreVisitor {
     t->set_devices(counts_.devices);
     t->set_offsets(counts_.offsets);
     t->set_transitions(counts_.transitions);
+    t->set_device_transitions(counts_.device_transitions);
     Emit(r);
   }
 
  private:
   struct Counts {
-    uint64_t floors = 0, users = 0, devices = 0, offsets = 0, transitions = 0;
+    uint64_t floors = 0, users = 0, devices = 0, offsets = 0, transitions = 0,
+             device_transitions = 0;
   };
   pb::SnapshotChunk* chunk() { return chunk_.mutable_chunk(); }
   void Counted() {
@@ -349,18 +380,24 @@ absl::Status LoadSnapshot(FileSystem* fs, const std::string& path, uint64_t numb
         const pb::SnapshotChunk& c = r.chunk();
         ApplyRecords(c.floors(), c.users(), c.devices(), c.offsets(), &out->records);
         for (const pb::StoredTransition& t : c.transitions()) out->history.Append(FromProto(t));
+        for (const pb::StoredDeviceTransition& t : c.device_transitions()) {
+          out->history.AppendDevice(FromProto(t));
+        }
         counted.set_floors(counted.floors() + c.floors_size());
         counted.set_users(counted.users() + c.users_size());
         counted.set_devices(counted.devices() + c.devices_size());
         counted.set_offsets(counted.offsets() + c.offsets_size());
         counted.set_transitions(counted.transitions() + c.transitions_size());
+        counted.set_device_transitions(counted.device_transitions() +
+                                       c.device_transitions_size());
         break;
       }
       case pb::SnapshotRecord::kTrailer: {
         const pb::SnapshotTrailer& t = r.trailer();
         if (t.floors() != counted.floors() || t.users() != counted.users() ||
             t.devices() != counted.devices() || t.offsets() != counted.offsets() ||
-            t.transitions() != counted.transitions()) {
+            t.transitions() != counted.transitions() ||
+            t.device_transitions() != counted.device_transitions()) {
           return absl::DataLossError("the trailer's counts do not match the chunks");
         }
         trailer = true;
@@ -373,7 +410,7 @@ absl::Status LoadSnapshot(FileSystem* fs, const std::string& path, uint64_t numb
   if (!header) return absl::DataLossError("empty");
   if (!trailer) return absl::DataLossError("cut short: no trailer");
   out->entries = counted.floors() + counted.users() + counted.devices() + counted.offsets() +
-                 counted.transitions();
+                 counted.transitions() + counted.device_transitions();
   return absl::OkStatus();
 }
 
@@ -399,6 +436,11 @@ class FileStoreHistory final : public HistoryStore {
                                                 int64_t to_ms) override;
   absl::StatusOr<std::optional<Transition>> LastBefore(absl::string_view user_id,
                                                        int64_t before_ms) override;
+  absl::Status AppendDevices(absl::Span<const DeviceTransition> transitions) override;
+  absl::StatusOr<std::vector<DeviceTransition>> QueryDevice(absl::string_view user_id,
+                                                            absl::string_view device_id,
+                                                            int64_t from_ms,
+                                                            int64_t to_ms) override;
   absl::Status Erase(absl::string_view user_id) override;
   absl::Status DropBefore(int64_t before_ms) override;
 
@@ -446,7 +488,9 @@ class FileStoreImpl final : public FileStore {
     records_.Visit(visitor);
     return absl::OkStatus();
   }
-  absl::Status AppendTransitions(absl::Span<const Transition> transitions);
+  // A log record of history entries (Transition or DeviceTransition).
+  template <typename Entry>
+  absl::Status AppendHistory(absl::Span<const Entry> entries);
   std::vector<Transition> Query(absl::string_view user_id, int64_t from_ms, int64_t to_ms) {
     absl::ReaderMutexLock l(&mu_);
     return history_.Query(user_id, from_ms, to_ms);
@@ -454,6 +498,12 @@ class FileStoreImpl final : public FileStore {
   std::optional<Transition> LastBefore(absl::string_view user_id, int64_t before_ms) {
     absl::ReaderMutexLock l(&mu_);
     return history_.LastBefore(user_id, before_ms);
+  }
+  std::vector<DeviceTransition> QueryDevice(absl::string_view user_id,
+                                            absl::string_view device_id, int64_t from_ms,
+                                            int64_t to_ms) {
+    absl::ReaderMutexLock l(&mu_);
+    return history_.QueryDevice(user_id, device_id, from_ms, to_ms);
   }
   absl::Status EraseHistory(absl::string_view user_id);
   absl::Status DropHistoryBefore(int64_t before_ms);
@@ -534,7 +584,7 @@ class FileStoreImpl final : public FileStore {
 absl::Status FileStoreStore::Write(const StoreBatch& batch) { return impl_->WriteBatch(batch); }
 absl::Status FileStoreStore::Load(StoreVisitor* visitor) { return impl_->LoadRecords(visitor); }
 absl::Status FileStoreHistory::Append(absl::Span<const Transition> transitions) {
-  return impl_->AppendTransitions(transitions);
+  return impl_->AppendHistory(transitions);
 }
 absl::StatusOr<std::vector<Transition>> FileStoreHistory::Query(absl::string_view user_id,
                                                                 int64_t from_ms, int64_t to_ms) {
@@ -543,6 +593,13 @@ absl::StatusOr<std::vector<Transition>> FileStoreHistory::Query(absl::string_vie
 absl::StatusOr<std::optional<Transition>> FileStoreHistory::LastBefore(absl::string_view user_id,
                                                                        int64_t before_ms) {
   return impl_->LastBefore(user_id, before_ms);
+}
+absl::Status FileStoreHistory::AppendDevices(absl::Span<const DeviceTransition> transitions) {
+  return impl_->AppendHistory(transitions);
+}
+absl::StatusOr<std::vector<DeviceTransition>> FileStoreHistory::QueryDevice(
+    absl::string_view user_id, absl::string_view device_id, int64_t from_ms, int64_t to_ms) {
+  return impl_->QueryDevice(user_id, device_id, from_ms, to_ms);
 }
 absl::Status FileStoreHistory::Erase(absl::string_view user_id) {
   return impl_->EraseHistory(user_id);
@@ -575,15 +632,27 @@ absl::Status FileStoreImpl::WriteBatch(const StoreBatch& batch) {
   return Commit(&w);
 }
 
-absl::Status FileStoreImpl::AppendTransitions(absl::Span<const Transition> transitions) {
-  if (transitions.empty()) return absl::OkStatus();
+// The two kinds of history entry: where a log record holds each, and how
+// the in-memory log keeps it.
+pb::StoredTransition* AddTo(pb::HistoryAppendRecord* a, const Transition&) {
+  return a->add_transitions();
+}
+pb::StoredDeviceTransition* AddTo(pb::HistoryAppendRecord* a, const DeviceTransition&) {
+  return a->add_device_transitions();
+}
+void Keep(TransitionLog* log, const Transition& t) { log->Append(t); }
+void Keep(TransitionLog* log, const DeviceTransition& t) { log->AppendDevice(t); }
+
+template <typename Entry>
+absl::Status FileStoreImpl::AppendHistory(absl::Span<const Entry> entries) {
+  if (entries.empty()) return absl::OkStatus();
   pb::LogRecord r;
   pb::HistoryAppendRecord* a = r.mutable_history_append();
-  for (const Transition& t : transitions) ToProto(t, a->add_transitions());
+  for (const Entry& t : entries) ToProto(t, AddTo(a, t));
   Writer w;
   r.SerializeToString(&w.payload);
-  w.apply = [this, transitions]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    for (const Transition& t : transitions) history_.Append(t);
+  w.apply = [this, entries]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    for (const Entry& t : entries) Keep(&history_, t);
   };
   return Commit(&w);
 }
@@ -763,6 +832,7 @@ absl::Status FileStoreImpl::Compact() {
       for (const auto& [user, floor] : records_.floors()) sw.Floor(user, floor);
       records_.Visit(&sw);
       history_.ForEach([&](const Transition& t) { sw.OnTransition(t); });
+      history_.ForEachDevice([&](const DeviceTransition& t) { sw.OnDeviceTransition(t); });
       sw.Trailer();
     }
     writers_.pop_front();
@@ -1070,11 +1140,13 @@ absl::Status FileStoreImpl::Recover() {
 
 std::string FileStoreImpl::RenderMetrics() const {
   size_t users = 0, devices = 0, transitions = 0;
+  uint64_t audit_dropped = 0;
   {
     absl::ReaderMutexLock l(&mu_);
     users = records_.users();
     devices = records_.devices();
-    transitions = history_.size();
+    transitions = history_.size() + history_.device_size();
+    audit_dropped = history_.device_entries_dropped();
   }
   size_t segments = 0, snapshots = 0;
   uint64_t since = 0;
@@ -1114,7 +1186,11 @@ std::string FileStoreImpl::RenderMetrics() const {
   gauge("presence_file_store_log_bytes_since_snapshot", "Log bytes not yet in a snapshot.", since);
   gauge("presence_file_store_users", "User records held.", users);
   gauge("presence_file_store_devices", "Device records held.", devices);
-  gauge("presence_file_store_transitions", "History transitions held.", transitions);
+  gauge("presence_file_store_transitions", "History transitions held (users' and devices').", transitions);
+  counter("presence_file_store_device_transitions_dropped_total",
+          "A user's oldest device transitions dropped past the most kept per user "
+          "(since open, the replay at open included).",
+          audit_dropped);
   gauge("presence_file_store_recovery_records",
         "Records recovered at open (snapshot entries plus log entries).",
         recovery_.records_recovered);

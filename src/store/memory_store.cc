@@ -69,6 +69,18 @@ class MemoryHistory final : public HistoryStore {
     internal::MutexLock lock(&mu_);
     return log_.LastBefore(user_id, before_ms);
   }
+  absl::Status AppendDevices(absl::Span<const DeviceTransition> transitions) override {
+    internal::MutexLock lock(&mu_);
+    for (const DeviceTransition& t : transitions) log_.AppendDevice(t);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<DeviceTransition>> QueryDevice(absl::string_view user_id,
+                                                            absl::string_view device_id,
+                                                            int64_t from_ms,
+                                                            int64_t to_ms) override {
+    internal::MutexLock lock(&mu_);
+    return log_.QueryDevice(user_id, device_id, from_ms, to_ms);
+  }
   absl::Status Erase(absl::string_view user_id) override {
     internal::MutexLock lock(&mu_);
     log_.Erase(user_id);

@@ -116,28 +116,80 @@ std::optional<Transition> TransitionLog::LastBefore(absl::string_view user_id,
   return out;
 }
 
-void TransitionLog::Erase(absl::string_view user_id) {
-  auto it = by_user_.find(user_id);
-  if (it != by_user_.end()) by_user_.erase(it);
+bool TransitionLog::AppendDevice(const DeviceTransition& t) {
+  auto& list = devices_by_user_[t.user_id];
+  const auto at = [](const DeviceTransition& a, const DeviceTransition& b) {
+    return a.at_ms < b.at_ms;
+  };
+  auto [first, last] = std::equal_range(list.begin(), list.end(), t, at);
+  for (auto it = first; it != last; ++it) {
+    if (it->device_id == t.device_id && it->session_id == t.session_id && it->event == t.event) {
+      return false;
+    }
+  }
+  list.insert(last, t);
+  if (list.size() > kMaxDeviceEntriesPerUser) {
+    const size_t drop = list.size() - kMaxDeviceEntriesPerUser / 8 * 7;
+    list.erase(list.begin(), list.begin() + static_cast<ptrdiff_t>(drop));
+    device_entries_dropped_ += drop;
+  }
+  return true;
 }
 
-void TransitionLog::DropBefore(int64_t before_ms) {
-  for (auto it = by_user_.begin(); it != by_user_.end();) {
+std::vector<DeviceTransition> TransitionLog::QueryDevice(absl::string_view user_id,
+                                                         absl::string_view device_id,
+                                                         int64_t from_ms, int64_t to_ms) const {
+  std::vector<DeviceTransition> out;
+  auto it = devices_by_user_.find(user_id);
+  if (it == devices_by_user_.end()) return out;
+  for (const DeviceTransition& t : it->second) {
+    if (t.device_id == device_id && t.at_ms >= from_ms && t.at_ms <= to_ms) out.push_back(t);
+  }
+  return out;
+}
+
+namespace {
+
+// Drops every entry with at_ms < before_ms from each list (each ordered by
+// at_ms), and the lists left empty.
+template <typename Map>
+void DropListsBefore(Map* by_user, int64_t before_ms) {
+  for (auto it = by_user->begin(); it != by_user->end();) {
     auto& list = it->second;
-    list.erase(list.begin(), std::find_if(list.begin(), list.end(), [&](const Transition& t) {
+    list.erase(list.begin(), std::find_if(list.begin(), list.end(), [&](const auto& t) {
                  return t.at_ms >= before_ms;
                }));
     if (list.empty()) {
-      by_user_.erase(it++);
+      by_user->erase(it++);
     } else {
       ++it;
     }
   }
 }
 
+}  // namespace
+
+void TransitionLog::Erase(absl::string_view user_id) {
+  auto it = by_user_.find(user_id);
+  if (it != by_user_.end()) by_user_.erase(it);
+  auto dit = devices_by_user_.find(user_id);
+  if (dit != devices_by_user_.end()) devices_by_user_.erase(dit);
+}
+
+void TransitionLog::DropBefore(int64_t before_ms) {
+  DropListsBefore(&by_user_, before_ms);
+  DropListsBefore(&devices_by_user_, before_ms);
+}
+
 size_t TransitionLog::size() const {
   size_t n = 0;
   for (const auto& [u, list] : by_user_) n += list.size();
+  return n;
+}
+
+size_t TransitionLog::device_size() const {
+  size_t n = 0;
+  for (const auto& [u, list] : devices_by_user_) n += list.size();
   return n;
 }
 

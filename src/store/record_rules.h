@@ -48,6 +48,20 @@ class TransitionLog {
   bool Append(const Transition& t);
   std::vector<Transition> Query(absl::string_view user_id, int64_t from_ms, int64_t to_ms) const;
   std::optional<Transition> LastBefore(absl::string_view user_id, int64_t before_ms) const;
+  // Returns false when a device transition with the same key (user,
+  // device, session, at_ms, event) was already held.
+  //
+  // A user's device transitions are kept up to kMaxDeviceEntriesPerUser:
+  // past it, the user's oldest eighth go, so that devices that connect and
+  // disconnect without end cannot fill the memory of a store that keeps the
+  // audit in it.
+  static constexpr size_t kMaxDeviceEntriesPerUser = size_t{1} << 16;
+  bool AppendDevice(const DeviceTransition& t);
+  uint64_t device_entries_dropped() const { return device_entries_dropped_; }
+  std::vector<DeviceTransition> QueryDevice(absl::string_view user_id,
+                                            absl::string_view device_id, int64_t from_ms,
+                                            int64_t to_ms) const;
+  // Both erase and retention cover the user's device transitions too.
   void Erase(absl::string_view user_id);
   void DropBefore(int64_t before_ms);
   template <typename F>
@@ -56,11 +70,21 @@ class TransitionLog {
       for (const Transition& t : list) f(t);
     }
   }
+  template <typename F>
+  void ForEachDevice(F&& f) const {
+    for (const auto& [user, list] : devices_by_user_) {
+      for (const DeviceTransition& t : list) f(t);
+    }
+  }
   size_t size() const;
+  size_t device_size() const;
 
  private:
   // Per user, ordered by (at_ms, version).
   absl::flat_hash_map<std::string, std::vector<Transition>> by_user_;
+  // Per user, every device's, ordered by at_ms (then as they came in).
+  absl::flat_hash_map<std::string, std::vector<DeviceTransition>> devices_by_user_;
+  uint64_t device_entries_dropped_ = 0;
 };
 
 }  // namespace presence::internal

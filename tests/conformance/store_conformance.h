@@ -21,6 +21,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "presence/bus.h"
 #include "presence/history.h"
@@ -345,10 +346,100 @@ TYPED_TEST_P(HistoryConformance, DropBeforeAppliesRetention) {
   EXPECT_TRUE(this->Versions("bob", 0, 1000).empty());
 }
 
+// ---- Device transitions (the per-device audit) ----
+
+inline DeviceTransition DeviceAt(const std::string& user, const std::string& device, int64_t at,
+                                 DeviceEvent event, uint64_t session = 1) {
+  DeviceTransition t;
+  t.user_id = user;
+  t.device_id = device;
+  t.at_ms = at;
+  t.session_id = session;
+  t.event = event;
+  t.platform = Platform::kMobile;
+  return t;
+}
+
+// "at:event:session" per transition, oldest first.
+inline std::vector<std::string> DeviceLines(HistoryStore* h, const std::string& user,
+                                            const std::string& device, int64_t from, int64_t to) {
+  std::vector<std::string> out;
+  auto q = h->QueryDevice(user, device, from, to);
+  EXPECT_TRUE(q.ok()) << q.status();
+  if (!q.ok()) return out;
+  for (const DeviceTransition& t : *q) {
+    EXPECT_EQ(t.user_id, user);
+    EXPECT_EQ(t.device_id, device);
+    EXPECT_EQ(t.platform, Platform::kMobile);
+    out.push_back(absl::StrCat(t.at_ms, ":", static_cast<int>(t.event), ":", t.session_id));
+  }
+  return out;
+}
+
+TYPED_TEST_P(HistoryConformance, DeviceTransitionsAnswerPerDeviceOldestFirst) {
+  using E = DeviceEvent;
+  // Out of time order, another device and another user in between; within
+  // one millisecond the order they came in is kept.
+  ASSERT_TRUE(this->history_
+                  ->AppendDevices({DeviceAt("alice", "phone", 300, E::kConnect, 2),
+                                   DeviceAt("alice", "phone", 100, E::kConnect),
+                                   DeviceAt("alice", "laptop", 150, E::kConnect),
+                                   DeviceAt("bob", "phone", 150, E::kConnect),
+                                   DeviceAt("alice", "phone", 200, E::kProbeGivenUp),
+                                   DeviceAt("alice", "phone", 200, E::kDeadTimeout)})
+                  .ok());
+  ASSERT_TRUE(this->history_
+                  ->AppendDevices({DeviceAt("alice", "phone", 300, E::kDeadReplaced, 1)})
+                  .ok());
+  this->Reopen();
+  HistoryStore* h = this->history_.get();
+  EXPECT_EQ(DeviceLines(h, "alice", "phone", 0, 1000),
+            (std::vector<std::string>{"100:1:1", "200:10:1", "200:3:1", "300:1:2", "300:8:1"}));
+  EXPECT_EQ(DeviceLines(h, "alice", "phone", 150, 200),
+            (std::vector<std::string>{"200:10:1", "200:3:1"}));
+  EXPECT_EQ(DeviceLines(h, "alice", "laptop", 0, 1000), (std::vector<std::string>{"150:1:1"}));
+  EXPECT_TRUE(DeviceLines(h, "alice", "tablet", 0, 1000).empty());
+  EXPECT_TRUE(DeviceLines(h, "nobody", "phone", 0, 1000).empty());
+  // The user's own transitions are another list.
+  EXPECT_TRUE(this->Versions("alice", 0, 1000).empty());
+}
+
+TYPED_TEST_P(HistoryConformance, AppendingADeviceTransitionTwiceKeepsOne) {
+  const DeviceTransition t = DeviceAt("alice", "phone", 100, DeviceEvent::kConnect);
+  ASSERT_TRUE(this->history_->AppendDevices({t, t}).ok());
+  this->Reopen();
+  ASSERT_TRUE(
+      this->history_->AppendDevices({t, DeviceAt("alice", "phone", 100, DeviceEvent::kGrace)})
+          .ok());
+  EXPECT_EQ(DeviceLines(this->history_.get(), "alice", "phone", 0, 1000),
+            (std::vector<std::string>{"100:1:1", "100:2:1"}));
+}
+
+TYPED_TEST_P(HistoryConformance, EraseAndRetentionCoverDeviceTransitions) {
+  using E = DeviceEvent;
+  ASSERT_TRUE(this->history_
+                  ->AppendDevices({DeviceAt("alice", "phone", 100, E::kConnect),
+                                   DeviceAt("alice", "phone", 200, E::kDeadClean),
+                                   DeviceAt("bob", "phone", 50, E::kConnect),
+                                   DeviceAt("bob", "phone", 250, E::kDeadClean),
+                                   DeviceAt("carol", "phone", 300, E::kConnect)})
+                  .ok());
+  ASSERT_TRUE(this->history_->Erase("alice").ok());
+  ASSERT_TRUE(this->history_->DropBefore(150).ok());
+  this->Reopen();
+  HistoryStore* h = this->history_.get();
+  EXPECT_TRUE(DeviceLines(h, "alice", "phone", 0, 1000).empty());
+  EXPECT_EQ(DeviceLines(h, "bob", "phone", 0, 1000), (std::vector<std::string>{"250:6:1"}));
+  EXPECT_EQ(DeviceLines(h, "carol", "phone", 0, 1000), (std::vector<std::string>{"300:1:1"}));
+}
+
 REGISTER_TYPED_TEST_SUITE_P(HistoryConformance, QueryReturnsTheWindowOldestFirst,
                             AppendingATransitionTwiceKeepsOne,
                             LastBeforeGivesTheStateWhenAWindowOpens, EraseForgetsTheUserForGood,
-                            DropBeforeAppliesRetention);
+                            DropBeforeAppliesRetention,
+                            DeviceTransitionsAnswerPerDeviceOldestFirst,
+                            AppendingADeviceTransitionTwiceKeepsOne,
+                            EraseAndRetentionCoverDeviceTransitions);
 
 // ---- Bus ------------------------------------------------------------------------
 

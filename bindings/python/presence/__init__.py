@@ -17,10 +17,10 @@ from typing import Optional
 
 from . import _lib
 from ._lib import LibraryNotFoundError
-from .engine import (BatchResult, Engine, ManualClock, Override, Probe, Prober, Signal,
-                     SignalBatch, StateDurations, Transition, UserPresence)
-from .enums import (Activity, Cause, DisconnectKind, FileSync, OverrideState, Platform, Source,
-                    State)
+from .engine import (BatchResult, DeviceTransition, Engine, ManualClock, Override, Probe, Prober,
+                     Signal, SignalBatch, StateDurations, Transition, UserPresence)
+from .enums import (Activity, Cause, DeviceEvent, DisconnectKind, FileSync, OverrideState,
+                    Platform, Source, State)
 from .errors import (Aborted, AlreadyExists, Cancelled, DataLoss, DeadlineExceeded, DecodeError,
                      FailedPrecondition, Internal, InvalidArgument, NotFound, OutOfRange,
                      PermissionDenied, PresenceError, ResourceExhausted, StaleSignal, StatusCode,
@@ -54,7 +54,8 @@ def library_version() -> str:
 
 __all__ = [
     "Aborted", "Activity", "AlreadyExists", "Batch", "BatchResult", "Cancelled", "Cause",
-    "DataLoss", "DeadlineExceeded", "DecodeError", "DeviceSummary", "DiffBatch",
+    "DataLoss", "DeadlineExceeded", "DecodeError", "DeviceEvent", "DeviceSummary",
+    "DeviceTransition", "DiffBatch",
     "DisconnectKind", "Engine", "FailedPrecondition", "Fanout", "FileSync", "Internal",
     "InvalidArgument", "LibraryNotFoundError", "ManualClock", "NotFound", "OutOfRange",
     "Override", "OverrideState", "PermissionDenied", "Platform", "PresenceError", "Probe",

@@ -91,6 +91,15 @@ class presence_transition_t(Structure):
     ]
 
 
+class presence_device_transition_t(Structure):
+    _fields_ = [
+        ("at_ms", c_int64),
+        ("session_id", c_uint64),
+        ("event", c_int32),
+        ("platform", c_int32),
+    ]
+
+
 class presence_state_durations_t(Structure):
     _fields_ = [("online_ms", c_int64), ("away_ms", c_int64), ("dnd_ms", c_int64),
                 ("offline_ms", c_int64)]
@@ -365,6 +374,9 @@ class Lib:
             ("presence_engine_history_as",
              [(P(VP), O), (P(S), O), (VP, I), (VP, I), (S, I), (c_int64, I), (c_int64, I),
               (VP, I), (S, I)], True),
+            ("presence_engine_device_history",
+             [(P(VP), O), (P(S), O), (VP, I), (VP, I), (S, I), (VP, I), (S, I), (c_int64, I),
+              (c_int64, I), (VP, I), (S, I)], True),
             ("presence_engine_time_in_states_as",
              [(P(presence_state_durations_t), O), (VP, I), (VP, I), (S, I), (c_int64, I),
               (c_int64, I), (VP, I), (S, I)], True),

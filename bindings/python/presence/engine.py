@@ -15,10 +15,10 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequ
 from . import _lib
 from ._handle import Handle, in_sink
 from ._lib import (PROBE_CB, BytesList, as_bytes, address_of, presence_batch_result_t,
-                   presence_engine_options_t, presence_override_t, presence_signal_t,
-                   presence_transition_t, presence_user_presence_t)
-from .enums import (Activity, Cause, DisconnectKind, OverrideState, Platform, Source, State,
-                    enum_or_int)
+                   presence_device_transition_t, presence_engine_options_t, presence_override_t,
+                   presence_signal_t, presence_transition_t, presence_user_presence_t)
+from .enums import (Activity, Cause, DeviceEvent, DisconnectKind, OverrideState, Platform,
+                    Source, State, enum_or_int)
 from .errors import (FailedPrecondition, InvalidArgument, PresenceError, StaleSignal, StatusCode,
                      error_for)
 from .wire import DeviceSummary
@@ -336,6 +336,16 @@ class Transition:
     cause: Union[Cause, int]
     trace_id: int
     last_seen_ms: int
+
+
+@dataclass(frozen=True)
+class DeviceTransition:
+    """One transition of a device (presence_device_transition_t)."""
+
+    at_ms: int
+    session_id: int
+    event: Union[DeviceEvent, int]
+    platform: Union[Platform, int]
 
 
 @dataclass(frozen=True)
@@ -682,6 +692,29 @@ class Engine(Handle):
         finally:
             self._lib.presence_free(ptr)
 
+    def device_history(self, user_id: Id, device_id: Id, from_ms: int = 0,
+                       to_ms: int = _I64[1], *, viewer: Optional[Id]) -> List[DeviceTransition]:
+        """The device's transitions (connect, grace, death with its cause,
+        probe outcomes) with at_ms in [from_ms, to_ms], oldest first; [] for
+        an unknown user or device. Only the user itself reads it: any other
+        viewer, None included, gets PermissionDenied whether or not the user
+        exists (an operator's host asks as the user). FailedPrecondition
+        without a history store (no file_dir)."""
+        u = as_bytes(user_id, "user_id")
+        d = as_bytes(device_id, "device_id")
+        v = b"" if viewer is None else as_bytes(viewer, "viewer")
+        ptr, count = self._lib.presence_engine_device_history(
+            self._p(), address_of(u), len(u), address_of(d), len(d),
+            _int(from_ms, "from_ms", _I64), _int(to_ms, "to_ms", _I64), address_of(v), len(v))
+        if not ptr:
+            return []
+        try:
+            return [DeviceTransition(t.at_ms, t.session_id, enum_or_int(DeviceEvent, t.event),
+                                     enum_or_int(Platform, t.platform))
+                    for t in (presence_device_transition_t * count).from_address(ptr)]
+        finally:
+            self._lib.presence_free(ptr)
+
     def time_in_states(self, user_id: Id, from_ms: int, to_ms: int,
                        viewer: Optional[Id] = None) -> StateDurations:
         """Time the user spent in each state in [from_ms, to_ms] (in the
@@ -712,7 +745,8 @@ class Engine(Handle):
     def drain_gateway(self, gateway: Id, max_devices: int = 1000) -> int:
         """Disconnects cleanly up to max_devices (> 0) open devices whose
         signals named the gateway; returns how many. Call again until it
-        returns 0. NotFound for a gateway no signal named."""
+        returns 0. NotFound when no device carries the gateway (none ever
+        did, or they are all gone)."""
         g = as_bytes(gateway, "gateway")
         return self._lib.presence_engine_drain_gateway(
             self._p(), address_of(g), len(g), _int(max_devices, "max_devices", _U64))

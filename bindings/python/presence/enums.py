@@ -66,6 +66,22 @@ class DisconnectKind(enum.IntEnum):
     ABRUPT = 2
 
 
+class DeviceEvent(enum.IntEnum):
+    """What happened to one device (the per-device audit); the DEAD_* events
+    end a session's life and say why."""
+
+    CONNECT = 1           # a session became live
+    GRACE = 2             # an abrupt disconnect: the reconnect grace began
+    DEAD_TIMEOUT = 3      # silent past offline_after, probes unanswered
+    DEAD_AFTER_GRACE = 4  # abrupt disconnect, no reconnect within the grace
+    DEAD_ABRUPT = 5       # abrupt disconnect of a device already lapsed
+    DEAD_CLEAN = 6        # a clean disconnect
+    DEAD_DRAINED = 7      # the operator drained its gateway
+    DEAD_REPLACED = 8     # a newer session of the same device took over
+    PROBE_ANSWERED = 9    # the host answered a probe of the silent device
+    PROBE_GIVEN_UP = 10   # it died for silence, its probes unanswered
+
+
 class Cause(enum.IntEnum):
     """Why a published change happened."""
 

@@ -157,6 +157,49 @@ class FileStoreTest(unittest.TestCase):
         e.rebuild()
         self.assertFalse(e.get_one("carol").known)
 
+    def test_device_history(self) -> None:
+        w = World(file_dir=self.dir)
+        self.addCleanup(w.close)
+        e = w.engine
+        E = presence.DeviceEvent
+        # Connects at 1_000_000, a newer session at 1_000_100 replaces it, and
+        # that one disconnects cleanly at 1_000_200.
+        e.signal("alice", "pc", 1, platform=presence.Platform.DESKTOP)
+        w.step(100)
+        e.signal("alice", "pc", 2, platform=presence.Platform.DESKTOP)
+        w.step(100)
+        e.disconnect_device("alice", "pc", presence.DisconnectKind.CLEAN, 2)
+        w.step(100)
+        got = e.device_history("alice", "pc", viewer="alice")
+        self.assertEqual([(t.event, t.at_ms, t.session_id) for t in got],
+                         [(E.CONNECT, 1_000_000, 1), (E.DEAD_REPLACED, 1_000_100, 1),
+                          (E.CONNECT, 1_000_100, 2), (E.DEAD_CLEAN, 1_000_200, 2)])
+        self.assertEqual(got[0].platform, presence.Platform.DESKTOP)
+        self.assertIsInstance(got[0], presence.DeviceTransition)
+        self.assertEqual([t.event for t in e.device_history(b"alice", b"pc", 1_000_001,
+                                                            1_000_100, viewer=b"alice")],
+                         [E.DEAD_REPLACED, E.CONNECT])
+        self.assertEqual(e.device_history("alice", "phone", viewer="alice"), [])
+        # Only alice reads it: anyone else, or no viewer, is refused alike
+        # whether or not the user exists.
+        for viewer in (None, "bob"):
+            for user in ("alice", "nobody"):
+                with self.subTest(viewer=viewer, user=user):
+                    with self.assertRaises(presence.PermissionDenied) as cm:
+                        e.device_history(user, "pc", viewer=viewer)
+                    self.assertIn("only its user's own", cm.exception.message)
+        with self.assertRaises(presence.InvalidArgument):
+            e.device_history("alice", "", viewer="alice")
+        with self.assertRaises(presence.InvalidArgument):
+            e.device_history("alice", "pc", 10, 1, viewer="alice")
+        with self.assertRaises(TypeError):
+            e.device_history("alice", 5, viewer="alice")  # type: ignore[arg-type]
+        with self.assertRaises(TypeError):
+            e.device_history("alice", "pc")  # type: ignore[call-arg]  # the viewer is required
+        # Erase takes it with the user.
+        e.erase("alice")
+        self.assertEqual(e.device_history("alice", "pc", viewer="alice"), [])
+
 
 class PublicViewTest(unittest.TestCase):
     """docs/design.md rule 8 through the binding: while a user is invisible,
@@ -215,6 +258,14 @@ class PublicViewTest(unittest.TestCase):
 
 
 class MemoryOnlyTest(unittest.TestCase):
+    def test_no_device_history_store(self) -> None:
+        w = World()
+        try:
+            with self.assertRaises(presence.FailedPrecondition):
+                w.engine.device_history("alice", "pc", viewer="alice")
+        finally:
+            w.close()
+
     def test_no_history_store(self) -> None:
         w = World()
         try:

@@ -66,6 +66,8 @@ class LoaderTest(unittest.TestCase):
                          132)
         self.assertEqual(_lib.presence_engine_options_t.prober.offset, 184)
         self.assertEqual(ctypes.sizeof(_lib.presence_transition_t), 48)
+        self.assertEqual(ctypes.sizeof(_lib.presence_device_transition_t), 24)
+        self.assertEqual(_lib.presence_device_transition_t.event.offset, 16)
         self.assertEqual(ctypes.sizeof(_lib.presence_state_durations_t), 32)
         self.assertEqual(ctypes.sizeof(_lib.presence_fanout_options_t), 128)
         self.assertEqual(ctypes.sizeof(_lib.presence_subscriber_options_t), 48)

@@ -1,0 +1,123 @@
+// File: examples/presence_server/cluster.h
+//
+// presence_server as a node of a cluster (docs/scale-out.md, "presence_server
+// as a cluster"): users partitioned over a Kafka topic, partitions owned by
+// engine nodes through a Kafka consumer group, a store shared by the engines
+// (Redis or PostgreSQL; the file store for a single node).
+//
+//   role gateway  terminates HTTP and WebSockets; publishes each device's
+//                 signals and disconnects to its user's partition
+//                 (GatewayPublisher); its fan-out reads the change events of
+//                 every partition (RemoteFeed), which also answer GET; the
+//                 other gateways' signals close its own older connection of
+//                 a device that connected again through one of them.
+//   role engine   owns the partitions the group gives it
+//                 (KafkaOwnership), consumes their signals, writes through
+//                 to the shared store and publishes change events. Serves
+//                 /metrics and /healthz only.
+//   role both     a gateway and an engine in one process.
+//
+// The server calls into this unit at a few points only (server.cc): Init,
+// each tick (BeforeTick), the device calls of its WebSocket sessions, GET,
+// /metrics and the shutdown. Everything runs on the server's io thread.
+#ifndef PRESENCE_EXAMPLES_SERVER_CLUSTER_H_
+#define PRESENCE_EXAMPLES_SERVER_CLUSTER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "presence/engine.h"
+#include "presence/fanout.h"
+#include "presence/options.h"
+
+namespace presence_server {
+
+enum class ClusterRole { kNone, kGateway, kEngine, kBoth };
+
+// "gateway", "engine", "both"; InvalidArgument otherwise.
+absl::StatusOr<ClusterRole> ParseClusterRole(absl::string_view role);
+
+struct ClusterOptions {
+  ClusterRole role = ClusterRole::kNone;  // kNone: one process, no cluster
+  // This node's name: its gateway id (devices drained by it) and its member
+  // name in the engines' group. Empty: "<role>-<pid>".
+  std::string node_id;
+  // Kafka: bootstrap brokers ("host:port,..."), the topic and its partition
+  // count (every node must agree; the topic is created with it when
+  // missing), and librdkafka settings for every client ("key=value").
+  std::string brokers;
+  std::string topic = "presence";
+  uint32_t partitions = 12;
+  std::vector<std::pair<std::string, std::string>> kafka_config;
+  // The engines' group session timeout (0: KafkaOwnership's default, 3 s).
+  int session_timeout_ms = 0;
+  // The shared store: "redis://HOST:PORT[/PREFIX]", a PostgreSQL connection
+  // URI ("postgresql://..." or "postgres://..."), or "file" (the server's
+  // --data-dir: one node only, role both).
+  std::string store;
+};
+
+class Cluster {
+ public:
+  // Connects to Kafka and opens the shared store; sets the engine's options
+  // for the role (bus, store, history, owns_all_partitions). Errors name
+  // the flag at fault; FailedPrecondition when the program was built without
+  // Kafka (or without the store's client library).
+  static absl::StatusOr<std::unique_ptr<Cluster>> Create(const ClusterOptions& options,
+                                                         presence::Options* engine_options);
+  virtual ~Cluster();
+
+  // Once the engine and the fan-out exist: joins the group (engines), opens
+  // the feed of change events and the publisher (gateways). A node with
+  // clients reads the other partitions' signals too: `elsewhere` is told of
+  // each one another node published (its gateway, session and device), so
+  // that the server closes its own older connection of a device that came
+  // back through another gateway.
+  virtual absl::Status Attach(presence::Engine* engine, presence::Fanout* fanout,
+                              std::function<void(const presence::Signal&)> elsewhere) = 0;
+
+  virtual ClusterRole role() const = 0;
+  bool serves_clients() const { return role() != ClusterRole::kEngine; }
+
+  // A device's signal, or with `disconnect` the end of its session, for
+  // its user's partition: queued (the signal's ids are copied), published at
+  // the next Flush, which tells `done` (may be empty) whether the bus took
+  // it (ResourceExhausted while the bus fails and the gateway's buffer is
+  // full). The server flushes every 20 ms while signals wait, so that they
+  // go in one bus call.
+  virtual void Queue(const presence::Signal& signal, std::optional<presence::DisconnectKind> disconnect,
+                     std::function<void(const absl::Status&)> done) = 0;
+  virtual void Flush() = 0;
+
+  // Each tick, before Engine::Tick: what is queued (Flush), ownership
+  // (engines), the signals of the owned partitions, the change events of the
+  // others (to the fan-out).
+  virtual void BeforeTick() = 0;
+
+  // What `viewer` may see of `users`: the engine's answer for the users of
+  // partitions this node owns, the latest change event read for the others.
+  virtual std::vector<presence::UserPresence> Get(absl::Span<const absl::string_view> users,
+                                                  absl::string_view viewer) = 0;
+
+  // Prometheus text: the feed's, the publisher's and the group's figures.
+  virtual std::string RenderMetrics() const = 0;
+
+  // A clean stop (after the last Tick): what waits is published, the owned
+  // partitions are flushed and let go, the group is left; then nothing here
+  // uses the engine or the fan-out any more (call it before they go; the bus
+  // and the store they use stay until this is destroyed). Idempotent.
+  virtual void Close() = 0;
+};
+
+}  // namespace presence_server
+
+#endif  // PRESENCE_EXAMPLES_SERVER_CLUSTER_H_
