@@ -125,7 +125,11 @@ class PresenceSystem : public System {
   }
   void ConnectAll(int64_t now_ms) override {
     clock_.Set(now_ms);
-    if (!keyed_) handles_.resize(devices_);
+    if (keyed_) {
+      sessions_.assign(devices_, 1);
+    } else {
+      handles_.resize(devices_);
+    }
     for (size_t d = 0; d < devices_; ++d) {
       presence::Signal s = SignalFor(d);
       if (keyed_) {
@@ -159,6 +163,7 @@ class PresenceSystem : public System {
     presence::Signal s = SignalFor(d);
     s.session_id = session;
     if (keyed_) {
+      sessions_[d] = static_cast<uint8_t>(session);
       if (!engine_->DisconnectDevice(s.user_id, s.device_id, 0, presence::DisconnectKind::kClean)
                .ok() ||
           !engine_->Signal(s).ok()) {
@@ -180,7 +185,7 @@ class PresenceSystem : public System {
     presence::Signal s;
     s.user_id = ids_.users[d / 2];
     s.device_id = Ids::kDevices[d % 2];
-    s.session_id = 1;
+    s.session_id = keyed_ ? sessions_[d] : 1;
     s.platform = presence::Platform::kWeb;
     return s;
   }
@@ -194,6 +199,9 @@ class PresenceSystem : public System {
   std::unique_ptr<presence::PhiAccrualDetector> detector_;
   std::unique_ptr<presence::Engine> engine_;
   std::vector<presence::DeviceHandle> handles_;
+  // presence-keyed: each device's session (the host knows it per connection;
+  // 1 byte per device here, counted in the memory figures).
+  std::vector<uint8_t> sessions_;
 };
 
 // ---- the host alone ------------------------------------------------------------
@@ -434,6 +442,11 @@ int Main(int argc, char** argv) {
                    "[--devices N] [--seconds S] [--churn-seconds S] [--csv FILE] [--redis-server PATH]\n");
       return 2;
     }
+  }
+  if (churn_seconds < 0 || churn_seconds > 250) {
+    // A reconnect in second s takes session 2 + s, kept in a byte.
+    std::fprintf(stderr, "compare_bench: --churn-seconds must be 0 to 250\n");
+    return 2;
   }
   devices = std::max<size_t>(2, devices / 2 * 2);
   Ids ids;
