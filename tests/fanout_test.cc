@@ -343,6 +343,50 @@ TEST(Fanout, ListAndMembershipChangesReachTheClient) {
   EXPECT_EQ(v.topics.count("team"), 0u);
 }
 
+// A user that leaves a list while it has news, and a user that takes its place
+// before the next batch: the batch says the first is gone and carries the
+// second, once each, and nothing of the first's news.
+TEST(Fanout, AUserLeavingAListWithNewsIsRemovedAndTheNextOneIsSentOnce) {
+  Options o;
+  o.min_dwell_ms = 0;
+  FanoutEngine t(FanoutEngine::Unthrottled(), o);
+  t.Online("alice");
+  t.Online("bob");
+  t.Online("carol");
+  SubscriberId s = t.Sub({"alice", "bob"});
+  t.Run(100);
+  ClientView v;
+  Drain(t.fanout.get(), s, &v);
+  ASSERT_EQ(v.list.size(), 2u);
+  ASSERT_TRUE(t.engine->SetOverride("alice", OverrideState::kDnd).ok());
+  ASSERT_TRUE(t.engine->SetOverride("bob", OverrideState::kAway).ok());
+  t.engine->Tick();  // alice's and bob's news wait for the next flush
+  ASSERT_TRUE(t.fanout->RemoveUsers(s, {"alice"}).ok());
+  ASSERT_TRUE(t.fanout->AddUsers(s, {"carol"}).ok());
+  t.Run(100);
+  Batch b;
+  ASSERT_TRUE(t.fanout->Poll(s, &b).value());
+  const v1::DiffBatch m = v.Apply(b);
+  std::vector<std::string> said;
+  for (const auto& u : m.users()) said.push_back(u.user_id() + (u.removed() ? ":removed" : ""));
+  EXPECT_THAT(said, ::testing::UnorderedElementsAre("alice:removed", "bob", "carol"));
+  EXPECT_EQ(v.StateOf("alice"), std::nullopt);
+  EXPECT_EQ(v.StateOf("bob"), State::kAway);
+  EXPECT_EQ(v.StateOf("carol"), State::kOnline);
+  // Removed, then taken back before the next batch: sent once, as it is now.
+  ASSERT_TRUE(t.engine->SetOverride("carol", OverrideState::kDnd).ok());
+  t.engine->Tick();
+  ASSERT_TRUE(t.fanout->RemoveUsers(s, {"carol"}).ok());
+  ASSERT_TRUE(t.fanout->AddUsers(s, {"carol"}).ok());
+  t.Run(100);
+  ASSERT_TRUE(t.fanout->Poll(s, &b).value());
+  const v1::DiffBatch m2 = v.Apply(b);
+  ASSERT_EQ(m2.users_size(), 1);
+  EXPECT_EQ(m2.users(0).user_id(), "carol");
+  EXPECT_FALSE(m2.users(0).removed());
+  EXPECT_EQ(v.StateOf("carol"), State::kDnd);
+}
+
 struct RecordingSink : Sink {
   void Deliver(SubscriberId id, const Batch& b) override {
     batches.push_back(b);

@@ -58,8 +58,9 @@ struct Sub;
 struct Topic;
 
 // What a stream last said about a user. state 0: nothing yet.
+constexpr State kNothingSent = static_cast<State>(0);
 struct Sent {
-  State state = static_cast<State>(0);
+  State state = kNothingSent;
   uint64_t version = 0;
 };
 
@@ -71,7 +72,19 @@ struct View {
   uint64_t version = 0;
   int64_t last_seen_ms = 0;
   DeviceSummary devices;
+  // The view as an entry of a DiffBatch (its `users` field), encoded the
+  // first time a list carries it and then copied into every list batch that
+  // does (empty: not encoded yet). A new version is a new View.
+  std::string wire;
   bool shown() const { return version != 0; }
+};
+
+// A subscriber that has a user on its list, and where: its slot in the
+// subscriber's ListSlot table.
+struct Watcher {
+  Sub* sub;
+  uint32_t slot;
+  bool owner;  // the subscriber is the user's own (rule 8: it reads the own view)
 };
 
 struct UserEntry {
@@ -82,8 +95,19 @@ struct UserEntry {
   // is ignored, and the views start from nothing.
   uint64_t pub_floor = 0;
   uint64_t self_floor = 0;
-  std::vector<Sub*> list_watchers;
+  std::vector<Watcher> list_watchers;
   std::vector<Topic*> topics;
+};
+
+// A user on a subscriber's list. Its index stays the same while the user is
+// on the list, so that a change reaches the subscriber's pending list
+// without a hash lookup.
+struct ListSlot {
+  UserEntry* user = nullptr;  // nullptr: free
+  State sent = kNothingSent;  // what the stream last said of the user
+  bool pending = false;       // in Sub::pending
+  bool owner = false;    // the user is the subscriber's owner: it reads the own view
+  View& view() const { return owner ? user->self : user->pub; }
 };
 
 // An encoded piece of a batch and how many user entries it holds.
@@ -122,8 +146,10 @@ struct Sub {
   SubscriberId id = 0;
   std::string owner;
   Sink* sink = nullptr;
-  absl::flat_hash_map<UserEntry*, Sent> list;
-  absl::flat_hash_set<UserEntry*> pending;
+  absl::flat_hash_map<UserEntry*, uint32_t> list;  // the user's slot
+  std::vector<ListSlot> slots;
+  std::vector<uint32_t> free_slots;
+  std::vector<uint32_t> pending;  // slots with news not yet sent, each once
   std::vector<std::string> removed;
   absl::flat_hash_map<Topic*, uint64_t> topics;  // cursor: last section seq delivered
   std::vector<std::string> left_topics;
@@ -198,8 +224,8 @@ class Fanout::Impl {
     internal::MutexLock lock(&mu_);
     Sub* s = FindSub(id);
     if (s == nullptr) return UnknownSub(id);
-    for (auto& [e, sent] : s->list) {
-      Erase(e->list_watchers, s);
+    for (auto& [e, slot] : s->list) {
+      EraseWatcher(e, s);
       Unwatch(e);
     }
     for (auto& [t, cursor] : s->topics) {
@@ -237,11 +263,25 @@ class Fanout::Impl {
       return absl::ResourceExhaustedError(absl::StrCat(
           "list would hold ", s->list.size() + fresh, " users; the most is ", opts_.max_list_users));
     }
+    // A list given at once takes no more slots than it has users.
+    const size_t slots = s->slots.size() + fresh - std::min(fresh, s->free_slots.size());
+    if (slots > s->slots.capacity()) s->slots.reserve(std::max(slots, 2 * s->slots.capacity()));
     for (absl::string_view u : ids) {
       UserEntry* e = Watch(u);
-      if (!s->list.emplace(e, Sent{}).second) continue;
-      e->list_watchers.push_back(s);
-      s->pending.insert(e);
+      auto [it, fresh_user] = s->list.emplace(e, 0);
+      if (!fresh_user) continue;
+      if (s->free_slots.empty()) {
+        it->second = static_cast<uint32_t>(s->slots.size());
+        s->slots.emplace_back();
+      } else {
+        it->second = s->free_slots.back();
+        s->free_slots.pop_back();
+      }
+      ListSlot& l = s->slots[it->second];
+      l.user = e;
+      l.owner = IsOwner(s, e);
+      e->list_watchers.push_back(Watcher{s, it->second, l.owner});
+      MarkPending(s, it->second);
       Erase(s->removed, e->id);
     }
     dirty_subs_.insert(s);
@@ -270,7 +310,7 @@ class Fanout::Impl {
       Sub* s = FindSub(id);
       if (s == nullptr) return UnknownSub(id);
       std::vector<std::string> drop;
-      for (auto& [e, sent] : s->list) {
+      for (auto& [e, slot] : s->list) {
         if (!keep.contains(e->id)) drop.push_back(e->id);
       }
       for (const std::string& u : drop) RemoveFromList(s, u);
@@ -605,6 +645,22 @@ class Fanout::Impl {
     v.erase(std::remove(v.begin(), v.end(), x), v.end());
   }
 
+  static void EraseWatcher(UserEntry* e, const Sub* s) {
+    auto& w = e->list_watchers;
+    w.erase(std::remove_if(w.begin(), w.end(), [s](const Watcher& x) { return x.sub == s; }), w.end());
+  }
+
+  // The user in `slot` of s's list has news for s: once in s's pending list
+  // until its next batch.
+  void MarkPending(Sub* s, uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ListSlot& l = s->slots[slot];
+    if (l.pending) return;
+    l.pending = true;
+    s->pending.push_back(slot);
+    dirty_subs_.insert(s);
+    if (s->pending.size() >= opts_.max_batch) force_flush_ = true;
+  }
+
   static absl::Status ValidateIds(absl::Span<const absl::string_view> ids) {
     for (absl::string_view u : ids) {
       if (auto st = internal::ValidateUserId(u); !st.ok()) return st;
@@ -651,14 +707,15 @@ class Fanout::Impl {
       e->pub_floor = std::max(e->pub_floor, ev.public_version);
       e->self_floor = std::max(e->self_floor, ev.version);
     } else {
-      if (pub_new) e->pub = View{ev.state, ev.public_version, ev.last_seen_ms, ev.devices};
-      if (self_new) e->self = View{ev.self_state, ev.version, ev.self_last_seen_ms, ev.self_devices};
+      if (pub_new) e->pub = View{ev.state, ev.public_version, ev.last_seen_ms, ev.devices, {}};
+      if (self_new) e->self = View{ev.self_state, ev.version, ev.self_last_seen_ms, ev.self_devices, {}};
     }
-    for (Sub* s : e->list_watchers) {
-      if (!(IsOwner(s, e) ? self_new : pub_new)) continue;
-      s->pending.insert(e);
-      dirty_subs_.insert(s);
-      if (s->pending.size() >= opts_.max_batch) force_flush_ = true;
+    const std::vector<Watcher>& ws = e->list_watchers;
+    for (size_t i = 0; i < ws.size(); ++i) {
+      // A popular user's watchers' slots are scattered: fetch ahead.
+      if (i + 4 < ws.size()) __builtin_prefetch(&ws[i + 4].sub->slots);
+      if (i + 2 < ws.size()) __builtin_prefetch(&ws[i + 2].sub->slots[ws[i + 2].slot]);
+      if (ws[i].owner ? self_new : pub_new) MarkPending(ws[i].sub, ws[i].slot);
     }
     if (!pub_new) return;
     for (Topic* t : e->topics) {
@@ -683,8 +740,8 @@ class Fanout::Impl {
     const absl::string_view ids[] = {id};
     const UserPresence pub = engine_->GetPublished(ids)[0];
     const UserPresence self = engine_->GetPublished(ids, id)[0];
-    e->pub = View{pub.state, pub.version, pub.last_seen_ms, pub.devices};
-    e->self = View{self.state, self.version, self.last_seen_ms, self.devices};
+    e->pub = View{pub.state, pub.version, pub.last_seen_ms, pub.devices, {}};
+    e->self = View{self.state, self.version, self.last_seen_ms, self.devices, {}};
     if (source_ != nullptr) {
       if (std::optional<ChangeEvent> ev = source_->StartWatching(id)) Apply(e.get(), *ev);
     }
@@ -703,10 +760,19 @@ class Fanout::Impl {
     auto it = users_.find(u);
     if (it == users_.end()) return;
     UserEntry* e = it->second.get();
-    if (s->list.erase(e) == 0) return;
-    s->pending.erase(e);
+    auto at = s->list.find(e);
+    if (at == s->list.end()) return;
+    const uint32_t slot = at->second;
+    s->list.erase(at);
+    // A pending slot stays in Sub::pending (the next batch skips it, or
+    // carries the user that takes the slot next).
+    ListSlot& l = s->slots[slot];
+    const bool pending = l.pending;
+    l = ListSlot{};
+    l.pending = pending;
+    s->free_slots.push_back(slot);
     s->removed.push_back(e->id);
-    Erase(e->list_watchers, s);
+    EraseWatcher(e, s);
     Unwatch(e);
   }
 
@@ -757,7 +823,7 @@ class Fanout::Impl {
       FillCounts(t->sent_counts, sec->mutable_counts());
     } else {
       for (const auto& [e, sent] : t->members) {
-        if (static_cast<int>(sent.state) == 0) continue;  // arrives with the next section
+        if (sent.state == kNothingSent) continue;  // arrives with the next section
         FillUser(*e, e->pub, sent.state, sent.version, sec->add_users());
         ++users;
       }
@@ -803,7 +869,7 @@ class Fanout::Impl {
         if (it == t->members.end()) continue;
         if (!e->pub.shown()) {
           // Erased: a member the stream told of is removed from it.
-          if (static_cast<int>(it->second.state) == 0) continue;
+          if (it->second.state == kNothingSent) continue;
           it->second = Sent{};
           FillRemoved(e->id, sec->add_users());
         } else {
@@ -854,7 +920,7 @@ class Fanout::Impl {
           for (const std::string& id : ids) {
             auto ue = users_.find(id);
             auto it = ue == users_.end() ? t->members.end() : t->members.find(ue->second.get());
-            if (it == t->members.end() || static_cast<int>(it->second.state) == 0) {
+            if (it == t->members.end() || it->second.state == kNothingSent) {
               FillRemoved(id, sec->add_users());
             } else {
               FillUser(*it->first, it->first->pub, it->second.state, it->second.version,
@@ -873,52 +939,87 @@ class Fanout::Impl {
     (void)now_ms;
     Batch b;
     b.snapshot = s->needs_snapshot;
-    pb::DiffBatch list;
+    // The list's part: each user's entry as its view encoded it (serialized
+    // DiffBatch pieces concatenate into one DiffBatch), then the removals and
+    // the topics left.
+    // Gathered first, then copied into a string of their exact size (the
+    // resume window keeps it).
+    std::vector<const std::string*>& entries = entries_scratch_;
+    entries.clear();
+    size_t list_bytes = 0;
     size_t list_users = 0;
+    auto add = [&](UserEntry* e, View& v, State* sent) {
+      *sent = v.state;
+      if (v.wire.empty()) {
+        pb::DiffBatch m;
+        FillUser(*e, v, v.state, v.version, m.add_users());
+        v.wire = m.SerializeAsString();
+      }
+      entries.push_back(&v.wire);
+      list_bytes += v.wire.size();
+      ++list_users;
+    };
+    pb::DiffBatch tail;  // removals and topics left
     if (b.snapshot) {
-      for (auto& [e, sent] : s->list) {
-        const View& v = IsOwner(s, e) ? e->self : e->pub;
-        sent = Sent{};
-        if (!v.shown()) continue;  // nothing published: as if it never existed
-        sent = Sent{v.state, v.version};
-        FillUser(*e, v, v.state, v.version, list.add_users());
-        ++list_users;
+      for (auto& [e, slot] : s->list) {
+        View& v = s->slots[slot].view();
+        State& sent = s->slots[slot].sent;
+        sent = kNothingSent;
+        if (v.shown()) add(e, v, &sent);  // else nothing published: as if it never existed
       }
       for (auto& [t, cursor] : s->topics) cursor = kNeedsFull;
       s->left_topics.clear();
     } else {
-      for (UserEntry* e : s->pending) {
-        auto it = s->list.find(e);
-        if (it == s->list.end()) continue;
-        const View& v = IsOwner(s, e) ? e->self : e->pub;
+      const std::vector<uint32_t>& pending = s->pending;
+      for (size_t i = 0; i < pending.size(); ++i) {
+        // Each entry is three dependent reads in memory the last batch did
+        // not touch (the slot, the user, the encoded view): fetch ahead.
+        if (i + 8 < pending.size()) __builtin_prefetch(&s->slots[pending[i + 8]]);
+        if (i + 4 < pending.size() && s->slots[pending[i + 4]].user != nullptr) {
+          __builtin_prefetch(&s->slots[pending[i + 4]].view());
+        }
+        if (i + 2 < pending.size() && s->slots[pending[i + 2]].user != nullptr) {
+          __builtin_prefetch(s->slots[pending[i + 2]].view().wire.data());
+        }
+        const uint32_t slot = pending[i];
+        UserEntry* e = s->slots[slot].user;
+        if (e == nullptr) continue;  // left the list since
+        State& sent = s->slots[slot].sent;
+        View& v = s->slots[slot].view();
         if (!v.shown()) {
           // Erased: a user the subscriber was told of is removed.
-          if (static_cast<int>(it->second.state) == 0) continue;
-          it->second = Sent{};
-          FillRemoved(e->id, list.add_users());
+          if (sent == kNothingSent) continue;
+          sent = kNothingSent;
+          FillRemoved(e->id, tail.add_users());
           ++list_users;
           continue;
         }
-        if (it->second.state == v.state) continue;  // back where it was last told
-        it->second = Sent{v.state, v.version};
-        FillUser(*e, v, v.state, v.version, list.add_users());
-        ++list_users;
+        if (sent == v.state) continue;  // back where it was last told
+        add(e, v, &sent);
       }
       for (const std::string& id : s->removed) {
-        FillRemoved(id, list.add_users());
+        FillRemoved(id, tail.add_users());
         ++list_users;
       }
       for (const std::string& name : s->left_topics) {
-        pb::TopicSection* sec = list.add_topics();
+        pb::TopicSection* sec = tail.add_topics();
         sec->set_topic(name);
         sec->set_left(true);
       }
     }
+    for (uint32_t slot : s->pending) s->slots[slot].pending = false;
     s->pending.clear();
     s->removed.clear();
     const bool left = !s->left_topics.empty();
     s->left_topics.clear();
-    if (list_users > 0 || left) b.parts.push_back(Encode(list, list_users).bytes);
+    if (list_users > 0 || left) {
+      const std::string rest = tail.SerializeAsString();
+      std::string list;
+      list.reserve(list_bytes + rest.size());
+      for (const std::string* w : entries) list += *w;
+      list += rest;
+      b.parts.push_back(std::make_shared<const std::string>(std::move(list)));
+    }
     b.users = list_users;
     for (auto& [t, cursor] : s->topics) {
       if (cursor == t->seq) continue;
@@ -1011,6 +1112,7 @@ class Fanout::Impl {
   absl::flat_hash_map<std::string, std::unique_ptr<Topic>> topics_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<Sub*> dirty_subs_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<Topic*> dirty_topics_ ABSL_GUARDED_BY(mu_);
+  std::vector<const std::string*> entries_scratch_ ABSL_GUARDED_BY(mu_);  // BuildBatch's
   // Sink::Deliver calls running, per subscriber (none: no entry).
   absl::flat_hash_map<SubscriberId, int> in_flight_ ABSL_GUARDED_BY(mu_);
   internal::CondVar delivered_;  // signalled when a call ends
