@@ -10,6 +10,9 @@
 //     (500,000 users and 500,000 devices), replayed from the log (frames of 100
 //     records, or of 1 record) or loaded from a snapshot; and 10^6 history
 //     transitions. Target: 2 million records per second.
+//   * RecoveryWithEngine/<source>: the same open, and an Engine created on the
+//     store, which loads every user and device into its shards (the devices
+//     are alive: the engine's clock is at their last signal).
 //   * HistoryQuery, HistoryLastBefore: HistoryStore::Query of a window holding
 //     10 transitions, and LastBefore, on 10^6 transitions of 10^4 users.
 //
@@ -29,6 +32,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
+#include "presence/clock.h"
+#include "presence/engine.h"
 #include "presence/file_store.h"
 #include "tests/file_store_test.h"
 
@@ -235,6 +240,39 @@ BENCHMARK_CAPTURE(BM_Recovery, log_frames_of_1, Source::kLog1)
 BENCHMARK_CAPTURE(BM_Recovery, snapshot, Source::kSnapshot)
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Recovery, history_log, Source::kHistory)
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_RecoveryWithEngine(benchmark::State& state, Source source) {
+  const Prepared& p = PreparedFolder(source);
+  FileStoreOptions o;
+  o.compact_after_bytes = 0;
+  ManualClock clock(1'700'000'000'000 + static_cast<int64_t>(p.records));
+  size_t devices = 0;
+  for (auto _ : state) {
+    auto fs = MustOpen(p.dir->path(), o);
+    Options eo;
+    eo.clock = &clock;
+    eo.store = fs->store();
+    auto engine = Engine::Create(eo);
+    if (!engine.ok()) {
+      state.SkipWithError(engine.status().ToString().c_str());
+      return;
+    }
+    state.PauseTiming();
+    devices = (*engine)->GetSizes().live_devices;
+    engine->reset();  // closing is not recovery
+    fs.reset();
+    state.ResumeTiming();
+  }
+  if (devices != p.records / 2) {
+    state.SkipWithError(absl::StrCat("the engine holds ", devices, " devices of ", p.records / 2).c_str());
+  }
+  state.SetItemsProcessed(state.iterations() * p.records);
+  state.counters["records"] = static_cast<double>(p.records);
+}
+BENCHMARK_CAPTURE(BM_RecoveryWithEngine, log_frames_of_100, Source::kLog100)
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_RecoveryWithEngine, snapshot, Source::kSnapshot)
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // ---- History queries ------------------------------------------------------------

@@ -5,19 +5,18 @@
 namespace presence::internal {
 
 uint64_t RecordSet::FloorOf(const std::string& user_id) const {
+  if (floors_.empty()) return 0;  // the usual case: nobody was erased
   auto it = floors_.find(user_id);
   return it == floors_.end() ? 0 : it->second;
 }
 
 bool RecordSet::ApplyErasure(const StoreBatch::Erasure& e) {
-  bool changed = users_.erase(e.user_id) > 0;
-  for (auto it = devices_.begin(); it != devices_.end();) {
-    if (it->first.first == e.user_id) {
-      devices_.erase(it++);
-      changed = true;
-    } else {
-      ++it;
-    }
+  bool changed = false;
+  if (auto it = held_.find(e.user_id); it != held_.end()) {
+    users_count_ -= it->second.user.has_value();
+    devices_count_ -= it->second.devices.size();
+    held_.erase(it);
+    changed = true;
   }
   uint64_t& floor = floors_[e.user_id];
   if (e.floor > floor) {
@@ -27,29 +26,42 @@ bool RecordSet::ApplyErasure(const StoreBatch::Erasure& e) {
   return changed;
 }
 
-bool RecordSet::ApplyUser(const UserRecord& u) {
+bool RecordSet::ApplyUser(UserRecord u) {
   if (u.version < FloorOf(u.user_id)) return false;
-  auto [it, inserted] = users_.try_emplace(u.user_id, u);
-  if (inserted) return true;
-  if (u.version <= it->second.version) return false;
-  it->second = u;
+  Held& h = held_[u.user_id];
+  if (!h.user.has_value()) {
+    h.user = std::move(u);
+    ++users_count_;
+    return true;
+  }
+  if (u.version <= h.user->version) return false;
+  *h.user = std::move(u);
   return true;
 }
 
-bool RecordSet::ApplyDevice(const DeviceRecord& d) {
+bool RecordSet::ApplyDevice(DeviceRecord d) {
   if (d.version < FloorOf(d.user_id)) return false;
-  auto key = std::make_pair(d.user_id, d.device_id);
-  auto it = devices_.find(key);
-  if (it != devices_.end() && d.version <= it->second.version) return false;
+  auto it = held_.find(d.user_id);
+  if (it == held_.end()) {
+    if (d.gone) return false;
+    it = held_.try_emplace(d.user_id).first;
+  }
+  Held& h = it->second;
+  auto dev = std::find_if(h.devices.begin(), h.devices.end(),
+                          [&](const DeviceRecord& x) { return x.device_id == d.device_id; });
+  if (dev != h.devices.end() && d.version <= dev->version) return false;
   if (d.gone) {
-    if (it == devices_.end()) return false;
-    devices_.erase(it);
+    if (dev == h.devices.end()) return false;
+    h.devices.erase(dev);
+    --devices_count_;
+    if (h.devices.empty() && !h.user.has_value()) held_.erase(it);
     return true;
   }
-  if (it == devices_.end()) {
-    devices_.emplace(std::move(key), d);
+  if (dev == h.devices.end()) {
+    h.devices.push_back(std::move(d));
+    ++devices_count_;
   } else {
-    it->second = d;
+    *dev = std::move(d);
   }
   return true;
 }
@@ -69,8 +81,12 @@ void RecordSet::Apply(const StoreBatch& batch) {
 }
 
 void RecordSet::Visit(StoreVisitor* visitor) const {
-  for (const auto& [id, u] : users_) visitor->OnUser(u);
-  for (const auto& [key, d] : devices_) visitor->OnDevice(d);
+  for (const auto& [id, h] : held_) {
+    if (h.user.has_value()) visitor->OnUser(*h.user);
+  }
+  for (const auto& [id, h] : held_) {
+    for (const DeviceRecord& d : h.devices) visitor->OnDevice(d);
+  }
   for (const auto& [p, off] : offsets_) visitor->OnOffset(CommittedOffset{p, off});
 }
 

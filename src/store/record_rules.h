@@ -19,25 +19,34 @@ namespace presence::internal {
 
 class RecordSet {
  public:
-  // Each returns whether the set changed.
+  // Each returns whether the set changed. A record taken by value is moved
+  // into the set.
   bool ApplyErasure(const StoreBatch::Erasure& e);
-  bool ApplyUser(const UserRecord& u);
-  bool ApplyDevice(const DeviceRecord& d);
+  bool ApplyUser(UserRecord u);
+  bool ApplyDevice(DeviceRecord d);
   bool ApplyOffset(const CommittedOffset& o);
   // Erasures, then users, devices and offsets, in that order.
   void Apply(const StoreBatch& batch);
 
+  // Every user record, then every device record, then the offsets.
   void Visit(StoreVisitor* visitor) const;
   // The erasure floors held (a snapshot must keep them).
   const absl::flat_hash_map<std::string, uint64_t>& floors() const { return floors_; }
-  size_t users() const { return users_.size(); }
-  size_t devices() const { return devices_.size(); }
+  size_t users() const { return users_count_; }
+  size_t devices() const { return devices_count_; }
 
  private:
+  // What is held of one user: one hash lookup finds its record and its
+  // devices (a user has few: Options::max_devices_per_user).
+  struct Held {
+    std::optional<UserRecord> user;
+    std::vector<DeviceRecord> devices;
+  };
   uint64_t FloorOf(const std::string& user_id) const;
 
-  absl::flat_hash_map<std::string, UserRecord> users_;
-  absl::flat_hash_map<std::pair<std::string, std::string>, DeviceRecord> devices_;
+  absl::flat_hash_map<std::string, Held> held_;
+  size_t users_count_ = 0;
+  size_t devices_count_ = 0;
   absl::flat_hash_map<std::string, uint64_t> floors_;
   absl::flat_hash_map<uint32_t, uint64_t> offsets_;
 };
