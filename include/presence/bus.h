@@ -82,6 +82,13 @@ class PRESENCE_EXPORT Bus {
   // The offset the next record of `partition` will get (InvalidArgument for
   // a partition that does not exist).
   virtual absl::StatusOr<uint64_t> EndOffset(uint32_t partition) = 0;
+
+  // Bus::KnownEndOffset: the end of `partition` as this process last
+  // learned it, without asking anyone; it may lag EndOffset (NotFound while
+  // nothing is known). The engine's backlog gauge reads it, so that rendering
+  // metrics never waits on a broker. This default answers EndOffset, which
+  // an in-process bus knows at once.
+  virtual absl::StatusOr<uint64_t> KnownEndOffset(uint32_t partition);
 };
 
 // An in-process bus with `partitions` partitions (at least 1), holding every

@@ -1070,16 +1070,18 @@ class EngineCore {
     return out;
   }
 
-  // End offset minus the next offset to read, over the owned partitions
-  // that ConsumeBus has read from (a partition whose end offset cannot be
-  // read counts as an error of the bus).
+  // End offset as the bus last learned it (Bus::KnownEndOffset: no request
+  // to a broker) minus the next offset to read, over the owned partitions
+  // that ConsumeBus has read from. A partition whose end is not known yet
+  // counts nothing; one whose end cannot be read counts as an error of the
+  // bus.
   uint64_t SignalBacklogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
     uint64_t backlog = 0;
     for (const auto& [p, next] : consumed_) {
       if (!Owns(p)) continue;
-      auto end = config_.options.bus->EndOffset(p);
+      auto end = config_.options.bus->KnownEndOffset(p);
       if (!end.ok()) {
-        ++bus_errors_;
+        if (!absl::IsNotFound(end.status())) ++bus_errors_;
         continue;
       }
       if (*end > next) backlog += *end - next;

@@ -20,6 +20,8 @@ Store::~Store() = default;
 HistoryStore::~HistoryStore() = default;
 Bus::~Bus() = default;
 
+absl::StatusOr<uint64_t> Bus::KnownEndOffset(uint32_t partition) { return EndOffset(partition); }
+
 absl::StatusOr<std::vector<uint64_t>> Bus::PublishBatch(absl::Span<const BusMessage> messages) {
   std::vector<uint64_t> offsets;
   offsets.reserve(messages.size());

@@ -105,6 +105,9 @@ struct KafkaBus::Impl {
     int64_t next ABSL_GUARDED_BY(mu) = -1;
   };
   std::vector<std::unique_ptr<Reader>> readers;
+  // Per partition: the highest end offset this process learned (a
+  // watermark query, or an offset it published), -1 while none.
+  std::unique_ptr<std::atomic<int64_t>[]> known_end;
 
   std::atomic<uint64_t> published{0}, publish_errors{0}, published_without_offset{0},
       records_read{0}, seeks{0},
@@ -290,6 +293,8 @@ struct KafkaBus::Impl {
     }
     n = *count;
     for (uint32_t p = 0; p < n; ++p) readers.push_back(std::make_unique<Reader>());
+    known_end = std::make_unique<std::atomic<int64_t>[]>(n);
+    for (uint32_t p = 0; p < n; ++p) known_end[p] = -1;
     // The consumer learns the partition leaders now rather than on the
     // first read (which would otherwise wait for its metadata refresh).
     if (rd_kafka_topic_t* t = rd_kafka_topic_new(consumer, options.topic.c_str(), nullptr)) {
@@ -311,15 +316,17 @@ struct KafkaBus::Impl {
       }
     }
     Delivery d(messages.size());
+    std::vector<uint32_t> partitions(messages.size());
     size_t produced = 0;
     rd_kafka_resp_err_t produce_err = RD_KAFKA_RESP_ERR_NO_ERROR;
     for (; produced < messages.size(); ++produced) {
       const Message& m = messages[produced];
       const absl::string_view type = TypeName(m.type);
+      partitions[produced] = PartitionFor(m.key, n);
       // Blocks while the local queue is full; the poller drains it.
       produce_err = rd_kafka_producev(
           producer, RD_KAFKA_V_RKT(producer_topic),
-          RD_KAFKA_V_PARTITION(static_cast<int32_t>(PartitionFor(m.key, n))),
+          RD_KAFKA_V_PARTITION(static_cast<int32_t>(partitions[produced])),
           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY | RD_KAFKA_MSG_F_BLOCK),
           RD_KAFKA_V_KEY(m.key.data(), m.key.size()),
           RD_KAFKA_V_VALUE(const_cast<char*>(m.payload.data()), m.payload.size()),
@@ -353,8 +360,32 @@ struct KafkaBus::Impl {
             " records were acknowledged without an offset (implicitly, after a lost response);"
             " they are written, at offsets unknown"));
       }
+      for (size_t i = 0; i < messages.size(); ++i) {
+        Learn(partitions[i], static_cast<int64_t>(d.offsets[i]) + 1);
+      }
       return std::vector<uint64_t>(d.offsets.begin(), d.offsets.end());
     }
+  }
+
+  void Learn(uint32_t partition, int64_t end) {
+    std::atomic<int64_t>& k = known_end[partition];
+    int64_t held = k.load(std::memory_order_relaxed);
+    while (end > held && !k.compare_exchange_weak(held, end, std::memory_order_relaxed)) {
+    }
+  }
+
+  // What this process knows of the partition's end, asking nobody: the
+  // high watermark of the consumer's last fetch, or what Learn kept.
+  absl::StatusOr<uint64_t> KnownEnd(uint32_t partition) {
+    int64_t low = RD_KAFKA_OFFSET_INVALID, high = RD_KAFKA_OFFSET_INVALID;
+    rd_kafka_get_watermark_offsets(consumer, options.topic.c_str(), static_cast<int32_t>(partition),
+                                   &low, &high);
+    high = std::max(high, known_end[partition].load(std::memory_order_relaxed));
+    if (high < 0) {
+      return absl::NotFoundError(absl::StrCat("no end offset of ", options.topic, "/", partition,
+                                              " is known yet"));
+    }
+    return static_cast<uint64_t>(high);
   }
 
   // The partition's low and high watermarks, asked of its leader; retried
@@ -373,7 +404,10 @@ struct KafkaBus::Impl {
       rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(
           producer, options.topic.c_str(), static_cast<int32_t>(partition), &low, &high,
           std::max(left, 1));
-      if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return std::make_pair(low, high);
+      if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        Learn(partition, high);
+        return std::make_pair(low, high);
+      }
       if (!Retriable(e) || std::chrono::steady_clock::now() >= deadline) {
         return KafkaStatus(e, absl::StrCat("watermarks of ", options.topic, "/", partition));
       }
@@ -624,6 +658,11 @@ absl::StatusOr<uint64_t> KafkaBus::EndOffset(uint32_t partition) {
   auto wm = impl_->Watermarks(partition);
   if (!wm.ok()) return wm.status();
   return static_cast<uint64_t>(wm->second);
+}
+
+absl::StatusOr<uint64_t> KafkaBus::KnownEndOffset(uint32_t partition) {
+  if (partition >= impl_->n) return absl::InvalidArgumentError(absl::StrCat("no partition ", partition));
+  return impl_->KnownEnd(partition);
 }
 
 absl::Status KafkaBus::CommitOffsets(const std::vector<CommittedOffset>& offsets) {

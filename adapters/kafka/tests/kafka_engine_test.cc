@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "adapters/kafka/tests/mock_kafka.h"
 #include "presence/kafka_bus.h"
@@ -190,6 +191,55 @@ TEST(KafkaEngine, TheAsynchronousCommitFollowsTheStore) {
   ASSERT_TRUE(group.ok());
   ASSERT_EQ(group->size(), in_store.size());
   for (const CommittedOffset& c : *group) EXPECT_EQ(c.offset, in_store.at(c.partition));
+}
+
+// The heartbeat backlog gauge reads what the engine's bus already knows:
+// rendering the metrics sends no request to a broker (an engine's /metrics
+// used to ask the leader of every owned partition, on the server's io
+// thread), and the gauge still follows the records that arrive.
+TEST(KafkaEngine, RenderingMetricsAsksNoBroker) {
+  MockKafka& kafka = MockKafka::Shared();
+  KafkaBusOptions bo = kafka.NewTopicOptions(4);
+  auto bus = KafkaBus::Create(bo).value();      // the engine's
+  auto gateway = KafkaBus::Create(bo).value();  // a gateway's, another process
+  auto store = NewMemoryStore();
+  TestEngine t([&] {
+    Options o;
+    o.store = store.get();
+    o.bus = bus.get();
+    return o;
+  }());
+  auto publish = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      Signal s = TestEngine::Sig("u" + std::to_string(i), "web");
+      s.timestamp_ms = t.clock.NowMs();
+      Publish(gateway.get(), s);
+    }
+  };
+  publish(0, 40);
+  EXPECT_EQ(CatchUp(t.engine.get()), 40u);
+  const uint64_t queries = bus->stats().watermark_queries;
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_THAT(t.engine->RenderMetrics(), ::testing::HasSubstr("presence_signal_backlog 0\n"));
+  }
+  EXPECT_EQ(bus->stats().watermark_queries, queries);
+  // Records the engine has not consumed: its bus learns their end from its
+  // next fetch, and the gauge shows them until they are consumed.
+  publish(40, 60);
+  t.Run(100);  // the engine's tick publishes its change events to the bus too
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  uint64_t backlog = 0;
+  while (backlog == 0 && std::chrono::steady_clock::now() < deadline) {
+    auto n = t.engine->ConsumeBus(1);  // one record: the fetch behind it learns the end
+    ASSERT_TRUE(n.ok()) << n.status();
+    const std::string m = t.engine->RenderMetrics();
+    const size_t at = m.find("\npresence_signal_backlog ");
+    ASSERT_NE(at, std::string::npos);
+    backlog = std::stoull(m.substr(at + 25));
+  }
+  EXPECT_GT(backlog, 0u);
+  CatchUp(t.engine.get());
+  EXPECT_THAT(t.engine->RenderMetrics(), ::testing::HasSubstr("presence_signal_backlog 0\n"));
 }
 
 }  // namespace

@@ -154,6 +154,10 @@ class KafkaBus final : public Bus {
 
   // The partition's high watermark, asked of its leader.
   absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override;
+  // The high watermark of this consumer's last fetch of the partition, or
+  // the end that this bus last learned by a query or a publish, whichever is
+  // higher; no request (NotFound while neither is known).
+  absl::StatusOr<uint64_t> KnownEndOffset(uint32_t partition) override;
 
   // KafkaBus::CommitOffsets commits `offsets` (each the next offset to read
   // of its partition) to the consumer group and waits for the coordinator.
