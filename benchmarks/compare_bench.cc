@@ -8,6 +8,8 @@
 //   presence-many    the same handles through Engine::BeatMany, 1000 per call
 //                    (a host handing over an event loop's ready list)
 //   presence-keyed   Engine::Signal keyed by (user_id, device_id)
+//   presence-keyed-many  the same signals through Engine::SignalBatch, 256
+//                    per call (the keyed path's pipeline)
 //   presence-phi     the handle path with a PhiAccrualDetector deciding for
 //                    every device (adaptive detection's cost per heartbeat)
 //   host-only        no engine: only the harness's read of each device's
@@ -114,6 +116,7 @@ class PresenceSystem : public System {
  public:
   PresenceSystem(const Ids& ids, size_t devices, bool keyed, bool adaptive, bool many)
       : ids_(ids), devices_(devices), keyed_(keyed), many_(many) {
+    if (keyed_ && many_) signals_.reserve(kSignalBatch);
     presence::Options o;
     o.clock = &clock_;
     if (adaptive) {
@@ -142,7 +145,10 @@ class PresenceSystem : public System {
   }
   void Beat(size_t d, int64_t now_ms) override {
     clock_.Set(now_ms);
-    if (keyed_) {
+    if (keyed_ && many_) {
+      signals_.push_back(SignalFor(d));
+      if (signals_.size() == kSignalBatch) Flush();
+    } else if (keyed_) {
       presence::Signal s = SignalFor(d);
       if (!engine_->Signal(s).ok()) std::abort();
     } else if (many_) {
@@ -175,6 +181,10 @@ class PresenceSystem : public System {
     }
   }
   void Flush() override {
+    if (!signals_.empty()) {
+      if (engine_->SignalBatch(signals_).applied != signals_.size()) std::abort();
+      signals_.clear();
+    }
     if (ready_.empty()) return;
     if (engine_->BeatMany(ready_).applied != ready_.size()) std::abort();
     ready_.clear();
@@ -194,7 +204,9 @@ class PresenceSystem : public System {
   const bool keyed_;
   const bool many_;
   static constexpr size_t kReady = 1000;
+  static constexpr size_t kSignalBatch = 256;
   std::vector<presence::DeviceHandle> ready_;  // presence-many: beats not yet handed over
+  std::vector<presence::Signal> signals_;      // presence-keyed-many: the same
   presence::ManualClock clock_{1'000'000};
   std::unique_ptr<presence::PhiAccrualDetector> detector_;
   std::unique_ptr<presence::Engine> engine_;
@@ -438,7 +450,7 @@ int Main(int argc, char** argv) {
       seed = std::strtoull(v, nullptr, 10);
     } else {
       std::fprintf(stderr,
-                   "usage: compare_bench --system presence-handle|presence-many|presence-keyed|presence-phi|host-only|naive|redis "
+                   "usage: compare_bench --system presence-handle|presence-many|presence-keyed|presence-keyed-many|presence-phi|host-only|naive|redis "
                    "[--devices N] [--seconds S] [--churn-seconds S] [--csv FILE] [--redis-server PATH]\n");
       return 2;
     }
@@ -459,9 +471,10 @@ int Main(int argc, char** argv) {
   const size_t heap0 = HeapInUse();
   std::unique_ptr<System> sys;
   if (system == "presence-handle" || system == "presence-many" || system == "presence-keyed" ||
-      system == "presence-phi") {
-    sys = std::make_unique<PresenceSystem>(ids, devices, system == "presence-keyed",
-                                           system == "presence-phi", system == "presence-many");
+      system == "presence-keyed-many" || system == "presence-phi") {
+    const bool keyed = system == "presence-keyed" || system == "presence-keyed-many";
+    const bool many = system == "presence-many" || system == "presence-keyed-many";
+    sys = std::make_unique<PresenceSystem>(ids, devices, keyed, system == "presence-phi", many);
   } else if (system == "host-only") {
     sys = std::make_unique<HostOnlySystem>(devices);
   } else if (system == "naive") {

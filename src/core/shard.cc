@@ -460,10 +460,15 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Platform platfo
   return absl::OkStatus();
 }
 
-absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceHandle* handle) {
+absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceHandle* handle,
+                                uint32_t user_hint) {
   if (auto st = config_->check_owned(a.hash); !st.ok()) return st;
   const presence::Signal& s = *a.signal;
-  uint32_t u = FindUser(s.user_id, a.hash);
+  // A hint stays right: no signal forgets a user. A user created since the
+  // hint was taken is looked up.
+  uint32_t u = user_hint != kNone && users_[user_hint].in_use && users_[user_hint].id.view() == s.user_id
+                   ? user_hint
+                   : FindUser(s.user_id, a.hash);
   uint32_t di = u == kNone ? kNone : FindDevice(users_[u], s.device_id);
   bool created = false;
   if (di == kNone) {
@@ -521,18 +526,25 @@ absl::Status Shard::Apply(const AcceptedSignal& s, int64_t now_ms, DeviceHandle*
 
 void Shard::ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms,
                       BatchResult* result) {
-  // A software pipeline: while signal j is applied, signal j + 3k has its
-  // index group and its Signal fetched, j + 2k its user record and id bytes,
-  // j + k its first device. The cache misses of many signals overlap where
-  // one Apply after another waits for each in turn. Prefetches only read:
-  // every signal is applied, in order, exactly as Apply would.
+  // A software pipeline: while signal j is applied, signal j + 4k has its
+  // index group and its Signal fetched, j + 3k its user record and id bytes,
+  // j + 2k its first device, j + k its second. The cache misses of many
+  // signals overlap where one Apply after another waits for each in turn.
+  // Prefetches only read: every signal is applied, in order, exactly as
+  // Apply would, with the user found at the third stage as a hint.
   constexpr size_t k = 16;  // 12 to 32 measured alike at 10^6 devices
+  constexpr size_t kRing = 4 * k;
+  uint32_t found[kRing];  // the user of signal j, at j % kRing, from the third stage on
   internal::MutexLock lock(&mu_);
-  for (size_t i = 0; i < n + 3 * k; ++i) {
+  for (size_t i = 0; i < n + 4 * k; ++i) {
+    if (i >= 4 * k) {
+      const size_t j = i - 4 * k;
+      CountOutcome(ApplyLocked(signals[j], now_ms, nullptr, found[j % kRing]), result);
+    }
     if (i < n) PrefetchIndex(signals[i]);
     if (i >= k && i - k < n) PrefetchUser(signals[i - k]);
-    if (i >= 2 * k && i - 2 * k < n) PrefetchDevice(signals[i - 2 * k]);
-    if (i >= 3 * k) CountOutcome(ApplyLocked(signals[i - 3 * k], now_ms, nullptr), result);
+    if (i >= 2 * k && i - 2 * k < n) found[(i - 2 * k) % kRing] = PrefetchDevice(signals[i - 2 * k]);
+    if (i >= 3 * k && i - 3 * k < n) PrefetchNextDevice(signals[i - 3 * k], found[(i - 3 * k) % kRing]);
   }
 }
 
@@ -548,13 +560,26 @@ void Shard::PrefetchUser(const AcceptedSignal& a) const {
   __builtin_prefetch(a.signal->device_id.data());
 }
 
-void Shard::PrefetchDevice(const AcceptedSignal& a) const {
+namespace {
+void PrefetchRecord(const Device& d) {
+  const char* p = reinterpret_cast<const char*>(&d);
+  __builtin_prefetch(p);
+  __builtin_prefetch(p + sizeof(Device) - 1);  // a record may straddle two cache lines
+}
+}  // namespace
+
+uint32_t Shard::PrefetchDevice(const AcceptedSignal& a) const {
   const uint32_t u = FindUser(a.signal->user_id, a.hash);
-  if (u != kNone && users_[u].first_device != kNone) {
-    const char* d = reinterpret_cast<const char*>(&devices_.at(users_[u].first_device));
-    __builtin_prefetch(d);
-    __builtin_prefetch(d + sizeof(Device) - 1);  // a record may straddle two cache lines
-  }
+  if (u != kNone && users_[u].first_device != kNone) PrefetchRecord(devices_.at(users_[u].first_device));
+  return u;
+}
+
+void Shard::PrefetchNextDevice(const AcceptedSignal& a, uint32_t u) {
+  if (u == kNone || !users_[u].in_use) return;
+  const uint32_t first = users_[u].first_device;
+  if (first == kNone) return;
+  const Device& d = devices_.at(first);
+  if (d.next != kNone && d.id.view() != a.signal->device_id) PrefetchRecord(devices_.at(d.next));
 }
 
 void CountOutcome(absl::Status st, BatchResult* result) {

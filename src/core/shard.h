@@ -321,15 +321,19 @@ class Shard {
     bool operator()(const UserPrefetch& k, uint32_t a) const { return (*this)(a, k); }
   };
   // The dependent loads between a keyed signal and its device, each started
-  // ahead of need by ApplyMany, in three stages: the index group of the user
+  // ahead of need by ApplyMany, in four stages: the index group of the user
   // id and the signal itself; the user record (the index is in cache by then)
-  // and the id bytes; the user's first device.
+  // and the id bytes; the user's first device (PrefetchDevice answers the
+  // user found, or kNone); the second, when the first is not the one sought.
   void PrefetchIndex(const AcceptedSignal& a) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PrefetchUser(const AcceptedSignal& a) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void PrefetchDevice(const AcceptedSignal& a) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t PrefetchDevice(const AcceptedSignal& a) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PrefetchNextDevice(const AcceptedSignal& a, uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  absl::Status ApplyLocked(const AcceptedSignal& s, int64_t now_ms, DeviceHandle* handle)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `user_hint`: where the user was found a few signals before (kNone: look
+  // it up); checked before it is used.
+  absl::Status ApplyLocked(const AcceptedSignal& s, int64_t now_ms, DeviceHandle* handle,
+                           uint32_t user_hint = kNone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `limit`: counts against the device's signals-per-second limit (not a
   // replay).
   // `probe_answer`: the answer to a probe (not counted against the limit,
