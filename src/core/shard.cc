@@ -599,10 +599,17 @@ absl::Status Shard::DisconnectDevice(absl::string_view user_id, uint64_t hash,
 
 absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t hash,
                                             OverrideState state, int64_t until_ms,
-                                            uint64_t trace_id, int64_t now_ms) {
+                                            uint64_t trace_id, int64_t now_ms, uint64_t chosen_id,
+                                            int64_t set_at_ms, bool* added) {
   internal::MutexLock lock(&mu_);
+  if (added != nullptr) *added = false;
   if (auto st = config_->check_owned(hash); !st.ok()) return st;
   uint32_t u = FindUser(user_id, hash);
+  if (chosen_id != 0 && u != kNone && users_[u].overrides) {
+    for (const Override& o : *users_[u].overrides) {
+      if (o.id == chosen_id) return chosen_id;  // held already: a replay or a retry
+    }
+  }
   if (u != kNone && users_[u].overrides &&
       users_[u].overrides->size() >= static_cast<size_t>(config_->options.max_overrides_per_user)) {
     return Drop(DropReason::kLimit, "user has the most overrides allowed");
@@ -619,9 +626,11 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
     user.overrides = std::make_unique<std::vector<Override>>();
     with_overrides_.insert(u);
   }
-  const uint64_t id = config_->next_override_id->fetch_add(1, std::memory_order_relaxed);
-  user.overrides->push_back(Override{id, now_ms, until_ms, state});
+  const uint64_t id =
+      chosen_id != 0 ? chosen_id : config_->next_override_id->fetch_add(1, std::memory_order_relaxed);
+  user.overrides->push_back(Override{id, chosen_id != 0 ? set_at_ms : now_ms, until_ms, state});
   ++override_count_;
+  if (added != nullptr) *added = true;
   if (until_ms != 0) user_timers_.insert({until_ms, u});
   UpdateHidden(u, now_ms);
   MarkDirty(u, Cause::kOverride, trace_id, now_ms);
