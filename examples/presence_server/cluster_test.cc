@@ -252,6 +252,21 @@ class Cluster {
       Start(&gateways_[g]);
     }
   }
+  // StartAll, then waits until every node answers and the engines share
+  // the partitions out.
+  ::testing::AssertionResult StartAllAndShare() {
+    StartAll();
+    for (Node* n : All()) {
+      if (!WaitFor([&] { return Answers(n); }, 30000)) {
+        return ::testing::AssertionFailure() << n->id << " never answered:\n" << Log(n);
+      }
+    }
+    if (!WaitFor([&] { return Shared(); }, 60000, 100)) {
+      return ::testing::AssertionFailure() << "the engines never shared the partitions out: "
+                                           << absl::StrJoin(Owned(), ",");
+    }
+    return ::testing::AssertionSuccess();
+  }
   // The broker goes, as a crash would take it.
   void KillKafka() { kafka_->Stop(SIGKILL); }
 
@@ -596,13 +611,8 @@ struct LogsOnFailure {
 
 TEST(Cluster, TwoGatewaysThreeEnginesFailingOverUnderLoad) {
   Cluster cluster;
-  cluster.StartAll();
   LogsOnFailure logs{&cluster};
-  for (Node* n : cluster.All()) {
-    ASSERT_TRUE(WaitFor([&] { return cluster.Answers(n); }, 30000)) << n->id << ":\n" << cluster.Log(n);
-  }
-  ASSERT_TRUE(WaitFor([&] { return cluster.Shared(); }, 60000, 100))
-      << "the engines never shared the partitions out: " << absl::StrJoin(cluster.Owned(), ",");
+  ASSERT_TRUE(cluster.StartAllAndShare());
 
   Clients clients(&cluster);
   const TimePoint ramp = Clock::now();
@@ -869,13 +879,8 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
 #else
   Cluster cluster(3, SharedStore::kRedis);
 #endif
-  cluster.StartAll();
   LogsOnFailure logs{&cluster};
-  for (Node* n : cluster.All()) {
-    ASSERT_TRUE(WaitFor([&] { return cluster.Answers(n); }, 30000)) << n->id << ":\n" << cluster.Log(n);
-  }
-  ASSERT_TRUE(WaitFor([&] { return cluster.Shared(); }, 60000, 100))
-      << "the engines never shared the partitions out: " << absl::StrJoin(cluster.Owned(), ",");
+  ASSERT_TRUE(cluster.StartAllAndShare());
   Clients clients(&cluster);
   clients.ConnectAll();
   ASSERT_TRUE(WaitFor([&] { return clients.EveryoneSawTheirFriendOnline(); }, 30000));

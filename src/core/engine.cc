@@ -730,24 +730,27 @@ class EngineCore {
         continue;
       }
       if (d.disconnect()) {
-        // In order with the signals before it: those go first.
-        if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
-        consumed_signals_.clear();
+        ApplyConsumed();  // in order with the signals before it: those go first
         const Signal s = d.signal();
         (void)DisconnectDevice(s.user_id, s.device_id, s.session_id, *d.disconnect());
         continue;
       }
       consumed_signals_.push_back(d.signal());
     }
-    if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
+    ApplyConsumed();
     return records->size();
+  }
+
+  // The signals ConsumePartition has decoded and not yet applied, applied.
+  void ApplyConsumed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
+    consumed_signals_.clear();
   }
 
   // An override command read from partition `p` (ConsumePartition), in
   // order with the signals read before it, which go first.
   void ConsumeOverride(const BusRecord& r, uint32_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
-    if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
-    consumed_signals_.clear();
+    ApplyConsumed();
     DecodedOverrideCommand d;
     if (!DecodeOverrideCommand(r.payload, &d).ok()) {
       invalid_.fetch_add(1, std::memory_order_relaxed);
