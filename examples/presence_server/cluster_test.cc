@@ -935,6 +935,12 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
           "forbidden");
   refused(http::verb::delete_, "/presence/override?all=true&user_id=" + a1->user, "", 403, "forbidden");
   refused(http::verb::delete_, "/presence/override?override_id=x", "", 400, "bad_request");
+  // The operator's revoke by set time does not travel the bus: refused, not
+  // a silent {"revoked":0} from the gateway's own engine.
+  auto [bulk_status, bulk_body] = HttpCall(http::verb::post, port_b,
+                                           "/operator/overrides/revoke?set_from_ms=0&set_to_ms=1", Token("op"));
+  EXPECT_EQ(bulk_status, 501) << bulk_body;
+  EXPECT_NE(bulk_body.find("\"not_in_cluster\""), std::string::npos) << bulk_body;
   EXPECT_EQ(clients.SeenAs(a0), "online");
   EXPECT_EQ(clients.SeenAs(a1), "online");
 
