@@ -893,6 +893,7 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
 
   // Set through gateway A: accepted with the id the gateway chose; the
   // watcher on gateway B sees DND.
+  const TimePoint set_at = Clock::now();
   auto [set_status, set_body] =
       HttpCall(http::verb::post, port_a, "/presence/override", Token(a0->user), "{\"state\":\"dnd\"}");
   ASSERT_EQ(set_status, 202) << set_body;
@@ -905,12 +906,18 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
   EXPECT_GE(id, uint64_t{1} << 52);
   EXPECT_LT(id, uint64_t{1} << 53) << "an id a JavaScript number holds exactly";
   EXPECT_TRUE(shows(a0, "dnd")) << a0->user << " shows " << clients.SeenAs(a0);
-  // Revoked through gateway B, by its id: ONLINE again.
+  std::printf("CLUSTER override set through gateway A seen DND on gateway B after %lld ms\n",
+              static_cast<long long>(MsSince(set_at)));
+  // Revoked through gateway B, by its id: ONLINE again (after the engines'
+  // 1 s dwell, docs/design.md rule 7).
+  const TimePoint revoke_at = Clock::now();
   auto [revoke_status, revoke_body] = HttpCall(http::verb::delete_, port_b,
                                                absl::StrCat("/presence/override?override_id=", id), Token(a0->user));
   ASSERT_EQ(revoke_status, 202) << revoke_body;
   EXPECT_EQ(revoke_body, "{\"accepted\":true}");
   EXPECT_TRUE(shows(a0, "online")) << a0->user << " shows " << clients.SeenAs(a0);
+  std::printf("CLUSTER override revoked through gateway B seen ONLINE on gateway B after %lld ms\n",
+              static_cast<long long>(MsSince(revoke_at)));
   // Invisible through gateway B, for an hour: OFFLINE to the watcher, though
   // connected; cleared (all=true) through gateway A: ONLINE again.
   auto [inv_status, inv_body] = HttpCall(http::verb::post, port_b, "/presence/override", Token(a1->user),
