@@ -1,6 +1,6 @@
 // Fuzz target: decoding every protobuf message the library accepts from
-// outside (a signal from the bus or a gateway, a change event from another
-// engine). Decoding must answer a status, never crash, and what it accepts
+// outside (a signal or an override command from the bus or a gateway, a
+// change event from another engine). Decoding must answer a status, never crash, and what it accepts
 // must be valid and survive a round trip.
 #include <cstdint>
 #include <cstdlib>
@@ -16,6 +16,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!presence::internal::ValidateSignal(s.signal()).ok()) std::abort();
     presence::DecodedSignal again;
     if (!presence::DecodeSignal(presence::EncodeSignal(s.signal()), &again).ok()) std::abort();
+  }
+  presence::DecodedOverrideCommand c;
+  if (presence::DecodeOverrideCommand(bytes, &c).ok()) {
+    if (!presence::internal::ValidateOverrideCommand(c.command()).ok()) std::abort();
+    presence::DecodedOverrideCommand again;
+    if (!presence::DecodeOverrideCommand(presence::EncodeOverrideCommand(c.command()), &again).ok() ||
+        again.command().override_id != c.command().override_id || again.command().op != c.command().op) {
+      std::abort();
+    }
   }
   auto e = presence::DecodeChangeEvent(bytes);
   if (e.ok()) {

@@ -433,6 +433,246 @@ TEST(GatewayPublisher, DisconnectsTravelTheBusCleanAndAbrupt) {
   }
 }
 
+// ---- Overrides through the bus (issue 15: overrides from any gateway) ----------
+
+// A gateway and one engine that owns every partition, on one bus and store.
+struct OverrideRig {
+  Gateway g;
+  std::unique_ptr<Store> store = NewMemoryStore();
+  RecordingListener heard;
+  std::unique_ptr<Engine> e = Make(store.get(), &heard);
+  std::unique_ptr<Engine> Make(Store* s, RecordingListener* listener) {
+    Options o;
+    o.clock = &g.clock;
+    o.bus = &g.bus;
+    o.store = s;
+    o.listener = listener;
+    o.owns_all_partitions = false;
+    auto engine = Engine::Create(o).value();
+    std::vector<uint32_t> all;
+    for (uint32_t p = 0; p < kPartitions; ++p) all.push_back(p);
+    EXPECT_TRUE(engine->AssignPartitions(all).ok());
+    return engine;
+  }
+  static OverrideCommand Set(absl::string_view user, OverrideState state, int64_t until_ms = 0) {
+    OverrideCommand c;
+    c.op = OverrideOp::kSet;
+    c.user_id = user;
+    c.state = state;
+    c.until_ms = until_ms;
+    return c;
+  }
+  static OverrideCommand Revoke(absl::string_view user, uint64_t id) {
+    OverrideCommand c;
+    c.op = OverrideOp::kRevoke;
+    c.user_id = user;
+    c.override_id = id;
+    return c;
+  }
+  // Everything on the bus consumed, then a tick.
+  void Step(Engine* engine) {
+    for (;;) {
+      auto n = engine->ConsumeBus();
+      ASSERT_TRUE(n.ok()) << n.status();
+      if (*n == 0) break;
+    }
+    g.clock.Advance(100);
+    engine->Tick();
+  }
+  std::vector<uint64_t> Ids(Engine* engine, absl::string_view user) {
+    std::vector<uint64_t> out;
+    const std::vector<OverrideInfo> list = engine->ListOverrides(user).value();
+    for (const OverrideInfo& o : list) out.push_back(o.id);
+    return out;
+  }
+};
+
+TEST(OverridesOnTheBus, TheGatewayChoosesTheIdAndTheOwnerAppliesItOnce) {
+  OverrideRig r;
+  ASSERT_TRUE(r.g.gw->Publish(TestEngine::Sig("alice", "web")).ok());
+  const int64_t asked_at = r.g.clock.NowMs();
+  auto dnd = r.g.gw->PublishOverride(OverrideRig::Set("alice", OverrideState::kDnd, asked_at + 60'000));
+  ASSERT_TRUE(dnd.ok()) << dnd.status();
+  EXPECT_GE(*dnd, kFirstChosenOverrideId);
+  EXPECT_LE(*dnd, kMaxOverrideId);
+  r.Step(r.e.get());
+  EXPECT_EQ(r.e->GetOne("alice").state, State::kDnd);
+  auto list = r.e->ListOverrides("alice").value();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].id, *dnd);
+  EXPECT_EQ(list[0].state, OverrideState::kDnd);
+  EXPECT_EQ(list[0].set_at_ms, asked_at) << "the gateway's time, the same on every replay";
+  EXPECT_EQ(list[0].until_ms, asked_at + 60'000);
+  // The bus delivers the command again (a gateway's retried batch): the
+  // owner holds that id already, and nothing changes or is published.
+  std::vector<BusRecord> commands;
+  for (const BusRecord& rec : r.g.bus.All()) {
+    if (rec.type == BusRecordType::kOverride) commands.push_back(rec);
+  }
+  ASSERT_EQ(commands.size(), 1u);
+  const BusRecord set_record = commands[0];
+  const size_t heard = r.heard.events().size();
+  ASSERT_TRUE(r.g.bus.Publish(BusRecordType::kOverride, "alice", set_record.payload).ok());
+  r.Step(r.e.get());
+  EXPECT_THAT(r.Ids(r.e.get(), "alice"), ElementsAre(*dnd));
+  EXPECT_EQ(r.heard.events().size(), heard);
+  // Revoked through the bus: ONLINE again, published once.
+  auto revoked = r.g.gw->PublishOverride(OverrideRig::Revoke("alice", *dnd));
+  ASSERT_TRUE(revoked.ok()) << revoked.status();
+  EXPECT_EQ(*revoked, *dnd);
+  r.Step(r.e.get());
+  EXPECT_TRUE(r.Ids(r.e.get(), "alice").empty());
+  EXPECT_EQ(r.e->GetOne("alice").state, State::kOnline);
+  r.g.clock.Advance(Options().min_dwell_ms);  // published once the dwell is over
+  r.e->Tick();
+  ASSERT_EQ(r.heard.events().size(), heard + 1);
+  EXPECT_EQ(r.heard.events().back().cause, Cause::kOverride);
+  // A clear through the bus removes every override; two gateways (or one
+  // restarted: the seed is random) choose different ids.
+  OverrideRig other;
+  std::set<uint64_t> ids;
+  for (int i = 0; i < 3; ++i) {
+    ids.insert(r.g.gw->PublishOverride(OverrideRig::Set("alice", OverrideState::kAway)).value());
+    ids.insert(other.g.gw->PublishOverride(OverrideRig::Set("alice", OverrideState::kAway)).value());
+  }
+  EXPECT_EQ(ids.size(), 6u);
+  r.Step(r.e.get());
+  EXPECT_EQ(r.Ids(r.e.get(), "alice").size(), 3u);
+  OverrideCommand clear;
+  clear.op = OverrideOp::kClear;
+  clear.user_id = "alice";
+  EXPECT_EQ(r.g.gw->PublishOverride(clear).value(), 0u);
+  r.Step(r.e.get());
+  EXPECT_TRUE(r.Ids(r.e.get(), "alice").empty());
+  EXPECT_EQ(r.e->GetOne("alice").state, State::kOnline);
+}
+
+// A new owner loads the records the old one wrote and replays the bus from
+// the last committed offset; here the offsets never reached the store, so
+// the replay covers commands whose effect the records already hold. The
+// end is the same as before the failover: the set held is not stacked
+// twice, the set-then-revoke leaves nothing, and nothing in between shows.
+TEST(OverridesOnTheBus, AReplayAfterAFailoverChangesNothing) {
+  class OffsetsLostStore : public Store {
+   public:
+    absl::Status Write(const StoreBatch& batch) override {
+      StoreBatch b = batch;
+      b.offsets.clear();
+      return inner->Write(b);
+    }
+    absl::Status Load(StoreVisitor* v) override { return inner->Load(v); }
+    std::unique_ptr<Store> inner = NewMemoryStore();
+  };
+  OffsetsLostStore store;
+  OverrideRig r;
+  RecordingListener heard_a, heard_b;
+  auto a = r.Make(&store, &heard_a);
+  ASSERT_TRUE(r.g.gw->Publish(TestEngine::Sig("alice", "web")).ok());
+  const uint64_t dnd = r.g.gw->PublishOverride(OverrideRig::Set("alice", OverrideState::kDnd)).value();
+  const uint64_t away = r.g.gw->PublishOverride(OverrideRig::Set("alice", OverrideState::kAway)).value();
+  ASSERT_TRUE(r.g.gw->PublishOverride(OverrideRig::Revoke("alice", away)).ok());
+  r.Step(a.get());
+  EXPECT_THAT(r.Ids(a.get(), "alice"), ElementsAre(dnd));
+  EXPECT_EQ(a->GetOne("alice").state, State::kDnd);
+  // A dies (its records are written, its offsets are not); B takes over.
+  auto b = r.Make(&store, &heard_b);
+  EXPECT_THAT(r.Ids(b.get(), "alice"), ElementsAre(dnd));
+  r.Step(b.get());
+  EXPECT_THAT(r.Ids(b.get(), "alice"), ElementsAre(dnd));
+  EXPECT_EQ(b->GetOne("alice").state, State::kDnd);
+  for (const ChangeEvent& e : heard_b.events()) {
+    EXPECT_EQ(e.state, State::kDnd) << "the replay showed a state the user left: " << StateName(e.state);
+  }
+  // The engine's own ids stay below the chosen ones after loading one.
+  EXPECT_LT(b->SetOverride("alice", OverrideState::kAway).value(), kFirstChosenOverrideId);
+}
+
+TEST(OverridesOnTheBus, ApplyOverrideIsIdempotentAndChecksItsCommand) {
+  OverrideRig r;
+  OverrideCommand set = OverrideRig::Set("bob", OverrideState::kInvisible);
+  set.override_id = kFirstChosenOverrideId + 7;
+  EXPECT_EQ(r.e->ApplyOverride(set).value(), 1u);
+  EXPECT_EQ(r.e->ApplyOverride(set).value(), 0u) << "held already";
+  EXPECT_EQ(r.e->ApplyOverride(OverrideRig::Revoke("bob", set.override_id)).value(), 1u);
+  EXPECT_EQ(r.e->ApplyOverride(OverrideRig::Revoke("bob", set.override_id)).value(), 0u)
+      << "a revoke replayed, or of an id never set, is no error";
+  OverrideCommand clear;
+  clear.op = OverrideOp::kClear;
+  clear.user_id = "nobody-yet";
+  EXPECT_EQ(r.e->ApplyOverride(clear).value(), 0u);
+  // A set that ended before it arrived (a late replay) adds nothing.
+  OverrideCommand ended = OverrideRig::Set("bob", OverrideState::kDnd, r.g.clock.NowMs());
+  ended.override_id = kFirstChosenOverrideId + 8;
+  EXPECT_EQ(r.e->ApplyOverride(ended).value(), 0u);
+  auto left = r.e->ListOverrides("bob");  // NotFound once bob holds nothing at all
+  EXPECT_TRUE(!left.ok() || left->empty());
+  // Malformed commands: an id of the engine's own range, none for a revoke,
+  // an unknown state or op.
+  OverrideCommand low = set;
+  low.override_id = 5;
+  EXPECT_TRUE(absl::IsInvalidArgument(r.e->ApplyOverride(low).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(r.e->ApplyOverride(OverrideRig::Revoke("bob", 0)).status()));
+  OverrideCommand bad_state = set;
+  bad_state.state = static_cast<OverrideState>(9);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.e->ApplyOverride(bad_state).status()));
+  OverrideCommand bad_op = set;
+  bad_op.op = static_cast<OverrideOp>(0);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.e->ApplyOverride(bad_op).status()));
+  // A user of a partition this engine does not own.
+  ASSERT_TRUE(r.e->RevokePartitions({PartitionFor("bob", kPartitions)}).ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(r.e->ApplyOverride(set).status()));
+  // The wire form round-trips, and refuses what ApplyOverride refuses.
+  set.set_at_ms = 123;
+  set.until_ms = 456;
+  set.trace_id = 9;
+  set.gateway = "gw-x";
+  DecodedOverrideCommand d;
+  ASSERT_TRUE(DecodeOverrideCommand(EncodeOverrideCommand(set), &d).ok());
+  const OverrideCommand back = d.command();
+  EXPECT_EQ(back.op, OverrideOp::kSet);
+  EXPECT_EQ(back.user_id, "bob");
+  EXPECT_EQ(back.override_id, set.override_id);
+  EXPECT_EQ(back.state, OverrideState::kInvisible);
+  EXPECT_EQ(back.set_at_ms, 123);
+  EXPECT_EQ(back.until_ms, 456);
+  EXPECT_EQ(back.trace_id, 9u);
+  EXPECT_EQ(back.gateway, "gw-x");
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodeOverrideCommand(EncodeOverrideCommand(low), &d)));
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodeOverrideCommand("\xff\xff", &d)));
+}
+
+// The gateway refuses what the single engine would (and publishes none of
+// it), with the same messages.
+TEST(OverridesOnTheBus, TheGatewayRefusesWhatTheEngineWouldRefuse) {
+  OverrideRig r;
+  const int64_t now = r.g.clock.NowMs();
+  auto past = r.g.gw->PublishOverride(OverrideRig::Set("alice", OverrideState::kDnd, now));
+  EXPECT_TRUE(absl::IsInvalidArgument(past.status()));
+  auto direct = r.e->SetOverride("alice", OverrideState::kDnd, now);
+  EXPECT_EQ(past.status().message(), direct.status().message());
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      r.g.gw->PublishOverride(OverrideRig::Set("alice", static_cast<OverrideState>(0))).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      r.g.gw->PublishOverride(OverrideRig::Set("", OverrideState::kDnd)).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(r.g.gw->PublishOverride(OverrideRig::Revoke("alice", 0)).status()));
+  EXPECT_EQ(r.g.gw->stats().invalid, 4u);
+  EXPECT_TRUE(r.g.bus.All().empty());
+  // While the bus fails, a command waits in order with the signals, and
+  // the buffer's bound refuses more.
+  r.g.bus.failing = true;
+  ASSERT_TRUE(r.g.gw->Publish(TestEngine::Sig("alice", "web")).ok());
+  const uint64_t id = r.g.gw->PublishOverride(OverrideRig::Set("alice", OverrideState::kDnd)).value();
+  EXPECT_EQ(r.g.gw->stats().buffered, 2u);
+  r.g.bus.failing = false;
+  ASSERT_TRUE(r.g.gw->Flush().ok());
+  const std::vector<BusRecord> all = r.g.bus.All();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].type, BusRecordType::kSignal);
+  EXPECT_EQ(all[1].type, BusRecordType::kOverride);
+  r.Step(r.e.get());
+  EXPECT_THAT(r.Ids(r.e.get(), "alice"), ElementsAre(id));
+}
+
 TEST(GatewayPublisher, BuffersWhileTheBusFailsThenPushesBackNeverDropping) {
   Gateway g;
   ASSERT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "web", 1)).ok());

@@ -214,6 +214,12 @@ class KafkaCluster final : public Cluster {
     }
   }
 
+  absl::StatusOr<uint64_t> PublishOverride(const presence::OverrideCommand& command) override {
+    if (gateway_ == nullptr) return absl::FailedPreconditionError("this node is no gateway");
+    Flush();  // in order with the signals queued before it
+    return gateway_->PublishOverride(command);
+  }
+
   void BeforeTick() override {
     Flush();
     if (closed_) return;
@@ -285,7 +291,8 @@ class KafkaCluster final : public Cluster {
     };
     if (gateway_ != nullptr) {
       const auto s = gateway_->stats();
-      gauge("presence_gateway_published_total", "Signals and disconnects this gateway published.", s.published);
+      gauge("presence_gateway_published_total",
+            "Signals, disconnects and override commands this gateway published.", s.published);
       gauge("presence_gateway_bus_errors_total", "Failed publishes (the signal waits in the buffer).",
             s.bus_errors);
       gauge("presence_gateway_refused_total", "Signals refused because the buffer was full.", s.refused);

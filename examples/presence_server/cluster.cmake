@@ -40,6 +40,9 @@ if(PRESENCE_BUILD_KAFKA AND PRESENCE_BUILD_REDIS AND PRESENCE_BUILD_TESTS)
     PRESENCE_SERVER_BINARY="$<TARGET_FILE:presence_server>"
     PRESENCE_MOCK_KAFKA="$<TARGET_FILE:presence_mock_kafka>")
   add_dependencies(presence_cluster_test presence_server presence_mock_kafka)
+  if(PRESENCE_BUILD_POSTGRES)  # overrides and history through a gateway, on PostgreSQL
+    target_compile_definitions(presence_cluster_test PRIVATE PRESENCE_CLUSTER_POSTGRES)
+  endif()
   add_test(NAME presence_cluster_test COMMAND presence_cluster_test)
   set_tests_properties(presence_cluster_test PROPERTIES LABELS "cluster;server" TIMEOUT 1200
     RESOURCE_LOCK failover_timing)

@@ -6,7 +6,8 @@
 // (Redis or PostgreSQL; the file store for a single node).
 //
 //   role gateway  terminates HTTP and WebSockets; publishes each device's
-//                 signals and disconnects to its user's partition
+//                 signals and disconnects, and the override calls, to its
+//                 user's partition
 //                 (GatewayPublisher); its fan-out reads the change events of
 //                 every partition (RemoteFeed), which also answer GET; the
 //                 other gateways' signals close its own older connection of
@@ -97,6 +98,14 @@ class Cluster {
   virtual void Queue(const presence::Signal& signal, std::optional<presence::DisconnectKind> disconnect,
                      std::function<void(const absl::Status&)> done) = 0;
   virtual void Flush() = 0;
+
+  // An override call from an HTTP request, for its user's partition: what
+  // is queued goes first (Flush), then the command, at once. Returns the
+  // override's id (GatewayPublisher::PublishOverride: a set's is chosen
+  // here); InvalidArgument for what an engine would refuse,
+  // ResourceExhausted while the bus fails and the buffer is full,
+  // FailedPrecondition on a node that is no gateway.
+  virtual absl::StatusOr<uint64_t> PublishOverride(const presence::OverrideCommand& command) = 0;
 
   // Each tick, before Engine::Tick: what is queued (Flush), ownership
   // (engines), the signals of the owned partitions, the change events of the

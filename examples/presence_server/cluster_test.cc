@@ -124,16 +124,32 @@ std::vector<Entry> EntriesOf(const std::string& msg) {
   return out;
 }
 
-// A plain HTTP GET on loopback: status and body (status 0 when unreachable).
-std::pair<int, std::string> HttpGet(int port, const std::string& target, const std::string& token) {
+// The "state" of each transition of a GET /presence/history answer, in order.
+[[maybe_unused]] std::vector<std::string> StatesOf(const std::string& history) {
+  std::vector<std::string> out;
+  const std::string key = "\"state\":\"";
+  for (size_t at = history.find(key); at != std::string::npos; at = history.find(key, at + 1)) {
+    const size_t begin = at + key.size();
+    out.push_back(history.substr(begin, history.find('"', begin) - begin));
+  }
+  return out;
+}
+
+// A plain HTTP request on loopback: status and body (status 0 when
+// unreachable).
+std::pair<int, std::string> HttpCall(http::verb verb, int port, const std::string& target, const std::string& token,
+                                     const std::string& body = "") {
   try {
     net::io_context ioc;
     beast::tcp_stream s(ioc);
     s.expires_after(std::chrono::seconds(10));
     s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)));
-    http::request<http::empty_body> req(http::verb::get, target, 11);
+    http::request<http::string_body> req(verb, target, 11);
     req.set(http::field::host, "127.0.0.1");
     req.set(http::field::authorization, "Bearer " + token);
+    if (!body.empty()) req.set(http::field::content_type, "application/json");
+    req.body() = body;
+    req.prepare_payload();
     http::write(s, req);
     beast::flat_buffer buf;
     http::response<http::string_body> res;
@@ -142,6 +158,9 @@ std::pair<int, std::string> HttpGet(int port, const std::string& target, const s
   } catch (const std::exception&) {
     return {0, ""};
   }
+}
+std::pair<int, std::string> HttpGet(int port, const std::string& target, const std::string& token) {
+  return HttpCall(http::verb::get, port, target, token);
 }
 
 // One metric's value in Prometheus text (-1 when absent).
@@ -159,17 +178,31 @@ struct Node {
   std::unique_ptr<Process> process;
 };
 
+// The engines' shared store: redis-server, or PostgreSQL (which also keeps
+// the history that GET /presence/history reads through any gateway).
+enum class SharedStore { kRedis, kPostgres };
+
 class Cluster {
  public:
-  Cluster() {
+  explicit Cluster(int pairs = Pairs(), SharedStore store = SharedStore::kRedis) : pairs_(pairs) {
     folder_ = TempFolder::Make("cluster").value();
     kafka_log_ = folder_->path() + "/kafka.log";
     kafka_ = Process::Spawn({PRESENCE_MOCK_KAFKA, "--partitions", std::to_string(kPartitions)}, kafka_log_, -1)
                  .value();
     EXPECT_TRUE(WaitFor([&] { return !Bootstrap().empty(); }, 20000)) << "the mock cluster never started";
-    redis_ = presence::testing_servers::RedisServer::Start("everysec").value();
+    if (store == SharedStore::kRedis) {
+      redis_ = presence::testing_servers::RedisServer::Start("everysec").value();
+      store_ = absl::StrCat("redis://127.0.0.1:", redis_->port(), "/cluster:");
+    } else {
+#ifdef PRESENCE_CLUSTER_POSTGRES
+      postgres_ = presence::testing_servers::PostgresServer::Start({"fsync=off"}).value();
+      store_ = absl::StrCat("postgresql://presence@127.0.0.1:", postgres_->port(), "/postgres?connect_timeout=5");
+#else
+      ADD_FAILURE() << "built without PostgreSQL";
+#endif
+    }
     std::ofstream auth(folder_->path() + "/auth.txt");
-    for (int i = 0; i < Pairs(); ++i) {
+    for (int i = 0; i < pairs_; ++i) {
       auth << "user " << User('a', i) << " " << Token(User('a', i)) << " " << User('b', i) << "\n";
       auth << "user " << User('b', i) << " " << Token(User('b', i)) << " " << User('a', i) << "\n";
     }
@@ -182,6 +215,7 @@ class Cluster {
   }
 
   static int Pairs() { return EnvInt("PRESENCE_CLUSTER_PAIRS", 1000); }
+  int pairs() const { return pairs_; }
   static std::string User(char side, int i) {
     char b[16];
     std::snprintf(b, sizeof b, "%c%05d", side, i);
@@ -200,7 +234,7 @@ class Cluster {
   // A node's flags: its role and name, then what every node shares.
   std::vector<std::string> Args(const std::string& role, const std::string& id) const {
     return {"--role", role, "--node-id", id, "--kafka-brokers", Bootstrap(), "--partitions",
-            std::to_string(kPartitions), "--store", absl::StrCat("redis://127.0.0.1:", redis_->port(), "/cluster:"),
+            std::to_string(kPartitions), "--store", store_,
             "--kafka-config", "fetch.wait.max.ms=10", "--kafka-config", "max.in.flight.requests.per.connection=1",
             "--session-timeout-ms", std::to_string(kSessionTimeoutMs), "--auth", folder_->path() + "/auth.txt",
             "--max-connections-per-ip", "100000"};
@@ -217,6 +251,21 @@ class Cluster {
       gateways_[g].args = Args("gateway", gateways_[g].id);
       Start(&gateways_[g]);
     }
+  }
+  // StartAll, then waits until every node answers and the engines share
+  // the partitions out.
+  ::testing::AssertionResult StartAllAndShare() {
+    StartAll();
+    for (Node* n : All()) {
+      if (!WaitFor([&] { return Answers(n); }, 30000)) {
+        return ::testing::AssertionFailure() << n->id << " never answered:\n" << Log(n);
+      }
+    }
+    if (!WaitFor([&] { return Shared(); }, 60000, 100)) {
+      return ::testing::AssertionFailure() << "the engines never shared the partitions out: "
+                                           << absl::StrJoin(Owned(), ",");
+    }
+    return ::testing::AssertionSuccess();
   }
   // The broker goes, as a crash would take it.
   void KillKafka() { kafka_->Stop(SIGKILL); }
@@ -272,7 +321,12 @@ class Cluster {
   std::unique_ptr<TempFolder> folder_;
   std::string kafka_log_;
   std::unique_ptr<Process> kafka_;
+  const int pairs_;
   std::unique_ptr<presence::testing_servers::RedisServer> redis_;
+#ifdef PRESENCE_CLUSTER_POSTGRES
+  std::unique_ptr<presence::testing_servers::PostgresServer> postgres_;
+#endif
+  std::string store_;
   Node engines_[3], gateways_[2];
 };
 
@@ -321,7 +375,7 @@ std::string Expected(const std::string& activity) { return activity == "active" 
 class Clients {
  public:
   explicit Clients(Cluster* c) : work_(net::make_work_guard(ioc_)) {
-    for (int i = 0; i < Cluster::Pairs(); ++i) {
+    for (int i = 0; i < c->pairs(); ++i) {
       a_.push_back(std::make_unique<Client>(ioc_, Cluster::User('a', i), Cluster::User('b', i), c->gateway(0)->port));
       b_.push_back(std::make_unique<Client>(ioc_, Cluster::User('b', i), Cluster::User('a', i), c->gateway(1)->port));
       a_.back()->watcher = b_.back().get();
@@ -392,6 +446,19 @@ class Clients {
       }
       return true;
     });
+  }
+  // Every client is welcomed and saw its friend online.
+  bool EveryoneSawTheirFriendOnline() {
+    return OnIo([&] {
+      for (Client* c : all()) {
+        if (!c->welcomed || !c->friend_seen_online) return false;
+      }
+      return true;
+    });
+  }
+  // How `c`'s watcher (on the other gateway) sees c's user now.
+  std::string SeenAs(Client* c) {
+    return OnIo([&] { return c->watcher->friend_state; });
   }
   // Each watcher's view equals its friend's acknowledged state; the users
   // whose watcher is wrong.
@@ -544,28 +611,14 @@ struct LogsOnFailure {
 
 TEST(Cluster, TwoGatewaysThreeEnginesFailingOverUnderLoad) {
   Cluster cluster;
-  cluster.StartAll();
   LogsOnFailure logs{&cluster};
-  for (Node* n : cluster.All()) {
-    ASSERT_TRUE(WaitFor([&] { return cluster.Answers(n); }, 30000)) << n->id << ":\n" << cluster.Log(n);
-  }
-  ASSERT_TRUE(WaitFor([&] { return cluster.Shared(); }, 60000, 100))
-      << "the engines never shared the partitions out: " << absl::StrJoin(cluster.Owned(), ",");
+  ASSERT_TRUE(cluster.StartAllAndShare());
 
   Clients clients(&cluster);
   const TimePoint ramp = Clock::now();
   clients.ConnectAll();
   const std::vector<Client*> all = clients.all();
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return clients.OnIo([&] {
-          for (Client* c : all) {
-            if (!c->welcomed || !c->friend_seen_online) return false;
-          }
-          return true;
-        });
-      },
-      60000))
+  ASSERT_TRUE(WaitFor([&] { return clients.EveryoneSawTheirFriendOnline(); }, 60000))
       << "not every watcher saw its friend online: " << clients.OnIo([&] {
            int welcomed = 0, online = 0;
            std::string example;
@@ -758,7 +811,7 @@ TEST(Cluster, TwoGatewaysThreeEnginesFailingOverUnderLoad) {
   // A clean bye on gateway B reaches the watchers on gateway A as OFFLINE,
   // through the bus, well before the 4 s timeout.
   std::vector<Client*> leaving;
-  for (int i = 0; i < std::min(50, Cluster::Pairs()); ++i) leaving.push_back(clients.b()[i].get());
+  for (int i = 0; i < std::min(50, cluster.pairs()); ++i) leaving.push_back(clients.b()[i].get());
   const TimePoint bye_at = Clock::now();
   clients.OnIo([&] {
     for (Client* c : leaving) clients.Bye(c);
@@ -810,6 +863,136 @@ TEST(Cluster, TwoGatewaysThreeEnginesFailingOverUnderLoad) {
   std::printf("CLUSTER targets: rto_p99<=%d %s, online_visibility_p99<=300 %s\n", 2 * kSessionTimeoutMs + 1000,
               rto_p99 >= 0 && rto_p99 <= 2 * kSessionTimeoutMs + 1000 ? "met" : "MISSED",
               vis_p99 >= 0 && vis_p99 <= 300 ? "met" : "MISSED");
+}
+
+// Overrides and history through any gateway (issue 15: "GET, history and
+// overrides work from any gateway"): an override set through one gateway
+// and revoked through the other reaches its user's owner and shows on the
+// watcher of the other gateway; the gateway refuses what the single server
+// refuses, with the same errors; with PostgreSQL as the shared store, the
+// history reads the same through both gateways, and rule 8 holds there (a
+// viewer gets the public view, an invisible stretch as OFFLINE, no causes;
+// a stranger gets 403). A few clients, about 15 s.
+TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
+#ifdef PRESENCE_CLUSTER_POSTGRES
+  Cluster cluster(3, SharedStore::kPostgres);
+#else
+  Cluster cluster(3, SharedStore::kRedis);
+#endif
+  LogsOnFailure logs{&cluster};
+  ASSERT_TRUE(cluster.StartAllAndShare());
+  Clients clients(&cluster);
+  clients.ConnectAll();
+  ASSERT_TRUE(WaitFor([&] { return clients.EveryoneSawTheirFriendOnline(); }, 30000));
+  const int port_a = cluster.gateway(0)->port, port_b = cluster.gateway(1)->port;
+  Client* a0 = clients.a()[0].get();  // on gateway A, watched from gateway B
+  Client* a1 = clients.a()[1].get();
+  auto shows = [&](Client* c, const std::string& state) {
+    return WaitFor([&] { return clients.SeenAs(c) == state; }, 10000);
+  };
+
+  // Set through gateway A: accepted with the id the gateway chose; the
+  // watcher on gateway B sees DND.
+  const TimePoint set_at = Clock::now();
+  auto [set_status, set_body] =
+      HttpCall(http::verb::post, port_a, "/presence/override", Token(a0->user), "{\"state\":\"dnd\"}");
+  ASSERT_EQ(set_status, 202) << set_body;
+  EXPECT_NE(set_body.find("\"user_id\":\"" + a0->user + "\",\"state\":\"dnd\",\"until_ms\":0,\"accepted\":true"),
+            std::string::npos)
+      << set_body;
+  const size_t id_at = set_body.find("\"override_id\":");
+  ASSERT_NE(id_at, std::string::npos) << set_body;
+  const uint64_t id = std::strtoull(set_body.c_str() + id_at + 14, nullptr, 10);
+  EXPECT_GE(id, uint64_t{1} << 52);
+  EXPECT_LT(id, uint64_t{1} << 53) << "an id a JavaScript number holds exactly";
+  EXPECT_TRUE(shows(a0, "dnd")) << a0->user << " shows " << clients.SeenAs(a0);
+  std::printf("CLUSTER override set through gateway A seen DND on gateway B after %lld ms\n",
+              static_cast<long long>(MsSince(set_at)));
+  // Revoked through gateway B, by its id: ONLINE again (after the engines'
+  // 1 s dwell, docs/design.md rule 7).
+  const TimePoint revoke_at = Clock::now();
+  auto [revoke_status, revoke_body] = HttpCall(http::verb::delete_, port_b,
+                                               absl::StrCat("/presence/override?override_id=", id), Token(a0->user));
+  ASSERT_EQ(revoke_status, 202) << revoke_body;
+  EXPECT_EQ(revoke_body, "{\"accepted\":true}");
+  EXPECT_TRUE(shows(a0, "online")) << a0->user << " shows " << clients.SeenAs(a0);
+  std::printf("CLUSTER override revoked through gateway B seen ONLINE on gateway B after %lld ms\n",
+              static_cast<long long>(MsSince(revoke_at)));
+  // Invisible through gateway B, for an hour: OFFLINE to the watcher, though
+  // connected; cleared (all=true) through gateway A: ONLINE again.
+  auto [inv_status, inv_body] = HttpCall(http::verb::post, port_b, "/presence/override", Token(a1->user),
+                                         "{\"state\":\"invisible\",\"duration_ms\":3600000}");
+  ASSERT_EQ(inv_status, 202) << inv_body;
+  EXPECT_TRUE(shows(a1, "offline")) << a1->user << " shows " << clients.SeenAs(a1);
+  auto [clear_status, clear_body] =
+      HttpCall(http::verb::delete_, port_a, "/presence/override?all=true", Token(a1->user));
+  ASSERT_EQ(clear_status, 202) << clear_body;
+  EXPECT_TRUE(shows(a1, "online")) << a1->user << " shows " << clients.SeenAs(a1);
+
+  // Refused at the gateway as the single server refuses, nothing published.
+  auto refused = [&](http::verb verb, const std::string& target, const std::string& body, int status,
+                     const std::string& code) {
+    auto [got, answer] = HttpCall(verb, port_a, target, Token(a0->user), body);
+    EXPECT_EQ(got, status) << target << " " << body << ": " << answer;
+    EXPECT_NE(answer.find("\"error\":\"" + code + "\""), std::string::npos) << answer;
+  };
+  refused(http::verb::post, "/presence/override", "{\"state\":\"asleep\"}", 400, "bad_message");
+  refused(http::verb::post, "/presence/override", "{\"state\":\"dnd\",\"until_ms\":1}", 400, "bad_request");
+  refused(http::verb::post, "/presence/override", "{\"state\":\"dnd\",\"user_id\":\"" + a1->user + "\"}", 403,
+          "forbidden");
+  refused(http::verb::delete_, "/presence/override?all=true&user_id=" + a1->user, "", 403, "forbidden");
+  refused(http::verb::delete_, "/presence/override?override_id=x", "", 400, "bad_request");
+  // The operator's revoke by set time does not travel the bus: refused, not
+  // a silent {"revoked":0} from the gateway's own engine.
+  auto [bulk_status, bulk_body] = HttpCall(http::verb::post, port_b,
+                                           "/operator/overrides/revoke?set_from_ms=0&set_to_ms=1", Token("op"));
+  EXPECT_EQ(bulk_status, 501) << bulk_body;
+  EXPECT_NE(bulk_body.find("\"not_in_cluster\""), std::string::npos) << bulk_body;
+  EXPECT_EQ(clients.SeenAs(a0), "online");
+  EXPECT_EQ(clients.SeenAs(a1), "online");
+
+#ifdef PRESENCE_CLUSTER_POSTGRES
+  // History through either gateway, from PostgreSQL. a0's own (full): the
+  // DND with its cause. Its friend b0 (public, rule 8): the DND, no causes.
+  // a1 seen by its friend: the invisible hour as OFFLINE, never showing it
+  // was a choice; a1 itself sees it was online all along. A stranger: 403.
+  auto history = [&](int port, Client* of, const std::string& viewer) {
+    return HttpGet(port, "/presence/history?user_id=" + of->user, Token(viewer));
+  };
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto [status, body] = history(port_b, a1, a1->user);
+        return status == 200 && StatesOf(body).size() >= 3;  // online, invisible, back
+      },
+      10000, 100))
+      << history(port_b, a1, a1->user).second;
+  for (int port : {port_a, port_b}) {
+    SCOPED_TRACE(port == port_a ? "gateway A" : "gateway B");
+    auto [own_status, own] = history(port, a0, a0->user);
+    ASSERT_EQ(own_status, 200) << own;
+    EXPECT_NE(own.find("\"full\":true"), std::string::npos) << own;
+    EXPECT_NE(own.find("\"state\":\"dnd\",\"self_state\":\"dnd\",\"cause\":\"override\""), std::string::npos) << own;
+    auto [pub_status, pub] = history(port, a0, clients.b()[0]->user);
+    ASSERT_EQ(pub_status, 200) << pub;
+    EXPECT_NE(pub.find("\"full\":false"), std::string::npos) << pub;
+    EXPECT_NE(pub.find("\"state\":\"dnd\""), std::string::npos) << pub;
+    EXPECT_EQ(pub.find("\"cause\""), std::string::npos) << pub;
+    auto [inv_pub_status, inv_pub] = history(port, a1, clients.b()[1]->user);
+    ASSERT_EQ(inv_pub_status, 200) << inv_pub;
+    const std::vector<std::string> states = StatesOf(inv_pub);
+    EXPECT_NE(std::find(states.begin(), states.end(), "offline"), states.end()) << inv_pub;
+    EXPECT_EQ(inv_pub.find("invisible"), std::string::npos) << inv_pub;
+    EXPECT_EQ(inv_pub.find("self_state"), std::string::npos) << inv_pub;
+    auto [inv_own_status, inv_own] = history(port, a1, a1->user);
+    ASSERT_EQ(inv_own_status, 200) << inv_own;
+    EXPECT_NE(inv_own.find("\"state\":\"offline\",\"self_state\":\"online\",\"cause\":\"override\""),
+              std::string::npos)
+        << inv_own;
+    EXPECT_EQ(history(port, a1, a0->user).first, 403) << "a0 is no friend of a1";
+  }
+#endif
+  EXPECT_EQ(clients.failures(), 0);
+  EXPECT_EQ(clients.errors(), 0);
 }
 
 // A SIGTERM stops a node within its --stop-timeout even when no broker is

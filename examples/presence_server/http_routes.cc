@@ -263,10 +263,6 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
       return GetPresence(*t, *viewer);
     }
     if (t->path == "/presence/override") {
-      if (cluster_ != nullptr) {
-        return Error(http::status::not_implemented, "not_in_cluster",
-                     "overrides do not travel the bus yet: a cluster node does not take them");
-      }
       if (req.method() == http::verb::post) return PostOverride(req, *viewer);
       if (req.method() == http::verb::delete_) return DeleteOverride(*t, *viewer);
       return Error(http::status::method_not_allowed, "method_not_allowed", "use POST or DELETE");
@@ -361,12 +357,44 @@ http::response<http::string_body> Server::Impl::PostOverride(const http::request
   }
   int64_t until = r->until_ms;
   if (r->duration_ms > 0) until = engine_->NowMs() + r->duration_ms;
-  absl::StatusOr<uint64_t> id = engine_->SetOverride(user, r->state, until);
+  // A cluster gateway publishes the set, with the id it chose, for the
+  // user's owner (checked here as the engine would check it): accepted,
+  // applied when the owner reads it.
+  absl::StatusOr<uint64_t> id;
+  if (cluster_ != nullptr) {
+    presence::OverrideCommand c;
+    c.op = presence::OverrideOp::kSet;
+    c.user_id = user;
+    c.state = r->state;
+    c.until_ms = until;
+    id = cluster_->PublishOverride(c);
+  } else {
+    id = engine_->SetOverride(user, r->state, until);
+  }
   if (!id.ok()) return FromEngineError(id.status());
   std::string out = absl::StrCat("{\"override_id\":", *id, ",\"user_id\":");
   AppendJsonString(&out, user);
-  absl::StrAppend(&out, ",\"state\":\"", presence::OverrideStateName(r->state), "\",\"until_ms\":", until, "}");
+  absl::StrAppend(&out, ",\"state\":\"", presence::OverrideStateName(r->state), "\",\"until_ms\":", until);
+  if (cluster_ != nullptr) {
+    out.append(",\"accepted\":true}");
+    return Reply(http::status::accepted, std::move(out));
+  }
+  out.append("}");
   return Reply(http::status::ok, std::move(out));
+}
+
+// A revoke (one id, or all) on a cluster gateway: published for the user's
+// owner, which applies it when it reads it; how many it removes is not
+// known here.
+http::response<http::string_body> Server::Impl::PublishRevoke(const std::string& user, presence::OverrideOp op,
+                                                              uint64_t id) {
+  presence::OverrideCommand c;
+  c.op = op;
+  c.user_id = user;
+  c.override_id = id;
+  absl::StatusOr<uint64_t> published = cluster_->PublishOverride(c);
+  if (!published.ok()) return FromEngineError(published.status());
+  return Reply(http::status::accepted, "{\"accepted\":true}");
 }
 
 http::response<http::string_body> Server::Impl::DeleteOverride(const Target& t, const std::string& viewer) {
@@ -383,11 +411,13 @@ http::response<http::string_body> Server::Impl::DeleteOverride(const Target& t, 
     if (!absl::SimpleAtoi(*id_text, &id)) {
       return Error(http::status::bad_request, "bad_request", "override_id must be a number");
     }
+    if (cluster_ != nullptr) return PublishRevoke(user, presence::OverrideOp::kRevoke, id);
     absl::Status st = engine_->RevokeOverride(user, id);
     if (!st.ok()) return FromEngineError(st);
     return Reply(http::status::ok, "{\"revoked\":1}");
   }
   if (all != nullptr && (*all == "true" || *all == "1")) {
+    if (cluster_ != nullptr) return PublishRevoke(user, presence::OverrideOp::kClear, 0);
     absl::StatusOr<size_t> n = engine_->ClearOverrides(user);
     if (!n.ok()) {
       if (n.status().code() == absl::StatusCode::kNotFound) return Reply(http::status::ok, "{\"revoked\":0}");

@@ -100,7 +100,14 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
     return {http::status::ok, std::move(out)};
   }
 
-  // /operator/overrides/revoke: every override set within [from, to].
+  // /operator/overrides/revoke: every override set within [from, to]. Not
+  // on a cluster node: it would act on this node's engine alone (a
+  // gateway's holds no override), and it does not travel the bus.
+  if (cluster_ != nullptr) {
+    return Fail(http::status::not_implemented, "not_in_cluster",
+                "a revoke by set time acts on one engine: a cluster does not take it (revoke each user's "
+                "overrides with DELETE /presence/override?all=true&user_id=U)");
+  }
   int64_t from = 0, to = 0;
   if (!TimeParam(t, "set_from_ms", &from) || !TimeParam(t, "set_to_ms", &to)) {
     return Fail(http::status::bad_request, "bad_request",

@@ -280,6 +280,7 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   http::response<http::string_body> PostOverride(const http::request<http::string_body>& req,
                                                  const std::string& viewer);
   http::response<http::string_body> DeleteOverride(const Target& t, const std::string& viewer);
+  http::response<http::string_body> PublishRevoke(const std::string& user, presence::OverrideOp op, uint64_t id);
   http::response<http::string_body> GetHistory(const Target& t, const std::string& viewer);
   http::response<http::string_body> GetDeviceHistory(const std::string& user, const std::string& device,
                                                      int64_t from, int64_t to, const std::string& viewer);

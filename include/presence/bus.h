@@ -31,8 +31,9 @@
 namespace presence {
 
 // The kinds of record on the bus. Payloads are encoded protobuf:
-// presence.v1.Signal and presence.v1.ChangeEvent.
-enum class BusRecordType : uint8_t { kSignal = 1, kChange = 2 };
+// presence.v1.Signal, presence.v1.ChangeEvent and presence.v1.OverrideCommand
+// (an override call that a gateway publishes for the user's owner).
+enum class BusRecordType : uint8_t { kSignal = 1, kChange = 2, kOverride = 3 };
 
 struct BusRecord {
   uint32_t partition = 0;

@@ -174,6 +174,19 @@ class PRESENCE_EXPORT Engine {
   absl::StatusOr<uint64_t> SetOverride(absl::string_view user_id, OverrideState state,
                                        int64_t until_ms = 0, uint64_t trace_id = 0);
 
+  // Engine::ApplyOverride applies an override command (presence/types.h) as
+  // the owner of the user's partition does when it reads one from the bus
+  // (ConsumeBus): a set pushes the command's id (chosen by the caller, see
+  // kFirstChosenOverrideId) with its set_at_ms (0: now), through the same
+  // path as SetOverride; a revoke removes its id; a clear removes all. It is
+  // idempotent, so that a replay of the bus changes nothing: a set of an id
+  // the user holds, or one whose end is not after now, a revoke of an id it
+  // does not hold, and a clear of none answer 0. Returns how many overrides
+  // were added or removed. InvalidArgument for a malformed command; the
+  // errors of SetOverride otherwise (FailedPrecondition for a user of a
+  // partition this engine does not own, ResourceExhausted at the limit).
+  absl::StatusOr<size_t> ApplyOverride(const OverrideCommand& command);
+
   // Engine::RevokeOverride removes one override. NotFound when the user has
   // no override with that id.
   absl::Status RevokeOverride(absl::string_view user_id, uint64_t override_id);
@@ -270,9 +283,10 @@ class PRESENCE_EXPORT Engine {
   // Engine::ConsumeBus reads up to `max_records` records from Options::bus,
   // from where it last stopped (after a rebuild: from the offsets committed
   // in the Store), and applies the signals among them (disconnects
-  // included: GatewayPublisher::PublishDisconnect), in order, without the
-  // per-device flood limit, which applied when they came in; change events are
-  // skipped. Offsets are committed to the Store after the records the
+  // included: GatewayPublisher::PublishDisconnect) and the override commands
+  // (GatewayPublisher::PublishOverride, applied as ApplyOverride does), in
+  // order, without the per-device flood limit, which applied when they came
+  // in; change events are skipped. Offsets are committed to the Store after the records the
   // signals changed were written, on Tick. Returns how many records were
   // read. One call reads each partition once, and a bus may answer with
   // fewer records than it holds (Kafka: what the client has fetched); to

@@ -73,6 +73,20 @@ class PRESENCE_EXPORT GatewayPublisher {
   virtual absl::StatusOr<uint64_t> PublishDisconnect(const Signal& session,
                                                      DisconnectKind kind) = 0;
 
+  // Publishes an override command (presence/types.h) to its user's
+  // partition, in order with everything published, for the owner to apply
+  // (Engine::ApplyOverride). It is normalized as a signal is (gateway, a
+  // set_at_ms of 0 becomes the gateway's clock, a trace id of 0 a fresh
+  // one), and a set with override_id 0 gets an id chosen here: unique with
+  // overwhelming likelihood (52 random bits from a per-publisher seed and a
+  // counter, in [kFirstChosenOverrideId, kMaxOverrideId]), so that the owner
+  // applies it once however often the bus delivers it. Returns the
+  // override's id (a set's chosen one, a revoke's; 0 for a clear).
+  // InvalidArgument, nothing published: a malformed command, or a set whose
+  // end is not after the gateway's clock (as Engine::SetOverride answers);
+  // ResourceExhausted as Publish.
+  virtual absl::StatusOr<uint64_t> PublishOverride(const OverrideCommand& command) = 0;
+
   // One item of PublishBatch: a signal, or with `disconnect` set the end of
   // its session. The signal's ids are viewed, not copied: they must outlive
   // the call.
@@ -96,7 +110,7 @@ class PRESENCE_EXPORT GatewayPublisher {
   virtual absl::Status Flush() = 0;
 
   struct Stats {
-    uint64_t published = 0;   // signals on the bus
+    uint64_t published = 0;   // signals (and override commands) on the bus
     uint64_t buffered = 0;    // held now
     uint64_t refused = 0;     // ResourceExhausted answers (back-pressure)
     uint64_t invalid = 0;     // InvalidArgument answers

@@ -112,6 +112,31 @@ struct Signal {
   absl::string_view gateway;    // optional: the host process carrying it
 };
 
+// presence::OverrideCommand is an override call as it travels the bus
+// (docs/scale-out.md, "presence_server as a cluster"): a gateway publishes
+// it to the user's partition (GatewayPublisher::PublishOverride) and the
+// partition's owner applies it (Engine::ApplyOverride), once: a set carries
+// the id the gateway chose, and a set whose id the user already holds, a
+// revoke of an id it does not hold, or a set that has already ended changes
+// nothing, so that a replay of the bus or a retried publish is harmless.
+enum class OverrideOp : uint8_t { kSet = 1, kRevoke = 2, kClear = 3 };
+// The ids a caller chooses (a set's override_id) lie in
+// [kFirstChosenOverrideId, kMaxOverrideId]; the engine's own
+// (Engine::SetOverride) stay below, so the two never meet. Every id fits a
+// JSON number exactly (below 2^53).
+inline constexpr uint64_t kFirstChosenOverrideId = uint64_t{1} << 52;
+inline constexpr uint64_t kMaxOverrideId = (uint64_t{1} << 53) - 1;
+struct OverrideCommand {
+  OverrideOp op = OverrideOp::kSet;
+  absl::string_view user_id;
+  uint64_t override_id = 0;     // kSet: the id it gets; kRevoke: the one removed
+  OverrideState state = OverrideState::kDnd;  // kSet only
+  int64_t set_at_ms = 0;        // when it was asked for; 0 means "now"
+  int64_t until_ms = 0;         // kSet only: absolute end time, 0 until revoked
+  uint64_t trace_id = 0;
+  absl::string_view gateway;    // optional: the host process that published it
+};
+
 // presence::DeviceHandle is what Engine::Connect returns: a small value that
 // the host keeps beside its socket. A heartbeat on a handle costs O(1), with no
 // hashing and no allocation. A handle becomes invalid when its device is

@@ -48,6 +48,26 @@ PRESENCE_EXPORT std::string EncodeSignal(const Signal& signal);
 PRESENCE_EXPORT std::string EncodeDisconnect(const Signal& session, DisconnectKind kind);
 PRESENCE_EXPORT absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out);
 
+// presence::DecodedOverrideCommand owns the bytes that its command() points
+// into; keep it alive while the command is in use.
+class PRESENCE_EXPORT DecodedOverrideCommand {
+ public:
+  OverrideCommand command() const;
+
+ private:
+  friend PRESENCE_EXPORT absl::Status DecodeOverrideCommand(absl::string_view,
+                                                            DecodedOverrideCommand*);
+  std::string user_id_, gateway_;
+  OverrideCommand fields_;  // every field but the views
+};
+
+// A presence.v1.OverrideCommand (bus record type kOverride). Decoding checks
+// what the engine requires of a command (a set's id among the chosen ones,
+// a revoke's id given, the state and op known).
+PRESENCE_EXPORT std::string EncodeOverrideCommand(const OverrideCommand& command);
+PRESENCE_EXPORT absl::Status DecodeOverrideCommand(absl::string_view bytes,
+                                                   DecodedOverrideCommand* out);
+
 // A presence.v1.ChangeEvent. Its state, previous, last_seen and devices are
 // always the public view. With include_self, self_state and invisible carry
 // the user's own view too: for the user's own clients and for other engines,

@@ -200,6 +200,54 @@ class EngineCore {
     return ShardFor(h).DisconnectDevice(user_id, h, device_id, session_id, kind, Now());
   }
 
+  // Engine::SetOverride and a set of Engine::ApplyOverride: `chosen_id` 0 is
+  // the engine's own id (and an end not after now is refused); a chosen id
+  // is set once (a second set of it, or one that has already ended,
+  // changes nothing: `*added` false).
+  absl::StatusOr<uint64_t> SetOverride(absl::string_view user_id, OverrideState state,
+                                       int64_t until_ms, uint64_t trace_id, uint64_t chosen_id,
+                                       int64_t set_at_ms, bool* added) {
+    if (added != nullptr) *added = false;
+    if (auto st = ValidateUserId(user_id); !st.ok()) return st;
+    if (auto st = ValidateOverrideState(state); !st.ok()) return st;
+    const int64_t now = Now();
+    if (auto st = ValidateOverrideEnd(until_ms, now); !st.ok()) {
+      if (chosen_id == 0) return st;
+      return chosen_id;  // it ended before it got here (a late replay): nothing to do
+    }
+    const uint64_t h = HashUserId(user_id);
+    if (auto hook = internal::test_hooks::keyed_accepted.load()) hook(h);
+    return ShardFor(h).SetOverride(user_id, h, state, until_ms, trace_id, now, chosen_id,
+                                   set_at_ms != 0 ? set_at_ms : now, added);
+  }
+
+  // See Engine::ApplyOverride.
+  absl::StatusOr<size_t> ApplyOverride(const OverrideCommand& c) {
+    if (auto st = ValidateOverrideCommand(c); !st.ok()) return st;
+    const uint64_t h = HashUserId(c.user_id);
+    switch (c.op) {
+      case OverrideOp::kSet: {
+        bool added = false;
+        auto id = SetOverride(c.user_id, c.state, c.until_ms, c.trace_id, c.override_id, c.set_at_ms,
+                              &added);
+        if (!id.ok()) return id.status();
+        return added ? 1 : 0;
+      }
+      case OverrideOp::kRevoke: {
+        absl::Status st = ShardFor(h).RevokeOverride(c.user_id, h, c.override_id, Now());
+        if (absl::IsNotFound(st)) return 0;  // not held (any more): a replay, or revoked twice
+        if (!st.ok()) return st;
+        return 1;
+      }
+      case OverrideOp::kClear: {
+        absl::StatusOr<size_t> n = ShardFor(h).ClearOverrides(c.user_id, h, Now());
+        if (absl::IsNotFound(n.status())) return 0;  // an unknown user holds none
+        return n;
+      }
+    }
+    return absl::InvalidArgumentError("unknown override op");
+  }
+
   // The heartbeat fast path: see Engine::Beat.
   absl::Status Beat(DeviceHandle h, Activity activity, Source source) {
     BeatPin pin(this);
@@ -671,6 +719,10 @@ class EngineCore {
     consumed_signals_.clear();
     for (const BusRecord& r : *records) {
       offset = r.offset + 1;
+      if (r.type == BusRecordType::kOverride) {
+        ConsumeOverride(r, p);
+        continue;
+      }
       if (r.type != BusRecordType::kSignal) continue;
       DecodedSignal& d = decoded_[consumed_signals_.size()];
       if (!DecodeSignal(r.payload, &d).ok()) {
@@ -682,17 +734,39 @@ class EngineCore {
         continue;
       }
       if (d.disconnect()) {
-        // In order with the signals before it: those go first.
-        if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
-        consumed_signals_.clear();
+        ApplyConsumed();  // in order with the signals before it: those go first
         const Signal s = d.signal();
         (void)DisconnectDevice(s.user_id, s.device_id, s.session_id, *d.disconnect());
         continue;
       }
       consumed_signals_.push_back(d.signal());
     }
-    if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
+    ApplyConsumed();
     return records->size();
+  }
+
+  // The signals ConsumePartition has decoded and not yet applied, applied.
+  void ApplyConsumed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    if (!consumed_signals_.empty()) (void)ApplyBatch(consumed_signals_, /*replay=*/true);
+    consumed_signals_.clear();
+  }
+
+  // An override command read from partition `p` (ConsumePartition), in
+  // order with the signals read before it, which go first.
+  void ConsumeOverride(const BusRecord& r, uint32_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    ApplyConsumed();
+    DecodedOverrideCommand d;
+    if (!DecodeOverrideCommand(r.payload, &d).ok()) {
+      invalid_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (PartitionOf(d.command().user_id) != p) {
+      wrong_partition_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    // Refused (the user's most overrides, the memory budget): counted by
+    // the shard as a drop, as a direct call's would be.
+    (void)ApplyOverride(d.command());
   }
 
   // The audit trail as `viewer` may read it: everything for the user itself,
@@ -1329,16 +1403,12 @@ absl::Status Engine::Disconnect(DeviceHandle handle, DisconnectKind kind) {
 
 absl::StatusOr<uint64_t> Engine::SetOverride(absl::string_view user_id, OverrideState state,
                                               int64_t until_ms, uint64_t trace_id) {
-  if (auto st = ValidateUserId(user_id); !st.ok()) return st;
-  if (auto st = internal::ValidateOverrideState(state); !st.ok()) return st;
-  const int64_t now = NowMs();
-  if (until_ms != 0 && until_ms <= now) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("override ends at ", until_ms, ", not after now (", now, ")"));
-  }
-  const uint64_t h = HashUserId(user_id);
-  if (auto hook = internal::test_hooks::keyed_accepted.load()) hook(h);
-  return core_->ShardFor(h).SetOverride(user_id, h, state, until_ms, trace_id, now);
+  return core_->SetOverride(user_id, state, until_ms, trace_id, /*chosen_id=*/0, /*set_at_ms=*/0,
+                            nullptr);
+}
+
+absl::StatusOr<size_t> Engine::ApplyOverride(const OverrideCommand& command) {
+  return core_->ApplyOverride(command);
 }
 
 absl::Status Engine::RevokeOverride(absl::string_view user_id, uint64_t override_id) {

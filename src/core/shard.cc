@@ -665,10 +665,17 @@ absl::Status Shard::DisconnectDevice(absl::string_view user_id, uint64_t hash,
 
 absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t hash,
                                             OverrideState state, int64_t until_ms,
-                                            uint64_t trace_id, int64_t now_ms) {
+                                            uint64_t trace_id, int64_t now_ms, uint64_t chosen_id,
+                                            int64_t set_at_ms, bool* added) {
   internal::MutexLock lock(&mu_);
+  if (added != nullptr) *added = false;
   if (auto st = config_->check_owned(hash); !st.ok()) return st;
   uint32_t u = FindUser(user_id, hash);
+  if (chosen_id != 0 && u != kNone && users_[u].has_overrides) {
+    for (const Override& o : *StackOf(users_[u])) {
+      if (o.id == chosen_id) return chosen_id;  // held already: a replay or a retry
+    }
+  }
   if (u != kNone && users_[u].has_overrides &&
       StackOf(users_[u])->size() >= static_cast<size_t>(config_->options.max_overrides_per_user)) {
     return Drop(DropReason::kLimit, "user has the most overrides allowed");
@@ -682,9 +689,11 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
   Settle(u, now_ms);
   User& user = users_[u];
   MakeStack(u);
-  const uint64_t id = config_->next_override_id->fetch_add(1, std::memory_order_relaxed);
-  StackOf(user)->push_back(Override{id, now_ms, until_ms, state});
+  const uint64_t id =
+      chosen_id != 0 ? chosen_id : config_->next_override_id->fetch_add(1, std::memory_order_relaxed);
+  StackOf(user)->push_back(Override{id, chosen_id != 0 ? set_at_ms : now_ms, until_ms, state});
   ++override_count_;
+  if (added != nullptr) *added = true;
   if (until_ms != 0) user_timers_.insert({until_ms, u});
   UpdateHidden(u, now_ms);
   MarkDirty(u, Cause::kOverride, trace_id, now_ms);

@@ -140,9 +140,13 @@ class Shard {
                                 absl::string_view device_id, uint64_t session_id,
                                 DisconnectKind kind, int64_t now_ms);
 
+  // `chosen_id` 0: the engine's next id, and set now. Otherwise the
+  // caller's id (Engine::ApplyOverride), set at `set_at_ms`: when the user
+  // already holds it, nothing changes and `*added` (optional) is false.
   absl::StatusOr<uint64_t> SetOverride(absl::string_view user_id, uint64_t hash,
                                        OverrideState state, int64_t until_ms, uint64_t trace_id,
-                                       int64_t now_ms);
+                                       int64_t now_ms, uint64_t chosen_id, int64_t set_at_ms,
+                                       bool* added);
   absl::Status RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
                               int64_t now_ms);
   absl::StatusOr<size_t> ClearOverrides(absl::string_view user_id, uint64_t hash, int64_t now_ms);

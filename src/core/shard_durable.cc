@@ -96,9 +96,10 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
     StackOf(user)->push_back(Override{o.id, o.set_at_ms, o.until_ms, o.state});
     ++override_count_;
     if (o.until_ms != 0) user_timers_.insert({o.until_ms, u});
-    // Ids stay unique after a rebuild.
+    // Ids stay unique after a rebuild (the engine's own, below the ids
+    // callers choose: those never move its counter).
     uint64_t next = config_->next_override_id->load(std::memory_order_relaxed);
-    while (next <= o.id &&
+    while (o.id < kFirstChosenOverrideId && next <= o.id &&
            !config_->next_override_id->compare_exchange_weak(next, o.id + 1)) {
     }
   }

@@ -35,6 +35,14 @@ absl::Status ValidatePolicy(absl::string_view name, const SourcePolicy& p) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateGateway(absl::string_view gateway) {
+  if (gateway.size() > kMaxGatewayIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gateway is ", gateway.size(), " bytes; the most is ", kMaxGatewayIdBytes));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidateUserId(absl::string_view id) { return ValidateId("user_id", id, kMaxUserIdBytes); }
@@ -56,11 +64,34 @@ absl::Status ValidateSignal(const Signal& s) {
   if (auto st = ValidatePlatform(s.platform); !st.ok()) return st;
   if (auto st = ValidateSource(s.source); !st.ok()) return st;
   if (auto st = ValidateActivity(s.activity); !st.ok()) return st;
-  if (s.gateway.size() > kMaxGatewayIdBytes) {
+  return ValidateGateway(s.gateway);
+}
+
+absl::Status ValidateOverrideEnd(int64_t until_ms, int64_t now_ms) {
+  if (until_ms != 0 && until_ms <= now_ms) {
     return absl::InvalidArgumentError(
-        absl::StrCat("gateway is ", s.gateway.size(), " bytes; the most is ", kMaxGatewayIdBytes));
+        absl::StrCat("override ends at ", until_ms, ", not after now (", now_ms, ")"));
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateOverrideCommand(const OverrideCommand& c) {
+  if (auto st = ValidateUserId(c.user_id); !st.ok()) return st;
+  if (auto st = ValidateEnum("override op", c.op, 1, 3); !st.ok()) return st;
+  if (c.op == OverrideOp::kSet) {
+    if (auto st = ValidateOverrideState(c.state); !st.ok()) return st;
+    if (c.override_id < kFirstChosenOverrideId || c.override_id > kMaxOverrideId) {
+      return absl::InvalidArgumentError(absl::StrCat("the override id of a set must be in [",
+                                                     kFirstChosenOverrideId, ", ", kMaxOverrideId,
+                                                     "], not ", c.override_id));
+    }
+    if (c.until_ms < 0) return absl::InvalidArgumentError("until_ms must be >= 0");
+  }
+  if (c.op == OverrideOp::kRevoke && c.override_id == 0) {
+    return absl::InvalidArgumentError("a revoke needs the override id");
+  }
+  if (c.set_at_ms < 0) return absl::InvalidArgumentError("set_at_ms must be >= 0");
+  return ValidateGateway(c.gateway);
 }
 
 absl::Status ValidateOptions(const Options& o) {

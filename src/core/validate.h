@@ -19,6 +19,13 @@ absl::Status ValidateOverrideState(OverrideState s);
 absl::Status ValidateDisconnectKind(DisconnectKind k);
 // Ids, enums and the gateway of a signal (not its timestamp).
 absl::Status ValidateSignal(const Signal& s);
+// An override's end time, `until_ms` (0: none), against the clock of the
+// process that takes it: an end not after now is refused.
+absl::Status ValidateOverrideEnd(int64_t until_ms, int64_t now_ms);
+// Ids, enums and the gateway of an override command (not its times against
+// a clock): a set's id must be a chosen one (kFirstChosenOverrideId..
+// kMaxOverrideId), a revoke's must be given.
+absl::Status ValidateOverrideCommand(const OverrideCommand& c);
 absl::Status ValidateOptions(const Options& o);
 
 }  // namespace presence::internal

@@ -91,6 +91,48 @@ absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out) {
   return absl::OkStatus();
 }
 
+OverrideCommand DecodedOverrideCommand::command() const {
+  OverrideCommand c = fields_;
+  c.user_id = user_id_;
+  c.gateway = gateway_;
+  return c;
+}
+
+std::string EncodeOverrideCommand(const OverrideCommand& c) {
+  pb::OverrideCommand m;
+  m.set_user_id(std::string(c.user_id));
+  m.set_op(static_cast<pb::OverrideOp>(c.op));
+  m.set_override_id(c.override_id);
+  if (c.op == OverrideOp::kSet) {
+    m.set_state(static_cast<pb::OverrideState>(c.state));
+    m.set_until_ms(c.until_ms);
+  }
+  m.set_set_at_ms(c.set_at_ms);
+  m.set_trace_id(c.trace_id);
+  m.set_gateway(std::string(c.gateway));
+  return m.SerializeAsString();
+}
+
+absl::Status DecodeOverrideCommand(absl::string_view bytes, DecodedOverrideCommand* out) {
+  if (out == nullptr) return absl::InvalidArgumentError("out is null");
+  pb::OverrideCommand m;
+  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::InvalidArgumentError("malformed presence.v1.OverrideCommand");
+  }
+  DecodedOverrideCommand d;
+  d.user_id_ = m.user_id();
+  d.gateway_ = m.gateway();
+  d.fields_.op = static_cast<OverrideOp>(m.op());
+  d.fields_.override_id = m.override_id();
+  if (d.fields_.op == OverrideOp::kSet) d.fields_.state = static_cast<OverrideState>(m.state());
+  d.fields_.set_at_ms = m.set_at_ms();
+  d.fields_.until_ms = m.until_ms();
+  d.fields_.trace_id = m.trace_id();
+  if (auto st = internal::ValidateOverrideCommand(d.command()); !st.ok()) return st;
+  *out = std::move(d);
+  return absl::OkStatus();
+}
+
 void internal::ChangeEventToProto(const ChangeEvent& e, bool include_self, pb::ChangeEvent* out) {
   pb::ChangeEvent& m = *out;
   m.set_user_id(e.user_id);

@@ -1,9 +1,11 @@
 #include "presence/gateway.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <deque>
 #include <optional>
+#include <random>
 #include <utility>
 #include <vector>
 
@@ -16,8 +18,9 @@
 namespace presence {
 namespace {
 
-// A signal on its way to the bus: its encoding and its key.
+// A record on its way to the bus: its type, its key and its encoding.
 struct Outgoing {
+  BusRecordType type;
   std::string user_id;
   std::string payload;
 };
@@ -28,7 +31,8 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       : bus_(bus),
         options_(o),
         clock_(o.clock != nullptr ? o.clock : SystemClock()),
-        trace_base_(XXH3_64bits(o.gateway_id.data(), o.gateway_id.size())) {}
+        trace_base_(XXH3_64bits(o.gateway_id.data(), o.gateway_id.size())),
+        override_seed_(RandomSeed()) {}
 
   absl::StatusOr<uint64_t> Publish(const Signal& signal) override {
     internal::MutexLock lock(&mu_);
@@ -37,6 +41,25 @@ class GatewayPublisherImpl final : public GatewayPublisher {
   absl::StatusOr<uint64_t> PublishDisconnect(const Signal& session, DisconnectKind kind) override {
     internal::MutexLock lock(&mu_);
     return PublishLocked(session, kind);
+  }
+  absl::StatusOr<uint64_t> PublishOverride(const OverrideCommand& command) override {
+    internal::MutexLock lock(&mu_);
+    (void)FlushLocked();  // what waits goes first
+    OverrideCommand c = command;
+    c.gateway = options_.gateway_id;
+    if (c.set_at_ms == 0) c.set_at_ms = clock_->NowMs();
+    if (c.trace_id == 0) c.trace_id = NextTraceId();
+    if (c.op == OverrideOp::kSet && c.override_id == 0) c.override_id = NextOverrideId();
+    absl::Status st = internal::ValidateOverrideCommand(c);
+    if (st.ok() && c.op == OverrideOp::kSet) st = internal::ValidateOverrideEnd(c.until_ms, c.set_at_ms);
+    if (!st.ok()) {
+      ++stats_.invalid;
+      return st;
+    }
+    if (auto full = Full(); !full.ok()) return full;
+    queue_.push_back(Outgoing{BusRecordType::kOverride, std::string(c.user_id), EncodeOverrideCommand(c)});
+    (void)FlushLocked();  // this one too, or it waits with them
+    return c.op == OverrideOp::kClear ? 0 : c.override_id;
   }
   std::vector<absl::StatusOr<uint64_t>> PublishBatch(absl::Span<const Item> items) override {
     internal::MutexLock lock(&mu_);
@@ -85,15 +108,19 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       ++stats_.invalid;
       return st;
     }
-    if (queue_.size() >= options_.max_buffered) {
-      ++stats_.refused;
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the bus is failing and ", queue_.size(), " signals wait for it (the gateway's bound): ",
-          "slow down and retry (", last_error_.message(), ")"));
-    }
-    queue_.push_back(Outgoing{std::string(s.user_id),
+    if (auto full = Full(); !full.ok()) return full;
+    queue_.push_back(Outgoing{BusRecordType::kSignal, std::string(s.user_id),
                               disconnect ? EncodeDisconnect(s, *disconnect) : EncodeSignal(s)});
     return s.trace_id;
+  }
+
+  // ResourceExhausted (counted) when the buffer is at its bound.
+  absl::Status Full() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (queue_.size() < options_.max_buffered) return absl::OkStatus();
+    ++stats_.refused;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the bus is failing and ", queue_.size(), " signals wait for it (the gateway's bound): ",
+        "slow down and retry (", last_error_.message(), ")"));
   }
 
   // Publishes the queue in order, up to 512 records per bus call; stops at
@@ -105,7 +132,7 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       const size_t n = std::min(queue_.size(), kMaxBatch);
       batch.clear();
       for (size_t i = 0; i < n; ++i) {
-        batch.push_back(BusMessage{BusRecordType::kSignal, queue_[i].user_id, queue_[i].payload});
+        batch.push_back(BusMessage{queue_[i].type, queue_[i].user_id, queue_[i].payload});
       }
       auto offsets = bus_->PublishBatch(batch);
       if (!offsets.ok()) {
@@ -129,15 +156,34 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     return id;
   }
 
+  // A set's id: 52 bits of a hash of the publisher's random seed and a
+  // counter, above the engine's own ids (kFirstChosenOverrideId). Random,
+  // not a counter alone, since an override can outlive the process that
+  // set it and a restarted gateway must not give its id again.
+  uint64_t NextOverrideId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const uint64_t h = XXH3_64bits_withSeed(&next_override_, sizeof next_override_, override_seed_);
+    ++next_override_;
+    return kFirstChosenOverrideId | (h & (kFirstChosenOverrideId - 1));
+  }
+
+  static uint64_t RandomSeed() {
+    std::random_device rd;
+    const uint64_t r = (uint64_t{rd()} << 32) ^ rd();
+    const int64_t t = std::chrono::steady_clock::now().time_since_epoch().count();
+    return XXH3_64bits_withSeed(&t, sizeof t, r);
+  }
+
   Bus* const bus_;
   const GatewayOptions options_;
   Clock* const clock_;
   const uint64_t trace_base_;
+  const uint64_t override_seed_;
   mutable internal::Mutex mu_;
   std::deque<Outgoing> queue_ ABSL_GUARDED_BY(mu_);
   Stats stats_ ABSL_GUARDED_BY(mu_);
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
   uint64_t next_trace_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_override_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace

@@ -33,13 +33,18 @@ using kafka_internal::TopicPartitionCount;
 constexpr char kTypeHeader[] = "presence.type";
 constexpr absl::string_view kSignalType = "signal";
 constexpr absl::string_view kChangeType = "change";
+constexpr absl::string_view kOverrideType = "override";
 
 absl::string_view TypeName(BusRecordType type) {
-  return type == BusRecordType::kChange ? kChangeType : kSignalType;
+  switch (type) {
+    case BusRecordType::kChange: return kChangeType;
+    case BusRecordType::kOverride: return kOverrideType;
+    default: return kSignalType;
+  }
 }
 
-// The type of a read record, from its header; 0 (neither kSignal nor
-// kChange) for a record without one.
+// The type of a read record, from its header; 0 (no type of the bus) for a
+// record without one.
 BusRecordType TypeOf(const rd_kafka_message_t* m) {
   rd_kafka_headers_t* headers = nullptr;
   if (rd_kafka_message_headers(m, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -55,6 +60,7 @@ BusRecordType TypeOf(const rd_kafka_message_t* m) {
   const absl::string_view v(static_cast<const char*>(value), size);
   if (v == kSignalType) return BusRecordType::kSignal;
   if (v == kChangeType) return BusRecordType::kChange;
+  if (v == kOverrideType) return BusRecordType::kOverride;
   return static_cast<BusRecordType>(0);
 }
 
@@ -311,7 +317,8 @@ struct KafkaBus::Impl {
   absl::StatusOr<std::vector<uint64_t>> Produce(absl::Span<const Message> messages) {
     if (messages.empty()) return std::vector<uint64_t>();
     for (const Message& m : messages) {
-      if (m.type != BusRecordType::kSignal && m.type != BusRecordType::kChange) {
+      if (m.type != BusRecordType::kSignal && m.type != BusRecordType::kChange &&
+          m.type != BusRecordType::kOverride) {
         return absl::InvalidArgumentError("unknown bus record type");
       }
     }

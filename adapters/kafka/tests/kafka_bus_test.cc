@@ -120,20 +120,24 @@ TEST(KafkaBus, RecordsAreKeyedByUserInTheUsersPartitionWithTheTypeInAHeader) {
   const uint32_t p = PartitionFor("alice", 8);
   ASSERT_TRUE(bus->Publish(BusRecordType::kSignal, "alice", std::string("s\0ig", 4)).ok());
   ASSERT_TRUE(bus->Publish(BusRecordType::kChange, "alice", "chg").ok());
-  auto raw = RawConsume(o.brokers, o.topic, static_cast<int32_t>(p), 2);
-  ASSERT_EQ(raw.size(), 2u);
+  ASSERT_TRUE(bus->Publish(BusRecordType::kOverride, "alice", "ovr").ok());
+  auto raw = RawConsume(o.brokers, o.topic, static_cast<int32_t>(p), 3);
+  ASSERT_EQ(raw.size(), 3u);
   EXPECT_EQ(raw[0].key, "alice");
   EXPECT_EQ(raw[0].value, std::string("s\0ig", 4));  // the payload, unchanged
   EXPECT_EQ(raw[0].type_header, "signal");
   EXPECT_EQ(raw[1].type_header, "change");
   EXPECT_EQ(raw[1].offset, 1);
+  EXPECT_EQ(raw[2].type_header, "override");
   // And the bus reads them back as it wrote them (one Read may answer with
   // the first only: what the client had fetched).
   const std::vector<BusRecord> recs = ReadAll(bus.get(), p);
-  ASSERT_EQ(recs.size(), 2u);
+  ASSERT_EQ(recs.size(), 3u);
   EXPECT_EQ(recs[0].type, BusRecordType::kSignal);
   EXPECT_EQ(recs[0].key, "alice");
   EXPECT_EQ(recs[1].type, BusRecordType::kChange);
+  EXPECT_EQ(recs[2].type, BusRecordType::kOverride);
+  EXPECT_EQ(recs[2].payload, "ovr");
 }
 
 TEST(KafkaBus, ARecordFromAnotherProducerReadsWithAnUnknownType) {
@@ -155,6 +159,7 @@ TEST(KafkaBus, ARecordFromAnotherProducerReadsWithAnUnknownType) {
   ASSERT_EQ(recs->size(), 1u);
   EXPECT_NE((*recs)[0].type, BusRecordType::kSignal);
   EXPECT_NE((*recs)[0].type, BusRecordType::kChange);
+  EXPECT_NE((*recs)[0].type, BusRecordType::kOverride);
   EXPECT_EQ((*recs)[0].key, "");
 }
 

@@ -12,9 +12,9 @@
 //   * Publish produces to partition PartitionFor(user_id, N), given
 //     explicitly (Kafka's own partitioner is never used), with the user id as
 //     the record's key and the encoded payload as its value, unchanged.
-//   * The record type is the header "presence.type", with the value "signal"
-//     or "change". A record without it (or with another value) reads back
-//     with a type that is neither kSignal nor kChange, which
+//   * The record type is the header "presence.type", with the value "signal",
+//     "change" or "override". A record without it (or with another value)
+//     reads back with a type that is none of the bus's, which
 //     Engine::ConsumeBus skips; so a foreign producer on the topic does not
 //     stop consumption.
 //   * Bus offsets are Kafka offsets; a CommittedOffset is, as in Kafka, the
