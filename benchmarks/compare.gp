@@ -10,16 +10,16 @@ set xrange [5e4:2e7]
 set grid
 set xlabel "devices"
 set style data linespoints
-systems = "presence-handle presence-keyed naive redis"
-names = "'presence, handle' 'presence, keyed' 'seed design in process (map + multimap)' 'seed design in Redis (HSET + ZADD, pipelined)'"
+systems = "presence-handle presence-many presence-keyed presence-keyed-many naive redis"
+names = "'presence, handle (Beat)' 'presence, handles in batches (BeatMany)' 'presence, keyed (Signal)' 'presence, keyed in batches (SignalBatch)' 'seed design in process (map + multimap)' 'seed design in Redis (HSET + ZADD, pipelined)'"
 rows(i) = sprintf("< grep '^%s,' '%s'", word(systems, i), csv)
 set title "heartbeats per CPU-second (Redis: client + server CPU)"
 set ylabel "heartbeats / CPU-s"
 set key bottom left
-plot for [i=1:4] rows(i) using 2:($7 > 0 ? $2 / ($6 + $7) : $4) title word(names, i) lw 2 pt 7
+plot for [i=1:6] rows(i) using 2:($7 > 0 ? $2 / ($6 + $7) : $4) title word(names, i) lw 2 pt 7
 set title "memory per device (mallinfo2; Redis: INFO used_memory)"
 set ylabel "bytes / device"
-set yrange [100:1000]
+set yrange [50:1000]
 set key top right
-plot for [i=1:4] rows(i) using 2:5 title word(names, i) lw 2 pt 7
+plot for [i=1:6] rows(i) using 2:5 title word(names, i) lw 2 pt 7
 unset multiplot

@@ -21,7 +21,7 @@ build=${BUILD_DIR:-$root/build}
 out=$root/benchmarks/results/compare
 sizes=${SIZES:-"1e5 1e6 1e7"}
 churn=${CHURN_SECONDS:-0}  # simulated seconds of heartbeats plus churn, then memory again
-systems=${SYSTEMS:-"presence-handle presence-keyed naive redis"}
+systems=${SYSTEMS:-"presence-handle presence-many presence-keyed presence-keyed-many naive redis"}
 
 "$root/scripts/install-deps.sh" plots redis
 cmake -S "$root" -B "$build" >/dev/null
