@@ -387,6 +387,27 @@ TEST(Fanout, AUserLeavingAListWithNewsIsRemovedAndTheNextOneIsSentOnce) {
   EXPECT_EQ(v.StateOf("carol"), State::kDnd);
 }
 
+// A user that leaves a list, is erased and is put back on the list before
+// the next batch: the subscriber, which was told of it, hears of its removal
+// (erase equals never existed), not nothing.
+TEST(Fanout, AUserErasedWhileOffTheListIsRemovedWhenItComesBack) {
+  FanoutEngine t;
+  t.Online("alice");
+  SubscriberId s = t.Sub({"alice"});
+  t.Run(100);
+  ClientView v;
+  Drain(t.fanout.get(), s, &v);
+  ASSERT_EQ(v.StateOf("alice"), State::kOnline);
+  ASSERT_TRUE(t.fanout->RemoveUsers(s, {"alice"}).ok());
+  ASSERT_TRUE(t.engine->Erase("alice").ok());
+  t.engine->Tick();  // no flush yet: its interval has not passed
+  ASSERT_TRUE(t.fanout->AddUsers(s, {"alice"}).ok());
+  t.Run(100);
+  Drain(t.fanout.get(), s, &v);
+  EXPECT_EQ(v.list.count("alice"), 0u);
+  EXPECT_EQ(v.StateOf("alice"), std::nullopt);
+}
+
 struct RecordingSink : Sink {
   void Deliver(SubscriberId id, const Batch& b) override {
     batches.push_back(b);

@@ -464,8 +464,9 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
                                 uint32_t user_hint) {
   if (auto st = config_->check_owned(a.hash); !st.ok()) return st;
   const presence::Signal& s = *a.signal;
-  // A hint stays right: no signal forgets a user. A user created since the
-  // hint was taken is looked up.
+  // A hint is checked: the user may have been forgotten since (a device
+  // created and freed again on a failed apply) and its slot reused. A user
+  // created since the hint was taken (kNone) is looked up.
   uint32_t u = user_hint != kNone && users_[user_hint].in_use && users_[user_hint].id.view() == s.user_id
                    ? user_hint
                    : FindUser(s.user_id, a.hash);

@@ -59,6 +59,10 @@ struct Topic;
 
 // What a stream last said about a user. state 0: nothing yet.
 constexpr State kNothingSent = static_cast<State>(0);
+// A list slot whose user the stream told of, in a state the slot does not
+// know (it left the list and came back before the next batch): the next
+// batch sends it as it is now, or its removal.
+constexpr State kToldUnknown = static_cast<State>(0xff);
 struct Sent {
   State state = kNothingSent;
   uint64_t version = 0;
@@ -282,7 +286,10 @@ class Fanout::Impl {
       l.owner = IsOwner(s, e);
       e->list_watchers.push_back(Watcher{s, it->second, l.owner});
       MarkPending(s, it->second);
-      Erase(s->removed, e->id);
+      if (auto r = std::find(s->removed.begin(), s->removed.end(), e->id); r != s->removed.end()) {
+        s->removed.erase(r);  // its removal is not sent: the next batch says what it is now
+        l.sent = kToldUnknown;
+      }
     }
     dirty_subs_.insert(s);
     return absl::OkStatus();

@@ -111,8 +111,8 @@ struct KafkaBus::Impl {
     int64_t next ABSL_GUARDED_BY(mu) = -1;
   };
   std::vector<std::unique_ptr<Reader>> readers;
-  // Per partition: the highest end offset this process learned (a
-  // watermark query, or an offset it published), -1 while none.
+  // Per partition: the end offset this process last learned (a watermark
+  // query's answer, or past an offset it published), -1 while none.
   std::unique_ptr<std::atomic<int64_t>[]> known_end;
 
   std::atomic<uint64_t> published{0}, publish_errors{0}, published_without_offset{0},
@@ -412,7 +412,9 @@ struct KafkaBus::Impl {
           producer, options.topic.c_str(), static_cast<int32_t>(partition), &low, &high,
           std::max(left, 1));
       if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        Learn(partition, high);
+        // The leader's answer stands, lower too (a topic truncated by an
+        // unclean leader election).
+        known_end[partition].store(high, std::memory_order_relaxed);
         return std::make_pair(low, high);
       }
       if (!Retriable(e) || std::chrono::steady_clock::now() >= deadline) {

@@ -211,7 +211,8 @@ TEST(KafkaEngine, RenderingMetricsAsksNoBroker) {
   }());
   auto publish = [&](int from, int to) {
     for (int i = from; i < to; ++i) {
-      Signal s = TestEngine::Sig("u" + std::to_string(i), "web");
+      const std::string user = "u" + std::to_string(i);  // the signal views it
+      Signal s = TestEngine::Sig(user, "web");
       s.timestamp_ms = t.clock.NowMs();
       Publish(gateway.get(), s);
     }
