@@ -942,12 +942,17 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
           "forbidden");
   refused(http::verb::delete_, "/presence/override?all=true&user_id=" + a1->user, "", 403, "forbidden");
   refused(http::verb::delete_, "/presence/override?override_id=x", "", 400, "bad_request");
-  // The operator's revoke by set time does not travel the bus: refused, not
-  // a silent {"revoked":0} from the gateway's own engine.
-  auto [bulk_status, bulk_body] = HttpCall(http::verb::post, port_b,
-                                           "/operator/overrides/revoke?set_from_ms=0&set_to_ms=1", Token("op"));
-  EXPECT_EQ(bulk_status, 501) << bulk_body;
-  EXPECT_NE(bulk_body.find("\"not_in_cluster\""), std::string::npos) << bulk_body;
+  // The operator's routes do not travel the bus: refused, not a silent
+  // success from the gateway's own engine, which holds no user ({"revoked":0},
+  // or {"erased":U} with the user still there).
+  const std::vector<std::string> operator_routes = {
+      "/operator/overrides/revoke?set_from_ms=0&set_to_ms=1", "/operator/erase?user_id=" + a1->user,
+      "/operator/drain?gateway=x", "/operator/rebuild"};
+  for (const std::string& target : operator_routes) {
+    auto [op_status, op_body] = HttpCall(http::verb::post, port_b, target, Token("op"));
+    EXPECT_EQ(op_status, 501) << target << ": " << op_body;
+    EXPECT_NE(op_body.find("\"not_in_cluster\""), std::string::npos) << op_body;
+  }
   EXPECT_EQ(clients.SeenAs(a0), "online");
   EXPECT_EQ(clients.SeenAs(a1), "online");
 

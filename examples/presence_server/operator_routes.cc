@@ -46,6 +46,18 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
   if (req.method() != http::verb::post) {
     return Fail(http::status::method_not_allowed, "method_not_allowed", "use POST");
   }
+  // On a cluster node each of these would act on this node's engine alone
+  // (a gateway's holds no user), and none travels the bus: refused, not a
+  // success that changed nothing (an erasure above all).
+  if (cluster_ != nullptr) {
+    return Fail(http::status::not_implemented, "not_in_cluster",
+                absl::StrCat(t.path, " acts on one engine and does not travel the bus: a cluster node "
+                                     "does not take it",
+                             t.path == "/operator/overrides/revoke"
+                                 ? " (revoke each user's overrides with DELETE "
+                                   "/presence/override?all=true&user_id=U)"
+                                 : ""));
+  }
 
   if (t.path == "/operator/drain") {
     const std::string* gateway = t.Get("gateway");
@@ -100,14 +112,7 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
     return {http::status::ok, std::move(out)};
   }
 
-  // /operator/overrides/revoke: every override set within [from, to]. Not
-  // on a cluster node: it would act on this node's engine alone (a
-  // gateway's holds no override), and it does not travel the bus.
-  if (cluster_ != nullptr) {
-    return Fail(http::status::not_implemented, "not_in_cluster",
-                "a revoke by set time acts on one engine: a cluster does not take it (revoke each user's "
-                "overrides with DELETE /presence/override?all=true&user_id=U)");
-  }
+  // /operator/overrides/revoke: every override set within [from, to].
   int64_t from = 0, to = 0;
   if (!TimeParam(t, "set_from_ms", &from) || !TimeParam(t, "set_to_ms", &to)) {
     return Fail(http::status::bad_request, "bad_request",
