@@ -103,17 +103,22 @@ class EraseWorlds {
     // Everyone watches everyone, in lists and in a topic, in both worlds.
     for (int i = 0; i < 3; ++i) Subscribe(&before_);
     Both([&](RegionWorld& w) { (void)w.fanout->AddMembers("team", {"u0", "u1", "u2", kGone}); });
-    // Before: the user acts in world a only; the others alike in both.
+    // Before: the user acts in world a only (or, every third seed, not at
+    // all: an erasure of an unknown user); the others alike in both.
     for (int step = 0; step < 40; ++step) {
       const std::string u = users_[c_.Pick(static_cast<uint32_t>(users_.size()))];
       if (u == kGone) {
-        Act(u, /*both=*/false);
+        if (seed_ % 3 != 0) Act(u, /*both=*/false);  // every third seed: it never acts
       } else if (c_.Pick(3) == 0) {
         Advance();
       } else {
         Act(u, /*both=*/true);
       }
     }
+    // Every other seed, the user goes quiet and the engine forgets it
+    // (Options::user_retention_ms) before the erasure, while the fan-out
+    // and the history still hold what it was.
+    if (seed_ % 2 == 0) Forget();
     // The erasure, in world a: the engine and the region beside it.
     ASSERT_TRUE(a_.engine->Erase(kGone).ok());
     ASSERT_TRUE(a_.r1->Erase(kGone).ok());
@@ -197,6 +202,21 @@ class EraseWorlds {
     };
     act(a_);
     if (both) act(b_);
+  }
+
+  // The user ends its sessions and overrides (world a) and long enough
+  // passes (both worlds) for the engine to forget it.
+  void Forget() {
+    (void)a_.engine->ClearOverrides(kGone);
+    for (const char* d : {"d0", "d1"}) {
+      (void)a_.engine->DisconnectDevice(kGone, d, 0, DisconnectKind::kClean);
+    }
+    const Options o;
+    for (int64_t ms : {o.dead_retention_ms + 1, o.user_retention_ms + 1}) {
+      Both([&](RegionWorld& w) { w.clock.Advance(ms); });
+      Tick();
+    }
+    ASSERT_FALSE(a_.engine->GetOne(kGone, kGone).known) << "seed " << seed_ << ": not forgotten";
   }
 
   void Advance() {

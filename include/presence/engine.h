@@ -267,9 +267,12 @@ class PRESENCE_EXPORT Engine {
   // Engine::Erase forgets the user everywhere: its records in the engine,
   // the Store (with the next write) and the history. A later compaction,
   // replay or rebuild never brings it back. A signal afterwards starts anew.
-  // If the user was ever published, the next Tick publishes its erasure (a
-  // ChangeEvent with `erased` set) to the listeners and the bus, so that
-  // watchers drop it (the fan-out and a RemoteFeed do).
+  // The next Tick publishes its erasure (a ChangeEvent with `erased` set) to
+  // the listeners and the bus, so that watchers drop it (the fan-out and a
+  // RemoteFeed do): unless the engine holds the user and never published
+  // it. One it does not hold is published too, since the engine may have
+  // forgotten it (Options::user_retention_ms) or another engine owned it;
+  // where nobody was told of the user, the erasure changes nothing.
   absl::Status Erase(absl::string_view user_id);
 
   // Engine::DrainGateway: the operator's drain. Disconnects cleanly up to

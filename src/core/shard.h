@@ -509,6 +509,10 @@ class Shard {
   absl::flat_hash_map<std::string, Floors> forgotten_ ABSL_GUARDED_BY(mu_);
   // Erasures to publish with the next tick (ChangeEvent::erased).
   std::vector<ChangeEvent> erased_ ABSL_GUARDED_BY(mu_);
+  // Queues the erasure of `user_id` in erased_, with versions above
+  // `floors`; `pub` and `self` are the states it leaves.
+  const ChangeEvent& QueueErasure(absl::string_view user_id, Floors floors, State pub, State self,
+                                  int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t store_writes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t store_errors_ ABSL_GUARDED_BY(mu_) = 0;
   // Push/pull checks (docs/design.md rule 9). A device being probed, keyed

@@ -191,21 +191,31 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
                               [&](const DeviceTransition& t) { return t.user_id == user_id; }),
                audit_.end());
   const uint32_t u = FindUser(user_id, hash);
-  if (u == kNone) return false;
+  if (u == kNone) {
+    // Forgotten here (Options::user_retention_ms), or never held by this
+    // engine (another owner's, before a failover): watchers, feeds and
+    // snapshots may still hold what it was, and nothing here tells whether
+    // it was ever published. So its erasure is published all the same,
+    // above every version it can have had; where nobody was told of the
+    // user it changes nothing.
+    Floors floors;
+    if (auto it = forgotten_.find(user_id); it != forgotten_.end()) {
+      floors = it->second;
+      forgotten_.erase(it);
+    }
+    const ChangeEvent& e = QueueErasure(user_id, floors, State::kOffline, State::kOffline, now_ms);
+    // Kept as a forgotten user's are: a later erasure, or the user back
+    // anew, goes on above these versions.
+    forgotten_[std::string(user_id)] = Floors{e.version, e.public_version};
+    return false;
+  }
   User& user = users_[u];
   if (user.version != 0) {
     // Its watchers are told with the next tick (after the erasure is
     // written), with versions above every one it had, each view's from that
     // view's own.
-    ChangeEvent& e = erased_.emplace_back();
-    e.user_id = std::string(user_id);
-    e.erased = true;
-    e.cause = Cause::kMerge;
-    e.previous = user.pub_state;
-    e.previous_self = user.pub_self;
-    e.version = NextVersion(user.version, now_ms);
-    e.public_version = NextVersion(user.public_version, now_ms);
-    e.changed_at_ms = now_ms;
+    const ChangeEvent& e = QueueErasure(user_id, Floors{user.version, user.public_version},
+                                        user.pub_state, user.pub_self, now_ms);
     user.version = e.version;
     user.public_version = e.public_version;
   }
@@ -230,6 +240,20 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
               gone_.end());
   if (users_[u].in_use && users_[u].id.view() == user_id) ForgetUser(u, now_ms);
   return true;
+}
+
+const ChangeEvent& Shard::QueueErasure(absl::string_view user_id, Floors floors, State pub,
+                                       State self, int64_t now_ms) {
+  ChangeEvent& e = erased_.emplace_back();
+  e.user_id = std::string(user_id);
+  e.erased = true;
+  e.cause = Cause::kMerge;
+  e.previous = pub;
+  e.previous_self = self;
+  e.version = NextVersion(floors.version, now_ms);
+  e.public_version = NextVersion(floors.public_version, now_ms);
+  e.changed_at_ms = now_ms;
+  return e;
 }
 
 void Shard::SetGateway(uint32_t di, uint32_t g) {
