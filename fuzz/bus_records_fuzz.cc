@@ -6,10 +6,12 @@
 // partition or the local region sent.
 //
 // Input: records, each [kind][key length][key][payload length, 2 bytes][payload].
-// kind % 4: 0 raw signal record, 1 raw change record, 2 raw record on the
+// kind % 6: 0 raw signal record, 1 raw change record, 2 raw record on the
 // region's inbound bus, 3 a valid signal, change and mirrored change for the
-// user `key`, and with an odd payload length a mirrored erasure after it (so
-// the fuzzer starts from well-formed bytes, then mutates).
+// user `key`, with a payload length divisible by 3 a gateway's erase command
+// for it, and with an odd one a mirrored erasure after it (so the fuzzer
+// starts from well-formed bytes, then mutates), 4 raw override command, 5 raw
+// erase command.
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -57,7 +59,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size_t i = 0;
   std::vector<std::string> keys;
   while (i + 4 <= size) {
-    const uint8_t kind = data[i] % 4;
+    const uint8_t kind = data[i] % 6;
     const size_t key_len = data[i + 1];
     i += 2;
     if (i + key_len + 2 > size) break;
@@ -71,6 +73,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (kind == 0) (void)bus->Publish(presence::BusRecordType::kSignal, key, payload);
     if (kind == 1) (void)bus->Publish(presence::BusRecordType::kChange, key, payload);
     if (kind == 2) (void)remote_region->Publish(presence::BusRecordType::kChange, key, payload);
+    if (kind == 4) (void)bus->Publish(presence::BusRecordType::kOverride, key, payload);
+    if (kind == 5) (void)bus->Publish(presence::BusRecordType::kErase, key, payload);
     if (kind == 3) {
       presence::Signal s;
       s.user_id = key;
@@ -86,6 +90,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       e.cause = presence::Cause::kSignal;
       (void)bus->Publish(presence::BusRecordType::kChange, key, presence::EncodeChangeEvent(e, true));
       (void)remote_region->Publish(presence::BusRecordType::kChange, key, MirroredBytes(&clock, e));
+      if (len % 3 == 0) {  // a gateway's erasure of the user
+        (void)bus->Publish(presence::BusRecordType::kErase, key, presence::EncodeEraseCommand(key, "gw"));
+      }
       if (len % 2 == 1) {
         clock.Advance(1);  // after the change, so the tombstone wins
         (void)remote_region->Publish(presence::BusRecordType::kChange, key,

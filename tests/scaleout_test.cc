@@ -1,6 +1,7 @@
 // Scale-out on one machine (docs/design.md section 6): the ownership table,
 // engines that serve only the partitions they own and hand them over
 // without loss, and the gateway side that publishes signals to the bus.
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -9,9 +10,12 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "presence/bus.h"
+#include "presence/fanout.h"
 #include "presence/gateway.h"
 #include "presence/ownership.h"
+#include "presence/remote_feed.h"
 #include "presence/wire.h"
+#include "tests/fanout_client.h"
 #include "tests/flaky.h"
 #include "tests/test_util.h"
 
@@ -436,6 +440,27 @@ TEST(GatewayPublisher, DisconnectsTravelTheBusCleanAndAbrupt) {
 // ---- Overrides through the bus (issue 15: overrides from any gateway) ----------
 
 // A gateway and one engine that owns every partition, on one bus and store.
+// A store that writes records but loses every offset: a new owner replays
+// the whole bus, as after a crash before the offsets were written. It
+// remembers the last offsets it was asked to commit.
+class OffsetsLostStore : public Store {
+ public:
+  absl::Status Write(const StoreBatch& batch) override {
+    if (!batch.offsets.empty()) asked_offsets = batch.offsets;
+    StoreBatch b = batch;
+    b.offsets.clear();
+    return inner->Write(b);
+  }
+  absl::Status Load(StoreVisitor* v) override { return inner->Load(v); }
+  std::unique_ptr<Store> inner = NewMemoryStore();
+  std::vector<CommittedOffset> asked_offsets;
+};
+uint64_t Sum(const std::vector<CommittedOffset>& offsets) {
+  uint64_t n = 0;
+  for (const CommittedOffset& o : offsets) n += o.offset;
+  return n;
+}
+
 struct OverrideRig {
   Gateway g;
   std::unique_ptr<Store> store = NewMemoryStore();
@@ -553,16 +578,6 @@ TEST(OverridesOnTheBus, TheGatewayChoosesTheIdAndTheOwnerAppliesItOnce) {
 // end is the same as before the failover: the set held is not stacked
 // twice, the set-then-revoke leaves nothing, and nothing in between shows.
 TEST(OverridesOnTheBus, AReplayAfterAFailoverChangesNothing) {
-  class OffsetsLostStore : public Store {
-   public:
-    absl::Status Write(const StoreBatch& batch) override {
-      StoreBatch b = batch;
-      b.offsets.clear();
-      return inner->Write(b);
-    }
-    absl::Status Load(StoreVisitor* v) override { return inner->Load(v); }
-    std::unique_ptr<Store> inner = NewMemoryStore();
-  };
   OffsetsLostStore store;
   OverrideRig r;
   RecordingListener heard_a, heard_b;
@@ -671,6 +686,200 @@ TEST(OverridesOnTheBus, TheGatewayRefusesWhatTheEngineWouldRefuse) {
   EXPECT_EQ(all[1].type, BusRecordType::kOverride);
   r.Step(r.e.get());
   EXPECT_THAT(r.Ids(r.e.get(), "alice"), ElementsAre(id));
+}
+
+// ---- Erasures on the bus --------------------------------------------------------
+
+// A history whose Erase fails while `failing` is set.
+class FlakyEraseHistory : public HistoryStore {
+ public:
+  absl::Status Append(absl::Span<const Transition> t) override { return inner->Append(t); }
+  absl::StatusOr<std::vector<Transition>> Query(absl::string_view u, int64_t from,
+                                                int64_t to) override {
+    return inner->Query(u, from, to);
+  }
+  absl::StatusOr<std::optional<Transition>> LastBefore(absl::string_view u, int64_t at) override {
+    return inner->LastBefore(u, at);
+  }
+  absl::Status AppendDevices(absl::Span<const DeviceTransition> t) override {
+    return inner->AppendDevices(t);
+  }
+  absl::StatusOr<std::vector<DeviceTransition>> QueryDevice(absl::string_view u,
+                                                            absl::string_view d, int64_t from,
+                                                            int64_t to) override {
+    return inner->QueryDevice(u, d, from, to);
+  }
+  absl::Status Erase(absl::string_view u) override {
+    if (failing) return absl::UnavailableError("history down");
+    return inner->Erase(u);
+  }
+  absl::Status DropBefore(int64_t before) override { return inner->DropBefore(before); }
+  bool failing = false;
+  std::unique_ptr<HistoryStore> inner = NewMemoryHistoryStore();
+};
+
+// One side of a cluster on one bus: a gateway (its publisher, and an engine
+// owning nothing with a fan-out fed by a RemoteFeed, as presence_server's
+// gateway role runs them) and an owner of every partition, with a store
+// and a history.
+struct EraseWorld {
+  EraseWorld() {
+    Options go;
+    go.clock = &g.clock;
+    go.bus = &g.bus;
+    go.owns_all_partitions = false;
+    gateway_engine = Engine::Create(go).value();
+    FanoutOptions fo;
+    fo.rate_per_sec = 0;
+    fanout = Fanout::Create(gateway_engine.get(), fo).value();
+    feed = RemoteFeed::Create(&g.bus, fanout.get(), {}).value();
+    watcher = fanout->Subscribe().value();
+    EXPECT_TRUE(fanout->AddUsers(watcher, {"alice", "bob"}).ok());
+    owner = MakeOwner();
+  }
+  std::unique_ptr<Engine> MakeOwner() {
+    Options o;
+    o.clock = &g.clock;
+    o.bus = &g.bus;
+    o.store = &store;
+    o.history = &history;
+    o.owns_all_partitions = false;
+    auto e = Engine::Create(o).value();
+    std::vector<uint32_t> all;
+    for (uint32_t p = 0; p < kPartitions; ++p) all.push_back(p);
+    EXPECT_TRUE(e->AssignPartitions(all).ok());  // replays from the committed offsets
+    return e;
+  }
+  // The hosts' loops, once: the owner consumes and ticks, the gateway's
+  // feed reads and its fan-out flushes to the watcher's client.
+  void Step() {
+    for (;;) {
+      auto n = owner->ConsumeBus();
+      ASSERT_TRUE(n.ok()) << n.status();
+      if (*n == 0) break;
+    }
+    g.clock.Advance(100);
+    owner->Tick();
+    ASSERT_TRUE(feed->Poll().ok());
+    gateway_engine->Tick();
+    Batch b;
+    while (fanout->Poll(watcher, &b).value()) client.Apply(b);
+  }
+  // Everything anyone can read of `user` (the user itself included).
+  std::string Show(const std::string& user) {
+    std::string out;
+    for (const std::string& viewer : {std::string(), user}) {
+      const UserPresence p = owner->GetOne(user, viewer);
+      absl::StrAppend(&out, "get ", p.known, " ", StateName(p.state), " ", p.last_seen_ms, "; ");
+      auto h = owner->History(user, 0, g.clock.NowMs(), viewer);
+      absl::StrAppend(&out, "history ", h.ok() ? h->size() : 0, "; ");
+    }
+    auto listed = client.list.find(user);
+    absl::StrAppend(&out, "client ", listed == client.list.end() ? "-" : listed->second.ShortDebugString());
+    struct Collect : StoreVisitor {
+      explicit Collect(const std::string& u) : user(u) {}
+      void OnUser(const UserRecord& r) override { n += r.user_id == user; }
+      void OnDevice(const DeviceRecord& r) override { n += r.user_id == user; }
+      void OnOffset(const CommittedOffset&) override {}
+      const std::string& user;
+      int n = 0;
+    } c(user);
+    EXPECT_TRUE(store.Load(&c).ok());
+    absl::StrAppend(&out, "; stored ", c.n);
+    return out;
+  }
+  Gateway g;
+  OffsetsLostStore store;
+  FlakyEraseHistory history;
+  std::unique_ptr<Engine> gateway_engine;
+  std::unique_ptr<Fanout> fanout;
+  std::unique_ptr<RemoteFeed> feed;
+  SubscriberId watcher = 0;
+  ClientView client;
+  std::unique_ptr<Engine> owner;
+};
+
+// An erasure published by a gateway (docs/design.md section 4) is the same
+// as "never existed" to the owner, its store and history, and a watcher on
+// the gateway; a failover that replays the whole bus, the erasure included,
+// brings nothing back; and no offset past the erasure is committed before
+// the history forgot the user.
+TEST(ErasuresOnTheBus, AnErasureThroughAGatewayEqualsNeverHavingExisted) {
+  EraseWorld a, b;  // alice lives in a, and is erased there; b never had her
+  for (EraseWorld* w : {&a, &b}) ASSERT_TRUE(w->g.gw->Publish(TestEngine::Sig("bob", "web")).ok());
+  ASSERT_TRUE(a.g.gw->Publish(TestEngine::Sig("alice", "web")).ok());
+  ASSERT_TRUE(a.g.gw->PublishOverride(OverrideRig::Set("alice", OverrideState::kDnd)).ok());
+  for (EraseWorld* w : {&a, &b}) w->Step();
+  ASSERT_EQ(a.client.list.count("alice"), 1u);
+  ASSERT_GE(a.owner->History("alice", 0, a.g.clock.NowMs(), "alice")->size(), 1u);
+
+  // The history fails the erasure at first: the user is gone from the
+  // engine and the store, and the offsets wait.
+  a.history.failing = true;
+  ASSERT_TRUE(a.g.gw->PublishErase("alice").ok());
+  const std::vector<BusRecord> all = a.g.bus.All();
+  EXPECT_EQ(std::count_if(all.begin(), all.end(),
+                          [](const BusRecord& r) { return r.type == BusRecordType::kErase; }),
+            1);
+  EXPECT_TRUE(absl::IsInvalidArgument(a.g.gw->PublishErase("")));
+  const uint64_t committed = Sum(a.store.asked_offsets);
+  for (EraseWorld* w : {&a, &b}) w->Step();
+  EXPECT_FALSE(a.owner->GetOne("alice").known);
+  EXPECT_EQ(Sum(a.store.asked_offsets), committed) << "an offset past the erasure was committed";
+  a.history.failing = false;
+  for (EraseWorld* w : {&a, &b}) w->Step();
+  EXPECT_GT(Sum(a.store.asked_offsets), committed);
+  EXPECT_EQ(a.Show("alice"), b.Show("alice"));
+  EXPECT_EQ(a.Show("bob"), b.Show("bob"));
+  EXPECT_EQ(a.client.list.size(), 1u);
+
+  // A new owner replays the whole bus: alice's signals, then her erasure.
+  for (EraseWorld* w : {&a, &b}) {
+    w->owner = w->MakeOwner();
+    w->Step();
+  }
+  EXPECT_EQ(a.Show("alice"), b.Show("alice"));
+  EXPECT_EQ(a.Show("bob"), b.Show("bob"));
+  // Once erased, she may come back: anew.
+  for (EraseWorld* w : {&a, &b}) {
+    ASSERT_TRUE(w->g.gw->Publish(TestEngine::Sig("alice", "phone")).ok());
+    w->Step();
+  }
+  EXPECT_TRUE(a.owner->GetOne("alice").known);
+  EXPECT_EQ(a.Show("alice"), b.Show("alice"));
+}
+
+// Erase commands that are malformed, or keyed to another partition, are
+// counted and skipped; the wire form round-trips.
+TEST(ErasuresOnTheBus, AMalformedCommandIsCountedAndSkipped) {
+  EraseWorld w;
+  ASSERT_TRUE(w.g.gw->Publish(TestEngine::Sig("alice", "web")).ok());
+  w.Step();
+  std::string bob_in_alices_partition;
+  for (int i = 0; bob_in_alices_partition.empty(); ++i) {
+    const std::string id = absl::StrCat("bob", i);
+    if (PartitionFor(id, kPartitions) != PartitionFor("alice", kPartitions)) {
+      bob_in_alices_partition = id;
+    }
+  }
+  ASSERT_TRUE(w.g.bus.Publish(BusRecordType::kErase, "alice", "\xff\xff").ok());
+  ASSERT_TRUE(w.g.bus.Publish(BusRecordType::kErase, "alice", EncodeEraseCommand("", "gw")).ok());
+  ASSERT_TRUE(
+      w.g.bus.Publish(BusRecordType::kErase, "alice", EncodeEraseCommand(bob_in_alices_partition, "gw"))
+          .ok());
+  w.Step();
+  EXPECT_TRUE(w.owner->GetOne("alice").known);
+  const std::string metrics = w.owner->RenderMetrics();
+  EXPECT_THAT(metrics, HasSubstr("presence_signals_dropped_total{reason=\"invalid\"} 2"));
+  EXPECT_THAT(metrics, HasSubstr("presence_bus_wrong_partition_total 1"));
+  DecodedEraseCommand d;
+  ASSERT_TRUE(DecodeEraseCommand(EncodeEraseCommand("alice", "gw-9"), &d).ok());
+  EXPECT_EQ(d.user_id, "alice");
+  EXPECT_EQ(d.gateway, "gw-9");
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodeEraseCommand(EncodeEraseCommand("a", std::string(200, 'g')), &d)));
+  EXPECT_EQ(BusRecordTypeNamed(BusRecordTypeName(BusRecordType::kErase)), BusRecordType::kErase);
+  EXPECT_EQ(BusRecordTypeName(static_cast<BusRecordType>(9)), "");
+  EXPECT_FALSE(BusRecordTypeNamed("nothing").has_value());
 }
 
 TEST(GatewayPublisher, BuffersWhileTheBusFailsThenPushesBackNeverDropping) {

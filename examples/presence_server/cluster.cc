@@ -220,6 +220,12 @@ class KafkaCluster final : public Cluster {
     return gateway_->PublishOverride(command);
   }
 
+  absl::Status PublishErase(absl::string_view user_id) override {
+    if (gateway_ == nullptr) return absl::FailedPreconditionError("this node is no gateway");
+    Flush();  // in order with the signals queued before it
+    return gateway_->PublishErase(user_id);
+  }
+
   void BeforeTick() override {
     Flush();
     if (closed_) return;

@@ -107,6 +107,11 @@ class Cluster {
   // FailedPrecondition on a node that is no gateway.
   virtual absl::StatusOr<uint64_t> PublishOverride(const presence::OverrideCommand& command) = 0;
 
+  // An operator's erasure (POST /operator/erase), for the user's partition,
+  // after what is queued (GatewayPublisher::PublishErase); the owner erases
+  // the user when it reads it. Errors as PublishOverride's.
+  virtual absl::Status PublishErase(absl::string_view user_id) = 0;
+
   // Each tick, before Engine::Tick: what is queued (Flush), ownership
   // (engines), the signals of the owned partitions, the change events of the
   // others (to the fan-out).

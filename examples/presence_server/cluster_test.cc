@@ -556,6 +556,10 @@ class Clients {
       ++errors_;
       if (errors_ <= 5) std::printf("CLUSTER error to %s: %s\n", c->user.c_str(), msg.c_str());
     } else {
+      if (msg.find("{\"user_id\":\"" + c->friend_id + "\",\"removed\":true}") != std::string::npos) {
+        c->friend_state = "removed";  // erased: as if it never existed
+        c->friend_version = 0;
+      }
       for (const Entry& e : EntriesOf(msg)) {
         if (e.user != c->friend_id || e.version <= c->friend_version) continue;
         c->friend_version = e.version;
@@ -942,12 +946,11 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
           "forbidden");
   refused(http::verb::delete_, "/presence/override?all=true&user_id=" + a1->user, "", 403, "forbidden");
   refused(http::verb::delete_, "/presence/override?override_id=x", "", 400, "bad_request");
-  // The operator's routes do not travel the bus: refused, not a silent
-  // success from the gateway's own engine, which holds no user ({"revoked":0},
-  // or {"erased":U} with the user still there).
-  const std::vector<std::string> operator_routes = {
-      "/operator/overrides/revoke?set_from_ms=0&set_to_ms=1", "/operator/erase?user_id=" + a1->user,
-      "/operator/drain?gateway=x", "/operator/rebuild"};
+  // The operator's other routes do not travel the bus: refused, not a
+  // silent success from the gateway's own engine, which holds no user
+  // ({"revoked":0}, say).
+  const std::vector<std::string> operator_routes = {"/operator/overrides/revoke?set_from_ms=0&set_to_ms=1",
+                                                    "/operator/drain?gateway=x", "/operator/rebuild"};
   for (const std::string& target : operator_routes) {
     auto [op_status, op_body] = HttpCall(http::verb::post, port_b, target, Token("op"));
     EXPECT_EQ(op_status, 501) << target << ": " << op_body;
@@ -955,6 +958,43 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
   }
   EXPECT_EQ(clients.SeenAs(a0), "online");
   EXPECT_EQ(clients.SeenAs(a1), "online");
+
+  // An erasure through gateway B of a user of gateway A (docs/design.md
+  // section 4), after its clean logout: its watcher on gateway B is told
+  // to drop it, and GET through either gateway answers it unknown, as if
+  // it never existed. An engine node serves no such route (clients and
+  // operators go through a gateway).
+  Client* a2 = clients.a()[2].get();
+  clients.OnIo([&] {
+    clients.Bye(a2);
+    return 0;
+  });
+  EXPECT_TRUE(shows(a2, "offline")) << a2->user << " shows " << clients.SeenAs(a2);
+  auto [erase_status, erase_body] =
+      HttpCall(http::verb::post, port_b, "/operator/erase?user_id=" + a2->user, Token("op"));
+  ASSERT_EQ(erase_status, 202) << erase_body;
+  EXPECT_EQ(erase_body, "{\"erased\":\"" + a2->user + "\",\"accepted\":true}");
+  EXPECT_TRUE(shows(a2, "removed")) << a2->user << " shows " << clients.SeenAs(a2);
+  const std::string never = "\"known\":false,\"state\":\"offline\",\"last_seen_ms\":0";
+  for (int port : {port_a, port_b}) {
+    for (const std::string& viewer : {a2->watcher->user, std::string("op")}) {
+      EXPECT_TRUE(WaitFor(
+          [&] { return HttpGet(port, "/presence?user_ids=" + a2->user, Token(viewer)).second.find(never) != std::string::npos; },
+          10000))
+          << HttpGet(port, "/presence?user_ids=" + a2->user, Token(viewer)).second;
+    }
+  }
+  auto [engine_erase, engine_erase_body] =
+      HttpCall(http::verb::post, cluster.engine(0)->port, "/operator/erase?user_id=" + a2->user, Token("op"));
+  EXPECT_EQ(engine_erase, 404) << engine_erase_body;
+  EXPECT_NE(engine_erase_body.find("\"not_a_gateway\""), std::string::npos) << engine_erase_body;
+#ifdef PRESENCE_CLUSTER_POSTGRES
+  for (int port : {port_a, port_b}) {
+    auto [status, body] = HttpGet(port, "/presence/history?user_id=" + a2->user, Token("op"));
+    EXPECT_EQ(status, 200) << body;
+    EXPECT_TRUE(StatesOf(body).empty()) << "the history kept the erased user: " << body;
+  }
+#endif
 
 #ifdef PRESENCE_CLUSTER_POSTGRES
   // History through either gateway, from PostgreSQL. a0's own (full): the

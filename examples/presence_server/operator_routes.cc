@@ -8,6 +8,8 @@
 //   POST /operator/drain?gateway=G                       {"gateway","drained"}
 //   POST /operator/rebuild                               {"rebuilt":true,"users","devices"}
 //   POST /operator/erase?user_id=U                       {"erased":U}
+//     (on a cluster gateway: 202 {"erased":U,"accepted":true}, published for
+//     the user's owner, which erases it when it reads it)
 //   POST /operator/overrides/revoke?set_from_ms=A&set_to_ms=B   {"revoked":n}
 // Reading (GET /presence, /presence/history) and revoking one user's
 // overrides (DELETE /presence/override?all=true&user_id=U) are the public
@@ -46,9 +48,10 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
   if (req.method() != http::verb::post) {
     return Fail(http::status::method_not_allowed, "method_not_allowed", "use POST");
   }
-  // On a cluster node each of these would act on this node's engine alone
-  // (a gateway's holds no user), and none travels the bus: refused, not a
-  // success that changed nothing (an erasure above all).
+  if (t.path == "/operator/erase") return Erase(t);
+  // On a cluster node each of the others would act on this node's engine
+  // alone (a gateway's holds no user), and none travels the bus: refused,
+  // not a success that changed nothing.
   if (cluster_ != nullptr) {
     return Fail(http::status::not_implemented, "not_in_cluster",
                 absl::StrCat(t.path, " acts on one engine and does not travel the bus: a cluster node "
@@ -95,23 +98,6 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
                                            ",\"devices\":", sizes.devices, "}")};
   }
 
-  if (t.path == "/operator/erase") {
-    const std::string* user = t.Get("user_id");
-    if (user == nullptr || user->empty()) {
-      return Fail(http::status::bad_request, "bad_request", "give user_id=U");
-    }
-    if (absl::Status st = engine_->Erase(*user); !st.ok()) {
-      if (st.code() == absl::StatusCode::kInvalidArgument) {
-        return Fail(http::status::bad_request, "bad_request", st.message());
-      }
-      return Fail(http::status::service_unavailable, "erase_failed", st.message());
-    }
-    std::string out = "{\"erased\":";
-    AppendJsonString(&out, *user);
-    out.append("}");
-    return {http::status::ok, std::move(out)};
-  }
-
   // /operator/overrides/revoke: every override set within [from, to].
   int64_t from = 0, to = 0;
   if (!TimeParam(t, "set_from_ms", &from) || !TimeParam(t, "set_to_ms", &to)) {
@@ -120,6 +106,30 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
   }
   if (from > to) return Fail(http::status::bad_request, "bad_request", "set_from_ms is after set_to_ms");
   return {http::status::ok, absl::StrCat("{\"revoked\":", engine_->RevokeOverridesSetBetween(from, to), "}")};
+}
+
+// POST /operator/erase: the engine erases the user at once; a cluster
+// gateway publishes the erasure for the user's owner (202: accepted).
+OperatorReply Server::Impl::Erase(const Target& t) {
+  const std::string* user = t.Get("user_id");
+  if (user == nullptr || user->empty()) {
+    return Fail(http::status::bad_request, "bad_request", "give user_id=U");
+  }
+  const absl::Status st = cluster_ != nullptr ? cluster_->PublishErase(*user) : engine_->Erase(*user);
+  switch (st.code()) {
+    case absl::StatusCode::kOk: break;
+    case absl::StatusCode::kInvalidArgument:
+      return Fail(http::status::bad_request, "bad_request", st.message());
+    default: return Fail(http::status::service_unavailable, "erase_failed", st.message());
+  }
+  std::string out = "{\"erased\":";
+  AppendJsonString(&out, *user);
+  if (cluster_ != nullptr) {
+    out.append(",\"accepted\":true}");
+    return {http::status::accepted, std::move(out)};
+  }
+  out.append("}");
+  return {http::status::ok, std::move(out)};
 }
 
 }  // namespace presence_server

@@ -288,6 +288,7 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   // `caller` is the authenticated user.
   OperatorReply HandleOperator(const http::request<http::string_body>& req, const Target& t,
                                const std::string& caller);
+  OperatorReply Erase(const Target& t);  // POST /operator/erase
 
   ServerOptions opts_;
   net::io_context ioc_{1};

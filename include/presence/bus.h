@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,9 +32,17 @@
 namespace presence {
 
 // The kinds of record on the bus. Payloads are encoded protobuf:
-// presence.v1.Signal, presence.v1.ChangeEvent and presence.v1.OverrideCommand
-// (an override call that a gateway publishes for the user's owner).
-enum class BusRecordType : uint8_t { kSignal = 1, kChange = 2, kOverride = 3 };
+// presence.v1.Signal, presence.v1.ChangeEvent, presence.v1.OverrideCommand
+// (an override call that a gateway publishes for the user's owner) and
+// presence.v1.EraseCommand (an erasure, likewise).
+enum class BusRecordType : uint8_t { kSignal = 1, kChange = 2, kOverride = 3, kErase = 4 };
+
+// The name of a record type where a bus carries it as text (the Kafka bus's
+// "presence.type" header): "signal", "change", "override" or "erase", part
+// of the wire contract; empty for a value that is no type.
+PRESENCE_EXPORT absl::string_view BusRecordTypeName(BusRecordType type);
+// The type BusRecordTypeName names `name`, or nullopt.
+PRESENCE_EXPORT std::optional<BusRecordType> BusRecordTypeNamed(absl::string_view name);
 
 struct BusRecord {
   uint32_t partition = 0;

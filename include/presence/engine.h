@@ -287,9 +287,12 @@ class PRESENCE_EXPORT Engine {
   // from where it last stopped (after a rebuild: from the offsets committed
   // in the Store), and applies the signals among them (disconnects
   // included: GatewayPublisher::PublishDisconnect) and the override commands
-  // (GatewayPublisher::PublishOverride, applied as ApplyOverride does), in
-  // order, without the per-device flood limit, which applied when they came
-  // in; change events are skipped. Offsets are committed to the Store after the records the
+  // (GatewayPublisher::PublishOverride, applied as ApplyOverride does) and
+  // erase commands (GatewayPublisher::PublishErase: the user is erased as
+  // Erase does, its history with the next Tick, which commits no offset
+  // past the command until that succeeded), in order, without the
+  // per-device flood limit, which applied when they came in; change events
+  // are skipped. Offsets are committed to the Store after the records the
   // signals changed were written, on Tick. Returns how many records were
   // read. One call reads each partition once, and a bus may answer with
   // fewer records than it holds (Kafka: what the client has fetched); to

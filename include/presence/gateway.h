@@ -87,6 +87,13 @@ class PRESENCE_EXPORT GatewayPublisher {
   // ResourceExhausted as Publish.
   virtual absl::StatusOr<uint64_t> PublishOverride(const OverrideCommand& command) = 0;
 
+  // Publishes the erasure of `user_id` (docs/design.md section 4) to its
+  // partition, in order with everything published, for the owner to erase
+  // the user as Engine::Erase does when it consumes it (Engine::ConsumeBus;
+  // its erasure then reaches every RemoteFeed as a change event).
+  // InvalidArgument for a malformed user id; ResourceExhausted as Publish.
+  virtual absl::Status PublishErase(absl::string_view user_id) = 0;
+
   // One item of PublishBatch: a signal, or with `disconnect` set the end of
   // its session. The signal's ids are viewed, not copied: they must outlive
   // the call.
@@ -110,7 +117,7 @@ class PRESENCE_EXPORT GatewayPublisher {
   virtual absl::Status Flush() = 0;
 
   struct Stats {
-    uint64_t published = 0;   // signals (and override commands) on the bus
+    uint64_t published = 0;   // signals (and override and erase commands) on the bus
     uint64_t buffered = 0;    // held now
     uint64_t refused = 0;     // ResourceExhausted answers (back-pressure)
     uint64_t invalid = 0;     // InvalidArgument answers

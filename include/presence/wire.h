@@ -68,6 +68,15 @@ PRESENCE_EXPORT std::string EncodeOverrideCommand(const OverrideCommand& command
 PRESENCE_EXPORT absl::Status DecodeOverrideCommand(absl::string_view bytes,
                                                    DecodedOverrideCommand* out);
 
+// A presence.v1.EraseCommand (bus record type kErase): the erasure of
+// `user_id` that `gateway` published. Decoding checks both.
+struct DecodedEraseCommand {
+  std::string user_id;
+  std::string gateway;
+};
+PRESENCE_EXPORT std::string EncodeEraseCommand(absl::string_view user_id, absl::string_view gateway);
+PRESENCE_EXPORT absl::Status DecodeEraseCommand(absl::string_view bytes, DecodedEraseCommand* out);
+
 // A presence.v1.ChangeEvent. Its state, previous, last_seen and devices are
 // always the public view. With include_self, self_state and invisible carry
 // the user's own view too: for the user's own clients and for other engines,

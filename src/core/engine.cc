@@ -462,9 +462,17 @@ class EngineCore {
     const int64_t now = Now();
     events_.clear();
     // Signals consumed so far are in the records the shards write now; their
-    // offsets are committed only once every shard's write succeeded.
-    std::vector<CommittedOffset> offsets = ConsumedOffsets();
-    bool all_written = true;
+    // offsets are committed only once every shard's write succeeded, and
+    // the history of every user erased by a command read before them is
+    // erased (first: the users' transitions from this tick on are anew).
+    std::vector<CommittedOffset> offsets;
+    std::vector<std::string> erasures;
+    {
+      internal::MutexLock lock(&consume_mu_);
+      offsets = ConsumedOffsetsLocked();
+      erasures.swap(bus_erasures_);
+    }
+    bool all_written = EraseHistoryOf(std::move(erasures));
     for (auto& shard : shards_) {
       if (!shard->Tick(now, &events_, &observed_, &probes_, &device_backlog_).ok()) {
         all_written = false;
@@ -723,6 +731,10 @@ class EngineCore {
         ConsumeOverride(r, p);
         continue;
       }
+      if (r.type == BusRecordType::kErase) {
+        ConsumeErase(r, p);
+        continue;
+      }
       if (r.type != BusRecordType::kSignal) continue;
       DecodedSignal& d = decoded_[consumed_signals_.size()];
       if (!DecodeSignal(r.payload, &d).ok()) {
@@ -767,6 +779,26 @@ class EngineCore {
     // Refused (the user's most overrides, the memory budget): counted by
     // the shard as a drop, as a direct call's would be.
     (void)ApplyOverride(d.command());
+  }
+
+  // An erase command read from partition `p` (ConsumePartition), in order
+  // with the signals read before it, which go first: the user is erased
+  // from the engine and the store as Erase does, and from the history with
+  // the next tick (which takes tick_mu_, held by a replay here already).
+  void ConsumeErase(const BusRecord& r, uint32_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    ApplyConsumed();
+    DecodedEraseCommand d;
+    if (!DecodeEraseCommand(r.payload, &d).ok()) {
+      invalid_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (PartitionOf(d.user_id) != p) {
+      wrong_partition_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const uint64_t h = HashUserId(d.user_id);
+    ShardFor(h).EraseUser(d.user_id, h, Now());
+    if (config_.options.history != nullptr) bus_erasures_.push_back(std::move(d.user_id));
   }
 
   // The audit trail as `viewer` may read it: everything for the user itself,
@@ -875,21 +907,37 @@ class EngineCore {
     if (auto st = ValidateUserId(user); !st.ok()) return st;
     const uint64_t h = HashUserId(user);
     ShardFor(h).EraseUser(user, h, Now());
-    if (config_.options.history != nullptr) {
-      internal::MutexLock lock(&tick_mu_);
-      history_backlog_.erase(std::remove_if(history_backlog_.begin(), history_backlog_.end(),
-                                            [&](const Transition& t) { return t.user_id == user; }),
-                             history_backlog_.end());
-      device_backlog_.erase(
-          std::remove_if(device_backlog_.begin(), device_backlog_.end(),
-                         [&](const DeviceTransition& t) { return t.user_id == user; }),
-          device_backlog_.end());
-      if (auto st = config_.options.history->Erase(user); !st.ok()) {
-        ++history_errors_;
-        return st;
-      }
+    if (config_.options.history == nullptr) return absl::OkStatus();
+    internal::MutexLock lock(&tick_mu_);
+    return EraseHistoryLocked(user);
+  }
+
+  // The user's transitions, written or waiting to be, are forgotten.
+  absl::Status EraseHistoryLocked(absl::string_view user) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    history_backlog_.erase(std::remove_if(history_backlog_.begin(), history_backlog_.end(),
+                                          [&](const Transition& t) { return t.user_id == user; }),
+                           history_backlog_.end());
+    device_backlog_.erase(std::remove_if(device_backlog_.begin(), device_backlog_.end(),
+                                         [&](const DeviceTransition& t) { return t.user_id == user; }),
+                          device_backlog_.end());
+    absl::Status st = config_.options.history->Erase(user);
+    if (!st.ok()) ++history_errors_;
+    return st;
+  }
+
+  // The history of the users that erase commands from the bus erased
+  // (ConsumeErase). Those whose erasure fails wait for the next tick, and
+  // false is returned, so that no offset past their command is committed.
+  bool EraseHistoryOf(std::vector<std::string> users) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    std::vector<std::string> failed;
+    for (std::string& u : users) {
+      if (!EraseHistoryLocked(u).ok()) failed.push_back(std::move(u));
     }
-    return absl::OkStatus();
+    if (failed.empty()) return true;
+    internal::MutexLock lock(&consume_mu_);
+    bus_erasures_.insert(bus_erasures_.begin(), std::make_move_iterator(failed.begin()),
+                         std::make_move_iterator(failed.end()));
+    return false;
   }
 
   absl::StatusOr<size_t> DrainGateway(absl::string_view gateway, size_t max) {
@@ -1163,10 +1211,6 @@ class EngineCore {
     return backlog;
   }
 
-  std::vector<CommittedOffset> ConsumedOffsets() {
-    internal::MutexLock lock(&consume_mu_);
-    return ConsumedOffsetsLocked();
-  }
   std::vector<CommittedOffset> ConsumedOffsetsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
     std::vector<CommittedOffset> out;
     for (const auto& [p, off] : consumed_) out.push_back(CommittedOffset{p, off});
@@ -1314,6 +1358,9 @@ class EngineCore {
   std::map<uint32_t, uint64_t> consumed_ ABSL_GUARDED_BY(consume_mu_);  // next offset per partition
   std::vector<DecodedSignal> decoded_ ABSL_GUARDED_BY(consume_mu_);
   std::vector<Signal> consumed_signals_ ABSL_GUARDED_BY(consume_mu_);  // views into decoded_
+  // Users erased by an erase command read from the bus (ConsumeErase) whose
+  // history the next tick erases.
+  std::vector<std::string> bus_erasures_ ABSL_GUARDED_BY(consume_mu_);
   TickObservations observed_ ABSL_GUARDED_BY(tick_mu_){clock_, {}, {}, {}};
   OverloadLadder overload_ ABSL_GUARDED_BY(tick_mu_){config_.options.overload_enter_ticks,
                                                      config_.options.overload_exit_ticks};

@@ -35,6 +35,8 @@ absl::Status ValidatePolicy(absl::string_view name, const SourcePolicy& p) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
 absl::Status ValidateGateway(absl::string_view gateway) {
   if (gateway.size() > kMaxGatewayIdBytes) {
     return absl::InvalidArgumentError(
@@ -42,8 +44,6 @@ absl::Status ValidateGateway(absl::string_view gateway) {
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::Status ValidateUserId(absl::string_view id) { return ValidateId("user_id", id, kMaxUserIdBytes); }
 absl::Status ValidateDeviceId(absl::string_view id) {

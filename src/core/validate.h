@@ -17,6 +17,8 @@ absl::Status ValidateActivity(Activity a);
 absl::Status ValidatePlatform(Platform p);
 absl::Status ValidateOverrideState(OverrideState s);
 absl::Status ValidateDisconnectKind(DisconnectKind k);
+// A gateway id: at most kMaxGatewayIdBytes bytes (empty: none named).
+absl::Status ValidateGateway(absl::string_view gateway);
 // Ids, enums and the gateway of a signal (not its timestamp).
 absl::Status ValidateSignal(const Signal& s);
 // An override's end time, `until_ms` (0: none), against the clock of the

@@ -133,6 +133,26 @@ absl::Status DecodeOverrideCommand(absl::string_view bytes, DecodedOverrideComma
   return absl::OkStatus();
 }
 
+std::string EncodeEraseCommand(absl::string_view user_id, absl::string_view gateway) {
+  pb::EraseCommand m;
+  m.set_user_id(std::string(user_id));
+  m.set_gateway(std::string(gateway));
+  return m.SerializeAsString();
+}
+
+absl::Status DecodeEraseCommand(absl::string_view bytes, DecodedEraseCommand* out) {
+  if (out == nullptr) return absl::InvalidArgumentError("out is null");
+  pb::EraseCommand m;
+  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::InvalidArgumentError("malformed presence.v1.EraseCommand");
+  }
+  if (auto st = internal::ValidateUserId(m.user_id()); !st.ok()) return st;
+  if (auto st = internal::ValidateGateway(m.gateway()); !st.ok()) return st;
+  out->user_id = std::move(*m.mutable_user_id());
+  out->gateway = std::move(*m.mutable_gateway());
+  return absl::OkStatus();
+}
+
 void internal::ChangeEventToProto(const ChangeEvent& e, bool include_self, pb::ChangeEvent* out) {
   pb::ChangeEvent& m = *out;
   m.set_user_id(e.user_id);

@@ -61,6 +61,19 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     (void)FlushLocked();  // this one too, or it waits with them
     return c.op == OverrideOp::kClear ? 0 : c.override_id;
   }
+  absl::Status PublishErase(absl::string_view user_id) override {
+    internal::MutexLock lock(&mu_);
+    (void)FlushLocked();  // what waits goes first
+    if (auto st = internal::ValidateUserId(user_id); !st.ok()) {
+      ++stats_.invalid;
+      return st;
+    }
+    if (auto full = Full(); !full.ok()) return full;
+    queue_.push_back(Outgoing{BusRecordType::kErase, std::string(user_id),
+                              EncodeEraseCommand(user_id, options_.gateway_id)});
+    (void)FlushLocked();  // this one too, or it waits with them
+    return absl::OkStatus();
+  }
   std::vector<absl::StatusOr<uint64_t>> PublishBatch(absl::Span<const Item> items) override {
     internal::MutexLock lock(&mu_);
     std::vector<absl::StatusOr<uint64_t>> out;

@@ -1,4 +1,5 @@
-// PartitionFor: the stable user-to-partition mapping of presence/bus.h.
+// PartitionFor, the stable user-to-partition mapping of presence/bus.h, and
+// the names of the bus's record types.
 #include "src/scaleout/partition.h"
 
 #include "presence/bus.h"
@@ -22,6 +23,24 @@ uint32_t PartitionOfHash(uint64_t key, uint32_t partitions) {
 }
 
 }  // namespace internal
+
+absl::string_view BusRecordTypeName(BusRecordType type) {
+  switch (type) {
+    case BusRecordType::kSignal: return "signal";
+    case BusRecordType::kChange: return "change";
+    case BusRecordType::kOverride: return "override";
+    case BusRecordType::kErase: return "erase";
+  }
+  return {};
+}
+
+std::optional<BusRecordType> BusRecordTypeNamed(absl::string_view name) {
+  for (auto t : {BusRecordType::kSignal, BusRecordType::kChange, BusRecordType::kOverride,
+                 BusRecordType::kErase}) {
+    if (name == BusRecordTypeName(t)) return t;
+  }
+  return std::nullopt;
+}
 
 uint32_t PartitionFor(absl::string_view user_id, uint32_t partitions) {
   return internal::PartitionOfHash(XXH3_64bits(user_id.data(), user_id.size()), partitions);

@@ -106,8 +106,7 @@ class InProcessBus final : public Bus {
 
   absl::StatusOr<uint64_t> Publish(BusRecordType type, absl::string_view key,
                                    absl::string_view payload) override {
-    if (type != BusRecordType::kSignal && type != BusRecordType::kChange &&
-        type != BusRecordType::kOverride) {
+    if (BusRecordTypeName(type).empty()) {
       return absl::InvalidArgumentError("unknown bus record type");
     }
     const uint32_t p = PartitionFor(key, partitions());

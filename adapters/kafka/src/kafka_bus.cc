@@ -30,18 +30,7 @@ using kafka_internal::MakeConf;
 using kafka_internal::PartitionList;
 using kafka_internal::TopicPartitionCount;
 
-constexpr char kTypeHeader[] = "presence.type";
-constexpr absl::string_view kSignalType = "signal";
-constexpr absl::string_view kChangeType = "change";
-constexpr absl::string_view kOverrideType = "override";
-
-absl::string_view TypeName(BusRecordType type) {
-  switch (type) {
-    case BusRecordType::kChange: return kChangeType;
-    case BusRecordType::kOverride: return kOverrideType;
-    default: return kSignalType;
-  }
-}
+constexpr char kTypeHeader[] = "presence.type";  // BusRecordTypeName
 
 // The type of a read record, from its header; 0 (no type of the bus) for a
 // record without one.
@@ -57,11 +46,8 @@ BusRecordType TypeOf(const rd_kafka_message_t* m) {
       value == nullptr) {
     return static_cast<BusRecordType>(0);
   }
-  const absl::string_view v(static_cast<const char*>(value), size);
-  if (v == kSignalType) return BusRecordType::kSignal;
-  if (v == kChangeType) return BusRecordType::kChange;
-  if (v == kOverrideType) return BusRecordType::kOverride;
-  return static_cast<BusRecordType>(0);
+  return BusRecordTypeNamed(absl::string_view(static_cast<const char*>(value), size))
+      .value_or(static_cast<BusRecordType>(0));
 }
 
 // Waits for the delivery reports of one Publish or PublishBatch. Each
@@ -317,8 +303,7 @@ struct KafkaBus::Impl {
   absl::StatusOr<std::vector<uint64_t>> Produce(absl::Span<const Message> messages) {
     if (messages.empty()) return std::vector<uint64_t>();
     for (const Message& m : messages) {
-      if (m.type != BusRecordType::kSignal && m.type != BusRecordType::kChange &&
-          m.type != BusRecordType::kOverride) {
+      if (BusRecordTypeName(m.type).empty()) {
         return absl::InvalidArgumentError("unknown bus record type");
       }
     }
@@ -328,7 +313,7 @@ struct KafkaBus::Impl {
     rd_kafka_resp_err_t produce_err = RD_KAFKA_RESP_ERR_NO_ERROR;
     for (; produced < messages.size(); ++produced) {
       const Message& m = messages[produced];
-      const absl::string_view type = TypeName(m.type);
+      const absl::string_view type = BusRecordTypeName(m.type);
       partitions[produced] = PartitionFor(m.key, n);
       // Blocks while the local queue is full; the poller drains it.
       produce_err = rd_kafka_producev(
