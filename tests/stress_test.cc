@@ -7,10 +7,10 @@
 // It runs for PRESENCE_STRESS_SECONDS (default 2) and is also built under
 // ThreadSanitizer by .ci/run and scripts/hardening.sh. A second test races
 // what issue 21 fixed: callbacks that call back in, Close during delivery,
-// RevokePartitions during keyed calls, Erase during heartbeats. A third races
-// push/pull checks and the detector (issue 17): lock-free heartbeats of
-// watched devices, probes sent by ticks and answered from other threads,
-// disconnects and reconnects.
+// RevokePartitions during keyed calls, Erase (direct and from the bus) during
+// heartbeats. A third races push/pull checks and the detector (issue 17):
+// lock-free heartbeats of watched devices, probes sent by ticks and answered
+// from other threads, disconnects and reconnects.
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -28,6 +28,7 @@
 #include "presence/phi_detector.h"
 #include "presence/prober.h"
 #include "presence/store.h"
+#include "presence/wire.h"
 #include "src/core/mutex.h"
 #include "tests/fanout_client.h"
 
@@ -392,11 +393,18 @@ TEST(Stress, CallbacksCloseRevokeAndEraseRaceCleanly) {
       }
     });
   }
-  // The eraser: frees devices under the beats.
+  // The eraser: frees devices under the beats, directly and through erase
+  // commands on the bus, which it consumes (as the partitions move).
   threads.emplace_back([&] {
     std::mt19937_64 rng(400);
     while (!stop.load()) {
-      (void)engine->Erase(users[rng() % kUsers]);
+      const std::string& u = users[rng() % kUsers];
+      if (rng() % 2) {
+        (void)engine->Erase(u);
+      } else {
+        EXPECT_TRUE(bus->Publish(BusRecordType::kErase, u, EncodeEraseCommand(u, "gw")).ok());
+        (void)engine->ConsumeBus();
+      }
       ops.fetch_add(1, std::memory_order_relaxed);
       std::this_thread::yield();
     }
