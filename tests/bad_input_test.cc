@@ -235,6 +235,12 @@ TEST(BadWire, MalformedAndInvalidProtobufIsRejected) {
   e.user_id = "bob";
   e.state = static_cast<State>(9);
   EXPECT_TRUE(absl::IsInvalidArgument(DecodeChangeEvent(EncodeChangeEvent(e)).status()));
+  e.state = State::kDnd;
+  e.shown_override = OverrideInfo{1, static_cast<OverrideState>(9), 0, 0};
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodeChangeEvent(EncodeChangeEvent(e)).status()));
+  e.shown_override.reset();
+  e.self_overrides = {OverrideInfo{1, OverrideState::kDnd, 0, -5}};
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodeChangeEvent(EncodeChangeEvent(e, true)).status()));
 }
 
 TEST(Wire, SignalAndChangeEventRoundTrip) {
@@ -277,6 +283,7 @@ TEST(Wire, SignalAndChangeEventRoundTrip) {
   EXPECT_EQ(full->self_state, State::kOnline);
   EXPECT_TRUE(full->invisible);
   EXPECT_EQ(full->devices.total(), 0);
+  EXPECT_EQ(full->self_devices.total(), 2);
   EXPECT_EQ(full->version, 5u);
 }
 

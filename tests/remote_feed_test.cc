@@ -202,6 +202,67 @@ TEST(RemoteFeed, LatestIsTheLastChangeReadOfAUserNotOwned) {
   EXPECT_FALSE(c.feed->Latest(UserIn(2, "carol-")).has_value());
 }
 
+// What a gateway answers GET /presence from (presence_server's cluster):
+// the latest change event carries the override shown in each view, the
+// user's own stack, and its own last_seen and devices, which an invisible
+// user's public view hides; its public encoding carries none of the own
+// view (rule 8).
+TEST(RemoteFeed, LatestCarriesTheOverridesAndTheOwnView) {
+  Cluster c;
+  const std::string alice = UserIn(0, "alice-");
+  c.a->Connect(Sig(alice)).value();
+  c.Step();
+  const uint64_t dnd = c.a->SetOverride(alice, OverrideState::kDnd, c.clock.NowMs() + 60'000).value();
+  c.Step(1500);  // past the dwell
+  std::optional<ChangeEvent> ev = c.feed->Latest(alice);
+  ASSERT_TRUE(ev.has_value());
+  ASSERT_TRUE(ev->shown_override.has_value());
+  EXPECT_EQ(ev->shown_override->id, dnd);
+  EXPECT_EQ(ev->shown_override->state, OverrideState::kDnd);
+  EXPECT_EQ(ev->shown_override->until_ms, c.a->ListOverrides(alice).value()[0].until_ms);
+  ASSERT_TRUE(ev->self_shown_override.has_value());
+  EXPECT_EQ(ev->self_shown_override->id, dnd);
+  ASSERT_EQ(ev->self_overrides.size(), 1u);
+
+  const uint64_t inv = c.a->SetOverride(alice, OverrideState::kInvisible).value();
+  c.Step(1500);
+  ev = c.feed->Latest(alice);
+  ASSERT_TRUE(ev.has_value());
+  EXPECT_EQ(ev->state, State::kOffline);
+  EXPECT_FALSE(ev->shown_override.has_value()) << "an invisible user shows no override to others";
+  EXPECT_EQ(ev->devices.total(), 0);
+  ASSERT_TRUE(ev->self_shown_override.has_value());
+  EXPECT_EQ(ev->self_shown_override->id, inv);
+  EXPECT_EQ(ev->self_devices.total(), 1);
+  // Each view as the owner answers it, nothing having changed since.
+  const absl::string_view ids[] = {alice};
+  const UserPresence own = c.a->GetPublished(ids, alice)[0];
+  const UserPresence other = c.a->GetPublished(ids, "bob")[0];
+  EXPECT_EQ(ev->self_state, own.state);
+  EXPECT_EQ(ev->self_last_seen_ms, own.last_seen_ms);
+  EXPECT_EQ(ev->self_devices.total(), own.devices.total());
+  EXPECT_EQ(ev->self_shown_override->state, own.override_state);
+  EXPECT_EQ(ev->state, other.state);
+  EXPECT_EQ(ev->last_seen_ms, other.last_seen_ms);
+  EXPECT_FALSE(other.has_override);
+  const std::vector<OverrideInfo> stack = c.a->ListOverrides(alice).value();
+  ASSERT_EQ(ev->self_overrides.size(), stack.size());
+  for (size_t i = 0; i < stack.size(); ++i) {
+    EXPECT_EQ(ev->self_overrides[i].id, stack[i].id);
+    EXPECT_EQ(ev->self_overrides[i].state, stack[i].state);
+    EXPECT_EQ(ev->self_overrides[i].set_at_ms, stack[i].set_at_ms);
+    EXPECT_EQ(ev->self_overrides[i].until_ms, stack[i].until_ms);
+  }
+  // Encoded for anyone but alice: nothing of her own view.
+  const ChangeEvent pub = DecodeChangeEvent(EncodeChangeEvent(*ev, /*include_self=*/false)).value();
+  EXPECT_EQ(pub.self_state, State::kOffline);
+  EXPECT_FALSE(pub.self_shown_override.has_value());
+  EXPECT_TRUE(pub.self_overrides.empty());
+  EXPECT_EQ(pub.self_devices.total(), 0);
+  EXPECT_EQ(pub.self_last_seen_ms, ev->last_seen_ms);
+  EXPECT_EQ(pub.version, ev->public_version);
+}
+
 TEST(RemoteFeed, AReplayOfTheBusDeliversNoDuplicates) {
   Cluster c;
   const std::string alice = UserIn(0, "alice-");

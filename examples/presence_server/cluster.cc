@@ -277,6 +277,11 @@ class KafkaCluster final : public Cluster {
       p.last_seen_ms = self ? ev->self_last_seen_ms : ev->last_seen_ms;
       p.devices = self ? ev->self_devices : ev->devices;
       p.version = self ? ev->version : ev->public_version;
+      if (const auto& shown = self ? ev->self_shown_override : ev->shown_override) {
+        p.has_override = true;
+        p.override_state = shown->state;
+        p.override_until_ms = shown->until_ms;
+      }
       p.freshness_ms = p.last_seen_ms == 0 ? 0 : std::max<int64_t>(0, now - p.last_seen_ms);
       // As the engine does: an offline user is known until the retention
       // has passed since its last_seen.
@@ -288,6 +293,14 @@ class KafkaCluster final : public Cluster {
       }
     }
     return out;
+  }
+
+  absl::StatusOr<std::vector<presence::OverrideInfo>> ListOverrides(absl::string_view user) override {
+    if (feed_ != nullptr) {
+      std::optional<presence::ChangeEvent> ev = feed_->Latest(user);
+      if (ev && !ev->erased) return ev->self_overrides;
+    }
+    return engine_->ListOverrides(user);
   }
 
   std::string RenderMetrics() const override {

@@ -122,6 +122,11 @@ class Cluster {
   virtual std::vector<presence::UserPresence> Get(absl::Span<const absl::string_view> users,
                                                   absl::string_view viewer) = 0;
 
+  // The user's override stack: the engine's for a user of a partition this
+  // node owns, else as the latest change event read carried it (its owner's
+  // at that change).
+  virtual absl::StatusOr<std::vector<presence::OverrideInfo>> ListOverrides(absl::string_view user) = 0;
+
   // Prometheus text: the feed's, the publisher's and the group's figures.
   virtual std::string RenderMetrics() const = 0;
 

@@ -912,6 +912,21 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
   EXPECT_TRUE(shows(a0, "dnd")) << a0->user << " shows " << clients.SeenAs(a0);
   std::printf("CLUSTER override set through gateway A seen DND on gateway B after %lld ms\n",
               static_cast<long long>(MsSince(set_at)));
+  // GET through either gateway shows it as the single server does: the
+  // override to a0's friend, and to a0 itself its stack with the id.
+  const std::string dnd_shown = "\"override\":{\"state\":\"dnd\",\"until_ms\":0}";
+  const std::string dnd_listed = absl::StrCat("\"overrides\":[{\"override_id\":", id, ",\"state\":\"dnd\"");
+  auto get = [&](int port, Client* of, const std::string& viewer) {
+    return HttpGet(port, "/presence?user_ids=" + of->user, Token(viewer)).second;
+  };
+  for (int port : {port_a, port_b}) {
+    EXPECT_TRUE(WaitFor([&] { return get(port, a0, a0->user).find(dnd_listed) != std::string::npos; }, 10000))
+        << get(port, a0, a0->user);
+    EXPECT_NE(get(port, a0, a0->user).find(dnd_shown), std::string::npos) << get(port, a0, a0->user);
+    const std::string to_friend = get(port, a0, a0->watcher->user);
+    EXPECT_NE(to_friend.find(dnd_shown), std::string::npos) << to_friend;
+    EXPECT_EQ(to_friend.find("\"overrides\""), std::string::npos) << "the stack is a0's own: " << to_friend;
+  }
   // Revoked through gateway B, by its id: ONLINE again (after the engines'
   // 1 s dwell, docs/design.md rule 7).
   const TimePoint revoke_at = Clock::now();
@@ -928,6 +943,23 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
                                          "{\"state\":\"invisible\",\"duration_ms\":3600000}");
   ASSERT_EQ(inv_status, 202) << inv_body;
   EXPECT_TRUE(shows(a1, "offline")) << a1->user << " shows " << clients.SeenAs(a1);
+  // Through either gateway (rule 8): to its friend OFFLINE with no
+  // override and no device; to itself its true state, the INVISIBLE
+  // override and its device.
+  for (int port : {port_a, port_b}) {
+    EXPECT_TRUE(WaitFor(
+        [&] { return get(port, a1, a1->user).find("\"override\":{\"state\":\"invisible\"") != std::string::npos; },
+        10000))
+        << get(port, a1, a1->user);
+    const std::string own = get(port, a1, a1->user);
+    EXPECT_NE(own.find("\"state\":\"online\""), std::string::npos) << own;
+    EXPECT_NE(own.find("\"devices\":{\"web\":1"), std::string::npos) << own;
+    const std::string to_friend = get(port, a1, a1->watcher->user);
+    EXPECT_NE(to_friend.find("\"state\":\"offline\""), std::string::npos) << to_friend;
+    EXPECT_NE(to_friend.find("\"override\":null"), std::string::npos) << to_friend;
+    EXPECT_NE(to_friend.find("\"devices\":{\"web\":0"), std::string::npos) << to_friend;
+    EXPECT_EQ(to_friend.find("invisible"), std::string::npos) << to_friend;
+  }
   auto [clear_status, clear_body] =
       HttpCall(http::verb::delete_, port_a, "/presence/override?all=true", Token(a1->user));
   ASSERT_EQ(clear_status, 202) << clear_body;

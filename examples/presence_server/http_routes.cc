@@ -329,7 +329,8 @@ http::response<http::string_body> Server::Impl::GetPresence(const Target& t, con
     }
     if (ids[i] == viewer) {
       // The user's own stack, so that a client can show and revoke each.
-      absl::StatusOr<std::vector<presence::OverrideInfo>> list = engine_->ListOverrides(viewer);
+      absl::StatusOr<std::vector<presence::OverrideInfo>> list =
+          cluster_ == nullptr ? engine_->ListOverrides(viewer) : cluster_->ListOverrides(viewer);
       out.append(",\"overrides\":[");
       if (list.ok()) {
         for (size_t k = 0; k < list->size(); ++k) {

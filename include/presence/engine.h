@@ -93,14 +93,6 @@ struct StateDurations {
   int64_t offline_ms = 0;
 };
 
-// presence::OverrideInfo describes one override on a user's stack.
-struct OverrideInfo {
-  uint64_t id = 0;
-  OverrideState state = OverrideState::kOnline;
-  int64_t set_at_ms = 0;
-  int64_t until_ms = 0;  // 0: until revoked
-};
-
 class PRESENCE_EXPORT Engine {
  public:
   // Creates an engine. Fails with InvalidArgument when an option is out of

@@ -19,7 +19,9 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "presence/export.h"
@@ -176,6 +178,14 @@ struct DeviceSummary {
 // An erasure (Engine::Erase) is published as an event with `erased` set,
 // every state OFFLINE, no devices and last_seen 0: its watchers drop the user
 // (the fan-out sends a removal), as if it had never existed.
+// presence::OverrideInfo describes one override on a user's stack.
+struct OverrideInfo {
+  uint64_t id = 0;
+  OverrideState state = OverrideState::kOnline;
+  int64_t set_at_ms = 0;
+  int64_t until_ms = 0;  // 0: until revoked
+};
+
 struct ChangeEvent {
   std::string user_id;
   State previous = State::kOffline;       // public state before
@@ -194,6 +204,14 @@ struct ChangeEvent {
   uint64_t trace_id = 0;                  // of the signal that caused it
   int64_t changed_at_ms = 0;              // when the cause happened
   int64_t published_at_ms = 0;            // when this event was published
+  // The override shown (docs/design.md rule 3) as Engine::Get shows it, at
+  // publication: in the public view (never an INVISIBLE one, and none while
+  // the public state waits out its dwell behind the own view's), and in the
+  // user's own; and the user's stack, oldest first, as ListOverrides lists
+  // it (own view). A gateway answers GET /presence from them.
+  std::optional<OverrideInfo> shown_override;
+  std::optional<OverrideInfo> self_shown_override;
+  std::vector<OverrideInfo> self_overrides;
 };
 
 // presence::UserPresence answers Engine::Get for one user (docs/design.md section

@@ -77,10 +77,11 @@ struct DecodedEraseCommand {
 PRESENCE_EXPORT std::string EncodeEraseCommand(absl::string_view user_id, absl::string_view gateway);
 PRESENCE_EXPORT absl::Status DecodeEraseCommand(absl::string_view bytes, DecodedEraseCommand* out);
 
-// A presence.v1.ChangeEvent. Its state, previous, last_seen and devices are
-// always the public view. With include_self, self_state and invisible carry
-// the user's own view too: for the user's own clients and for other engines,
-// never for anyone else.
+// A presence.v1.ChangeEvent. Its state, previous, last_seen, devices and
+// shown override are always the public view. With include_self, the user's
+// own view comes too (self_state, invisible, its last_seen, devices, shown
+// override and override stack): for the user's own clients and for other
+// engines, never for anyone else.
 PRESENCE_EXPORT std::string EncodeChangeEvent(const ChangeEvent& event, bool include_self = false);
 PRESENCE_EXPORT absl::StatusOr<ChangeEvent> DecodeChangeEvent(absl::string_view bytes);
 

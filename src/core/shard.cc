@@ -20,6 +20,8 @@ static_assert(kDeviceChargeBytes >= sizeof(Device), "the device record, its time
 
 constexpr uint32_t kSeenMask = dflag::kSeen0 | (dflag::kSeen0 << 1) | (dflag::kSeen0 << 2);
 
+OverrideInfo InfoOf(const Override& o) { return OverrideInfo{o.id, o.state, o.set_at_ms, o.until_ms}; }
+
 }  // namespace
 
 // A due time further than any real one, for a device about to get its first
@@ -822,7 +824,7 @@ absl::StatusOr<std::vector<OverrideInfo>> Shard::ListOverrides(absl::string_view
   std::vector<OverrideInfo> out;
   if (users_[u].has_overrides) {
     for (const Override& o : *StackOf(users_[u])) {
-      if (o.active(now_ms)) out.push_back(OverrideInfo{o.id, o.state, o.set_at_ms, o.until_ms});
+      if (o.active(now_ms)) out.push_back(InfoOf(o));
     }
   }
   return out;
@@ -1144,9 +1146,7 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
       e.user_id = std::string(user.id.view());
       e.previous = user.pub_state;
       e.previous_self = user.pub_self;
-      FillView(d.view, d.pub, &e);
-      e.state = d.pub_state;
-      e.self_state = d.self_state;
+      FillView(user, d.view, d.pub, d.pub_state, d.self_state, now_ms, &e);
       user.version = e.version = d.version;
       user.public_version = e.public_version = d.public_version;
       e.cause = pending.cause;
@@ -1177,14 +1177,26 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
   return absl::OkStatus();
 }
 
-void Shard::FillView(const UserView& v, const PublicView& pub, ChangeEvent* e) {
-  e->state = pub.state;
-  e->self_state = v.reduced.self_state;
+void Shard::FillView(const User& user, const UserView& v, const PublicView& pub, State pub_state,
+                     State self_state, int64_t now_ms, ChangeEvent* e) {
+  e->state = pub_state;
+  e->self_state = self_state;
   e->invisible = v.reduced.invisible;
   e->last_seen_ms = pub.last_seen_ms;
   e->self_last_seen_ms = v.last_seen_ms;
   e->devices = pub.devices;
   e->self_devices = v.devices;
+  // A view held back by its dwell shows its published state, which the
+  // override now on top may not have made: none is shown with it.
+  if (pub.shown != nullptr && pub.state == pub_state) e->shown_override = InfoOf(*pub.shown);
+  if (v.reduced.shown != nullptr && v.reduced.self_state == self_state) {
+    e->self_shown_override = InfoOf(*v.reduced.shown);
+  }
+  if (user.has_overrides) {
+    for (const Override& o : *StackOf(user)) {
+      if (o.active(now_ms)) e->self_overrides.push_back(InfoOf(o));
+    }
+  }
 }
 
 void Shard::AppendPublished(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)> which,
@@ -1196,10 +1208,11 @@ void Shard::AppendPublished(int64_t now_ms, absl::FunctionRef<bool(absl::string_
     ChangeEvent& e = out->emplace_back();
     e.user_id = std::string(user.id.view());
     const UserView v = ViewUser(user, now_ms);
-    FillView(v, PublicOf(user, v, user.pub_state, now_ms), &e);
     // The state as published, not as it may be about to change.
-    e.state = e.previous = user.pub_state;
-    e.self_state = e.previous_self = user.pub_self;
+    FillView(user, v, PublicOf(user, v, user.pub_state, now_ms), user.pub_state, user.pub_self,
+             now_ms, &e);
+    e.previous = user.pub_state;
+    e.previous_self = user.pub_self;
     e.version = user.version;
     e.public_version = user.public_version;
     e.cause = Cause::kMerge;

@@ -457,8 +457,12 @@ class Shard {
   void WatchIfAdaptive(uint32_t di, Platform platform) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a live device's beats may skip the lock (fast::kOpen).
   bool MayBeatUnlocked(const Device& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The state, last_seen and devices of an event, public and own.
-  static void FillView(const UserView& v, const PublicView& pub, ChangeEvent* e);
+  // The views of an event of `user`, public and own: the states it
+  // publishes (`pub_state`, `self_state`: those of `pub` and `v`, or the
+  // last published ones while a dwell holds a view back), the last_seen,
+  // devices and overrides.
+  void FillView(const User& user, const UserView& v, const PublicView& pub, State pub_state,
+                State self_state, int64_t now_ms, ChangeEvent* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The user's overrides for which pred is true, removed (cause kOverride).
   // NotFound for an unknown user.
   absl::StatusOr<size_t> RevokeWhere(absl::string_view user_id, uint64_t hash, int64_t now_ms,

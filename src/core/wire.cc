@@ -34,6 +34,20 @@ absl::StatusOr<State> StateFromProto(int v, absl::string_view field) {
   return static_cast<State>(v);
 }
 
+void OverrideToProto(const OverrideInfo& o, pb::Override* out) {
+  out->set_id(o.id);
+  out->set_state(static_cast<pb::OverrideState>(o.state));
+  out->set_set_at_ms(o.set_at_ms);
+  out->set_until_ms(o.until_ms);
+}
+
+absl::StatusOr<OverrideInfo> OverrideFromProto(const pb::Override& m) {
+  const auto state = static_cast<OverrideState>(m.state());
+  if (auto st = internal::ValidateOverrideState(state); !st.ok()) return st;
+  if (m.until_ms() < 0) return absl::InvalidArgumentError("an override's until_ms must be >= 0");
+  return OverrideInfo{m.id(), state, m.set_at_ms(), m.until_ms()};
+}
+
 }  // namespace
 
 Signal DecodedSignal::signal() const {
@@ -165,11 +179,16 @@ void internal::ChangeEventToProto(const ChangeEvent& e, bool include_self, pb::C
   m.set_trace_id(e.trace_id);
   m.set_changed_at_ms(e.changed_at_ms);
   m.set_published_at_ms(e.published_at_ms);
+  if (e.shown_override) OverrideToProto(*e.shown_override, m.mutable_shown_override());
   if (include_self) {
     m.set_self_state(static_cast<pb::State>(e.self_state));
     m.set_invisible(e.invisible);
     m.set_version(e.version);
     m.set_public_version(e.public_version);
+    m.set_self_last_seen_ms(e.self_last_seen_ms);
+    SummaryToProto(e.self_devices, m.mutable_self_devices());
+    if (e.self_shown_override) OverrideToProto(*e.self_shown_override, m.mutable_self_shown_override());
+    for (const OverrideInfo& o : e.self_overrides) OverrideToProto(o, m.add_self_overrides());
   } else {
     m.set_version(e.public_version);  // the own view's version is not public
   }
@@ -212,6 +231,30 @@ absl::StatusOr<ChangeEvent> internal::ChangeEventFromProto(const pb::ChangeEvent
   e.trace_id = m.trace_id();
   e.changed_at_ms = m.changed_at_ms();
   e.published_at_ms = m.published_at_ms();
+  if (m.has_shown_override()) {
+    auto shown = OverrideFromProto(m.shown_override());
+    if (!shown.ok()) return shown.status();
+    e.shown_override = e.self_shown_override = *shown;
+  }
+  // The rest of the own view, where it was sent (a sender that left it out
+  // gave the public one, as above).
+  if (m.has_self_devices()) {
+    auto self_devices = SummaryFromProto(m.self_devices());
+    if (!self_devices.ok()) return self_devices.status();
+    e.self_devices = *self_devices;
+    e.self_last_seen_ms = m.self_last_seen_ms();
+  }
+  if (m.self_state() != pb::STATE_UNSPECIFIED) e.self_shown_override.reset();
+  if (m.has_self_shown_override()) {
+    auto shown = OverrideFromProto(m.self_shown_override());
+    if (!shown.ok()) return shown.status();
+    e.self_shown_override = *shown;
+  }
+  for (const pb::Override& o : m.self_overrides()) {
+    auto info = OverrideFromProto(o);
+    if (!info.ok()) return info.status();
+    e.self_overrides.push_back(*info);
+  }
   return e;
 }
 
