@@ -688,6 +688,56 @@ TEST(OverridesOnTheBus, TheGatewayRefusesWhatTheEngineWouldRefuse) {
   EXPECT_THAT(r.Ids(r.e.get(), "alice"), ElementsAre(id));
 }
 
+// A handover, clean (RevokePartitions, then the next owner's
+// AssignPartitions) or after a crash, loses no heartbeat: the offsets
+// committed cover every heartbeat consumed, so the records must hold their
+// times too, or the next owner would load an older last signal and call the
+// device dead before its next heartbeat (a false OFFLINE).
+TEST(Partitions, AHandoverLosesNoHeartbeat) {
+  for (const bool clean : {true, false}) {
+    SCOPED_TRACE(clean ? "clean" : "crash");
+    Gateway g;
+    std::unique_ptr<Store> store = NewMemoryStore();
+    auto make = [&]() {
+      Options o;
+      o.clock = &g.clock;
+      o.bus = &g.bus;
+      o.store = store.get();
+      o.owns_all_partitions = false;
+      return Engine::Create(o).value();
+    };
+    std::vector<uint32_t> all;
+    for (uint32_t p = 0; p < kPartitions; ++p) all.push_back(p);
+    auto a = make();
+    ASSERT_TRUE(a->AssignPartitions(all).ok());
+    auto run = [&](Engine* e, int64_t ms) {
+      for (int64_t t = 0; t < ms; t += 100) {
+        while (e->ConsumeBus().value() > 0) {
+        }
+        g.clock.Advance(100);
+        e->Tick();
+      }
+    };
+    ASSERT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "web")).ok());
+    run(a.get(), 100);
+    ASSERT_EQ(a->GetOne("alice").state, State::kOnline);
+    // Heartbeats every 1.5 s for 6 s; the last one 100 ms before the handover.
+    for (int i = 0; i < 4; ++i) {
+      run(a.get(), 1400);
+      ASSERT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "web")).ok());
+      run(a.get(), 100);
+    }
+    const int64_t last_beat = g.clock.NowMs() - 100;
+    if (clean) ASSERT_TRUE(a->RevokePartitions(all).ok());
+    auto b = make();
+    ASSERT_TRUE(b->AssignPartitions(all).ok());
+    // Alive until last_beat + 4 s with no further heartbeat.
+    run(b.get(), 3500);
+    ASSERT_LT(g.clock.NowMs(), last_beat + 4000);
+    EXPECT_EQ(b->GetOne("alice").state, State::kOnline) << "a false OFFLINE after the handover";
+  }
+}
+
 // ---- Erasures on the bus --------------------------------------------------------
 
 // A history whose Erase fails while `failing` is set.
