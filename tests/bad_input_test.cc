@@ -238,6 +238,8 @@ TEST(BadWire, MalformedAndInvalidProtobufIsRejected) {
   e.state = State::kDnd;
   e.shown_override = OverrideInfo{1, static_cast<OverrideState>(9), 0, 0};
   EXPECT_TRUE(absl::IsInvalidArgument(DecodeChangeEvent(EncodeChangeEvent(e)).status()));
+  e.shown_override = OverrideInfo{0, OverrideState::kInvisible, 0, 0};  // never public
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodeChangeEvent(EncodeChangeEvent(e)).status()));
   e.shown_override.reset();
   e.self_overrides = {OverrideInfo{1, OverrideState::kDnd, 0, -5}};
   EXPECT_TRUE(absl::IsInvalidArgument(DecodeChangeEvent(EncodeChangeEvent(e, true)).status()));

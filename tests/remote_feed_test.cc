@@ -217,12 +217,16 @@ TEST(RemoteFeed, LatestCarriesTheOverridesAndTheOwnView) {
   std::optional<ChangeEvent> ev = c.feed->Latest(alice);
   ASSERT_TRUE(ev.has_value());
   ASSERT_TRUE(ev->shown_override.has_value());
-  EXPECT_EQ(ev->shown_override->id, dnd);
+  // To others its state and end only: an id counts every override set,
+  // invisible ones too (rule 8).
+  EXPECT_EQ(ev->shown_override->id, 0u);
+  EXPECT_EQ(ev->shown_override->set_at_ms, 0);
   EXPECT_EQ(ev->shown_override->state, OverrideState::kDnd);
   EXPECT_EQ(ev->shown_override->until_ms, c.a->ListOverrides(alice).value()[0].until_ms);
   ASSERT_TRUE(ev->self_shown_override.has_value());
   EXPECT_EQ(ev->self_shown_override->id, dnd);
   ASSERT_EQ(ev->self_overrides.size(), 1u);
+  const std::optional<ChangeEvent> dnd_event = ev;
 
   const uint64_t inv = c.a->SetOverride(alice, OverrideState::kInvisible).value();
   c.Step(1500);
@@ -254,6 +258,12 @@ TEST(RemoteFeed, LatestCarriesTheOverridesAndTheOwnView) {
     EXPECT_EQ(ev->self_overrides[i].until_ms, stack[i].until_ms);
   }
   // Encoded for anyone but alice: nothing of her own view.
+  const ChangeEvent dnd_pub = DecodeChangeEvent(EncodeChangeEvent(*dnd_event, false)).value();
+  ASSERT_TRUE(dnd_pub.shown_override.has_value());
+  EXPECT_EQ(dnd_pub.shown_override->id, 0u);
+  EXPECT_EQ(dnd_pub.shown_override->set_at_ms, 0);
+  EXPECT_FALSE(dnd_pub.self_shown_override.has_value() && dnd_pub.self_shown_override->id != 0);
+  EXPECT_TRUE(dnd_pub.self_overrides.empty());
   const ChangeEvent pub = DecodeChangeEvent(EncodeChangeEvent(*ev, /*include_self=*/false)).value();
   EXPECT_EQ(pub.self_state, State::kOffline);
   EXPECT_FALSE(pub.self_shown_override.has_value());

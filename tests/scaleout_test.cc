@@ -439,7 +439,6 @@ TEST(GatewayPublisher, DisconnectsTravelTheBusCleanAndAbrupt) {
 
 // ---- Overrides through the bus (issue 15: overrides from any gateway) ----------
 
-// A gateway and one engine that owns every partition, on one bus and store.
 // A store that writes records but loses every offset: a new owner replays
 // the whole bus, as after a crash before the offsets were written. It
 // remembers the last offsets it was asked to commit.
@@ -461,6 +460,7 @@ uint64_t Sum(const std::vector<CommittedOffset>& offsets) {
   return n;
 }
 
+// A gateway and one engine that owns every partition, on one bus and store.
 struct OverrideRig {
   Gateway g;
   std::unique_ptr<Store> store = NewMemoryStore();
@@ -872,6 +872,11 @@ TEST(ErasuresOnTheBus, AnErasureThroughAGatewayEqualsNeverHavingExisted) {
                           [](const BusRecord& r) { return r.type == BusRecordType::kErase; }),
             1);
   EXPECT_TRUE(absl::IsInvalidArgument(a.g.gw->PublishErase("")));
+  // While the bus fails, an erasure is refused, not held.
+  a.g.bus.failing = true;
+  EXPECT_TRUE(absl::IsUnavailable(a.g.gw->PublishErase("alice")));
+  EXPECT_EQ(a.g.gw->stats().buffered, 0u);
+  a.g.bus.failing = false;
   const uint64_t committed = Sum(a.store.asked_offsets);
   for (EraseWorld* w : {&a, &b}) w->Step();
   EXPECT_FALSE(a.owner->GetOne("alice").known);

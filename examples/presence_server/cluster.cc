@@ -298,7 +298,15 @@ class KafkaCluster final : public Cluster {
   absl::StatusOr<std::vector<presence::OverrideInfo>> ListOverrides(absl::string_view user) override {
     if (feed_ != nullptr) {
       std::optional<presence::ChangeEvent> ev = feed_->Latest(user);
-      if (ev && !ev->erased) return ev->self_overrides;
+      if (ev && !ev->erased) {
+        // As the engine lists them: those that ended since are left out.
+        const int64_t now = engine_->NowMs();
+        std::vector<presence::OverrideInfo> out;
+        for (const presence::OverrideInfo& o : ev->self_overrides) {
+          if (o.until_ms == 0 || now < o.until_ms) out.push_back(o);
+        }
+        return out;
+      }
     }
     return engine_->ListOverrides(user);
   }

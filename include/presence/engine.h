@@ -261,10 +261,12 @@ class PRESENCE_EXPORT Engine {
   // replay or rebuild never brings it back. A signal afterwards starts anew.
   // The next Tick publishes its erasure (a ChangeEvent with `erased` set) to
   // the listeners and the bus, so that watchers drop it (the fan-out and a
-  // RemoteFeed do): unless the engine holds the user and never published
-  // it. One it does not hold is published too, since the engine may have
-  // forgotten it (Options::user_retention_ms) or another engine owned it;
-  // where nobody was told of the user, the erasure changes nothing.
+  // RemoteFeed do), whether or not the engine holds the user or published
+  // it: the engine may have forgotten it (Options::user_retention_ms), or
+  // another engine owned it; where nobody was told of the user, the
+  // erasure changes nothing. With a bus, FailedPrecondition for a user of a
+  // partition this engine does not own (its owner erases it: see
+  // GatewayPublisher::PublishErase).
   absl::Status Erase(absl::string_view user_id);
 
   // Engine::DrainGateway: the operator's drain. Disconnects cleanly up to
@@ -281,8 +283,9 @@ class PRESENCE_EXPORT Engine {
   // included: GatewayPublisher::PublishDisconnect) and the override commands
   // (GatewayPublisher::PublishOverride, applied as ApplyOverride does) and
   // erase commands (GatewayPublisher::PublishErase: the user is erased as
-  // Erase does, its history with the next Tick, which commits no offset
-  // past the command until that succeeded), in order, without the
+  // Erase does; no offset past the command is committed until its history
+  // erasure succeeded, retried with each Tick, and its erasure event is on
+  // the bus), in order, without the
   // per-device flood limit, which applied when they came in; change events
   // are skipped. Offsets are committed to the Store after the records the
   // signals changed were written, on Tick. Returns how many records were

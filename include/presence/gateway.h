@@ -91,6 +91,8 @@ class PRESENCE_EXPORT GatewayPublisher {
   // partition, in order with everything published, for the owner to erase
   // the user as Engine::Erase does when it consumes it (Engine::ConsumeBus;
   // its erasure then reaches every RemoteFeed as a change event).
+  // OK once the bus took it. Unlike a signal it is never held: Unavailable
+  // when the bus fails (try again: erasing twice changes nothing);
   // InvalidArgument for a malformed user id; ResourceExhausted as Publish.
   virtual absl::Status PublishErase(absl::string_view user_id) = 0;
 

@@ -204,11 +204,13 @@ struct ChangeEvent {
   uint64_t trace_id = 0;                  // of the signal that caused it
   int64_t changed_at_ms = 0;              // when the cause happened
   int64_t published_at_ms = 0;            // when this event was published
-  // The override shown (docs/design.md rule 3) as Engine::Get shows it, at
-  // publication: in the public view (never an INVISIBLE one, and none while
-  // the public state waits out its dwell behind the own view's), and in the
-  // user's own; and the user's stack, oldest first, as ListOverrides lists
-  // it (own view). A gateway answers GET /presence from them.
+  // The override shown (docs/design.md rule 3) at publication: in the
+  // public view its state and until_ms only (id and set_at_ms 0; never an
+  // INVISIBLE one), in the user's own all of it; none with a view whose
+  // published state is held back by its dwell (Engine::Get, which answers
+  // the current view, shows it already). And the user's stack, oldest
+  // first, as ListOverrides lists it (own view). A gateway answers GET
+  // /presence from them.
   std::optional<OverrideInfo> shown_override;
   std::optional<OverrideInfo> self_shown_override;
   std::vector<OverrideInfo> self_overrides;

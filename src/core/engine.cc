@@ -462,9 +462,11 @@ class EngineCore {
     const int64_t now = Now();
     events_.clear();
     // Signals consumed so far are in the records the shards write now; their
-    // offsets are committed only once every shard's write succeeded, and
-    // the history of every user erased by a command read before them is
-    // erased (first: the users' transitions from this tick on are anew).
+    // offsets are committed only once every shard's write succeeded, the
+    // history erasures of commands read before them succeeded (a failed one
+    // is tried again first), and every erasure is on the bus: a new owner
+    // replays the command rather than lose its event, which nothing it
+    // holds would announce again.
     std::vector<CommittedOffset> offsets;
     std::vector<std::string> erasures;
     {
@@ -478,8 +480,10 @@ class EngineCore {
         all_written = false;
       }
     }
-    if (all_written && config_.options.store != nullptr && !offsets.empty() &&
-        offsets != committed_) {
+    AppendHistory(now);
+    PublishToBus(events_);
+    if (all_written && !erasure_unpublished_ && config_.options.store != nullptr &&
+        !offsets.empty() && offsets != committed_) {
       StoreBatch batch;
       batch.offsets = offsets;
       Store* store = config_.options.store;
@@ -491,8 +495,6 @@ class EngineCore {
       }
     }
     if (all_written_out != nullptr) *all_written_out = all_written;
-    AppendHistory(now);
-    PublishToBus(events_);
     const size_t published = events_.size();
     rounds_.push_back(Round{std::move(events_), now});
     return published;
@@ -625,7 +627,7 @@ class EngineCore {
     absl::Status replayed;
     for (uint32_t p : taken) {
       for (;;) {
-        auto n = ConsumePartition(p, 4096);
+        auto n = ConsumePartition(p, 4096, EraseCommands::kApply);  // tick_mu_ is held
         if (!n.ok()) {
           replayed = absl::Status(n.status().code(),
                                   absl::StrCat("partition ", p, " was taken, but its replay stopped (",
@@ -668,6 +670,11 @@ class EngineCore {
       let_go.insert(p);
     }
     if (let_go.empty()) return absl::OkStatus();
+    // A history erasure still failing is the next owner's: no offset past
+    // its command was committed, so it replays the command.
+    bus_erasures_.erase(std::remove_if(bus_erasures_.begin(), bus_erasures_.end(),
+                                       [&](const std::string& u) { return let_go.contains(PartitionOf(u)); }),
+                        bus_erasures_.end());
     committed_.erase(std::remove_if(committed_.begin(), committed_.end(),
                                     [&](const CommittedOffset& o) { return let_go.contains(o.partition); }),
                      committed_.end());
@@ -696,21 +703,42 @@ class EngineCore {
   absl::StatusOr<size_t> ConsumeBus(size_t max) {
     Bus* bus = config_.options.bus;
     if (bus == nullptr) return absl::FailedPreconditionError("the engine has no bus");
-    internal::MutexLock lock(&consume_mu_);
     size_t read = 0;
     for (uint32_t p = 0; p < partitions_ && read < max; ++p) {
       if (!Owns(p)) continue;
-      auto n = ConsumePartition(p, max - read);
+      bool erase_next = false;
+      {
+        internal::MutexLock lock(&consume_mu_);
+        auto n = ConsumePartition(p, max - read, EraseCommands::kStop, &erase_next);
+        if (!n.ok()) return n.status();
+        read += *n;
+      }
+      if (!erase_next || read >= max) continue;
+      // An erase command is next: applied holding tick_mu_ as Erase is (no
+      // tick is between taking a user's changes and writing them to the
+      // history), then the records after it.
+      internal::MutexLock tick(&tick_mu_);
+      internal::MutexLock lock(&consume_mu_);
+      if (!Owns(p)) continue;  // let go meanwhile: its next owner reads it
+      auto n = ConsumePartition(p, max - read, EraseCommands::kApply);
       if (!n.ok()) return n.status();
       read += *n;
     }
     return read;
   }
 
+  // What ConsumePartition does at an erase command: the user's history is
+  // erased holding tick_mu_, which a replay holds already (kApply), and
+  // ConsumeBus does not (kStop: the read stops before the command, and
+  // *erase_next tells).
+  enum class EraseCommands { kApply, kStop };
+
   // One read of `partition` from where consumption stopped; applies the
   // signals. A record that cannot be decoded, or whose user is not of this
   // partition, is counted and skipped: it never blocks the partition.
-  absl::StatusOr<size_t> ConsumePartition(uint32_t p, size_t max)
+  // Returns how many records it went past.
+  absl::StatusOr<size_t> ConsumePartition(uint32_t p, size_t max, EraseCommands erase_commands,
+                                          bool* erase_next = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
     uint64_t& offset = consumed_[p];
     Bus* bus = config_.options.bus;
@@ -725,8 +753,14 @@ class EngineCore {
     // commits the new offset before these signals are applied.
     if (decoded_.size() < records->size()) decoded_.resize(records->size());
     consumed_signals_.clear();
+    size_t passed = 0;
     for (const BusRecord& r : *records) {
+      if (r.type == BusRecordType::kErase && erase_commands == EraseCommands::kStop) {
+        *erase_next = true;
+        break;
+      }
       offset = r.offset + 1;
+      ++passed;
       if (r.type == BusRecordType::kOverride) {
         ConsumeOverride(r, p);
         continue;
@@ -754,7 +788,7 @@ class EngineCore {
       consumed_signals_.push_back(d.signal());
     }
     ApplyConsumed();
-    return records->size();
+    return passed;
   }
 
   // The signals ConsumePartition has decoded and not yet applied, applied.
@@ -781,11 +815,12 @@ class EngineCore {
     (void)ApplyOverride(d.command());
   }
 
-  // An erase command read from partition `p` (ConsumePartition), in order
-  // with the signals read before it, which go first: the user is erased
-  // from the engine and the store as Erase does, and from the history with
-  // the next tick (which takes tick_mu_, held by a replay here already).
-  void ConsumeErase(const BusRecord& r, uint32_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+  // An erase command read from partition `p` (ConsumePartition, with
+  // tick_mu_ held), in order with the signals read before it, which go
+  // first: the user is erased as Erase does. A history erasure that fails
+  // is retried with each tick, which commits no offset meanwhile.
+  void ConsumeErase(const BusRecord& r, uint32_t p)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_, consume_mu_) {
     ApplyConsumed();
     DecodedEraseCommand d;
     if (!DecodeEraseCommand(r.payload, &d).ok()) {
@@ -798,7 +833,9 @@ class EngineCore {
     }
     const uint64_t h = HashUserId(d.user_id);
     ShardFor(h).EraseUser(d.user_id, h, Now());
-    if (config_.options.history != nullptr) bus_erasures_.push_back(std::move(d.user_id));
+    if (config_.options.history != nullptr && !EraseHistoryLocked(d.user_id).ok()) {
+      bus_erasures_.push_back(std::move(d.user_id));
+    }
   }
 
   // The audit trail as `viewer` may read it: everything for the user itself,
@@ -906,6 +943,9 @@ class EngineCore {
   absl::Status Erase(absl::string_view user) {
     if (auto st = ValidateUserId(user); !st.ok()) return st;
     const uint64_t h = HashUserId(user);
+    // Another engine's user: an erasure published from here would drop a
+    // live user from every watcher.
+    if (auto st = CheckOwned(h); !st.ok()) return st;
     ShardFor(h).EraseUser(user, h, Now());
     if (config_.options.history == nullptr) return absl::OkStatus();
     internal::MutexLock lock(&tick_mu_);
@@ -1273,7 +1313,10 @@ class EngineCore {
   void PublishToBus(const std::vector<ChangeEvent>& events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     Bus* bus = config_.options.bus;
     if (bus == nullptr) return;
-    for (const ChangeEvent& e : events) bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));
+    for (const ChangeEvent& e : events) {
+      bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));
+      if (e.erased) erasure_unpublished_ = true;
+    }
     // A failed batch stays in the backlog for the next tick, whole.
     size_t sent = 0;
     if (!Timed(clock_, &observed_.bus_publish, [&] {
@@ -1282,6 +1325,7 @@ class EngineCore {
       ++bus_errors_;
     }
     bus_backlog_.erase(bus_backlog_.begin(), bus_backlog_.begin() + static_cast<std::ptrdiff_t>(sent));
+    if (bus_backlog_.empty()) erasure_unpublished_ = false;
     constexpr size_t kMaxBacklog = 1 << 20;
     if (bus_backlog_.size() > kMaxBacklog) {
       bus_dropped_ += bus_backlog_.size() - kMaxBacklog;
@@ -1345,6 +1389,8 @@ class EngineCore {
   int64_t last_retention_ms_ ABSL_GUARDED_BY(tick_mu_) = 0;
   // (user id, encoded change event) not yet on the bus, oldest first.
   std::deque<std::pair<std::string, std::string>> bus_backlog_ ABSL_GUARDED_BY(tick_mu_);
+  // An erasure waits in bus_backlog_ (then no offset is committed).
+  bool erasure_unpublished_ ABSL_GUARDED_BY(tick_mu_) = false;
   uint64_t bus_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
   std::atomic<uint64_t> bus_errors_{0};
   std::atomic<uint64_t> wrong_partition_{0};
@@ -1359,7 +1405,7 @@ class EngineCore {
   std::vector<DecodedSignal> decoded_ ABSL_GUARDED_BY(consume_mu_);
   std::vector<Signal> consumed_signals_ ABSL_GUARDED_BY(consume_mu_);  // views into decoded_
   // Users erased by an erase command read from the bus (ConsumeErase) whose
-  // history the next tick erases.
+  // history erasure failed: the next tick tries again.
   std::vector<std::string> bus_erasures_ ABSL_GUARDED_BY(consume_mu_);
   TickObservations observed_ ABSL_GUARDED_BY(tick_mu_){clock_, {}, {}, {}};
   OverloadLadder overload_ ABSL_GUARDED_BY(tick_mu_){config_.options.overload_enter_ticks,

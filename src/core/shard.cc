@@ -1188,7 +1188,11 @@ void Shard::FillView(const User& user, const UserView& v, const PublicView& pub,
   e->self_devices = v.devices;
   // A view held back by its dwell shows its published state, which the
   // override now on top may not have made: none is shown with it.
-  if (pub.shown != nullptr && pub.state == pub_state) e->shown_override = InfoOf(*pub.shown);
+  // Others learn its state and end, as Get shows them, not its id or when
+  // it was set: ids count every override set, invisible ones too (rule 8).
+  if (pub.shown != nullptr && pub.state == pub_state) {
+    e->shown_override = OverrideInfo{0, pub.shown->state, 0, pub.shown->until_ms};
+  }
   if (v.reduced.shown != nullptr && v.reduced.self_state == self_state) {
     e->self_shown_override = InfoOf(*v.reduced.shown);
   }

@@ -210,15 +210,14 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
     return false;
   }
   User& user = users_[u];
-  if (user.version != 0) {
-    // Its watchers are told with the next tick (after the erasure is
-    // written), with versions above every one it had, each view's from that
-    // view's own.
-    const ChangeEvent& e = QueueErasure(user_id, Floors{user.version, user.public_version},
-                                        user.pub_state, user.pub_self, now_ms);
-    user.version = e.version;
-    user.public_version = e.public_version;
-  }
+  // Its watchers are told with the next tick (after the erasure is
+  // written), with versions above every one it had, each view's from that
+  // view's own. Also when it never published here: it may be back anew
+  // after the engine forgot it, while watchers still hold its earlier life.
+  const ChangeEvent& e = QueueErasure(user_id, Floors{user.version, user.public_version},
+                                      user.pub_state, user.pub_self, now_ms);
+  user.version = e.version;
+  user.public_version = e.public_version;
   Unpend(u);
   if (user.has_overrides) {
     override_count_ -= StackOf(user)->size();

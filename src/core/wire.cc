@@ -234,6 +234,9 @@ absl::StatusOr<ChangeEvent> internal::ChangeEventFromProto(const pb::ChangeEvent
   if (m.has_shown_override()) {
     auto shown = OverrideFromProto(m.shown_override());
     if (!shown.ok()) return shown.status();
+    if (shown->state == OverrideState::kInvisible) {
+      return absl::InvalidArgumentError("the public view shows no INVISIBLE override");
+    }
     e.shown_override = e.self_shown_override = *shown;
   }
   // The rest of the own view, where it was sent (a sender that left it out

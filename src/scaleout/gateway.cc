@@ -71,7 +71,14 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     if (auto full = Full(); !full.ok()) return full;
     queue_.push_back(Outgoing{BusRecordType::kErase, std::string(user_id),
                               EncodeEraseCommand(user_id, options_.gateway_id)});
-    (void)FlushLocked();  // this one too, or it waits with them
+    if (absl::Status st = FlushLocked(); !st.ok()) {
+      // Refused rather than held: nobody may be told that an erasure is
+      // under way which this process's end would lose. (The bus may have
+      // written it all the same; erasing again changes nothing.)
+      queue_.pop_back();
+      return absl::UnavailableError(
+          absl::StrCat("the bus did not take the erasure (try again): ", st.message()));
+    }
     return absl::OkStatus();
   }
   std::vector<absl::StatusOr<uint64_t>> PublishBatch(absl::Span<const Item> items) override {
