@@ -446,6 +446,7 @@ class OffsetsLostStore : public Store {
  public:
   absl::Status Write(const StoreBatch& batch) override {
     if (!batch.offsets.empty()) asked_offsets = batch.offsets;
+    for (const CommittedOffset& o : batch.offsets) kept[o.partition] = std::max(kept[o.partition], o.offset);
     StoreBatch b = batch;
     b.offsets.clear();
     return inner->Write(b);
@@ -453,6 +454,7 @@ class OffsetsLostStore : public Store {
   absl::Status Load(StoreVisitor* v) override { return inner->Load(v); }
   std::unique_ptr<Store> inner = NewMemoryStore();
   std::vector<CommittedOffset> asked_offsets;
+  std::map<uint32_t, uint64_t> kept;  // the highest asked per partition, as a store keeps it
 };
 uint64_t Sum(const std::vector<CommittedOffset>& offsets) {
   uint64_t n = 0;
@@ -902,6 +904,42 @@ TEST(ErasuresOnTheBus, AnErasureThroughAGatewayEqualsNeverHavingExisted) {
   }
   EXPECT_TRUE(a.owner->GetOne("alice").known);
   EXPECT_EQ(a.Show("alice"), b.Show("alice"));
+}
+
+// While an erasure waits for the bus, its partition's offsets are held
+// back (a new owner would replay the command rather than lose the event);
+// the other partitions' are committed as usual.
+TEST(ErasuresOnTheBus, OffsetsWaitForTheErasureEventOnlyInItsPartition) {
+  EraseWorld w;
+  std::string other = "bob";
+  for (int i = 0; PartitionFor(other, kPartitions) == PartitionFor("alice", kPartitions); ++i) {
+    other = absl::StrCat("bob", i);
+  }
+  const uint32_t pa = PartitionFor("alice", kPartitions), pb = PartitionFor(other, kPartitions);
+  auto offset_of = [&](uint32_t p) -> int64_t {
+    auto it = w.store.kept.find(p);
+    return it == w.store.kept.end() ? -1 : static_cast<int64_t>(it->second);
+  };
+  ASSERT_TRUE(w.g.gw->Publish(TestEngine::Sig("alice", "web")).ok());
+  ASSERT_TRUE(w.g.gw->Publish(TestEngine::Sig(other, "web")).ok());
+  w.Step();
+  ASSERT_TRUE(w.g.gw->PublishErase("alice").ok());
+  ASSERT_TRUE(w.g.gw->Publish(TestEngine::Sig(other, "phone")).ok());
+  const int64_t a_before = offset_of(pa), b_before = offset_of(pb);
+  // The owner reads the command and the signal, then cannot publish.
+  while (w.owner->ConsumeBus().value() > 0) {
+  }
+  w.g.bus.failing_publish = true;
+  w.g.clock.Advance(100);
+  w.owner->Tick();
+  EXPECT_EQ(offset_of(pa), a_before) << "an offset past an erasure not on the bus was committed";
+  EXPECT_GT(offset_of(pb), b_before);
+  EXPECT_THAT(w.owner->RenderMetrics(), HasSubstr("presence_offsets_held_partitions 1\n"));
+  w.g.bus.failing_publish = false;
+  w.g.clock.Advance(100);
+  w.owner->Tick();
+  EXPECT_GT(offset_of(pa), a_before);
+  EXPECT_THAT(w.owner->RenderMetrics(), HasSubstr("presence_offsets_held_partitions 0\n"));
 }
 
 // Erase commands that are malformed, or keyed to another partition, are

@@ -285,11 +285,13 @@ class PRESENCE_EXPORT Engine {
   // erase commands (GatewayPublisher::PublishErase: the user is erased as
   // Erase does; no offset past the command is committed until its history
   // erasure succeeded, retried with each Tick, and its erasure event is on
-  // the bus), in order, without the
-  // per-device flood limit, which applied when they came in; change events
-  // are skipped. Offsets are committed to the Store after the records the
-  // signals changed were written, on Tick. Returns how many records were
-  // read. One call reads each partition once, and a bus may answer with
+  // the bus), in order, without the per-device flood limit, which applied
+  // when they came in; change events are skipped. Offsets are committed to
+  // the Store after the records the signals changed were written, on Tick
+  // (a partition's are held back while an erasure of one of its users waits
+  // for the bus: presence_offsets_held_partitions). Returns how many records
+  // it went past. One call reads each partition once (twice at an erase
+  // command), and a bus may answer with
   // fewer records than it holds (Kafka: what the client has fetched); to
   // catch up, call again until it answers 0.
   absl::StatusOr<size_t> ConsumeBus(size_t max_records = 4096);
@@ -320,10 +322,11 @@ class PRESENCE_EXPORT Engine {
   // see the flush's changes: they get them once that listener returned,
   // before the Tick running it returns. Keyed calls racing it either finish
   // before the users are dropped (and are dropped with them) or answer
-  // FailedPrecondition. When the flush could not write everything it still lets go and
-  // answers Unavailable: the offsets of what was not written were not
-  // committed, so the next owner replays those signals. Partitions not owned
-  // are ignored.
+  // FailedPrecondition. When the flush could not write everything, or an
+  // erasure of one of their users is not on the bus yet, it still lets go
+  // and answers Unavailable: the offsets of what was not done were not
+  // committed, so the next owner replays those records. Partitions not
+  // owned are ignored.
   absl::Status RevokePartitions(absl::Span<const uint32_t> partitions);
 
   // The partitions this engine owns, in order (every partition of the bus

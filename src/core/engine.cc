@@ -482,8 +482,9 @@ class EngineCore {
     }
     AppendHistory(now);
     PublishToBus(events_);
-    if (all_written && !erasure_unpublished_ && config_.options.store != nullptr &&
-        !offsets.empty() && offsets != committed_) {
+    HoldBackErasedPartitions(&offsets);
+    if (all_written && config_.options.store != nullptr && !offsets.empty() &&
+        offsets != committed_) {
       StoreBatch batch;
       batch.offsets = offsets;
       Store* store = config_.options.store;
@@ -627,7 +628,7 @@ class EngineCore {
     absl::Status replayed;
     for (uint32_t p : taken) {
       for (;;) {
-        auto n = ConsumePartition(p, 4096, EraseCommands::kApply);  // tick_mu_ is held
+        auto n = ConsumePartition(p, 4096);
         if (!n.ok()) {
           replayed = absl::Status(n.status().code(),
                                   absl::StrCat("partition ", p, " was taken, but its replay stopped (",
@@ -670,6 +671,11 @@ class EngineCore {
       let_go.insert(p);
     }
     if (let_go.empty()) return absl::OkStatus();
+    // An erasure not yet on the bus (its partition's offsets were held
+    // back) is not flushed: the next owner replays its command.
+    for (size_t i = 0; i < bus_backlog_.size() && flushed; ++i) {
+      if (backlog_erasure_[i] && let_go.contains(PartitionOf(bus_backlog_[i].first))) flushed = false;
+    }
     // A history erasure still failing is the next owner's: no offset past
     // its command was committed, so it replays the command.
     bus_erasures_.erase(std::remove_if(bus_erasures_.begin(), bus_erasures_.end(),
@@ -700,65 +706,74 @@ class EngineCore {
     return out;
   }
 
-  absl::StatusOr<size_t> ConsumeBus(size_t max) {
+  absl::StatusOr<size_t> ConsumeBus(size_t max) ABSL_LOCKS_EXCLUDED(tick_mu_, consume_mu_) {
     Bus* bus = config_.options.bus;
     if (bus == nullptr) return absl::FailedPreconditionError("the engine has no bus");
     size_t read = 0;
     for (uint32_t p = 0; p < partitions_ && read < max; ++p) {
-      if (!Owns(p)) continue;
-      bool erase_next = false;
+      std::vector<BusRecord> rest;  // from an erase command on
       {
         internal::MutexLock lock(&consume_mu_);
-        auto n = ConsumePartition(p, max - read, EraseCommands::kStop, &erase_next);
-        if (!n.ok()) return n.status();
-        read += *n;
+        if (!Owns(p)) continue;  // under consume_mu_, which LetGo holds to let go
+        auto records = ReadPartition(p, max - read);
+        if (!records.ok()) return records.status();
+        const size_t n = ApplyRecords(p, *records, EraseCommands::kStop);
+        read += n;
+        if (n < records->size()) rest.assign(records->begin() + static_cast<std::ptrdiff_t>(n), records->end());
       }
-      if (!erase_next || read >= max) continue;
+      if (rest.empty()) continue;
       // An erase command is next: applied holding tick_mu_ as Erase is (no
       // tick is between taking a user's changes and writing them to the
-      // history), then the records after it.
+      // history), then the records after it, as read.
       internal::MutexLock tick(&tick_mu_);
       internal::MutexLock lock(&consume_mu_);
-      if (!Owns(p)) continue;  // let go meanwhile: its next owner reads it
-      auto n = ConsumePartition(p, max - read, EraseCommands::kApply);
-      if (!n.ok()) return n.status();
-      read += *n;
+      // Let go, or moved, meanwhile: read again at the next call.
+      if (!Owns(p) || consumed_[p] != rest.front().offset) continue;
+      read += ApplyRecords(p, rest, EraseCommands::kApply);
     }
     return read;
   }
 
-  // What ConsumePartition does at an erase command: the user's history is
+  // What ApplyRecords does at an erase command: the user's history is
   // erased holding tick_mu_, which a replay holds already (kApply), and
-  // ConsumeBus does not (kStop: the read stops before the command, and
-  // *erase_next tells).
+  // ConsumeBus first does not (kStop: it stops before the command).
   enum class EraseCommands { kApply, kStop };
 
-  // One read of `partition` from where consumption stopped; applies the
-  // signals. A record that cannot be decoded, or whose user is not of this
-  // partition, is counted and skipped: it never blocks the partition.
-  // Returns how many records it went past.
-  absl::StatusOr<size_t> ConsumePartition(uint32_t p, size_t max, EraseCommands erase_commands,
-                                          bool* erase_next = nullptr)
+  // One read of `partition` from where consumption stopped, applied
+  // (kApply: tick_mu_ is held). Returns how many records it went past.
+  absl::StatusOr<size_t> ConsumePartition(uint32_t p, size_t max)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_, consume_mu_) {
+    auto records = ReadPartition(p, max);
+    if (!records.ok()) return records.status();
+    return ApplyRecords(p, *records, EraseCommands::kApply);
+  }
+
+  absl::StatusOr<std::vector<BusRecord>> ReadPartition(uint32_t p, size_t max)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
-    uint64_t& offset = consumed_[p];
+    const uint64_t offset = consumed_[p];
     Bus* bus = config_.options.bus;
     auto records = Timed(clock_, &bus_read_latency_, [&] { return bus->Read(p, offset, max); });
-    if (!records.ok()) {
-      ++bus_errors_;
-      return records.status();
-    }
+    if (!records.ok()) ++bus_errors_;
+    return records;
+  }
+
+  // Applies records of partition `p`, read from where consumption stopped:
+  // signals, override and erase commands (at one, kStop stops). A record
+  // that cannot be decoded, or whose user is not of this partition, is
+  // counted and skipped: it never blocks the partition. Returns how many
+  // records it went past.
+  size_t ApplyRecords(uint32_t p, absl::Span<const BusRecord> records, EraseCommands erase_commands)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    uint64_t& offset = consumed_[p];
     // Decoded into buffers that keep their capacity, then applied as one
     // batch (in order for each user; stale or invalid signals are counted by
     // the engine). Consumption holds consume_mu_ throughout, so a Tick never
     // commits the new offset before these signals are applied.
-    if (decoded_.size() < records->size()) decoded_.resize(records->size());
+    if (decoded_.size() < records.size()) decoded_.resize(records.size());
     consumed_signals_.clear();
     size_t passed = 0;
-    for (const BusRecord& r : *records) {
-      if (r.type == BusRecordType::kErase && erase_commands == EraseCommands::kStop) {
-        *erase_next = true;
-        break;
-      }
+    for (const BusRecord& r : records) {
+      if (r.type == BusRecordType::kErase && erase_commands == EraseCommands::kStop) break;
       offset = r.offset + 1;
       ++passed;
       if (r.type == BusRecordType::kOverride) {
@@ -815,12 +830,12 @@ class EngineCore {
     (void)ApplyOverride(d.command());
   }
 
-  // An erase command read from partition `p` (ConsumePartition, with
-  // tick_mu_ held), in order with the signals read before it, which go
-  // first: the user is erased as Erase does. A history erasure that fails
-  // is retried with each tick, which commits no offset meanwhile.
-  void ConsumeErase(const BusRecord& r, uint32_t p)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_, consume_mu_) {
+  // An erase command read from partition `p` (ApplyRecords, kApply: every
+  // caller holds tick_mu_ then, which the analysis cannot follow), in order
+  // with the signals read before it, which go first: the user is erased as
+  // Erase does. A history erasure that fails is retried with each tick,
+  // which commits no offset meanwhile.
+  void ConsumeErase(const BusRecord& r, uint32_t p) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     ApplyConsumed();
     DecodedEraseCommand d;
     if (!DecodeEraseCommand(r.payload, &d).ok()) {
@@ -943,12 +958,15 @@ class EngineCore {
   absl::Status Erase(absl::string_view user) {
     if (auto st = ValidateUserId(user); !st.ok()) return st;
     const uint64_t h = HashUserId(user);
+    // Under tick_mu_ throughout: no tick runs between taking the user's
+    // changes and writing them to the history, nor between the ownership
+    // check and the erasure (partitions are taken and let go under it).
+    internal::MutexLock lock(&tick_mu_);
     // Another engine's user: an erasure published from here would drop a
     // live user from every watcher.
     if (auto st = CheckOwned(h); !st.ok()) return st;
     ShardFor(h).EraseUser(user, h, Now());
     if (config_.options.history == nullptr) return absl::OkStatus();
-    internal::MutexLock lock(&tick_mu_);
     return EraseHistoryLocked(user);
   }
 
@@ -1189,7 +1207,12 @@ class EngineCore {
              "Change events waiting to be published to the bus (retried each tick).",
              bus_backlog_.size());
       Metric(&out, "presence_bus_dropped_total", "counter",
-             "Change events dropped because the bus backlog was full.", bus_dropped_);
+             "Change events dropped because the bus backlog was full (never an erasure).",
+             bus_dropped_);
+      Metric(&out, "presence_offsets_held_partitions", "gauge",
+             "Owned partitions whose offsets are not committed while an erasure of one of "
+             "their users waits for the bus.",
+             held_partitions_);
     }
     Metric(&out, "presence_gateways", "gauge",
            "Gateway ids held: carried by a device, or in their grace period.", gateways_.size());
@@ -1315,7 +1338,8 @@ class EngineCore {
     if (bus == nullptr) return;
     for (const ChangeEvent& e : events) {
       bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));
-      if (e.erased) erasure_unpublished_ = true;
+      backlog_erasure_.push_back(e.erased);
+      backlog_erasures_ += e.erased;
     }
     // A failed batch stays in the backlog for the next tick, whole.
     size_t sent = 0;
@@ -1324,14 +1348,46 @@ class EngineCore {
          }).ok()) {
       ++bus_errors_;
     }
+    for (size_t i = 0; i < sent; ++i) backlog_erasures_ -= backlog_erasure_[i];
     bus_backlog_.erase(bus_backlog_.begin(), bus_backlog_.begin() + static_cast<std::ptrdiff_t>(sent));
-    if (bus_backlog_.empty()) erasure_unpublished_ = false;
+    backlog_erasure_.erase(backlog_erasure_.begin(),
+                           backlog_erasure_.begin() + static_cast<std::ptrdiff_t>(sent));
     constexpr size_t kMaxBacklog = 1 << 20;
     if (bus_backlog_.size() > kMaxBacklog) {
-      bus_dropped_ += bus_backlog_.size() - kMaxBacklog;
-      bus_backlog_.erase(bus_backlog_.begin(),
-                         bus_backlog_.end() - static_cast<std::ptrdiff_t>(kMaxBacklog));
+      // The oldest go, but no erasure: one published late, after the
+      // user's later changes, is below their versions, which readers keep.
+      size_t drop = bus_backlog_.size() - kMaxBacklog, kept = 0;
+      for (size_t i = 0; i < bus_backlog_.size(); ++i) {
+        if (drop > 0 && !backlog_erasure_[i]) {
+          --drop;
+          ++bus_dropped_;
+          continue;
+        }
+        bus_backlog_[kept] = std::move(bus_backlog_[i]);
+        backlog_erasure_[kept] = backlog_erasure_[i];
+        ++kept;
+      }
+      bus_backlog_.resize(kept);
+      backlog_erasure_.resize(kept);
     }
+  }
+
+  // Leaves out of `offsets` the partitions with an erasure still waiting
+  // for the bus: their offsets stay where they were committed, so that a
+  // new owner replays the command rather than lose the event (nothing it
+  // holds would announce the erasure again).
+  void HoldBackErasedPartitions(std::vector<CommittedOffset>* offsets)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    held_partitions_ = 0;
+    if (backlog_erasures_ == 0) return;
+    absl::flat_hash_set<uint32_t> held;
+    for (size_t i = 0; i < bus_backlog_.size(); ++i) {
+      if (backlog_erasure_[i]) held.insert(PartitionOf(bus_backlog_[i].first));
+    }
+    held_partitions_ = held.size();
+    offsets->erase(std::remove_if(offsets->begin(), offsets->end(),
+                                  [&](const CommittedOffset& o) { return held.contains(o.partition); }),
+                   offsets->end());
   }
 
   size_t RevokeBetween(int64_t from, int64_t to) {
@@ -1389,8 +1445,11 @@ class EngineCore {
   int64_t last_retention_ms_ ABSL_GUARDED_BY(tick_mu_) = 0;
   // (user id, encoded change event) not yet on the bus, oldest first.
   std::deque<std::pair<std::string, std::string>> bus_backlog_ ABSL_GUARDED_BY(tick_mu_);
-  // An erasure waits in bus_backlog_ (then no offset is committed).
-  bool erasure_unpublished_ ABSL_GUARDED_BY(tick_mu_) = false;
+  // Which of bus_backlog_ are erasures, and how many; the partitions whose
+  // offsets the last tick held back for them (HoldBackErasedPartitions).
+  std::deque<bool> backlog_erasure_ ABSL_GUARDED_BY(tick_mu_);
+  size_t backlog_erasures_ ABSL_GUARDED_BY(tick_mu_) = 0;
+  size_t held_partitions_ ABSL_GUARDED_BY(tick_mu_) = 0;
   uint64_t bus_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
   std::atomic<uint64_t> bus_errors_{0};
   std::atomic<uint64_t> wrong_partition_{0};
