@@ -673,9 +673,7 @@ class EngineCore {
     if (let_go.empty()) return absl::OkStatus();
     // An erasure not yet on the bus (its partition's offsets were held
     // back) is not flushed: the next owner replays its command.
-    for (size_t i = 0; i < bus_backlog_.size() && flushed; ++i) {
-      if (backlog_erasure_[i] && let_go.contains(PartitionOf(bus_backlog_[i].first))) flushed = false;
-    }
+    for (uint32_t p : PartitionsWithErasureWaiting()) flushed = flushed && !let_go.contains(p);
     // A history erasure still failing is the next owner's: no offset past
     // its command was committed, so it replays the command.
     bus_erasures_.erase(std::remove_if(bus_erasures_.begin(), bus_erasures_.end(),
@@ -790,10 +788,7 @@ class EngineCore {
         invalid_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
-      if (PartitionOf(d.signal().user_id) != p) {
-        wrong_partition_.fetch_add(1, std::memory_order_relaxed);
-        continue;
-      }
+      if (!ReadFromItsPartition(d.signal().user_id, p)) continue;
       if (d.disconnect()) {
         ApplyConsumed();  // in order with the signals before it: those go first
         const Signal s = d.signal();
@@ -804,6 +799,14 @@ class EngineCore {
     }
     ApplyConsumed();
     return passed;
+  }
+
+  // Whether a record of `user` read from partition `p` belongs there; one
+  // that does not is counted (and skipped by the caller).
+  bool ReadFromItsPartition(absl::string_view user, uint32_t p) {
+    if (PartitionOf(user) == p) return true;
+    wrong_partition_.fetch_add(1, std::memory_order_relaxed);
+    return false;
   }
 
   // The signals ConsumePartition has decoded and not yet applied, applied.
@@ -821,10 +824,7 @@ class EngineCore {
       invalid_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    if (PartitionOf(d.command().user_id) != p) {
-      wrong_partition_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
+    if (!ReadFromItsPartition(d.command().user_id, p)) return;
     // Refused (the user's most overrides, the memory budget): counted by
     // the shard as a drop, as a direct call's would be.
     (void)ApplyOverride(d.command());
@@ -842,10 +842,7 @@ class EngineCore {
       invalid_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    if (PartitionOf(d.user_id) != p) {
-      wrong_partition_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
+    if (!ReadFromItsPartition(d.user_id, p)) return;
     const uint64_t h = HashUserId(d.user_id);
     ShardFor(h).EraseUser(d.user_id, h, Now());
     if (config_.options.history != nullptr && !EraseHistoryLocked(d.user_id).ok()) {
@@ -1378,16 +1375,21 @@ class EngineCore {
   // holds would announce the erasure again).
   void HoldBackErasedPartitions(std::vector<CommittedOffset>* offsets)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
-    held_partitions_ = 0;
-    if (backlog_erasures_ == 0) return;
-    absl::flat_hash_set<uint32_t> held;
-    for (size_t i = 0; i < bus_backlog_.size(); ++i) {
-      if (backlog_erasure_[i]) held.insert(PartitionOf(bus_backlog_[i].first));
-    }
+    const absl::flat_hash_set<uint32_t> held = PartitionsWithErasureWaiting();
     held_partitions_ = held.size();
     offsets->erase(std::remove_if(offsets->begin(), offsets->end(),
                                   [&](const CommittedOffset& o) { return held.contains(o.partition); }),
                    offsets->end());
+  }
+
+  // The partitions of the erasures in bus_backlog_.
+  absl::flat_hash_set<uint32_t> PartitionsWithErasureWaiting() const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
+    absl::flat_hash_set<uint32_t> out;
+    for (size_t i = 0; backlog_erasures_ > 0 && i < bus_backlog_.size(); ++i) {
+      if (backlog_erasure_[i]) out.insert(PartitionOf(bus_backlog_[i].first));
+    }
+    return out;
   }
 
   size_t RevokeBetween(int64_t from, int64_t to) {

@@ -177,9 +177,9 @@ class Shard {
   // Rebuild: records loaded from the Store, in any order.
   void LoadUser(const UserRecord& record, int64_t now_ms);
   absl::Status LoadDevice(const DeviceRecord& record, uint32_t gateway, int64_t now_ms);
-  // Forgets everything about the user and queues its erasure in the Store
-  // with the next write. Returns whether the engine held the user.
-  bool EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms);
+  // Forgets everything about the user, queues its erasure in the Store with
+  // the next write, and its erasure event with the next tick.
+  void EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms);
   // Disconnects, cleanly, up to `budget` open devices that carry one of the
   // gateway indexes `gs` (a gateway's and its aliases'); returns how many.
   size_t DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64_t now_ms);
@@ -513,10 +513,6 @@ class Shard {
   absl::flat_hash_map<std::string, Floors> forgotten_ ABSL_GUARDED_BY(mu_);
   // Erasures to publish with the next tick (ChangeEvent::erased).
   std::vector<ChangeEvent> erased_ ABSL_GUARDED_BY(mu_);
-  // Queues the erasure of `user_id` in erased_, with versions above
-  // `floors`; `pub` and `self` are the states it leaves.
-  const ChangeEvent& QueueErasure(absl::string_view user_id, Floors floors, State pub, State self,
-                                  int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t store_writes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t store_errors_ ABSL_GUARDED_BY(mu_) = 0;
   // Push/pull checks (docs/design.md rule 9). A device being probed, keyed

@@ -183,39 +183,43 @@ void Shard::Unpend(uint32_t u) {
   users_[u].pending = kNone;
 }
 
-bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) {
+void Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
   erasures_.push_back({std::string(user_id), NextRecordVersion(now_ms)});
   // Its device transitions not yet handed out are forgotten too.
   audit_.erase(std::remove_if(audit_.begin(), audit_.end(),
                               [&](const DeviceTransition& t) { return t.user_id == user_id; }),
                audit_.end());
+  // Its watchers are told with the next tick (after the erasure is
+  // written), with versions above every one it had, each view's from that
+  // view's own; whether or not it is held or was published here. One not
+  // held may have been forgotten (Options::user_retention_ms) or another
+  // owner's; one held may be back anew after being forgotten, while
+  // watchers still hold its earlier life. Where nobody was told of the
+  // user, the erasure changes nothing.
   const uint32_t u = FindUser(user_id, hash);
+  Floors floors;
+  ChangeEvent& e = erased_.emplace_back();
+  e.user_id = std::string(user_id);
+  e.erased = true;
+  e.cause = Cause::kMerge;
+  e.changed_at_ms = now_ms;
+  if (u != kNone) {
+    floors = Floors{users_[u].version, users_[u].public_version};
+    e.previous = users_[u].pub_state;
+    e.previous_self = users_[u].pub_self;
+  } else if (auto it = forgotten_.find(user_id); it != forgotten_.end()) {
+    floors = it->second;
+  }
+  e.version = NextVersion(floors.version, now_ms);
+  e.public_version = NextVersion(floors.public_version, now_ms);
   if (u == kNone) {
-    // Forgotten here (Options::user_retention_ms), or never held by this
-    // engine (another owner's, before a failover): watchers, feeds and
-    // snapshots may still hold what it was, and nothing here tells whether
-    // it was ever published. So its erasure is published all the same,
-    // above every version it can have had; where nobody was told of the
-    // user it changes nothing.
-    Floors floors;
-    if (auto it = forgotten_.find(user_id); it != forgotten_.end()) {
-      floors = it->second;
-      forgotten_.erase(it);
-    }
-    const ChangeEvent& e = QueueErasure(user_id, floors, State::kOffline, State::kOffline, now_ms);
     // Kept as a forgotten user's are: a later erasure, or the user back
     // anew, goes on above these versions.
     forgotten_[std::string(user_id)] = Floors{e.version, e.public_version};
-    return false;
+    return;
   }
   User& user = users_[u];
-  // Its watchers are told with the next tick (after the erasure is
-  // written), with versions above every one it had, each view's from that
-  // view's own. Also when it never published here: it may be back anew
-  // after the engine forgot it, while watchers still hold its earlier life.
-  const ChangeEvent& e = QueueErasure(user_id, Floors{user.version, user.public_version},
-                                      user.pub_state, user.pub_self, now_ms);
   user.version = e.version;
   user.public_version = e.public_version;
   Unpend(u);
@@ -238,21 +242,6 @@ bool Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
                              [&](const DeviceRecord& g) { return g.user_id == user_id; }),
               gone_.end());
   if (users_[u].in_use && users_[u].id.view() == user_id) ForgetUser(u, now_ms);
-  return true;
-}
-
-const ChangeEvent& Shard::QueueErasure(absl::string_view user_id, Floors floors, State pub,
-                                       State self, int64_t now_ms) {
-  ChangeEvent& e = erased_.emplace_back();
-  e.user_id = std::string(user_id);
-  e.erased = true;
-  e.cause = Cause::kMerge;
-  e.previous = pub;
-  e.previous_self = self;
-  e.version = NextVersion(floors.version, now_ms);
-  e.public_version = NextVersion(floors.public_version, now_ms);
-  e.changed_at_ms = now_ms;
-  return e;
 }
 
 void Shard::SetGateway(uint32_t di, uint32_t g) {

@@ -34,6 +34,14 @@ absl::StatusOr<State> StateFromProto(int v, absl::string_view field) {
   return static_cast<State>(v);
 }
 
+// `bytes` parsed into `m`; InvalidArgument naming the message when they
+// are not one.
+template <typename Message>
+absl::Status Parse(absl::string_view bytes, Message* m) {
+  if (m->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("malformed ", Message::descriptor()->full_name()));
+}
+
 void OverrideToProto(const OverrideInfo& o, pb::Override* out) {
   out->set_id(o.id);
   out->set_state(static_cast<pb::OverrideState>(o.state));
@@ -82,9 +90,7 @@ std::string EncodeDisconnect(const Signal& session, DisconnectKind kind) {
 absl::Status DecodeSignal(absl::string_view bytes, DecodedSignal* out) {
   if (out == nullptr) return absl::InvalidArgumentError("out is null");
   pb::Signal m;
-  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::InvalidArgumentError("malformed presence.v1.Signal");
-  }
+  if (auto st = Parse(bytes, &m); !st.ok()) return st;
   DecodedSignal d;
   d.user_id_ = m.user_id();
   d.device_id_ = m.device_id();
@@ -130,9 +136,7 @@ std::string EncodeOverrideCommand(const OverrideCommand& c) {
 absl::Status DecodeOverrideCommand(absl::string_view bytes, DecodedOverrideCommand* out) {
   if (out == nullptr) return absl::InvalidArgumentError("out is null");
   pb::OverrideCommand m;
-  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::InvalidArgumentError("malformed presence.v1.OverrideCommand");
-  }
+  if (auto st = Parse(bytes, &m); !st.ok()) return st;
   DecodedOverrideCommand d;
   d.user_id_ = m.user_id();
   d.gateway_ = m.gateway();
@@ -157,9 +161,7 @@ std::string EncodeEraseCommand(absl::string_view user_id, absl::string_view gate
 absl::Status DecodeEraseCommand(absl::string_view bytes, DecodedEraseCommand* out) {
   if (out == nullptr) return absl::InvalidArgumentError("out is null");
   pb::EraseCommand m;
-  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::InvalidArgumentError("malformed presence.v1.EraseCommand");
-  }
+  if (auto st = Parse(bytes, &m); !st.ok()) return st;
   if (auto st = internal::ValidateUserId(m.user_id()); !st.ok()) return st;
   if (auto st = internal::ValidateGateway(m.gateway()); !st.ok()) return st;
   out->user_id = std::move(*m.mutable_user_id());
@@ -263,9 +265,7 @@ absl::StatusOr<ChangeEvent> internal::ChangeEventFromProto(const pb::ChangeEvent
 
 absl::StatusOr<ChangeEvent> DecodeChangeEvent(absl::string_view bytes) {
   pb::ChangeEvent m;
-  if (!m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::InvalidArgumentError("malformed presence.v1.ChangeEvent");
-  }
+  if (auto st = Parse(bytes, &m); !st.ok()) return st;
   return internal::ChangeEventFromProto(m);
 }
 
