@@ -2,9 +2,11 @@
 // engines that serve only the partitions they own and hand them over
 // without loss, and the gateway side that publishes signals to the bus.
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -973,6 +975,318 @@ TEST(ErasuresOnTheBus, AMalformedCommandIsCountedAndSkipped) {
   EXPECT_EQ(BusRecordTypeNamed(BusRecordTypeName(BusRecordType::kErase)), BusRecordType::kErase);
   EXPECT_EQ(BusRecordTypeName(static_cast<BusRecordType>(9)), "");
   EXPECT_FALSE(BusRecordTypeNamed("nothing").has_value());
+}
+
+// ---- Partition commands (an operator's drain and bulk revoke in a cluster) --------
+
+// Users of every partition with devices through two gateways, and engines
+// that own the partitions between them; every engine's events reach one
+// listener. The store loses offsets, so a new owner replays the whole bus.
+struct CommandWorld {
+  explicit CommandWorld(int engines) { Own(engines); }
+  std::unique_ptr<GatewayPublisher> MakeGateway(const std::string& id) {
+    GatewayOptions o;
+    o.gateway_id = id;
+    o.clock = &clock;
+    return GatewayPublisher::Create(&bus, o).value();
+  }
+  // New engines, `n` of them, take the partitions over (p goes to p % n).
+  void Own(int n) {
+    owners.clear();
+    for (int i = 0; i < n; ++i) {
+      Options o;
+      o.clock = &clock;
+      o.bus = &bus;
+      o.store = &store;
+      o.listener = &heard;
+      o.owns_all_partitions = false;
+      owners.push_back(Engine::Create(o).value());
+      std::vector<uint32_t> mine;
+      for (uint32_t p = 0; p < kPartitions; ++p) {
+        if (static_cast<int>(p) % n == i) mine.push_back(p);
+      }
+      EXPECT_TRUE(owners.back()->AssignPartitions(mine).ok());
+    }
+  }
+  Engine* OwnerOf(absl::string_view user) {
+    return owners[PartitionFor(user, kPartitions) % owners.size()].get();
+  }
+  // Every engine consumes what the bus holds; then `between` (an operator's
+  // direct call, at the time a command read now is applied); then a tick.
+  void Step(const std::function<void()>& between = nullptr) {
+    for (auto& e : owners) {
+      while (e->ConsumeBus().value() > 0) {
+      }
+    }
+    if (between) between();
+    clock.Advance(100);
+    for (auto& e : owners) e->Tick();
+  }
+  // What anyone may read of the user, and what the user was published as.
+  std::string Show(const std::string& user, bool events = true) {
+    const UserPresence p = OwnerOf(user)->GetOne(user, user);
+    std::string out = absl::StrCat(p.known, " ", StateName(p.state), " seen ", p.last_seen_ms, " devices ",
+                                   p.devices.total(), " v", p.version, " overrides");
+    auto list = OwnerOf(user)->ListOverrides(user);
+    if (list.ok()) {
+      for (const OverrideInfo& o : *list) absl::StrAppend(&out, " ", OverrideStateName(o.state), "@", o.set_at_ms);
+    }
+    if (!events) return out;
+    for (const ChangeEvent& e : heard.For(user)) {
+      absl::StrAppend(&out, "; v", e.version, " ", StateName(e.state), " ", CauseName(e.cause));
+    }
+    return out;
+  }
+  std::string metric(absl::string_view line) {
+    uint64_t sum = 0;
+    for (auto& e : owners) {
+      const std::string m = e->RenderMetrics();
+      const size_t at = m.find(absl::StrCat("\n", line, " "));
+      if (at != std::string::npos) sum += std::stoull(m.substr(at + line.size() + 2));
+    }
+    return absl::StrCat(sum);
+  }
+
+  FlakyBus bus{kPartitions};
+  ManualClock clock{5'000'000};
+  OffsetsLostStore store;
+  RecordingListener heard;
+  std::unique_ptr<GatewayPublisher> gw1 = MakeGateway("gw-1"), gw2 = MakeGateway("gw-2");
+  std::vector<std::unique_ptr<Engine>> owners;
+};
+
+// Three users of each partition: one on each gateway, one on both.
+std::vector<std::string> CommandUsers() {
+  std::vector<std::string> out;
+  for (uint32_t p = 0; p < kPartitions; ++p) {
+    for (const std::string& u : UsersOf(p, 3)) out.push_back(u);
+  }
+  return out;
+}
+void ConnectCommandUsers(CommandWorld* w, uint64_t session) {
+  const std::vector<std::string> users = CommandUsers();
+  for (size_t i = 0; i < users.size(); ++i) {
+    if (i % 3 != 1) ASSERT_TRUE(w->gw1->Publish(TestEngine::Sig(users[i], "web", session)).ok());
+    if (i % 3 != 0) ASSERT_TRUE(w->gw2->Publish(TestEngine::Sig(users[i], "phone", session)).ok());
+  }
+}
+
+// A drain published by a gateway for every partition does, across the
+// engines that own them, what one engine's DrainGateway does when it owns
+// them all; a failover that replays the whole bus, the command included,
+// changes nothing, and a device that came back after the drain stays.
+TEST(PartitionCommands, ADrainThroughAGatewayEqualsADrainAtOneOwner) {
+  CommandWorld bus_world(2), direct(1);
+  // The feed of a third node, which the drain names: told once per partition.
+  int drains_heard = 0;
+  RemoteFeedOptions fo;
+  fo.on_command = [&](const PartitionCommand& c) {
+    EXPECT_EQ(c.action, PartitionCommand::Action::kDrain);
+    EXPECT_EQ(c.drained_gateway, "gw-2");
+    EXPECT_EQ(c.gateway, "gw-1");
+    EXPECT_EQ(c.issued_at_ms, bus_world.clock.NowMs());
+    ++drains_heard;
+  };
+  Options fe;
+  fe.clock = &bus_world.clock;
+  auto feed_engine = Engine::Create(fe).value();
+  auto fanout = Fanout::Create(feed_engine.get(), {}).value();
+  auto feed = RemoteFeed::Create(&bus_world.bus, fanout.get(), {}, fo).value();
+
+  for (CommandWorld* w : {&bus_world, &direct}) {
+    ConnectCommandUsers(w, 1);
+    w->Step();
+  }
+  // A phone beats through gw-2 just after the drain is issued, but reaches
+  // the bus before it: drained all the same.
+  const std::vector<std::string> users = CommandUsers();
+  for (CommandWorld* w : {&bus_world, &direct}) {
+    Signal late = TestEngine::Sig(users[1], "phone", 1);
+    late.gateway = "gw-2";
+    late.timestamp_ms = w->clock.NowMs() + 500;
+    ASSERT_TRUE(w->bus.Publish(BusRecordType::kSignal, late.user_id, EncodeSignal(late)).ok());
+  }
+  PartitionCommand drain;
+  drain.action = PartitionCommand::Action::kDrain;
+  drain.drained_gateway = "gw-2";
+  ASSERT_TRUE(bus_world.gw1->PublishToEveryPartition(drain).ok());
+  ASSERT_TRUE(feed->Poll().ok());
+  EXPECT_EQ(drains_heard, static_cast<int>(kPartitions));
+  for (CommandWorld* w : {&bus_world, &direct}) w->clock.Advance(600);  // the owners read it later
+  bus_world.Step();
+  direct.Step([&] {
+    while (direct.owners[0]->DrainGateway("gw-2").value() > 0) {
+    }
+  });
+  for (CommandWorld* w : {&bus_world, &direct}) {
+    w->clock.Advance(Options().min_dwell_ms);
+    w->Step();
+  }
+  for (size_t i = 0; i < users.size(); ++i) {
+    EXPECT_EQ(bus_world.Show(users[i]), direct.Show(users[i])) << users[i];
+    EXPECT_EQ(bus_world.OwnerOf(users[i])->GetOne(users[i]).state, i % 3 == 1 ? State::kOffline : State::kOnline)
+        << users[i];
+  }
+  EXPECT_EQ(bus_world.metric("presence_partition_commands_total{action=\"drain\"}"), absl::StrCat(kPartitions));
+  EXPECT_EQ(bus_world.metric("presence_partition_command_changes_total{action=\"drain\"}"),
+            absl::StrCat(2 * kPartitions));  // two users of each partition had a phone on gw-2
+
+  // The drained devices come back through gw-2, in new sessions, more than
+  // a second after the drain was issued.
+  for (CommandWorld* w : {&bus_world, &direct}) {
+    w->clock.Advance(1000);
+    for (size_t i = 0; i < users.size(); ++i) {
+      if (i % 3 != 0) ASSERT_TRUE(w->gw2->Publish(TestEngine::Sig(users[i], "phone", 2)).ok());
+    }
+    w->Step();
+  }
+  // One new engine takes every partition over and replays the whole bus
+  // (each announces what it took again, cause merge).
+  for (CommandWorld* w : {&bus_world, &direct}) {
+    w->Own(1);
+    w->Step();
+  }
+  for (const std::string& u : users) {
+    EXPECT_EQ(bus_world.Show(u), direct.Show(u)) << u;
+    EXPECT_EQ(bus_world.OwnerOf(u)->GetOne(u).state, State::kOnline) << u;
+  }
+}
+
+// A bulk revoke published for every partition does what one engine's
+// RevokeOverridesSetBetween does when it owns them all, and a replay of the
+// whole bus changes nothing of it.
+TEST(PartitionCommands, ABulkRevokeThroughAGatewayEqualsOneAtOneOwner) {
+  CommandWorld bus_world(2), direct(1);
+  const std::vector<std::string> users = CommandUsers();
+  for (CommandWorld* w : {&bus_world, &direct}) {
+    ConnectCommandUsers(w, 1);
+    // Three rounds of overrides, a second apart: the operator revokes the
+    // middle one's.
+    for (OverrideState state : {OverrideState::kAway, OverrideState::kDnd, OverrideState::kAway}) {
+      for (size_t i = 0; i < users.size(); i += 2) {
+        ASSERT_TRUE(w->gw1->PublishOverride(OverrideRig::Set(users[i], state)).ok());
+      }
+      w->clock.Advance(1000);
+    }
+    w->Step();
+  }
+  const int64_t middle = bus_world.clock.NowMs() - 100 - 2000;
+  PartitionCommand revoke;
+  revoke.action = PartitionCommand::Action::kRevokeOverrides;
+  revoke.set_from_ms = middle - 10;
+  revoke.set_to_ms = middle + 10;
+  ASSERT_TRUE(bus_world.gw2->PublishToEveryPartition(revoke).ok());
+  bus_world.Step();
+  direct.Step([&] { EXPECT_EQ(direct.owners[0]->RevokeOverridesSetBetween(middle - 10, middle + 10), 12u); });
+  EXPECT_EQ(bus_world.metric("presence_partition_command_changes_total{action=\"revoke_overrides\"}"), "12");
+  for (CommandWorld* w : {&bus_world, &direct}) {
+    w->clock.Advance(Options().min_dwell_ms);
+    w->Step();
+  }
+  for (size_t i = 0; i < users.size(); ++i) {
+    EXPECT_EQ(bus_world.Show(users[i]), direct.Show(users[i])) << users[i];
+    EXPECT_EQ(bus_world.OwnerOf(users[i])->ListOverrides(users[i]).value().size(), i % 2 == 0 ? 2u : 0u);
+  }
+  // Replayed (the sets, then the revoke), nothing comes back. (A direct
+  // call, which is not on the bus, would not survive this: the sets it
+  // revoked would be set again.)
+  std::map<std::string, std::string> before;
+  for (const std::string& u : users) before[u] = bus_world.Show(u, /*events=*/false);
+  bus_world.Own(1);
+  bus_world.Step();
+  for (const std::string& u : users) EXPECT_EQ(bus_world.Show(u, /*events=*/false), before[u]) << u;
+}
+
+// Partition commands that are malformed, or read from a partition they are
+// not for, are counted and skipped; the keys and the wire form.
+TEST(PartitionCommands, AMalformedOrMisaddressedCommandIsCountedAndSkipped) {
+  CommandWorld w(1);
+  ConnectCommandUsers(&w, 1);
+  w.Step();
+  PartitionCommand drain;
+  drain.action = PartitionCommand::Action::kDrain;
+  drain.drained_gateway = "gw-2";
+  drain.gateway = "gw-x";
+  drain.partition = 3;  // but published to partition 2
+  const std::string key2 = PartitionKey(2, kPartitions);
+  ASSERT_TRUE(w.bus.Publish(BusRecordType::kCommand, key2, EncodePartitionCommand(drain)).ok());
+  ASSERT_TRUE(w.bus.Publish(BusRecordType::kCommand, key2, "\xff\xff").ok());
+  PartitionCommand empty = drain;
+  empty.partition = 2;
+  empty.drained_gateway = "";
+  ASSERT_TRUE(w.bus.Publish(BusRecordType::kCommand, key2, EncodePartitionCommand(empty)).ok());
+  w.Step();
+  for (const std::string& u : CommandUsers()) EXPECT_EQ(w.OwnerOf(u)->GetOne(u).state, State::kOnline) << u;
+  const std::string metrics = w.owners[0]->RenderMetrics();
+  EXPECT_THAT(metrics, HasSubstr("presence_signals_dropped_total{reason=\"invalid\"} 2"));
+  EXPECT_THAT(metrics, HasSubstr("presence_bus_wrong_partition_total 1"));
+  EXPECT_THAT(metrics, HasSubstr("presence_partition_commands_total{action=\"drain\"} 0"));
+
+  for (uint32_t n = 1; n <= 64; ++n) {
+    for (uint32_t p = 0; p < n; ++p) ASSERT_EQ(PartitionFor(PartitionKey(p, n), n), p) << p << " of " << n;
+    EXPECT_EQ(PartitionKey(n, n), "");
+  }
+  EXPECT_EQ(PartitionKey(0, 0), "#0.0");
+  PartitionCommand revoke;
+  revoke.action = PartitionCommand::Action::kRevokeOverrides;
+  revoke.set_from_ms = 5;
+  revoke.set_to_ms = 9;
+  revoke.partition = 7;
+  revoke.gateway = "gw-3";
+  revoke.issued_at_ms = 11;
+  PartitionCommand back;
+  ASSERT_TRUE(DecodePartitionCommand(EncodePartitionCommand(revoke), &back).ok());
+  EXPECT_EQ(back.action, PartitionCommand::Action::kRevokeOverrides);
+  EXPECT_EQ(std::make_tuple(back.set_from_ms, back.set_to_ms, back.partition, back.gateway, back.issued_at_ms),
+            std::make_tuple(5, 9, 7u, std::string("gw-3"), 11));
+  revoke.set_from_ms = 10;  // after set_to_ms
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodePartitionCommand(EncodePartitionCommand(revoke), &back)));
+  revoke.set_from_ms = -1;
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodePartitionCommand(EncodePartitionCommand(revoke), &back)));
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodePartitionCommand(EncodePartitionCommand(PartitionCommand{}), &back)))
+      << "a drain without its gateway";
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodePartitionCommand("", &back))) << "no action";
+  EXPECT_EQ(BusRecordTypeNamed("command"), BusRecordType::kCommand);
+}
+
+// A command for every partition is published after what waits, one per
+// partition with its key; while the bus fails it is refused, not held.
+TEST(GatewayPublisher, ACommandForEveryPartitionIsRefusedNotHeldWhileTheBusFails) {
+  Gateway g;
+  PartitionCommand drain;
+  drain.action = PartitionCommand::Action::kDrain;
+  drain.drained_gateway = "gw-old";
+  g.bus.failing = true;
+  ASSERT_TRUE(g.gw->Publish(TestEngine::Sig("alice", "web")).ok());  // held
+  EXPECT_TRUE(absl::IsUnavailable(g.gw->PublishToEveryPartition(drain)));
+  EXPECT_EQ(g.gw->stats().buffered, 1u) << "the signal waits; the command is not held";
+  EXPECT_TRUE(g.bus.All().empty());
+  drain.drained_gateway = std::string(200, 'g');
+  EXPECT_TRUE(absl::IsInvalidArgument(g.gw->PublishToEveryPartition(drain)));
+  g.bus.failing = false;
+  drain.drained_gateway = "gw-old";
+  ASSERT_TRUE(g.gw->PublishToEveryPartition(drain).ok());
+  const std::vector<BusRecord> all = g.bus.All();
+  ASSERT_EQ(all.size(), 1 + kPartitions);
+  std::set<uint32_t> partitions;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (all[i].type == BusRecordType::kSignal) {
+      ASSERT_EQ(all[i].key, "alice");
+      ASSERT_LT(i + 1, all.size());
+      EXPECT_EQ(all[i + 1].partition, all[i].partition) << "the signal that waited goes first";
+      continue;
+    }
+    EXPECT_EQ(all[i].type, BusRecordType::kCommand);
+    PartitionCommand c;
+    ASSERT_TRUE(DecodePartitionCommand(all[i].payload, &c).ok());
+    EXPECT_EQ(c.partition, all[i].partition);
+    EXPECT_EQ(all[i].key, PartitionKey(c.partition, kPartitions));
+    EXPECT_EQ(c.gateway, "gw-1");
+    EXPECT_EQ(c.issued_at_ms, g.clock.NowMs());
+    partitions.insert(c.partition);
+  }
+  EXPECT_EQ(partitions.size(), kPartitions);
+  EXPECT_EQ(g.gw->stats().buffered, 0u);
 }
 
 TEST(GatewayPublisher, BuffersWhileTheBusFailsThenPushesBackNeverDropping) {

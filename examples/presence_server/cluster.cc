@@ -145,7 +145,8 @@ class KafkaCluster final : public Cluster {
   }
 
   absl::Status Attach(presence::Engine* engine, presence::Fanout* fanout,
-                      std::function<void(const presence::Signal&)> elsewhere) override {
+                      std::function<void(const presence::Signal&)> elsewhere,
+                      std::function<void(int64_t issued_at_ms)> drained) override {
     engine_ = engine;
     if (OwnsPartitions(opts_.role)) {
       presence::KafkaOwnershipOptions ko = presence::KafkaOwnershipOptions::ForBus(bo_, opts_.node_id);
@@ -168,6 +169,12 @@ class KafkaCluster final : public Cluster {
       fo.max_unwatched_users = 10'000'000;
       fo.on_signal = [this, elsewhere = std::move(elsewhere)](const presence::Signal& s) {
         if (s.gateway != opts_.node_id && elsewhere) elsewhere(s);
+      };
+      fo.on_command = [this, drained = std::move(drained)](const presence::PartitionCommand& c) {
+        if (c.action == presence::PartitionCommand::Action::kDrain && c.drained_gateway == opts_.node_id &&
+            drained) {
+          drained(c.issued_at_ms);
+        }
       };
       auto feed = presence::RemoteFeed::Create(bus_.get(), fanout, {}, fo);
       if (!feed.ok()) return feed.status();
@@ -225,6 +232,14 @@ class KafkaCluster final : public Cluster {
     Flush();  // in order with the signals queued before it
     return gateway_->PublishErase(user_id);
   }
+
+  absl::Status PublishToEveryPartition(const presence::PartitionCommand& command) override {
+    if (gateway_ == nullptr) return absl::FailedPreconditionError("this node is no gateway");
+    Flush();  // in order with the signals queued before it
+    return gateway_->PublishToEveryPartition(command);
+  }
+
+  uint32_t partitions() const override { return bus_->partitions(); }
 
   void BeforeTick() override {
     Flush();

@@ -82,9 +82,13 @@ class Cluster {
   // clients reads the other partitions' signals too: `elsewhere` is told of
   // each one another node published (its gateway, session and device), so
   // that the server closes its own older connection of a device that came
-  // back through another gateway.
+  // back through another gateway. `drained` is told, for each drain of this
+  // node's gateway id read from a partition it does not own, when the drain
+  // was issued (ms): the server closes its connections that began before,
+  // whose devices the owners disconnected.
   virtual absl::Status Attach(presence::Engine* engine, presence::Fanout* fanout,
-                              std::function<void(const presence::Signal&)> elsewhere) = 0;
+                              std::function<void(const presence::Signal&)> elsewhere,
+                              std::function<void(int64_t issued_at_ms)> drained) = 0;
 
   virtual ClusterRole role() const = 0;
   bool serves_clients() const { return role() != ClusterRole::kEngine; }
@@ -111,6 +115,14 @@ class Cluster {
   // after what is queued (GatewayPublisher::PublishErase); the owner erases
   // the user when it reads it. Errors as PublishOverride's.
   virtual absl::Status PublishErase(absl::string_view user_id) = 0;
+
+  // An operator's drain or bulk revoke (POST /operator/drain,
+  // /operator/overrides/revoke), for every partition, after what is queued
+  // (GatewayPublisher::PublishToEveryPartition); each owner applies it to
+  // the users of the partition when it reads it. Errors as PublishErase's.
+  virtual absl::Status PublishToEveryPartition(const presence::PartitionCommand& command) = 0;
+  // The bus's partitions.
+  virtual uint32_t partitions() const = 0;
 
   // Each tick, before Engine::Tick: what is queued (Flush), ownership
   // (engines), the signals of the owned partitions, the change events of the

@@ -307,6 +307,16 @@ class Cluster {
     return sum == kPartitions;
   }
   bool Answers(Node* n) { return HttpGet(n->port, "/healthz", "").first == 200; }
+  // A metric summed over the engines (-1: one does not answer).
+  int64_t EnginesSum(const std::string& name) {
+    int64_t sum = 0;
+    for (Node& e : engines_) {
+      auto [status, body] = HttpGet(e.port, "/metrics", Token("op"));
+      if (status != 200) return -1;
+      sum += std::max<int64_t>(0, Metric(body, name));
+    }
+    return sum;
+  }
 
   Node* engine(int i) { return &engines_[i]; }
   Node* gateway(int i) { return &gateways_[i]; }
@@ -978,16 +988,62 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
           "forbidden");
   refused(http::verb::delete_, "/presence/override?all=true&user_id=" + a1->user, "", 403, "forbidden");
   refused(http::verb::delete_, "/presence/override?override_id=x", "", 400, "bad_request");
-  // The operator's other routes do not travel the bus: refused, not a
-  // silent success from the gateway's own engine, which holds no user
-  // ({"revoked":0}, say).
-  const std::vector<std::string> operator_routes = {"/operator/overrides/revoke?set_from_ms=0&set_to_ms=1",
-                                                    "/operator/drain?gateway=x", "/operator/rebuild"};
-  for (const std::string& target : operator_routes) {
-    auto [op_status, op_body] = HttpCall(http::verb::post, port_b, target, Token("op"));
-    EXPECT_EQ(op_status, 501) << target << ": " << op_body;
-    EXPECT_NE(op_body.find("\"not_in_cluster\""), std::string::npos) << op_body;
+  // A bulk revoke through gateway B (docs/operations.md): a command for
+  // every partition, which each owner applies to its users. a3's AWAY and
+  // a4's DND, set through gateway A within the window, go; a5's AWAY, set
+  // after it, stays.
+  auto wall_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  Client* a3 = clients.a()[3].get();
+  Client* a4 = clients.a()[4].get();
+  Client* a5 = clients.a()[5].get();
+  const int64_t window_from = wall_ms();
+  for (auto [c, state] : {std::pair{a3, "away"}, std::pair{a4, "dnd"}}) {
+    auto [status, body] = HttpCall(http::verb::post, port_a, "/presence/override", Token(c->user),
+                                   absl::StrCat("{\"state\":\"", state, "\"}"));
+    ASSERT_EQ(status, 202) << body;
+    EXPECT_TRUE(shows(c, state)) << c->user << " shows " << clients.SeenAs(c);
   }
+  const int64_t window_to = wall_ms();
+  ASSERT_TRUE(WaitFor([&] { return wall_ms() > window_to; }, 1000));  // a5's is set after the window
+  auto [late_status, late_body] =
+      HttpCall(http::verb::post, port_a, "/presence/override", Token(a5->user), "{\"state\":\"away\"}");
+  ASSERT_EQ(late_status, 202) << late_body;
+  EXPECT_TRUE(shows(a5, "away")) << a5->user << " shows " << clients.SeenAs(a5);
+  auto [bulk_status, bulk_body] =
+      HttpCall(http::verb::post, port_b,
+               absl::StrCat("/operator/overrides/revoke?set_from_ms=", window_from, "&set_to_ms=", window_to),
+               Token("op"));
+  ASSERT_EQ(bulk_status, 202) << bulk_body;
+  EXPECT_EQ(bulk_body, absl::StrCat("{\"set_from_ms\":", window_from, ",\"set_to_ms\":", window_to,
+                                    ",\"accepted\":true,\"partitions\":", kPartitions, "}"));
+  EXPECT_TRUE(shows(a3, "online")) << a3->user << " shows " << clients.SeenAs(a3);
+  EXPECT_TRUE(shows(a4, "online")) << a4->user << " shows " << clients.SeenAs(a4);
+  EXPECT_TRUE(WaitFor([&] { return cluster.EnginesSum("presence_partition_commands_total{action=\"revoke_overrides\"}") == kPartitions; }, 10000));
+  EXPECT_EQ(cluster.EnginesSum("presence_partition_command_changes_total{action=\"revoke_overrides\"}"), 2);
+  EXPECT_EQ(clients.SeenAs(a5), "away");
+  EXPECT_NE(get(port_b, a5, a5->user).find("\"overrides\":[{"), std::string::npos) << get(port_b, a5, a5->user);
+  auto [a5_clear, a5_clear_body] = HttpCall(http::verb::delete_, port_b, "/presence/override?all=true", Token(a5->user));
+  ASSERT_EQ(a5_clear, 202) << a5_clear_body;
+  EXPECT_TRUE(shows(a5, "online")) << a5->user << " shows " << clients.SeenAs(a5);
+  refused(http::verb::post, "/operator/overrides/revoke?set_from_ms=2&set_to_ms=1", "", 403, "forbidden");
+  auto [bad_window, bad_window_body] =
+      HttpCall(http::verb::post, port_b, "/operator/overrides/revoke?set_from_ms=2&set_to_ms=1", Token("op"));
+  EXPECT_EQ(bad_window, 400) << bad_window_body;
+
+  // A rebuild is each engine's own: it reloads the partitions it owns from
+  // the shared store and reads the bus on from their committed offsets;
+  // nobody sees a change. A gateway holds no user to reload.
+  auto [rebuild_status, rebuild_body] =
+      HttpCall(http::verb::post, cluster.engine(0)->port, "/operator/rebuild", Token("op"));
+  EXPECT_EQ(rebuild_status, 200) << rebuild_body;
+  EXPECT_NE(rebuild_body.find("{\"rebuilt\":true,\"users\":"), std::string::npos) << rebuild_body;
+  EXPECT_EQ(HttpCall(http::verb::post, cluster.engine(0)->port, "/operator/rebuild", Token(a0->user)).first, 403);
+  auto [gw_rebuild, gw_rebuild_body] = HttpCall(http::verb::post, port_a, "/operator/rebuild", Token("op"));
+  EXPECT_EQ(gw_rebuild, 404) << gw_rebuild_body;
+  EXPECT_NE(gw_rebuild_body.find("\"not_an_engine\""), std::string::npos) << gw_rebuild_body;
   EXPECT_EQ(clients.SeenAs(a0), "online");
   EXPECT_EQ(clients.SeenAs(a1), "online");
 
@@ -1068,6 +1124,35 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
     EXPECT_EQ(history(port, a1, a0->user).first, 403) << "a0 is no friend of a1";
   }
 #endif
+
+  // Gateway B is drained through gateway A (the runbook's "Draining a
+  // gateway"): every owner disconnects, cleanly, the devices of its
+  // partitions that came through B; the watchers on A see B's users go
+  // offline, and B, reading the command, tells its clients
+  // session_replaced and closes them. A's users stay.
+  const TimePoint drain_at = Clock::now();
+  auto [drain_status, drain_body] =
+      HttpCall(http::verb::post, port_a, "/operator/drain?gateway=" + cluster.gateway(1)->id, Token("op"));
+  ASSERT_EQ(drain_status, 202) << drain_body;
+  EXPECT_EQ(drain_body, absl::StrCat("{\"gateway\":\"", cluster.gateway(1)->id,
+                                     "\",\"accepted\":true,\"partitions\":", kPartitions, "}"));
+  const auto b_all = [&](const std::function<bool(Client*)>& pred) {
+    return clients.OnIo([&] {
+      for (const auto& c : clients.b()) {
+        if (!pred(c.get())) return false;
+      }
+      return true;
+    });
+  };
+  EXPECT_TRUE(WaitFor([&] { return b_all([](Client* c) { return c->watcher->friend_state == "offline"; }); }, 15000));
+  std::printf("CLUSTER drain of gateway B through gateway A: its %zu users offline on gateway A after %lld ms\n",
+              clients.b().size(), static_cast<long long>(MsSince(drain_at)));
+  EXPECT_TRUE(WaitFor([&] { return b_all([](Client* c) { return c->replaced; }); }, 15000));
+  EXPECT_EQ(cluster.EnginesSum("presence_partition_command_changes_total{action=\"drain\"}"),
+            static_cast<int64_t>(clients.b().size()));
+  EXPECT_EQ(clients.SeenAs(a0), "online");
+  auto [no_gateway, no_gateway_body] = HttpCall(http::verb::post, port_a, "/operator/drain", Token("op"));
+  EXPECT_EQ(no_gateway, 400) << no_gateway_body;
   EXPECT_EQ(clients.failures(), 0);
   EXPECT_EQ(clients.errors(), 0);
 }

@@ -231,7 +231,8 @@ http::response<http::string_body> Server::Impl::HandleHttp(const http::request<h
                             t->path == "/presence/history" || t->path == "/presence/stream" ||
                             t->path == "/metrics" || absl::StartsWith(t->path, "/operator/");
     if (!known_path) return Error(http::status::not_found, "not_found", absl::StrCat("no route ", t->path));
-    if (!ServesClients() && t->path != "/metrics") {
+    // An engine node serves its metrics and its operator's rebuild.
+    if (!ServesClients() && t->path != "/metrics" && t->path != "/operator/rebuild") {
       return Error(http::status::not_found, "not_a_gateway",
                    "this node is a cluster engine: clients connect to a gateway");
     }

@@ -11,9 +11,14 @@
 //     (on a cluster gateway: 202 {"erased":U,"accepted":true}, published for
 //     the user's owner, which erases it when it reads it)
 //   POST /operator/overrides/revoke?set_from_ms=A&set_to_ms=B   {"revoked":n}
+// On a cluster gateway, drain and revoke are published for every partition
+// and applied by each owner to the partition's users when it reads them
+// (202 {...,"accepted":true,"partitions":N}); rebuild is each engine node's
+// own (a gateway: 404 not_an_engine).
 // Reading (GET /presence, /presence/history) and revoking one user's
 // overrides (DELETE /presence/override?all=true&user_id=U) are the public
 // routes, which an operator may use for anyone.
+#include <algorithm>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -35,6 +40,15 @@ bool TimeParam(const Target& t, absl::string_view key, int64_t* out) {
   return s != nullptr && absl::SimpleAtoi(*s, out) && *out >= 0;
 }
 
+// The window of a bulk revoke: set_from_ms <= set_to_ms, both >= 0.
+absl::Status RevokeWindow(const Target& t, int64_t* from, int64_t* to) {
+  if (!TimeParam(t, "set_from_ms", from) || !TimeParam(t, "set_to_ms", to)) {
+    return absl::InvalidArgumentError("give set_from_ms and set_to_ms, times in ms >= 0");
+  }
+  if (*from > *to) return absl::InvalidArgumentError("set_from_ms is after set_to_ms");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body>& req, const Target& t,
@@ -49,17 +63,10 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
     return Fail(http::status::method_not_allowed, "method_not_allowed", "use POST");
   }
   if (t.path == "/operator/erase") return Erase(t);
-  // On a cluster node each of the others would act on this node's engine
-  // alone (a gateway's holds no user), and none travels the bus: refused,
-  // not a success that changed nothing.
-  if (cluster_ != nullptr) {
-    return Fail(http::status::not_implemented, "not_in_cluster",
-                absl::StrCat(t.path, " acts on one engine and does not travel the bus: a cluster node "
-                                     "does not take it",
-                             t.path == "/operator/overrides/revoke"
-                                 ? " (revoke each user's overrides with DELETE "
-                                   "/presence/override?all=true&user_id=U)"
-                                 : ""));
+  if (cluster_ != nullptr && t.path != "/operator/rebuild") return PublishForEveryPartition(t);
+  if (cluster_ != nullptr && cluster_->role() == ClusterRole::kGateway) {
+    return Fail(http::status::not_found, "not_an_engine",
+                "a gateway holds no user to reload: POST /operator/rebuild to each engine node");
   }
 
   if (t.path == "/operator/drain") {
@@ -100,13 +107,55 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
 
   // /operator/overrides/revoke: every override set within [from, to].
   int64_t from = 0, to = 0;
-  if (!TimeParam(t, "set_from_ms", &from) || !TimeParam(t, "set_to_ms", &to)) {
-    return Fail(http::status::bad_request, "bad_request",
-                "give set_from_ms and set_to_ms, times in ms >= 0");
+  if (absl::Status st = RevokeWindow(t, &from, &to); !st.ok()) {
+    return Fail(http::status::bad_request, "bad_request", st.message());
   }
-  if (from > to) return Fail(http::status::bad_request, "bad_request", "set_from_ms is after set_to_ms");
   return {http::status::ok, absl::StrCat("{\"revoked\":", engine_->RevokeOverridesSetBetween(from, to), "}")};
 }
+
+// A cluster gateway's drain and bulk revoke: a command for every partition,
+// which each owner applies to the partition's users when it reads it (202:
+// accepted).
+OperatorReply Server::Impl::PublishForEveryPartition(const Target& t) {
+  presence::PartitionCommand c;
+  if (t.path == "/operator/drain") {
+    const std::string* gateway = t.Get("gateway");
+    if (gateway == nullptr || gateway->empty()) {
+      return Fail(http::status::bad_request, "bad_request", "give gateway=NAME");
+    }
+    c.action = presence::PartitionCommand::Action::kDrain;
+    c.drained_gateway = *gateway;
+  } else {
+    if (absl::Status st = RevokeWindow(t, &c.set_from_ms, &c.set_to_ms); !st.ok()) {
+      return Fail(http::status::bad_request, "bad_request", st.message());
+    }
+    // Nothing is set after now: the window ends now at the latest, so that
+    // the command, read again after a failover, revokes nothing set after it.
+    const int64_t now = engine_->NowMs();
+    if (c.set_from_ms > now) return {http::status::ok, "{\"revoked\":0}"};
+    c.set_to_ms = std::min(c.set_to_ms, now);
+    c.action = presence::PartitionCommand::Action::kRevokeOverrides;
+  }
+  const absl::Status st = cluster_->PublishToEveryPartition(c);
+  switch (st.code()) {
+    case absl::StatusCode::kOk: break;
+    case absl::StatusCode::kInvalidArgument:
+      return Fail(http::status::bad_request, "bad_request", st.message());
+    default:
+      return Fail(http::status::service_unavailable, "publish_failed",
+                  absl::StrCat(st.message(), " (sending it again is safe)"));
+  }
+  std::string out = "{";
+  if (c.action == presence::PartitionCommand::Action::kDrain) {
+    out.append("\"gateway\":");
+    AppendJsonString(&out, c.drained_gateway);
+  } else {
+    absl::StrAppend(&out, "\"set_from_ms\":", c.set_from_ms, ",\"set_to_ms\":", c.set_to_ms);
+  }
+  absl::StrAppend(&out, ",\"accepted\":true,\"partitions\":", cluster_->partitions(), "}");
+  return {http::status::accepted, std::move(out)};
+}
+
 
 // POST /operator/erase: the engine erases the user at once; a cluster
 // gateway publishes the erasure for the user's owner (202: accepted).

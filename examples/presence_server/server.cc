@@ -252,7 +252,9 @@ absl::Status Server::Impl::Init() {
   }
   if (cluster_ != nullptr) {
     absl::Status st =
-        cluster_->Attach(engine_.get(), fanout_.get(), [this](const presence::Signal& s) { ReplacedElsewhere(s); });
+        cluster_->Attach(
+            engine_.get(), fanout_.get(), [this](const presence::Signal& s) { ReplacedElsewhere(s); },
+            [this](int64_t issued_at_ms) { DrainedHere(issued_at_ms); });
     if (!st.ok()) return st;
   }
 
@@ -513,6 +515,17 @@ void Server::Impl::ReplacedElsewhere(const presence::Signal& s) {
   // at the owner. (An older one still heartbeating elsewhere is that node's
   // to close.)
   if (holder && holder->session_id() < s.session_id) holder->Replaced();
+}
+
+void Server::Impl::DrainedHere(int64_t issued_at_ms) {
+  // Session ids are the time in ms shifted left by 12 (NextSessionId).
+  const uint64_t before = static_cast<uint64_t>(std::max<int64_t>(issued_at_ms, 0)) << 12;
+  std::vector<std::shared_ptr<WsSession>> drained;
+  for (const auto& [device, session] : ws_by_device_) {
+    std::shared_ptr<WsSession> holder = session.lock();
+    if (holder && holder->session_id() < before) drained.push_back(std::move(holder));
+  }
+  for (const auto& s : drained) s->Replaced();
 }
 
 void Server::Impl::ReleaseDevice(const std::string& user, const std::string& device, const WsSession* s) {

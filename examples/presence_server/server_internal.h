@@ -249,6 +249,10 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   // A cluster gateway: another node published a signal of `s`'s device; a
   // connection of it here with an older session is closed (Replaced).
   void ReplacedElsewhere(const presence::Signal& s);
+  // An operator drained this cluster gateway (Cluster::Attach): its
+  // connections that began before `issued_at_ms` are told session_replaced
+  // and closed, as a drained device's are on one node.
+  void DrainedHere(int64_t issued_at_ms);
 
   // presence::Prober (docs/design.md rule 9), called from Engine::Tick on the
   // io thread: the WebSocket connection that holds the probed device gets a
@@ -289,6 +293,8 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   OperatorReply HandleOperator(const http::request<http::string_body>& req, const Target& t,
                                const std::string& caller);
   OperatorReply Erase(const Target& t);  // POST /operator/erase
+  // A cluster gateway's POST /operator/drain and /operator/overrides/revoke.
+  OperatorReply PublishForEveryPartition(const Target& t);
 
   ServerOptions opts_;
   net::io_context ioc_{1};

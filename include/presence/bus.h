@@ -34,11 +34,15 @@ namespace presence {
 // The kinds of record on the bus. Payloads are encoded protobuf:
 // presence.v1.Signal, presence.v1.ChangeEvent, presence.v1.OverrideCommand
 // (an override call that a gateway publishes for the user's owner) and
-// presence.v1.EraseCommand (an erasure, likewise).
-enum class BusRecordType : uint8_t { kSignal = 1, kChange = 2, kOverride = 3, kErase = 4 };
+// presence.v1.EraseCommand (an erasure, likewise) and
+// presence.v1.PartitionCommand (an operator's action on every user of one
+// partition: a gateway publishes one to each partition, keyed by
+// PartitionKey).
+enum class BusRecordType : uint8_t { kSignal = 1, kChange = 2, kOverride = 3, kErase = 4, kCommand = 5 };
 
 // The name of a record type where a bus carries it as text (the Kafka bus's
-// "presence.type" header): "signal", "change", "override" or "erase", part
+// "presence.type" header): "signal", "change", "override", "erase" or
+// "command", part
 // of the wire contract; empty for a value that is no type.
 PRESENCE_EXPORT absl::string_view BusRecordTypeName(BusRecordType type);
 // The type BusRecordTypeName names `name`, or nullopt.
@@ -61,6 +65,13 @@ struct BusMessage {
 
 // The partition of a user: XXH3-64 of the id, then jump consistent hashing.
 PRESENCE_EXPORT uint32_t PartitionFor(absl::string_view user_id, uint32_t partitions);
+
+// A key that PartitionFor maps onto `partition` (< `partitions`): the key of a
+// record addressed to a partition rather than to a user (kCommand). The
+// same for the same arguments in every process: "#" then the partition, then
+// "." and the first number from 0 that lands there. Empty for a partition
+// that does not exist.
+PRESENCE_EXPORT std::string PartitionKey(uint32_t partition, uint32_t partitions);
 
 class PRESENCE_EXPORT Bus {
  public:

@@ -96,6 +96,17 @@ class PRESENCE_EXPORT GatewayPublisher {
   // InvalidArgument for a malformed user id; ResourceExhausted as Publish.
   virtual absl::Status PublishErase(absl::string_view user_id) = 0;
 
+  // Publishes `command` (presence/types.h) to every partition of the bus,
+  // each copy with its partition, the gateway's id and clock, keyed by
+  // PartitionKey, after everything published before it: each partition's
+  // owner applies it to that partition's users when it reads it
+  // (Engine::ConsumeBus). The operator's drain and bulk revoke in a cluster.
+  // OK once the bus took it for every partition. Never held: Unavailable
+  // when the bus fails (some partitions may have it; publishing it again
+  // changes nothing more there); InvalidArgument for a malformed command;
+  // ResourceExhausted as Publish.
+  virtual absl::Status PublishToEveryPartition(const PartitionCommand& command) = 0;
+
   // One item of PublishBatch: a signal, or with `disconnect` set the end of
   // its session. The signal's ids are viewed, not copied: they must outlive
   // the call.
@@ -119,7 +130,7 @@ class PRESENCE_EXPORT GatewayPublisher {
   virtual absl::Status Flush() = 0;
 
   struct Stats {
-    uint64_t published = 0;   // signals (and override and erase commands) on the bus
+    uint64_t published = 0;   // signals (and override, erase and partition commands) on the bus
     uint64_t buffered = 0;    // held now
     uint64_t refused = 0;     // ResourceExhausted answers (back-pressure)
     uint64_t invalid = 0;     // InvalidArgument answers

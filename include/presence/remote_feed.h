@@ -16,8 +16,8 @@
 //
 // WHAT IT PROMISES
 //   * Only kChange records of partitions not owned are delivered; kSignal
-//     records are left to the engines (RemoteFeedOptions::on_signal is told
-//     of them). Only changes of users that some subscriber or topic of the
+//     and kCommand records are left to the engines (RemoteFeedOptions's
+//     on_signal and on_command are told of them). Only changes of users that some subscriber or topic of the
 //     fan-out watches are delivered.
 //   * No duplicates: the fan-out ignores a change whose version is not newer
 //     than the one it holds, so reading the bus again from an earlier offset
@@ -98,6 +98,12 @@ struct RemoteFeedOptions {
   // gateway. Called inside Poll and SetOwnedPartitions: it must not call the
   // feed. Empty: signals are skipped undecoded.
   std::function<void(const Signal& signal)> on_signal;
+  // Told of each partition command (presence/types.h) read from a partition
+  // not owned, decoded, so that a gateway that an operator drains closes its
+  // own connections of the devices the owners disconnected. A command goes
+  // to every partition, so it comes once per partition read. Called as
+  // on_signal is. Empty: commands are skipped undecoded.
+  std::function<void(const PartitionCommand& command)> on_command;
 };
 
 // What one RemoteFeed::Poll did.

@@ -139,6 +139,33 @@ struct OverrideCommand {
   absl::string_view gateway;    // optional: the host process that published it
 };
 
+// presence::PartitionCommand is an operator's action on every user of one
+// bus partition (docs/scale-out.md, "Operator actions in a cluster"): a
+// gateway publishes one to each partition
+// (GatewayPublisher::PublishToEveryPartition), and each partition's owner
+// applies it to that partition's users when it reads it (Engine::ConsumeBus),
+// in order with the partition's signals. Applying it again (a replay after a
+// failover) changes nothing more for what it changed the first time.
+struct PartitionCommand {
+  enum class Action : uint8_t {
+    // Engine::DrainGateway for the partition: every open device whose
+    // signals named `drained_gateway` is disconnected cleanly.
+    kDrain = 1,
+    // Engine::RevokeOverridesSetBetween for the partition: every override
+    // set within [set_from_ms, set_to_ms] (ms on the owner's clock).
+    kRevokeOverrides = 2,
+  };
+  Action action = Action::kDrain;
+  std::string drained_gateway;  // kDrain: 1..kMaxGatewayIdBytes bytes
+  int64_t set_from_ms = 0;      // kRevokeOverrides: 0 <= from <= to
+  int64_t set_to_ms = 0;
+  // Filled by the publisher: the partition it is for, the gateway that
+  // published it and that gateway's clock then.
+  uint32_t partition = 0;
+  std::string gateway;
+  int64_t issued_at_ms = 0;
+};
+
 // presence::DeviceHandle is what Engine::Connect returns: a small value that
 // the host keeps beside its socket. A heartbeat on a handle costs O(1), with no
 // hashing and no allocation. A handle becomes invalid when its device is

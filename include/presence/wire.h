@@ -77,6 +77,11 @@ struct DecodedEraseCommand {
 PRESENCE_EXPORT std::string EncodeEraseCommand(absl::string_view user_id, absl::string_view gateway);
 PRESENCE_EXPORT absl::Status DecodeEraseCommand(absl::string_view bytes, DecodedEraseCommand* out);
 
+// A presence.v1.PartitionCommand (bus record type kCommand). Decoding checks
+// the action and its fields, the gateway and the time.
+PRESENCE_EXPORT std::string EncodePartitionCommand(const PartitionCommand& command);
+PRESENCE_EXPORT absl::Status DecodePartitionCommand(absl::string_view bytes, PartitionCommand* out);
+
 // A presence.v1.ChangeEvent. Its state, previous, last_seen, devices and
 // shown override are always the public view. With include_self, the user's
 // own view comes too (self_state, invisible, its last_seen, devices, shown

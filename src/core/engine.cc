@@ -782,6 +782,10 @@ class EngineCore {
         ConsumeErase(r, p);
         continue;
       }
+      if (r.type == BusRecordType::kCommand) {
+        ConsumeCommand(r, p);
+        continue;
+      }
       if (r.type != BusRecordType::kSignal) continue;
       DecodedSignal& d = decoded_[consumed_signals_.size()];
       if (!DecodeSignal(r.payload, &d).ok()) {
@@ -848,6 +852,47 @@ class EngineCore {
     if (config_.options.history != nullptr && !EraseHistoryLocked(d.user_id).ok()) {
       bus_erasures_.push_back(std::move(d.user_id));
     }
+  }
+
+  // A partition command read from partition `p` (ApplyRecords), in order
+  // with the signals read before it, which go first: applied to the users
+  // of `p` as DrainGateway and RevokeBetween are to every user. One read from
+  // a partition other than the one it is for is counted and skipped.
+  void ConsumeCommand(const BusRecord& r, uint32_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
+    ApplyConsumed();
+    PartitionCommand c;
+    if (!DecodePartitionCommand(r.payload, &c).ok()) {
+      invalid_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (c.partition != p) {
+      wrong_partition_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const auto of_p = [&](absl::string_view user) { return PartitionOf(user) == p; };
+    const int64_t now = Now();
+    size_t changed = 0;
+    if (c.action == PartitionCommand::Action::kDrain) {
+      // Not the devices heard from more than a second after the drain was
+      // issued: read again after a failover, when the store may hold what
+      // came after it, the drain leaves alone a device that connected again
+      // since. (The second covers a signal sent just after the drain was
+      // issued but put on the bus before it, which the drain does take.)
+      constexpr int64_t kHeardAfterMs = 1000;
+      const std::vector<uint32_t> gs = gateways_.IndexesOf(c.drained_gateway);
+      if (!gs.empty()) {
+        for (auto& shard : shards_) {
+          changed += shard->DrainGateway(gs, SIZE_MAX, now, of_p, c.issued_at_ms + kHeardAfterMs);
+        }
+      }
+    } else {
+      for (auto& shard : shards_) {
+        changed += shard->RevokeOverridesSetBetween(c.set_from_ms, c.set_to_ms, now, of_p);
+      }
+    }
+    const int a = c.action == PartitionCommand::Action::kDrain ? 0 : 1;
+    partition_commands_[a].fetch_add(1, std::memory_order_relaxed);
+    partition_command_changes_[a].fetch_add(changed, std::memory_order_relaxed);
   }
 
   // The audit trail as `viewer` may read it: everything for the user itself,
@@ -1005,7 +1050,8 @@ class EngineCore {
     size_t n = 0;
     for (auto& shard : shards_) {
       if (n >= max) break;
-      n += shard->DrainGateway(gs, max - n, now);
+      n += shard->DrainGateway(gs, max - n, now, [](absl::string_view) { return true; },
+                               std::numeric_limits<int64_t>::max());
     }
     return n;
   }
@@ -1216,8 +1262,24 @@ class EngineCore {
     Metric(&out, "presence_bus_errors_total", "counter", "Failed bus publishes and reads.",
            bus_errors_.load());
     Metric(&out, "presence_bus_wrong_partition_total", "counter",
-           "Signals read from a bus partition that their user does not map to (skipped).",
+           "Records read from a bus partition that their user (or a partition command's "
+           "partition) does not map to (skipped).",
            wrong_partition_.load());
+    if (partitions_ > 0) {
+      static constexpr const char* kActions[] = {"drain", "revoke_overrides"};
+      MetricHeader(&out, "presence_partition_commands_total", "counter",
+                   "Operator commands read from the bus and applied to the users of their partition.");
+      for (int a = 0; a < 2; ++a) {
+        MetricSample(&out, "presence_partition_commands_total", absl::StrCat("action=\"", kActions[a], "\""),
+                     partition_commands_[a].load());
+      }
+      MetricHeader(&out, "presence_partition_command_changes_total", "counter",
+                   "What those commands changed: devices drained, overrides revoked.");
+      for (int a = 0; a < 2; ++a) {
+        MetricSample(&out, "presence_partition_command_changes_total",
+                     absl::StrCat("action=\"", kActions[a], "\""), partition_command_changes_[a].load());
+      }
+    }
     {
       internal::MutexLock lock(&tick_mu_);
       Metric(&out, "presence_overload_level", "gauge",
@@ -1395,7 +1457,9 @@ class EngineCore {
   size_t RevokeBetween(int64_t from, int64_t to) {
     const int64_t now = Now();
     size_t n = 0;
-    for (auto& shard : shards_) n += shard->RevokeOverridesSetBetween(from, to, now);
+    for (auto& shard : shards_) {
+      n += shard->RevokeOverridesSetBetween(from, to, now, [](absl::string_view) { return true; });
+    }
     return n;
   }
 
@@ -1455,6 +1519,10 @@ class EngineCore {
   uint64_t bus_dropped_ ABSL_GUARDED_BY(tick_mu_) = 0;
   std::atomic<uint64_t> bus_errors_{0};
   std::atomic<uint64_t> wrong_partition_{0};
+  // Partition commands applied (ConsumeCommand), and what they changed: [0]
+  // drains, [1] override revokes.
+  std::atomic<uint64_t> partition_commands_[2] = {};
+  std::atomic<uint64_t> partition_command_changes_[2] = {};
   // Ownership: the bus's partitions (0 without a bus), and which are owned.
   const uint32_t partitions_ =
       config_.options.bus != nullptr ? config_.options.bus->partitions() : 0;

@@ -795,12 +795,15 @@ absl::StatusOr<size_t> Shard::ClearOverrides(absl::string_view user_id, uint64_t
                      nullptr);
 }
 
-size_t Shard::RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms) {
+size_t Shard::RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms,
+                                        absl::FunctionRef<bool(absl::string_view)> which) {
   internal::MutexLock lock(&mu_);
   const std::pair<int64_t, int64_t> window{from_ms, to_ms};
   std::vector<uint32_t> users;
   users.reserve(overrides_.size());
-  for (const auto& [user, stack] : overrides_) users.push_back(stack->user);
+  for (const auto& [user, stack] : overrides_) {
+    if (which(user->id.view())) users.push_back(stack->user);
+  }
   size_t removed = 0;
   for (uint32_t u : users) {
     Settle(u, now_ms);

@@ -150,7 +150,9 @@ class Shard {
   absl::Status RevokeOverride(absl::string_view user_id, uint64_t hash, uint64_t id,
                               int64_t now_ms);
   absl::StatusOr<size_t> ClearOverrides(absl::string_view user_id, uint64_t hash, int64_t now_ms);
-  size_t RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms);
+  // Of the users for which which(user_id) is true.
+  size_t RevokeOverridesSetBetween(int64_t from_ms, int64_t to_ms, int64_t now_ms,
+                                   absl::FunctionRef<bool(absl::string_view)> which);
   absl::StatusOr<std::vector<OverrideInfo>> ListOverrides(absl::string_view user_id,
                                                           uint64_t hash, int64_t now_ms);
 
@@ -181,8 +183,11 @@ class Shard {
   // the next write, and its erasure event with the next tick.
   void EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms);
   // Disconnects, cleanly, up to `budget` open devices that carry one of the
-  // gateway indexes `gs` (a gateway's and its aliases'); returns how many.
-  size_t DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64_t now_ms);
+  // gateway indexes `gs` (a gateway's and its aliases'), of the users for
+  // which which(user_id) is true, and that had no signal after
+  // `heard_until_ms`; returns how many.
+  size_t DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64_t now_ms,
+                      absl::FunctionRef<bool(absl::string_view)> which, int64_t heard_until_ms);
   // Adds to (*count)[g] the devices of this shard that carry gateway index g
   // (grows *count as needed), for GatewayTable::Reclaim.
   void AddGatewayRefs(std::vector<uint64_t>* count) const;

@@ -265,16 +265,25 @@ void Shard::AddGatewayRefs(std::vector<uint64_t>* count) const {
   for (size_t g = 0; g < gateway_refs_.size(); ++g) (*count)[g] += gateway_refs_[g];
 }
 
-size_t Shard::DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64_t now_ms) {
+size_t Shard::DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64_t now_ms,
+                           absl::FunctionRef<bool(absl::string_view)> which, int64_t heard_until_ms) {
+  const auto heard_after = [&](const Device& d) {
+    for (int i = 0; i < kSourceCount; ++i) {
+      if (d.has_seen(i) && Expand32(d.seen[i].load(std::memory_order_relaxed), now_ms) > heard_until_ms) {
+        return true;
+      }
+    }
+    return false;
+  };
   internal::MutexLock lock(&mu_);
   size_t n = 0;
   for (uint32_t u = 0; u < users_.size() && n < budget; ++u) {
-    if (!users_[u].in_use) continue;
+    if (!users_[u].in_use || !which(users_[u].id.view())) continue;
     for (uint32_t di = users_[u].first_device; di != kNone && n < budget;
          di = devices_.at(di).next) {
       const Device& d = devices_.at(di);
-      if ((d.flags & dflag::kClosed) ||
-          std::find(gs.begin(), gs.end(), GatewayOf(di)) == gs.end()) {
+      if ((d.flags & dflag::kClosed) || std::find(gs.begin(), gs.end(), GatewayOf(di)) == gs.end() ||
+          heard_after(d)) {
         continue;
       }
       (void)CloseSession(di, DisconnectKind::kClean, now_ms, DeviceEvent::kDeadDrained);

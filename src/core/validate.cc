@@ -94,6 +94,24 @@ absl::Status ValidateOverrideCommand(const OverrideCommand& c) {
   return ValidateGateway(c.gateway);
 }
 
+absl::Status ValidatePartitionCommand(const PartitionCommand& c) {
+  switch (c.action) {
+    case PartitionCommand::Action::kDrain:
+      if (c.drained_gateway.empty()) return absl::InvalidArgumentError("a drain needs the gateway it drains");
+      if (auto st = ValidateGateway(c.drained_gateway); !st.ok()) return st;
+      break;
+    case PartitionCommand::Action::kRevokeOverrides:
+      if (c.set_from_ms < 0 || c.set_to_ms < 0) {
+        return absl::InvalidArgumentError("set_from_ms and set_to_ms must be >= 0");
+      }
+      if (c.set_from_ms > c.set_to_ms) return absl::InvalidArgumentError("set_from_ms is after set_to_ms");
+      break;
+    default: return absl::InvalidArgumentError("unknown partition command action");
+  }
+  if (c.issued_at_ms < 0) return absl::InvalidArgumentError("issued_at_ms must be >= 0");
+  return ValidateGateway(c.gateway);
+}
+
 absl::Status ValidateOptions(const Options& o) {
   if (o.shards < 0 || o.shards > 256) {
     return absl::InvalidArgumentError("shards must be in [0, 256]");

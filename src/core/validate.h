@@ -28,6 +28,9 @@ absl::Status ValidateOverrideEnd(int64_t until_ms, int64_t now_ms);
 // a clock): a set's id must be a chosen one (kFirstChosenOverrideId..
 // kMaxOverrideId), a revoke's must be given.
 absl::Status ValidateOverrideCommand(const OverrideCommand& c);
+// Its action and the action's fields, its gateway and its time (not its
+// partition, which only the bus it travels knows).
+absl::Status ValidatePartitionCommand(const PartitionCommand& c);
 absl::Status ValidateOptions(const Options& o);
 
 }  // namespace presence::internal

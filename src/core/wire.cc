@@ -169,6 +169,46 @@ absl::Status DecodeEraseCommand(absl::string_view bytes, DecodedEraseCommand* ou
   return absl::OkStatus();
 }
 
+std::string EncodePartitionCommand(const PartitionCommand& c) {
+  pb::PartitionCommand m;
+  m.set_partition(c.partition);
+  m.set_gateway(c.gateway);
+  m.set_issued_at_ms(c.issued_at_ms);
+  switch (c.action) {
+    case PartitionCommand::Action::kDrain: m.mutable_drain()->set_gateway(c.drained_gateway); break;
+    case PartitionCommand::Action::kRevokeOverrides:
+      m.mutable_revoke_overrides()->set_set_from_ms(c.set_from_ms);
+      m.mutable_revoke_overrides()->set_set_to_ms(c.set_to_ms);
+      break;
+  }
+  return m.SerializeAsString();
+}
+
+absl::Status DecodePartitionCommand(absl::string_view bytes, PartitionCommand* out) {
+  if (out == nullptr) return absl::InvalidArgumentError("out is null");
+  pb::PartitionCommand m;
+  if (auto st = Parse(bytes, &m); !st.ok()) return st;
+  PartitionCommand c;
+  switch (m.action_case()) {
+    case pb::PartitionCommand::kDrain:
+      c.action = PartitionCommand::Action::kDrain;
+      c.drained_gateway = std::move(*m.mutable_drain()->mutable_gateway());
+      break;
+    case pb::PartitionCommand::kRevokeOverrides:
+      c.action = PartitionCommand::Action::kRevokeOverrides;
+      c.set_from_ms = m.revoke_overrides().set_from_ms();
+      c.set_to_ms = m.revoke_overrides().set_to_ms();
+      break;
+    default: return absl::InvalidArgumentError("a partition command without an action this version knows");
+  }
+  c.partition = m.partition();
+  c.gateway = std::move(*m.mutable_gateway());
+  c.issued_at_ms = m.issued_at_ms();
+  if (auto st = internal::ValidatePartitionCommand(c); !st.ok()) return st;
+  *out = std::move(c);
+  return absl::OkStatus();
+}
+
 void internal::ChangeEventToProto(const ChangeEvent& e, bool include_self, pb::ChangeEvent* out) {
   pb::ChangeEvent& m = *out;
   m.set_user_id(e.user_id);

@@ -81,6 +81,37 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     }
     return absl::OkStatus();
   }
+  absl::Status PublishToEveryPartition(const PartitionCommand& command) override {
+    internal::MutexLock lock(&mu_);
+    (void)FlushLocked();  // what waits goes first
+    PartitionCommand c = command;
+    c.gateway = options_.gateway_id;
+    c.issued_at_ms = clock_->NowMs();
+    if (auto st = internal::ValidatePartitionCommand(c); !st.ok()) {
+      ++stats_.invalid;
+      return st;
+    }
+    if (auto full = Full(); !full.ok()) return full;
+    const uint32_t n = std::max(bus_->partitions(), 1u);
+    for (uint32_t p = 0; p < n; ++p) {
+      c.partition = p;
+      queue_.push_back(Outgoing{BusRecordType::kCommand, PartitionKey(p, n), EncodePartitionCommand(c)});
+    }
+    if (absl::Status st = FlushLocked(); !st.ok()) {
+      // Refused rather than held, as an erasure: those the bus did not take
+      // are the queue's last (a failed call leaves its records and all
+      // after them), and no command waits there from an earlier call.
+      for (uint32_t left = n; left > 0 && !queue_.empty() && queue_.back().type == BusRecordType::kCommand;
+           --left) {
+        queue_.pop_back();
+      }
+      return absl::UnavailableError(absl::StrCat(
+          "the bus did not take the command for every partition (try again: what it already did is "
+          "not done twice): ",
+          st.message()));
+    }
+    return absl::OkStatus();
+  }
   std::vector<absl::StatusOr<uint64_t>> PublishBatch(absl::Span<const Item> items) override {
     internal::MutexLock lock(&mu_);
     std::vector<absl::StatusOr<uint64_t>> out;

@@ -2,6 +2,10 @@
 // the names of the bus's record types.
 #include "src/scaleout/partition.h"
 
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/str_cat.h"
 #include "presence/bus.h"
 #include "xxhash.h"
 
@@ -30,13 +34,14 @@ absl::string_view BusRecordTypeName(BusRecordType type) {
     case BusRecordType::kChange: return "change";
     case BusRecordType::kOverride: return "override";
     case BusRecordType::kErase: return "erase";
+    case BusRecordType::kCommand: return "command";
   }
   return {};
 }
 
 std::optional<BusRecordType> BusRecordTypeNamed(absl::string_view name) {
   for (auto t : {BusRecordType::kSignal, BusRecordType::kChange, BusRecordType::kOverride,
-                 BusRecordType::kErase}) {
+                 BusRecordType::kErase, BusRecordType::kCommand}) {
     if (name == BusRecordTypeName(t)) return t;
   }
   return std::nullopt;
@@ -44,6 +49,16 @@ std::optional<BusRecordType> BusRecordTypeNamed(absl::string_view name) {
 
 uint32_t PartitionFor(absl::string_view user_id, uint32_t partitions) {
   return internal::PartitionOfHash(XXH3_64bits(user_id.data(), user_id.size()), partitions);
+}
+
+std::string PartitionKey(uint32_t partition, uint32_t partitions) {
+  if (partition >= std::max(partitions, 1u)) return {};  // no such partition: no key lands there
+  // Jump consistent hashing spreads the numbers evenly: about `partitions`
+  // tries.
+  for (uint64_t n = 0;; ++n) {
+    std::string key = absl::StrCat("#", partition, ".", n);
+    if (PartitionFor(key, partitions) == partition) return key;
+  }
 }
 
 }  // namespace presence

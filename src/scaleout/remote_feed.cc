@@ -189,6 +189,10 @@ class RemoteFeed::Impl final : public SnapshotSource {
           DecodedSignal d;
           if (DecodeSignal(r.payload, &d).ok() && !d.disconnect()) opts_.on_signal(d.signal());
         }
+        if (r.type == BusRecordType::kCommand && opts_.on_command) {
+          PartitionCommand c;
+          if (DecodePartitionCommand(r.payload, &c).ok()) opts_.on_command(c);
+        }
         if (r.type != BusRecordType::kChange) continue;
         if (std::optional<ChangeEvent> ev = Check(r, p, out)) events.push_back(*std::move(ev));
       }
