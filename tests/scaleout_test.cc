@@ -1239,6 +1239,9 @@ TEST(PartitionCommands, AMalformedOrMisaddressedCommandIsCountedAndSkipped) {
   EXPECT_EQ(back.action, PartitionCommand::Action::kRevokeOverrides);
   EXPECT_EQ(std::make_tuple(back.set_from_ms, back.set_to_ms, back.partition, back.gateway, back.issued_at_ms),
             std::make_tuple(5, 9, 7u, std::string("gw-3"), 11));
+  revoke.issued_at_ms = (int64_t{1} << 50) + 1;
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodePartitionCommand(EncodePartitionCommand(revoke), &back)));
+  revoke.issued_at_ms = 11;
   revoke.set_from_ms = 10;  // after set_to_ms
   EXPECT_TRUE(absl::IsInvalidArgument(DecodePartitionCommand(EncodePartitionCommand(revoke), &back)));
   revoke.set_from_ms = -1;

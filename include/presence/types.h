@@ -152,7 +152,8 @@ struct PartitionCommand {
     // signals named `drained_gateway` is disconnected cleanly.
     kDrain = 1,
     // Engine::RevokeOverridesSetBetween for the partition: every override
-    // set within [set_from_ms, set_to_ms] (ms on the owner's clock).
+    // set within [set_from_ms, set_to_ms] (its set_at_ms: the clock of the
+    // engine or gateway that set it).
     kRevokeOverrides = 2,
   };
   Action action = Action::kDrain;
@@ -160,7 +161,7 @@ struct PartitionCommand {
   int64_t set_from_ms = 0;      // kRevokeOverrides: 0 <= from <= to
   int64_t set_to_ms = 0;
   // Filled by the publisher: the partition it is for, the gateway that
-  // published it and that gateway's clock then.
+  // published it and that gateway's clock then (0 to 2^50).
   uint32_t partition = 0;
   std::string gateway;
   int64_t issued_at_ms = 0;

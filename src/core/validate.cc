@@ -108,7 +108,10 @@ absl::Status ValidatePartitionCommand(const PartitionCommand& c) {
       break;
     default: return absl::InvalidArgumentError("unknown partition command action");
   }
-  if (c.issued_at_ms < 0) return absl::InvalidArgumentError("issued_at_ms must be >= 0");
+  // Bounded, so that the owner's arithmetic on it cannot overflow.
+  if (c.issued_at_ms < 0 || c.issued_at_ms > (int64_t{1} << 50)) {
+    return absl::InvalidArgumentError("issued_at_ms must be in [0, 2^50]");
+  }
   return ValidateGateway(c.gateway);
 }
 
