@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -85,6 +86,11 @@ class FlakyBus : public Bus, public SlowCalls {
       absl::Span<const BusMessage> messages) override {
     Wait();
     if (failing || failing_publish) return absl::UnavailableError("bus is down");
+    if (!scripted.empty()) {
+      const bool passes = scripted.front();
+      scripted.pop_front();
+      if (!passes) return absl::UnavailableError("bus is down");
+    }
     batch_sizes.push_back(messages.size());
     return inner_->PublishBatch(messages);
   }
@@ -122,6 +128,7 @@ class FlakyBus : public Bus, public SlowCalls {
 
   std::atomic<bool> failing{false};          // every call fails
   std::atomic<bool> failing_publish{false};  // publishes fail
+  std::deque<bool> scripted;                 // whether each next PublishBatch passes (set before the bus is shared)
   size_t max_read = SIZE_MAX;                // set before the bus is shared
   std::vector<size_t> batch_sizes;           // of every PublishBatch that went through
 

@@ -1222,6 +1222,24 @@ TEST(PartitionCommands, AMalformedOrMisaddressedCommandIsCountedAndSkipped) {
   EXPECT_THAT(metrics, HasSubstr("presence_bus_wrong_partition_total 1"));
   EXPECT_THAT(metrics, HasSubstr("presence_partition_commands_total{action=\"drain\"} 0"));
 
+  // A copy applies to the users of its own partition only, though the
+  // engine owns them all.
+  PartitionCommand only2 = drain;
+  only2.partition = 2;
+  only2.issued_at_ms = w.clock.NowMs();
+  ASSERT_TRUE(w.bus.Publish(BusRecordType::kCommand, key2, EncodePartitionCommand(only2)).ok());
+  w.Step();
+  w.clock.Advance(Options().min_dwell_ms);
+  w.Step();
+  const std::vector<std::string> all_users = CommandUsers();
+  for (size_t i = 0; i < all_users.size(); ++i) {
+    const bool drained = i % 3 == 1 && PartitionFor(all_users[i], kPartitions) == 2;
+    EXPECT_EQ(w.OwnerOf(all_users[i])->GetOne(all_users[i]).state, drained ? State::kOffline : State::kOnline)
+        << all_users[i];
+  }
+  EXPECT_THAT(w.owners[0]->RenderMetrics(),
+              HasSubstr("presence_partition_command_changes_total{action=\"drain\"} 2"));
+
   for (uint32_t n = 1; n <= 64; ++n) {
     for (uint32_t p = 0; p < n; ++p) ASSERT_EQ(PartitionFor(PartitionKey(p, n), n), p) << p << " of " << n;
     EXPECT_EQ(PartitionKey(n, n), "");
@@ -1290,6 +1308,27 @@ TEST(GatewayPublisher, ACommandForEveryPartitionIsRefusedNotHeldWhileTheBusFails
   }
   EXPECT_EQ(partitions.size(), kPartitions);
   EXPECT_EQ(g.gw->stats().buffered, 0u);
+
+  // The bus fails part way: the 510 signals that waited (their flush
+  // first fails) and two copies go in the first call of 512 records, the
+  // other copies' call fails. Those leave the queue; the signals are not
+  // taken back.
+  Gateway h;
+  auto gw = h.Make(1000);
+  h.bus.failing = true;
+  for (int i = 0; i < 510; ++i) ASSERT_TRUE(gw->Publish(TestEngine::Sig("alice", "web")).ok());
+  h.bus.failing = false;
+  h.bus.scripted = {false, true, false};
+  EXPECT_TRUE(absl::IsUnavailable(gw->PublishToEveryPartition(drain)));
+  EXPECT_EQ(gw->stats().buffered, 0u);
+  auto count = [&](BusRecordType t) {
+    const std::vector<BusRecord> records = h.bus.All();
+    return std::count_if(records.begin(), records.end(), [&](const BusRecord& r) { return r.type == t; });
+  };
+  EXPECT_EQ(count(BusRecordType::kSignal), 510);
+  EXPECT_EQ(count(BusRecordType::kCommand), 2);
+  ASSERT_TRUE(gw->PublishToEveryPartition(drain).ok()) << "sent again: every partition has it";
+  EXPECT_EQ(count(BusRecordType::kCommand), 2 + kPartitions);
 }
 
 TEST(GatewayPublisher, BuffersWhileTheBusFailsThenPushesBackNeverDropping) {

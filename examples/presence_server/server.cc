@@ -518,14 +518,16 @@ void Server::Impl::ReplacedElsewhere(const presence::Signal& s) {
 }
 
 void Server::Impl::DrainedHere(int64_t issued_at_ms) {
-  // Session ids are the time in ms shifted left by 12 (NextSessionId).
-  const uint64_t before = static_cast<uint64_t>(std::max<int64_t>(issued_at_ms, 0)) << 12;
+  // Session ids are the time in ms shifted left by 12 (NextSessionId);
+  // issued_at_ms is at most 2^50. Every connection the owners may have
+  // drained began before the drain's margin ended (presence/types.h).
+  const uint64_t before = static_cast<uint64_t>(issued_at_ms + presence::kDrainHeardAfterMs) << 12;
   std::vector<std::shared_ptr<WsSession>> drained;
   for (const auto& [device, session] : ws_by_device_) {
     std::shared_ptr<WsSession> holder = session.lock();
     if (holder && holder->session_id() < before) drained.push_back(std::move(holder));
   }
-  for (const auto& s : drained) s->Replaced();
+  for (const auto& s : drained) s->Drained();
 }
 
 void Server::Impl::ReleaseDevice(const std::string& user, const std::string& device, const WsSession* s) {

@@ -250,8 +250,8 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   // connection of it here with an older session is closed (Replaced).
   void ReplacedElsewhere(const presence::Signal& s);
   // An operator drained this cluster gateway (Cluster::Attach): its
-  // connections that began before `issued_at_ms` are told session_replaced
-  // and closed, as a drained device's are on one node.
+  // connections that began before `issued_at_ms` + kDrainHeardAfterMs are
+  // closed (WsSession::Drained).
   void DrainedHere(int64_t issued_at_ms);
 
   // presence::Prober (docs/design.md rule 9), called from Engine::Tick on the
@@ -392,6 +392,9 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
 
   // A newer connection took this one's device: say so and close.
   void Replaced();
+  // An operator drained this cluster gateway: disconnect the device
+  // cleanly, tell the client session_replaced (it connects again) and close.
+  void Drained();
   // The device session this connection carries (0 before it is admitted).
   uint64_t session_id() const { return session_id_; }
 

@@ -355,6 +355,18 @@ void WsSession::Replaced() {
   CloseWith(websocket::close_code::policy_error, "session replaced");
 }
 
+void WsSession::Drained() {
+  // A clean disconnect, as a bye: of a device the owners drained already it
+  // changes nothing, and one they did not drain (it came just after the
+  // drain) goes offline now rather than at its timeout.
+  if (handle_.valid()) {
+    server_->DisconnectDevice(handle_, DeviceSignal(presence::Source::kApp), DisconnectKind::kClean);
+    handle_ = {};
+  }
+  SendError("session_replaced", "an operator drained this gateway: connect again", "");
+  CloseWith(websocket::close_code::policy_error, "gateway drained");
+}
+
 void WsSession::Beat(const ClientMessage& m) {
   if (!handle_.valid()) return;
   if (m.activity) activity_ = *m.activity;

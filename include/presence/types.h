@@ -166,6 +166,13 @@ struct PartitionCommand {
   std::string gateway;
   int64_t issued_at_ms = 0;
 };
+// A drain leaves alone a device heard from more than this after the drain
+// was issued: read again after a failover, when the store may already hold
+// what came after it, it does not disconnect a device that connected again
+// since; the margin also covers a signal sent just after the drain was
+// issued but put on the bus before it, which the drain does take. The
+// drained gateway closes its connections that began before then.
+inline constexpr int64_t kDrainHeardAfterMs = 1000;
 
 // presence::DeviceHandle is what Engine::Connect returns: a small value that
 // the host keeps beside its socket. A heartbeat on a handle costs O(1), with no

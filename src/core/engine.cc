@@ -873,16 +873,12 @@ class EngineCore {
     const int64_t now = Now();
     size_t changed = 0;
     if (c.action == PartitionCommand::Action::kDrain) {
-      // Not the devices heard from more than a second after the drain was
-      // issued: read again after a failover, when the store may hold what
-      // came after it, the drain leaves alone a device that connected again
-      // since. (The second covers a signal sent just after the drain was
-      // issued but put on the bus before it, which the drain does take.)
-      constexpr int64_t kHeardAfterMs = 1000;
+      // Not the devices heard from after issued_at + kDrainHeardAfterMs
+      // (presence/types.h): a replay leaves a device that came back since.
       const std::vector<uint32_t> gs = gateways_.IndexesOf(c.drained_gateway);
       if (!gs.empty()) {
         for (auto& shard : shards_) {
-          changed += shard->DrainGateway(gs, SIZE_MAX, now, of_p, c.issued_at_ms + kHeardAfterMs);
+          changed += shard->DrainGateway(gs, SIZE_MAX, now, of_p, c.issued_at_ms + kDrainHeardAfterMs);
         }
       }
     } else {

@@ -93,9 +93,12 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     }
     if (auto full = Full(); !full.ok()) return full;
     const uint32_t n = std::max(bus_->partitions(), 1u);
+    if (partition_keys_.empty()) {  // about n hashes each: found once
+      for (uint32_t p = 0; p < n; ++p) partition_keys_.push_back(PartitionKey(p, n));
+    }
     for (uint32_t p = 0; p < n; ++p) {
       c.partition = p;
-      queue_.push_back(Outgoing{BusRecordType::kCommand, PartitionKey(p, n), EncodePartitionCommand(c)});
+      queue_.push_back(Outgoing{BusRecordType::kCommand, partition_keys_[p], EncodePartitionCommand(c)});
     }
     if (absl::Status st = FlushLocked(); !st.ok()) {
       // Refused rather than held, as an erasure: those the bus did not take
@@ -235,6 +238,7 @@ class GatewayPublisherImpl final : public GatewayPublisher {
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
   uint64_t next_trace_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_override_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> partition_keys_ ABSL_GUARDED_BY(mu_);  // PartitionKey of each partition
 };
 
 }  // namespace
