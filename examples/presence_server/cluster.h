@@ -59,7 +59,7 @@ struct ClusterOptions {
   std::string topic = "presence";
   uint32_t partitions = 12;
   std::vector<std::pair<std::string, std::string>> kafka_config;
-  // The engines' group session timeout (0: KafkaOwnership's default, 3 s).
+  // The engines' group session timeout (0: KafkaOwnership's default, 3.5 s).
   int session_timeout_ms = 0;
   // The shared store: "redis://HOST:PORT[/PREFIX]", a PostgreSQL connection
   // URI ("postgresql://..." or "postgres://..."), or "file" (the server's

@@ -69,7 +69,7 @@ using Clock = std::chrono::steady_clock;
 using TimePoint = Clock::time_point;
 
 constexpr int kPartitions = 12;
-constexpr int kSessionTimeoutMs = 3000;
+constexpr int kSessionTimeoutMs = 3500;
 
 int EnvInt(const char* name, int fallback) {
   const char* v = getenv(name);

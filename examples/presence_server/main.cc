@@ -77,7 +77,7 @@ constexpr char kUsage[] =
     "  --store SPEC            the engines' shared store: redis://HOST:PORT[/PREFIX],\n"
     "                          postgresql://..., or file (--data-dir; one node, --role both)\n"
     "  --node-id NAME          this node's gateway id and group member name (default <role>-<pid>)\n"
-    "  --session-timeout-ms N  the engines' group session timeout (default 3000)\n";
+    "  --session-timeout-ms N  the engines' group session timeout (default 3500)\n";
 
 bool ReadFile(const std::string& path, std::string* out) {
   std::ifstream in(path, std::ios::binary);
