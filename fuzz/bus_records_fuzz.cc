@@ -6,12 +6,13 @@
 // partition or the local region sent.
 //
 // Input: records, each [kind][key length][key][payload length, 2 bytes][payload].
-// kind % 6: 0 raw signal record, 1 raw change record, 2 raw record on the
+// kind % 7: 0 raw signal record, 1 raw change record, 2 raw record on the
 // region's inbound bus, 3 a valid signal, change and mirrored change for the
 // user `key`, with a payload length divisible by 3 a gateway's erase command
-// for it, and with an odd one a mirrored erasure after it (so the fuzzer
-// starts from well-formed bytes, then mutates), 4 raw override command, 5 raw
-// erase command.
+// for it, with one divisible by 5 a drain or bulk revoke of its partition,
+// and with an odd one a mirrored erasure after it (so the fuzzer starts from
+// well-formed bytes, then mutates), 4 raw override command, 5 raw erase
+// command, 6 raw partition command.
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -59,7 +60,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size_t i = 0;
   std::vector<std::string> keys;
   while (i + 4 <= size) {
-    const uint8_t kind = data[i] % 6;
+    const uint8_t kind = data[i] % 7;
     const size_t key_len = data[i + 1];
     i += 2;
     if (i + key_len + 2 > size) break;
@@ -75,6 +76,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (kind == 2) (void)remote_region->Publish(presence::BusRecordType::kChange, key, payload);
     if (kind == 4) (void)bus->Publish(presence::BusRecordType::kOverride, key, payload);
     if (kind == 5) (void)bus->Publish(presence::BusRecordType::kErase, key, payload);
+    if (kind == 6) (void)bus->Publish(presence::BusRecordType::kCommand, key, payload);
     if (kind == 3) {
       presence::Signal s;
       s.user_id = key;
@@ -92,6 +94,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)remote_region->Publish(presence::BusRecordType::kChange, key, MirroredBytes(&clock, e));
       if (len % 3 == 0) {  // a gateway's erasure of the user
         (void)bus->Publish(presence::BusRecordType::kErase, key, presence::EncodeEraseCommand(key, "gw"));
+      }
+      if (len % 5 == 0) {  // an operator's drain (or revoke) of the user's partition
+        presence::PartitionCommand c;
+        c.action = len % 2 ? presence::PartitionCommand::Action::kDrain
+                           : presence::PartitionCommand::Action::kRevokeOverrides;
+        c.drained_gateway = "gw";
+        c.set_to_ms = clock.NowMs();
+        c.issued_at_ms = clock.NowMs();
+        c.partition = presence::PartitionFor(key, kPartitions);
+        (void)bus->Publish(presence::BusRecordType::kCommand, presence::PartitionKey(c.partition, kPartitions),
+                           presence::EncodePartitionCommand(c));
       }
       if (len % 2 == 1) {
         clock.Advance(1);  // after the change, so the tombstone wins

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "presence/bus.h"
 #include "presence/engine.h"
@@ -382,6 +383,7 @@ TEST(Stress, CallbacksCloseRevokeAndEraseRaceCleanly) {
           s.device_id = device;
           s.session_id = ++session;
           s.platform = Platform::kMobile;
+          s.gateway = "gw-s";  // drained by the eraser's partition commands
           if (auto h = engine->Connect(s); h.ok()) handles.push_back(*h);
           if (handles.size() > 256) handles.erase(handles.begin());
         } else if (rng() % 2) {
@@ -394,15 +396,30 @@ TEST(Stress, CallbacksCloseRevokeAndEraseRaceCleanly) {
     });
   }
   // The eraser: frees devices under the beats, directly and through erase
-  // commands on the bus, which it consumes (as the partitions move).
+  // commands on the bus, and closes them through partition commands (a
+  // drain of their gateway, a bulk revoke), which it consumes (as the
+  // partitions move).
   threads.emplace_back([&] {
     std::mt19937_64 rng(400);
     while (!stop.load()) {
       const std::string& u = users[rng() % kUsers];
-      if (rng() % 2) {
+      const uint64_t pick = rng() % 4;
+      if (pick == 0) {
         (void)engine->Erase(u);
-      } else {
+      } else if (pick == 1) {
         EXPECT_TRUE(bus->Publish(BusRecordType::kErase, u, EncodeEraseCommand(u, "gw")).ok());
+        (void)engine->ConsumeBus();
+      } else {
+        PartitionCommand c;
+        c.action = pick == 2 ? PartitionCommand::Action::kDrain : PartitionCommand::Action::kRevokeOverrides;
+        c.drained_gateway = "gw-s";
+        c.set_to_ms = engine->NowMs();
+        c.gateway = "gw";
+        c.issued_at_ms = engine->NowMs();
+        c.partition = PartitionFor(u, bus->partitions());
+        EXPECT_TRUE(bus->Publish(BusRecordType::kCommand, PartitionKey(c.partition, bus->partitions()),
+                                 EncodePartitionCommand(c))
+                        .ok());
         (void)engine->ConsumeBus();
       }
       ops.fetch_add(1, std::memory_order_relaxed);
@@ -474,6 +491,12 @@ TEST(Stress, CallbacksCloseRevokeAndEraseRaceCleanly) {
   for (const std::string& u : moving) EXPECT_FALSE(engine->GetOne(u).known) << u;
   EXPECT_EQ(versions.violations(), 0u);
   EXPECT_GT(listener.calls.load(), 0u);
+  const std::string metrics = engine->RenderMetrics();
+  for (const char* action : {"drain", "revoke_overrides"}) {
+    EXPECT_EQ(metrics.find(absl::StrCat("presence_partition_commands_total{action=\"", action, "\"} 0\n")),
+              std::string::npos)
+        << "no " << action << " command was applied";
+  }
   engine->RemoveListener(&listener);
   std::printf("stress (issue 21): %.1f s, %llu operations, %llu listener calls\n", StressSeconds(),
               static_cast<unsigned long long>(ops.load()),

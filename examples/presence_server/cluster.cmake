@@ -38,7 +38,8 @@ if(PRESENCE_BUILD_KAFKA AND PRESENCE_BUILD_REDIS AND PRESENCE_BUILD_TESTS)
   target_compile_options(presence_cluster_test PRIVATE -Wall -Wextra)
   target_compile_definitions(presence_cluster_test PRIVATE
     PRESENCE_SERVER_BINARY="$<TARGET_FILE:presence_server>"
-    PRESENCE_MOCK_KAFKA="$<TARGET_FILE:presence_mock_kafka>")
+    PRESENCE_MOCK_KAFKA="$<TARGET_FILE:presence_mock_kafka>"
+    PRESENCE_CTL="${CMAKE_BINARY_DIR}/examples/presence_server/presencectl")
   add_dependencies(presence_cluster_test presence_server presence_mock_kafka)
   if(PRESENCE_BUILD_POSTGRES)  # overrides and history through a gateway, on PostgreSQL
     target_compile_definitions(presence_cluster_test PRIVATE PRESENCE_CLUSTER_POSTGRES)

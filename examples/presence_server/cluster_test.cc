@@ -164,6 +164,22 @@ std::pair<int, std::string> HttpGet(int port, const std::string& target, const s
 }
 
 // One metric's value in Prometheus text (-1 when absent).
+// presencectl, the operator's command line, against the node on `port` as
+// the operator "op", its output kept in `folder`: its exit status (-1: it
+// did not exit normally within 30 s) and what it printed.
+std::pair<int, std::string> Ctl(const std::string& folder, int port, const std::vector<std::string>& args) {
+  static int runs = 0;
+  const std::string log = absl::StrCat(folder, "/presencectl-", ++runs, ".log");
+  std::vector<std::string> argv = {"/usr/bin/env", "python3", PRESENCE_CTL, "--server",
+                                   absl::StrCat("http://127.0.0.1:", port), "--token", Token("op")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto p = Process::Spawn(argv, log, -1);
+  if (!p.ok()) return {-1, p.status().ToString()};
+  const int status = (*p)->Wait(30000);
+  return {status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+          presence::testing_servers::Tail(log, 4000)};
+}
+
 int64_t Metric(const std::string& text, const std::string& name) {
   const size_t at = text.find("\n" + name + " ");
   return at == std::string::npos ? -1 : std::strtoll(text.c_str() + at + name.size() + 2, nullptr, 10);
@@ -1034,14 +1050,22 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
   auto [bad_window, bad_window_body] =
       HttpCall(http::verb::post, port_b, "/operator/overrides/revoke?set_from_ms=2&set_to_ms=1", Token("op"));
   EXPECT_EQ(bad_window, 400) << bad_window_body;
+  // The same through presencectl, for a window nothing was set in.
+  auto ctl_folder = TempFolder::Make("presencectl").value();
+  auto [ctl_revoke, ctl_revoke_out] =
+      Ctl(ctl_folder->path(), port_b, {"overrides", "revoke", "--set-between", "1000", "2000"});
+  EXPECT_EQ(ctl_revoke, 0) << ctl_revoke_out;
+  EXPECT_EQ(ctl_revoke_out, absl::StrCat("accepted for ", kPartitions,
+                                         " partition(s): every override set between 1970-01-01T00:00:01.000Z and "
+                                         "1970-01-01T00:00:02.000Z is revoked by its owner\n"))
+      << ctl_revoke_out;
 
   // A rebuild is each engine's own: it reloads the partitions it owns from
   // the shared store and reads the bus on from their committed offsets;
   // nobody sees a change. A gateway holds no user to reload.
-  auto [rebuild_status, rebuild_body] =
-      HttpCall(http::verb::post, cluster.engine(0)->port, "/operator/rebuild", Token("op"));
-  EXPECT_EQ(rebuild_status, 200) << rebuild_body;
-  EXPECT_NE(rebuild_body.find("{\"rebuilt\":true,\"users\":"), std::string::npos) << rebuild_body;
+  auto [rebuild_status, rebuild_out] = Ctl(ctl_folder->path(), cluster.engine(0)->port, {"rebuild"});
+  EXPECT_EQ(rebuild_status, 0) << rebuild_out;
+  EXPECT_EQ(rebuild_out.rfind("rebuilt: ", 0), 0u) << rebuild_out;
   EXPECT_EQ(HttpCall(http::verb::post, cluster.engine(0)->port, "/operator/rebuild", Token(a0->user)).first, 403);
   auto [gw_rebuild, gw_rebuild_body] = HttpCall(http::verb::post, port_a, "/operator/rebuild", Token("op"));
   EXPECT_EQ(gw_rebuild, 404) << gw_rebuild_body;
@@ -1133,12 +1157,14 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
   // them too, tells its clients session_replaced and closes them; the
   // watchers on A see B's users go offline. A's users stay. (That the
   // owners' drain alone does it: PartitionCommands.* in scaleout_test.)
+  auto [bad_drain, bad_drain_body] =
+      HttpCall(http::verb::post, port_a, "/operator/drain?gateway=" + std::string(200, 'g'), Token("op"));
+  EXPECT_EQ(bad_drain, 400) << bad_drain_body;
   const TimePoint drain_at = Clock::now();
-  auto [drain_status, drain_body] =
-      HttpCall(http::verb::post, port_a, "/operator/drain?gateway=" + cluster.gateway(1)->id, Token("op"));
-  ASSERT_EQ(drain_status, 202) << drain_body;
-  EXPECT_EQ(drain_body, absl::StrCat("{\"gateway\":\"", cluster.gateway(1)->id,
-                                     "\",\"accepted\":true,\"partitions\":", kPartitions, "}"));
+  auto [drain_status, drain_out] = Ctl(ctl_folder->path(), port_a, {"drain", cluster.gateway(1)->id});
+  ASSERT_EQ(drain_status, 0) << drain_out;
+  EXPECT_EQ(drain_out, absl::StrCat("accepted for ", kPartitions, " partition(s): each engine drains its devices of gateway ",
+                                    cluster.gateway(1)->id, "\n"));
   const auto b_all = [&](const std::function<bool(Client*)>& pred) {
     return clients.OnIo([&] {
       for (const auto& c : clients.b()) {
