@@ -83,6 +83,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       s.device_id = "d";
       s.session_id = 1;
       s.timestamp_ms = clock.NowMs();
+      s.gateway = "gw";  // what the seeded drains name
       (void)bus->Publish(presence::BusRecordType::kSignal, key, presence::EncodeSignal(s));
       presence::ChangeEvent e;
       e.user_id = key;

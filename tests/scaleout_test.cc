@@ -1238,7 +1238,7 @@ TEST(PartitionCommands, AMalformedOrMisaddressedCommandIsCountedAndSkipped) {
         << all_users[i];
   }
   EXPECT_THAT(w.owners[0]->RenderMetrics(),
-              HasSubstr("presence_partition_command_changes_total{action=\"drain\"} 2"));
+              HasSubstr("presence_partition_command_changes_total{action=\"drain\"} 2\n"));
 
   for (uint32_t n = 1; n <= 64; ++n) {
     for (uint32_t p = 0; p < n; ++p) ASSERT_EQ(PartitionFor(PartitionKey(p, n), n), p) << p << " of " << n;

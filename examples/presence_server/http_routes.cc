@@ -364,6 +364,15 @@ http::response<http::string_body> Server::Impl::PostOverride(const http::request
   // applied when the owner reads it.
   absl::StatusOr<uint64_t> id;
   if (cluster_ != nullptr) {
+    // The owner would refuse a set past the user's most overrides, after
+    // this 202, where nobody hears of it: refused here as one server does,
+    // from the user's stack as its latest change carried it. (Sets not yet
+    // published in a change are not counted there; the owner counts its
+    // refusal of those.)
+    if (auto held = cluster_->ListOverrides(user);
+        held.ok() && held->size() >= static_cast<size_t>(engine_->options().max_overrides_per_user)) {
+      return FromEngineError(absl::ResourceExhaustedError("user has the most overrides allowed"));
+    }
     presence::OverrideCommand c;
     c.op = presence::OverrideOp::kSet;
     c.user_id = user;

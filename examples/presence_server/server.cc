@@ -518,6 +518,10 @@ void Server::Impl::ReplacedElsewhere(const presence::Signal& s) {
 }
 
 void Server::Impl::DrainedHere(int64_t issued_at_ms) {
+  // Once per drain, not once per partition's copy: a client that connected
+  // again after the first is not closed by a later one.
+  if (issued_at_ms <= last_drain_issued_at_ms_) return;
+  last_drain_issued_at_ms_ = issued_at_ms;
   // Session ids are the time in ms shifted left by 12 (NextSessionId);
   // issued_at_ms is at most 2^50. Every connection the owners may have
   // drained began before the drain's margin ended (presence/types.h).

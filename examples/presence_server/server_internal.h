@@ -253,6 +253,7 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   // connections that began before `issued_at_ms` + kDrainHeardAfterMs are
   // closed (WsSession::Drained).
   void DrainedHere(int64_t issued_at_ms);
+  int64_t last_drain_issued_at_ms_ = -1;  // the latest drain DrainedHere acted on
 
   // presence::Prober (docs/design.md rule 9), called from Engine::Tick on the
   // io thread: the WebSocket connection that holds the probed device gets a

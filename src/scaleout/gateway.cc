@@ -93,7 +93,8 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     }
     if (auto full = Full(); !full.ok()) return full;
     const uint32_t n = std::max(bus_->partitions(), 1u);
-    if (partition_keys_.empty()) {  // about n hashes each: found once
+    if (partition_keys_.size() != n) {  // about n hashes each: found once
+      partition_keys_.clear();
       for (uint32_t p = 0; p < n; ++p) partition_keys_.push_back(PartitionKey(p, n));
     }
     for (uint32_t p = 0; p < n; ++p) {
