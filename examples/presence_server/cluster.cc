@@ -146,7 +146,7 @@ class KafkaCluster final : public Cluster {
 
   absl::Status Attach(presence::Engine* engine, presence::Fanout* fanout,
                       std::function<void(const presence::Signal&)> elsewhere,
-                      std::function<void(int64_t issued_at_ms)> drained) override {
+                      std::function<void(int64_t issued_at_ms, uint32_t partition)> drained) override {
     engine_ = engine;
     if (OwnsPartitions(opts_.role)) {
       presence::KafkaOwnershipOptions ko = presence::KafkaOwnershipOptions::ForBus(bo_, opts_.node_id);
@@ -173,7 +173,7 @@ class KafkaCluster final : public Cluster {
       fo.on_command = [this, drained = std::move(drained)](const presence::PartitionCommand& c) {
         if (c.action == presence::PartitionCommand::Action::kDrain && c.drained_gateway == opts_.node_id &&
             drained) {
-          drained(c.issued_at_ms);
+          drained(c.issued_at_ms, c.partition);
         }
       };
       auto feed = presence::RemoteFeed::Create(bus_.get(), fanout, {}, fo);

@@ -82,13 +82,14 @@ class Cluster {
   // clients reads the other partitions' signals too: `elsewhere` is told of
   // each one another node published (its gateway, session and device), so
   // that the server closes its own older connection of a device that came
-  // back through another gateway. `drained` is told, for each drain of this
-  // node's gateway id read from a partition it does not own, when the drain
-  // was issued (ms): the server closes its connections that began before,
-  // whose devices the owners disconnected.
+  // back through another gateway. `drained` is told, for each copy of a
+  // drain of this node's gateway id read from a partition it does not own,
+  // when the drain was issued (ms) and the copy's partition: the server
+  // closes its connections of that partition's users that began before, whose
+  // devices the partition's owner disconnected.
   virtual absl::Status Attach(presence::Engine* engine, presence::Fanout* fanout,
                               std::function<void(const presence::Signal&)> elsewhere,
-                              std::function<void(int64_t issued_at_ms)> drained) = 0;
+                              std::function<void(int64_t issued_at_ms, uint32_t partition)> drained) = 0;
 
   virtual ClusterRole role() const = 0;
   bool serves_clients() const { return role() != ClusterRole::kEngine; }

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "json.h"
+#include "presence/bus.h"
 #include "server_internal.h"
 
 namespace presence_server {
@@ -254,7 +255,7 @@ absl::Status Server::Impl::Init() {
     absl::Status st =
         cluster_->Attach(
             engine_.get(), fanout_.get(), [this](const presence::Signal& s) { ReplacedElsewhere(s); },
-            [this](int64_t issued_at_ms) { DrainedHere(issued_at_ms); });
+            [this](int64_t issued_at_ms, uint32_t partition) { DrainedHere(issued_at_ms, partition); });
     if (!st.ok()) return st;
   }
 
@@ -517,17 +518,17 @@ void Server::Impl::ReplacedElsewhere(const presence::Signal& s) {
   if (holder && holder->session_id() < s.session_id) holder->Replaced();
 }
 
-void Server::Impl::DrainedHere(int64_t issued_at_ms) {
-  // Once per drain, not once per partition's copy: a client that connected
-  // again after the first is not closed by a later one.
-  if (issued_at_ms <= last_drain_issued_at_ms_) return;
-  last_drain_issued_at_ms_ = issued_at_ms;
+void Server::Impl::DrainedHere(int64_t issued_at_ms, uint32_t partition) {
   // Session ids are the time in ms shifted left by 12 (NextSessionId);
-  // issued_at_ms is at most 2^50. Every connection the owners may have
-  // drained began before the drain's margin ended (presence/types.h).
+  // issued_at_ms is at most 2^50. Every connection the owner may have
+  // drained began before the drain's margin ended (presence/types.h). Only
+  // the copy's partition: its owner read the drain before the disconnects
+  // published here, and a client that connects again is not closed by the
+  // copy of another partition.
   const uint64_t before = static_cast<uint64_t>(issued_at_ms + presence::kDrainHeardAfterMs) << 12;
   std::vector<std::shared_ptr<WsSession>> drained;
   for (const auto& [device, session] : ws_by_device_) {
+    if (presence::PartitionFor(device.first, cluster_->partitions()) != partition) continue;
     std::shared_ptr<WsSession> holder = session.lock();
     if (holder && holder->session_id() < before) drained.push_back(std::move(holder));
   }

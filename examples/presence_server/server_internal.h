@@ -250,10 +250,9 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   // connection of it here with an older session is closed (Replaced).
   void ReplacedElsewhere(const presence::Signal& s);
   // An operator drained this cluster gateway (Cluster::Attach): its
-  // connections that began before `issued_at_ms` + kDrainHeardAfterMs are
-  // closed (WsSession::Drained).
-  void DrainedHere(int64_t issued_at_ms);
-  int64_t last_drain_issued_at_ms_ = -1;  // the latest drain DrainedHere acted on
+  // connections of the users of `partition` that began before
+  // `issued_at_ms` + kDrainHeardAfterMs are closed (WsSession::Drained).
+  void DrainedHere(int64_t issued_at_ms, uint32_t partition);
 
   // presence::Prober (docs/design.md rule 9), called from Engine::Tick on the
   // io thread: the WebSocket connection that holds the probed device gets a
