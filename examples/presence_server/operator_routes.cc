@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "json.h"
@@ -38,6 +39,13 @@ OperatorReply Fail(http::status status, absl::string_view code, absl::string_vie
 bool TimeParam(const Target& t, absl::string_view key, int64_t* out) {
   const std::string* s = t.Get(key);
   return s != nullptr && absl::SimpleAtoi(*s, out) && *out >= 0;
+}
+
+// The gateway a drain names: gateway=NAME, not empty.
+absl::StatusOr<std::string> GatewayParam(const Target& t) {
+  const std::string* gateway = t.Get("gateway");
+  if (gateway == nullptr || gateway->empty()) return absl::InvalidArgumentError("give gateway=NAME");
+  return *gateway;
 }
 
 // The window of a bulk revoke: set_from_ms <= set_to_ms, both >= 0.
@@ -70,10 +78,8 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
   }
 
   if (t.path == "/operator/drain") {
-    const std::string* gateway = t.Get("gateway");
-    if (gateway == nullptr || gateway->empty()) {
-      return Fail(http::status::bad_request, "bad_request", "give gateway=NAME");
-    }
+    absl::StatusOr<std::string> gateway = GatewayParam(t);
+    if (!gateway.ok()) return Fail(http::status::bad_request, "bad_request", gateway.status().message());
     // Every device of the gateway, in the engine's bounded batches.
     size_t drained = 0;
     for (;;) {
@@ -119,12 +125,10 @@ OperatorReply Server::Impl::HandleOperator(const http::request<http::string_body
 OperatorReply Server::Impl::PublishForEveryPartition(const Target& t) {
   presence::PartitionCommand c;
   if (t.path == "/operator/drain") {
-    const std::string* gateway = t.Get("gateway");
-    if (gateway == nullptr || gateway->empty()) {
-      return Fail(http::status::bad_request, "bad_request", "give gateway=NAME");
-    }
+    absl::StatusOr<std::string> gateway = GatewayParam(t);
+    if (!gateway.ok()) return Fail(http::status::bad_request, "bad_request", gateway.status().message());
     c.action = presence::PartitionCommand::Action::kDrain;
-    c.drained_gateway = *gateway;
+    c.drained_gateway = *std::move(gateway);
   } else {
     if (absl::Status st = RevokeWindow(t, &c.set_from_ms, &c.set_to_ms); !st.ok()) {
       return Fail(http::status::bad_request, "bad_request", st.message());

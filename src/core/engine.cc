@@ -819,15 +819,20 @@ class EngineCore {
     consumed_signals_.clear();
   }
 
+  // Whether a command record decoded; one that did not is counted as
+  // invalid (and skipped by the caller).
+  bool Decoded(const absl::Status& decoded) {
+    if (decoded.ok()) return true;
+    invalid_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+
   // An override command read from partition `p` (ConsumePartition), in
   // order with the signals read before it, which go first.
   void ConsumeOverride(const BusRecord& r, uint32_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
     ApplyConsumed();
     DecodedOverrideCommand d;
-    if (!DecodeOverrideCommand(r.payload, &d).ok()) {
-      invalid_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
+    if (!Decoded(DecodeOverrideCommand(r.payload, &d))) return;
     if (!ReadFromItsPartition(d.command().user_id, p)) return;
     // Refused (the user's most overrides, the memory budget): counted by
     // the shard as a drop, as a direct call's would be.
@@ -842,10 +847,7 @@ class EngineCore {
   void ConsumeErase(const BusRecord& r, uint32_t p) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     ApplyConsumed();
     DecodedEraseCommand d;
-    if (!DecodeEraseCommand(r.payload, &d).ok()) {
-      invalid_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
+    if (!Decoded(DecodeEraseCommand(r.payload, &d))) return;
     if (!ReadFromItsPartition(d.user_id, p)) return;
     const uint64_t h = HashUserId(d.user_id);
     ShardFor(h).EraseUser(d.user_id, h, Now());
@@ -861,10 +863,7 @@ class EngineCore {
   void ConsumeCommand(const BusRecord& r, uint32_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(consume_mu_) {
     ApplyConsumed();
     PartitionCommand c;
-    if (!DecodePartitionCommand(r.payload, &c).ok()) {
-      invalid_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
+    if (!Decoded(DecodePartitionCommand(r.payload, &c))) return;
     if (c.partition != p) {
       wrong_partition_.fetch_add(1, std::memory_order_relaxed);
       return;
