@@ -272,13 +272,16 @@ void Shard::Schedule(uint32_t di, int64_t due_ms, int64_t now_ms) {
 }
 
 void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t trace_id,
-                    int64_t now_ms) {
+                    int64_t now_ms, bool stayed_live) {
   Device& d = devices_.at(di);
   const DeviceView after = Evaluate(di, now_ms);
-  uint32_t bits = d.bits() & ~(fast::kAllLive | fast::kOpen | fast::kWatched);
+  const uint32_t old_bits = d.bits();
+  uint32_t bits = old_bits & ~(fast::kAllLive | fast::kOpen | fast::kWatched);
   if (d.phase == Phase::kLive) {
     bits |= after.live_bits;
-    if (MayBeatUnlocked(d)) bits |= fast::kOpen;
+    // A device that stayed in the live phase has the kOpen its user allows
+    // (UpdateHidden keeps it so): its timer need not read the user record.
+    if (stayed_live ? (old_bits & fast::kOpen) != 0 : MayBeatUnlocked(d)) bits |= fast::kOpen;
     if (d.flags & dflag::kAdaptive) bits |= fast::kWatched;
   }
   d.set_bits(bits);
@@ -901,7 +904,7 @@ void Shard::FireDevice(uint32_t di, int64_t now_ms) {
       int64_t due = now_view.deadline_ms;
       if (config_->policy.probing) due = std::min(due, ProbeStep(di, now_view, now_ms));
       Schedule(di, Recheck(due, now_ms), now_ms);
-      Refresh(di, before, Cause::kTimeout, 0, now_ms);
+      Refresh(di, before, Cause::kTimeout, 0, now_ms, /*stayed_live=*/true);
       // It signalled since its timer was set, maybe only through the
       // lock-free beat, which writes nothing: once per deadline, its record
       // goes to the Store, so that last_seen never moves back on a restart.

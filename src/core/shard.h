@@ -388,9 +388,10 @@ class Shard {
 
   // Re-derives a device's fast bits from its liveness, keeps its timer no
   // later than its next deadline, and marks its user dirty when what the
-  // device contributes (live, online) changed.
+  // device contributes (live, online) changed. `stayed_live`: the device was
+  // in the live phase before and still is (its timer found it live).
   void Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t trace_id,
-               int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+               int64_t now_ms, bool stayed_live = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The device dies; `why` (a kDead* event) is what the audit records, and
   // decides the cause it publishes (timeout or disconnect) and whether it
   // died uncleanly (all but a clean disconnect or drain).
