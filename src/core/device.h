@@ -1,9 +1,10 @@
-// The device record: 56 bytes per (user_id, device_id), with the device id
+// The device record: 48 bytes per (user_id, device_id), with the device id
 // inside it when shorter than 8 bytes.
 //
-// A heartbeat on a handle touches only the first 24 bytes (the three
-// per-source signal times, the generation/fast word, the flood window and
-// the detector's answer), and a keyed lookup compares a short id without
+// A heartbeat on a handle touches only the first 20 bytes (the three
+// per-source signal times, the generation/fast word and the flood window;
+// a device a detector watches also its answer, kept beside the records by
+// DeviceTable, since most engines have no detector), and a keyed lookup compares a short id without
 // leaving the record. Records live in chunks that never move (DeviceTable),
 // so a lock-free heartbeat can reach its record while another thread adds
 // devices.
@@ -175,7 +176,7 @@ enum class Phase : uint8_t {
 //   bit 6:       open: phase LIVE (and its user not guarded), so a heartbeat
 //                that matches the live and active bits may skip the lock.
 //   bit 7:       watched: a detector decides its timeout (rule 6); the
-//                heartbeat tells it of the beat and reads Device::learned.
+//                heartbeat tells it of the beat and reads DeviceTable::Learned.
 namespace fast {
 inline constexpr uint32_t kOpen = 1u << 6;
 inline constexpr uint32_t kWatched = 1u << 7;
@@ -214,7 +215,8 @@ inline bool TakeFromWindow(std::atomic<uint32_t>& w, int64_t now_ms, uint32_t li
 }
 
 struct alignas(8) Device {
-  // The heartbeat's fields first (Engine::Beat reads and writes these only).
+  // The heartbeat's fields first (Engine::Beat reads and writes these only,
+  // and rule 6's answer for a watched device: DeviceTable::Learned).
   std::atomic<Time32> seen[kSourceCount];  // last signal per source (wrapping ms)
   std::atomic<uint32_t> gen_fast;          // see namespace fast
   // Flood limit: a TakeFromWindow window, written without a lock by the
@@ -222,22 +224,34 @@ struct alignas(8) Device {
   // seen, reset when the record is reused, never by a heartbeat of its
   // previous device (DeviceTable's grace period).
   std::atomic<uint32_t> rate{0};
-  // Rule 6: the detector's latest answer for the heartbeat sources, clamped
-  // (0: none yet). Written by whoever told the detector of a signal, with or
-  // without the lock; reset, like seen, when the record is reused.
-  std::atomic<uint32_t> learned{0};
-  // The rest is read and written under the shard lock only.
+  // The heartbeat's fields end here: BeatMany prefetches up to this byte too.
+  static constexpr size_t kHotBytes = 20;
+
+  // The rest is read and written under the shard lock only. Indexes are
+  // packed beside the one-byte fields: a user index below 2^24 - 1 (Shard
+  // refuses a user past it), a device index below 2^26 - 1 (DeviceTable
+  // holds at most 2^25 records); the all-ones value of each is kNone.
+  static constexpr uint32_t kMaxUsers = (1u << 24) - 1;
+
+  uint32_t user_ : 24;  // through user() and set_user()
+  uint32_t flags : 8;   // dflag bits
   uint64_t session = 0;
   ShortId id;
-  uint32_t user = kNone;  // index of the owning user in the shard
-  uint32_t next = kNone;  // next device of the same user, or next free slot
-  Time32 due = 0;         // when the canonical timer entry fires
-  Platform platform = Platform::kOther;
-  Phase phase = Phase::kFree;
-  uint8_t flags = 0;
 
-  // The heartbeat's fields end here: BeatMany prefetches up to this byte too.
-  static constexpr size_t kHotBytes = 24;
+  uint32_t next_ : 26;  // through next() and set_next()
+  Phase phase : 2;
+  Platform platform : 3;
+  Time32 due = 0;  // when the record's timer fires (TimerSweep)
+
+  Device()
+      : user_(kUserNone), flags(0), next_(kNextNone), phase(Phase::kFree), platform(Platform::kOther) {}
+
+  // The owning user's index in the shard (kNone: none).
+  uint32_t user() const { return user_ == kUserNone ? kNone : user_; }
+  void set_user(uint32_t u) { user_ = u == kNone ? kUserNone : u; }
+  // The next device of the same user, or the next free record (kNone: none).
+  uint32_t next() const { return next_ == kNextNone ? kNone : next_; }
+  void set_next(uint32_t n) { next_ = n == kNone ? kNextNone : n; }
 
   // Counts one signal at `now_ms`; false when it passes `limit` per second.
   bool TakeRate(int64_t now_ms, uint32_t limit) { return TakeFromWindow(rate, now_ms, limit); }
@@ -252,10 +266,14 @@ struct alignas(8) Device {
     gen_fast.store(fast::Make(g, bits), std::memory_order_release);
   }
   bool has_seen(int i) const { return flags & (dflag::kSeen0 << i); }
+
+  static constexpr uint32_t kUserNone = (1u << 24) - 1;
+  static constexpr uint32_t kNextNone = (1u << 26) - 1;
 };
 
-static_assert(sizeof(Device) == 56, "keep the device record at 56 bytes (docs/design.md)");
-static_assert(offsetof(Device, session) == Device::kHotBytes, "the heartbeat's fields come first");
+static_assert(sizeof(Device) == 48, "keep the device record at 48 bytes (docs/design.md)");
+static_assert(offsetof(Device, rate) + sizeof(Device::rate) == Device::kHotBytes,
+              "the heartbeat's fields come first");
 
 }  // namespace presence::internal
 

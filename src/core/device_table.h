@@ -4,7 +4,7 @@
 // must stay where they are while other threads add devices. The table is an
 // array of chunk pointers, allocated up front (64 KiB per shard); chunks of
 // 4096 records are added under the shard lock and published with a release
-// store. A free list threads through Device::next.
+// store. A free list threads through Device::next().
 //
 // A lock-free heartbeat checks the record's generation and then writes its
 // time and rate; a record freed in between must not be handed to another
@@ -41,12 +41,23 @@ class DeviceTable {
   static constexpr uint32_t kChunkBits = 12;
   static constexpr uint32_t kChunkSize = 1u << kChunkBits;
   static constexpr uint32_t kMaxChunks = 8192;  // 33.5M devices per shard
+  static_assert(uint64_t{kMaxChunks} * kChunkSize <= Device::kNextNone,
+                "every record's index fits Device::next_ beside its none");
 
-  DeviceTable() : chunks_(new std::atomic<Device*>[kMaxChunks]) {
+  // `learning`: the engine has a detector (rule 6), so a record may need its
+  // answer kept (Learned).
+  explicit DeviceTable(bool learning) : chunks_(new std::atomic<Device*>[kMaxChunks]) {
     for (uint32_t i = 0; i < kMaxChunks; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
+    if (learning) {
+      learned_.reset(new std::atomic<std::atomic<uint32_t>*>[kMaxChunks]);
+      for (uint32_t i = 0; i < kMaxChunks; ++i) learned_[i].store(nullptr, std::memory_order_relaxed);
+    }
   }
   ~DeviceTable() {
-    for (uint32_t i = 0; i < num_chunks_; ++i) delete[] chunks_[i].load(std::memory_order_relaxed);
+    for (uint32_t i = 0; i < num_chunks_; ++i) {
+      delete[] chunks_[i].load(std::memory_order_relaxed);
+      if (learned_) delete[] learned_[i].load(std::memory_order_relaxed);
+    }
   }
   DeviceTable(const DeviceTable&) = delete;
   DeviceTable& operator=(const DeviceTable&) = delete;
@@ -58,6 +69,40 @@ class DeviceTable {
     Device* chunk = chunks_[c].load(std::memory_order_acquire);
     return chunk ? chunk + (index & (kChunkSize - 1)) : nullptr;
   }
+  // Rule 6: the detector's latest answer for record `index`'s heartbeat
+  // sources, clamped (0: none yet), kept beside the records, a chunk of them
+  // for each chunk of records that holds a watched device. Written by
+  // whoever told the detector of a signal, with or without the lock; reset
+  // when the record is reused.
+  //
+  // Any thread: 0 when none was kept (the engine has no detector, or no
+  // device of the record's chunk was watched yet).
+  uint32_t LearnedValue(uint32_t index) const {
+    std::atomic<uint32_t>* a = Learned(index);
+    return a ? a->load(std::memory_order_relaxed) : 0;
+  }
+  // Any thread: null as above. A record whose fast bits say watched has
+  // one: Watch made it before the bits were set (and released them).
+  std::atomic<uint32_t>* Learned(uint32_t index) const {
+    if (!learned_) return nullptr;
+    std::atomic<uint32_t>* chunk = learned_[index >> kChunkBits].load(std::memory_order_acquire);
+    return chunk ? chunk + (index & (kChunkSize - 1)) : nullptr;
+  }
+  // Under the shard lock, for an allocated index, in an engine with a
+  // detector: the record's answer, kept from now on, and zero.
+  std::atomic<uint32_t>& Watch(uint32_t index) {
+    std::atomic<std::atomic<uint32_t>*>& slot = learned_[index >> kChunkBits];
+    std::atomic<uint32_t>* chunk = slot.load(std::memory_order_relaxed);
+    if (chunk == nullptr) {
+      chunk = new std::atomic<uint32_t>[kChunkSize];
+      for (uint32_t i = 0; i < kChunkSize; ++i) chunk[i].store(0, std::memory_order_relaxed);
+      slot.store(chunk, std::memory_order_release);
+    }
+    std::atomic<uint32_t>& a = chunk[index & (kChunkSize - 1)];
+    a.store(0, std::memory_order_relaxed);
+    return a;
+  }
+
   // Under the shard lock, for an index known to be allocated.
   Device& at(uint32_t index) {
     return chunks_[index >> kChunkBits].load(std::memory_order_relaxed)[index & (kChunkSize - 1)];
@@ -74,7 +119,7 @@ class DeviceTable {
       Device* chunk = new Device[kChunkSize];
       const uint32_t base = num_chunks_ << kChunkBits;
       for (uint32_t i = 0; i < kChunkSize; ++i) {
-        chunk[i].next = i + 1 < kChunkSize ? base + i + 1 : kNone;
+        chunk[i].set_next(i + 1 < kChunkSize ? base + i + 1 : kNone);
         chunk[i].gen_fast.store(fast::Make(1, 0), std::memory_order_relaxed);
       }
       chunks_[num_chunks_].store(chunk, std::memory_order_release);
@@ -82,7 +127,7 @@ class DeviceTable {
       free_ = base;
     }
     const uint32_t index = free_;
-    free_ = at(index).next;
+    free_ = at(index).next();
     ++used_;
     return index;
   }
@@ -109,13 +154,16 @@ class DeviceTable {
       Device& d = at(index);
       for (auto& s : d.seen) s.store(0, std::memory_order_relaxed);
       d.rate.store(0, std::memory_order_relaxed);
-      d.learned.store(0, std::memory_order_relaxed);
-      d.next = free_;
+      if (std::atomic<uint32_t>* learned = Learned(index)) learned->store(0, std::memory_order_relaxed);
+      d.set_next(free_);
       free_ = index;
     }
   }
 
   std::unique_ptr<std::atomic<Device*>[]> chunks_;
+  // Per chunk of records, their detector's answers (see Learned); null
+  // without a detector.
+  std::unique_ptr<std::atomic<std::atomic<uint32_t>*>[]> learned_;
   uint32_t num_chunks_ = 0;
   uint32_t free_ = kNone;
   size_t used_ = 0;

@@ -361,7 +361,15 @@ class EngineCore {
     // A watched device (rule 6) stays on this path: its detector's answer is
     // in its record, and the detector is told of the beat below.
     const bool watched = word & fast::kWatched;
-    const int64_t lapse = watched ? config_.policy.OfflineAfter(*d, i, true) : lapse_ms_[i];
+    // A watched device's answer (the shard made it before setting the bit).
+    std::atomic<uint32_t>* learned =
+        watched ? shards_[static_cast<uint32_t>(h.value >> 56)]->devices().Learned(
+                      static_cast<uint32_t>(h.value))
+                : nullptr;
+    const int64_t lapse =
+        watched ? config_.policy.OfflineAfter(learned ? learned->load(std::memory_order_relaxed) : 0,
+                                              i, true)
+                : lapse_ms_[i];
     // Past this source's offline_after, the source lapsed (Get already says
     // so) even if no timer noticed yet: the lock decides what its return is.
     if (fast::Gen(word) == gen && (word & mask) == want && Diff32(t, seen) < lapse) {
@@ -377,8 +385,8 @@ class EngineCore {
       while (Diff32(t, seen) > 0 &&
              !d->seen[i].compare_exchange_weak(seen, t, std::memory_order_relaxed)) {
       }
-      if (watched) {
-        config_.policy.Observe(*d, DeviceKeyOf(static_cast<uint32_t>(h.value >> 56),
+      if (learned != nullptr) {
+        config_.policy.Observe(*learned, DeviceKeyOf(static_cast<uint32_t>(h.value >> 56),
                                                static_cast<uint32_t>(h.value)),
                                i, now);
       }
@@ -563,7 +571,7 @@ class EngineCore {
     for (const UserRecord& u : loader.users) {
       if (!ValidateUserId(u.user_id).ok()) continue;  // not a record this engine wrote
       if (!wanted(PartitionOf(u.user_id))) continue;
-      ShardFor(HashUserId(u.user_id)).LoadUser(u, now);
+      if (auto st = ShardFor(HashUserId(u.user_id)).LoadUser(u, now); !st.ok()) return st;
     }
     for (const DeviceRecord& d : loader.devices) {
       if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok()) continue;

@@ -14,23 +14,23 @@ LivenessPolicy::LivenessPolicy(const Options& o)
       probing(o.prober != nullptr),
       probe_margin_ms(o.probe_margin_ms) {}
 
-int64_t LivenessPolicy::OfflineAfter(const Device& d, int i, bool watched) const {
+int64_t LivenessPolicy::OfflineAfter(uint32_t learned, int i, bool watched) const {
   const int64_t fixed = offline_after_ms[i];
   // The detector learns a device's heartbeats (APP and MANUAL); a source
   // that decays on its own slow clock (INFERRED, rule 1) keeps its bound.
   if (!watched || i == SourceIndex(Source::kInferred)) return fixed;
-  const uint32_t learned = d.learned.load(std::memory_order_relaxed);
   return learned == 0 ? fixed : std::min<int64_t>(learned, fixed);
 }
 
-void LivenessPolicy::Observe(Device& d, uint64_t device_key, int i, int64_t now_ms) const {
+void LivenessPolicy::Observe(std::atomic<uint32_t>& learned, uint64_t device_key, int i,
+                             int64_t now_ms) const {
   if (i == SourceIndex(Source::kInferred)) return;
   const int64_t fixed = offline_after_ms[i];
   const int64_t answer =
       detector->Observe(device_key, static_cast<Source>(i + 1), now_ms, fixed);
   // At least 1 ms: 0 in the record means no answer yet.
   const int64_t low = std::max<int64_t>(1, std::min(detector_floor_ms, fixed));
-  d.learned.store(static_cast<uint32_t>(std::clamp(answer, low, fixed)), std::memory_order_relaxed);
+  learned.store(static_cast<uint32_t>(std::clamp(answer, low, fixed)), std::memory_order_relaxed);
 }
 
 bool CountsOnline(uint32_t live_bits, uint32_t fast_bits, const LivenessPolicy& policy) {
@@ -42,7 +42,8 @@ bool CountsOnline(uint32_t live_bits, uint32_t fast_bits, const LivenessPolicy& 
   return false;
 }
 
-DeviceView EvaluateDevice(const Device& d, int64_t now_ms, const LivenessPolicy& policy) {
+DeviceView EvaluateDevice(const Device& d, int64_t now_ms, const LivenessPolicy& policy,
+                          uint32_t learned) {
   DeviceView v;
   for (int i = 0; i < kSourceCount; ++i) {
     if (d.has_seen(i)) {
@@ -73,7 +74,7 @@ DeviceView EvaluateDevice(const Device& d, int64_t now_ms, const LivenessPolicy&
   for (int i = 0; i < kSourceCount; ++i) {
     if (!d.has_seen(i)) continue;
     const int64_t last = Expand32(d.seen[i].load(std::memory_order_relaxed), now_ms);
-    const int64_t end = last + policy.OfflineAfter(d, i, watched);
+    const int64_t end = last + policy.OfflineAfter(learned, i, watched);
     if (now_ms >= end) continue;
     v.live_bits |= fast::LiveBit(i);
     v.deadline_ms = std::min(v.deadline_ms, end);

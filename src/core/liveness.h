@@ -32,15 +32,15 @@ struct LivenessPolicy {
   int64_t probe_margin_ms = 0;
 
   explicit LivenessPolicy(const Options& o);
-  // How long source `i` of device `d` may be silent: its offline_after, or
+  // How long source `i` of a device may be silent: its offline_after, or
   // when a detector watches it (`watched`: dflag::kAdaptive under the lock,
-  // fast::kWatched without) the answer cached in the record (never for
-  // INFERRED). Any thread.
-  int64_t OfflineAfter(const Device& d, int i, bool watched) const;
-  // Rule 6: tells the detector that source `i` of the watched device `d`
-  // signalled at `now_ms`, and caches its answer, clamped to [floor,
-  // offline_after], in the record. INFERRED is not told. Any thread.
-  void Observe(Device& d, uint64_t device_key, int i, int64_t now_ms) const;
+  // fast::kWatched without) `learned`, the answer kept for its record
+  // (DeviceTable::Learned; 0: none yet), never for INFERRED. Any thread.
+  int64_t OfflineAfter(uint32_t learned, int i, bool watched) const;
+  // Rule 6: tells the detector that source `i` of the watched device keyed
+  // `device_key` signalled at `now_ms`, and keeps its answer, clamped to
+  // [floor, offline_after], in `learned`. INFERRED is not told. Any thread.
+  void Observe(std::atomic<uint32_t>& learned, uint64_t device_key, int i, int64_t now_ms) const;
 };
 
 struct DeviceView {
@@ -62,7 +62,10 @@ struct DeviceView {
 // given its fast bits (which hold each source's last activity).
 bool CountsOnline(uint32_t live_bits, uint32_t fast_bits, const LivenessPolicy& policy);
 
-DeviceView EvaluateDevice(const Device& d, int64_t now_ms, const LivenessPolicy& policy);
+// `learned`: the detector's answer kept for the record (DeviceTable::LearnedValue),
+// read when the device is watched.
+DeviceView EvaluateDevice(const Device& d, int64_t now_ms, const LivenessPolicy& policy,
+                          uint32_t learned = 0);
 
 }  // namespace presence::internal
 

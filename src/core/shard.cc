@@ -37,6 +37,7 @@ Shard::Shard(const ShardConfig* config, uint32_t index, int64_t now_ms)
     : config_(config),
       index_(index),
       index_by_id_(0, UserHash{&users_}, UserEq{&users_}),
+      devices_(config->policy.detector != nullptr),
       timers_(ToTime32(now_ms), DeviceTable::kChunkBits) {}
 
 Shard::~Shard() = default;
@@ -47,6 +48,10 @@ uint32_t Shard::FindUser(absl::string_view id, uint64_t hash) const {
   auto it = index_by_id_.find(UserKey{id, hash});
   return it == index_by_id_.end() ? kNone : *it;
 }
+
+const char Shard::kNoUserRoom[] = "shard holds the most users it can";
+
+bool Shard::UserRoom() const { return !free_users_.empty() || users_.size() < Device::kMaxUsers; }
 
 uint32_t Shard::AddUser(absl::string_view id) {
   uint32_t u;
@@ -140,7 +145,7 @@ uint64_t Shard::NextRecordVersion(int64_t now_ms) {
 }
 
 uint32_t Shard::FindDevice(const User& user, absl::string_view device_id) {
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
     if (devices_.at(di).id.view() == device_id) return di;
   }
   return kNone;
@@ -177,7 +182,7 @@ void Shard::MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms
 
 int64_t Shard::TrueLastSeen(const User& user, int64_t now_ms) {
   int64_t last_seen = user.last_seen_ms;
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
     last_seen = std::max(last_seen, Evaluate(di, now_ms).last_signal_ms);
   }
   return last_seen;
@@ -212,7 +217,7 @@ Shard::UserView Shard::ViewUser(const User& user, int64_t now_ms) {
   UserView v;
   v.last_seen_ms = user.last_seen_ms;
   bool any_live = false, any_online = false;
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
     const Device& d = devices_.at(di);
     const DeviceView dv = Evaluate(di, now_ms);
     v.last_seen_ms = std::max(v.last_seen_ms, dv.last_signal_ms);
@@ -229,7 +234,9 @@ Shard::UserView Shard::ViewUser(const User& user, int64_t now_ms) {
 // ---- Devices ---------------------------------------------------------------
 
 DeviceView Shard::Evaluate(uint32_t di, int64_t now_ms) {
-  return EvaluateDevice(devices_.at(di), now_ms, config_->policy);
+  const Device& d = devices_.at(di);
+  return EvaluateDevice(d, now_ms, config_->policy,
+                        (d.flags & dflag::kAdaptive) ? devices_.LearnedValue(di) : 0);
 }
 
 DeviceView Shard::LastEvaluated(uint32_t di) const {
@@ -296,7 +303,7 @@ void Shard::Refresh(uint32_t di, const DeviceView& before, Cause cause, uint64_t
     if (Diff32(ToTime32(due), d.due) < 0) Schedule(di, due, now_ms);
   }
   if (before.live != after.live || (after.live && before.online != after.online)) {
-    MarkDirty(d.user, cause, trace_id, now_ms);
+    MarkDirty(d.user(), cause, trace_id, now_ms);
   }
 }
 
@@ -304,7 +311,7 @@ void Shard::Audit(uint32_t di, DeviceEvent event, int64_t now_ms) {
   if (config_->options.history == nullptr) return;
   const Device& d = devices_.at(di);
   DeviceTransition& t = audit_.emplace_back();
-  t.user_id = std::string(users_[d.user].id.view());
+  t.user_id = std::string(users_[d.user()].id.view());
   t.device_id = std::string(d.id.view());
   t.at_ms = now_ms;
   t.session_id = d.session;
@@ -320,7 +327,7 @@ void Shard::MarkDead(uint32_t di, DeviceEvent why, int64_t now_ms) {
   Audit(di, why, now_ms);
   Device& d = devices_.at(di);
   // Always dirty: the timer that would have noticed the lapse is superseded.
-  MarkDirty(d.user, cause, 0, now_ms);
+  MarkDirty(d.user(), cause, 0, now_ms);
   d.phase = Phase::kDead;
   d.flags = (d.flags & ~dflag::kDiedUnclean) | (unclean ? dflag::kDiedUnclean : 0);
   MarkStoreDirty(di);
@@ -331,15 +338,15 @@ void Shard::MarkDead(uint32_t di, DeviceEvent why, int64_t now_ms) {
 
 void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
   Device& d = devices_.at(di);
-  const uint32_t u = d.user;
+  const uint32_t u = d.user();
   User& user = users_[u];
   user.last_seen_ms = std::max(user.last_seen_ms, Evaluate(di, now_ms).last_signal_ms);
   if (user.first_device == di) {
-    user.first_device = d.next;
+    user.first_device = d.next();
   } else {
     uint32_t p = user.first_device;
-    while (devices_.at(p).next != di) p = devices_.at(p).next;
-    devices_.at(p).next = d.next;
+    while (devices_.at(p).next() != di) p = devices_.at(p).next();
+    devices_.at(p).set_next(d.next());
   }
   --user.device_count;
   EndProbing(di, /*gave_up=*/false);
@@ -358,7 +365,7 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
   d.id.reset();
   SetGateway(di, 0);
   d.session = 0;
-  d.user = kNone;
+  d.set_user(kNone);
   d.phase = Phase::kFree;
   d.flags = 0;
   d.bump_gen(0);
@@ -402,7 +409,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Platform platfo
       !d.TakeRate(now_ms, static_cast<uint32_t>(config_->options.max_signals_per_device_per_sec))) {
     return Drop(DropReason::kRateLimited, "device passed its signals-per-second limit");
   }
-  Settle(d.user, now_ms);
+  Settle(d.user(), now_ms);
   // Its timer is due by its next deadline, so before that it cannot have
   // lapsed, and no evaluation is needed.
   if (d.phase == Phase::kLive && Diff32(ToTime32(now_ms), d.due) >= 0 &&
@@ -417,7 +424,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Platform platfo
   // published too.
   const DeviceView before = LastEvaluated(di);
   uint32_t bits = d.bits();
-  User& user = users_[d.user];
+  User& user = users_[d.user()];
   // A new session, or a device that was not live, connects; a live (or
   // grace) session that a newer one replaces ends first.
   const bool connects = new_session || d.phase != Phase::kLive;
@@ -456,7 +463,7 @@ absl::Status Shard::ApplyToDevice(uint32_t di, uint64_t session, Platform platfo
   bits = activity == Activity::kActive ? (bits | fast::ActiveBit(si)) : (bits & ~fast::ActiveBit(si));
   d.set_bits(bits);
   if ((d.flags & dflag::kAdaptive) && !probe_answer) {
-    config_->policy.Observe(d, DeviceKey(di), si, ts_ms);
+    config_->policy.Observe(*devices_.Learned(di), DeviceKey(di), si, ts_ms);
   }
   user.last_seen_ms = std::max(user.last_seen_ms, ts_ms);
   ++counters_.accepted[si];
@@ -482,6 +489,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
       return Drop(DropReason::kLimit, absl::StrCat("user has ", users_[u].device_count,
                                                    " devices, the most allowed"));
     }
+    if (u == kNone && !UserRoom()) return Drop(DropReason::kLimit, kNoUserRoom);
     const int64_t charge = DeviceCharge(s.device_id) + (u == kNone ? UserCharge(s.user_id) : 0);
     if (!Charge(charge)) {
       return Drop(DropReason::kLimit, "memory budget reached: no new devices or users");
@@ -496,8 +504,8 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     User& user = users_[u];
     Device& d = devices_.at(di);
     d.id = ShortId(s.device_id);
-    d.user = u;
-    d.next = user.first_device;
+    d.set_user(u);
+    d.set_next(user.first_device);
     user.first_device = di;
     ++user.device_count;
     d.session = s.session_id;
@@ -519,7 +527,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     return st;
   }
   if (old_platform != s.platform && Evaluate(di, now_ms).live) {
-    MarkDirty(d.user, Cause::kSignal, s.trace_id, now_ms);
+    MarkDirty(d.user(), Cause::kSignal, s.trace_id, now_ms);
   }
   if (handle != nullptr) *handle = HandleOf(di);
   return absl::OkStatus();
@@ -585,7 +593,7 @@ void Shard::PrefetchNextDevice(const AcceptedSignal& a, uint32_t u) {
   const uint32_t first = users_[u].first_device;
   if (first == kNone) return;
   const Device& d = devices_.at(first);
-  if (d.next != kNone && d.id.view() != a.signal->device_id) PrefetchRecord(devices_.at(d.next));
+  if (d.next() != kNone && d.id.view() != a.signal->device_id) PrefetchRecord(devices_.at(d.next()));
 }
 
 void CountOutcome(absl::Status st, BatchResult* result) {
@@ -630,7 +638,7 @@ absl::Status Shard::CloseSession(uint32_t di, DisconnectKind kind, int64_t now_m
     Audit(di, DeviceEvent::kGrace, now_ms);
     // What it shows during the grace may differ from what was last published
     // (a source lapsed since the last tick).
-    MarkDirty(d.user, Cause::kDisconnect, 0, now_ms);
+    MarkDirty(d.user(), Cause::kDisconnect, 0, now_ms);
     return absl::OkStatus();
   }
   d.bump_gen(d.bits() & ~(fast::kAllLive | fast::kOpen));
@@ -687,6 +695,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
     return Drop(DropReason::kLimit, "user has the most overrides allowed");
   }
   if (u == kNone) {
+    if (!UserRoom()) return Drop(DropReason::kLimit, kNoUserRoom);
     if (!Charge(UserCharge(user_id))) {
       return Drop(DropReason::kLimit, "memory budget reached: no new users");
     }
@@ -730,14 +739,14 @@ void Shard::UpdateHidden(uint32_t u, int64_t now_ms) {
   }
   if (guarded == user.guarded) return;
   user.guarded = guarded;
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
     Device& d = devices_.at(di);
     if (d.phase != Phase::kLive) continue;
     d.set_bits(MayBeatUnlocked(d) ? (d.bits() | fast::kOpen) : (d.bits() & ~fast::kOpen));
   }
 }
 
-bool Shard::MayBeatUnlocked(const Device& d) const { return !users_[d.user].guarded; }
+bool Shard::MayBeatUnlocked(const Device& d) const { return !users_[d.user()].guarded; }
 
 void Shard::WatchIfAdaptive(uint32_t di, Platform platform) {
   if (config_->policy.detector == nullptr ||
@@ -745,6 +754,7 @@ void Shard::WatchIfAdaptive(uint32_t di, Platform platform) {
     return;
   }
   devices_.at(di).flags |= dflag::kAdaptive;
+  devices_.Watch(di);
   config_->policy.detector->Forget(DeviceKey(di));
 }
 
@@ -978,7 +988,7 @@ int64_t Shard::ProbeStep(uint32_t di, const DeviceView& v, int64_t now_ms) {
   awaited_[id] = Awaited{di, source};
   ++counters_.probes_sent;
   OutgoingProbe& out = outgoing_.emplace_back();
-  out.user_id = std::string(users_[d.user].id.view());
+  out.user_id = std::string(users_[d.user()].id.view());
   out.device_id = std::string(d.id.view());
   out.session_id = d.session;
   out.probe_id = id;
@@ -1251,7 +1261,7 @@ void Shard::AddStats(int64_t now_ms, Stats* stats) {
 // source's own offline_after, so an INFERRED-only device that reports once a
 // minute is fresh for as long as INFERRED's threshold says.
 bool Shard::Stale(const User& user, int64_t now_ms) const {
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next) {
+  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
     const Device& d = devices_.at(di);
     for (int i = 0; i < kSourceCount; ++i) {
       if (!d.has_seen(i)) continue;

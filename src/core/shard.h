@@ -177,7 +177,8 @@ class Shard {
 
   // ---- Durable state (src/core/shard_durable.cc) ----
   // Rebuild: records loaded from the Store, in any order.
-  void LoadUser(const UserRecord& record, int64_t now_ms);
+  // ResourceExhausted when the shard holds the most users it can.
+  absl::Status LoadUser(const UserRecord& record, int64_t now_ms);
   absl::Status LoadDevice(const DeviceRecord& record, uint32_t gateway, int64_t now_ms);
   // Forgets everything about the user, queues its erasure in the Store with
   // the next write, and its erasure event with the next tick.
@@ -366,6 +367,10 @@ class Shard {
   OverrideStack* StackOf(const User& user) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   OverrideStack& MakeStack(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropStack(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether AddUser has room: a user index must fit Device::user_
+  // (Device::kMaxUsers); what refuses a user past it says kNoUserRoom.
+  bool UserRoom() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static const char kNoUserRoom[];
   uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

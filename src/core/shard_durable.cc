@@ -30,7 +30,7 @@ UserRecord Shard::UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms) {
 DeviceRecord Shard::DeviceRecordOf(uint32_t di, int64_t now_ms) {
   const Device& d = devices_.at(di);
   DeviceRecord r;
-  r.user_id = std::string(users_[d.user].id.view());
+  r.user_id = std::string(users_[d.user()].id.view());
   r.device_id = std::string(d.id.view());
   r.session_id = d.session;
   r.platform = d.platform;
@@ -59,7 +59,7 @@ void Shard::BuildStoreBatch(int64_t now_ms, StoreBatch* batch) {
   for (uint32_t di : store_dirty_) {
     const Device& d = devices_.at(di);
     if ((d.flags & dflag::kStoreDirty) && d.phase != Phase::kFree &&
-        owned(users_[d.user].id.view())) {
+        owned(users_[d.user()].id.view())) {
       batch->devices.push_back(DeviceRecordOf(di, now_ms));
     }
   }
@@ -70,11 +70,12 @@ void Shard::BuildStoreBatch(int64_t now_ms, StoreBatch* batch) {
   }
 }
 
-void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
+absl::Status Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   internal::MutexLock lock(&mu_);
   const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
+    if (!UserRoom()) return absl::ResourceExhaustedError(kNoUserRoom);
     Charge(UserCharge(r.user_id), /*force=*/true);
     u = AddUser(r.user_id);
   }
@@ -123,6 +124,7 @@ void Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   // The next tick compares what the records say was published with what
   // holds now (devices may have lapsed while the engine was down).
   MarkDirty(u, Cause::kMerge, 0, now_ms);
+  return absl::OkStatus();
 }
 
 absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t now_ms) {
@@ -130,6 +132,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t 
   const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
+    if (!UserRoom()) return absl::ResourceExhaustedError(kNoUserRoom);
     Charge(UserCharge(r.user_id), /*force=*/true);
     u = AddUser(r.user_id);
   }
@@ -143,8 +146,8 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t 
   Device& d = devices_.at(di);
   d.flags = 0;
   d.id = ShortId(r.device_id);
-  d.user = u;
-  d.next = user.first_device;
+  d.set_user(u);
+  d.set_next(user.first_device);
   user.first_device = di;
   ++user.device_count;
   d.session = r.session_id;
@@ -280,7 +283,7 @@ size_t Shard::DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64
   for (uint32_t u = 0; u < users_.size() && n < budget; ++u) {
     if (!users_[u].in_use || !which(users_[u].id.view())) continue;
     for (uint32_t di = users_[u].first_device; di != kNone && n < budget;
-         di = devices_.at(di).next) {
+         di = devices_.at(di).next()) {
       const Device& d = devices_.at(di);
       if ((d.flags & dflag::kClosed) || std::find(gs.begin(), gs.end(), GatewayOf(di)) == gs.end() ||
           heard_after(d)) {
