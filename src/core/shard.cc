@@ -102,7 +102,9 @@ void Shard::DropStack(uint32_t u) {
 
 void Shard::ForgetUserIfEmpty(uint32_t u, int64_t now_ms) {
   User& user = users_[u];
-  if (!user.in_use || user.device_count > 0 || user.has_overrides || user.pending != kNone) return;
+  if (!user.in_use || user.first_device() != kNone || user.has_overrides || user.pending() != kNone) {
+    return;
+  }
   const int64_t forget_at = user.last_seen_ms + config_->options.user_retention_ms;
   if (user.last_seen_ms != 0 && now_ms < forget_at) {
     user_timers_.insert({forget_at, u});
@@ -144,8 +146,14 @@ uint64_t Shard::NextRecordVersion(int64_t now_ms) {
   return record_clock_;
 }
 
+uint32_t Shard::DeviceCount(const User& user) {
+  uint32_t n = 0;
+  for (uint32_t di = user.first_device(); di != kNone; di = devices_.at(di).next()) ++n;
+  return n;
+}
+
 uint32_t Shard::FindDevice(const User& user, absl::string_view device_id) {
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
+  for (uint32_t di = user.first_device(); di != kNone; di = devices_.at(di).next()) {
     if (devices_.at(di).id.view() == device_id) return di;
   }
   return kNone;
@@ -157,13 +165,13 @@ DeviceHandle Shard::HandleOf(uint32_t di) {
 
 void Shard::MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms) {
   User& user = users_[u];
-  if (user.pending == kNone) {
-    user.pending = static_cast<uint32_t>(pending_.size());
+  if (user.pending() == kNone) {
+    user.set_pending(static_cast<uint32_t>(pending_.size()));
     pending_.push_back(Pending{u, cause, trace_id, now_ms, 0, firing_ != nullptr,
                                firing_ != nullptr ? *firing_ : 0});
     return;
   }
-  Pending& p = pending_[user.pending];
+  Pending& p = pending_[user.pending()];
   // The cause is the latest news'. Timers fire in memory order, not in time
   // order, so among timers the one due latest names it (a tie goes to the
   // higher cause): where the user's records lie, which other users' churn
@@ -182,7 +190,7 @@ void Shard::MarkDirty(uint32_t u, Cause cause, uint64_t trace_id, int64_t now_ms
 
 int64_t Shard::TrueLastSeen(const User& user, int64_t now_ms) {
   int64_t last_seen = user.last_seen_ms;
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
+  for (uint32_t di = user.first_device(); di != kNone; di = devices_.at(di).next()) {
     last_seen = std::max(last_seen, Evaluate(di, now_ms).last_signal_ms);
   }
   return last_seen;
@@ -217,7 +225,7 @@ Shard::UserView Shard::ViewUser(const User& user, int64_t now_ms) {
   UserView v;
   v.last_seen_ms = user.last_seen_ms;
   bool any_live = false, any_online = false;
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
+  for (uint32_t di = user.first_device(); di != kNone; di = devices_.at(di).next()) {
     const Device& d = devices_.at(di);
     const DeviceView dv = Evaluate(di, now_ms);
     v.last_seen_ms = std::max(v.last_seen_ms, dv.last_signal_ms);
@@ -341,14 +349,13 @@ void Shard::FreeDevice(uint32_t di, int64_t now_ms) {
   const uint32_t u = d.user();
   User& user = users_[u];
   user.last_seen_ms = std::max(user.last_seen_ms, Evaluate(di, now_ms).last_signal_ms);
-  if (user.first_device == di) {
-    user.first_device = d.next();
+  if (user.first_device() == di) {
+    user.set_first_device(d.next());
   } else {
-    uint32_t p = user.first_device;
+    uint32_t p = user.first_device();
     while (devices_.at(p).next() != di) p = devices_.at(p).next();
     devices_.at(p).set_next(d.next());
   }
-  --user.device_count;
   EndProbing(di, /*gave_up=*/false);
   if (config_->policy.detector != nullptr && (d.flags & dflag::kAdaptive)) {
     config_->policy.detector->Forget(DeviceKey(di));
@@ -485,9 +492,9 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   uint32_t di = u == kNone ? kNone : FindDevice(users_[u], s.device_id);
   bool created = false;
   if (di == kNone) {
-    if (u != kNone && users_[u].device_count >= config_->options.max_devices_per_user) {
-      return Drop(DropReason::kLimit, absl::StrCat("user has ", users_[u].device_count,
-                                                   " devices, the most allowed"));
+    if (const uint32_t n = u == kNone ? 0 : DeviceCount(users_[u]);
+        n >= static_cast<uint32_t>(config_->options.max_devices_per_user)) {
+      return Drop(DropReason::kLimit, absl::StrCat("user has ", n, " devices, the most allowed"));
     }
     if (u == kNone && !UserRoom()) return Drop(DropReason::kLimit, kNoUserRoom);
     const int64_t charge = DeviceCharge(s.device_id) + (u == kNone ? UserCharge(s.user_id) : 0);
@@ -505,9 +512,8 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
     Device& d = devices_.at(di);
     d.id = ShortId(s.device_id);
     d.set_user(u);
-    d.set_next(user.first_device);
-    user.first_device = di;
-    ++user.device_count;
+    d.set_next(user.first_device());
+    user.set_first_device(di);
     d.session = s.session_id;
     d.phase = Phase::kDead;  // ApplyToDevice revives it
     WatchIfAdaptive(di, s.platform);
@@ -584,13 +590,13 @@ void PrefetchRecord(const Device& d) {
 
 uint32_t Shard::PrefetchDevice(const AcceptedSignal& a) const {
   const uint32_t u = FindUser(a.signal->user_id, a.hash);
-  if (u != kNone && users_[u].first_device != kNone) PrefetchRecord(devices_.at(users_[u].first_device));
+  if (u != kNone && users_[u].first_device() != kNone) PrefetchRecord(devices_.at(users_[u].first_device()));
   return u;
 }
 
 void Shard::PrefetchNextDevice(const AcceptedSignal& a, uint32_t u) {
   if (u == kNone || !users_[u].in_use) return;
-  const uint32_t first = users_[u].first_device;
+  const uint32_t first = users_[u].first_device();
   if (first == kNone) return;
   const Device& d = devices_.at(first);
   if (d.next() != kNone && d.id.view() != a.signal->device_id) PrefetchRecord(devices_.at(d.next()));
@@ -739,7 +745,7 @@ void Shard::UpdateHidden(uint32_t u, int64_t now_ms) {
   }
   if (guarded == user.guarded) return;
   user.guarded = guarded;
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
+  for (uint32_t di = user.first_device(); di != kNone; di = devices_.at(di).next()) {
     Device& d = devices_.at(di);
     if (d.phase != Phase::kLive) continue;
     d.set_bits(MayBeatUnlocked(d) ? (d.bits() | fast::kOpen) : (d.bits() & ~fast::kOpen));
@@ -1179,11 +1185,11 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
     if (d.what == Decision::kHold || d.what == Decision::kHoldUnchanged ||
         (d.what == Decision::kPublish && pending.hold_until_ms > now_ms)) {
       // Published (the rest of it) when its dwell ends.
-      user.pending = static_cast<uint32_t>(kept);
+      user.set_pending(static_cast<uint32_t>(kept));
       pending_[kept++] = pending;
       continue;
     }
-    user.pending = kNone;
+    user.set_pending(kNone);
     ForgetUserIfEmpty(pending.user, now_ms);
   }
   pending_.resize(kept);
@@ -1261,7 +1267,7 @@ void Shard::AddStats(int64_t now_ms, Stats* stats) {
 // source's own offline_after, so an INFERRED-only device that reports once a
 // minute is fresh for as long as INFERRED's threshold says.
 bool Shard::Stale(const User& user, int64_t now_ms) const {
-  for (uint32_t di = user.first_device; di != kNone; di = devices_.at(di).next()) {
+  for (uint32_t di = user.first_device(); di != kNone; di = devices_.at(di).next()) {
     const Device& d = devices_.at(di);
     for (int i = 0; i < kSourceCount; ++i) {
       if (!d.has_seen(i)) continue;

@@ -228,6 +228,9 @@ class Shard {
     // invisible (rule 8).
     int64_t hidden_last_seen_ms = 0;
   };
+  // 64 bytes: the indexes share their words with the states and flags (a
+  // device index is below 2^25, a pending index below the most users,
+  // Device::kMaxUsers).
   struct User {
     InlineId id;
     uint64_t version = 0;         // of the last published event (own view)
@@ -235,23 +238,42 @@ class Shard {
     int64_t last_seen_ms = 0;     // latest signal applied through the lock
     int64_t published_at_ms = 0;       // last change of the public view (0: never)
     int64_t self_published_at_ms = 0;  // last change of the own view (0: never)
-    uint32_t first_device = kNone;
-    uint32_t pending = kNone;  // index in pending_ while it has unpublished news
-    uint16_t device_count = 0;
-    bool in_use = false;
+    uint32_t first_device_ : 26;  // through first_device() and set_first_device()
+    State pub_state : 3;
+    State pub_self : 3;
+    uint32_t pending_ : 24;  // through pending() and set_pending()
+    bool in_use : 1;
     // An INVISIBLE override showed when the stack was last settled.
-    bool hidden = false;
+    bool hidden : 1;
     // An active INVISIBLE override lies under the one on top, so that the top
     // one's expiry hides the user: its devices' beats take the lock, which
     // settles the stack first, so the freeze sees no beat made after it.
-    bool guarded = false;
-    bool has_overrides = false;  // its stack is in Shard::overrides_
-    State pub_state = State::kOffline;
-    State pub_self = State::kOffline;
+    bool guarded : 1;
+    bool has_overrides : 1;  // its stack is in Shard::overrides_
+
+    User()
+        : first_device_(kFirstNone),
+          pub_state(State::kOffline),
+          pub_self(State::kOffline),
+          pending_(kPendingNone),
+          in_use(false),
+          hidden(false),
+          guarded(false),
+          has_overrides(false) {}
+    // Its first device (kNone: none); the others follow Device::next().
+    uint32_t first_device() const { return first_device_ == kFirstNone ? kNone : first_device_; }
+    void set_first_device(uint32_t di) { first_device_ = di == kNone ? kFirstNone : di; }
+    // Its index in pending_ while it has unpublished news (kNone: none).
+    uint32_t pending() const { return pending_ == kPendingNone ? kNone : pending_; }
+    void set_pending(uint32_t i) { pending_ = i == kNone ? kPendingNone : i; }
+
+    static constexpr uint32_t kFirstNone = (1u << 26) - 1;
+    static constexpr uint32_t kPendingNone = (1u << 24) - 1;
   };
-  static_assert(sizeof(User) <= 72 && kUserChargeBytes >= 72,
-                "kUserChargeBytes (engine.h) counts a 72-byte user record");
-  // Users in chunks of 1024 (80 KiB): no slack beyond the last chunk.
+  static_assert(sizeof(User) == 64 && kUserChargeBytes >= 64,
+                "kUserChargeBytes (engine.h) counts a 64-byte user record");
+  static_assert(Device::kMaxUsers <= User::kPendingNone, "a pending index fits beside its none");
+  // Users in chunks of 1024 (64 KiB): no slack beyond the last chunk.
   using UserArray = Chunked<User, 10>;
   struct Pending {
     uint32_t user;
@@ -389,6 +411,9 @@ class Shard {
   void Unpend(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t FindDevice(const User& user, absl::string_view device_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How many devices the user has (its list walked: asked only when a
+  // device would be added).
+  uint32_t DeviceCount(const User& user) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   DeviceHandle HandleOf(uint32_t di) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Re-derives a device's fast bits from its liveness, keeps its timer no

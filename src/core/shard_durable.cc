@@ -147,9 +147,8 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t 
   d.flags = 0;
   d.id = ShortId(r.device_id);
   d.set_user(u);
-  d.set_next(user.first_device);
-  user.first_device = di;
-  ++user.device_count;
+  d.set_next(user.first_device());
+  user.set_first_device(di);
   d.session = r.session_id;
   d.platform = r.platform;
   SetGateway(di, gateway);
@@ -178,12 +177,12 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t 
 }
 
 void Shard::Unpend(uint32_t u) {
-  const uint32_t i = users_[u].pending;
+  const uint32_t i = users_[u].pending();
   if (i == kNone) return;
   pending_[i] = pending_.back();
-  users_[pending_[i].user].pending = i;
+  users_[pending_[i].user].set_pending(i);
   pending_.pop_back();
-  users_[u].pending = kNone;
+  users_[u].set_pending(kNone);
 }
 
 void Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) {
@@ -232,8 +231,8 @@ void Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
     user.hidden = false;  // its frozen last_seen went with the stack
   }
   user.last_seen_ms = 0;
-  while (user.first_device != kNone) {
-    const uint32_t di = user.first_device;
+  while (user.first_device() != kNone) {
+    const uint32_t di = user.first_device();
     if (devices_.at(di).phase != Phase::kDead) {
       devices_.at(di).phase = Phase::kDead;
       --live_devices_;
@@ -282,7 +281,7 @@ size_t Shard::DrainGateway(const std::vector<uint32_t>& gs, size_t budget, int64
   size_t n = 0;
   for (uint32_t u = 0; u < users_.size() && n < budget; ++u) {
     if (!users_[u].in_use || !which(users_[u].id.view())) continue;
-    for (uint32_t di = users_[u].first_device; di != kNone && n < budget;
+    for (uint32_t di = users_[u].first_device(); di != kNone && n < budget;
          di = devices_.at(di).next()) {
       const Device& d = devices_.at(di);
       if ((d.flags & dflag::kClosed) || std::find(gs.begin(), gs.end(), GatewayOf(di)) == gs.end() ||
@@ -312,8 +311,8 @@ size_t Shard::Release(int64_t now_ms, absl::FunctionRef<bool(absl::string_view)>
     // Whoever takes the user over holds its records now: nothing of it is
     // written from here (FreeDevice queues a deletion per device).
     const size_t gone_before = gone_.size();
-    while (user.first_device != kNone) {
-      const uint32_t di = user.first_device;
+    while (user.first_device() != kNone) {
+      const uint32_t di = user.first_device();
       Device& d = devices_.at(di);
       if (d.phase != Phase::kDead) {
         d.phase = Phase::kDead;
