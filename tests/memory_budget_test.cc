@@ -1,6 +1,7 @@
 // Options::memory_budget_bytes charges what the heap really grows (issue 16):
 // a mass connect of 10^6 devices, with one and with two devices per user,
-// charges within 10% of what malloc reports the engine took.
+// with long ids, and through a gateway, charges within 10% of what malloc
+// reports the engine took.
 //
 // The heap is read with mallinfo2, which only glibc's allocator answers:
 // under a sanitizer (its own allocator) the test is skipped.
@@ -48,8 +49,10 @@ int64_t Charged(Engine& engine) {
 // Connects `devices` devices, `per_user` to a user, and returns (heap grown,
 // bytes charged) once a tick published them. Ids are 2 to 9 bytes, as in
 // benchmarks/compare_bench, or with `long_ids` too long to live in the
-// records (22-byte user ids, 36-byte device ids, as UUIDs).
-std::pair<int64_t, int64_t> MassConnect(size_t devices, size_t per_user, bool long_ids) {
+// records (22-byte user ids, 36-byte device ids, as UUIDs). With `gateway`,
+// every signal names one, as a server's do (each device keeps its index).
+std::pair<int64_t, int64_t> MassConnect(size_t devices, size_t per_user, bool long_ids,
+                                        bool gateway) {
   ManualClock clock(1'000'000);
   Options o;
   o.clock = &clock;
@@ -77,6 +80,7 @@ std::pair<int64_t, int64_t> MassConnect(size_t devices, size_t per_user, bool lo
       s.device_id = ids.back();
       s.session_id = 1;
       s.platform = Platform::kWeb;
+      if (gateway) s.gateway = "gateway-1";
       batch.push_back(s);
     }
     const BatchResult r = engine->SignalBatch(batch);
@@ -90,14 +94,16 @@ std::pair<int64_t, int64_t> MassConnect(size_t devices, size_t per_user, bool lo
   return {grown, Charged(*engine)};
 }
 
-void ExpectWithinTenPercent(size_t devices, size_t per_user, bool long_ids = false) {
+void ExpectWithinTenPercent(size_t devices, size_t per_user, bool long_ids = false,
+                            bool gateway = false) {
   if (kOwnAllocator) GTEST_SKIP() << "a sanitizer's allocator does not answer mallinfo2";
-  const auto [grown, charged] = MassConnect(devices, per_user, long_ids);
+  const auto [grown, charged] = MassConnect(devices, per_user, long_ids, gateway);
   ASSERT_GT(grown, 0);
   EXPECT_GE(charged, grown * 9 / 10) << "grown " << grown << " B, charged " << charged << " B";
   EXPECT_LE(charged, grown * 11 / 10) << "grown " << grown << " B, charged " << charged << " B";
-  std::printf("%zu devices, %zu per user: heap grew %.1f B/device, charged %.1f B/device\n",
-              devices, per_user, double(grown) / double(devices), double(charged) / double(devices));
+  std::printf("%zu devices, %zu per user%s: heap grew %.1f B/device, charged %.1f B/device\n",
+              devices, per_user, gateway ? ", through a gateway" : "",
+              double(grown) / double(devices), double(charged) / double(devices));
 }
 
 TEST(MemoryBudget, ChargesWhatTheHeapGrowsTwoDevicesPerUser) { ExpectWithinTenPercent(1000000, 2); }
@@ -105,6 +111,10 @@ TEST(MemoryBudget, ChargesWhatTheHeapGrowsTwoDevicesPerUser) { ExpectWithinTenPe
 TEST(MemoryBudget, ChargesWhatTheHeapGrowsOneDevicePerUser) { ExpectWithinTenPercent(1000000, 1); }
 
 TEST(MemoryBudget, ChargesTheHeapBlocksOfLongIds) { ExpectWithinTenPercent(1000000, 2, true); }
+
+TEST(MemoryBudget, ChargesTheGatewayOfEachDevice) {
+  ExpectWithinTenPercent(1000000, 2, /*long_ids=*/false, /*gateway=*/true);
+}
 
 }  // namespace
 }  // namespace presence

@@ -27,6 +27,10 @@ class Chunked {
     }
     return (*this)[size_++];
   }
+  // Appends default-constructed elements until it holds at least `n`.
+  void GrowTo(uint32_t n) {
+    while (size_ < n) emplace_back();
+  }
 
  private:
   std::vector<std::unique_ptr<T[]>> chunks_;

@@ -575,8 +575,9 @@ class Shard {
   size_t live_devices_ ABSL_GUARDED_BY(mu_) = 0;
   size_t override_count_ ABSL_GUARDED_BY(mu_) = 0;
   // The gateway index of each device record (0: none), beside the records
-  // (which are a cache line, full), and how many devices carry each index.
-  std::vector<uint32_t> device_gateway_ ABSL_GUARDED_BY(mu_);
+  // (whose words are full), in chunks as the records are (no doubling
+  // slack), and how many devices carry each index.
+  Chunked<uint32_t, DeviceTable::kChunkBits> device_gateway_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> gateway_refs_ ABSL_GUARDED_BY(mu_);
 };
 

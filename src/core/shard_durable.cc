@@ -249,7 +249,7 @@ void Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
 void Shard::SetGateway(uint32_t di, uint32_t g) {
   if (di >= device_gateway_.size()) {
     if (g == 0) return;
-    device_gateway_.resize(std::max<size_t>(di + 1, device_gateway_.size() * 2), 0);
+    device_gateway_.GrowTo(di + 1);
   }
   uint32_t& cur = device_gateway_[di];
   if (cur == g) return;
