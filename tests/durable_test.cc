@@ -256,6 +256,44 @@ TEST(Rebuild, VersionsStartAboveEverythingTheStoreHolds) {
   EXPECT_EQ(stored.users.at("alice").state, State::kOffline);
 }
 
+// The records keep a state in 3 bits and a platform in 3: a stored one out
+// of range is no record this engine wrote, and is skipped, not cut to a
+// value it never had.
+TEST(Rebuild, RecordsWithAStateOrPlatformOutOfRangeAreSkipped) {
+  Durable d;
+  ManualClock clock(1'000'000);
+  StoreBatch b;
+  auto user = [&](const char* id, State state) {
+    UserRecord u;
+    u.user_id = id;
+    u.version = 1;
+    u.state = u.self_state = state;
+    b.users.push_back(u);
+  };
+  auto device = [&](const char* user_id, Platform platform) {
+    DeviceRecord r;
+    r.user_id = user_id;
+    r.device_id = "web";
+    r.session_id = 1;
+    r.platform = platform;
+    r.last_signal_ms = {0, clock.NowMs(), 0};
+    r.version = 1;
+    b.devices.push_back(r);
+  };
+  user("alice", State::kOnline);
+  device("alice", Platform::kWeb);
+  user("bob", static_cast<State>(11));  // its low 3 bits would read as ONLINE
+  device("carol", static_cast<Platform>(9));
+  ASSERT_TRUE(d.store.Write(b).ok());
+  Options o = d.Opts();
+  o.clock = &clock;
+  auto e = Engine::Create(o).value();
+  EXPECT_TRUE(e->GetOne("alice").known);
+  EXPECT_FALSE(e->GetOne("bob").known);
+  EXPECT_FALSE(e->GetOne("carol").known);
+  EXPECT_EQ(e->GetSizes().live_devices, 1u);
+}
+
 TEST(Rebuild, TheOperatorsRebuildReloadsAndPublishesWhatChangedMeanwhile) {
   Durable d;
   TestEngine t(d.Opts());

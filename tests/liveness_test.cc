@@ -127,19 +127,19 @@ TEST(EvaluateDevice, LiveUntilOfflineAfterThenNot) {
   d.flags = dflag::kSeen0 << SourceIndex(Source::kApp);
   d.seen[SourceIndex(Source::kApp)] = ToTime32(10000);
   d.set_bits(fast::ActiveBit(SourceIndex(Source::kApp)));
-  DeviceView v = EvaluateDevice(d, 10500, p);
+  DeviceView v = EvaluateDevice(d, 10500, p, 0);
   EXPECT_TRUE(v.live);
   EXPECT_TRUE(v.online);
   EXPECT_FALSE(v.suspect);
   EXPECT_EQ(v.deadline_ms, 14000);
-  EXPECT_TRUE(EvaluateDevice(d, 11500, p).suspect);
-  EXPECT_TRUE(EvaluateDevice(d, 13999, p).live);
-  EXPECT_FALSE(EvaluateDevice(d, 14000, p).live);
+  EXPECT_TRUE(EvaluateDevice(d, 11500, p, 0).suspect);
+  EXPECT_TRUE(EvaluateDevice(d, 13999, p, 0).live);
+  EXPECT_FALSE(EvaluateDevice(d, 14000, p, 0).live);
 }
 
 TEST(EvaluateDevice, QuietWhenEveryLiveSourceIsPastItsIntervalPlusTheMargin) {
   Options o;
-  EXPECT_EQ(EvaluateDevice(Device(), 0, LivenessPolicy(o)).quiet_at_ms,
+  EXPECT_EQ(EvaluateDevice(Device(), 0, LivenessPolicy(o), 0).quiet_at_ms,
             std::numeric_limits<int64_t>::max());
   struct NoProber : Prober {
     void Probe(const ProbeRequest&) override {}
@@ -153,16 +153,16 @@ TEST(EvaluateDevice, QuietWhenEveryLiveSourceIsPastItsIntervalPlusTheMargin) {
             (dflag::kSeen0 << SourceIndex(Source::kInferred));
   d.seen[SourceIndex(Source::kApp)] = ToTime32(10000);
   d.seen[SourceIndex(Source::kInferred)] = ToTime32(9000);
-  DeviceView v = EvaluateDevice(d, 10100, p);
+  DeviceView v = EvaluateDevice(d, 10100, p, 0);
   // INFERRED (60 s interval) is the last to turn quiet; APP outranks it.
   EXPECT_EQ(v.quiet_at_ms, 9000 + 60000 + 500);
   EXPECT_EQ(v.probe_source, SourceIndex(Source::kApp));
   // Once APP lapsed, only INFERRED keeps it: probes name INFERRED.
-  v = EvaluateDevice(d, 14000, p);
+  v = EvaluateDevice(d, 14000, p, 0);
   EXPECT_EQ(v.probe_source, SourceIndex(Source::kInferred));
   EXPECT_EQ(v.quiet_at_ms, 9000 + 60000 + 500);
   d.flags = dflag::kSeen0 << SourceIndex(Source::kApp);
-  EXPECT_EQ(EvaluateDevice(d, 10100, p).quiet_at_ms, 10000 + 1000 + 500);
+  EXPECT_EQ(EvaluateDevice(d, 10100, p, 0).quiet_at_ms, 10000 + 1000 + 500);
 }
 
 TEST(EvaluateDevice, GraceKeepsTheActivityItHad) {
@@ -171,8 +171,8 @@ TEST(EvaluateDevice, GraceKeepsTheActivityItHad) {
   d.phase = Phase::kGrace;
   d.flags = dflag::kGraceOnline;
   d.due = ToTime32(5000);
-  EXPECT_TRUE(EvaluateDevice(d, 4999, p).online);
-  EXPECT_FALSE(EvaluateDevice(d, 5000, p).live);
+  EXPECT_TRUE(EvaluateDevice(d, 4999, p, 0).online);
+  EXPECT_FALSE(EvaluateDevice(d, 5000, p, 0).live);
 }
 
 TEST(Reducer, PrecedenceOfOverrideOverDevices) {

@@ -69,9 +69,11 @@ class EngineCore;
 // What each record counts against Options::memory_budget_bytes, so that the
 // charge follows what the heap grows: the device record (48 bytes, its
 // timer included), its gateway index and its share of the record chunks;
-// the user record (64 bytes) with its index entry. Checked within 10% of the
-// heap's growth after a mass connect of 10^6 devices, one or two per user
-// (tests/memory_budget_test.cc); figures in benchmarks/RESULTS.md.
+// the user record (64 bytes) with its index entry. With a detector, a device
+// is charged 4 bytes more (its answer, kept beside the records). Checked
+// within 10% of the heap's growth after a mass connect of 10^6 devices, one
+// or two per user (tests/memory_budget_test.cc); figures in
+// benchmarks/RESULTS.md.
 inline constexpr int64_t kDeviceChargeBytes = 53;
 inline constexpr int64_t kUserChargeBytes = 74;
 

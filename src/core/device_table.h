@@ -2,8 +2,8 @@
 //
 // A heartbeat on a handle reads its record without the shard lock, so records
 // must stay where they are while other threads add devices. The table is an
-// array of chunk pointers, allocated up front (64 KiB per shard); chunks of
-// 4096 records are added under the shard lock and published with a release
+// array of chunk pointers, allocated up front (64 KiB per shard, twice that
+// with a detector: see Learned); chunks of 4096 records are added under the shard lock and published with a release
 // store. A free list threads through Device::next().
 //
 // A lock-free heartbeat checks the record's generation and then writes its
@@ -36,7 +36,7 @@ struct SlotEpochs {
 
 class DeviceTable {
  public:
-  // Chunks of 4096 records (224 KiB): a shard holds at most one chunk more
+  // Chunks of 4096 records (192 KiB): a shard holds at most one chunk more
   // than it uses (at 10^5 devices in 16 shards, a third; at 10^6, 5%).
   static constexpr uint32_t kChunkBits = 12;
   static constexpr uint32_t kChunkSize = 1u << kChunkBits;
@@ -84,7 +84,7 @@ class DeviceTable {
   // Any thread: null as above. A record whose fast bits say watched has
   // one: Watch made it before the bits were set (and released them).
   std::atomic<uint32_t>* Learned(uint32_t index) const {
-    if (!learned_) return nullptr;
+    if (!learned_ || (index >> kChunkBits) >= kMaxChunks) return nullptr;
     std::atomic<uint32_t>* chunk = learned_[index >> kChunkBits].load(std::memory_order_acquire);
     return chunk ? chunk + (index & (kChunkSize - 1)) : nullptr;
   }

@@ -551,13 +551,16 @@ class EngineCore {
 
   // Loads the users, devices and committed offsets of the partitions for
   // which `wanted` is true (all of them without a bus). Collects everything
-  // before it applies anything, so a failed load changes nothing.
+  // before it applies anything, so a store that fails to load changes
+  // nothing; a shard that refuses a record stops it part way (below).
   absl::Status LoadFromStore(absl::FunctionRef<bool(uint32_t)> wanted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
     Store* store = config_.options.store;
     if (store == nullptr) return absl::OkStatus();
     // Collect first, then apply: the store may hold its own lock while it
-    // visits, and a shard writes to the store while holding the shard's.
+    // visits, and a shard writes to the store while holding the shard's. A
+    // shard that refuses a record (it holds the most users or devices it
+    // can) stops the load there, with what was applied before it kept.
     struct Loader : StoreVisitor {
       std::vector<UserRecord> users;
       std::vector<DeviceRecord> devices;
@@ -568,13 +571,21 @@ class EngineCore {
     } loader;
     if (auto st = store->Load(&loader); !st.ok()) return st;
     const int64_t now = Now();
+    // A state or platform out of range is not a record this engine wrote
+    // either (the records keep them in a few bits).
+    auto valid_state = [](State st) { return st >= State::kOffline && st <= State::kDnd; };
     for (const UserRecord& u : loader.users) {
-      if (!ValidateUserId(u.user_id).ok()) continue;  // not a record this engine wrote
+      if (!ValidateUserId(u.user_id).ok() || !valid_state(u.state) || !valid_state(u.self_state)) {
+        continue;  // not a record this engine wrote
+      }
       if (!wanted(PartitionOf(u.user_id))) continue;
       if (auto st = ShardFor(HashUserId(u.user_id)).LoadUser(u, now); !st.ok()) return st;
     }
     for (const DeviceRecord& d : loader.devices) {
-      if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok()) continue;
+      if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok() ||
+          !ValidatePlatform(d.platform).ok()) {
+        continue;
+      }
       if (!wanted(PartitionOf(d.user_id))) continue;
       // Under tick_mu_: no Reclaim runs before the index is on its device.
       const uint32_t g = gateways_.Intern(d.gateway);

@@ -65,7 +65,7 @@ bool CountsOnline(uint32_t live_bits, uint32_t fast_bits, const LivenessPolicy& 
 // `learned`: the detector's answer kept for the record (DeviceTable::LearnedValue),
 // read when the device is watched.
 DeviceView EvaluateDevice(const Device& d, int64_t now_ms, const LivenessPolicy& policy,
-                          uint32_t learned = 0);
+                          uint32_t learned);
 
 }  // namespace presence::internal
 

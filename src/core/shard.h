@@ -400,12 +400,15 @@ class Shard {
   // would pass it. Load paths charge with force: what is held is held.
   bool Charge(int64_t bytes, bool force = false);
   // What a user or a device record is charged: the fixed part (engine.h)
-  // and its id's heap block, if the id is too long to live in the record.
+  // and its id's heap block, if the id is too long to live in the record;
+  // for a device in an engine with a detector, the 4 bytes its answer may
+  // take beside the records (DeviceTable::Learned).
   static int64_t UserCharge(absl::string_view user_id) {
     return kUserChargeBytes + static_cast<int64_t>(InlineId::HeapBytes(user_id));
   }
-  static int64_t DeviceCharge(absl::string_view device_id) {
-    return kDeviceChargeBytes + static_cast<int64_t>(ShortId::HeapBytes(device_id));
+  int64_t DeviceCharge(absl::string_view device_id) const {
+    return kDeviceChargeBytes + static_cast<int64_t>(ShortId::HeapBytes(device_id)) +
+           (config_->policy.detector != nullptr ? int64_t{sizeof(uint32_t)} : 0);
   }
   void Uncharge(int64_t bytes);
   void Unpend(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
