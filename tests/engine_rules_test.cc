@@ -273,6 +273,37 @@ TEST(Rule3Reducer, TimedDndOverInvisibleEndsAndInvisibleShowsAgain) {
   EXPECT_EQ(ev[1].published_at_ms, 1'000'000 + 100 + 3000);
 }
 
+// A device timer that finds the device still live keeps its fast bits'
+// "may beat without the lock" as they were (it does not read the user
+// again): for a user whose invisible override lies under a timed one, that
+// bit must stay off through every such visit, so that the first beat after
+// the top one ends takes the lock, which hides the user before the beat
+// counts: others keep the last_seen from before it went invisible.
+TEST(Rule3Reducer, ABeatRightAfterATimedOverrideOverInvisibleEndsStaysHidden) {
+  TestEngine t;
+  auto h = t.engine->Connect(TestEngine::Sig("alice", "web"));
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(t.engine->SetOverride("alice", OverrideState::kInvisible).ok());
+  t.clock.Advance(100);
+  const int64_t ends = t.clock.NowMs() + 10000;
+  ASSERT_TRUE(t.engine->SetOverride("alice", OverrideState::kDnd, ends).ok());
+  t.engine->Tick();
+  // Beats for 9.5 s: the device's timer looks at it again every 3 s or so
+  // (its deadline is 4 s after each beat), always finding it live.
+  int64_t last_beat = 0;
+  while (t.clock.NowMs() + 1000 < ends) {
+    t.Run(1000);
+    ASSERT_TRUE(t.engine->Beat(*h).ok());
+    last_beat = t.clock.NowMs();
+  }
+  EXPECT_EQ(t.StateOf("alice"), State::kDnd);
+  t.clock.Set(ends + 1);  // no tick: the beat is the first to see the end
+  ASSERT_TRUE(t.engine->Beat(*h).ok());
+  const UserPresence seen = t.engine->GetOne("alice", "bob");
+  EXPECT_EQ(seen.state, State::kOffline);
+  EXPECT_EQ(seen.last_seen_ms, last_beat);  // not the beat after it went hidden
+}
+
 TEST(Rule3Reducer, RevokeOneClearAllAndBulkByTime) {
   TestEngine t;
   ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("alice", "web")).ok());
