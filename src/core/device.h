@@ -4,10 +4,10 @@
 // A heartbeat on a handle touches only the first 20 bytes (the three
 // per-source signal times, the generation/fast word and the flood window;
 // a device a detector watches also its answer, kept beside the records by
-// DeviceTable, since most engines have no detector), and a keyed lookup compares a short id without
-// leaving the record. Records live in chunks that never move (DeviceTable),
-// so a lock-free heartbeat can reach its record while another thread adds
-// devices.
+// DeviceTable, since most engines have no detector), and a keyed lookup
+// compares a short id without leaving the record. Records live in chunks
+// that never move (DeviceTable), so a lock-free heartbeat can reach its
+// record while another thread adds devices.
 #ifndef PRESENCE_SRC_CORE_DEVICE_H_
 #define PRESENCE_SRC_CORE_DEVICE_H_
 

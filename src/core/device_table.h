@@ -3,8 +3,9 @@
 // A heartbeat on a handle reads its record without the shard lock, so records
 // must stay where they are while other threads add devices. The table is an
 // array of chunk pointers, allocated up front (64 KiB per shard, twice that
-// with a detector: see Learned); chunks of 4096 records are added under the shard lock and published with a release
-// store. A free list threads through Device::next().
+// with a detector: see Learned); chunks of 4096 records are added under the
+// shard lock and published with a release store. A free list threads
+// through Device::next().
 //
 // A lock-free heartbeat checks the record's generation and then writes its
 // time and rate; a record freed in between must not be handed to another
@@ -89,8 +90,8 @@ class DeviceTable {
     return chunk ? chunk + (index & (kChunkSize - 1)) : nullptr;
   }
   // Under the shard lock, for an allocated index, in an engine with a
-  // detector: the record's answer, kept from now on, and zero.
-  std::atomic<uint32_t>& Watch(uint32_t index) {
+  // detector: the record's answer is kept from now on, from zero.
+  void Watch(uint32_t index) {
     std::atomic<std::atomic<uint32_t>*>& slot = learned_[index >> kChunkBits];
     std::atomic<uint32_t>* chunk = slot.load(std::memory_order_relaxed);
     if (chunk == nullptr) {
@@ -98,9 +99,7 @@ class DeviceTable {
       for (uint32_t i = 0; i < kChunkSize; ++i) chunk[i].store(0, std::memory_order_relaxed);
       slot.store(chunk, std::memory_order_release);
     }
-    std::atomic<uint32_t>& a = chunk[index & (kChunkSize - 1)];
-    a.store(0, std::memory_order_relaxed);
-    return a;
+    chunk[index & (kChunkSize - 1)].store(0, std::memory_order_relaxed);
   }
 
   // Under the shard lock, for an index known to be allocated.
@@ -154,7 +153,9 @@ class DeviceTable {
       Device& d = at(index);
       for (auto& s : d.seen) s.store(0, std::memory_order_relaxed);
       d.rate.store(0, std::memory_order_relaxed);
-      if (std::atomic<uint32_t>* learned = Learned(index)) learned->store(0, std::memory_order_relaxed);
+      if (std::atomic<uint32_t>* learned = Learned(index)) {
+        learned->store(0, std::memory_order_relaxed);
+      }
       d.set_next(free_);
       free_ = index;
     }
