@@ -573,9 +573,9 @@ class EngineCore {
     const int64_t now = Now();
     // A state or platform out of range is not a record this engine wrote
     // either (the records keep them in a few bits).
-    auto valid_state = [](State st) { return st >= State::kOffline && st <= State::kDnd; };
     for (const UserRecord& u : loader.users) {
-      if (!ValidateUserId(u.user_id).ok() || !valid_state(u.state) || !valid_state(u.self_state)) {
+      if (!ValidateUserId(u.user_id).ok() || !ValidateState(u.state).ok() ||
+          !ValidateState(u.self_state).ok()) {
         continue;  // not a record this engine wrote
       }
       if (!wanted(PartitionOf(u.user_id))) continue;

@@ -52,6 +52,7 @@ absl::Status ValidateDeviceId(absl::string_view id) {
 absl::Status ValidateSource(Source s) { return ValidateEnum("source", s, 1, 3); }
 absl::Status ValidateActivity(Activity a) { return ValidateEnum("activity", a, 1, 2); }
 absl::Status ValidatePlatform(Platform p) { return ValidateEnum("platform", p, 1, 5); }
+absl::Status ValidateState(State s) { return ValidateEnum("state", s, 1, 4); }
 absl::Status ValidateOverrideState(OverrideState s) { return ValidateEnum("override state", s, 1, 4); }
 absl::Status ValidateDisconnectKind(DisconnectKind k) {
   return ValidateEnum("disconnect kind", k, 1, 2);

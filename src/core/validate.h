@@ -15,6 +15,7 @@ absl::Status ValidateDeviceId(absl::string_view id);
 absl::Status ValidateSource(Source s);
 absl::Status ValidateActivity(Activity a);
 absl::Status ValidatePlatform(Platform p);
+absl::Status ValidateState(State s);
 absl::Status ValidateOverrideState(OverrideState s);
 absl::Status ValidateDisconnectKind(DisconnectKind k);
 // A gateway id: at most kMaxGatewayIdBytes bytes (empty: none named).
