@@ -550,6 +550,10 @@ void RunSigkill(const std::string& ownership) {
   MockKafka kafka(3);
   const std::string topic = "presence-chaos";
   kafka.CreateTopic(topic, kPartitions);
+  KafkaBusOptions engines_bus;  // as chaos_engine's
+  engines_bus.topic = topic;
+  engines_bus.group_id = "presence-chaos";
+  kafka.CoordinateOwners(engines_bus);
   auto logs = testing_servers::TempFolder::Make("chaos").value();
   const std::string prefix = "chaos:";
 

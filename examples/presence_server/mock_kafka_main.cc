@@ -44,7 +44,11 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
   presence::kafka_testing::MockKafka kafka(brokers);
-  kafka.CreateTopic(topic, partitions, std::min(3, brokers));
+  kafka.CreateTopic(topic, partitions);
+  presence::KafkaBusOptions nodes_bus;  // as presence_server's (cluster.cc)
+  nodes_bus.topic = topic;
+  nodes_bus.group_id = "presence-" + topic;
+  kafka.CoordinateOwners(nodes_bus);
   std::printf("bootstrap %s\n", kafka.bootstrap().c_str());
   std::printf("topic %s partitions %d\n", topic.c_str(), partitions);
   // The mock answers a fetch at a partition's end only after

@@ -6,6 +6,7 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <iostream>
@@ -13,21 +14,36 @@
 #include <utility>
 
 #include "presence/kafka_bus.h"
+#include "presence/kafka_ownership.h"
 
 namespace presence::kafka_testing {
 
 class MockKafka {
  public:
-  // `brokers` brokers, with ids 1..brokers.
-  explicit MockKafka(int brokers = 3) {
+  // `brokers` brokers that lead the partitions, with ids 1..brokers, and
+  // one more (id brokers + 1) that coordinates the engines' groups
+  // (CoordinateOwners).
+  explicit MockKafka(int brokers = 3) : brokers_(brokers) {
     char err[256];
     rd_kafka_conf_t* conf = rd_kafka_conf_new();
     rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);  // it has no bootstrap servers
     handle_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
     if (handle_ == nullptr) Die(err);
-    cluster_ = rd_kafka_mock_cluster_new(handle_, brokers);
+    cluster_ = rd_kafka_mock_cluster_new(handle_, brokers + 1);
     if (cluster_ == nullptr) Die("rd_kafka_mock_cluster_new failed");
     bootstrap_ = rd_kafka_mock_cluster_bootstraps(cluster_);
+    // The mock ends a group's sync as soon as the leader's SyncGroup has
+    // come (it counts the assignments the leader sent, not the members that
+    // asked), and refuses a follower's SyncGroup that arrives after that:
+    // the follower rejoins and the whole group waits another rebalance
+    // (session timeout - 1 s). A real coordinator answers a late follower
+    // with its assignment. The leader sends its SyncGroup only after a
+    // metadata round trip to the coordinator, so a coordinator that answers
+    // kCoordinatorRttMs late gives every follower that head start. Only the
+    // groups' broker is slowed: it leads no partition.
+    if (rd_kafka_mock_broker_set_rtt(cluster_, coordinator(), kCoordinatorRttMs) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      Die("rd_kafka_mock_broker_set_rtt failed");
+    }
   }
   ~MockKafka() {
     rd_kafka_mock_cluster_destroy(cluster_);
@@ -46,11 +62,22 @@ class MockKafka {
   const std::string& bootstrap() const { return bootstrap_; }
   rd_kafka_mock_cluster_t* cluster() { return cluster_; }
 
-  // A new topic, replicated on 3 brokers (or all, when fewer).
+  // A new topic, replicated on 3 brokers (or all, when fewer), each
+  // partition led by one of brokers 1..brokers.
   void CreateTopic(const std::string& topic, int partitions, int replication = 3) {
-    if (rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, replication) !=
+    if (rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, std::min(replication, brokers_)) !=
         RD_KAFKA_RESP_ERR_NO_ERROR) {
       Die("rd_kafka_mock_topic_create failed");
+    }
+    for (int p = 0; p < partitions; ++p) SetLeader(topic, p, 1 + p % brokers_);
+  }
+  // The engines of `bus` form their group (KafkaOwnership) on the
+  // coordinator broker.
+  void CoordinateOwners(const KafkaBusOptions& bus) {
+    const std::string group = KafkaOwnershipOptions::ForBus(bus, "any").group_id;
+    if (rd_kafka_mock_coordinator_set(cluster_, "group", group.c_str(), coordinator()) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR) {
+      Die("rd_kafka_mock_coordinator_set failed");
     }
   }
   void SetLeader(const std::string& topic, int partition, int broker) {
@@ -102,6 +129,7 @@ class MockKafka {
     //    lost it.
     o.producer_config.push_back({"max.in.flight.requests.per.connection", "1"});
     CreateTopic(o.topic, partitions);
+    CoordinateOwners(o);
     return o;
   }
 
@@ -110,6 +138,10 @@ class MockKafka {
     std::cerr << "mock Kafka cluster: " << what << "\n";
     std::abort();
   }
+  static constexpr int kCoordinatorRttMs = 50;
+  int coordinator() const { return brokers_ + 1; }
+
+  const int brokers_;
   rd_kafka_t* handle_ = nullptr;
   rd_kafka_mock_cluster_t* cluster_ = nullptr;
   std::string bootstrap_;
