@@ -47,6 +47,9 @@ struct KafkaOwnership::Impl {
   absl::Status revoke_error;
 
   std::atomic<uint64_t> rebalances{0}, assign_errors{0}, revoke_errors{0}, records_fetched{0};
+  // A rebalance callback came: the group answered a SyncGroup of this
+  // member (every answer ends in one).
+  bool synced = false;
 
   ~Impl() {
     if (consumer != nullptr) rd_kafka_destroy(consumer);
@@ -65,6 +68,7 @@ struct KafkaOwnership::Impl {
 
   void Rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* partitions) {
     rebalances.fetch_add(1, std::memory_order_relaxed);
+    synced = true;
     const std::vector<uint32_t> list = PartitionsOf(partitions);
     rd_kafka_error_t* error = nullptr;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
@@ -134,8 +138,7 @@ struct KafkaOwnership::Impl {
     if (consumer == nullptr) return absl::OkStatus();
     // Serves the revocation of everything, then leaves the group.
     const rd_kafka_resp_err_t e = rd_kafka_consumer_close(consumer);
-    rd_kafka_destroy(consumer);
-    consumer = nullptr;
+    Release(0);
     absl::Status st = std::exchange(revoke_error, absl::OkStatus());
     if (st.ok()) st = KafkaStatus(e, "leaving the Kafka group");
     return st;
@@ -143,10 +146,31 @@ struct KafkaOwnership::Impl {
 
   void Abandon() {
     if (consumer == nullptr) return;
-    rd_kafka_destroy_flags(consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
-    consumer = nullptr;
+    if (!Destroyable()) (void)rd_kafka_consumer_close(consumer);  // see Release
+    Release(RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     absl::MutexLock lock(&mu);
     assigned.clear();
+  }
+
+  // librdkafka before 2.3.0 aborts the process in rd_kafka_destroy when the
+  // group answered this member's JoinGroup but never its SyncGroup: the
+  // cooperative-sticky assignor has no state yet and its destructor
+  // asserts one (librdkafka issue 4312). Only a member closed during its
+  // first rebalance is in that state.
+  bool Destroyable() const { return synced || rd_kafka_version() >= 0x020300ff; }
+
+  // Destroys the closed (or abandoned) handle; one that cannot be
+  // destroyed is kept, closed, until the process ends.
+  void Release(int destroy_flags) {
+    if (Destroyable()) {
+      rd_kafka_destroy_flags(consumer, destroy_flags);
+    } else {
+      static absl::Mutex kept_mu(absl::kConstInit);
+      static auto* kept = new std::vector<rd_kafka_t*>();  // reachable: not a leak
+      absl::MutexLock lock(&kept_mu);
+      kept->push_back(consumer);
+    }
+    consumer = nullptr;
   }
 
   absl::Status Connect() {

@@ -230,6 +230,32 @@ TEST(KafkaOwnership, ACrashedMemberIsReplacedAfterTheSessionTimeout) {
   EXPECT_TRUE(AllServedWith({&b}, users, 2));
 }
 
+// librdkafka before 2.3.0 aborts the process when it destroys a member
+// whose JoinGroup the group answered but no SyncGroup yet (its assignor has
+// no state): an engine stopped during its first rebalance. Close and
+// Abandon end such a member without taking the process down.
+TEST(KafkaOwnership, AMemberEndedBeforeItsFirstAssignmentLeavesTheProcessRunning) {
+  MockKafka kafka(1);  // of its own: its coordinator refuses every sync
+  kafka.RefuseSyncGroups(1000);
+  const KafkaBusOptions bo = kafka.NewTopicOptions(kPartitions, "presence-engines");
+  FlakyStore store;
+  ManualClock clock{1'000'000};
+  for (const bool close : {true, false}) {
+    Node a(bo, &store, &clock, close ? "engine-closed" : "engine-abandoned");
+    const size_t refusals = kafka.SyncGroupRefusalsLeft();
+    ASSERT_TRUE(StepUntil({&a}, [&] { return kafka.SyncGroupRefusalsLeft() < refusals; }))
+        << "the group never answered the member's JoinGroup";
+    EXPECT_THAT(a.own->Assigned(), IsEmpty());
+    if (close) {
+      EXPECT_TRUE(a.own->Close().ok());
+    } else {
+      a.own->Abandon();
+    }
+    EXPECT_TRUE(absl::IsFailedPrecondition(a.own->Poll()));
+    EXPECT_THAT(a.engine->OwnedPartitions(), IsEmpty());
+  }
+}
+
 TEST(KafkaOwnership, AnUnreachableStoreFailsTheAssignmentUntilItIsBack) {
   Cluster c;
   const std::vector<std::string> users = Users();

@@ -87,6 +87,28 @@ class MockKafka {
     }
   }
 
+  // The coordinator refuses the engines' next `n` SyncGroup requests (a
+  // rebalance in progress, to the member): their members join the group
+  // but get no assignment.
+  void RefuseSyncGroups(int n) {
+    for (int i = 0; i < n; ++i) {
+      if (rd_kafka_mock_broker_push_request_error_rtts(cluster_, coordinator(), kSyncGroup, 1,
+                                                       RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+                                                       0) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        Die("rd_kafka_mock_broker_push_request_error_rtts failed");
+      }
+    }
+  }
+  // How many of those refusals are still to come.
+  size_t SyncGroupRefusalsLeft() {
+    size_t n = 0;
+    if (rd_kafka_mock_broker_error_stack_cnt(cluster_, coordinator(), kSyncGroup, &n) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR) {
+      Die("rd_kafka_mock_broker_error_stack_cnt failed");
+    }
+    return n;
+  }
+
   // The low and high watermarks of a partition, asked by a client of its
   // own.
   std::pair<int64_t, int64_t> Watermarks(const std::string& topic, int partition) {
@@ -139,6 +161,7 @@ class MockKafka {
     std::abort();
   }
   static constexpr int kCoordinatorRttMs = 50;
+  static constexpr int16_t kSyncGroup = 14;  // the request's ApiKey
   int coordinator() const { return brokers_ + 1; }
 
   const int brokers_;
