@@ -160,11 +160,12 @@ struct KafkaOwnership::Impl {
   bool Destroyable() const { return synced || rd_kafka_version() >= 0x020300ff; }
 
   // Destroys the closed (or abandoned) handle; one that cannot be
-  // destroyed is kept, closed, until the process ends.
+  // destroyed is kept, closed and silent, until the process ends.
   void Release(int destroy_flags) {
     if (Destroyable()) {
       rd_kafka_destroy_flags(consumer, destroy_flags);
     } else {
+      rd_kafka_set_log_level(consumer, 0);  // its brokers may go away meanwhile
       static absl::Mutex kept_mu(absl::kConstInit);
       static auto* kept = new std::vector<rd_kafka_t*>();  // reachable: not a leak
       absl::MutexLock lock(&kept_mu);
