@@ -47,8 +47,9 @@ struct KafkaOwnership::Impl {
   absl::Status revoke_error;
 
   std::atomic<uint64_t> rebalances{0}, assign_errors{0}, revoke_errors{0}, records_fetched{0};
-  // A rebalance callback came: the group answered a SyncGroup of this
-  // member (every answer ends in one).
+  // A rebalance callback came, so the group answered a SyncGroup of this
+  // member before (only an answer, or partitions it gave, lead to one).
+  // Set and read on the host's thread: callbacks run inside Poll and Close.
   bool synced = false;
 
   ~Impl() {
@@ -155,8 +156,9 @@ struct KafkaOwnership::Impl {
   // librdkafka before 2.3.0 aborts the process in rd_kafka_destroy when the
   // group answered this member's JoinGroup but never its SyncGroup: the
   // cooperative-sticky assignor has no state yet and its destructor
-  // asserts one (librdkafka issue 4312). Only a member closed during its
-  // first rebalance is in that state.
+  // asserts one (librdkafka issue 4312). Not knowing whether a JoinGroup
+  // was answered, every member that had no rebalance callback yet is taken
+  // to be in that state.
   bool Destroyable() const { return synced || rd_kafka_version() >= 0x020300ff; }
 
   // Destroys the closed (or abandoned) handle; one that cannot be

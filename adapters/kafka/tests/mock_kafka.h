@@ -39,8 +39,10 @@ class MockKafka {
     // (session timeout - 1 s). A real coordinator answers a late follower
     // with its assignment. The leader sends its SyncGroup only after a
     // metadata round trip to the coordinator, so a coordinator that answers
-    // kCoordinatorRttMs late gives every follower that head start. Only the
-    // groups' broker is slowed: it leads no partition.
+    // kCoordinatorRttMs late gives every follower that head start. Only that
+    // broker is slowed, and it leads no partition: what else reaches it
+    // (a bus's offset-commit group hashed to it, a metadata request) is
+    // answered 50 ms late, which nothing waits on.
     if (rd_kafka_mock_broker_set_rtt(cluster_, coordinator(), kCoordinatorRttMs) != RD_KAFKA_RESP_ERR_NO_ERROR) {
       Die("rd_kafka_mock_broker_set_rtt failed");
     }
@@ -62,10 +64,11 @@ class MockKafka {
   const std::string& bootstrap() const { return bootstrap_; }
   rd_kafka_mock_cluster_t* cluster() { return cluster_; }
 
-  // A new topic, replicated on 3 brokers (or all, when fewer), each
-  // partition led by one of brokers 1..brokers.
-  void CreateTopic(const std::string& topic, int partitions, int replication = 3) {
-    if (rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, std::min(replication, brokers_)) !=
+  // A new topic, each partition led by one of brokers 1..brokers. (The
+  // 2.0.2 mock ignores the replication factor: it replicates on the first
+  // 3 brokers.)
+  void CreateTopic(const std::string& topic, int partitions) {
+    if (rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, std::min(3, brokers_)) !=
         RD_KAFKA_RESP_ERR_NO_ERROR) {
       Die("rd_kafka_mock_topic_create failed");
     }
@@ -87,9 +90,9 @@ class MockKafka {
     }
   }
 
-  // The coordinator refuses the engines' next `n` SyncGroup requests (a
-  // rebalance in progress, to the member): their members join the group
-  // but get no assignment.
+  // The coordinator broker refuses the next `n` SyncGroup requests it gets
+  // (a rebalance in progress, to the member): the engines' members join
+  // their group but get no assignment.
   void RefuseSyncGroups(int n) {
     for (int i = 0; i < n; ++i) {
       if (rd_kafka_mock_broker_push_request_error_rtts(cluster_, coordinator(), kSyncGroup, 1,

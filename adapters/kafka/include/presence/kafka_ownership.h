@@ -138,18 +138,19 @@ class KafkaOwnership {
   // KafkaOwnership::Close lets every partition go (Engine::RevokePartitions)
   // and leaves the group, which hands them over at once. Returns the
   // revocation's error, if any. Idempotent. With librdkafka before 2.3.0,
-  // a member closed during its first rebalance (the group answered its
-  // JoinGroup, not yet its SyncGroup) cannot be destroyed: that librdkafka
-  // aborts the process there (its issue 4312). Its closed handle is then
-  // kept until the process ends.
+  // a member whose JoinGroup the group answered and no SyncGroup yet
+  // cannot be destroyed: that librdkafka aborts the process there (its
+  // issue 4312). So a member closed before its first assignment came
+  // (before any rebalance) keeps its closed, silent handle, and its
+  // threads, until the process ends.
   absl::Status Close();
 
   // KafkaOwnership::Abandon drops the membership as a crashed process would:
   // no revocation, no LeaveGroup. The engine is not told (it keeps serving
   // what it owned); the group reassigns the partitions only after
-  // session_timeout_ms. For tests of failover in one process. During the
-  // first rebalance, with librdkafka before 2.3.0, it closes instead (see
-  // Close): the member owns nothing yet.
+  // session_timeout_ms. For tests of failover in one process. Before the
+  // first assignment came, with librdkafka before 2.3.0, it closes instead
+  // (see Close): the member owns nothing yet.
   void Abandon();
 
   struct Impl;
