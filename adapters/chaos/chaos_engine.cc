@@ -2,7 +2,10 @@
 // (adapters/chaos/chaos_test.cc, docs/scale-out.md "Chaos test").
 //
 //   presence_chaos_engine --id=e1 --brokers=127.0.0.1:p1,... --topic=T
-//       --partitions=12 --redis-port=P --redis-prefix=chaos: --watch=300
+//       --group=G --partitions=12 --redis-port=P --redis-prefix=chaos: --watch=300
+//
+// G is the bus's consumer group (offset commits); the engines' membership
+// group is named after it (KafkaOwnershipOptions::ForBus).
 //
 // The engine: a KafkaBus (signals in, change events out), the shared Redis
 // store wrapped in a KafkaCommittingStore, owns_all_partitions=false, the
@@ -146,17 +149,17 @@ int main(int argc, char** argv) {
   if (ownership != "kafka" && ownership != "table") Die("--ownership= is kafka or table");
   uint32_t partitions = 0;
   int redis_port = 0, watch = 0;
-  if (id.empty() || !absl::SimpleAtoi(flags["partitions"], &partitions) ||
+  if (id.empty() || flags["group"].empty() || !absl::SimpleAtoi(flags["partitions"], &partitions) ||
       !absl::SimpleAtoi(flags["redis-port"], &redis_port) ||
       !absl::SimpleAtoi(flags["watch"], &watch)) {
-    Die("usage: --id= --brokers= --topic= --partitions= --redis-port= --redis-prefix= --watch=");
+    Die("usage: --id= --brokers= --topic= --group= --partitions= --redis-port= --redis-prefix= --watch=");
   }
 
   presence::KafkaBusOptions bo;
   bo.brokers = flags["brokers"];
   bo.topic = flags["topic"];
   bo.partitions = partitions;
-  bo.group_id = "presence-chaos";
+  bo.group_id = flags["group"];
   // As adapters/kafka/tests/mock_kafka.h explains: the mock broker answers a
   // fetch at a partition's end late, and mishandles pipelined produce
   // requests across a leader change. A real broker needs neither.

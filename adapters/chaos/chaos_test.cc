@@ -550,7 +550,7 @@ void RunSigkill(const std::string& ownership) {
   MockKafka kafka(3);
   const std::string topic = "presence-chaos";
   kafka.CreateTopic(topic, kPartitions);
-  KafkaBusOptions engines_bus;  // as chaos_engine's
+  KafkaBusOptions engines_bus;  // the engines' (--topic, --group)
   engines_bus.topic = topic;
   engines_bus.group_id = "presence-chaos";
   kafka.CoordinateOwners(engines_bus);
@@ -564,7 +564,8 @@ void RunSigkill(const std::string& ownership) {
         id,
         std::vector<std::string>{absl::StrCat("--id=", id), "--ownership=" + ownership,
                                  "--brokers=" + kafka.bootstrap(),
-                                 "--topic=" + topic, absl::StrCat("--partitions=", kPartitions),
+                                 "--topic=" + topic, "--group=" + engines_bus.group_id,
+                                 absl::StrCat("--partitions=", kPartitions),
                                  absl::StrCat("--redis-port=", (*redis)->port()),
                                  "--redis-prefix=" + prefix, absl::StrCat("--watch=", kUsers),
                                  // A manual figure with another session timeout (RESULTS.md).

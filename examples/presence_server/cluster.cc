@@ -405,7 +405,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Create(const ClusterOptions& o
   bo.brokers = o.brokers;
   bo.topic = o.topic;
   bo.partitions = o.partitions;
-  bo.group_id = "presence-" + o.topic;
+  bo.group_id = ClusterBusGroup(o.topic);
   bo.config = o.kafka_config;
   auto c = std::make_unique<KafkaCluster>(o, bo);
   if (absl::Status st = c->Open(engine_options); !st.ok()) return st;

@@ -42,6 +42,11 @@
 
 namespace presence_server {
 
+// The consumer group of a cluster node's bus (its offset commits); the
+// engines' membership group is named after it
+// (KafkaOwnershipOptions::ForBus).
+inline std::string ClusterBusGroup(absl::string_view topic) { return "presence-" + std::string(topic); }
+
 enum class ClusterRole { kNone, kGateway, kEngine, kBoth };
 
 // "gateway", "engine", "both"; InvalidArgument otherwise.

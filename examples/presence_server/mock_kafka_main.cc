@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/string_view.h"
 #include "adapters/kafka/tests/mock_kafka.h"
+#include "examples/presence_server/cluster.h"
 
 int main(int argc, char** argv) {
   int brokers = 3, partitions = 12;
@@ -45,9 +46,9 @@ int main(int argc, char** argv) {
 
   presence::kafka_testing::MockKafka kafka(brokers);
   kafka.CreateTopic(topic, partitions);
-  presence::KafkaBusOptions nodes_bus;  // as presence_server's (cluster.cc)
+  presence::KafkaBusOptions nodes_bus;  // presence_server's
   nodes_bus.topic = topic;
-  nodes_bus.group_id = "presence-" + topic;
+  nodes_bus.group_id = presence_server::ClusterBusGroup(topic);
   kafka.CoordinateOwners(nodes_bus);
   std::printf("bootstrap %s\n", kafka.bootstrap().c_str());
   std::printf("topic %s partitions %d\n", topic.c_str(), partitions);
