@@ -6,8 +6,10 @@
 //
 //   presence_mock_kafka [--brokers 3] [--topic presence] [--partitions 12]
 //
-// Prints "bootstrap HOST:PORT,..." on its first line, then the suggested
-// client settings, and serves until SIGINT or SIGTERM.
+// --brokers counts the brokers that lead the partitions; one more
+// coordinates the nodes' group (MockKafka says why). Prints "bootstrap
+// HOST:PORT,..." on its first line, then the suggested client settings, and
+// serves until SIGINT or SIGTERM.
 #include <signal.h>
 
 #include <cstdio>

@@ -43,7 +43,8 @@ class MockKafka {
     // broker is slowed, and it leads no partition: what else reaches it
     // (a bus's offset-commit group hashed to it, a metadata request) is
     // answered 50 ms late, which nothing waits on.
-    if (rd_kafka_mock_broker_set_rtt(cluster_, coordinator(), kCoordinatorRttMs) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    if (rd_kafka_mock_broker_set_rtt(cluster_, coordinator(), kCoordinatorRttMs) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR) {
       Die("rd_kafka_mock_broker_set_rtt failed");
     }
   }
