@@ -590,7 +590,8 @@ void PrefetchRecord(const Device& d) {
 
 uint32_t Shard::PrefetchDevice(const AcceptedSignal& a) const {
   const uint32_t u = FindUser(a.signal->user_id, a.hash);
-  if (u != kNone && users_[u].first_device() != kNone) PrefetchRecord(devices_.at(users_[u].first_device()));
+  const uint32_t first = u == kNone ? kNone : users_[u].first_device();
+  if (first != kNone) PrefetchRecord(devices_.at(first));
   return u;
 }
 

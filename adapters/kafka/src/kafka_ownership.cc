@@ -47,10 +47,6 @@ struct KafkaOwnership::Impl {
   absl::Status revoke_error;
 
   std::atomic<uint64_t> rebalances{0}, assign_errors{0}, revoke_errors{0}, records_fetched{0};
-  // A rebalance callback came, so the group answered a SyncGroup of this
-  // member before (only an answer, or partitions it gave, lead to one).
-  // Set and read on the host's thread: callbacks run inside Poll and Close.
-  bool synced = false;
 
   ~Impl() {
     if (consumer != nullptr) rd_kafka_destroy(consumer);
@@ -69,7 +65,6 @@ struct KafkaOwnership::Impl {
 
   void Rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* partitions) {
     rebalances.fetch_add(1, std::memory_order_relaxed);
-    synced = true;
     const std::vector<uint32_t> list = PartitionsOf(partitions);
     rd_kafka_error_t* error = nullptr;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
@@ -156,10 +151,11 @@ struct KafkaOwnership::Impl {
   // librdkafka before 2.3.0 aborts the process in rd_kafka_destroy when the
   // group answered this member's JoinGroup but never its SyncGroup: the
   // cooperative-sticky assignor has no state yet and its destructor
-  // asserts one (librdkafka issue 4312). Not knowing whether a JoinGroup
-  // was answered, every member that had no rebalance callback yet is taken
-  // to be in that state.
-  bool Destroyable() const { return synced || rd_kafka_version() >= 0x020300ff; }
+  // asserts one (librdkafka issue 4312). A rebalance callback comes only
+  // after the group answered a SyncGroup (or took partitions it gave); not
+  // knowing whether a JoinGroup was answered, every member that had no
+  // callback yet is taken to be in that state.
+  bool Destroyable() const { return rebalances.load() > 0 || rd_kafka_version() >= 0x020300ff; }
 
   // Destroys the closed (or abandoned) handle; one that cannot be
   // destroyed is kept, closed and silent, until the process ends.
