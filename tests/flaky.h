@@ -96,6 +96,7 @@ class FlakyBus : public Bus, public SlowCalls {
   }
   absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
                                               size_t max) override {
+    reads.fetch_add(1, std::memory_order_relaxed);
     Wait();
     if (failing) return absl::UnavailableError("bus is down");
     auto records = inner_->Read(partition, offset, std::min<size_t>(max, max_read));
@@ -106,6 +107,10 @@ class FlakyBus : public Bus, public SlowCalls {
       }
     }
     return records;
+  }
+  void Prefetch(uint32_t partition, uint64_t offset) override {
+    prefetched.push_back(Prefetched{partition, offset, reads.load(std::memory_order_relaxed)});
+    inner_->Prefetch(partition, offset);
   }
   absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override {
     if (failing) return absl::UnavailableError("bus is down");
@@ -131,6 +136,13 @@ class FlakyBus : public Bus, public SlowCalls {
   std::deque<bool> scripted;                 // whether each next PublishBatch passes (set before the bus is shared)
   size_t max_read = SIZE_MAX;                // set before the bus is shared
   std::vector<size_t> batch_sizes;           // of every PublishBatch that went through
+  std::atomic<size_t> reads{0};              // Read calls so far
+  struct Prefetched {
+    uint32_t partition;
+    uint64_t offset;
+    size_t reads_before;  // Read calls before this hint
+  };
+  std::vector<Prefetched> prefetched;  // every Prefetch hint (one engine at a time)
 
  private:
   std::unique_ptr<Bus> owned_;

@@ -254,6 +254,29 @@ TEST(Partitions, AFailedFlushStillLetsGoAndTheNextOwnerReplays) {
   EXPECT_EQ(c.b->GetOne(u).devices.total(), 1) << "replayed from offset 0";
 }
 
+TEST(Partitions, TakenPartitionsAreAllPrefetchedFromTheirCommittedOffsetsBeforeTheReplay) {
+  Cluster c;
+  ASSERT_TRUE(c.a->AssignPartitions({4, 5}).ok());
+  for (uint32_t p : {4u, 5u}) c.Publish(TestEngine::Sig(UsersOf(p, 1)[0], "web"));
+  c.Step();  // A consumes both and commits their ends
+  const std::map<uint32_t, uint64_t> committed = c.store.Contents().offsets;
+  ASSERT_TRUE(c.a->RevokePartitions({4, 5}).ok());
+  // What B replays: a signal on each, past the committed offsets.
+  for (uint32_t p : {4u, 5u}) c.Publish(TestEngine::Sig(UsersOf(p, 1)[0], "tablet"));
+  c.bus.prefetched.clear();
+  const size_t reads = c.bus.reads.load();
+  ASSERT_TRUE(c.b->AssignPartitions({4, 5}).ok());
+  ASSERT_EQ(c.bus.prefetched.size(), 2u);
+  std::set<uint32_t> hinted;
+  for (const FlakyBus::Prefetched& h : c.bus.prefetched) {
+    hinted.insert(h.partition);
+    EXPECT_EQ(h.offset, committed.at(h.partition)) << "partition " << h.partition;
+    EXPECT_EQ(h.reads_before, reads) << "partition " << h.partition << " was hinted after a read began";
+  }
+  EXPECT_THAT(hinted, ElementsAre(4, 5));
+  for (uint32_t p : {4u, 5u}) EXPECT_EQ(c.b->GetOne(UsersOf(p, 1)[0]).devices.total(), 2) << p;
+}
+
 // The change events on one partition of the bus, decoded.
 std::vector<ChangeEvent> ChangesOn(FlakyBus& bus, uint32_t partition) {
   std::vector<ChangeEvent> out;

@@ -100,6 +100,15 @@ class PRESENCE_EXPORT Bus {
   virtual absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
                                                       size_t max) = 0;
 
+  // Bus::Prefetch: a hint that Read(partition, offset, ...) comes soon. A
+  // bus that fetches over a network starts fetching from `offset` now, so
+  // that the records of several partitions arrive together rather than one
+  // partition after another (Engine::AssignPartitions prefetches every
+  // partition it takes, then replays them in turn). Nothing is answered: a
+  // failure shows at the Read, and a Read at another offset is served as if
+  // no hint was given. This default does nothing.
+  virtual void Prefetch(uint32_t partition, uint64_t offset);
+
   // The offset the next record of `partition` will get (InvalidArgument for
   // a partition that does not exist).
   virtual absl::StatusOr<uint64_t> EndOffset(uint32_t partition) = 0;

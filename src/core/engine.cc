@@ -643,7 +643,9 @@ class EngineCore {
     }
     internal::MutexLock consume(&consume_mu_);
     for (uint32_t p : taken) owned_[p].store(true, std::memory_order_release);
-    // Replay: everything the bus holds past the committed offsets.
+    // Replay: everything the bus holds past the committed offsets, every
+    // partition fetched at once, applied one after the other.
+    for (uint32_t p : taken) config_.options.bus->Prefetch(p, consumed_[p]);
     absl::Status replayed;
     for (uint32_t p : taken) {
       for (;;) {

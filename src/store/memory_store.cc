@@ -22,6 +22,8 @@ Bus::~Bus() = default;
 
 absl::StatusOr<uint64_t> Bus::KnownEndOffset(uint32_t partition) { return EndOffset(partition); }
 
+void Bus::Prefetch(uint32_t, uint64_t) {}
+
 absl::StatusOr<std::vector<uint64_t>> Bus::PublishBatch(absl::Span<const BusMessage> messages) {
   std::vector<uint64_t> offsets;
   offsets.reserve(messages.size());

@@ -538,6 +538,33 @@ TYPED_TEST_P(BusConformance, ReadFromAnOffsetWithALimit) {
   EXPECT_FALSE(this->bus_->EndOffset(this->bus_->partitions()).ok());
 }
 
+// A Prefetch hint changes no answer: a Read where it pointed, or anywhere
+// else, reads as it would without; a hint for a partition or an offset that
+// does not exist is ignored.
+TYPED_TEST_P(BusConformance, APrefetchChangesNoRead) {
+  const uint32_t n = this->bus_->partitions();
+  std::map<uint32_t, std::vector<std::string>> sent;
+  for (int i = 0; i < 60; ++i) {
+    const std::string user = "u" + std::to_string(i % 9);
+    ASSERT_TRUE(this->bus_->Publish(BusRecordType::kSignal, user, std::to_string(i)).ok());
+    sent[PartitionFor(user, n)].push_back(std::to_string(i));
+  }
+  this->bus_->Prefetch(n, 0);
+  this->bus_->Prefetch(0, uint64_t{1} << 63);
+  for (uint32_t p = 0; p < n; ++p) this->bus_->Prefetch(p, p % 2);  // 0 or 1
+  for (uint32_t p = 0; p < n; ++p) {
+    // Even partitions read where they were hinted, odd ones from 0 (one before).
+    auto recs = this->bus_->Read(p, 0, 1000);
+    ASSERT_TRUE(recs.ok()) << recs.status();
+    ASSERT_EQ(recs->size(), sent[p].size()) << "partition " << p;
+    for (size_t i = 0; i < recs->size(); ++i) {
+      EXPECT_EQ((*recs)[i].offset, i);
+      EXPECT_EQ((*recs)[i].payload, sent[p][i]);
+    }
+  }
+  this->ExpectPartitions(sent);
+}
+
 TYPED_TEST_P(BusConformance, ConcurrentPublishersLoseNothing) {
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
@@ -565,7 +592,7 @@ TYPED_TEST_P(BusConformance, ConcurrentPublishersLoseNothing) {
 
 REGISTER_TYPED_TEST_SUITE_P(BusConformance, RecordsGoToTheUsersPartitionInOrder,
                             ABatchLandsAsItsRecordsOneByOneWould, ReadFromAnOffsetWithALimit,
-                            ConcurrentPublishersLoseNothing);
+                            APrefetchChangesNoRead, ConcurrentPublishersLoseNothing);
 
 }  // namespace presence::conformance
 

@@ -594,6 +594,15 @@ struct KafkaBus::Impl {
     return Done(std::move(out));
   }
 
+  void Prefetch(uint32_t partition, uint64_t offset) {
+    if (partition >= n || offset > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return;
+    Reader& r = *readers[partition];
+    absl::MutexLock lock(&r.mu);
+    const int64_t from = static_cast<int64_t>(offset);
+    // A failure leaves the reader unpositioned: the Read tries again.
+    if (!r.assigned || r.next != from) (void)Position(partition, r, from);
+  }
+
   std::vector<BusRecord> Done(std::vector<BusRecord> out) {
     records_read.fetch_add(out.size(), std::memory_order_relaxed);
     return out;
@@ -646,6 +655,8 @@ absl::StatusOr<std::vector<BusRecord>> KafkaBus::Read(uint32_t partition, uint64
                                                       size_t max) {
   return impl_->Read(partition, offset, max);
 }
+
+void KafkaBus::Prefetch(uint32_t partition, uint64_t offset) { impl_->Prefetch(partition, offset); }
 
 absl::StatusOr<uint64_t> KafkaBus::EndOffset(uint32_t partition) {
   if (partition >= impl_->n) return absl::InvalidArgumentError(absl::StrCat("no partition ", partition));

@@ -269,6 +269,49 @@ TEST(KafkaBus, ReadsAnywhereBackwardsAndForwards) {
   ASSERT_EQ(recs->size(), 1u);
 }
 
+// A hint starts the fetching: the reader learns the partitions' ends from
+// its own fetches before any Read, and the Reads then take what came.
+TEST(KafkaBus, APrefetchStartsFetchingBeforeTheRead) {
+  MockKafka& kafka = MockKafka::Shared();
+  const KafkaBusOptions o = kafka.NewTopicOptions(2);
+  auto writer = NewBus(o);
+  ASSERT_NE(writer, nullptr);
+  std::vector<std::string> users(2);
+  for (int i = 0; users[0].empty() || users[1].empty(); ++i) {
+    const std::string u = "user-" + std::to_string(i);
+    if (users[PartitionFor(u, 2)].empty()) users[PartitionFor(u, 2)] = u;
+  }
+  std::vector<std::string> payloads;
+  for (int i = 0; i < 100; ++i) payloads.push_back(std::to_string(i));
+  std::vector<KafkaBus::Message> batch;
+  for (int i = 0; i < 200; ++i) batch.push_back({BusRecordType::kSignal, users[i % 2], payloads[i / 2]});
+  ASSERT_TRUE(writer->PublishBatch(batch).ok());
+
+  auto reader = NewBus(o);
+  ASSERT_NE(reader, nullptr);
+  for (uint32_t p = 0; p < 2; ++p) EXPECT_TRUE(absl::IsNotFound(reader->KnownEndOffset(p).status())) << p;
+  reader->Prefetch(0, 10);
+  reader->Prefetch(1, 0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto known = [&](uint32_t p) {
+    auto end = reader->KnownEndOffset(p);
+    return end.ok() && *end == 100;
+  };
+  while (!(known(0) && known(1)) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(known(0) && known(1)) << "no fetch of both partitions within 10 s of the hints";
+  EXPECT_EQ(reader->stats().records_read, 0u);
+  auto from10 = reader->Read(0, 10, 1000);
+  ASSERT_TRUE(from10.ok()) << from10.status();
+  ASSERT_EQ(from10->size(), 90u);
+  for (size_t k = 0; k < from10->size(); ++k) EXPECT_EQ((*from10)[k].payload, payloads[10 + k]);
+  auto from50 = reader->Read(1, 50, 10);  // not where it was hinted
+  ASSERT_TRUE(from50.ok()) << from50.status();
+  ASSERT_EQ(from50->size(), 10u);
+  for (size_t k = 0; k < from50->size(); ++k) EXPECT_EQ((*from50)[k].offset, 50 + k);
+}
+
 // The log start moves on (retention); a read below it is OutOfRange, as the
 // Bus contract says of offsets no longer held. The mock broker keeps a
 // bounded number of log segments; the test publishes until it drops one.

@@ -151,6 +151,10 @@ class KafkaBus final : public Bus {
 
   absl::StatusOr<std::vector<BusRecord>> Read(uint32_t partition, uint64_t offset,
                                               size_t max) override;
+  // Positions the partition's reader at `offset` (as a Read there would),
+  // so that the consumer fetches it alongside every other partition it
+  // reads; the records wait in the reader's queue for the Read.
+  void Prefetch(uint32_t partition, uint64_t offset) override;
 
   // The partition's high watermark, asked of its leader.
   absl::StatusOr<uint64_t> EndOffset(uint32_t partition) override;
