@@ -106,7 +106,8 @@ class PRESENCE_EXPORT Bus {
   // partition after another (Engine::AssignPartitions prefetches every
   // partition it takes, then replays them in turn). Nothing is answered: a
   // failure shows at the Read, and a Read at another offset is served as if
-  // no hint was given. This default does nothing.
+  // no hint was given. It may wait as long as positioning a Read does
+  // (KafkaBus: a seek), never for records. This default does nothing.
   virtual void Prefetch(uint32_t partition, uint64_t offset);
 
   // The offset the next record of `partition` will get (InvalidArgument for

@@ -550,10 +550,12 @@ TYPED_TEST_P(BusConformance, APrefetchChangesNoRead) {
     sent[PartitionFor(user, n)].push_back(std::to_string(i));
   }
   this->bus_->Prefetch(n, 0);
-  this->bus_->Prefetch(0, uint64_t{1} << 63);
   for (uint32_t p = 0; p < n; ++p) this->bus_->Prefetch(p, p % 2);  // 0 or 1
+  this->bus_->Prefetch(0, uint64_t{1} << 63);  // past any offset
+  this->bus_->Prefetch(n - 1, 1000);           // past the end
   for (uint32_t p = 0; p < n; ++p) {
-    // Even partitions read where they were hinted, odd ones from 0 (one before).
+    // Each read from 0: where its partition was hinted, one before the
+    // hint, or behind a hint past the end.
     auto recs = this->bus_->Read(p, 0, 1000);
     ASSERT_TRUE(recs.ok()) << recs.status();
     ASSERT_EQ(recs->size(), sent[p].size()) << "partition " << p;

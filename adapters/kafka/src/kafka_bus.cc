@@ -2,8 +2,8 @@
 // the mapping of the Bus contract onto Kafka.
 //
 // Two client handles: an idempotent producer, and a consumer that is never
-// subscribed (partitions are assigned one by one, on first read, at the
-// offset asked for), whose group id serves only for offset commits. One
+// subscribed (partitions are assigned one by one, on first read or
+// prefetch, at the offset asked for), whose group id serves only for offset commits. One
 // thread serves the producer's delivery reports and the consumer's events.
 #include "presence/kafka_bus.h"
 
@@ -468,7 +468,13 @@ struct KafkaBus::Impl {
       }
       if (reassign) {
         error = rd_kafka_incremental_unassign(consumer, list.get());
-        if (error == nullptr) error = rd_kafka_incremental_assign(consumer, list.get());
+        if (error == nullptr) {
+          // Unassigned: a failed assign leaves it so, and the next
+          // positioning assigns it afresh rather than seeking.
+          r.assigned = false;
+          error = rd_kafka_incremental_assign(consumer, list.get());
+          if (error == nullptr) r.assigned = true;
+        }
       }
     }
     if (error != nullptr) {

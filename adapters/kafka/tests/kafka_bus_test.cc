@@ -306,10 +306,19 @@ TEST(KafkaBus, APrefetchStartsFetchingBeforeTheRead) {
   ASSERT_TRUE(from10.ok()) << from10.status();
   ASSERT_EQ(from10->size(), 90u);
   for (size_t k = 0; k < from10->size(); ++k) EXPECT_EQ((*from10)[k].payload, payloads[10 + k]);
+  EXPECT_EQ(reader->stats().seeks, 0u) << "the read where the hint pointed moved the reader";
   auto from50 = reader->Read(1, 50, 10);  // not where it was hinted
   ASSERT_TRUE(from50.ok()) << from50.status();
   ASSERT_EQ(from50->size(), 10u);
   for (size_t k = 0; k < from50->size(); ++k) EXPECT_EQ((*from50)[k].offset, 50 + k);
+  EXPECT_EQ(reader->stats().seeks, 1u);
+  // Hinted ahead, fetched, then read behind the hint: the records fetched
+  // for the hint are not taken for those asked.
+  reader->Prefetch(0, 95);
+  auto from5 = reader->Read(0, 5, 10);
+  ASSERT_TRUE(from5.ok()) << from5.status();
+  ASSERT_EQ(from5->size(), 10u);
+  for (size_t k = 0; k < from5->size(); ++k) EXPECT_EQ((*from5)[k].payload, payloads[5 + k]);
 }
 
 // The log start moves on (retention); a read below it is OutOfRange, as the

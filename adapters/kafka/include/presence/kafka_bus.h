@@ -26,15 +26,16 @@
 // once for all of their reports: the way to reach throughput.
 //
 // READ consumes from an explicit offset: each partition is assigned to an
-// internal consumer on first read and seeked when a read does not continue
-// where the previous one stopped; there is no subscription, no rebalancing
+// internal consumer on its first read (or Prefetch) and seeked when a read
+// (or Prefetch) does not continue where the previous one stopped; there is
+// no subscription, no rebalancing
 // and no automatic commit. Records already fetched are returned at once;
 // otherwise the leader's high watermark says whether more exist, and Read
 // waits for those (up to request_timeout_ms; Unavailable if none came) or
 // returns none at the end. OutOfRange past the high watermark, and below the
 // log start (records dropped by retention). Reads of one partition are
-// serialized; different partitions read in parallel. Once read, a partition
-// keeps being fetched ahead, up to 100,000 records or 16 MB per partition
+// serialized; different partitions read in parallel. Once read (or
+// prefetched), a partition keeps being fetched ahead, up to 100,000 records or 16 MB per partition
 // (librdkafka's queued.min.messages and queued.max.messages.kbytes). A seek
 // costs up to fetch.wait.max.ms (100 ms here) when the partition's broker is
 // holding a fetch that waits for data: keep reads sequential.
@@ -111,7 +112,7 @@ struct KafkaBusStats {
   // Of `published`, acknowledged without an offset (see Publish).
   uint64_t published_without_offset = 0;
   uint64_t records_read = 0;    // records returned by Read
-  uint64_t seeks = 0;           // reads that did not continue the previous one
+  uint64_t seeks = 0;           // reads and prefetches that did not continue the previous one
   uint64_t watermark_queries = 0;
   uint64_t commits = 0;         // offset commits acknowledged by the group coordinator
   uint64_t commit_errors = 0;
@@ -153,7 +154,9 @@ class KafkaBus final : public Bus {
                                               size_t max) override;
   // Positions the partition's reader at `offset` (as a Read there would),
   // so that the consumer fetches it alongside every other partition it
-  // reads; the records wait in the reader's queue for the Read.
+  // reads; the records wait in the reader's queue for the Read. Like a Read,
+  // it waits for a seek (up to request_timeout_ms) when the partition was
+  // read elsewhere before; it never waits for records.
   void Prefetch(uint32_t partition, uint64_t offset) override;
 
   // The partition's high watermark, asked of its leader.
