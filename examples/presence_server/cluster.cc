@@ -392,6 +392,9 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Create(const ClusterOptions& o
   if (o.store == "file" && o.role != ClusterRole::kBoth) {
     return absl::InvalidArgumentError("--store file is for one node (--role both): engines share a store");
   }
+  if (o.flush_ms < 1 || o.flush_ms > 1000) {
+    return absl::InvalidArgumentError("--bus-flush-ms must be 1 to 1000");
+  }
   if (o.partitions == 0 || o.partitions > 65536) {
     return absl::InvalidArgumentError("--partitions must be 1 to 65536");
   }

@@ -66,6 +66,12 @@ struct ClusterOptions {
   std::vector<std::pair<std::string, std::string>> kafka_config;
   // The engines' group session timeout (0: KafkaOwnership's default, 3.5 s).
   int session_timeout_ms = 0;
+  // How long a gateway gathers its sessions' signals before it publishes
+  // them in one bus call (Cluster::Flush), 1 to 1000: each partition gets one
+  // batch of records per flush. Longer means fewer, larger batches (less
+  // work per record for the brokers and for every reader of the partition)
+  // and later delivery.
+  int flush_ms = 20;
   // The shared store: "redis://HOST:PORT[/PREFIX]", a PostgreSQL connection
   // URI ("postgresql://..." or "postgres://..."), or "file" (the server's
   // --data-dir: one node only, role both).
@@ -103,8 +109,8 @@ class Cluster {
   // its user's partition: queued (the signal's ids are copied), published at
   // the next Flush, which tells `done` (may be empty) whether the bus took
   // it (ResourceExhausted while the bus fails and the gateway's buffer is
-  // full). The server flushes every 20 ms while signals wait, so that they
-  // go in one bus call.
+  // full). The server flushes every ClusterOptions::flush_ms while signals
+  // wait, so that they go in one bus call.
   virtual void Queue(const presence::Signal& signal, std::optional<presence::DisconnectKind> disconnect,
                      std::function<void(const absl::Status&)> done) = 0;
   virtual void Flush() = 0;

@@ -77,7 +77,9 @@ constexpr char kUsage[] =
     "  --store SPEC            the engines' shared store: redis://HOST:PORT[/PREFIX],\n"
     "                          postgresql://..., or file (--data-dir; one node, --role both)\n"
     "  --node-id NAME          this node's gateway id and group member name (default <role>-<pid>)\n"
-    "  --session-timeout-ms N  the engines' group session timeout (default 3500)\n";
+    "  --session-timeout-ms N  the engines' group session timeout (default 3500)\n"
+    "  --bus-flush-ms N        a gateway publishes its clients' signals every N ms, one batch\n"
+    "                          per partition (default 20; 1 to 1000)\n";
 
 bool ReadFile(const std::string& path, std::string* out) {
   std::ifstream in(path, std::ios::binary);
@@ -318,6 +320,8 @@ int main(int argc, char** argv) {
       value(&o.cluster.node_id);
     } else if (a == "--session-timeout-ms") {
       number(&o.cluster.session_timeout_ms);
+    } else if (a == "--bus-flush-ms") {
+      number(&o.cluster.flush_ms);
     } else {
       std::fprintf(stderr, "presence_server: unknown flag %s\n%s", argv[i], kUsage);
       return 2;

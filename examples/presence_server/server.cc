@@ -644,7 +644,7 @@ void Server::Impl::DisconnectDevice(DeviceHandle h, const presence::Signal& s, D
 void Server::Impl::ScheduleFlush() {
   if (flush_scheduled_) return;
   flush_scheduled_ = true;
-  flush_timer_.expires_after(std::chrono::milliseconds(kClusterFlushMs));
+  flush_timer_.expires_after(std::chrono::milliseconds(opts_.cluster.flush_ms));
   flush_timer_.async_wait([this](beast::error_code) {
     flush_scheduled_ = false;
     cluster_->Flush();  // also when cancelled: nothing is left behind

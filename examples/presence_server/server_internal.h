@@ -266,11 +266,10 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   void DoAccept(tcp::acceptor* acceptor, bool metrics_listener);
   void ScheduleTick();
   // A cluster node publishes what its sessions queued every
-  // kClusterFlushMs (Cluster::Flush): one bus call for all of them, so
-  // that each partition gets one batch of records rather than one record at
-  // a time (a reader fetches a batch per partition per round trip).
+  // ClusterOptions::flush_ms (Cluster::Flush): one bus call for all of
+  // them, so that each partition gets one batch of records rather than one
+  // record at a time (a reader fetches a batch per partition per round trip).
   void ScheduleFlush();
-  static constexpr int kClusterFlushMs = 20;
   void OnTick();
   void BeginShutdown();
   void WaitForSessions();

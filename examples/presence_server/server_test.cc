@@ -1395,5 +1395,35 @@ TEST(ServerProgram, RejectsBadFlags) {
   EXPECT_EQ(WEXITSTATUS(rc), 2);
 }
 
+// A cluster node's options are checked before anything is reached, each
+// bad one refused by the flag that set it.
+TEST(ClusterOptions, EachBadValueIsRefusedByItsFlag) {
+  ClusterOptions good;
+  good.role = ClusterRole::kGateway;
+  good.brokers = "127.0.0.1:1";  // never reached
+  good.store = "redis://127.0.0.1:1";
+  presence::Options engine;
+  auto refused = [&](const ClusterOptions& o) { return Cluster::Create(o, &engine).status(); };
+  struct Case {
+    std::function<void(ClusterOptions&)> set;
+    std::string flag;
+  };
+  const std::vector<Case> cases = {
+      {[](ClusterOptions& o) { o.flush_ms = 0; }, "--bus-flush-ms"},
+      {[](ClusterOptions& o) { o.flush_ms = 1001; }, "--bus-flush-ms"},
+      {[](ClusterOptions& o) { o.partitions = 0; }, "--partitions"},
+      {[](ClusterOptions& o) { o.brokers.clear(); }, "--kafka-brokers"},
+      {[](ClusterOptions& o) { o.store.clear(); }, "--store"},
+  };
+  for (const Case& c : cases) {
+    ClusterOptions o = good;
+    c.set(o);
+    const absl::Status st = refused(o);
+    if (absl::IsFailedPrecondition(st)) GTEST_SKIP() << st;  // built without Kafka
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.flag << ": " << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), c.flag)) << st;
+  }
+}
+
 }  // namespace
 }  // namespace presence_server
