@@ -157,6 +157,9 @@ TEST_F(BadInput, LimitsArePassedWithResourceExhausted) {
   ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "a")).ok());
   ASSERT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "b")).ok());
   EXPECT_TRUE(absl::IsResourceExhausted(t.engine->Signal(TestEngine::Sig("bob", "c"))));
+  // The devices it has still signal: the limit is on new ones.
+  EXPECT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "b")).ok());
+  EXPECT_TRUE(t.engine->Signal(TestEngine::Sig("bob", "a")).ok());
   EXPECT_EQ(t.engine->GetOne("bob").devices.total(), 2);
   ASSERT_TRUE(t.engine->SetOverride("bob", OverrideState::kDnd).ok());
   EXPECT_TRUE(absl::IsResourceExhausted(t.engine->SetOverride("bob", OverrideState::kAway).status()));

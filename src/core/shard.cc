@@ -146,16 +146,12 @@ uint64_t Shard::NextRecordVersion(int64_t now_ms) {
   return record_clock_;
 }
 
-uint32_t Shard::DeviceCount(const User& user) {
+uint32_t Shard::FindDevice(const User& user, absl::string_view device_id, uint32_t* walked) {
   uint32_t n = 0;
-  for (uint32_t di = user.first_device(); di != kNone; di = devices_.at(di).next()) ++n;
-  return n;
-}
-
-uint32_t Shard::FindDevice(const User& user, absl::string_view device_id) {
-  for (uint32_t di = user.first_device(); di != kNone; di = devices_.at(di).next()) {
+  for (uint32_t di = user.first_device(); di != kNone; di = devices_.at(di).next(), ++n) {
     if (devices_.at(di).id.view() == device_id) return di;
   }
+  if (walked != nullptr) *walked = n;
   return kNone;
 }
 
@@ -489,11 +485,11 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
   uint32_t u = user_hint != kNone && users_[user_hint].in_use && users_[user_hint].id.view() == s.user_id
                    ? user_hint
                    : FindUser(s.user_id, a.hash);
-  uint32_t di = u == kNone ? kNone : FindDevice(users_[u], s.device_id);
+  uint32_t n = 0;  // the user's devices, when none is this one
+  uint32_t di = u == kNone ? kNone : FindDevice(users_[u], s.device_id, &n);
   bool created = false;
   if (di == kNone) {
-    if (const uint32_t n = u == kNone ? 0 : DeviceCount(users_[u]);
-        n >= static_cast<uint32_t>(config_->options.max_devices_per_user)) {
+    if (n >= static_cast<uint32_t>(config_->options.max_devices_per_user)) {
       return Drop(DropReason::kLimit, absl::StrCat("user has ", n, " devices, the most allowed"));
     }
     if (u == kNone && !UserRoom()) return Drop(DropReason::kLimit, kNoUserRoom);

@@ -412,11 +412,11 @@ class Shard {
   }
   void Uncharge(int64_t bytes);
   void Unpend(uint32_t u) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint32_t FindDevice(const User& user, absl::string_view device_id)
+  // The user's device `device_id` (kNone: none). `walked`, when given, gets
+  // how many of the user's devices the search passed: all of them when none
+  // matched, which is what a new device's per-user limit is checked against.
+  uint32_t FindDevice(const User& user, absl::string_view device_id, uint32_t* walked = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // How many devices the user has (its list walked: asked only when a
-  // device would be added).
-  uint32_t DeviceCount(const User& user) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   DeviceHandle HandleOf(uint32_t di) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Re-derives a device's fast bits from its liveness, keeps its timer no
