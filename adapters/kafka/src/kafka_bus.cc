@@ -3,8 +3,9 @@
 //
 // Two client handles: an idempotent producer, and a consumer that is never
 // subscribed (partitions are assigned one by one, on first read or
-// prefetch, at the offset asked for), whose group id serves only for offset commits. One
-// thread serves the producer's delivery reports and the consumer's events.
+// prefetch, at the offset asked for), whose group id serves only for offset
+// commits. One thread serves the producer's delivery reports and the
+// consumer's events.
 #include "presence/kafka_bus.h"
 
 #include <librdkafka/rdkafka.h>
