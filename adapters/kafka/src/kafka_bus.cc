@@ -434,9 +434,11 @@ struct KafkaBus::Impl {
     }
   }
 
-  // Starts delivering `partition` from `offset` into the reader's queue.
+  // Starts delivering `partition` from `offset` into the reader's queue,
+  // unless it delivers from there already (the previous read stopped there).
   absl::Status Position(uint32_t partition, Reader& r, int64_t offset)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+    if (r.assigned && r.next == offset) return absl::OkStatus();
     PartitionList list(rd_kafka_topic_partition_list_new(1));
     rd_kafka_topic_partition_list_add(list.get(), options.topic.c_str(),
                                       static_cast<int32_t>(partition))
@@ -564,9 +566,7 @@ struct KafkaBus::Impl {
     }
     Reader& r = *readers[partition];
     absl::MutexLock lock(&r.mu);
-    if (!r.assigned || r.next != from) {
-      if (auto st = Position(partition, r, from); !st.ok()) return st;
-    }
+    if (auto st = Position(partition, r, from); !st.ok()) return st;
     // What was already fetched comes at once.
     if (auto st = Drain(partition, r, max, std::numeric_limits<int64_t>::max(), 0, &out); !st.ok()) {
       return st;
@@ -607,7 +607,7 @@ struct KafkaBus::Impl {
     absl::MutexLock lock(&r.mu);
     const int64_t from = static_cast<int64_t>(offset);
     // A failure leaves the reader unpositioned: the Read tries again.
-    if (!r.assigned || r.next != from) (void)Position(partition, r, from);
+    (void)Position(partition, r, from);
   }
 
   std::vector<BusRecord> Done(std::vector<BusRecord> out) {

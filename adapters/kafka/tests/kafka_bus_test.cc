@@ -292,15 +292,12 @@ TEST(KafkaBus, APrefetchStartsFetchingBeforeTheRead) {
   for (uint32_t p = 0; p < 2; ++p) EXPECT_TRUE(absl::IsNotFound(reader->KnownEndOffset(p).status())) << p;
   reader->Prefetch(0, 10);
   reader->Prefetch(1, 0);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   auto known = [&](uint32_t p) {
     auto end = reader->KnownEndOffset(p);
     return end.ok() && *end == 100;
   };
-  while (!(known(0) && known(1)) && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_TRUE(known(0) && known(1)) << "no fetch of both partitions within 10 s of the hints";
+  ASSERT_TRUE(kafka_testing::WaitUntil([&] { return known(0) && known(1); }))
+      << "no fetch of both partitions within 10 s of the hints";
   EXPECT_EQ(reader->stats().records_read, 0u);
   auto from10 = reader->Read(0, 10, 1000);
   ASSERT_TRUE(from10.ok()) << from10.status();
@@ -496,10 +493,7 @@ TEST(KafkaBus, OffsetsCommittedToTheGroupAreSeenByTheNextBus) {
   // Asynchronously: seen once the coordinator answered.
   offsets[2].offset += 1;
   ASSERT_TRUE(next->CommitOffsetsAsync(offsets).ok());
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (next->stats().commits < 1 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  kafka_testing::WaitUntil([&] { return next->stats().commits >= 1; });
   EXPECT_EQ(next->stats().commits, 1u);
   EXPECT_EQ(*next->CommittedOffsets(), offsets);
 }

@@ -182,10 +182,7 @@ TEST(KafkaEngine, TheAsynchronousCommitFollowsTheStore) {
   EXPECT_EQ(CatchUp(t.engine.get()), 50u);
   t.Run(200);
   EXPECT_EQ(t.StateOf("u7"), State::kOnline);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (bus->stats().commits < 1 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  kafka_testing::WaitUntil([&] { return bus->stats().commits >= 1; });
   const auto in_store = memory.Contents().offsets;
   auto group = bus->CommittedOffsets();
   ASSERT_TRUE(group.ok());

@@ -8,15 +8,30 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "presence/kafka_bus.h"
 #include "presence/kafka_ownership.h"
 
 namespace presence::kafka_testing {
+
+// Whether `done()` held within `timeout`, asked every 5 ms: for what
+// librdkafka reports by no event a test could wait on (a fetch arrived, a
+// commit answered).
+template <typename Done>
+bool WaitUntil(Done done, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
 
 class MockKafka {
  public:

@@ -35,10 +35,11 @@
 // returns none at the end. OutOfRange past the high watermark, and below the
 // log start (records dropped by retention). Reads of one partition are
 // serialized; different partitions read in parallel. Once read (or
-// prefetched), a partition keeps being fetched ahead, up to 100,000 records or 16 MB per partition
-// (librdkafka's queued.min.messages and queued.max.messages.kbytes). A seek
-// costs up to fetch.wait.max.ms (100 ms here) when the partition's broker is
-// holding a fetch that waits for data: keep reads sequential.
+// prefetched), a partition keeps being fetched ahead, up to 100,000
+// records or 16 MB per partition (librdkafka's queued.min.messages and
+// queued.max.messages.kbytes). A seek costs up to fetch.wait.max.ms (100 ms
+// here) when the partition's broker is holding a fetch that waits for data:
+// keep reads sequential.
 //
 // COMMITS: the engine keeps its consumed offsets in the Store, written after
 // the records those signals changed (Engine::Tick); the Store is what a
