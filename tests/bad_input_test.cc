@@ -1,6 +1,8 @@
 // Every bad input gets a clear error status and changes nothing.
+#include <cstdint>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "presence/wire.h"
@@ -108,8 +110,14 @@ TEST_F(BadInput, TimestampsFarInTheFutureOrPast) {
   ExpectRejected(t_.engine->Signal(s), "behind the engine's clock");
   s.timestamp_ms = -5;
   ExpectRejected(t_.engine->Signal(s), "behind the engine's clock");
+  // The extremes are told by their exact distance, which int64 cannot hold.
+  const uint64_t now = static_cast<uint64_t>(t_.clock.NowMs());
   s.timestamp_ms = INT64_MAX;
-  ExpectRejected(t_.engine->Signal(s), "ahead of the engine's clock");
+  ExpectRejected(t_.engine->Signal(s),
+                 absl::StrCat("timestamp_ms is ", uint64_t{INT64_MAX} - now, " ms ahead"));
+  s.timestamp_ms = INT64_MIN;
+  ExpectRejected(t_.engine->Connect(s).status(),
+                 absl::StrCat("timestamp_ms is ", now + (uint64_t{1} << 63), " ms behind"));
 }
 
 TEST_F(BadInput, UnknownOrClosedHandles) {
@@ -218,6 +226,8 @@ TEST(BadOptions, OutOfRangeOptionsAreRejected) {
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.shards = 1000; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.reconnect_grace_ms = -1; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_signal_age_ms = 10; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_future_skew_ms = -1; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_future_skew_ms = INT64_MAX; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_devices_per_user = 0; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.dead_retention_ms = 1LL << 40; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_signals_per_device_per_sec = -1; })));

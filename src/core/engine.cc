@@ -117,12 +117,17 @@ class EngineCore {
     absl::Status st = ValidateSignal(s);
     if (st.ok()) {
       int64_t ts = s.timestamp_ms == 0 ? now : s.timestamp_ms;
+      // A timestamp is any int64; the distance to it can exceed int64 but
+      // never uint64, where the subtraction wraps to exactly that distance.
+      const auto distance = [](int64_t later, int64_t earlier) {
+        return static_cast<uint64_t>(later) - static_cast<uint64_t>(earlier);
+      };
       if (ts > now + config_.options.max_future_skew_ms) {
-        st = absl::InvalidArgumentError(
-            absl::StrCat("timestamp_ms is ", ts - now, " ms ahead of the engine's clock"));
+        st = absl::InvalidArgumentError(absl::StrCat("timestamp_ms is ", distance(ts, now),
+                                                     " ms ahead of the engine's clock"));
       } else if (ts < now - config_.options.max_signal_age_ms) {
-        st = absl::InvalidArgumentError(
-            absl::StrCat("timestamp_ms is ", now - ts, " ms behind the engine's clock"));
+        st = absl::InvalidArgumentError(absl::StrCat("timestamp_ms is ", distance(now, ts),
+                                                     " ms behind the engine's clock"));
       }
       // The caller is pinned (BeatPin) until the index is on its device.
       const uint32_t gateway = st.ok() ? gateways_.Intern(s.gateway) : 0;

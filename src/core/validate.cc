@@ -132,7 +132,9 @@ absl::Status ValidateOptions(const Options& o) {
     return absl::InvalidArgumentError("reconnect_grace_ms must be in [0, 2^30]");
   }
   if (o.min_dwell_ms < 0) return absl::InvalidArgumentError("min_dwell_ms must be >= 0");
-  if (o.max_future_skew_ms < 0) return absl::InvalidArgumentError("max_future_skew_ms must be >= 0");
+  if (o.max_future_skew_ms < 0 || o.max_future_skew_ms > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("max_future_skew_ms must be in [0, 2^30]");
+  }
   if (o.max_signal_age_ms < longest) {
     return absl::InvalidArgumentError(
         "max_signal_age_ms must be at least the largest offline_after_ms");
