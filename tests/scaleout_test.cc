@@ -1437,6 +1437,164 @@ TEST(GatewayPublisher, RefusesBadOptions) {
   EXPECT_TRUE(GatewayPublisher::Create(&bus, o).ok());
 }
 
+// ---- Two buses: signals on one, change events and notices on the other ----------
+
+// A gateway's publisher, an owner of every partition and another gateway's
+// feed, with change events on a bus of their own (Options::change_bus,
+// GatewayOptions::notice_bus): the owner reads only signals and commands,
+// the feed only changes and notices, and each hears what it did on one bus.
+struct TwoBuses {
+  FlakyBus signals{kPartitions}, changes{kPartitions};
+  ManualClock clock{5'000'000};
+  std::unique_ptr<GatewayPublisher> gw;
+  std::unique_ptr<Engine> owner, other;  // `other`: the second gateway's engine (owns nothing)
+  std::unique_ptr<Fanout> fanout;
+  std::unique_ptr<RemoteFeed> feed;
+  // What the feed told of each signal (its ids are views into the record).
+  struct Heard {
+    std::string user_id, gateway;
+    uint64_t session_id;
+    bool operator==(const Heard& o) const {
+      return std::tie(user_id, gateway, session_id) == std::tie(o.user_id, o.gateway, o.session_id);
+    }
+  };
+  std::vector<Heard> heard_signals;
+  std::vector<PartitionCommand> heard_commands;
+
+  TwoBuses() {
+    GatewayOptions go;
+    go.gateway_id = "gw-1";
+    go.clock = &clock;
+    go.notice_bus = &changes;
+    gw = GatewayPublisher::Create(&signals, go).value();
+    Options o;
+    o.clock = &clock;
+    o.bus = &signals;
+    o.change_bus = &changes;
+    o.owns_all_partitions = false;
+    owner = Engine::Create(o).value();
+    std::vector<uint32_t> all;
+    for (uint32_t p = 0; p < kPartitions; ++p) all.push_back(p);
+    EXPECT_TRUE(owner->AssignPartitions(all).ok());
+    o.change_bus = nullptr;
+    o.bus = &changes;
+    other = Engine::Create(o).value();
+    FanoutOptions fo;
+    fo.rate_per_sec = 0;
+    fanout = Fanout::Create(other.get(), fo).value();
+    RemoteFeedOptions ro;
+    ro.on_signal = [this](const Signal& s) {
+      heard_signals.push_back(Heard{std::string(s.user_id), std::string(s.gateway), s.session_id});
+    };
+    ro.on_command = [this](const PartitionCommand& c) { heard_commands.push_back(c); };
+    feed = RemoteFeed::Create(&changes, fanout.get(), {}, ro).value();
+  }
+  void Step() {
+    for (;;) {
+      auto n = owner->ConsumeBus();
+      ASSERT_TRUE(n.ok()) << n.status();
+      if (*n == 0) break;
+    }
+    clock.Advance(100);
+    owner->Tick();
+    ASSERT_TRUE(feed->Poll().ok());
+  }
+  static size_t Count(FlakyBus& bus, BusRecordType type) {
+    const std::vector<BusRecord> all = bus.All();
+    return static_cast<size_t>(
+        std::count_if(all.begin(), all.end(), [&](const BusRecord& r) { return r.type == type; }));
+  }
+};
+
+TEST(TwoBuses, ChangesAndNoticesTravelApartFromTheSignals) {
+  TwoBuses w;
+  const std::vector<GatewayPublisher::Item> items = {
+      {TestEngine::Sig("alice", "web", 7), std::nullopt, /*connect=*/true},
+      {TestEngine::Sig("alice", "web", 7), std::nullopt, false},
+      {TestEngine::Sig("bob", "web", 3), std::nullopt, true},
+  };
+  for (const auto& r : w.gw->PublishBatch(items)) ASSERT_TRUE(r.ok()) << r.status();
+  w.Step();
+  const GatewayPublisher::Item bye{TestEngine::Sig("bob", "web", 3), DisconnectKind::kClean, false};
+  ASSERT_TRUE(w.gw->PublishBatch({&bye, 1})[0].ok());
+  for (int i = 0; i < 11; ++i) w.Step();  // past bob's dwell (min_dwell_ms)
+  // The owner heard every signal; its changes went to the change bus only.
+  EXPECT_EQ(w.owner->GetOne("alice").state, State::kOnline);
+  EXPECT_EQ(w.owner->GetOne("bob").state, State::kOffline);
+  EXPECT_EQ(TwoBuses::Count(w.signals, BusRecordType::kSignal), 4u);
+  EXPECT_EQ(TwoBuses::Count(w.signals, BusRecordType::kChange), 0u);
+  EXPECT_EQ(TwoBuses::Count(w.changes, BusRecordType::kChange), 3u);  // alice online; bob online, offline
+  // The other gateway heard the changes, and each connect once, as published.
+  ASSERT_TRUE(w.feed->Latest("alice").has_value());
+  EXPECT_EQ(w.feed->Latest("alice")->state, State::kOnline);
+  ASSERT_TRUE(w.feed->Latest("bob").has_value());
+  EXPECT_EQ(w.feed->Latest("bob")->state, State::kOffline);
+  EXPECT_EQ(w.heard_signals,
+            (std::vector<TwoBuses::Heard>{{"alice", "gw-1", 7}, {"bob", "gw-1", 3}}));
+  EXPECT_EQ(w.gw->stats().notices, 2u);
+
+  // A drain: every owner's copy on the signals' bus, and a notice of each
+  // for the gateways.
+  PartitionCommand drain;
+  drain.action = PartitionCommand::Action::kDrain;
+  drain.drained_gateway = "gw-1";
+  ASSERT_TRUE(w.gw->PublishToEveryPartition(drain).ok());
+  w.Step();
+  EXPECT_EQ(w.owner->GetOne("alice").state, State::kOffline) << "drained by its owner";
+  EXPECT_EQ(TwoBuses::Count(w.signals, BusRecordType::kCommand), kPartitions);
+  ASSERT_EQ(w.heard_commands.size(), kPartitions);
+  std::set<uint32_t> partitions;
+  for (const PartitionCommand& c : w.heard_commands) {
+    EXPECT_EQ(c.drained_gateway, "gw-1");
+    partitions.insert(c.partition);
+  }
+  EXPECT_EQ(partitions.size(), kPartitions);
+  EXPECT_EQ(w.gw->stats().notices, 2u + kPartitions);
+  EXPECT_EQ(w.gw->stats().buffered, 0u);
+}
+
+TEST(TwoBuses, ANoticeFollowsItsOriginalAndWaitsWhileItsBusFails) {
+  TwoBuses w;
+  const GatewayPublisher::Item connect{TestEngine::Sig("alice", "web", 7), std::nullopt, true};
+  w.signals.failing = true;
+  ASSERT_TRUE(w.gw->PublishBatch({&connect, 1})[0].ok());  // held
+  EXPECT_TRUE(w.changes.All().empty()) << "a notice never goes before its original";
+  EXPECT_EQ(w.gw->stats().buffered, 2u);
+  w.signals.failing = false;
+  w.changes.failing = true;
+  EXPECT_TRUE(absl::IsUnavailable(w.gw->Flush())) << "the notice is still held";
+  EXPECT_EQ(TwoBuses::Count(w.signals, BusRecordType::kSignal), 1u);
+  EXPECT_EQ(w.gw->stats().buffered, 1u);
+  // Later signals go while the notice waits; it goes, once, when it can.
+  const GatewayPublisher::Item beat{TestEngine::Sig("alice", "web", 7), std::nullopt, false};
+  ASSERT_TRUE(w.gw->PublishBatch({&beat, 1})[0].ok());
+  EXPECT_EQ(TwoBuses::Count(w.signals, BusRecordType::kSignal), 2u);
+  w.changes.failing = false;
+  EXPECT_TRUE(w.gw->Flush().ok());
+  const std::vector<BusRecord> notices = w.changes.All();
+  ASSERT_EQ(notices.size(), 1u);
+  EXPECT_EQ(notices[0].type, BusRecordType::kSignal);
+  EXPECT_EQ(notices[0].key, "alice");
+  EXPECT_EQ(notices[0].payload, w.signals.All()[0].payload) << "the original, as published";
+  EXPECT_EQ(w.gw->stats().buffered, 0u);
+}
+
+TEST(TwoBuses, EachBusMustHaveAsManyPartitions) {
+  FlakyBus signals(kPartitions), fewer(kPartitions / 2);
+  Options o;
+  o.bus = &signals;
+  o.change_bus = &fewer;
+  const absl::Status engine = Engine::Create(o).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(engine)) << engine;
+  EXPECT_THAT(engine.message(), HasSubstr("change_bus has 4 partitions and bus 8"));
+  GatewayOptions go;
+  go.gateway_id = "gw-1";
+  go.notice_bus = &fewer;
+  const absl::Status gateway = GatewayPublisher::Create(&signals, go).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(gateway)) << gateway;
+  EXPECT_THAT(gateway.message(), HasSubstr("notice_bus has 4 partitions and bus 8"));
+}
+
 TEST(GatewayPublisher, AnEngineServesWhatTheGatewayPublishedAndCanDrainIt) {
   Cluster c;
   GatewayOptions o;

@@ -49,8 +49,18 @@ namespace presence {
 
 struct GatewayOptions {
   std::string gateway_id;        // required: 1..kMaxGatewayIdBytes bytes
-  size_t max_buffered = 100000;  // signals held while the bus fails (>= 1)
+  size_t max_buffered = 100000;  // signals (and notices) held while a bus fails (>= 1)
   Clock* clock = nullptr;        // stamps signals without a time; null: SystemClock()
+  // The bus that the other gateways' RemoteFeeds read when change events
+  // have a bus of their own (Options::change_bus; same partition count as
+  // the signals' bus). The feeds read no signals then, so what a gateway
+  // must hear from another besides changes is copied there as a notice,
+  // after the original is on the signals' bus: the first signal of each
+  // session (Item::connect), so that a gateway that holds an older session
+  // of the device closes it (RemoteFeedOptions::on_signal), and each copy of
+  // a partition command (RemoteFeedOptions::on_command). A notice the bus
+  // fails is held, in order, and tried again at each flush. Null: none.
+  Bus* notice_bus = nullptr;
 };
 
 class PRESENCE_EXPORT GatewayPublisher {
@@ -108,11 +118,13 @@ class PRESENCE_EXPORT GatewayPublisher {
   virtual absl::Status PublishToEveryPartition(const PartitionCommand& command) = 0;
 
   // One item of PublishBatch: a signal, or with `disconnect` set the end of
-  // its session. The signal's ids are viewed, not copied: they must outlive
-  // the call.
+  // its session. `connect`: the signal is its session's first (the client
+  // connected), copied to GatewayOptions::notice_bus once published. The
+  // signal's ids are viewed, not copied: they must outlive the call.
   struct Item {
     Signal signal;
     std::optional<DisconnectKind> disconnect;
+    bool connect = false;
   };
   // Takes each item as Publish (or PublishDisconnect) would, in order, and
   // publishes what it took with one bus call per 512 records
@@ -125,13 +137,15 @@ class PRESENCE_EXPORT GatewayPublisher {
   // session, or a signal no newer than its device's last, changes nothing).
   virtual std::vector<absl::StatusOr<uint64_t>> PublishBatch(absl::Span<const Item> items) = 0;
 
-  // Publishes what is buffered, in order. OK when nothing is left; the
-  // bus's error when it still fails (what remains stays buffered).
+  // Publishes what is buffered, in order, then the notices. OK when
+  // nothing is left; a bus's error when it still fails (what remains stays
+  // buffered).
   virtual absl::Status Flush() = 0;
 
   struct Stats {
     uint64_t published = 0;   // signals (and override, erase and partition commands) on the bus
-    uint64_t buffered = 0;    // held now
+    uint64_t notices = 0;     // copies on the notice bus
+    uint64_t buffered = 0;    // held now, notices included
     uint64_t refused = 0;     // ResourceExhausted answers (back-pressure)
     uint64_t invalid = 0;     // InvalidArgument answers
     uint64_t bus_errors = 0;  // failed publish attempts

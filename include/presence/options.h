@@ -166,6 +166,12 @@ struct Options {
   // bus refuses waits, in order, and is published first on the next Tick
   // (presence_bus_backlog). Null: no bus.
   Bus* bus = nullptr;
+  // Where change events go instead, when set: a bus of their own, with as
+  // many partitions as `bus`, so that readers of the changes (the
+  // RemoteFeeds of gateways) fetch no signals, and the engines that consume
+  // the signals fetch no changes (docs/scale-out.md, "Two topics"). Null:
+  // `bus` carries both.
+  Bus* change_bus = nullptr;
   // With a bus: true, the engine owns every partition of it (one engine);
   // false, it starts owning none, loads nothing, and serves the partitions
   // that Engine::AssignPartitions gives it (docs/design.md section 6).

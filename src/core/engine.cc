@@ -1414,7 +1414,7 @@ class EngineCore {
   // failed publish waits and is tried again first on the next tick
   // (bounded: past the bound the oldest are dropped and counted).
   void PublishToBus(const std::vector<ChangeEvent>& events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(tick_mu_) {
-    Bus* bus = config_.options.bus;
+    Bus* bus = config_.options.change_bus != nullptr ? config_.options.change_bus : config_.options.bus;
     if (bus == nullptr) return;
     for (const ChangeEvent& e : events) {
       bus_backlog_.emplace_back(e.user_id, EncodeChangeEvent(e, true));

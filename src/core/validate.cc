@@ -1,6 +1,7 @@
 #include "src/core/validate.h"
 
 #include "absl/strings/str_cat.h"
+#include "presence/bus.h"
 
 namespace presence::internal {
 
@@ -122,6 +123,11 @@ absl::Status ValidateOptions(const Options& o) {
   }
   if (!o.owns_all_partitions && o.bus == nullptr) {
     return absl::InvalidArgumentError("owns_all_partitions is false, but there is no bus to partition");
+  }
+  if (o.change_bus != nullptr && o.bus != nullptr && o.change_bus->partitions() != o.bus->partitions()) {
+    return absl::InvalidArgumentError(absl::StrCat("change_bus has ", o.change_bus->partitions(),
+                                                   " partitions and bus ", o.bus->partitions(),
+                                                   ": a user's changes go to its partition of both"));
   }
   if (auto st = ValidatePolicy("inferred", o.inferred); !st.ok()) return st;
   if (auto st = ValidatePolicy("app", o.app); !st.ok()) return st;

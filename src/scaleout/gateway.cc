@@ -25,6 +25,13 @@ struct Outgoing {
   std::string payload;
 };
 
+// A copy for the notice bus, published once the queue's first `after`
+// records (counted from the publisher's start) are on the signals' bus.
+struct Notice {
+  uint64_t after;
+  Outgoing record;
+};
+
 class GatewayPublisherImpl final : public GatewayPublisher {
  public:
   GatewayPublisherImpl(Bus* bus, const GatewayOptions& o)
@@ -57,7 +64,7 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       return st;
     }
     if (auto full = Full(); !full.ok()) return full;
-    queue_.push_back(Outgoing{BusRecordType::kOverride, std::string(c.user_id), EncodeOverrideCommand(c)});
+    Enqueue(Outgoing{BusRecordType::kOverride, std::string(c.user_id), EncodeOverrideCommand(c)});
     (void)FlushLocked();  // this one too, or it waits with them
     return c.op == OverrideOp::kClear ? 0 : c.override_id;
   }
@@ -69,13 +76,14 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       return st;
     }
     if (auto full = Full(); !full.ok()) return full;
-    queue_.push_back(Outgoing{BusRecordType::kErase, std::string(user_id),
-                              EncodeEraseCommand(user_id, options_.gateway_id)});
+    Enqueue(Outgoing{BusRecordType::kErase, std::string(user_id),
+                     EncodeEraseCommand(user_id, options_.gateway_id)});
     if (absl::Status st = FlushLocked(); !st.ok()) {
       // Refused rather than held: nobody may be told that an erasure is
       // under way which this process's end would lose. (The bus may have
       // written it all the same; erasing again changes nothing.)
       queue_.pop_back();
+      --queued_;
       return absl::UnavailableError(
           absl::StrCat("the bus did not take the erasure (try again): ", st.message()));
     }
@@ -99,7 +107,7 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     }
     for (uint32_t p = 0; p < n; ++p) {
       c.partition = p;
-      queue_.push_back(Outgoing{BusRecordType::kCommand, partition_keys_[p], EncodePartitionCommand(c)});
+      Enqueue(Outgoing{BusRecordType::kCommand, partition_keys_[p], EncodePartitionCommand(c)});
     }
     if (absl::Status st = FlushLocked(); !st.ok()) {
       // Refused rather than held, as an erasure: those the bus did not take
@@ -108,11 +116,20 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       for (uint32_t left = n; left > 0 && !queue_.empty() && queue_.back().type == BusRecordType::kCommand;
            --left) {
         queue_.pop_back();
+        --queued_;
       }
       return absl::UnavailableError(absl::StrCat(
           "the bus did not take the command for every partition (try again: what it already did is "
           "not done twice): ",
           st.message()));
+    }
+    if (options_.notice_bus != nullptr) {  // every copy is on the bus: the gateways are told
+      for (uint32_t p = 0; p < n; ++p) {
+        c.partition = p;
+        notices_.push_back(
+            Notice{sent_, Outgoing{BusRecordType::kCommand, partition_keys_[p], EncodePartitionCommand(c)}});
+      }
+      (void)FlushNoticesLocked();  // held when it fails: the command itself is on the bus
     }
     return absl::OkStatus();
   }
@@ -121,18 +138,19 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     std::vector<absl::StatusOr<uint64_t>> out;
     out.reserve(items.size());
     (void)FlushLocked();  // what waits goes first
-    for (const Item& item : items) out.push_back(Take(item.signal, item.disconnect));
+    for (const Item& item : items) out.push_back(Take(item.signal, item.disconnect, item.connect));
     (void)FlushLocked();  // a failure leaves them waiting, in order
     return out;
   }
   absl::Status Flush() override {
     internal::MutexLock lock(&mu_);
-    return FlushLocked();
+    absl::Status st = FlushLocked();
+    return st.ok() ? notice_status_ : st;
   }
   Stats stats() const override {
     internal::MutexLock lock(&mu_);
     Stats s = stats_;
-    s.buffered = queue_.size();
+    s.buffered = queue_.size() + notices_.size();
     return s;
   }
 
@@ -146,9 +164,9 @@ class GatewayPublisherImpl final : public GatewayPublisher {
   }
 
   // A signal, or the end of its session, normalized and queued behind what
-  // waits: its trace id, or why it was not taken.
-  absl::StatusOr<uint64_t> Take(const Signal& signal, std::optional<DisconnectKind> disconnect)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // waits (a connect with its notice): its trace id, or why it was not taken.
+  absl::StatusOr<uint64_t> Take(const Signal& signal, std::optional<DisconnectKind> disconnect,
+                                bool connect = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (disconnect) {
       if (auto st = internal::ValidateDisconnectKind(*disconnect); !st.ok()) {
         ++stats_.invalid;
@@ -164,25 +182,37 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       return st;
     }
     if (auto full = Full(); !full.ok()) return full;
-    queue_.push_back(Outgoing{BusRecordType::kSignal, std::string(s.user_id),
-                              disconnect ? EncodeDisconnect(s, *disconnect) : EncodeSignal(s)});
+    Enqueue(Outgoing{BusRecordType::kSignal, std::string(s.user_id),
+                     disconnect ? EncodeDisconnect(s, *disconnect) : EncodeSignal(s)});
+    if (connect && !disconnect && options_.notice_bus != nullptr) {
+      notices_.push_back(Notice{queued_, queue_.back()});
+    }
     return s.trace_id;
+  }
+
+  void Enqueue(Outgoing record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    queue_.push_back(std::move(record));
+    ++queued_;
   }
 
   // ResourceExhausted (counted) when the buffer is at its bound.
   absl::Status Full() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (queue_.size() < options_.max_buffered) return absl::OkStatus();
+    if (queue_.size() + notices_.size() < options_.max_buffered) return absl::OkStatus();
     ++stats_.refused;
     return absl::ResourceExhaustedError(absl::StrCat(
         "the bus is failing and ", queue_.size(), " signals wait for it (the gateway's bound): ",
         "slow down and retry (", last_error_.message(), ")"));
   }
 
-  // Publishes the queue in order, up to 512 records per bus call; stops at
-  // the first failure, leaving that call's records and the rest queued.
+  static constexpr size_t kMaxBatch = 512;
+
+  // Publishes the queue in order, up to kMaxBatch records per bus call;
+  // stops at the first failure, leaving that call's records and the rest
+  // queued. Then the notices whose originals are out (their failure is
+  // notice_status_, not this answer: what it answers is about the queue).
   absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    constexpr size_t kMaxBatch = 512;
     std::vector<BusMessage> batch;
+    absl::Status st;
     while (!queue_.empty()) {
       const size_t n = std::min(queue_.size(), kMaxBatch);
       batch.clear();
@@ -193,12 +223,38 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       if (!offsets.ok()) {
         ++stats_.bus_errors;
         last_error_ = offsets.status();
-        return offsets.status();
+        st = offsets.status();
+        break;
       }
       stats_.published += n;
+      sent_ += n;
       queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
     }
-    return absl::OkStatus();
+    (void)FlushNoticesLocked();
+    return st;
+  }
+
+  // Publishes, in order, the notices whose originals are on the bus, as
+  // FlushLocked publishes the queue.
+  absl::Status FlushNoticesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<BusMessage> batch;
+    notice_status_ = absl::OkStatus();
+    while (!notices_.empty() && notices_.front().after <= sent_) {
+      batch.clear();
+      for (size_t i = 0; i < notices_.size() && i < kMaxBatch && notices_[i].after <= sent_; ++i) {
+        const Outgoing& r = notices_[i].record;
+        batch.push_back(BusMessage{r.type, r.user_id, r.payload});
+      }
+      auto offsets = options_.notice_bus->PublishBatch(batch);
+      if (!offsets.ok()) {
+        ++stats_.bus_errors;
+        last_error_ = notice_status_ = offsets.status();
+        return notice_status_;
+      }
+      stats_.notices += batch.size();
+      notices_.erase(notices_.begin(), notices_.begin() + static_cast<std::ptrdiff_t>(batch.size()));
+    }
+    return notice_status_;
   }
 
   // Unique per gateway and never 0: the gateway's hash mixed with a counter.
@@ -235,6 +291,10 @@ class GatewayPublisherImpl final : public GatewayPublisher {
   const uint64_t override_seed_;
   mutable internal::Mutex mu_;
   std::deque<Outgoing> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // records ever put in queue_ (and kept)
+  uint64_t sent_ ABSL_GUARDED_BY(mu_) = 0;    // of those, published
+  std::deque<Notice> notices_ ABSL_GUARDED_BY(mu_);
+  absl::Status notice_status_ ABSL_GUARDED_BY(mu_);  // the last notice flush's
   Stats stats_ ABSL_GUARDED_BY(mu_);
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
   uint64_t next_trace_ ABSL_GUARDED_BY(mu_) = 1;
@@ -254,6 +314,11 @@ absl::StatusOr<std::unique_ptr<GatewayPublisher>> GatewayPublisher::Create(
         absl::StrCat("gateway_id must be 1 to ", kMaxGatewayIdBytes, " bytes"));
   }
   if (options.max_buffered == 0) return absl::InvalidArgumentError("max_buffered must be at least 1");
+  if (options.notice_bus != nullptr && options.notice_bus->partitions() != bus->partitions()) {
+    return absl::InvalidArgumentError(absl::StrCat("notice_bus has ", options.notice_bus->partitions(),
+                                                   " partitions and bus ", bus->partitions(),
+                                                   ": a user's notices go to its partition of both"));
+  }
   return std::unique_ptr<GatewayPublisher>(new GatewayPublisherImpl(bus, options));
 }
 
