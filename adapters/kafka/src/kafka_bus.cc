@@ -96,6 +96,14 @@ struct KafkaBus::Impl {
     // The offset the queue delivers next, or -1 when unknown (after an
     // error): the next read seeks.
     int64_t next ABSL_GUARDED_BY(mu) = -1;
+    // Whether the consumer delivered a record (or a partition EOF event)
+    // for the reader since it was positioned: then the high watermark of
+    // its last fetch is of this position's fetches, at most one fetch old.
+    bool fetched ABSL_GUARDED_BY(mu) = false;
+    // Where the consumer's fetches last found the partition's end since
+    // the reader was positioned (a partition EOF event: a fetch there that
+    // found nothing), or -1.
+    int64_t fetched_end ABSL_GUARDED_BY(mu) = -1;
   };
   std::vector<std::unique_ptr<Reader>> readers;
   // Per partition: the end offset this process last learned (a watermark
@@ -257,7 +265,9 @@ struct KafkaBus::Impl {
         // A read below the log start (or past the end) is an error, not a
         // silent jump.
         {"auto.offset.reset", "error"},
-        {"enable.partition.eof", "false"},
+        // Each time a fetch finds a partition's end: a read there then
+        // knows it without asking the leader (Reader::fetched_end).
+        {"enable.partition.eof", "true"},
     };
     auto cconf = MakeConf({&consumer_defaults, &options.config, &options.consumer_config,
                            &consumer_fixed});
@@ -488,6 +498,8 @@ struct KafkaBus::Impl {
       return st;
     }
     r.next = offset;
+    r.fetched = false;  // what was fetched before is not of this position
+    r.fetched_end = -1;
     return absl::OkStatus();
   }
 
@@ -517,7 +529,13 @@ struct KafkaBus::Impl {
       absl::Status st;
       for (ssize_t i = 0; i < got; ++i) {
         rd_kafka_message_t* m = batch[i];
-        if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+          // In order after the records before it: the end as of that fetch.
+          if (m->offset == r.next) {
+            r.fetched_end = m->offset;
+            r.fetched = true;
+          }
+        } else if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
           // (One about an earlier position, before a seek, is stale.)
           if ((m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
                m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) &&
@@ -538,6 +556,7 @@ struct KafkaBus::Impl {
           if (m->payload != nullptr) rec.payload.assign(static_cast<const char*>(m->payload), m->len);
           out->push_back(std::move(rec));
           r.next = m->offset + 1;
+          r.fetched = true;
         }
         // else: fetched before a seek to an earlier offset; dropped.
         rd_kafka_message_destroy(m);
@@ -573,12 +592,19 @@ struct KafkaBus::Impl {
     }
     if (out.size() == max) return Done(std::move(out));
     // How many more there are: the high watermark seen by the last fetch
-    // when it shows more, else the leader's (one request).
+    // when it shows more; none when this position's fetches found the end
+    // where the reader is (the last one's high watermark, or an EOF event),
+    // and nothing this process learned says otherwise; else the leader's
+    // (one request).
     int64_t low = RD_KAFKA_OFFSET_INVALID, high = RD_KAFKA_OFFSET_INVALID;
     rd_kafka_get_watermark_offsets(consumer, options.topic.c_str(), static_cast<int32_t>(partition),
                                    &low, &high);
     if (high <= r.next) {
       if (!out.empty()) return Done(std::move(out));
+      const bool fetched_here = r.fetched_end == r.next || (r.fetched && high == r.next);
+      if (fetched_here && known_end[partition].load(std::memory_order_relaxed) <= r.next) {
+        return out;  // at the end, as the consumer's last fetch found it
+      }
       auto wm = Watermarks(partition);
       if (!wm.ok()) return wm.status();
       std::tie(low, high) = *wm;

@@ -366,6 +366,54 @@ TEST(KafkaBus, ReadWaitsForWhatWasJustPublished) {
   }
 }
 
+// At a partition's end, once the consumer's own fetch found the end there
+// (a partition EOF event), a read asks the leader nothing: an engine's
+// ConsumeBus and a feed's Poll at the end of every partition, each tick,
+// cost no request. What another producer appends comes with a later fetch.
+TEST(KafkaBus, AReadAtTheEndTheFetchesFoundAsksNobody) {
+  MockKafka& kafka = MockKafka::Shared();
+  const KafkaBusOptions o = kafka.NewTopicOptions(1);
+  auto writer = NewBus(o);
+  auto reader = NewBus(o);
+  ASSERT_NE(writer, nullptr);
+  ASSERT_NE(reader, nullptr);
+  auto publish = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      ASSERT_TRUE(writer->Publish(BusRecordType::kSignal, "u", std::to_string(i)).ok());
+    }
+  };
+  publish(0, 5);
+  auto first = reader->Read(0, 0, 10);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->size(), 5u);
+  // Until the fetch that found the end is in, a read there may ask.
+  auto at_end_asking_nobody = [&](uint64_t offset) {
+    const uint64_t queries = reader->stats().watermark_queries;
+    auto none = reader->Read(0, offset, 10);
+    return none.ok() && none->empty() && reader->stats().watermark_queries == queries;
+  };
+  ASSERT_TRUE(kafka_testing::WaitUntil([&] { return at_end_asking_nobody(5); }));
+  const uint64_t queries = reader->stats().watermark_queries;
+  for (int i = 0; i < 50; ++i) {
+    auto none = reader->Read(0, 5, 10);
+    ASSERT_TRUE(none.ok()) << none.status();
+    EXPECT_TRUE(none->empty());
+  }
+  EXPECT_EQ(reader->stats().watermark_queries, queries);
+  publish(5, 8);
+  std::vector<BusRecord> more;
+  ASSERT_TRUE(kafka_testing::WaitUntil([&] {
+    auto got = reader->Read(0, 5 + more.size(), 10);
+    if (got.ok()) more.insert(more.end(), got->begin(), got->end());
+    return more.size() >= 3;
+  }));
+  ASSERT_EQ(more.size(), 3u);
+  for (size_t k = 0; k < more.size(); ++k) EXPECT_EQ(more[k].payload, std::to_string(5 + k));
+  ASSERT_TRUE(kafka_testing::WaitUntil([&] { return at_end_asking_nobody(8); }));
+  EXPECT_EQ(reader->stats().watermark_queries, queries) << "the new records came with the fetches";
+  EXPECT_EQ(reader->stats().seeks, 0u);
+}
+
 // Publishers and a reader keep going while every partition's leader moves
 // from broker to broker: nothing is lost, nothing is duplicated, and each
 // user's records stay in order.

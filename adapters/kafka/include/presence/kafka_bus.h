@@ -30,7 +30,11 @@
 // (or Prefetch) does not continue where the previous one stopped; there is
 // no subscription, no rebalancing
 // and no automatic commit. Records already fetched are returned at once;
-// otherwise the leader's high watermark says whether more exist, and Read
+// otherwise, when the consumer's own fetch found the partition's end where
+// the read starts (and no publish or query of this bus since says more
+// exist), Read returns none without asking anyone: records appended since
+// come with the next fetch (fetch.wait.max.ms), as for any consumer.
+// Otherwise the leader's high watermark says whether more exist, and Read
 // waits for those (up to request_timeout_ms; Unavailable if none came) or
 // returns none at the end. OutOfRange past the high watermark, and below the
 // log start (records dropped by retention). Reads of one partition are
