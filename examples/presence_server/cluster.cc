@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "presence/clock.h"
 #include "presence/gateway.h"
 #include "presence/remote_feed.h"
 
@@ -124,6 +125,12 @@ class KafkaCluster final : public Cluster {
     auto bus = presence::KafkaBus::Create(bo_);
     if (!bus.ok()) return absl::UnavailableError(absl::StrCat("kafka: ", bus.status().message()));
     bus_ = std::move(*bus);
+    presence::KafkaBusOptions co = bo_;
+    co.topic = ClusterChangeTopic(bo_.topic);
+    co.group_id.clear();  // nothing commits there: a feed reads it from the start
+    auto changes = presence::KafkaBus::Create(co);
+    if (!changes.ok()) return absl::UnavailableError(absl::StrCat("kafka: ", changes.status().message()));
+    changes_ = std::move(*changes);
     if (opts_.store != "file") {
       auto shared = SharedStore::Open(opts_.store);
       if (!shared.ok()) return shared.status();
@@ -139,6 +146,7 @@ class KafkaCluster final : public Cluster {
     }
     if (OwnsPartitions(opts_.role)) {
       eo->bus = bus_.get();
+      eo->change_bus = changes_.get();
       eo->owns_all_partitions = false;
     }
     return absl::OkStatus();
@@ -159,8 +167,8 @@ class KafkaCluster final : public Cluster {
       own_ = std::move(*own);
     }
     // A node with clients reads the change events of the partitions it
-    // does not own, from the beginning, keeping every user's latest: its
-    // fan-out's snapshots and GET come from there. An engine alone has no
+    // does not own, from the beginning of the change topic, keeping every
+    // user's latest: its fan-out's snapshots and GET come from there. An engine alone has no
     // clients, and no feed: reading the topic from its start at each
     // restart held its tick (and its group's rebalance) for longer each time.
     if (serves_clients()) {
@@ -176,13 +184,14 @@ class KafkaCluster final : public Cluster {
           drained(c.issued_at_ms, c.partition);
         }
       };
-      auto feed = presence::RemoteFeed::Create(bus_.get(), fanout, {}, fo);
+      auto feed = presence::RemoteFeed::Create(changes_.get(), fanout, {}, fo);
       if (!feed.ok()) return feed.status();
       feed_ = std::move(*feed);
     }
     if (serves_clients()) {
       presence::GatewayOptions go;
       go.gateway_id = opts_.node_id;
+      go.notice_bus = changes_.get();  // connects and drains, for the other gateways' feeds
       auto gw = presence::GatewayPublisher::Create(bus_.get(), go);
       if (!gw.ok()) return gw.status();
       gateway_ = std::move(*gw);
@@ -192,7 +201,7 @@ class KafkaCluster final : public Cluster {
 
   ClusterRole role() const override { return opts_.role; }
 
-  void Queue(const presence::Signal& s, std::optional<presence::DisconnectKind> disconnect,
+  void Queue(const presence::Signal& s, std::optional<presence::DisconnectKind> disconnect, bool connect,
              std::function<void(const absl::Status&)> done) override {
     // A deque: its elements stay where they are, so the signal views them.
     Pending& p = pending_.emplace_back();
@@ -201,7 +210,11 @@ class KafkaCluster final : public Cluster {
     p.item.signal = s;
     p.item.signal.user_id = p.user;
     p.item.signal.device_id = p.device;
+    // Stamped now, on the publisher's clock, not when the flush sends it (a
+    // heartbeat may wait up to heartbeat_flush_ms).
+    if (p.item.signal.timestamp_ms == 0) p.item.signal.timestamp_ms = presence::SystemClock()->NowMs();
     p.item.disconnect = disconnect;
+    p.item.connect = connect;
     p.done = std::move(done);
   }
 
@@ -242,7 +255,8 @@ class KafkaCluster final : public Cluster {
   uint32_t partitions() const override { return bus_->partitions(); }
 
   void BeforeTick() override {
-    Flush();
+    // What is queued goes at its own flush (the server's timer), not here:
+    // a heartbeat that changes nothing may wait heartbeat_flush_ms.
     if (closed_) return;
     if (own_ != nullptr) {
       if (absl::Status st = own_->Poll(); !st.ok()) {
@@ -362,7 +376,8 @@ class KafkaCluster final : public Cluster {
  private:
   const ClusterOptions opts_;
   const presence::KafkaBusOptions bo_;
-  std::unique_ptr<presence::KafkaBus> bus_;
+  std::unique_ptr<presence::KafkaBus> bus_;      // signals and commands
+  std::unique_ptr<presence::KafkaBus> changes_;  // change events and gateways' notices
   std::unique_ptr<SharedStore> shared_;
   std::unique_ptr<presence::KafkaCommittingStore> committing_;
   presence::Engine* engine_ = nullptr;
@@ -394,6 +409,9 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Create(const ClusterOptions& o
   }
   if (o.flush_ms < 1 || o.flush_ms > 1000) {
     return absl::InvalidArgumentError("--bus-flush-ms must be 1 to 1000");
+  }
+  if (o.heartbeat_flush_ms < o.flush_ms || o.heartbeat_flush_ms > 1000) {
+    return absl::InvalidArgumentError("--bus-heartbeat-flush-ms must be --bus-flush-ms to 1000");
   }
   if (o.partitions == 0 || o.partitions > 65536) {
     return absl::InvalidArgumentError("--partitions must be 1 to 65536");

@@ -7,15 +7,16 @@
 //
 //   role gateway  terminates HTTP and WebSockets; publishes each device's
 //                 signals and disconnects, and the override calls, to its
-//                 user's partition
-//                 (GatewayPublisher); its fan-out reads the change events of
-//                 every partition (RemoteFeed), which also answer GET; the
-//                 other gateways' signals close its own older connection of
-//                 a device that connected again through one of them.
+//                 user's partition of the topic (GatewayPublisher); its
+//                 fan-out reads the change events of every partition from
+//                 the change topic (RemoteFeed), which also answer GET; the
+//                 other gateways' connects, copied there, close its own
+//                 older connection of a device that connected again through
+//                 one of them.
 //   role engine   owns the partitions the group gives it
 //                 (KafkaOwnership), consumes their signals, writes through
-//                 to the shared store and publishes change events. Serves
-//                 /metrics and /healthz only.
+//                 to the shared store and publishes change events to the
+//                 change topic. Serves /metrics and /healthz only.
 //   role both     a gateway and an engine in one process.
 //
 // The server calls into this unit at a few points only (server.cc): Init,
@@ -47,6 +48,11 @@ namespace presence_server {
 // (KafkaOwnershipOptions::ForBus).
 inline std::string ClusterBusGroup(absl::string_view topic) { return "presence-" + std::string(topic); }
 
+// The topic of a cluster's change events and gateway notices (Options::
+// change_bus, GatewayOptions::notice_bus), beside its signals' topic and
+// with as many partitions: readers of the one fetch nothing of the other.
+inline std::string ClusterChangeTopic(absl::string_view topic) { return std::string(topic) + ".changes"; }
+
 enum class ClusterRole { kNone, kGateway, kEngine, kBoth };
 
 // "gateway", "engine", "both"; InvalidArgument otherwise.
@@ -72,6 +78,12 @@ struct ClusterOptions {
   // work per record for the brokers and for every reader of the partition)
   // and later delivery.
   int flush_ms = 20;
+  // How long a heartbeat that changes nothing may wait for that bus call,
+  // flush_ms to 1000: the bulk of the signals, which only keep devices alive
+  // (their deadline is seconds away), go in batches this far apart, and
+  // only a connect, a disconnect or a change of activity brings the call
+  // forward to flush_ms. Each flush sends everything queued, in order.
+  int heartbeat_flush_ms = 200;
   // The shared store: "redis://HOST:PORT[/PREFIX]", a PostgreSQL connection
   // URI ("postgresql://..." or "postgres://..."), or "file" (the server's
   // --data-dir: one node only, role both).
@@ -109,10 +121,12 @@ class Cluster {
   // its user's partition: queued (the signal's ids are copied), published at
   // the next Flush, which tells `done` (may be empty) whether the bus took
   // it (ResourceExhausted while the bus fails and the gateway's buffer is
-  // full). The server flushes every ClusterOptions::flush_ms while signals
-  // wait, so that they go in one bus call.
+  // full). `connect`: the first signal of its session, which the other
+  // gateways hear of (GatewayPublisher::Item::connect). The server flushes
+  // every ClusterOptions::flush_ms while signals wait, so that they go in
+  // one bus call.
   virtual void Queue(const presence::Signal& signal, std::optional<presence::DisconnectKind> disconnect,
-                     std::function<void(const absl::Status&)> done) = 0;
+                     bool connect, std::function<void(const absl::Status&)> done) = 0;
   virtual void Flush() = 0;
 
   // An override call from an HTTP request, for its user's partition: what
@@ -136,9 +150,10 @@ class Cluster {
   // The bus's partitions.
   virtual uint32_t partitions() const = 0;
 
-  // Each tick, before Engine::Tick: what is queued (Flush), ownership
-  // (engines), the signals of the owned partitions, the change events of the
-  // others (to the fan-out).
+  // Each tick, before Engine::Tick: ownership (engines), the signals of the
+  // owned partitions, the change events of the others (to the fan-out), and
+  // what the gateway's publisher holds after a failed publish. What is
+  // queued waits for its Flush.
   virtual void BeforeTick() = 0;
 
   // What `viewer` may see of `users`: the engine's answer for the users of

@@ -37,6 +37,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <future>
 #include <memory>
 #include <optional>
@@ -394,6 +395,10 @@ struct Client {
   TimePoint friend_changed_at;  // when the friend's state last changed in the view
   int false_offline = 0;
   Client* watcher = nullptr;  // the friend's client: who watches this user
+  // Messages sent with an id by Clients::Probe: when, then how long their
+  // ack took.
+  std::map<int, TimePoint> probes;
+  std::map<int, int64_t> probe_ack_ms;
 };
 
 std::string Expected(const std::string& activity) { return activity == "active" ? "online" : "away"; }
@@ -462,6 +467,23 @@ class Clients {
         Send(c, absl::StrCat("{\"type\":\"activity\",\"activity\":\"", f.target, "\",\"id\":", id, "}"));
       }
       return 0;
+    });
+  }
+  // Sends `c` the JSON object `open` (without its closing brace) with a new
+  // id, whose ack AckMs then times.
+  int Probe(Client* c, const std::string& open) {
+    return OnIo([&] {
+      const int id = c->next_id++;
+      c->probes[id] = Clock::now();
+      Send(c, absl::StrCat(open, ",\"id\":", id, "}"));
+      return id;
+    });
+  }
+  // How long the ack of probe `id` took; -1 while none came.
+  int64_t AckMs(Client* c, int id) {
+    return OnIo([&] {
+      auto it = c->probe_ack_ms.find(id);
+      return it == c->probe_ack_ms.end() ? int64_t{-1} : it->second;
     });
   }
   // Every flip of `users` acknowledged and seen by its watcher.
@@ -569,7 +591,13 @@ class Clients {
       c->welcomed = true;
       c->welcomed_at = now;
     } else if (msg.rfind("{\"type\":\"ack\"", 0) == 0) {
-      if (c->flip && !c->flip->acked) {
+      int id = -1;
+      const size_t at = msg.find("\"id\":");
+      if (at != std::string::npos) id = std::atoi(msg.c_str() + at + 5);
+      if (auto probe = c->probes.find(id); probe != c->probes.end()) {
+        c->probe_ack_ms[id] = std::chrono::duration_cast<std::chrono::milliseconds>(now - probe->second).count();
+        c->probes.erase(probe);
+      } else if (c->flip && !c->flip->acked) {
         c->flip->acked = true;
         c->flip->ack_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - c->flip->sent).count();
         c->activity = c->flip->target;  // acknowledged: the truth now
@@ -1222,6 +1250,58 @@ TEST(Cluster, OverridesAndHistoryThroughEitherGateway) {
 // left to hand its partitions over to: the clean stop would wait on Kafka
 // calls (each up to the bus's 10 s request timeout, on the io thread). A
 // second signal does not wait for the timeout.
+// A heartbeat that changes nothing waits on its gateway up to
+// --bus-heartbeat-flush-ms before the bus takes it (its ack says when it
+// did); a change of activity goes within --bus-flush-ms and takes along
+// what waits.
+TEST(Cluster, AHeartbeatThatChangesNothingWaitsForTheSlowerFlush) {
+  Cluster cluster(/*pairs=*/1);
+  LogsOnFailure logs{&cluster};
+  Node* engine = cluster.engine(0);
+  engine->id = "engine-1";
+  engine->args = cluster.Args("engine", engine->id);
+  cluster.Start(engine);
+  for (int g = 0; g < 2; ++g) {
+    Node* n = cluster.gateway(g);
+    n->id = g == 0 ? "gateway-a" : "gateway-b";
+    n->args = cluster.Args("gateway", n->id);
+    n->args.insert(n->args.end(), {"--bus-heartbeat-flush-ms", "1000"});
+    cluster.Start(n);
+  }
+  ASSERT_TRUE(WaitFor([&] { return cluster.Owned()[0] == kPartitions; }, 60000));
+  ASSERT_TRUE(WaitFor([&] { return cluster.Answers(cluster.gateway(0)) && cluster.Answers(cluster.gateway(1)); },
+                      30000));
+  Clients clients(&cluster);
+  clients.ConnectAll();
+  ASSERT_TRUE(WaitFor([&] { return clients.EveryoneSawTheirFriendOnline(); }, 30000));
+  Client* a0 = clients.a()[0].get();
+  clients.OnIo([&] {
+    a0->beat.cancel();  // only the probes below queue on gateway A
+    return 0;
+  });
+  auto acked = [&](int id) {
+    EXPECT_TRUE(WaitFor([&] { return clients.AckMs(a0, id) >= 0; }, 10000)) << "no ack of " << id;
+    return clients.AckMs(a0, id);
+  };
+  const int64_t idle = acked(clients.Probe(a0, "{\"type\":\"activity\",\"activity\":\"idle\""));
+  EXPECT_LT(idle, 900) << "a change of activity waited for the heartbeats' flush";
+  // Nothing waits now: the heartbeat's flush is the one it scheduled.
+  const int64_t beat = acked(clients.Probe(a0, "{\"type\":\"heartbeat\""));
+  EXPECT_GE(beat, 1000) << "a heartbeat that changes nothing went before its flush";
+  const int beat_id = clients.Probe(a0, "{\"type\":\"heartbeat\"");
+  const int active_id = clients.Probe(a0, "{\"type\":\"activity\",\"activity\":\"active\"");
+  const int64_t active = acked(active_id), beat_before = acked(beat_id);
+  EXPECT_LT(active, 900);
+  EXPECT_LT(beat_before, 900) << "the activity's flush took the heartbeat before it along";
+  std::printf("CLUSTER acks with --bus-heartbeat-flush-ms 1000: activity %lld ms, heartbeat alone %lld ms, "
+              "heartbeat then activity %lld and %lld ms\n",
+              static_cast<long long>(idle), static_cast<long long>(beat), static_cast<long long>(beat_before),
+              static_cast<long long>(active));
+  EXPECT_TRUE(WaitFor([&] { return clients.SeenAs(a0) == "online"; }, 10000)) << clients.SeenAs(a0);
+  EXPECT_EQ(clients.failures(), 0);
+  EXPECT_EQ(clients.errors(), 0);
+}
+
 TEST(Cluster, AnEngineStopsWithinItsStopTimeoutWhenKafkaIsGone) {
   Cluster cluster;
   LogsOnFailure logs{&cluster};

@@ -79,7 +79,9 @@ constexpr char kUsage[] =
     "  --node-id NAME          this node's gateway id and group member name (default <role>-<pid>)\n"
     "  --session-timeout-ms N  the engines' group session timeout (default 3500)\n"
     "  --bus-flush-ms N        a gateway publishes its clients' signals every N ms, one batch\n"
-    "                          per partition (default 20; 1 to 1000)\n";
+    "                          per partition (default 20; 1 to 1000)\n"
+    "  --bus-heartbeat-flush-ms N  when only heartbeats that change nothing wait, every N ms\n"
+    "                          (default 200; --bus-flush-ms to 1000)\n";
 
 bool ReadFile(const std::string& path, std::string* out) {
   std::ifstream in(path, std::ios::binary);
@@ -322,6 +324,8 @@ int main(int argc, char** argv) {
       number(&o.cluster.session_timeout_ms);
     } else if (a == "--bus-flush-ms") {
       number(&o.cluster.flush_ms);
+    } else if (a == "--bus-heartbeat-flush-ms") {
+      number(&o.cluster.heartbeat_flush_ms);
     } else {
       std::fprintf(stderr, "presence_server: unknown flag %s\n%s", argv[i], kUsage);
       return 2;

@@ -7,9 +7,10 @@
 //   presence_mock_kafka [--brokers 3] [--topic presence] [--partitions 12]
 //
 // --brokers counts the brokers that lead the partitions; one more
-// coordinates the nodes' group (MockKafka says why). Prints "bootstrap
-// HOST:PORT,..." on its first line, then the suggested client settings, and
-// serves until SIGINT or SIGTERM.
+// coordinates the nodes' group (MockKafka says why). It creates the topic
+// and its change topic (ClusterChangeTopic), each with the partitions.
+// Prints "bootstrap HOST:PORT,..." on its first line, then the suggested
+// client settings, and serves until SIGINT or SIGTERM.
 #include <signal.h>
 
 #include <cstdio>
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
 
   presence::kafka_testing::MockKafka kafka(brokers);
   kafka.CreateTopic(topic, partitions);
+  kafka.CreateTopic(presence_server::ClusterChangeTopic(topic), partitions);
   presence::KafkaBusOptions nodes_bus;  // presence_server's
   nodes_bus.topic = topic;
   nodes_bus.group_id = presence_server::ClusterBusGroup(topic);

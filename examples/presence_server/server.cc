@@ -615,19 +615,19 @@ bool Server::Impl::OriginAllowed(const http::request<http::string_body>& req) co
 
 absl::StatusOr<DeviceHandle> Server::Impl::ConnectDevice(const presence::Signal& s) {
   if (cluster_ == nullptr) return engine_->Connect(s);
-  cluster_->Queue(s, std::nullopt, nullptr);  // refused: the heartbeats that follow connect it
-  ScheduleFlush();
+  cluster_->Queue(s, std::nullopt, /*connect=*/true, nullptr);  // refused: the heartbeats that follow connect it
+  ScheduleFlush(/*soon=*/true);
   return DeviceHandle{s.session_id};  // the owner keys the device by its ids, not by a handle
 }
 
-void Server::Impl::BeatDevice(DeviceHandle h, const presence::Signal& s,
+void Server::Impl::BeatDevice(DeviceHandle h, const presence::Signal& s, bool changed,
                               std::function<void(const absl::Status&)> done) {
   if (cluster_ == nullptr) {
     done(engine_->Beat(h, s.activity, s.source));
     return;
   }
-  cluster_->Queue(s, std::nullopt, std::move(done));
-  ScheduleFlush();
+  cluster_->Queue(s, std::nullopt, /*connect=*/false, std::move(done));
+  ScheduleFlush(/*soon=*/changed);
 }
 
 void Server::Impl::DisconnectDevice(DeviceHandle h, const presence::Signal& s, DisconnectKind kind) {
@@ -637,15 +637,19 @@ void Server::Impl::DisconnectDevice(DeviceHandle h, const presence::Signal& s, D
   }
   // Refused only while the bus fails with the buffer full: the owner then
   // times the device out, as it would a lost connection.
-  cluster_->Queue(s, kind, nullptr);
-  ScheduleFlush();
+  cluster_->Queue(s, kind, /*connect=*/false, nullptr);
+  ScheduleFlush(/*soon=*/true);
 }
 
-void Server::Impl::ScheduleFlush() {
-  if (flush_scheduled_) return;
+void Server::Impl::ScheduleFlush(bool soon) {
+  const auto at = std::chrono::steady_clock::now() +
+                  std::chrono::milliseconds(soon ? opts_.cluster.flush_ms : opts_.cluster.heartbeat_flush_ms);
+  if (flush_scheduled_ && flush_at_ <= at) return;
   flush_scheduled_ = true;
-  flush_timer_.expires_after(std::chrono::milliseconds(opts_.cluster.flush_ms));
-  flush_timer_.async_wait([this](beast::error_code) {
+  flush_at_ = at;
+  flush_timer_.expires_at(at);  // brought forward: the wait for the later time ends
+  flush_timer_.async_wait([this, at](beast::error_code) {
+    if (flush_at_ != at) return;  // brought forward since: that wait flushes
     flush_scheduled_ = false;
     cluster_->Flush();  // also when cancelled: nothing is left behind
   });

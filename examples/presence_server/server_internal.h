@@ -209,8 +209,11 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   // the device, its session, and the signal's source and activity.
   absl::StatusOr<DeviceHandle> ConnectDevice(const presence::Signal& s);
   // `done` hears the outcome: at once from the engine; on a cluster node
-  // once the bus took the signal (later in this pass of the event loop).
-  void BeatDevice(DeviceHandle h, const presence::Signal& s, std::function<void(const absl::Status&)> done);
+  // once the bus took the signal (at its flush). `changed`: the signal
+  // changes the device's activity or source (a cluster node sends it at
+  // once; a heartbeat that changes nothing may wait, ScheduleFlush).
+  void BeatDevice(DeviceHandle h, const presence::Signal& s, bool changed,
+                  std::function<void(const absl::Status&)> done);
   void DisconnectDevice(DeviceHandle h, const presence::Signal& s, DisconnectKind kind);
   std::vector<presence::UserPresence> GetUsers(absl::Span<const absl::string_view> users,
                                                absl::string_view viewer);
@@ -265,11 +268,13 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   absl::Status Listen(tcp::acceptor* acceptor, const std::string& address, uint16_t port, const char* flag);
   void DoAccept(tcp::acceptor* acceptor, bool metrics_listener);
   void ScheduleTick();
-  // A cluster node publishes what its sessions queued every
-  // ClusterOptions::flush_ms (Cluster::Flush): one bus call for all of
-  // them, so that each partition gets one batch of records rather than one
-  // record at a time (a reader fetches a batch per partition per round trip).
-  void ScheduleFlush();
+  // A cluster node publishes what its sessions queued ClusterOptions::flush_ms
+  // after it was queued, or heartbeat_flush_ms when `soon` is false (a
+  // heartbeat that changes nothing), whichever comes first (Cluster::Flush):
+  // one bus call for all of them, so that each partition gets one batch of
+  // records rather than one record at a time (a reader fetches a batch per
+  // partition per round trip).
+  void ScheduleFlush(bool soon);
   void OnTick();
   void BeginShutdown();
   void WaitForSessions();
@@ -328,6 +333,7 @@ class Server::Impl : public presence::Sink, public presence::Prober {
   std::unique_ptr<presence::FileStore> file_store_;  // null on a cluster node with a shared store
   std::unique_ptr<Cluster> cluster_;                  // null: one process
   bool flush_scheduled_ = false;
+  std::chrono::steady_clock::time_point flush_at_;  // when the scheduled flush runs
   std::unique_ptr<presence::Engine> engine_;
   std::unique_ptr<presence::Fanout> fanout_;
   absl::flat_hash_map<SubscriberId, std::shared_ptr<WsSession>> sessions_;
@@ -470,6 +476,7 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   DeviceHandle handle_;
   SubscriberId sub_ = 0;
   Activity activity_ = Activity::kActive;
+  presence::Source source_ = presence::Source::kApp;  // of the last heartbeat
   absl::flat_hash_set<std::string> users_, topics_;
   double tokens_ = 0;
   int64_t last_refill_ms_ = 0;

@@ -1411,6 +1411,8 @@ TEST(ClusterOptions, EachBadValueIsRefusedByItsFlag) {
   const std::vector<Case> cases = {
       {[](ClusterOptions& o) { o.flush_ms = 0; }, "--bus-flush-ms"},
       {[](ClusterOptions& o) { o.flush_ms = 1001; }, "--bus-flush-ms"},
+      {[](ClusterOptions& o) { o.heartbeat_flush_ms = 19; }, "--bus-heartbeat-flush-ms"},  // below flush_ms
+      {[](ClusterOptions& o) { o.heartbeat_flush_ms = 1001; }, "--bus-heartbeat-flush-ms"},
       {[](ClusterOptions& o) { o.partitions = 0; }, "--partitions"},
       {[](ClusterOptions& o) { o.brokers.clear(); }, "--kafka-brokers"},
       {[](ClusterOptions& o) { o.store.clear(); }, "--store"},

@@ -369,8 +369,12 @@ void WsSession::Drained() {
 
 void WsSession::Beat(const ClientMessage& m) {
   if (!handle_.valid()) return;
+  // A heartbeat that changes nothing only keeps the device alive.
+  const bool changed = m.type == ClientMessageType::kActivity || (m.activity && *m.activity != activity_) ||
+                       m.source != source_;
   if (m.activity) activity_ = *m.activity;
-  server_->BeatDevice(handle_, DeviceSignal(m.source),
+  source_ = m.source;
+  server_->BeatDevice(handle_, DeviceSignal(m.source), changed,
                       [self = weak_from_this(), id = m.id_json](const absl::Status& st) {
                         if (auto s = self.lock()) s->OnBeat(st, id);
                       });
