@@ -1579,6 +1579,57 @@ TEST(TwoBuses, ANoticeFollowsItsOriginalAndWaitsWhileItsBusFails) {
   EXPECT_EQ(w.gw->stats().buffered, 0u);
 }
 
+// Notices are copies: while their bus fails they are held up to the bound,
+// the oldest dropped past it (counted), and no signal waits for them. A
+// command that only some partitions took is noticed for those.
+TEST(TwoBuses, ANoticeBusThatStaysDownNeverHoldsUpASignal) {
+  FlakyBus signals(kPartitions), changes(kPartitions);
+  GatewayOptions go;
+  go.gateway_id = "gw-1";
+  go.max_buffered = 2;
+  go.notice_bus = &changes;
+  auto gw = GatewayPublisher::Create(&signals, go).value();
+  changes.failing = true;
+  const std::vector<std::string> users = {"u0", "u1", "u2", "u3", "u4"};
+  for (const std::string& u : users) {
+    const GatewayPublisher::Item connect{TestEngine::Sig(u, "web"), std::nullopt, true};
+    ASSERT_TRUE(gw->PublishBatch({&connect, 1})[0].ok()) << u << " was refused for the notices held";
+  }
+  EXPECT_EQ(TwoBuses::Count(signals, BusRecordType::kSignal), users.size());
+  EXPECT_EQ(gw->stats().notices_dropped, 3u);
+  EXPECT_EQ(gw->stats().buffered, 2u);
+  changes.failing = false;
+  EXPECT_TRUE(gw->Flush().ok());
+  std::set<std::string> noticed;
+  for (const BusRecord& r : changes.All()) noticed.insert(r.key);
+  EXPECT_EQ(noticed, (std::set<std::string>{"u3", "u4"})) << "the newest are kept";
+
+  // 510 signals wait; then the first call of 512 records takes them and two
+  // copies of the drain, the next call fails: those two partitions have it.
+  go.max_buffered = 1000;
+  auto big = GatewayPublisher::Create(&signals, go).value();
+  signals.failing = true;
+  for (int i = 0; i < 510; ++i) ASSERT_TRUE(big->Publish(TestEngine::Sig("alice", "web")).ok());
+  signals.failing = false;
+  signals.scripted = {false, true, false};
+  PartitionCommand drain;
+  drain.action = PartitionCommand::Action::kDrain;
+  drain.drained_gateway = "gw-old";
+  EXPECT_TRUE(absl::IsUnavailable(big->PublishToEveryPartition(drain)));
+  std::set<uint32_t> on_signals, on_changes;
+  for (const BusRecord& r : signals.All()) {
+    if (r.type == BusRecordType::kCommand) on_signals.insert(r.partition);
+  }
+  for (const BusRecord& r : changes.All()) {
+    if (r.type != BusRecordType::kCommand) continue;
+    PartitionCommand c;
+    ASSERT_TRUE(DecodePartitionCommand(r.payload, &c).ok());
+    on_changes.insert(c.partition);
+  }
+  EXPECT_EQ(on_signals.size(), 2u);
+  EXPECT_EQ(on_changes, on_signals);
+}
+
 TEST(TwoBuses, EachBusMustHaveAsManyPartitions) {
   FlakyBus signals(kPartitions), fewer(kPartitions / 2);
   Options o;
@@ -1593,6 +1644,8 @@ TEST(TwoBuses, EachBusMustHaveAsManyPartitions) {
   const absl::Status gateway = GatewayPublisher::Create(&signals, go).status();
   EXPECT_TRUE(absl::IsInvalidArgument(gateway)) << gateway;
   EXPECT_THAT(gateway.message(), HasSubstr("notice_bus has 4 partitions and bus 8"));
+  go.notice_bus = &signals;
+  EXPECT_TRUE(absl::IsInvalidArgument(GatewayPublisher::Create(&signals, go).status()));
 }
 
 TEST(GatewayPublisher, AnEngineServesWhatTheGatewayPublishedAndCanDrainIt) {

@@ -49,7 +49,7 @@ namespace presence {
 
 struct GatewayOptions {
   std::string gateway_id;        // required: 1..kMaxGatewayIdBytes bytes
-  size_t max_buffered = 100000;  // signals (and notices) held while a bus fails (>= 1)
+  size_t max_buffered = 100000;  // signals held while the bus fails (>= 1); notices likewise
   Clock* clock = nullptr;        // stamps signals without a time; null: SystemClock()
   // The bus that the other gateways' RemoteFeeds read when change events
   // have a bus of their own (Options::change_bus; same partition count as
@@ -58,8 +58,11 @@ struct GatewayOptions {
   // after the original is on the signals' bus: the first signal of each
   // session (Item::connect), so that a gateway that holds an older session
   // of the device closes it (RemoteFeedOptions::on_signal), and each copy of
-  // a partition command (RemoteFeedOptions::on_command). A notice the bus
-  // fails is held, in order, and tried again at each flush. Null: none.
+  // a partition command the bus took (RemoteFeedOptions::on_command). A
+  // notice the bus fails is held, in order, and tried again at each flush;
+  // past max_buffered held notices the oldest is dropped (counted), so a
+  // notice bus that stays down never holds up a signal. Null: none; not
+  // `bus` itself.
   Bus* notice_bus = nullptr;
 };
 
@@ -145,6 +148,7 @@ class PRESENCE_EXPORT GatewayPublisher {
   struct Stats {
     uint64_t published = 0;   // signals (and override, erase and partition commands) on the bus
     uint64_t notices = 0;     // copies on the notice bus
+    uint64_t notices_dropped = 0;  // notices dropped while the notice bus failed
     uint64_t buffered = 0;    // held now, notices included
     uint64_t refused = 0;     // ResourceExhausted answers (back-pressure)
     uint64_t invalid = 0;     // InvalidArgument answers

@@ -78,7 +78,7 @@ struct Options {
 
   // Signals stamped more than this ahead of the engine's clock are rejected
   // (InvalidArgument): a client clock far in the future would otherwise keep
-  // a device alive for ever.
+  // a device alive for ever. At most 2^30.
   int64_t max_future_skew_ms = 5000;
   // Signals stamped more than this before the engine's clock are rejected
   // (InvalidArgument). Must be at least the largest offline_after_ms.

@@ -105,31 +105,35 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       partition_keys_.clear();
       for (uint32_t p = 0; p < n; ++p) partition_keys_.push_back(PartitionKey(p, n));
     }
+    std::vector<Outgoing> copies;  // one per partition, in order
     for (uint32_t p = 0; p < n; ++p) {
       c.partition = p;
-      Enqueue(Outgoing{BusRecordType::kCommand, partition_keys_[p], EncodePartitionCommand(c)});
+      copies.push_back(Outgoing{BusRecordType::kCommand, partition_keys_[p], EncodePartitionCommand(c)});
     }
-    if (absl::Status st = FlushLocked(); !st.ok()) {
+    for (const Outgoing& copy : copies) Enqueue(copy);
+    const absl::Status st = FlushLocked();
+    size_t taken = copies.size();
+    if (!st.ok()) {
       // Refused rather than held, as an erasure: those the bus did not take
       // are the queue's last (a failed call leaves its records and all
       // after them), and no command waits there from an earlier call.
-      for (uint32_t left = n; left > 0 && !queue_.empty() && queue_.back().type == BusRecordType::kCommand;
-           --left) {
+      while (taken > 0 && !queue_.empty() && queue_.back().type == BusRecordType::kCommand) {
         queue_.pop_back();
         --queued_;
+        --taken;
       }
+    }
+    if (options_.notice_bus != nullptr && taken > 0) {
+      // The gateways hear of each copy the bus took (held when the notice
+      // bus fails: the command itself is on the bus).
+      for (size_t p = 0; p < taken; ++p) AddNotice(sent_, std::move(copies[p]));
+      (void)FlushNoticesLocked();
+    }
+    if (!st.ok()) {
       return absl::UnavailableError(absl::StrCat(
           "the bus did not take the command for every partition (try again: what it already did is "
           "not done twice): ",
           st.message()));
-    }
-    if (options_.notice_bus != nullptr) {  // every copy is on the bus: the gateways are told
-      for (uint32_t p = 0; p < n; ++p) {
-        c.partition = p;
-        notices_.push_back(
-            Notice{sent_, Outgoing{BusRecordType::kCommand, partition_keys_[p], EncodePartitionCommand(c)}});
-      }
-      (void)FlushNoticesLocked();  // held when it fails: the command itself is on the bus
     }
     return absl::OkStatus();
   }
@@ -184,9 +188,7 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     if (auto full = Full(); !full.ok()) return full;
     Enqueue(Outgoing{BusRecordType::kSignal, std::string(s.user_id),
                      disconnect ? EncodeDisconnect(s, *disconnect) : EncodeSignal(s)});
-    if (connect && !disconnect && options_.notice_bus != nullptr) {
-      notices_.push_back(Notice{queued_, queue_.back()});
-    }
+    if (connect && !disconnect && options_.notice_bus != nullptr) AddNotice(queued_, queue_.back());
     return s.trace_id;
   }
 
@@ -195,9 +197,20 @@ class GatewayPublisherImpl final : public GatewayPublisher {
     ++queued_;
   }
 
+  // A notice, to go once the queue's first `after` records are out. Bounded
+  // apart from the signals (max_buffered): a notice is a copy, so while the
+  // notice bus fails the oldest go (counted), never a signal.
+  void AddNotice(uint64_t after, Outgoing record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (notices_.size() >= options_.max_buffered) {
+      notices_.pop_front();
+      ++stats_.notices_dropped;
+    }
+    notices_.push_back(Notice{after, std::move(record)});
+  }
+
   // ResourceExhausted (counted) when the buffer is at its bound.
   absl::Status Full() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (queue_.size() + notices_.size() < options_.max_buffered) return absl::OkStatus();
+    if (queue_.size() < options_.max_buffered) return absl::OkStatus();
     ++stats_.refused;
     return absl::ResourceExhaustedError(absl::StrCat(
         "the bus is failing and ", queue_.size(), " signals wait for it (the gateway's bound): ",
@@ -314,6 +327,7 @@ absl::StatusOr<std::unique_ptr<GatewayPublisher>> GatewayPublisher::Create(
         absl::StrCat("gateway_id must be 1 to ", kMaxGatewayIdBytes, " bytes"));
   }
   if (options.max_buffered == 0) return absl::InvalidArgumentError("max_buffered must be at least 1");
+  if (options.notice_bus == bus) return absl::InvalidArgumentError("notice_bus is the bus itself");
   if (options.notice_bus != nullptr && options.notice_bus->partitions() != bus->partitions()) {
     return absl::InvalidArgumentError(absl::StrCat("notice_bus has ", options.notice_bus->partitions(),
                                                    " partitions and bus ", bus->partitions(),
