@@ -32,6 +32,10 @@ using kafka_internal::PartitionList;
 using kafka_internal::TopicPartitionCount;
 
 constexpr char kTypeHeader[] = "presence.type";  // BusRecordTypeName
+// How long a read at a partition's end takes the consumer's fetches for the
+// end without asking the leader again (Read): the leader is asked at most
+// this often per partition there.
+constexpr std::chrono::seconds kTrustFetchedEnd(1);
 
 // The type of a read record, from its header; 0 (no type of the bus) for a
 // record without one.
@@ -104,6 +108,8 @@ struct KafkaBus::Impl {
     // the reader was positioned (a partition EOF event: a fetch there that
     // found nothing), or -1.
     int64_t fetched_end ABSL_GUARDED_BY(mu) = -1;
+    // When a read of it last asked the leader for the watermarks.
+    std::chrono::steady_clock::time_point asked ABSL_GUARDED_BY(mu);
   };
   std::vector<std::unique_ptr<Reader>> readers;
   // Per partition: the end offset this process last learned (a watermark
@@ -594,17 +600,21 @@ struct KafkaBus::Impl {
     // How many more there are: the high watermark seen by the last fetch
     // when it shows more; none when this position's fetches found the end
     // where the reader is (the last one's high watermark, or an EOF event),
-    // and nothing this process learned says otherwise; else the leader's
-    // (one request).
+    // nothing this process learned says otherwise, and the leader was asked
+    // less than kTrustFetchedEnd ago (a fetcher that stalled is found out);
+    // else the leader's (one request).
     int64_t low = RD_KAFKA_OFFSET_INVALID, high = RD_KAFKA_OFFSET_INVALID;
     rd_kafka_get_watermark_offsets(consumer, options.topic.c_str(), static_cast<int32_t>(partition),
                                    &low, &high);
     if (high <= r.next) {
       if (!out.empty()) return Done(std::move(out));
       const bool fetched_here = r.fetched_end == r.next || (r.fetched && high == r.next);
-      if (fetched_here && known_end[partition].load(std::memory_order_relaxed) <= r.next) {
+      const auto now = std::chrono::steady_clock::now();
+      if (fetched_here && known_end[partition].load(std::memory_order_relaxed) <= r.next &&
+          now - r.asked < kTrustFetchedEnd) {
         return out;  // at the end, as the consumer's last fetch found it
       }
+      r.asked = now;
       auto wm = Watermarks(partition);
       if (!wm.ok()) return wm.status();
       std::tie(low, high) = *wm;

@@ -32,8 +32,9 @@
 // and no automatic commit. Records already fetched are returned at once;
 // otherwise, when the consumer's own fetch found the partition's end where
 // the read starts (and no publish or query of this bus since says more
-// exist), Read returns none without asking anyone: records appended since
-// come with the next fetch (fetch.wait.max.ms), as for any consumer.
+// exist), Read returns none without asking anyone, for up to a second after
+// it last asked the leader there: records appended since come with the next
+// fetch (fetch.wait.max.ms), as for any consumer.
 // Otherwise the leader's high watermark says whether more exist, and Read
 // waits for those (up to request_timeout_ms; Unavailable if none came) or
 // returns none at the end. OutOfRange past the high watermark, and below the
