@@ -352,7 +352,11 @@ class KafkaCluster final : public Cluster {
       gauge("presence_gateway_bus_errors_total", "Failed publishes (the signal waits in the buffer).",
             s.bus_errors);
       gauge("presence_gateway_refused_total", "Signals refused because the buffer was full.", s.refused);
-      gauge("presence_gateway_buffered", "Signals waiting for the bus.", s.buffered, "gauge");
+      gauge("presence_gateway_buffered", "Signals and notices waiting for the bus.", s.buffered, "gauge");
+      gauge("presence_gateway_notices_total",
+            "Connects and partition commands copied to the change topic for the other gateways.", s.notices);
+      gauge("presence_gateway_notices_dropped_total",
+            "Notices dropped, the oldest first, while the change topic failed.", s.notices_dropped);
     }
     if (own_ != nullptr) {
       const auto s = own_->stats();
@@ -410,7 +414,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Create(const ClusterOptions& o
   if (o.flush_ms < 1 || o.flush_ms > 1000) {
     return absl::InvalidArgumentError("--bus-flush-ms must be 1 to 1000");
   }
-  if (o.heartbeat_flush_ms < o.flush_ms || o.heartbeat_flush_ms > 1000) {
+  if (o.heartbeat_flush_ms != 0 && (o.heartbeat_flush_ms < o.flush_ms || o.heartbeat_flush_ms > 1000)) {
     return absl::InvalidArgumentError("--bus-heartbeat-flush-ms must be --bus-flush-ms to 1000");
   }
   if (o.partitions == 0 || o.partitions > 65536) {

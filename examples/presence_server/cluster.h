@@ -25,6 +25,7 @@
 #ifndef PRESENCE_EXAMPLES_SERVER_CLUSTER_H_
 #define PRESENCE_EXAMPLES_SERVER_CLUSTER_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -79,16 +80,23 @@ struct ClusterOptions {
   // and later delivery.
   int flush_ms = 20;
   // How long a heartbeat that changes nothing may wait for that bus call,
-  // flush_ms to 1000: the bulk of the signals, which only keep devices alive
-  // (their deadline is seconds away), go in batches this far apart, and
-  // only a connect, a disconnect or a change of activity brings the call
-  // forward to flush_ms. Each flush sends everything queued, in order.
-  int heartbeat_flush_ms = 200;
+  // flush_ms to 1000 (0: 200 ms, or flush_ms when that is longer;
+  // HeartbeatFlushMs): the bulk of the signals, which only keep devices
+  // alive (their deadline is seconds away), go in batches this far apart,
+  // and a connect, a disconnect, an activity message or a change of source
+  // brings the call forward to flush_ms. Each flush sends everything
+  // queued, in order.
+  int heartbeat_flush_ms = 0;
   // The shared store: "redis://HOST:PORT[/PREFIX]", a PostgreSQL connection
   // URI ("postgresql://..." or "postgres://..."), or "file" (the server's
   // --data-dir: one node only, role both).
   std::string store;
 };
+
+// ClusterOptions::heartbeat_flush_ms as the server uses it.
+inline int HeartbeatFlushMs(const ClusterOptions& o) {
+  return o.heartbeat_flush_ms > 0 ? o.heartbeat_flush_ms : std::max(200, o.flush_ms);
+}
 
 class Cluster {
  public:
@@ -123,8 +131,9 @@ class Cluster {
   // it (ResourceExhausted while the bus fails and the gateway's buffer is
   // full). `connect`: the first signal of its session, which the other
   // gateways hear of (GatewayPublisher::Item::connect). The server flushes
-  // every ClusterOptions::flush_ms while signals wait, so that they go in
-  // one bus call.
+  // ClusterOptions::flush_ms after a connect, a disconnect or a change was
+  // queued, HeartbeatFlushMs after a heartbeat that changes nothing,
+  // whichever comes first, so that what waits goes in one bus call.
   virtual void Queue(const presence::Signal& signal, std::optional<presence::DisconnectKind> disconnect,
                      bool connect, std::function<void(const absl::Status&)> done) = 0;
   virtual void Flush() = 0;

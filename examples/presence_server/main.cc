@@ -80,8 +80,9 @@ constexpr char kUsage[] =
     "  --session-timeout-ms N  the engines' group session timeout (default 3500)\n"
     "  --bus-flush-ms N        a gateway publishes its clients' signals every N ms, one batch\n"
     "                          per partition (default 20; 1 to 1000)\n"
-    "  --bus-heartbeat-flush-ms N  when only heartbeats that change nothing wait, every N ms\n"
-    "                          (default 200; --bus-flush-ms to 1000)\n";
+    "  --bus-heartbeat-flush-ms N  a heartbeat that changes nothing may wait N ms for that\n"
+    "                          batch (default 200, or --bus-flush-ms if longer; --bus-flush-ms\n"
+    "                          to 1000); a connect, a disconnect or an activity brings it forward\n";
 
 bool ReadFile(const std::string& path, std::string* out) {
   std::ifstream in(path, std::ios::binary);

@@ -359,8 +359,12 @@ void Server::Impl::Run() {
     });
   }
   ioc_.run();
-  // Everything is closed: publish and persist the end.
-  if (cluster_ != nullptr) cluster_->BeforeTick();
+  // Everything is closed: publish and persist the end (the sessions' last
+  // disconnects first: their flush may not have come).
+  if (cluster_ != nullptr) {
+    cluster_->Flush();
+    cluster_->BeforeTick();
+  }
   engine_->Tick();
   if (cluster_ != nullptr) cluster_->Close();  // an engine hands its partitions over at once
   if (file_store_ != nullptr) file_store_->Sync().IgnoreError();
@@ -643,7 +647,7 @@ void Server::Impl::DisconnectDevice(DeviceHandle h, const presence::Signal& s, D
 
 void Server::Impl::ScheduleFlush(bool soon) {
   const auto at = std::chrono::steady_clock::now() +
-                  std::chrono::milliseconds(soon ? opts_.cluster.flush_ms : opts_.cluster.heartbeat_flush_ms);
+                  std::chrono::milliseconds(soon ? opts_.cluster.flush_ms : HeartbeatFlushMs(opts_.cluster));
   if (flush_scheduled_ && flush_at_ <= at) return;
   flush_scheduled_ = true;
   flush_at_ = at;
@@ -651,7 +655,7 @@ void Server::Impl::ScheduleFlush(bool soon) {
   flush_timer_.async_wait([this, at](beast::error_code) {
     if (flush_at_ != at) return;  // brought forward since: that wait flushes
     flush_scheduled_ = false;
-    cluster_->Flush();  // also when cancelled: nothing is left behind
+    cluster_->Flush();
   });
 }
 

@@ -1412,6 +1412,7 @@ TEST(ClusterOptions, EachBadValueIsRefusedByItsFlag) {
       {[](ClusterOptions& o) { o.flush_ms = 0; }, "--bus-flush-ms"},
       {[](ClusterOptions& o) { o.flush_ms = 1001; }, "--bus-flush-ms"},
       {[](ClusterOptions& o) { o.heartbeat_flush_ms = 19; }, "--bus-heartbeat-flush-ms"},  // below flush_ms
+      {[](ClusterOptions& o) { o.heartbeat_flush_ms = -1; }, "--bus-heartbeat-flush-ms"},
       {[](ClusterOptions& o) { o.heartbeat_flush_ms = 1001; }, "--bus-heartbeat-flush-ms"},
       {[](ClusterOptions& o) { o.partitions = 0; }, "--partitions"},
       {[](ClusterOptions& o) { o.brokers.clear(); }, "--kafka-brokers"},
@@ -1425,6 +1426,15 @@ TEST(ClusterOptions, EachBadValueIsRefusedByItsFlag) {
     EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.flag << ": " << st;
     EXPECT_TRUE(absl::StrContains(st.message(), c.flag)) << st;
   }
+  // A heartbeat flush left unset follows a longer --bus-flush-ms.
+  ClusterOptions slow = good;
+  slow.flush_ms = 300;
+  slow.partitions = 0;  // refused after the flush flags are checked: nothing is reached
+  EXPECT_TRUE(absl::StrContains(refused(slow).message(), "--partitions")) << refused(slow);
+  EXPECT_EQ(HeartbeatFlushMs(slow), 300);
+  EXPECT_EQ(HeartbeatFlushMs(good), 200);
+  slow.heartbeat_flush_ms = 500;
+  EXPECT_EQ(HeartbeatFlushMs(slow), 500);
 }
 
 }  // namespace
