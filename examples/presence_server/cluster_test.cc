@@ -164,6 +164,30 @@ std::pair<int, std::string> HttpGet(int port, const std::string& target, const s
   return HttpCall(http::verb::get, port, target, token);
 }
 
+// Whether the node answers /healthz within `timeout`: its io thread is not
+// held (a blocking call would hold a synchronous request as long).
+bool AnswersWithin(int port, std::chrono::milliseconds timeout) {
+  net::io_context ioc;
+  beast::tcp_stream s(ioc);
+  http::request<http::string_body> req(http::verb::get, "/healthz", 11);
+  req.set(http::field::host, "127.0.0.1");
+  beast::flat_buffer buf;
+  http::response<http::string_body> res;
+  bool answered = false;
+  s.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)),
+                  [&](beast::error_code ec) {
+                    if (ec) return;
+                    http::async_write(s, req, [&](beast::error_code ec, size_t) {
+                      if (ec) return;
+                      http::async_read(s, buf, res, [&](beast::error_code ec, size_t) {
+                        answered = !ec && res.result_int() == 200;
+                      });
+                    });
+                  });
+  ioc.run_for(timeout);
+  return answered;
+}
+
 // presencectl, the operator's command line, against the node on `port` as
 // the operator "op", its output kept in `folder`: its exit status (-1: it
 // did not exit normally within 30 s) and what it printed.
@@ -1303,7 +1327,10 @@ TEST(Cluster, AHeartbeatThatChangesNothingWaitsForTheSlowerFlush) {
 // A SIGTERM stops a node within its --stop-timeout even when no broker is
 // left to hand its partitions over to: the clean stop would wait on Kafka
 // calls (each up to the bus's 10 s request timeout, on the io thread). A
-// second signal does not wait for the timeout.
+// second signal does not wait for the timeout. Each signal comes while the
+// engine's io thread is held by such a call (its reads at the partitions'
+// ends ask the gone leader at least once a second), which the test sees as
+// /healthz going unanswered.
 TEST(Cluster, AnEngineStopsWithinItsStopTimeoutWhenKafkaIsGone) {
   Cluster cluster;
   LogsOnFailure logs{&cluster};
@@ -1322,6 +1349,11 @@ TEST(Cluster, AnEngineStopsWithinItsStopTimeoutWhenKafkaIsGone) {
       },
       60000));
   cluster.KillKafka();
+  auto held = [&](Node* n) {
+    const auto second = std::chrono::seconds(1);
+    return WaitFor([&] { return !AnswersWithin(n->port, second) && !AnswersWithin(n->port, second); }, 30000);
+  };
+  ASSERT_TRUE(held(timed)) << "engine-1's io thread was never held by the gone broker";
 
   TimePoint at = Clock::now();
   kill(timed->process->pid(), SIGTERM);
@@ -1331,6 +1363,7 @@ TEST(Cluster, AnEngineStopsWithinItsStopTimeoutWhenKafkaIsGone) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status;
   EXPECT_NE(cluster.Log(timed).find("the clean stop took longer than 2 s"), std::string::npos);
 
+  ASSERT_TRUE(held(twice)) << "engine-2's io thread was never held by the gone broker";
   kill(twice->process->pid(), SIGTERM);
   ASSERT_TRUE(WaitFor([&] { return cluster.Log(twice).find("stopping") != std::string::npos; }, 10000));
   at = Clock::now();
