@@ -64,7 +64,7 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       return st;
     }
     if (auto full = Full(); !full.ok()) return full;
-    Enqueue(Outgoing{BusRecordType::kOverride, std::string(c.user_id), EncodeOverrideCommand(c)});
+    queue_.push_back(Outgoing{BusRecordType::kOverride, std::string(c.user_id), EncodeOverrideCommand(c)});
     (void)FlushLocked();  // this one too, or it waits with them
     return c.op == OverrideOp::kClear ? 0 : c.override_id;
   }
@@ -76,14 +76,13 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       return st;
     }
     if (auto full = Full(); !full.ok()) return full;
-    Enqueue(Outgoing{BusRecordType::kErase, std::string(user_id),
-                     EncodeEraseCommand(user_id, options_.gateway_id)});
+    queue_.push_back(Outgoing{BusRecordType::kErase, std::string(user_id),
+                              EncodeEraseCommand(user_id, options_.gateway_id)});
     if (absl::Status st = FlushLocked(); !st.ok()) {
       // Refused rather than held: nobody may be told that an erasure is
       // under way which this process's end would lose. (The bus may have
       // written it all the same; erasing again changes nothing.)
       queue_.pop_back();
-      --queued_;
       return absl::UnavailableError(
           absl::StrCat("the bus did not take the erasure (try again): ", st.message()));
     }
@@ -110,7 +109,7 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       c.partition = p;
       copies.push_back(Outgoing{BusRecordType::kCommand, partition_keys_[p], EncodePartitionCommand(c)});
     }
-    for (const Outgoing& copy : copies) Enqueue(copy);
+    queue_.insert(queue_.end(), copies.begin(), copies.end());
     const absl::Status st = FlushLocked();
     size_t taken = copies.size();
     if (!st.ok()) {
@@ -119,7 +118,6 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       // after them), and no command waits there from an earlier call.
       while (taken > 0 && !queue_.empty() && queue_.back().type == BusRecordType::kCommand) {
         queue_.pop_back();
-        --queued_;
         --taken;
       }
     }
@@ -186,15 +184,12 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       return st;
     }
     if (auto full = Full(); !full.ok()) return full;
-    Enqueue(Outgoing{BusRecordType::kSignal, std::string(s.user_id),
-                     disconnect ? EncodeDisconnect(s, *disconnect) : EncodeSignal(s)});
-    if (connect && !disconnect && options_.notice_bus != nullptr) AddNotice(queued_, queue_.back());
+    queue_.push_back(Outgoing{BusRecordType::kSignal, std::string(s.user_id),
+                              disconnect ? EncodeDisconnect(s, *disconnect) : EncodeSignal(s)});
+    if (connect && !disconnect && options_.notice_bus != nullptr) {
+      AddNotice(sent_ + queue_.size(), queue_.back());  // once this signal is out
+    }
     return s.trace_id;
-  }
-
-  void Enqueue(Outgoing record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    queue_.push_back(std::move(record));
-    ++queued_;
   }
 
   // A notice, to go once the queue's first `after` records are out. Bounded
@@ -219,6 +214,15 @@ class GatewayPublisherImpl final : public GatewayPublisher {
 
   static constexpr size_t kMaxBatch = 512;
 
+  // One bus call; a failure is counted, and kept for Full's message.
+  absl::Status Send(Bus* bus, absl::Span<const BusMessage> batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto offsets = bus->PublishBatch(batch);
+    if (offsets.ok()) return absl::OkStatus();
+    ++stats_.bus_errors;
+    last_error_ = offsets.status();
+    return last_error_;
+  }
+
   // Publishes the queue in order, up to kMaxBatch records per bus call;
   // stops at the first failure, leaving that call's records and the rest
   // queued. Then the notices whose originals are out (their failure is
@@ -232,13 +236,8 @@ class GatewayPublisherImpl final : public GatewayPublisher {
       for (size_t i = 0; i < n; ++i) {
         batch.push_back(BusMessage{queue_[i].type, queue_[i].user_id, queue_[i].payload});
       }
-      auto offsets = bus_->PublishBatch(batch);
-      if (!offsets.ok()) {
-        ++stats_.bus_errors;
-        last_error_ = offsets.status();
-        st = offsets.status();
-        break;
-      }
+      st = Send(bus_, batch);
+      if (!st.ok()) break;
       stats_.published += n;
       sent_ += n;
       queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
@@ -258,12 +257,8 @@ class GatewayPublisherImpl final : public GatewayPublisher {
         const Outgoing& r = notices_[i].record;
         batch.push_back(BusMessage{r.type, r.user_id, r.payload});
       }
-      auto offsets = options_.notice_bus->PublishBatch(batch);
-      if (!offsets.ok()) {
-        ++stats_.bus_errors;
-        last_error_ = notice_status_ = offsets.status();
-        return notice_status_;
-      }
+      notice_status_ = Send(options_.notice_bus, batch);
+      if (!notice_status_.ok()) return notice_status_;
       stats_.notices += batch.size();
       notices_.erase(notices_.begin(), notices_.begin() + static_cast<std::ptrdiff_t>(batch.size()));
     }
@@ -304,8 +299,7 @@ class GatewayPublisherImpl final : public GatewayPublisher {
   const uint64_t override_seed_;
   mutable internal::Mutex mu_;
   std::deque<Outgoing> queue_ ABSL_GUARDED_BY(mu_);
-  uint64_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // records ever put in queue_ (and kept)
-  uint64_t sent_ ABSL_GUARDED_BY(mu_) = 0;    // of those, published
+  uint64_t sent_ ABSL_GUARDED_BY(mu_) = 0;  // records of queue_ published, since the start
   std::deque<Notice> notices_ ABSL_GUARDED_BY(mu_);
   absl::Status notice_status_ ABSL_GUARDED_BY(mu_);  // the last notice flush's
   Stats stats_ ABSL_GUARDED_BY(mu_);

@@ -100,14 +100,11 @@ struct KafkaBus::Impl {
     // The offset the queue delivers next, or -1 when unknown (after an
     // error): the next read seeks.
     int64_t next ABSL_GUARDED_BY(mu) = -1;
-    // Whether the consumer delivered a record (or a partition EOF event)
-    // for the reader since it was positioned: then the high watermark of
-    // its last fetch is of this position's fetches, at most one fetch old.
+    // Whether the consumer delivered a record, or a partition EOF event
+    // (a fetch that found the end where the reader is), since the reader
+    // was positioned: then the high watermark of its last fetch is of this
+    // position's fetches, at most one fetch old.
     bool fetched ABSL_GUARDED_BY(mu) = false;
-    // Where the consumer's fetches last found the partition's end since
-    // the reader was positioned (a partition EOF event: a fetch there that
-    // found nothing), or -1.
-    int64_t fetched_end ABSL_GUARDED_BY(mu) = -1;
     // When a read of it last asked the leader for the watermarks.
     std::chrono::steady_clock::time_point asked ABSL_GUARDED_BY(mu);
   };
@@ -272,7 +269,7 @@ struct KafkaBus::Impl {
         // silent jump.
         {"auto.offset.reset", "error"},
         // Each time a fetch finds a partition's end: a read there then
-        // knows it without asking the leader (Reader::fetched_end).
+        // knows it without asking the leader (Reader::fetched).
         {"enable.partition.eof", "true"},
     };
     auto cconf = MakeConf({&consumer_defaults, &options.config, &options.consumer_config,
@@ -505,7 +502,6 @@ struct KafkaBus::Impl {
     }
     r.next = offset;
     r.fetched = false;  // what was fetched before is not of this position
-    r.fetched_end = -1;
     return absl::OkStatus();
   }
 
@@ -537,10 +533,7 @@ struct KafkaBus::Impl {
         rd_kafka_message_t* m = batch[i];
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
           // In order after the records before it: the end as of that fetch.
-          if (m->offset == r.next) {
-            r.fetched_end = m->offset;
-            r.fetched = true;
-          }
+          if (m->offset == r.next) r.fetched = true;
         } else if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
           // (One about an earlier position, before a seek, is stale.)
           if ((m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
@@ -599,8 +592,8 @@ struct KafkaBus::Impl {
     if (out.size() == max) return Done(std::move(out));
     // How many more there are: the high watermark seen by the last fetch
     // when it shows more; none when this position's fetches found the end
-    // where the reader is (the last one's high watermark, or an EOF event),
-    // nothing this process learned says otherwise, and the leader was asked
+    // where the reader is (the last one's high watermark says so), nothing
+    // this process learned says otherwise, and the leader was asked
     // less than kTrustFetchedEnd ago (a fetcher that stalled is found out);
     // else the leader's (one request).
     int64_t low = RD_KAFKA_OFFSET_INVALID, high = RD_KAFKA_OFFSET_INVALID;
@@ -608,9 +601,8 @@ struct KafkaBus::Impl {
                                    &low, &high);
     if (high <= r.next) {
       if (!out.empty()) return Done(std::move(out));
-      const bool fetched_here = r.fetched_end == r.next || (r.fetched && high == r.next);
       const auto now = std::chrono::steady_clock::now();
-      if (fetched_here && known_end[partition].load(std::memory_order_relaxed) <= r.next &&
+      if (r.fetched && high == r.next && known_end[partition].load(std::memory_order_relaxed) <= r.next &&
           now - r.asked < kTrustFetchedEnd) {
         return out;  // at the end, as the consumer's last fetch found it
       }
