@@ -1,10 +1,12 @@
 // Device records in fixed chunks that never move.
 //
 // A heartbeat on a handle reads its record without the shard lock, so records
-// must stay where they are while other threads add devices. The table is an
-// array of chunk pointers, allocated up front (64 KiB per shard, twice that
-// with a detector: see Learned); chunks of 4096 records are added under the
-// shard lock and published with a release store. A free list threads
+// must stay where they are while other threads add devices. Chunks of 512
+// records are added under the shard lock; a directory of chunk pointers
+// (and of the detector's answers: see Learned) finds them. The directory
+// doubles when full: the grown copy is published with a release store and
+// the old ones are kept until the table goes, since a heartbeat may still
+// read one (together at most the size of the newest). A free list threads
 // through Device::next().
 //
 // A lock-free heartbeat checks the record's generation and then writes its
@@ -21,6 +23,7 @@
 #include <deque>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "src/core/device.h"
 
@@ -37,27 +40,23 @@ struct SlotEpochs {
 
 class DeviceTable {
  public:
-  // Chunks of 4096 records (192 KiB): a shard holds at most one chunk more
-  // than it uses (at 10^5 devices in 16 shards, a third; at 10^6, 5%).
-  static constexpr uint32_t kChunkBits = 12;
+  // Chunks of 512 records (24 KiB): a shard holds at most one chunk more
+  // than it uses (at 10^5 devices in 16 shards, 8%; at 10^6, 0.8%).
+  static constexpr uint32_t kChunkBits = 9;
   static constexpr uint32_t kChunkSize = 1u << kChunkBits;
-  static constexpr uint32_t kMaxChunks = 8192;  // 33.5M devices per shard
+  static constexpr uint32_t kMaxChunks = (1u << 25) >> kChunkBits;  // 2^25 records per shard
   static_assert(uint64_t{kMaxChunks} * kChunkSize <= Device::kNextNone,
                 "every record's index fits Device::next_ beside its none");
 
   // `learning`: the engine has a detector (rule 6), so a record may need its
   // answer kept (Learned).
-  explicit DeviceTable(bool learning) : chunks_(new std::atomic<Device*>[kMaxChunks]) {
-    for (uint32_t i = 0; i < kMaxChunks; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
-    if (learning) {
-      learned_.reset(new std::atomic<std::atomic<uint32_t>*>[kMaxChunks]);
-      for (uint32_t i = 0; i < kMaxChunks; ++i) learned_[i].store(nullptr, std::memory_order_relaxed);
-    }
-  }
+  explicit DeviceTable(bool learning) : learning_(learning) {}
   ~DeviceTable() {
-    for (uint32_t i = 0; i < num_chunks_; ++i) {
-      delete[] chunks_[i].load(std::memory_order_relaxed);
-      if (learned_) delete[] learned_[i].load(std::memory_order_relaxed);
+    for (uint32_t i = 0; i < chunks(); ++i) {
+      delete[] records_.current.load(std::memory_order_relaxed)[i].load(std::memory_order_relaxed);
+      if (learning_) {
+        delete[] learned_.current.load(std::memory_order_relaxed)[i].load(std::memory_order_relaxed);
+      }
     }
   }
   DeviceTable(const DeviceTable&) = delete;
@@ -65,10 +64,12 @@ class DeviceTable {
 
   // Any thread. Null when `index` was never allocated.
   Device* Find(uint32_t index) const {
-    const uint32_t c = index >> kChunkBits;
-    if (c >= kMaxChunks) return nullptr;
-    Device* chunk = chunks_[c].load(std::memory_order_acquire);
-    return chunk ? chunk + (index & (kChunkSize - 1)) : nullptr;
+    const std::atomic<Device*>* chunk = EntryOf(records_, index);
+    return chunk ? chunk->load(std::memory_order_acquire) + (index & (kChunkSize - 1)) : nullptr;
+  }
+  // Any thread: starts loading the directory entry that Find(index) reads.
+  void PrefetchEntry(uint32_t index) const {
+    if (const auto* entry = EntryOf(records_, index)) __builtin_prefetch(entry);
   }
   // Rule 6: the detector's latest answer for record `index`'s heartbeat
   // sources, clamped (0: none yet), kept beside the records, a chunk of them
@@ -85,14 +86,15 @@ class DeviceTable {
   // Any thread: null as above. A record whose fast bits say watched has
   // one: Watch made it before the bits were set (and released them).
   std::atomic<uint32_t>* Learned(uint32_t index) const {
-    if (!learned_ || (index >> kChunkBits) >= kMaxChunks) return nullptr;
-    std::atomic<uint32_t>* chunk = learned_[index >> kChunkBits].load(std::memory_order_acquire);
-    return chunk ? chunk + (index & (kChunkSize - 1)) : nullptr;
+    const std::atomic<std::atomic<uint32_t>*>* chunk = learning_ ? EntryOf(learned_, index) : nullptr;
+    std::atomic<uint32_t>* answers = chunk ? chunk->load(std::memory_order_acquire) : nullptr;
+    return answers ? answers + (index & (kChunkSize - 1)) : nullptr;
   }
   // Under the shard lock, for an allocated index, in an engine with a
   // detector: the record's answer is kept from now on, from zero.
   void Watch(uint32_t index) {
-    std::atomic<std::atomic<uint32_t>*>& slot = learned_[index >> kChunkBits];
+    std::atomic<std::atomic<uint32_t>*>& slot =
+        learned_.current.load(std::memory_order_relaxed)[index >> kChunkBits];
     std::atomic<uint32_t>* chunk = slot.load(std::memory_order_relaxed);
     if (chunk == nullptr) {
       chunk = new std::atomic<uint32_t>[kChunkSize];
@@ -104,25 +106,33 @@ class DeviceTable {
 
   // Under the shard lock, for an index known to be allocated.
   Device& at(uint32_t index) {
-    return chunks_[index >> kChunkBits].load(std::memory_order_relaxed)[index & (kChunkSize - 1)];
+    return records_.current.load(std::memory_order_relaxed)[index >> kChunkBits].load(
+        std::memory_order_relaxed)[index & (kChunkSize - 1)];
   }
   const Device& at(uint32_t index) const {
-    return chunks_[index >> kChunkBits].load(std::memory_order_relaxed)[index & (kChunkSize - 1)];
+    return records_.current.load(std::memory_order_relaxed)[index >> kChunkBits].load(
+        std::memory_order_relaxed)[index & (kChunkSize - 1)];
   }
 
   // Under the shard lock. kNone when the table is full.
   uint32_t Allocate(const SlotEpochs& epochs) {
     if (free_ == kNone) Reclaim(epochs.safe.load(std::memory_order_acquire));
     if (free_ == kNone) {
-      if (num_chunks_ == kMaxChunks) return kNone;
+      const uint32_t n = chunks();
+      if (n == kMaxChunks) return kNone;
       Device* chunk = new Device[kChunkSize];
-      const uint32_t base = num_chunks_ << kChunkBits;
+      const uint32_t base = n << kChunkBits;
       for (uint32_t i = 0; i < kChunkSize; ++i) {
         chunk[i].set_next(i + 1 < kChunkSize ? base + i + 1 : kNone);
         chunk[i].gen_fast.store(fast::Make(1, 0), std::memory_order_relaxed);
       }
-      chunks_[num_chunks_].store(chunk, std::memory_order_release);
-      ++num_chunks_;
+      if (n == records_.capacity()) {
+        records_.Grow(n);
+        if (learning_) learned_.Grow(n);
+      }
+      records_.current.load(std::memory_order_relaxed)[n].store(chunk, std::memory_order_relaxed);
+      // Publishes the chunk, and the directories that hold it.
+      published_.store(n + 1, std::memory_order_release);
       free_ = base;
     }
     const uint32_t index = free_;
@@ -161,11 +171,43 @@ class DeviceTable {
     }
   }
 
-  std::unique_ptr<std::atomic<Device*>[]> chunks_;
-  // Per chunk of records, their detector's answers (see Learned); null
-  // without a detector.
-  std::unique_ptr<std::atomic<std::atomic<uint32_t>*>[]> learned_;
-  uint32_t num_chunks_ = 0;
+  // A directory: per chunk, a pointer (to its records, or to their
+  // detector's answers). Grown as said above.
+  template <typename T>
+  struct Directory {
+    std::atomic<std::atomic<T*>*> current{nullptr};
+    std::vector<std::unique_ptr<std::atomic<T*>[]>> all;  // the current one last
+
+    uint32_t capacity() const { return all.empty() ? 0 : kFirstDirectory << (all.size() - 1); }
+    // Under the shard lock, with `n` chunks, the directory full: one twice
+    // the size holding the same replaces it; the old one is kept.
+    void Grow(uint32_t n) {
+      all.push_back(std::make_unique<std::atomic<T*>[]>(n == 0 ? kFirstDirectory : 2 * n));
+      std::atomic<T*>* grown = all.back().get();
+      const std::atomic<T*>* old = current.load(std::memory_order_relaxed);
+      for (uint32_t i = 0; i < n; ++i) {
+        grown[i].store(old[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
+      }
+      current.store(grown, std::memory_order_release);
+    }
+  };
+  static constexpr uint32_t kFirstDirectory = 16;
+
+  // Any thread: an allocated index's entry in `dir`, or null. A reader that
+  // sees the count of chunks sees directories that hold them.
+  template <typename T>
+  const std::atomic<T*>* EntryOf(const Directory<T>& dir, uint32_t index) const {
+    const uint32_t c = index >> kChunkBits;
+    if (c >= published_.load(std::memory_order_acquire)) return nullptr;
+    return &dir.current.load(std::memory_order_acquire)[c];
+  }
+  // Under the shard lock: the chunks allocated.
+  uint32_t chunks() const { return published_.load(std::memory_order_relaxed); }
+
+  const bool learning_;
+  Directory<Device> records_;
+  Directory<std::atomic<uint32_t>> learned_;  // with a detector only
+  std::atomic<uint32_t> published_{0};        // the chunks allocated
   uint32_t free_ = kNone;
   size_t used_ = 0;
   std::deque<std::pair<uint32_t, uint64_t>> limbo_;  // (index, epoch freed in), oldest first
