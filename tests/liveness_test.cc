@@ -1,9 +1,10 @@
 // Unit tests of the pure pieces: wrapping time, the timer sweep, the device
-// liveness rule and the reducer.
+// liveness rule, the reducer and the user index.
 #include <functional>
 #include <limits>
 #include <random>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -12,6 +13,7 @@
 #include "src/core/reducer.h"
 #include "src/core/time32.h"
 #include "src/core/timer_sweep.h"
+#include "src/core/user_index.h"
 
 namespace presence::internal {
 namespace {
@@ -119,6 +121,63 @@ TEST(TimerSweep, RescheduleDuringAScanIsNotLostAndIdleBlocksAreNotScanned) {
 }
 
 Options DefaultOptions() { return Options(); }
+
+// Users under hashes that collide on purpose (8 home positions, 2 tags):
+// long runs that wrap past the table's end, and erasures inside them. After
+// every step each user held is found under its hash, and no other.
+TEST(UserIndex, FindsExactlyTheUsersHeldThroughGrowthAndErasure) {
+  auto hash_of = [](uint32_t u) {
+    return (uint64_t{(u * 2654435761u) % 8} << 45) | (uint64_t{u * 40503u} << 16 & 0x1fff0000u) |
+           (u % 2);
+  };
+  std::mt19937 rng(11);
+  UserIndex index;
+  std::set<uint32_t> held;
+  auto check = [&] {
+    ASSERT_EQ(index.size(), held.size());
+    for (uint32_t u = 0; u < 400; ++u) {
+      const uint32_t found = index.Find(hash_of(u), [u](uint32_t v) { return v == u; });
+      ASSERT_EQ(found, held.count(u) ? u : UserIndex::kNotFound) << "user " << u;
+    }
+  };
+  for (int step = 0; step < 4000; ++step) {
+    const uint32_t u = rng() % 400;
+    if (held.count(u)) {
+      index.Erase(u, hash_of(u), hash_of);
+      held.erase(u);
+    } else {
+      index.Insert(u, hash_of(u), hash_of);
+      held.insert(u);
+    }
+    if (step % 7 == 0) check();
+  }
+  check();
+  // Every user out, one by one, then back.
+  for (uint32_t u : std::vector<uint32_t>(held.begin(), held.end())) {
+    index.Erase(u, hash_of(u), hash_of);
+    held.erase(u);
+    check();
+  }
+  for (uint32_t u = 0; u < 400; ++u) index.Insert(u, hash_of(u), hash_of), held.insert(u);
+  check();
+}
+
+// A lookup reads a user (calls eq) only for slots whose hash bits match.
+TEST(UserIndex, ALookupComparesOnlyUsersWhoseHashBitsMatch) {
+  UserIndex index;
+  auto hash_of = [](uint32_t u) {  // splitmix64's finalizer
+    uint64_t z = u + 0x9e3779b97f4a7c15u;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    return z ^ (z >> 31);
+  };
+  for (uint32_t u = 0; u < 100'000; ++u) index.Insert(u, hash_of(u), hash_of);
+  int compared = 0;
+  for (uint32_t u = 0; u < 100'000; ++u) {
+    ASSERT_EQ(index.Find(hash_of(u), [&](uint32_t v) { return ++compared, v == u; }), u);
+  }
+  EXPECT_LT(compared, 100'000 + 1'000);
+}
 
 TEST(EvaluateDevice, LiveUntilOfflineAfterThenNot) {
   const LivenessPolicy p(DefaultOptions());

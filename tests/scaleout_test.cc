@@ -348,6 +348,34 @@ TEST(Partitions, ANewOwnerAnnouncesWhatTheDeadOwnerStoredButNeverPublished) {
   EXPECT_EQ(changes[0].devices.total(), 1);
 }
 
+// A user record keeps when its public view last changed as a distance below
+// the version's time, which fits 49 days. One further below (here a record
+// whose versions moved on 60 days after its last change) is kept exactly all
+// the same, and announced as it was stored.
+TEST(Partitions, APublishTimeFarBelowItsVersionIsKeptExactly) {
+  Cluster c;
+  constexpr int64_t kDay = 86'400'000;
+  const std::string u = UsersOf(6, 1)[0];
+  const int64_t now = c.clock.NowMs() + 60 * kDay;
+  c.clock.Advance(60 * kDay);
+  UserRecord r;
+  r.user_id = u;
+  r.version = 1;
+  r.state_version = r.public_version = static_cast<uint64_t>(now) << 10;
+  r.state = r.self_state = State::kDnd;
+  r.last_seen_ms = r.published_at_ms = now - 60 * kDay;
+  r.overrides.push_back({7, OverrideState::kDnd, now - 60 * kDay, 0});
+  StoreBatch batch;
+  batch.users.push_back(r);
+  ASSERT_TRUE(c.store.Write(batch).ok());
+  ASSERT_TRUE(c.b->AssignPartitions({6}).ok());
+  const auto changes = ChangesOn(c.bus, 6);
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].state, State::kDnd);
+  EXPECT_EQ(changes[0].published_at_ms, now - 60 * kDay);
+  EXPECT_EQ(changes[0].changed_at_ms, now - 60 * kDay);
+}
+
 TEST(Partitions, ARecordOfAnotherPartitionIsCountedAndSkipped) {
   Cluster c;
   ASSERT_TRUE(c.a->AssignPartitions({0, 1, 2, 3, 4, 5, 6, 7}).ok());

@@ -68,14 +68,14 @@ class EngineCore;
 
 // What each record counts against Options::memory_budget_bytes, so that the
 // charge follows what the heap grows: the device record (48 bytes, its
-// timer included), its gateway index and its share of the record chunks;
-// the user record (64 bytes) with its index entry. With a detector, a device
+// timer included), its gateway index; the user record (56 bytes) with its
+// index slot (4 bytes, the index 75% to 90% full). With a detector, a device
 // is charged 4 bytes more (its answer, kept beside the records). Checked
 // within 10% of the heap's growth after a mass connect of 10^6 devices, one
 // or two per user (tests/memory_budget_test.cc); figures in
 // benchmarks/RESULTS.md.
-inline constexpr int64_t kDeviceChargeBytes = 53;
-inline constexpr int64_t kUserChargeBytes = 74;
+inline constexpr int64_t kDeviceChargeBytes = 52;
+inline constexpr int64_t kUserChargeBytes = 61;
 
 // presence::BatchResult counts the outcome of Engine::SignalBatch.
 struct BatchResult {

@@ -36,7 +36,6 @@ uint64_t NextVersion(uint64_t current, int64_t now_ms) {
 Shard::Shard(const ShardConfig* config, uint32_t index, int64_t now_ms)
     : config_(config),
       index_(index),
-      index_by_id_(0, UserHash{&users_}, UserEq{&users_}),
       devices_(config->policy.detector != nullptr),
       timers_(ToTime32(now_ms), DeviceTable::kChunkBits) {}
 
@@ -45,15 +44,15 @@ Shard::~Shard() = default;
 // ---- Users -----------------------------------------------------------------
 
 uint32_t Shard::FindUser(absl::string_view id, uint64_t hash) const {
-  auto it = index_by_id_.find(UserKey{id, hash});
-  return it == index_by_id_.end() ? kNone : *it;
+  const uint32_t u = index_by_id_.Find(hash, [&](uint32_t v) { return users_[v].id.view() == id; });
+  return u == UserIndex::kNotFound ? kNone : u;
 }
 
 const char Shard::kNoUserRoom[] = "shard holds the most users it can";
 
 bool Shard::UserRoom() const { return !free_users_.empty() || users_.size() < Device::kMaxUsers; }
 
-uint32_t Shard::AddUser(absl::string_view id) {
+uint32_t Shard::AddUser(absl::string_view id, uint64_t hash) {
   uint32_t u;
   if (!free_users_.empty()) {
     u = free_users_.back();
@@ -65,18 +64,52 @@ uint32_t Shard::AddUser(absl::string_view id) {
   User& user = users_[u];
   user.id = InlineId(id);
   user.in_use = true;
-  index_by_id_.insert(u);
+  index_by_id_.Insert(u, hash, [this](uint32_t v) { return HashOf(v); });
   if (!forgotten_.empty()) {
     // Whatever this thread's clock says: the tick that publishes the user
     // may have read an earlier one.
     auto it = forgotten_.find(id);
     if (it != forgotten_.end()) {
-      user.version = it->second.version;
-      user.public_version = it->second.public_version;
+      SetVersions(u, it->second.version, it->second.public_version, UserTimes{});
       forgotten_.erase(it);
     }
   }
   return u;
+}
+
+Shard::UserTimes Shard::TimesOf(uint32_t u) const {
+  const User& user = users_[u];
+  UserTimes t;
+  if (user.published_age != kAgeFar) {
+    t.published_at_ms = static_cast<int64_t>((user.public_version >> 10) - user.published_age);
+  } else {
+    t.published_at_ms = far_published_.find(u)->second;
+  }
+  if (user.self_published_age != kAgeFar) {
+    t.self_published_at_ms = static_cast<int64_t>((user.version >> 10) - user.self_published_age);
+  }
+  return t;
+}
+
+void Shard::SetVersions(uint32_t u, uint64_t version, uint64_t public_version, UserTimes times) {
+  User& user = users_[u];
+  user.version = version;
+  user.public_version = public_version;
+  // Ages in uint64, where a version's time less any int64 time fits.
+  const uint64_t public_age = (public_version >> 10) - static_cast<uint64_t>(times.published_at_ms);
+  if (static_cast<int64_t>(public_version >> 10) >= times.published_at_ms && public_age < kAgeFar) {
+    if (user.published_age == kAgeFar) far_published_.erase(u);
+    user.published_age = static_cast<uint32_t>(public_age);
+  } else {
+    user.published_age = kAgeFar;
+    far_published_[u] = times.published_at_ms;
+  }
+  const uint64_t self_age = (version >> 10) - static_cast<uint64_t>(times.self_published_at_ms);
+  user.self_published_age =
+      times.self_published_at_ms != 0 &&
+              static_cast<int64_t>(version >> 10) >= times.self_published_at_ms && self_age < kAgeFar
+          ? static_cast<uint32_t>(self_age)
+          : kAgeFar;
 }
 
 Shard::OverrideStack* Shard::StackOf(const User& user) const {
@@ -136,7 +169,8 @@ void Shard::ForgetUser(uint32_t u, int64_t now_ms) {
     forgotten_[std::string(user.id.view())] = Floors{user.version, user.public_version};
   }
   Uncharge(UserCharge(user.id.view()));
-  index_by_id_.erase(u);
+  index_by_id_.Erase(u, HashOf(u), [this](uint32_t v) { return HashOf(v); });
+  if (user.published_age == kAgeFar) far_published_.erase(u);
   users_[u] = User();
   free_users_.push_back(u);
 }
@@ -503,7 +537,7 @@ absl::Status Shard::ApplyLocked(const AcceptedSignal& a, int64_t now_ms, DeviceH
       return Drop(DropReason::kLimit, "shard holds the most devices it can");
     }
     devices_.at(di).flags = 0;
-    if (u == kNone) u = AddUser(s.user_id);
+    if (u == kNone) u = AddUser(s.user_id, a.hash);
     User& user = users_[u];
     Device& d = devices_.at(di);
     d.id = ShortId(s.device_id);
@@ -565,13 +599,17 @@ void Shard::ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms,
 }
 
 void Shard::PrefetchIndex(const AcceptedSignal& a) const {
-  index_by_id_.prefetch(UserKey{{}, a.hash});
+  index_by_id_.Prefetch(a.hash);
   __builtin_prefetch(a.signal);
   __builtin_prefetch(reinterpret_cast<const char*>(a.signal + 1) - 1);
 }
 
 void Shard::PrefetchUser(const AcceptedSignal& a) const {
-  (void)index_by_id_.find(UserPrefetch{a.hash});
+  // Every slot whose hash bits match, almost always just the user sought.
+  (void)index_by_id_.Find(a.hash, [this](uint32_t u) {
+    __builtin_prefetch(&users_[u]);
+    return false;
+  });
   __builtin_prefetch(a.signal->user_id.data());
   __builtin_prefetch(a.signal->device_id.data());
 }
@@ -702,7 +740,7 @@ absl::StatusOr<uint64_t> Shard::SetOverride(absl::string_view user_id, uint64_t 
     if (!Charge(UserCharge(user_id))) {
       return Drop(DropReason::kLimit, "memory budget reached: no new users");
     }
-    u = AddUser(user_id);
+    u = AddUser(user_id, hash);
   }
   Settle(u, now_ms);
   User& user = users_[u];
@@ -1100,8 +1138,9 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
     };
     const bool public_moved = d.pub.state != user.pub_state;
     const bool self_moved = d.view.reduced.self_state != user.pub_self;
-    const int64_t public_hold = public_moved ? dwell_end(user.published_at_ms) : 0;
-    const int64_t self_hold = self_moved ? dwell_end(user.self_published_at_ms) : 0;
+    const UserTimes times = TimesOf(pending.user);
+    const int64_t public_hold = public_moved ? dwell_end(times.published_at_ms) : 0;
+    const int64_t self_hold = self_moved ? dwell_end(times.self_published_at_ms) : 0;
     d.public_change = public_moved && public_hold == 0;
     d.self_change = self_moved && self_hold == 0;
     // Looked at again when the first held view's dwell ends: one view's
@@ -1166,16 +1205,18 @@ absl::Status Shard::Tick(int64_t now_ms, std::vector<ChangeEvent>* out,
       e.previous = user.pub_state;
       e.previous_self = user.pub_self;
       FillView(user, d.view, d.pub, d.pub_state, d.self_state, now_ms, &e);
-      user.version = e.version = d.version;
-      user.public_version = e.public_version = d.public_version;
+      UserTimes times = TimesOf(pending.user);
+      if (d.public_change) times.published_at_ms = now_ms;
+      if (d.self_change) times.self_published_at_ms = now_ms;
+      SetVersions(pending.user, d.version, d.public_version, times);
+      e.version = d.version;
+      e.public_version = d.public_version;
       e.cause = pending.cause;
       e.trace_id = pending.trace_id;
       e.changed_at_ms = pending.since_ms;
       e.published_at_ms = now_ms;
       user.pub_state = d.pub_state;
       user.pub_self = d.self_state;
-      if (d.public_change) user.published_at_ms = now_ms;
-      if (d.self_change) user.self_published_at_ms = now_ms;
       ++counters_.transitions[static_cast<int>(pending.cause) - 1];
       observed->publish.Observe(now_ms - pending.since_ms);
     }
@@ -1239,7 +1280,7 @@ void Shard::AppendPublished(int64_t now_ms, absl::FunctionRef<bool(absl::string_
     e.version = user.version;
     e.public_version = user.public_version;
     e.cause = Cause::kMerge;
-    e.changed_at_ms = e.published_at_ms = user.published_at_ms;
+    e.changed_at_ms = e.published_at_ms = TimesOf(u).published_at_ms;
   }
 }
 

@@ -16,7 +16,6 @@
 
 #include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -36,6 +35,7 @@
 #include "src/core/metrics.h"
 #include "src/core/reducer.h"
 #include "src/core/timer_sweep.h"
+#include "src/core/user_index.h"
 
 namespace presence::internal {
 
@@ -228,16 +228,17 @@ class Shard {
     // invisible (rule 8).
     int64_t hidden_last_seen_ms = 0;
   };
-  // 64 bytes: the indexes share their words with the states and flags (a
+  // 56 bytes: the indexes share their words with the states and flags (a
   // device index is below 2^25, a pending index below the most users,
-  // Device::kMaxUsers).
+  // Device::kMaxUsers), and the times of the last changes are kept as
+  // distances below their versions' times (see TimesOf).
   struct User {
     InlineId id;
     uint64_t version = 0;         // of the last published event (own view)
     uint64_t public_version = 0;  // of the last change of the public view
     int64_t last_seen_ms = 0;     // latest signal applied through the lock
-    int64_t published_at_ms = 0;       // last change of the public view (0: never)
-    int64_t self_published_at_ms = 0;  // last change of the own view (0: never)
+    uint32_t published_age = 0;       // through TimesOf and SetVersions
+    uint32_t self_published_age = 0;  // through TimesOf and SetVersions
     uint32_t first_device_ : 26;  // through first_device() and set_first_device()
     State pub_state : 3;
     State pub_self : 3;
@@ -270,11 +271,28 @@ class Shard {
     static constexpr uint32_t kFirstNone = (1u << 26) - 1;
     static constexpr uint32_t kPendingNone = (1u << 24) - 1;
   };
-  static_assert(sizeof(User) == 64 && kUserChargeBytes >= 64,
-                "kUserChargeBytes (engine.h) counts a 64-byte user record");
+  static_assert(sizeof(User) == 56 && kUserChargeBytes >= 56,
+                "kUserChargeBytes (engine.h) counts a 56-byte user record");
+  // When each view of a user last changed (0: never).
+  struct UserTimes {
+    int64_t published_at_ms = 0;       // the public view's: exact
+    int64_t self_published_at_ms = 0;  // the own view's: for its dwell only
+  };
+  // A version's time (NextVersion keeps it at or after the change the
+  // version numbers) less the age kept in the record. The public view's age
+  // is exact: one that does not fit (an erasure or a merged record moved the
+  // version on, or the view was never published under a version) is kept in
+  // far_published_. The own view's is only its dwell's (rule 7): one that
+  // does not fit reads as never, since every dwell has passed by then,
+  // unless the versions were numbered by a clock 49 days ahead.
+  UserTimes TimesOf(uint32_t u) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets user u's versions, keeping `times` against them.
+  void SetVersions(uint32_t u, uint64_t version, uint64_t public_version, UserTimes times)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static constexpr uint32_t kAgeFar = 0xffffffffu;
   static_assert(Device::kMaxUsers <= User::kPendingNone, "a pending index fits beside its none");
-  // Users in chunks of 1024 (64 KiB): no slack beyond the last chunk.
-  using UserArray = Chunked<User, 10>;
+  // Users in chunks of 256 (14 KiB): little slack beyond the last one.
+  using UserArray = Chunked<User, 8>;
   struct Pending {
     uint32_t user;
     Cause cause;
@@ -323,35 +341,10 @@ class Shard {
   // The version of the next record this shard writes: grows by at least one
   // per record and never falls below the clock in ms shifted left by 10.
   uint64_t NextRecordVersion(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  struct UserKey {
-    absl::string_view id;
-    uint64_t hash;
-  };
-  // A key that matches nothing: looking it up prefetches the user record of
-  // every slot whose hash bits match, which is almost always just the user
-  // sought (see ApplyMany).
-  struct UserPrefetch {
-    uint64_t hash;
-  };
-  struct UserHash {
-    using is_transparent = void;
-    const UserArray* users;
-    size_t operator()(uint32_t u) const { return HashUserId((*users)[u].id.view()); }
-    size_t operator()(const UserKey& k) const { return k.hash; }
-    size_t operator()(const UserPrefetch& k) const { return k.hash; }
-  };
-  struct UserEq {
-    using is_transparent = void;
-    const UserArray* users;
-    bool operator()(uint32_t a, uint32_t b) const { return a == b; }
-    bool operator()(uint32_t a, const UserKey& k) const { return (*users)[a].id.view() == k.id; }
-    bool operator()(const UserKey& k, uint32_t a) const { return (*users)[a].id.view() == k.id; }
-    bool operator()(uint32_t a, const UserPrefetch&) const {
-      __builtin_prefetch(&(*users)[a]);
-      return false;
-    }
-    bool operator()(const UserPrefetch& k, uint32_t a) const { return (*this)(a, k); }
-  };
+  // A user's hash, from its record.
+  uint64_t HashOf(uint32_t u) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return HashUserId(users_[u].id.view());
+  }
   // The dependent loads between a keyed signal and its device, each started
   // ahead of need by ApplyMany, in four stages: the index group of the user
   // id and the signal itself; the user record (the index is in cache by then)
@@ -393,7 +386,7 @@ class Shard {
   // (Device::kMaxUsers); what refuses a user past it says kNoUserRoom.
   bool UserRoom() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static const char kNoUserRoom[];
-  uint32_t AddUser(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t AddUser(absl::string_view id, uint64_t hash) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reserves `bytes` of the memory budget; false (nothing reserved) when it
@@ -522,7 +515,7 @@ class Shard {
   mutable internal::Mutex mu_;
   UserArray users_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> free_users_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<uint32_t, UserHash, UserEq> index_by_id_ ABSL_GUARDED_BY(mu_);
+  UserIndex index_by_id_ ABSL_GUARDED_BY(mu_);
   DeviceTable devices_;  // slots guarded by mu_, except the fast-path fields
   TimerSweep timers_ ABSL_GUARDED_BY(mu_);
   // While a device timer fires: its due time (see MarkDirty).
@@ -532,6 +525,9 @@ class Shard {
   // The override stacks, by user record (which never moves): most users
   // have none, so the record holds only User::has_overrides.
   absl::flat_hash_map<const User*, std::unique_ptr<OverrideStack>> overrides_ ABSL_GUARDED_BY(mu_);
+  // The public view's last change of each user whose age (TimesOf) does not
+  // fit its record.
+  absl::flat_hash_map<uint32_t, int64_t> far_published_ ABSL_GUARDED_BY(mu_);
   ShardCounters counters_ ABSL_GUARDED_BY(mu_);
   std::vector<Decision> decisions_ ABSL_GUARDED_BY(mu_);  // Tick's scratch, parallel to pending_
   // Durable state waiting for the next write.

@@ -2,6 +2,8 @@
 // Store, loading them back (rebuild), erasure, and draining a gateway.
 #include <algorithm>
 
+#include "absl/container/flat_hash_set.h"
+
 #include "src/core/shard.h"
 
 namespace presence::internal {
@@ -17,7 +19,7 @@ UserRecord Shard::UserRecordOf(uint32_t u, const Decision* d, int64_t now_ms) {
   r.state = publish ? d->pub_state : user.pub_state;
   r.self_state = publish ? d->self_state : user.pub_self;
   r.last_seen_ms = d != nullptr ? d->view.last_seen_ms : user.last_seen_ms;
-  r.published_at_ms = publish && d->public_change ? now_ms : user.published_at_ms;
+  r.published_at_ms = publish && d->public_change ? now_ms : TimesOf(u).published_at_ms;
   r.hidden_last_seen_ms = user.hidden ? StackOf(user)->hidden_last_seen_ms : 0;
   if (user.has_overrides) {
     for (const Override& o : *StackOf(user)) {
@@ -77,19 +79,20 @@ absl::Status Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   if (u == kNone) {
     if (!UserRoom()) return absl::ResourceExhaustedError(kNoUserRoom);
     Charge(UserCharge(r.user_id), /*force=*/true);
-    u = AddUser(r.user_id);
+    u = AddUser(r.user_id, hash);
   }
   // The records this shard writes next must win over what the store holds,
   // even when another engine whose clock ran ahead wrote it (a failover).
   record_clock_ = std::max(record_clock_, r.version);
   User& user = users_[u];
-  user.version = std::max(user.version, r.state_version);
-  user.public_version = std::max(user.public_version, r.public_version);
-  user.pub_state = r.state;
-  user.pub_self = r.self_state;
+  UserTimes times = TimesOf(u);
   // Not after now: a record from an engine whose clock ran ahead must not
   // hold the next change back by more than one dwell.
-  user.published_at_ms = std::min(r.published_at_ms, now_ms);
+  times.published_at_ms = std::min(r.published_at_ms, now_ms);
+  SetVersions(u, std::max(user.version, r.state_version),
+              std::max(user.public_version, r.public_version), times);
+  user.pub_state = r.state;
+  user.pub_self = r.self_state;
   user.last_seen_ms = std::max(user.last_seen_ms, r.last_seen_ms);
   for (const OverrideInfo& o : r.overrides) {
     if (o.until_ms != 0 && o.until_ms <= now_ms) continue;
@@ -134,7 +137,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t 
   if (u == kNone) {
     if (!UserRoom()) return absl::ResourceExhaustedError(kNoUserRoom);
     Charge(UserCharge(r.user_id), /*force=*/true);
-    u = AddUser(r.user_id);
+    u = AddUser(r.user_id, hash);
   }
   record_clock_ = std::max(record_clock_, r.version);  // as in LoadUser
   uint32_t di = FindDevice(users_[u], r.device_id);
@@ -222,8 +225,7 @@ void Shard::EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms) 
     return;
   }
   User& user = users_[u];
-  user.version = e.version;
-  user.public_version = e.public_version;
+  SetVersions(u, e.version, e.public_version, TimesOf(u));
   Unpend(u);
   if (user.has_overrides) {
     override_count_ -= StackOf(user)->size();
