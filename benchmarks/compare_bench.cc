@@ -555,7 +555,7 @@ int Main(int argc, char** argv) {
       churn_seconds == 0 ? 0
                          : double(sys->in_process() ? HeapInUse() - heap0 : sys->ServerMemory()) /
                                double(devices);
-  std::printf("%-16s devices %10zu  %12.0f beats/s (wall)  %12.0f beats/CPU-s  %7.1f bytes/device"
+  std::printf("%-16s devices %10zu  %12.0f beats/s (wall)  %12.0f beats/CPU-s  %7.2f bytes/device"
               "  %.3f CPU-s per simulated s (ticks %.3f)%s%s%s\n",
               system.c_str(), devices, beats / wall, beats / cpu, bytes_per_device, cpu / seconds,
               tick_cpu / seconds,
@@ -574,7 +574,7 @@ int Main(int argc, char** argv) {
   if (!csv.empty()) {
     FILE* f = std::fopen(csv.c_str(), "a");
     if (f == nullptr) return 1;
-    std::fprintf(f, "%s,%zu,%.0f,%.0f,%.1f,%.4f,%.4f,%.1f\n", system.c_str(), devices,
+    std::fprintf(f, "%s,%zu,%.0f,%.0f,%.2f,%.4f,%.4f,%.2f\n", system.c_str(), devices,
                  beats / wall, beats / cpu, bytes_per_device, cpu / seconds, server_cpu / seconds,
                  churn_bytes_per_device);
     std::fclose(f);
