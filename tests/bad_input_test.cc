@@ -228,6 +228,8 @@ TEST(BadOptions, OutOfRangeOptionsAreRejected) {
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_signal_age_ms = 10; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_future_skew_ms = -1; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_future_skew_ms = INT64_MAX; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.min_dwell_ms = -1; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.min_dwell_ms = (1LL << 30) + 1; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_devices_per_user = 0; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.dead_retention_ms = 1LL << 40; })));
   EXPECT_TRUE(absl::IsInvalidArgument(bad([](Options& o) { o.max_signals_per_device_per_sec = -1; })));

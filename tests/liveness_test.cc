@@ -133,6 +133,8 @@ TEST(UserIndex, FindsExactlyTheUsersHeldThroughGrowthAndErasure) {
   std::mt19937 rng(11);
   UserIndex index;
   std::set<uint32_t> held;
+  index.Erase(5, hash_of(5), hash_of);  // nothing to erase: nothing changes
+  EXPECT_EQ(index.Find(hash_of(5), [](uint32_t) { return true; }), UserIndex::kNotFound);
   auto check = [&] {
     ASSERT_EQ(index.size(), held.size());
     for (uint32_t u = 0; u < 400; ++u) {
@@ -176,7 +178,8 @@ TEST(UserIndex, ALookupComparesOnlyUsersWhoseHashBitsMatch) {
   for (uint32_t u = 0; u < 100'000; ++u) {
     ASSERT_EQ(index.Find(hash_of(u), [&](uint32_t v) { return ++compared, v == u; }), u);
   }
-  EXPECT_LT(compared, 100'000 + 1'000);
+  // With a user compared at every slot probed, it would be about 3 times as many.
+  EXPECT_LT(compared, 100'000 + 5'000);
 }
 
 TEST(EvaluateDevice, LiveUntilOfflineAfterThenNot) {

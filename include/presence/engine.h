@@ -69,7 +69,7 @@ class EngineCore;
 // What each record counts against Options::memory_budget_bytes, so that the
 // charge follows what the heap grows: the device record (48 bytes, its
 // timer included), its gateway index; the user record (56 bytes) with its
-// index slot (4 bytes, the index 75% to 90% full). With a detector, a device
+// index slot (4 bytes, the index 75% to 90% full as users come). With a detector, a device
 // is charged 4 bytes more (its answer, kept beside the records). Checked
 // within 10% of the heap's growth after a mass connect of 10^6 devices, one
 // or two per user (tests/memory_budget_test.cc); figures in

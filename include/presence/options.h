@@ -64,7 +64,7 @@ struct Options {
 
   // At most one published change per user per min_dwell_ms (docs/design.md rule
   // 7). A change that comes sooner is held back, and the latest state is
-  // published when the dwell ends. 0 disables dwell.
+  // published when the dwell ends. 0 disables dwell; at most 2^30 (12 days).
   int64_t min_dwell_ms = 1000;
 
   // A device kept alive only by INFERRED signals counts as AWAY; set true to

@@ -120,15 +120,15 @@ class DeviceTable {
     if (free_ == kNone) {
       const uint32_t n = chunks();
       if (n == kMaxChunks) return kNone;
+      // Each directory grows on its own (a failed allocation leaves the
+      // other as it was, to grow next time), and before the chunk is made.
+      if (n == records_.capacity()) records_.Grow(n);
+      if (learning_ && n == learned_.capacity()) learned_.Grow(n);
       Device* chunk = new Device[kChunkSize];
       const uint32_t base = n << kChunkBits;
       for (uint32_t i = 0; i < kChunkSize; ++i) {
         chunk[i].set_next(i + 1 < kChunkSize ? base + i + 1 : kNone);
         chunk[i].gen_fast.store(fast::Make(1, 0), std::memory_order_relaxed);
-      }
-      if (n == records_.capacity()) {
-        records_.Grow(n);
-        if (learning_) learned_.Grow(n);
       }
       records_.current.load(std::memory_order_relaxed)[n].store(chunk, std::memory_order_relaxed);
       // Publishes the chunk, and the directories that hold it.

@@ -605,10 +605,10 @@ void Shard::PrefetchIndex(const AcceptedSignal& a) const {
 }
 
 void Shard::PrefetchUser(const AcceptedSignal& a) const {
-  // Every slot whose hash bits match, almost always just the user sought.
+  // The first slot whose hash bits match: almost always the user sought.
   (void)index_by_id_.Find(a.hash, [this](uint32_t u) {
     __builtin_prefetch(&users_[u]);
-    return false;
+    return true;
   });
   __builtin_prefetch(a.signal->user_id.data());
   __builtin_prefetch(a.signal->device_id.data());

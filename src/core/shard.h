@@ -283,8 +283,9 @@ class Shard {
   // is exact: one that does not fit (an erasure or a merged record moved the
   // version on, or the view was never published under a version) is kept in
   // far_published_. The own view's is only its dwell's (rule 7): one that
-  // does not fit reads as never, since every dwell has passed by then,
-  // unless the versions were numbered by a clock 49 days ahead.
+  // does not fit (49.7 days) reads as never, since every dwell (at most
+  // 2^30 ms, 12 days) has passed by then, unless the versions were numbered
+  // by a clock 37 days ahead.
   UserTimes TimesOf(uint32_t u) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets user u's versions, keeping `times` against them.
   void SetVersions(uint32_t u, uint64_t version, uint64_t public_version, UserTimes times)

@@ -4,8 +4,8 @@
 // 2^24 - 1: Device::kMaxUsers) and 8 bits of its id's hash, so a probe
 // reads a user record only when those bits match. The table may be of any
 // capacity (a hash's home slot is its bits scaled to it) and grows by a
-// fifth when it would pass 90% full, so it stays between 75% and 90% full,
-// where one that doubles is between 45% and 90%. An erase moves
+// fifth when it would pass 90% full, so while users come it is 75% to 90%
+// full, where one that doubles is 45% to 90%. It never shrinks. An erase moves
 // the slots after it back (no tombstones). It keeps no hashes: the caller
 // gives a user's (`hash_of`) when the table grows or shifts.
 #ifndef PRESENCE_SRC_CORE_USER_INDEX_H_

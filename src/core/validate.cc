@@ -137,7 +137,10 @@ absl::Status ValidateOptions(const Options& o) {
   if (o.reconnect_grace_ms < 0 || o.reconnect_grace_ms > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError("reconnect_grace_ms must be in [0, 2^30]");
   }
-  if (o.min_dwell_ms < 0) return absl::InvalidArgumentError("min_dwell_ms must be >= 0");
+  // A user record keeps its views' last changes as 32-bit ages (49.7 days).
+  if (o.min_dwell_ms < 0 || o.min_dwell_ms > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("min_dwell_ms must be in [0, 2^30]");
+  }
   if (o.max_future_skew_ms < 0 || o.max_future_skew_ms > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError("max_future_skew_ms must be in [0, 2^30]");
   }
