@@ -367,7 +367,7 @@ typedef struct presence_engine_options_t {
   int64_t manual_interval_ms;        /* 1000 */
   int64_t manual_offline_after_ms;   /* 4000 */
   int64_t reconnect_grace_ms;        /* 1500: an abrupt disconnect waits this long */
-  int64_t min_dwell_ms;              /* 1000: at most one published change per user per dwell */
+  int64_t min_dwell_ms;              /* 1000: at most one published change per user per dwell; at most 2^30 */
   int64_t max_future_skew_ms;        /* 5000: signals stamped further ahead are rejected */
   int64_t max_signal_age_ms;         /* 300000: signals stamped further behind are rejected */
   int64_t dead_retention_ms;         /* 300000: a dead device's record is kept this long */
