@@ -10,7 +10,8 @@
 // RevokePartitions during keyed calls, Erase (direct and from the bus) during
 // heartbeats. A third races push/pull checks and the detector (issue 17):
 // lock-free heartbeats of watched devices, probes sent by ticks and answered
-// from other threads, disconnects and reconnects.
+// from other threads, disconnects and reconnects. A fourth races lock-free
+// heartbeats with the device table growing its chunk directories.
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -605,6 +606,64 @@ TEST(Stress, WatchedHeartbeatsAndProbeAnswersRaceTicks) {
   EXPECT_GT(value("presence_probes_answered_total"), 0);
   EXPECT_LE(value("presence_probes_answered_total") + value("presence_probes_late_total"),
             value("presence_probes_sent_total"));
+}
+
+// One shard takes 40,000 devices while two threads beat, without the lock,
+// the handles of those already connected: the directories of record chunks
+// and of the detector's answers grow from 16 entries to 128 under them
+// (DeviceTable: chunks of 512), and every beat must find its record.
+TEST(Stress, LockFreeHeartbeatsRaceTheDeviceTableGrowing) {
+  PhiAccrualDetector detector;
+  Options o;
+  o.shards = 1;
+  o.detector = &detector;
+  o.detector_platforms = 1u << static_cast<int>(Platform::kWeb);
+  o.max_signals_per_device_per_sec = 0;
+  std::unique_ptr<Engine> engine = Engine::Create(o).value();
+  constexpr int kDevices = 40'000;
+  std::vector<std::atomic<uint64_t>> handles(kDevices);
+  std::atomic<int> connected{0};
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> unexpected{0}, beats{0};
+  std::vector<std::thread> threads;
+  for (int b = 0; b < 2; ++b) {
+    threads.emplace_back([&, b] {
+      std::mt19937 rng(b);
+      while (!stop.load()) {
+        const int n = connected.load();
+        if (n == 0) continue;
+        // Mostly the newest devices, whose chunks were just published.
+        const int i = rng() % 2 ? n - 1 - static_cast<int>(rng() % std::min(n, 512))
+                                : static_cast<int>(rng() % n);
+        absl::Status st = engine->Beat(DeviceHandle{handles[i].load()}, Activity::kActive);
+        // FailedPrecondition: both threads beat one device at once, and the
+        // one that read the clock first landed second.
+        if (!st.ok() && !absl::IsFailedPrecondition(st)) ++unexpected;
+        ++beats;
+      }
+    });
+  }
+  for (int i = 0; i < kDevices; ++i) {
+    Signal s;
+    const std::string user = "g" + std::to_string(i);
+    s.user_id = user;
+    s.device_id = "d";
+    s.session_id = 1;
+    s.platform = i % 2 == 0 ? Platform::kWeb : Platform::kMobile;
+    absl::StatusOr<DeviceHandle> h = engine->Connect(s);
+    ASSERT_TRUE(h.ok()) << h.status();
+    handles[i].store(h->value);
+    connected.store(i + 1);
+    if (i % 4096 == 0) engine->Tick();
+  }
+  stop.store(true);
+  for (std::thread& t : threads) t.join();
+  engine->Tick();
+  EXPECT_EQ(unexpected.load(), 0u);
+  EXPECT_GT(beats.load(), 0u);
+  EXPECT_EQ(engine->GetOne("g39999").state, State::kOnline);
+  std::printf("stress (device table growth): %llu beats during %d connects\n",
+              static_cast<unsigned long long>(beats.load()), kDevices);
 }
 
 }  // namespace
