@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include "src/core/mutex.h"
 
 namespace presence {
 
@@ -165,7 +165,7 @@ double LossShare(const Learned& l, const PhiDetectorOptions& o) {
 
 struct PhiAccrualDetector::Impl {
   struct alignas(64) Shard {
-    mutable absl::Mutex mu;
+    mutable internal::Mutex mu;
     absl::flat_hash_map<uint64_t, Learned> devices ABSL_GUARDED_BY(mu);
   };
   explicit Impl(int n) : shards(static_cast<size_t>(n)) {}
@@ -201,7 +201,7 @@ int64_t PhiAccrualDetector::Observe(uint64_t device_key, Source source, int64_t 
                                     int64_t fixed_offline_after_ms) {
   if (source == Source::kInferred) return fixed_offline_after_ms;  // its own slow clock
   Impl::Shard& s = impl_->For(device_key);
-  absl::MutexLock lock(&s.mu);
+  internal::MutexLock lock(&s.mu);
   auto [it, inserted] = s.devices.try_emplace(device_key);
   Learned& l = it->second;
   if (inserted) {
@@ -244,7 +244,7 @@ int64_t PhiAccrualDetector::OfflineAfterMs(uint64_t device_key, int64_t last_sig
                                            int64_t fixed_offline_after_ms) const {
   (void)last_signal_ms;  // the answer is a length of silence, the same from any start
   const Impl::Shard& s = impl_->For(device_key);
-  absl::MutexLock lock(&s.mu);
+  internal::MutexLock lock(&s.mu);
   auto it = s.devices.find(device_key);
   if (it == s.devices.end()) return fixed_offline_after_ms;
   return AnswerOf(it->second, options_, fixed_offline_after_ms);
@@ -252,7 +252,7 @@ int64_t PhiAccrualDetector::OfflineAfterMs(uint64_t device_key, int64_t last_sig
 
 void PhiAccrualDetector::Forget(uint64_t device_key) {
   Impl::Shard& s = impl_->For(device_key);
-  absl::MutexLock lock(&s.mu);
+  internal::MutexLock lock(&s.mu);
   s.devices.erase(device_key);
 }
 
@@ -260,7 +260,7 @@ double PhiAccrualDetector::Phi(uint64_t device_key, int64_t last_signal_ms, int6
   const Impl::Shard& s = impl_->For(device_key);
   Learned l;
   {
-    absl::MutexLock lock(&s.mu);
+    internal::MutexLock lock(&s.mu);
     auto it = s.devices.find(device_key);
     if (it == s.devices.end()) return 0;
     l = it->second;
@@ -274,7 +274,7 @@ double PhiAccrualDetector::Phi(uint64_t device_key, int64_t last_signal_ms, int6
 
 PhiAccrualDetector::DeviceStats PhiAccrualDetector::Stats(uint64_t device_key) const {
   const Impl::Shard& s = impl_->For(device_key);
-  absl::MutexLock lock(&s.mu);
+  internal::MutexLock lock(&s.mu);
   DeviceStats out;
   auto it = s.devices.find(device_key);
   if (it == s.devices.end()) return out;
@@ -291,7 +291,7 @@ PhiAccrualDetector::DeviceStats PhiAccrualDetector::Stats(uint64_t device_key) c
 size_t PhiAccrualDetector::size() const {
   size_t n = 0;
   for (const Impl::Shard& s : impl_->shards) {
-    absl::MutexLock lock(&s.mu);
+    internal::MutexLock lock(&s.mu);
     n += s.devices.size();
   }
   return n;
