@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "src/core/device.h"
+#include "src/core/prefetch.h"
 
 namespace presence::internal {
 
@@ -69,7 +70,7 @@ class DeviceTable {
   }
   // Any thread: starts loading the directory entry that Find(index) reads.
   void PrefetchEntry(uint32_t index) const {
-    if (const auto* entry = EntryOf(records_, index)) __builtin_prefetch(entry);
+    if (const auto* entry = EntryOf(records_, index)) Prefetch(entry);
   }
   // Rule 6: the detector's latest answer for record `index`'s heartbeat
   // sources, clamped (0: none yet), kept beside the records, a chunk of them

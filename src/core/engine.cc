@@ -18,6 +18,7 @@
 #include "src/core/bus_batches.h"
 #include "src/core/mutex.h"
 #include "src/core/overload.h"
+#include "src/core/prefetch.h"
 #include "presence/bus.h"
 #include "presence/clock.h"
 #include "presence/history.h"
@@ -281,8 +282,8 @@ class EngineCore {
       Device* d = Resolve(handles[i]);
       if (d != nullptr) {
         // The heartbeat's fields may straddle two cache lines.
-        __builtin_prefetch(d, 1);
-        __builtin_prefetch(reinterpret_cast<char*>(d) + Device::kHotBytes - 1, 1);
+        PrefetchForWrite(d);
+        PrefetchForWrite(reinterpret_cast<char*>(d) + Device::kHotBytes - 1);
       }
       ahead[i % kAhead] = d;
     };

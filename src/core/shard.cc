@@ -600,25 +600,25 @@ void Shard::ApplyMany(const AcceptedSignal* signals, size_t n, int64_t now_ms,
 
 void Shard::PrefetchIndex(const AcceptedSignal& a) const {
   index_by_id_.Prefetch(a.hash);
-  __builtin_prefetch(a.signal);
-  __builtin_prefetch(reinterpret_cast<const char*>(a.signal + 1) - 1);
+  Prefetch(a.signal);
+  Prefetch(reinterpret_cast<const char*>(a.signal + 1) - 1);
 }
 
 void Shard::PrefetchUser(const AcceptedSignal& a) const {
   // The first slot whose hash bits match: almost always the user sought.
   (void)index_by_id_.Find(a.hash, [this](uint32_t u) {
-    __builtin_prefetch(&users_[u]);
+    Prefetch(&users_[u]);
     return true;
   });
-  __builtin_prefetch(a.signal->user_id.data());
-  __builtin_prefetch(a.signal->device_id.data());
+  Prefetch(a.signal->user_id.data());
+  Prefetch(a.signal->device_id.data());
 }
 
 namespace {
 void PrefetchRecord(const Device& d) {
   const char* p = reinterpret_cast<const char*>(&d);
-  __builtin_prefetch(p);
-  __builtin_prefetch(p + sizeof(Device) - 1);  // a record may straddle two cache lines
+  Prefetch(p);
+  Prefetch(p + sizeof(Device) - 1);  // a record may straddle two cache lines
 }
 }  // namespace
 

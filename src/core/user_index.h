@@ -15,6 +15,8 @@
 #include <memory>
 #include <vector>
 
+#include "src/core/prefetch.h"
+
 namespace presence::internal {
 
 class UserIndex {
@@ -36,7 +38,7 @@ class UserIndex {
   }
   // Starts loading the slots where a lookup of `hash` begins.
   void Prefetch(uint64_t hash) const {
-    if (capacity_ != 0) __builtin_prefetch(&slots_[Home(hash)]);
+    if (capacity_ != 0) internal::Prefetch(&slots_[Home(hash)]);
   }
 
   // Adds user u (not in the table) under `hash`. `hash_of(u)`: the hash of

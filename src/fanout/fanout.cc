@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "src/core/mutex.h"
+#include "src/core/prefetch.h"
 #include "src/core/test_hooks.h"
 #include "presence/engine.h"
 #include "presence/v1/presence.pb.h"
@@ -720,8 +721,8 @@ class Fanout::Impl {
     const std::vector<Watcher>& ws = e->list_watchers;
     for (size_t i = 0; i < ws.size(); ++i) {
       // A popular user's watchers' slots are scattered: fetch ahead.
-      if (i + 4 < ws.size()) __builtin_prefetch(&ws[i + 4].sub->slots);
-      if (i + 2 < ws.size()) __builtin_prefetch(&ws[i + 2].sub->slots[ws[i + 2].slot]);
+      if (i + 4 < ws.size()) internal::Prefetch(&ws[i + 4].sub->slots);
+      if (i + 2 < ws.size()) internal::Prefetch(&ws[i + 2].sub->slots[ws[i + 2].slot]);
       if (ws[i].owner ? self_new : pub_new) MarkPending(ws[i].sub, ws[i].slot);
     }
     if (!pub_new) return;
@@ -981,12 +982,12 @@ class Fanout::Impl {
       for (size_t i = 0; i < pending.size(); ++i) {
         // Each entry is three dependent reads in memory the last batch did
         // not touch (the slot, the user, the encoded view): fetch ahead.
-        if (i + 8 < pending.size()) __builtin_prefetch(&s->slots[pending[i + 8]]);
+        if (i + 8 < pending.size()) internal::Prefetch(&s->slots[pending[i + 8]]);
         if (i + 4 < pending.size() && s->slots[pending[i + 4]].user != nullptr) {
-          __builtin_prefetch(&s->slots[pending[i + 4]].view());
+          internal::Prefetch(&s->slots[pending[i + 4]].view());
         }
         if (i + 2 < pending.size() && s->slots[pending[i + 2]].user != nullptr) {
-          __builtin_prefetch(s->slots[pending[i + 2]].view().wire.data());
+          internal::Prefetch(s->slots[pending[i + 2]].view().wire.data());
         }
         const uint32_t slot = pending[i];
         UserEntry* e = s->slots[slot].user;
