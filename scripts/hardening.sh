@@ -10,7 +10,9 @@
 #      PRESENCE_STRESS_SECONDS (default 5) each (stress_test: the engine and
 #      fan-out at large, then the races of issue 21: callbacks calling back
 #      in, Close during delivery, RevokePartitions during keyed calls, Erase
-#      during heartbeats), and thread_safety_test (each of those forced
+#      during heartbeats; lock-free heartbeats while the device table grows;
+#      a take-over whose load runs on two threads while owned users signal),
+#      and thread_safety_test (each of issue 21's races forced
 #      deterministically).
 # It prints, per fuzzer, the executions per second and the coverage reached.
 set -euo pipefail

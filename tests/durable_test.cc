@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "presence/bus.h"
@@ -292,6 +293,64 @@ TEST(Rebuild, RecordsWithAStateOrPlatformOutOfRangeAreSkipped) {
   EXPECT_FALSE(e->GetOne("bob").known);
   EXPECT_FALSE(e->GetOne("carol").known);
   EXPECT_EQ(e->GetSizes().live_devices, 1u);
+}
+
+// From 65,536 records a load applies on two threads, each taking half of
+// the shards (EngineCore::LoadFromStore). What an engine loads must not
+// depend on it: with 16 shards (two threads) and with one (one thread), the
+// views, the sizes and the bytes charged to the memory budget are those of
+// the engine that wrote the records.
+TEST(Rebuild, ALoadOnTwoThreadsGivesWhatTheEngineThatWroteItHeld) {
+  Durable d;
+  ManualClock clock(1'000'000);
+  Options o = d.Opts();
+  o.bus = nullptr;
+  o.clock = &clock;
+  o.shards = 16;
+  auto a = Engine::Create(o).value();
+  constexpr int kUsers = 40'000;  // 2 devices each: 120,000 records
+  std::vector<std::string> users;
+  for (int i = 0; i < kUsers; ++i) {
+    // Some ids too long to live in the records, charged for their heap blocks.
+    users.push_back(i % 7 == 0 ? "a-user-id-too-long-to-be-inline-" + std::to_string(i)
+                               : "u" + std::to_string(i));
+    for (const char* device : {"web", "a-device-id-on-the-heap"}) {
+      Signal s = TestEngine::Sig(users.back(), device, 1, Source::kApp,
+                                 i % 3 == 0 ? Activity::kIdle : Activity::kActive);
+      s.gateway = i % 2 == 0 ? "gw-1" : "gw-2";
+      ASSERT_TRUE(a->Connect(s).ok());
+    }
+    if (i % 5 == 0) {
+      ASSERT_TRUE(a->DisconnectDevice(users.back(), "web", 1, DisconnectKind::kClean).ok());
+    }
+    if (i % 11 == 0) ASSERT_TRUE(a->SetOverride(users.back(), OverrideState::kDnd).ok());
+  }
+  a->Tick();
+  std::vector<absl::string_view> ids(users.begin(), users.end());
+  const std::vector<UserPresence> before = a->Get(ids);
+  const Engine::Sizes sizes = a->GetSizes();
+  const int64_t charged = Charged(*a);
+  a.reset();
+  for (int shards : {16, 1}) {
+    SCOPED_TRACE(absl::StrCat(shards, " shards"));
+    o.shards = shards;
+    auto b = Engine::Create(o).value();
+    const std::vector<UserPresence> after = b->Get(ids);
+    int wrong = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (after[i].state != before[i].state || !(after[i].devices == before[i].devices) ||
+          after[i].last_seen_ms != before[i].last_seen_ms ||
+          after[i].has_override != before[i].has_override) {
+        if (++wrong <= 3) ADD_FAILURE() << ids[i] << " differs after the load";
+      }
+    }
+    EXPECT_EQ(wrong, 0);
+    EXPECT_EQ(b->GetSizes().users, sizes.users);
+    EXPECT_EQ(b->GetSizes().devices, sizes.devices);
+    EXPECT_EQ(b->GetSizes().live_devices, sizes.live_devices);
+    EXPECT_EQ(b->GetSizes().overrides, sizes.overrides);
+    EXPECT_EQ(Charged(*b), charged);
+  }
 }
 
 TEST(Rebuild, TheOperatorsRebuildReloadsAndPublishesWhatChangedMeanwhile) {

@@ -17,9 +17,12 @@
 #include "gtest/gtest.h"
 #include "presence/clock.h"
 #include "presence/engine.h"
+#include "tests/test_util.h"
 
 namespace presence {
 namespace {
+
+using ::presence::testing::Charged;
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr bool kOwnAllocator = true;
@@ -36,14 +39,6 @@ constexpr bool kOwnAllocator = false;
 int64_t HeapInUse() {
   const struct mallinfo2 mi = mallinfo2();
   return static_cast<int64_t>(mi.uordblks + mi.hblkhd);
-}
-
-int64_t Charged(Engine& engine) {
-  const std::string metrics = engine.RenderMetrics();
-  const std::string name = "\npresence_memory_charged_bytes ";
-  const size_t at = metrics.find(name);
-  if (at == std::string::npos) return -1;
-  return std::strtoll(metrics.c_str() + at + name.size(), nullptr, 10);
 }
 
 // Connects `devices` devices, `per_user` to a user, and returns (heap grown,

@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "presence/bus.h"
+#include "presence/clock.h"
 #include "presence/engine.h"
 #include "presence/fanout.h"
 #include "presence/history.h"
@@ -664,6 +665,94 @@ TEST(Stress, LockFreeHeartbeatsRaceTheDeviceTableGrowing) {
   EXPECT_EQ(engine->GetOne("g39999").state, State::kOnline);
   std::printf("stress (device table growth): %llu beats during %d connects\n",
               static_cast<unsigned long long>(beats.load()), kDevices);
+}
+
+// A take-over of two partitions of four, 75,000 users with a device each
+// (150,000 records), loads them on two threads (from 65,536 records:
+// EngineCore::LoadFromStore), each taking half of the shards, while other
+// threads send keyed signals to the users of the partitions already owned,
+// which share those shards, and connect and beat devices for them without
+// the lock. Under ThreadSanitizer (scripts/hardening.sh) that is the check
+// that the two halves share nothing unlocked. Every user must be online.
+TEST(Stress, ATakeOverLoadsOnTwoThreadsWhileOwnedUsersSignal) {
+  constexpr uint32_t kPartitions = 4;
+  constexpr int kUsers = 150'000;
+  auto store = NewMemoryStore();
+  auto bus = NewInProcessBus(kPartitions);
+  ManualClock clock(1'000'000'000);  // still: a slow build must not see devices lapse
+  std::vector<std::string> users, owned;
+  StoreBatch records;
+  for (int i = 0; i < kUsers; ++i) {
+    users.push_back("t" + std::to_string(i));
+    if (PartitionFor(users.back(), kPartitions) < 2) owned.push_back(users.back());
+    UserRecord& u = records.users.emplace_back();
+    u.user_id = users.back();
+    u.version = u.state_version = 1;
+    u.state = u.self_state = State::kOnline;
+    u.last_seen_ms = u.published_at_ms = clock.NowMs();
+    DeviceRecord& d = records.devices.emplace_back();
+    d.user_id = users.back();
+    d.device_id = "web";
+    d.session_id = 1;
+    d.platform = Platform::kWeb;
+    d.last_signal_ms = {0, clock.NowMs(), 0};
+    d.gateway = i % 2 == 0 ? "gw-a" : "gw-b";
+    d.version = 1;
+  }
+  ASSERT_TRUE(store->Write(records).ok());
+  Options o;
+  o.clock = &clock;
+  o.shards = 16;
+  o.store = store.get();
+  o.bus = bus.get();
+  o.owns_all_partitions = false;
+  o.max_signals_per_device_per_sec = 0;
+  std::unique_ptr<Engine> engine = Engine::Create(o).value();
+  const uint32_t first[] = {0, 1}, second[] = {2, 3};
+  ASSERT_TRUE(engine->AssignPartitions(first).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> unexpected{0}, calls{0};
+  std::thread keyed([&] {
+    std::mt19937 rng(1);
+    // Bounded: each goes onto the in-process bus, which keeps it.
+    for (int n = 0; n < 200'000 && !stop.load(); ++n) {
+      Signal s;
+      s.user_id = owned[rng() % owned.size()];
+      s.device_id = "web";
+      s.session_id = 1;
+      if (!engine->Signal(s).ok()) ++unexpected;
+      ++calls;
+    }
+  });
+  std::thread beats([&] {
+    std::mt19937 rng(2);
+    std::vector<DeviceHandle> handles;
+    while (!stop.load()) {
+      if (handles.size() < 1000) {
+        Signal s;
+        s.user_id = owned[rng() % owned.size()];
+        s.device_id = "phone";
+        s.session_id = 1;
+        absl::StatusOr<DeviceHandle> h = engine->Connect(s);
+        if (h.ok()) handles.push_back(*h);
+        else ++unexpected;
+      } else if (!engine->Beat(handles[rng() % handles.size()], Activity::kActive).ok()) {
+        ++unexpected;
+      }
+      ++calls;
+    }
+  });
+  EXPECT_TRUE(engine->AssignPartitions(second).ok());
+  stop.store(true);
+  keyed.join();
+  beats.join();
+  engine->Tick();
+  EXPECT_EQ(unexpected.load(), 0u);
+  int offline = 0;
+  for (const std::string& u : users) offline += engine->GetOne(u).state == State::kOnline ? 0 : 1;
+  EXPECT_EQ(offline, 0);
+  std::printf("stress (take-over on two threads): %llu calls during the load of %zu users\n",
+              static_cast<unsigned long long>(calls.load()), users.size() - owned.size());
 }
 
 }  // namespace

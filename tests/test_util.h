@@ -3,6 +3,8 @@
 #ifndef PRESENCE_TESTS_TEST_UTIL_H_
 #define PRESENCE_TESTS_TEST_UTIL_H_
 
+#include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -66,6 +68,16 @@ struct TestEngine {
   RecordingListener listener;
   std::unique_ptr<Engine> engine;
 };
+
+// The bytes the engine charges to its memory budget, from its metrics (-1
+// when they do not say).
+inline int64_t Charged(Engine& engine) {
+  const std::string metrics = engine.RenderMetrics();
+  const std::string name = "\npresence_memory_charged_bytes ";
+  const size_t at = metrics.find(name);
+  if (at == std::string::npos) return -1;
+  return std::strtoll(metrics.c_str() + at + name.size(), nullptr, 10);
+}
 
 }  // namespace presence::testing
 

@@ -152,7 +152,10 @@ struct Options {
   // Write-through: on each Tick, every user and device that changed is
   // written here before any of its changes is published; a failed write
   // publishes nothing of that shard and is retried on the next Tick. Engine
-  // Create loads what the store holds (a rebuild). Heartbeats on handles
+  // Create loads what the store holds (a rebuild), as do Rebuild and
+  // AssignPartitions (the partitions taken); a load of 65,536 records or
+  // more applies them on two threads, the caller's and one it starts for
+  // the load, each taking half of the shards. Heartbeats on handles
   // that change nothing but the time are not written one by one: after a
   // restart such a device is live again with its next signal. Null: memory
   // only.

@@ -4,6 +4,8 @@
 #include <deque>
 #include <limits>
 #include <map>
+#include <system_error>
+#include <thread>
 #include <atomic>
 #include <utility>
 
@@ -564,6 +566,9 @@ class EngineCore {
     return PartitionOfHash(HashUserId(user_id), partitions_);
   }
 
+  // From this many records, a load applies them on two threads.
+  static constexpr size_t kLoadOnTwoThreadsFrom = size_t{1} << 16;
+
   // Loads the users, devices and committed offsets of the partitions for
   // which `wanted` is true (all of them without a bus). Collects everything
   // before it applies anything, so a store that fails to load changes
@@ -575,7 +580,8 @@ class EngineCore {
     // Collect first, then apply: the store may hold its own lock while it
     // visits, and a shard writes to the store while holding the shard's. A
     // shard that refuses a record (it holds the most users or devices it
-    // can) stops the load there, with what was applied before it kept.
+    // can) stops the load of its half of the shards there, with what was
+    // applied before it kept.
     struct Loader : StoreVisitor {
       std::vector<UserRecord> users;
       std::vector<DeviceRecord> devices;
@@ -586,28 +592,73 @@ class EngineCore {
     } loader;
     if (auto st = store->Load(&loader); !st.ok()) return st;
     const int64_t now = Now();
-    // A state or platform out of range is not a record this engine wrote
-    // either (the records keep them in a few bits).
-    for (const UserRecord& u : loader.users) {
+    // The records to apply, each with its user id's hash. A state or
+    // platform out of range is not a record this engine wrote either (the
+    // records keep them in a few bits).
+    struct Wanted {
+      uint64_t hash;
+      uint32_t index;  // in loader.users or loader.devices
+    };
+    std::vector<Wanted> users, devices;
+    for (uint32_t i = 0; i < loader.users.size(); ++i) {
+      const UserRecord& u = loader.users[i];
       if (!ValidateUserId(u.user_id).ok() || !ValidateState(u.state).ok() ||
           !ValidateState(u.self_state).ok()) {
         continue;  // not a record this engine wrote
       }
-      if (!wanted(PartitionOf(u.user_id))) continue;
-      if (auto st = ShardFor(HashUserId(u.user_id)).LoadUser(u, now); !st.ok()) return st;
+      const uint64_t h = HashUserId(u.user_id);
+      if (wanted(PartitionOfHash(h, partitions_))) users.push_back({h, i});
     }
-    for (const DeviceRecord& d : loader.devices) {
+    for (uint32_t i = 0; i < loader.devices.size(); ++i) {
+      const DeviceRecord& d = loader.devices[i];
       if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok() ||
           !ValidatePlatform(d.platform).ok()) {
         continue;
       }
-      if (!wanted(PartitionOf(d.user_id))) continue;
-      // Under tick_mu_: no Reclaim runs before the index is on its device.
-      const uint32_t g = gateways_.Intern(d.gateway);
-      if (auto st = ShardFor(HashUserId(d.user_id)).LoadDevice(d, g, now); !st.ok()) {
-        return st;
+      const uint64_t h = HashUserId(d.user_id);
+      if (wanted(PartitionOfHash(h, partitions_))) devices.push_back({h, i});
+    }
+    // The shards whose index is `part` modulo `parts`: a user's records all
+    // go to one shard, and shards share nothing a load writes without a
+    // lock, so two halves apply at once, each in the store's order. Each
+    // half adds up what it charges, to charge the budget once: a shared
+    // counter written for every record by two cores cost a third of the
+    // apply.
+    auto apply = [&](uint32_t part, uint32_t parts, int64_t* charged) -> absl::Status {
+      for (const Wanted& w : users) {
+        const uint32_t k = ShardIndex(w.hash);
+        if (k % parts != part) continue;
+        const UserRecord& u = loader.users[w.index];
+        if (auto st = shards_[k]->LoadUser(u, w.hash, now, charged); !st.ok()) return st;
+      }
+      for (const Wanted& w : devices) {
+        const uint32_t k = ShardIndex(w.hash);
+        if (k % parts != part) continue;
+        const DeviceRecord& d = loader.devices[w.index];
+        // Under tick_mu_: no Reclaim runs before the index is on its device.
+        const uint32_t g = gateways_.Intern(d.gateway);
+        if (auto st = shards_[k]->LoadDevice(d, w.hash, g, now, charged); !st.ok()) return st;
+      }
+      return absl::OkStatus();
+    };
+    // A large load applies on a second thread too, which shortens what a
+    // failover or a restart waits on where a second core is free. A thread
+    // that cannot be made leaves the whole load to this one.
+    absl::Status helped;
+    int64_t charged = 0, helper_charged = 0;
+    std::thread helper;
+    if (shards_.size() > 1 && users.size() + devices.size() >= kLoadOnTwoThreadsFrom) {
+      try {
+        helper = std::thread([&] { helped = apply(1, 2, &helper_charged); });
+      } catch (const std::system_error&) {
       }
     }
+    absl::Status applied = helper.joinable() ? apply(0, 2, &charged) : apply(0, 1, &charged);
+    if (helper.joinable()) helper.join();
+    // What was applied is held, whether or not all of it was.
+    charged_bytes_.fetch_add(charged + helper_charged, std::memory_order_relaxed);
+    if (!applied.ok()) return applied;
+    if (!helped.ok()) return helped;
     internal::MutexLock lock(&consume_mu_);
     for (auto it = consumed_.begin(); it != consumed_.end();) {
       it = wanted(it->first) ? consumed_.erase(it) : std::next(it);

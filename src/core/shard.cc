@@ -146,10 +146,10 @@ void Shard::ForgetUserIfEmpty(uint32_t u, int64_t now_ms) {
   ForgetUser(u, now_ms);
 }
 
-bool Shard::Charge(int64_t bytes, bool force) {
+bool Shard::Charge(int64_t bytes) {
   const int64_t budget = config_->options.memory_budget_bytes;
   const int64_t was = config_->charged_bytes->fetch_add(bytes, std::memory_order_relaxed);
-  if (force || budget == 0 || was + bytes <= budget) return true;
+  if (budget == 0 || was + bytes <= budget) return true;
   config_->charged_bytes->fetch_sub(bytes, std::memory_order_relaxed);
   return false;
 }

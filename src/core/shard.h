@@ -176,10 +176,15 @@ class Shard {
   absl::Status AnswerProbe(uint64_t probe_id, int64_t now_ms);
 
   // ---- Durable state (src/core/shard_durable.cc) ----
-  // Rebuild: records loaded from the Store, in any order.
-  // ResourceExhausted when the shard holds the most users it can.
-  absl::Status LoadUser(const UserRecord& record, int64_t now_ms);
-  absl::Status LoadDevice(const DeviceRecord& record, uint32_t gateway, int64_t now_ms);
+  // Rebuild: records loaded from the Store, in any order; `hash`: the
+  // record's user id's. Adds what the records take to `*charged`, which the
+  // caller charges to the memory budget once (past the budget, as what the
+  // store holds must load). ResourceExhausted when the shard holds the most
+  // users it can.
+  absl::Status LoadUser(const UserRecord& record, uint64_t hash, int64_t now_ms,
+                        int64_t* charged);
+  absl::Status LoadDevice(const DeviceRecord& record, uint64_t hash, uint32_t gateway,
+                          int64_t now_ms, int64_t* charged);
   // Forgets everything about the user, queues its erasure in the Store with
   // the next write, and its erasure event with the next tick.
   void EraseUser(absl::string_view user_id, uint64_t hash, int64_t now_ms);
@@ -391,8 +396,8 @@ class Shard {
   void ForgetUserIfEmpty(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetUser(uint32_t u, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reserves `bytes` of the memory budget; false (nothing reserved) when it
-  // would pass it. Load paths charge with force: what is held is held.
-  bool Charge(int64_t bytes, bool force = false);
+  // would pass it. (Loads charge through LoadUser's and LoadDevice's caller.)
+  bool Charge(int64_t bytes);
   // What a user or a device record is charged: the fixed part (engine.h)
   // and its id's heap block, if the id is too long to live in the record;
   // for a device in an engine with a detector, the 4 bytes its answer may

@@ -72,13 +72,13 @@ void Shard::BuildStoreBatch(int64_t now_ms, StoreBatch* batch) {
   }
 }
 
-absl::Status Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
+absl::Status Shard::LoadUser(const UserRecord& r, uint64_t hash, int64_t now_ms,
+                             int64_t* charged) {
   internal::MutexLock lock(&mu_);
-  const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
     if (!UserRoom()) return absl::ResourceExhaustedError(kNoUserRoom);
-    Charge(UserCharge(r.user_id), /*force=*/true);
+    *charged += UserCharge(r.user_id);
     u = AddUser(r.user_id, hash);
   }
   // The records this shard writes next must win over what the store holds,
@@ -130,13 +130,13 @@ absl::Status Shard::LoadUser(const UserRecord& r, int64_t now_ms) {
   return absl::OkStatus();
 }
 
-absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t now_ms) {
+absl::Status Shard::LoadDevice(const DeviceRecord& r, uint64_t hash, uint32_t gateway,
+                               int64_t now_ms, int64_t* charged) {
   internal::MutexLock lock(&mu_);
-  const uint64_t hash = HashUserId(r.user_id);
   uint32_t u = FindUser(r.user_id, hash);
   if (u == kNone) {
     if (!UserRoom()) return absl::ResourceExhaustedError(kNoUserRoom);
-    Charge(UserCharge(r.user_id), /*force=*/true);
+    *charged += UserCharge(r.user_id);
     u = AddUser(r.user_id, hash);
   }
   record_clock_ = std::max(record_clock_, r.version);  // as in LoadUser
@@ -144,7 +144,7 @@ absl::Status Shard::LoadDevice(const DeviceRecord& r, uint32_t gateway, int64_t 
   if (di != kNone) return absl::OkStatus();  // a Load visits each device once
   di = devices_.Allocate(*config_->epochs);
   if (di == kNone) return absl::ResourceExhaustedError("shard holds the most devices it can");
-  Charge(DeviceCharge(r.device_id), /*force=*/true);
+  *charged += DeviceCharge(r.device_id);
   User& user = users_[u];
   Device& d = devices_.at(di);
   d.flags = 0;
