@@ -1,9 +1,11 @@
 // Durable state through the engine (docs/design.md sections 4 and 5): write-through
 // before publish, store failures, rebuild and bus replay, history, erasure,
 // and draining a gateway.
+#include <atomic>
 #include <limits>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +15,7 @@
 #include "presence/history.h"
 #include "presence/store.h"
 #include "presence/wire.h"
+#include "src/core/test_hooks.h"
 #include "tests/conformance/loaded.h"
 #include "tests/flaky.h"
 #include "tests/test_util.h"
@@ -331,10 +334,15 @@ TEST(Rebuild, ALoadOnTwoThreadsGivesWhatTheEngineThatWroteItHeld) {
   const Engine::Sizes sizes = a->GetSizes();
   const int64_t charged = Charged(*a);
   a.reset();
+  static std::atomic<int> helpers{0};
+  internal::test_hooks::load_helper_started.store([] { ++helpers; });
   for (int shards : {16, 1}) {
     SCOPED_TRACE(absl::StrCat(shards, " shards"));
     o.shards = shards;
+    helpers.store(0);
     auto b = Engine::Create(o).value();
+    // On a machine of more than one core: one with 16 shards, none with 1.
+    EXPECT_EQ(helpers.load(), shards > 1 && std::thread::hardware_concurrency() > 1 ? 1 : 0);
     const std::vector<UserPresence> after = b->Get(ids);
     int wrong = 0;
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -351,6 +359,7 @@ TEST(Rebuild, ALoadOnTwoThreadsGivesWhatTheEngineThatWroteItHeld) {
     EXPECT_EQ(b->GetSizes().overrides, sizes.overrides);
     EXPECT_EQ(Charged(*b), charged);
   }
+  internal::test_hooks::load_helper_started.store(nullptr);
 }
 
 TEST(Rebuild, TheOperatorsRebuildReloadsAndPublishesWhatChangedMeanwhile) {

@@ -711,9 +711,11 @@ TEST(Stress, ATakeOverLoadsOnTwoThreadsWhileOwnedUsersSignal) {
   const uint32_t first[] = {0, 1}, second[] = {2, 3};
   ASSERT_TRUE(engine->AssignPartitions(first).ok());
   std::atomic<bool> stop{false};
+  std::atomic<int> started{0};
   std::atomic<uint64_t> unexpected{0}, calls{0};
   std::thread keyed([&] {
     std::mt19937 rng(1);
+    ++started;
     // Bounded: each goes onto the in-process bus, which keeps it.
     for (int n = 0; n < 200'000 && !stop.load(); ++n) {
       Signal s;
@@ -727,6 +729,7 @@ TEST(Stress, ATakeOverLoadsOnTwoThreadsWhileOwnedUsersSignal) {
   std::thread beats([&] {
     std::mt19937 rng(2);
     std::vector<DeviceHandle> handles;
+    ++started;
     while (!stop.load()) {
       if (handles.size() < 1000) {
         Signal s;
@@ -742,6 +745,7 @@ TEST(Stress, ATakeOverLoadsOnTwoThreadsWhileOwnedUsersSignal) {
       ++calls;
     }
   });
+  while (started.load() < 2 || calls.load() == 0) std::this_thread::yield();
   EXPECT_TRUE(engine->AssignPartitions(second).ok());
   stop.store(true);
   keyed.join();

@@ -33,7 +33,10 @@
 // destructor (presence/listener.h). Users are sharded
 // by an xxHash of user_id; each shard has its own lock, so threads working on
 // different users rarely contend. Beat() on a handle whose device is live and
-// whose activity does not change takes no lock at all.
+// whose activity does not change takes no lock at all. A load from the
+// store of 65,536 records or more (Create, Rebuild, AssignPartitions) runs
+// on the caller's thread and one the engine starts for it, which calls the
+// OfflineDetector too (detector.h: any thread).
 //
 // ERRORS: methods that can fail return absl::Status. InvalidArgument for bad
 // input (empty or oversized ids, unknown enum values, timestamps out of range),

@@ -154,8 +154,9 @@ struct Options {
   // publishes nothing of that shard and is retried on the next Tick. Engine
   // Create loads what the store holds (a rebuild), as do Rebuild and
   // AssignPartitions (the partitions taken); a load of 65,536 records or
-  // more applies them on two threads, the caller's and one it starts for
-  // the load, each taking half of the shards. Heartbeats on handles
+  // more, with more than one shard on a machine of more than one core,
+  // applies them on two threads, the caller's and one it starts for the
+  // load, each taking half of the shards. Heartbeats on handles
   // that change nothing but the time are not written one by one: after a
   // restart such a device is live again with its next signal. Null: memory
   // only.

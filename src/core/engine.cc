@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <exception>
 #include <limits>
 #include <map>
 #include <system_error>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "absl/base/attributes.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
@@ -600,36 +602,44 @@ class EngineCore {
       uint32_t index;  // in loader.users or loader.devices
     };
     std::vector<Wanted> users, devices;
-    for (uint32_t i = 0; i < loader.users.size(); ++i) {
+    for (size_t i = 0; i < loader.users.size(); ++i) {
       const UserRecord& u = loader.users[i];
       if (!ValidateUserId(u.user_id).ok() || !ValidateState(u.state).ok() ||
           !ValidateState(u.self_state).ok()) {
         continue;  // not a record this engine wrote
       }
       const uint64_t h = HashUserId(u.user_id);
-      if (wanted(PartitionOfHash(h, partitions_))) users.push_back({h, i});
+      if (wanted(PartitionOfHash(h, partitions_))) users.push_back({h, static_cast<uint32_t>(i)});
     }
-    for (uint32_t i = 0; i < loader.devices.size(); ++i) {
+    for (size_t i = 0; i < loader.devices.size(); ++i) {
       const DeviceRecord& d = loader.devices[i];
       if (!ValidateUserId(d.user_id).ok() || !ValidateDeviceId(d.device_id).ok() ||
           !ValidatePlatform(d.platform).ok()) {
         continue;
       }
       const uint64_t h = HashUserId(d.user_id);
-      if (wanted(PartitionOfHash(h, partitions_))) devices.push_back({h, i});
+      if (wanted(PartitionOfHash(h, partitions_))) devices.push_back({h, static_cast<uint32_t>(i)});
     }
     // The shards whose index is `part` modulo `parts`: a user's records all
     // go to one shard, and shards share nothing a load writes without a
     // lock, so two halves apply at once, each in the store's order. Each
-    // half adds up what it charges, to charge the budget once: a shared
+    // half adds up what it charges and charges the budget every
+    // kChargeEvery records and when it ends, however it ends: the shared
     // counter written for every record by two cores cost a third of the
-    // apply.
-    auto apply = [&](uint32_t part, uint32_t parts, int64_t* charged) -> absl::Status {
+    // apply, and a budget charged only at the end would let keyed calls
+    // racing a take-over pass it.
+    auto apply = [&](uint32_t part, uint32_t parts) -> absl::Status {
+      constexpr size_t kChargeEvery = 4096;
+      int64_t charged = 0;
+      size_t loaded = 0;
+      auto charge = [&] { charged_bytes_.fetch_add(std::exchange(charged, 0), std::memory_order_relaxed); };
+      auto at_end = absl::MakeCleanup(charge);
       for (const Wanted& w : users) {
         const uint32_t k = ShardIndex(w.hash);
         if (k % parts != part) continue;
         const UserRecord& u = loader.users[w.index];
-        if (auto st = shards_[k]->LoadUser(u, w.hash, now, charged); !st.ok()) return st;
+        if (auto st = shards_[k]->LoadUser(u, w.hash, now, &charged); !st.ok()) return st;
+        if (++loaded % kChargeEvery == 0) charge();
       }
       for (const Wanted& w : devices) {
         const uint32_t k = ShardIndex(w.hash);
@@ -637,26 +647,41 @@ class EngineCore {
         const DeviceRecord& d = loader.devices[w.index];
         // Under tick_mu_: no Reclaim runs before the index is on its device.
         const uint32_t g = gateways_.Intern(d.gateway);
-        if (auto st = shards_[k]->LoadDevice(d, w.hash, g, now, charged); !st.ok()) return st;
+        if (auto st = shards_[k]->LoadDevice(d, w.hash, g, now, &charged); !st.ok()) return st;
+        if (++loaded % kChargeEvery == 0) charge();
       }
       return absl::OkStatus();
     };
     // A large load applies on a second thread too, which shortens what a
     // failover or a restart waits on where a second core is free. A thread
-    // that cannot be made leaves the whole load to this one.
+    // that cannot be made leaves the whole load to this one. An exception
+    // (an allocation that fails) reaches the caller as it would from one
+    // thread, once the helper has stopped.
     absl::Status helped;
-    int64_t charged = 0, helper_charged = 0;
+    std::exception_ptr helper_threw;
     std::thread helper;
-    if (shards_.size() > 1 && users.size() + devices.size() >= kLoadOnTwoThreadsFrom) {
+    if (shards_.size() > 1 && std::thread::hardware_concurrency() > 1 &&
+        users.size() + devices.size() >= kLoadOnTwoThreadsFrom) {
       try {
-        helper = std::thread([&] { helped = apply(1, 2, &helper_charged); });
-      } catch (const std::system_error&) {
+        helper = std::thread([&] {
+          if (auto hook = internal::test_hooks::load_helper_started.load()) hook();
+          try {
+            helped = apply(1, 2);
+          } catch (...) {
+            helper_threw = std::current_exception();
+          }
+        });
+      } catch (const std::exception&) {
       }
     }
-    absl::Status applied = helper.joinable() ? apply(0, 2, &charged) : apply(0, 1, &charged);
-    if (helper.joinable()) helper.join();
-    // What was applied is held, whether or not all of it was.
-    charged_bytes_.fetch_add(charged + helper_charged, std::memory_order_relaxed);
+    absl::Status applied;
+    {
+      auto join = absl::MakeCleanup([&] {
+        if (helper.joinable()) helper.join();
+      });
+      applied = helper.joinable() ? apply(0, 2) : apply(0, 1);
+    }
+    if (helper_threw) std::rethrow_exception(helper_threw);
     if (!applied.ok()) return applied;
     if (!helped.ok()) return helped;
     internal::MutexLock lock(&consume_mu_);

@@ -29,6 +29,11 @@ inline std::atomic<void (*)(uint64_t user_hash)> keyed_accepted{nullptr};
 // (the beat stays pinned meanwhile, see src/core/device_table.h).
 inline std::atomic<void (*)(DeviceHandle handle)> beat_checked{nullptr};
 
+// EngineCore::LoadFromStore, on the thread it starts to apply half of a
+// large load, before it applies anything. The caller holds the engine's
+// tick lock: the hook must not call the engine.
+inline std::atomic<void (*)()> load_helper_started{nullptr};
+
 }  // namespace presence::internal::test_hooks
 
 #endif  // PRESENCE_SRC_CORE_TEST_HOOKS_H_
