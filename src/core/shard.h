@@ -178,9 +178,9 @@ class Shard {
   // ---- Durable state (src/core/shard_durable.cc) ----
   // Rebuild: records loaded from the Store, in any order; `hash`: the
   // record's user id's. Adds what the records take to `*charged`, which the
-  // caller charges to the memory budget once (past the budget, as what the
-  // store holds must load). ResourceExhausted when the shard holds the most
-  // users it can.
+  // caller charges to the memory budget in batches (past the budget: what
+  // the store holds must load). ResourceExhausted when the shard holds the
+  // most users it can.
   absl::Status LoadUser(const UserRecord& record, uint64_t hash, int64_t now_ms,
                         int64_t* charged);
   absl::Status LoadDevice(const DeviceRecord& record, uint64_t hash, uint32_t gateway,
