@@ -5,7 +5,6 @@
 #include <exception>
 #include <limits>
 #include <map>
-#include <system_error>
 #include <thread>
 #include <atomic>
 #include <utility>
